@@ -1,0 +1,168 @@
+//! The queue's layout and the format of a message file (doc/queue-format.5).
+//!
+//! One message is one file: a header of text0 records (who queued it, when, the envelope),
+//! ended by an empty record, then the message bytes. It is born in `tmp/`, made durable there,
+//! and renamed into `todo/` (the commit point, followed by an fsync of `todo/`). quill-send
+//! picks it up and has quill-clean move it to `mess/` while it is delivered; its per-recipient
+//! state lives beside it in `info/ID` only if a first attempt leaves work for later.
+#![forbid(unsafe_code)]
+
+use crate::envelope::Envelope;
+use crate::fail::{Error, Result};
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Paths inside `HOME/queue`.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// `HOME/queue`.
+    pub queue: PathBuf,
+}
+
+impl Layout {
+    /// The layout under a Quill home.
+    pub fn new(home: &Path) -> Layout {
+        Layout { queue: home.join("queue") }
+    }
+
+    /// Files being written by quill-queue (owner quillq, mode 0700).
+    pub fn tmp(&self) -> PathBuf {
+        self.queue.join("tmp")
+    }
+    /// Committed messages not yet seen by quill-send (quillq, 0750).
+    pub fn todo(&self) -> PathBuf {
+        self.queue.join("todo")
+    }
+    /// Messages quill-send has picked up (quillq, 0750).
+    pub fn mess(&self) -> PathBuf {
+        self.queue.join("mess")
+    }
+    /// Delivery state kept by quill-send (quills, 0700).
+    pub fn info(&self) -> PathBuf {
+        self.queue.join("info")
+    }
+    /// Messages put on hold by the administrator (quillq, 0750).
+    pub fn hold(&self) -> PathBuf {
+        self.queue.join("hold")
+    }
+    /// The wake-up FIFO quill-queue writes one byte to.
+    pub fn trigger(&self) -> PathBuf {
+        self.queue.join("lock").join("trigger")
+    }
+    /// The lock that keeps a second quill-send from starting.
+    pub fn sendmutex(&self) -> PathBuf {
+        self.queue.join("lock").join("sendmutex")
+    }
+}
+
+/// A queue id is the decimal inode number of the message file: unique while the file exists.
+pub fn valid_id(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= 20 && id.iter().all(u8::is_ascii_digit)
+}
+
+/// The header of a message file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    /// Real uid of the process that ran quill-queue.
+    pub uid: u32,
+    /// Process id of quill-queue (the `qp` of the logs).
+    pub pid: u32,
+    /// Unix time the message was queued.
+    pub time: u64,
+    /// Sender and recipients.
+    pub envelope: Envelope,
+}
+
+/// The largest header quill-send will read (the envelope's own cap plus a little).
+pub const MAX_HEADER: usize = (crate::address::MAX_ADDRESS + 2) * (crate::envelope::MAX_RECIPIENTS + 1) + 128;
+
+impl Header {
+    /// `u<uid>\0p<pid>\0t<time>\0F<sender>\0T<rcpt>\0…\0`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = format!("u{}\0p{}\0t{}\0", self.uid, self.pid, self.time).into_bytes();
+        out.extend_from_slice(&self.envelope.encode());
+        out
+    }
+
+    /// Parse a header at the start of `bytes`; returns it and its length in bytes (the offset
+    /// of the message).
+    pub fn decode(bytes: &[u8]) -> Result<(Header, usize)> {
+        let bad = || Error::temporary("unable to parse queue file header: malformed");
+        let mut header = Header::default();
+        let mut pos = 0;
+        for tag in [b'u', b'p', b't'] {
+            let end = memchr::memchr(0, &bytes[pos..]).ok_or_else(bad)?;
+            let record = &bytes[pos..pos + end];
+            if record.first() != Some(&tag) {
+                return Err(bad());
+            }
+            let value: u64 = std::str::from_utf8(&record[1..]).ok().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+            match tag {
+                b'u' => header.uid = value as u32,
+                b'p' => header.pid = value as u32,
+                _ => header.time = value,
+            }
+            pos += end + 1;
+        }
+        let envelope = Envelope::decode(&bytes[pos..]).map_err(|_| bad())?;
+        // The envelope's length is what encode gives back; recompute rather than re-scan.
+        pos += envelope.encode().len();
+        header.envelope = envelope;
+        Ok((header, pos))
+    }
+}
+
+/// Read the header of an open message file from its start. Returns the header and the offset
+/// at which the message begins; leaves the file position unspecified.
+pub fn read_header(file: &mut File) -> Result<(Header, u64)> {
+    let mut bytes = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 16384];
+    loop {
+        let n = file.read(&mut chunk).map_err(|e| Error::io("read queue file", &e))?;
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+        if let Ok((header, len)) = Header::decode(&bytes) {
+            return Ok((header, len as u64));
+        }
+        if bytes.len() > MAX_HEADER {
+            break;
+        }
+    }
+    Header::decode(&bytes).map(|(h, len)| (h, len as u64))
+}
+
+/// Wake quill-send: one byte into the trigger FIFO, without blocking. Failure is not an error
+/// (quill-send also scans on a timer).
+pub fn pull_trigger(layout: &Layout) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(mut fifo) = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(layout.trigger())
+    {
+        let _ = fifo.write(b"\0");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trip() {
+        let h = Header {
+            uid: 1000,
+            pid: 42,
+            time: 1_795_615_141,
+            envelope: Envelope { sender: b"a@b".to_vec(), recipients: vec![b"c@d".to_vec()] },
+        };
+        let mut bytes = h.encode();
+        let len = bytes.len();
+        bytes.extend_from_slice(b"Subject: x\n\nbody\n");
+        assert_eq!(Header::decode(&bytes).unwrap(), (h, len));
+    }
+}

@@ -1,0 +1,181 @@
+//! The pipes between quill-send and the spawners (quill-lspawn, quill-rspawn), in text0.
+//!
+//! A frame is a list of NUL-terminated fields ended by an empty field (one extra NUL).
+//! Request, send → spawner: `SLOT\0 ID\0 Fsender\0 Trcpt\0 [Trcpt\0 …] \0` (the tags keep an
+//! empty sender from being an empty field).
+//! Report, spawner → send: `SLOT\0 Ltext\0 [Ltext\0 …] \0` with one result per recipient of
+//! the request, in order, where L is K (delivered), Z (temporary) or D (permanent).
+//! SLOT is a decimal number chosen by send; it names the delivery in the report.
+#![forbid(unsafe_code)]
+
+use crate::fail::Outcome;
+
+/// The longest report text kept per recipient (a spawner truncates longer ones).
+pub const MAX_TEXT: usize = 3000;
+/// The longest frame a reader accepts before declaring the pipe mangled.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// Encode fields as one frame. NUL bytes inside a field are replaced by `?`.
+pub fn encode(fields: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(fields.iter().map(|f| f.len() + 1).sum::<usize>() + 1);
+    for f in fields {
+        if f.is_empty() {
+            // An empty field would end the frame early; a lone space keeps its place.
+            out.push(b' ');
+        } else {
+            out.extend(f.iter().map(|&b| if b == 0 { b'?' } else { b }));
+        }
+        out.push(0);
+    }
+    out.push(0);
+    out
+}
+
+/// A delivery request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Send's name for this delivery.
+    pub slot: u32,
+    /// The queue id of the message (file `mess/ID`).
+    pub id: Vec<u8>,
+    /// Envelope sender (empty for bounces).
+    pub sender: Vec<u8>,
+    /// One recipient for local deliveries; one or more of one domain for remote ones.
+    pub recipients: Vec<Vec<u8>>,
+}
+
+impl Request {
+    /// The frame for this request. The sender travels with a leading `F` and each recipient
+    /// with a leading `T`, so that an empty sender is not an empty field (which ends a frame).
+    pub fn encode(&self) -> Vec<u8> {
+        let slot = self.slot.to_string();
+        let mut sender = b"F".to_vec();
+        sender.extend_from_slice(&self.sender);
+        let mut fields: Vec<&[u8]> = vec![slot.as_bytes(), &self.id, &sender];
+        let rcpts: Vec<Vec<u8>> = self.recipients.iter().map(|r| [b"T".as_slice(), r].concat()).collect();
+        fields.extend(rcpts.iter().map(Vec::as_slice));
+        encode(&fields)
+    }
+
+    /// Parse a frame's fields; None if malformed.
+    pub fn decode(fields: &[Vec<u8>]) -> Option<Request> {
+        if fields.len() < 4 {
+            return None;
+        }
+        let slot = std::str::from_utf8(&fields[0]).ok()?.parse().ok()?;
+        let sender = fields[2].strip_prefix(b"F")?.to_vec();
+        let recipients = fields[3..].iter().map(|r| r.strip_prefix(b"T").map(<[u8]>::to_vec)).collect::<Option<Vec<_>>>()?;
+        Some(Request { slot, id: fields[1].clone(), sender, recipients })
+    }
+}
+
+/// One recipient's result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Result {
+    /// Delivered, temporary or permanent failure.
+    pub outcome: Outcome,
+    /// What happened, in words (the server's reply, the program's output, …).
+    pub text: Vec<u8>,
+}
+
+/// A report for one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// The request's slot.
+    pub slot: u32,
+    /// One result per recipient of the request.
+    pub results: Vec<Result>,
+}
+
+impl Report {
+    /// The frame for this report.
+    pub fn encode(&self) -> Vec<u8> {
+        let slot = self.slot.to_string();
+        let texts: Vec<Vec<u8>> = self
+            .results
+            .iter()
+            .map(|r| {
+                let mut t = vec![r.outcome.letter()];
+                t.extend(r.text.iter().take(MAX_TEXT).map(|&b| if b == 0 { b'?' } else { b }));
+                t
+            })
+            .collect();
+        let mut fields: Vec<&[u8]> = vec![slot.as_bytes()];
+        fields.extend(texts.iter().map(Vec::as_slice));
+        encode(&fields)
+    }
+
+    /// Parse a frame's fields; None if malformed.
+    pub fn decode(fields: &[Vec<u8>]) -> Option<Report> {
+        let slot = std::str::from_utf8(fields.first()?).ok()?.parse().ok()?;
+        let results = fields[1..]
+            .iter()
+            .map(|f| Result { outcome: Outcome::from_letter(f[0]), text: f[1..].to_vec() })
+            .collect();
+        Some(Report { slot, results })
+    }
+}
+
+/// Accumulates bytes from a pipe and yields whole frames.
+#[derive(Default)]
+pub struct Reader {
+    buffer: Vec<u8>,
+}
+
+impl Reader {
+    /// Add bytes read from the pipe.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// True when the buffered bytes exceed any sane frame (the peer is broken).
+    pub fn overflowed(&self) -> bool {
+        self.buffer.len() > MAX_FRAME
+    }
+
+    /// The next complete frame's fields, if one has arrived.
+    pub fn next_frame(&mut self) -> Option<Vec<Vec<u8>>> {
+        let mut fields = Vec::new();
+        let mut pos = 0;
+        while let Some(end) = memchr::memchr(0, &self.buffer[pos..]) {
+            if end == 0 {
+                self.buffer.drain(..pos + 1);
+                return Some(fields);
+            }
+            fields.push(self.buffer[pos..pos + end].to_vec());
+            pos += end + 1;
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trip() {
+        let r = Request { slot: 7, id: b"123".to_vec(), sender: vec![], recipients: vec![b"a@b".to_vec()] };
+        let mut reader = Reader::default();
+        let bytes = r.encode();
+        reader.push(&bytes[..3]);
+        assert!(reader.next_frame().is_none());
+        reader.push(&bytes[3..]);
+        let fields = reader.next_frame().unwrap();
+        assert_eq!(Request::decode(&fields).unwrap(), r);
+    }
+
+    #[test]
+    fn report_round_trip() {
+        let r = Report {
+            slot: 3,
+            results: vec![
+                Result { outcome: Outcome::Success, text: b"did 1+0+0/".to_vec() },
+                Result { outcome: Outcome::Permanent, text: vec![] },
+            ],
+        };
+        let mut reader = Reader::default();
+        reader.push(&r.encode());
+        assert_eq!(Report::decode(&reader.next_frame().unwrap()).unwrap(), r);
+    }
+}
