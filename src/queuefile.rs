@@ -166,3 +166,54 @@ mod tests {
         assert_eq!(Header::decode(&bytes).unwrap(), (h, len));
     }
 }
+
+/// Owners for the queue tree when installing as root (DESIGN §2). `None` when a user builds a
+/// private instance (quill-up): everything then belongs to that user.
+#[derive(Clone, Copy, Debug)]
+pub struct Owners {
+    /// uid of quillq (owns the message directories).
+    pub quillq: u32,
+    /// uid of quills (owns info/ and the trigger).
+    pub quills: u32,
+    /// gid of group quill.
+    pub quill_group: u32,
+}
+
+/// Create the queue tree under `home` if parts are missing; idempotent. Modes follow
+/// doc/queue-format.5; with `owners`, ownership too (root only).
+pub fn create_tree(home: &Path, owners: Option<Owners>) -> std::io::Result<()> {
+    use std::os::unix::fs::{chown, DirBuilderExt, PermissionsExt};
+    let layout = Layout::new(home);
+    let q = owners.map(|o| (o.quillq, o.quill_group));
+    let s = owners.map(|o| (o.quills, o.quill_group));
+    let dirs: [(PathBuf, u32, Option<(u32, u32)>); 8] = [
+        (home.join("queue"), 0o750, q),
+        (layout.tmp(), 0o700, q),
+        (layout.todo(), 0o750, q),
+        (layout.mess(), 0o750, q),
+        (layout.hold(), 0o750, q),
+        (layout.info(), 0o700, s),
+        (layout.queue.join("lock"), 0o750, q),
+        (home.join("control"), 0o755, None),
+    ];
+    for (dir, mode, owner) in dirs.iter() {
+        match std::fs::DirBuilder::new().mode(*mode).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(*mode))?;
+        if let Some((uid, gid)) = owner {
+            chown(dir, Some(*uid), Some(*gid))?;
+        }
+    }
+    let trigger = layout.trigger();
+    if !trigger.exists() {
+        nix::unistd::mkfifo(&trigger, nix::sys::stat::Mode::from_bits_truncate(0o622)).map_err(std::io::Error::from)?;
+    }
+    std::fs::set_permissions(&trigger, std::fs::Permissions::from_mode(0o622))?;
+    if let Some((uid, gid)) = s {
+        chown(&trigger, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! Shared helpers for the integration tests: fresh homes in temporary directories, the real
+//! binaries, bounded waits. Every test builds its own world and tears it down.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of one of the project's programs, as built by cargo for this test run.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/test-xxxx → target/<profile>/<name>
+    exe.parent().and_then(Path::parent).expect("target dir").join(name)
+}
+
+/// A fresh directory under the system temp dir, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("quill-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("QUILL_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A Quill home with a queue tree and the given control files (name, contents).
+pub fn home(tag: &str, controls: &[(&str, &str)]) -> TempDir {
+    let dir = TempDir::new(tag);
+    quill::queuefile::create_tree(dir.path(), None).expect("create queue tree");
+    for (name, contents) in controls {
+        std::fs::write(dir.path().join("control").join(name), contents).expect("write control file");
+    }
+    dir
+}
+
+/// Run a program with QUILL_HOME set, feeding `stdin`; returns its output.
+pub fn run(home: &Path, program: &str, args: &[&str], stdin: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(bin(program))
+        .args(args)
+        .env("QUILL_HOME", home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    let mut input = child.stdin.take().expect("stdin");
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("wait");
+    let _ = writer.join();
+    out
+}
+
+/// Wait until `check` is true, polling every 20 ms, for at most `limit`. Returns whether it
+/// became true (tests assert on that; they never assert a duration).
+pub fn wait_for(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check()
+}
+
+/// Files in a directory (empty if it does not exist).
+pub fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Print a visible SKIP line (for a peer missing from this machine) and return true if the
+/// program is missing.
+pub fn skip_without(program: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
+        .unwrap_or(false)
+        || Path::new(program).is_file();
+    if !found {
+        eprintln!("SKIP: {program} is not installed");
+    }
+    !found
+}
+
+/// True when the tests run as root (CI): then they also check real uids.
+pub fn is_root() -> bool {
+    quill::sys::uids().1 == 0
+}
