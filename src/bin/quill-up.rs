@@ -1,0 +1,246 @@
+//! quill-up: a complete, self-contained Quill instance in one directory, as the current user.
+//!
+//! Job: create DIR (control files, queue, users map, a self-signed certificate) if needed, then
+//! run the queue system (quill-start) and, with `-l`, the SMTP listener (quill-tcpserver +
+//! quill-smtpd) in the foreground, restarting any of them that dies after a short pause, as
+//! daemontools would. SIGINT or SIGTERM stops everything cleanly.
+//! Runs as: the caller. Never needs root. Exit: 0 after a clean stop, 111 on a setup failure.
+//! Man page: doc/quill-up.1.
+
+use quill::control::program;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode};
+use std::time::{Duration, Instant};
+
+struct Options {
+    dir: PathBuf,
+    listen: Option<(String, String)>,
+    domains: Vec<String>,
+    relay: Vec<String>,
+}
+
+fn usage() -> ExitCode {
+    eprintln!("usage: quill-up -d DIR [-l HOST:PORT] [-D DOMAIN]... [-r ADDRESS-OR-PREFIX]...");
+    ExitCode::from(100)
+}
+
+fn split_listen(text: &str) -> Option<(String, String)> {
+    if let Some(rest) = text.strip_prefix('[') {
+        let (host, port) = rest.split_once("]:")?;
+        return Some((host.to_string(), port.to_string()));
+    }
+    let (host, port) = text.rsplit_once(':')?;
+    Some((host.to_string(), port.to_string()))
+}
+
+fn parse_options() -> Option<Options> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut opts = getopts::Options::new();
+    opts.optopt("d", "", "directory of the instance", "DIR");
+    opts.optopt("l", "", "SMTP listen address", "HOST:PORT");
+    opts.optmulti("D", "", "another local domain", "DOMAIN");
+    opts.optmulti("r", "", "let SMTP clients from this address or prefix relay", "ADDRESS");
+    let m = opts.parse(&args).ok()?;
+    let dir = PathBuf::from(m.opt_str("d")?);
+    let listen = match m.opt_str("l") {
+        Some(l) => Some(split_listen(&l)?),
+        None => None,
+    };
+    Some(Options { dir, listen, domains: m.opt_strs("D"), relay: m.opt_strs("r") })
+}
+
+/// Write a file only if it does not exist yet: starting again keeps the administrator's edits.
+fn write_new(path: &Path, contents: &str) -> std::io::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::write(path, contents)
+}
+
+fn setup(o: &Options) -> Result<(), String> {
+    let dir = &o.dir;
+    let err = |what: &str, e: std::io::Error| format!("unable to {what}: {e}");
+    std::fs::create_dir_all(dir).map_err(|e| err(&format!("create {}", dir.display()), e))?;
+    quill::queuefile::create_tree(dir, None).map_err(|e| err("create the queue", e))?;
+    for sub in ["users", "alias", "maildir"] {
+        std::fs::create_dir_all(dir.join(sub)).map_err(|e| err(&format!("create {sub}/"), e))?;
+    }
+    let control = dir.join("control");
+    let mut locals = vec!["localhost".to_string()];
+    locals.extend(o.domains.iter().map(|d| d.to_ascii_lowercase()));
+    let list = locals.join("\n") + "\n";
+    write_new(&control.join("me"), "localhost\n").map_err(|e| err("write control/me", e))?;
+    // locals and rcpthosts follow -D on every start, so adding a domain is one restart away.
+    std::fs::write(control.join("locals"), &list).map_err(|e| err("write control/locals", e))?;
+    std::fs::write(control.join("rcpthosts"), &list).map_err(|e| err("write control/rcpthosts", e))?;
+    // The host's /etc/aliases is not this instance's business.
+    write_new(&dir.join("alias/aliases"), "# aliases for this instance (sendmail syntax)\n")
+        .map_err(|e| err("write alias/aliases", e))?;
+    write_new(&control.join("aliases"), &format!("{}\n", dir.join("alias/aliases").display()))
+        .map_err(|e| err("write control/aliases", e))?;
+    // Every local part at a local domain belongs to the current user: a catch-all assignment
+    // whose extension is the whole local part, and a default dot file that files each address
+    // into its own Maildir.
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| "quill".to_string());
+    let (uid, gid) = (quill::sys::uids().0, quill::sys::gid());
+    let assign = format!("+:{user}:{uid}:{gid}:{}:-::\n.\n", dir.display());
+    std::fs::write(dir.join("users/assign"), assign).map_err(|e| err("write users/assign", e))?;
+    let status = Command::new(program("quill-newu"))
+        .env("QUILL_HOME", dir)
+        .status()
+        .map_err(|e| err("run quill-newu", e))?;
+    if !status.success() {
+        return Err("unable to compile users/assign: quill-newu failed".into());
+    }
+    write_new(&dir.join(".qmail-default"), "./maildir/${DEFAULT}/\n").map_err(|e| err("write .qmail-default", e))?;
+    let mut rules = String::from("# quill-tcpserver rules for this instance: who may connect, who may relay\n");
+    for r in &o.relay {
+        rules.push_str(&format!("{r}:allow,RELAYCLIENT=\"\"\n"));
+    }
+    rules.push_str(":allow\n");
+    std::fs::write(dir.join("control/tcprules"), rules).map_err(|e| err("write control/tcprules", e))?;
+    make_certificate(&control);
+    Ok(())
+}
+
+/// A self-signed certificate for STARTTLS, made with openssl if it is installed.
+fn make_certificate(control: &Path) {
+    let (cert, key) = (control.join("tlscert.pem"), control.join("tlskey.pem"));
+    if cert.exists() && key.exists() {
+        return;
+    }
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if made {
+        let _ = std::fs::write(control.join("tlscert"), format!("{}\n", cert.display()));
+        let _ = std::fs::write(control.join("tlskey"), format!("{}\n", key.display()));
+    } else {
+        quill::log::warning("unable to make a TLS certificate: openssl is not installed; STARTTLS is off");
+    }
+}
+
+/// One supervised program: how to start it, and its current process.
+struct Service {
+    name: &'static str,
+    argv: Vec<OsString>,
+    child: Option<Child>,
+    started: Instant,
+}
+
+impl Service {
+    fn start(&mut self, dir: &Path) {
+        let mut command = Command::new(&self.argv[0]);
+        command.args(&self.argv[1..]).env("QUILL_HOME", dir).current_dir(dir);
+        quill::sys::die_with_parent(&mut command);
+        match command.spawn() {
+            Ok(child) => self.child = Some(child),
+            Err(e) => quill::log::warning(&format!("unable to start {}: {e}", self.name)),
+        }
+        self.started = Instant::now();
+    }
+}
+
+fn main() -> ExitCode {
+    quill::log::init("quill-up");
+    let Some(o) = parse_options() else { return usage() };
+    if let Err(e) = setup(&o) {
+        quill::log::fatal(&e);
+        return ExitCode::from(111);
+    }
+    let dir = match o.dir.canonicalize() {
+        Ok(d) => d,
+        Err(e) => {
+            quill::log::fatal(&format!("unable to find {}: {e}", o.dir.display()));
+            return ExitCode::from(111);
+        }
+    };
+    let signals = match quill::sys::signal_pipe(&[libc::SIGINT, libc::SIGTERM, libc::SIGCHLD]) {
+        Ok(fd) => fd,
+        Err(e) => {
+            quill::log::fatal(&format!("unable to catch signals: {e}"));
+            return ExitCode::from(111);
+        }
+    };
+    let mut services = vec![Service {
+        name: "quill-start",
+        argv: vec![program("quill-start").into(), "./Maildir/".into()],
+        child: None,
+        started: Instant::now(),
+    }];
+    if let Some((host, port)) = &o.listen {
+        let mut argv: Vec<OsString> = vec![program("quill-tcpserver").into()];
+        argv.extend(["-x".into(), dir.join("control/tcprules").into_os_string()]);
+        argv.extend([host.into(), port.into(), program("quill-smtpd").into()]);
+        services.push(Service { name: "quill-smtpd", argv, child: None, started: Instant::now() });
+        quill::log::line(&format!("instance {} with SMTP on {host}:{port}", dir.display()));
+    } else {
+        quill::log::line(&format!("instance {} (no SMTP listener)", dir.display()));
+    }
+    for s in services.iter_mut() {
+        s.start(&dir);
+    }
+    supervise(&dir, &mut services, &signals);
+    ExitCode::SUCCESS
+}
+
+/// Restart what dies (after at least a second since its last start), until a stop signal.
+fn supervise(dir: &Path, services: &mut [Service], signals: &std::os::fd::OwnedFd) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    loop {
+        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(500u16));
+        let mut buf = [0u8; 64];
+        let n = nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(signals), &mut buf).unwrap_or(0);
+        if buf[..n].iter().any(|&s| s as i32 == libc::SIGINT || s as i32 == libc::SIGTERM) {
+            stop(services);
+            return;
+        }
+        for s in services.iter_mut() {
+            let dead = match s.child.as_mut() {
+                Some(c) => !matches!(c.try_wait(), Ok(None)),
+                None => true,
+            };
+            if dead && s.started.elapsed() >= Duration::from_secs(1) {
+                if s.child.is_some() {
+                    quill::log::warning(&format!("{} exited; restarting it", s.name));
+                }
+                s.start(dir);
+            }
+        }
+    }
+}
+
+/// SIGTERM to each service, in reverse order of start (the listener first, so no new mail
+/// arrives while the queue system winds down), then wait for them, bounded.
+fn stop(services: &mut [Service]) {
+    for s in services.iter_mut().rev() {
+        if let Some(c) = s.child.as_mut() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(70);
+            while Instant::now() < deadline {
+                if !matches!(c.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    quill::log::line("stopped");
+}
