@@ -293,3 +293,93 @@ fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(60)..].join("\n")
 }
+
+/// A free loopback port (bind to 0, read it, let it go; the instance binds it right after).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Start an instance with the SMTP listener; returns it and its port.
+fn smtp_instance(tag: &str) -> (Instance, u16) {
+    let port = free_port();
+    let dir = TempDir::new(tag);
+    let home = dir.path().join("q");
+    std::fs::create_dir_all(&home).expect("mkdir");
+    let log = dir.path().join("log");
+    let child = Command::new(bin("quill-up"))
+        .arg("-d")
+        .arg(&home)
+        .arg("-l")
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .stderr(std::fs::File::options().append(true).open(&log).expect("log"))
+        .spawn()
+        .expect("start quill-up");
+    let instance = Instance { dir, child: Some(child), log };
+    let up = wait_for(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    assert!(up, "the SMTP listener did not come up; log:\n{}", instance.log());
+    (instance, port)
+}
+
+#[test]
+fn smtp_swaks_and_smtplib_land_in_maildir() {
+    let (q, port) = smtp_instance("smtp");
+    let root = q.home().join("maildir");
+    let mut expected = 0;
+    if !common::skip_without("swaks") {
+        let out = Command::new("swaks")
+            .args(["--to", "someone@localhost", "--from", "tester@example.org", "--server", &format!("127.0.0.1:{port}")])
+            .args(["--header", "X-Test-Id: swaks"])
+            .output()
+            .expect("swaks");
+        assert!(out.status.success(), "swaks: {}", String::from_utf8_lossy(&out.stdout));
+        expected += 1;
+    }
+    if !common::skip_without("python3") {
+        let script = format!(
+            "import smtplib\ns = smtplib.SMTP('127.0.0.1', {port})\ns.sendmail('a@example.org', ['someone@localhost'], 'Subject: py\\r\\nX-Test-Id: smtplib\\r\\n\\r\\nhi\\r\\n')\ns.quit()\n"
+        );
+        let out = Command::new("python3").arg("-c").arg(script).output().expect("python3");
+        assert!(out.status.success(), "smtplib: {}", String::from_utf8_lossy(&out.stderr));
+        expected += 1;
+    }
+    assert!(
+        wait_for(Duration::from_secs(30), || maildir_files(&root).get("someone").map(Vec::len).unwrap_or(0) == expected),
+        "delivered {:?}; log:\n{}",
+        maildir_files(&root),
+        q.log()
+    );
+}
+
+#[test]
+fn smtp_refuses_relaying_even_from_loopback() {
+    let (q, port) = smtp_instance("relay");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    use std::io::{BufRead, BufReader, Write};
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    let mut line = String::new();
+    let mut reply = |r: &mut BufReader<std::net::TcpStream>| -> String {
+        let mut all = String::new();
+        loop {
+            line.clear();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return all;
+            }
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    };
+    assert!(reply(&mut r).starts_with("220"));
+    s.write_all(b"EHLO test\r\n").expect("write");
+    assert!(reply(&mut r).starts_with("250"));
+    s.write_all(b"MAIL FROM:<a@example.org>\r\n").expect("write");
+    assert!(reply(&mut r).starts_with("250"));
+    s.write_all(b"RCPT TO:<victim@example.net>\r\n").expect("write");
+    let refused = reply(&mut r);
+    assert!(refused.starts_with("550") || refused.starts_with("553"), "relaying must be refused: {refused}; log:\n{}", q.log());
+    s.write_all(b"QUIT\r\n").expect("write");
+}
