@@ -187,8 +187,8 @@ pub fn drop_privileges(uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
     if let Some(uid) = uid {
         setuid(Uid::from_raw(uid))?;
     }
-    let same_uid = uid.map_or(true, |u| getuid().as_raw() == u && geteuid().as_raw() == u);
-    let same_gid = gid.map_or(true, |g| getgid().as_raw() == g && getegid().as_raw() == g);
+    let same_uid = uid.is_none_or(|u| getuid().as_raw() == u && geteuid().as_raw() == u);
+    let same_gid = gid.is_none_or(|g| getgid().as_raw() == g && getegid().as_raw() == g);
     if !same_uid || !same_gid {
         return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the ids did not change as asked"));
     }

@@ -23,13 +23,16 @@ pub enum Verdict {
     Deny,
 }
 
+/// Environment variables a rule sets: name and value bytes, in the order written.
+pub type Variables = Vec<(String, Vec<u8>)>;
+
 /// One rule: its verdict, the variables it sets, and where it came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     /// Allow or deny.
     pub verdict: Verdict,
     /// Variables for the program's environment, in the order written (`NAME`, value bytes).
-    pub env: Vec<(String, Vec<u8>)>,
+    pub env: Variables,
     /// The line of the file (counted from 1), for log lines and warnings.
     pub line: usize,
 }
@@ -172,7 +175,7 @@ impl Rules {
                 }
             }
         }
-        rules.tables.sort_by(|a, b| b.1.cmp(&a.1));
+        rules.tables.sort_by_key(|table| std::cmp::Reverse(table.1));
         Ok(rules)
     }
 }
@@ -308,7 +311,7 @@ fn valid_name(name: &[u8]) -> bool {
 /// `allow`, `deny` and `NAME=VALUE`, separated by commas. A value that starts with a letter,
 /// digit or one of `_-+.@` runs to the next comma; otherwise its first character is the quote
 /// that ends it (tcprules style: `"…"`, `'…'`, `/…/`). No verdict means allow.
-fn parse_instructions(text: &[u8]) -> Result<(Verdict, Vec<(String, Vec<u8>)>), String> {
+fn parse_instructions(text: &[u8]) -> Result<(Verdict, Variables), String> {
     if text.is_empty() {
         return Err("no instructions after the colon: write allow or deny".to_string());
     }
