@@ -4,8 +4,12 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::ffi::OsStringExt;
+use std::process::Command;
 
 /// The listen address from the command line: an IPv4 or IPv6 address (brackets allowed), or
 /// tcpserver's `0` for every IPv4 address. Host names are refused: there is no DNS to ask.
@@ -24,7 +28,8 @@ pub fn parse_port(text: &str) -> Result<u16, String> {
         return text.parse().map_err(|_| format!("port {text} is out of range"));
     }
     let services = std::fs::read_to_string("/etc/services").unwrap_or_default();
-    service_port(&services, text).ok_or_else(|| format!("unknown port {text}: not a number nor a tcp service in /etc/services"))
+    service_port(&services, text)
+        .ok_or_else(|| format!("unknown port {text}: not a number nor a tcp service in /etc/services"))
 }
 
 /// Look up a TCP service name (or alias) in the text of an `/etc/services` file.
@@ -66,7 +71,11 @@ pub fn canonical(address: SocketAddr) -> SocketAddr {
 
 /// The `PROTO` value for a connection: `TCP`, or `TCP6` for an IPv6 client.
 pub fn proto(remote: IpAddr) -> &'static str {
-    if remote.is_ipv6() { "TCP6" } else { "TCP" }
+    if remote.is_ipv6() {
+        "TCP6"
+    } else {
+        "TCP"
+    }
 }
 
 /// What the per-client limit counts: one IPv4 address, or one IPv6 /64 (a single host
@@ -193,6 +202,56 @@ pub fn drop_privileges(uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
         return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the ids did not change as asked"));
     }
     Ok(())
+}
+
+/// Answer a connection over a limit with the refusal line (if any) and close it. The socket is
+/// new, so the short line fits its buffer; what the client already sent is read first, so that
+/// closing does not reset the connection before the line arrives.
+pub fn refuse(stream: TcpStream, text: &[u8]) {
+    if stream.set_nonblocking(true).is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let _ = (&stream).read(&mut sink);
+    if !text.is_empty() {
+        let _ = (&stream).write(text);
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+/// The wait status as tcpserver prints it in its `end` line: exit code × 256, or the signal
+/// number (plus 128 with a core dump).
+pub fn raw_status(status: nix::sys::wait::WaitStatus) -> Option<(i32, i32)> {
+    use nix::sys::wait::WaitStatus;
+    match status {
+        WaitStatus::Exited(pid, code) => Some((pid.as_raw(), code << 8)),
+        WaitStatus::Signaled(pid, signal, core) => Some((pid.as_raw(), signal as i32 | if core { 0x80 } else { 0 })),
+        _ => None,
+    }
+}
+
+/// The UCSPI-TCP environment of one connection's program: stale `TCPREMOTEHOST` and
+/// `TCPREMOTEINFO` from our own environment removed (no lookup made them), the connection's
+/// variables set, then the rule's variables on top (a rule may override any of them).
+pub fn set_environment(
+    command: &mut Command,
+    local: SocketAddr,
+    remote: SocketAddr,
+    local_name: &str,
+    rule: &[(String, Vec<u8>)],
+) {
+    command
+        .env_remove("TCPREMOTEHOST")
+        .env_remove("TCPREMOTEINFO")
+        .env("PROTO", proto(remote.ip()))
+        .env("TCPLOCALIP", local.ip().to_string())
+        .env("TCPLOCALPORT", local.port().to_string())
+        .env("TCPLOCALHOST", local_name)
+        .env("TCPREMOTEIP", remote.ip().to_string())
+        .env("TCPREMOTEPORT", remote.port().to_string());
+    for (name, value) in rule {
+        command.env(name, OsString::from_vec(value.clone()));
+    }
 }
 
 #[cfg(test)]

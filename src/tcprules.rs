@@ -149,10 +149,9 @@ impl Rules {
             let (networks, rule) = parse_line(trimmed, line).map_err(fail)?;
             match networks {
                 None => match &rules.default {
-                    Some(first) => rules.warnings.push(format!(
-                        "line {line}: a second default rule has no effect (line {} counts)",
-                        first.line
-                    )),
+                    Some(first) => rules
+                        .warnings
+                        .push(format!("line {line}: a second default rule has no effect (line {} counts)", first.line)),
                     None => rules.default = Some(rule),
                 },
                 Some(list) => {
@@ -238,10 +237,13 @@ fn parse_address(address: &str) -> Result<Vec<Network>, String> {
     if let Some((ip, length)) = address.split_once('/') {
         let ip: IpAddr = ip.parse().map_err(|_| bad("not an IP address before the /"))?;
         let length: u8 = length.parse().map_err(|_| bad("the prefix length is not a number"))?;
-        let (v6, bits) = (ip.is_ipv6(), match ip {
-            IpAddr::V4(v4) => u128::from(u32::from(v4)),
-            IpAddr::V6(v6) => u128::from(v6),
-        });
+        let (v6, bits) = (
+            ip.is_ipv6(),
+            match ip {
+                IpAddr::V4(v4) => u128::from(u32::from(v4)),
+                IpAddr::V6(v6) => u128::from(v6),
+            },
+        );
         let width = if v6 { 128 } else { 32 };
         if length > width {
             return Err(bad(&format!("the prefix length is more than {width}")));
@@ -281,7 +283,8 @@ fn parse_address(address: &str) -> Result<Vec<Network>, String> {
             .map(|n| Network { v6: false, bits: u128::from(base | u32::from(n)), length: 32 })
             .collect());
     }
-    let ip: Ipv4Addr = address.parse().map_err(|_| bad("not an IP address, a prefix ending in a dot, or a CIDR network"))?;
+    let ip: Ipv4Addr =
+        address.parse().map_err(|_| bad("not an IP address, a prefix ending in a dot, or a CIDR network"))?;
     Ok(vec![Network { v6: false, bits: u128::from(u32::from(ip)), length: 32 }])
 }
 
@@ -303,9 +306,7 @@ fn octet(text: &str) -> Option<u8> {
 }
 
 fn valid_name(name: &[u8]) -> bool {
-    !name.is_empty()
-        && !name[0].is_ascii_digit()
-        && name.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'_')
+    !name.is_empty() && !name[0].is_ascii_digit() && name.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// `allow`, `deny` and `NAME=VALUE`, separated by commas. A value that starts with a letter,
@@ -459,10 +460,7 @@ mod tests {
         let r = rules("1.2.3.4:allow,A=\"x, y\",B='q\"',C=/p/,D=plain,E=,F=\"\"\r\n  # indented comment\n");
         let rule = r.lookup("1.2.3.4".parse().expect("ip")).expect("rule");
         let env: Vec<(&str, &[u8])> = rule.env.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
-        assert_eq!(
-            env,
-            vec![("A", &b"x, y"[..]), ("B", b"q\""), ("C", b"p"), ("D", b"plain"), ("E", b""), ("F", b"")]
-        );
+        assert_eq!(env, vec![("A", &b"x, y"[..]), ("B", b"q\""), ("C", b"p"), ("D", b"plain"), ("E", b""), ("F", b"")]);
         let only_vars = rules("5.6.7.8:RELAYCLIENT=\"\"\n");
         assert_eq!(verdict(&only_vars, "5.6.7.8").map(|v| v.0), Some(Verdict::Allow));
     }

@@ -44,7 +44,8 @@ impl Server {
         script: &str,
         adjust: impl FnOnce(&mut Command),
     ) -> Server {
-        Server::try_start(program, options, host, script, adjust).unwrap_or_else(|log| panic!("server did not start: {log}"))
+        Server::try_start(program, options, host, script, adjust)
+            .unwrap_or_else(|log| panic!("server did not start: {log}"))
     }
 
     fn try_start(
@@ -314,10 +315,8 @@ fn per_client_limit_refuses_with_421() {
 #[test]
 fn total_limit_refuses_and_custom_text() {
     let server = Server::start(&["-c", "2", "-m", "421 busy"], "127.0.0.1", HOLD);
-    let held: Vec<TcpStream> = ["127.0.0.2", "127.0.0.3"]
-        .iter()
-        .map(|from| connect(server.address("127.0.0.1"), Some(from)))
-        .collect();
+    let held: Vec<TcpStream> =
+        ["127.0.0.2", "127.0.0.3"].iter().map(|from| connect(server.address("127.0.0.1"), Some(from))).collect();
     for stream in &held {
         assert_eq!(read_line(stream), "hi\n");
     }
@@ -451,7 +450,8 @@ fn same_environment_as_ucspi_tcp_tcpserver() {
         return;
     }
     let dir = TempDir::new("tcpserver-interop");
-    let text = "127.0.0.2:allow,RELAYCLIENT=\"\"\n127.0.0.:allow,WHO=\"prefix\"\n127.0.0.4:deny\n:allow,WHO='default'\n";
+    let text =
+        "127.0.0.2:allow,RELAYCLIENT=\"\"\n127.0.0.:allow,WHO=\"prefix\"\n127.0.0.4:deny\n:allow,WHO='default'\n";
     let source = write_rules(dir.path(), text);
     let cdb = dir.path().join("rules.cdb");
     let mut compile = Command::new(tcprules)
@@ -463,7 +463,13 @@ fn same_environment_as_ucspi_tcp_tcpserver() {
     compile.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("feed tcprules");
     assert!(compile.wait().expect("tcprules").success());
     let show = "echo \"${RELAYCLIENT-unset} ${WHO-unset}\"";
-    let theirs = Server::start_with(tcpserver.as_os_str(), &["-R", "-H", "-x", cdb.to_str().expect("path")], "127.0.0.1", show, |_| {});
+    let theirs = Server::start_with(
+        tcpserver.as_os_str(),
+        &["-R", "-H", "-x", cdb.to_str().expect("path")],
+        "127.0.0.1",
+        show,
+        |_| {},
+    );
     let ours = Server::start(&["-R", "-H", "-x", source.to_str().expect("path")], "127.0.0.1", show);
     for from in ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.1.1"] {
         assert_eq!(ours.output_from(from), theirs.output_from(from), "client {from}");

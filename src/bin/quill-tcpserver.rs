@@ -13,10 +13,9 @@ use quill::listener::{self, ClientKey, Over, Table};
 use quill::log;
 use quill::tcprules::{Rules, Verdict};
 use std::ffi::OsString;
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
@@ -68,10 +67,7 @@ fn number<T: std::str::FromStr>(m: &getopts::Matches, name: &str, default: T) ->
 }
 
 fn env_id(name: &str) -> Result<u32, String> {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| format!("-U needs ${name} set to a number"))
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).ok_or_else(|| format!("-U needs ${name} set to a number"))
 }
 
 fn parse_options(args: &[String]) -> Result<Config, String> {
@@ -198,14 +194,21 @@ impl Server {
                 Over::PerClient => format!("too many connections from {client} ({})", self.config.per_client),
             };
             self.log(Verbosity::Normal, &format!("refuse {remote}: {why}"));
-            refuse(stream, &self.config.refusal);
+            listener::refuse(stream, &self.config.refusal);
             return;
         }
         if self.config.nodelay {
             let _ = stream.set_nodelay(true);
         }
         if !self.config.banner.is_empty() {
-            let _ = (&stream).write_all(&self.config.banner);
+            // Written without blocking, so a client that never reads cannot stall the loop; a
+            // banner fits a new socket's buffer many times over.
+            if stream.set_nonblocking(true).is_ok() {
+                let _ = (&stream).write(&self.config.banner);
+            }
+            if stream.set_nonblocking(false).is_err() {
+                return;
+            }
         }
         let mut command = self.command(local, remote, rule.as_ref().map_or(&[][..], |r| &r.env[..]));
         let socket = OwnedFd::from(stream);
@@ -248,45 +251,8 @@ impl Server {
             }
         };
         let local_name = self.config.local_name.clone().unwrap_or_else(|| local.ip().to_string());
+        listener::set_environment(&mut command, local, remote, &local_name, env);
         command
-            .env_remove("TCPREMOTEHOST")
-            .env_remove("TCPREMOTEINFO")
-            .env("PROTO", listener::proto(remote.ip()))
-            .env("TCPLOCALIP", local.ip().to_string())
-            .env("TCPLOCALPORT", local.port().to_string())
-            .env("TCPLOCALHOST", local_name)
-            .env("TCPREMOTEIP", remote.ip().to_string())
-            .env("TCPREMOTEPORT", remote.port().to_string());
-        for (name, value) in env {
-            command.env(name, OsString::from_vec(value.clone()));
-        }
-        command
-    }
-}
-
-/// Answer a connection over a limit with the refusal line (if any) and close it. The socket is
-/// new, so the short line fits its buffer; what the client already sent is read first, so that
-/// closing does not reset the connection before the line arrives.
-fn refuse(stream: TcpStream, text: &[u8]) {
-    if stream.set_nonblocking(true).is_err() {
-        return;
-    }
-    let mut sink = [0u8; 4096];
-    let _ = (&stream).read(&mut sink);
-    if !text.is_empty() {
-        let _ = (&stream).write(text);
-    }
-    let _ = stream.shutdown(Shutdown::Write);
-}
-
-/// The wait status as tcpserver prints it in its `end` line: exit code × 256, or the signal
-/// number (plus 128 with a core dump).
-fn raw_status(status: nix::sys::wait::WaitStatus) -> Option<(i32, i32)> {
-    use nix::sys::wait::WaitStatus;
-    match status {
-        WaitStatus::Exited(pid, code) => Some((pid.as_raw(), code << 8)),
-        WaitStatus::Signaled(pid, signal, core) => Some((pid.as_raw(), signal as i32 | if core { 0x80 } else { 0 })),
-        _ => None,
     }
 }
 
@@ -297,7 +263,7 @@ fn reap(server: &mut Server) {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) | Err(_) => return,
             Ok(status) => {
-                if let Some((pid, raw)) = raw_status(status) {
+                if let Some((pid, raw)) = listener::raw_status(status) {
                     if server.table.remove(pid) {
                         server.log(Verbosity::Verbose, &format!("end {pid} status {raw}"));
                         server.status();
@@ -352,7 +318,10 @@ fn run(server: &mut Server, listener: TcpListener, signals: OwnedFd) {
                 reload(server);
             }
             if bytes[..n].contains(&(libc::SIGTERM as u8)) {
-                server.log(Verbosity::Verbose, &format!("exit: SIGTERM, {} connections left running", server.table.len()));
+                server.log(
+                    Verbosity::Verbose,
+                    &format!("exit: SIGTERM, {} connections left running", server.table.len()),
+                );
                 return;
             }
         }
@@ -367,7 +336,8 @@ fn run(server: &mut Server, listener: TcpListener, signals: OwnedFd) {
             match listener.accept() {
                 Ok((stream, _)) => server.serve(stream),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::Interrupted) => {}
+                Err(e)
+                    if matches!(e.kind(), std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::Interrupted) => {}
                 Err(e) => {
                     // Out of descriptors or memory: the listener stays readable, so pause
                     // instead of spinning.
@@ -426,6 +396,9 @@ fn main() -> ExitCode {
             log::fatal("unable to print the port");
             return ExitCode::from(111);
         }
+    }
+    if config.uid.is_some() && config.gid.is_none() && nix::unistd::geteuid().is_root() {
+        log::warning("-u without -g keeps the group of root; give -g too");
     }
     if let Err(e) = listener::drop_privileges(config.uid, config.gid) {
         log::fatal(&format!("unable to drop privileges to uid {:?} gid {:?}: {e}", config.uid, config.gid));
