@@ -309,9 +309,9 @@ fn valid_name(name: &[u8]) -> bool {
     !name.is_empty() && !name[0].is_ascii_digit() && name.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// `allow`, `deny` and `NAME=VALUE`, separated by commas. A value that starts with a letter,
-/// digit or one of `_-+.@` runs to the next comma; otherwise its first character is the quote
-/// that ends it (tcprules style: `"…"`, `'…'`, `/…/`). No verdict means allow.
+/// `allow` or `deny`, and `NAME=VALUE`, separated by commas. As with tcprules, the first
+/// character of a value is its quote, whatever it is, and the value runs to the next one:
+/// `"…"`, `'…'`, `/…/` (and `X=abca` is `bc`, so that a file means what it meant to tcprules).
 fn parse_instructions(text: &[u8]) -> Result<(Verdict, Variables), String> {
     if text.is_empty() {
         return Err("no instructions after the colon: write allow or deny".to_string());
@@ -346,19 +346,18 @@ fn parse_instructions(text: &[u8]) -> Result<(Verdict, Variables), String> {
                 ));
             }
             let after = &rest[end + 1..];
-            let (value, remaining) = match after.first() {
-                None | Some(b',') => (&after[..0], after),
-                Some(&b) if b.is_ascii_alphanumeric() || b"_-+.@".contains(&b) => {
-                    let stop = after.iter().position(|&c| c == b',').unwrap_or(after.len());
-                    (&after[..stop], &after[stop..])
-                }
-                Some(&quote) => {
-                    let close = after[1..].iter().position(|&c| c == quote).ok_or_else(|| {
-                        format!("the value of {} has no closing {}", crate::log::safe(word), quote as char)
-                    })?;
-                    (&after[1..1 + close], &after[close + 2..])
-                }
+            let Some(&quote) = after.first() else {
+                return Err(format!(
+                    "{} has no value: write {}=\"\" for an empty one",
+                    crate::log::safe(word),
+                    crate::log::safe(word)
+                ));
             };
+            let close = after[1..]
+                .iter()
+                .position(|&c| c == quote)
+                .ok_or_else(|| format!("the value of {} has no closing {}", crate::log::safe(word), quote as char))?;
+            let (value, remaining) = (&after[1..1 + close], &after[close + 2..]);
             if value.contains(&0) {
                 return Err(format!("the value of {} holds a NUL byte", crate::log::safe(word)));
             }
@@ -377,7 +376,8 @@ fn parse_instructions(text: &[u8]) -> Result<(Verdict, Variables), String> {
             }
         }
     }
-    Ok((verdict.unwrap_or(Verdict::Allow), env))
+    let verdict = verdict.ok_or_else(|| "no verdict: a rule needs allow or deny".to_string())?;
+    Ok((verdict, env))
 }
 
 #[cfg(test)]
@@ -430,7 +430,7 @@ mod tests {
 
     #[test]
     fn ipv6_exact_cidr_and_families_apart() {
-        let r = rules("::1:allow,RELAYCLIENT=\"\"\n2001:db8::/32:deny\n2001:db8:1::/48:allow\n::/0:allow,V6=yes\n0.0.0.0/0:allow,V4=yes\n");
+        let r = rules("::1:allow,RELAYCLIENT=\"\"\n2001:db8::/32:deny\n2001:db8:1::/48:allow\n::/0:allow,V6=\"yes\"\n0.0.0.0/0:allow,V4=\"yes\"\n");
         assert_eq!(verdict(&r, "::1"), Some((Verdict::Allow, 1)));
         assert_eq!(verdict(&r, "2001:db8:ffff::1"), Some((Verdict::Deny, 2)));
         assert_eq!(verdict(&r, "2001:db8:1::25"), Some((Verdict::Allow, 3)));
@@ -440,7 +440,7 @@ mod tests {
 
     #[test]
     fn ipv4_mapped_clients_and_rules_are_ipv4() {
-        let r = rules("192.0.2.:deny\n::ffff:198.51.100.7:allow,X=1\n");
+        let r = rules("192.0.2.:deny\n::ffff:198.51.100.7:allow,X=\"1\"\n");
         assert_eq!(verdict(&r, "::ffff:192.0.2.9"), Some((Verdict::Deny, 1)));
         assert_eq!(verdict(&r, "198.51.100.7"), Some((Verdict::Allow, 2)));
     }
@@ -457,12 +457,10 @@ mod tests {
 
     #[test]
     fn variables_quotes_commas_and_crlf() {
-        let r = rules("1.2.3.4:allow,A=\"x, y\",B='q\"',C=/p/,D=plain,E=,F=\"\"\r\n  # indented comment\n");
+        let r = rules("1.2.3.4:allow,A=\"x, y\",B='q\"',C=/p/,D=abca,F=\"\"\r\n  # indented comment\n");
         let rule = r.lookup("1.2.3.4".parse().expect("ip")).expect("rule");
         let env: Vec<(&str, &[u8])> = rule.env.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
-        assert_eq!(env, vec![("A", &b"x, y"[..]), ("B", b"q\""), ("C", b"p"), ("D", b"plain"), ("E", b""), ("F", b"")]);
-        let only_vars = rules("5.6.7.8:RELAYCLIENT=\"\"\n");
-        assert_eq!(verdict(&only_vars, "5.6.7.8").map(|v| v.0), Some(Verdict::Allow));
+        assert_eq!(env, vec![("A", &b"x, y"[..]), ("B", b"q\""), ("C", b"p"), ("D", b"bc"), ("F", b"")]);
     }
 
     #[test]
@@ -494,6 +492,9 @@ mod tests {
             ("1.2.3.4:allow,9X=1\n", 1, "bad variable name"),
             ("1.2.3.4:allow,X=\"a\"b\n", 1, "separate instructions"),
             ("1.2.3.4:allow,\n", 1, "comma with nothing"),
+            ("1.2.3.4:allow,X=\n", 1, "has no value"),
+            ("1.2.3.4:allow,X=1000\n", 1, "no closing 1"),
+            ("1.2.3.4:RELAYCLIENT=\"\"\n", 1, "no verdict"),
             ("joe@1.2.3.4:allow\n", 1, "not supported"),
             ("=mail.example:allow\n", 1, "not supported"),
             ("1.2.3.9-3:deny\n", 1, "ends before"),

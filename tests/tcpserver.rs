@@ -450,8 +450,9 @@ fn same_environment_as_ucspi_tcp_tcpserver() {
         return;
     }
     let dir = TempDir::new("tcpserver-interop");
-    let text =
-        "127.0.0.2:allow,RELAYCLIENT=\"\"\n127.0.0.:allow,WHO=\"prefix\"\n127.0.0.4:deny\n:allow,WHO='default'\n";
+    let text = "127.0.0.2:allow,RELAYCLIENT=\"\"\n127.0.0.:allow,WHO=\"prefix\"\n127.0.0.4:deny\n\
+                127.0.0.5:allow,WHO=/slash/\n127.0.0.6:allow,WHO=aba\n127.0.0.7-9:allow,WHO=\"range\"\n\
+                :allow,WHO='default'\n";
     let source = write_rules(dir.path(), text);
     let cdb = dir.path().join("rules.cdb");
     let mut compile = Command::new(tcprules)
@@ -471,7 +472,7 @@ fn same_environment_as_ucspi_tcp_tcpserver() {
         |_| {},
     );
     let ours = Server::start(&["-R", "-H", "-x", source.to_str().expect("path")], "127.0.0.1", show);
-    for from in ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.1.1"] {
+    for from in ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.8", "127.0.1.1"] {
         assert_eq!(ours.output_from(from), theirs.output_from(from), "client {from}");
     }
     assert_eq!(ours.output_from("127.0.0.4"), "");
