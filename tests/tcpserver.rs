@@ -238,8 +238,8 @@ fn rules_exact_prefix_cidr_most_specific_wins() {
     let dir = TempDir::new("tcpserver-rules");
     let rules = write_rules(
         dir.path(),
-        "# test rules\n:deny\n127.0.0.2:allow,RELAYCLIENT=\"\"\n127.0.0.:allow,WHO=prefix\n127.0.0.4:deny\n\
-         127.0.1.0/24:allow,WHO=cidr\n127.0.1.5:allow,WHO=exact\n127.0.2.10-12:allow,WHO=range\n",
+        "# test rules\n:deny\n127.0.0.2:allow,RELAYCLIENT=\"\"\n127.0.0.:allow,WHO=\"prefix\"\n127.0.0.4:deny\n\
+         127.0.1.0/24:allow,WHO=\"cidr\"\n127.0.1.5:allow,WHO=\"exact\"\n127.0.2.10-12:allow,WHO=\"range\"\n",
     );
     let server = Server::start(&["-x", rules.to_str().expect("path")], "127.0.0.1", SHOW_ENV);
     let out = server.output_from("127.0.0.2");
@@ -260,13 +260,13 @@ fn rules_exact_prefix_cidr_most_specific_wins() {
 #[test]
 fn sighup_reloads_and_a_bad_file_keeps_the_old_rules() {
     let dir = TempDir::new("tcpserver-hup");
-    let rules = write_rules(dir.path(), ":allow,GEN=one\n");
+    let rules = write_rules(dir.path(), ":allow,GEN=\"one\"\n");
     let server = Server::start(&["-x", rules.to_str().expect("path")], "127.0.0.1", SHOW_ENV);
     assert_eq!(value(&server.output(), "GEN"), "one");
-    std::fs::write(&rules, ":allow,GEN=two\n").expect("rewrite rules");
+    std::fs::write(&rules, ":allow,GEN=\"two\"\n").expect("rewrite rules");
     server.signal(nix::sys::signal::Signal::SIGHUP);
     assert!(wait_for(LIMIT, || value(&server.output(), "GEN") == "two"), "rules not reloaded: {}", server.log());
-    std::fs::write(&rules, ":allow,GEN=three\n127.0.0.1:maybe\n").expect("rewrite rules");
+    std::fs::write(&rules, ":allow,GEN=\"three\"\n127.0.0.1:maybe\n").expect("rewrite rules");
     server.signal(nix::sys::signal::Signal::SIGHUP);
     assert!(wait_for(LIMIT, || server.log().contains("line 2")), "{}", server.log());
     assert_eq!(value(&server.output(), "GEN"), "two");
