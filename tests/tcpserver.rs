@@ -8,6 +8,7 @@ use common::{bin, wait_for, TempDir};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -44,14 +45,14 @@ impl Server {
         script: &str,
         adjust: impl FnOnce(&mut Command),
     ) -> Server {
-        Server::try_start(program, options, host, script, adjust)
+        Server::try_start(program, options, (host, "0"), script, adjust)
             .unwrap_or_else(|log| panic!("server did not start: {log}"))
     }
 
     fn try_start(
         program: &std::ffi::OsStr,
         options: &[&str],
-        host: &str,
+        (host, port): (&str, &str),
         script: &str,
         adjust: impl FnOnce(&mut Command),
     ) -> Result<Server, String> {
@@ -60,7 +61,7 @@ impl Server {
         let mut command = Command::new(program);
         command
             .args(options)
-            .args(["-1", host, "0", "/bin/sh", "-c", script])
+            .args(["-1", host, port, "/bin/sh", "-c", script])
             .env_remove("QUILL_HOME")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -219,13 +220,14 @@ fn ipv6_environment_and_rules() {
     let dir = TempDir::new("tcpserver-v6");
     let rules = write_rules(dir.path(), "::1:allow,RELAYCLIENT=\"\"\n:deny\n");
     let rules = rules.to_str().expect("path");
-    let server = match Server::try_start(bin("quill-tcpserver").as_os_str(), &["-x", rules], "::1", SHOW_ENV, |_| {}) {
-        Ok(server) => server,
-        Err(log) => {
-            eprintln!("SKIP: cannot bind ::1 ({})", log.trim());
-            return;
-        }
-    };
+    let server =
+        match Server::try_start(bin("quill-tcpserver").as_os_str(), &["-x", rules], ("::1", "0"), SHOW_ENV, |_| {}) {
+            Ok(server) => server,
+            Err(log) => {
+                eprintln!("SKIP: cannot bind ::1 ({})", log.trim());
+                return;
+            }
+        };
     let out = read_all(connect(server.address("::1"), None));
     assert_eq!(value(&out, "PROTO"), "TCP6");
     assert_eq!(value(&out, "TCPLOCALIP"), "::1");
@@ -414,6 +416,32 @@ fn root_drops_to_the_given_user() {
         c.env("UID", &uid).env("GID", &gid);
     });
     assert_eq!(server.output(), format!("{uid} {gid} {gid}\n"));
+    // A privileged port: bound as root, served as the user. Some of these may be taken by
+    // other programs on the machine; the first free one is used.
+    let privileged = ["1017", "1009", "997", "991", "983", "977"].iter().find_map(|port| {
+        Server::try_start(
+            bin("quill-tcpserver").as_os_str(),
+            &["-u", &uid, "-g", &gid],
+            ("127.0.0.1", port),
+            script,
+            |_| {},
+        )
+        .ok()
+    });
+    match privileged {
+        Some(server) => {
+            assert!(server.port < 1024);
+            assert_eq!(server.output(), format!("{uid} {gid} {gid}\n"));
+        }
+        None => eprintln!("SKIP: no free port below 1024 on 127.0.0.1"),
+    }
+    let unprivileged = Server::try_start(bin("quill-tcpserver").as_os_str(), &[], ("127.0.0.1", "1017"), script, |c| {
+        c.uid(entry.uid.as_raw()).gid(entry.gid.as_raw());
+    });
+    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap_or_default();
+    if start.trim().parse::<u32>().is_ok_and(|p| p > 1017) {
+        assert!(unprivileged.is_err(), "an ordinary user bound a port below 1024");
+    }
 }
 
 /// The interchangeability check: ucspi-tcp's tcpserver and ours give a program the same
