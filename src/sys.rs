@@ -160,3 +160,55 @@ pub fn signal_pipe(signals: &[i32]) -> io::Result<std::os::fd::OwnedFd> {
     }
     Ok(read)
 }
+
+/// The name a reverse DNS lookup gives for `ip` (getnameinfo with NI_NAMEREQD), or None when
+/// there is none or the lookup fails. It blocks for as long as the resolver takes: call it only
+/// where waiting is harmless (quill-tcpserver runs it in the connection's own process).
+pub fn reverse_name(ip: std::net::IpAddr) -> Option<String> {
+    let mut host = [0 as libc::c_char; 1025];
+    let status = match ip {
+        std::net::IpAddr::V4(v4) => {
+            // SAFETY: a zeroed sockaddr_in is valid; every field we need is then set.
+            let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            sa.sin_family = libc::AF_INET as libc::sa_family_t;
+            sa.sin_addr.s_addr = u32::from_ne_bytes(v4.octets());
+            // SAFETY: the address pointer and length describe `sa`, the host buffer and its
+            // length describe `host`; no service buffer is asked for.
+            unsafe {
+                libc::getnameinfo(
+                    &sa as *const libc::sockaddr_in as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                    host.as_mut_ptr(),
+                    host.len() as libc::socklen_t,
+                    std::ptr::null_mut(),
+                    0,
+                    libc::NI_NAMEREQD,
+                )
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            // SAFETY: a zeroed sockaddr_in6 is valid; every field we need is then set.
+            let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sa.sin6_addr.s6_addr = v6.octets();
+            // SAFETY: as above, for `sa` of type sockaddr_in6.
+            unsafe {
+                libc::getnameinfo(
+                    &sa as *const libc::sockaddr_in6 as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                    host.as_mut_ptr(),
+                    host.len() as libc::socklen_t,
+                    std::ptr::null_mut(),
+                    0,
+                    libc::NI_NAMEREQD,
+                )
+            }
+        }
+    };
+    if status != 0 {
+        return None;
+    }
+    // SAFETY: on success getnameinfo wrote a NUL-terminated string into `host`.
+    let name = unsafe { std::ffi::CStr::from_ptr(host.as_ptr()) };
+    name.to_str().ok().map(str::to_string)
+}

@@ -1,0 +1,435 @@
+//! quill-tcpserver: a UCSPI-TCP server, interchangeable with ucspi-tcp's tcpserver.
+//!
+//! Job: bind HOST:PORT, drop privileges, then for each connection run PROGRAM in a child with
+//! the socket on fd 0 and fd 1 and the UCSPI-TCP variables (PROTO, TCPLOCALIP, TCPREMOTEIP, …)
+//! in its environment; enforce the total (`-c`) and per-client (`-C`) limits and the rules file
+//! (`-x`, doc/tcprules.5); reap the children; reload the rules on SIGHUP; stop on SIGTERM.
+//! Runs as: root (to bind a port below 1024) and then `-u`/`-g` (quilld), or any user.
+//! Fds: 0 unused, 1 the bound port with `-1`, 2 the log. Children: socket on 0 and 1, log on 2.
+//! Exit: 0 after SIGTERM, 100 on a usage error, 111 when it cannot start (bind, ids, rules).
+//! Man page: doc/quill-tcpserver.8.
+
+use quill::listener::{self, ClientKey, Over, Table};
+use quill::log;
+use quill::tcprules::{Rules, Verdict};
+use std::ffi::OsString;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+/// The first argument of the internal helper mode used by `-h`: the reverse lookup runs in the
+/// connection's own process, which then execs PROGRAM, so a slow resolver never stalls the
+/// accept loop.
+const LOOKUP: &str = "--quill-tcpserver-lookup";
+
+const USAGE: &str = "usage: quill-tcpserver [ -1UXvqQhHrRPoOdDw ] [ -c limit ] [ -C per-client ] \
+                     [ -x rules ] [ -B banner ] [ -m refusal ] [ -g gid ] [ -u uid ] [ -b backlog ] \
+                     [ -l localname ] [ -t timeout ] host port program [ arg ... ]";
+
+/// How much to log: 0 fatal errors only (`-q`), 1 errors, refusals and denials (default,
+/// `-Q`), 2 also every connection and the status (`-v`).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Verbosity {
+    Quiet,
+    Normal,
+    Verbose,
+}
+
+struct Config {
+    address: SocketAddr,
+    program: Vec<OsString>,
+    limit: usize,
+    per_client: u32,
+    backlog: i32,
+    rules: Option<PathBuf>,
+    rules_optional: bool,
+    banner: Vec<u8>,
+    refusal: Vec<u8>,
+    wait: bool,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    print_port: bool,
+    local_name: Option<String>,
+    lookup: bool,
+    nodelay: bool,
+    verbosity: Verbosity,
+}
+
+fn number<T: std::str::FromStr>(m: &getopts::Matches, name: &str, default: T) -> Result<T, String> {
+    match m.opt_str(name) {
+        None => Ok(default),
+        Some(text) => text.parse().map_err(|_| format!("-{name} needs a number, not {text:?}")),
+    }
+}
+
+fn env_id(name: &str) -> Result<u32, String> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).ok_or_else(|| format!("-U needs ${name} set to a number"))
+}
+
+fn parse_options(args: &[String]) -> Result<Config, String> {
+    let mut opts = getopts::Options::new();
+    opts.parsing_style(getopts::ParsingStyle::StopAtFirstFree);
+    for flag in ["1", "U", "X", "v", "q", "Q", "h", "H", "r", "R", "P", "o", "O", "d", "D", "w", "p"] {
+        opts.optflagmulti(flag, "", "");
+    }
+    for option in ["c", "C", "x", "B", "m", "g", "u", "b", "l", "t"] {
+        opts.optopt(option, "", "", "");
+    }
+    let m = opts.parse(args).map_err(|e| e.to_string())?;
+    if m.free.len() < 3 {
+        return Err("need HOST, PORT and PROGRAM".to_string());
+    }
+    if m.opt_present("p") {
+        return Err("-p (paranoid host names) needs DNS, which quill-tcpserver does not use".to_string());
+    }
+    let host = listener::parse_host(&m.free[0])?;
+    let port = listener::parse_port(&m.free[1])?;
+    // Flags that turn the same thing on and off count in the order given, as with tcpserver.
+    let last = |on: &str, off: &str| m.opt_positions(on).last() > m.opt_positions(off).last();
+    let verbosity = match (m.opt_positions("v").last(), m.opt_positions("q").last(), m.opt_positions("Q").last()) {
+        (v, q, quiet_off) if q > v && q > quiet_off => Verbosity::Quiet,
+        (v, q, quiet_off) if v.is_some() && v > q && v > quiet_off => Verbosity::Verbose,
+        _ => Verbosity::Normal,
+    };
+    let (mut uid, mut gid) = (None, None);
+    if m.opt_present("U") {
+        uid = Some(env_id("UID")?);
+        gid = Some(env_id("GID")?);
+    }
+    if m.opt_present("u") {
+        uid = Some(number(&m, "u", 0)?);
+    }
+    if m.opt_present("g") {
+        gid = Some(number(&m, "g", 0)?);
+    }
+    let limit: usize = number(&m, "c", 40)?;
+    let per_client: u32 = number(&m, "C", 20)?;
+    if limit == 0 || per_client == 0 {
+        return Err("-c and -C need at least 1".to_string());
+    }
+    let _timeout: u32 = number(&m, "t", 26)?;
+    Ok(Config {
+        address: SocketAddr::new(host, port),
+        program: m.free[2..].iter().map(OsString::from).collect(),
+        limit,
+        per_client,
+        backlog: number(&m, "b", 1024)?,
+        rules: m.opt_str("x").map(PathBuf::from),
+        rules_optional: m.opt_present("X"),
+        banner: m.opt_str("B").unwrap_or_default().into_bytes(),
+        refusal: match m.opt_str("m") {
+            Some(text) if text.is_empty() => Vec::new(),
+            Some(text) => format!("{text}\r\n").into_bytes(),
+            None => b"421 too many connections, try again later\r\n".to_vec(),
+        },
+        wait: m.opt_present("w"),
+        uid,
+        gid,
+        print_port: m.opt_present("1"),
+        local_name: m.opt_str("l"),
+        lookup: last("h", "H"),
+        nodelay: last("D", "d"),
+        verbosity,
+    })
+}
+
+/// Read the rules named by `-x`; with `-X` a missing file means no rules.
+fn load_rules(config: &Config) -> Result<Rules, String> {
+    let Some(path) = &config.rules else { return Ok(Rules::empty()) };
+    if config.rules_optional && !path.exists() {
+        return Ok(Rules::empty());
+    }
+    let rules = Rules::load(path)?;
+    for warning in &rules.warnings {
+        log::warning(&format!("{}: {warning}", path.display()));
+    }
+    Ok(rules)
+}
+
+/// The `TCPLOCALHOST` value when `-l` is not given: `control/me` of the Quill home named by
+/// `QUILL_HOME`, else None (the local IP of each connection is used).
+fn default_local_name() -> Option<String> {
+    std::env::var_os("QUILL_HOME")?;
+    let me = quill::control::Control::from_env().line("me").ok()??;
+    Some(String::from_utf8_lossy(&me).into_owned())
+}
+
+/// The running server: its settings, rules, connections and the program to run.
+struct Server {
+    config: Config,
+    rules: Rules,
+    table: Table,
+    self_exe: Option<PathBuf>,
+}
+
+impl Server {
+    fn log(&self, level: Verbosity, text: &str) {
+        if self.config.verbosity >= level {
+            log::line(text);
+        }
+    }
+
+    fn status(&self) {
+        self.log(Verbosity::Verbose, &format!("status: {}/{}", self.table.len(), self.config.limit));
+    }
+
+    /// Decide about one accepted connection: deny, refuse, or run the program.
+    fn serve(&mut self, stream: TcpStream) {
+        let (Ok(remote), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return };
+        let (remote, local) = (listener::canonical(remote), listener::canonical(local));
+        let rule = self.rules.lookup(remote.ip()).cloned();
+        if rule.as_ref().is_some_and(|r| r.verdict == Verdict::Deny) {
+            let line = rule.as_ref().map_or(0, |r| r.line);
+            self.log(Verbosity::Normal, &format!("deny {remote} by the rule on line {line}"));
+            return;
+        }
+        let client = ClientKey::of(remote.ip());
+        if let Err(over) = self.table.check(client) {
+            let why = match over {
+                Over::Total => format!("too many connections ({}/{})", self.table.len(), self.config.limit),
+                Over::PerClient => format!("too many connections from {client} ({})", self.config.per_client),
+            };
+            self.log(Verbosity::Normal, &format!("refuse {remote}: {why}"));
+            listener::refuse(stream, &self.config.refusal);
+            return;
+        }
+        if self.config.nodelay {
+            let _ = stream.set_nodelay(true);
+        }
+        if !self.config.banner.is_empty() {
+            // Written without blocking, so a client that never reads cannot stall the loop; a
+            // banner fits a new socket's buffer many times over.
+            if stream.set_nonblocking(true).is_ok() {
+                let _ = (&stream).write(&self.config.banner);
+            }
+            if stream.set_nonblocking(false).is_err() {
+                return;
+            }
+        }
+        let mut command = self.command(local, remote, rule.as_ref().map_or(&[][..], |r| &r.env[..]));
+        let socket = OwnedFd::from(stream);
+        match socket.try_clone() {
+            Ok(copy) => command.stdin(Stdio::from(socket)).stdout(Stdio::from(copy)),
+            Err(e) => {
+                self.log(Verbosity::Normal, &format!("warning: unable to duplicate the socket of {remote}: {e}"));
+                return;
+            }
+        };
+        match command.spawn() {
+            Ok(child) => {
+                let pid = child.id() as i32;
+                self.table.add(pid, client);
+                self.log(Verbosity::Verbose, &format!("pid {pid} from {remote}"));
+                self.log(Verbosity::Verbose, &format!("ok {pid} {local} :{remote}"));
+                self.status();
+            }
+            Err(e) => self.log(
+                Verbosity::Normal,
+                &format!("warning: unable to run {}: {e}", self.config.program[0].to_string_lossy()),
+            ),
+        }
+    }
+
+    /// The command for one connection: PROGRAM (through the lookup helper with `-h`) with the
+    /// UCSPI-TCP variables, stale ones removed, then the rule's variables on top.
+    fn command(&self, local: SocketAddr, remote: SocketAddr, env: &[(String, Vec<u8>)]) -> Command {
+        let program = &self.config.program;
+        let mut command = match (&self.self_exe, self.config.lookup) {
+            (Some(exe), true) => {
+                let mut c = Command::new(exe);
+                c.arg(LOOKUP).args(program);
+                c
+            }
+            _ => {
+                let mut c = Command::new(&program[0]);
+                c.args(&program[1..]);
+                c
+            }
+        };
+        let local_name = self.config.local_name.clone().unwrap_or_else(|| local.ip().to_string());
+        listener::set_environment(&mut command, local, remote, &local_name, env);
+        command
+    }
+}
+
+/// Collect every child that has ended, without blocking.
+fn reap(server: &mut Server) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(status) => {
+                if let Some((pid, raw)) = listener::raw_status(status) {
+                    if server.table.remove(pid) {
+                        server.log(Verbosity::Verbose, &format!("end {pid} status {raw}"));
+                        server.status();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// SIGHUP: read the rules again; a file that does not parse leaves the old rules in force.
+fn reload(server: &mut Server) {
+    let Some(path) = server.config.rules.clone() else { return };
+    match load_rules(&server.config) {
+        Ok(rules) => {
+            server.log(Verbosity::Verbose, &format!("rules: {} rules from {}", rules.len(), path.display()));
+            server.rules = rules;
+        }
+        Err(e) => server.log(Verbosity::Quiet, &format!("warning: {e}; keeping the old rules")),
+    }
+}
+
+/// The accept loop: signals first (reap, reload, stop), then new connections. Returns on
+/// SIGTERM.
+fn run(server: &mut Server, listener: TcpListener, signals: OwnedFd) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut pause_until: Option<Instant> = None;
+    loop {
+        if pause_until.is_some_and(|t| Instant::now() >= t) {
+            pause_until = None;
+        }
+        let accepting = pause_until.is_none() && !(server.config.wait && server.table.full());
+        let timeout = match pause_until {
+            Some(t) => PollTimeout::try_from(t.saturating_duration_since(Instant::now())).unwrap_or(PollTimeout::MAX),
+            None => PollTimeout::NONE,
+        };
+        let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        if accepting {
+            fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+        }
+        if poll(&mut fds, timeout).is_err() {
+            continue;
+        }
+        let signalled = fds[0].revents().is_some_and(|r| !r.is_empty());
+        let connecting = accepting && fds[1].revents().is_some_and(|r| !r.is_empty());
+        drop(fds);
+        if signalled {
+            let mut bytes = [0u8; 64];
+            let n = nix::unistd::read(signals.as_raw_fd(), &mut bytes).unwrap_or(0);
+            reap(server);
+            if bytes[..n].contains(&(libc::SIGHUP as u8)) {
+                reload(server);
+            }
+            if bytes[..n].contains(&(libc::SIGTERM as u8)) {
+                server.log(
+                    Verbosity::Verbose,
+                    &format!("exit: SIGTERM, {} connections left running", server.table.len()),
+                );
+                return;
+            }
+        }
+        if !connecting {
+            continue;
+        }
+        // Take what is waiting, a bounded batch at a time so signals are never starved.
+        for _ in 0..64 {
+            if server.config.wait && server.table.full() {
+                break;
+            }
+            match listener.accept() {
+                Ok((stream, _)) => server.serve(stream),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e)
+                    if matches!(e.kind(), std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::Interrupted) => {}
+                Err(e) => {
+                    // Out of descriptors or memory: the listener stays readable, so pause
+                    // instead of spinning.
+                    server.log(Verbosity::Quiet, &format!("warning: unable to accept: {e}"));
+                    pause_until = Some(Instant::now() + Duration::from_millis(200));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The `-h` helper: look up TCPREMOTEHOST, then become PROGRAM.
+fn lookup_and_exec(program: &[OsString]) -> ExitCode {
+    let Some(name) = program.first() else { return ExitCode::from(100) };
+    let mut command = Command::new(name);
+    command.args(&program[1..]).env_remove("TCPREMOTEHOST");
+    let remote = std::env::var("TCPREMOTEIP").ok().and_then(|ip| ip.parse().ok());
+    if let Some(host) = remote.and_then(quill::sys::reverse_name) {
+        command.env("TCPREMOTEHOST", host.to_ascii_lowercase());
+    }
+    let error = command.exec();
+    log::fatal(&format!("unable to run {}: {error}", name.to_string_lossy()));
+    ExitCode::from(111)
+}
+
+fn main() -> ExitCode {
+    log::init("quill-tcpserver");
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == LOOKUP) {
+        return lookup_and_exec(&args[1..]);
+    }
+    let Some(args) = args.into_iter().map(|a| a.into_string().ok()).collect::<Option<Vec<String>>>() else {
+        log::fatal("arguments must be UTF-8");
+        return ExitCode::from(100);
+    };
+    let config = match parse_options(&args) {
+        Ok(config) => config,
+        Err(e) => {
+            log::fatal(&e);
+            eprintln!("{USAGE}");
+            return ExitCode::from(100);
+        }
+    };
+    let listener = match listener::bind(config.address, config.backlog) {
+        Ok(listener) => listener,
+        Err(e) => {
+            log::fatal(&format!("unable to bind {}: {e}", config.address));
+            return ExitCode::from(111);
+        }
+    };
+    if config.print_port {
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, "{port}").and_then(|_| out.flush()).is_err() {
+            log::fatal("unable to print the port");
+            return ExitCode::from(111);
+        }
+    }
+    if config.uid.is_some() && config.gid.is_none() && nix::unistd::geteuid().is_root() {
+        log::warning("-u without -g keeps the group of root; give -g too");
+    }
+    if let Err(e) = listener::drop_privileges(config.uid, config.gid) {
+        log::fatal(&format!("unable to drop privileges to uid {:?} gid {:?}: {e}", config.uid, config.gid));
+        return ExitCode::from(111);
+    }
+    let rules = match load_rules(&config) {
+        Ok(rules) => rules,
+        Err(e) => {
+            log::fatal(&e);
+            return ExitCode::from(111);
+        }
+    };
+    let self_exe = std::env::current_exe().ok();
+    if config.lookup && self_exe.is_none() {
+        log::fatal("unable to find my own program for -h lookups");
+        return ExitCode::from(111);
+    }
+    let signals = match quill::sys::signal_pipe(&[libc::SIGCHLD, libc::SIGHUP, libc::SIGTERM]) {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::fatal(&format!("unable to set up signals: {e}"));
+            return ExitCode::from(111);
+        }
+    };
+    let mut config = config;
+    if config.local_name.is_none() {
+        config.local_name = default_local_name();
+    }
+    let table = Table::new(config.limit, config.per_client);
+    let mut server = Server { config, rules, table, self_exe };
+    server.status();
+    run(&mut server, listener, signals);
+    ExitCode::SUCCESS
+}

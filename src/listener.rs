@@ -1,0 +1,306 @@
+//! The network side of quill-tcpserver: the listening socket, addresses as UCSPI-TCP writes
+//! them, the privilege drop, and the table of running connections with its limits.
+//! Generic Unix and TCP code; it knows nothing about mail.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::ffi::OsStringExt;
+use std::process::Command;
+
+/// The listen address from the command line: an IPv4 or IPv6 address (brackets allowed), or
+/// tcpserver's `0` for every IPv4 address. Host names are refused: there is no DNS to ask.
+pub fn parse_host(text: &str) -> Result<IpAddr, String> {
+    if text == "0" {
+        return Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    }
+    let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+    bare.parse().map_err(|_| format!("{text} is not an IP address (quill-tcpserver looks up no host names)"))
+}
+
+/// The port from the command line: a number, or a TCP service name from `/etc/services`
+/// (`smtp` is 25), as tcpserver accepts.
+pub fn parse_port(text: &str) -> Result<u16, String> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().map_err(|_| format!("port {text} is out of range"));
+    }
+    let services = std::fs::read_to_string("/etc/services").unwrap_or_default();
+    service_port(&services, text)
+        .ok_or_else(|| format!("unknown port {text}: not a number nor a tcp service in /etc/services"))
+}
+
+/// Look up a TCP service name (or alias) in the text of an `/etc/services` file.
+pub fn service_port(services: &str, name: &str) -> Option<u16> {
+    for line in services.lines() {
+        let line = line.split('#').next().unwrap_or("");
+        let mut words = line.split_whitespace();
+        let (Some(first), Some(port_proto)) = (words.next(), words.next()) else { continue };
+        let Some((port, "tcp")) = port_proto.split_once('/') else { continue };
+        if first == name || words.any(|alias| alias == name) {
+            return port.parse().ok();
+        }
+    }
+    None
+}
+
+/// A listening socket with SO_REUSEADDR, IPV6_V6ONLY for IPv6 (an IPv4 listener on the same
+/// port is then a separate program), non-blocking for the poll loop. The backlog is where
+/// clients wait while every slot is busy (and with `-w`), so it should be large.
+pub fn bind(address: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    use nix::sys::socket::{setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage};
+    let family = if address.is_ipv6() { AddressFamily::Inet6 } else { AddressFamily::Inet };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if address.is_ipv6() {
+        setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
+    nix::sys::socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(address))?;
+    nix::sys::socket::listen(&fd, Backlog::new(backlog).unwrap_or(Backlog::MAXCONN))?;
+    let listener = TcpListener::from(fd);
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// An address as UCSPI-TCP reports it: IPv4-mapped IPv6 addresses become plain IPv4.
+pub fn canonical(address: SocketAddr) -> SocketAddr {
+    SocketAddr::new(address.ip().to_canonical(), address.port())
+}
+
+/// The `PROTO` value for a connection: `TCP`, or `TCP6` for an IPv6 client.
+pub fn proto(remote: IpAddr) -> &'static str {
+    if remote.is_ipv6() {
+        "TCP6"
+    } else {
+        "TCP"
+    }
+}
+
+/// What the per-client limit counts: one IPv4 address, or one IPv6 /64 (a single host
+/// usually holds a whole /64 and can change addresses inside it at will).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    /// An IPv4 address.
+    V4(Ipv4Addr),
+    /// The first 64 bits of an IPv6 address.
+    V6(u64),
+}
+
+impl ClientKey {
+    /// The key for a client address (IPv4-mapped IPv6 counts as IPv4).
+    pub fn of(ip: IpAddr) -> ClientKey {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => ClientKey::V4(v4),
+            IpAddr::V6(v6) => ClientKey::V6((u128::from(v6) >> 64) as u64),
+        }
+    }
+}
+
+impl std::fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientKey::V4(v4) => write!(f, "{v4}"),
+            ClientKey::V6(prefix) => write!(f, "{}/64", Ipv6Addr::from(u128::from(*prefix) << 64)),
+        }
+    }
+}
+
+/// Why a connection is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Over {
+    /// Every one of the `-c` slots is busy.
+    Total,
+    /// This client already has `-C` connections.
+    PerClient,
+}
+
+/// The running connections: which child serves which client, and the limits.
+#[derive(Debug)]
+pub struct Table {
+    /// At most this many connections at once (`-c`).
+    pub limit: usize,
+    /// At most this many from one client (`-C`).
+    pub per_client: u32,
+    children: HashMap<i32, ClientKey>,
+    clients: HashMap<ClientKey, u32>,
+}
+
+impl Table {
+    /// An empty table with these limits.
+    pub fn new(limit: usize, per_client: u32) -> Table {
+        Table { limit, per_client, children: HashMap::new(), clients: HashMap::new() }
+    }
+
+    /// The number of running connections.
+    pub fn len(&self) -> usize {
+        self.children.len()
+    }
+
+    /// True when no connection is running.
+    pub fn is_empty(&self) -> bool {
+        self.children.is_empty()
+    }
+
+    /// True when every slot is busy.
+    pub fn full(&self) -> bool {
+        self.children.len() >= self.limit
+    }
+
+    /// Whether one more connection from this client would break a limit.
+    pub fn check(&self, client: ClientKey) -> Result<(), Over> {
+        if self.full() {
+            return Err(Over::Total);
+        }
+        if self.clients.get(&client).copied().unwrap_or(0) >= self.per_client {
+            return Err(Over::PerClient);
+        }
+        Ok(())
+    }
+
+    /// Count a new child serving `client`.
+    pub fn add(&mut self, pid: i32, client: ClientKey) {
+        self.children.insert(pid, client);
+        *self.clients.entry(client).or_insert(0) += 1;
+    }
+
+    /// Forget a child that ended; false if it was not ours (the table is unchanged).
+    pub fn remove(&mut self, pid: i32) -> bool {
+        let Some(client) = self.children.remove(&pid) else { return false };
+        if let Some(count) = self.clients.get_mut(&client) {
+            *count -= 1;
+            if *count == 0 {
+                self.clients.remove(&client);
+            }
+        }
+        true
+    }
+}
+
+/// Give up root for good after binding: supplementary groups reduced to the one group, then
+/// the group, then the user (after setuid the others are no longer possible). With only `-u`,
+/// the group stays the current one but the supplementary groups still go. Checked afterwards.
+pub fn drop_privileges(uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    use nix::unistd::{getegid, geteuid, getgid, getuid, setgid, setgroups, setuid, Gid, Uid};
+    if uid.is_none() && gid.is_none() {
+        return Ok(());
+    }
+    let group = gid.unwrap_or_else(|| getegid().as_raw());
+    if geteuid().is_root() {
+        setgroups(&[Gid::from_raw(group)])?;
+    }
+    if let Some(gid) = gid {
+        setgid(Gid::from_raw(gid))?;
+    }
+    if let Some(uid) = uid {
+        setuid(Uid::from_raw(uid))?;
+    }
+    let same_uid = uid.is_none_or(|u| getuid().as_raw() == u && geteuid().as_raw() == u);
+    let same_gid = gid.is_none_or(|g| getgid().as_raw() == g && getegid().as_raw() == g);
+    if !same_uid || !same_gid {
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the ids did not change as asked"));
+    }
+    Ok(())
+}
+
+/// Answer a connection over a limit with the refusal line (if any) and close it. The socket is
+/// new, so the short line fits its buffer; what the client already sent is read first, so that
+/// closing does not reset the connection before the line arrives.
+pub fn refuse(stream: TcpStream, text: &[u8]) {
+    if stream.set_nonblocking(true).is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let _ = (&stream).read(&mut sink);
+    if !text.is_empty() {
+        let _ = (&stream).write(text);
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+/// The wait status as tcpserver prints it in its `end` line: exit code × 256, or the signal
+/// number (plus 128 with a core dump).
+pub fn raw_status(status: nix::sys::wait::WaitStatus) -> Option<(i32, i32)> {
+    use nix::sys::wait::WaitStatus;
+    match status {
+        WaitStatus::Exited(pid, code) => Some((pid.as_raw(), code << 8)),
+        WaitStatus::Signaled(pid, signal, core) => Some((pid.as_raw(), signal as i32 | if core { 0x80 } else { 0 })),
+        _ => None,
+    }
+}
+
+/// The UCSPI-TCP environment of one connection's program: stale `TCPREMOTEHOST` and
+/// `TCPREMOTEINFO` from our own environment removed (no lookup made them), the connection's
+/// variables set, then the rule's variables on top (a rule may override any of them).
+pub fn set_environment(
+    command: &mut Command,
+    local: SocketAddr,
+    remote: SocketAddr,
+    local_name: &str,
+    rule: &[(String, Vec<u8>)],
+) {
+    command
+        .env_remove("TCPREMOTEHOST")
+        .env_remove("TCPREMOTEINFO")
+        .env("PROTO", proto(remote.ip()))
+        .env("TCPLOCALIP", local.ip().to_string())
+        .env("TCPLOCALPORT", local.port().to_string())
+        .env("TCPLOCALHOST", local_name)
+        .env("TCPREMOTEIP", remote.ip().to_string())
+        .env("TCPREMOTEPORT", remote.port().to_string());
+    for (name, value) in rule {
+        command.env(name, OsString::from_vec(value.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_ports() {
+        assert_eq!(parse_host("0"), Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED)));
+        assert_eq!(parse_host("::"), Ok(IpAddr::V6(Ipv6Addr::UNSPECIFIED)));
+        assert_eq!(parse_host("[::1]"), Ok(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        assert!(parse_host("mail.example").is_err());
+        assert_eq!(parse_port("2525"), Ok(2525));
+        assert!(parse_port("70000").is_err());
+        let services = "# comment\nsmtp\t\t25/tcp\t\tmail\nsmtp 25/udp\nsubmission 587/tcp\n";
+        assert_eq!(service_port(services, "smtp"), Some(25));
+        assert_eq!(service_port(services, "mail"), Some(25));
+        assert_eq!(service_port(services, "submission"), Some(587));
+        assert_eq!(service_port(services, "imap"), None);
+    }
+
+    #[test]
+    fn mapped_addresses_and_client_keys() {
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:25".parse().expect("address");
+        assert_eq!(canonical(mapped).to_string(), "192.0.2.1:25");
+        assert_eq!(proto(canonical(mapped).ip()), "TCP");
+        let a = ClientKey::of("2001:db8:1:2::1".parse().expect("ip"));
+        let b = ClientKey::of("2001:db8:1:2:ffff::9".parse().expect("ip"));
+        let c = ClientKey::of("2001:db8:1:3::1".parse().expect("ip"));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.to_string(), "2001:db8:1:2::/64");
+    }
+
+    #[test]
+    fn table_limits() {
+        let one = ClientKey::of("192.0.2.1".parse().expect("ip"));
+        let two = ClientKey::of("192.0.2.2".parse().expect("ip"));
+        let mut t = Table::new(3, 2);
+        assert_eq!(t.check(one), Ok(()));
+        t.add(10, one);
+        t.add(11, one);
+        assert_eq!(t.check(one), Err(Over::PerClient));
+        assert_eq!(t.check(two), Ok(()));
+        t.add(12, two);
+        assert_eq!(t.check(two), Err(Over::Total));
+        assert!(t.remove(10));
+        assert!(!t.remove(10));
+        assert_eq!(t.check(one), Ok(()));
+        assert_eq!(t.len(), 2);
+    }
+}

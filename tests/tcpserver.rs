@@ -1,0 +1,507 @@
+//! quill-tcpserver, run for real on loopback: the UCSPI-TCP environment, the rules file, the
+//! limits, reaping, signals, the privilege drop, and the same environment as ucspi-tcp's
+//! tcpserver. Every server binds port 0 and tells its port with `-1`.
+
+mod common;
+
+use common::{bin, wait_for, TempDir};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// The environment a connection's program sees, one `NAME=value` per line (`NAME=-` when
+/// unset), in a fixed order.
+const SHOW_ENV: &str = "for v in PROTO TCPLOCALIP TCPLOCALPORT TCPLOCALHOST TCPREMOTEIP TCPREMOTEPORT \
+                        TCPREMOTEHOST TCPREMOTEINFO RELAYCLIENT WHO GEN; do \
+                        eval \"echo $v=\\${$v--}\"; done";
+
+/// A program that greets, then holds the connection until the client sends a line.
+const HOLD: &str = "echo hi; read line; echo \"got $line\"";
+
+struct Server {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    /// Holds the log file; removed with the server.
+    _dir: TempDir,
+}
+
+impl Server {
+    /// Start quill-tcpserver with `options`, on `host` port 0, running `sh -c SCRIPT`.
+    fn start(options: &[&str], host: &str, script: &str) -> Server {
+        Server::start_with(bin("quill-tcpserver").as_os_str(), options, host, script, |_| {})
+    }
+
+    fn start_with(
+        program: &std::ffi::OsStr,
+        options: &[&str],
+        host: &str,
+        script: &str,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Server {
+        Server::try_start(program, options, (host, "0"), script, adjust)
+            .unwrap_or_else(|log| panic!("server did not start: {log}"))
+    }
+
+    fn try_start(
+        program: &std::ffi::OsStr,
+        options: &[&str],
+        (host, port): (&str, &str),
+        script: &str,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Result<Server, String> {
+        let dir = TempDir::new("tcpserver");
+        let log = dir.path().join("log");
+        let mut command = Command::new(program);
+        command
+            .args(options)
+            .args(["-1", host, port, "/bin/sh", "-c", script])
+            .env_remove("QUILL_HOME")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        adjust(&mut command);
+        let mut child = command.spawn().expect("spawn server");
+        let mut first = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        let _ = BufReader::new(stdout).read_line(&mut first);
+        match first.trim().parse() {
+            Ok(port) => Ok(Server { child, port, log, _dir: dir }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(std::fs::read_to_string(&log).unwrap_or_default())
+            }
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).expect("signal server");
+    }
+
+    fn address(&self, ip: &str) -> SocketAddr {
+        SocketAddr::new(ip.parse().expect("ip"), self.port)
+    }
+
+    /// Connect from 127.0.0.1 and read everything the program writes.
+    fn output(&self) -> String {
+        read_all(connect(self.address("127.0.0.1"), None))
+    }
+
+    /// Connect from another loopback address (any 127.x.y.z reaches 127.0.0.1).
+    fn output_from(&self, source: &str) -> String {
+        read_all(connect(self.address("127.0.0.1"), Some(source)))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client connection, optionally from a chosen source address, with read timeouts.
+fn connect(server: SocketAddr, source: Option<&str>) -> TcpStream {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    let family = if server.is_ipv6() { AddressFamily::Inet6 } else { AddressFamily::Inet };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).expect("socket");
+    if let Some(source) = source {
+        let from = SocketAddr::new(source.parse().expect("source ip"), 0);
+        bind(fd.as_raw_fd(), &SockaddrStorage::from(from)).expect("bind client");
+    }
+    connect(fd.as_raw_fd(), &SockaddrStorage::from(server)).expect("connect");
+    let stream = TcpStream::from(fd);
+    stream.set_read_timeout(Some(LIMIT)).expect("timeout");
+    stream
+}
+
+fn read_all(mut stream: TcpStream) -> String {
+    let mut bytes = Vec::new();
+    let _ = stream.read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn read_line(stream: &TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    let mut reader = stream;
+    while line.len() < 1000 {
+        match reader.read(&mut byte) {
+            Ok(1) => {
+                line.push(byte[0]);
+                if byte[0] == b'\n' {
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+fn value<'a>(output: &'a str, name: &str) -> &'a str {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {name} in {output:?}"))
+}
+
+/// Children of `pid` that are zombies, from /proc.
+fn zombies(pid: i32) -> usize {
+    let mut count = 0;
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+        let fields: Vec<&str> = after.split(' ').collect();
+        if fields.len() > 1 && fields[0] == "Z" && fields[1] == pid.to_string() {
+            count += 1;
+        }
+    }
+    count
+}
+
+fn write_rules(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("rules");
+    std::fs::write(&path, text).expect("write rules");
+    path
+}
+
+#[test]
+fn ipv4_environment_and_stale_variables() {
+    let server = Server::start_with(bin("quill-tcpserver").as_os_str(), &["-v"], "127.0.0.1", SHOW_ENV, |c| {
+        c.env("TCPREMOTEHOST", "stale.example").env("TCPREMOTEINFO", "stale");
+    });
+    let stream = connect(server.address("127.0.0.1"), None);
+    let client_port = stream.local_addr().expect("local").port();
+    let out = read_all(stream);
+    assert_eq!(value(&out, "PROTO"), "TCP");
+    assert_eq!(value(&out, "TCPLOCALIP"), "127.0.0.1");
+    assert_eq!(value(&out, "TCPLOCALPORT"), server.port.to_string());
+    assert_eq!(value(&out, "TCPLOCALHOST"), "127.0.0.1");
+    assert_eq!(value(&out, "TCPREMOTEIP"), "127.0.0.1");
+    assert_eq!(value(&out, "TCPREMOTEPORT"), client_port.to_string());
+    assert_eq!(value(&out, "TCPREMOTEHOST"), "-");
+    assert_eq!(value(&out, "TCPREMOTEINFO"), "-");
+    assert_eq!(value(&out, "RELAYCLIENT"), "-");
+    assert!(wait_for(LIMIT, || server.log().contains(" status 0")), "{}", server.log());
+    let log = server.log();
+    assert!(log.contains("quill-tcpserver: status: 0/40"), "{log}");
+    assert!(log.contains(&format!(":127.0.0.1:{client_port}")) && log.contains("quill-tcpserver: ok "), "{log}");
+}
+
+#[test]
+fn local_name_from_option_and_from_control_me() {
+    let server = Server::start(&["-l", "mx.example"], "127.0.0.1", SHOW_ENV);
+    assert_eq!(value(&server.output(), "TCPLOCALHOST"), "mx.example");
+    let home = common::home("tcpserver-me", &[("me", "me.example\n")]);
+    let server = Server::start_with(bin("quill-tcpserver").as_os_str(), &[], "127.0.0.1", SHOW_ENV, |c| {
+        c.env("QUILL_HOME", home.path());
+    });
+    assert_eq!(value(&server.output(), "TCPLOCALHOST"), "me.example");
+}
+
+#[test]
+fn ipv6_environment_and_rules() {
+    let dir = TempDir::new("tcpserver-v6");
+    let rules = write_rules(dir.path(), "::1:allow,RELAYCLIENT=\"\"\n:deny\n");
+    let rules = rules.to_str().expect("path");
+    let server =
+        match Server::try_start(bin("quill-tcpserver").as_os_str(), &["-x", rules], ("::1", "0"), SHOW_ENV, |_| {}) {
+            Ok(server) => server,
+            Err(log) => {
+                eprintln!("SKIP: cannot bind ::1 ({})", log.trim());
+                return;
+            }
+        };
+    let out = read_all(connect(server.address("::1"), None));
+    assert_eq!(value(&out, "PROTO"), "TCP6");
+    assert_eq!(value(&out, "TCPLOCALIP"), "::1");
+    assert_eq!(value(&out, "TCPREMOTEIP"), "::1");
+    assert_eq!(value(&out, "RELAYCLIENT"), "");
+}
+
+#[test]
+fn rules_exact_prefix_cidr_most_specific_wins() {
+    let dir = TempDir::new("tcpserver-rules");
+    let rules = write_rules(
+        dir.path(),
+        "# test rules\n:deny\n127.0.0.2:allow,RELAYCLIENT=\"\"\n127.0.0.:allow,WHO=\"prefix\"\n127.0.0.4:deny\n\
+         127.0.1.0/24:allow,WHO=\"cidr\"\n127.0.1.5:allow,WHO=\"exact\"\n127.0.2.10-12:allow,WHO=\"range\"\n",
+    );
+    let server = Server::start(&["-x", rules.to_str().expect("path")], "127.0.0.1", SHOW_ENV);
+    let out = server.output_from("127.0.0.2");
+    assert_eq!((value(&out, "RELAYCLIENT"), value(&out, "WHO")), ("", "-"));
+    let out = server.output_from("127.0.0.3");
+    assert_eq!((value(&out, "RELAYCLIENT"), value(&out, "WHO")), ("-", "prefix"));
+    assert_eq!(server.output_from("127.0.0.4"), "", "denied: closed at once, nothing runs");
+    assert_eq!(value(&server.output_from("127.0.1.9"), "WHO"), "cidr");
+    assert_eq!(value(&server.output_from("127.0.1.5"), "WHO"), "exact");
+    assert_eq!(value(&server.output_from("127.0.2.11"), "WHO"), "range");
+    assert_eq!(server.output_from("127.0.2.13"), "", "the default rule denies");
+    assert_eq!(server.output_from("127.1.0.1"), "", "the default rule denies");
+    let log = server.log();
+    assert!(log.contains("quill-tcpserver: deny 127.0.0.4:"), "{log}");
+    assert!(log.contains("quill-tcpserver: deny 127.1.0.1:"), "{log}");
+}
+
+#[test]
+fn sighup_reloads_and_a_bad_file_keeps_the_old_rules() {
+    let dir = TempDir::new("tcpserver-hup");
+    let rules = write_rules(dir.path(), ":allow,GEN=\"one\"\n");
+    let server = Server::start(&["-x", rules.to_str().expect("path")], "127.0.0.1", SHOW_ENV);
+    assert_eq!(value(&server.output(), "GEN"), "one");
+    std::fs::write(&rules, ":allow,GEN=\"two\"\n").expect("rewrite rules");
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(wait_for(LIMIT, || value(&server.output(), "GEN") == "two"), "rules not reloaded: {}", server.log());
+    std::fs::write(&rules, ":allow,GEN=\"three\"\n127.0.0.1:maybe\n").expect("rewrite rules");
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(wait_for(LIMIT, || server.log().contains("line 2")), "{}", server.log());
+    assert_eq!(value(&server.output(), "GEN"), "two");
+    assert!(server.log().contains("keeping the old rules"), "{}", server.log());
+}
+
+#[test]
+fn bad_rules_file_at_start_exits_111() {
+    let dir = TempDir::new("tcpserver-bad");
+    let rules = write_rules(dir.path(), "127.0.0.1:allow\n10.0.0.0/33:deny\n");
+    let out = Command::new(bin("quill-tcpserver"))
+        .args(["-x", rules.to_str().expect("path"), "127.0.0.1", "0", "true"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(111));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("quill-tcpserver: fatal: unable to parse") && err.contains("line 2:"), "{err}");
+    let missing = dir.path().join("missing");
+    let out = Command::new(bin("quill-tcpserver"))
+        .args(["-x", missing.to_str().expect("path"), "127.0.0.1", "0", "true"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(111));
+    let out = Command::new(bin("quill-tcpserver")).args(["-c", "x", "127.0.0.1", "0", "true"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(100));
+}
+
+#[test]
+fn per_client_limit_refuses_with_421() {
+    let server = Server::start(&["-c", "10", "-C", "2"], "127.0.0.1", HOLD);
+    let held: Vec<TcpStream> = (0..2).map(|_| connect(server.address("127.0.0.1"), None)).collect();
+    for stream in &held {
+        assert_eq!(read_line(stream), "hi\n");
+    }
+    assert_eq!(server.output(), "421 too many connections, try again later\r\n");
+    let other = connect(server.address("127.0.0.1"), Some("127.0.0.2"));
+    assert_eq!(read_line(&other), "hi\n", "another client is not limited");
+    let log = server.log();
+    assert!(log.contains("refuse 127.0.0.1:") && log.contains("too many connections from 127.0.0.1 (2)"), "{log}");
+    (&held[0]).write_all(b"bye\n").expect("write");
+    assert_eq!(read_line(&held[0]), "got bye\n");
+    drop(held);
+    assert!(wait_for(LIMIT, || read_line(&connect(server.address("127.0.0.1"), None)) == "hi\n"));
+}
+
+#[test]
+fn total_limit_refuses_and_custom_text() {
+    let server = Server::start(&["-c", "2", "-m", "421 busy"], "127.0.0.1", HOLD);
+    let held: Vec<TcpStream> =
+        ["127.0.0.2", "127.0.0.3"].iter().map(|from| connect(server.address("127.0.0.1"), Some(from))).collect();
+    for stream in &held {
+        assert_eq!(read_line(stream), "hi\n");
+    }
+    assert_eq!(server.output_from("127.0.0.4"), "421 busy\r\n");
+    assert!(server.log().contains("too many connections (2/2)"), "{}", server.log());
+}
+
+#[test]
+fn wait_option_keeps_clients_in_the_backlog() {
+    let server = Server::start(&["-c", "1", "-w"], "127.0.0.1", HOLD);
+    let first = connect(server.address("127.0.0.1"), None);
+    assert_eq!(read_line(&first), "hi\n");
+    let second = connect(server.address("127.0.0.1"), Some("127.0.0.2"));
+    second.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+    let mut byte = [0u8; 1];
+    let early = (&second).read(&mut byte);
+    assert!(early.is_err(), "the second client was answered while the slot was busy: {early:?}");
+    (&first).write_all(b"done\n").expect("write");
+    assert_eq!(read_line(&first), "got done\n");
+    second.set_read_timeout(Some(LIMIT)).expect("timeout");
+    assert_eq!(read_line(&second), "hi\n");
+    assert!(!server.log().contains("refuse"), "{}", server.log());
+}
+
+#[test]
+fn children_are_reaped() {
+    let server = Server::start(&["-v"], "127.0.0.1", "echo x");
+    for _ in 0..20 {
+        assert_eq!(server.output(), "x\n");
+    }
+    assert!(wait_for(LIMIT, || server.log().matches(" status 0\n").count() == 20), "{}", server.log());
+    assert!(wait_for(LIMIT, || zombies(server.pid()) == 0), "zombies left");
+    assert!(server.log().ends_with("status: 0/40\n"), "{}", server.log());
+}
+
+#[test]
+fn sigterm_stops_accepting_and_leaves_children_running() {
+    let mut server = Server::start(&[], "127.0.0.1", HOLD);
+    let held = connect(server.address("127.0.0.1"), None);
+    assert_eq!(read_line(&held), "hi\n");
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let mut status = None;
+    assert!(wait_for(LIMIT, || {
+        status = server.child.try_wait().ok().flatten();
+        status.is_some()
+    }));
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    assert!(TcpStream::connect(server.address("127.0.0.1")).is_err(), "still listening");
+    (&held).write_all(b"after\n").expect("write");
+    assert_eq!(read_line(&held), "got after\n");
+}
+
+#[test]
+fn reverse_lookup_with_h() {
+    let server = Server::start(&["-h"], "127.0.0.1", SHOW_ENV);
+    let out = server.output();
+    let host = value(&out, "TCPREMOTEHOST");
+    assert_eq!(value(&out, "TCPREMOTEIP"), "127.0.0.1");
+    assert_eq!(host, host.to_ascii_lowercase());
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    let listed = hosts.lines().any(|l| {
+        let words: Vec<&str> = l.split('#').next().unwrap_or("").split_whitespace().collect();
+        words.first() == Some(&"127.0.0.1") && words.get(1) == Some(&"localhost")
+    });
+    if listed {
+        assert_eq!(host, "localhost");
+    } else {
+        eprintln!("SKIP: /etc/hosts has no 127.0.0.1 localhost line; TCPREMOTEHOST={host}");
+    }
+}
+
+#[test]
+fn root_drops_to_the_given_user() {
+    if !common::is_root() {
+        eprintln!("SKIP: not root");
+        return;
+    }
+    let user = "quilltcpd";
+    if nix::unistd::User::from_name(user).ok().flatten().is_none() {
+        let made = Command::new("useradd").args(["-M", "-N", "-s", "/bin/false", user]).status();
+        if !made.is_ok_and(|s| s.success()) && nix::unistd::User::from_name(user).ok().flatten().is_none() {
+            eprintln!("SKIP: cannot create user {user}");
+            return;
+        }
+    }
+    let entry = nix::unistd::User::from_name(user).ok().flatten().expect("user");
+    let (uid, gid) = (entry.uid.as_raw().to_string(), entry.gid.as_raw().to_string());
+    let script = "echo \"$(id -u) $(id -g) $(id -G)\"";
+    let server = Server::start(&["-u", &uid, "-g", &gid], "127.0.0.1", script);
+    assert_eq!(server.output(), format!("{uid} {gid} {gid}\n"));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).expect("status");
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).expect("Uid line");
+    assert!(uid_line.split_whitespace().skip(1).all(|u| u == uid), "{uid_line}");
+    let server = Server::start_with(bin("quill-tcpserver").as_os_str(), &["-U"], "127.0.0.1", script, |c| {
+        c.env("UID", &uid).env("GID", &gid);
+    });
+    assert_eq!(server.output(), format!("{uid} {gid} {gid}\n"));
+    // A privileged port: bound as root, served as the user. Some of these may be taken by
+    // other programs on the machine; the first free one is used.
+    let privileged = ["1017", "1009", "997", "991", "983", "977"].iter().find_map(|port| {
+        Server::try_start(
+            bin("quill-tcpserver").as_os_str(),
+            &["-u", &uid, "-g", &gid],
+            ("127.0.0.1", port),
+            script,
+            |_| {},
+        )
+        .ok()
+    });
+    match privileged {
+        Some(server) => {
+            assert!(server.port < 1024);
+            assert_eq!(server.output(), format!("{uid} {gid} {gid}\n"));
+        }
+        None => eprintln!("SKIP: no free port below 1024 on 127.0.0.1"),
+    }
+    let unprivileged = Server::try_start(bin("quill-tcpserver").as_os_str(), &[], ("127.0.0.1", "1017"), script, |c| {
+        c.uid(entry.uid.as_raw()).gid(entry.gid.as_raw());
+    });
+    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap_or_default();
+    if start.trim().parse::<u32>().is_ok_and(|p| p > 1017) {
+        assert!(unprivileged.is_err(), "an ordinary user bound a port below 1024");
+    }
+}
+
+/// The interchangeability check: ucspi-tcp's tcpserver and ours give a program the same
+/// variables, and the same rules text means the same thing to both.
+#[test]
+fn same_environment_as_ucspi_tcp_tcpserver() {
+    let tcpserver = Path::new("/usr/bin/tcpserver");
+    if !tcpserver.is_file() {
+        eprintln!("SKIP: ucspi-tcp tcpserver is not installed");
+        return;
+    }
+    let show = "env | grep -E '^(PROTO|TCP[A-Z]*)=' | sort";
+    let options = ["-R", "-H", "-l", "mx.example"];
+    let theirs = Server::start_with(tcpserver.as_os_str(), &options, "127.0.0.1", show, |c| {
+        c.env("TCPREMOTEHOST", "stale");
+    });
+    let ours = Server::start_with(bin("quill-tcpserver").as_os_str(), &options, "127.0.0.1", show, |c| {
+        c.env("TCPREMOTEHOST", "stale");
+    });
+    let normalise = |server: &Server, out: String| -> String {
+        out.replace(&format!("TCPLOCALPORT={}\n", server.port), "TCPLOCALPORT=P\n")
+            .lines()
+            .map(|l| if l.starts_with("TCPREMOTEPORT=") { "TCPREMOTEPORT=N" } else { l })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let expected = normalise(&theirs, theirs.output());
+    assert!(expected.contains("PROTO=TCP"), "{expected}");
+    assert_eq!(normalise(&ours, ours.output()), expected);
+
+    let tcprules = Path::new("/usr/bin/tcprules");
+    if !tcprules.is_file() {
+        eprintln!("SKIP: ucspi-tcp tcprules is not installed");
+        return;
+    }
+    let dir = TempDir::new("tcpserver-interop");
+    let text = "127.0.0.2:allow,RELAYCLIENT=\"\"\n127.0.0.:allow,WHO=\"prefix\"\n127.0.0.4:deny\n\
+                127.0.0.5:allow,WHO=/slash/\n127.0.0.6:allow,WHO=aba\n127.0.0.7-9:allow,WHO=\"range\"\n\
+                :allow,WHO='default'\n";
+    let source = write_rules(dir.path(), text);
+    let cdb = dir.path().join("rules.cdb");
+    let mut compile = Command::new(tcprules)
+        .arg(&cdb)
+        .arg(dir.path().join("rules.tmp"))
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("tcprules");
+    compile.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("feed tcprules");
+    assert!(compile.wait().expect("tcprules").success());
+    let show = "echo \"${RELAYCLIENT-unset} ${WHO-unset}\"";
+    let theirs = Server::start_with(
+        tcpserver.as_os_str(),
+        &["-R", "-H", "-x", cdb.to_str().expect("path")],
+        "127.0.0.1",
+        show,
+        |_| {},
+    );
+    let ours = Server::start(&["-R", "-H", "-x", source.to_str().expect("path")], "127.0.0.1", show);
+    for from in ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.8", "127.0.1.1"] {
+        assert_eq!(ours.output_from(from), theirs.output_from(from), "client {from}");
+    }
+    assert_eq!(ours.output_from("127.0.0.4"), "");
+}
