@@ -1,2 +1,159 @@
-//! (to be written)
+//! Delivery into a Maildir: a new file in `tmp/` under a unique name, written in large
+//! writes and fsynced, then linked into `new/`, the `tmp/` name removed, and `new/` fsynced.
+//! Only then is the delivery done (DESIGN §3 invariant 4).
 #![forbid(unsafe_code)]
+
+use crate::fail::{is_disk_full, Error, Result};
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Size of one write: big enough that a typical message goes out in one call.
+const CHUNK: usize = 256 * 1024;
+
+/// How many names to try when one is taken (two deliveries in the same microsecond).
+const NAME_TRIES: u32 = 10;
+
+/// The host part of a unique name: the host name with `/` and `:` written as `\057` and
+/// `\072` (the Maildir convention, since both would break the name).
+pub fn host_part() -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string());
+    host.replace('/', "\\057").replace(':', "\\072")
+}
+
+/// `SECONDS.MmicrosPpid.HOST`, with `Q<try>` after the pid when an earlier name was taken.
+pub fn unique_name(host: &str, attempt: u32) -> String {
+    let (secs, micros) = crate::date::now_micros();
+    let pid = std::process::id();
+    if attempt == 0 {
+        format!("{secs}.M{micros}P{pid}.{host}")
+    } else {
+        format!("{secs}.M{micros}P{pid}Q{attempt}.{host}")
+    }
+}
+
+/// Make a Maildir (and missing parents) with `tmp/`, `new/` and `cur/`, mode 0700, and fsync
+/// what was created so that the new directories survive a crash with the mail in them.
+pub fn create(dir: &Path) -> io::Result<()> {
+    DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    for sub in ["tmp", "new", "cur"] {
+        match DirBuilder::new().mode(0o700).create(dir.join(sub)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    File::open(dir)?.sync_all()?;
+    if let Some(parent) = dir.parent() {
+        let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// What went wrong, for the report: disk full and quota are temporary with #4.3.0, the rest
+/// are sorted by errno.
+fn failure(dir: &Path, what: &str, err: &io::Error) -> Error {
+    let shown = dir.display();
+    if is_disk_full(err) {
+        return Error::temporary(format!("Unable to {what} maildir {shown}: {err}. (#4.3.0)"));
+    }
+    let mut e = Error::io(format!("{what} maildir {shown}"), err);
+    let code = if e.outcome == crate::fail::Outcome::Permanent { "5.2.0" } else { "4.2.0" };
+    e.message = format!("Unable to {what} maildir {shown}: {err}. (#{code})");
+    e
+}
+
+/// Deliver `prefix` followed by everything `body` yields into the Maildir `dir`. With
+/// `create_missing`, a Maildir that does not exist yet is made first.
+pub fn deliver(dir: &Path, prefix: &[u8], body: &mut dyn Read, create_missing: bool) -> Result<()> {
+    let host = host_part();
+    let (mut file, name, tmp) = open_unique(dir, &host, create_missing)?;
+    if let Err(err) = write_all(&mut file, prefix, body).and_then(|()| file.sync_all()) {
+        drop(file);
+        let _ = std::fs::remove_file(&tmp);
+        return Err(failure(dir, "write", &err));
+    }
+    drop(file);
+    let new = dir.join("new").join(&name);
+    if let Err(err) = std::fs::hard_link(&tmp, &new) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(failure(dir, "link into", &err));
+    }
+    // A tmp/ name that survives a crash is debris Maildir readers clean up; new/ is what counts.
+    let _ = std::fs::remove_file(&tmp);
+    File::open(dir.join("new")).and_then(|d| d.sync_all()).map_err(|err| failure(dir, "sync", &err))?;
+    Ok(())
+}
+
+/// Create `tmp/NAME` exclusively; returns the open file, the name and its path.
+fn open_unique(dir: &Path, host: &str, create_missing: bool) -> Result<(File, String, PathBuf)> {
+    let mut created = false;
+    let mut attempt = 0;
+    loop {
+        let name = unique_name(host, attempt);
+        let tmp = dir.join("tmp").join(&name);
+        match OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_CLOEXEC).open(&tmp) {
+            Ok(file) => return Ok((file, name, tmp)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt + 1 < NAME_TRIES => attempt += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && create_missing && !created => {
+                create(dir).map_err(|err| failure(dir, "create", &err))?;
+                created = true;
+            }
+            Err(e) => return Err(failure(dir, "open a file in", &e)),
+        }
+    }
+}
+
+/// Write the prefix and the body in chunks of up to [`CHUNK`] bytes, the prefix sharing the
+/// first chunk (so a small message costs one write).
+fn write_all(file: &mut File, prefix: &[u8], body: &mut dyn Read) -> io::Result<()> {
+    let mut buffer = Vec::with_capacity(CHUNK + prefix.len());
+    buffer.extend_from_slice(prefix);
+    let mut done = false;
+    while !done {
+        while buffer.len() < CHUNK + prefix.len() {
+            let start = buffer.len();
+            buffer.resize(CHUNK + prefix.len(), 0);
+            let n = loop {
+                match body.read(&mut buffer[start..]) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => break other,
+                }
+            };
+            let n = match n {
+                Ok(n) => n,
+                Err(e) => {
+                    buffer.truncate(start);
+                    return Err(e);
+                }
+            };
+            buffer.truncate(start + n);
+            if n == 0 {
+                done = true;
+                break;
+            }
+        }
+        file.write_all(&buffer)?;
+        buffer.clear();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let a = unique_name("h\\072x", 0);
+        assert!(a.contains(".M") && a.contains(&format!("P{}.h", std::process::id())));
+        assert!(unique_name("h", 3).contains("Q3.h"));
+        assert!(!host_part().contains('/') && !host_part().contains(':'));
+    }
+}
