@@ -450,7 +450,8 @@ impl<'a> Delivery<'a> {
         let wrap = |e: Error| {
             let code = if e.outcome == Outcome::Permanent { "5.3.0" } else { "4.3.0" };
             let text = if e.message.contains("(#") { e.message.clone() } else { format!("{}. (#{code})", e.message) };
-            Error { message: format!("Unable to forward message: {text}"), ..e }
+            // The queue program's own exit code is not ours: quill-local exits 0, 100 or 111.
+            Error { message: format!("Unable to forward message: {text}"), code: 0, ..e }
         };
         let mut submission = crate::submit::Submission::start().map_err(wrap)?;
         submission.write(&dtline(&self.recipient));

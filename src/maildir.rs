@@ -111,38 +111,19 @@ fn open_unique(dir: &Path, host: &str, create_missing: bool) -> Result<(File, St
 }
 
 /// Write the prefix and the body in chunks of up to [`CHUNK`] bytes, the prefix sharing the
-/// first chunk (so a small message costs one write).
+/// first chunk (so a small message costs one write, from a buffer no bigger than it).
 fn write_all(file: &mut File, prefix: &[u8], body: &mut dyn Read) -> io::Result<()> {
-    let mut buffer = Vec::with_capacity(CHUNK + prefix.len());
-    buffer.extend_from_slice(prefix);
-    let mut done = false;
-    while !done {
-        while buffer.len() < CHUNK + prefix.len() {
-            let start = buffer.len();
-            buffer.resize(CHUNK + prefix.len(), 0);
-            let n = loop {
-                match body.read(&mut buffer[start..]) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    other => break other,
-                }
-            };
-            let n = match n {
-                Ok(n) => n,
-                Err(e) => {
-                    buffer.truncate(start);
-                    return Err(e);
-                }
-            };
-            buffer.truncate(start + n);
-            if n == 0 {
-                done = true;
-                break;
-            }
+    let mut buffer = prefix.to_vec();
+    loop {
+        let n = body.take(CHUNK as u64).read_to_end(&mut buffer)?;
+        if !buffer.is_empty() {
+            file.write_all(&buffer)?;
+            buffer.clear();
         }
-        file.write_all(&buffer)?;
-        buffer.clear();
+        if n < CHUNK {
+            return Ok(());
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]
