@@ -50,7 +50,11 @@ pub fn create(dir: &Path) -> io::Result<()> {
     }
     File::open(dir)?.sync_all()?;
     if let Some(parent) = dir.parent() {
-        let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
         File::open(parent)?.sync_all()?;
     }
     Ok(())
@@ -64,7 +68,11 @@ fn failure(dir: &Path, what: &str, err: &io::Error) -> Error {
         return Error::temporary(format!("Unable to {what} maildir {shown}: {err}. (#4.3.0)"));
     }
     let mut e = Error::io(format!("{what} maildir {shown}"), err);
-    let code = if e.outcome == crate::fail::Outcome::Permanent { "5.2.0" } else { "4.2.0" };
+    let code = if e.outcome == crate::fail::Outcome::Permanent {
+        "5.2.0"
+    } else {
+        "4.2.0"
+    };
     e.message = format!("Unable to {what} maildir {shown}: {err}. (#{code})");
     e
 }
@@ -87,7 +95,9 @@ pub fn deliver(dir: &Path, prefix: &[u8], body: &mut dyn Read, create_missing: b
     }
     // A tmp/ name that survives a crash is debris Maildir readers clean up; new/ is what counts.
     let _ = std::fs::remove_file(&tmp);
-    File::open(dir.join("new")).and_then(|d| d.sync_all()).map_err(|err| failure(dir, "sync", &err))?;
+    File::open(dir.join("new"))
+        .and_then(|d| d.sync_all())
+        .map_err(|err| failure(dir, "sync", &err))?;
     Ok(())
 }
 
@@ -98,9 +108,17 @@ fn open_unique(dir: &Path, host: &str, create_missing: bool) -> Result<(File, St
     loop {
         let name = unique_name(host, attempt);
         let tmp = dir.join("tmp").join(&name);
-        match OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_CLOEXEC).open(&tmp) {
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&tmp)
+        {
             Ok(file) => return Ok((file, name, tmp)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt + 1 < NAME_TRIES => attempt += 1,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt + 1 < NAME_TRIES => {
+                attempt += 1
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound && create_missing && !created => {
                 create(dir).map_err(|err| failure(dir, "create", &err))?;
                 created = true;

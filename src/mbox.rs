@@ -35,7 +35,10 @@ const FROM: &[u8] = b"From ";
 
 impl Default for Quoter {
     fn default() -> Quoter {
-        Quoter { start: Some((0, 0)), last: None }
+        Quoter {
+            start: Some((0, 0)),
+            last: None,
+        }
     }
 }
 
@@ -119,9 +122,19 @@ fn lock_path(path: &Path) -> PathBuf {
 fn dotlock(path: &Path, deadline: Instant) -> Result<DotLock> {
     let lock = lock_path(path);
     loop {
-        match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&lock) {
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&lock)
+        {
             Ok(_) => return Ok(DotLock(Some(lock))),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS)
+                ) =>
+            {
                 return Ok(DotLock(None));
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -137,7 +150,11 @@ fn dotlock(path: &Path, deadline: Instant) -> Result<DotLock> {
             Err(e) => return Err(failure(path, "lock", &e)),
         }
         if Instant::now() >= deadline {
-            return Err(Error::temporary(format!("Unable to lock mailbox {}: {} is held too long. (#4.2.0)", path.display(), lock.display())));
+            return Err(Error::temporary(format!(
+                "Unable to lock mailbox {}: {} is held too long. (#4.2.0)",
+                path.display(),
+                lock.display()
+            )));
         }
         std::thread::sleep(LOCK_RETRY);
     }
@@ -155,11 +172,16 @@ fn fcntl_lock(file: &File, path: &Path, deadline: Instant) -> Result<()> {
     loop {
         match nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETLK(&lock)) {
             Ok(_) => return Ok(()),
-            Err(nix::errno::Errno::EACCES) | Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EACCES)
+            | Err(nix::errno::Errno::EAGAIN)
+            | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(failure(path, "lock", &io::Error::from(e))),
         }
         if Instant::now() >= deadline {
-            return Err(Error::temporary(format!("Unable to lock mailbox {}: timed out. (#4.2.0)", path.display())));
+            return Err(Error::temporary(format!(
+                "Unable to lock mailbox {}: timed out. (#4.2.0)",
+                path.display()
+            )));
         }
         std::thread::sleep(LOCK_RETRY);
     }
@@ -171,7 +193,11 @@ fn failure(path: &Path, what: &str, err: &io::Error) -> Error {
         return Error::temporary(format!("Unable to {what} mailbox {shown}: {err}. (#4.3.0)"));
     }
     let mut e = Error::io(format!("{what} mailbox {shown}"), err);
-    let code = if e.outcome == Outcome::Permanent { "5.2.0" } else { "4.2.0" };
+    let code = if e.outcome == Outcome::Permanent {
+        "5.2.0"
+    } else {
+        "4.2.0"
+    };
     e.message = format!("Unable to {what} mailbox {shown}: {err}. (#{code})");
     e
 }
@@ -189,7 +215,10 @@ pub fn deliver(path: &Path, from_line: &[u8], prefix: &[u8], body: &mut dyn Read
         .open(path)
         .map_err(|e| failure(path, "open", &e))?;
     fcntl_lock(&file, path, deadline)?;
-    let old_length = file.metadata().map_err(|e| failure(path, "stat", &e))?.len();
+    let old_length = file
+        .metadata()
+        .map_err(|e| failure(path, "stat", &e))?
+        .len();
     if let Err(err) = append(&mut file, from_line, prefix, body).and_then(|()| file.sync_all()) {
         // Leave the mailbox as it was rather than with half a message in it.
         let _ = file.set_len(old_length);
