@@ -464,6 +464,9 @@ impl<'a> Delivery<'a> {
 
     /// Carry out every instruction; forwards go out together at the end. Returns the report.
     pub fn run(&self) -> Result<String> {
+        // Resolve every address and path first: a broken line fails the delivery before
+        // any mailbox got a copy that the retry would duplicate.
+        self.describe()?;
         let mut counts = Counts::default();
         let mut targets: Vec<Vec<u8>> = Vec::new();
         for instruction in &self.plan.instructions {

@@ -3,7 +3,7 @@
 //! Only then is the delivery done (DESIGN §3 invariant 4).
 #![forbid(unsafe_code)]
 
-use crate::fail::{is_disk_full, Error, Result};
+use crate::fail::{errno_outcome, is_disk_full, Error, Outcome, Result};
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -60,21 +60,30 @@ pub fn create(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// What went wrong, for the report: disk full and quota are temporary with #4.3.0, the rest
-/// are sorted by errno.
-fn failure(dir: &Path, what: &str, err: &io::Error) -> Error {
+/// What went wrong, for the report. A full disk or quota is temporary with #4.3.0; so is
+/// every failure once the file is open (`written`): a write that fails today may work after
+/// the user makes room. Failures to open are sorted by errno (a path through a plain file is
+/// permanent).
+fn failure(dir: &Path, what: &str, err: &io::Error, written: bool) -> Error {
     let shown = dir.display();
     if is_disk_full(err) {
         return Error::temporary(format!("Unable to {what} maildir {shown}: {err}. (#4.3.0)"));
     }
-    let mut e = Error::io(format!("{what} maildir {shown}"), err);
-    let code = if e.outcome == crate::fail::Outcome::Permanent {
+    let outcome = if written {
+        Outcome::Temporary
+    } else {
+        errno_outcome(err)
+    };
+    let code = if outcome == Outcome::Permanent {
         "5.2.0"
     } else {
         "4.2.0"
     };
-    e.message = format!("Unable to {what} maildir {shown}: {err}. (#{code})");
-    e
+    Error {
+        outcome,
+        code: 0,
+        message: format!("Unable to {what} maildir {shown}: {err}. (#{code})"),
+    }
 }
 
 /// Deliver `prefix` followed by everything `body` yields into the Maildir `dir`. With
@@ -85,19 +94,19 @@ pub fn deliver(dir: &Path, prefix: &[u8], body: &mut dyn Read, create_missing: b
     if let Err(err) = write_all(&mut file, prefix, body).and_then(|()| file.sync_all()) {
         drop(file);
         let _ = std::fs::remove_file(&tmp);
-        return Err(failure(dir, "write", &err));
+        return Err(failure(dir, "write", &err, true));
     }
     drop(file);
     let new = dir.join("new").join(&name);
     if let Err(err) = std::fs::hard_link(&tmp, &new) {
         let _ = std::fs::remove_file(&tmp);
-        return Err(failure(dir, "link into", &err));
+        return Err(failure(dir, "link into", &err, true));
     }
     // A tmp/ name that survives a crash is debris Maildir readers clean up; new/ is what counts.
     let _ = std::fs::remove_file(&tmp);
     File::open(dir.join("new"))
         .and_then(|d| d.sync_all())
-        .map_err(|err| failure(dir, "sync", &err))?;
+        .map_err(|err| failure(dir, "sync", &err, true))?;
     Ok(())
 }
 
@@ -120,10 +129,10 @@ fn open_unique(dir: &Path, host: &str, create_missing: bool) -> Result<(File, St
                 attempt += 1
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound && create_missing && !created => {
-                create(dir).map_err(|err| failure(dir, "create", &err))?;
+                create(dir).map_err(|err| failure(dir, "create", &err, false))?;
                 created = true;
             }
-            Err(e) => return Err(failure(dir, "open a file in", &e)),
+            Err(e) => return Err(failure(dir, "open a file in", &e, false)),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! line, fsync. A failed write truncates the file back to its old length.
 #![forbid(unsafe_code)]
 
-use crate::fail::{is_disk_full, Error, Outcome, Result};
+use crate::fail::{errno_outcome, is_disk_full, Error, Outcome, Result};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -147,7 +147,7 @@ fn dotlock(path: &Path, deadline: Instant) -> Result<DotLock> {
                     continue;
                 }
             }
-            Err(e) => return Err(failure(path, "lock", &e)),
+            Err(e) => return Err(failure(path, "lock", &e, false)),
         }
         if Instant::now() >= deadline {
             return Err(Error::temporary(format!(
@@ -175,7 +175,7 @@ fn fcntl_lock(file: &File, path: &Path, deadline: Instant) -> Result<()> {
             Err(nix::errno::Errno::EACCES)
             | Err(nix::errno::Errno::EAGAIN)
             | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(failure(path, "lock", &io::Error::from(e))),
+            Err(e) => return Err(failure(path, "lock", &io::Error::from(e), false)),
         }
         if Instant::now() >= deadline {
             return Err(Error::temporary(format!(
@@ -187,19 +187,30 @@ fn fcntl_lock(file: &File, path: &Path, deadline: Instant) -> Result<()> {
     }
 }
 
-fn failure(path: &Path, what: &str, err: &io::Error) -> Error {
+/// What went wrong, for the report. A full disk or quota is temporary with #4.3.0; so is
+/// every failure once the file is open (`written`): a write that fails today may work after
+/// the user makes room. Failures to open are sorted by errno (a path through a plain file is
+/// permanent).
+fn failure(path: &Path, what: &str, err: &io::Error, written: bool) -> Error {
     let shown = path.display();
     if is_disk_full(err) {
         return Error::temporary(format!("Unable to {what} mailbox {shown}: {err}. (#4.3.0)"));
     }
-    let mut e = Error::io(format!("{what} mailbox {shown}"), err);
-    let code = if e.outcome == Outcome::Permanent {
+    let outcome = if written {
+        Outcome::Temporary
+    } else {
+        errno_outcome(err)
+    };
+    let code = if outcome == Outcome::Permanent {
         "5.2.0"
     } else {
         "4.2.0"
     };
-    e.message = format!("Unable to {what} mailbox {shown}: {err}. (#{code})");
-    e
+    Error {
+        outcome,
+        code: 0,
+        message: format!("Unable to {what} mailbox {shown}: {err}. (#{code})"),
+    }
 }
 
 /// Append one message to the mbox at `path`: `from_line` (with its newline), `prefix` (the
@@ -213,37 +224,33 @@ pub fn deliver(path: &Path, from_line: &[u8], prefix: &[u8], body: &mut dyn Read
         .mode(0o600)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| failure(path, "open", &e))?;
+        .map_err(|e| failure(path, "open", &e, false))?;
     fcntl_lock(&file, path, deadline)?;
     let old_length = file
         .metadata()
-        .map_err(|e| failure(path, "stat", &e))?
+        .map_err(|e| failure(path, "stat", &e, false))?
         .len();
     if let Err(err) = append(&mut file, from_line, prefix, body).and_then(|()| file.sync_all()) {
         // Leave the mailbox as it was rather than with half a message in it.
         let _ = file.set_len(old_length);
         let _ = file.sync_all();
-        return Err(failure(path, "write", &err));
+        return Err(failure(path, "write", &err, true));
     }
     Ok(())
 }
 
 fn append(file: &mut File, from_line: &[u8], prefix: &[u8], body: &mut dyn Read) -> io::Result<()> {
     let mut quoter = Quoter::default();
-    let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
-    out.extend_from_slice(from_line);
-    out.extend_from_slice(prefix);
-    let mut input = vec![0u8; CHUNK];
+    // Both buffers grow only as far as the message needs: a small one costs no big allocation.
+    let mut out = [from_line, prefix].concat();
+    let mut input = Vec::new();
     loop {
-        let n = match body.read(&mut input) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
+        input.clear();
+        let n = body.take(CHUNK as u64).read_to_end(&mut input)?;
+        quoter.feed(&input, &mut out);
+        if n < CHUNK {
             break;
         }
-        quoter.feed(&input[..n], &mut out);
         if out.len() >= CHUNK {
             file.write_all(&out)?;
             out.clear();

@@ -231,7 +231,11 @@ fn large_message_maildir_and_program() {
     while message.len() < 3 * 1024 * 1024 {
         message.extend_from_slice(line);
     }
-    w.write(".qmail", b"./Maildir/\n|cat > ../program-copy\n", 0o644);
+    w.write(
+        ".qmail",
+        b"./Maildir/\n|cat > ../program-copy\n./mbox\n",
+        0o644,
+    );
     let (code, report) = w.run_message(&[], "joe", "", "", SENDER, "", &[], &message);
     assert_eq!(code, 0, "{report}");
     let mail = only_message(&maildir);
@@ -239,6 +243,20 @@ fn large_message_maildir_and_program() {
     want.extend_from_slice(&message);
     assert!(mail == want, "the whole message, once");
     assert_eq!(read(&w.path("program-copy")), message);
+    let mbox = read(&w.home().join("mbox"));
+    let mut tail = format!("Return-Path: <{SENDER}>\nDelivered-To: joe@{DOMAIN}\n").into_bytes();
+    tail.extend_from_slice(&message);
+    tail.push(b'\n');
+    assert!(
+        mbox.starts_with(b"From ") && mbox.ends_with(&tail),
+        "the whole message in the mbox"
+    );
+    assert_eq!(
+        mbox.iter()
+            .position(|&b| b == b'\n')
+            .map(|n| n + 1 + tail.len()),
+        Some(mbox.len())
+    );
 }
 
 #[test]
@@ -882,4 +900,50 @@ fn background_process_holding_the_pipe_does_not_block() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "did 1+0+1");
     only_message(&maildir);
+}
+
+#[test]
+fn failed_writes_leave_no_partial_mail() {
+    // A file-size limit of 1 block (512 bytes) makes every write past it fail (EFBIG; the
+    // signal is ignored), like a full disk: the delivery defers, the partial Maildir file is
+    // removed and the mbox is cut back to its old length.
+    let w = World::new("writefail");
+    let maildir = w.maildir("Maildir");
+    let before = b"From old@x Thu Jan  1 00:00:00 1970\nSubject: old\n\nold\n\n".to_vec();
+    fs::write(w.home().join("mbox"), &before).expect("mbox");
+    let mut message = b"Subject: big\n\n".to_vec();
+    message.extend(std::iter::repeat_n(b'x', 8192));
+    for line in ["./Maildir/", "./mbox"] {
+        let home = w.home();
+        let out = Command::new("/bin/sh")
+            .arg("-c")
+            .arg("trap '' XFSZ; ulimit -f 1; exec \"$@\"")
+            .arg("sh")
+            .arg(bin("quill-local"))
+            .args([
+                "--",
+                "joe",
+                home.to_str().expect("utf-8"),
+                "joe",
+                "",
+                "",
+                DOMAIN,
+                SENDER,
+                line,
+            ])
+            .current_dir(&home)
+            .stdin(Stdio::from(w.queue_file(SENDER, &message)))
+            .output()
+            .expect("run");
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(111), "{line}: {report}");
+        assert!(report.contains("(#4."), "{report}");
+    }
+    assert!(
+        files(&maildir.join("tmp")).is_empty(),
+        "partial file removed"
+    );
+    assert!(files(&maildir.join("new")).is_empty());
+    assert!(read(&w.home().join("mbox")) == before, "mbox cut back");
+    assert!(!w.home().join("mbox.lock").exists());
 }
