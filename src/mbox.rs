@@ -218,13 +218,7 @@ fn failure(path: &Path, what: &str, err: &io::Error, written: bool) -> Error {
 pub fn deliver(path: &Path, from_line: &[u8], prefix: &[u8], body: &mut dyn Read) -> Result<()> {
     let deadline = Instant::now() + LOCK_WAIT;
     let _dotlock = dotlock(path, deadline)?;
-    let mut file = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| failure(path, "open", &e, false))?;
+    let (mut file, created) = open_append(path).map_err(|e| failure(path, "open", &e, false))?;
     fcntl_lock(&file, path, deadline)?;
     let old_length = file
         .metadata()
@@ -236,7 +230,37 @@ pub fn deliver(path: &Path, from_line: &[u8], prefix: &[u8], body: &mut dyn Read
         let _ = file.sync_all();
         return Err(failure(path, "write", &err, true));
     }
+    if created {
+        // A new mailbox exists after a crash only once its directory entry is on disk too.
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| failure(path, "sync the directory of", &e, true))?;
+    }
     Ok(())
+}
+
+/// Open the mailbox for appending; create it (mode 0600) if it does not exist. Also says
+/// whether it was created.
+fn open_append(path: &Path) -> io::Result<(File, bool)> {
+    let mut options = OpenOptions::new();
+    options.append(true).custom_flags(libc::O_CLOEXEC);
+    match options.open(path) {
+        Ok(file) => return Ok((file, false)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    match options.clone().create_new(true).mode(0o600).open(path) {
+        Ok(file) => Ok((file, true)),
+        // Someone else created it in between: append to theirs.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            options.open(path).map(|f| (f, false))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn append(file: &mut File, from_line: &[u8], prefix: &[u8], body: &mut dyn Read) -> io::Result<()> {
