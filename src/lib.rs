@@ -26,3 +26,4 @@ pub mod schedule;
 pub mod smtp;
 pub mod tcprules;
 pub mod listener;
+pub mod local;

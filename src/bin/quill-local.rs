@@ -1,0 +1,72 @@
+//! quill-local: deliver one message to one local address.
+//!
+//! Job: follow the recipient's delivery instructions (`~/.qmail…`, `~/.forward`, the
+//! default delivery, or with `-A` an /etc/aliases right-hand side): Maildir, mbox, program,
+//! forward. The logic lives in `quill::local`.
+//! Runs as: the recipient (quill-lspawn sets uid, gid and groups), in the home directory.
+//! Arguments: `quill-local [-n] [-A] -- user home local dash ext domain sender defaultdelivery`.
+//! fd 0: the queue file, positioned at the first byte of the message.
+//! fd 1 and 2: the report text for quill-send's log and bounces (one line).
+//! Exit: 0 delivered, 100 permanent failure, 111 temporary failure.
+//! Manual: doc/quill-local.8.
+
+use quill::local::Args;
+use std::io::Write;
+use std::os::unix::ffi::OsStringExt;
+use std::process::ExitCode;
+
+const USAGE: &str =
+    "usage: quill-local [-n] [-A] -- user home local dash ext domain sender defaultdelivery";
+
+fn parse(mut words: Vec<Vec<u8>>) -> Option<Args> {
+    let mut args = Args::default();
+    let mut i = 0;
+    while i < words.len() {
+        let word = &words[i];
+        if word == b"--" {
+            i += 1;
+            break;
+        }
+        if word.len() < 2 || word[0] != b'-' {
+            break;
+        }
+        for &flag in &word[1..] {
+            match flag {
+                b'n' => args.dry_run = true,
+                b'A' => args.aliases = true,
+                _ => return None,
+            }
+        }
+        i += 1;
+    }
+    let rest: Vec<Vec<u8>> = words.drain(i..).collect();
+    let [user, home, local, dash, ext, domain, sender, default_delivery]: [Vec<u8>; 8] =
+        rest.try_into().ok()?;
+    args.user = user;
+    args.home = home;
+    args.local = local;
+    args.dash = dash;
+    args.ext = ext;
+    args.domain = domain;
+    args.sender = sender;
+    args.default_delivery = default_delivery;
+    Some(args)
+}
+
+fn main() -> ExitCode {
+    quill::log::init("quill-local");
+    let words: Vec<Vec<u8>> = std::env::args_os().skip(1).map(|a| a.into_vec()).collect();
+    let Some(args) = parse(words) else {
+        quill::log::fatal(USAGE);
+        return ExitCode::from(111);
+    };
+    let (text, code) = match quill::local::run(&args) {
+        Ok(report) => (report, 0),
+        Err(e) => (e.message.clone(), e.exit_code()),
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+    ExitCode::from(code)
+}
