@@ -24,3 +24,4 @@ pub mod header;
 pub mod bounce;
 pub mod schedule;
 pub mod smtp;
+pub mod lspawn;

@@ -160,3 +160,23 @@ pub fn signal_pipe(signals: &[i32]) -> io::Result<std::os::fd::OwnedFd> {
     }
     Ok(read)
 }
+
+/// Make the child change to `dir` as its last step before exec, after any credentials set
+/// with [`set_credentials`] (std's own `current_dir` runs before them, that is as root). Used
+/// by quill-lspawn, so that a user's home is entered with the user's own rights.
+pub fn change_dir_last(command: &mut Command, dir: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "directory name contains a NUL byte"))?;
+    // SAFETY: the closure runs in the child between fork and exec and only calls chdir, which
+    // is async-signal-safe, on a string allocated before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::chdir(dir.as_ptr()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}

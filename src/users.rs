@@ -219,8 +219,12 @@ impl AssignDb {
     /// Load `HOME/users/assign.db`. None if it does not exist (then the password file
     /// decides); an unreadable or corrupt file is a temporary error.
     pub fn open(home: &Path) -> Result<Option<AssignDb>> {
-        let path = assign_db_path(home);
-        match std::fs::read(&path) {
+        AssignDb::open_path(&assign_db_path(home))
+    }
+
+    /// Load an assign.db file by its path (see [`AssignDb::open`]).
+    pub fn open_path(path: &Path) -> Result<Option<AssignDb>> {
+        match std::fs::read(path) {
             Ok(bytes) => AssignDb::parse(bytes).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(format_args!("read {}", path.display()), &e)),
