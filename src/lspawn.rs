@@ -12,7 +12,7 @@ use crate::control::Control;
 use crate::fail::{Error, Outcome, Result};
 use crate::queuefile::{self, Layout};
 use crate::spawnproto::{self, Reader, Report, Request};
-use crate::users::{self, AssignDb, Assignment, Resolution};
+use crate::users::{self, AssignDb, Assignment, PasswdEntry, PasswdSource, Resolution};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
@@ -38,24 +38,25 @@ pub struct Config {
     pub default_delivery: Vec<u8>,
 }
 
-/// A file read again when it changes: identified by device, inode, size and mtime.
+/// A file read again when its [`stamp`] changes (or it appears, or vanishes).
 struct Cached<T> {
     path: PathBuf,
-    stamp: Option<Option<(u64, u64, u64, i64, i64)>>,
+    stamp: Option<Stamp>,
     value: std::result::Result<T, String>,
 }
 
 impl<T> Cached<T> {
     fn new(path: PathBuf) -> Cached<T> {
-        Cached { path, stamp: None, value: Err(String::new()) }
+        Cached {
+            path,
+            stamp: None,
+            value: Err(String::new()),
+        }
     }
 
     /// Stat the file; reload it with `load` if it changed (or appeared, or vanished).
     fn refresh(&mut self, load: impl FnOnce(&Path) -> Result<T>) -> std::result::Result<&T, &str> {
-        let stamp = match std::fs::metadata(&self.path) {
-            Ok(m) => Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec())),
-            Err(_) => None,
-        };
+        let stamp = stamp(&self.path);
         if self.stamp != Some(stamp) {
             self.stamp = Some(stamp);
             self.value = load(&self.path).map_err(|e| e.message);
@@ -64,6 +65,89 @@ impl<T> Cached<T> {
             }
         }
         self.value.as_ref().map_err(String::as_str)
+    }
+}
+
+/// How long cached password and group entries live at most, and how many are kept.
+const DIRECTORY_LIFE: std::time::Duration = std::time::Duration::from_secs(60);
+const DIRECTORY_SIZE: usize = 10_000;
+
+type Stamp = Option<(u64, u64, u64, i64, i64)>;
+
+/// What identifies a version of a file: device, inode, size and modification time.
+fn stamp(path: impl AsRef<Path>) -> Stamp {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+}
+
+/// The password and group databases, cached. A name that misses in /etc/passwd may walk
+/// every NSS module (on systemd hosts, dozens of system calls), and listing a user's groups
+/// reads all of /etc/group: too much for each delivery. Everything is forgotten when
+/// /etc/passwd or /etc/group changes, after DIRECTORY_LIFE (for databases that are not files),
+/// and when the cache grows past DIRECTORY_SIZE (a run of made-up names).
+struct Directory {
+    users: HashMap<String, Option<PasswdEntry>>,
+    groups: HashMap<(Vec<u8>, u32), Vec<u32>>,
+    stamps: Option<(Stamp, Stamp)>,
+    born: std::time::Instant,
+}
+
+impl Directory {
+    fn new() -> Directory {
+        Directory {
+            users: HashMap::new(),
+            groups: HashMap::new(),
+            stamps: None,
+            born: std::time::Instant::now(),
+        }
+    }
+
+    /// Forget everything if the databases changed or the cache is old or big.
+    fn check(&mut self) {
+        let stamps = Some((stamp("/etc/passwd"), stamp("/etc/group")));
+        if stamps != self.stamps
+            || self.born.elapsed() > DIRECTORY_LIFE
+            || self.users.len() + self.groups.len() > DIRECTORY_SIZE
+        {
+            self.users.clear();
+            self.groups.clear();
+            self.stamps = stamps;
+            self.born = std::time::Instant::now();
+        }
+    }
+
+    /// The user's supplementary groups: every group that lists the user name, plus its gid.
+    fn groups(&mut self, user: &Assignment) -> std::result::Result<Vec<u32>, Refusal> {
+        let key = (user.user.clone(), user.gid);
+        if let Some(list) = self.groups.get(&key) {
+            return Ok(list.clone());
+        }
+        let list = match std::ffi::CString::new(user.user.clone()) {
+            Ok(name) => nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(user.gid))
+                .map(|list| list.into_iter().map(|g| g.as_raw()).collect())
+                .map_err(|e| {
+                    temporary(format!(
+                        "unable to list the groups of {}: {e} (#4.3.0)",
+                        crate::log::safe(&user.user)
+                    ))
+                })?,
+            Err(_) => vec![user.gid],
+        };
+        self.groups.insert(key, list.clone());
+        Ok(list)
+    }
+}
+
+impl PasswdSource for Directory {
+    fn user(&mut self, name: &str) -> Result<Option<PasswdEntry>> {
+        if let Some(entry) = self.users.get(name) {
+            return Ok(entry.clone());
+        }
+        // Failures are not cached: the next delivery asks again.
+        let entry = users::System.user(name)?;
+        self.users.insert(name.to_string(), entry.clone());
+        Ok(entry)
     }
 }
 
@@ -78,7 +162,9 @@ impl Delivery {
     /// Read what is waiting in the pipe; keep at most MAX_TEXT bytes. Returns false at end of
     /// file (or on an error, which ends the output the same way).
     fn read_some(&mut self) -> bool {
-        let Some(pipe) = self.pipe.as_mut() else { return false };
+        let Some(pipe) = self.pipe.as_mut() else {
+            return false;
+        };
         let mut buffer = [0u8; 4096];
         // Bounded: a grandchild that keeps the pipe open and writes forever must not hold us.
         for _ in 0..64 {
@@ -112,6 +198,7 @@ pub struct Spawner {
     queue_owner: u32,
     aliases: Cached<Aliases>,
     assign: Cached<Option<AssignDb>>,
+    directory: Directory,
     running: HashMap<i32, Delivery>,
     reports: Vec<u8>,
 }
@@ -137,6 +224,7 @@ impl Spawner {
         Ok(Spawner {
             aliases: Cached::new(aliases::aliases_path(&control)),
             assign: Cached::new(users::assign_db_path(&config.home)),
+            directory: Directory::new(),
             layout,
             root: euid == 0,
             my_uid: euid,
@@ -151,7 +239,8 @@ impl Spawner {
     /// reports to `output`. An error is fatal (a broken pipe to quill-send, a mangled frame).
     pub fn run(&mut self, mut input: File, mut output: File) -> Result<()> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        let signals = crate::sys::signal_pipe(&[libc::SIGCHLD]).map_err(|e| Error::io("make the signal pipe", &e))?;
+        let signals = crate::sys::signal_pipe(&[libc::SIGCHLD])
+            .map_err(|e| Error::io("make the signal pipe", &e))?;
         let mut signals = File::from(signals);
         let mut reader = Reader::default();
         let mut input_open = true;
@@ -160,7 +249,14 @@ impl Spawner {
             let (signal_ready, input_ready, ready_pids) = {
                 let mut fds = Vec::with_capacity(self.running.len() + 2);
                 fds.push(PollFd::new(signals.as_fd(), PollFlags::POLLIN));
-                fds.push(PollFd::new(input.as_fd(), if input_open { PollFlags::POLLIN } else { PollFlags::empty() }));
+                fds.push(PollFd::new(
+                    input.as_fd(),
+                    if input_open {
+                        PollFlags::POLLIN
+                    } else {
+                        PollFlags::empty()
+                    },
+                ));
                 let mut pids = Vec::with_capacity(self.running.len());
                 for (&pid, delivery) in &self.running {
                     if let Some(pipe) = &delivery.pipe {
@@ -169,15 +265,23 @@ impl Spawner {
                     }
                 }
                 // With children about, wake now and then to reap even if a signal went astray.
-                let timeout = if self.running.is_empty() { PollTimeout::NONE } else { PollTimeout::from(1000u16) };
+                let timeout = if self.running.is_empty() {
+                    PollTimeout::NONE
+                } else {
+                    PollTimeout::from(1000u16)
+                };
                 match poll(&mut fds, timeout) {
                     Ok(_) => {}
                     Err(nix::errno::Errno::EINTR) => continue,
                     Err(e) => return Err(Error::temporary(format!("unable to poll: {e}"))),
                 }
                 let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-                let ready_pids: Vec<i32> =
-                    pids.iter().zip(&fds[2..]).filter(|(_, fd)| ready(fd)).map(|(&pid, _)| pid).collect();
+                let ready_pids: Vec<i32> = pids
+                    .iter()
+                    .zip(&fds[2..])
+                    .filter(|(_, fd)| ready(fd))
+                    .map(|(&pid, _)| pid)
+                    .collect();
                 (ready(&fds[0]), input_open && ready(&fds[1]), ready_pids)
             };
             for pid in ready_pids {
@@ -199,7 +303,9 @@ impl Spawner {
                             self.request(&fields);
                         }
                         if reader.overflowed() {
-                            return Err(Error::temporary("unable to read requests: frame too long"));
+                            return Err(Error::temporary(
+                                "unable to read requests: frame too long",
+                            ));
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -207,7 +313,9 @@ impl Spawner {
                 }
             }
             if !self.reports.is_empty() {
-                output.write_all(&self.reports).map_err(|e| Error::io("write reports", &e))?;
+                output
+                    .write_all(&self.reports)
+                    .map_err(|e| Error::io("write reports", &e))?;
                 self.reports.clear();
             }
         }
@@ -218,8 +326,15 @@ impl Spawner {
     fn request(&mut self, fields: &[Vec<u8>]) {
         let Some(request) = Request::decode(fields) else {
             // Without a slot there is nobody to answer; quill-send's pipe is broken.
-            match fields.first().and_then(|f| std::str::from_utf8(f).ok()?.parse::<u32>().ok()) {
-                Some(slot) => self.report(slot, Outcome::Temporary, b"quill-lspawn got a malformed request (#4.3.0)"),
+            match fields
+                .first()
+                .and_then(|f| std::str::from_utf8(f).ok()?.parse::<u32>().ok())
+            {
+                Some(slot) => self.report(
+                    slot,
+                    Outcome::Temporary,
+                    b"quill-lspawn got a malformed request (#4.3.0)",
+                ),
                 None => crate::log::warning("ignoring a malformed request without a slot"),
             }
             return;
@@ -229,9 +344,18 @@ impl Spawner {
             let results = request
                 .recipients
                 .iter()
-                .map(|_| spawnproto::Result { outcome: Outcome::Temporary, text: text.to_vec() })
+                .map(|_| spawnproto::Result {
+                    outcome: Outcome::Temporary,
+                    text: text.to_vec(),
+                })
                 .collect();
-            self.reports.extend_from_slice(&Report { slot: request.slot, results }.encode());
+            self.reports.extend_from_slice(
+                &Report {
+                    slot: request.slot,
+                    results,
+                }
+                .encode(),
+            );
             return;
         }
         if let Err((outcome, text)) = self.start(&request) {
@@ -240,8 +364,12 @@ impl Spawner {
     }
 
     fn report(&mut self, slot: u32, outcome: Outcome, text: &[u8]) {
-        let results = vec![spawnproto::Result { outcome, text: text.to_vec() }];
-        self.reports.extend_from_slice(&Report { slot, results }.encode());
+        let results = vec![spawnproto::Result {
+            outcome,
+            text: text.to_vec(),
+        }];
+        self.reports
+            .extend_from_slice(&Report { slot, results }.encode());
     }
 
     /// Check a request, find the recipient's user, and start quill-local for it.
@@ -250,24 +378,49 @@ impl Spawner {
         if !queuefile::valid_id(&request.id) {
             return Err(temporary("quill-lspawn got a bad queue id (#4.3.0)"));
         }
-        if !address::is_clean(recipient) || !address::is_clean(&request.sender) || recipient.len() > address::MAX_ADDRESS
+        if !address::is_clean(recipient)
+            || !address::is_clean(&request.sender)
+            || recipient.len() > address::MAX_ADDRESS
         {
-            return Err((Outcome::Permanent, "bad recipient or sender address (#5.1.3)".into()));
+            return Err((
+                Outcome::Permanent,
+                "bad recipient or sender address (#5.1.3)".into(),
+            ));
         }
         if memchr::memchr(b'@', recipient).is_none() {
-            return Err((Outcome::Permanent, "recipient has no domain (#5.1.3)".into()));
+            return Err((
+                Outcome::Permanent,
+                "recipient has no domain (#5.1.3)".into(),
+            ));
         }
         let (local, domain) = address::split(recipient);
         if local.is_empty() {
-            return Err((Outcome::Permanent, "recipient has an empty local part (#5.1.1)".into()));
+            return Err((
+                Outcome::Permanent,
+                "recipient has an empty local part (#5.1.1)".into(),
+            ));
         }
         let message = self.open_message(&request.id)?;
         let home = self.config.home.clone();
-        let aliases = self.aliases.refresh(Aliases::load).map_err(|e| temporary(format!("{e} (#4.3.0)")))?;
-        let assign = self.assign.refresh(AssignDb::open_path).map_err(|e| temporary(format!("{e} (#4.3.0)")))?;
-        let (user, alias_target) = match users::resolve(&home, local, aliases, assign.as_ref()) {
+        let aliases = self
+            .aliases
+            .refresh(Aliases::load)
+            .map_err(|e| temporary(format!("{e} (#4.3.0)")))?;
+        let assign = self
+            .assign
+            .refresh(AssignDb::open_path)
+            .map_err(|e| temporary(format!("{e} (#4.3.0)")))?;
+        self.directory.check();
+        let (user, alias_target) = match users::resolve_with(
+            &home,
+            local,
+            aliases,
+            assign.as_ref(),
+            &mut self.directory,
+        ) {
             Resolution::Alias { target } => {
-                let user = users::alias_user(&home).map_err(|e| temporary(e.message))?;
+                let user = users::alias_user_with(&home, &mut self.directory)
+                    .map_err(|e| temporary(e.message))?;
                 (user, Some(target))
             }
             Resolution::User(user) | Resolution::AliasUser(user) => (user, None),
@@ -287,10 +440,23 @@ impl Spawner {
                 command.arg("-A");
                 (empty, empty, target.as_slice())
             }
-            None => (user.dash.as_slice(), user.ext.as_slice(), self.config.default_delivery.as_slice()),
+            None => (
+                user.dash.as_slice(),
+                user.ext.as_slice(),
+                self.config.default_delivery.as_slice(),
+            ),
         };
         command.arg("--");
-        for arg in [&user.user[..], user.home.as_os_str().as_bytes(), local, dash, ext, domain, &request.sender, last] {
+        for arg in [
+            &user.user[..],
+            user.home.as_os_str().as_bytes(),
+            local,
+            dash,
+            ext,
+            domain,
+            &request.sender,
+            last,
+        ] {
             command.arg(OsStr::from_bytes(arg));
         }
         self.spawn(request.slot, command, &user, message)
@@ -300,41 +466,75 @@ impl Spawner {
     fn open_message(&self, id: &[u8]) -> std::result::Result<File, Refusal> {
         let name = OsStr::from_bytes(id);
         let open = |dir: PathBuf| {
-            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(dir.join(name))
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(dir.join(name))
         };
         let mut file = match open(self.layout.mess()) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => open(self.layout.todo()),
             other => other,
         }
-        .map_err(|e| temporary(format!("unable to open message {}: {e} (#4.3.0)", crate::log::safe(id))))?;
-        let meta = file.metadata().map_err(|e| temporary(format!("unable to stat message: {e} (#4.3.0)")))?;
+        .map_err(|e| {
+            temporary(format!(
+                "unable to open message {}: {e} (#4.3.0)",
+                crate::log::safe(id)
+            ))
+        })?;
+        let meta = file
+            .metadata()
+            .map_err(|e| temporary(format!("unable to stat message: {e} (#4.3.0)")))?;
         // Only the queue's owner makes message files: anything else in there is not one.
         if !meta.is_file() || meta.uid() != self.queue_owner {
-            return Err(temporary("message file is not a regular file owned by the queue (#4.3.0)"));
+            return Err(temporary(
+                "message file is not a regular file owned by the queue (#4.3.0)",
+            ));
         }
-        let (_, offset) = queuefile::read_header(&mut file).map_err(|e| temporary(format!("{} (#4.3.0)", e.message)))?;
-        file.seek(SeekFrom::Start(offset)).map_err(|e| temporary(format!("unable to seek in message: {e} (#4.3.0)")))?;
+        let (_, offset) = queuefile::read_header(&mut file)
+            .map_err(|e| temporary(format!("{} (#4.3.0)", e.message)))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| temporary(format!("unable to seek in message: {e} (#4.3.0)")))?;
         Ok(file)
     }
 
     /// Start quill-local: message on fd 0, one pipe on fd 1 and 2, credentials and home.
-    fn spawn(&mut self, slot: u32, mut command: Command, user: &Assignment, message: File) -> std::result::Result<(), Refusal> {
+    fn spawn(
+        &mut self,
+        slot: u32,
+        mut command: Command,
+        user: &Assignment,
+        message: File,
+    ) -> std::result::Result<(), Refusal> {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| temporary(format!("unable to make a pipe: {e} (#4.3.0)")))?;
-        let write_too: OwnedFd = write.try_clone().map_err(|e| temporary(format!("unable to dup a pipe: {e} (#4.3.0)")))?;
-        command.env_clear().env("PATH", PATH).stdin(Stdio::from(message)).stdout(Stdio::from(write)).stderr(Stdio::from(write_too));
+        let write_too: OwnedFd = write
+            .try_clone()
+            .map_err(|e| temporary(format!("unable to dup a pipe: {e} (#4.3.0)")))?;
+        command
+            .env_clear()
+            .env("PATH", PATH)
+            .stdin(Stdio::from(message))
+            .stdout(Stdio::from(write))
+            .stderr(Stdio::from(write_too));
         if self.root {
-            let groups = groups(user)?;
+            let groups = self.directory.groups(user)?;
             crate::sys::set_credentials(&mut command, user.uid, user.gid, groups);
-            crate::sys::change_dir_last(&mut command, &user.home)
-                .map_err(|e| temporary(format!("unable to use home {}: {e} (#4.3.0)", user.home.display())))?;
+            crate::sys::change_dir_last(&mut command, &user.home).map_err(|e| {
+                temporary(format!(
+                    "unable to use home {}: {e} (#4.3.0)",
+                    user.home.display()
+                ))
+            })?;
         } else {
             command.current_dir(&user.home);
         }
         let child = command.spawn().map_err(|e| {
             let name = crate::log::safe(&user.user);
             if !user.home.is_dir() {
-                temporary(format!("home directory {} of {name} is missing (#4.2.1)", user.home.display()))
+                temporary(format!(
+                    "home directory {} of {name} is missing (#4.2.1)",
+                    user.home.display()
+                ))
             } else {
                 temporary(format!("unable to run quill-local as {name}: {e} (#4.3.0)"))
             }
@@ -342,8 +542,18 @@ impl Spawner {
         // Dropping the Command closes our copies of the pipe's write end and of the message.
         drop(command);
         let pipe = File::from(read);
-        let _ = nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(&pipe), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
-        self.running.insert(child.id() as i32, Delivery { slot, pipe: Some(pipe), output: Vec::new() });
+        let _ = nix::fcntl::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&pipe),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        );
+        self.running.insert(
+            child.id() as i32,
+            Delivery {
+                slot,
+                pipe: Some(pipe),
+                output: Vec::new(),
+            },
+        );
         Ok(())
     }
 
@@ -357,25 +567,32 @@ impl Spawner {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(_) => continue,
             };
-            let Some(mut delivery) = self.running.remove(&pid.as_raw()) else { continue };
+            let Some(mut delivery) = self.running.remove(&pid.as_raw()) else {
+                continue;
+            };
             // The child is gone, so all it wrote is in the pipe already.
             delivery.read_some();
             let (outcome, fallback) = match status {
                 Ok(0) => (Outcome::Success, "delivered".to_string()),
-                Ok(100) => (Outcome::Permanent, "quill-local failed permanently without saying why".to_string()),
-                Ok(code) => (Outcome::Temporary, format!("quill-local exited {code} without saying why (#4.3.0)")),
-                Err(signal) => (Outcome::Temporary, format!("quill-local was killed by signal {signal} (#4.3.0)")),
+                Ok(100) => (
+                    Outcome::Permanent,
+                    "quill-local failed permanently without saying why".to_string(),
+                ),
+                Ok(code) => (
+                    Outcome::Temporary,
+                    format!("quill-local exited {code} without saying why (#4.3.0)"),
+                ),
+                Err(signal) => (
+                    Outcome::Temporary,
+                    format!("quill-local was killed by signal {signal} (#4.3.0)"),
+                ),
             };
-            let text = if delivery.output.iter().all(u8::is_ascii_whitespace) { fallback.into_bytes() } else { delivery.output };
+            let text = if delivery.output.iter().all(u8::is_ascii_whitespace) {
+                fallback.into_bytes()
+            } else {
+                delivery.output
+            };
             self.report(delivery.slot, outcome, &text);
         }
     }
-}
-
-/// The user's supplementary groups: every group that lists the user name, plus its gid.
-fn groups(user: &Assignment) -> std::result::Result<Vec<u32>, Refusal> {
-    let Ok(name) = std::ffi::CString::new(user.user.clone()) else { return Ok(vec![user.gid]) };
-    nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(user.gid))
-        .map(|list| list.into_iter().map(|g| g.as_raw()).collect())
-        .map_err(|e| temporary(format!("unable to list the groups of {}: {e} (#4.3.0)", crate::log::safe(&user.user))))
 }

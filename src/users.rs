@@ -70,7 +70,9 @@ struct Line {
 }
 
 fn assign_error(number: usize, what: &str) -> Error {
-    Error::permanent(format!("unable to parse users/assign line {number}: {what}"))
+    Error::permanent(format!(
+        "unable to parse users/assign line {number}: {what}"
+    ))
 }
 
 fn number_field(field: &[u8]) -> Option<u32> {
@@ -85,11 +87,19 @@ fn parse_line(number: usize, line: &[u8]) -> Result<Line> {
     let wildcard = match line.first() {
         Some(b'=') => false,
         Some(b'+') => true,
-        _ => return Err(assign_error(number, "a line must start with =, + or be the final .")),
+        _ => {
+            return Err(assign_error(
+                number,
+                "a line must start with =, + or be the final .",
+            ))
+        }
     };
     let fields: Vec<&[u8]> = line[1..].split(|&b| b == b':').collect();
     if fields.len() != 8 || !fields[7].is_empty() {
-        return Err(assign_error(number, "expected 7 fields, each ended by a colon"));
+        return Err(assign_error(
+            number,
+            "expected 7 fields, each ended by a colon",
+        ));
     }
     let uid = number_field(fields[2]).ok_or_else(|| assign_error(number, "uid is not a number"))?;
     let gid = number_field(fields[3]).ok_or_else(|| assign_error(number, "gid is not a number"))?;
@@ -97,7 +107,10 @@ fn parse_line(number: usize, line: &[u8]) -> Result<Line> {
         return Err(assign_error(number, "empty user name"));
     }
     if fields[4].first() != Some(&b'/') {
-        return Err(assign_error(number, "the home directory must be an absolute path"));
+        return Err(assign_error(
+            number,
+            "the home directory must be an absolute path",
+        ));
     }
     if fields.iter().any(|f| f.len() > u16::MAX as usize) {
         return Err(assign_error(number, "field too long"));
@@ -148,10 +161,16 @@ pub fn compile_assign(source: &[u8]) -> Result<Vec<u8>> {
             continue;
         }
         let line = parse_line(number, raw)?;
-        if line.wildcard { wild.push(line) } else { exact.push(line) }
+        if line.wildcard {
+            wild.push(line)
+        } else {
+            exact.push(line)
+        }
     }
     if !finished {
-        return Err(Error::permanent("unable to parse users/assign: it does not end with a line holding only a dot"));
+        return Err(Error::permanent(
+            "unable to parse users/assign: it does not end with a line holding only a dot",
+        ));
     }
     // A stable sort keeps duplicates in file order, so dedup keeps the first.
     for table in [&mut exact, &mut wild] {
@@ -202,7 +221,9 @@ pub struct AssignDb {
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(bytes.get(at..at.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        bytes.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 fn field_at(bytes: &[u8], at: usize) -> Option<(&[u8], usize)> {
@@ -243,7 +264,12 @@ impl AssignDb {
         if total != bytes.len() || exact.saturating_add(wild).saturating_mul(4) > bytes.len() {
             return Err(corrupt());
         }
-        let db = AssignDb { bytes, exact, wild, longest };
+        let db = AssignDb {
+            bytes,
+            exact,
+            wild,
+            longest,
+        };
         for (first, count) in [(0, exact), (exact, wild)] {
             let mut previous: Option<&[u8]> = None;
             for i in first..first + count {
@@ -333,46 +359,101 @@ impl AssignDb {
 // ---------------------------------------------------------------------------------------
 // The password file and the alias user
 
+/// A password-database entry, as much of it as delivery needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PasswdEntry {
+    /// The user name.
+    pub name: Vec<u8>,
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary gid.
+    pub gid: u32,
+    /// Its home directory.
+    pub home: PathBuf,
+}
+
+/// Where the password rule and the alias user come from. [`System`] asks the C library each
+/// time; a long-running caller (quill-lspawn) may put a cache in front, since a lookup that
+/// misses in `/etc/passwd` can cost a walk through every NSS module.
+pub trait PasswdSource {
+    /// The entry for a user name; None if there is none; Err if the database failed.
+    fn user(&mut self, name: &str) -> Result<Option<PasswdEntry>>;
+}
+
+/// The system's password database (getpwnam through NSS), uncached.
+pub struct System;
+
+impl PasswdSource for System {
+    fn user(&mut self, name: &str) -> Result<Option<PasswdEntry>> {
+        match nix::unistd::User::from_name(name) {
+            Ok(Some(user)) => Ok(Some(PasswdEntry {
+                name: user.name.into_bytes(),
+                uid: user.uid.as_raw(),
+                gid: user.gid.as_raw(),
+                home: user.dir,
+            })),
+            Ok(None) => Ok(None),
+            Err(e) => Err(Error::temporary(format!(
+                "unable to look up user {name}: {e}"
+            ))),
+        }
+    }
+}
+
 /// The password rule (qmail-getpw's): the local part in lower case; the longest prefix that
 /// ends at the end or just before a `-` and names a password-file user with a uid other than
 /// 0 whose home directory exists and belongs to that uid. What follows the `-` is the
 /// extension. None if no user fits or the password database failed.
 pub fn lookup_passwd(local: &[u8]) -> Option<Assignment> {
-    lookup_passwd_checked(local).ok().flatten()
+    lookup_passwd_with(local, &mut System).ok().flatten()
 }
 
-/// [`lookup_passwd`], telling a failure of the password database or of a home directory's
-/// stat (temporary: a retry may find the user) apart from "no such user".
-pub fn lookup_passwd_checked(local: &[u8]) -> Result<Option<Assignment>> {
+/// [`lookup_passwd`] through a [`PasswdSource`], telling a failure of the password database
+/// or of a home directory's stat (temporary: a retry may find the user) apart from "no such
+/// user".
+pub fn lookup_passwd_with(
+    local: &[u8],
+    source: &mut dyn PasswdSource,
+) -> Result<Option<Assignment>> {
     use std::os::unix::fs::MetadataExt;
     let lower = local.to_ascii_lowercase();
-    let dashes = lower.iter().enumerate().rev().filter(|(_, &b)| b == b'-').map(|(i, _)| i);
+    let dashes = lower
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, &b)| b == b'-')
+        .map(|(i, _)| i);
     for end in std::iter::once(lower.len()).chain(dashes) {
         let name = &lower[..end];
         if name.is_empty() || name.len() > MAX_PASSWD_NAME || name.contains(&0) {
             continue;
         }
-        let Ok(name) = std::str::from_utf8(name) else { continue };
-        let user = match nix::unistd::User::from_name(name) {
-            Ok(Some(user)) => user,
-            Ok(None) => continue,
-            Err(e) => return Err(Error::temporary(format!("unable to look up user {name}: {e}"))),
+        let Ok(name) = std::str::from_utf8(name) else {
+            continue;
         };
-        if user.uid.is_root() {
+        let Some(user) = source.user(name)? else {
+            continue;
+        };
+        if user.uid == 0 {
             continue;
         }
-        match std::fs::metadata(&user.dir) {
-            Ok(meta) if meta.uid() == user.uid.as_raw() => {}
+        // Checked on every lookup, never cached: a home may come and go.
+        match std::fs::metadata(&user.home) {
+            Ok(meta) if meta.uid() == user.uid => {}
             Ok(_) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(Error::io(format_args!("stat the home of {name}"), &e)),
         }
-        let (dash, ext) = if end < lower.len() { (b"-".to_vec(), lower[end + 1..].to_vec()) } else { (Vec::new(), Vec::new()) };
+        let (dash, ext) = if end < lower.len() {
+            (b"-".to_vec(), lower[end + 1..].to_vec())
+        } else {
+            (Vec::new(), Vec::new())
+        };
         return Ok(Some(Assignment {
-            user: user.name.into_bytes(),
-            uid: user.uid.as_raw(),
-            gid: user.gid.as_raw(),
-            home: user.dir,
+            user: user.name,
+            uid: user.uid,
+            gid: user.gid,
+            home: user.home,
             dash,
             ext,
         }));
@@ -384,11 +465,15 @@ pub fn lookup_passwd_checked(local: &[u8]) -> Result<Option<Assignment>> {
 /// password-file user `alias`; any other process (a private instance) can only deliver as
 /// itself, so there it is the current user.
 pub fn alias_user(home: &Path) -> Result<Assignment> {
+    alias_user_with(home, &mut System)
+}
+
+/// [`alias_user`] through a [`PasswdSource`].
+pub fn alias_user_with(home: &Path, source: &mut dyn PasswdSource) -> Result<Assignment> {
     let (uid, gid, user) = if crate::sys::uids().1 == 0 {
-        match nix::unistd::User::from_name(ALIAS_USER) {
-            Ok(Some(user)) => (user.uid.as_raw(), user.gid.as_raw(), user.name.into_bytes()),
-            Ok(None) => return Err(Error::temporary("the alias user does not exist (#4.3.0)")),
-            Err(e) => return Err(Error::temporary(format!("unable to look up user alias: {e}"))),
+        match source.user(ALIAS_USER)? {
+            Some(user) => (user.uid, user.gid, user.name),
+            None => return Err(Error::temporary("the alias user does not exist (#4.3.0)")),
         }
     } else {
         let uid = nix::unistd::getuid();
@@ -398,7 +483,14 @@ pub fn alias_user(home: &Path) -> Result<Assignment> {
         };
         (uid.as_raw(), crate::sys::gid(), name)
     };
-    Ok(Assignment { user, uid, gid, home: home.join("alias"), dash: b"-".to_vec(), ext: Vec::new() })
+    Ok(Assignment {
+        user,
+        uid,
+        gid,
+        home: home.join("alias"),
+        dash: b"-".to_vec(),
+        ext: Vec::new(),
+    })
 }
 
 /// Who controls `local` (the part before the last `@`, for any local domain), in this order:
@@ -409,19 +501,37 @@ pub fn alias_user(home: &Path) -> Result<Assignment> {
 ///
 /// A uid of 0 from the password file never counts, so `root` without an alias goes to the
 /// alias user; the caller refuses uid 0 from assign.db.
-pub fn resolve(home: &Path, local: &[u8], aliases: &Aliases, assign: Option<&AssignDb>) -> Resolution {
+pub fn resolve(
+    home: &Path,
+    local: &[u8],
+    aliases: &Aliases,
+    assign: Option<&AssignDb>,
+) -> Resolution {
+    resolve_with(home, local, aliases, assign, &mut System)
+}
+
+/// [`resolve`] through a [`PasswdSource`].
+pub fn resolve_with(
+    home: &Path,
+    local: &[u8],
+    aliases: &Aliases,
+    assign: Option<&AssignDb>,
+    source: &mut dyn PasswdSource,
+) -> Resolution {
     if let Some(target) = aliases.get(local) {
-        return Resolution::Alias { target: target.to_vec() };
+        return Resolution::Alias {
+            target: target.to_vec(),
+        };
     }
     if let Some(assignment) = assign.and_then(|db| db.lookup(local)) {
         return Resolution::User(assignment);
     }
-    match lookup_passwd_checked(local) {
+    match lookup_passwd_with(local, source) {
         Ok(Some(assignment)) => return Resolution::User(assignment),
         Ok(None) => {}
         Err(e) => return Resolution::Temporary(e.message),
     }
-    match alias_user(home) {
+    match alias_user_with(home, source) {
         Ok(mut assignment) => {
             assignment.ext = local.to_ascii_lowercase();
             Resolution::AliasUser(assignment)
@@ -431,6 +541,7 @@ pub fn resolve(home: &Path, local: &[u8], aliases: &Aliases, assign: Option<&Ass
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -448,14 +559,29 @@ mod tests {
             .\nignored after the dot\n");
         assert_eq!(db.len(), 4);
         let joe = db.lookup(b"JOE").unwrap();
-        assert_eq!((joe.user.as_slice(), joe.uid, joe.gid), (&b"joe"[..], 1001, 100));
-        assert_eq!((joe.dash.as_slice(), joe.ext.as_slice()), (&b""[..], &b""[..]));
+        assert_eq!(
+            (joe.user.as_slice(), joe.uid, joe.gid),
+            (&b"joe"[..], 1001, 100)
+        );
+        assert_eq!(
+            (joe.dash.as_slice(), joe.ext.as_slice()),
+            (&b""[..], &b""[..])
+        );
         let ext = db.lookup(b"joe-List").unwrap();
-        assert_eq!((ext.user.as_slice(), ext.dash.as_slice(), ext.ext.as_slice()), (&b"joe"[..], &b"-"[..], &b"xlist"[..]));
+        assert_eq!(
+            (ext.user.as_slice(), ext.dash.as_slice(), ext.ext.as_slice()),
+            (&b"joe"[..], &b"-"[..], &b"xlist"[..])
+        );
         let jay = db.lookup(b"jim").unwrap();
-        assert_eq!((jay.user.as_slice(), jay.ext.as_slice()), (&b"jay"[..], &b"im"[..]));
+        assert_eq!(
+            (jay.user.as_slice(), jay.ext.as_slice()),
+            (&b"jay"[..], &b"im"[..])
+        );
         let any = db.lookup(b"postmaster").unwrap();
-        assert_eq!((any.user.as_slice(), any.ext.as_slice()), (&b"alias"[..], &b"postmaster"[..]));
+        assert_eq!(
+            (any.user.as_slice(), any.ext.as_slice()),
+            (&b"alias"[..], &b"postmaster"[..])
+        );
         assert_eq!(any.home, PathBuf::from("/var/quill/alias"));
     }
 
@@ -481,9 +607,18 @@ mod tests {
             (b"=a:a:1:99999999999:/a:::\n.\n", "line 1"),
         ] {
             let e = compile_assign(text).err().unwrap();
-            assert!(e.message.contains(line), "{}: {}", String::from_utf8_lossy(text), e.message);
+            assert!(
+                e.message.contains(line),
+                "{}: {}",
+                String::from_utf8_lossy(text),
+                e.message
+            );
         }
-        assert!(compile_assign(b"=a:a:1:1:/a:::\n").err().unwrap().message.contains("dot"));
+        assert!(compile_assign(b"=a:a:1:1:/a:::\n")
+            .err()
+            .unwrap()
+            .message
+            .contains("dot"));
     }
 
     #[test]
@@ -508,8 +643,15 @@ mod tests {
         let home = Path::new("/nonexistent-quill-home");
         let aliases = Aliases::parse(b"postmaster: someone\n").unwrap();
         let db = db(b"=postmaster:pm:1234:1234:/pm:::\n=assigned:a:1234:1234:/a:::\n.\n");
-        assert_eq!(resolve(home, b"PostMaster", &aliases, Some(&db)), Resolution::Alias { target: b"someone".to_vec() });
-        assert!(matches!(resolve(home, b"assigned", &aliases, Some(&db)), Resolution::User(a) if a.user == b"a"));
+        assert_eq!(
+            resolve(home, b"PostMaster", &aliases, Some(&db)),
+            Resolution::Alias {
+                target: b"someone".to_vec()
+            }
+        );
+        assert!(
+            matches!(resolve(home, b"assigned", &aliases, Some(&db)), Resolution::User(a) if a.user == b"a")
+        );
         // An unknown name goes to the alias user (or, as root without an alias user, defers).
         match resolve(home, b"No-Such-User-Here", &aliases, Some(&db)) {
             Resolution::AliasUser(a) => {
@@ -520,6 +662,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // root is uid 0 in the password file: never a User.
-        assert!(!matches!(resolve(home, b"root", &Aliases::default(), None), Resolution::User(_)));
+        assert!(!matches!(
+            resolve(home, b"root", &Aliases::default(), None),
+            Resolution::User(_)
+        ));
     }
 }

@@ -26,7 +26,9 @@ fn main() -> ExitCode {
     let mut options = getopts::Options::new();
     options.optopt("l", "", "the quill-local program to run", "PATH");
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    let Ok(matches) = options.parse(&args) else { return usage() };
+    let Ok(matches) = options.parse(&args) else {
+        return usage();
+    };
     if matches.free.len() != 1 || matches.free[0].is_empty() {
         return usage();
     }
@@ -40,7 +42,10 @@ fn main() -> ExitCode {
         default_delivery: std::ffi::OsString::from(&matches.free[0]).into_vec(),
     };
     let duplicate = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map(File::from);
-    let (input, output) = match (duplicate(std::io::stdin().as_fd()), duplicate(std::io::stdout().as_fd())) {
+    let (input, output) = match (
+        duplicate(std::io::stdin().as_fd()),
+        duplicate(std::io::stdout().as_fd()),
+    ) {
         (Ok(input), Ok(output)) => (input, output),
         (Err(e), _) | (_, Err(e)) => {
             quill::log::fatal(&format!("unable to use fd 0 and 1: {e}"));
