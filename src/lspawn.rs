@@ -249,14 +249,11 @@ impl Spawner {
             let (signal_ready, input_ready, ready_pids) = {
                 let mut fds = Vec::with_capacity(self.running.len() + 2);
                 fds.push(PollFd::new(signals.as_fd(), PollFlags::POLLIN));
-                fds.push(PollFd::new(
-                    input.as_fd(),
-                    if input_open {
-                        PollFlags::POLLIN
-                    } else {
-                        PollFlags::empty()
-                    },
-                ));
+                // A closed input is left out: its hang-up would wake poll at once, forever.
+                if input_open {
+                    fds.push(PollFd::new(input.as_fd(), PollFlags::POLLIN));
+                }
+                let first_pipe = fds.len();
                 let mut pids = Vec::with_capacity(self.running.len());
                 for (&pid, delivery) in &self.running {
                     if let Some(pipe) = &delivery.pipe {
@@ -278,7 +275,7 @@ impl Spawner {
                 let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
                 let ready_pids: Vec<i32> = pids
                     .iter()
-                    .zip(&fds[2..])
+                    .zip(&fds[first_pipe..])
                     .filter(|(_, fd)| ready(fd))
                     .map(|(&pid, _)| pid)
                     .collect();

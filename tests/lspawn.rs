@@ -321,6 +321,24 @@ impl Drop for Lspawn {
     }
 }
 
+/// A process's user + system CPU time in clock ticks, from /proc.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
 fn line<'a>(text: &'a str, prefix: &str) -> &'a str {
     text.lines()
         .find(|l| l.starts_with(prefix))
@@ -600,10 +618,17 @@ fn end_of_input_waits_for_running_deliveries() {
     };
     assert!(common::wait_for(LIMIT, || started() == 3));
     lspawn.stdin = None;
-    std::thread::sleep(Duration::from_millis(200));
+    let busy = cpu_ticks(lspawn.child.id());
+    std::thread::sleep(Duration::from_millis(500));
     assert!(
         lspawn.child.try_wait().expect("try_wait").is_none(),
         "lspawn left before its children finished"
+    );
+    // Regression: the closed input must not make poll spin while children run.
+    let spent = cpu_ticks(lspawn.child.id()) - busy;
+    assert!(
+        spent < 10,
+        "quill-lspawn used {spent} ticks of CPU while idle"
     );
     world.write("fake/release", b"");
     for _ in 0..3 {
@@ -948,15 +973,7 @@ fn measure_per_delivery_overhead() {
             }
         }
         let wall = start.elapsed();
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", lspawn.child.id())).expect("stat");
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        let ticks = cpu_ticks(lspawn.child.id());
         let hz = 100.0;
         eprintln!(
             "quill-lspawn ({}): {TOTAL} deliveries in {:.3} s = {:.0}/s; lspawn's own CPU {:.1} µs per delivery",
