@@ -401,7 +401,7 @@ impl Spawner {
         let home = self.config.home.clone();
         let aliases = self
             .aliases
-            .refresh(Aliases::load)
+            .refresh(load_aliases)
             .map_err(|e| temporary(format!("{e} (#4.3.0)")))?;
         let assign = self
             .assign
@@ -592,4 +592,13 @@ impl Spawner {
             self.report(delivery.slot, outcome, &text);
         }
     }
+}
+
+/// Load the aliases file and log what the parse only warned about (duplicate names).
+fn load_aliases(path: &Path) -> Result<Aliases> {
+    let aliases = Aliases::load(path)?;
+    for warning in aliases.warnings() {
+        crate::log::warning(warning);
+    }
+    Ok(aliases)
 }

@@ -476,12 +476,18 @@ pub fn alias_user_with(home: &Path, source: &mut dyn PasswdSource) -> Result<Ass
             None => return Err(Error::temporary("the alias user does not exist (#4.3.0)")),
         }
     } else {
-        let uid = nix::unistd::getuid();
-        let name = match nix::unistd::User::from_uid(uid) {
-            Ok(Some(user)) => user.name.into_bytes(),
-            _ => ALIAS_USER.as_bytes().to_vec(),
-        };
-        (uid.as_raw(), crate::sys::gid(), name)
+        // The process's own name does not change while it runs: look it up once.
+        static NAME: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let uid = crate::sys::uids().1;
+        let name = NAME
+            .get_or_init(
+                || match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+                    Ok(Some(user)) => user.name.into_bytes(),
+                    _ => ALIAS_USER.as_bytes().to_vec(),
+                },
+            )
+            .clone();
+        (uid, crate::sys::gid(), name)
     };
     Ok(Assignment {
         user,

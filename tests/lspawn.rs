@@ -674,7 +674,7 @@ fn aliases_and_assign_are_reloaded_when_changed() {
     let (letter, text) = who(&mut lspawn, "ginny@example.com");
     assert_eq!(letter, 'Z');
     assert!(text.contains("line 2"), "{text}");
-    world.write("aliases", b"fred: ginny\n");
+    world.write("aliases", b"fred: ginny\nFRED: someone else\n");
     let (letter, text) = who(&mut lspawn, "ginny@example.com");
     assert_eq!(letter, 'K', "{text}");
 
@@ -690,7 +690,8 @@ fn aliases_and_assign_are_reloaded_when_changed() {
         line(&text, "argv:").contains("[ginny] [-] [ginny]"),
         "{text}"
     );
-    lspawn.finish();
+    let log = lspawn.finish();
+    assert!(log.contains("warning: aliases line 2: duplicate name fred"), "{log}");
 }
 
 #[test]
