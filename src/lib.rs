@@ -27,3 +27,4 @@ pub mod smtp;
 pub mod tcprules;
 pub mod listener;
 pub mod local;
+pub mod lspawn;

@@ -26,8 +26,7 @@ pub fn set_credentials(command: &mut Command, uid: u32, gid: u32, groups: Vec<u3
     // (the group vector was allocated before the fork and is only read).
     unsafe {
         command.pre_exec(move || {
-            let list: Vec<libc::gid_t> = groups.clone();
-            if libc::setgroups(list.len(), list.as_ptr()) != 0 {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
                 return Err(io::Error::last_os_error());
             }
             if libc::setgid(gid) != 0 {
@@ -211,4 +210,24 @@ pub fn reverse_name(ip: std::net::IpAddr) -> Option<String> {
     // SAFETY: on success getnameinfo wrote a NUL-terminated string into `host`.
     let name = unsafe { std::ffi::CStr::from_ptr(host.as_ptr()) };
     name.to_str().ok().map(str::to_string)
+}
+
+/// Make the child change to `dir` as its last step before exec, after any credentials set
+/// with [`set_credentials`] (std's own `current_dir` runs before them, that is as root). Used
+/// by quill-lspawn, so that a user's home is entered with the user's own rights.
+pub fn change_dir_last(command: &mut Command, dir: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "directory name contains a NUL byte"))?;
+    // SAFETY: the closure runs in the child between fork and exec and only calls chdir, which
+    // is async-signal-safe, on a string allocated before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::chdir(dir.as_ptr()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }

@@ -156,18 +156,25 @@ impl Service {
 
 fn main() -> ExitCode {
     quill::log::init("quill-up");
-    let Some(o) = parse_options() else { return usage() };
-    if let Err(e) = setup(&o) {
-        quill::log::fatal(&e);
+    let Some(mut o) = parse_options() else { return usage() };
+    // Every path written into the instance's files is absolute, so that it means the same
+    // to every program whatever its working directory.
+    if let Err(e) = std::fs::create_dir_all(&o.dir) {
+        quill::log::fatal(&format!("unable to create {}: {e}", o.dir.display()));
         return ExitCode::from(111);
     }
-    let dir = match o.dir.canonicalize() {
+    o.dir = match o.dir.canonicalize() {
         Ok(d) => d,
         Err(e) => {
             quill::log::fatal(&format!("unable to find {}: {e}", o.dir.display()));
             return ExitCode::from(111);
         }
     };
+    if let Err(e) = setup(&o) {
+        quill::log::fatal(&e);
+        return ExitCode::from(111);
+    }
+    let dir = o.dir.clone();
     let signals = match quill::sys::signal_pipe(&[libc::SIGINT, libc::SIGTERM, libc::SIGCHLD]) {
         Ok(fd) => fd,
         Err(e) => {

@@ -1,0 +1,988 @@
+//! quill-lspawn and quill-newu, driven through their real interfaces: spawnproto frames on
+//! lspawn's pipes, real queue files, and a fake quill-local (a shell script that prints its
+//! argv, ids, working directory and first line of input, then exits as the test asks).
+//!
+//! Without root, and for most tests even as root, lspawn runs the way a private instance
+//! does: as one unprivileged user (the test's own, or `nobody` when the test runs as root)
+//! that owns the whole home. As root, one test also runs it as root with scratch users made
+//! by useradd, and checks the credentials the fake really got.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use quill::spawnproto::{Reader, Report, Request};
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// The fake quill-local. DIR/mode picks a behaviour; DIR/code is the exit code.
+const FAKE: &str = r#"#!/bin/sh
+dir='@DIR@'
+mode=$(cat "$dir/mode" 2>/dev/null)
+case "$mode" in
+  kill) kill -9 $$ ;;
+  silent-*) exit "${mode#silent-}" ;;
+esac
+printf 'argv:'
+for a in "$@"; do printf ' [%s]' "$a"; done
+printf '\n'
+printf 'ids: %s %s [%s]\n' "$(id -u)" "$(id -g)" "$(id -G)"
+printf 'cwd: %s\n' "$(pwd)"
+printf 'env: %s\n' "$(env | grep -v -e '^PWD=' -e '^SHLVL=' -e '^_=' | sort | tr '\n' ' ')"
+IFS= read -r line || true
+printf 'stdin: %s\n' "$line"
+case "$mode" in
+  big) i=0; while [ $i -lt 500 ]; do echo 0123456789012345678901234567890123456789; i=$((i+1)); done ;;
+  wait) : > "$dir/started.$$"; n=0
+        while [ ! -e "$dir/release" ] && [ $n -lt 2000 ]; do sleep 0.01; n=$((n+1)); done ;;
+esac
+code=$(cat "$dir/code" 2>/dev/null)
+exit "${code:-0}"
+"#;
+
+/// The identity lspawn runs under in the "private instance" tests, and who owns the home.
+fn runner() -> (u32, u32) {
+    if common::is_root() {
+        let nobody = nix::unistd::User::from_name("nobody")
+            .ok()
+            .flatten()
+            .expect("user nobody");
+        (nobody.uid.as_raw(), nobody.gid.as_raw())
+    } else {
+        (quill::sys::uids().0, quill::sys::gid())
+    }
+}
+
+/// A Quill home for lspawn, a fake quill-local, and helpers to write files into them.
+struct World {
+    home: common::TempDir,
+    owner: Option<(u32, u32)>,
+}
+
+impl World {
+    /// A home owned by `owner` (when the test is root) or by the test's user.
+    fn new(tag: &str, owner: Option<(u32, u32)>) -> World {
+        let home = common::home(tag, &[("me", "example.com\n")]);
+        let world = World { home, owner };
+        for dir in ["users", "alias", "homes", "fake"] {
+            std::fs::create_dir_all(world.path().join(dir)).expect("mkdir");
+        }
+        let fake = FAKE.replace("@DIR@", &world.path().join("fake").display().to_string());
+        world.write("fake/quill-local", fake.as_bytes());
+        std::fs::set_permissions(
+            world.fake(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        let aliases = world.path().join("aliases");
+        world.write(
+            "control/aliases",
+            format!("{}\n", aliases.display()).as_bytes(),
+        );
+        world.chown_all();
+        world
+    }
+
+    /// The usual world: lspawn runs as [`runner`].
+    fn private(tag: &str) -> World {
+        World::new(
+            tag,
+            if common::is_root() {
+                Some(runner())
+            } else {
+                None
+            },
+        )
+    }
+
+    fn path(&self) -> &Path {
+        self.home.path()
+    }
+
+    fn fake(&self) -> PathBuf {
+        self.path().join("fake/quill-local")
+    }
+
+    fn chown(&self, path: &Path) {
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid)).expect("chown");
+        }
+    }
+
+    fn chown_all(&self) {
+        if let Some((uid, gid)) = self.owner {
+            let status = Command::new("chown")
+                .arg("-R")
+                .arg(format!("{uid}:{gid}"))
+                .arg(self.path())
+                .status()
+                .expect("chown -R");
+            assert!(status.success());
+        }
+    }
+
+    /// Write a file under the home (replacing it in place), owned by the home's owner, with
+    /// a modification time that surely differs from the last one.
+    fn write(&self, name: &str, contents: &[u8]) {
+        static TICK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let path = self.path().join(name);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("open");
+        file.write_all(contents).expect("write");
+        let tick = TICK.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let time = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + tick);
+        file.set_modified(time).expect("set mtime");
+        drop(file);
+        self.chown(&path);
+    }
+
+    /// A home directory for an assign entry.
+    fn user_home(&self, name: &str) -> PathBuf {
+        let dir = self.path().join("homes").join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir home");
+        self.chown(&dir);
+        dir
+    }
+
+    fn mode(&self, mode: &str) {
+        self.write("fake/mode", mode.as_bytes());
+    }
+
+    fn code(&self, code: &str) {
+        self.write("fake/code", code.as_bytes());
+    }
+
+    /// Put a message into queue/mess (or another queue directory); returns its id.
+    fn message(&self, dir: &str, subject: &str) -> String {
+        let header = quill::queuefile::Header {
+            uid: 0,
+            pid: 1,
+            time: 1_700_000_000,
+            envelope: quill::envelope::Envelope {
+                sender: b"from@example.org".to_vec(),
+                recipients: vec![b"x@example.com".to_vec()],
+            },
+        };
+        let mut bytes = header.encode();
+        bytes.extend_from_slice(
+            format!("Subject: {subject}\nFrom: from@example.org\n\nbody\n").as_bytes(),
+        );
+        let tmp = self.path().join("queue/tmp/new");
+        std::fs::write(&tmp, &bytes).expect("write message");
+        let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&tmp).expect("stat"))
+            .to_string();
+        let path = self.path().join("queue").join(dir).join(&id);
+        std::fs::rename(&tmp, &path).expect("rename");
+        self.chown(&path);
+        id
+    }
+
+    /// Compile users/assign with quill-newu.
+    fn assign(&self, text: &str) {
+        self.write("users/assign", text.as_bytes());
+        let out = common::run(self.path(), "quill-newu", &[], b"");
+        assert!(
+            out.status.success(),
+            "quill-newu: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.chown(&self.path().join("users/assign.db"));
+    }
+
+    /// Start lspawn, as `user` or as the test's own identity.
+    fn lspawn(&self, user: Option<(u32, u32)>) -> Lspawn {
+        let mut command = Command::new(common::bin("quill-lspawn"));
+        command
+            .arg("-l")
+            .arg(self.fake())
+            .arg("./Maildir/")
+            .env("QUILL_HOME", self.path());
+        if let Some((uid, gid)) = user {
+            command.uid(uid).gid(gid);
+        }
+        Lspawn::start(command)
+    }
+
+    fn lspawn_private(&self) -> Lspawn {
+        self.lspawn(self.owner)
+    }
+}
+
+/// A running quill-lspawn with a thread collecting its reports.
+struct Lspawn {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    reports: Receiver<Report>,
+    stderr: Receiver<Vec<u8>>,
+}
+
+impl Lspawn {
+    fn start(mut command: Command) -> Lspawn {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run quill-lspawn");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let (send, reports) = channel();
+        std::thread::spawn(move || {
+            let mut reader = Reader::default();
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                reader.push(&buffer[..n]);
+                while let Some(fields) = reader.next_frame() {
+                    let _ = send.send(Report::decode(&fields).expect("report frame"));
+                }
+            }
+        });
+        let mut stderr = child.stderr.take().expect("stderr");
+        let (send_err, stderr_rx) = channel();
+        std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let _ = stderr.read_to_end(&mut all);
+            let _ = send_err.send(all);
+        });
+        Lspawn {
+            stdin: child.stdin.take(),
+            child,
+            reports,
+            stderr: stderr_rx,
+        }
+    }
+
+    fn send(&mut self, slot: u32, id: &str, recipients: &[&[u8]]) {
+        let request = Request {
+            slot,
+            id: id.as_bytes().to_vec(),
+            sender: b"from@example.org".to_vec(),
+            recipients: recipients.iter().map(|r| r.to_vec()).collect(),
+        };
+        self.stdin
+            .as_mut()
+            .expect("stdin open")
+            .write_all(&request.encode())
+            .expect("write request");
+    }
+
+    fn report(&self) -> Report {
+        self.reports
+            .recv_timeout(LIMIT)
+            .expect("a report from quill-lspawn")
+    }
+
+    /// Deliver one recipient and return (letter, text).
+    fn deliver(&mut self, id: &str, recipient: &str) -> (char, String) {
+        self.send(99, id, &[recipient.as_bytes()]);
+        let report = self.report();
+        assert_eq!(report.slot, 99);
+        assert_eq!(report.results.len(), 1);
+        let result = &report.results[0];
+        (
+            result.outcome.letter() as char,
+            String::from_utf8_lossy(&result.text).into_owned(),
+        )
+    }
+
+    /// Close fd 0 and wait (bounded) for a clean exit; returns lspawn's stderr.
+    fn finish(mut self) -> String {
+        self.stdin = None;
+        let mut status = None;
+        assert!(common::wait_for(LIMIT, || {
+            status = self.child.try_wait().expect("wait");
+            status.is_some()
+        }));
+        let stderr = String::from_utf8_lossy(&self.stderr.recv_timeout(LIMIT).unwrap_or_default())
+            .into_owned();
+        assert!(status.unwrap().success(), "quill-lspawn failed: {stderr}");
+        stderr
+    }
+}
+
+impl Drop for Lspawn {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A process's user + system CPU time in clock ticks, from /proc.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+fn line<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} line in {text:?}"))
+}
+
+#[test]
+fn argv_for_each_kind_of_recipient() {
+    let world = World::private("argv");
+    let (uid, gid) = runner();
+    let joe = world.user_home("joe");
+    let lister = world.user_home("lister");
+    world.assign(&format!(
+        "=joe:joe:{uid}:{gid}:{}:::\n+list-:lister:{uid}:{gid}:{}:-:x:\n=Root:joe:{uid}:{gid}:{}:::\n.\n",
+        joe.display(),
+        lister.display(),
+        joe.display()
+    ));
+    world.write(
+        "aliases",
+        b"# test aliases\npostmaster: joe,\n  \"|/bin/prog arg\"\nroot: joe\n",
+    );
+    let alias_home = world.path().join("alias");
+    let id = world.message("mess", "first line");
+    let mut lspawn = world.lspawn_private();
+
+    let (letter, text) = lspawn.deliver(&id, "Joe@Example.COM");
+    assert_eq!(letter, 'K', "{text}");
+    assert_eq!(
+        line(&text, "argv:"),
+        format!(
+            "argv: [--] [joe] [{}] [Joe] [] [] [Example.COM] [from@example.org] [./Maildir/]",
+            joe.display()
+        )
+    );
+    assert_eq!(
+        line(&text, "ids:").split(' ').nth(1),
+        Some(uid.to_string().as_str())
+    );
+    assert_eq!(line(&text, "cwd:"), format!("cwd: {}", joe.display()));
+    assert_eq!(
+        line(&text, "env:"),
+        "env: PATH=/usr/local/bin:/usr/bin:/bin "
+    );
+    assert_eq!(line(&text, "stdin:"), "stdin: Subject: first line");
+
+    let (_, text) = lspawn.deliver(&id, "LIST-Owner@example.com");
+    assert_eq!(line(&text, "argv:"), format!("argv: [--] [lister] [{}] [LIST-Owner] [-] [xowner] [example.com] [from@example.org] [./Maildir/]", lister.display()));
+    assert_eq!(line(&text, "cwd:"), format!("cwd: {}", lister.display()));
+
+    // Aliases come before assign.db (root is in both).
+    for local in ["postmaster", "ROOT"] {
+        let (letter, text) = lspawn.deliver(&id, &format!("{local}@example.com"));
+        assert_eq!(letter, 'K', "{text}");
+        let target = if local == "ROOT" {
+            "joe"
+        } else {
+            "joe, \"|/bin/prog arg\""
+        };
+        let argv = line(&text, "argv:");
+        assert!(argv.starts_with("argv: [-A] [--] ["), "{argv}");
+        assert!(
+            argv.ends_with(&format!(
+                "] [{}] [{local}] [] [] [example.com] [from@example.org] [{target}]",
+                alias_home.display()
+            )),
+            "{argv}"
+        );
+        assert_eq!(
+            line(&text, "cwd:"),
+            format!("cwd: {}", alias_home.display())
+        );
+    }
+
+    // Nobody claims it: the alias user with the local part (in lower case) as extension.
+    let (letter, text) = lspawn.deliver(&id, "No.Such-User@example.com");
+    assert_eq!(letter, 'K', "{text}");
+    let argv = line(&text, "argv:");
+    assert!(
+        argv.ends_with(&format!("] [{}] [No.Such-User] [-] [no.such-user] [example.com] [from@example.org] [./Maildir/]", alias_home.display())),
+        "{argv}"
+    );
+    // The message is found in todo/ as well, and a bounce's empty sender travels as "".
+    let todo = world.message("todo", "from todo");
+    let bounce = Request {
+        slot: 5,
+        id: todo.into_bytes(),
+        sender: vec![],
+        recipients: vec![b"joe@example.com".to_vec()],
+    };
+    lspawn
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(&bounce.encode())
+        .expect("write");
+    let report = lspawn.report();
+    let text = String::from_utf8_lossy(&report.results[0].text).into_owned();
+    assert_eq!(line(&text, "stdin:"), "stdin: Subject: from todo");
+    assert!(
+        line(&text, "argv:").ends_with("[Example.com] [] [./Maildir/]")
+            || line(&text, "argv:").ends_with("[example.com] [] [./Maildir/]"),
+        "{text}"
+    );
+    lspawn.finish();
+}
+
+#[test]
+fn root_and_unknown_go_to_the_alias_user_without_aliases() {
+    let world = World::private("rootalias");
+    let id = world.message("mess", "x");
+    let mut lspawn = world.lspawn_private();
+    let (letter, text) = lspawn.deliver(&id, "root@example.com");
+    assert_eq!(letter, 'K', "{text}");
+    let argv = line(&text, "argv:");
+    assert!(
+        argv.ends_with(&format!(
+            "] [{}] [root] [-] [root] [example.com] [from@example.org] [./Maildir/]",
+            world.path().join("alias").display()
+        )),
+        "{argv}"
+    );
+    assert_eq!(
+        line(&text, "ids:").split(' ').nth(1),
+        Some(runner().0.to_string().as_str())
+    );
+    lspawn.finish();
+}
+
+#[test]
+fn exit_codes_map_to_results() {
+    let world = World::private("codes");
+    let id = world.message("mess", "x");
+    let mut lspawn = world.lspawn_private();
+    for (code, letter) in [
+        ("0", 'K'),
+        ("100", 'D'),
+        ("111", 'Z'),
+        ("75", 'Z'),
+        ("1", 'Z'),
+    ] {
+        world.mode("");
+        world.code(code);
+        let (got, text) = lspawn.deliver(&id, "someone@example.com");
+        assert_eq!(got, letter, "exit {code}: {text}");
+        assert!(
+            text.starts_with("argv:"),
+            "the output is the report: {text}"
+        );
+        world.mode(&format!("silent-{code}"));
+        let (got, text) = lspawn.deliver(&id, "someone@example.com");
+        assert_eq!(got, letter, "silent exit {code}: {text}");
+        assert!(
+            !text.trim().is_empty(),
+            "a fixed text replaces empty output"
+        );
+    }
+    world.mode("kill");
+    let (got, text) = lspawn.deliver(&id, "someone@example.com");
+    assert_eq!(got, 'Z');
+    assert!(text.contains("signal 9"), "{text}");
+    lspawn.finish();
+}
+
+#[test]
+fn many_deliveries_in_flight_at_once() {
+    let world = World::private("many");
+    world.mode("wait");
+    let id = world.message("mess", "x");
+    let mut lspawn = world.lspawn_private();
+    const N: u32 = 20;
+    for slot in 0..N {
+        lspawn.send(slot, &id, &[format!("user{slot}@example.com").as_bytes()]);
+    }
+    let started = || {
+        common::files(&world.path().join("fake"))
+            .iter()
+            .filter(|p| p.to_string_lossy().contains("started."))
+            .count()
+    };
+    assert!(
+        common::wait_for(LIMIT, || started() == N as usize),
+        "only {} started",
+        started()
+    );
+    assert!(
+        lspawn.reports.try_recv().is_err(),
+        "no delivery may finish before the release"
+    );
+    world.write("fake/release", b"");
+    let mut slots: Vec<u32> = (0..N)
+        .map(|_| {
+            let r = lspawn.report();
+            assert_eq!(r.results[0].outcome.letter(), b'K');
+            r.slot
+        })
+        .collect();
+    slots.sort();
+    assert_eq!(slots, (0..N).collect::<Vec<_>>());
+    lspawn.finish();
+}
+
+#[test]
+fn output_is_truncated() {
+    let world = World::private("big");
+    world.mode("big");
+    let id = world.message("mess", "x");
+    let mut lspawn = world.lspawn_private();
+    let (letter, text) = lspawn.deliver(&id, "a@example.com");
+    assert_eq!(letter, 'K');
+    assert!(text.starts_with("argv:"));
+    assert!(
+        text.len() <= quill::spawnproto::MAX_TEXT && text.len() > 2900,
+        "{} bytes",
+        text.len()
+    );
+    lspawn.finish();
+}
+
+#[test]
+fn bad_requests_are_refused_not_fatal() {
+    let world = World::private("bad");
+    let id = world.message("mess", "x");
+    let mut lspawn = world.lspawn_private();
+    for (bad_id, recipient, letter, words) in [
+        ("999999999", "a@example.com", 'Z', "unable to open message"),
+        ("12a", "a@example.com", 'Z', "bad queue id"),
+        ("../../etc/passwd", "a@example.com", 'Z', "bad queue id"),
+        ("", "a@example.com", 'Z', "bad queue id"),
+        (id.as_str(), "no-domain", 'D', "no domain"),
+        (id.as_str(), "a\nb@example.com", 'D', "bad recipient"),
+        (id.as_str(), "@example.com", 'D', "empty local part"),
+    ] {
+        let (got, text) = lspawn.deliver(bad_id, recipient);
+        assert_eq!(got, letter, "{bad_id:?} {recipient:?}: {text}");
+        assert!(text.contains(words), "{bad_id:?} {recipient:?}: {text}");
+    }
+    // Not a message file: a symbolic link in mess/ is not followed.
+    let link = world.path().join("queue/mess/424242");
+    std::os::unix::fs::symlink(world.path().join("queue/mess").join(&id), &link).expect("symlink");
+    let (got, _) = lspawn.deliver("424242", "a@example.com");
+    assert_eq!(got, 'Z');
+    // Two recipients in one request: one temporary result each.
+    lspawn.send(7, &id, &[b"a@example.com", b"b@example.com"]);
+    let report = lspawn.report();
+    assert_eq!((report.slot, report.results.len()), (7, 2));
+    assert!(report.results.iter().all(|r| r.outcome.letter() == b'Z'));
+    // A malformed frame with a slot gets a temporary result.
+    lspawn
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(&quill::spawnproto::encode(&[b"8", b"1"]))
+        .unwrap();
+    let report = lspawn.report();
+    assert_eq!((report.slot, report.results[0].outcome.letter()), (8, b'Z'));
+    // And it still delivers.
+    let (got, text) = lspawn.deliver(&id, "a@example.com");
+    assert_eq!(got, 'K', "{text}");
+    lspawn.finish();
+}
+
+#[test]
+fn end_of_input_waits_for_running_deliveries() {
+    let world = World::private("eof");
+    world.mode("wait");
+    let id = world.message("mess", "x");
+    let mut lspawn = world.lspawn_private();
+    for slot in 0..3 {
+        lspawn.send(slot, &id, &[b"a@example.com"]);
+    }
+    let started = || {
+        common::files(&world.path().join("fake"))
+            .iter()
+            .filter(|p| p.to_string_lossy().contains("started."))
+            .count()
+    };
+    assert!(common::wait_for(LIMIT, || started() == 3));
+    lspawn.stdin = None;
+    let busy = cpu_ticks(lspawn.child.id());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        lspawn.child.try_wait().expect("try_wait").is_none(),
+        "lspawn left before its children finished"
+    );
+    // Regression: the closed input must not make poll spin while children run.
+    let spent = cpu_ticks(lspawn.child.id()) - busy;
+    assert!(
+        spent < 10,
+        "quill-lspawn used {spent} ticks of CPU while idle"
+    );
+    world.write("fake/release", b"");
+    for _ in 0..3 {
+        assert_eq!(lspawn.report().results[0].outcome.letter(), b'K');
+    }
+    lspawn.finish();
+}
+
+#[test]
+fn aliases_and_assign_are_reloaded_when_changed() {
+    let world = World::private("reload");
+    let (uid, gid) = runner();
+    let ginny = world.user_home("ginny");
+    let id = world.message("mess", "x");
+    let mut lspawn = world.lspawn_private();
+    let user_of = |text: &str| {
+        line(text, "argv:")
+            .split(' ')
+            .nth(2)
+            .unwrap_or("")
+            .to_string()
+    };
+    let who = |lspawn: &mut Lspawn, rcpt: &str| {
+        let (letter, text) = lspawn.deliver(&id, rcpt);
+        (letter, text)
+    };
+    let (_, text) = who(&mut lspawn, "fred@example.com");
+    assert!(line(&text, "argv:").contains("[fred] [-] [fred]"), "{text}");
+
+    world.write("aliases", b"fred: ginny\n");
+    let (_, text) = who(&mut lspawn, "fred@example.com");
+    assert!(line(&text, "argv:").starts_with("argv: [-A]"), "{text}");
+
+    world.assign(&format!(
+        "=ginny:ginny:{uid}:{gid}:{}:::\n.\n",
+        ginny.display()
+    ));
+    let (_, text) = who(&mut lspawn, "ginny@example.com");
+    assert_eq!(user_of(&text), "[ginny]", "{text}");
+
+    // A broken aliases file defers everything (naming the line) until it is fixed.
+    world.write("aliases", b"fred: ginny\nbroken line\n");
+    let (letter, text) = who(&mut lspawn, "ginny@example.com");
+    assert_eq!(letter, 'Z');
+    assert!(text.contains("line 2"), "{text}");
+    world.write("aliases", b"fred: ginny\nFRED: someone else\n");
+    let (letter, text) = who(&mut lspawn, "ginny@example.com");
+    assert_eq!(letter, 'K', "{text}");
+
+    // A corrupt assign.db defers too; removing it falls back to the password file.
+    world.write("users/assign.db", b"not a database");
+    let (letter, text) = who(&mut lspawn, "ginny@example.com");
+    assert_eq!(letter, 'Z');
+    assert!(text.contains("assign.db"), "{text}");
+    std::fs::remove_file(world.path().join("users/assign.db")).expect("rm");
+    let (letter, text) = who(&mut lspawn, "ginny@example.com");
+    assert_eq!(letter, 'K', "{text}");
+    assert!(
+        line(&text, "argv:").contains("[ginny] [-] [ginny]"),
+        "{text}"
+    );
+    let log = lspawn.finish();
+    assert!(log.contains("warning: aliases line 2: duplicate name fred"), "{log}");
+}
+
+#[test]
+fn refuses_other_uids_and_root_when_unprivileged() {
+    let world = World::private("refuse");
+    let (uid, gid) = runner();
+    let other = world.user_home("other");
+    world.assign(&format!(
+        "=other:other:{}:{gid}:{}:::\n=zero:root:0:0:{}:::\n=me:me:{uid}:{gid}:/nonexistent/home:::\n.\n",
+        uid + 1,
+        other.display(),
+        other.display()
+    ));
+    let id = world.message("mess", "x");
+    let mut lspawn = world.lspawn_private();
+    let (letter, text) = lspawn.deliver(&id, "other@example.com");
+    assert_eq!(
+        (letter, text.as_str()),
+        ('Z', "quill-lspawn is not running as root (#4.3.0)")
+    );
+    let (letter, text) = lspawn.deliver(&id, "zero@example.com");
+    assert_eq!(
+        (letter, text.as_str()),
+        ('Z', "not allowed to deliver as root (#4.3.0)")
+    );
+    let (letter, text) = lspawn.deliver(&id, "me@example.com");
+    assert_eq!(letter, 'Z');
+    assert!(text.contains("/nonexistent/home"), "{text}");
+    lspawn.finish();
+}
+
+#[test]
+fn newu_reports_bad_lines_and_keeps_the_old_database() {
+    let world = World::private("newu");
+    let missing = common::run(world.path(), "quill-newu", &[], b"");
+    assert_eq!(missing.status.code(), Some(111));
+    world.assign("=a:a:1:1:/a:::\n.\n");
+    let db = world.path().join("users/assign.db");
+    let good = std::fs::read(&db).expect("assign.db");
+    for (text, words) in [
+        (
+            "=a:a:1:1:/a:::\n=b:b:1:1:/b:::\n+c:c:x:1:/c:::\n.\n",
+            "line 3",
+        ),
+        ("=a:a:1:1:/a:::\n", "dot"),
+        ("=a:a:1:1:/a::\n.\n", "line 1"),
+    ] {
+        world.write("users/assign", text.as_bytes());
+        let out = common::run(world.path(), "quill-newu", &[], b"");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(111), "{text:?}");
+        assert!(
+            stderr.starts_with("quill-newu: fatal: ") && stderr.contains(words),
+            "{stderr}"
+        );
+        assert_eq!(
+            std::fs::read(&db).expect("old db"),
+            good,
+            "the old database must stay"
+        );
+    }
+    assert!(!world.path().join("users/assign.db.tmp").exists());
+    let usage = common::run(world.path(), "quill-newu", &["extra"], b"");
+    assert_eq!(usage.status.code(), Some(100));
+}
+
+/// Scratch users and groups made with useradd, removed when dropped.
+struct Scratch {
+    users: Vec<String>,
+    groups: Vec<String>,
+}
+
+impl Scratch {
+    fn run(args: &[&str]) -> bool {
+        Command::new(args[0])
+            .args(&args[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for user in &self.users {
+            Scratch::run(&["userdel", user]);
+        }
+        for group in &self.groups {
+            Scratch::run(&["groupdel", group]);
+        }
+    }
+}
+
+fn ids_of(name: &str) -> (u32, u32) {
+    let user = nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("user {name}"));
+    (user.uid.as_raw(), user.gid.as_raw())
+}
+
+#[test]
+fn as_root_deliveries_run_with_the_users_credentials() {
+    if !common::is_root() {
+        eprintln!("SKIP: not root, so real credentials are not checked");
+        return;
+    }
+    if common::skip_without("useradd") && common::skip_without("/usr/sbin/useradd") {
+        return;
+    }
+    let world = World::new("root", None);
+    let tag = std::process::id() % 100_000;
+    let (user, group) = (format!("qlsp{tag}u"), format!("qlsp{tag}g"));
+    let mut scratch = Scratch {
+        users: vec![],
+        groups: vec![],
+    };
+    let home = world.path().join("homes").join(&user);
+    assert!(Scratch::run(&["groupadd", &group]), "groupadd");
+    scratch.groups.push(group.clone());
+    assert!(
+        Scratch::run(&[
+            "useradd",
+            "-M",
+            "-U",
+            "-G",
+            &group,
+            "-d",
+            &home.display().to_string(),
+            "-s",
+            "/bin/false",
+            &user
+        ]),
+        "useradd"
+    );
+    scratch.users.push(user.clone());
+    scratch.groups.push(user.clone());
+    let (uid, gid) = ids_of(&user);
+    let extra = nix::unistd::Group::from_name(&group)
+        .ok()
+        .flatten()
+        .expect("group")
+        .gid
+        .as_raw();
+    std::fs::create_dir_all(&home).expect("home");
+    std::os::unix::fs::chown(&home, Some(uid), Some(gid)).expect("chown home");
+    if nix::unistd::User::from_name("alias")
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        assert!(
+            Scratch::run(&[
+                "useradd",
+                "-M",
+                "-U",
+                "-d",
+                "/nonexistent",
+                "-s",
+                "/bin/false",
+                "alias"
+            ]),
+            "useradd alias"
+        );
+        scratch.users.push("alias".into());
+        scratch.groups.push("alias".into());
+    }
+    let (alias_uid, alias_gid) = ids_of("alias");
+    world.assign(&format!("=zero:root:0:0:{}:::\n.\n", home.display()));
+    world.write("aliases", format!("listed: {user}\n").as_bytes());
+    let id = world.message("mess", "x");
+    let mut lspawn = world.lspawn(None);
+
+    // The password rule, with an extension; the user's uid, gid and supplementary group.
+    let (letter, text) = lspawn.deliver(&id, &format!("{}-Ext@example.com", user.to_uppercase()));
+    assert_eq!(letter, 'K', "{text}");
+    assert!(
+        line(&text, "argv:").starts_with(&format!("argv: [--] [{user}] [{}] [", home.display())),
+        "{text}"
+    );
+    assert!(
+        line(&text, "argv:").contains("] [-] [ext] [example.com]"),
+        "{text}"
+    );
+    let ids = line(&text, "ids:");
+    assert!(ids.starts_with(&format!("ids: {uid} {gid} [")), "{ids}");
+    let groups: Vec<u32> = ids
+        .split(['[', ']', ' '])
+        .filter_map(|g| g.parse().ok())
+        .skip(2)
+        .collect();
+    let mut groups_sorted = groups.clone();
+    groups_sorted.sort();
+    let mut expected = vec![gid, extra];
+    expected.sort();
+    assert_eq!(groups_sorted, expected, "{ids}");
+    assert_eq!(line(&text, "cwd:"), format!("cwd: {}", home.display()));
+
+    // root is never delivered as root: it goes to the alias user; uid 0 in assign is refused.
+    let (letter, text) = lspawn.deliver(&id, "root@example.com");
+    assert_eq!(letter, 'K', "{text}");
+    assert!(
+        line(&text, "ids:").starts_with(&format!("ids: {alias_uid} {alias_gid} ")),
+        "{text}"
+    );
+    assert!(
+        line(&text, "argv:").contains("] [root] [-] [root] ["),
+        "{text}"
+    );
+    let (letter, text) = lspawn.deliver(&id, "zero@example.com");
+    assert_eq!(
+        (letter, text.as_str()),
+        ('Z', "not allowed to deliver as root (#4.3.0)")
+    );
+
+    // An alias runs as the alias user.
+    let (letter, text) = lspawn.deliver(&id, "listed@example.com");
+    assert_eq!(letter, 'K', "{text}");
+    assert!(
+        line(&text, "ids:").starts_with(&format!("ids: {alias_uid} {alias_gid} ")),
+        "{text}"
+    );
+    assert!(
+        line(&text, "argv:").ends_with(&format!("[{user}]")),
+        "{text}"
+    );
+    lspawn.finish();
+    drop(scratch);
+}
+
+/// Not a check: measures what quill-lspawn itself costs per delivery (its own CPU time, read
+/// from /proc, and the wall time for a stream of deliveries kept 20 deep) with /bin/true as
+/// quill-local. Run with `cargo test --release --test lspawn -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_per_delivery_overhead() {
+    let modes: Vec<bool> = if common::is_root() {
+        vec![false, true]
+    } else {
+        vec![false]
+    };
+    for as_root in modes {
+        let world = if as_root {
+            World::new("bench", None)
+        } else {
+            World::private("bench")
+        };
+        let (uid, gid) = if as_root { ids_of("nobody") } else { runner() };
+        let home = world.user_home("bench");
+        if as_root {
+            std::os::unix::fs::chown(&home, Some(uid), Some(gid)).expect("chown");
+        }
+        world.assign(&format!("+:bench:{uid}:{gid}:{}:-::\n.\n", home.display()));
+        let id = world.message("mess", "x");
+        let mut command = Command::new(common::bin("quill-lspawn"));
+        command
+            .arg("-l")
+            .arg("/bin/true")
+            .arg("./Maildir/")
+            .env("QUILL_HOME", world.path());
+        if !as_root {
+            if let Some((u, g)) = world.owner {
+                command.uid(u).gid(g);
+            }
+        }
+        let mut lspawn = Lspawn::start(command);
+        const TOTAL: u32 = 3000;
+        const DEPTH: u32 = 20;
+        let start = std::time::Instant::now();
+        for slot in 0..DEPTH {
+            lspawn.send(slot, &id, &[format!("u{slot}@example.com").as_bytes()]);
+        }
+        for n in DEPTH..TOTAL + DEPTH {
+            let report = lspawn.report();
+            assert_eq!(report.results[0].outcome.letter(), b'K', "{:?}", report);
+            if n < TOTAL {
+                lspawn.send(n, &id, &[format!("u{n}@example.com").as_bytes()]);
+            }
+        }
+        let wall = start.elapsed();
+        let ticks = cpu_ticks(lspawn.child.id());
+        let hz = 100.0;
+        eprintln!(
+            "quill-lspawn ({}): {TOTAL} deliveries in {:.3} s = {:.0}/s; lspawn's own CPU {:.1} µs per delivery",
+            if as_root { "root, fork + setuid" } else { "unprivileged, posix_spawn" },
+            wall.as_secs_f64(),
+            TOTAL as f64 / wall.as_secs_f64(),
+            ticks as f64 / hz * 1e6 / TOTAL as f64
+        );
+        lspawn.finish();
+    }
+}
