@@ -24,3 +24,6 @@ pub mod header;
 pub mod bounce;
 pub mod schedule;
 pub mod smtp;
+pub mod sendconf;
+pub mod sendstate;
+pub mod sendloop;
