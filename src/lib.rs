@@ -27,3 +27,4 @@ pub mod smtp;
 pub mod sendconf;
 pub mod sendstate;
 pub mod sendloop;
+pub mod clean;

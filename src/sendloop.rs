@@ -900,6 +900,7 @@ impl Sender {
     /// `trigger` is `lock/trigger`, open for reading and writing and non-blocking.
     pub fn run(&mut self, signals: &File, trigger: &File) -> Exit {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        self.status();
         loop {
             let now = crate::date::now();
             self.fire_timers(now);

@@ -163,7 +163,8 @@ pub fn signal_pipe(signals: &[i32]) -> io::Result<std::os::fd::OwnedFd> {
 
 /// Take ownership of a descriptor inherited from the parent (quill-start's pipes: quill-send's
 /// fds 3–8), if it is open, and mark it close-on-exec so that programs this process runs (the
-/// queue program for bounces) do not inherit it. Call at most once per number.
+/// queue program for bounces) do not inherit it. Call at most once per number, and before the
+/// process opens any file (which could otherwise land on a closed number and be taken here).
 pub fn inherited_fd(fd: i32) -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     // SAFETY: F_GETFD only queries the descriptor table; an unused number gives EBADF.

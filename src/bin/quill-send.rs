@@ -32,6 +32,10 @@ fn fatal(text: &str) -> ExitCode {
 fn main() -> ExitCode {
     log::init("quill-send");
     quill::sys::ignore_signal(libc::SIGPIPE);
+    // Claim the inherited descriptors before anything opens a file that could take one of
+    // their numbers (5 and 6 are legitimately closed when quill-rspawn does not run).
+    let fds: Vec<_> = (3..=8).map(quill::sys::inherited_fd).collect();
+
     let control = Control::from_env();
     let layout = Layout::new(&control.home);
 
@@ -48,21 +52,23 @@ fn main() -> ExitCode {
         Err((_, e)) => return fatal(&format!("unable to lock queue/lock/sendmutex: {e}")),
     };
 
-    let config = match Config::load(&control) {
-        Ok(c) => c,
-        Err(e) => return fatal(&e.message),
-    };
-    let fd = quill::sys::inherited_fd;
-    let (Some(l_req), Some(l_rep), Some(c_req), Some(c_rep)) = (fd(3), fd(4), fd(7), fd(8)) else {
+    let mut fds = fds.into_iter();
+    let mut next = || fds.next().flatten();
+    let (l_req, l_rep, r_req, r_rep, c_req, c_rep) = (next(), next(), next(), next(), next(), next());
+    let (Some(l_req), Some(l_rep), Some(c_req), Some(c_rep)) = (l_req, l_rep, c_req, c_rep) else {
         return fatal("unable to find descriptors 3, 4, 7 and 8: start me with quill-start");
     };
-    let rspawn = match (fd(5), fd(6)) {
+    let rspawn = match (r_req, r_rep) {
         (Some(requests), Some(reports)) => Some((requests, reports)),
         _ => None,
     };
     let pipes =
         Pipes { lspawn_requests: l_req, lspawn_reports: l_rep, rspawn, clean_requests: c_req, clean_replies: c_rep };
 
+    let config = match Config::load(&control) {
+        Ok(c) => c,
+        Err(e) => return fatal(&e.message),
+    };
     let signals = match quill::sys::signal_pipe(&[libc::SIGTERM, libc::SIGALRM, libc::SIGHUP]) {
         Ok(fd) => File::from(fd),
         Err(e) => return fatal(&format!("unable to catch signals: {e}")),
