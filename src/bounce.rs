@@ -151,7 +151,8 @@ pub fn compose(b: &Bounce) -> Vec<u8> {
     };
     push(&mut out, &[b"From: ", b.from, b"\n"]);
     push(&mut out, &[b"To: ", b.to, b"\n"]);
-    let subject: &[u8] = if b.double { b"Subject: failure notice (undeliverable bounce)\n" } else { b"Subject: failure notice\n" };
+    let subject: &[u8] =
+        if b.double { b"Subject: failure notice (undeliverable bounce)\n" } else { b"Subject: failure notice\n" };
     push(&mut out, &[subject]);
     push(&mut out, &[b"Date: ", crate::date::rfc5322(b.now).as_bytes(), b"\n"]);
     push(&mut out, &[format!("Message-ID: <{}.{}.bounce@{}>\n", b.now, b.id, me).as_bytes()]);
@@ -202,6 +203,7 @@ pub fn compose(b: &Bounce) -> Vec<u8> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -226,7 +228,10 @@ mod tests {
     #[test]
     fn report_shape() {
         let failures = vec![
-            Failure { recipient: b"joe@example.org".to_vec(), text: b"Sorry, no mailbox here by that name. (#5.1.1)\n".to_vec() },
+            Failure {
+                recipient: b"joe@example.org".to_vec(),
+                text: b"Sorry, no mailbox here by that name. (#5.1.1)\n".to_vec(),
+            },
             Failure { recipient: b"ann@example.org".to_vec(), text: b"line one\nline two\n".to_vec() },
         ];
         let b = Bounce {
@@ -242,7 +247,9 @@ mod tests {
         };
         let text = String::from_utf8(compose(&b)).unwrap();
         assert!(text.starts_with("From: MAILER-DAEMON@mx.example.net\nTo: sender@example.com\n"));
-        assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status;\n\tboundary=\"quill-report-"));
+        assert!(
+            text.contains("Content-Type: multipart/report; report-type=delivery-status;\n\tboundary=\"quill-report-")
+        );
         assert!(text.contains("Hi. This is the quill-send program at mx.example.net.\n"));
         assert!(text.contains("<joe@example.org>:\nSorry, no mailbox here by that name. (#5.1.1)\n\n"));
         assert!(text.contains("Reporting-MTA: dns; mx.example.net\nArrival-Date: Thu, 1 Jan 1970 00:00:00 +0000\n"));
@@ -260,7 +267,8 @@ mod tests {
 
     #[test]
     fn eight_bit_text_is_made_ascii() {
-        let failures = vec![Failure { recipient: "jö@x".as_bytes().to_vec(), text: "bad \u{e9}\0".as_bytes().to_vec() }];
+        let failures =
+            vec![Failure { recipient: "jö@x".as_bytes().to_vec(), text: "bad \u{e9}\0".as_bytes().to_vec() }];
         let b = Bounce {
             me: b"m",
             from: b"f@m",

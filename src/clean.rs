@@ -36,7 +36,11 @@ pub enum Request {
 pub fn parse(line: &[u8]) -> Result<Request, (String, &'static str)> {
     let shown = |bytes: &[u8]| -> String {
         let s: String = bytes.iter().take(40).map(|&b| if b.is_ascii_graphic() { b as char } else { '?' }).collect();
-        if s.is_empty() { "-".to_string() } else { s }
+        if s.is_empty() {
+            "-".to_string()
+        } else {
+            s
+        }
     };
     if line.len() > MAX_LINE {
         return Err(("-".to_string(), "request too long"));
@@ -156,6 +160,7 @@ impl Cleaner {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

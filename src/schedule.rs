@@ -97,6 +97,7 @@ impl<K: Ord> Timers<K> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

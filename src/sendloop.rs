@@ -258,7 +258,18 @@ fn words(text: &[u8]) -> String {
     while end > 0 && text[end - 1].is_ascii_whitespace() {
         end -= 1;
     }
-    text[..end].iter().map(|&b| if b == b'\n' { '/' } else if (0x20..0x7f).contains(&b) { b as char } else { '?' }).collect()
+    text[..end]
+        .iter()
+        .map(|&b| {
+            if b == b'\n' {
+                '/'
+            } else if (0x20..0x7f).contains(&b) {
+                b as char
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
 
 fn numeric_entries(dir: &std::path::Path) -> io::Result<Vec<u64>> {
@@ -328,7 +339,7 @@ impl Sender {
         let todo = list(self.layout.todo(), "todo")?;
         let hold = list(self.layout.hold(), "hold")?;
         if self.rspawn.is_none() {
-            log::raw("warning: remote channel is not running; remote recipients are kept in the queue");
+            log::warning("remote channel is not running; remote recipients are kept in the queue");
         }
         for &id in &mess {
             self.load_from_mess(id);
@@ -359,7 +370,9 @@ impl Sender {
     /// file (another message with the same inode, or unreadable) is removed.
     fn build(&mut self, id: u64, header: Header, offset: u64, info: Option<Info>) -> Message {
         let info = match info {
-            Some(info) if info.matches(header.time, header.pid) && info.entries.len() == header.envelope.recipients.len() => {
+            Some(info)
+                if info.matches(header.time, header.pid) && info.entries.len() == header.envelope.recipients.len() =>
+            {
                 Some(info)
             }
             Some(_) => {
@@ -410,7 +423,7 @@ impl Sender {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
             Err(e) => {
-                log::raw(&format!("warning: unable to open {dir}/{id}: {e}"));
+                log::warning(&format!("unable to open {dir}/{id}: {e}"));
                 return None;
             }
         };
@@ -420,7 +433,7 @@ impl Sender {
                 Some((header, offset, size))
             }
             Err(e) => {
-                log::raw(&format!("warning: unable to read {dir}/{id}: {e}; leaving it alone until a restart"));
+                log::warning(&format!("unable to read {dir}/{id}: {e}; leaving it alone until a restart"));
                 self.bad.insert(id);
                 None
             }
@@ -428,7 +441,7 @@ impl Sender {
     }
 
     fn read_info(&self, id: u64) -> Result<Option<Info>, ()> {
-        sendstate::read(&self.layout.info(), id).map_err(|e| log::raw(&format!("warning: {e}")))
+        sendstate::read(&self.layout.info(), id).map_err(|e| log::warning(&format!("{e}")))
     }
 
     fn load_from_mess(&mut self, id: u64) {
@@ -449,7 +462,7 @@ impl Sender {
                     }
                 }
             }
-            Err(e) => log::raw(&format!("warning: unable to read todo/: {e}")),
+            Err(e) => log::warning(&format!("unable to read todo/: {e}")),
         }
     }
 
@@ -585,7 +598,11 @@ impl Sender {
             return Err(format!("{} spawner reported on unknown delivery {}", channel.name(), report.slot));
         };
         if delivery.channel != channel {
-            return Err(format!("{} spawner reported on delivery {} of the other channel", channel.name(), report.slot));
+            return Err(format!(
+                "{} spawner reported on delivery {} of the other channel",
+                channel.name(),
+                report.slot
+            ));
         }
         let now = crate::date::now();
         let lifetime = self.config.queue_lifetime;
@@ -655,7 +672,7 @@ impl Sender {
             if m.sender == DOUBLE_BOUNCE_SENDER {
                 log::raw(&format!("triple bounce: discarding bounce for msg {id}"));
             } else if let Err(e) = self.queue_bounce(id, &failures) {
-                log::raw(&format!("warning: unable to queue bounce for msg {id}: {e}; will try again"));
+                log::warning(&format!("unable to queue bounce for msg {id}: {e}; will try again"));
                 let at = crate::date::now() + FINISH_RETRY;
                 if let Some(m) = self.messages.get_mut(&id) {
                     m.due[FINISH] = Some(at);
@@ -716,7 +733,7 @@ impl Sender {
             f.take(bounce::MAX_ORIGINAL_HEADERS as u64 + 2).read_to_end(&mut bytes)
         });
         if let Err(e) = read {
-            log::raw(&format!("warning: unable to read mess/{id} for its bounce: {e}"));
+            log::warning(&format!("unable to read mess/{id} for its bounce: {e}"));
             bytes.clear();
         }
         bytes
@@ -741,7 +758,7 @@ impl Sender {
                 if ok {
                     self.activate(expected);
                 } else {
-                    log::raw(&format!("warning: unable to move todo/{expected} to mess/: {reason}"));
+                    log::warning(&format!("unable to move todo/{expected} to mess/: {reason}"));
                     self.messages.remove(&expected);
                     self.pickup_set.remove(&expected);
                 }
@@ -749,13 +766,13 @@ impl Sender {
             CleanRequest::Remove => {
                 if ok {
                     if let Err(e) = sendstate::remove(&self.layout.info(), expected) {
-                        log::raw(&format!("warning: unable to remove info/{expected}: {e}"));
+                        log::warning(&format!("unable to remove info/{expected}: {e}"));
                     }
                     log::raw(&format!("end msg {expected}"));
                     self.messages.remove(&expected);
                     self.pickup_set.remove(&expected);
                 } else {
-                    log::raw(&format!("warning: unable to remove msg {expected}: {reason}; will try again"));
+                    log::warning(&format!("unable to remove msg {expected}: {reason}; will try again"));
                     let at = crate::date::now() + FINISH_RETRY;
                     if let Some(m) = self.messages.get_mut(&expected) {
                         m.due[FINISH] = Some(at);
@@ -806,7 +823,7 @@ impl Sender {
                 self.config = config;
                 log::raw("reread control files");
             }
-            Err(e) => log::raw(&format!("warning: unable to reread control files: {e}; keeping the old ones")),
+            Err(e) => log::warning(&format!("unable to reread control files: {e}; keeping the old ones")),
         }
     }
 
@@ -827,12 +844,12 @@ impl Sender {
                     m.dirty = false;
                     wrote = true;
                 }
-                Err(e) => log::raw(&format!("warning: {e}")),
+                Err(e) => log::warning(&format!("{e}")),
             }
         }
         if wrote {
             if let Err(e) = sendstate::sync_dir(&info_dir) {
-                log::raw(&format!("warning: unable to sync info/: {e}"));
+                log::warning(&format!("unable to sync info/: {e}"));
             }
         }
     }
@@ -862,7 +879,8 @@ impl Sender {
             frames.push(frame);
         }
         for frame in frames {
-            let report = Report::decode(&frame).ok_or_else(|| format!("{} spawner sent a mangled report", channel.name()))?;
+            let report =
+                Report::decode(&frame).ok_or_else(|| format!("{} spawner sent a mangled report", channel.name()))?;
             self.report(channel, report)?;
         }
         if !open {
@@ -930,7 +948,7 @@ impl Sender {
             if let Some(deadline) = self.stop_deadline {
                 if self.in_flight.is_empty() || now >= deadline {
                     if !self.in_flight.is_empty() {
-                        log::raw(&format!("warning: {} deliveries still running; exiting anyway", self.in_flight.len()));
+                        log::warning(&format!("{} deliveries still running; exiting anyway", self.in_flight.len()));
                     }
                     self.save_all();
                     log::raw("status: exiting");
@@ -1002,7 +1020,7 @@ impl Sender {
     }
 
     fn fail(&mut self, why: &str) -> Exit {
-        log::raw(&format!("alert: {why}; saving state and exiting"));
+        log::line(&format!("alert: {why}; saving state and exiting"));
         self.save_all();
         Exit::Failed
     }

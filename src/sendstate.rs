@@ -169,8 +169,7 @@ pub fn write(info_dir: &Path, id: u64, info: &Info) -> Result<()> {
     let tmp = info_dir.join(format!("{id}.new"));
     let final_path = info_dir.join(id.to_string());
     let result = (|| {
-        let mut file =
-            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         file.write_all(&info.encode())?;
         file.sync_all()?;
         std::fs::rename(&tmp, &final_path)
@@ -195,6 +194,7 @@ pub fn remove(info_dir: &Path, id: u64) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

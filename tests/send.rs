@@ -123,9 +123,7 @@ exit 0
 impl Rig {
     fn start(home: &Path, tag: &str, remote: bool) -> Rig {
         let log = home.join(format!("{tag}.log"));
-        let log_file = || {
-            std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file")
-        };
+        let log_file = || std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         let (l_req_r, l_req_w) = pipe();
         let (l_rep_r, l_rep_w) = pipe();
         let (c_req_r, c_req_w) = pipe();
@@ -324,11 +322,8 @@ fn deliveries_deferral_restart_and_bounce() {
         info.is_some()
     });
     let info = info.expect("info file after a deferral");
-    let states: Vec<String> = info
-        .entries
-        .iter()
-        .map(|e| format!("{}:{:?}", String::from_utf8_lossy(&e.address), e.progress))
-        .collect();
+    let states: Vec<String> =
+        info.entries.iter().map(|e| format!("{}:{:?}", String::from_utf8_lossy(&e.address), e.progress)).collect();
     assert!(states[0].starts_with("a@test.example:Delivered"), "{states:?}");
     assert!(states[1].starts_with("b@test.example:Failed"), "{states:?}");
     assert!(states[2].starts_with("c@test.example:Waiting"), "{states:?}");
@@ -623,16 +618,19 @@ fn clean_refuses_bad_ids_and_removes_debris() {
     let replies = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = replies.lines().collect();
     assert_eq!(lines.len(), 9, "{replies}");
-    assert_eq!(&lines[..8], [
-        "+ 123",
-        "! ../etc/passwd invalid id",
-        "! 12a invalid id",
-        "! 1 unknown request",
-        "+ 123",
-        "+ 123",
-        "+ 123",
-        "+ 456",
-    ]);
+    assert_eq!(
+        &lines[..8],
+        [
+            "+ 123",
+            "! ../etc/passwd invalid id",
+            "! 12a invalid id",
+            "! 1 unknown request",
+            "+ 123",
+            "+ 123",
+            "+ 123",
+            "+ 456",
+        ]
+    );
     assert!(lines[8].starts_with("! 7 unable to release: "), "{replies}");
     assert!(!q.join("todo/123").exists() && !q.join("mess/123").exists() && !q.join("hold/123").exists());
     assert!(!q.join("tmp/old").exists(), "debris older than 36 hours stays");
@@ -641,34 +639,95 @@ fn clean_refuses_bad_ids_and_removes_debris() {
     assert!(Path::new("/etc/passwd").exists());
 }
 
-#[test]
-fn quill_start_runs_and_stops_the_set() {
-    if !bin("quill-lspawn").is_file() {
-        eprintln!("SKIP: quill-lspawn is not built in this tree");
-        return;
+/// A bin directory with copies of quill-start, quill-send and quill-clean and a stand-in
+/// quill-lspawn that swallows requests (quill-start finds its stages beside itself), owned by
+/// `owner` if given. Returns the directory.
+fn private_bin(home: &Path, owner: Option<u32>) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = home.join("bin");
+    std::fs::create_dir_all(&dir).expect("mkdir bin");
+    for program in ["quill-start", "quill-send", "quill-clean"] {
+        std::fs::copy(bin(program), dir.join(program)).expect("copy program");
     }
-    if is_root() && nix::unistd::User::from_name("quills").ok().flatten().is_none() {
-        eprintln!("SKIP: running as root without the quill users");
-        return;
+    std::fs::write(
+        dir.join("quill-lspawn"),
+        "#!/bin/sh\n# Keeps its report pipe (stdout) open while it swallows requests.\ncat > /dev/null\n",
+    )
+    .expect("write lspawn");
+    std::fs::set_permissions(dir.join("quill-lspawn"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    if let Some(uid) = owner {
+        let status = Command::new("chown").arg("-R").arg(format!("{uid}:{uid}")).arg(home).status().expect("chown");
+        assert!(status.success());
     }
-    let h = basic_home("start", &[]);
-    let log = h.path().join("start.log");
-    let mut start = Command::new(bin("quill-start"))
-        .env("QUILL_HOME", h.path())
-        .stdout(File::create(&log).expect("log"))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start quill-start");
-    let read = || std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(wait_for(LIMIT, || read().contains("status: local 0/")), "{}", read());
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(start.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    dir
+}
+
+/// Process ids whose executable is `path`.
+fn pids_of(path: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if std::fs::read_link(entry.path().join("exe")).is_ok_and(|exe| exe == path) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// quill-start as a private instance: as the current user, or as `nobody` when the tests run
+/// as root (a root quill-start needs the quill users, which a test machine may lack).
+fn run_start(home: &Path, bin_dir: &Path, log: &Path) -> Child {
+    let mut command = Command::new(bin_dir.join("quill-start"));
+    command.env("QUILL_HOME", home).stdout(File::create(log).expect("log")).stderr(Stdio::null());
+    if is_root() {
+        use std::os::unix::process::CommandExt;
+        command.uid(65534).gid(65534);
+    }
+    command.spawn().expect("start quill-start")
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let mut status = None;
-    wait_for(Duration::from_secs(30), || {
-        status = start.try_wait().ok().flatten();
+    wait_for(limit, || {
+        status = child.try_wait().ok().flatten();
         status.is_some()
     });
     if status.is_none() {
-        let _ = start.kill();
+        let _ = child.kill();
+        let _ = child.wait();
     }
+    status
+}
+
+#[test]
+fn quill_start_runs_the_set_and_stops_it() {
+    let h = basic_home("start", &[]);
+    let bin_dir = private_bin(h.path(), is_root().then_some(65534));
+    let log = h.path().join("start.log");
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    // SIGTERM stops the set cleanly.
+    let mut start = run_start(h.path(), &bin_dir, &log);
+    assert!(wait_for(LIMIT, || read().contains("status: local 0/10 remote 0/20")), "{}", read());
+    assert!(read().contains("quill-rspawn is not installed"));
+    let send = pids_of(&bin_dir.join("quill-send"));
+    assert_eq!(send.len(), 1, "one quill-send");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(start.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let status = wait_exit(&mut start, Duration::from_secs(30));
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", read());
+    assert!(read().contains("status: exiting"), "{}", read());
+    assert!(wait_for(LIMIT, || pids_of(&bin_dir.join("quill-send")).is_empty()));
+    assert!(wait_for(LIMIT, || pids_of(&bin_dir.join("quill-clean")).is_empty()));
+
+    // A stage that dies takes the set down with exit 111, for the supervisor to restart.
+    let mut start = run_start(h.path(), &bin_dir, &log);
+    let clean = bin_dir.join("quill-clean");
+    assert!(wait_for(LIMIT, || pids_of(&clean).len() == 1), "{}", read());
+    assert!(wait_for(LIMIT, || pids_of(&bin_dir.join("quill-send")).len() == 1), "{}", read());
+    for pid in pids_of(&clean) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    let status = wait_exit(&mut start, Duration::from_secs(30));
+    assert_eq!(status.and_then(|s| s.code()), Some(111), "{}", read());
+    assert!(wait_for(LIMIT, || pids_of(&bin_dir.join("quill-send")).is_empty()), "quill-send outlived quill-start");
 }

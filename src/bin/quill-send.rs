@@ -40,7 +40,14 @@ fn main() -> ExitCode {
     let layout = Layout::new(&control.home);
 
     // One quill-send per queue: the lock lives as long as the process.
-    let mutex = match std::fs::OpenOptions::new().read(true).write(true).create(true).mode(0o600).open(layout.sendmutex()) {
+    let mutex = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(layout.sendmutex())
+    {
         Ok(f) => f,
         Err(e) => return fatal(&format!("unable to open queue/lock/sendmutex: {e}")),
     };

@@ -4,7 +4,7 @@
 //! quill-lspawn (root; its argument is the default delivery), quill-rspawn (quillr; only if
 //! installed), quill-clean (quillq) and quill-send (quills), with the descriptors of
 //! doc/INTERNALS.md "quill-start's pipes". Every stage's stderr goes to quill-start's stdout,
-//! for the supervisor's logger. Run by a supervisor (daemontools, runit, s6, systemd).
+//! for the supervisor's logger, and so do quill-start's own diagnostics. Run by a supervisor (daemontools, runit, s6, systemd).
 //! Usage: `quill-start [defaultdelivery]` (default `./Maildir/`).
 //! Runs as: root (a private instance: the current user, and every stage runs as that user).
 //! Signals: TERM or INT stop (quill-send first, so it saves its state); HUP and ALRM are
@@ -146,7 +146,8 @@ fn start(default_delivery: OsString, root: bool) -> Result<Vec<Stage>, String> {
         }
         false => (None, None, None),
     };
-    let log_fd = std::io::stdout().as_fd().try_clone_to_owned().map_err(|e| format!("unable to duplicate stdout: {e}"))?;
+    let log_fd =
+        std::io::stdout().as_fd().try_clone_to_owned().map_err(|e| format!("unable to duplicate stdout: {e}"))?;
     let (l_req_r, l_req_w) = pipe()?;
     let (l_rep_r, l_rep_w) = pipe()?;
     let (c_req_r, c_req_w) = pipe()?;
@@ -209,6 +210,10 @@ fn spawn_send(
 
 fn main() -> ExitCode {
     log::init("quill-start");
+    // Our own diagnostics go where the stages' do: one logger reads every line.
+    if let Err(e) = nix::unistd::dup2(libc::STDOUT_FILENO, libc::STDERR_FILENO) {
+        log::warning(&format!("unable to send my diagnostics to stdout: {e}"));
+    }
     let default_delivery = std::env::args_os().nth(1).unwrap_or_else(|| OsString::from("./Maildir/"));
     let home = quill::control::home();
     if let Err(e) = std::env::set_current_dir(&home) {
@@ -216,10 +221,11 @@ fn main() -> ExitCode {
     }
     quill::sys::umask(0o077);
     let root = quill::sys::uids().1 == 0;
-    let signals = match quill::sys::signal_pipe(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD, libc::SIGHUP, libc::SIGALRM]) {
-        Ok(fd) => fd,
-        Err(e) => return fatal(&format!("unable to catch signals: {e}")),
-    };
+    let signals =
+        match quill::sys::signal_pipe(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD, libc::SIGHUP, libc::SIGALRM]) {
+            Ok(fd) => fd,
+            Err(e) => return fatal(&format!("unable to catch signals: {e}")),
+        };
     let mut stages = match start(default_delivery, root) {
         Ok(s) => s,
         Err(e) => return fatal(&e),
