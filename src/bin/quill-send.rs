@@ -35,6 +35,11 @@ fn main() -> ExitCode {
     // Claim the inherited descriptors before anything opens a file that could take one of
     // their numbers (5 and 6 are legitimately closed when quill-rspawn does not run).
     let fds: Vec<_> = (3..=8).map(quill::sys::inherited_fd).collect();
+    // Catch signals early: the default action of SIGALRM and SIGHUP would end the process.
+    let signals = match quill::sys::signal_pipe(&[libc::SIGTERM, libc::SIGALRM, libc::SIGHUP]) {
+        Ok(fd) => File::from(fd),
+        Err(e) => return fatal(&format!("unable to catch signals: {e}")),
+    };
 
     let control = Control::from_env();
     let layout = Layout::new(&control.home);
@@ -75,10 +80,6 @@ fn main() -> ExitCode {
     let config = match Config::load(&control) {
         Ok(c) => c,
         Err(e) => return fatal(&e.message),
-    };
-    let signals = match quill::sys::signal_pipe(&[libc::SIGTERM, libc::SIGALRM, libc::SIGHUP]) {
-        Ok(fd) => File::from(fd),
-        Err(e) => return fatal(&format!("unable to catch signals: {e}")),
     };
     // Read and write: the FIFO then always has a writer, so poll never reports a hangup.
     let trigger = match std::fs::OpenOptions::new()
