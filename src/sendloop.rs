@@ -618,7 +618,7 @@ impl Sender {
                 let number = delivery.numbers[k];
                 let r = &mut m.recipients[i];
                 r.busy = false;
-                m.busy[c] -= 1;
+                m.busy[c] = m.busy[c].saturating_sub(1);
                 match outcome {
                     Outcome::Success => {
                         log::raw(&format!("delivery {number}: success: {}", words(&text)));
