@@ -5,9 +5,9 @@
 //! `spawnproto::Reader` and answering the reports each test chooses; the real quill-clean sits
 //! on fds 7/8. Messages are written into the queue as quill-queue writes them (header, message,
 //! rename into `todo/` under the inode number), so each test knows their ids and can choose
-//! their header time. Bounces go through the real quill-queue when it is built beside
-//! quill-send, else through a small shell stand-in named by QMAILQUEUE that writes the same
-//! queue files.
+//! their header time. Bounces go through QMAILQUEUE: a small script that runs the real
+//! quill-queue when it is built beside quill-send, or else writes the same queue files itself
+//! (and that can be told to fail, to test bounce retries).
 mod common;
 
 use common::{bin, files, home, is_root, wait_for, TempDir};
@@ -92,18 +92,16 @@ fn pipe() -> (OwnedFd, OwnedFd) {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe")
 }
 
-/// The queue program quill-send's bounces go to: the real one if built, else a stand-in that
-/// writes a queue file the way quill-queue does.
-fn queue_program(home: &Path) -> Option<PathBuf> {
-    if bin("quill-queue").is_file() {
-        return None;
-    }
+/// The queue program quill-send's bounces go to: a script that refuses (exit 53, disk full)
+/// while `HOME/queue-refuses` exists, and otherwise runs the real quill-queue if it is built,
+/// or else writes a queue file the way quill-queue does.
+fn queue_program(home: &Path) -> PathBuf {
     let script = home.join("fake-queue.sh");
-    std::fs::write(
-        &script,
-        r#"#!/bin/sh
-# Stand-in for quill-queue: message on fd 0, envelope on fd 1.
-q="$QUILL_HOME/queue"
+    let real = bin("quill-queue");
+    let work = if real.is_file() {
+        format!("exec '{}'\n", real.display())
+    } else {
+        r#"q="$QUILL_HOME/queue"
 t="$q/tmp/fake.$$"
 cat > "$t.msg" || exit 54
 cat <&1 > "$t.env" || exit 54
@@ -112,12 +110,16 @@ rm -f "$t.msg" "$t.env"
 mv "$t" "$q/todo/$(stat -c %i "$t")" || exit 66
 printf x > "$q/lock/trigger"
 exit 0
-"#,
-    )
-    .expect("write fake queue");
+"#
+        .to_string()
+    };
+    let text = format!(
+        "#!/bin/sh\n# Message on fd 0, envelope on fd 1.\n[ -e \"$QUILL_HOME/queue-refuses\" ] && exit 53\n{work}"
+    );
+    std::fs::write(&script, text).expect("write fake queue");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    Some(script)
+    script
 }
 
 impl Rig {
@@ -147,10 +149,7 @@ impl Rig {
             fds.iter().map(|(fd, to)| (quill::sys::dup_at_least(fd.as_fd(), 30).expect("dup"), *to)).collect();
         let mut command = Command::new(bin("quill-send"));
         command.env("QUILL_HOME", home).stdin(Stdio::null()).stdout(log_file()).stderr(log_file());
-        match queue_program(home) {
-            Some(script) => command.env("QMAILQUEUE", script),
-            None => command.env_remove("QMAILQUEUE"),
-        };
+        command.env("QMAILQUEUE", queue_program(home));
         quill::sys::map_fds(&mut command, high.iter().map(|(fd, to)| (fd.as_raw_fd(), *to)).collect());
         let send = command.spawn().expect("start quill-send");
         drop(high);
@@ -420,6 +419,45 @@ fn queuelifetime_turns_a_deferral_into_a_bounce() {
     assert!(rig.log().contains("failure: message has been in the queue too long (#5.4.7)"));
     let (_, _, bounce) = wait_bounce(h.path(), "");
     check_rfc3464(&bounce, SENDER, "slow@test.example", "5.4.7");
+}
+
+#[test]
+fn a_bounce_that_cannot_be_queued_keeps_the_message() {
+    let h = basic_home("bounceretry", &[]);
+    let mut rig = Rig::start(h.path(), "send", false);
+    std::fs::write(h.path().join("queue-refuses"), b"").expect("write flag");
+    let id = inject(h.path(), SENDER, &["nobody@test.example"], "retry");
+    let r = rig.local.take(1);
+    rig.local.answer(r[0].slot, &[(Outcome::Permanent, "no mailbox (#5.1.1)")]);
+    assert!(rig.wait_log(&format!("unable to queue bounce for msg {id}")), "{}", rig.log());
+    // The message and its state stay until the bounce is queued.
+    let mess = h.path().join(format!("queue/mess/{id}"));
+    assert!(mess.exists());
+    let info = h.path().join("queue/info");
+    assert!(wait_for(LIMIT, || quill::sendstate::read(&info, id).ok().flatten().is_some()));
+    assert!(!rig.log().contains(&format!("end msg {id}")));
+    std::fs::remove_file(h.path().join("queue-refuses")).expect("remove flag");
+    rig.signal(nix::sys::signal::Signal::SIGALRM);
+    assert!(rig.wait_log(&format!("end msg {id}\n")), "{}", rig.log());
+    assert!(rig.log().contains(&format!("bounce msg {id} qp ")));
+    assert!(!mess.exists() && !info.join(id.to_string()).exists());
+    let (_, _, bounce) = wait_bounce(h.path(), "");
+    check_rfc3464(&bounce, SENDER, "nobody@test.example", "5.1.1");
+}
+
+#[test]
+fn sighup_rereads_the_control_files() {
+    let h = basic_home("hup", &[("concurrencylocal", "0\n")]);
+    let mut rig = Rig::start(h.path(), "send", false);
+    let id = inject(h.path(), SENDER, &["held@test.example"], "held");
+    assert!(rig.wait_log(&format!("new msg {id}")));
+    assert!(rig.local.next(Duration::from_millis(300)).is_none(), "concurrencylocal 0 holds local deliveries");
+    std::fs::write(h.path().join("control/concurrencylocal"), "1\n").expect("write control");
+    rig.signal(nix::sys::signal::Signal::SIGHUP);
+    let r = rig.local.take(1);
+    rig.local.answer(r[0].slot, &[(Outcome::Success, "did 1+0+0/")]);
+    assert!(rig.wait_log(&format!("end msg {id}\n")));
+    assert!(rig.log().contains("status: local 1/1 remote 0/20"));
 }
 
 #[test]
