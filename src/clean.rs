@@ -23,7 +23,7 @@ pub const DEBRIS_AGE: Duration = Duration::from_secs(36 * 3600);
 pub enum Request {
     /// `todo/ID` → `mess/ID`.
     Move(String),
-    /// Unlink `mess/ID`, `todo/ID`, `hold/ID` and `info/ID`, whichever exist.
+    /// Unlink `mess/ID` (a missing file is not an error).
     Remove(String),
     /// `todo/ID` or `mess/ID` → `hold/ID`.
     Hold(String),
@@ -95,16 +95,16 @@ impl Cleaner {
                 self.touch(self.layout.mess());
             }
             Request::Remove(id) => {
-                for dir in [l.mess(), l.todo(), l.hold()] {
-                    match std::fs::remove_file(dir.join(id)) {
-                        Ok(()) => self.touch(dir),
-                        Err(e) if not_found(&e) => {}
-                        Err(e) => return Err(format!("unable to remove: {e}")),
-                    }
+                // Only mess/: quill-send removes only messages it has moved there. Touching
+                // todo/ or hold/ as well could hit a new message that got the inode of this one
+                // (freed by the unlink below, or by an earlier try of this same request whose
+                // reply was an fsync failure) and so lose acknowledged mail. info/ID belongs to
+                // quill-send, which removes it itself after the reply.
+                match std::fs::remove_file(l.mess().join(id)) {
+                    Ok(()) => self.touch(l.mess()),
+                    Err(e) if not_found(&e) => {}
+                    Err(e) => return Err(format!("unable to remove: {e}")),
                 }
-                // info/ belongs to quill-send (and is not even searchable for quill-clean in a
-                // root installation); quill-send removes it itself after this reply.
-                let _ = std::fs::remove_file(l.info().join(id));
             }
             Request::Hold(id) => {
                 let to = l.hold().join(id);

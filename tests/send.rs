@@ -642,6 +642,7 @@ fn clean_refuses_bad_ids_and_removes_debris() {
     let h = basic_home("clean", &[]);
     let q = h.path().join("queue");
     std::fs::write(q.join("todo/123"), b"x").expect("write");
+    std::fs::write(q.join("todo/124"), b"x").expect("write");
     std::fs::write(q.join("tmp/old"), b"x").expect("write");
     std::fs::write(q.join("tmp/new"), b"x").expect("write");
     let old = nix::sys::time::TimeVal::new(now() as i64 - 40 * 3600, 0);
@@ -650,14 +651,15 @@ fn clean_refuses_bad_ids_and_removes_debris() {
         h.path(),
         "quill-clean",
         &[],
-        b"move 123\nmove ../etc/passwd\nremove 12a\nfrob 1\nhold 123\nrelease 123\nremove 123\nremove 456\nrelease 7\n",
+        b"move 123\nmove ../etc/passwd\nremove 12a\nfrob 1\nhold 123\nrelease 123\nmove 123\nremove 123\nremove 456\n\
+          remove 124\nrelease 7\n",
     );
     assert!(out.status.success());
     let replies = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = replies.lines().collect();
-    assert_eq!(lines.len(), 9, "{replies}");
+    assert_eq!(lines.len(), 11, "{replies}");
     assert_eq!(
-        &lines[..8],
+        &lines[..10],
         [
             "+ 123",
             "! ../etc/passwd invalid id",
@@ -666,11 +668,15 @@ fn clean_refuses_bad_ids_and_removes_debris() {
             "+ 123",
             "+ 123",
             "+ 123",
+            "+ 123",
             "+ 456",
+            "+ 124",
         ]
     );
-    assert!(lines[8].starts_with("! 7 unable to release: "), "{replies}");
+    assert!(lines[10].starts_with("! 7 unable to release: "), "{replies}");
     assert!(!q.join("todo/123").exists() && !q.join("mess/123").exists() && !q.join("hold/123").exists());
+    // remove touches mess/ only: a message in todo/ with that id is a newer one.
+    assert!(q.join("todo/124").exists(), "remove took a message from todo/");
     assert!(!q.join("tmp/old").exists(), "debris older than 36 hours stays");
     assert!(q.join("tmp/new").exists(), "a recent tmp file was removed");
     // Nothing outside the queue was touched.
