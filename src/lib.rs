@@ -29,3 +29,7 @@ pub mod listener;
 pub mod local;
 pub mod lspawn;
 pub mod rcptcheck;
+pub mod sendconf;
+pub mod sendstate;
+pub mod sendloop;
+pub mod clean;
