@@ -24,3 +24,8 @@ pub mod header;
 pub mod bounce;
 pub mod schedule;
 pub mod smtp;
+pub mod dns;
+pub mod route;
+#[cfg(feature = "tls")]
+pub mod remotetls;
+pub mod smtpclient;
