@@ -18,9 +18,6 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Where the system's trusted roots live (Debian, Ubuntu, Alpine, Arch; Fedora links it).
-pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
-
 /// A TLS session over a TCP connection.
 pub type Stream = StreamOwned<ClientConnection, TcpStream>;
 

@@ -23,6 +23,8 @@ use std::time::Duration;
 const MAX_REPLY_LINE: usize = 4096;
 /// The most lines in one reply (an EHLO reply lists the extensions, one a line).
 const MAX_REPLY_LINES: usize = 100;
+/// Where the system's trusted roots live (Debian, Ubuntu, Alpine, Arch; Fedora links it).
+pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// How long to wait for the answer to QUIT: the outcome is known by then.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -50,7 +52,7 @@ impl Settings {
             connect_timeout: Duration::from_secs(control.number("timeoutconnect", 60)?.max(1)),
             timeout: Duration::from_secs(control.number("timeoutremote", 1200)?.max(1)),
             tls_required: route::tls_required(domain, &control.lines("tlsdestinations")?),
-            ca_file: if tlsca.exists() { tlsca } else { std::path::PathBuf::from("/etc/ssl/certs/ca-certificates.crt") },
+            ca_file: if tlsca.exists() { tlsca } else { std::path::PathBuf::from(SYSTEM_ROOTS) },
         })
     }
 }
