@@ -234,6 +234,7 @@ impl Extensions {
     }
 }
 
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
 enum Stream {
     Plain(TcpStream),
     #[cfg(feature = "tls")]
@@ -458,6 +459,7 @@ fn needs_smtputf8(sender: &[u8], recipients: &[Vec<u8>], message: &Message) -> b
 }
 
 /// What one attempt at one address came to.
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
 enum Attempt {
     /// A final report: the transaction ran, or the message cannot go to this destination.
     Done(Report),
@@ -600,6 +602,7 @@ fn hello(connection: &mut Connection, helo: &[u8]) -> Result<Extensions, Attempt
     Err(Attempt::HostFailed(reply.outcome(), format!("{peer} refused EHLO and HELO. Remote host said: {}", reply.text)))
 }
 
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
 enum StartTls {
     /// STARTTLS was refused and TLS is optional: go on in plain text on this connection.
     Plain(Box<Connection>),

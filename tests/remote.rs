@@ -224,7 +224,7 @@ struct Script {
     data: String,
     end: String,
     /// Offer STARTTLS with this configuration.
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<ServerTls>,
     /// Answer STARTTLS with 220 and then plain-text garbage.
     tls_garbage: bool,
     /// Close the connection, unanswered, when this command arrives.
@@ -252,6 +252,11 @@ impl Default for Script {
     }
 }
 
+#[cfg(feature = "tls")]
+type ServerTls = Arc<rustls::ServerConfig>;
+#[cfg(not(feature = "tls"))]
+type ServerTls = Arc<()>;
+
 /// What a scripted server saw.
 #[derive(Default, Debug)]
 struct Seen {
@@ -263,8 +268,10 @@ struct Seen {
     tls_sessions: usize,
 }
 
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
 enum Io {
     Plain(TcpStream),
+    #[cfg(feature = "tls")]
     Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
     Gone,
 }
@@ -279,6 +286,7 @@ impl Peer {
         let bytes = format!("{line}\r\n");
         let r = match &mut self.io {
             Io::Plain(s) => s.write_all(bytes.as_bytes()).and_then(|()| s.flush()),
+            #[cfg(feature = "tls")]
             Io::Tls(s) => s.write_all(bytes.as_bytes()).and_then(|()| s.flush()),
             Io::Gone => return false,
         };
@@ -289,6 +297,7 @@ impl Peer {
         let mut chunk = [0u8; 8192];
         let n = match &mut self.io {
             Io::Plain(s) => s.read(&mut chunk),
+            #[cfg(feature = "tls")]
             Io::Tls(s) => s.read(&mut chunk),
             Io::Gone => return false,
         };
@@ -435,10 +444,9 @@ fn serve(stream: TcpStream, script: &Script, seen: &Arc<Mutex<Seen>>, stop: &Arc
                 }
                 let Some(config) = script.tls.clone() else { return };
                 peer.say("220 2.0.0 ready to start TLS");
-                let Io::Plain(tcp) = std::mem::replace(&mut peer.io, Io::Gone) else { return };
-                let Ok(connection) = rustls::ServerConnection::new(config) else { return };
-                peer.io = Io::Tls(Box::new(rustls::StreamOwned::new(connection, tcp)));
-                peer.input.clear();
+                if !start_tls(&mut peer, config) {
+                    return;
+                }
                 in_tls = true;
                 seen.lock().unwrap().tls_sessions += 1;
                 true
@@ -477,6 +485,20 @@ fn serve(stream: TcpStream, script: &Script, seen: &Arc<Mutex<Seen>>, stop: &Arc
             return;
         }
     }
+}
+
+#[cfg(feature = "tls")]
+fn start_tls(peer: &mut Peer, config: ServerTls) -> bool {
+    let Io::Plain(tcp) = std::mem::replace(&mut peer.io, Io::Gone) else { return false };
+    let Ok(connection) = rustls::ServerConnection::new(config) else { return false };
+    peer.io = Io::Tls(Box::new(rustls::StreamOwned::new(connection, tcp)));
+    peer.input.clear();
+    true
+}
+
+#[cfg(not(feature = "tls"))]
+fn start_tls(_peer: &mut Peer, _config: ServerTls) -> bool {
+    false
 }
 
 /// Command names are compared with `&'static str` in scripts.
@@ -733,10 +755,12 @@ fn ipv6_literal_route() {
 // ---------------------------------------------------------------------------------------
 // TLS.
 
+#[cfg(feature = "tls")]
 struct Certificates {
     dir: common::TempDir,
 }
 
+#[cfg(feature = "tls")]
 impl Certificates {
     /// A test CA, a server certificate it signed (mx.tls.test and 127.0.0.1), and a
     /// self-signed certificate nobody trusts. None (after a SKIP line) without openssl.
@@ -796,6 +820,7 @@ impl Certificates {
 }
 
 #[test]
+#[cfg(feature = "tls")]
 fn opportunistic_tls_accepts_any_certificate() {
     let Some(certs) = Certificates::make() else { return };
     let script = Script { tls: Some(certs.server("self")), ..Script::default() };
@@ -809,6 +834,7 @@ fn opportunistic_tls_accepts_any_certificate() {
 }
 
 #[test]
+#[cfg(feature = "tls")]
 fn failed_tls_handshake_retries_in_plain_text() {
     let Some(certs) = Certificates::make() else { return };
     let script = Script { tls: Some(certs.server("self")), tls_garbage: true, ..Script::default() };
@@ -822,6 +848,7 @@ fn failed_tls_handshake_retries_in_plain_text() {
 }
 
 #[test]
+#[cfg(feature = "tls")]
 fn tls_destinations_require_a_verified_certificate() {
     let Some(certs) = Certificates::make() else { return };
     let ca = certs.ca();
@@ -1048,6 +1075,7 @@ fn rspawn_runs_deliveries_and_reports_each() {
 }
 
 #[test]
+#[cfg(feature = "tls")]
 fn verified_tls_checks_the_mx_host_name() {
     let Some(certs) = Certificates::make() else { return };
     let Some(dns) = Dns::start(&records(&[
