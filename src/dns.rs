@@ -856,6 +856,153 @@ mod tests {
         assert_eq!(parse_server("1.2.3.4:x"), None);
     }
 
+    /// A UDP "server" on loopback that answers each query through `respond` (which gets
+    /// the query and returns the datagrams to send back, in order).
+    fn udp_server(
+        respond: impl Fn(&Message, &[u8]) -> Vec<Vec<u8>> + Send + 'static,
+        queries: usize,
+    ) -> (SocketAddr, std::thread::JoinHandle<()>) {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let address = socket.local_addr().unwrap();
+        let thread = std::thread::spawn(move || {
+            let mut buffer = [0u8; 2048];
+            for _ in 0..queries {
+                let Ok((n, from)) = socket.recv_from(&mut buffer) else { return };
+                let query = decode(&buffer[..n]).unwrap();
+                for reply in respond(&query, &buffer[..n]) {
+                    socket.send_to(&reply, from).unwrap();
+                }
+            }
+        });
+        (address, thread)
+    }
+
+    fn reply_to(query: &Message, flags: u16, answers: Vec<Record>) -> Vec<u8> {
+        encode_message(&Message {
+            id: query.id,
+            flags,
+            questions: query.questions.clone(),
+            answers,
+            ..Message::default()
+        })
+        .unwrap()
+    }
+
+    fn resolver(servers: Vec<SocketAddr>) -> Resolver {
+        Resolver { servers, timeout: Duration::from_millis(500), attempts: 1 }
+    }
+
+    #[test]
+    fn spoofed_answers_are_ignored() {
+        let (address, thread) = udp_server(
+            |q, _| {
+                let good = reply_to(q, 0x8180, vec![rr(b"mx.test", TYPE_A, Data::A(Ipv4Addr::new(127, 0, 0, 7)))]);
+                let mut wrong_id = good.clone();
+                wrong_id[0] ^= 0xff;
+                let mut other = q.clone();
+                other.questions[0].0 = b"evil.test".to_vec();
+                let wrong_name =
+                    reply_to(&other, 0x8180, vec![rr(b"evil.test", TYPE_A, Data::A(Ipv4Addr::new(6, 6, 6, 6)))]);
+                vec![wrong_id, wrong_name, b"garbage".to_vec(), good]
+            },
+            1,
+        );
+        let answer = resolver(vec![address]).lookup(b"mx.test", TYPE_A).unwrap();
+        assert_eq!(answer.records, vec![Data::A(Ipv4Addr::new(127, 0, 0, 7))]);
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn truncated_answers_are_asked_again_over_tcp() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let socket = UdpSocket::bind(("127.0.0.1", port));
+        let Ok(socket) = socket else { return }; // the UDP port is taken: nothing to test here
+        let address = socket.local_addr().unwrap();
+        let udp = std::thread::spawn(move || {
+            let mut buffer = [0u8; 2048];
+            socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            if let Ok((n, from)) = socket.recv_from(&mut buffer) {
+                let q = decode(&buffer[..n]).unwrap();
+                assert_eq!(&buffer[n - 10..n - 8], &TYPE_OPT.to_be_bytes(), "EDNS0 OPT record sent");
+                socket.send_to(&reply_to(&q, 0x8380, vec![]), from).unwrap();
+            }
+        });
+        let tcp = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut length = [0u8; 2];
+            stream.read_exact(&mut length).unwrap();
+            let mut query = vec![0u8; u16::from_be_bytes(length) as usize];
+            stream.read_exact(&mut query).unwrap();
+            let q = decode(&query).unwrap();
+            let mx: Vec<Record> = (0..100u16)
+                .map(|i| rr(b"big.test", TYPE_MX, Data::Mx(i, format!("mx{i}.big.test").into_bytes())))
+                .collect();
+            let reply = reply_to(&q, 0x8180, mx);
+            stream.write_all(&(reply.len() as u16).to_be_bytes()).unwrap();
+            stream.write_all(&reply).unwrap();
+        });
+        let mx = resolver(vec![address]).mx(b"big.test").unwrap();
+        assert_eq!(mx.len(), 100);
+        udp.join().unwrap();
+        tcp.join().unwrap();
+    }
+
+    #[test]
+    fn silent_and_failing_servers_then_a_good_one() {
+        let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (failing, t1) = udp_server(|q, _| vec![reply_to(q, 0x8182, vec![])], 1);
+        let (good, t2) = udp_server(
+            |q, _| vec![reply_to(q, 0x8180, vec![rr(b"x.test", TYPE_AAAA, Data::Aaaa(Ipv6Addr::LOCALHOST))])],
+            1,
+        );
+        let r = resolver(vec![silent.local_addr().unwrap(), failing, good]);
+        // AAAA: the silent server times out, the failing one says SERVFAIL, the third answers.
+        // A: nobody answers any more, which does not matter when AAAA gave an address.
+        assert_eq!(r.addresses(b"x.test").unwrap(), vec![IpAddr::V6(Ipv6Addr::LOCALHOST)]);
+        t1.join().unwrap();
+        t2.join().unwrap();
+        // Only silent and failing servers: temporary.
+        let (failing, t3) = udp_server(|q, _| vec![reply_to(q, 0x8182, vec![])], 1);
+        let err = resolver(vec![silent.local_addr().unwrap(), failing]).query(b"x.test", TYPE_A).unwrap_err();
+        assert_eq!(err.outcome(), Outcome::Temporary);
+        assert!(err.text().contains("#4.4.3"), "{}", err.text());
+        t3.join().unwrap();
+        // NXDOMAIN is permanent.
+        let (nx, t4) = udp_server(|q, _| vec![reply_to(q, 0x8183, vec![])], 1);
+        let err = resolver(vec![nx]).query(b"x.test", TYPE_A).unwrap_err();
+        assert_eq!(err.outcome(), Outcome::Permanent);
+        assert!(err.text().contains("#5.1.2"));
+        t4.join().unwrap();
+    }
+
+    #[test]
+    fn cname_chains_are_followed_and_bounded() {
+        // a.test → b.test (in the answer), b.test → c.test (asked again), c.test has the MX.
+        let (server, thread) = udp_server(
+            |q, _| {
+                let name = q.questions[0].0.clone();
+                let answers = match name.as_slice() {
+                    b"a.test" => vec![
+                        rr(b"a.test", TYPE_CNAME, Data::Cname(b"b.test".to_vec())),
+                        rr(b"b.test", TYPE_CNAME, Data::Cname(b"c.test".to_vec())),
+                    ],
+                    b"c.test" => vec![rr(b"c.test", TYPE_MX, Data::Mx(10, b"mx.c.test".to_vec()))],
+                    _ => vec![rr(&name, TYPE_CNAME, Data::Cname(name.clone()))],
+                };
+                vec![reply_to(q, 0x8180, answers)]
+            },
+            2 + MAX_CNAMES + 1,
+        );
+        let r = resolver(vec![server]);
+        assert_eq!(r.mx(b"a.test").unwrap(), vec![(10, b"mx.c.test".to_vec())]);
+        // A name that is its own CNAME: a loop, stopped.
+        let err = r.mx(b"loop.test").unwrap_err();
+        assert_eq!(err.outcome(), Outcome::Temporary);
+        drop(thread);
+    }
+
     /// A deterministic generator for the fuzz loop (xorshift64*).
     struct Rng(u64);
     impl Rng {

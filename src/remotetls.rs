@@ -83,8 +83,8 @@ pub fn opportunistic() -> Result<Arc<ClientConfig>, String> {
 /// The configuration for verified TLS: roots from `ca_file` (PEM), all of which must parse.
 pub fn verified(ca_file: &Path) -> Result<Arc<ClientConfig>, String> {
     let mut roots = RootCertStore::empty();
-    let certificates = CertificateDer::pem_file_iter(ca_file)
-        .map_err(|e| format!("unable to read {}: {e}", ca_file.display()))?;
+    let certificates =
+        CertificateDer::pem_file_iter(ca_file).map_err(|e| format!("unable to read {}: {e}", ca_file.display()))?;
     for certificate in certificates {
         let certificate = certificate.map_err(|e| format!("unable to parse {}: {e}", ca_file.display()))?;
         // A root the verifier cannot use (an odd algorithm in the system bundle) is skipped,

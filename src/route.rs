@@ -273,7 +273,8 @@ pub fn plan(domain: &[u8], routes: &[Route], resolver: &Resolver, ours: &Ours) -
         }
         let implicit = mx.is_empty();
         let mx = if implicit { vec![(0, domain.clone())] } else { mx };
-        let mut ordered = order_mx(mx.into_iter().filter(|(_, h)| !h.is_empty()).collect(), &mut crate::dns::random_u16);
+        let mut ordered =
+            order_mx(mx.into_iter().filter(|(_, h)| !h.is_empty()).collect(), &mut crate::dns::random_u16);
         ordered.truncate(MAX_HOSTS);
         for (preference, name) in ordered {
             if !is_host_name(&name) {
@@ -316,7 +317,8 @@ pub fn drop_ourselves(plan: &mut Plan, domain: &[u8], ours: &Ours) -> Result<(),
     let Some((best, name, addresses)) = mine else { return Ok(()) };
     plan.hosts.retain(|h| h.preference < best);
     if plan.hosts.is_empty() {
-        let ip = addresses.iter().find(|ip| ours.contains(ip, count_loopback)).map(|ip| ip.to_string()).unwrap_or_default();
+        let ip =
+            addresses.iter().find(|ip| ours.contains(ip, count_loopback)).map(|ip| ip.to_string()).unwrap_or_default();
         return Err(Failure::permanent(format!(
             "Sorry, {} [{ip}] is one of my own addresses, but {} is not a local domain here. \
              MX points back to me: configuration error (#5.4.6)",
@@ -349,9 +351,15 @@ mod tests {
     #[test]
     fn route_lines() {
         let r = parse_route(b"example.com:relay.example.net:2525").unwrap();
-        assert_eq!((r.pattern.as_slice(), r.relay, r.port), (&b"example.com"[..], Relay::Host(b"relay.example.net".to_vec()), 2525));
+        assert_eq!(
+            (r.pattern.as_slice(), r.relay, r.port),
+            (&b"example.com"[..], Relay::Host(b"relay.example.net".to_vec()), 2525)
+        );
         let r = parse_route(b".Example.COM:[192.0.2.1]").unwrap();
-        assert_eq!((r.pattern.as_slice(), r.relay, r.port), (&b".example.com"[..], Relay::Address(Ipv4Addr::new(192, 0, 2, 1).into()), 25));
+        assert_eq!(
+            (r.pattern.as_slice(), r.relay, r.port),
+            (&b".example.com"[..], Relay::Address(Ipv4Addr::new(192, 0, 2, 1).into()), 25)
+        );
         let r = parse_route(b":[IPv6:::1]:26").unwrap();
         assert_eq!((r.pattern.as_slice(), r.relay, r.port), (&b""[..], Relay::Address(Ipv6Addr::LOCALHOST.into()), 26));
         let r = parse_route(b"x.org:[::1]").unwrap();
@@ -362,7 +370,9 @@ mod tests {
         assert_eq!((r.relay, r.port), (Relay::Mx, 25));
         let r = parse_route(b"x.org::2525").unwrap();
         assert_eq!((r.relay, r.port), (Relay::Mx, 2525));
-        for bad in [&b"no colon"[..], b"x:[1.2.3.4", b"x:host:port", b"x:host:0", b"x:host:99999", b"x:bad host", b"x:[]"] {
+        for bad in
+            [&b"no colon"[..], b"x:[1.2.3.4", b"x:host:port", b"x:host:0", b"x:host:99999", b"x:bad host", b"x:[]"]
+        {
             assert_eq!(parse_route(bad), None, "{}", String::from_utf8_lossy(bad));
         }
     }

@@ -403,7 +403,9 @@ impl Report {
         for (letter, text) in self.recipients.iter().chain(std::iter::once(&self.message)) {
             out.push(*letter);
             let text = text.as_bytes();
-            out.extend(text[..text.len().min(crate::spawnproto::MAX_TEXT)].iter().map(|&b| if b == 0 { b'?' } else { b }));
+            out.extend(
+                text[..text.len().min(crate::spawnproto::MAX_TEXT)].iter().map(|&b| if b == 0 { b'?' } else { b }),
+            );
             out.push(0);
         }
         out
@@ -424,7 +426,9 @@ pub fn fold(output: &[u8], count: usize) -> Vec<crate::spawnproto::Result> {
     });
     let missing = || match &message {
         // qmail-remote's shape: a failure before any RCPT gives only the message report.
-        Some((outcome @ (Outcome::Temporary | Outcome::Permanent), text)) => Line { outcome: *outcome, text: text.clone() },
+        Some((outcome @ (Outcome::Temporary | Outcome::Permanent), text)) => {
+            Line { outcome: *outcome, text: text.clone() }
+        }
         _ => Line {
             outcome: Outcome::Temporary,
             text: b"quill-remote gave no result for this recipient (crashed?). (#4.3.0)".to_vec(),
@@ -584,7 +588,8 @@ fn attempt(
 /// EHLO, or HELO when EHLO is refused. A failure is a failure of this host.
 fn hello(connection: &mut Connection, helo: &[u8]) -> Result<Extensions, Attempt> {
     let peer = connection.peer.clone();
-    let died = |why: String| Attempt::HostFailed(Outcome::Temporary, format!("connection to {peer} died: {why} (#4.4.2)"));
+    let died =
+        |why: String| Attempt::HostFailed(Outcome::Temporary, format!("connection to {peer} died: {why} (#4.4.2)"));
     let ehlo = connection.command(&[b"EHLO ".as_slice(), helo].concat()).map_err(|Broken(w)| died(w.clone()))?;
     if ehlo.outcome() == Outcome::Success {
         return Ok(Extensions::parse(&ehlo.lines));
@@ -655,7 +660,8 @@ fn starttls(
     // Bytes that came with the 220 were sent before TLS and must not be read as if they came
     // through it (the STARTTLS command-injection attacks).
     connection.input.clear();
-    let config = if required { crate::remotetls::verified(&settings.ca_file) } else { crate::remotetls::opportunistic() };
+    let config =
+        if required { crate::remotetls::verified(&settings.ca_file) } else { crate::remotetls::opportunistic() };
     let config = match config {
         Ok(config) => config,
         Err(why) => {
@@ -794,7 +800,11 @@ fn transaction(
             let _ = connection.command(b".");
         }
         connection.quit();
-        let text = format!("{peer} does not like the sender <{}>. Remote host said: {}", crate::log::safe(sender), mail_reply.text);
+        let text = format!(
+            "{peer} does not like the sender <{}>. Remote host said: {}",
+            crate::log::safe(sender),
+            mail_reply.text
+        );
         return Attempt::Done(Report::all(count, mail_reply.outcome(), text));
     }
     if accepted == 0 {
@@ -866,7 +876,11 @@ fn finish_accepted(results: Vec<Option<(u8, String)>>, letter: u8, text: String)
 }
 
 fn died_accepted(results: Vec<Option<(u8, String)>>, peer: &str, why: String) -> Attempt {
-    Attempt::Done(finish_accepted(results, b'Z', format!("Connection to {peer} died while sending the message: {why}. (#4.4.2)")))
+    Attempt::Done(finish_accepted(
+        results,
+        b'Z',
+        format!("Connection to {peer} died while sending the message: {why}. (#4.4.2)"),
+    ))
 }
 
 /// Send the message in the DATA phase: every line end as CRLF (a lone CR or LF too, so no
@@ -968,7 +982,10 @@ mod tests {
         assert_eq!(parse_reply_line(b"25O ok"), None);
         assert_eq!(parse_reply_line(b"250x"), None);
         let lines: Vec<Vec<u8>> =
-            [&b"mx hello"[..], b"pipelining", b"SIZE 1000", b"8BITMIME", b"SMTPUTF8", b"STARTTLS"].iter().map(|l| l.to_vec()).collect();
+            [&b"mx hello"[..], b"pipelining", b"SIZE 1000", b"8BITMIME", b"SMTPUTF8", b"STARTTLS"]
+                .iter()
+                .map(|l| l.to_vec())
+                .collect();
         let e = Extensions::parse(&lines);
         assert!(e.pipelining && e.eight_bit_mime && e.smtputf8 && e.starttls && e.has_size);
         assert_eq!(e.size, 1000);

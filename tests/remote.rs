@@ -86,10 +86,7 @@ fn folded(reports: &[(char, String)]) -> Vec<char> {
         bytes.extend_from_slice(text.as_bytes());
         bytes.push(0);
     }
-    quill::smtpclient::fold(&bytes, reports.len() - 1)
-        .iter()
-        .map(|r| r.outcome.letter() as char)
-        .collect()
+    quill::smtpclient::fold(&bytes, reports.len() - 1).iter().map(|r| r.outcome.letter() as char).collect()
 }
 
 /// A home whose DNS is a dead end unless the test gives `dnsservers` (port 9 on loopback:
@@ -403,7 +400,13 @@ fn serve(stream: TcpStream, script: &Script, seen: &Arc<Mutex<Seen>>, stop: &Arc
     while let Some(line) = peer.line() {
         let text = String::from_utf8_lossy(&line).into_owned();
         let verb = text.split(' ').next().unwrap_or("").to_ascii_uppercase();
-        let verb = if verb.starts_with("MAIL") { "MAIL".to_string() } else if verb.starts_with("RCPT") { "RCPT".to_string() } else { verb };
+        let verb = if verb.starts_with("MAIL") {
+            "MAIL".to_string()
+        } else if verb.starts_with("RCPT") {
+            "RCPT".to_string()
+        } else {
+            verb
+        };
         {
             let mut s = seen.lock().unwrap();
             s.commands.push(text.clone());
@@ -432,7 +435,10 @@ fn serve(stream: TcpStream, script: &Script, seen: &Arc<Mutex<Seen>>, stop: &Arc
                         lines.push("STARTTLS".into());
                     }
                     let n = lines.len();
-                    lines.iter().enumerate().all(|(i, l)| peer.say(&format!("250{}{l}", if i + 1 == n { ' ' } else { '-' })))
+                    lines
+                        .iter()
+                        .enumerate()
+                        .all(|(i, l)| peer.say(&format!("250{}{l}", if i + 1 == n { ' ' } else { '-' })))
                 }
             }
             "HELO" => peer.say(&script.helo),
@@ -574,23 +580,35 @@ fn scripted(tag: &str, script: Script, rcpts: &[&str], message: &[u8]) -> (Vec<(
 
 #[test]
 fn greeting_refusals() {
-    let (r, _) = scripted("greet4", Script { greeting: "421 4.3.2 busy".into(), ..Script::default() }, &["x@example.test"], MESSAGE);
+    let (r, _) = scripted(
+        "greet4",
+        Script { greeting: "421 4.3.2 busy".into(), ..Script::default() },
+        &["x@example.test"],
+        MESSAGE,
+    );
     assert_eq!(folded(&r), vec!['Z']);
     assert!(r[1].1.starts_with(quill::route::UNREACHABLE), "a destination-level deferral: {r:?}");
     assert!(r[1].1.contains("greeting failed") && r[1].1.contains("421 4.3.2 busy"), "{r:?}");
-    let (r, _) = scripted("greet5", Script { greeting: "554 5.7.1 go away".into(), ..Script::default() }, &["x@example.test"], MESSAGE);
+    let (r, _) = scripted(
+        "greet5",
+        Script { greeting: "554 5.7.1 go away".into(), ..Script::default() },
+        &["x@example.test"],
+        MESSAGE,
+    );
     assert_eq!(folded(&r), vec!['D']);
     assert!(r[1].1.contains("554 5.7.1 go away"), "{r:?}");
 }
 
 #[test]
 fn ehlo_refused_falls_back_to_helo() {
-    let (r, server) = scripted("helo", Script { ehlo: "502 5.5.2 what".into(), ..Script::default() }, &["x@example.test"], MESSAGE);
+    let (r, server) =
+        scripted("helo", Script { ehlo: "502 5.5.2 what".into(), ..Script::default() }, &["x@example.test"], MESSAGE);
     assert_eq!(folded(&r), vec!['K']);
     let seen = server.seen();
     assert!(seen.commands.iter().any(|c| c.starts_with("HELO quill.test")), "{:?}", seen.commands);
     assert!(!seen.pipelined, "no pipelining without EHLO");
-    let (r, _) = scripted("ehlo4", Script { ehlo: "421 4.7.0 later".into(), ..Script::default() }, &["x@example.test"], MESSAGE);
+    let (r, _) =
+        scripted("ehlo4", Script { ehlo: "421 4.7.0 later".into(), ..Script::default() }, &["x@example.test"], MESSAGE);
     assert_eq!(folded(&r), vec!['Z']);
 }
 
@@ -600,7 +618,8 @@ fn mail_refusals_apply_to_every_recipient() {
     let (r, _) = scripted("mail4", Script { mail: "451 4.3.0 try later".into(), ..Script::default() }, &rcpts, MESSAGE);
     assert_eq!(folded(&r), vec!['Z', 'Z']);
     assert!(r[0].1.contains("451 4.3.0 try later"));
-    let (r, _) = scripted("mail5", Script { mail: "553 5.7.1 sender rejected".into(), ..Script::default() }, &rcpts, MESSAGE);
+    let (r, _) =
+        scripted("mail5", Script { mail: "553 5.7.1 sender rejected".into(), ..Script::default() }, &rcpts, MESSAGE);
     assert_eq!(folded(&r), vec!['D', 'D']);
     assert!(r[1].1.contains("Remote host said: 553 5.7.1 sender rejected"), "{r:?}");
 }
@@ -629,7 +648,11 @@ fn rcpt_results_are_per_recipient() {
 #[test]
 fn data_and_end_of_data_refusals() {
     let rcpts = ["a@example.test", "b@example.test"];
-    let script = Script { rcpt: vec!["250 ok".into(), "550 5.1.1 unknown".into()], data: "554 5.6.0 no data".into(), ..Script::default() };
+    let script = Script {
+        rcpt: vec!["250 ok".into(), "550 5.1.1 unknown".into()],
+        data: "554 5.6.0 no data".into(),
+        ..Script::default()
+    };
     let (r, _) = scripted("data5", script, &rcpts, MESSAGE);
     assert_eq!(folded(&r), vec!['D', 'D']);
     assert!(r[2].1.contains("failed on DATA") && r[2].1.contains("554 5.6.0"), "{r:?}");
@@ -706,10 +729,8 @@ fn smtputf8_needed_but_not_offered_is_permanent() {
     let header = "Subject: gr\u{fc}\u{df}e\n\nbody\n".as_bytes().to_vec();
     let (r, _) = scripted("utf8hdr", Script::default(), &["a@example.test"], &header);
     assert_eq!(folded(&r), vec!['D'], "UTF-8 header needs SMTPUTF8");
-    let script = Script {
-        extensions: vec!["PIPELINING".into(), "8BITMIME".into(), "SMTPUTF8".into()],
-        ..Script::default()
-    };
+    let script =
+        Script { extensions: vec!["PIPELINING".into(), "8BITMIME".into(), "SMTPUTF8".into()], ..Script::default() };
     let (r, server) = scripted("utf8yes", script, &["j\u{f6}rg@example.test"], &header);
     assert_eq!(folded(&r), vec!['K']);
     let seen = server.seen();
@@ -775,24 +796,98 @@ impl Certificates {
             assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         };
         let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-        openssl(&[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=Quill Test CA",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]].concat());
-        openssl(&[&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=mx.tls.test"]].concat());
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=Quill Test CA",
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=mx.tls.test"]].concat(),
+        );
         std::fs::write(
             d.join("ext.cnf"),
             "subjectAltName=DNS:mx.tls.test,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
         )
         .expect("write ext.cnf");
-        openssl(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem",
-            "-days", "2", "-extfile", "ext.cnf"]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
         // A certificate from the CA for another name only.
-        std::fs::write(d.join("wrong.cnf"), "subjectAltName=DNS:wrong.tls.test\nbasicConstraints=CA:FALSE\n").expect("write");
-        openssl(&[&["req"][..], &ec, &["-keyout", "wrong.key", "-out", "wrong.csr", "-subj", "/CN=wrong.tls.test"]].concat());
-        openssl(&["x509", "-req", "-in", "wrong.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "wrong.pem",
-            "-days", "2", "-extfile", "wrong.cnf"]);
+        std::fs::write(d.join("wrong.cnf"), "subjectAltName=DNS:wrong.tls.test\nbasicConstraints=CA:FALSE\n")
+            .expect("write");
+        openssl(
+            &[&["req"][..], &ec, &["-keyout", "wrong.key", "-out", "wrong.csr", "-subj", "/CN=wrong.tls.test"]]
+                .concat(),
+        );
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "wrong.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "wrong.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "wrong.cnf",
+        ]);
         // Self-signed, for the right names, from an issuer nobody trusts.
-        openssl(&[&["req", "-x509"][..], &ec, &["-keyout", "self.key", "-out", "self.pem", "-days", "2", "-subj", "/CN=mx.tls.test",
-            "-addext", "subjectAltName=DNS:mx.tls.test,IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE"]].concat());
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "self.key",
+                    "-out",
+                    "self.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=mx.tls.test",
+                    "-addext",
+                    "subjectAltName=DNS:mx.tls.test,IP:127.0.0.1",
+                    "-addext",
+                    "basicConstraints=critical,CA:FALSE",
+                ],
+            ]
+            .concat(),
+        );
         Some(Certificates { dir })
     }
 
@@ -1001,7 +1096,8 @@ fn never_deliver_to_ourselves() {
     let port = free_port("127.0.0.5");
     let worse = Server::start_on("127.0.0.5", port, Script::default());
     let route = format!("self.test::{port}\n");
-    let home2 = home("self", &[("dnsservers", servers.as_str()), ("smtproutes", route.as_str()), ("ipme", "127.0.0.4\n")]);
+    let home2 =
+        home("self", &[("dnsservers", servers.as_str()), ("smtproutes", route.as_str()), ("ipme", "127.0.0.4\n")]);
     let r = remote(home2.path(), "self.test", "a@quill.test", &["a@self.test"], MESSAGE);
     assert_eq!(folded(&r), vec!['Z']);
     assert!(r[1].1.contains("127.0.0.3"), "{r:?}");
@@ -1040,7 +1136,8 @@ fn request(slot: u32, id: u64, sender: &str, rcpts: &[&str]) -> Vec<u8> {
 #[test]
 fn rspawn_runs_deliveries_and_reports_each() {
     let good = Server::start(Script::default());
-    let picky = Server::start(Script { rcpt: vec!["250 ok".into(), "550 5.1.1 no such user".into()], ..Script::default() });
+    let picky =
+        Server::start(Script { rcpt: vec!["250 ok".into(), "550 5.1.1 no such user".into()], ..Script::default() });
     let routes = format!("good.test:[127.0.0.1]:{}\npicky.test:[127.0.0.1]:{}\n", good.port(), picky.port());
     let home = home("rspawn", &[("smtproutes", routes.as_str())]);
     queue_message(home.path(), 101, "s@quill.test", &["a@good.test", "x@picky.test", "y@picky.test"], "mess");
