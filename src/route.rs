@@ -344,6 +344,7 @@ pub fn tls_required(domain: &[u8], lines: &[Vec<u8>]) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 mod tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};

@@ -488,10 +488,10 @@ pub fn deliver(
     for host in &plan.hosts {
         for ip in &host.addresses {
             tried += 1;
-            let mut attempt = attempt(host, ip, plan.port, sender, recipients, message, settings, true);
+            let mut attempt = try_address(host, ip, plan.port, sender, recipients, message, settings, true);
             if let Attempt::TlsFailed(why) = attempt {
                 notes.push(format!("TLS with {} failed, retried without TLS: {why}", peer_name(host, ip)));
-                attempt = attempt_plain(host, ip, plan.port, sender, recipients, message, settings);
+                attempt = try_address(host, ip, plan.port, sender, recipients, message, settings, false);
             }
             match attempt {
                 Attempt::Done(report) => return report,
@@ -513,20 +513,8 @@ pub fn deliver(
     Report::all(recipients.len(), Outcome::Temporary, text)
 }
 
-fn attempt_plain(
-    host: &Host,
-    ip: &IpAddr,
-    port: u16,
-    sender: &[u8],
-    recipients: &[Vec<u8>],
-    message: &mut Message,
-    settings: &Settings,
-) -> Attempt {
-    attempt(host, ip, port, sender, recipients, message, settings, false)
-}
-
 #[allow(clippy::too_many_arguments)]
-fn attempt(
+fn try_address(
     host: &Host,
     ip: &IpAddr,
     port: u16,
@@ -743,6 +731,15 @@ fn transaction(
             message: (b'Z', text),
         })
     };
+    // A server that refuses MAIL may hang up before answering the pipelined RCPTs and DATA:
+    // then the refusal of MAIL is the answer.
+    let refused_or_died = |mail: &Reply, results: &[Option<(u8, String)>], why: String, stage: &str| {
+        if mail.outcome() == Outcome::Success {
+            return died(results, why, stage);
+        }
+        let text = format!("{peer} does not like the sender <{}>. Remote host said: {}", crate::log::safe(sender), mail.text);
+        Attempt::Done(Report::all(count, mail.outcome(), text))
+    };
     let mail_reply;
     let mut accepted = 0;
     let data_reply;
@@ -764,12 +761,12 @@ fn transaction(
                 Ok(reply) => {
                     results[i] = rcpt_result(&peer, &reply, &mut accepted);
                 }
-                Err(Broken(why)) => return died(&results, why, "after RCPT"),
+                Err(Broken(why)) => return refused_or_died(&mail_reply, &results, why, "after RCPT"),
             }
         }
         data_reply = match connection.reply() {
             Ok(r) => Some(r),
-            Err(Broken(why)) => return died(&results, why, "after DATA"),
+            Err(Broken(why)) => return refused_or_died(&mail_reply, &results, why, "after DATA"),
         };
     } else {
         mail_reply = match connection.command(&mail[..mail.len() - 2]) {
@@ -936,6 +933,7 @@ pub fn write_data(reader: &mut dyn Read, out: &mut dyn Write) -> io::Result<()> 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 mod tests {
     use super::*;
 

@@ -3,6 +3,8 @@
 //! STARTTLS with certificates made by openssl for each run). Every wait is bounded; a peer
 //! missing from the machine gives a SKIP line.
 
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
 mod common;
 
 use std::io::{Read, Write};
@@ -622,6 +624,11 @@ fn mail_refusals_apply_to_every_recipient() {
         scripted("mail5", Script { mail: "553 5.7.1 sender rejected".into(), ..Script::default() }, &rcpts, MESSAGE);
     assert_eq!(folded(&r), vec!['D', 'D']);
     assert!(r[1].1.contains("Remote host said: 553 5.7.1 sender rejected"), "{r:?}");
+    // Refused, then the server hangs up on the pipelined RCPT: the refusal is the answer.
+    let script = Script { mail: "550 5.7.1 go away".into(), close_at: Some("RCPT"), ..Script::default() };
+    let (r, _) = scripted("mail5close", script, &rcpts, MESSAGE);
+    assert_eq!(folded(&r), vec!['D', 'D']);
+    assert!(r[2].1.contains("550 5.7.1 go away"), "{r:?}");
 }
 
 #[test]
