@@ -33,3 +33,8 @@ pub mod sendconf;
 pub mod sendstate;
 pub mod sendloop;
 pub mod clean;
+pub mod dns;
+pub mod route;
+#[cfg(feature = "tls")]
+pub mod remotetls;
+pub mod smtpclient;
