@@ -38,3 +38,4 @@ pub mod route;
 #[cfg(feature = "tls")]
 pub mod remotetls;
 pub mod smtpclient;
+pub mod destinations;
