@@ -120,12 +120,8 @@ fn create_error(code: u8, what: &str, err: &io::Error) -> Error {
 /// An unnamed file in `dir` (O_TMPFILE); where the file system cannot do that, a named one
 /// unlinked at once. Either way nothing is left if the process dies.
 fn open_spill(dir: &Path) -> Result<File> {
-    let unnamed = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
-        .open(dir);
+    let unnamed =
+        OpenOptions::new().read(true).write(true).mode(0o600).custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC).open(dir);
     match unnamed {
         Ok(file) => return Ok(file),
         Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EISDIR) | Some(libc::EINVAL)) => {}
@@ -290,6 +286,7 @@ pub fn run() -> Result<u64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -36,7 +36,11 @@ fn field_name_len(line: &[u8]) -> Option<usize> {
     while end > 0 && matches!(line[end - 1], b' ' | b'\t') {
         end -= 1;
     }
-    if is_name(&line[..end]) { Some(end) } else { None }
+    if is_name(&line[..end]) {
+        Some(end)
+    } else {
+        None
+    }
 }
 
 /// True when `line` (with or without its line end) starts a header field.
@@ -266,7 +270,11 @@ fn addr_spec(tokens: &[Token]) -> Option<Vec<u8>> {
             Token::Special(_) => return None,
         }
     }
-    if out.is_empty() { None } else { Some(out) }
+    if out.is_empty() {
+        None
+    } else {
+        Some(out)
+    }
 }
 
 /// The contents of an angle address: a source route (`@a,@b:`) is dropped.
@@ -326,6 +334,7 @@ pub fn addresses(value: &[u8]) -> Vec<Vec<u8>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -359,9 +368,37 @@ mod tests {
     fn nasty_address_lists() {
         // None of these may panic; what they yield is secondary.
         for value in [
-            "", ",", ";;;", ":", "<", ">", "<<<>>>", "\"", "\"unterminated", "(", "((((", ")))",
-            "\\", "a\\", "[", "[unterminated", "]", "@", "@@@", "...", "<a@b", "a@b>", "g: <a@b",
-            "\"\\", "(\\", "a\0b@c", "\r\n\r\n", "<:>", "<@a:>", "x: y: z;", "\u{ff}\u{fe}<\u{0}>",
+            "",
+            ",",
+            ";;;",
+            ":",
+            "<",
+            ">",
+            "<<<>>>",
+            "\"",
+            "\"unterminated",
+            "(",
+            "((((",
+            ")))",
+            "\\",
+            "a\\",
+            "[",
+            "[unterminated",
+            "]",
+            "@",
+            "@@@",
+            "...",
+            "<a@b",
+            "a@b>",
+            "g: <a@b",
+            "\"\\",
+            "(\\",
+            "a\0b@c",
+            "\r\n\r\n",
+            "<:>",
+            "<@a:>",
+            "x: y: z;",
+            "\u{ff}\u{fe}<\u{0}>",
         ] {
             let _ = addresses(value.as_bytes());
         }
@@ -419,8 +456,19 @@ mod tests {
     #[test]
     fn nasty_headers() {
         for m in [
-            &b":"[..], b": x\n", b"\n\n\n", b"\r", b"\r\n", b"A:", b"A:\r", b" \n", b"A: b\n \n\n", b"\0:\n",
-            b"A b: c\n", b"A:\n\tB\n\tC", b"\xff\xfe: x\n",
+            &b":"[..],
+            b": x\n",
+            b"\n\n\n",
+            b"\r",
+            b"\r\n",
+            b"A:",
+            b"A:\r",
+            b" \n",
+            b"A: b\n \n\n",
+            b"\0:\n",
+            b"A b: c\n",
+            b"A:\n\tB\n\tC",
+            b"\xff\xfe: x\n",
         ] {
             let s = split(m);
             assert!(s.header_end <= s.body_start && s.body_start <= m.len());

@@ -315,7 +315,7 @@ impl Settings {
             .flatten()
             .map(|user| user.name.into_bytes())
             .or_else(|| {
-                ["LOGNAME", "USER"].iter().find_map(|v| std::env::var_os(v)).map(|v| {
+                ["LOGNAME", "USER"].iter().find_map(std::env::var_os).map(|v| {
                     use std::os::unix::ffi::OsStringExt;
                     v.into_vec()
                 })
@@ -326,18 +326,11 @@ impl Settings {
             use std::os::unix::ffi::OsStringExt;
             ["QMAILNAME", "MAILNAME", "NAME"]
                 .iter()
-                .filter_map(|v| std::env::var_os(v))
+                .filter_map(std::env::var_os)
                 .map(|v| v.into_vec())
                 .find(|v| !v.is_empty())
         });
-        Ok(Settings {
-            defaulthost,
-            idhost,
-            login,
-            full_name,
-            now: crate::date::now_micros(),
-            pid: std::process::id(),
-        })
+        Ok(Settings { defaulthost, idhost, login, full_name, now: crate::date::now_micros(), pid: std::process::id() })
     }
 
     /// `address`, with `@defaulthost` added when it has no `@`.
@@ -357,7 +350,11 @@ impl Settings {
             None => self.qualify(&self.login),
             Some(given) => {
                 let given = given.strip_prefix(b"<").and_then(|g| g.strip_suffix(b">")).unwrap_or(given);
-                if given.is_empty() { Vec::new() } else { self.qualify(given) }
+                if given.is_empty() {
+                    Vec::new()
+                } else {
+                    self.qualify(given)
+                }
             }
         }
     }
@@ -372,11 +369,8 @@ fn plain_phrase(name: &[u8]) -> bool {
 /// `Full Name <user@host>` or `user@host`; the name is quoted when it needs to be, and any
 /// CR, LF or NUL in it becomes a blank (a name must not be able to add header lines).
 pub fn mailbox(full_name: Option<&[u8]>, address: &[u8]) -> Vec<u8> {
-    let name: Vec<u8> = full_name
-        .unwrap_or(&[])
-        .iter()
-        .map(|&b| if matches!(b, b'\r' | b'\n' | 0) { b' ' } else { b })
-        .collect();
+    let name: Vec<u8> =
+        full_name.unwrap_or(&[]).iter().map(|&b| if matches!(b, b'\r' | b'\n' | 0) { b' ' } else { b }).collect();
     let name = name.trim_ascii();
     if name.is_empty() {
         return address.to_vec();
@@ -566,6 +560,7 @@ pub fn inject_with(options: &Options, settings: &Settings, input: &mut impl Read
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -615,7 +610,11 @@ mod tests {
         assert_eq!(o.sender.as_deref(), Some(&b"me@x"[..]));
         assert_eq!(o.full_name.as_deref(), Some(&b"Me"[..]));
         assert_eq!(o.recipients, args(&["a@b"]));
-        let (o, _) = parse_args(Syntax::Sendmail, &args(&["-ti", "-oem", "-odi", "-v", "-Nnever", "-B", "8BITMIME", "-bm", "-r", "", "--", "-x"])).unwrap();
+        let (o, _) = parse_args(
+            Syntax::Sendmail,
+            &args(&["-ti", "-oem", "-odi", "-v", "-Nnever", "-B", "8BITMIME", "-bm", "-r", "", "--", "-x"]),
+        )
+        .unwrap();
         assert!(o.ignore_dots && o.extract);
         assert_eq!(o.sender, Some(Vec::new()));
         assert_eq!(o.recipients, args(&["-x"]));
@@ -654,7 +653,8 @@ mod tests {
         let c = compose(b"From: x@y\nDATE: today\nMessage-Id: <m@x>\nTo: t@x", &settings());
         assert_eq!(c.header, b"From: x@y\nDATE: today\nMessage-Id: <m@x>\nTo: t@x\n\n");
 
-        let c = compose(b"Resent-To: r@x\nResent-Bcc: rb@x\nTo: t@x\nFrom: x@y\nDate: d\nMessage-ID: <i>\n", &settings());
+        let c =
+            compose(b"Resent-To: r@x\nResent-Bcc: rb@x\nTo: t@x\nFrom: x@y\nDate: d\nMessage-ID: <i>\n", &settings());
         assert_eq!(c.header_recipients, args(&["r@x", "rb@x"]));
         let text = String::from_utf8_lossy(&c.header);
         assert!(text.contains("Resent-From: \"Joe Q. User\" <joe@example.org>\n"));

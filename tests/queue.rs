@@ -214,7 +214,11 @@ fn write_errors_are_53_and_leave_nothing() {
     for size in [10_000usize, 3 << 20] {
         let home = home("queue-fsize", &[]);
         let mut command = Command::new("/bin/sh");
-        command.arg("-c").arg("ulimit -f 4 && exec \"$0\"").arg(common::bin("quill-queue")).env("QUILL_HOME", home.path());
+        command
+            .arg("-c")
+            .arg("ulimit -f 4 && exec \"$0\"")
+            .arg(common::bin("quill-queue"))
+            .env("QUILL_HOME", home.path());
         let message = vec![b'x'; size];
         let run = feed(&mut command, &message, &envelope("a@b", &["c@d"]));
         assert_eq!(run.code, Some(53), "size {size}: {}", run.stderr);
