@@ -39,3 +39,5 @@ pub mod route;
 pub mod remotetls;
 pub mod smtpclient;
 pub mod destinations;
+pub mod enqueue;
+pub mod inject;
