@@ -307,8 +307,15 @@ impl Settings {
     /// from `-F` or the environment (QMAILNAME, MAILNAME, NAME, first one set).
     pub fn load(options: &Options) -> Result<Settings, Failure> {
         let control = crate::control::Control::from_env();
-        let defaulthost = control.line_or_me("defaulthost").map_err(Failure::other)?;
-        let idhost = control.line_or_me("idhost").map_err(Failure::other)?;
+        let defaulthost = control.line("defaulthost").map_err(Failure::other)?;
+        let idhost = control.line("idhost").map_err(Failure::other)?;
+        // control/me is read once, and only if one of them needs it.
+        let me = match (&defaulthost, &idhost) {
+            (Some(_), Some(_)) => Vec::new(),
+            _ => control.me().map_err(Failure::other)?,
+        };
+        let defaulthost = defaulthost.unwrap_or_else(|| me.clone());
+        let idhost = idhost.unwrap_or(me);
         let (uid, _) = crate::sys::uids();
         let login = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
             .ok()
