@@ -24,3 +24,5 @@ pub mod header;
 pub mod bounce;
 pub mod schedule;
 pub mod smtp;
+pub mod tls;
+pub mod smtpd;
