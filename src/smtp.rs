@@ -369,9 +369,12 @@ pub fn format_path(local: &[u8], domain: &[u8]) -> Vec<u8> {
     out
 }
 
+/// One ESMTP parameter: the keyword in upper case, and its value if it has one.
+pub type Param = (Vec<u8>, Option<Vec<u8>>);
+
 /// ESMTP parameters after a path: ` KEY[=VALUE] …` (RFC 5321 §4.1.2 esmtp-param). Keywords are
 /// returned in upper case. An empty `rest` gives no parameters.
-pub fn parse_params(rest: &[u8]) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, PathError> {
+pub fn parse_params(rest: &[u8]) -> Result<Vec<Param>, PathError> {
     let mut params = Vec::new();
     if rest.is_empty() {
         return Ok(params);
@@ -446,7 +449,7 @@ pub fn base64_encode(input: &[u8]) -> Vec<u8> {
 /// Decode standard base64; padding is required to a multiple of four, nothing else (no white
 /// space) is accepted. None on any error.
 pub fn base64_decode(input: &[u8]) -> Option<Vec<u8>> {
-    if input.len() % 4 != 0 {
+    if !input.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(input.len() / 4 * 3);

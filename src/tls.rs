@@ -55,7 +55,7 @@ mod imp {
         /// anything the client sent after the command that started TLS (STARTTLS injection).
         pub fn accept(tls: &ServerTls, mut io: T) -> io::Result<TlsStream<T>> {
             let mut connection =
-                ServerConnection::new(tls.config.clone()).map_err(|e| io::Error::new(io::ErrorKind::Other, e))?;
+                ServerConnection::new(tls.config.clone()).map_err(io::Error::other)?;
             while connection.is_handshaking() {
                 let (read, _) = connection.complete_io(&mut io)?;
                 if read == 0 && connection.is_handshaking() && connection.wants_read() {

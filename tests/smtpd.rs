@@ -737,6 +737,8 @@ fn implicit_tls() {
     client.start_tls();
     client.expect("220 mx.example.com ESMTP");
     let ehlo = client.command("EHLO test", "250");
+    let rss = status_kb(server.pids()[0], "VmRSS:").expect("VmRSS");
+    eprintln!("quill-smtpd idle TLS session RSS: {rss} kB");
     assert!(!ehlo.contains("STARTTLS") && ehlo.contains("AUTH PLAIN LOGIN"), "{ehlo}");
     client.command("QUIT", "221");
 }
