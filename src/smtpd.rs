@@ -1106,6 +1106,9 @@ impl Session {
         if !self.auth_offered() {
             return self.error(538, "5.7.11 encryption required for AUTH");
         }
+        if !self.esmtp {
+            return self.error(503, "5.5.1 send EHLO first");
+        }
         if self.auth_user.is_some() {
             return self.error(503, "5.5.1 already authenticated");
         }

@@ -574,6 +574,26 @@ fn five_megabyte_line_is_skipped_in_bounded_memory() {
 }
 
 #[test]
+fn disconnect_during_data_queues_nothing() {
+    let server = Server::start(&Setup::new()).expect("server");
+    let mut client = server.connect();
+    client.expect("220");
+    client.command("EHLO test", "250");
+    client.command("MAIL FROM:<a@b.example>", "250");
+    client.command("RCPT TO:<u@example.com>", "250");
+    client.command("DATA", "354");
+    client.send(b"Subject: cut short\r\n\r\nbody\r\n");
+    drop(client);
+    let log = server.log();
+    assert!(log.contains("messages=0 eof"), "{log}");
+    assert!(server.queued().is_empty());
+    // The queue program was started and saw the message, but no envelope.
+    let runs = common::files(&server.dir().join("qq"));
+    assert_eq!(runs.len(), 1);
+    assert_eq!(std::fs::read(runs[0].join("envelope")).unwrap_or_default(), b"");
+}
+
+#[test]
 fn idle_session_memory() {
     let server = Server::start(&Setup::new()).expect("server");
     let mut client = server.connect();
@@ -669,6 +689,7 @@ fn checkpassword_gets_credentials_on_fd3() {
     assert!(server.log().contains("auth 127.0.0.1 user=alice ok"));
 }
 
+#[cfg(feature = "tls")]
 fn tls_setup() -> Setup {
     let mut setup = Setup::new().auth();
     setup.tls = true;
@@ -758,6 +779,7 @@ fn broken_certificate_means_no_starttls() {
 // ---------------------------------------------------------------------------------------------
 // Real clients
 
+#[cfg(feature = "tls")]
 fn swaks(server: &Server, extra: &[&str]) -> std::process::Output {
     Command::new("swaks")
         .args(["--server", &server.addr.to_string(), "--from", "sender@b.example", "--to", "u@example.com"])
