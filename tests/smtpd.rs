@@ -587,8 +587,13 @@ fn disconnect_during_data_queues_nothing() {
     let log = server.log();
     assert!(log.contains("messages=0 eof"), "{log}");
     assert!(server.queued().is_empty());
-    // The queue program was started and saw the message, but no envelope.
-    let runs = common::files(&server.dir().join("qq"));
+    // The queue program was started and saw the message, but no envelope. It may still be
+    // finishing: quill-smtpd does not wait for a queue program it abandoned.
+    let qq = server.dir().join("qq");
+    assert!(common::wait_for(Duration::from_secs(20), || {
+        common::files(&qq).first().is_some_and(|run| run.join("code").exists())
+    }));
+    let runs = common::files(&qq);
     assert_eq!(runs.len(), 1);
     assert_eq!(std::fs::read(runs[0].join("envelope")).unwrap_or_default(), b"");
 }
