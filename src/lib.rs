@@ -41,3 +41,5 @@ pub mod smtpclient;
 pub mod destinations;
 pub mod enqueue;
 pub mod inject;
+pub mod tls;
+pub mod smtpd;
