@@ -10,6 +10,8 @@
 
 use crate::address::{domain_listed, normal_domain, MAX_ADDRESS};
 use crate::control::Control;
+use crate::rcptcheck::{Checker, Verdict};
+use crate::sendconf::{Channel, Config as SendConfig};
 use crate::envelope::{Envelope, MAX_RECIPIENTS};
 use crate::fail::{qq, Error, Outcome, Result};
 use crate::smtp::{
@@ -76,6 +78,8 @@ pub struct Config {
     pub auth_insecure: bool,
     /// AUTH_REQUIRED: MAIL needs AUTH first (the submission port).
     pub auth_required: bool,
+    /// The control files, for the recipient check (loaded at the first RCPT that needs it).
+    pub control: Control,
 }
 
 fn env_bytes(name: &str) -> Option<Vec<u8>> {
@@ -124,6 +128,7 @@ impl Config {
             return Err(Error::temporary("unable to start implicit TLS: control/tlscert is missing"));
         }
         Ok(Config {
+            control: control.clone(),
             greeting,
             rcpthosts,
             databytes,
@@ -271,6 +276,8 @@ pub struct Session {
     errors: u32,
     bytes_in: u64,
     session_limit: u64,
+    /// quill-send's rewriting and quill-lspawn's lookup, loaded at the first local RCPT.
+    recipients: std::cell::OnceCell<std::result::Result<(SendConfig, Checker), String>>,
 }
 
 /// The state machine of message data after `354`: end only at `<CRLF>.<CRLF>`, remove the
@@ -483,6 +490,7 @@ impl Session {
             errors: 0,
             bytes_in: 0,
             session_limit,
+            recipients: std::cell::OnceCell::new(),
         })
     }
 
@@ -806,8 +814,35 @@ impl Session {
     /// For now every recipient is accepted; the users/aliases lookup will answer here
     /// (Success = known, Permanent = no such user, Temporary = cannot tell now).
     fn recipient_known(&self, local: &[u8], domain: &[u8]) -> Outcome {
-        let _ = (local, domain);
-        Outcome::Success
+        let loaded = self.recipients.get_or_init(|| {
+            let send = SendConfig::load(&self.config.control).map_err(|e| e.message)?;
+            let checker = Checker::load(&self.config.control).map_err(|e| e.message)?;
+            Ok((send, checker))
+        });
+        let (send, checker) = match loaded {
+            Ok(pair) => pair,
+            Err(why) => {
+                crate::log::warning(&format!("unable to check recipients: {why}"));
+                return Outcome::Temporary;
+            }
+        };
+        let mut address = local.to_vec();
+        address.push(b'@');
+        address.extend_from_slice(domain);
+        // Judge the address quill-send would deliver: after locals and virtualdomains. A
+        // domain that is in rcpthosts but delivered remotely (a backup MX) is not ours to judge.
+        let (channel, rewritten) = send.rewrite(&address);
+        if channel != Channel::Local {
+            return Outcome::Success;
+        }
+        match checker.check(crate::address::split(&rewritten).0) {
+            Verdict::Known => Outcome::Success,
+            Verdict::Unknown => Outcome::Permanent,
+            Verdict::Unsure(why) => {
+                crate::log::warning(&format!("unable to check a recipient now: {why}"));
+                Outcome::Temporary
+            }
+        }
     }
 
     fn rcpt(&mut self, arg: &[u8]) -> std::result::Result<(), End> {

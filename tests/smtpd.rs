@@ -856,3 +856,40 @@ print('ok')
     assert!(String::from_utf8_lossy(&queued[0].0).contains("\n.leading dot\nbody\n"));
     assert_eq!(queued[0].1, b"Fa@b.example\0Tu@example.com\0Tv@elsewhere.example\0\0");
 }
+
+/// Unknown local recipients are refused at RCPT time (no backscatter): the same lookup as
+/// quill-lspawn (aliases, users/assign.db, passwd) and the dot files quill-local would read.
+#[test]
+fn unknown_local_recipients_are_refused_at_rcpt() {
+    let setup = Setup::new()
+        .control("locals", "example.com\n")
+        .control("aliases", "control/aliasfile")
+        .control("aliasfile", "known: someone@elsewhere.example\n");
+    let server = Server::start(&setup).expect("server");
+    let home = server.home.path();
+    let mailbox = home.join("box");
+    std::fs::create_dir_all(&mailbox).expect("mkdir");
+    std::fs::write(mailbox.join(".qmail-list"), "./Maildir/\n").expect("write");
+    std::fs::write(mailbox.join(".qmail-list-sub-default"), "./Maildir/\n").expect("write");
+    let (uid, gid) = (quill::sys::uids().0, quill::sys::gid());
+    let assign = format!(
+        "=list:u:{uid}:{gid}:{0}:-:list:\n+list-:u:{uid}:{gid}:{0}:-:list-:\n.\n",
+        mailbox.display()
+    );
+    std::fs::create_dir_all(home.join("users")).expect("mkdir");
+    let db = quill::users::compile_assign(assign.as_bytes()).expect("compile assign");
+    std::fs::write(home.join("users/assign.db"), db).expect("write assign.db");
+
+    let mut client = server.connect();
+    client.expect("220");
+    client.command("EHLO test", "250");
+    client.command("MAIL FROM:<a@b.example>", "250");
+    client.command("RCPT TO:<known@example.com>", "250 2.1.5");
+    client.command("RCPT TO:<list@example.com>", "250 2.1.5");
+    client.command("RCPT TO:<LIST-sub-anything@example.com>", "250 2.1.5");
+    client.command("RCPT TO:<list-nope@example.com>", "550 5.1.1");
+    client.command("RCPT TO:<\"list-../x\"@example.com>", "550 5.1.1");
+    // A domain we are only a backup MX for (in rcpthosts, not local) is not ours to judge.
+    client.command("RCPT TO:<whoever@a.sub.example.org>", "250 2.1.5");
+    client.command("QUIT", "221");
+}
