@@ -20,7 +20,7 @@ run: all
 
 # The test suite: unit tests, then the integration tests that run the real binaries.
 test: all
-	$(CARGO) test --release -- --test-threads=2
+	$(CARGO) test --release --no-fail-fast -- --test-threads=2
 
 bench: all
 	tests/bench/run

@@ -381,7 +381,7 @@ fn argv_for_each_kind_of_recipient() {
     assert_eq!(line(&text, "cwd:"), format!("cwd: {}", joe.display()));
     assert_eq!(
         line(&text, "env:"),
-        "env: PATH=/usr/local/bin:/usr/bin:/bin "
+        format!("env: PATH=/usr/local/bin:/usr/bin:/bin QUILL_HOME={} ", world.home.path().display())
     );
     assert_eq!(line(&text, "stdin:"), "stdin: Subject: first line");
 
