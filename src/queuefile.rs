@@ -188,7 +188,9 @@ pub fn create_tree(home: &Path, owners: Option<Owners>) -> std::io::Result<()> {
     let s = owners.map(|o| (o.quills, o.quill_group));
     let dirs: [(PathBuf, u32, Option<(u32, u32)>); 8] = [
         (home.join("queue"), 0o750, q),
-        (layout.tmp(), 0o700, q),
+        // Set-group-id: a setuid quill-queue keeps the caller's group, and its files must
+        // still belong to group quill so that quill-send can read them.
+        (layout.tmp(), 0o2700, q),
         (layout.todo(), 0o750, q),
         (layout.mess(), 0o750, q),
         (layout.hold(), 0o750, q),
@@ -206,6 +208,15 @@ pub fn create_tree(home: &Path, owners: Option<Owners>) -> std::io::Result<()> {
         if let Some((uid, gid)) = owner {
             chown(dir, Some(*uid), Some(*gid))?;
         }
+    }
+    // quill-send cannot create files in lock/ (quillq's), so its mutex is made here.
+    let mutex = layout.sendmutex();
+    if !mutex.exists() {
+        std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&mutex)?;
+    }
+    std::fs::set_permissions(&mutex, std::fs::Permissions::from_mode(0o600))?;
+    if let Some((uid, gid)) = s {
+        chown(&mutex, Some(uid), Some(gid))?;
     }
     let trigger = layout.trigger();
     if !trigger.exists() {

@@ -16,7 +16,12 @@ fn ensure_group(name: &str) {
 }
 
 fn ensure_user(name: &str, group: &str, home: &str) -> nix::unistd::User {
-    if nix::unistd::User::from_name(name).ok().flatten().is_none() {
+    if let Some(user) = nix::unistd::User::from_name(name).ok().flatten() {
+        if user.dir.as_os_str() != home && home != "/nonexistent" {
+            // Left by an earlier run with another temp dir: point it at this one.
+            let _ = Command::new("usermod").args(["-d", home, name]).status();
+        }
+    } else {
         let status = Command::new("useradd")
             .args(["-r", "-g", group, "-d", home, "-s", "/bin/sh", name])
             .status()
@@ -85,7 +90,7 @@ fn stages_run_under_their_own_uids() {
 
     // The recipient: a real user with a Maildir and a program delivery that records its uid.
     let user_home = dir.path().join("rcpt");
-    let rcpt = ensure_user("quilltest", "nofiles", &user_home.display().to_string());
+    let rcpt = ensure_user("quillprivsep", "nofiles", &user_home.display().to_string());
     for sub in ["", "Maildir", "Maildir/new", "Maildir/cur", "Maildir/tmp"] {
         let p = user_home.join(sub);
         std::fs::create_dir_all(&p).expect("mkdir");
@@ -104,7 +109,7 @@ fn stages_run_under_their_own_uids() {
         .env("PATH", "/usr/bin:/bin")
         .env("QUILL_HOME", &home)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(dir.path().join("log")).expect("log"))
         .stderr(Stdio::null())
         .spawn()
         .expect("quill-start");
@@ -113,7 +118,7 @@ fn stages_run_under_their_own_uids() {
     use std::os::unix::process::CommandExt;
     let mut submit = Command::new(bin("sendmail"));
     submit
-        .args(["-i", "quilltest@localhost"])
+        .args(["-i", "quillprivsep@localhost"])
         .env("QUILL_HOME", &home)
         .uid(quillq.uid.as_raw())
         .gid(group.gid.as_raw())
@@ -158,7 +163,8 @@ fn stages_run_under_their_own_uids() {
     let _ = start.kill();
     let _ = start.wait();
 
-    assert!(delivered, "the message was delivered");
+    let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    assert!(delivered, "the message was delivered; log:\n{log}");
     assert!(problems.is_empty(), "{problems:?}");
     let file = &files(&user_home.join("Maildir/new"))[0];
     assert_eq!(std::fs::metadata(file).expect("stat").uid(), rcpt.uid.as_raw(), "the mailbox file belongs to the recipient");
