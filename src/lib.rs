@@ -28,3 +28,4 @@ pub mod tcprules;
 pub mod listener;
 pub mod local;
 pub mod lspawn;
+pub mod admin;
