@@ -28,4 +28,14 @@ pub mod tcprules;
 pub mod listener;
 pub mod local;
 pub mod lspawn;
+pub mod rcptcheck;
+pub mod sendconf;
+pub mod sendstate;
+pub mod sendloop;
+pub mod clean;
+pub mod dns;
+pub mod route;
+#[cfg(feature = "tls")]
+pub mod remotetls;
+pub mod smtpclient;
 pub mod admin;

@@ -231,3 +231,37 @@ pub fn change_dir_last(command: &mut Command, dir: &std::path::Path) -> io::Resu
     }
     Ok(())
 }
+
+/// Take ownership of a descriptor inherited from the parent (quill-start's pipes: quill-send's
+/// fds 3–8), if it is open, and mark it close-on-exec so that programs this process runs (the
+/// queue program for bounces) do not inherit it. Call at most once per number, and before the
+/// process opens any file (which could otherwise land on a closed number and be taken here).
+pub fn inherited_fd(fd: i32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_GETFD only queries the descriptor table; an unused number gives EBADF.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if fd < 0 || flags < 0 {
+        return None;
+    }
+    // SAFETY: the number names an open descriptor, and the caller promises that nothing else in
+    // the process owns it (it was inherited, not opened here), so this becomes its one owner.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: F_SETFD on a descriptor this function now owns; touches no memory.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+    }
+    Some(owned)
+}
+
+/// A close-on-exec duplicate of `fd` numbered `min` or higher. Used before [`map_fds`] so that
+/// no source descriptor sits on a number that an earlier dup2 in the child overwrites.
+pub fn dup_at_least(fd: std::os::fd::BorrowedFd<'_>, min: i32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor and touches no memory.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` was just created by fcntl and is owned by nothing else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(new) })
+}

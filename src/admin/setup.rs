@@ -99,12 +99,17 @@ fn ensure_dir(path: &Path, uid: u32, gid: u32, mode: u32, report: &mut Report) {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return report.fail(format!("unable to create {}: {e}", path.display())),
     }
-    if owner_mode(path).map(|(u, g, m)| (u, g, m)) != Some((uid, gid, mode)) {
+    if owner_mode(path) != Some((uid, gid, mode)) {
         // chown clears the set-id bits, so the mode comes after it.
         let result = chown(path, Some(uid), Some(gid))
             .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)));
         match result {
-            Ok(()) => report.did(format!("set {} to {}:{} mode {mode:o}", path.display(), uid, gid)),
+            Ok(()) => report.did(format!(
+                "set {} to {}:{} mode {mode:o}",
+                path.display(),
+                super::user_name(uid),
+                super::group_name(gid)
+            )),
             Err(e) => report.fail(format!("unable to set owner and mode of {}: {e}", path.display())),
         }
     }
@@ -141,7 +146,17 @@ fn control_files(home: &Path, report: &mut Report) {
     let list = domains.join("\n") + "\n";
     write_new(&control.join("locals"), &list, report);
     write_new(&control.join("rcpthosts"), &list, report);
+    write_new(&control.join("tcprules"), DEFAULT_TCPRULES, report);
 }
+
+/// The rules the service directories' quill-tcpserver reads (`-x control/tcprules`): this
+/// host may relay, everyone else may connect (and send only to rcpthosts).
+pub const DEFAULT_TCPRULES: &str = "\
+# quill-tcpserver rules (tcprules(5)): who may connect, who may relay
+127.0.0.1:allow,RELAYCLIENT=\"\"
+::1:allow,RELAYCLIENT=\"\"
+:allow
+";
 
 /// The certificate and key files a home uses: what `control/tlscert` and `control/tlskey`
 /// name (relative names are under the home), else `control/tlscert.pem` and `tlskey.pem`.
@@ -243,7 +258,7 @@ fn aliases(home: &Path, report: &mut Report) {
 fn queue_program(bindir: &Path, report: &mut Report) {
     let path = bindir.join("quill-queue");
     if !path.exists() {
-        return report.fail(format!("unable to find {}: build and install Quill first (make install)", path.display()));
+        return report.fail(format!("unable to find {}: build Quill (make) or install it (make install) first", path.display()));
     }
     let (Some((uid, _)), Some(gid)) = (user_ids("quillq"), group_id(QUEUE_GROUP)) else {
         return report.fail("unable to make quill-queue setuid quillq: the user or group is missing".into());

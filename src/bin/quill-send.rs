@@ -1,0 +1,106 @@
+//! quill-send: the queue manager.
+//!
+//! Job: picks up new messages from `queue/todo/`, splits their recipients into local and
+//! remote, runs deliveries through the spawners within the concurrency limits, retries on a
+//! quadratic schedule, bounces (RFC 3464), expires old mail, and has quill-clean move and
+//! remove the message files. Single-threaded poll loop (`quill::sendloop`).
+//! Runs as: `quills`, started by quill-start.
+//! Descriptors: 0 /dev/null; 1 and 2 the log; 3 requests to quill-lspawn, 4 its reports;
+//! 5 requests to quill-rspawn, 6 its reports (both optional: without them remote recipients
+//! wait in the queue); 7 requests to quill-clean, 8 its replies.
+//! Signals: TERM stop (waits up to 60 s for deliveries in flight), ALRM everything due now,
+//! HUP reread the control files.
+//! Exit codes: 0 after SIGTERM; 111 on any trouble (another copy running, a peer gone, a
+//! configuration that cannot be read).
+//! Man page: doc/quill-send.8.
+#![forbid(unsafe_code)]
+
+use quill::control::Control;
+use quill::log;
+use quill::queuefile::Layout;
+use quill::sendconf::Config;
+use quill::sendloop::{Exit, Pipes, Sender};
+use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
+use std::process::ExitCode;
+
+fn fatal(text: &str) -> ExitCode {
+    log::fatal(text);
+    ExitCode::from(111)
+}
+
+fn main() -> ExitCode {
+    log::init("quill-send");
+    quill::sys::ignore_signal(libc::SIGPIPE);
+    // Claim the inherited descriptors before anything opens a file that could take one of
+    // their numbers (5 and 6 are legitimately closed when quill-rspawn does not run).
+    let fds: Vec<_> = (3..=8).map(quill::sys::inherited_fd).collect();
+    // Catch signals early: the default action of SIGALRM and SIGHUP would end the process.
+    let signals = match quill::sys::signal_pipe(&[libc::SIGTERM, libc::SIGALRM, libc::SIGHUP]) {
+        Ok(fd) => File::from(fd),
+        Err(e) => return fatal(&format!("unable to catch signals: {e}")),
+    };
+
+    let control = Control::from_env();
+    let layout = Layout::new(&control.home);
+
+    // One quill-send per queue: the lock lives as long as the process.
+    let mutex = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(layout.sendmutex())
+    {
+        Ok(f) => f,
+        Err(e) => return fatal(&format!("unable to open queue/lock/sendmutex: {e}")),
+    };
+    let _lock = match nix::fcntl::Flock::lock(mutex, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            return fatal("unable to lock queue/lock/sendmutex: another quill-send is running")
+        }
+        Err((_, e)) => return fatal(&format!("unable to lock queue/lock/sendmutex: {e}")),
+    };
+
+    let mut fds = fds.into_iter();
+    let mut next = || fds.next().flatten();
+    let (l_req, l_rep, r_req, r_rep, c_req, c_rep) = (next(), next(), next(), next(), next(), next());
+    let (Some(l_req), Some(l_rep), Some(c_req), Some(c_rep)) = (l_req, l_rep, c_req, c_rep) else {
+        return fatal("unable to find descriptors 3, 4, 7 and 8: start me with quill-start");
+    };
+    let rspawn = match (r_req, r_rep) {
+        (Some(requests), Some(reports)) => Some((requests, reports)),
+        _ => None,
+    };
+    let pipes =
+        Pipes { lspawn_requests: l_req, lspawn_reports: l_rep, rspawn, clean_requests: c_req, clean_replies: c_rep };
+
+    let config = match Config::load(&control) {
+        Ok(c) => c,
+        Err(e) => return fatal(&e.message),
+    };
+    // Read and write: the FIFO then always has a writer, so poll never reports a hangup.
+    let trigger = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(layout.trigger())
+    {
+        Ok(f) => f,
+        Err(e) => return fatal(&format!("unable to open queue/lock/trigger: {e}")),
+    };
+
+    let mut sender = match Sender::new(control, config, pipes) {
+        Ok(s) => s,
+        Err(e) => return fatal(&format!("unable to set up the pipes: {e}")),
+    };
+    if let Err(e) = sender.recover() {
+        return fatal(&e.message);
+    }
+    match sender.run(&signals, &trigger) {
+        Exit::Stopped => ExitCode::SUCCESS,
+        Exit::Failed => ExitCode::from(111),
+    }
+}

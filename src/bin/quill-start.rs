@@ -1,0 +1,267 @@
+//! quill-start: starts the queue system and wires it together.
+//!
+//! Job: creates the pipes between quill-send and its peers and runs, each under its own uid,
+//! quill-lspawn (root; its argument is the default delivery), quill-rspawn (quillr; only if
+//! installed), quill-clean (quillq) and quill-send (quills), with the descriptors of
+//! doc/INTERNALS.md "quill-start's pipes". Every stage's stderr goes to quill-start's stdout,
+//! for the supervisor's logger, and so do quill-start's own diagnostics. Run by a supervisor (daemontools, runit, s6, systemd).
+//! Usage: `quill-start [defaultdelivery]` (default `./Maildir/`).
+//! Runs as: root (a private instance: the current user, and every stage runs as that user).
+//! Signals: TERM or INT stop (quill-send first, so it saves its state); HUP and ALRM are
+//! passed on to quill-send.
+//! Exit codes: 0 after TERM/INT; 111 when a stage exits or cannot be started (the supervisor
+//! then restarts the whole set).
+//! Man page: doc/quill-start.8.
+#![forbid(unsafe_code)]
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use quill::log;
+use std::ffi::OsString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a stopping quill-send may take: above its own wait for deliveries in flight
+/// (`quill::sendloop::STOP_WAIT`), so that it can save its state.
+const SEND_STOP_WAIT: Duration = Duration::from_secs(quill::sendloop::STOP_WAIT + 10);
+/// How long the other stages get to notice their closed pipes, then to obey SIGTERM.
+const STAGE_STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// uid, gid and supplementary groups.
+type Credentials = (u32, u32, Vec<u32>);
+
+struct Stage {
+    name: &'static str,
+    child: Child,
+}
+
+fn fatal(text: &str) -> ExitCode {
+    log::fatal(text);
+    ExitCode::from(111)
+}
+
+/// Look up a user by name, with group `quill` as its group.
+fn credentials(user: &str, group: u32) -> Result<Credentials, String> {
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(u)) => Ok((u.uid.as_raw(), group, vec![group])),
+        Ok(None) => Err(format!("unable to find user {user}")),
+        Err(e) => Err(format!("unable to look up user {user}: {e}")),
+    }
+}
+
+/// The credentials of rspawn, clean and send when running as root.
+fn users() -> Result<(Credentials, Credentials, Credentials), String> {
+    let group = match nix::unistd::Group::from_name("quill") {
+        Ok(Some(g)) => g.gid.as_raw(),
+        Ok(None) => return Err("unable to find group quill".to_string()),
+        Err(e) => return Err(format!("unable to look up group quill: {e}")),
+    };
+    Ok((credentials("quillr", group)?, credentials("quillq", group)?, credentials("quills", group)?))
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("unable to make a pipe: {e}"))
+}
+
+/// Run one stage. The Command (and with it the parent's copies of the descriptors handed to
+/// the child) is dropped on return.
+fn spawn(
+    name: &'static str,
+    args: &[OsString],
+    stdin: Stdio,
+    stdout: Stdio,
+    credentials: Option<&Credentials>,
+    log_fd: &OwnedFd,
+) -> Result<Stage, String> {
+    let path = quill::control::bindir().join(name);
+    let mut command = Command::new(&path);
+    let stderr = log_fd.try_clone().map_err(|e| format!("unable to duplicate stdout: {e}"))?;
+    command.args(args).stdin(stdin).stdout(stdout).stderr(Stdio::from(stderr));
+    if let Some((uid, gid, groups)) = credentials {
+        quill::sys::set_credentials(&mut command, *uid, *gid, groups.clone());
+    }
+    // After the credentials: changing them clears the parent-death signal.
+    quill::sys::die_with_parent(&mut command);
+    let child = command.spawn().map_err(|e| format!("unable to start {}: {e}", path.display()))?;
+    Ok(Stage { name, child })
+}
+
+/// Wait for a child until `deadline`; true if it exited.
+fn wait_until(child: &mut Child, deadline: Instant) -> bool {
+    loop {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(stage: &Stage, signal: Signal) {
+    let _ = kill(Pid::from_raw(stage.child.id() as i32), signal);
+}
+
+/// Stop the set: quill-send first (SIGTERM, so it waits for its deliveries and saves its
+/// state), then the others, which exit when their input pipes close; SIGTERM and at last
+/// SIGKILL for any that do not.
+fn stop(stages: &mut [Stage]) {
+    for stage in stages.iter_mut().filter(|s| s.name == "quill-send") {
+        if matches!(stage.child.try_wait(), Ok(None)) {
+            signal(stage, Signal::SIGTERM);
+            if !wait_until(&mut stage.child, Instant::now() + SEND_STOP_WAIT) {
+                log::warning("quill-send did not stop in time; killing it");
+                let _ = stage.child.kill();
+                let _ = stage.child.wait();
+            }
+        }
+    }
+    let deadline = Instant::now() + STAGE_STOP_WAIT;
+    for stage in stages.iter_mut() {
+        wait_until(&mut stage.child, deadline);
+    }
+    for stage in stages.iter_mut() {
+        if matches!(stage.child.try_wait(), Ok(None)) {
+            signal(stage, Signal::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + STAGE_STOP_WAIT;
+    for stage in stages.iter_mut() {
+        if !wait_until(&mut stage.child, deadline) {
+            log::warning(&format!("{} did not stop in time; killing it", stage.name));
+            let _ = stage.child.kill();
+            let _ = stage.child.wait();
+        }
+    }
+}
+
+/// Start the stages. On failure the ones already started are stopped.
+fn start(default_delivery: OsString, root: bool) -> Result<Vec<Stage>, String> {
+    let (rspawn_user, clean_user, send_user) = match root {
+        true => {
+            let (r, c, s) = users()?;
+            (Some(r), Some(c), Some(s))
+        }
+        false => (None, None, None),
+    };
+    let log_fd =
+        std::io::stdout().as_fd().try_clone_to_owned().map_err(|e| format!("unable to duplicate stdout: {e}"))?;
+    let (l_req_r, l_req_w) = pipe()?;
+    let (l_rep_r, l_rep_w) = pipe()?;
+    let (c_req_r, c_req_w) = pipe()?;
+    let (c_rep_r, c_rep_w) = pipe()?;
+    let mut stages = Vec::new();
+    let mut send_fds = vec![l_req_w, l_rep_r];
+    let result = (|| {
+        stages.push(spawn("quill-lspawn", &[default_delivery], l_req_r.into(), l_rep_w.into(), None, &log_fd)?);
+        if quill::control::bindir().join("quill-rspawn").is_file() {
+            let (r_req_r, r_req_w) = pipe()?;
+            let (r_rep_r, r_rep_w) = pipe()?;
+            stages.push(spawn("quill-rspawn", &[], r_req_r.into(), r_rep_w.into(), rspawn_user.as_ref(), &log_fd)?);
+            send_fds.extend([r_req_w, r_rep_r]);
+        } else {
+            log::warning("quill-rspawn is not installed: remote mail stays in the queue");
+        }
+        stages.push(spawn("quill-clean", &[], c_req_r.into(), c_rep_w.into(), clean_user.as_ref(), &log_fd)?);
+        let send_log = log_fd.try_clone().map_err(|e| format!("unable to duplicate stdout: {e}"))?;
+        stages.push(spawn_send(send_fds, c_req_w, c_rep_r, send_user.as_ref(), send_log, &log_fd)?);
+        Ok::<(), String>(())
+    })();
+    match result {
+        Ok(()) => Ok(stages),
+        Err(e) => {
+            stop(&mut stages);
+            Err(e)
+        }
+    }
+}
+
+/// quill-send: fd 0 /dev/null, 1 and 2 the log, 3/4 lspawn, 5/6 rspawn if present, 7/8 clean.
+fn spawn_send(
+    spawners: Vec<OwnedFd>,
+    clean_requests: OwnedFd,
+    clean_replies: OwnedFd,
+    credentials: Option<&Credentials>,
+    stdout: OwnedFd,
+    log_fd: &OwnedFd,
+) -> Result<Stage, String> {
+    let path = quill::control::bindir().join("quill-send");
+    let mut command = Command::new(&path);
+    let stderr = log_fd.try_clone().map_err(|e| format!("unable to duplicate stdout: {e}"))?;
+    command.stdin(Stdio::null()).stdout(Stdio::from(stdout)).stderr(Stdio::from(stderr));
+    let mut high = Vec::new();
+    for fd in spawners.iter().chain([&clean_requests, &clean_replies]) {
+        high.push(quill::sys::dup_at_least(fd.as_fd(), 10).map_err(|e| format!("unable to duplicate a pipe: {e}"))?);
+    }
+    // Sources sit above 9, so no dup2 in the child overwrites one that a later one needs.
+    // Without rspawn, 5 and 6 stay closed: that is how quill-send knows.
+    let targets: &[i32] = if high.len() == 6 { &[3, 4, 5, 6, 7, 8] } else { &[3, 4, 7, 8] };
+    let pairs = high.iter().map(std::os::fd::AsRawFd::as_raw_fd).zip(targets.iter().copied()).collect();
+    quill::sys::map_fds(&mut command, pairs);
+    if let Some((uid, gid, groups)) = credentials {
+        quill::sys::set_credentials(&mut command, *uid, *gid, groups.clone());
+    }
+    quill::sys::die_with_parent(&mut command);
+    let child = command.spawn().map_err(|e| format!("unable to start {}: {e}", path.display()))?;
+    Ok(Stage { name: "quill-send", child })
+}
+
+fn main() -> ExitCode {
+    log::init("quill-start");
+    // Our own diagnostics go where the stages' do: one logger reads every line.
+    if let Err(e) = nix::unistd::dup2(libc::STDOUT_FILENO, libc::STDERR_FILENO) {
+        log::warning(&format!("unable to send my diagnostics to stdout: {e}"));
+    }
+    let default_delivery = std::env::args_os().nth(1).unwrap_or_else(|| OsString::from("./Maildir/"));
+    let home = quill::control::home();
+    if let Err(e) = std::env::set_current_dir(&home) {
+        return fatal(&format!("unable to switch to {}: {e}", home.display()));
+    }
+    quill::sys::umask(0o077);
+    let root = quill::sys::uids().1 == 0;
+    let signals =
+        match quill::sys::signal_pipe(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD, libc::SIGHUP, libc::SIGALRM]) {
+            Ok(fd) => fd,
+            Err(e) => return fatal(&format!("unable to catch signals: {e}")),
+        };
+    let mut stages = match start(default_delivery, root) {
+        Ok(s) => s,
+        Err(e) => return fatal(&e),
+    };
+    supervise(&mut stages, &signals)
+}
+
+/// Wait for a signal or a stage's exit; then stop the set.
+fn supervise(stages: &mut [Stage], signals: &OwnedFd) -> ExitCode {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(1000u16));
+        let mut buf = [0u8; 64];
+        let n = nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(signals), &mut buf).unwrap_or(0);
+        for &s in &buf[..n] {
+            match s as i32 {
+                libc::SIGTERM | libc::SIGINT => {
+                    stop(stages);
+                    return ExitCode::SUCCESS;
+                }
+                libc::SIGHUP | libc::SIGALRM => {
+                    let sig = if s as i32 == libc::SIGHUP { Signal::SIGHUP } else { Signal::SIGALRM };
+                    for stage in stages.iter().filter(|s| s.name == "quill-send") {
+                        signal(stage, sig);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for i in 0..stages.len() {
+            if let Ok(Some(status)) = stages[i].child.try_wait() {
+                log::warning(&format!("{} exited ({status}); stopping the others", stages[i].name));
+                stop(stages);
+                return ExitCode::from(111);
+            }
+        }
+    }
+}
