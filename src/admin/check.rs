@@ -36,7 +36,7 @@ pub const NUMBER_FILES: [&str; 10] = [
     "timeoutsmtpd",
     "timeoutremote",
     "timeoutconnect",
-    "maxrecipients",
+    "maxrcpt",
     "bouncemaxbytes",
 ];
 
@@ -176,7 +176,7 @@ fn check_tree(list: &mut Vec<Problem>, home: &Path) {
         problem(list, format!("the Quill home {} does not exist", home.display()), format!("quill setup --home {}", shell_quote(&home.display().to_string())));
         return;
     }
-    let entries: [(PathBuf, &str, &str, u32); 11] = [
+    let entries: [(PathBuf, &str, &str, u32); 12] = [
         (home.join("control"), "root", "root", 0o755),
         (home.join("users"), "root", "root", 0o755),
         (home.join("alias"), "alias", NOFILES_GROUP, 0o2755),
@@ -188,6 +188,7 @@ fn check_tree(list: &mut Vec<Problem>, home: &Path) {
         (layout.info(), "quills", QUEUE_GROUP, 0o700),
         (layout.queue.join("lock"), "quillq", QUEUE_GROUP, 0o750),
         (layout.trigger(), "quills", QUEUE_GROUP, 0o622),
+        (layout.sendmutex(), "quills", QUEUE_GROUP, 0o600),
     ];
     for (path, user, group, mode) in entries.iter() {
         check_owner(list, path, user, group, *mode);

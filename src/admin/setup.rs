@@ -8,6 +8,7 @@
 
 use super::{group_id, owner_mode, user_ids, Account, ACCOUNTS, NOFILES_GROUP, QUEUE_GROUP};
 use crate::control::Control;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{chown, DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -115,6 +116,24 @@ fn ensure_dir(path: &Path, uid: u32, gid: u32, mode: u32, report: &mut Report) {
     }
 }
 
+/// Create an empty file if missing and give it this owner and mode (quill-send cannot create
+/// `lock/sendmutex` itself: `lock/` belongs to quillq).
+fn ensure_file(path: &Path, uid: u32, gid: u32, mode: u32, report: &mut Report) {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path) {
+        Ok(_) => report.did(format!("created {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return report.fail(format!("unable to create {}: {e}", path.display())),
+    }
+    if owner_mode(path) != Some((uid, gid, mode)) {
+        let result = chown(path, Some(uid), Some(gid))
+            .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)));
+        if let Err(e) = result {
+            report.fail(format!("unable to set owner and mode of {}: {e}", path.display()));
+        }
+    }
+}
+
 /// Write a control file only if it does not exist.
 fn write_new(path: &Path, contents: &str, report: &mut Report) {
     if path.exists() {
@@ -159,12 +178,12 @@ pub const DEFAULT_TCPRULES: &str = "\
 ";
 
 /// The certificate and key files a home uses: what `control/tlscert` and `control/tlskey`
-/// name (relative names are under the home), else `control/tlscert.pem` and `tlskey.pem`.
+/// name (relative names are under `control/`, as quill-smtpd reads them), else `control/tlscert.pem` and `tlskey.pem`.
 pub fn tls_files(home: &Path) -> (PathBuf, PathBuf) {
     let control = Control::new(home);
     let name = |file: &str, default: &str| -> PathBuf {
         match control.line(file) {
-            Ok(Some(v)) => home.join(String::from_utf8_lossy(&v).as_ref()),
+            Ok(Some(v)) => home.join("control").join(std::ffi::OsStr::from_bytes(&v)),
             _ => home.join("control").join(default),
         }
     };
@@ -334,6 +353,7 @@ pub fn setup(options: &Options, bindir: &Path) -> Report {
         report.fail(format!("unable to create the queue under {}: {e}", home.display()));
         return report;
     }
+    ensure_file(&crate::queuefile::Layout::new(home).sendmutex(), quills, quill_gid, 0o600, &mut report);
     ensure_dir(&home.join("users"), 0, 0, 0o755, &mut report);
     match (user_ids("alias"), group_id(NOFILES_GROUP)) {
         (Some((alias, _)), Some(nofiles)) => ensure_dir(&home.join("alias"), alias, nofiles, 0o2755, &mut report),
