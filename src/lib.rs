@@ -38,4 +38,7 @@ pub mod route;
 #[cfg(feature = "tls")]
 pub mod remotetls;
 pub mod smtpclient;
+pub mod destinations;
+pub mod enqueue;
+pub mod inject;
 pub mod admin;

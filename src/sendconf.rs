@@ -61,6 +61,12 @@ pub struct Config {
     pub concurrency_local: usize,
     /// `concurrencyremote`: remote deliveries at once (0 holds the channel).
     pub concurrency_remote: usize,
+    /// `concurrencydestination`: remote deliveries at once to one destination (domain).
+    pub concurrency_destination: usize,
+    /// `backoffmin`: seconds an unreachable destination is left alone after its first failure.
+    pub backoff_min: u64,
+    /// `backoffmax`: the longest such wait (each failure doubles it up to this).
+    pub backoff_max: u64,
     /// `queuelifetime`: seconds after which a temporary failure is permanent.
     pub queue_lifetime: u64,
     /// The bounce's `From:`: `bouncefrom@bouncehost`.
@@ -96,6 +102,9 @@ impl Config {
             envnoathost: control.line_or_me("envnoathost")?,
             concurrency_local: cap(control.number("concurrencylocal", 10)?),
             concurrency_remote: cap(control.number("concurrencyremote", 20)?),
+            concurrency_destination: cap(control.number("concurrencydestination", 10)?).max(1),
+            backoff_min: control.number("backoffmin", 300)?.max(1),
+            backoff_max: control.number("backoffmax", 3600)?,
             queue_lifetime: control.number("queuelifetime", crate::schedule::DEFAULT_LIFETIME)?,
             bounce_from: join(
                 &control.line("bouncefrom")?.unwrap_or_else(|| b"MAILER-DAEMON".to_vec()),
@@ -162,6 +171,9 @@ mod tests {
             envnoathost: b"envhost.example".to_vec(),
             concurrency_local: 10,
             concurrency_remote: 20,
+            concurrency_destination: 10,
+            backoff_min: 300,
+            backoff_max: 3600,
             queue_lifetime: 604_800,
             bounce_from: b"MAILER-DAEMON@me.example".to_vec(),
             double_bounce_to: b"postmaster@me.example".to_vec(),

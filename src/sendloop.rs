@@ -16,6 +16,7 @@
 
 use crate::bounce::{self, Bounce, Failure};
 use crate::control::Control;
+use crate::destinations::{Admission, Destinations};
 use crate::envelope::Envelope;
 use crate::fail::Outcome;
 use crate::log;
@@ -197,10 +198,13 @@ impl Message {
 struct Job {
     id: u64,
     recipients: Vec<usize>,
+    /// The recipients' domain, for remote jobs (the back-off and concurrency unit).
+    domain: Vec<u8>,
 }
 
 struct Delivery {
     id: u64,
+    domain: Vec<u8>,
     channel: Channel,
     recipients: Vec<usize>,
     /// The delivery numbers of the log lines, one per recipient.
@@ -249,6 +253,10 @@ pub struct Sender {
     stop_deadline: Option<u64>,
     scan_wanted: bool,
     next_scan: u64,
+    /// Remote destinations: concurrency per destination and back-off.
+    destinations: Destinations<Job>,
+    /// The back-off table as last written to `info/destinations`.
+    destinations_written: String,
 }
 
 /// A report or log text as one line: trailing white space dropped, newlines as `/`, other
@@ -289,6 +297,7 @@ fn numeric_entries(dir: &std::path::Path) -> io::Result<Vec<u64>> {
 impl Sender {
     /// Set up the engine over quill-start's pipes.
     pub fn new(control: Control, config: Config, pipes: Pipes) -> io::Result<Sender> {
+        let destinations = Destinations::new(config.concurrency_destination, config.backoff_min, config.backoff_max);
         set_nonblocking(&pipes.clean_replies)?;
         let rspawn = match pipes.rspawn {
             Some((requests, reports)) => Some(Spawner::new(requests, reports)?),
@@ -318,6 +327,8 @@ impl Sender {
             stop_deadline: None,
             scan_wanted: true,
             next_scan: 0,
+            destinations,
+            destinations_written: String::new(),
         })
     }
 
@@ -531,7 +542,7 @@ impl Sender {
         match channel {
             Channel::Local => {
                 for i in picked {
-                    self.ready[0].push_back(Job { id, recipients: vec![i] });
+                    self.ready[0].push_back(Job { id, recipients: vec![i], domain: Vec::new() });
                 }
             }
             Channel::Remote => {
@@ -543,8 +554,8 @@ impl Sender {
                         None => domains.push((domain, vec![i])),
                     }
                 }
-                for (_, recipients) in domains {
-                    self.ready[1].push_back(Job { id, recipients });
+                for (domain, recipients) in domains {
+                    self.ready[1].push_back(Job { id, recipients, domain });
                 }
             }
         }
@@ -562,6 +573,19 @@ impl Sender {
                 },
             };
             let Some(job) = self.ready[c].pop_front() else { return };
+            if !self.messages.contains_key(&job.id) {
+                continue;
+            }
+            // A remote destination that is backed off or busy keeps the job until it may go.
+            let job = if channel == Channel::Remote {
+                let domain = job.domain.clone();
+                match self.destinations.admit(&domain, job, crate::date::now()) {
+                    (Admission::Go, Some(job)) => job,
+                    _ => continue,
+                }
+            } else {
+                job
+            };
             let Some(m) = self.messages.get(&job.id) else { continue };
             let mut slot = self.next_delivery as u32;
             while self.in_flight.contains_key(&slot) {
@@ -586,7 +610,7 @@ impl Sender {
                     log::safe(&m.recipients[i].address)
                 ));
             }
-            self.in_flight.insert(slot, Delivery { id: job.id, channel, recipients: job.recipients, numbers });
+            self.in_flight.insert(slot, Delivery { id: job.id, domain: job.domain, channel, recipients: job.recipients, numbers });
             self.running[c] += 1;
             self.status();
         }
@@ -609,6 +633,20 @@ impl Sender {
         let c = channel as usize;
         self.running[c] -= 1;
         let id = delivery.id;
+        if channel == Channel::Remote {
+            // The destination failed (not the message) when every result is temporary and
+            // says so: then it is backed off, and its other jobs wait.
+            let unreachable = !report.results.is_empty()
+                && report.results.iter().all(|r| {
+                    r.outcome == Outcome::Temporary && r.text.starts_with(crate::route::UNREACHABLE.as_bytes())
+                });
+            let text = report.results.first().map(|r| words(&r.text)).unwrap_or_default();
+            let released = self.destinations.finished(&delivery.domain, unreachable, &text, now);
+            for job in released.into_iter().rev() {
+                self.ready[1].push_front(job);
+            }
+            self.write_destinations();
+        }
         if let Some(m) = self.messages.get_mut(&id) {
             for (k, &i) in delivery.recipients.iter().enumerate() {
                 let (outcome, text) = match report.results.get(k) {
@@ -807,6 +845,7 @@ impl Sender {
     /// SIGALRM: everything that waits for a time is due now.
     fn all_due_now(&mut self) {
         let now = crate::date::now();
+        self.destinations.retry_now(now);
         for (&id, m) in self.messages.iter_mut() {
             for kind in 0..3 {
                 if m.due[kind].is_some() {
@@ -820,6 +859,9 @@ impl Sender {
     fn reload(&mut self) {
         match Config::load(&self.control) {
             Ok(config) => {
+                self.destinations.limit = config.concurrency_destination;
+                self.destinations.backoff_min = config.backoff_min;
+                self.destinations.backoff_max = config.backoff_max;
                 self.config = config;
                 log::raw("reread control files");
             }
@@ -938,6 +980,9 @@ impl Sender {
                     self.pick_up(id);
                     picked += 1;
                 }
+                for job in self.destinations.due(now) {
+                    self.ready[1].push_front(job);
+                }
                 self.dispatch(Channel::Local);
                 self.dispatch(Channel::Remote);
             }
@@ -961,7 +1006,12 @@ impl Sender {
             } else if !self.pickups.is_empty() && self.moving < MAX_MOVING {
                 0
             } else {
-                let next = self.timers.next_due().unwrap_or(u64::MAX).min(self.next_scan);
+                let next = self
+                    .timers
+                    .next_due()
+                    .unwrap_or(u64::MAX)
+                    .min(self.next_scan)
+                    .min(self.destinations.next_due().unwrap_or(u64::MAX));
                 next.saturating_sub(now).saturating_mul(1000).min(SCAN_INTERVAL * 1000)
             };
             let mut fds = vec![
@@ -1016,6 +1066,20 @@ impl Sender {
             if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
                 return self.fail(&e);
             }
+        }
+    }
+
+    /// Write the back-off table for `quill status` when it changed. Not fsynced: it is a view,
+    /// not state (a restart starts with every destination reachable).
+    fn write_destinations(&mut self) {
+        let table = self.destinations.report();
+        if table == self.destinations_written {
+            return;
+        }
+        let path = self.layout.info().join("destinations");
+        let tmp = self.layout.info().join("destinations.new");
+        if std::fs::write(&tmp, &table).and_then(|_| std::fs::rename(&tmp, &path)).is_ok() {
+            self.destinations_written = table;
         }
     }
 

@@ -265,3 +265,37 @@ pub fn dup_at_least(fd: std::os::fd::BorrowedFd<'_>, min: i32) -> io::Result<std
     // SAFETY: `new` was just created by fcntl and is owned by nothing else.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(new) })
 }
+
+static ALARM_EXIT_CODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(111);
+
+extern "C" fn exit_on_alarm(_signal: libc::c_int) {
+    let code = ALARM_EXIT_CODE.load(std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: _exit is async-signal-safe; it skips destructors and atexit handlers, which is
+    // what a handler must do.
+    unsafe { libc::_exit(code) }
+}
+
+/// A watchdog without a thread: after `seconds`, SIGALRM ends the process with exit `code`.
+/// [`cancel_alarm`] disarms it.
+pub fn exit_after(seconds: u32, code: u8) -> io::Result<()> {
+    ALARM_EXIT_CODE.store(i32::from(code), std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: a zeroed sigaction is a valid starting value; the handler only calls _exit.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = exit_on_alarm as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(libc::SIGALRM, &action, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::alarm(seconds);
+    }
+    Ok(())
+}
+
+/// Disarm the alarm set by [`exit_after`].
+pub fn cancel_alarm() {
+    // SAFETY: alarm cannot fail and touches no memory.
+    unsafe {
+        libc::alarm(0);
+    }
+}

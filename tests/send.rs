@@ -775,3 +775,37 @@ fn quill_start_runs_the_set_and_stops_it() {
     assert_eq!(status.and_then(|s| s.code()), Some(111), "{}", read());
     assert!(wait_for(LIMIT, || pids_of(&bin_dir.join("quill-send")).is_empty()), "quill-send outlived quill-start");
 }
+
+#[test]
+fn an_unreachable_destination_is_backed_off_and_probed() {
+    let h = basic_home("backoff", &[("backoffmin", "3600\n")]);
+    let mut rig = Rig::start(h.path(), "send", true);
+    let first = inject(h.path(), SENDER, &["a@down.example"], "one");
+    let remote = rig.remote.as_mut().expect("remote spawner");
+    let r = remote.take(1);
+    remote.answer(r[0].slot, &[(Outcome::Temporary, "Unreachable: connection refused by every host (#4.4.1)")]);
+    assert!(rig.wait_log("deferral: Unreachable"), "{}", rig.log());
+    let table = h.path().join("queue/info/destinations");
+    assert!(wait_for(LIMIT, || std::fs::read_to_string(&table).unwrap_or_default().starts_with("down.example 1 ")));
+    // A second message for the same destination waits; one for another destination does not.
+    let second = inject(h.path(), SENDER, &["b@down.example"], "two");
+    let third = inject(h.path(), SENDER, &["c@up.example"], "three");
+    let remote = rig.remote.as_mut().expect("remote spawner");
+    let r = remote.take(1);
+    assert_eq!(rcpt(&r[0]), "c@up.example");
+    remote.answer(r[0].slot, &[(Outcome::Success, "ok")]);
+    assert!(remote.next(Duration::from_millis(1500)).is_none(), "the backed-off destination is left alone");
+    assert!(rig.wait_log(&format!("end msg {third}\n")));
+    // A flush (SIGALRM) ends the back-off: one probe goes out, and its success releases the rest.
+    rig.signal(nix::sys::signal::Signal::SIGALRM);
+    let remote = rig.remote.as_mut().expect("remote spawner");
+    let probe = remote.take(1);
+    let rest = remote.next(Duration::from_millis(800));
+    assert!(rest.is_none(), "only one probe while the destination is in doubt");
+    remote.answer(probe[0].slot, &[(Outcome::Success, "ok")]);
+    let next = remote.take(1);
+    remote.answer(next[0].slot, &[(Outcome::Success, "ok")]);
+    assert!(rig.wait_log(&format!("end msg {first}\n")), "{}", rig.log());
+    assert!(rig.wait_log(&format!("end msg {second}\n")), "{}", rig.log());
+    assert!(wait_for(LIMIT, || std::fs::read_to_string(&table).unwrap_or_default().is_empty()));
+}

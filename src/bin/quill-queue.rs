@@ -1,0 +1,24 @@
+//! quill-queue: put one message into the queue, durably, and wake quill-send.
+//!
+//! Runs setuid `quillq` in a real installation, started by anything that injects mail
+//! (quill-smtpd, quill-inject, sendmail, quill-local forwarding, quill-send's bounces).
+//! fd 0: the message. fd 1: the envelope (`F` sender NUL, `T` recipient NUL …, NUL), read after
+//! the message. fd 2: diagnostics.
+//! Exit codes: the qmail-queue table (`quill::fail::qq`): 0 queued; 11 address too long;
+//! 51 out of memory; 52 timeout; 53 write error or disk full; 54 cannot read message or
+//! envelope; 61 home, 62 queue, 63 queue/tmp, 66 queue/todo trouble; 91 envelope format error.
+//! Contract: doc/quill-queue.8; file format: doc/queue-format.5.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    quill::log::init("quill-queue");
+    match quill::enqueue::run() {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            quill::log::fatal(&e.message);
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

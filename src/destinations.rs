@@ -1,0 +1,201 @@
+//! Remote destinations as quill-send sees them: how many deliveries each has running, and
+//! whether it is backed off because it could not be reached.
+//!
+//! A destination (a recipient domain) that refuses connections or times out is marked down
+//! until its next retry time; jobs for it wait here ("parked") instead of each timing out on
+//! its own. When the time comes, one job goes out as a probe; the others follow only if it
+//! reaches the destination. Each further failure doubles the wait, from `backoffmin` up to
+//! `backoffmax`. qmail's tcpto did this per IP address and invisibly; Quill does it per
+//! destination and writes the table to `queue/info/destinations` for `quill status`.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+
+/// State of one destination.
+#[derive(Debug, Default)]
+struct Destination<J> {
+    running: usize,
+    failures: u32,
+    until: u64,
+    last_error: String,
+    parked: Vec<J>,
+}
+
+/// What [`Destinations::admit`] decided for a job.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Start it now.
+    Go,
+    /// It was parked: the destination is backed off, probing, or at its concurrency limit.
+    Parked,
+}
+
+/// Every destination with something to remember.
+#[derive(Debug)]
+pub struct Destinations<J> {
+    map: HashMap<Vec<u8>, Destination<J>>,
+    /// Deliveries at once to one destination.
+    pub limit: usize,
+    /// The first back-off, in seconds.
+    pub backoff_min: u64,
+    /// The longest back-off, in seconds.
+    pub backoff_max: u64,
+}
+
+impl<J> Destinations<J> {
+    /// An empty table.
+    pub fn new(limit: usize, backoff_min: u64, backoff_max: u64) -> Destinations<J> {
+        Destinations { map: HashMap::new(), limit: limit.max(1), backoff_min: backoff_min.max(1), backoff_max }
+    }
+
+    /// May a job for `domain` start now? If not, the job is kept here until it may.
+    pub fn admit(&mut self, domain: &[u8], job: J, now: u64) -> (Admission, Option<J>) {
+        let d = self.map.entry(domain.to_vec()).or_insert_with(|| Destination {
+            running: 0,
+            failures: 0,
+            until: 0,
+            last_error: String::new(),
+            parked: Vec::new(),
+        });
+        let backed_off = d.failures > 0 && now < d.until;
+        let probing = d.failures > 0 && d.running > 0;
+        if backed_off || probing || d.running >= self.limit {
+            d.parked.push(job);
+            return (Admission::Parked, None);
+        }
+        d.running += 1;
+        (Admission::Go, Some(job))
+    }
+
+    /// A delivery to `domain` ended. `unreachable` says the destination itself failed
+    /// (connection refused, timeout, DNS trouble), not the message. Returns the jobs that may
+    /// now be retried (the caller queues them again).
+    pub fn finished(&mut self, domain: &[u8], unreachable: bool, error: &str, now: u64) -> Vec<J> {
+        let Some(d) = self.map.get_mut(domain) else { return Vec::new() };
+        d.running = d.running.saturating_sub(1);
+        if unreachable {
+            d.failures += 1;
+            let shift = (d.failures - 1).min(20);
+            d.until = now + (self.backoff_min << shift).min(self.backoff_max.max(self.backoff_min));
+            d.last_error = error.to_string();
+            return Vec::new();
+        }
+        d.failures = 0;
+        d.until = 0;
+        let free = self.limit.saturating_sub(d.running);
+        let n = free.min(d.parked.len());
+        let released: Vec<J> = d.parked.drain(..n).collect();
+        if d.running == 0 && d.parked.is_empty() {
+            self.map.remove(domain);
+        }
+        released
+    }
+
+    /// Jobs whose destination's back-off has ended: for each such destination, one job (the
+    /// probe) is released; the rest wait for its result.
+    pub fn due(&mut self, now: u64) -> Vec<J> {
+        let mut out = Vec::new();
+        for d in self.map.values_mut() {
+            if d.failures > 0 && now >= d.until && d.running == 0 && !d.parked.is_empty() {
+                out.push(d.parked.remove(0));
+            } else if d.failures == 0 && d.running < self.limit && !d.parked.is_empty() {
+                let n = (self.limit - d.running).min(d.parked.len());
+                out.extend(d.parked.drain(..n));
+            }
+        }
+        out
+    }
+
+    /// The earliest time a back-off ends (for the poll timeout).
+    pub fn next_due(&self) -> Option<u64> {
+        self.map.values().filter(|d| d.failures > 0 && !d.parked.is_empty()).map(|d| d.until).min()
+    }
+
+    /// SIGALRM ("flush"): forget every back-off time, so each destination is probed now.
+    pub fn retry_now(&mut self, now: u64) {
+        for d in self.map.values_mut() {
+            if d.failures > 0 {
+                d.until = now;
+            }
+        }
+    }
+
+    /// Every parked job, taken out (for a clean stop).
+    pub fn drain_parked(&mut self) -> Vec<J> {
+        self.map.values_mut().flat_map(|d| d.parked.drain(..)).collect()
+    }
+
+    /// The table for `queue/info/destinations`: one line per destination that is backed off:
+    /// `DOMAIN FAILURES UNTIL PARKED LAST-ERROR`.
+    pub fn report(&self) -> String {
+        let mut lines: Vec<String> = self
+            .map
+            .iter()
+            .filter(|(_, d)| d.failures > 0)
+            .map(|(domain, d)| {
+                format!(
+                    "{} {} {} {} {}\n",
+                    crate::log::safe(domain),
+                    d.failures,
+                    d.until,
+                    d.parked.len(),
+                    d.last_error.replace('\n', " ")
+                )
+            })
+            .collect();
+        lines.sort();
+        lines.concat()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_parks_then_probes_then_releases() {
+        let mut t: Destinations<u32> = Destinations::new(2, 60, 3600);
+        assert_eq!(t.admit(b"a.example", 1, 100).0, Admission::Go);
+        assert!(t.finished(b"a.example", true, "Unreachable: refused", 100).is_empty());
+        // Backed off: jobs wait, nothing is due before 160.
+        assert_eq!(t.admit(b"a.example", 2, 110).0, Admission::Parked);
+        assert_eq!(t.admit(b"a.example", 3, 120).0, Admission::Parked);
+        assert_eq!(t.next_due(), Some(160));
+        assert!(t.due(159).is_empty());
+        // One probe at 160; the other job waits for its result.
+        let probe = t.due(160);
+        assert_eq!(probe, vec![2]);
+        assert_eq!(t.admit(b"a.example", 2, 160).0, Admission::Go, "the probe goes out");
+        assert_eq!(t.admit(b"a.example", 4, 160).0, Admission::Parked, "the rest wait for the probe");
+        // The probe fails again: the wait doubles.
+        let _ = t.finished(b"a.example", true, "Unreachable: timeout", 160);
+        assert!(t.report().starts_with("a.example 2 280 2 "), "{}", t.report());
+        // The next probe gets through: what is parked is released, up to the limit.
+        assert_eq!(t.due(280), vec![3]);
+        assert_eq!(t.admit(b"a.example", 3, 280).0, Admission::Go);
+        let released = t.finished(b"a.example", false, "", 281);
+        assert_eq!(released, vec![4]);
+        assert_eq!(t.report(), "");
+    }
+
+    #[test]
+    fn concurrency_limit_per_destination() {
+        let mut t: Destinations<u32> = Destinations::new(1, 60, 3600);
+        assert_eq!(t.admit(b"b", 1, 0).0, Admission::Go);
+        assert_eq!(t.admit(b"b", 2, 0).0, Admission::Parked);
+        assert_eq!(t.admit(b"c", 3, 0).0, Admission::Go, "other destinations are not held up");
+        assert_eq!(t.finished(b"b", false, "", 1), vec![2]);
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let mut t: Destinations<u32> = Destinations::new(1, 60, 300);
+        for i in 0..10 {
+            let _ = t.admit(b"d", i, 0);
+            let _ = t.due(u64::MAX);
+            let _ = t.finished(b"d", true, "x", 1000);
+        }
+        assert!(t.report().contains(" 1300 "), "{}", t.report());
+    }
+}
