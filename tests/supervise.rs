@@ -29,7 +29,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 const MARKER: &str = ".made-by-quill-tests";
 
 /// The user that submits mail and receives it.
-const TEST_USER: &str = "quilltest";
+const TEST_USER: &str = "quillsvtest";
 
 /// Bounds on every wait.
 const START_WAIT: Duration = Duration::from_secs(30);
@@ -149,7 +149,8 @@ fn run(program: &str, args: &[&str]) -> std::process::Output {
 /// The user that submits and receives, with a Maildir in its home.
 fn test_user() -> (u32, u32, PathBuf) {
     if quill::admin::user_ids(TEST_USER).is_none() {
-        let out = run("useradd", &["--create-home", "--shell", "/usr/sbin/nologin", TEST_USER]);
+        let home = format!("/home/{TEST_USER}");
+        let out = run("useradd", &["--create-home", "--home-dir", &home, "--shell", "/usr/sbin/nologin", TEST_USER]);
         assert!(out.status.success(), "useradd {TEST_USER}: {}", String::from_utf8_lossy(&out.stderr));
     }
     let (uid, gid) = quill::admin::user_ids(TEST_USER).expect("test user");

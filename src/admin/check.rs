@@ -181,7 +181,7 @@ fn check_tree(list: &mut Vec<Problem>, home: &Path) {
         (home.join("users"), "root", "root", 0o755),
         (home.join("alias"), "alias", NOFILES_GROUP, 0o2755),
         (layout.queue.clone(), "quillq", QUEUE_GROUP, 0o750),
-        (layout.tmp(), "quillq", QUEUE_GROUP, 0o700),
+        (layout.tmp(), "quillq", QUEUE_GROUP, super::setup::TMP_MODE),
         (layout.todo(), "quillq", QUEUE_GROUP, 0o750),
         (layout.mess(), "quillq", QUEUE_GROUP, 0o750),
         (layout.hold(), "quillq", QUEUE_GROUP, 0o750),
@@ -193,6 +193,7 @@ fn check_tree(list: &mut Vec<Problem>, home: &Path) {
     for (path, user, group, mode) in entries.iter() {
         check_owner(list, path, user, group, *mode);
     }
+    check_message_groups(list, &layout);
     use std::os::unix::fs::FileTypeExt;
     if let Ok(meta) = std::fs::symlink_metadata(layout.trigger()) {
         if !meta.file_type().is_fifo() {
@@ -200,6 +201,29 @@ fn check_tree(list: &mut Vec<Problem>, home: &Path) {
                 list,
                 format!("{} is not a named pipe", layout.trigger().display()),
                 format!("rm {} && quill setup", shell_quote(&layout.trigger().display().to_string())),
+            );
+        }
+    }
+}
+
+/// Message files quill-send cannot read: their group is not quill (written before tmp/ had
+/// its set-group-id bit).
+fn check_message_groups(list: &mut Vec<Problem>, layout: &crate::queuefile::Layout) {
+    use std::os::unix::fs::MetadataExt;
+    let Some(gid) = group_id(QUEUE_GROUP) else { return };
+    for dir in [layout.todo(), layout.mess(), layout.hold()] {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let wrong = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.metadata().map(|m| m.gid() != gid).unwrap_or(false))
+            .take(100_000)
+            .count();
+        if wrong > 0 {
+            let shown = shell_quote(&dir.display().to_string());
+            problem(
+                list,
+                format!("{wrong} message file(s) in {} are not in group quill: quill-send cannot read them", dir.display()),
+                format!("chgrp -R quill {shown} && quill setup"),
             );
         }
     }

@@ -43,6 +43,9 @@ impl Report {
     }
 }
 
+/// The mode of `queue/tmp/` in an installation: 0700 plus set-group-id (see [`setup`]).
+pub const TMP_MODE: u32 = 0o2700;
+
 /// The links `--links` makes: (path under the link root, program in the bin directory).
 pub const LINKS: [(&str, &str); 3] =
     [("usr/sbin/sendmail", "sendmail"), ("usr/bin/mailq", "sendmail"), ("usr/sbin/newaliases", "sendmail")];
@@ -353,6 +356,10 @@ pub fn setup(options: &Options, bindir: &Path) -> Report {
         report.fail(format!("unable to create the queue under {}: {e}", home.display()));
         return report;
     }
+    // quill-queue runs setuid quillq with the caller's group; the set-group-id bit on tmp/
+    // gives each message file the group quill instead, so that quill-send (quills, group
+    // quill) can read it after the rename into todo/.
+    ensure_dir(&crate::queuefile::Layout::new(home).tmp(), quillq, quill_gid, TMP_MODE, &mut report);
     ensure_file(&crate::queuefile::Layout::new(home).sendmutex(), quills, quill_gid, 0o600, &mut report);
     ensure_dir(&home.join("users"), 0, 0, 0o755, &mut report);
     match (user_ids("alias"), group_id(NOFILES_GROUP)) {
