@@ -349,8 +349,9 @@ fn prepare(kind: Kind) -> Option<World> {
     Some(world)
 }
 
-/// Connect to the SMTP service, check the uid of the quill-smtpd serving us, say QUIT.
-fn smtp_check(port: u16) -> Result<(), String> {
+/// Connect to the SMTP service, check the uid of the quill-smtpd serving us, send one message
+/// to the test user; returns the token in its subject.
+fn smtp_check(port: u16) -> Result<String, String> {
     let connected = wait_for(START_WAIT, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
     if !connected {
         return Err(format!("nothing listens on 127.0.0.1:{port}"));
@@ -376,13 +377,43 @@ fn smtp_check(port: u16) -> Result<(), String> {
         }
     }
     let mut writer = stream;
-    writer.write_all(b"QUIT\r\n").map_err(|e| e.to_string())?;
-    let mut bye = String::new();
-    reader.read_line(&mut bye).map_err(|e| e.to_string())?;
-    if !bye.starts_with("221") {
-        return Err(format!("QUIT answered {bye:?}"));
+    // One message for the test user, without pipelining: each command and its reply.
+    let token = format!("smtp-{}-{}", std::process::id(), quill::date::now_micros().1);
+    let data = format!("Subject: {token}\r\n\r\nThrough the SMTP service.\r\n.\r\n");
+    let rcpt = format!("RCPT TO:<{TEST_USER}@localhost>\r\n");
+    let dialogue: [(&str, &str); 6] = [
+        ("EHLO test.example\r\n", "250 "),
+        ("MAIL FROM:<someone@test.example>\r\n", "250"),
+        (&rcpt, "250"),
+        ("DATA\r\n", "354"),
+        (&data, "250"),
+        ("QUIT\r\n", "221"),
+    ];
+    for (command, want) in dialogue {
+        writer.write_all(command.as_bytes()).map_err(|e| e.to_string())?;
+        // Multi-line replies ("250-…") end at the line whose code is followed by a space.
+        let mut reply = String::new();
+        for _ in 0..50 {
+            reply.clear();
+            reader.read_line(&mut reply).map_err(|e| format!("read reply to {command:?}: {e}"))?;
+            if reply.len() < 4 || reply.as_bytes()[3] != b'-' {
+                break;
+            }
+        }
+        if !reply.starts_with(want.trim_end()) {
+            return Err(format!("{command:?} answered {reply:?}"));
+        }
     }
-    Ok(())
+    Ok(token)
+}
+
+/// Wait until a message holding `token` is in the test user's Maildir.
+fn delivered(token: &str) -> bool {
+    let (_, _, user_home) = test_user();
+    let new = user_home.join("Maildir/new");
+    wait_for(DELIVERY_WAIT, || {
+        common::files(&new).iter().any(|f| std::fs::read_to_string(f).map(|t| t.contains(token)).unwrap_or(false))
+    })
 }
 
 /// Submit one message with sendmail as the test user; wait for it in the user's Maildir.
@@ -414,11 +445,11 @@ fn deliver(label: &str) -> Result<bool, String> {
     if !out.status.success() {
         return Err(format!("sendmail as {TEST_USER} failed: {}", String::from_utf8_lossy(&out.stderr)));
     }
-    let new = user_home.join("Maildir/new");
-    let found = wait_for(DELIVERY_WAIT, || {
-        common::files(&new).iter().any(|f| std::fs::read_to_string(f).map(|t| t.contains(&token)).unwrap_or(false))
-    });
-    if found { Ok(true) } else { Err(format!("the message {token} did not reach {}", new.display())) }
+    if delivered(&token) {
+        Ok(true)
+    } else {
+        Err(format!("the message {token} did not reach {}", user_home.join("Maildir/new").display()))
+    }
 }
 
 /// The log the supervisor's logger wrote, read with `quill stats`.
@@ -460,7 +491,9 @@ fn supervised(kind: Kind) {
     assert!(status.contains("quill-send") && status.contains("user quills"), "{label}: quill status:\n{status}");
 
     if let Some(port) = world.smtp_port {
-        smtp_check(port).unwrap_or_else(|e| panic!("{label}: SMTP service: {e}"));
+        test_user();
+        let token = smtp_check(port).unwrap_or_else(|e| panic!("{label}: SMTP service: {e}"));
+        assert!(delivered(&token), "{label}: the message sent by SMTP ({token}) was not delivered");
     }
 
     let delivered = deliver(label).unwrap_or_else(|e| panic!("{label}: {e}"));

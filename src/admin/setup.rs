@@ -308,11 +308,13 @@ fn links(bindir: &Path, root: &Path, report: &mut Report) {
             kept.push(".before-quill");
             let kept = PathBuf::from(kept);
             if std::fs::symlink_metadata(&kept).is_ok() {
-                // An earlier run kept the original already; what stands here now is not it.
-                if let Err(e) = std::fs::remove_file(&link) {
-                    report.fail(format!("unable to replace {}: {e}", link.display()));
-                    continue;
-                }
+                // An earlier run kept an original already: two files cannot both be kept.
+                report.fail(format!(
+                    "unable to link {}: it exists, and so does {}; move one of them away",
+                    link.display(),
+                    kept.display()
+                ));
+                continue;
             } else if let Err(e) = std::fs::rename(&link, &kept) {
                 report.fail(format!("unable to keep {} as {}: {e}", link.display(), kept.display()));
                 continue;
