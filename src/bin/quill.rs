@@ -88,7 +88,11 @@ fn help(text: &str) -> ExitCode {
 }
 
 /// Parse a subcommand's options; None after printing the usage (or the help).
-fn parse(args: &[String], opts: &getopts::Options, text: &str) -> Result<getopts::Matches, ExitCode> {
+fn parse(
+    args: &[String],
+    opts: &getopts::Options,
+    text: &str,
+) -> Result<getopts::Matches, ExitCode> {
     if args.iter().any(|a| a == "--help" || a == "-h") {
         return Err(help(text));
     }
@@ -99,11 +103,16 @@ fn parse(args: &[String], opts: &getopts::Options, text: &str) -> Result<getopts
 }
 
 fn home_of(m: &getopts::Matches) -> PathBuf {
-    let home = m.opt_str("home").map(PathBuf::from).unwrap_or_else(quill::control::home);
+    let home = m
+        .opt_str("home")
+        .map(PathBuf::from)
+        .unwrap_or_else(quill::control::home);
     if home.is_absolute() {
         return home;
     }
-    std::env::current_dir().map(|d| d.join(&home)).unwrap_or(home)
+    std::env::current_dir()
+        .map(|d| d.join(&home))
+        .unwrap_or(home)
 }
 
 fn home_options() -> getopts::Options {
@@ -125,7 +134,9 @@ fn setup(args: &[String]) -> ExitCode {
     let options = admin::setup::Options {
         home: home_of(&m),
         links: m.opt_present("links"),
-        link_root: std::env::var_os("QUILL_LINK_ROOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/")),
+        link_root: std::env::var_os("QUILL_LINK_ROOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/")),
     };
     let report = admin::setup::setup(&options, &quill::control::bindir());
     for line in &report.done {
@@ -135,7 +146,10 @@ fn setup(args: &[String]) -> ExitCode {
         quill::log::warning(line);
     }
     if report.failed.is_empty() {
-        println!("quill setup: {} is ready; run 'quill check' to confirm", options.home.display());
+        println!(
+            "quill setup: {} is ready; run 'quill check' to confirm",
+            options.home.display()
+        );
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -156,7 +170,11 @@ fn check(args: &[String]) -> ExitCode {
         println!("quill check: {}: no problems found", home.display());
         ExitCode::SUCCESS
     } else {
-        println!("quill check: {} problem{}", problems.len(), if problems.len() == 1 { "" } else { "s" });
+        println!(
+            "quill check: {} problem{}",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" }
+        );
         ExitCode::from(1)
     }
 }
@@ -195,7 +213,9 @@ fn stats(args: &[String]) -> ExitCode {
 }
 
 fn queue(args: &[String]) -> ExitCode {
-    let Some((action, rest)) = args.split_first() else { return usage(HELP_QUEUE) };
+    let Some((action, rest)) = args.split_first() else {
+        return usage(HELP_QUEUE);
+    };
     let mut opts = home_options();
     let now = quill::date::now();
     match action.as_str() {
@@ -233,7 +253,11 @@ fn queue(args: &[String]) -> ExitCode {
             for e in &errors {
                 quill::log::warning(e);
             }
-            if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(111) }
+            if errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(111)
+            }
         }
         "show" => {
             opts.optflag("", "body", "show the whole message");
@@ -241,7 +265,9 @@ fn queue(args: &[String]) -> ExitCode {
                 Ok(m) => m,
                 Err(code) => return code,
             };
-            let [id] = m.free.as_slice() else { return usage(HELP_QUEUE) };
+            let [id] = m.free.as_slice() else {
+                return usage(HELP_QUEUE);
+            };
             match admin::queue::find(&home_of(&m), id) {
                 Ok(entry) => {
                     print!("{}", admin::queue::show(&entry, now, m.opt_present("body")));
@@ -266,7 +292,9 @@ fn queue(args: &[String]) -> ExitCode {
 fn main() -> ExitCode {
     quill::log::init("quill");
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some((command, rest)) = args.split_first() else { return usage(USAGE) };
+    let Some((command, rest)) = args.split_first() else {
+        return usage(USAGE);
+    };
     match command.as_str() {
         "setup" => setup(rest),
         "check" => check(rest),
@@ -275,7 +303,9 @@ fn main() -> ExitCode {
         "queue" => queue(rest),
         "--help" | "-h" | "help" => help(USAGE),
         other => {
-            quill::log::fatal(&format!("unknown command {other:?}; the commands are setup, check, status, stats, queue"));
+            quill::log::fatal(&format!(
+                "unknown command {other:?}; the commands are setup, check, status, stats, queue"
+            ));
             usage(USAGE)
         }
     }
