@@ -452,7 +452,37 @@ pub fn setup(options: &Options, bindir: &Path) -> Report {
         quills,
         quill_group: quill_gid,
     };
-    if let Err(e) = crate::queuefile::create_tree(home, Some(owners)) {
+    // create_tree sets every mode it knows, tmp/'s set-group-id bit included away: call it
+    // only when a part is missing, so that a second run changes nothing and tmp/ is never
+    // without the bit while the system runs.
+    let layout = crate::queuefile::Layout::new(home);
+    let complete = [
+        layout.tmp(),
+        layout.todo(),
+        layout.mess(),
+        layout.hold(),
+        layout.info(),
+        layout.trigger(),
+    ]
+    .iter()
+    .chain([home.join("control")].iter())
+    .all(|p| p.exists());
+    if complete {
+        let entries = [
+            (layout.queue.clone(), quillq, 0o750),
+            (layout.todo(), quillq, 0o750),
+            (layout.mess(), quillq, 0o750),
+            (layout.hold(), quillq, 0o750),
+            (layout.info(), quills, 0o700),
+            (layout.queue.join("lock"), quillq, 0o750),
+        ];
+        for (dir, uid, mode) in entries {
+            ensure_dir(&dir, uid, quill_gid, mode, &mut report);
+        }
+        ensure_dir(&home.join("control"), 0, 0, 0o755, &mut report);
+        // The FIFO exists (checked above): only its owner and mode are put right.
+        ensure_file(&layout.trigger(), quills, quill_gid, 0o622, &mut report);
+    } else if let Err(e) = crate::queuefile::create_tree(home, Some(owners)) {
         report.fail(format!(
             "unable to create the queue under {}: {e}",
             home.display()
