@@ -170,17 +170,30 @@ fn check_accounts(list: &mut Vec<Problem>) {
     }
 }
 
+/// One line, however many files this user may not look at.
+fn not_as_this_user(list: &mut Vec<Problem>) {
+    let text = "some files cannot be checked as this user".to_string();
+    if !list.iter().any(|p| p.problem == text) {
+        problem(list, text, "run quill check as root");
+    }
+}
+
 fn check_owner(list: &mut Vec<Problem>, path: &Path, user: &str, group: &str, mode: u32) {
     let (Some((uid, _)), Some(gid)) = (user_ids(user), group_id(group)) else {
         return;
     };
     let shown = shell_quote(&path.display().to_string());
     match owner_mode(path) {
-        None => problem(
-            list,
-            format!("{} is missing", path.display()),
-            "quill setup",
-        ),
+        None => match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                not_as_this_user(list);
+            }
+            _ => problem(
+                list,
+                format!("{} is missing", path.display()),
+                "quill setup",
+            ),
+        },
         Some((u, g, m)) => {
             if (u, g) != (uid, gid) {
                 problem(
@@ -433,6 +446,11 @@ fn check_tls(list: &mut Vec<Problem>, home: &Path) {
                 fix_new.clone(),
             );
             return;
+        }
+    }
+    if let Err(e) = std::fs::File::open(&key) {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            return not_as_this_user(list);
         }
     }
     let cert_key = public_key(&["x509", "-noout", "-pubkey", "-in"], &cert);
