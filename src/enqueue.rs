@@ -220,6 +220,16 @@ pub fn commit(layout: &Layout, header: &Header, received: &[u8], mut message: Me
         .open(&name)
         .map_err(|e| create_error(qq::TMP_TROUBLE, "create file in queue/tmp", &e))?;
     let mut tmp = Tmp { name, armed: true };
+    // Root submitting into a queue that belongs to someone else (a private instance run by
+    // an ordinary user) gives the file to the queue's owner, so the stages can read it. A
+    // setuid quill-queue is never root, so this never applies to a real install.
+    if crate::sys::uids().1 == 0 {
+        let owner = std::fs::metadata(layout.tmp()).map_err(|e| Error::io_code(qq::TMP_TROUBLE, "stat queue/tmp", &e))?;
+        if owner.uid() != 0 {
+            std::os::unix::fs::fchown(&file, Some(owner.uid()), Some(owner.gid()))
+                .map_err(|e| Error::io_code(qq::TMP_TROUBLE, "chown file in queue/tmp", &e))?;
+        }
+    }
 
     let id = file.metadata().map_err(|e| Error::io_code(qq::TMP_TROUBLE, "stat file in queue/tmp", &e))?.ino();
     let encoded = header.encode();

@@ -41,4 +41,6 @@ pub mod smtpclient;
 pub mod destinations;
 pub mod enqueue;
 pub mod inject;
+pub mod tls;
+pub mod smtpd;
 pub mod admin;

@@ -507,9 +507,12 @@ impl Spawner {
         let write_too: OwnedFd = write
             .try_clone()
             .map_err(|e| temporary(format!("unable to dup a pipe: {e} (#4.3.0)")))?;
+        // QUILL_HOME is passed on (not inherited): a forward from quill-local runs quill-queue,
+        // which must write into this queue, not the compiled-in default.
         command
             .env_clear()
             .env("PATH", PATH)
+            .env("QUILL_HOME", &self.config.home)
             .stdin(Stdio::from(message))
             .stdout(Stdio::from(write))
             .stderr(Stdio::from(write_too));

@@ -1,0 +1,895 @@
+//! quill-smtpd over real loopback sockets: a tiny listener runs the real binary per connection
+//! with the socket on fd 0/1 and the UCSPI-TCP environment, QMAILQUEUE points at a script that
+//! records the message (fd 0) and envelope (fd 1). Behaviours are scripted dialogues in
+//! tests/data/*.smtp; what a script cannot say (sizes, timing, TLS, real clients) is below.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const FAKE_QUEUE: &str = r#"#!/bin/sh
+# Records one submission: fd 0 is the message, fd 1 the envelope.
+d="$QQ_DIR/$(date +%s%N).$$"
+mkdir -p "$d"
+cat > "$d/message"
+cat <&1 > "$d/envelope"
+code=0
+[ -f "$QQ_DIR/../exitcode" ] && code=$(cat "$QQ_DIR/../exitcode")
+[ "$code" = 82 ] && cat "$QQ_DIR/../reply" >&6
+echo "$code" > "$d/code"
+exit "$code"
+"#;
+
+const CHECKPASSWORD: &str = r#"#!/bin/sh
+# A checkpassword program: alice/secret is good, user tempfail fails temporarily.
+tr '\0' '\n' <&3 > "$CHECKPW_LOG.$$"
+echo "$@" > "$CHECKPW_LOG.$$.args"
+user=$(sed -n 1p "$CHECKPW_LOG.$$")
+pass=$(sed -n 2p "$CHECKPW_LOG.$$")
+[ "$user" = tempfail ] && exit 111
+[ "$user" = alice ] && [ "$pass" = secret ] && exec "$@"
+exit 1
+"#;
+
+/// What a test server is set up with.
+#[derive(Default, Clone)]
+struct Setup {
+    controls: Vec<(String, String)>,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+    queue_exit: Option<String>,
+    queue_reply: Option<String>,
+    tls: bool,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        Setup {
+            controls: vec![("me".into(), "mx.example.com".into()), ("rcpthosts".into(), "example.com\n.sub.example.org\n".into())],
+            ..Setup::default()
+        }
+    }
+    fn control(mut self, name: &str, value: &str) -> Setup {
+        self.controls.retain(|(n, _)| n != name);
+        self.controls.push((name.into(), value.into()));
+        self
+    }
+    fn env(mut self, name: &str, value: &str) -> Setup {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+    fn auth(mut self) -> Setup {
+        self.args = vec!["$CHECKPW".into()];
+        self
+    }
+}
+
+struct Server {
+    home: common::TempDir,
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    children: Arc<Mutex<Vec<Child>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Make a self-signed certificate with openssl; None (and a SKIP line) without openssl.
+fn make_certificate(dir: &Path) -> Option<()> {
+    if common::skip_without("openssl") {
+        return None;
+    }
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?;
+    status.success().then_some(())
+}
+
+impl Server {
+    /// None when the setup needs TLS and openssl is missing.
+    fn start(setup: &Setup) -> Option<Server> {
+        let controls: Vec<(&str, &str)> = setup.controls.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let home = common::home("smtpd", &controls);
+        let dir = home.path().to_path_buf();
+        std::fs::create_dir_all(dir.join("qq")).expect("qq dir");
+        for (name, text) in [("fakeqq", FAKE_QUEUE), ("checkpw", CHECKPASSWORD)] {
+            std::fs::write(dir.join(name), text).expect("write script");
+            std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        if let Some(code) = &setup.queue_exit {
+            std::fs::write(dir.join("exitcode"), code).expect("exit code");
+        }
+        if let Some(reply) = &setup.queue_reply {
+            std::fs::write(dir.join("reply"), reply).expect("reply");
+        }
+        if setup.tls {
+            make_certificate(&dir.join("control"))?;
+            std::fs::write(dir.join("control/tlscert"), "cert.pem\n").expect("tlscert");
+            std::fs::write(dir.join("control/tlskey"), dir.join("control/key.pem").to_string_lossy().as_bytes())
+                .expect("tlskey");
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let children = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, children2, setup2, dir2) = (stop.clone(), children.clone(), setup.clone(), dir.clone());
+        let thread = std::thread::spawn(move || {
+            // Bounded: the test drops the server within minutes; the loop checks `stop`.
+            for _ in 0..200_000 {
+                if stop2.load(Ordering::SeqCst) {
+                    return;
+                }
+                match listener.accept() {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nonblocking(false);
+                        let child = spawn_smtpd(&dir2, &setup2, stream, peer, addr);
+                        children2.lock().expect("lock").push(child);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Some(Server { home, addr, stop, children, thread: Some(thread) })
+    }
+
+    fn dir(&self) -> &Path {
+        self.home.path()
+    }
+
+    fn connect(&self) -> Client {
+        let stream = TcpStream::connect(self.addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        Client { stream: Box::new(stream.try_clone().expect("clone")), tcp: stream, buf: Vec::new() }
+    }
+
+    /// Messages the fake queue accepted: complete envelope and exit 0, oldest first.
+    fn queued(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut out = Vec::new();
+        for entry in common::files(&self.dir().join("qq")) {
+            let code = std::fs::read_to_string(entry.join("code")).unwrap_or_default();
+            let envelope = std::fs::read(entry.join("envelope")).unwrap_or_default();
+            if code.trim() == "0" && envelope.ends_with(b"\0\0") {
+                out.push((std::fs::read(entry.join("message")).unwrap_or_default(), envelope));
+            }
+        }
+        out
+    }
+
+    /// Pids of the quill-smtpd processes started so far.
+    fn pids(&self) -> Vec<u32> {
+        self.children.lock().expect("lock").iter().map(Child::id).collect()
+    }
+
+    /// Wait (bounded) for every session to end, then return the log.
+    fn log(&self) -> String {
+        let children = self.children.clone();
+        common::wait_for(Duration::from_secs(20), || {
+            children.lock().expect("lock").iter_mut().all(|c| matches!(c.try_wait(), Ok(Some(_))))
+        });
+        std::fs::read_to_string(self.dir().join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        for child in self.children.lock().expect("lock").iter_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn spawn_smtpd(dir: &Path, setup: &Setup, stream: TcpStream, peer: SocketAddr, local: SocketAddr) -> Child {
+    let input = OwnedFd::from(stream.try_clone().expect("clone"));
+    let output = OwnedFd::from(stream);
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("log")).expect("log");
+    let args: Vec<String> = setup
+        .args
+        .iter()
+        .map(|a| a.replace("$CHECKPW", &dir.join("checkpw").to_string_lossy()))
+        .collect();
+    let mut command = Command::new(common::bin("quill-smtpd"));
+    command
+        .args(&args)
+        .env("QUILL_HOME", dir)
+        .env("PROTO", "TCP")
+        .env("TCPREMOTEIP", peer.ip().to_string())
+        .env("TCPREMOTEPORT", peer.port().to_string())
+        .env("TCPLOCALIP", local.ip().to_string())
+        .env("TCPLOCALPORT", local.port().to_string())
+        .env("QMAILQUEUE", dir.join("fakeqq"))
+        .env("QQ_DIR", dir.join("qq"))
+        .env("CHECKPW_LOG", dir.join("checkpw.log"))
+        .env_remove("RELAYCLIENT")
+        .env_remove("DATABYTES")
+        .env_remove("SMTPS")
+        .env_remove("AUTH_INSECURE")
+        .env_remove("AUTH_REQUIRED")
+        .stdin(Stdio::from(input))
+        .stdout(Stdio::from(output))
+        .stderr(Stdio::from(log));
+    for (name, value) in &setup.env {
+        command.env(name, value);
+    }
+    command.spawn().expect("spawn quill-smtpd")
+}
+
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+struct Client {
+    stream: Box<dyn Stream>,
+    tcp: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+        self.stream.flush().expect("flush");
+    }
+
+    fn line(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                return Some(self.buf.drain(..=i).collect());
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// One whole reply (all its lines), or None at the end of the connection.
+    fn reply(&mut self) -> Option<String> {
+        let mut text = String::new();
+        loop {
+            let line = self.line()?;
+            text.push_str(&String::from_utf8_lossy(&line));
+            if line.len() < 4 || line[3] != b'-' {
+                return Some(text);
+            }
+        }
+    }
+
+    fn expect(&mut self, prefix: &str) -> String {
+        let reply = self.reply().unwrap_or_else(|| panic!("connection closed, expected {prefix}"));
+        assert!(reply.starts_with(prefix), "expected {prefix:?}, got {reply:?}");
+        reply
+    }
+
+    fn command(&mut self, line: &str, prefix: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.expect(prefix)
+    }
+
+    fn closed(&mut self) -> bool {
+        self.reply().is_none()
+    }
+
+    #[cfg(feature = "tls")]
+    /// Switch to TLS (after `220` to STARTTLS, or at once for implicit TLS).
+    fn start_tls(&mut self) {
+        assert!(self.buf.is_empty(), "unread plaintext before TLS");
+        let tcp = self.tcp.try_clone().expect("clone");
+        self.stream = Box::new(tls_client::connect(tcp));
+    }
+}
+
+#[cfg(feature = "tls")]
+mod tls_client {
+    //! A rustls client that accepts any certificate: the tests check the server's TLS, not
+    //! its certificate.
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+    use std::net::TcpStream;
+    use std::sync::Arc;
+
+    #[derive(Debug)]
+    struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+    impl ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    pub fn connect(tcp: TcpStream) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").expect("name");
+        let mut connection = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+        let mut tcp = tcp;
+        while connection.is_handshaking() {
+            connection.complete_io(&mut tcp).expect("TLS handshake");
+        }
+        rustls::StreamOwned::new(connection, tcp)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scripted dialogues
+
+/// Decode `\r \n \t \0 \\ \xHH` escapes.
+fn unescape(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 1 < bytes.len() {
+            i += 1;
+            match bytes[i] {
+                b'r' => out.push(b'\r'),
+                b'n' => out.push(b'\n'),
+                b't' => out.push(b'\t'),
+                b'0' => out.push(0),
+                b'x' if i + 2 < bytes.len() => {
+                    out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).expect("hex escape"));
+                    i += 2;
+                }
+                other => out.push(other),
+            }
+        } else {
+            out.push(bytes[i]);
+        }
+        i += 1;
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Run one dialogue file. Header lines (before the first step): `@control NAME VALUE`,
+/// `@env NAME=VALUE`, `@auth` (checkpassword on the command line), `@queue-exit N`,
+/// `@queue-reply TEXT`. Steps: `C: text` sends text+CRLF (consecutive C/R lines go out in one
+/// write: a pipelined batch), `C*N: text` sends it N times, `R: text` sends raw bytes,
+/// `S: prefix` reads one reply and checks its start, `S: closed` expects the end of the
+/// connection, `H: text` / `X: text` the last reply does / does not contain text, `Q: N`
+/// messages queued so far, `M: text` the last queued message contains text, `E: text` its
+/// envelope is exactly text, `L: text` the log contains text (checked at the end).
+/// Escapes as in [`unescape`].
+fn run_dialogue(path: &Path) -> Result<(), String> {
+    let script = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let mut setup = Setup::new();
+    let mut steps = Vec::new();
+    for (number, line) in script.lines().enumerate() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix('@') {
+            let (word, value) = rest.split_once(' ').unwrap_or((rest, ""));
+            match word {
+                "control" => {
+                    let (name, value) = value.split_once(' ').unwrap_or((value, ""));
+                    if value == "-" {
+                        setup.controls.retain(|(n, _)| n != name);
+                    } else {
+                        setup = setup.control(name, &String::from_utf8_lossy(&unescape(value)));
+                    }
+                }
+                "env" => {
+                    let (name, value) = value.split_once('=').unwrap_or((value, ""));
+                    setup = setup.env(name, value);
+                }
+                "auth" => setup = setup.auth(),
+                "tls" => setup.tls = true,
+                "queue-exit" => setup.queue_exit = Some(value.to_string()),
+                "queue-reply" => setup.queue_reply = Some(value.to_string()),
+                other => return Err(format!("line {}: unknown directive @{other}", number + 1)),
+            }
+            continue;
+        }
+        let (tag, text) = line.split_once(": ").unwrap_or((line.trim_end_matches(':'), ""));
+        steps.push((number + 1, tag.to_string(), text.to_string()));
+    }
+    let server = match Server::start(&setup) {
+        Some(s) => s,
+        None => return Ok(()),
+    };
+    let mut client = server.connect();
+    let mut batch = Vec::new();
+    let mut last = String::new();
+    let mut log_checks = Vec::new();
+    for (number, tag, text) in steps {
+        let fail = |what: String| format!("line {number}: {what}");
+        if tag != "C" && tag != "R" && !tag.starts_with("C*") && !batch.is_empty() {
+            client.send(&batch);
+            batch.clear();
+        }
+        match tag.as_str() {
+            "C" => {
+                batch.extend_from_slice(&unescape(&text));
+                batch.extend_from_slice(b"\r\n");
+            }
+            "R" => batch.extend_from_slice(&unescape(&text)),
+            t if t.starts_with("C*") => {
+                let count: usize = t[2..].parse().map_err(|_| fail("bad repeat".into()))?;
+                for _ in 0..count {
+                    batch.extend_from_slice(&unescape(&text));
+                    batch.extend_from_slice(b"\r\n");
+                }
+            }
+            "S" if text == "closed" => {
+                if let Some(reply) = client.reply() {
+                    return Err(fail(format!("expected the end of the connection, got {reply:?}")));
+                }
+            }
+            "S" => {
+                last = client.reply().ok_or_else(|| fail(format!("connection closed, expected {text:?}")))?;
+                if !last.starts_with(&text) {
+                    return Err(fail(format!("expected {text:?}, got {last:?}")));
+                }
+            }
+            "H" if !contains(last.as_bytes(), &unescape(&text)) => return Err(fail(format!("{last:?} lacks {text:?}"))),
+            "X" if contains(last.as_bytes(), &unescape(&text)) => return Err(fail(format!("{last:?} has {text:?}"))),
+            "H" | "X" => {}
+            "Q" => {
+                let want: usize = text.parse().map_err(|_| fail("bad count".into()))?;
+                let got = server.queued().len();
+                if got != want {
+                    return Err(fail(format!("{got} messages queued, expected {want}")));
+                }
+            }
+            "M" | "E" => {
+                let queued = server.queued();
+                let Some((message, envelope)) = queued.last() else {
+                    return Err(fail("nothing queued".into()));
+                };
+                let want = unescape(&text);
+                if tag == "M" && !contains(message, &want) {
+                    return Err(fail(format!("message {:?} lacks {text:?}", String::from_utf8_lossy(message))));
+                }
+                if tag == "E" && *envelope != want {
+                    return Err(fail(format!("envelope {:?}, expected {text:?}", String::from_utf8_lossy(envelope))));
+                }
+            }
+            "L" => log_checks.push((number, text)),
+            other => return Err(fail(format!("unknown step {other}"))),
+        }
+    }
+    if !batch.is_empty() {
+        client.send(&batch);
+    }
+    drop(client);
+    if !log_checks.is_empty() {
+        let log = server.log();
+        for (number, text) in log_checks {
+            if !log.contains(&text) {
+                return Err(format!("line {number}: log lacks {text:?}:\n{log}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn dialogues() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let mut files: Vec<PathBuf> = common::files(&dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "smtp")).collect();
+    files.sort();
+    assert!(!files.is_empty(), "no dialogues in {}", dir.display());
+    let mut failures = Vec::new();
+    for file in &files {
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        match run_dialogue(file) {
+            Ok(()) => eprintln!("dialogue {name}: ok"),
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} dialogues failed:\n{}", failures.len(), files.len(), failures.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a script cannot say
+
+fn status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn five_megabyte_line_is_skipped_in_bounded_memory() {
+    let server = Server::start(&Setup::new()).expect("server");
+    let mut client = server.connect();
+    client.expect("220");
+    let mut big = b"NOOP ".to_vec();
+    big.resize(5 << 20, b'A');
+    big.extend_from_slice(b"\r\nNOOP\r\n");
+    client.send(&big);
+    client.expect("500 5.5.2");
+    client.expect("250 2.0.0");
+    // The same in a message: a 5 MB line without a newline is streamed, not held.
+    client.command("EHLO test", "250");
+    client.command("MAIL FROM:<a@b.example>", "250");
+    client.command("RCPT TO:<u@example.com>", "250");
+    client.command("DATA", "354");
+    let mut body = b"Subject: big\r\n\r\n".to_vec();
+    body.resize(5 << 20, b'B');
+    body.extend_from_slice(b"\r\n.\r\n");
+    client.send(&body);
+    client.expect("250 2.0.0");
+    let pid = server.pids()[0];
+    let peak = status_kb(pid, "VmHWM:").expect("VmHWM");
+    eprintln!("quill-smtpd peak RSS after a 5 MB command line and a 5 MB message line: {peak} kB");
+    assert!(peak < 48 * 1024, "peak RSS {peak} kB");
+    client.command("QUIT", "221");
+    let queued = server.queued();
+    assert_eq!(queued.len(), 1);
+    assert!(queued[0].0.len() > 5 << 20);
+}
+
+#[test]
+fn disconnect_during_data_queues_nothing() {
+    let server = Server::start(&Setup::new()).expect("server");
+    let mut client = server.connect();
+    client.expect("220");
+    client.command("EHLO test", "250");
+    client.command("MAIL FROM:<a@b.example>", "250");
+    client.command("RCPT TO:<u@example.com>", "250");
+    client.command("DATA", "354");
+    client.send(b"Subject: cut short\r\n\r\nbody\r\n");
+    drop(client);
+    let log = server.log();
+    assert!(log.contains("messages=0 eof"), "{log}");
+    assert!(server.queued().is_empty());
+    // The queue program was started and saw the message, but no envelope. It may still be
+    // finishing: quill-smtpd does not wait for a queue program it abandoned.
+    let qq = server.dir().join("qq");
+    assert!(common::wait_for(Duration::from_secs(20), || {
+        common::files(&qq).first().is_some_and(|run| run.join("code").exists())
+    }));
+    let runs = common::files(&qq);
+    assert_eq!(runs.len(), 1);
+    assert_eq!(std::fs::read(runs[0].join("envelope")).unwrap_or_default(), b"");
+}
+
+#[test]
+fn idle_session_memory() {
+    let server = Server::start(&Setup::new()).expect("server");
+    let mut client = server.connect();
+    client.expect("220");
+    client.command("EHLO test", "250");
+    let pid = server.pids()[0];
+    let rss = status_kb(pid, "VmRSS:").expect("VmRSS");
+    eprintln!("quill-smtpd idle session RSS: {rss} kB");
+    assert!(rss < 32 * 1024, "idle RSS {rss} kB");
+    client.command("QUIT", "221");
+}
+
+#[test]
+fn slow_client_times_out() {
+    let server = Server::start(&Setup::new().control("timeoutsmtpd", "1")).expect("server");
+    let mut client = server.connect();
+    client.expect("220");
+    client.send(b"EHLO slow");
+    client.expect("421 4.4.2");
+    assert!(client.closed());
+    assert!(server.log().contains("timeout"));
+}
+
+#[test]
+fn too_many_commands_closes_session() {
+    let server = Server::start(&Setup::new()).expect("server");
+    let mut client = server.connect();
+    client.expect("220");
+    let mut batch = Vec::new();
+    for _ in 0..10_001 {
+        batch.extend_from_slice(b"NOOP\r\n");
+    }
+    let writer = {
+        let mut tcp = client.tcp.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            let _ = tcp.write_all(&batch);
+        })
+    };
+    for _ in 0..10_000 {
+        client.expect("250 2.0.0");
+    }
+    client.expect("421 4.7.0");
+    assert!(client.closed());
+    let _ = writer.join();
+    assert!(server.log().contains("too many commands"));
+}
+
+#[test]
+fn session_byte_limit() {
+    // databytes 1000 makes the session limit 64 MiB.
+    let server = Server::start(&Setup::new().control("databytes", "1000")).expect("server");
+    let mut client = server.connect();
+    client.expect("220");
+    client.command("HELO test", "250");
+    client.command("MAIL FROM:<a@b.example>", "250");
+    client.command("RCPT TO:<u@example.com>", "250");
+    client.command("DATA", "354");
+    let line = [b'x'; 998].iter().copied().chain(*b"\r\n").collect::<Vec<u8>>();
+    let mut tcp = client.tcp.try_clone().expect("clone");
+    let writer = std::thread::spawn(move || {
+        for _ in 0..70_000 {
+            if tcp.write_all(&line).is_err() {
+                return;
+            }
+        }
+    });
+    client.expect("421 4.7.0");
+    assert!(client.closed());
+    let _ = writer.join();
+    assert!(server.queued().is_empty());
+    assert!(server.log().contains("too much data"));
+}
+
+#[test]
+fn checkpassword_gets_credentials_on_fd3() {
+    let server = Server::start(&Setup::new().auth().env("AUTH_INSECURE", "1")).expect("server");
+    let mut client = server.connect();
+    client.expect("220");
+    client.command("EHLO test", "250");
+    client.command("AUTH PLAIN AGFsaWNlAHNlY3JldA==", "235 2.7.0");
+    client.command("QUIT", "221");
+    let logs: Vec<PathBuf> = common::files(server.dir())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("checkpw.log.") && !p.to_string_lossy().ends_with(".args"))
+        .collect();
+    assert_eq!(logs.len(), 1);
+    let fd3 = std::fs::read_to_string(&logs[0]).expect("fd 3 record");
+    let fields: Vec<&str> = fd3.split('\n').collect();
+    assert_eq!(&fields[..2], &["alice", "secret"]);
+    assert!(fields[2].starts_with('<') && fields[2].ends_with("@mx.example.com>"), "timestamp {:?}", fields[2]);
+    let args = std::fs::read_to_string(format!("{}.args", logs[0].display())).expect("args");
+    assert_eq!(args.trim(), "/bin/true");
+    assert!(server.log().contains("auth 127.0.0.1 user=alice ok"));
+}
+
+#[cfg(feature = "tls")]
+fn tls_setup() -> Setup {
+    let mut setup = Setup::new().auth();
+    setup.tls = true;
+    setup
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn starttls_then_auth_and_mail() {
+    let Some(server) = Server::start(&tls_setup()) else { return };
+    let mut client = server.connect();
+    client.expect("220");
+    let ehlo = client.command("EHLO test", "250");
+    assert!(ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"), "{ehlo}");
+    client.command("AUTH PLAIN AGFsaWNlAHNlY3JldA==", "538 5.7.11");
+    client.command("STARTTLS", "220 2.0.0");
+    client.start_tls();
+    client.command("MAIL FROM:<a@b.example>", "503 5.5.1");
+    let ehlo = client.command("EHLO test", "250");
+    assert!(!ehlo.contains("STARTTLS") && ehlo.contains("AUTH PLAIN LOGIN"), "{ehlo}");
+    client.command("STARTTLS", "503");
+    client.command("AUTH LOGIN", "334 VXNlcm5hbWU6");
+    client.command("YWxpY2U=", "334 UGFzc3dvcmQ6");
+    client.command("c2VjcmV0", "235 2.7.0");
+    client.command("MAIL FROM:<alice@example.com>", "250");
+    client.command("RCPT TO:<someone@elsewhere.example>", "250");
+    client.command("DATA", "354");
+    client.send(b"Subject: over TLS\r\n\r\nhello\r\n.\r\n");
+    client.expect("250 2.0.0");
+    client.command("QUIT", "221");
+    let queued = server.queued();
+    assert_eq!(queued.len(), 1);
+    let message = String::from_utf8_lossy(&queued[0].0).into_owned();
+    assert!(message.starts_with("Received: from test ([127.0.0.1])\n\tby mx.example.com (quill) with ESMTPSA (TLSv1.3 TLS13_"), "{message}");
+    assert!(message.contains("authenticated as alice)"), "{message}");
+    let log = server.log();
+    assert!(log.contains("tls=TLSv1.3:") && log.contains("auth=alice"), "{log}");
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn starttls_discards_pipelined_plaintext() {
+    let Some(server) = Server::start(&tls_setup()) else { return };
+    let mut client = server.connect();
+    client.expect("220");
+    client.command("EHLO test", "250");
+    client.command("MAIL FROM:<a@b.example>", "250");
+    // The injected commands travel in the same packet as STARTTLS: if the server kept them,
+    // they would run inside the TLS session.
+    client.send(b"STARTTLS\r\nRSET\r\nEHLO injected\r\nMAIL FROM:<evil@evil.example>\r\n");
+    client.expect("220 2.0.0");
+    client.start_tls();
+    // The first reply inside TLS answers our NOOP, not an injected command.
+    client.command("NOOP", "250 2.0.0 ok");
+    client.command("RCPT TO:<u@example.com>", "503 5.5.1");
+    client.command("MAIL FROM:<a@b.example>", "503 5.5.1");
+    client.command("QUIT", "221");
+    assert!(server.log().contains("discarded"));
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn implicit_tls() {
+    let Some(server) = Server::start(&tls_setup().env("SMTPS", "1")) else { return };
+    let mut client = server.connect();
+    client.start_tls();
+    client.expect("220 mx.example.com ESMTP");
+    let ehlo = client.command("EHLO test", "250");
+    let rss = status_kb(server.pids()[0], "VmRSS:").expect("VmRSS");
+    eprintln!("quill-smtpd idle TLS session RSS: {rss} kB");
+    assert!(!ehlo.contains("STARTTLS") && ehlo.contains("AUTH PLAIN LOGIN"), "{ehlo}");
+    client.command("QUIT", "221");
+}
+
+#[test]
+fn broken_certificate_means_no_starttls() {
+    let server = Server::start(&Setup::new().control("tlscert", "/nonexistent/cert.pem")).expect("server");
+    let mut client = server.connect();
+    client.expect("220");
+    let ehlo = client.command("EHLO test", "250");
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    client.command("STARTTLS", "454 4.7.0");
+    client.command("QUIT", "221");
+    assert!(server.log().contains("STARTTLS is not offered"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real clients
+
+#[cfg(feature = "tls")]
+fn swaks(server: &Server, extra: &[&str]) -> std::process::Output {
+    Command::new("swaks")
+        .args(["--server", &server.addr.to_string(), "--from", "sender@b.example", "--to", "u@example.com"])
+        .args(["--helo", "swaks.test", "--timeout", "20"])
+        .args(extra)
+        .output()
+        .expect("run swaks")
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn swaks_client() {
+    if common::skip_without("swaks") {
+        return;
+    }
+    let Some(server) = Server::start(&tls_setup()) else { return };
+    let runs: [&[&str]; 4] = [
+        &[],
+        &["--pipeline"],
+        &["--tls"],
+        &["--tls", "--auth", "LOGIN", "--auth-user", "alice", "--auth-password", "secret", "--to", "x@elsewhere.example"],
+    ];
+    for (n, extra) in runs.iter().enumerate() {
+        let out = swaks(&server, extra);
+        assert!(out.status.success(), "swaks {extra:?}: {}", String::from_utf8_lossy(&out.stdout));
+        assert_eq!(server.queued().len(), n + 1, "swaks {extra:?}");
+    }
+    let out = swaks(&server, &["--tls", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "wrong"]);
+    assert!(!out.status.success());
+    let out = swaks(&server, &["--to", "x@elsewhere.example"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("550 5.7.1"));
+    assert_eq!(server.queued().len(), 4);
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn python_smtplib_client() {
+    if common::skip_without("python3") {
+        return;
+    }
+    let Some(server) = Server::start(&tls_setup()) else { return };
+    let script = r#"
+import smtplib, ssl, sys
+port = int(sys.argv[1])
+s = smtplib.SMTP('127.0.0.1', port, timeout=20)
+s.ehlo('py.test')
+assert s.has_extn('starttls') and s.has_extn('pipelining') and s.has_extn('smtputf8')
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+s.starttls(context=ctx)
+s.ehlo('py.test')
+s.login('alice', 'secret')
+refused = s.sendmail('a@b.example', ['u@example.com', 'v@elsewhere.example'], 'Subject: py\r\n\r\n.leading dot\r\nbody\r\n')
+assert refused == {}, refused
+s.quit()
+s = smtplib.SMTP('127.0.0.1', port, timeout=20)
+try:
+    s.sendmail('a@b.example', ['v@elsewhere.example'], 'Subject: no\r\n\r\nx\r\n')
+    sys.exit('relayed without auth')
+except smtplib.SMTPRecipientsRefused as e:
+    assert e.recipients['v@elsewhere.example'][0] == 550
+s.quit()
+print('ok')
+"#;
+    let out = Command::new("python3").arg("-c").arg(script).arg(server.addr.port().to_string()).output().expect("python3");
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let queued = server.queued();
+    assert_eq!(queued.len(), 1);
+    assert!(String::from_utf8_lossy(&queued[0].0).contains("\n.leading dot\nbody\n"));
+    assert_eq!(queued[0].1, b"Fa@b.example\0Tu@example.com\0Tv@elsewhere.example\0\0");
+}
+
+/// Unknown local recipients are refused at RCPT time (no backscatter): the same lookup as
+/// quill-lspawn (aliases, users/assign.db, passwd) and the dot files quill-local would read.
+#[test]
+fn unknown_local_recipients_are_refused_at_rcpt() {
+    let setup = Setup::new()
+        .control("locals", "example.com\n")
+        .control("aliases", "control/aliasfile")
+        .control("aliasfile", "known: someone@elsewhere.example\n");
+    let server = Server::start(&setup).expect("server");
+    let home = server.home.path();
+    let mailbox = home.join("box");
+    std::fs::create_dir_all(&mailbox).expect("mkdir");
+    std::fs::write(mailbox.join(".qmail-list"), "./Maildir/\n").expect("write");
+    std::fs::write(mailbox.join(".qmail-list-sub-default"), "./Maildir/\n").expect("write");
+    let (uid, gid) = (quill::sys::uids().0, quill::sys::gid());
+    let assign = format!(
+        "=list:u:{uid}:{gid}:{0}:-:list:\n+list-:u:{uid}:{gid}:{0}:-:list-:\n.\n",
+        mailbox.display()
+    );
+    std::fs::create_dir_all(home.join("users")).expect("mkdir");
+    let db = quill::users::compile_assign(assign.as_bytes()).expect("compile assign");
+    std::fs::write(home.join("users/assign.db"), db).expect("write assign.db");
+
+    let mut client = server.connect();
+    client.expect("220");
+    client.command("EHLO test", "250");
+    client.command("MAIL FROM:<a@b.example>", "250");
+    client.command("RCPT TO:<known@example.com>", "250 2.1.5");
+    client.command("RCPT TO:<list@example.com>", "250 2.1.5");
+    client.command("RCPT TO:<LIST-sub-anything@example.com>", "250 2.1.5");
+    client.command("RCPT TO:<list-nope@example.com>", "550 5.1.1");
+    client.command("RCPT TO:<\"list-../x\"@example.com>", "550 5.1.1");
+    // A domain we are only a backup MX for (in rcpthosts, not local) is not ours to judge.
+    client.command("RCPT TO:<whoever@a.sub.example.org>", "250 2.1.5");
+    client.command("QUIT", "221");
+}
