@@ -213,6 +213,32 @@ fn test_user() -> (u32, u32, PathBuf) {
     (uid, gid, home)
 }
 
+/// `quill setup` makes the built quill-queue setuid quillq, and a setuid quill-queue ignores
+/// QUILL_HOME: the other test programs, which run it on temporary homes, would then write to
+/// the compiled-in home. This puts the owner and mode back when the test ends.
+struct RestoreQueueProgram {
+    path: std::path::PathBuf,
+    saved: Option<(u32, u32, u32)>,
+}
+
+impl RestoreQueueProgram {
+    fn new() -> RestoreQueueProgram {
+        let path = common::bin("quill-queue");
+        let saved = quill::admin::owner_mode(&path);
+        RestoreQueueProgram { path, saved }
+    }
+}
+
+impl Drop for RestoreQueueProgram {
+    fn drop(&mut self) {
+        if let Some((uid, gid, mode)) = self.saved {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::os::unix::fs::chown(&self.path, Some(uid), Some(gid));
+            let _ = std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(mode));
+        }
+    }
+}
+
 /// A running supervisor and what it was started on.
 struct World {
     kind: Kind,
@@ -220,6 +246,8 @@ struct World {
     supervisors: Vec<Child>,
     smtp_port: Option<u16>,
     stopped: bool,
+    /// Dropped after everything above: the stages are gone before quill-queue changes back.
+    _restore: RestoreQueueProgram,
 }
 
 impl World {
@@ -405,6 +433,7 @@ fn prepare(kind: Kind) -> Option<World> {
             let _ = std::fs::remove_file(file);
         }
     }
+    let restore = RestoreQueueProgram::new();
     let out = Command::new(bin("quill"))
         .args(["setup", "--home"])
         .arg(&home)
@@ -467,6 +496,7 @@ fn prepare(kind: Kind) -> Option<World> {
         supervisors: Vec::new(),
         smtp_port,
         stopped: false,
+        _restore: restore,
     };
     world.start();
     Some(world)
