@@ -3,6 +3,7 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 BINDIR = $(DESTDIR)$(PREFIX)/bin
 MANDIR = $(DESTDIR)$(PREFIX)/share/man
+SHAREDIR = $(DESTDIR)$(PREFIX)/share/quill
 CARGO ?= cargo
 RUN_DIR ?= $(CURDIR)/run
 RUN_LISTEN ?= 127.0.0.1:2525
@@ -34,13 +35,20 @@ check:
 	$(MAKE) test
 
 install: all
-	install -d $(BINDIR) $(MANDIR)/man1 $(MANDIR)/man5 $(MANDIR)/man8
+	install -d $(BINDIR) $(MANDIR)/man1 $(MANDIR)/man5 $(MANDIR)/man8 $(SHAREDIR)
 	for p in $(PROGRAMS); do install -m 0755 target/release/$$p $(BINDIR)/$$p; done
-	for m in doc/*.1; do [ -e "$$m" ] && install -m 0644 $$m $(MANDIR)/man1/ || true; done
-	for m in doc/*.5; do [ -e "$$m" ] && install -m 0644 $$m $(MANDIR)/man5/ || true; done
-	for m in doc/*.8; do [ -e "$$m" ] && install -m 0644 $$m $(MANDIR)/man8/ || true; done
-	@echo "quill-queue must be setuid quillq: run 'quill setup' as root, or"
-	@echo "  chown quillq $(BINDIR)/quill-queue && chmod 4711 $(BINDIR)/quill-queue"
+	for s in 1 5 8; do for m in doc/*.$$s; do [ -e "$$m" ] && install -m 0644 $$m $(MANDIR)/man$$s/ || true; done; done
+	cp -R conf-examples/. $(SHAREDIR)/
+	chmod -R u+rwX,go+rX,go-w $(SHAREDIR)
+	@# quill-queue is setuid quillq (mode 4711) so that any local user can submit mail. That
+	@# needs root and the user; otherwise 'quill setup' (as root) does it later.
+	@if [ "$$(id -u)" = 0 ] && id quillq >/dev/null 2>&1; then \
+		group=$$(getent group quill >/dev/null && echo :quill); \
+		chown quillq$$group $(BINDIR)/quill-queue && chmod 4711 $(BINDIR)/quill-queue && \
+		echo "quill-queue: setuid quillq"; \
+	else \
+		echo "quill-queue is not setuid yet: run 'quill setup' as root (it creates the users and sets it)"; \
+	fi
 
 clean:
 	$(CARGO) clean

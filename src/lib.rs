@@ -43,3 +43,4 @@ pub mod enqueue;
 pub mod inject;
 pub mod tls;
 pub mod smtpd;
+pub mod admin;

@@ -1,0 +1,628 @@
+//! `quill check`: look at a Quill home and the programs the way the mail system will, and
+//! for each thing that is wrong say what it is and which command fixes it. Only reads.
+#![forbid(unsafe_code)]
+
+use super::{
+    group_id, group_name, owner_mode, shell_quote, user_ids, user_name, ACCOUNTS, NOFILES_GROUP,
+    QUEUE_GROUP,
+};
+use crate::control::Control;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// One thing that is wrong, and the command that fixes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// What is wrong, in one line.
+    pub problem: String,
+    /// A command (or an instruction) that fixes it.
+    pub fix: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}; fix: {}", self.problem, self.fix)
+    }
+}
+
+fn problem(list: &mut Vec<Problem>, problem: String, fix: impl Into<String>) {
+    list.push(Problem {
+        problem,
+        fix: fix.into(),
+    });
+}
+
+/// Control files that hold one number.
+pub const NUMBER_FILES: [&str; 10] = [
+    "databytes",
+    "concurrencylocal",
+    "concurrencyremote",
+    "concurrencyincoming",
+    "queuelifetime",
+    "timeoutsmtpd",
+    "timeoutremote",
+    "timeoutconnect",
+    "maxrcpt",
+    "bouncemaxbytes",
+];
+
+/// Control files that hold one domain name.
+pub const DOMAIN_FILES: [&str; 10] = [
+    "me",
+    "defaultdomain",
+    "defaulthost",
+    "plusdomain",
+    "idhost",
+    "helohost",
+    "bouncehost",
+    "doublebouncehost",
+    "envnoathost",
+    "localiphost",
+];
+
+/// Control files that list domains, one a line (a leading dot means "every subdomain").
+pub const DOMAIN_LIST_FILES: [&str; 2] = ["locals", "rcpthosts"];
+
+/// A host name or domain: dot-separated labels of letters, digits and hyphens (and
+/// underscores, which some zones use), no empty label, at most 253 bytes. A literal
+/// `[1.2.3.4]` also counts.
+pub fn looks_like_domain(text: &[u8]) -> bool {
+    if text.first() == Some(&b'[') {
+        return text.last() == Some(&b']') && text.len() > 2;
+    }
+    let text = text.strip_suffix(b".").unwrap_or(text);
+    !text.is_empty()
+        && text.len() <= 253
+        && text.split(|&b| b == b'.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.first() != Some(&b'-')
+                && label.last() != Some(&b'-')
+                && label
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b >= 0x80)
+        })
+}
+
+/// A domain-list entry: a domain, or `.domain` for its subdomains.
+fn looks_like_list_entry(entry: &[u8]) -> bool {
+    looks_like_domain(entry.strip_prefix(b".").unwrap_or(entry))
+}
+
+/// Check one `smtproutes` line: `domain:relay[:port]`, where domain may be empty (every
+/// domain) or `.suffix`, relay may be empty (use MX), a host name or `[address]`.
+pub fn smtproute_line(line: &[u8]) -> Result<(), &'static str> {
+    let text = std::str::from_utf8(line).map_err(|_| "not UTF-8")?;
+    let (domain, rest) = text
+        .split_once(':')
+        .ok_or("no colon: expected domain:relay[:port]")?;
+    if !domain.is_empty() && !looks_like_list_entry(domain.as_bytes()) {
+        return Err("the domain is not a domain");
+    }
+    let (relay, port) = if let Some(inner) = rest.strip_prefix('[') {
+        let close = inner.find(']').ok_or("unclosed [ in the relay")?;
+        let after = &inner[close + 1..];
+        (&rest[..close + 2], after.strip_prefix(':'))
+    } else {
+        match rest.split_once(':') {
+            Some((relay, port)) => (relay, Some(port)),
+            None => (rest, None),
+        }
+    };
+    if !relay.is_empty() && !looks_like_domain(relay.as_bytes()) {
+        return Err("the relay is not a host name or [address]");
+    }
+    if let Some(port) = port {
+        match port.parse::<u32>() {
+            Ok(p) if (1..=65535).contains(&p) => {}
+            _ => return Err("the port is not a number from 1 to 65535"),
+        }
+    }
+    Ok(())
+}
+
+/// Check one `virtualdomains` line: `domain:prepend`, `user@domain:prepend`, `.suffix:prepend`
+/// or `:prepend` (every domain). Returns the domain part (empty for the catch-all).
+pub fn virtualdomain_line(line: &[u8]) -> Result<Vec<u8>, &'static str> {
+    let colon = memchr::memchr(b':', line).ok_or("no colon: expected domain:prepend")?;
+    let (key, prepend) = (&line[..colon], &line[colon + 1..]);
+    if prepend.is_empty() {
+        return Err("nothing after the colon");
+    }
+    if key.is_empty() {
+        return Ok(Vec::new());
+    }
+    let domain = match memchr::memrchr(b'@', key) {
+        Some(at) => &key[at + 1..],
+        None => key,
+    };
+    if !looks_like_list_entry(domain) {
+        return Err("the domain is not a domain");
+    }
+    Ok(crate::address::normal_domain(domain))
+}
+
+fn check_accounts(list: &mut Vec<Problem>) {
+    for group in [QUEUE_GROUP, NOFILES_GROUP] {
+        if group_id(group).is_none() {
+            problem(list, format!("group {group} does not exist"), "quill setup");
+        }
+    }
+    for account in ACCOUNTS.iter() {
+        match (user_ids(account.name), group_id(account.group)) {
+            (None, _) => problem(
+                list,
+                format!("user {} ({}) does not exist", account.name, account.role),
+                "quill setup",
+            ),
+            (Some((_, gid)), Some(want)) if gid != want => problem(
+                list,
+                format!(
+                    "user {} has primary group {}, not {}",
+                    account.name,
+                    group_name(gid),
+                    account.group
+                ),
+                format!("usermod -g {} {}", account.group, account.name),
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// One line, however many files this user may not look at.
+fn not_as_this_user(list: &mut Vec<Problem>) {
+    let text = "some files cannot be checked as this user".to_string();
+    if !list.iter().any(|p| p.problem == text) {
+        problem(list, text, "run quill check as root");
+    }
+}
+
+fn check_owner(list: &mut Vec<Problem>, path: &Path, user: &str, group: &str, mode: u32) {
+    let (Some((uid, _)), Some(gid)) = (user_ids(user), group_id(group)) else {
+        return;
+    };
+    let shown = shell_quote(&path.display().to_string());
+    match owner_mode(path) {
+        None => match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                not_as_this_user(list);
+            }
+            _ => problem(
+                list,
+                format!("{} is missing", path.display()),
+                "quill setup",
+            ),
+        },
+        Some((u, g, m)) => {
+            if (u, g) != (uid, gid) {
+                problem(
+                    list,
+                    format!(
+                        "{} belongs to {}:{}, not {user}:{group}",
+                        path.display(),
+                        user_name(u),
+                        group_name(g)
+                    ),
+                    format!("chown {user}:{group} {shown} && chmod {mode:o} {shown}"),
+                );
+            } else if m != mode {
+                problem(
+                    list,
+                    format!("{} has mode {m:o}, not {mode:o}", path.display()),
+                    format!("chmod {mode:o} {shown}"),
+                );
+            }
+        }
+    }
+}
+
+fn check_tree(list: &mut Vec<Problem>, home: &Path) {
+    let layout = crate::queuefile::Layout::new(home);
+    if !home.is_dir() {
+        problem(
+            list,
+            format!("the Quill home {} does not exist", home.display()),
+            format!(
+                "quill setup --home {}",
+                shell_quote(&home.display().to_string())
+            ),
+        );
+        return;
+    }
+    let entries: [(PathBuf, &str, &str, u32); 12] = [
+        (home.join("control"), "root", "root", 0o755),
+        (home.join("users"), "root", "root", 0o755),
+        (home.join("alias"), "alias", NOFILES_GROUP, 0o2755),
+        (layout.queue.clone(), "quillq", QUEUE_GROUP, 0o750),
+        (layout.tmp(), "quillq", QUEUE_GROUP, super::setup::TMP_MODE),
+        (layout.todo(), "quillq", QUEUE_GROUP, 0o750),
+        (layout.mess(), "quillq", QUEUE_GROUP, 0o750),
+        (layout.hold(), "quillq", QUEUE_GROUP, 0o750),
+        (layout.info(), "quills", QUEUE_GROUP, 0o700),
+        (layout.queue.join("lock"), "quillq", QUEUE_GROUP, 0o750),
+        (layout.trigger(), "quills", QUEUE_GROUP, 0o622),
+        (layout.sendmutex(), "quills", QUEUE_GROUP, 0o600),
+    ];
+    for (path, user, group, mode) in entries.iter() {
+        check_owner(list, path, user, group, *mode);
+    }
+    check_message_groups(list, &layout);
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(layout.trigger()) {
+        if !meta.file_type().is_fifo() {
+            problem(
+                list,
+                format!("{} is not a named pipe", layout.trigger().display()),
+                format!(
+                    "rm {} && quill setup",
+                    shell_quote(&layout.trigger().display().to_string())
+                ),
+            );
+        }
+    }
+}
+
+/// Message files quill-send cannot read: their group is not quill (written before tmp/ had
+/// its set-group-id bit).
+fn check_message_groups(list: &mut Vec<Problem>, layout: &crate::queuefile::Layout) {
+    use std::os::unix::fs::MetadataExt;
+    let Some(gid) = group_id(QUEUE_GROUP) else {
+        return;
+    };
+    for dir in [layout.todo(), layout.mess(), layout.hold()] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let wrong = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.metadata().map(|m| m.gid() != gid).unwrap_or(false))
+            .take(100_000)
+            .count();
+        if wrong > 0 {
+            let shown = shell_quote(&dir.display().to_string());
+            problem(
+                list,
+                format!("{wrong} message file(s) in {} are not in group quill: quill-send cannot read them", dir.display()),
+                format!("chgrp -R quill {shown} && quill setup"),
+            );
+        }
+    }
+}
+
+fn check_queue_program(list: &mut Vec<Problem>, bindir: &Path) {
+    let path = bindir.join("quill-queue");
+    if !path.exists() {
+        problem(
+            list,
+            format!("{} is missing", path.display()),
+            "make install",
+        );
+        return;
+    }
+    check_owner(list, &path, "quillq", QUEUE_GROUP, 0o4711);
+}
+
+fn check_controls(list: &mut Vec<Problem>, home: &Path) {
+    let control = Control::new(home);
+    let edit = |name: &str| format!("edit {}", control.path(name).display());
+    for name in NUMBER_FILES {
+        if let Err(e) = control.number(name, 0) {
+            problem(
+                list,
+                format!(
+                    "control/{name}: {}",
+                    e.message
+                        .trim_start_matches("unable to parse control/")
+                        .trim_start_matches(name)
+                        .trim_start_matches(": ")
+                ),
+                edit(name),
+            );
+        }
+    }
+    for name in DOMAIN_FILES {
+        match control.line(name) {
+            Ok(Some(v)) if !looks_like_domain(&v) => problem(
+                list,
+                format!(
+                    "control/{name}: {:?} is not a domain name",
+                    crate::log::safe(&v)
+                ),
+                edit(name),
+            ),
+            Err(e) => problem(
+                list,
+                e.message,
+                format!("chmod 644 {}", control.path(name).display()),
+            ),
+            _ => {}
+        }
+    }
+    if control.line("me").ok().flatten().is_none() {
+        problem(
+            list,
+            "control/me is missing: every host name defaults to it".into(),
+            "quill setup",
+        );
+    }
+    for name in DOMAIN_LIST_FILES {
+        for line in control.lines(name).unwrap_or_default() {
+            if !looks_like_list_entry(&line) {
+                problem(
+                    list,
+                    format!(
+                        "control/{name}: {:?} is not a domain name",
+                        crate::log::safe(&line)
+                    ),
+                    edit(name),
+                );
+            }
+        }
+    }
+    for line in control.lines("smtproutes").unwrap_or_default() {
+        if let Err(why) = smtproute_line(&line) {
+            problem(
+                list,
+                format!("control/smtproutes: {:?}: {why}", crate::log::safe(&line)),
+                edit("smtproutes"),
+            );
+        }
+    }
+    let mut virtual_domains = Vec::new();
+    for line in control.lines("virtualdomains").unwrap_or_default() {
+        match virtualdomain_line(&line) {
+            Ok(domain) => virtual_domains.push(domain),
+            Err(why) => problem(
+                list,
+                format!(
+                    "control/virtualdomains: {:?}: {why}",
+                    crate::log::safe(&line)
+                ),
+                edit("virtualdomains"),
+            ),
+        }
+    }
+    // Mail for a domain this host delivers must be accepted from the network first.
+    let rcpthosts: Vec<Vec<u8>> = control
+        .lines("rcpthosts")
+        .unwrap_or_default()
+        .iter()
+        .map(|d| crate::address::normal_domain(d))
+        .collect();
+    if control.read("rcpthosts").ok().flatten().is_none() {
+        problem(
+            list,
+            "control/rcpthosts is missing: quill-smtpd accepts mail for no domain".into(),
+            "quill setup",
+        );
+        return;
+    }
+    let locals = control.locals().unwrap_or_default();
+    for domain in locals
+        .iter()
+        .chain(virtual_domains.iter().filter(|d| !d.is_empty()))
+    {
+        let plain = domain.strip_prefix(b".").unwrap_or(domain);
+        if !crate::address::domain_listed(plain, &rcpthosts) && !rcpthosts.contains(domain) {
+            let name = String::from_utf8_lossy(domain);
+            problem(
+                list,
+                format!("{name} is delivered here but is not in control/rcpthosts, so SMTP clients cannot send to it"),
+                format!("echo {} >> {}", shell_quote(&name), control.path("rcpthosts").display()),
+            );
+        }
+    }
+}
+
+/// The public key of a certificate or private key, as openssl prints it; None if openssl
+/// failed (no openssl, unreadable or malformed file).
+fn public_key(args: &[&str], file: &Path) -> Option<Vec<u8>> {
+    let output = Command::new("openssl")
+        .args(args)
+        .arg(file)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if output.status.success() && !output.stdout.is_empty() {
+        Some(output.stdout)
+    } else {
+        None
+    }
+}
+
+fn check_tls(list: &mut Vec<Problem>, home: &Path) {
+    let (cert, key) = super::setup::tls_files(home);
+    let fix_new = format!("rm -f {} {} && quill setup", cert.display(), key.display());
+    for (what, path) in [("certificate", &cert), ("key", &key)] {
+        if !path.exists() {
+            problem(
+                list,
+                format!(
+                    "the TLS {what} {} is missing: STARTTLS is off",
+                    path.display()
+                ),
+                fix_new.clone(),
+            );
+            return;
+        }
+    }
+    if let Err(e) = std::fs::File::open(&key) {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            return not_as_this_user(list);
+        }
+    }
+    let cert_key = public_key(&["x509", "-noout", "-pubkey", "-in"], &cert);
+    let key_key = public_key(&["pkey", "-pubout", "-in"], &key);
+    match (cert_key, key_key) {
+        (None, _) => problem(
+            list,
+            format!(
+                "{} is not a readable PEM certificate (or openssl is missing)",
+                cert.display()
+            ),
+            fix_new,
+        ),
+        (_, None) => problem(
+            list,
+            format!(
+                "{} is not a readable PEM private key (or openssl is missing)",
+                key.display()
+            ),
+            fix_new,
+        ),
+        (Some(a), Some(b)) if a != b => problem(
+            list,
+            format!(
+                "the TLS key {} does not belong to the certificate {}",
+                key.display(),
+                cert.display()
+            ),
+            fix_new,
+        ),
+        _ => {}
+    }
+    if let (Some((quilld, _)), Some((uid, _, mode))) = (user_ids("quilld"), owner_mode(&key)) {
+        if uid != quilld && mode & 0o044 == 0 {
+            problem(
+                list,
+                format!(
+                    "quill-smtpd (user quilld) cannot read the TLS key {}",
+                    key.display()
+                ),
+                format!(
+                    "chown quilld {} && chmod 400 {}",
+                    key.display(),
+                    key.display()
+                ),
+            );
+        }
+        if mode & 0o004 != 0 {
+            problem(
+                list,
+                format!("the TLS key {} is readable by everyone", key.display()),
+                format!("chmod 400 {}", key.display()),
+            );
+        }
+    }
+}
+
+fn check_users(list: &mut Vec<Problem>, home: &Path) {
+    let (assign, db) = (
+        crate::users::assign_path(home),
+        crate::users::assign_db_path(home),
+    );
+    let Ok(source) = std::fs::metadata(&assign).and_then(|m| m.modified()) else {
+        return;
+    };
+    let compiled = std::fs::metadata(&db).and_then(|m| m.modified()).ok();
+    if compiled.is_none_or(|c| c < source) {
+        problem(
+            list,
+            format!(
+                "{} has changed since it was compiled: the change is not in effect",
+                assign.display()
+            ),
+            format!(
+                "QUILL_HOME={} quill-newu",
+                shell_quote(&home.display().to_string())
+            ),
+        );
+    }
+}
+
+fn check_aliases(list: &mut Vec<Problem>, home: &Path) {
+    let path = crate::aliases::aliases_path(&Control::new(home));
+    match std::fs::read(&path) {
+        Err(_) => problem(
+            list,
+            format!("{} is missing: no postmaster", path.display()),
+            "quill setup",
+        ),
+        Ok(text) => {
+            if let Err(e) = crate::aliases::Aliases::parse(&text) {
+                problem(
+                    list,
+                    format!("{}: {}", path.display(), e.message),
+                    format!("edit {}", path.display()),
+                );
+                return;
+            }
+            let missing = super::setup::missing_aliases(&String::from_utf8_lossy(&text));
+            if !missing.is_empty() {
+                problem(
+                    list,
+                    format!(
+                        "{} lacks {}",
+                        path.display(),
+                        missing.trim_end().replace('\n', ", ")
+                    ),
+                    "quill setup",
+                );
+            }
+        }
+    }
+}
+
+/// Every problem found in `home` and with the programs in `bindir`, in a stable order.
+pub fn check(home: &Path, bindir: &Path) -> Vec<Problem> {
+    let mut list = Vec::new();
+    check_accounts(&mut list);
+    check_tree(&mut list, home);
+    check_queue_program(&mut list, bindir);
+    check_controls(&mut list, home);
+    check_tls(&mut list, home);
+    check_users(&mut list, home);
+    check_aliases(&mut list, home);
+    list
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains() {
+        assert!(looks_like_domain(b"example.com"));
+        assert!(looks_like_domain(b"mail-1.example.com."));
+        assert!(looks_like_domain(b"localhost"));
+        assert!(looks_like_domain(b"[127.0.0.1]"));
+        assert!(!looks_like_domain(b"exa mple.com"));
+        assert!(!looks_like_domain(b"a..b"));
+        assert!(!looks_like_domain(b"-a.b"));
+        assert!(!looks_like_domain(b""));
+        assert!(looks_like_list_entry(b".example.com"));
+    }
+
+    #[test]
+    fn smtproutes() {
+        assert!(smtproute_line(b"example.com:relay.example.net").is_ok());
+        assert!(smtproute_line(b":smarthost.example.net:587").is_ok());
+        assert!(smtproute_line(b".example.com:[192.0.2.1]:2525").is_ok());
+        assert!(smtproute_line(b"[::1]example:").is_err());
+        assert!(smtproute_line(b"example.com:[2001:db8::1]:25").is_ok());
+        assert!(smtproute_line(b"example.com:").is_ok());
+        assert!(smtproute_line(b"example.com").is_err());
+        assert!(smtproute_line(b"example.com:relay:port").is_err());
+        assert!(smtproute_line(b"example.com:relay:70000").is_err());
+        assert!(smtproute_line(b"bad domain:relay").is_err());
+    }
+
+    #[test]
+    fn virtualdomains() {
+        assert_eq!(
+            virtualdomain_line(b"Example.COM:joe").unwrap(),
+            b"example.com"
+        );
+        assert_eq!(
+            virtualdomain_line(b"user@example.com:joe-x").unwrap(),
+            b"example.com"
+        );
+        assert_eq!(virtualdomain_line(b":catchall").unwrap(), b"");
+        assert!(virtualdomain_line(b".example.com:sub").is_ok());
+        assert!(virtualdomain_line(b"example.com").is_err());
+        assert!(virtualdomain_line(b"example.com:").is_err());
+    }
+}

@@ -1,0 +1,349 @@
+//! `quill queue list` and `quill queue show`: the messages waiting in `todo/`, `mess/` and
+//! `hold/`, read from their message-file headers. Read-only: changing the queue is
+//! quill-send's business (flush, hold, release, delete and bounce go through it).
+#![forbid(unsafe_code)]
+
+use crate::queuefile::{read_header, valid_id, Header, Layout};
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// One message in the queue.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The queue id (decimal inode number).
+    pub id: String,
+    /// `todo` (not picked up yet), `mess` (being delivered) or `hold`.
+    pub state: &'static str,
+    /// The message file.
+    pub path: PathBuf,
+    /// Its header: who queued it, when, the envelope.
+    pub header: Header,
+    /// Size of the message itself (without the header).
+    pub size: u64,
+    /// True when quill-send keeps retry state for it (`info/ID`).
+    pub retrying: bool,
+}
+
+/// The directories a message can be in, in the order they are listed.
+pub const STATES: [&str; 3] = ["todo", "mess", "hold"];
+
+fn state_dir(layout: &Layout, state: &str) -> PathBuf {
+    match state {
+        "todo" => layout.todo(),
+        "mess" => layout.mess(),
+        _ => layout.hold(),
+    }
+}
+
+fn load(layout: &Layout, state: &'static str, id: &str) -> Result<Entry, String> {
+    let path = state_dir(layout, state).join(id);
+    let mut file =
+        File::open(&path).map_err(|e| format!("unable to open {}: {e}", path.display()))?;
+    let (header, offset) = read_header(&mut file)
+        .map_err(|e| format!("unable to read {}: {}", path.display(), e.message))?;
+    let length = file.metadata().map(|m| m.len()).unwrap_or(0);
+    Ok(Entry {
+        id: id.to_string(),
+        state,
+        retrying: layout.info().join(id).exists(),
+        path,
+        header,
+        size: length.saturating_sub(offset),
+    })
+}
+
+/// Every message in the queue, oldest first, and a line for each file that could not be read
+/// (a directory the caller may not search says so once).
+pub fn entries(home: &Path) -> (Vec<Entry>, Vec<String>) {
+    let layout = Layout::new(home);
+    let (mut list, mut errors) = (Vec::new(), Vec::new());
+    for state in STATES {
+        let dir = state_dir(&layout, state);
+        let names = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned()),
+            Err(e) => {
+                errors.push(format!("unable to read {}: {e}{}", dir.display(), hint(&e)));
+                continue;
+            }
+        };
+        for name in names.filter(|n| valid_id(n.as_bytes())) {
+            match load(&layout, state, &name) {
+                Ok(entry) => list.push(entry),
+                // A message that left between readdir and open is not an error.
+                Err(_) if !dir.join(&name).exists() => {}
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    list.sort_by_key(|e| (e.header.time, e.id.parse::<u64>().unwrap_or(0)));
+    (list, errors)
+}
+
+fn hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        " (the queue belongs to quillq: run as root or as a member of group quill)"
+    } else {
+        ""
+    }
+}
+
+/// What `quill queue list` selects. Every criterion given must match.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Part of the sender address (case-insensitive).
+    pub sender: Option<String>,
+    /// Part of any recipient address (case-insensitive).
+    pub recipient: Option<String>,
+    /// Only messages queued at least this many seconds ago.
+    pub older_than: Option<u64>,
+    /// A recipient domain (exact, case-insensitive).
+    pub domain: Option<String>,
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    let haystack = haystack.to_ascii_lowercase();
+    let needle = needle.to_ascii_lowercase();
+    memchr::memmem::find(&haystack, needle.as_bytes()).is_some()
+}
+
+impl Filter {
+    /// True when `entry` passes every criterion, at time `now`.
+    pub fn matches(&self, entry: &Entry, now: u64) -> bool {
+        let envelope = &entry.header.envelope;
+        if let Some(s) = &self.sender {
+            if !contains(&envelope.sender, s) {
+                return false;
+            }
+        }
+        if let Some(r) = &self.recipient {
+            if !envelope.recipients.iter().any(|rcpt| contains(rcpt, r)) {
+                return false;
+            }
+        }
+        if let Some(d) = &self.domain {
+            let want = crate::address::normal_domain(d.as_bytes());
+            if !envelope
+                .recipients
+                .iter()
+                .any(|rcpt| crate::address::normal_domain(crate::address::split(rcpt).1) == want)
+            {
+                return false;
+            }
+        }
+        if let Some(age) = self.older_than {
+            if now.saturating_sub(entry.header.time) < age {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// One line per message: id, state, age, size, sender, then the recipients.
+pub fn list_line(entry: &Entry, now: u64) -> String {
+    let envelope = &entry.header.envelope;
+    let sender = if envelope.sender.is_empty() {
+        "<>".to_string()
+    } else {
+        crate::log::safe(&envelope.sender)
+    };
+    let mut recipients: Vec<String> = envelope
+        .recipients
+        .iter()
+        .take(3)
+        .map(|r| crate::log::safe(r))
+        .collect();
+    if envelope.recipients.len() > 3 {
+        recipients.push(format!("(+{} more)", envelope.recipients.len() - 3));
+    }
+    format!(
+        "{:<10} {:<4}{} {:>5} {:>8}  {} -> {}",
+        entry.id,
+        entry.state,
+        if entry.retrying { "+" } else { " " },
+        super::age(now.saturating_sub(entry.header.time)),
+        entry.size,
+        sender,
+        recipients.join(" ")
+    )
+}
+
+/// The header line of `quill queue list`.
+pub const LIST_TITLE: &str = "ID         STATE   AGE     SIZE  SENDER -> RECIPIENTS";
+
+/// The message with this id, wherever it is.
+pub fn find(home: &Path, id: &str) -> Result<Entry, String> {
+    if !valid_id(id.as_bytes()) {
+        return Err(format!(
+            "unable to find message {id:?}: a queue id is a number (see quill queue list)"
+        ));
+    }
+    let layout = Layout::new(home);
+    let mut last_error = None;
+    for state in STATES {
+        if std::fs::symlink_metadata(state_dir(&layout, state).join(id)).is_ok() {
+            match load(&layout, state, id) {
+                Ok(entry) => return Ok(entry),
+                Err(e) => last_error = Some(e),
+            }
+        } else if let Err(e) = std::fs::read_dir(state_dir(&layout, state)) {
+            last_error = Some(format!(
+                "unable to read {}: {e}{}",
+                state_dir(&layout, state).display(),
+                hint(&e)
+            ));
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        format!("unable to find message {id} in the queue: it was delivered or removed")
+    }))
+}
+
+/// The most of a message's header section `show` prints.
+pub const MAX_SHOWN_HEADER: usize = 64 * 1024;
+
+/// `quill queue show`: the envelope, the queueing facts, and the message's header section
+/// (all of the message with `body`).
+pub fn show(entry: &Entry, now: u64, body: bool) -> String {
+    let h = &entry.header;
+    let mut out = String::new();
+    let state = match entry.state {
+        "todo" => "queued, not yet picked up by quill-send",
+        "mess" if entry.retrying => "being delivered; waiting for a retry for some recipients",
+        "mess" => "being delivered",
+        _ => "held by the administrator",
+    };
+    out.push_str(&format!("id:         {}\n", entry.id));
+    out.push_str(&format!("state:      {} ({state})\n", entry.state));
+    out.push_str(&format!(
+        "queued:     {} ({} ago)\n",
+        crate::date::rfc5322(h.time),
+        super::age(now.saturating_sub(h.time))
+    ));
+    out.push_str(&format!(
+        "queued by:  uid {} ({}), quill-queue pid {}\n",
+        h.uid,
+        super::user_name(h.uid),
+        h.pid
+    ));
+    out.push_str(&format!("size:       {} bytes\n", entry.size));
+    out.push_str(&format!("file:       {}\n", entry.path.display()));
+    let sender = &h.envelope.sender;
+    out.push_str(&format!("sender:     <{}>\n", crate::log::safe(sender)));
+    for (n, rcpt) in h.envelope.recipients.iter().enumerate() {
+        out.push_str(&format!(
+            "{}<{}>\n",
+            if n == 0 {
+                "recipients: "
+            } else {
+                "            "
+            },
+            crate::log::safe(rcpt)
+        ));
+    }
+    out.push('\n');
+    let mut message = Vec::new();
+    if let Ok(mut file) = File::open(&entry.path) {
+        let mut all = Vec::new();
+        let limit = if body {
+            u64::MAX
+        } else {
+            (MAX_SHOWN_HEADER as u64) + (crate::queuefile::MAX_HEADER as u64)
+        };
+        let _ = (&mut file).take(limit).read_to_end(&mut all);
+        if let Ok((_, offset)) = Header::decode(&all) {
+            message = all[offset..].to_vec();
+        }
+    }
+    if !body {
+        if let Some(end) = memchr::memmem::find(&message, b"\n\n") {
+            message.truncate(end + 1);
+        }
+        message.truncate(MAX_SHOWN_HEADER);
+    }
+    out.push_str(&String::from_utf8_lossy(&message));
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::envelope::Envelope;
+
+    fn entry(sender: &[u8], rcpts: &[&[u8]], time: u64) -> Entry {
+        Entry {
+            id: "42".into(),
+            state: "todo",
+            path: PathBuf::from("/nonexistent"),
+            header: Header {
+                uid: 0,
+                pid: 1,
+                time,
+                envelope: Envelope {
+                    sender: sender.to_vec(),
+                    recipients: rcpts.iter().map(|r| r.to_vec()).collect(),
+                },
+            },
+            size: 10,
+            retrying: false,
+        }
+    }
+
+    #[test]
+    fn filters() {
+        let e = entry(
+            b"Alice@Example.org",
+            &[b"bob@example.com", b"carol@Other.NET"],
+            1000,
+        );
+        let all = Filter::default();
+        assert!(all.matches(&e, 1000));
+        assert!(Filter {
+            sender: Some("alice@example".into()),
+            ..all.clone()
+        }
+        .matches(&e, 1000));
+        assert!(!Filter {
+            sender: Some("bob".into()),
+            ..all.clone()
+        }
+        .matches(&e, 1000));
+        assert!(Filter {
+            recipient: Some("CAROL".into()),
+            ..all.clone()
+        }
+        .matches(&e, 1000));
+        assert!(Filter {
+            domain: Some("other.net".into()),
+            ..all.clone()
+        }
+        .matches(&e, 1000));
+        assert!(!Filter {
+            domain: Some("net".into()),
+            ..all.clone()
+        }
+        .matches(&e, 1000));
+        assert!(Filter {
+            older_than: Some(60),
+            ..all.clone()
+        }
+        .matches(&e, 1060));
+        assert!(!Filter {
+            older_than: Some(60),
+            ..all
+        }
+        .matches(&e, 1059));
+    }
+
+    #[test]
+    fn list_line_shows_the_envelope() {
+        let e = entry(b"", &[b"a@b", b"c@d", b"e@f", b"g@h"], 0);
+        let line = list_line(&e, 7200);
+        assert!(line.starts_with("42 "), "{line}");
+        assert!(line.contains("<> -> a@b c@d e@f (+1 more)"), "{line}");
+    }
+}

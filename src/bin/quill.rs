@@ -1,0 +1,312 @@
+//! quill: the administrator's front end (`setup`, `check`, `status`, `stats`, `queue`).
+//!
+//! Job: set a host up for Quill, say what is wrong with an installation and how to fix it,
+//! show what runs and what waits in the queue, summarize the logs. Only `setup` changes
+//! anything; the queue is read, never written (changing it is quill-send's business).
+//! Runs as: the administrator (`setup` needs root; `queue` and `status` see more as root).
+//! Fds: 0 log lines for `stats` when no file is named; 1 the report; 2 diagnostics.
+//! Exit: 0 success; 1 `check` found problems or `setup` could not finish a step; 100 usage;
+//! 111 a temporary failure (unreadable file). Man page: doc/quill.8.
+
+use quill::admin;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: quill COMMAND [OPTIONS]
+
+commands:
+  setup   [--home DIR] [--links]   create users, queue, control files, certificate (root)
+  check   [--home DIR]             find problems in the installation, with the fix for each
+  status  [--home DIR]             running stages and queue counts
+  stats   [LOGFILE...]             deliveries per hour, top domains and failures from the logs
+  queue   list|show ...            the messages in the queue (read-only)
+
+'quill COMMAND --help' describes one command.";
+
+const HELP_SETUP: &str = "\
+usage: quill setup [--home DIR] [--links]
+
+Make this host ready to run Quill. Needs root. Safe to run again: each step does only what
+is missing, and no file you edited is rewritten.
+  - groups quill and nofiles; users quilld quillq quills quillr quilll alias (system accounts
+    without a login shell; alias lives in HOME/alias)
+  - the queue tree under HOME (default /var/quill) with its owners and modes, users/, alias/
+  - control/me (from the host name), control/locals and control/rcpthosts if missing
+  - a self-signed TLS certificate in control/tlscert.pem and control/tlskey.pem if none
+  - postmaster, root and MAILER-DAEMON in /etc/aliases if missing (appended)
+  - quill-queue owned by quillq, mode 4711 (setuid), in the directory of this program
+
+options:
+  --home DIR  the Quill home (default: $QUILL_HOME, else /var/quill)
+  --links     also link /usr/sbin/sendmail, /usr/bin/mailq and /usr/sbin/newaliases to
+              Quill's sendmail, keeping a file already there as NAME.before-quill";
+
+const HELP_CHECK: &str = "\
+usage: quill check [--home DIR]
+
+Check users and groups, the owners and modes of the queue and of quill-queue, the syntax of
+the control files, the TLS certificate and key, that every local domain is in rcpthosts,
+that users/assign is compiled, and the aliases file. Prints one line per problem with the
+command that fixes it. Exit 0 when all is well, 1 otherwise.";
+
+const HELP_STATUS: &str = "\
+usage: quill status [--home DIR]
+
+Show which of quill-start, quill-send, quill-lspawn, quill-rspawn, quill-clean,
+quill-tcpserver and quill-smtpd run, under which users; how many files each queue directory
+holds; and the queued messages by age. With --home or QUILL_HOME only the programs of that
+home are shown (as root; other users' environments cannot be read).";
+
+const HELP_STATS: &str = "\
+usage: quill stats [LOGFILE...]
+
+Read quill-send's log (the named files, or standard input) and print deliveries, deferrals,
+failures and bounces per hour, the busiest recipient domains and the commonest failure
+reasons. Timestamps from multilog, svlogd and s6-log are understood; lines without one are
+counted under '(no time)'. Example: quill stats /var/log/quill/current";
+
+const HELP_QUEUE: &str = "\
+usage: quill queue list [--sender TEXT] [--recipient TEXT] [--domain DOMAIN] [--older-than SECS]
+       quill queue show [--body] ID
+
+list   one line per message in todo/, mess/ and hold/: id, state (+ = waiting for a retry),
+       age, size, sender and recipients; the options select (all must match)
+show   the envelope, who queued it and when, and the message's header (--body: all of it)
+
+not yet: flush, hold, release, delete and bounce need quill-send's cooperation and are not
+implemented yet.";
+
+fn usage(text: &str) -> ExitCode {
+    eprintln!("{text}");
+    ExitCode::from(100)
+}
+
+fn help(text: &str) -> ExitCode {
+    println!("{text}");
+    ExitCode::SUCCESS
+}
+
+/// Parse a subcommand's options; None after printing the usage (or the help).
+fn parse(
+    args: &[String],
+    opts: &getopts::Options,
+    text: &str,
+) -> Result<getopts::Matches, ExitCode> {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        return Err(help(text));
+    }
+    opts.parse(args).map_err(|e| {
+        quill::log::fatal(&format!("{e}"));
+        usage(text)
+    })
+}
+
+fn home_of(m: &getopts::Matches) -> PathBuf {
+    let home = m
+        .opt_str("home")
+        .map(PathBuf::from)
+        .unwrap_or_else(quill::control::home);
+    if home.is_absolute() {
+        return home;
+    }
+    std::env::current_dir()
+        .map(|d| d.join(&home))
+        .unwrap_or(home)
+}
+
+fn home_options() -> getopts::Options {
+    let mut opts = getopts::Options::new();
+    opts.optopt("", "home", "the Quill home", "DIR");
+    opts
+}
+
+fn setup(args: &[String]) -> ExitCode {
+    let mut opts = home_options();
+    opts.optflag("", "links", "link sendmail, mailq, newaliases");
+    let m = match parse(args, &opts, HELP_SETUP) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    if !m.free.is_empty() {
+        return usage(HELP_SETUP);
+    }
+    let options = admin::setup::Options {
+        home: home_of(&m),
+        links: m.opt_present("links"),
+        link_root: std::env::var_os("QUILL_LINK_ROOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/")),
+    };
+    let report = admin::setup::setup(&options, &quill::control::bindir());
+    for line in &report.done {
+        println!("quill setup: {line}");
+    }
+    for line in &report.failed {
+        quill::log::warning(line);
+    }
+    if report.failed.is_empty() {
+        println!(
+            "quill setup: {} is ready; run 'quill check' to confirm",
+            options.home.display()
+        );
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn check(args: &[String]) -> ExitCode {
+    let m = match parse(args, &home_options(), HELP_CHECK) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    let home = home_of(&m);
+    let problems = admin::check::check(&home, &quill::control::bindir());
+    for p in &problems {
+        println!("{p}");
+    }
+    if problems.is_empty() {
+        println!("quill check: {}: no problems found", home.display());
+        ExitCode::SUCCESS
+    } else {
+        println!(
+            "quill check: {} problem{}",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" }
+        );
+        ExitCode::from(1)
+    }
+}
+
+fn status(args: &[String]) -> ExitCode {
+    let m = match parse(args, &home_options(), HELP_STATUS) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    let filter = m.opt_present("home") || std::env::var_os("QUILL_HOME").is_some();
+    print!("{}", admin::status::report(&home_of(&m), filter));
+    ExitCode::SUCCESS
+}
+
+fn stats(args: &[String]) -> ExitCode {
+    let m = match parse(args, &getopts::Options::new(), HELP_STATS) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    let mut stats = admin::stats::Stats::default();
+    if m.free.is_empty() {
+        if let Err(e) = stats.read(std::io::stdin().lock()) {
+            quill::log::fatal(&format!("unable to read standard input: {e}"));
+            return ExitCode::from(111);
+        }
+    }
+    for name in &m.free {
+        let result = std::fs::File::open(name).and_then(|f| stats.read(std::io::BufReader::new(f)));
+        if let Err(e) = result {
+            quill::log::fatal(&format!("unable to read {name}: {e}"));
+            return ExitCode::from(111);
+        }
+    }
+    print!("{}", admin::stats::render(&stats));
+    ExitCode::SUCCESS
+}
+
+fn queue(args: &[String]) -> ExitCode {
+    let Some((action, rest)) = args.split_first() else {
+        return usage(HELP_QUEUE);
+    };
+    let mut opts = home_options();
+    let now = quill::date::now();
+    match action.as_str() {
+        "--help" | "-h" | "help" => help(HELP_QUEUE),
+        "list" => {
+            opts.optopt("", "sender", "part of the sender", "TEXT");
+            opts.optopt("", "recipient", "part of a recipient", "TEXT");
+            opts.optopt("", "domain", "a recipient domain", "DOMAIN");
+            opts.optopt("", "older-than", "queued at least this long ago", "SECS");
+            let m = match parse(rest, &opts, HELP_QUEUE) {
+                Ok(m) => m,
+                Err(code) => return code,
+            };
+            let older_than = match m.opt_str("older-than").map(|s| s.parse::<u64>()) {
+                None => None,
+                Some(Ok(n)) => Some(n),
+                Some(Err(_)) => {
+                    quill::log::fatal("unable to parse --older-than: give a number of seconds");
+                    return ExitCode::from(100);
+                }
+            };
+            let filter = admin::queue::Filter {
+                sender: m.opt_str("sender"),
+                recipient: m.opt_str("recipient"),
+                domain: m.opt_str("domain"),
+                older_than,
+            };
+            let (entries, errors) = admin::queue::entries(&home_of(&m));
+            let selected: Vec<_> = entries.iter().filter(|e| filter.matches(e, now)).collect();
+            println!("{}", admin::queue::LIST_TITLE);
+            for e in &selected {
+                println!("{}", admin::queue::list_line(e, now));
+            }
+            println!("{} of {} messages", selected.len(), entries.len());
+            for e in &errors {
+                quill::log::warning(e);
+            }
+            if errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(111)
+            }
+        }
+        "show" => {
+            opts.optflag("", "body", "show the whole message");
+            let m = match parse(rest, &opts, HELP_QUEUE) {
+                Ok(m) => m,
+                Err(code) => return code,
+            };
+            let [id] = m.free.as_slice() else {
+                return usage(HELP_QUEUE);
+            };
+            match admin::queue::find(&home_of(&m), id) {
+                Ok(entry) => {
+                    print!("{}", admin::queue::show(&entry, now, m.opt_present("body")));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    quill::log::fatal(&e);
+                    ExitCode::from(111)
+                }
+            }
+        }
+        "flush" | "hold" | "release" | "delete" | "bounce" => {
+            quill::log::fatal(&format!(
+                "unable to {action}: not yet implemented (it needs quill-send's cooperation); see quill queue --help"
+            ));
+            ExitCode::from(100)
+        }
+        _ => usage(HELP_QUEUE),
+    }
+}
+
+fn main() -> ExitCode {
+    quill::log::init("quill");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        return usage(USAGE);
+    };
+    match command.as_str() {
+        "setup" => setup(rest),
+        "check" => check(rest),
+        "status" => status(rest),
+        "stats" => stats(rest),
+        "queue" => queue(rest),
+        "--help" | "-h" | "help" => help(USAGE),
+        other => {
+            quill::log::fatal(&format!(
+                "unknown command {other:?}; the commands are setup, check, status, stats, queue"
+            ));
+            usage(USAGE)
+        }
+    }
+}
