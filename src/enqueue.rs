@@ -253,7 +253,7 @@ pub fn commit(layout: &Layout, header: &Header, received: &[u8], mut message: Me
 
     let todo = layout.todo();
     let target = todo.join(id.to_string());
-    std::fs::rename(&tmp.name, &target).map_err(|e| create_error(qq::TODO_TROUBLE, "move file to queue/todo", &e))?;
+    std::fs::rename(&tmp.name, &target).map_err(|e| create_error(qq::INCOMING_TROUBLE, "move file to queue/todo", &e))?;
     tmp.armed = false;
     let synced = File::open(&todo).and_then(|dir| dir.sync_all());
     if let Err(e) = synced {

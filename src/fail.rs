@@ -149,7 +149,8 @@ pub mod qq {
     pub const TMP_TROUBLE: u8 = 63;
     pub const MESS_TROUBLE: u8 = 64;
     pub const INTD_TROUBLE: u8 = 65;
-    pub const TODO_TROUBLE: u8 = 66;
+    /// Trouble with queue/todo, where committed messages wait for quill-send.
+    pub const INCOMING_TROUBLE: u8 = 66;
     pub const REMOTE_REFUSED: u8 = 71;
     pub const REMOTE_TIMEOUT: u8 = 72;
     pub const REMOTE_CONNECT: u8 = 73;
