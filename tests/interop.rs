@@ -174,8 +174,9 @@ struct Postfix {
 impl Postfix {
     /// Start a Postfix that listens on 127.0.0.1:`listen` (if given), relays everything not
     /// its own to [127.0.0.1]:`relay` (if given), and delivers mail for `domains` into the
-    /// Maildir `mail/box/`. None after a SKIP line when Postfix or root is missing.
-    fn start(tag: &str, listen: Option<u16>, relay: Option<u16>, domains: &[&str]) -> Option<Postfix> {
+    /// Maildir `mail/box/`; `extra` lines go at the end of main.cf. None after a SKIP line
+    /// when Postfix or root is missing.
+    fn start(tag: &str, listen: Option<u16>, relay: Option<u16>, domains: &[&str], extra: &[String]) -> Option<Postfix> {
         if common::skip_without("/usr/sbin/postfix") || common::skip_without("/usr/sbin/sendmail") {
             return None;
         }
@@ -223,6 +224,10 @@ impl Postfix {
         if let Some(port) = relay {
             main.push_str(&format!("relayhost = [127.0.0.1]:{port}\n"));
         }
+        for line in extra {
+            main.push_str(line);
+            main.push('\n');
+        }
         std::fs::write(base.join("conf/main.cf"), main).expect("main.cf");
         let mut master = String::new();
         if let Some(port) = listen {
@@ -249,6 +254,7 @@ impl Postfix {
             "virtual unix - n n - - virtual",
             "anvil unix - - n - 1 anvil",
             "scache unix - - n - 1 scache",
+            "tlsmgr unix - - n 1000? 1 tlsmgr",
             "postlog unix-dgram n - n - 1 postlogd",
         ] {
             master.push_str(line);
@@ -676,7 +682,7 @@ fn a_thousand_connections_from_one_address() {
 fn postfix_relays_into_quill() {
     let qport = free_port();
     let mut q = Quill::new("pf2q", Some(qport), &[], &[]);
-    let Some(pf) = Postfix::start("pf2q-postfix", None, Some(qport), &[]) else { return };
+    let Some(pf) = Postfix::start("pf2q-postfix", None, Some(qport), &[], &[]) else { return };
     q.start();
     pf.sendmail("pfuser@postfix.test", "someone@localhost", "Subject: from postfix\nX-Test-Id: pf2q\n\nrelayed by Postfix\n");
     let root = q.maildir();
@@ -705,7 +711,7 @@ fn postfix_relays_into_quill() {
 #[test]
 fn quill_relays_into_postfix_by_smtproutes() {
     let pfport = free_port();
-    let Some(pf) = Postfix::start("q2pf-postfix", Some(pfport), None, &["far.test"]) else { return };
+    let Some(pf) = Postfix::start("q2pf-postfix", Some(pfport), None, &["far.test"], &[]) else { return };
     let route = format!("far.test:[127.0.0.1]:{pfport}\n");
     let mut q = Quill::new("q2pf", None, &[], &[("smtproutes", &route), ("timeoutconnect", "5"), ("timeoutremote", "30")]);
     q.start();
@@ -736,7 +742,7 @@ fn quill_relays_into_postfix_by_mx_records() {
         return;
     };
     let pfport = free_port();
-    let Some(pf) = Postfix::start("q2pfmx-postfix", Some(pfport), None, &["far2.test"]) else { return };
+    let Some(pf) = Postfix::start("q2pfmx-postfix", Some(pfport), None, &["far2.test"], &[]) else { return };
     let route = format!("far2.test::{pfport}\n");
     let servers = format!("127.0.0.1:{}\noptions timeout:2 attempts:2\n", dns.port);
     let mut q = Quill::new(
@@ -896,4 +902,185 @@ fn smtp_sink_hard_refusal_becomes_a_bounce() {
     let text = read(&mailbox(&a.maildir(), "sender")[0]);
     let diagnostic = text.lines().find(|l| l.starts_with("Diagnostic-Code:")).unwrap_or_default();
     assert!(diagnostic.contains("Remote host said: 5"), "the Diagnostic-Code quotes smtp-sink's 5xx: {diagnostic}\n{text}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. STARTTLS both ways between Quill and Postfix, and Quill to Quill.
+
+/// A self-signed certificate and key for `name` in `dir` (cert.pem, key.pem); false after a
+/// SKIP line without openssl.
+fn self_signed(dir: &Path, name: &str) -> bool {
+    if common::skip_without("openssl") {
+        return false;
+    }
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj"])
+        .arg(format!("/CN={name}"))
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    true
+}
+
+#[test]
+fn starttls_both_ways_between_quill_and_postfix() {
+    let certs = TempDir::new("tls-certs");
+    if !self_signed(certs.path(), "postfix.test") {
+        return;
+    }
+    let (qport, pfport) = (free_port(), free_port());
+    let c = certs.path().display();
+    let extra = [
+        "smtpd_tls_security_level = may".to_string(),
+        format!("smtpd_tls_cert_file = {c}/cert.pem"),
+        format!("smtpd_tls_key_file = {c}/key.pem"),
+        "smtpd_tls_received_header = yes".to_string(),
+        // Postfix as a client insists on TLS (unverified): it fails rather than send in clear.
+        "smtp_tls_security_level = encrypt".to_string(),
+        "smtp_tls_loglevel = 1".to_string(),
+    ];
+    let Some(pf) = Postfix::start("tls-postfix", Some(pfport), Some(qport), &["far.test"], &extra) else { return };
+    let route = format!("far.test:[127.0.0.1]:{pfport}\n");
+    let mut q = Quill::new("tls", Some(qport), &[], &[("smtproutes", &route), ("timeoutconnect", "5"), ("timeoutremote", "30")]);
+    q.start();
+    assert!(q.home().join("control/tlscert").exists(), "quill-up made a certificate (openssl is installed)");
+
+    // Quill → Postfix: opportunistic TLS, so encrypted since Postfix offers STARTTLS.
+    q.sendmail(&["-i", "-f", "me@localhost", "bob@far.test"], "Subject: tls out\nX-Test-Id: tls-out\n\nsecret\n");
+    assert!(
+        wait_for(Duration::from_secs(60), || pf.delivered().len() == 1),
+        "Postfix got nothing; Quill log:\n{}\nPostfix log:\n{}",
+        tail(&q.log(), 30),
+        pf.maillog()
+    );
+    let text = read(&pf.delivered()[0]);
+    assert!(text.contains("with ESMTPS"), "Postfix received it over TLS:\n{text}");
+    assert!(
+        wait_for(Duration::from_secs(20), || deliveries(&q.log(), "success").iter().any(|l| l.contains("over TLS"))),
+        "Quill's success line says TLS; log:\n{}",
+        tail(&q.log(), 30)
+    );
+
+    // Postfix → Quill: Postfix requires TLS, and the mail arrives, so Quill's STARTTLS works.
+    pf.sendmail("pfuser@postfix.test", "someone@localhost", "Subject: tls in\nX-Test-Id: tls-in\n\nsecret too\n");
+    assert!(
+        wait_for(Duration::from_secs(60), || mailbox(&q.maildir(), "someone").len() == 1),
+        "nothing arrived; Postfix log:\n{}\nQuill log:\n{}",
+        pf.maillog(),
+        tail(&q.log(), 30)
+    );
+    let text = read(&mailbox(&q.maildir(), "someone")[0]);
+    assert!(text.contains("X-Test-Id: tls-in"), "{text}");
+    assert!(text.contains("with ESMTPS (TLS"), "quill-smtpd's Received line shows TLS:\n{text}");
+    assert!(pf.maillog().contains("TLS connection established to 127.0.0.1"), "{}", pf.maillog());
+}
+
+#[test]
+fn quill_to_quill_uses_starttls() {
+    if common::skip_without("openssl") {
+        return;
+    }
+    let bport = free_port();
+    let mut b = Quill::new("tlsq-b", Some(bport), &["b.test"], &[]);
+    b.start();
+    let route = format!("b.test:[127.0.0.1]:{bport}\n");
+    let mut a = Quill::new("tlsq-a", None, &[], &[("smtproutes", &route), ("timeoutconnect", "5"), ("timeoutremote", "30")]);
+    a.start();
+    a.sendmail(&["-i", "-f", "alice@localhost", "bob@b.test"], "Subject: tls\nX-Test-Id: tlsq\n\nover tls\n");
+    assert!(
+        wait_for(Duration::from_secs(60), || mailbox(&b.maildir(), "bob").len() == 1),
+        "B got nothing; A's log:\n{}\nB's log:\n{}",
+        tail(&a.log(), 30),
+        tail(&b.log(), 30)
+    );
+    let text = read(&mailbox(&b.maildir(), "bob")[0]);
+    assert!(text.contains("with ESMTPS (TLS"), "B's Received line shows TLS:\n{text}");
+    assert!(
+        wait_for(Duration::from_secs(20), || deliveries(&a.log(), "success").iter().any(|l| l.contains("over TLS"))),
+        "A's success line says TLS; log:\n{}",
+        tail(&a.log(), 30)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 8. The bytes survive: dots, 8-bit text, blank lines and a large body, both ways through
+// Postfix.
+
+fn awkward_body() -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(b".\n..\n.leading dot\n...three\n\nFrom the start of a line\n");
+    body.extend_from_slice("caf\u{e9} \u{fc}ber \u{263a} 8-bit\n".as_bytes());
+    body.extend_from_slice(b"trailing spaces   \n\ttab first\n\n\n");
+    for i in 0..4000 {
+        body.extend_from_slice(format!("{i:05} {}\n", "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ".repeat(1)).as_bytes());
+        if i % 500 == 0 {
+            body.extend_from_slice(b".\n");
+        }
+    }
+    body.extend_from_slice(b"last line\n");
+    body
+}
+
+/// The body of a delivered message: everything after the first empty line.
+fn body_of(message: &[u8]) -> &[u8] {
+    let at = message.windows(2).position(|w| w == b"\n\n").map(|p| p + 2).unwrap_or(message.len());
+    &message[at..]
+}
+
+fn first_difference(a: &[u8], b: &[u8]) -> String {
+    let at = a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+    let show = |v: &[u8]| String::from_utf8_lossy(&v[at.saturating_sub(40)..(at + 40).min(v.len())]).into_owned();
+    format!("lengths {} and {}, first difference at {at}: {:?} vs {:?}", a.len(), b.len(), show(a), show(b))
+}
+
+#[test]
+fn message_bytes_survive_both_ways_through_postfix() {
+    let (qport, pfport) = (free_port(), free_port());
+    let Some(pf) = Postfix::start("bytes-postfix", Some(pfport), Some(qport), &["far.test"], &[]) else { return };
+    let route = format!("far.test:[127.0.0.1]:{pfport}\n");
+    let mut q = Quill::new("bytes", Some(qport), &[], &[("smtproutes", &route), ("timeoutconnect", "5"), ("timeoutremote", "30")]);
+    q.start();
+    let body = awkward_body();
+    let mut message = b"Subject: bytes\nX-Test-Id: bytes-out\n\n".to_vec();
+    message.extend_from_slice(&body);
+
+    let out = common::run(&q.home(), "sendmail", &["-i", "-f", "me@localhost", "bob@far.test"], &message);
+    assert!(out.status.success(), "sendmail: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        wait_for(Duration::from_secs(60), || pf.delivered().len() == 1),
+        "Postfix got nothing; Quill log:\n{}\nPostfix log:\n{}",
+        tail(&q.log(), 30),
+        pf.maillog()
+    );
+    let got = std::fs::read(&pf.delivered()[0]).expect("read");
+    assert!(body_of(&got) == body.as_slice(), "Quill → Postfix changed the body: {}", first_difference(body_of(&got), &body));
+
+    let mut child = Command::new("/usr/sbin/sendmail")
+        .arg("-C")
+        .arg(pf.conf())
+        .args(["-i", "-f", "pfuser@postfix.test", "someone@localhost"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("Postfix sendmail");
+    let mut input = child.stdin.take().expect("stdin");
+    let data = b"Subject: bytes\nX-Test-Id: bytes-in\n\n".iter().chain(body.iter()).copied().collect::<Vec<u8>>();
+    let writer = std::thread::spawn(move || input.write_all(&data));
+    let out = child.wait_with_output().expect("wait");
+    let _ = writer.join();
+    assert!(out.status.success(), "Postfix sendmail: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        wait_for(Duration::from_secs(60), || mailbox(&q.maildir(), "someone").len() == 1),
+        "nothing arrived; Postfix log:\n{}\nQuill log:\n{}",
+        pf.maillog(),
+        tail(&q.log(), 30)
+    );
+    let got = std::fs::read(&mailbox(&q.maildir(), "someone")[0]).expect("read");
+    assert!(body_of(&got) == body.as_slice(), "Postfix → Quill changed the body: {}", first_difference(body_of(&got), &body));
 }
