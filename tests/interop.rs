@@ -130,13 +130,19 @@ impl Quill {
         let want = format!("QUILL_HOME={}", self.home().display());
         let mut found = Vec::new();
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
             let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or(&[]);
             if !argv0.ends_with(program.as_bytes()) {
                 continue;
             }
-            let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
+            let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+                continue;
+            };
             if environ.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
                 found.push(pid);
             }
@@ -176,7 +182,13 @@ impl Postfix {
     /// its own to [127.0.0.1]:`relay` (if given), and delivers mail for `domains` into the
     /// Maildir `mail/box/`; `extra` lines go at the end of main.cf. None after a SKIP line
     /// when Postfix or root is missing.
-    fn start(tag: &str, listen: Option<u16>, relay: Option<u16>, domains: &[&str], extra: &[String]) -> Option<Postfix> {
+    fn start(
+        tag: &str,
+        listen: Option<u16>,
+        relay: Option<u16>,
+        domains: &[&str],
+        extra: &[String],
+    ) -> Option<Postfix> {
         if common::skip_without("/usr/sbin/postfix") || common::skip_without("/usr/sbin/sendmail") {
             return None;
         }
@@ -281,7 +293,8 @@ impl Postfix {
         let master = command.spawn().expect("start Postfix master");
         let postfix = Postfix { dir, master: Some(master) };
         let up = wait_for(Duration::from_secs(20), || postfix.maillog().contains("daemon started"))
-            && listen.map_or(true, |p| wait_for(Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", p)).is_ok()));
+            && listen
+                .is_none_or(|p| wait_for(Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", p)).is_ok()));
         assert!(up, "Postfix did not start: {}\n{}", postfix.maillog(), read(&postfix.dir.path().join("master.out")));
         Some(postfix)
     }
@@ -426,7 +439,9 @@ impl Scripted {
 
 fn serve(stream: TcpStream, rcpt_reply: &str, seen: &Mutex<Vec<String>>) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let Ok(mut w) = stream.try_clone() else { return };
+    let Ok(mut w) = stream.try_clone() else {
+        return;
+    };
     let mut r = BufReader::new(stream);
     let _ = w.write_all(b"220 scripted.test ESMTP ready\r\n");
     let mut in_data = false;
@@ -548,7 +563,12 @@ fn smtp_source_500_messages_delivered_exactly_once() {
         let _ = child.kill();
     }
     let out = child.wait_with_output().expect("smtp-source");
-    assert!(finished && out.status.success(), "smtp-source: {}; log:\n{}", String::from_utf8_lossy(&out.stderr), tail(&q.log(), 40));
+    assert!(
+        finished && out.status.success(),
+        "smtp-source: {}; log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        tail(&q.log(), 40)
+    );
     let root = q.maildir();
     let count = |root: &Path| mailboxes(root).iter().map(|(_, f)| f.len()).sum::<usize>();
     assert!(
@@ -578,10 +598,16 @@ fn smtp_source_500_messages_delivered_exactly_once() {
 fn zombies_of(parent: i32) -> Vec<i32> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
         // pid (comm) state ppid …: comm may hold spaces, so split after the last ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
         let fields: Vec<&str> = rest.split_whitespace().collect();
         if fields.len() > 1 && fields[0] == "Z" && fields[1].parse() == Ok(parent) {
             found.push(pid);
@@ -593,8 +619,12 @@ fn zombies_of(parent: i32) -> Vec<i32> {
 fn children_of(parent: i32) -> usize {
     let mut n = 0;
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
         let fields: Vec<&str> = rest.split_whitespace().collect();
         if fields.len() > 1 && fields[1].parse() == Ok(parent) {
             n += 1;
@@ -641,7 +671,7 @@ fn a_thousand_connections_from_one_address() {
     eprintln!("thousand connections: {greeted} greeted, {refused} refused");
     assert_eq!(hung, 0, "{hung} connections got no line");
     assert!(other.is_empty(), "unexpected first lines: {other:?}");
-    assert!(greeted >= 1 && greeted <= 40, "{greeted} greeted: the limit did not hold");
+    assert!((1..=40).contains(&greeted), "{greeted} greeted: the limit did not hold");
     assert_eq!(greeted + refused, total);
     // A refused connection is closed by the server after its line.
     let mut refused_open = 0;
@@ -665,7 +695,12 @@ fn a_thousand_connections_from_one_address() {
         zombies_of(tcpserver)
     );
     assert_eq!(q.pids("quill-tcpserver"), vec![tcpserver], "the same quill-tcpserver still runs");
-    let sent = smtp_send(port, "a@example.org", "after@localhost", "Subject: after the storm\r\nX-Test-Id: after\r\n\r\nstill here");
+    let sent = smtp_send(
+        port,
+        "a@example.org",
+        "after@localhost",
+        "Subject: after the storm\r\nX-Test-Id: after\r\n\r\nstill here",
+    );
     assert!(sent.is_ok(), "no service after the storm: {sent:?}; log:\n{}", tail(&q.log(), 30));
     assert!(
         wait_for(Duration::from_secs(30), || mailbox(&q.maildir(), "after").len() == 1),
@@ -675,6 +710,52 @@ fn a_thousand_connections_from_one_address() {
     assert!(q.log().contains("too many connections"), "the refusals are logged");
 }
 
+/// Regression: ten clients that each reconnect as soon as their session ends (as smtp-source
+/// does) stay under the per-client limit of 20, so none may be refused. quill-tcpserver used
+/// to accept a batch of connections without reaping in between, so sessions that had ended
+/// still counted and clients were refused with 421 while only ten were connected.
+#[test]
+fn reconnecting_clients_under_the_limit_are_not_refused() {
+    let port = free_port();
+    let mut q = Quill::new("reconnect", Some(port), &[], &[]);
+    q.start();
+    let threads: Vec<_> = (0..10)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut refusals = Vec::new();
+                for _ in 0..40 {
+                    if Instant::now() > deadline {
+                        break;
+                    }
+                    let Ok(s) = TcpStream::connect(("127.0.0.1", port)) else {
+                        continue;
+                    };
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                    let Ok(mut w) = s.try_clone() else { continue };
+                    let mut r = BufReader::new(s);
+                    let greeting = reply(&mut r);
+                    if !greeting.starts_with("220") {
+                        refusals.push(greeting);
+                        continue;
+                    }
+                    let _ = w.write_all(b"QUIT\r\n");
+                    let _ = reply(&mut r);
+                }
+                refusals
+            })
+        })
+        .collect();
+    let refusals: Vec<String> = threads.into_iter().flat_map(|t| t.join().unwrap_or_default()).collect();
+    assert!(
+        refusals.is_empty(),
+        "{} sessions refused: {:?}; log:\n{}",
+        refusals.len(),
+        refusals.first(),
+        tail(&q.log(), 20)
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // 3. Postfix relays into Quill.
 
@@ -682,9 +763,15 @@ fn a_thousand_connections_from_one_address() {
 fn postfix_relays_into_quill() {
     let qport = free_port();
     let mut q = Quill::new("pf2q", Some(qport), &[], &[]);
-    let Some(pf) = Postfix::start("pf2q-postfix", None, Some(qport), &[], &[]) else { return };
+    let Some(pf) = Postfix::start("pf2q-postfix", None, Some(qport), &[], &[]) else {
+        return;
+    };
     q.start();
-    pf.sendmail("pfuser@postfix.test", "someone@localhost", "Subject: from postfix\nX-Test-Id: pf2q\n\nrelayed by Postfix\n");
+    pf.sendmail(
+        "pfuser@postfix.test",
+        "someone@localhost",
+        "Subject: from postfix\nX-Test-Id: pf2q\n\nrelayed by Postfix\n",
+    );
     let root = q.maildir();
     assert!(
         wait_for(Duration::from_secs(60), || mailbox(&root, "someone").len() == 1),
@@ -711,11 +798,17 @@ fn postfix_relays_into_quill() {
 #[test]
 fn quill_relays_into_postfix_by_smtproutes() {
     let pfport = free_port();
-    let Some(pf) = Postfix::start("q2pf-postfix", Some(pfport), None, &["far.test"], &[]) else { return };
+    let Some(pf) = Postfix::start("q2pf-postfix", Some(pfport), None, &["far.test"], &[]) else {
+        return;
+    };
     let route = format!("far.test:[127.0.0.1]:{pfport}\n");
-    let mut q = Quill::new("q2pf", None, &[], &[("smtproutes", &route), ("timeoutconnect", "5"), ("timeoutremote", "30")]);
+    let mut q =
+        Quill::new("q2pf", None, &[], &[("smtproutes", &route), ("timeoutconnect", "5"), ("timeoutremote", "30")]);
     q.start();
-    q.sendmail(&["-i", "-f", "me@localhost", "bob@far.test"], "Subject: to postfix\nX-Test-Id: q2pf\n\nhello Postfix\n");
+    q.sendmail(
+        &["-i", "-f", "me@localhost", "bob@far.test"],
+        "Subject: to postfix\nX-Test-Id: q2pf\n\nhello Postfix\n",
+    );
     assert!(
         wait_for(Duration::from_secs(60), || pf.delivered().len() == 1),
         "Postfix got nothing; Quill log:\n{}\nPostfix log:\n{}",
@@ -737,12 +830,15 @@ fn quill_relays_into_postfix_by_smtproutes() {
 /// to a loopback MX is allowed by design.
 #[test]
 fn quill_relays_into_postfix_by_mx_records() {
-    let Some(dns) = Dns::start(&["--mx-host=far2.test,mx.far2.test,10".into(), "--host-record=mx.far2.test,127.0.0.1".into()])
+    let Some(dns) =
+        Dns::start(&["--mx-host=far2.test,mx.far2.test,10".into(), "--host-record=mx.far2.test,127.0.0.1".into()])
     else {
         return;
     };
     let pfport = free_port();
-    let Some(pf) = Postfix::start("q2pfmx-postfix", Some(pfport), None, &["far2.test"], &[]) else { return };
+    let Some(pf) = Postfix::start("q2pfmx-postfix", Some(pfport), None, &["far2.test"], &[]) else {
+        return;
+    };
     let route = format!("far2.test::{pfport}\n");
     let servers = format!("127.0.0.1:{}\noptions timeout:2 attempts:2\n", dns.port);
     let mut q = Quill::new(
@@ -808,7 +904,9 @@ fn quill_to_quill_with_the_destination_down_and_back() {
     let destinations = a.home().join("queue/info/destinations");
     assert!(
         wait_for(Duration::from_secs(60), || {
-            deliveries(&a.log(), "deferral").iter().any(|l| l.split(": deferral: ").nth(1).is_some_and(|t| t.starts_with("Unreachable:")))
+            deliveries(&a.log(), "deferral")
+                .iter()
+                .any(|l| l.split(": deferral: ").nth(1).is_some_and(|t| t.starts_with("Unreachable:")))
                 && read(&destinations).contains("b.test")
         }),
         "no Unreachable deferral or no back-off; A's log:\n{}\ndestinations: {:?}",
@@ -840,7 +938,8 @@ fn quill_to_quill_with_the_destination_down_and_back() {
 fn remote_550_becomes_a_bounce_with_the_servers_text() {
     let server = Scripted::start("550 5.1.1 <nobody@c.test>: recipient unknown here (interop-550)");
     let route = format!("c.test:[127.0.0.1]:{}\n", server.port);
-    let mut a = Quill::new("bounce550", None, &[], &[("smtproutes", &route), ("timeoutconnect", "5"), ("timeoutremote", "30")]);
+    let mut a =
+        Quill::new("bounce550", None, &[], &[("smtproutes", &route), ("timeoutconnect", "5"), ("timeoutremote", "30")]);
     a.start();
     a.sendmail(&["-i", "-f", "sender@localhost", "nobody@c.test"], "Subject: will bounce\nX-Test-Id: b550\n\nx\n");
     let root = a.maildir();
@@ -889,9 +988,17 @@ fn smtp_sink_hard_refusal_becomes_a_bounce() {
         }
     }
     let _sink = Guard(command.spawn().expect("start smtp-sink"));
-    assert!(wait_for(Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_ok()), "smtp-sink did not start");
+    assert!(
+        wait_for(Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_ok()),
+        "smtp-sink did not start"
+    );
     let route = format!("c.test:[127.0.0.1]:{port}\n");
-    let mut a = Quill::new("bouncesink", None, &[], &[("smtproutes", &route), ("timeoutconnect", "5"), ("timeoutremote", "30")]);
+    let mut a = Quill::new(
+        "bouncesink",
+        None,
+        &[],
+        &[("smtproutes", &route), ("timeoutconnect", "5"), ("timeoutremote", "30")],
+    );
     a.start();
     a.sendmail(&["-i", "-f", "sender@localhost", "x@c.test"], "Subject: sink bounce\n\nx\n");
     assert!(
@@ -901,7 +1008,10 @@ fn smtp_sink_hard_refusal_becomes_a_bounce() {
     );
     let text = read(&mailbox(&a.maildir(), "sender")[0]);
     let diagnostic = text.lines().find(|l| l.starts_with("Diagnostic-Code:")).unwrap_or_default();
-    assert!(diagnostic.contains("Remote host said: 5"), "the Diagnostic-Code quotes smtp-sink's 5xx: {diagnostic}\n{text}");
+    assert!(
+        diagnostic.contains("Remote host said: 5"),
+        "the Diagnostic-Code quotes smtp-sink's 5xx: {diagnostic}\n{text}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -944,9 +1054,16 @@ fn starttls_both_ways_between_quill_and_postfix() {
         "smtp_tls_security_level = encrypt".to_string(),
         "smtp_tls_loglevel = 1".to_string(),
     ];
-    let Some(pf) = Postfix::start("tls-postfix", Some(pfport), Some(qport), &["far.test"], &extra) else { return };
+    let Some(pf) = Postfix::start("tls-postfix", Some(pfport), Some(qport), &["far.test"], &extra) else {
+        return;
+    };
     let route = format!("far.test:[127.0.0.1]:{pfport}\n");
-    let mut q = Quill::new("tls", Some(qport), &[], &[("smtproutes", &route), ("timeoutconnect", "5"), ("timeoutremote", "30")]);
+    let mut q = Quill::new(
+        "tls",
+        Some(qport),
+        &[],
+        &[("smtproutes", &route), ("timeoutconnect", "5"), ("timeoutremote", "30")],
+    );
     q.start();
     assert!(q.home().join("control/tlscert").exists(), "quill-up made a certificate (openssl is installed)");
 
@@ -989,7 +1106,8 @@ fn quill_to_quill_uses_starttls() {
     let mut b = Quill::new("tlsq-b", Some(bport), &["b.test"], &[]);
     b.start();
     let route = format!("b.test:[127.0.0.1]:{bport}\n");
-    let mut a = Quill::new("tlsq-a", None, &[], &[("smtproutes", &route), ("timeoutconnect", "5"), ("timeoutremote", "30")]);
+    let mut a =
+        Quill::new("tlsq-a", None, &[], &[("smtproutes", &route), ("timeoutconnect", "5"), ("timeoutremote", "30")]);
     a.start();
     a.sendmail(&["-i", "-f", "alice@localhost", "bob@b.test"], "Subject: tls\nX-Test-Id: tlsq\n\nover tls\n");
     assert!(
@@ -1017,7 +1135,9 @@ fn awkward_body() -> Vec<u8> {
     body.extend_from_slice("caf\u{e9} \u{fc}ber \u{263a} 8-bit\n".as_bytes());
     body.extend_from_slice(b"trailing spaces   \n\ttab first\n\n\n");
     for i in 0..4000 {
-        body.extend_from_slice(format!("{i:05} {}\n", "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ".repeat(1)).as_bytes());
+        body.extend_from_slice(
+            format!("{i:05} abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ\n").as_bytes(),
+        );
         if i % 500 == 0 {
             body.extend_from_slice(b".\n");
         }
@@ -1041,9 +1161,16 @@ fn first_difference(a: &[u8], b: &[u8]) -> String {
 #[test]
 fn message_bytes_survive_both_ways_through_postfix() {
     let (qport, pfport) = (free_port(), free_port());
-    let Some(pf) = Postfix::start("bytes-postfix", Some(pfport), Some(qport), &["far.test"], &[]) else { return };
+    let Some(pf) = Postfix::start("bytes-postfix", Some(pfport), Some(qport), &["far.test"], &[]) else {
+        return;
+    };
     let route = format!("far.test:[127.0.0.1]:{pfport}\n");
-    let mut q = Quill::new("bytes", Some(qport), &[], &[("smtproutes", &route), ("timeoutconnect", "5"), ("timeoutremote", "30")]);
+    let mut q = Quill::new(
+        "bytes",
+        Some(qport),
+        &[],
+        &[("smtproutes", &route), ("timeoutconnect", "5"), ("timeoutremote", "30")],
+    );
     q.start();
     let body = awkward_body();
     let mut message = b"Subject: bytes\nX-Test-Id: bytes-out\n\n".to_vec();
@@ -1058,7 +1185,11 @@ fn message_bytes_survive_both_ways_through_postfix() {
         pf.maillog()
     );
     let got = std::fs::read(&pf.delivered()[0]).expect("read");
-    assert!(body_of(&got) == body.as_slice(), "Quill → Postfix changed the body: {}", first_difference(body_of(&got), &body));
+    assert!(
+        body_of(&got) == body.as_slice(),
+        "Quill → Postfix changed the body: {}",
+        first_difference(body_of(&got), &body)
+    );
 
     let mut child = Command::new("/usr/sbin/sendmail")
         .arg("-C")
@@ -1082,5 +1213,134 @@ fn message_bytes_survive_both_ways_through_postfix() {
         tail(&q.log(), 30)
     );
     let got = std::fs::read(&mailbox(&q.maildir(), "someone")[0]).expect("read");
-    assert!(body_of(&got) == body.as_slice(), "Postfix → Quill changed the body: {}", first_difference(body_of(&got), &body));
+    assert!(
+        body_of(&got) == body.as_slice(),
+        "Postfix → Quill changed the body: {}",
+        first_difference(body_of(&got), &body)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 9. Postfix refuses one recipient of two: the refused one bounces with Postfix's text, the
+// other is delivered, once.
+
+#[test]
+fn postfix_refuses_one_recipient_and_quill_bounces_only_that_one() {
+    let pfport = free_port();
+    let extra = ["virtual_mailbox_maps = inline:{ bob@far.test=box/ }".to_string()];
+    let Some(pf) = Postfix::start("mixed-postfix", Some(pfport), None, &["far.test"], &extra) else {
+        return;
+    };
+    let route = format!("far.test:[127.0.0.1]:{pfport}\n");
+    let mut q =
+        Quill::new("mixed", None, &[], &[("smtproutes", &route), ("timeoutconnect", "5"), ("timeoutremote", "30")]);
+    q.start();
+    q.sendmail(
+        &["-i", "-f", "sender@localhost", "bob@far.test", "nobody@far.test"],
+        "Subject: mixed\nX-Test-Id: mixed\n\nx\n",
+    );
+    let root = q.maildir();
+    assert!(
+        wait_for(Duration::from_secs(60), || pf.delivered().len() == 1 && mailbox(&root, "sender").len() == 1),
+        "delivered {}, bounces {}; Quill log:\n{}\nPostfix log:\n{}",
+        pf.delivered().len(),
+        mailbox(&root, "sender").len(),
+        tail(&q.log(), 30),
+        pf.maillog()
+    );
+    let text = read(&pf.delivered()[0]);
+    assert!(text.contains("Delivered-To: bob@far.test") && text.contains("X-Test-Id: mixed"), "{text}");
+    let bounce = read(&mailbox(&root, "sender")[0]);
+    assert!(
+        bounce.contains("Final-Recipient: rfc822;nobody@far.test")
+            || bounce.contains("Final-Recipient: rfc822; nobody@far.test"),
+        "{bounce}"
+    );
+    assert!(
+        !bounce.contains("Final-Recipient: rfc822;bob@far.test")
+            && !bounce.contains("Final-Recipient: rfc822; bob@far.test"),
+        "{bounce}"
+    );
+    let diagnostic = bounce.lines().find(|l| l.starts_with("Diagnostic-Code:")).unwrap_or_default();
+    assert!(
+        diagnostic.contains("550 5.1.1") && diagnostic.contains("User unknown in virtual mailbox table"),
+        "{diagnostic}\n{bounce}"
+    );
+    assert!(wait_for(Duration::from_secs(20), || q.queued() == 0), "queue empty");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(pf.delivered().len(), 1, "bob got it once");
+    assert_eq!(mailbox(&root, "sender").len(), 1, "one bounce");
+}
+
+// ---------------------------------------------------------------------------------------
+// 10. Many messages, several recipients each, both ways (Postfix reuses its connections and
+// pipelines; Quill runs several deliveries at once to one destination).
+
+#[test]
+fn many_messages_with_several_recipients_both_ways() {
+    let (qport, pfport) = (free_port(), free_port());
+    let Some(pf) = Postfix::start("many-postfix", Some(pfport), Some(qport), &["far.test"], &[]) else {
+        return;
+    };
+    let route = format!("far.test:[127.0.0.1]:{pfport}\n");
+    let mut q = Quill::new(
+        "many",
+        Some(qport),
+        &[],
+        &[("smtproutes", &route), ("timeoutconnect", "5"), ("timeoutremote", "30")],
+    );
+    q.start();
+    let n = 40;
+    for i in 0..n {
+        q.sendmail(
+            &["-i", "-f", "me@localhost", "a@far.test", "b@far.test"],
+            &format!("Subject: out {i}\nX-Test-Id: out-{i}\n\nx\n"),
+        );
+        pf.sendmail("pf@postfix.test", "one@localhost", &format!("Subject: in {i}\nX-Test-Id: in-{i}\n\nx\n"));
+    }
+    // And one message for three Quill recipients, which Postfix relays in one transaction.
+    let mut child = Command::new("/usr/sbin/sendmail")
+        .arg("-C")
+        .arg(pf.conf())
+        .args(["-i", "-f", "pf@postfix.test", "x1@localhost", "x2@localhost", "x3@localhost"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("Postfix sendmail");
+    child.stdin.take().expect("stdin").write_all(b"Subject: three\nX-Test-Id: three\n\nx\n").expect("write");
+    assert!(child.wait().expect("wait").success());
+    let root = q.maildir();
+    let ids = |paths: Vec<PathBuf>| -> Vec<String> {
+        let mut v: Vec<String> = paths
+            .iter()
+            .filter_map(|f| read(f).lines().find_map(|l| l.strip_prefix("X-Test-Id: ")).map(str::to_string))
+            .collect();
+        v.sort();
+        v
+    };
+    let done = wait_for(Duration::from_secs(90), || {
+        pf.delivered().len() >= 2 * n
+            && mailbox(&root, "one").len() >= n
+            && ["x1", "x2", "x3"].iter().all(|x| mailbox(&root, x).len() == 1)
+            && q.queued() == 0
+    });
+    assert!(
+        done,
+        "Postfix has {} of {}, Quill one has {} of {n}; Quill log:\n{}\nPostfix log:\n{}",
+        pf.delivered().len(),
+        2 * n,
+        mailbox(&root, "one").len(),
+        tail(&q.log(), 20),
+        tail(&pf.maillog(), 20)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let mut want_out: Vec<String> = (0..n).flat_map(|i| [format!("out-{i}"), format!("out-{i}")]).collect();
+    want_out.sort();
+    assert_eq!(ids(pf.delivered()), want_out, "each message reached Postfix once per recipient");
+    let mut want_in: Vec<String> = (0..n).map(|i| format!("in-{i}")).collect();
+    want_in.sort();
+    assert_eq!(ids(mailbox(&root, "one")), want_in, "each message reached Quill once");
+    let deliveries_to_x = pf.maillog().matches("to=<x").count();
+    assert_eq!(deliveries_to_x, 3, "Postfix relayed the three recipients: {}", pf.maillog());
 }
