@@ -188,6 +188,11 @@ impl Server {
             return;
         }
         let client = ClientKey::of(remote.ip());
+        // Children that ended since the last SIGCHLD was handled (a batch of accepts runs
+        // without reaping) still count: collect them before refusing anyone.
+        if self.table.check(client).is_err() {
+            reap(self);
+        }
         if let Err(over) = self.table.check(client) {
             let why = match over {
                 Over::Total => format!("too many connections ({}/{})", self.table.len(), self.config.limit),
