@@ -86,10 +86,7 @@ impl Aliases {
             let content = trim(line);
             if line.first().is_some_and(|&b| is_blank(b)) && !content.is_empty() {
                 let Some((_, _, rhs)) = current.as_mut() else {
-                    return Err(syntax(
-                        number,
-                        "continuation line without an entry before it",
-                    ));
+                    return Err(syntax(number, "continuation line without an entry before it"));
                 };
                 rhs.push(b' ');
                 rhs.extend_from_slice(content);
@@ -112,16 +109,9 @@ impl Aliases {
                 return Err(syntax(number, "empty name"));
             }
             if name.iter().any(|&b| b <= b' ' || b == 0x7f) {
-                return Err(syntax(
-                    number,
-                    "white space or a control character in the name",
-                ));
+                return Err(syntax(number, "white space or a control character in the name"));
             }
-            current = Some((
-                number,
-                name.to_ascii_lowercase(),
-                trim(&content[colon + 1..]).to_vec(),
-            ));
+            current = Some((number, name.to_ascii_lowercase(), trim(&content[colon + 1..]).to_vec()));
         }
         if let Some(entry) = current.take() {
             aliases.insert(entry)?;
@@ -160,15 +150,9 @@ impl Aliases {
             .read_to_end(&mut text)
             .map_err(|e| Error::io(format_args!("read {}", path.display()), &e))?;
         if text.len() as u64 > MAX_FILE {
-            return Err(Error::temporary(format!(
-                "unable to read {}: file too large",
-                path.display()
-            )));
+            return Err(Error::temporary(format!("unable to read {}: file too large", path.display())));
         }
-        Aliases::parse(&text).map_err(|e| Error {
-            message: format!("{} ({})", e.message, path.display()),
-            ..e
-        })
+        Aliases::parse(&text).map_err(|e| Error { message: format!("{} ({})", e.message, path.display()), ..e })
     }
 
     /// The right-hand side for a local part (compared without regard to case).
@@ -254,17 +238,10 @@ mod tests {
         let a = Aliases::parse(text).unwrap();
         assert_eq!(a.len(), 3);
         assert_eq!(a.get(b"postmaster"), Some(&b"root"[..]));
-        assert_eq!(
-            a.get(b"ROOT"),
-            Some(&b"alice, bob@example.com, \"|/usr/bin/prog arg\""[..])
-        );
+        assert_eq!(a.get(b"ROOT"), Some(&b"alice, bob@example.com, \"|/usr/bin/prog arg\""[..]));
         assert_eq!(
             split_rhs(a.get(b"root").unwrap()).unwrap(),
-            vec![
-                b"alice".to_vec(),
-                b"bob@example.com".to_vec(),
-                b"|/usr/bin/prog arg".to_vec()
-            ]
+            vec![b"alice".to_vec(), b"bob@example.com".to_vec(), b"|/usr/bin/prog arg".to_vec()]
         );
         assert_eq!(a.get(b"nobody"), None);
     }
@@ -290,26 +267,15 @@ mod tests {
             (b"# c\n: x\n", "line 2"),
         ] {
             let e = Aliases::parse(text).unwrap_err();
-            assert!(
-                e.message.contains(line),
-                "{}: {}",
-                String::from_utf8_lossy(text),
-                e.message
-            );
+            assert!(e.message.contains(line), "{}: {}", String::from_utf8_lossy(text), e.message);
         }
         let long = [b"a: ".to_vec(), vec![b'x'; MAX_LINE]].concat();
-        assert!(Aliases::parse(&long)
-            .unwrap_err()
-            .message
-            .contains("too long"));
+        assert!(Aliases::parse(&long).unwrap_err().message.contains("too long"));
     }
 
     #[test]
     fn comment_ends_an_entry() {
         assert!(Aliases::parse(b"a: b\n# c\n  d\n").is_err());
-        assert_eq!(
-            Aliases::parse(b"a: b\r\n  c\r\n").unwrap().get(b"a"),
-            Some(&b"b c"[..])
-        );
+        assert_eq!(Aliases::parse(b"a: b\r\n  c\r\n").unwrap().get(b"a"), Some(&b"b c"[..]));
     }
 }

@@ -90,7 +90,11 @@ impl Control {
         Ok(self.read(name)?.and_then(|bytes| {
             let first = bytes.split(|&b| b == b'\n').next().unwrap_or(&[]);
             let first = trim(first);
-            if first.is_empty() { None } else { Some(first.to_vec()) }
+            if first.is_empty() {
+                None
+            } else {
+                Some(first.to_vec())
+            }
         }))
     }
 

@@ -49,10 +49,7 @@ fn trim_end(line: &[u8]) -> &[u8] {
 
 fn trim(bytes: &[u8]) -> &[u8] {
     let bytes = trim_end(bytes);
-    let start = bytes
-        .iter()
-        .position(|&b| b != b' ' && b != b'\t')
-        .unwrap_or(bytes.len());
+    let start = bytes.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(bytes.len());
     &bytes[start..]
 }
 
@@ -134,10 +131,7 @@ pub fn parse_sendmail(text: &[u8]) -> Result<Vec<Item>, ListError> {
         if at_line_start && !in_quotes {
             // A comment line: from a `#` that is the line's first non-blank byte to its end.
             let rest = &text[i..];
-            let blanks = rest
-                .iter()
-                .take_while(|&&c| c == b' ' || c == b'\t')
-                .count();
+            let blanks = rest.iter().take_while(|&&c| c == b' ' || c == b'\t').count();
             if rest.get(blanks) == Some(&b'#') {
                 i += memchr::memchr(b'\n', rest).map_or(rest.len(), |n| n + 1);
                 continue;
@@ -197,19 +191,11 @@ fn classify(raw: &[u8], quoted: bool) -> Option<Item> {
     }
     if entry.len() > 9 && entry[..9].eq_ignore_ascii_case(b":include:") {
         let path = trim(&entry[9..]);
-        return if path.is_empty() {
-            None
-        } else {
-            Some(Item::Include(path.to_vec()))
-        };
+        return if path.is_empty() { None } else { Some(Item::Include(path.to_vec())) };
     }
     if entry[0] == b'\\' {
         let name = trim(&entry[1..]);
-        return if name.is_empty() {
-            None
-        } else {
-            Some(Item::Local(name.to_vec()))
-        };
+        return if name.is_empty() { None } else { Some(Item::Local(name.to_vec())) };
     }
     // `Full Name <address>` keeps only the address.
     let address = match (memchr::memchr(b'<', entry), memchr::memrchr(b'>', entry)) {
@@ -226,23 +212,12 @@ fn classify(raw: &[u8], quoted: bool) -> Option<Item> {
 /// True when an extension may become part of a file name: no `/`, no NUL, no leading `.`,
 /// no `..` anywhere. Anything else is refused before it can reach a path.
 pub fn safe_ext(ext: &[u8]) -> bool {
-    !ext.contains(&b'/')
-        && !ext.contains(&0)
-        && ext.first() != Some(&b'.')
-        && !ext.windows(2).any(|w| w == b"..")
+    !ext.contains(&b'/') && !ext.contains(&0) && ext.first() != Some(&b'.') && !ext.windows(2).any(|w| w == b"..")
 }
 
 /// The extension as it appears in a file name: lower case, `.` written as `:`.
 pub fn file_form(ext: &[u8]) -> Vec<u8> {
-    ext.iter()
-        .map(|&b| {
-            if b == b'.' {
-                b':'
-            } else {
-                b.to_ascii_lowercase()
-            }
-        })
-        .collect()
+    ext.iter().map(|&b| if b == b'.' { b':' } else { b.to_ascii_lowercase() }).collect()
 }
 
 /// The dot files to try for `dash` and `ext`, most specific first, each with the value of
@@ -307,11 +282,7 @@ pub fn substitute(path: &[u8], values: &Values<'_>) -> Result<(Vec<u8>, bool), B
         match table.iter().find(|(_, token, _)| rest.starts_with(token)) {
             Some((name, token, value)) => {
                 let value = value.unwrap_or(b"");
-                if value.is_empty()
-                    || value[0] == b'.'
-                    || value.contains(&b'/')
-                    || value.contains(&0)
-                {
+                if value.is_empty() || value[0] == b'.' || value.contains(&b'/') || value.contains(&0) {
                     return Err(BadValue { name });
                 }
                 out.extend(value.iter().map(u8::to_ascii_lowercase));
@@ -336,8 +307,7 @@ mod tests {
 
     #[test]
     fn dot_lines() {
-        let file =
-            parse_dotqmail(b"# c\n|prog a b\n&joe@x\nbob\n./Maildir/\n/var/mail/u \n\n./mbox\n");
+        let file = parse_dotqmail(b"# c\n|prog a b\n&joe@x\nbob\n./Maildir/\n/var/mail/u \n\n./mbox\n");
         assert_eq!(
             file.instructions,
             vec![
@@ -357,7 +327,10 @@ mod tests {
 
     #[test]
     fn sendmail_lists() {
-        let items = parse_sendmail(b"# comment, not an entry\njoe, \\me,\"|prog a, b\" , /tmp/box\n:include:/etc/list\n  Ann <ann@x>, /m/dir/").unwrap();
+        let items = parse_sendmail(
+            b"# comment, not an entry\njoe, \\me,\"|prog a, b\" , /tmp/box\n:include:/etc/list\n  Ann <ann@x>, /m/dir/",
+        )
+        .unwrap();
         assert_eq!(
             items,
             vec![
@@ -370,40 +343,23 @@ mod tests {
                 Item::Do(Maildir(b"/m/dir/".to_vec())),
             ]
         );
-        assert_eq!(
-            parse_sendmail(b"\"|unclosed"),
-            Err(ListError::UnbalancedQuote)
-        );
+        assert_eq!(parse_sendmail(b"\"|unclosed"), Err(ListError::UnbalancedQuote));
         assert_eq!(parse_sendmail(b" , ,\n").unwrap(), vec![]);
-        assert_eq!(
-            parse_sendmail(b"|prog x").unwrap(),
-            vec![Item::Do(Program(b"prog x".to_vec()))]
-        );
+        assert_eq!(parse_sendmail(b"|prog x").unwrap(), vec![Item::Do(Program(b"prog x".to_vec()))]);
     }
 
     #[test]
     fn file_names() {
         let names: Vec<(String, Option<String>)> = candidates(b"-", b"Foo.Bar-baz")
             .into_iter()
-            .map(|(n, d)| {
-                (
-                    String::from_utf8(n).unwrap(),
-                    d.map(|d| String::from_utf8(d).unwrap()),
-                )
-            })
+            .map(|(n, d)| (String::from_utf8(n).unwrap(), d.map(|d| String::from_utf8(d).unwrap())))
             .collect();
         assert_eq!(
             names,
             vec![
                 (".qmail-foo:bar-baz".to_string(), None),
-                (
-                    ".qmail-foo:bar-default".to_string(),
-                    Some("baz".to_string())
-                ),
-                (
-                    ".qmail-default".to_string(),
-                    Some("Foo.Bar-baz".to_string())
-                ),
+                (".qmail-foo:bar-default".to_string(), Some("baz".to_string())),
+                (".qmail-default".to_string(), Some("Foo.Bar-baz".to_string())),
             ]
         );
         assert_eq!(candidates(b"-", b"").len(), 2);
@@ -415,39 +371,15 @@ mod tests {
 
     #[test]
     fn substitution() {
-        let values = Values {
-            default: Some(b"Joe"),
-            ext: b"joe",
-            local: b"box-joe",
-        };
-        assert_eq!(
-            substitute(b"./maildir/${DEFAULT}/", &values).unwrap(),
-            (b"./maildir/joe/".to_vec(), true)
-        );
-        assert_eq!(
-            substitute(b"./m/${LOCAL}", &values).unwrap(),
-            (b"./m/box-joe".to_vec(), true)
-        );
-        assert_eq!(
-            substitute(b"./${HOME}/x", &values).unwrap(),
-            (b"./${HOME}/x".to_vec(), false)
-        );
+        let values = Values { default: Some(b"Joe"), ext: b"joe", local: b"box-joe" };
+        assert_eq!(substitute(b"./maildir/${DEFAULT}/", &values).unwrap(), (b"./maildir/joe/".to_vec(), true));
+        assert_eq!(substitute(b"./m/${LOCAL}", &values).unwrap(), (b"./m/box-joe".to_vec(), true));
+        assert_eq!(substitute(b"./${HOME}/x", &values).unwrap(), (b"./${HOME}/x".to_vec(), false));
         for bad in [&b".."[..], b".x", b"a/b", b""] {
-            let values = Values {
-                default: Some(bad),
-                ext: b"",
-                local: b"",
-            };
-            assert_eq!(
-                substitute(b"./${DEFAULT}/", &values),
-                Err(BadValue { name: "DEFAULT" })
-            );
+            let values = Values { default: Some(bad), ext: b"", local: b"" };
+            assert_eq!(substitute(b"./${DEFAULT}/", &values), Err(BadValue { name: "DEFAULT" }));
         }
-        let none = Values {
-            default: None,
-            ext: b"",
-            local: b"u",
-        };
+        let none = Values { default: None, ext: b"", local: b"u" };
         assert!(substitute(b"./${DEFAULT}/", &none).is_err());
         assert!(substitute(b"./${EXT}/", &none).is_err());
     }

@@ -224,7 +224,8 @@ pub fn commit(layout: &Layout, header: &Header, received: &[u8], mut message: Me
     // an ordinary user) gives the file to the queue's owner, so the stages can read it. A
     // setuid quill-queue is never root, so this never applies to a real install.
     if crate::sys::uids().1 == 0 {
-        let owner = std::fs::metadata(layout.tmp()).map_err(|e| Error::io_code(qq::TMP_TROUBLE, "stat queue/tmp", &e))?;
+        let owner =
+            std::fs::metadata(layout.tmp()).map_err(|e| Error::io_code(qq::TMP_TROUBLE, "stat queue/tmp", &e))?;
         if owner.uid() != 0 {
             std::os::unix::fs::fchown(&file, Some(owner.uid()), Some(owner.gid()))
                 .map_err(|e| Error::io_code(qq::TMP_TROUBLE, "chown file in queue/tmp", &e))?;
@@ -253,7 +254,8 @@ pub fn commit(layout: &Layout, header: &Header, received: &[u8], mut message: Me
 
     let todo = layout.todo();
     let target = todo.join(id.to_string());
-    std::fs::rename(&tmp.name, &target).map_err(|e| create_error(qq::INCOMING_TROUBLE, "move file to queue/todo", &e))?;
+    std::fs::rename(&tmp.name, &target)
+        .map_err(|e| create_error(qq::INCOMING_TROUBLE, "move file to queue/todo", &e))?;
     tmp.armed = false;
     let synced = File::open(&todo).and_then(|dir| dir.sync_all());
     if let Err(e) = synced {

@@ -21,9 +21,8 @@ pub struct Envelope {
 impl Envelope {
     /// The wire form, ready for quill-queue's fd 1.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(
-            self.sender.len() + 3 + self.recipients.iter().map(|r| r.len() + 2).sum::<usize>(),
-        );
+        let mut out =
+            Vec::with_capacity(self.sender.len() + 3 + self.recipients.iter().map(|r| r.len() + 2).sum::<usize>());
         out.push(b'F');
         out.extend_from_slice(&self.sender);
         out.push(0);

@@ -95,7 +95,11 @@ impl Error {
 
     /// The exit code to use: the specific one if set, else the outcome's.
     pub fn exit_code(&self) -> u8 {
-        if self.code != 0 { self.code } else { self.outcome.exit_code() }
+        if self.code != 0 {
+            self.code
+        } else {
+            self.outcome.exit_code()
+        }
     }
 }
 
@@ -113,8 +117,13 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// a missing file that may appear, an interrupted call: all temporary.
 pub fn errno_outcome(err: &io::Error) -> Outcome {
     match err.raw_os_error() {
-        Some(libc::ENAMETOOLONG) | Some(libc::ELOOP) | Some(libc::EISDIR) | Some(libc::ENOTDIR)
-        | Some(libc::EFBIG) | Some(libc::EINVAL) | Some(libc::EROFS) => Outcome::Permanent,
+        Some(libc::ENAMETOOLONG)
+        | Some(libc::ELOOP)
+        | Some(libc::EISDIR)
+        | Some(libc::ENOTDIR)
+        | Some(libc::EFBIG)
+        | Some(libc::EINVAL)
+        | Some(libc::EROFS) => Outcome::Permanent,
         _ => Outcome::Temporary,
     }
 }

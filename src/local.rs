@@ -89,12 +89,8 @@ impl Message {
     /// Take fd 0 (a copy of it, close-on-exec, so no program inherits the queue file) and
     /// remember where the message starts.
     pub fn from_stdin() -> Result<Message> {
-        let unreadable =
-            |e: io::Error| Error::temporary(format!("Unable to read message: {e}. (#4.3.0)"));
-        let fd = io::stdin()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(unreadable)?;
+        let unreadable = |e: io::Error| Error::temporary(format!("Unable to read message: {e}. (#4.3.0)"));
+        let fd = io::stdin().as_fd().try_clone_to_owned().map_err(unreadable)?;
         let mut file = File::from(fd);
         let start = io::Seek::stream_position(&mut file).map_err(unreadable)?;
         let size = file.metadata().map_err(unreadable)?.len();
@@ -110,20 +106,12 @@ impl Message {
             }
         }
         head.truncate(filled);
-        Ok(Message {
-            file,
-            start,
-            len,
-            head,
-        })
+        Ok(Message { file, start, len, head })
     }
 
     /// A reader over the message from its first byte.
     pub fn reader(&self) -> MessageReader<'_> {
-        MessageReader {
-            message: self,
-            pos: 0,
-        }
+        MessageReader { message: self, pos: 0 }
     }
 }
 
@@ -174,13 +162,13 @@ pub fn check_loop(head: &[u8], recipient: &[u8]) -> Result<()> {
             hops += 1;
             let value = line[name_end + 1..].trim_ascii();
             if value.eq_ignore_ascii_case(recipient) {
-                return Err(Error::permanent(
-                    "This message is looping: it already has my Delivered-To line. (#5.4.6)",
-                ));
+                return Err(Error::permanent("This message is looping: it already has my Delivered-To line. (#5.4.6)"));
             }
         }
         if hops > MAX_HOPS {
-            return Err(Error::permanent(format!("This message is looping: it has more than {MAX_HOPS} Received and Delivered-To lines. (#5.4.6)")));
+            return Err(Error::permanent(format!(
+                "This message is looping: it has more than {MAX_HOPS} Received and Delivered-To lines. (#5.4.6)"
+            )));
         }
     }
     Ok(())
@@ -207,31 +195,17 @@ fn read_instructions_file(path: &Path, world_only: bool) -> Result<Option<(Vec<u
     let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(Error::temporary(format!(
-                "Unable to open {shown}: {e}. (#4.2.1)"
-            )))
-        }
+        Err(e) => return Err(Error::temporary(format!("Unable to open {shown}: {e}. (#4.2.1)"))),
     };
-    let meta = file
-        .metadata()
-        .map_err(|e| Error::temporary(format!("Unable to stat {shown}: {e}. (#4.2.1)")))?;
+    let meta = file.metadata().map_err(|e| Error::temporary(format!("Unable to stat {shown}: {e}. (#4.2.1)")))?;
     let mode = meta.permissions().mode();
     let bad_bits = if world_only { 0o002 } else { 0o022 };
     if mode & bad_bits != 0 {
-        let who = if world_only {
-            "world"
-        } else {
-            "group- or world"
-        };
-        return Err(Error::temporary(format!(
-            "Uh-oh: {shown} is {who}-writable; not using it. (#4.7.0)"
-        )));
+        let who = if world_only { "world" } else { "group- or world" };
+        return Err(Error::temporary(format!("Uh-oh: {shown} is {who}-writable; not using it. (#4.7.0)")));
     }
     if meta.len() > MAX_FILE {
-        return Err(Error::temporary(format!(
-            "Uh-oh: {shown} is larger than {MAX_FILE} bytes. (#4.7.0)"
-        )));
+        return Err(Error::temporary(format!("Uh-oh: {shown} is larger than {MAX_FILE} bytes. (#4.7.0)")));
     }
     let mut text = Vec::with_capacity(meta.len() as usize);
     Read::by_ref(&mut file)
@@ -249,25 +223,11 @@ fn os_path(bytes: &[u8]) -> &Path {
 pub fn choose(args: &Args) -> Result<Plan> {
     if args.aliases {
         let mut instructions = Vec::new();
-        expand_list(
-            args,
-            &args.default_delivery,
-            "the aliases entry",
-            0,
-            &mut instructions,
-        )?;
-        return nonempty(
-            Plan {
-                instructions,
-                default: None,
-            },
-            "the aliases entry",
-        );
+        expand_list(args, &args.default_delivery, "the aliases entry", 0, &mut instructions)?;
+        return nonempty(Plan { instructions, default: None }, "the aliases entry");
     }
     if !dotqmail::safe_ext(&args.ext) {
-        return Err(Error::permanent(
-            "Sorry, this address cannot name a mailbox here. (#5.1.1)",
-        ));
+        return Err(Error::permanent("Sorry, this address cannot name a mailbox here. (#5.1.1)"));
     }
     if args.dash.is_empty() {
         let mut name = b".qmail".to_vec();
@@ -281,10 +241,7 @@ pub fn choose(args: &Args) -> Result<Plan> {
             let mut instructions = Vec::new();
             expand_list(args, &text, ".forward", 0, &mut instructions)?;
             if !instructions.is_empty() {
-                return Ok(Plan {
-                    instructions,
-                    default: None,
-                });
+                return Ok(Plan { instructions, default: None });
             }
         }
         return default_plan(args, None);
@@ -297,73 +254,48 @@ pub fn choose(args: &Args) -> Result<Plan> {
             return dot_file_plan(&name, &text, mode, default);
         }
     }
-    Err(Error::permanent(
-        "Sorry, no mailbox here by that name. (#5.1.1)",
-    ))
+    Err(Error::permanent("Sorry, no mailbox here by that name. (#5.1.1)"))
 }
 
 fn nonempty(plan: Plan, origin: &str) -> Result<Plan> {
     if plan.instructions.is_empty() {
-        return Err(Error::temporary(format!(
-            "Uh-oh: {origin} holds no delivery instructions. (#4.3.5)"
-        )));
+        return Err(Error::temporary(format!("Uh-oh: {origin} holds no delivery instructions. (#4.3.5)")));
     }
     Ok(plan)
 }
 
 fn default_plan(args: &Args, default: Option<Vec<u8>>) -> Result<Plan> {
     let instructions = dotqmail::parse_dotqmail(&args.default_delivery).instructions;
-    nonempty(
-        Plan {
-            instructions,
-            default,
-        },
-        "the default delivery",
-    )
+    nonempty(Plan { instructions, default }, "the default delivery")
 }
 
 fn dot_file_plan(name: &[u8], text: &[u8], mode: u32, default: Option<Vec<u8>>) -> Result<Plan> {
     let file = dotqmail::parse_dotqmail(text);
     let shown = show(name);
     if file.first_line_blank {
-        return Err(Error::temporary(format!(
-            "Uh-oh: first line of {shown} is blank. (#4.2.1)"
-        )));
+        return Err(Error::temporary(format!("Uh-oh: first line of {shown} is blank. (#4.2.1)")));
     }
     // The owner-execute bit (or a `+` line) marks a forward-only file, e.g. one a mailing
     // list manager rewrites: it must never make the user run a program or write a file.
-    if (file.forward_only || mode & 0o100 != 0)
-        && !file.instructions.iter().all(Instruction::is_forward)
-    {
+    if (file.forward_only || mode & 0o100 != 0) && !file.instructions.iter().all(Instruction::is_forward) {
         return Err(Error::temporary(format!(
             "Uh-oh: {shown} is forward-only but has a program or mailbox line. (#4.7.0)"
         )));
     }
-    Ok(Plan {
-        instructions: file.instructions,
-        default,
-    })
+    Ok(Plan { instructions: file.instructions, default })
 }
 
 /// Expand a sendmail-style list into instructions: `:include:` files (read as the current
 /// user, nested at most [`MAX_INCLUDE_DEPTH`] deep), `\NAME` (the user's own mailbox when
 /// NAME is the user, else an address).
-fn expand_list(
-    args: &Args,
-    text: &[u8],
-    origin: &str,
-    depth: usize,
-    out: &mut Vec<Instruction>,
-) -> Result<()> {
-    let items = dotqmail::parse_sendmail(text).map_err(|_| {
-        Error::temporary(format!("Uh-oh: {origin} has an unbalanced quote. (#4.7.0)"))
-    })?;
+fn expand_list(args: &Args, text: &[u8], origin: &str, depth: usize, out: &mut Vec<Instruction>) -> Result<()> {
+    let items = dotqmail::parse_sendmail(text)
+        .map_err(|_| Error::temporary(format!("Uh-oh: {origin} has an unbalanced quote. (#4.7.0)")))?;
     for item in items {
         match item {
             Item::Do(instruction) => out.push(instruction),
             Item::Local(name) => {
-                let own =
-                    name.eq_ignore_ascii_case(&args.user) || name.eq_ignore_ascii_case(&args.local);
+                let own = name.eq_ignore_ascii_case(&args.user) || name.eq_ignore_ascii_case(&args.local);
                 if own && !args.aliases {
                     out.extend(dotqmail::parse_dotqmail(&args.default_delivery).instructions);
                 } else {
@@ -373,14 +305,10 @@ fn expand_list(
             Item::Include(path) => {
                 let shown = show(&path);
                 if depth + 1 > MAX_INCLUDE_DEPTH {
-                    return Err(Error::temporary(format!(
-                        "Uh-oh: include files nest too deep at {shown}. (#4.7.0)"
-                    )));
+                    return Err(Error::temporary(format!("Uh-oh: include files nest too deep at {shown}. (#4.7.0)")));
                 }
                 let (text, _) = read_instructions_file(os_path(&path), true)?.ok_or_else(|| {
-                    Error::temporary(format!(
-                        "Unable to open include file {shown}: it does not exist. (#4.2.1)"
-                    ))
+                    Error::temporary(format!("Unable to open include file {shown}: it does not exist. (#4.2.1)"))
                 })?;
                 expand_list(args, &text, &shown, depth + 1, out)?;
             }
@@ -443,23 +371,10 @@ impl<'a> Delivery<'a> {
         let recipient = args.recipient();
         let mut prefix = rpline(&args.sender);
         prefix.extend_from_slice(&dtline(&recipient));
-        let needs_sender = plan
-            .instructions
-            .iter()
-            .any(|i| matches!(i, Instruction::Forward(_) | Instruction::Program(_)));
-        let newsender = if needs_sender {
-            newsender(args)
-        } else {
-            args.sender.clone()
-        };
-        Delivery {
-            args,
-            plan,
-            message,
-            recipient,
-            prefix,
-            newsender,
-        }
+        let needs_sender =
+            plan.instructions.iter().any(|i| matches!(i, Instruction::Forward(_) | Instruction::Program(_)));
+        let newsender = if needs_sender { newsender(args) } else { args.sender.clone() };
+        Delivery { args, plan, message, recipient, prefix, newsender }
     }
 
     /// Carry out every instruction; forwards go out together at the end. Returns the report.
@@ -477,23 +392,13 @@ impl<'a> Delivery<'a> {
                 }
                 Instruction::Maildir(path) => {
                     let (path, substituted) = self.substitute(path)?;
-                    crate::maildir::deliver(
-                        os_path(&path),
-                        &self.prefix,
-                        &mut self.message.reader(),
-                        substituted,
-                    )?;
+                    crate::maildir::deliver(os_path(&path), &self.prefix, &mut self.message.reader(), substituted)?;
                     counts.files += 1;
                 }
                 Instruction::Mbox(path) => {
                     let (path, _) = self.substitute(path)?;
                     let from = ufline(&self.args.sender, crate::date::now());
-                    crate::mbox::deliver(
-                        os_path(&path),
-                        &from,
-                        &self.prefix,
-                        &mut self.message.reader(),
-                    )?;
+                    crate::mbox::deliver(os_path(&path), &from, &self.prefix, &mut self.message.reader())?;
                     counts.files += 1;
                 }
                 Instruction::Program(command) => {
@@ -504,10 +409,7 @@ impl<'a> Delivery<'a> {
                 }
             }
         }
-        let mut report = format!(
-            "did {}+{}+{}",
-            counts.files, counts.forwards, counts.programs
-        );
+        let mut report = format!("did {}+{}+{}", counts.files, counts.forwards, counts.programs);
         if !targets.is_empty() {
             let qp = self.forward(targets)?;
             report.push_str(&format!(" qp {qp}"));
@@ -536,11 +438,8 @@ impl<'a> Delivery<'a> {
     }
 
     fn substitute(&self, path: &[u8]) -> Result<(Vec<u8>, bool)> {
-        let values = dotqmail::Values {
-            default: self.plan.default.as_deref(),
-            ext: &self.args.ext,
-            local: &self.args.local,
-        };
+        let values =
+            dotqmail::Values { default: self.plan.default.as_deref(), ext: &self.args.ext, local: &self.args.local };
         dotqmail::substitute(path, &values).map_err(|bad| {
             Error::permanent(format!(
                 "Sorry, the address gives ${{{}}} no usable value for {}. (#5.1.1)",
@@ -558,10 +457,7 @@ impl<'a> Delivery<'a> {
             target.extend_from_slice(&self.args.domain);
         }
         if target.len() > crate::address::MAX_ADDRESS || !crate::address::is_clean(&target) {
-            return Err(Error::permanent(format!(
-                "Unable to forward to {}: bad address. (#5.1.3)",
-                show(&target)
-            )));
+            return Err(Error::permanent(format!("Unable to forward to {}: bad address. (#5.1.3)", show(&target))));
         }
         Ok(target)
     }
@@ -569,22 +465,10 @@ impl<'a> Delivery<'a> {
     /// Inject one copy for all targets, with our Delivered-To line on top.
     fn forward(&self, targets: Vec<Vec<u8>>) -> Result<u32> {
         let wrap = |e: Error| {
-            let code = if e.outcome == Outcome::Permanent {
-                "5.3.0"
-            } else {
-                "4.3.0"
-            };
-            let text = if e.message.contains("(#") {
-                e.message.clone()
-            } else {
-                format!("{}. (#{code})", e.message)
-            };
+            let code = if e.outcome == Outcome::Permanent { "5.3.0" } else { "4.3.0" };
+            let text = if e.message.contains("(#") { e.message.clone() } else { format!("{}. (#{code})", e.message) };
             // The queue program's own exit code is not ours: quill-local exits 0, 100 or 111.
-            Error {
-                message: format!("Unable to forward message: {text}"),
-                code: 0,
-                ..e
-            }
+            Error { message: format!("Unable to forward message: {text}"), code: 0, ..e }
         };
         let mut submission = crate::submit::Submission::start().map_err(wrap)?;
         submission.write(&dtline(&self.recipient));
@@ -595,21 +479,11 @@ impl<'a> Delivery<'a> {
                 Ok(0) => break,
                 Ok(n) => submission.write(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    return Err(Error::temporary(format!(
-                        "Unable to read message: {e}. (#4.3.0)"
-                    )))
-                }
+                Err(e) => return Err(Error::temporary(format!("Unable to read message: {e}. (#4.3.0)"))),
             }
         }
-        let envelope = Envelope {
-            sender: self.newsender.clone(),
-            recipients: targets,
-        };
-        submission
-            .finish(&envelope)
-            .map(|accepted| accepted.pid)
-            .map_err(wrap)
+        let envelope = Envelope { sender: self.newsender.clone(), recipients: targets };
+        submission.finish(&envelope).map(|accepted| accepted.pid).map_err(wrap)
     }
 
     /// Run `/bin/sh -c command` in the home directory with the message on a pipe.
@@ -639,23 +513,17 @@ impl<'a> Delivery<'a> {
         let status = child.wait();
         let _ = done.send(());
         let timed_out = watchdog.join().unwrap_or(false);
-        let status = status.map_err(|e| {
-            Error::temporary(format!("Unable to wait for the program: {e}. (#4.3.0)"))
-        })?;
+        let status = status.map_err(|e| Error::temporary(format!("Unable to wait for the program: {e}. (#4.3.0)")))?;
         if timed_out {
-            return Err(Error::temporary(
-                "Program ran too long and was killed. (#4.3.0)",
-            ));
+            return Err(Error::temporary("Program ran too long and was killed. (#4.3.0)"));
         }
         match status.code() {
             Some(0) => Ok(Flow::Continue),
             Some(99) => Ok(Flow::Stop),
-            Some(code) if PERMANENT_EXITS.contains(&code) => Err(Error::permanent(format!(
-                "Program failed permanently (exit {code}). (#5.2.0)"
-            ))),
-            Some(code) => Err(Error::temporary(format!(
-                "Program failed temporarily (exit {code}). (#4.2.0)"
-            ))),
+            Some(code) if PERMANENT_EXITS.contains(&code) => {
+                Err(Error::permanent(format!("Program failed permanently (exit {code}). (#5.2.0)")))
+            }
+            Some(code) => Err(Error::temporary(format!("Program failed temporarily (exit {code}). (#4.2.0)"))),
             None => Err(Error::temporary(format!(
                 "Program was killed by signal {}. (#4.3.0)",
                 status.signal().unwrap_or(0)
@@ -734,11 +602,7 @@ pub fn ufline(sender: &[u8], time: u64) -> Vec<u8> {
     if sender.is_empty() {
         line.extend_from_slice(b"MAILER-DAEMON");
     } else {
-        line.extend(
-            sender
-                .iter()
-                .map(|&b| if b == b' ' || b == b'\t' { b'_' } else { b }),
-        );
+        line.extend(sender.iter().map(|&b| if b == b' ' || b == b'\t' { b'_' } else { b }));
     }
     line.push(b' ');
     line.extend_from_slice(crate::date::asctime(time).as_bytes());
@@ -770,25 +634,17 @@ fn newsender(args: &Args) -> Vec<u8> {
 /// sign that the user is editing the dot files).
 pub fn enter_home(home: &[u8]) -> Result<()> {
     let path = os_path(home);
-    std::env::set_current_dir(path).map_err(|e| {
-        Error::temporary(format!(
-            "Unable to switch to {}: {e}. (#4.3.0)",
-            path.display()
-        ))
-    })?;
+    std::env::set_current_dir(path)
+        .map_err(|e| Error::temporary(format!("Unable to switch to {}: {e}. (#4.3.0)", path.display())))?;
     let mode = std::fs::metadata(".")
         .map_err(|e| Error::temporary(format!("Unable to stat home directory: {e}. (#4.3.0)")))?
         .permissions()
         .mode();
     if mode & 0o002 != 0 {
-        return Err(Error::temporary(
-            "Uh-oh: home directory is writable by everyone. (#4.7.0)",
-        ));
+        return Err(Error::temporary("Uh-oh: home directory is writable by everyone. (#4.7.0)"));
     }
     if mode & 0o1000 != 0 {
-        return Err(Error::temporary(
-            "Home directory is sticky: user is editing the .qmail file. (#4.2.1)",
-        ));
+        return Err(Error::temporary("Home directory is sticky: user is editing the .qmail file. (#4.2.1)"));
     }
     Ok(())
 }
@@ -816,10 +672,7 @@ mod tests {
         let ok = b"Received: x\nDelivered-To: other@x\nSubject: a\n\nDelivered-To: me@x\n";
         assert!(check_loop(ok, b"me@x").is_ok());
         let looping = b"Received: x\r\ndelivered-to:  ME@x \r\n\r\n";
-        assert_eq!(
-            check_loop(looping, b"me@x").unwrap_err().outcome,
-            Outcome::Permanent
-        );
+        assert_eq!(check_loop(looping, b"me@x").unwrap_err().outcome, Outcome::Permanent);
         let many = b"Received: x\n".repeat(MAX_HOPS + 1);
         assert!(check_loop(&many, b"me@x").is_err());
         assert!(check_loop(&b"Received: x\n".repeat(MAX_HOPS), b"me@x").is_ok());
@@ -831,9 +684,6 @@ mod tests {
         assert_eq!(after_dashes(b"a-b-c", 3), b"");
         assert_eq!(without_components(b"mail.example.com", 1), b"mail.example");
         assert_eq!(without_components(b"mail.example.com", 3), b"mail");
-        assert_eq!(
-            ufline(b"", 0),
-            b"From MAILER-DAEMON Thu Jan  1 00:00:00 1970\n".to_vec()
-        );
+        assert_eq!(ufline(b"", 0), b"From MAILER-DAEMON Thu Jan  1 00:00:00 1970\n".to_vec());
     }
 }

@@ -47,11 +47,7 @@ struct Cached<T> {
 
 impl<T> Cached<T> {
     fn new(path: PathBuf) -> Cached<T> {
-        Cached {
-            path,
-            stamp: None,
-            value: Err(String::new()),
-        }
+        Cached { path, stamp: None, value: Err(String::new()) }
     }
 
     /// Stat the file; reload it with `load` if it changed (or appeared, or vanished).
@@ -76,9 +72,7 @@ type Stamp = Option<(u64, u64, u64, i64, i64)>;
 
 /// What identifies a version of a file: device, inode, size and modification time.
 fn stamp(path: impl AsRef<Path>) -> Stamp {
-    std::fs::metadata(path)
-        .ok()
-        .map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
 
 /// The password and group databases, cached. A name that misses in /etc/passwd may walk
@@ -95,12 +89,7 @@ struct Directory {
 
 impl Directory {
     fn new() -> Directory {
-        Directory {
-            users: HashMap::new(),
-            groups: HashMap::new(),
-            stamps: None,
-            born: std::time::Instant::now(),
-        }
+        Directory { users: HashMap::new(), groups: HashMap::new(), stamps: None, born: std::time::Instant::now() }
     }
 
     /// Forget everything if the databases changed or the cache is old or big.
@@ -127,10 +116,7 @@ impl Directory {
             Ok(name) => nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(user.gid))
                 .map(|list| list.into_iter().map(|g| g.as_raw()).collect())
                 .map_err(|e| {
-                    temporary(format!(
-                        "unable to list the groups of {}: {e} (#4.3.0)",
-                        crate::log::safe(&user.user)
-                    ))
+                    temporary(format!("unable to list the groups of {}: {e} (#4.3.0)", crate::log::safe(&user.user)))
                 })?,
             Err(_) => vec![user.gid],
         };
@@ -239,8 +225,7 @@ impl Spawner {
     /// reports to `output`. An error is fatal (a broken pipe to quill-send, a mangled frame).
     pub fn run(&mut self, mut input: File, mut output: File) -> Result<()> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        let signals = crate::sys::signal_pipe(&[libc::SIGCHLD])
-            .map_err(|e| Error::io("make the signal pipe", &e))?;
+        let signals = crate::sys::signal_pipe(&[libc::SIGCHLD]).map_err(|e| Error::io("make the signal pipe", &e))?;
         let mut signals = File::from(signals);
         let mut reader = Reader::default();
         let mut input_open = true;
@@ -262,23 +247,15 @@ impl Spawner {
                     }
                 }
                 // With children about, wake now and then to reap even if a signal went astray.
-                let timeout = if self.running.is_empty() {
-                    PollTimeout::NONE
-                } else {
-                    PollTimeout::from(1000u16)
-                };
+                let timeout = if self.running.is_empty() { PollTimeout::NONE } else { PollTimeout::from(1000u16) };
                 match poll(&mut fds, timeout) {
                     Ok(_) => {}
                     Err(nix::errno::Errno::EINTR) => continue,
                     Err(e) => return Err(Error::temporary(format!("unable to poll: {e}"))),
                 }
                 let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-                let ready_pids: Vec<i32> = pids
-                    .iter()
-                    .zip(&fds[first_pipe..])
-                    .filter(|(_, fd)| ready(fd))
-                    .map(|(&pid, _)| pid)
-                    .collect();
+                let ready_pids: Vec<i32> =
+                    pids.iter().zip(&fds[first_pipe..]).filter(|(_, fd)| ready(fd)).map(|(&pid, _)| pid).collect();
                 (ready(&fds[0]), input_open && ready(&fds[1]), ready_pids)
             };
             for pid in ready_pids {
@@ -300,9 +277,7 @@ impl Spawner {
                             self.request(&fields);
                         }
                         if reader.overflowed() {
-                            return Err(Error::temporary(
-                                "unable to read requests: frame too long",
-                            ));
+                            return Err(Error::temporary("unable to read requests: frame too long"));
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -310,9 +285,7 @@ impl Spawner {
                 }
             }
             if !self.reports.is_empty() {
-                output
-                    .write_all(&self.reports)
-                    .map_err(|e| Error::io("write reports", &e))?;
+                output.write_all(&self.reports).map_err(|e| Error::io("write reports", &e))?;
                 self.reports.clear();
             }
         }
@@ -323,15 +296,8 @@ impl Spawner {
     fn request(&mut self, fields: &[Vec<u8>]) {
         let Some(request) = Request::decode(fields) else {
             // Without a slot there is nobody to answer; quill-send's pipe is broken.
-            match fields
-                .first()
-                .and_then(|f| std::str::from_utf8(f).ok()?.parse::<u32>().ok())
-            {
-                Some(slot) => self.report(
-                    slot,
-                    Outcome::Temporary,
-                    b"quill-lspawn got a malformed request (#4.3.0)",
-                ),
+            match fields.first().and_then(|f| std::str::from_utf8(f).ok()?.parse::<u32>().ok()) {
+                Some(slot) => self.report(slot, Outcome::Temporary, b"quill-lspawn got a malformed request (#4.3.0)"),
                 None => crate::log::warning("ignoring a malformed request without a slot"),
             }
             return;
@@ -341,18 +307,9 @@ impl Spawner {
             let results = request
                 .recipients
                 .iter()
-                .map(|_| spawnproto::Result {
-                    outcome: Outcome::Temporary,
-                    text: text.to_vec(),
-                })
+                .map(|_| spawnproto::Result { outcome: Outcome::Temporary, text: text.to_vec() })
                 .collect();
-            self.reports.extend_from_slice(
-                &Report {
-                    slot: request.slot,
-                    results,
-                }
-                .encode(),
-            );
+            self.reports.extend_from_slice(&Report { slot: request.slot, results }.encode());
             return;
         }
         if let Err((outcome, text)) = self.start(&request) {
@@ -361,12 +318,8 @@ impl Spawner {
     }
 
     fn report(&mut self, slot: u32, outcome: Outcome, text: &[u8]) {
-        let results = vec![spawnproto::Result {
-            outcome,
-            text: text.to_vec(),
-        }];
-        self.reports
-            .extend_from_slice(&Report { slot, results }.encode());
+        let results = vec![spawnproto::Result { outcome, text: text.to_vec() }];
+        self.reports.extend_from_slice(&Report { slot, results }.encode());
     }
 
     /// Check a request, find the recipient's user, and start quill-local for it.
@@ -379,50 +332,29 @@ impl Spawner {
             || !address::is_clean(&request.sender)
             || recipient.len() > address::MAX_ADDRESS
         {
-            return Err((
-                Outcome::Permanent,
-                "bad recipient or sender address (#5.1.3)".into(),
-            ));
+            return Err((Outcome::Permanent, "bad recipient or sender address (#5.1.3)".into()));
         }
         if memchr::memchr(b'@', recipient).is_none() {
-            return Err((
-                Outcome::Permanent,
-                "recipient has no domain (#5.1.3)".into(),
-            ));
+            return Err((Outcome::Permanent, "recipient has no domain (#5.1.3)".into()));
         }
         let (local, domain) = address::split(recipient);
         if local.is_empty() {
-            return Err((
-                Outcome::Permanent,
-                "recipient has an empty local part (#5.1.1)".into(),
-            ));
+            return Err((Outcome::Permanent, "recipient has an empty local part (#5.1.1)".into()));
         }
         let message = self.open_message(&request.id)?;
         let home = self.config.home.clone();
-        let aliases = self
-            .aliases
-            .refresh(load_aliases)
-            .map_err(|e| temporary(format!("{e} (#4.3.0)")))?;
-        let assign = self
-            .assign
-            .refresh(AssignDb::open_path)
-            .map_err(|e| temporary(format!("{e} (#4.3.0)")))?;
+        let aliases = self.aliases.refresh(load_aliases).map_err(|e| temporary(format!("{e} (#4.3.0)")))?;
+        let assign = self.assign.refresh(AssignDb::open_path).map_err(|e| temporary(format!("{e} (#4.3.0)")))?;
         self.directory.check();
-        let (user, alias_target) = match users::resolve_with(
-            &home,
-            local,
-            aliases,
-            assign.as_ref(),
-            &mut self.directory,
-        ) {
-            Resolution::Alias { target } => {
-                let user = users::alias_user_with(&home, &mut self.directory)
-                    .map_err(|e| temporary(e.message))?;
-                (user, Some(target))
-            }
-            Resolution::User(user) | Resolution::AliasUser(user) => (user, None),
-            Resolution::Temporary(text) => return Err(temporary(text)),
-        };
+        let (user, alias_target) =
+            match users::resolve_with(&home, local, aliases, assign.as_ref(), &mut self.directory) {
+                Resolution::Alias { target } => {
+                    let user = users::alias_user_with(&home, &mut self.directory).map_err(|e| temporary(e.message))?;
+                    (user, Some(target))
+                }
+                Resolution::User(user) | Resolution::AliasUser(user) => (user, None),
+                Resolution::Temporary(text) => return Err(temporary(text)),
+            };
         if user.uid == 0 {
             return Err(temporary("not allowed to deliver as root (#4.3.0)"));
         }
@@ -437,23 +369,10 @@ impl Spawner {
                 command.arg("-A");
                 (empty, empty, target.as_slice())
             }
-            None => (
-                user.dash.as_slice(),
-                user.ext.as_slice(),
-                self.config.default_delivery.as_slice(),
-            ),
+            None => (user.dash.as_slice(), user.ext.as_slice(), self.config.default_delivery.as_slice()),
         };
         command.arg("--");
-        for arg in [
-            &user.user[..],
-            user.home.as_os_str().as_bytes(),
-            local,
-            dash,
-            ext,
-            domain,
-            &request.sender,
-            last,
-        ] {
+        for arg in [&user.user[..], user.home.as_os_str().as_bytes(), local, dash, ext, domain, &request.sender, last] {
             command.arg(OsStr::from_bytes(arg));
         }
         self.spawn(request.slot, command, &user, message)
@@ -462,33 +381,20 @@ impl Spawner {
     /// Open `queue/mess/ID` (or `queue/todo/ID`), check it, and position it at the message.
     fn open_message(&self, id: &[u8]) -> std::result::Result<File, Refusal> {
         let name = OsStr::from_bytes(id);
-        let open = |dir: PathBuf| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(dir.join(name))
-        };
+        let open =
+            |dir: PathBuf| std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(dir.join(name));
         let mut file = match open(self.layout.mess()) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => open(self.layout.todo()),
             other => other,
         }
-        .map_err(|e| {
-            temporary(format!(
-                "unable to open message {}: {e} (#4.3.0)",
-                crate::log::safe(id)
-            ))
-        })?;
-        let meta = file
-            .metadata()
-            .map_err(|e| temporary(format!("unable to stat message: {e} (#4.3.0)")))?;
+        .map_err(|e| temporary(format!("unable to open message {}: {e} (#4.3.0)", crate::log::safe(id))))?;
+        let meta = file.metadata().map_err(|e| temporary(format!("unable to stat message: {e} (#4.3.0)")))?;
         // Only the queue's owner makes message files: anything else in there is not one.
         if !meta.is_file() || meta.uid() != self.queue_owner {
-            return Err(temporary(
-                "message file is not a regular file owned by the queue (#4.3.0)",
-            ));
+            return Err(temporary("message file is not a regular file owned by the queue (#4.3.0)"));
         }
-        let (_, offset) = queuefile::read_header(&mut file)
-            .map_err(|e| temporary(format!("{} (#4.3.0)", e.message)))?;
+        let (_, offset) =
+            queuefile::read_header(&mut file).map_err(|e| temporary(format!("{} (#4.3.0)", e.message)))?;
         file.seek(SeekFrom::Start(offset))
             .map_err(|e| temporary(format!("unable to seek in message: {e} (#4.3.0)")))?;
         Ok(file)
@@ -504,9 +410,8 @@ impl Spawner {
     ) -> std::result::Result<(), Refusal> {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| temporary(format!("unable to make a pipe: {e} (#4.3.0)")))?;
-        let write_too: OwnedFd = write
-            .try_clone()
-            .map_err(|e| temporary(format!("unable to dup a pipe: {e} (#4.3.0)")))?;
+        let write_too: OwnedFd =
+            write.try_clone().map_err(|e| temporary(format!("unable to dup a pipe: {e} (#4.3.0)")))?;
         // QUILL_HOME is passed on (not inherited): a forward from quill-local runs quill-queue,
         // which must write into this queue, not the compiled-in default.
         command
@@ -519,22 +424,15 @@ impl Spawner {
         if self.root {
             let groups = self.directory.groups(user)?;
             crate::sys::set_credentials(&mut command, user.uid, user.gid, groups);
-            crate::sys::change_dir_last(&mut command, &user.home).map_err(|e| {
-                temporary(format!(
-                    "unable to use home {}: {e} (#4.3.0)",
-                    user.home.display()
-                ))
-            })?;
+            crate::sys::change_dir_last(&mut command, &user.home)
+                .map_err(|e| temporary(format!("unable to use home {}: {e} (#4.3.0)", user.home.display())))?;
         } else {
             command.current_dir(&user.home);
         }
         let child = command.spawn().map_err(|e| {
             let name = crate::log::safe(&user.user);
             if !user.home.is_dir() {
-                temporary(format!(
-                    "home directory {} of {name} is missing (#4.2.1)",
-                    user.home.display()
-                ))
+                temporary(format!("home directory {} of {name} is missing (#4.2.1)", user.home.display()))
             } else {
                 temporary(format!("unable to run quill-local as {name}: {e} (#4.3.0)"))
             }
@@ -546,14 +444,7 @@ impl Spawner {
             std::os::fd::AsRawFd::as_raw_fd(&pipe),
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
         );
-        self.running.insert(
-            child.id() as i32,
-            Delivery {
-                slot,
-                pipe: Some(pipe),
-                output: Vec::new(),
-            },
-        );
+        self.running.insert(child.id() as i32, Delivery { slot, pipe: Some(pipe), output: Vec::new() });
         Ok(())
     }
 
@@ -574,18 +465,9 @@ impl Spawner {
             delivery.read_some();
             let (outcome, fallback) = match status {
                 Ok(0) => (Outcome::Success, "delivered".to_string()),
-                Ok(100) => (
-                    Outcome::Permanent,
-                    "quill-local failed permanently without saying why".to_string(),
-                ),
-                Ok(code) => (
-                    Outcome::Temporary,
-                    format!("quill-local exited {code} without saying why (#4.3.0)"),
-                ),
-                Err(signal) => (
-                    Outcome::Temporary,
-                    format!("quill-local was killed by signal {signal} (#4.3.0)"),
-                ),
+                Ok(100) => (Outcome::Permanent, "quill-local failed permanently without saying why".to_string()),
+                Ok(code) => (Outcome::Temporary, format!("quill-local exited {code} without saying why (#4.3.0)")),
+                Err(signal) => (Outcome::Temporary, format!("quill-local was killed by signal {signal} (#4.3.0)")),
             };
             let text = if delivery.output.iter().all(u8::is_ascii_whitespace) {
                 fallback.into_bytes()

@@ -50,11 +50,7 @@ pub fn create(dir: &Path) -> io::Result<()> {
     }
     File::open(dir)?.sync_all()?;
     if let Some(parent) = dir.parent() {
-        let parent = if parent.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            parent
-        };
+        let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
         File::open(parent)?.sync_all()?;
     }
     Ok(())
@@ -69,21 +65,9 @@ fn failure(dir: &Path, what: &str, err: &io::Error, written: bool) -> Error {
     if is_disk_full(err) {
         return Error::temporary(format!("Unable to {what} maildir {shown}: {err}. (#4.3.0)"));
     }
-    let outcome = if written {
-        Outcome::Temporary
-    } else {
-        errno_outcome(err)
-    };
-    let code = if outcome == Outcome::Permanent {
-        "5.2.0"
-    } else {
-        "4.2.0"
-    };
-    Error {
-        outcome,
-        code: 0,
-        message: format!("Unable to {what} maildir {shown}: {err}. (#{code})"),
-    }
+    let outcome = if written { Outcome::Temporary } else { errno_outcome(err) };
+    let code = if outcome == Outcome::Permanent { "5.2.0" } else { "4.2.0" };
+    Error { outcome, code: 0, message: format!("Unable to {what} maildir {shown}: {err}. (#{code})") }
 }
 
 /// Deliver `prefix` followed by everything `body` yields into the Maildir `dir`. With
@@ -104,9 +88,7 @@ pub fn deliver(dir: &Path, prefix: &[u8], body: &mut dyn Read, create_missing: b
     }
     // A tmp/ name that survives a crash is debris Maildir readers clean up; new/ is what counts.
     let _ = std::fs::remove_file(&tmp);
-    File::open(dir.join("new"))
-        .and_then(|d| d.sync_all())
-        .map_err(|err| failure(dir, "sync", &err, true))?;
+    File::open(dir.join("new")).and_then(|d| d.sync_all()).map_err(|err| failure(dir, "sync", &err, true))?;
     Ok(())
 }
 
@@ -117,17 +99,9 @@ fn open_unique(dir: &Path, host: &str, create_missing: bool) -> Result<(File, St
     loop {
         let name = unique_name(host, attempt);
         let tmp = dir.join("tmp").join(&name);
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&tmp)
-        {
+        match OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_CLOEXEC).open(&tmp) {
             Ok(file) => return Ok((file, name, tmp)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt + 1 < NAME_TRIES => {
-                attempt += 1
-            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt + 1 < NAME_TRIES => attempt += 1,
             Err(e) if e.kind() == io::ErrorKind::NotFound && create_missing && !created => {
                 create(dir).map_err(|err| failure(dir, "create", &err, false))?;
                 created = true;

@@ -35,10 +35,7 @@ const FROM: &[u8] = b"From ";
 
 impl Default for Quoter {
     fn default() -> Quoter {
-        Quoter {
-            start: Some((0, 0)),
-            last: None,
-        }
+        Quoter { start: Some((0, 0)), last: None }
     }
 }
 
@@ -122,19 +119,9 @@ fn lock_path(path: &Path) -> PathBuf {
 fn dotlock(path: &Path, deadline: Instant) -> Result<DotLock> {
     let lock = lock_path(path);
     loop {
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&lock)
-        {
+        match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&lock) {
             Ok(_) => return Ok(DotLock(Some(lock))),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS)
-                ) =>
-            {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS)) => {
                 return Ok(DotLock(None));
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -172,16 +159,11 @@ fn fcntl_lock(file: &File, path: &Path, deadline: Instant) -> Result<()> {
     loop {
         match nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETLK(&lock)) {
             Ok(_) => return Ok(()),
-            Err(nix::errno::Errno::EACCES)
-            | Err(nix::errno::Errno::EAGAIN)
-            | Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EACCES) | Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(failure(path, "lock", &io::Error::from(e), false)),
         }
         if Instant::now() >= deadline {
-            return Err(Error::temporary(format!(
-                "Unable to lock mailbox {}: timed out. (#4.2.0)",
-                path.display()
-            )));
+            return Err(Error::temporary(format!("Unable to lock mailbox {}: timed out. (#4.2.0)", path.display())));
         }
         std::thread::sleep(LOCK_RETRY);
     }
@@ -196,21 +178,9 @@ fn failure(path: &Path, what: &str, err: &io::Error, written: bool) -> Error {
     if is_disk_full(err) {
         return Error::temporary(format!("Unable to {what} mailbox {shown}: {err}. (#4.3.0)"));
     }
-    let outcome = if written {
-        Outcome::Temporary
-    } else {
-        errno_outcome(err)
-    };
-    let code = if outcome == Outcome::Permanent {
-        "5.2.0"
-    } else {
-        "4.2.0"
-    };
-    Error {
-        outcome,
-        code: 0,
-        message: format!("Unable to {what} mailbox {shown}: {err}. (#{code})"),
-    }
+    let outcome = if written { Outcome::Temporary } else { errno_outcome(err) };
+    let code = if outcome == Outcome::Permanent { "5.2.0" } else { "4.2.0" };
+    Error { outcome, code: 0, message: format!("Unable to {what} mailbox {shown}: {err}. (#{code})") }
 }
 
 /// Append one message to the mbox at `path`: `from_line` (with its newline), `prefix` (the
@@ -220,10 +190,7 @@ pub fn deliver(path: &Path, from_line: &[u8], prefix: &[u8], body: &mut dyn Read
     let _dotlock = dotlock(path, deadline)?;
     let (mut file, created) = open_append(path).map_err(|e| failure(path, "open", &e, false))?;
     fcntl_lock(&file, path, deadline)?;
-    let old_length = file
-        .metadata()
-        .map_err(|e| failure(path, "stat", &e, false))?
-        .len();
+    let old_length = file.metadata().map_err(|e| failure(path, "stat", &e, false))?.len();
     if let Err(err) = append(&mut file, from_line, prefix, body).and_then(|()| file.sync_all()) {
         // Leave the mailbox as it was rather than with half a message in it.
         let _ = file.set_len(old_length);
@@ -236,9 +203,7 @@ pub fn deliver(path: &Path, from_line: &[u8], prefix: &[u8], body: &mut dyn Read
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        File::open(parent)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| failure(path, "sync the directory of", &e, true))?;
+        File::open(parent).and_then(|d| d.sync_all()).map_err(|e| failure(path, "sync the directory of", &e, true))?;
     }
     Ok(())
 }
@@ -256,9 +221,7 @@ fn open_append(path: &Path) -> io::Result<(File, bool)> {
     match options.clone().create_new(true).mode(0o600).open(path) {
         Ok(file) => Ok((file, true)),
         // Someone else created it in between: append to theirs.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            options.open(path).map(|f| (f, false))
-        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => options.open(path).map(|f| (f, false)),
         Err(e) => Err(e),
     }
 }

@@ -139,10 +139,7 @@ pub fn read_header(file: &mut File) -> Result<(Header, u64)> {
 pub fn pull_trigger(layout: &Layout) {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    if let Ok(mut fifo) = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(layout.trigger())
+    if let Ok(mut fifo) = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(layout.trigger())
     {
         let _ = fifo.write(b"\0");
     }

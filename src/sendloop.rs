@@ -610,7 +610,10 @@ impl Sender {
                     log::safe(&m.recipients[i].address)
                 ));
             }
-            self.in_flight.insert(slot, Delivery { id: job.id, domain: job.domain, channel, recipients: job.recipients, numbers });
+            self.in_flight.insert(
+                slot,
+                Delivery { id: job.id, domain: job.domain, channel, recipients: job.recipients, numbers },
+            );
             self.running[c] += 1;
             self.status();
         }

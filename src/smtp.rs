@@ -68,11 +68,8 @@ const VERBS: &[(&[u8], Verb)] = &[
 pub fn parse_command(line: &[u8]) -> (Verb, &[u8]) {
     let split = memchr::memchr(b' ', line).unwrap_or(line.len());
     let word = &line[..split];
-    let verb = VERBS
-        .iter()
-        .find(|(name, _)| word.eq_ignore_ascii_case(name))
-        .map(|&(_, verb)| verb)
-        .unwrap_or(Verb::Unknown);
+    let verb =
+        VERBS.iter().find(|(name, _)| word.eq_ignore_ascii_case(name)).map(|&(_, verb)| verb).unwrap_or(Verb::Unknown);
     (verb, trim_spaces(&line[split..]))
 }
 
@@ -153,11 +150,7 @@ pub fn parse_path(input: &[u8], kind: PathKind) -> Result<(Mailbox, &[u8]), Path
     };
     let mut p = Parser { bytes: inner_start, pos: 0 };
     if p.eat(b'>') {
-        return if kind == PathKind::Reverse {
-            Ok((Mailbox::default(), p.rest()))
-        } else {
-            Err(PathError::Syntax)
-        };
+        return if kind == PathKind::Reverse { Ok((Mailbox::default(), p.rest())) } else { Err(PathError::Syntax) };
     }
     if kind == PathKind::Forward {
         // "<Postmaster>" without a domain, in any case, must be accepted.
@@ -530,9 +523,29 @@ mod tests {
     #[test]
     fn bad_paths() {
         for bad in [
-            "a@b", "<a@b", "<a>", "<@a:>", "<a@>", "<a@b.>", "<a@.b>", "<a@b..c>", "<.a@b>", "<a.@b>",
-            "<a..b@c>", "<a@-b>", "<a@b->", "<a b@c>", "<a@[1.2.3]>", "<a@[1.2.3.256]>", "<a@[IPv6:zz]>",
-            "<a@[tag:x]>", "<\"a@b>", "<\"a\r\"@b>", "<a@b_c>", "<@a,b:c@d>", "<@a:@b:c@d>",
+            "a@b",
+            "<a@b",
+            "<a>",
+            "<@a:>",
+            "<a@>",
+            "<a@b.>",
+            "<a@.b>",
+            "<a@b..c>",
+            "<.a@b>",
+            "<a.@b>",
+            "<a..b@c>",
+            "<a@-b>",
+            "<a@b->",
+            "<a b@c>",
+            "<a@[1.2.3]>",
+            "<a@[1.2.3.256]>",
+            "<a@[IPv6:zz]>",
+            "<a@[tag:x]>",
+            "<\"a@b>",
+            "<\"a\r\"@b>",
+            "<a@b_c>",
+            "<@a,b:c@d>",
+            "<@a:@b:c@d>",
         ] {
             assert_eq!(path(bad, PathKind::Forward), Err(PathError::Syntax), "{bad}");
         }
@@ -543,11 +556,17 @@ mod tests {
 
     #[test]
     fn routes_quotes_literals() {
-        assert_eq!(path("<@relay.example,@b.example:u@d.example>", PathKind::Forward).map(|r| r.0), Ok(b"u@d.example".to_vec()));
+        assert_eq!(
+            path("<@relay.example,@b.example:u@d.example>", PathKind::Forward).map(|r| r.0),
+            Ok(b"u@d.example".to_vec())
+        );
         assert_eq!(path("<\"a b\\\"c\"@d>", PathKind::Forward).map(|r| r.0), Ok(b"a b\"c@d".to_vec()));
         assert_eq!(path("<\"u@evil\"@d>", PathKind::Forward).map(|r| r.0), Ok(b"u@evil@d".to_vec()));
         assert_eq!(path("<u@[192.0.2.1]>", PathKind::Forward).map(|r| r.0), Ok(b"u@[192.0.2.1]".to_vec()));
-        assert_eq!(path("<u@[IPv6:2001:db8::1]>", PathKind::Forward).map(|r| r.0), Ok(b"u@[IPv6:2001:db8::1]".to_vec()));
+        assert_eq!(
+            path("<u@[IPv6:2001:db8::1]>", PathKind::Forward).map(|r| r.0),
+            Ok(b"u@[IPv6:2001:db8::1]".to_vec())
+        );
         let (m, _) = parse_path("<\"x@evil\"@example.com>".as_bytes(), PathKind::Forward).expect("parses");
         assert_eq!((m.local.as_slice(), m.domain.as_slice()), (&b"x@evil"[..], &b"example.com"[..]));
         let (m, _) = parse_path("<j\u{f6}rg@b\u{fc}cher.example>".as_bytes(), PathKind::Forward).expect("utf8");
@@ -556,7 +575,9 @@ mod tests {
 
     #[test]
     fn path_round_trip() {
-        for (local, domain) in [(&b"a.b"[..], &b"c"[..]), (b"a b", b"c"), (b"x\"y\\z", b"d"), (b"u@v", b"w"), (b"", b"")] {
+        for (local, domain) in
+            [(&b"a.b"[..], &b"c"[..]), (b"a b", b"c"), (b"x\"y\\z", b"d"), (b"u@v", b"w"), (b"", b"")]
+        {
             let text = format_path(local, domain);
             let (m, rest) = parse_path(&text, PathKind::Reverse).expect("round trip");
             assert_eq!((m.local.as_slice(), m.domain.as_slice(), rest), (local, domain, &b""[..]));

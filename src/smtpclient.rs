@@ -737,7 +737,8 @@ fn transaction(
         if mail.outcome() == Outcome::Success {
             return died(results, why, stage);
         }
-        let text = format!("{peer} does not like the sender <{}>. Remote host said: {}", crate::log::safe(sender), mail.text);
+        let text =
+            format!("{peer} does not like the sender <{}>. Remote host said: {}", crate::log::safe(sender), mail.text);
         Attempt::Done(Report::all(count, mail.outcome(), text))
     };
     let mail_reply;

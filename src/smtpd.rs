@@ -10,10 +10,10 @@
 
 use crate::address::{domain_listed, normal_domain, MAX_ADDRESS};
 use crate::control::Control;
-use crate::rcptcheck::{Checker, Verdict};
-use crate::sendconf::{Channel, Config as SendConfig};
 use crate::envelope::{Envelope, MAX_RECIPIENTS};
 use crate::fail::{qq, Error, Outcome, Result};
+use crate::rcptcheck::{Checker, Verdict};
+use crate::sendconf::{Channel, Config as SendConfig};
 use crate::smtp::{
     base64_decode, header_safe, parse_command, parse_params, parse_path, strip_keyword, write_reply, Mailbox,
     PathError, PathKind, Verb, MAX_AUTH_LINE, MAX_COMMAND_LINE,
@@ -111,7 +111,8 @@ impl Config {
         let tls = match control.line("tlscert")? {
             None => None,
             Some(cert) => {
-                let resolve = |name: Vec<u8>| -> PathBuf { control.home.join("control").join(OsString::from_vec(name)) };
+                let resolve =
+                    |name: Vec<u8>| -> PathBuf { control.home.join("control").join(OsString::from_vec(name)) };
                 let cert = resolve(cert);
                 let key = control.line("tlskey")?.map(resolve).unwrap_or_else(|| cert.clone());
                 match ServerTls::load(&cert, &key) {
@@ -423,7 +424,8 @@ impl HopCounter {
             self.in_line = true;
             if self.prefix.len() < 13 {
                 self.prefix.push(byte);
-                if self.prefix.eq_ignore_ascii_case(b"received:") || self.prefix.eq_ignore_ascii_case(b"delivered-to:") {
+                if self.prefix.eq_ignore_ascii_case(b"received:") || self.prefix.eq_ignore_ascii_case(b"delivered-to:")
+                {
                     self.hops += 1;
                 }
             }
@@ -467,11 +469,8 @@ impl Session {
     /// A session over fd 0/1.
     pub fn new(config: Config) -> io::Result<Session> {
         let wire = Wire::stdio(config.timeout)?;
-        let session_limit = if config.databytes == 0 {
-            MAX_SESSION_BYTES
-        } else {
-            config.databytes.saturating_mul(32).max(64 << 20)
-        };
+        let session_limit =
+            if config.databytes == 0 { MAX_SESSION_BYTES } else { config.databytes.saturating_mul(32).max(64 << 20) };
         Ok(Session {
             config,
             transport: Transport::Plain(wire),
@@ -566,7 +565,9 @@ impl Session {
             Transport::Closed => Ok(()),
         };
         self.output.clear();
-        result.map_err(|e| if e.kind() == io::ErrorKind::TimedOut { End::Timeout } else { End::WriteError(e.to_string()) })
+        result.map_err(
+            |e| if e.kind() == io::ErrorKind::TimedOut { End::Timeout } else { End::WriteError(e.to_string()) },
+        )
     }
 
     /// Read more input. Replies go out first: we only wait for the client when it has nothing
@@ -729,7 +730,11 @@ impl Session {
             return Ok(());
         }
         let mut lines = vec![me, "PIPELINING".to_string()];
-        lines.push(if self.config.databytes > 0 { format!("SIZE {}", self.config.databytes) } else { "SIZE".to_string() });
+        lines.push(if self.config.databytes > 0 {
+            format!("SIZE {}", self.config.databytes)
+        } else {
+            "SIZE".to_string()
+        });
         lines.extend(["8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8"].map(str::to_string));
         if self.config.tls.is_some() && self.tls_info.is_none() {
             lines.push("STARTTLS".to_string());
@@ -1154,7 +1159,8 @@ impl Session {
             Some(space) => (&arg[..space], Some(arg[space + 1..].to_vec())),
             None => (arg, None),
         };
-        let decode_initial = |initial: Vec<u8>| if initial == b"=" { Some(Vec::new()) } else { base64_decode(&initial) };
+        let decode_initial =
+            |initial: Vec<u8>| if initial == b"=" { Some(Vec::new()) } else { base64_decode(&initial) };
         let credentials = if mechanism.eq_ignore_ascii_case(b"PLAIN") {
             let response = match initial {
                 Some(initial) => match decode_initial(initial) {
@@ -1192,7 +1198,8 @@ impl Session {
         } else {
             return self.error(504, "5.5.4 unrecognized authentication mechanism");
         };
-        let Some((user, mut password)) = credentials.filter(|(u, p)| !u.is_empty() && !u.contains(&0) && !p.contains(&0))
+        let Some((user, mut password)) =
+            credentials.filter(|(u, p)| !u.is_empty() && !u.contains(&0) && !p.contains(&0))
         else {
             return self.error(501, "5.5.2 malformed credentials");
         };

@@ -64,7 +64,8 @@ impl Request {
         }
         let slot = std::str::from_utf8(&fields[0]).ok()?.parse().ok()?;
         let sender = fields[2].strip_prefix(b"F")?.to_vec();
-        let recipients = fields[3..].iter().map(|r| r.strip_prefix(b"T").map(<[u8]>::to_vec)).collect::<Option<Vec<_>>>()?;
+        let recipients =
+            fields[3..].iter().map(|r| r.strip_prefix(b"T").map(<[u8]>::to_vec)).collect::<Option<Vec<_>>>()?;
         Some(Request { slot, id: fields[1].clone(), sender, recipients })
     }
 }
@@ -108,10 +109,8 @@ impl Report {
     /// Parse a frame's fields; None if malformed.
     pub fn decode(fields: &[Vec<u8>]) -> Option<Report> {
         let slot = std::str::from_utf8(fields.first()?).ok()?.parse().ok()?;
-        let results = fields[1..]
-            .iter()
-            .map(|f| Result { outcome: Outcome::from_letter(f[0]), text: f[1..].to_vec() })
-            .collect();
+        let results =
+            fields[1..].iter().map(|f| Result { outcome: Outcome::from_letter(f[0]), text: f[1..].to_vec() }).collect();
         Some(Report { slot, results })
     }
 }

@@ -140,8 +140,8 @@ extern "C" fn note_signal(signal: libc::c_int) {
 /// The self-pipe trick: after this call each of `signals` writes its number as one byte to a
 /// non-blocking pipe, whose read end is returned for the caller's poll loop. Call once.
 pub fn signal_pipe(signals: &[i32]) -> io::Result<std::os::fd::OwnedFd> {
-    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(io::Error::from)?;
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
     use std::os::fd::IntoRawFd;
     SIGNAL_PIPE_WRITE.store(write.into_raw_fd(), std::sync::atomic::Ordering::Relaxed);
     for &signal in signals {

@@ -31,7 +31,10 @@ mod imp {
                 .and_then(|iter| iter.collect::<std::result::Result<_, _>>())
                 .map_err(|e| Error::temporary(format!("unable to read certificate {}: {e}", cert.display())))?;
             if certs.is_empty() {
-                return Err(Error::temporary(format!("unable to read certificate {}: no certificate in it", cert.display())));
+                return Err(Error::temporary(format!(
+                    "unable to read certificate {}: no certificate in it",
+                    cert.display()
+                )));
             }
             let key = PrivateKeyDer::from_pem_file(key)
                 .map_err(|e| Error::temporary(format!("unable to read key {}: {e}", key.display())))?;
@@ -54,8 +57,7 @@ mod imp {
         /// Run the whole handshake over `io` before returning: the caller must not have read
         /// anything the client sent after the command that started TLS (STARTTLS injection).
         pub fn accept(tls: &ServerTls, mut io: T) -> io::Result<TlsStream<T>> {
-            let mut connection =
-                ServerConnection::new(tls.config.clone()).map_err(io::Error::other)?;
+            let mut connection = ServerConnection::new(tls.config.clone()).map_err(io::Error::other)?;
             while connection.is_handshaking() {
                 let (read, _) = connection.complete_io(&mut io)?;
                 if read == 0 && connection.is_handshaking() && connection.wants_read() {

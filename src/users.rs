@@ -70,9 +70,7 @@ struct Line {
 }
 
 fn assign_error(number: usize, what: &str) -> Error {
-    Error::permanent(format!(
-        "unable to parse users/assign line {number}: {what}"
-    ))
+    Error::permanent(format!("unable to parse users/assign line {number}: {what}"))
 }
 
 fn number_field(field: &[u8]) -> Option<u32> {
@@ -87,19 +85,11 @@ fn parse_line(number: usize, line: &[u8]) -> Result<Line> {
     let wildcard = match line.first() {
         Some(b'=') => false,
         Some(b'+') => true,
-        _ => {
-            return Err(assign_error(
-                number,
-                "a line must start with =, + or be the final .",
-            ))
-        }
+        _ => return Err(assign_error(number, "a line must start with =, + or be the final .")),
     };
     let fields: Vec<&[u8]> = line[1..].split(|&b| b == b':').collect();
     if fields.len() != 8 || !fields[7].is_empty() {
-        return Err(assign_error(
-            number,
-            "expected 7 fields, each ended by a colon",
-        ));
+        return Err(assign_error(number, "expected 7 fields, each ended by a colon"));
     }
     let uid = number_field(fields[2]).ok_or_else(|| assign_error(number, "uid is not a number"))?;
     let gid = number_field(fields[3]).ok_or_else(|| assign_error(number, "gid is not a number"))?;
@@ -107,10 +97,7 @@ fn parse_line(number: usize, line: &[u8]) -> Result<Line> {
         return Err(assign_error(number, "empty user name"));
     }
     if fields[4].first() != Some(&b'/') {
-        return Err(assign_error(
-            number,
-            "the home directory must be an absolute path",
-        ));
+        return Err(assign_error(number, "the home directory must be an absolute path"));
     }
     if fields.iter().any(|f| f.len() > u16::MAX as usize) {
         return Err(assign_error(number, "field too long"));
@@ -168,9 +155,7 @@ pub fn compile_assign(source: &[u8]) -> Result<Vec<u8>> {
         }
     }
     if !finished {
-        return Err(Error::permanent(
-            "unable to parse users/assign: it does not end with a line holding only a dot",
-        ));
+        return Err(Error::permanent("unable to parse users/assign: it does not end with a line holding only a dot"));
     }
     // A stable sort keeps duplicates in file order, so dedup keeps the first.
     for table in [&mut exact, &mut wild] {
@@ -221,9 +206,7 @@ pub struct AssignDb {
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(
-        bytes.get(at..at.checked_add(4)?)?.try_into().ok()?,
-    ))
+    Some(u32::from_le_bytes(bytes.get(at..at.checked_add(4)?)?.try_into().ok()?))
 }
 
 fn field_at(bytes: &[u8], at: usize) -> Option<(&[u8], usize)> {
@@ -264,12 +247,7 @@ impl AssignDb {
         if total != bytes.len() || exact.saturating_add(wild).saturating_mul(4) > bytes.len() {
             return Err(corrupt());
         }
-        let db = AssignDb {
-            bytes,
-            exact,
-            wild,
-            longest,
-        };
+        let db = AssignDb { bytes, exact, wild, longest };
         for (first, count) in [(0, exact), (exact, wild)] {
             let mut previous: Option<&[u8]> = None;
             for i in first..first + count {
@@ -393,9 +371,7 @@ impl PasswdSource for System {
                 home: user.dir,
             })),
             Ok(None) => Ok(None),
-            Err(e) => Err(Error::temporary(format!(
-                "unable to look up user {name}: {e}"
-            ))),
+            Err(e) => Err(Error::temporary(format!("unable to look up user {name}: {e}"))),
         }
     }
 }
@@ -411,18 +387,10 @@ pub fn lookup_passwd(local: &[u8]) -> Option<Assignment> {
 /// [`lookup_passwd`] through a [`PasswdSource`], telling a failure of the password database
 /// or of a home directory's stat (temporary: a retry may find the user) apart from "no such
 /// user".
-pub fn lookup_passwd_with(
-    local: &[u8],
-    source: &mut dyn PasswdSource,
-) -> Result<Option<Assignment>> {
+pub fn lookup_passwd_with(local: &[u8], source: &mut dyn PasswdSource) -> Result<Option<Assignment>> {
     use std::os::unix::fs::MetadataExt;
     let lower = local.to_ascii_lowercase();
-    let dashes = lower
-        .iter()
-        .enumerate()
-        .rev()
-        .filter(|(_, &b)| b == b'-')
-        .map(|(i, _)| i);
+    let dashes = lower.iter().enumerate().rev().filter(|(_, &b)| b == b'-').map(|(i, _)| i);
     for end in std::iter::once(lower.len()).chain(dashes) {
         let name = &lower[..end];
         if name.is_empty() || name.len() > MAX_PASSWD_NAME || name.contains(&0) {
@@ -444,19 +412,9 @@ pub fn lookup_passwd_with(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(Error::io(format_args!("stat the home of {name}"), &e)),
         }
-        let (dash, ext) = if end < lower.len() {
-            (b"-".to_vec(), lower[end + 1..].to_vec())
-        } else {
-            (Vec::new(), Vec::new())
-        };
-        return Ok(Some(Assignment {
-            user: user.name,
-            uid: user.uid,
-            gid: user.gid,
-            home: user.home,
-            dash,
-            ext,
-        }));
+        let (dash, ext) =
+            if end < lower.len() { (b"-".to_vec(), lower[end + 1..].to_vec()) } else { (Vec::new(), Vec::new()) };
+        return Ok(Some(Assignment { user: user.name, uid: user.uid, gid: user.gid, home: user.home, dash, ext }));
     }
     Ok(None)
 }
@@ -480,23 +438,14 @@ pub fn alias_user_with(home: &Path, source: &mut dyn PasswdSource) -> Result<Ass
         static NAME: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
         let uid = crate::sys::uids().1;
         let name = NAME
-            .get_or_init(
-                || match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
-                    Ok(Some(user)) => user.name.into_bytes(),
-                    _ => ALIAS_USER.as_bytes().to_vec(),
-                },
-            )
+            .get_or_init(|| match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+                Ok(Some(user)) => user.name.into_bytes(),
+                _ => ALIAS_USER.as_bytes().to_vec(),
+            })
             .clone();
         (uid, crate::sys::gid(), name)
     };
-    Ok(Assignment {
-        user,
-        uid,
-        gid,
-        home: home.join("alias"),
-        dash: b"-".to_vec(),
-        ext: Vec::new(),
-    })
+    Ok(Assignment { user, uid, gid, home: home.join("alias"), dash: b"-".to_vec(), ext: Vec::new() })
 }
 
 /// Who controls `local` (the part before the last `@`, for any local domain), in this order:
@@ -507,12 +456,7 @@ pub fn alias_user_with(home: &Path, source: &mut dyn PasswdSource) -> Result<Ass
 ///
 /// A uid of 0 from the password file never counts, so `root` without an alias goes to the
 /// alias user; the caller refuses uid 0 from assign.db.
-pub fn resolve(
-    home: &Path,
-    local: &[u8],
-    aliases: &Aliases,
-    assign: Option<&AssignDb>,
-) -> Resolution {
+pub fn resolve(home: &Path, local: &[u8], aliases: &Aliases, assign: Option<&AssignDb>) -> Resolution {
     resolve_with(home, local, aliases, assign, &mut System)
 }
 
@@ -525,9 +469,7 @@ pub fn resolve_with(
     source: &mut dyn PasswdSource,
 ) -> Resolution {
     if let Some(target) = aliases.get(local) {
-        return Resolution::Alias {
-            target: target.to_vec(),
-        };
+        return Resolution::Alias { target: target.to_vec() };
     }
     if let Some(assignment) = assign.and_then(|db| db.lookup(local)) {
         return Resolution::User(assignment);
@@ -565,29 +507,17 @@ mod tests {
             .\nignored after the dot\n");
         assert_eq!(db.len(), 4);
         let joe = db.lookup(b"JOE").unwrap();
-        assert_eq!(
-            (joe.user.as_slice(), joe.uid, joe.gid),
-            (&b"joe"[..], 1001, 100)
-        );
-        assert_eq!(
-            (joe.dash.as_slice(), joe.ext.as_slice()),
-            (&b""[..], &b""[..])
-        );
+        assert_eq!((joe.user.as_slice(), joe.uid, joe.gid), (&b"joe"[..], 1001, 100));
+        assert_eq!((joe.dash.as_slice(), joe.ext.as_slice()), (&b""[..], &b""[..]));
         let ext = db.lookup(b"joe-List").unwrap();
         assert_eq!(
             (ext.user.as_slice(), ext.dash.as_slice(), ext.ext.as_slice()),
             (&b"joe"[..], &b"-"[..], &b"xlist"[..])
         );
         let jay = db.lookup(b"jim").unwrap();
-        assert_eq!(
-            (jay.user.as_slice(), jay.ext.as_slice()),
-            (&b"jay"[..], &b"im"[..])
-        );
+        assert_eq!((jay.user.as_slice(), jay.ext.as_slice()), (&b"jay"[..], &b"im"[..]));
         let any = db.lookup(b"postmaster").unwrap();
-        assert_eq!(
-            (any.user.as_slice(), any.ext.as_slice()),
-            (&b"alias"[..], &b"postmaster"[..])
-        );
+        assert_eq!((any.user.as_slice(), any.ext.as_slice()), (&b"alias"[..], &b"postmaster"[..]));
         assert_eq!(any.home, PathBuf::from("/var/quill/alias"));
     }
 
@@ -613,18 +543,9 @@ mod tests {
             (b"=a:a:1:99999999999:/a:::\n.\n", "line 1"),
         ] {
             let e = compile_assign(text).err().unwrap();
-            assert!(
-                e.message.contains(line),
-                "{}: {}",
-                String::from_utf8_lossy(text),
-                e.message
-            );
+            assert!(e.message.contains(line), "{}: {}", String::from_utf8_lossy(text), e.message);
         }
-        assert!(compile_assign(b"=a:a:1:1:/a:::\n")
-            .err()
-            .unwrap()
-            .message
-            .contains("dot"));
+        assert!(compile_assign(b"=a:a:1:1:/a:::\n").err().unwrap().message.contains("dot"));
     }
 
     #[test]
@@ -651,13 +572,9 @@ mod tests {
         let db = db(b"=postmaster:pm:1234:1234:/pm:::\n=assigned:a:1234:1234:/a:::\n.\n");
         assert_eq!(
             resolve(home, b"PostMaster", &aliases, Some(&db)),
-            Resolution::Alias {
-                target: b"someone".to_vec()
-            }
+            Resolution::Alias { target: b"someone".to_vec() }
         );
-        assert!(
-            matches!(resolve(home, b"assigned", &aliases, Some(&db)), Resolution::User(a) if a.user == b"a")
-        );
+        assert!(matches!(resolve(home, b"assigned", &aliases, Some(&db)), Resolution::User(a) if a.user == b"a"));
         // An unknown name goes to the alias user (or, as root without an alias user, defers).
         match resolve(home, b"No-Such-User-Here", &aliases, Some(&db)) {
             Resolution::AliasUser(a) => {
@@ -668,9 +585,6 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // root is uid 0 in the password file: never a User.
-        assert!(!matches!(
-            resolve(home, b"root", &Aliases::default(), None),
-            Resolution::User(_)
-        ));
+        assert!(!matches!(resolve(home, b"root", &Aliases::default(), None), Resolution::User(_)));
     }
 }

@@ -104,16 +104,7 @@ impl World {
         command
             .args(flags)
             .arg("--")
-            .args([
-                user,
-                home.to_str().expect("utf-8 home"),
-                local,
-                dash,
-                ext,
-                DOMAIN,
-                sender,
-                default,
-            ])
+            .args([user, home.to_str().expect("utf-8 home"), local, dash, ext, DOMAIN, sender, default])
             .current_dir(&home)
             .env_remove("QMAILQUEUE")
             .env_remove("DEFAULT")
@@ -151,9 +142,7 @@ impl World {
         env: &[(&str, &str)],
         message: &[u8],
     ) -> (i32, String) {
-        let child = self.spawn(
-            flags, "joe", local, dash, ext, sender, default, env, message,
-        );
+        let child = self.spawn(flags, "joe", local, dash, ext, sender, default, env, message);
         let out = child.wait_with_output().expect("wait");
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
@@ -165,7 +154,9 @@ impl World {
     fn fake_queue(&self, code: i32) -> String {
         let script = self.path("fake-queue");
         let d = self.dir.path().display();
-        let text = format!("#!/bin/sh\ncat > {d}/qq-message\ncat <&1 > {d}/qq-envelope\necho run >> {d}/qq-runs\nexit {code}\n");
+        let text = format!(
+            "#!/bin/sh\ncat > {d}/qq-message\ncat <&1 > {d}/qq-envelope\necho run >> {d}/qq-runs\nexit {code}\n"
+        );
         fs::write(&script, text).expect("write script");
         fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod script");
         script.to_str().expect("utf-8").to_string()
@@ -182,10 +173,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// The one file in `dir`/new, after checking that tmp/ is empty.
 fn only_message(dir: &Path) -> Vec<u8> {
-    assert!(
-        files(&dir.join("tmp")).is_empty(),
-        "tmp/ must be empty after a delivery"
-    );
+    assert!(files(&dir.join("tmp")).is_empty(), "tmp/ must be empty after a delivery");
     let new = files(&dir.join("new"));
     assert_eq!(new.len(), 1, "exactly one message in {}/new", dir.display());
     read(&new[0])
@@ -201,24 +189,11 @@ fn maildir_delivery() {
     let mail = only_message(&maildir);
     let mut want = format!("Return-Path: <{SENDER}>\nDelivered-To: joe@{DOMAIN}\n").into_bytes();
     want.extend_from_slice(MESSAGE);
-    assert_eq!(
-        mail, want,
-        "prefix lines, then the message exactly, no queue header"
-    );
+    assert_eq!(mail, want, "prefix lines, then the message exactly, no queue header");
     assert!(!contains(&mail, OTHER.as_bytes()) && !contains(&mail, b"\0"));
-    let name = files(&maildir.join("new"))[0]
-        .file_name()
-        .expect("name")
-        .to_string_lossy()
-        .into_owned();
-    assert!(
-        name.contains(".M") && name.contains('P'),
-        "unique name {name}"
-    );
-    let mode = fs::metadata(&files(&maildir.join("new"))[0])
-        .expect("stat")
-        .permissions()
-        .mode();
+    let name = files(&maildir.join("new"))[0].file_name().expect("name").to_string_lossy().into_owned();
+    assert!(name.contains(".M") && name.contains('P'), "unique name {name}");
+    let mode = fs::metadata(&files(&maildir.join("new"))[0]).expect("stat").permissions().mode();
     assert_eq!(mode & 0o077, 0, "a mail file is private");
 }
 
@@ -231,11 +206,7 @@ fn large_message_maildir_and_program() {
     while message.len() < 3 * 1024 * 1024 {
         message.extend_from_slice(line);
     }
-    w.write(
-        ".qmail",
-        b"./Maildir/\n|cat > ../program-copy\n./mbox\n",
-        0o644,
-    );
+    w.write(".qmail", b"./Maildir/\n|cat > ../program-copy\n./mbox\n", 0o644);
     let (code, report) = w.run_message(&[], "joe", "", "", SENDER, "", &[], &message);
     assert_eq!(code, 0, "{report}");
     let mail = only_message(&maildir);
@@ -247,16 +218,8 @@ fn large_message_maildir_and_program() {
     let mut tail = format!("Return-Path: <{SENDER}>\nDelivered-To: joe@{DOMAIN}\n").into_bytes();
     tail.extend_from_slice(&message);
     tail.push(b'\n');
-    assert!(
-        mbox.starts_with(b"From ") && mbox.ends_with(&tail),
-        "the whole message in the mbox"
-    );
-    assert_eq!(
-        mbox.iter()
-            .position(|&b| b == b'\n')
-            .map(|n| n + 1 + tail.len()),
-        Some(mbox.len())
-    );
+    assert!(mbox.starts_with(b"From ") && mbox.ends_with(&tail), "the whole message in the mbox");
+    assert_eq!(mbox.iter().position(|&b| b == b'\n').map(|n| n + 1 + tail.len()), Some(mbox.len()));
 }
 
 #[test]
@@ -264,46 +227,22 @@ fn mbox_delivery_appends_and_quotes() {
     let w = World::new("mbox");
     let (code, report) = w.run(&[], "joe", "", "", "./mbox", &[]);
     assert_eq!((code, report.trim()), (0, "did 1+0+0"), "{report}");
-    let (code, report) = w.run_message(
-        &[],
-        "joe",
-        "",
-        "",
-        "",
-        "./mbox",
-        &[],
-        b"Subject: second\n\nFrom x\nno newline at the end",
-    );
+    let (code, report) =
+        w.run_message(&[], "joe", "", "", "", "./mbox", &[], b"Subject: second\n\nFrom x\nno newline at the end");
     assert_eq!(code, 0, "{report}");
     let mbox = read(&w.home().join("mbox"));
     let text = String::from_utf8_lossy(&mbox);
     let messages: Vec<&str> = text.split("\n\nFrom ").collect();
-    assert_eq!(
-        messages.len(),
-        2,
-        "two messages separated by a blank line: {text}"
-    );
+    assert_eq!(messages.len(), 2, "two messages separated by a blank line: {text}");
     assert!(text.starts_with(&format!("From {SENDER} ")));
-    assert!(text.contains(&format!(
-        "Return-Path: <{SENDER}>\nDelivered-To: joe@{DOMAIN}\nReceived: "
-    )));
+    assert!(text.contains(&format!("Return-Path: <{SENDER}>\nDelivered-To: joe@{DOMAIN}\nReceived: ")));
     assert!(text.contains("\n>From the start of a line\n>>From an already quoted line\nbody\n\n"));
-    assert!(
-        messages[1].starts_with("MAILER-DAEMON "),
-        "empty sender: {}",
-        messages[1]
-    );
+    assert!(messages[1].starts_with("MAILER-DAEMON "), "empty sender: {}", messages[1]);
     assert!(text.contains("Return-Path: <>\n"));
     assert!(text.ends_with("\n>From x\nno newline at the end\n\n"));
     assert!(!text.contains(OTHER));
-    assert!(
-        !w.home().join("mbox.lock").exists(),
-        "the dot-lock is removed"
-    );
-    let mode = fs::metadata(w.home().join("mbox"))
-        .expect("stat")
-        .permissions()
-        .mode();
+    assert!(!w.home().join("mbox.lock").exists(), "the dot-lock is removed");
+    let mode = fs::metadata(w.home().join("mbox")).expect("stat").permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -312,43 +251,18 @@ fn mbox_waits_for_fcntl_lock() {
     let w = World::new("mboxlock");
     let path = w.home().join("mbox");
     fs::write(&path, b"").expect("create mbox");
-    let mut holder = fs::OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .expect("open mbox");
-    let lock = libc::flock {
-        l_type: libc::F_WRLCK as i16,
-        l_whence: libc::SEEK_SET as i16,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    };
-    nix::fcntl::fcntl(
-        std::os::fd::AsRawFd::as_raw_fd(&holder),
-        nix::fcntl::FcntlArg::F_SETLK(&lock),
-    )
-    .expect("lock");
+    let mut holder = fs::OpenOptions::new().append(true).open(&path).expect("open mbox");
+    let lock =
+        libc::flock { l_type: libc::F_WRLCK as i16, l_whence: libc::SEEK_SET as i16, l_start: 0, l_len: 0, l_pid: 0 };
+    nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(&holder), nix::fcntl::FcntlArg::F_SETLK(&lock)).expect("lock");
     let child = w.spawn(&[], "joe", "joe", "", "", SENDER, "./mbox", &[], MESSAGE);
     // quill-local takes the dot-lock first, then waits for the fcntl lock we hold.
-    assert!(
-        wait_for(Duration::from_secs(20), || w
-            .home()
-            .join("mbox.lock")
-            .exists()),
-        "quill-local took the dot-lock"
-    );
+    assert!(wait_for(Duration::from_secs(20), || w.home().join("mbox.lock").exists()), "quill-local took the dot-lock");
     std::thread::sleep(Duration::from_millis(300));
-    holder
-        .write_all(b"written by the lock holder\n")
-        .expect("write");
+    holder.write_all(b"written by the lock holder\n").expect("write");
     drop(holder); // releases the fcntl lock
     let out = child.wait_with_output().expect("wait");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
     let text = String::from_utf8_lossy(&read(&path)).into_owned();
     assert!(
         text.starts_with("written by the lock holder\nFrom sender@origin.example "),
@@ -362,12 +276,7 @@ fn stale_dotlock_is_removed_fresh_one_waited_for() {
     let lock = w.home().join("mbox.lock");
     fs::write(&lock, b"").expect("lock");
     let old = std::time::SystemTime::now() - Duration::from_secs(600);
-    File::options()
-        .write(true)
-        .open(&lock)
-        .expect("open")
-        .set_modified(old)
-        .expect("age the lock");
+    File::options().write(true).open(&lock).expect("open").set_modified(old).expect("age the lock");
     let (code, report) = w.run(&[], "joe", "", "", "./mbox", &[]);
     assert_eq!(code, 0, "{report}");
     assert!(!lock.exists());
@@ -379,35 +288,16 @@ fn stale_dotlock_is_removed_fresh_one_waited_for() {
     fs::remove_file(&lock).expect("unlock");
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(
-        before.len() * 2,
-        read(&w.home().join("mbox")).len(),
-        "nothing written while the dot-lock was held"
-    );
+    assert_eq!(before.len() * 2, read(&w.home().join("mbox")).len(), "nothing written while the dot-lock was held");
 }
 
 #[test]
 fn program_environment_and_input() {
     let w = World::new("program");
-    w.write(
-        ".qmail-list-default",
-        b"|env > ../env; pwd > ../cwd; cat > ../stdin\n",
-        0o644,
-    );
-    let (code, report) = w.run(
-        &[],
-        "joe-list-Foo-bar",
-        "-",
-        "list-Foo-bar",
-        "./Maildir/",
-        &[],
-    );
+    w.write(".qmail-list-default", b"|env > ../env; pwd > ../cwd; cat > ../stdin\n", 0o644);
+    let (code, report) = w.run(&[], "joe-list-Foo-bar", "-", "list-Foo-bar", "./Maildir/", &[]);
     assert_eq!((code, report.trim()), (0, "did 0+0+1"), "{report}");
-    assert_eq!(
-        read(&w.path("stdin")),
-        MESSAGE,
-        "the program reads exactly the message"
-    );
+    assert_eq!(read(&w.path("stdin")), MESSAGE, "the program reads exactly the message");
     let env = String::from_utf8_lossy(&read(&w.path("env"))).into_owned();
     let home = w.home().display().to_string();
     for want in [
@@ -431,11 +321,7 @@ fn program_environment_and_input() {
     ] {
         assert!(env.contains(want.as_str()), "missing {want:?} in\n{env}");
     }
-    assert_eq!(
-        read(&w.path("cwd")),
-        format!("{home}\n").into_bytes(),
-        "runs in the home directory"
-    );
+    assert_eq!(read(&w.path("cwd")), format!("{home}\n").into_bytes(), "runs in the home directory");
 }
 
 #[test]
@@ -460,64 +346,34 @@ fn program_exit_codes() {
         assert_eq!(code, want, "{dotfile:?}: {report}");
         assert_eq!(files(&maildir.join("new")).len(), delivered, "{dotfile:?}");
         if code != 0 {
-            assert!(
-                report.contains("(#"),
-                "a failure report ends with a status code: {report}"
-            );
+            assert!(report.contains("(#"), "a failure report ends with a status code: {report}");
         }
     }
     // Exit 99 stops the lines after it but forwards collected before it still go out.
     let queue = w.fake_queue(0);
-    w.write(
-        ".qmail",
-        b"&early@x.example\n|exit 99\n&late@x.example\n",
-        0o644,
-    );
+    w.write(".qmail", b"&early@x.example\n|exit 99\n&late@x.example\n", 0o644);
     let (code, report) = w.run(&[], "joe", "", "", "", &[("QMAILQUEUE", &queue)]);
     assert_eq!(code, 0, "{report}");
-    assert_eq!(
-        read(&w.path("qq-envelope")),
-        format!("F{SENDER}\0Tearly@x.example\0\0").into_bytes()
-    );
+    assert_eq!(read(&w.path("qq-envelope")), format!("F{SENDER}\0Tearly@x.example\0\0").into_bytes());
 }
 
 #[test]
 fn forwarding_makes_one_injection() {
     let w = World::new("forward");
     let queue = w.fake_queue(0);
-    w.write(
-        ".qmail",
-        b"# forwards\n&alice@a.example\nbob\n&carol@c.example\n",
-        0o644,
-    );
+    w.write(".qmail", b"# forwards\n&alice@a.example\nbob\n&carol@c.example\n", 0o644);
     let (code, report) = w.run(&[], "joe", "", "", "", &[("QMAILQUEUE", &queue)]);
     assert_eq!(code, 0, "{report}");
     assert!(report.starts_with("did 0+3+0 qp "), "{report}");
-    assert_eq!(
-        read(&w.path("qq-runs")),
-        b"run\n",
-        "one injection for all targets"
-    );
+    assert_eq!(read(&w.path("qq-runs")), b"run\n", "one injection for all targets");
     let envelope = read(&w.path("qq-envelope"));
-    assert_eq!(
-        envelope,
-        format!("F{SENDER}\0Talice@a.example\0Tbob@{DOMAIN}\0Tcarol@c.example\0\0").into_bytes()
-    );
+    assert_eq!(envelope, format!("F{SENDER}\0Talice@a.example\0Tbob@{DOMAIN}\0Tcarol@c.example\0\0").into_bytes());
     let mut want = format!("Delivered-To: joe@{DOMAIN}\n").into_bytes();
     want.extend_from_slice(MESSAGE);
     assert_eq!(read(&w.path("qq-message")), want);
 
     // A bounce keeps its empty sender.
-    let (code, report) = w.run_message(
-        &[],
-        "joe",
-        "",
-        "",
-        "",
-        "",
-        &[("QMAILQUEUE", &queue)],
-        MESSAGE,
-    );
+    let (code, report) = w.run_message(&[], "joe", "", "", "", "", &[("QMAILQUEUE", &queue)], MESSAGE);
     assert_eq!(code, 0, "{report}");
     assert!(read(&w.path("qq-envelope")).starts_with(b"F\0Talice"));
 
@@ -546,23 +402,11 @@ fn extension_files_and_default() {
     assert_eq!(code, 0, "{report}");
     only_message(&exact);
 
-    w.write(
-        ".qmail-a-default",
-        b"|echo \"$DEFAULT\" > ../default-a\n",
-        0o644,
-    );
-    w.write(
-        ".qmail-default",
-        b"|echo \"$DEFAULT\" > ../default-all\n",
-        0o644,
-    );
+    w.write(".qmail-a-default", b"|echo \"$DEFAULT\" > ../default-a\n", 0o644);
+    w.write(".qmail-default", b"|echo \"$DEFAULT\" > ../default-all\n", 0o644);
     let (code, report) = w.run(&[], "joe-a-b-c", "-", "a-b-c", "", &[]);
     assert_eq!(code, 0, "{report}");
-    assert_eq!(
-        read(&w.path("default-a")),
-        b"b-c\n",
-        "the most specific -default file wins"
-    );
+    assert_eq!(read(&w.path("default-a")), b"b-c\n", "the most specific -default file wins");
     assert!(!w.path("default-all").exists());
     let (code, _) = w.run(&[], "joe-zz", "-", "zz", "", &[]);
     assert_eq!(code, 0);
@@ -582,10 +426,7 @@ fn unknown_extension_is_permanent() {
     w.write(".qmail-known", b"./Maildir/\n", 0o644);
     let (code, report) = w.run(&[], "joe-unknown", "-", "unknown", "./Maildir/", &[]);
     assert_eq!(code, 100);
-    assert_eq!(
-        report.trim(),
-        "Sorry, no mailbox here by that name. (#5.1.1)"
-    );
+    assert_eq!(report.trim(), "Sorry, no mailbox here by that name. (#5.1.1)");
 }
 
 #[test]
@@ -598,24 +439,13 @@ fn per_address_maildir_is_created() {
         assert_eq!(code, 0, "{local}: {report}");
     }
     let x = w.home().join("maildir/xavier");
-    assert_eq!(
-        files(&x.join("new")).len(),
-        2,
-        "both spellings land in the lower-case box"
-    );
+    assert_eq!(files(&x.join("new")).len(), 2, "both spellings land in the lower-case box");
     assert_eq!(files(&w.home().join("maildir/yolanda/new")).len(), 1);
     for dir in [x.clone(), x.join("tmp"), x.join("new"), x.join("cur")] {
-        assert_eq!(
-            fs::metadata(&dir).expect("stat").permissions().mode() & 0o777,
-            0o700,
-            "{}",
-            dir.display()
-        );
+        assert_eq!(fs::metadata(&dir).expect("stat").permissions().mode() & 0o777, 0o700, "{}", dir.display());
     }
     let first = b"Return-Path: <sender@origin.example>\nDelivered-To: Xavier@example.com\n";
-    assert!(files(&x.join("new"))
-        .iter()
-        .any(|f| read(f).starts_with(first)));
+    assert!(files(&x.join("new")).iter().any(|f| read(f).starts_with(first)));
 
     // ${LOCAL} and ${EXT} work the same way.
     w.write(".qmail-box-default", b"./maildir/${EXT}/\n", 0o644);
@@ -630,10 +460,7 @@ fn per_address_maildir_is_created() {
     let (code, report) = w.run(&[], "e-", "-", "e-", "", &[]);
     assert_eq!(code, 100, "empty DEFAULT: {report}");
     let entries = files(&w.home().join("maildir")).len();
-    assert_eq!(
-        entries, 4,
-        "xavier yolanda box-z box-: nothing else created"
-    );
+    assert_eq!(entries, 4, "xavier yolanda box-z box-: nothing else created");
 }
 
 #[test]
@@ -666,10 +493,7 @@ fn forward_file_with_own_mailbox() {
     assert!(report.starts_with("did 1+1+1 qp "), "{report}");
     only_message(&maildir);
     assert_eq!(read(&w.path("from-forward")), MESSAGE);
-    assert_eq!(
-        read(&w.path("qq-envelope")),
-        format!("F{SENDER}\0Tfriend@f.example\0\0").into_bytes()
-    );
+    assert_eq!(read(&w.path("qq-envelope")), format!("F{SENDER}\0Tfriend@f.example\0\0").into_bytes());
 
     // A non-empty .qmail wins over .forward.
     w.write(".qmail", b"|echo dotqmail > ../which\n", 0o644);
@@ -691,56 +515,31 @@ fn aliases_with_include() {
     let boxdir = w.path("listbox/");
     fs::write(
         &list,
-        format!(
-            "# members\nmember@m.example, localname\n{}\n:include:{}\n",
-            boxdir.display(),
-            inner.display()
-        ),
+        format!("# members\nmember@m.example, localname\n{}\n:include:{}\n", boxdir.display(), inner.display()),
     )
     .expect("list");
     for sub in ["tmp", "new", "cur"] {
         fs::create_dir_all(boxdir.join(sub)).expect("maildir");
     }
     let mbox = w.path("alias-mbox");
-    let rhs = format!(
-        "{}, \"|cat > {}/alias-program\", :include:{}",
-        mbox.display(),
-        w.dir.path().display(),
-        list.display()
-    );
-    let (code, report) = w.run(
-        &["-A"],
-        "postmaster",
-        "-",
-        "postmaster",
-        &rhs,
-        &[("QMAILQUEUE", &queue)],
-    );
+    let rhs =
+        format!("{}, \"|cat > {}/alias-program\", :include:{}", mbox.display(), w.dir.path().display(), list.display());
+    let (code, report) = w.run(&["-A"], "postmaster", "-", "postmaster", &rhs, &[("QMAILQUEUE", &queue)]);
     assert_eq!(code, 0, "{report}");
     assert!(report.starts_with("did 2+3+1 qp "), "{report}");
-    assert!(contains(
-        &read(&mbox),
-        b"Delivered-To: postmaster@example.com\n"
-    ));
+    assert!(contains(&read(&mbox), b"Delivered-To: postmaster@example.com\n"));
     assert_eq!(read(&w.path("alias-program")), MESSAGE);
     only_message(&boxdir);
     assert_eq!(
         read(&w.path("qq-envelope")),
-        format!("F{SENDER}\0Tmember@m.example\0Tlocalname@{DOMAIN}\0Tdeep@d.example\0\0")
-            .into_bytes()
+        format!("F{SENDER}\0Tmember@m.example\0Tlocalname@{DOMAIN}\0Tdeep@d.example\0\0").into_bytes()
     );
 
     // Includes that include themselves stop at a bound instead of running forever.
     let selfish = w.path("selfish");
     fs::write(&selfish, format!(":include:{}\n", selfish.display())).expect("selfish");
-    let (code, report) = w.run(
-        &["-A"],
-        "postmaster",
-        "-",
-        "postmaster",
-        &format!(":include:{}", selfish.display()),
-        &[],
-    );
+    let (code, report) =
+        w.run(&["-A"], "postmaster", "-", "postmaster", &format!(":include:{}", selfish.display()), &[]);
     assert_eq!(code, 111, "{report}");
     // A world-writable include file is not trusted.
     fs::set_permissions(&inner, fs::Permissions::from_mode(0o666)).expect("chmod");
@@ -762,10 +561,7 @@ fn loops_are_detected() {
     let looping = b"Received: by a\nDelivered-To: JOE@example.com\nSubject: loop\n\nbody\n";
     let (code, report) = w.run_message(&[], "joe", "", "", SENDER, "./Maildir/", &[], looping);
     assert_eq!(code, 100);
-    assert_eq!(
-        report.trim(),
-        "This message is looping: it already has my Delivered-To line. (#5.4.6)"
-    );
+    assert_eq!(report.trim(), "This message is looping: it already has my Delivered-To line. (#5.4.6)");
     let mut many = b"Received: by a\n".repeat(101);
     many.extend_from_slice(b"\nbody\n");
     let (code, report) = w.run_message(&[], "joe", "", "", SENDER, "./Maildir/", &[], &many);
@@ -783,13 +579,8 @@ fn unsafe_permissions_defer() {
     let w = World::new("perms");
     let maildir = w.maildir("Maildir");
     let home = w.home();
-    let chmod = |path: &Path, mode: u32| {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod")
-    };
-    let cases: [(&str, u32, &str); 2] = [
-        ("world-writable home", 0o777, "writable"),
-        ("sticky home", 0o1755, "sticky"),
-    ];
+    let chmod = |path: &Path, mode: u32| fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+    let cases: [(&str, u32, &str); 2] = [("world-writable home", 0o777, "writable"), ("sticky home", 0o1755, "sticky")];
     for (what, mode, word) in cases {
         chmod(&home, mode);
         let (code, report) = w.run(&[], "joe", "", "", "./Maildir/", &[]);
@@ -803,10 +594,7 @@ fn unsafe_permissions_defer() {
         w.write(file, b"./Maildir/\n", mode);
         let (code, report) = w.run(&[], "joe", "", "", "./Maildir/", &[]);
         assert_eq!(code, 111, "{file} {mode:o}: {report}");
-        assert!(
-            report.contains(file) && report.contains("writable"),
-            "{report}"
-        );
+        assert!(report.contains(file) && report.contains("writable"), "{report}");
     }
     let _ = fs::remove_file(home.join(".forward"));
     // Owner-execute: forwards only.
@@ -817,10 +605,7 @@ fn unsafe_permissions_defer() {
     w.write(".qmail", b"\n./Maildir/\n", 0o644);
     let (code, _) = w.run(&[], "joe", "", "", "", &[]);
     assert_eq!(code, 111);
-    assert!(
-        files(&maildir.join("new")).is_empty(),
-        "nothing delivered by a deferred attempt"
-    );
+    assert!(files(&maildir.join("new")).is_empty(), "nothing delivered by a deferred attempt");
     w.write(".qmail", b"./Maildir/\n", 0o600);
     let (code, _) = w.run(&[], "joe", "", "", "", &[]);
     assert_eq!(code, 0);
@@ -830,11 +615,7 @@ fn unsafe_permissions_defer() {
 fn dry_run_delivers_nothing() {
     let w = World::new("dryrun");
     let maildir = w.maildir("Maildir");
-    w.write(
-        ".qmail-default",
-        b"./Maildir/\n./mbox\n|touch ../ran\n&friend\n./boxes/${DEFAULT}/\n",
-        0o644,
-    );
+    w.write(".qmail-default", b"./Maildir/\n./mbox\n|touch ../ran\n&friend\n./boxes/${DEFAULT}/\n", 0o644);
     let (code, report) = w.run(&["-n"], "joe-x", "-", "X", "", &[]);
     assert_eq!(code, 0, "{report}");
     assert_eq!(
@@ -842,20 +623,12 @@ fn dry_run_delivers_nothing() {
         "maildir ./Maildir/\nmbox ./mbox\nprogram touch ../ran\nforward friend@example.com\nmaildir ./boxes/x/"
     );
     assert!(files(&maildir.join("new")).is_empty());
-    assert!(
-        !w.home().join("mbox").exists()
-            && !w.path("ran").exists()
-            && !w.home().join("boxes").exists()
-    );
+    assert!(!w.home().join("mbox").exists() && !w.path("ran").exists() && !w.home().join("boxes").exists());
 }
 
 #[test]
 fn bad_usage_is_temporary() {
-    let out = Command::new(bin("quill-local"))
-        .args(["--", "too", "few"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run");
+    let out = Command::new(bin("quill-local")).args(["--", "too", "few"]).stdin(Stdio::null()).output().expect("run");
     assert_eq!(out.status.code(), Some(111));
 }
 
@@ -865,26 +638,14 @@ fn background_process_holding_the_pipe_does_not_block() {
     let maildir = w.maildir("Maildir");
     // The program leaves a process behind that keeps the message pipe open without reading;
     // the message is larger than a pipe buffer, so feeding it can never finish.
-    w.write(
-        ".qmail",
-        b"|exec 3<&0; (sleep 120 <&3 >/dev/null 2>&1 & echo $! > ../bgpid); exit 0\n./Maildir/\n",
-        0o644,
-    );
-    let message = b"Subject: big\n\n"
-        .iter()
-        .copied()
-        .chain(std::iter::repeat_n(b'x', 1024 * 1024))
-        .collect::<Vec<u8>>();
+    w.write(".qmail", b"|exec 3<&0; (sleep 120 <&3 >/dev/null 2>&1 & echo $! > ../bgpid); exit 0\n./Maildir/\n", 0o644);
+    let message =
+        b"Subject: big\n\n".iter().copied().chain(std::iter::repeat_n(b'x', 1024 * 1024)).collect::<Vec<u8>>();
     let mut child = w.spawn(&[], "joe", "joe", "", "", SENDER, "", &[], &message);
-    let finished = wait_for(Duration::from_secs(60), || {
-        matches!(child.try_wait(), Ok(Some(_)))
-    });
+    let finished = wait_for(Duration::from_secs(60), || matches!(child.try_wait(), Ok(Some(_))));
     if let Ok(pid) = fs::read_to_string(w.path("bgpid")) {
         if let Ok(pid) = pid.trim().parse::<i32>() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
     if !finished {
@@ -892,12 +653,7 @@ fn background_process_holding_the_pipe_does_not_block() {
     }
     let out = child.wait_with_output().expect("wait");
     assert!(finished, "quill-local waited for the background process");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "did 1+0+1");
     only_message(&maildir);
 }
@@ -920,17 +676,7 @@ fn failed_writes_leave_no_partial_mail() {
             .arg("trap '' XFSZ; ulimit -f 1; exec \"$@\"")
             .arg("sh")
             .arg(bin("quill-local"))
-            .args([
-                "--",
-                "joe",
-                home.to_str().expect("utf-8"),
-                "joe",
-                "",
-                "",
-                DOMAIN,
-                SENDER,
-                line,
-            ])
+            .args(["--", "joe", home.to_str().expect("utf-8"), "joe", "", "", DOMAIN, SENDER, line])
             .current_dir(&home)
             .stdin(Stdio::from(w.queue_file(SENDER, &message)))
             .output()
@@ -939,10 +685,7 @@ fn failed_writes_leave_no_partial_mail() {
         assert_eq!(out.status.code(), Some(111), "{line}: {report}");
         assert!(report.contains("(#4."), "{report}");
     }
-    assert!(
-        files(&maildir.join("tmp")).is_empty(),
-        "partial file removed"
-    );
+    assert!(files(&maildir.join("tmp")).is_empty(), "partial file removed");
     assert!(files(&maildir.join("new")).is_empty());
     assert!(read(&w.home().join("mbox")) == before, "mbox cut back");
     assert!(!w.home().join("mbox.lock").exists());

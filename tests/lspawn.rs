@@ -49,10 +49,7 @@ exit "${code:-0}"
 /// The identity lspawn runs under in the "private instance" tests, and who owns the home.
 fn runner() -> (u32, u32) {
     if common::is_root() {
-        let nobody = nix::unistd::User::from_name("nobody")
-            .ok()
-            .flatten()
-            .expect("user nobody");
+        let nobody = nix::unistd::User::from_name("nobody").ok().flatten().expect("user nobody");
         (nobody.uid.as_raw(), nobody.gid.as_raw())
     } else {
         (quill::sys::uids().0, quill::sys::gid())
@@ -75,30 +72,16 @@ impl World {
         }
         let fake = FAKE.replace("@DIR@", &world.path().join("fake").display().to_string());
         world.write("fake/quill-local", fake.as_bytes());
-        std::fs::set_permissions(
-            world.fake(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .expect("chmod");
+        std::fs::set_permissions(world.fake(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
         let aliases = world.path().join("aliases");
-        world.write(
-            "control/aliases",
-            format!("{}\n", aliases.display()).as_bytes(),
-        );
+        world.write("control/aliases", format!("{}\n", aliases.display()).as_bytes());
         world.chown_all();
         world
     }
 
     /// The usual world: lspawn runs as [`runner`].
     fn private(tag: &str) -> World {
-        World::new(
-            tag,
-            if common::is_root() {
-                Some(runner())
-            } else {
-                None
-            },
-        )
+        World::new(tag, if common::is_root() { Some(runner()) } else { None })
     }
 
     fn path(&self) -> &Path {
@@ -132,12 +115,7 @@ impl World {
     fn write(&self, name: &str, contents: &[u8]) {
         static TICK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let path = self.path().join(name);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .expect("open");
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&path).expect("open");
         file.write_all(contents).expect("write");
         let tick = TICK.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let time = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + tick);
@@ -174,13 +152,10 @@ impl World {
             },
         };
         let mut bytes = header.encode();
-        bytes.extend_from_slice(
-            format!("Subject: {subject}\nFrom: from@example.org\n\nbody\n").as_bytes(),
-        );
+        bytes.extend_from_slice(format!("Subject: {subject}\nFrom: from@example.org\n\nbody\n").as_bytes());
         let tmp = self.path().join("queue/tmp/new");
         std::fs::write(&tmp, &bytes).expect("write message");
-        let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&tmp).expect("stat"))
-            .to_string();
+        let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&tmp).expect("stat")).to_string();
         let path = self.path().join("queue").join(dir).join(&id);
         std::fs::rename(&tmp, &path).expect("rename");
         self.chown(&path);
@@ -191,22 +166,14 @@ impl World {
     fn assign(&self, text: &str) {
         self.write("users/assign", text.as_bytes());
         let out = common::run(self.path(), "quill-newu", &[], b"");
-        assert!(
-            out.status.success(),
-            "quill-newu: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "quill-newu: {}", String::from_utf8_lossy(&out.stderr));
         self.chown(&self.path().join("users/assign.db"));
     }
 
     /// Start lspawn, as `user` or as the test's own identity.
     fn lspawn(&self, user: Option<(u32, u32)>) -> Lspawn {
         let mut command = Command::new(common::bin("quill-lspawn"));
-        command
-            .arg("-l")
-            .arg(self.fake())
-            .arg("./Maildir/")
-            .env("QUILL_HOME", self.path());
+        command.arg("-l").arg(self.fake()).arg("./Maildir/").env("QUILL_HOME", self.path());
         if let Some((uid, gid)) = user {
             command.uid(uid).gid(gid);
         }
@@ -256,12 +223,7 @@ impl Lspawn {
             let _ = stderr.read_to_end(&mut all);
             let _ = send_err.send(all);
         });
-        Lspawn {
-            stdin: child.stdin.take(),
-            child,
-            reports,
-            stderr: stderr_rx,
-        }
+        Lspawn { stdin: child.stdin.take(), child, reports, stderr: stderr_rx }
     }
 
     fn send(&mut self, slot: u32, id: &str, recipients: &[&[u8]]) {
@@ -271,17 +233,11 @@ impl Lspawn {
             sender: b"from@example.org".to_vec(),
             recipients: recipients.iter().map(|r| r.to_vec()).collect(),
         };
-        self.stdin
-            .as_mut()
-            .expect("stdin open")
-            .write_all(&request.encode())
-            .expect("write request");
+        self.stdin.as_mut().expect("stdin open").write_all(&request.encode()).expect("write request");
     }
 
     fn report(&self) -> Report {
-        self.reports
-            .recv_timeout(LIMIT)
-            .expect("a report from quill-lspawn")
+        self.reports.recv_timeout(LIMIT).expect("a report from quill-lspawn")
     }
 
     /// Deliver one recipient and return (letter, text).
@@ -291,10 +247,7 @@ impl Lspawn {
         assert_eq!(report.slot, 99);
         assert_eq!(report.results.len(), 1);
         let result = &report.results[0];
-        (
-            result.outcome.letter() as char,
-            String::from_utf8_lossy(&result.text).into_owned(),
-        )
+        (result.outcome.letter() as char, String::from_utf8_lossy(&result.text).into_owned())
     }
 
     /// Close fd 0 and wait (bounded) for a clean exit; returns lspawn's stderr.
@@ -305,8 +258,7 @@ impl Lspawn {
             status = self.child.try_wait().expect("wait");
             status.is_some()
         }));
-        let stderr = String::from_utf8_lossy(&self.stderr.recv_timeout(LIMIT).unwrap_or_default())
-            .into_owned();
+        let stderr = String::from_utf8_lossy(&self.stderr.recv_timeout(LIMIT).unwrap_or_default()).into_owned();
         assert!(status.unwrap().success(), "quill-lspawn failed: {stderr}");
         stderr
     }
@@ -324,25 +276,13 @@ impl Drop for Lspawn {
 /// A process's user + system CPU time in clock ticks, from /proc.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
     field(11) + field(12)
 }
 
 fn line<'a>(text: &'a str, prefix: &str) -> &'a str {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .unwrap_or_else(|| panic!("no {prefix} line in {text:?}"))
+    text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} line in {text:?}"))
 }
 
 #[test]
@@ -357,10 +297,7 @@ fn argv_for_each_kind_of_recipient() {
         lister.display(),
         joe.display()
     ));
-    world.write(
-        "aliases",
-        b"# test aliases\npostmaster: joe,\n  \"|/bin/prog arg\"\nroot: joe\n",
-    );
+    world.write("aliases", b"# test aliases\npostmaster: joe,\n  \"|/bin/prog arg\"\nroot: joe\n");
     let alias_home = world.path().join("alias");
     let id = world.message("mess", "first line");
     let mut lspawn = world.lspawn_private();
@@ -369,15 +306,9 @@ fn argv_for_each_kind_of_recipient() {
     assert_eq!(letter, 'K', "{text}");
     assert_eq!(
         line(&text, "argv:"),
-        format!(
-            "argv: [--] [joe] [{}] [Joe] [] [] [Example.COM] [from@example.org] [./Maildir/]",
-            joe.display()
-        )
+        format!("argv: [--] [joe] [{}] [Joe] [] [] [Example.COM] [from@example.org] [./Maildir/]", joe.display())
     );
-    assert_eq!(
-        line(&text, "ids:").split(' ').nth(1),
-        Some(uid.to_string().as_str())
-    );
+    assert_eq!(line(&text, "ids:").split(' ').nth(1), Some(uid.to_string().as_str()));
     assert_eq!(line(&text, "cwd:"), format!("cwd: {}", joe.display()));
     assert_eq!(
         line(&text, "env:"),
@@ -386,18 +317,20 @@ fn argv_for_each_kind_of_recipient() {
     assert_eq!(line(&text, "stdin:"), "stdin: Subject: first line");
 
     let (_, text) = lspawn.deliver(&id, "LIST-Owner@example.com");
-    assert_eq!(line(&text, "argv:"), format!("argv: [--] [lister] [{}] [LIST-Owner] [-] [xowner] [example.com] [from@example.org] [./Maildir/]", lister.display()));
+    assert_eq!(
+        line(&text, "argv:"),
+        format!(
+            "argv: [--] [lister] [{}] [LIST-Owner] [-] [xowner] [example.com] [from@example.org] [./Maildir/]",
+            lister.display()
+        )
+    );
     assert_eq!(line(&text, "cwd:"), format!("cwd: {}", lister.display()));
 
     // Aliases come before assign.db (root is in both).
     for local in ["postmaster", "ROOT"] {
         let (letter, text) = lspawn.deliver(&id, &format!("{local}@example.com"));
         assert_eq!(letter, 'K', "{text}");
-        let target = if local == "ROOT" {
-            "joe"
-        } else {
-            "joe, \"|/bin/prog arg\""
-        };
+        let target = if local == "ROOT" { "joe" } else { "joe, \"|/bin/prog arg\"" };
         let argv = line(&text, "argv:");
         assert!(argv.starts_with("argv: [-A] [--] ["), "{argv}");
         assert!(
@@ -407,10 +340,7 @@ fn argv_for_each_kind_of_recipient() {
             )),
             "{argv}"
         );
-        assert_eq!(
-            line(&text, "cwd:"),
-            format!("cwd: {}", alias_home.display())
-        );
+        assert_eq!(line(&text, "cwd:"), format!("cwd: {}", alias_home.display()));
     }
 
     // Nobody claims it: the alias user with the local part (in lower case) as extension.
@@ -418,23 +348,17 @@ fn argv_for_each_kind_of_recipient() {
     assert_eq!(letter, 'K', "{text}");
     let argv = line(&text, "argv:");
     assert!(
-        argv.ends_with(&format!("] [{}] [No.Such-User] [-] [no.such-user] [example.com] [from@example.org] [./Maildir/]", alias_home.display())),
+        argv.ends_with(&format!(
+            "] [{}] [No.Such-User] [-] [no.such-user] [example.com] [from@example.org] [./Maildir/]",
+            alias_home.display()
+        )),
         "{argv}"
     );
     // The message is found in todo/ as well, and a bounce's empty sender travels as "".
     let todo = world.message("todo", "from todo");
-    let bounce = Request {
-        slot: 5,
-        id: todo.into_bytes(),
-        sender: vec![],
-        recipients: vec![b"joe@example.com".to_vec()],
-    };
-    lspawn
-        .stdin
-        .as_mut()
-        .expect("stdin")
-        .write_all(&bounce.encode())
-        .expect("write");
+    let bounce =
+        Request { slot: 5, id: todo.into_bytes(), sender: vec![], recipients: vec![b"joe@example.com".to_vec()] };
+    lspawn.stdin.as_mut().expect("stdin").write_all(&bounce.encode()).expect("write");
     let report = lspawn.report();
     let text = String::from_utf8_lossy(&report.results[0].text).into_owned();
     assert_eq!(line(&text, "stdin:"), "stdin: Subject: from todo");
@@ -461,10 +385,7 @@ fn root_and_unknown_go_to_the_alias_user_without_aliases() {
         )),
         "{argv}"
     );
-    assert_eq!(
-        line(&text, "ids:").split(' ').nth(1),
-        Some(runner().0.to_string().as_str())
-    );
+    assert_eq!(line(&text, "ids:").split(' ').nth(1), Some(runner().0.to_string().as_str()));
     lspawn.finish();
 }
 
@@ -473,28 +394,16 @@ fn exit_codes_map_to_results() {
     let world = World::private("codes");
     let id = world.message("mess", "x");
     let mut lspawn = world.lspawn_private();
-    for (code, letter) in [
-        ("0", 'K'),
-        ("100", 'D'),
-        ("111", 'Z'),
-        ("75", 'Z'),
-        ("1", 'Z'),
-    ] {
+    for (code, letter) in [("0", 'K'), ("100", 'D'), ("111", 'Z'), ("75", 'Z'), ("1", 'Z')] {
         world.mode("");
         world.code(code);
         let (got, text) = lspawn.deliver(&id, "someone@example.com");
         assert_eq!(got, letter, "exit {code}: {text}");
-        assert!(
-            text.starts_with("argv:"),
-            "the output is the report: {text}"
-        );
+        assert!(text.starts_with("argv:"), "the output is the report: {text}");
         world.mode(&format!("silent-{code}"));
         let (got, text) = lspawn.deliver(&id, "someone@example.com");
         assert_eq!(got, letter, "silent exit {code}: {text}");
-        assert!(
-            !text.trim().is_empty(),
-            "a fixed text replaces empty output"
-        );
+        assert!(!text.trim().is_empty(), "a fixed text replaces empty output");
     }
     world.mode("kill");
     let (got, text) = lspawn.deliver(&id, "someone@example.com");
@@ -514,20 +423,10 @@ fn many_deliveries_in_flight_at_once() {
         lspawn.send(slot, &id, &[format!("user{slot}@example.com").as_bytes()]);
     }
     let started = || {
-        common::files(&world.path().join("fake"))
-            .iter()
-            .filter(|p| p.to_string_lossy().contains("started."))
-            .count()
+        common::files(&world.path().join("fake")).iter().filter(|p| p.to_string_lossy().contains("started.")).count()
     };
-    assert!(
-        common::wait_for(LIMIT, || started() == N as usize),
-        "only {} started",
-        started()
-    );
-    assert!(
-        lspawn.reports.try_recv().is_err(),
-        "no delivery may finish before the release"
-    );
+    assert!(common::wait_for(LIMIT, || started() == N as usize), "only {} started", started());
+    assert!(lspawn.reports.try_recv().is_err(), "no delivery may finish before the release");
     world.write("fake/release", b"");
     let mut slots: Vec<u32> = (0..N)
         .map(|_| {
@@ -550,11 +449,7 @@ fn output_is_truncated() {
     let (letter, text) = lspawn.deliver(&id, "a@example.com");
     assert_eq!(letter, 'K');
     assert!(text.starts_with("argv:"));
-    assert!(
-        text.len() <= quill::spawnproto::MAX_TEXT && text.len() > 2900,
-        "{} bytes",
-        text.len()
-    );
+    assert!(text.len() <= quill::spawnproto::MAX_TEXT && text.len() > 2900, "{} bytes", text.len());
     lspawn.finish();
 }
 
@@ -587,12 +482,7 @@ fn bad_requests_are_refused_not_fatal() {
     assert_eq!((report.slot, report.results.len()), (7, 2));
     assert!(report.results.iter().all(|r| r.outcome.letter() == b'Z'));
     // A malformed frame with a slot gets a temporary result.
-    lspawn
-        .stdin
-        .as_mut()
-        .unwrap()
-        .write_all(&quill::spawnproto::encode(&[b"8", b"1"]))
-        .unwrap();
+    lspawn.stdin.as_mut().unwrap().write_all(&quill::spawnproto::encode(&[b"8", b"1"])).unwrap();
     let report = lspawn.report();
     assert_eq!((report.slot, report.results[0].outcome.letter()), (8, b'Z'));
     // And it still delivers.
@@ -611,25 +501,16 @@ fn end_of_input_waits_for_running_deliveries() {
         lspawn.send(slot, &id, &[b"a@example.com"]);
     }
     let started = || {
-        common::files(&world.path().join("fake"))
-            .iter()
-            .filter(|p| p.to_string_lossy().contains("started."))
-            .count()
+        common::files(&world.path().join("fake")).iter().filter(|p| p.to_string_lossy().contains("started.")).count()
     };
     assert!(common::wait_for(LIMIT, || started() == 3));
     lspawn.stdin = None;
     let busy = cpu_ticks(lspawn.child.id());
     std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        lspawn.child.try_wait().expect("try_wait").is_none(),
-        "lspawn left before its children finished"
-    );
+    assert!(lspawn.child.try_wait().expect("try_wait").is_none(), "lspawn left before its children finished");
     // Regression: the closed input must not make poll spin while children run.
     let spent = cpu_ticks(lspawn.child.id()) - busy;
-    assert!(
-        spent < 10,
-        "quill-lspawn used {spent} ticks of CPU while idle"
-    );
+    assert!(spent < 10, "quill-lspawn used {spent} ticks of CPU while idle");
     world.write("fake/release", b"");
     for _ in 0..3 {
         assert_eq!(lspawn.report().results[0].outcome.letter(), b'K');
@@ -644,13 +525,7 @@ fn aliases_and_assign_are_reloaded_when_changed() {
     let ginny = world.user_home("ginny");
     let id = world.message("mess", "x");
     let mut lspawn = world.lspawn_private();
-    let user_of = |text: &str| {
-        line(text, "argv:")
-            .split(' ')
-            .nth(2)
-            .unwrap_or("")
-            .to_string()
-    };
+    let user_of = |text: &str| line(text, "argv:").split(' ').nth(2).unwrap_or("").to_string();
     let who = |lspawn: &mut Lspawn, rcpt: &str| {
         let (letter, text) = lspawn.deliver(&id, rcpt);
         (letter, text)
@@ -662,10 +537,7 @@ fn aliases_and_assign_are_reloaded_when_changed() {
     let (_, text) = who(&mut lspawn, "fred@example.com");
     assert!(line(&text, "argv:").starts_with("argv: [-A]"), "{text}");
 
-    world.assign(&format!(
-        "=ginny:ginny:{uid}:{gid}:{}:::\n.\n",
-        ginny.display()
-    ));
+    world.assign(&format!("=ginny:ginny:{uid}:{gid}:{}:::\n.\n", ginny.display()));
     let (_, text) = who(&mut lspawn, "ginny@example.com");
     assert_eq!(user_of(&text), "[ginny]", "{text}");
 
@@ -686,10 +558,7 @@ fn aliases_and_assign_are_reloaded_when_changed() {
     std::fs::remove_file(world.path().join("users/assign.db")).expect("rm");
     let (letter, text) = who(&mut lspawn, "ginny@example.com");
     assert_eq!(letter, 'K', "{text}");
-    assert!(
-        line(&text, "argv:").contains("[ginny] [-] [ginny]"),
-        "{text}"
-    );
+    assert!(line(&text, "argv:").contains("[ginny] [-] [ginny]"), "{text}");
     let log = lspawn.finish();
     assert!(log.contains("warning: aliases line 2: duplicate name fred"), "{log}");
 }
@@ -708,15 +577,9 @@ fn refuses_other_uids_and_root_when_unprivileged() {
     let id = world.message("mess", "x");
     let mut lspawn = world.lspawn_private();
     let (letter, text) = lspawn.deliver(&id, "other@example.com");
-    assert_eq!(
-        (letter, text.as_str()),
-        ('Z', "quill-lspawn is not running as root (#4.3.0)")
-    );
+    assert_eq!((letter, text.as_str()), ('Z', "quill-lspawn is not running as root (#4.3.0)"));
     let (letter, text) = lspawn.deliver(&id, "zero@example.com");
-    assert_eq!(
-        (letter, text.as_str()),
-        ('Z', "not allowed to deliver as root (#4.3.0)")
-    );
+    assert_eq!((letter, text.as_str()), ('Z', "not allowed to deliver as root (#4.3.0)"));
     let (letter, text) = lspawn.deliver(&id, "me@example.com");
     assert_eq!(letter, 'Z');
     assert!(text.contains("/nonexistent/home"), "{text}");
@@ -732,10 +595,7 @@ fn newu_reports_bad_lines_and_keeps_the_old_database() {
     let db = world.path().join("users/assign.db");
     let good = std::fs::read(&db).expect("assign.db");
     for (text, words) in [
-        (
-            "=a:a:1:1:/a:::\n=b:b:1:1:/b:::\n+c:c:x:1:/c:::\n.\n",
-            "line 3",
-        ),
+        ("=a:a:1:1:/a:::\n=b:b:1:1:/b:::\n+c:c:x:1:/c:::\n.\n", "line 3"),
         ("=a:a:1:1:/a:::\n", "dot"),
         ("=a:a:1:1:/a::\n.\n", "line 1"),
     ] {
@@ -743,15 +603,8 @@ fn newu_reports_bad_lines_and_keeps_the_old_database() {
         let out = common::run(world.path(), "quill-newu", &[], b"");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(111), "{text:?}");
-        assert!(
-            stderr.starts_with("quill-newu: fatal: ") && stderr.contains(words),
-            "{stderr}"
-        );
-        assert_eq!(
-            std::fs::read(&db).expect("old db"),
-            good,
-            "the old database must stay"
-        );
+        assert!(stderr.starts_with("quill-newu: fatal: ") && stderr.contains(words), "{stderr}");
+        assert_eq!(std::fs::read(&db).expect("old db"), good, "the old database must stay");
     }
     assert!(!world.path().join("users/assign.db.tmp").exists());
     let usage = common::run(world.path(), "quill-newu", &["extra"], b"");
@@ -788,10 +641,7 @@ impl Drop for Scratch {
 }
 
 fn ids_of(name: &str) -> (u32, u32) {
-    let user = nix::unistd::User::from_name(name)
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| panic!("user {name}"));
+    let user = nix::unistd::User::from_name(name).ok().flatten().unwrap_or_else(|| panic!("user {name}"));
     (user.uid.as_raw(), user.gid.as_raw())
 }
 
@@ -807,10 +657,7 @@ fn as_root_deliveries_run_with_the_users_credentials() {
     let world = World::new("root", None);
     let tag = std::process::id() % 100_000;
     let (user, group) = (format!("qlsp{tag}u"), format!("qlsp{tag}g"));
-    let mut scratch = Scratch {
-        users: vec![],
-        groups: vec![],
-    };
+    let mut scratch = Scratch { users: vec![], groups: vec![] };
     let home = world.path().join("homes").join(&user);
     assert!(Scratch::run(&["groupadd", &group]), "groupadd");
     scratch.groups.push(group.clone());
@@ -832,30 +679,12 @@ fn as_root_deliveries_run_with_the_users_credentials() {
     scratch.users.push(user.clone());
     scratch.groups.push(user.clone());
     let (uid, gid) = ids_of(&user);
-    let extra = nix::unistd::Group::from_name(&group)
-        .ok()
-        .flatten()
-        .expect("group")
-        .gid
-        .as_raw();
+    let extra = nix::unistd::Group::from_name(&group).ok().flatten().expect("group").gid.as_raw();
     std::fs::create_dir_all(&home).expect("home");
     std::os::unix::fs::chown(&home, Some(uid), Some(gid)).expect("chown home");
-    if nix::unistd::User::from_name("alias")
-        .ok()
-        .flatten()
-        .is_none()
-    {
+    if nix::unistd::User::from_name("alias").ok().flatten().is_none() {
         assert!(
-            Scratch::run(&[
-                "useradd",
-                "-M",
-                "-U",
-                "-d",
-                "/nonexistent",
-                "-s",
-                "/bin/false",
-                "alias"
-            ]),
+            Scratch::run(&["useradd", "-M", "-U", "-d", "/nonexistent", "-s", "/bin/false", "alias"]),
             "useradd alias"
         );
         scratch.users.push("alias".into());
@@ -870,21 +699,11 @@ fn as_root_deliveries_run_with_the_users_credentials() {
     // The password rule, with an extension; the user's uid, gid and supplementary group.
     let (letter, text) = lspawn.deliver(&id, &format!("{}-Ext@example.com", user.to_uppercase()));
     assert_eq!(letter, 'K', "{text}");
-    assert!(
-        line(&text, "argv:").starts_with(&format!("argv: [--] [{user}] [{}] [", home.display())),
-        "{text}"
-    );
-    assert!(
-        line(&text, "argv:").contains("] [-] [ext] [example.com]"),
-        "{text}"
-    );
+    assert!(line(&text, "argv:").starts_with(&format!("argv: [--] [{user}] [{}] [", home.display())), "{text}");
+    assert!(line(&text, "argv:").contains("] [-] [ext] [example.com]"), "{text}");
     let ids = line(&text, "ids:");
     assert!(ids.starts_with(&format!("ids: {uid} {gid} [")), "{ids}");
-    let groups: Vec<u32> = ids
-        .split(['[', ']', ' '])
-        .filter_map(|g| g.parse().ok())
-        .skip(2)
-        .collect();
+    let groups: Vec<u32> = ids.split(['[', ']', ' ']).filter_map(|g| g.parse().ok()).skip(2).collect();
     let mut groups_sorted = groups.clone();
     groups_sorted.sort();
     let mut expected = vec![gid, extra];
@@ -895,31 +714,16 @@ fn as_root_deliveries_run_with_the_users_credentials() {
     // root is never delivered as root: it goes to the alias user; uid 0 in assign is refused.
     let (letter, text) = lspawn.deliver(&id, "root@example.com");
     assert_eq!(letter, 'K', "{text}");
-    assert!(
-        line(&text, "ids:").starts_with(&format!("ids: {alias_uid} {alias_gid} ")),
-        "{text}"
-    );
-    assert!(
-        line(&text, "argv:").contains("] [root] [-] [root] ["),
-        "{text}"
-    );
+    assert!(line(&text, "ids:").starts_with(&format!("ids: {alias_uid} {alias_gid} ")), "{text}");
+    assert!(line(&text, "argv:").contains("] [root] [-] [root] ["), "{text}");
     let (letter, text) = lspawn.deliver(&id, "zero@example.com");
-    assert_eq!(
-        (letter, text.as_str()),
-        ('Z', "not allowed to deliver as root (#4.3.0)")
-    );
+    assert_eq!((letter, text.as_str()), ('Z', "not allowed to deliver as root (#4.3.0)"));
 
     // An alias runs as the alias user.
     let (letter, text) = lspawn.deliver(&id, "listed@example.com");
     assert_eq!(letter, 'K', "{text}");
-    assert!(
-        line(&text, "ids:").starts_with(&format!("ids: {alias_uid} {alias_gid} ")),
-        "{text}"
-    );
-    assert!(
-        line(&text, "argv:").ends_with(&format!("[{user}]")),
-        "{text}"
-    );
+    assert!(line(&text, "ids:").starts_with(&format!("ids: {alias_uid} {alias_gid} ")), "{text}");
+    assert!(line(&text, "argv:").ends_with(&format!("[{user}]")), "{text}");
     lspawn.finish();
     drop(scratch);
 }
@@ -930,17 +734,9 @@ fn as_root_deliveries_run_with_the_users_credentials() {
 #[test]
 #[ignore]
 fn measure_per_delivery_overhead() {
-    let modes: Vec<bool> = if common::is_root() {
-        vec![false, true]
-    } else {
-        vec![false]
-    };
+    let modes: Vec<bool> = if common::is_root() { vec![false, true] } else { vec![false] };
     for as_root in modes {
-        let world = if as_root {
-            World::new("bench", None)
-        } else {
-            World::private("bench")
-        };
+        let world = if as_root { World::new("bench", None) } else { World::private("bench") };
         let (uid, gid) = if as_root { ids_of("nobody") } else { runner() };
         let home = world.user_home("bench");
         if as_root {
@@ -949,11 +745,7 @@ fn measure_per_delivery_overhead() {
         world.assign(&format!("+:bench:{uid}:{gid}:{}:-::\n.\n", home.display()));
         let id = world.message("mess", "x");
         let mut command = Command::new(common::bin("quill-lspawn"));
-        command
-            .arg("-l")
-            .arg("/bin/true")
-            .arg("./Maildir/")
-            .env("QUILL_HOME", world.path());
+        command.arg("-l").arg("/bin/true").arg("./Maildir/").env("QUILL_HOME", world.path());
         if !as_root {
             if let Some((u, g)) = world.owner {
                 command.uid(u).gid(g);

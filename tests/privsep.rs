@@ -79,7 +79,11 @@ fn stages_run_under_their_own_uids() {
     std::fs::create_dir_all(&home).expect("mkdir home");
     quill::queuefile::create_tree(
         &home,
-        Some(quill::queuefile::Owners { quillq: quillq.uid.as_raw(), quills: quills.uid.as_raw(), quill_group: group.gid.as_raw() }),
+        Some(quill::queuefile::Owners {
+            quillq: quillq.uid.as_raw(),
+            quills: quills.uid.as_raw(),
+            quill_group: group.gid.as_raw(),
+        }),
     )
     .expect("queue tree");
     std::fs::create_dir_all(home.join("alias")).expect("alias dir");
@@ -167,7 +171,11 @@ fn stages_run_under_their_own_uids() {
     assert!(delivered, "the message was delivered; log:\n{log}");
     assert!(problems.is_empty(), "{problems:?}");
     let file = &files(&user_home.join("Maildir/new"))[0];
-    assert_eq!(std::fs::metadata(file).expect("stat").uid(), rcpt.uid.as_raw(), "the mailbox file belongs to the recipient");
+    assert_eq!(
+        std::fs::metadata(file).expect("stat").uid(),
+        rcpt.uid.as_raw(),
+        "the mailbox file belongs to the recipient"
+    );
     let uid_out = std::fs::read_to_string(user_home.join("uid.out")).expect("uid.out");
     assert_eq!(uid_out.trim(), rcpt.uid.as_raw().to_string(), "programs run as the recipient");
     let queued = files(&home.join("queue/todo")).first().cloned();

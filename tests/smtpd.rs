@@ -53,7 +53,10 @@ struct Setup {
 impl Setup {
     fn new() -> Setup {
         Setup {
-            controls: vec![("me".into(), "mx.example.com".into()), ("rcpthosts".into(), "example.com\n.sub.example.org\n".into())],
+            controls: vec![
+                ("me".into(), "mx.example.com".into()),
+                ("rcpthosts".into(), "example.com\n.sub.example.org\n".into()),
+            ],
             ..Setup::default()
         }
     }
@@ -201,11 +204,8 @@ fn spawn_smtpd(dir: &Path, setup: &Setup, stream: TcpStream, peer: SocketAddr, l
     let input = OwnedFd::from(stream.try_clone().expect("clone"));
     let output = OwnedFd::from(stream);
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("log")).expect("log");
-    let args: Vec<String> = setup
-        .args
-        .iter()
-        .map(|a| a.replace("$CHECKPW", &dir.join("checkpw").to_string_lossy()))
-        .collect();
+    let args: Vec<String> =
+        setup.args.iter().map(|a| a.replace("$CHECKPW", &dir.join("checkpw").to_string_lossy())).collect();
     let mut command = Command::new(common::bin("quill-smtpd"));
     command
         .args(&args)
@@ -474,7 +474,9 @@ fn run_dialogue(path: &Path) -> Result<(), String> {
                     return Err(fail(format!("expected {text:?}, got {last:?}")));
                 }
             }
-            "H" if !contains(last.as_bytes(), &unescape(&text)) => return Err(fail(format!("{last:?} lacks {text:?}"))),
+            "H" if !contains(last.as_bytes(), &unescape(&text)) => {
+                return Err(fail(format!("{last:?} lacks {text:?}")))
+            }
             "X" if contains(last.as_bytes(), &unescape(&text)) => return Err(fail(format!("{last:?} has {text:?}"))),
             "H" | "X" => {}
             "Q" => {
@@ -519,7 +521,8 @@ fn run_dialogue(path: &Path) -> Result<(), String> {
 #[test]
 fn dialogues() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-    let mut files: Vec<PathBuf> = common::files(&dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "smtp")).collect();
+    let mut files: Vec<PathBuf> =
+        common::files(&dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "smtp")).collect();
     files.sort();
     assert!(!files.is_empty(), "no dialogues in {}", dir.display());
     let mut failures = Vec::new();
@@ -728,7 +731,11 @@ fn starttls_then_auth_and_mail() {
     let queued = server.queued();
     assert_eq!(queued.len(), 1);
     let message = String::from_utf8_lossy(&queued[0].0).into_owned();
-    assert!(message.starts_with("Received: from test ([127.0.0.1])\n\tby mx.example.com (quill) with ESMTPSA (TLSv1.3 TLS13_"), "{message}");
+    assert!(
+        message
+            .starts_with("Received: from test ([127.0.0.1])\n\tby mx.example.com (quill) with ESMTPSA (TLSv1.3 TLS13_"),
+        "{message}"
+    );
     assert!(message.contains("authenticated as alice)"), "{message}");
     let log = server.log();
     assert!(log.contains("tls=TLSv1.3:") && log.contains("auth=alice"), "{log}");
@@ -805,7 +812,17 @@ fn swaks_client() {
         &[],
         &["--pipeline"],
         &["--tls"],
-        &["--tls", "--auth", "LOGIN", "--auth-user", "alice", "--auth-password", "secret", "--to", "x@elsewhere.example"],
+        &[
+            "--tls",
+            "--auth",
+            "LOGIN",
+            "--auth-user",
+            "alice",
+            "--auth-password",
+            "secret",
+            "--to",
+            "x@elsewhere.example",
+        ],
     ];
     for (n, extra) in runs.iter().enumerate() {
         let out = swaks(&server, extra);
@@ -849,7 +866,8 @@ except smtplib.SMTPRecipientsRefused as e:
 s.quit()
 print('ok')
 "#;
-    let out = Command::new("python3").arg("-c").arg(script).arg(server.addr.port().to_string()).output().expect("python3");
+    let out =
+        Command::new("python3").arg("-c").arg(script).arg(server.addr.port().to_string()).output().expect("python3");
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let queued = server.queued();
     assert_eq!(queued.len(), 1);
@@ -872,10 +890,7 @@ fn unknown_local_recipients_are_refused_at_rcpt() {
     std::fs::write(mailbox.join(".qmail-list"), "./Maildir/\n").expect("write");
     std::fs::write(mailbox.join(".qmail-list-sub-default"), "./Maildir/\n").expect("write");
     let (uid, gid) = (quill::sys::uids().0, quill::sys::gid());
-    let assign = format!(
-        "=list:u:{uid}:{gid}:{0}:-:list:\n+list-:u:{uid}:{gid}:{0}:-:list-:\n.\n",
-        mailbox.display()
-    );
+    let assign = format!("=list:u:{uid}:{gid}:{0}:-:list:\n+list-:u:{uid}:{gid}:{0}:-:list-:\n.\n", mailbox.display());
     std::fs::create_dir_all(home.join("users")).expect("mkdir");
     let db = quill::users::compile_assign(assign.as_bytes()).expect("compile assign");
     std::fs::write(home.join("users/assign.db"), db).expect("write assign.db");

@@ -53,23 +53,9 @@ impl Kind {
     }
     fn tools(self) -> &'static [&'static str] {
         match self {
-            Kind::Daemontools => &[
-                "svscan",
-                "supervise",
-                "svc",
-                "svok",
-                "multilog",
-                "setuidgid",
-            ],
+            Kind::Daemontools => &["svscan", "supervise", "svc", "svok", "multilog", "setuidgid"],
             Kind::Runit => &["runsv", "sv", "svlogd", "chpst"],
-            Kind::S6 => &[
-                "s6-svscan",
-                "s6-supervise",
-                "s6-svc",
-                "s6-svscanctl",
-                "s6-log",
-                "s6-setuidgid",
-            ],
+            Kind::S6 => &["s6-svscan", "s6-supervise", "s6-svc", "s6-svscanctl", "s6-log", "s6-setuidgid"],
         }
     }
 }
@@ -87,16 +73,11 @@ fn built(program: &str) -> bool {
 }
 
 fn uid_of(name: &str) -> u32 {
-    quill::admin::user_ids(name)
-        .unwrap_or_else(|| panic!("user {name} missing after quill setup"))
-        .0
+    quill::admin::user_ids(name).unwrap_or_else(|| panic!("user {name} missing after quill setup")).0
 }
 
 /// The quill-start of our home and its direct children (the stages), by name.
-fn stages() -> Option<(
-    quill::admin::status::Process,
-    Vec<quill::admin::status::Process>,
-)> {
+fn stages() -> Option<(quill::admin::status::Process, Vec<quill::admin::status::Process>)> {
     let all = quill::admin::status::processes(Some(&home()));
     let start = all.iter().find(|p| p.name == "quill-start")?.clone();
     let children = all.into_iter().filter(|p| p.ppid == start.pid).collect();
@@ -113,11 +94,7 @@ fn stages_ok(not_start: Option<u32>) -> Result<u32, String> {
     if start.uid != 0 {
         return Err(format!("quill-start runs as uid {}", start.uid));
     }
-    let mut want = vec![
-        ("quill-send", uid_of("quills")),
-        ("quill-lspawn", 0),
-        ("quill-clean", uid_of("quillq")),
-    ];
+    let mut want = vec![("quill-send", uid_of("quills")), ("quill-lspawn", 0), ("quill-clean", uid_of("quillq"))];
     if built("quill-rspawn") {
         want.push(("quill-rspawn", uid_of("quillr")));
     }
@@ -125,12 +102,7 @@ fn stages_ok(not_start: Option<u32>) -> Result<u32, String> {
         let found: Vec<_> = children.iter().filter(|p| p.name == name).collect();
         match found.as_slice() {
             [p] if p.uid == uid && p.euid == uid => {}
-            [p] => {
-                return Err(format!(
-                    "{name} runs as uid {}/{}, not {uid}",
-                    p.uid, p.euid
-                ))
-            }
+            [p] => return Err(format!("{name} runs as uid {}/{}, not {uid}", p.uid, p.euid)),
             [] => return Err(format!("{name} is not running")),
             _ => return Err(format!("{name} runs {} times", found.len())),
         }
@@ -156,52 +128,26 @@ fn copy_tree(from: &Path, to: &Path) {
 fn rewrite(path: &Path, pairs: &[(&str, &str)]) {
     let mut text = std::fs::read_to_string(path).expect("read run script");
     for (from, to) in pairs {
-        assert!(
-            text.contains(from),
-            "{} no longer contains {from:?}",
-            path.display()
-        );
+        assert!(text.contains(from), "{} no longer contains {from:?}", path.display());
         text = text.replace(from, to);
     }
     std::fs::write(path, text).expect("write run script");
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 fn run(program: &str, args: &[&str]) -> std::process::Output {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {program}: {e}"))
+    Command::new(program).args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("run {program}: {e}"))
 }
 
 /// The user that submits and receives, with a Maildir in its home.
 fn test_user() -> (u32, u32, PathBuf) {
     if quill::admin::user_ids(TEST_USER).is_none() {
         let home = format!("/home/{TEST_USER}");
-        let out = run(
-            "useradd",
-            &[
-                "--create-home",
-                "--home-dir",
-                &home,
-                "--shell",
-                "/usr/sbin/nologin",
-                TEST_USER,
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "useradd {TEST_USER}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = run("useradd", &["--create-home", "--home-dir", &home, "--shell", "/usr/sbin/nologin", TEST_USER]);
+        assert!(out.status.success(), "useradd {TEST_USER}: {}", String::from_utf8_lossy(&out.stderr));
     }
     let (uid, gid) = quill::admin::user_ids(TEST_USER).expect("test user");
     let home = quill::admin::user_home(TEST_USER).expect("test user's home");
@@ -268,17 +214,9 @@ impl World {
         };
         for (program, arg) in jobs {
             let mut command = Command::new(program);
-            command
-                .arg(arg)
-                .current_dir(&scan)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null());
+            command.arg(arg).current_dir(&scan).stdin(Stdio::null()).stdout(Stdio::null());
             quill::sys::new_session(&mut command);
-            self.supervisors.push(
-                command
-                    .spawn()
-                    .unwrap_or_else(|e| panic!("start {program}: {e}")),
-            );
+            self.supervisors.push(command.spawn().unwrap_or_else(|e| panic!("start {program}: {e}")));
         }
     }
 
@@ -290,11 +228,7 @@ impl World {
             Kind::Runit => run("sv", &["-w", "60", "restart", service]),
             Kind::S6 => run("s6-svc", &["-r", service]),
         };
-        assert!(
-            out.status.success(),
-            "restart: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        assert!(out.status.success(), "restart: {}", String::from_utf8_lossy(&out.stdout));
     }
 
     /// Stop with the supervisor's own commands; true when every supervisor exited in time.
@@ -318,9 +252,7 @@ impl World {
                 let mut args = vec!["-dx"];
                 args.extend(&dirs);
                 run("svc", &args);
-                let ok = wait_for(STOP_WAIT, || {
-                    dirs.iter().all(|d| !run("svok", &[d]).status.success())
-                });
+                let ok = wait_for(STOP_WAIT, || dirs.iter().all(|d| !run("svok", &[d]).status.success()));
                 self.stopped = ok;
                 return ok;
             }
@@ -332,17 +264,10 @@ impl World {
                 }
             }
             Kind::S6 => {
-                run(
-                    "s6-svscanctl",
-                    &["-t", self.scan.path().to_str().expect("path")],
-                );
+                run("s6-svscanctl", &["-t", self.scan.path().to_str().expect("path")]);
             }
         }
-        let ok = wait_for(STOP_WAIT, || {
-            self.supervisors
-                .iter_mut()
-                .all(|c| matches!(c.try_wait(), Ok(Some(_))))
-        });
+        let ok = wait_for(STOP_WAIT, || self.supervisors.iter_mut().all(|c| matches!(c.try_wait(), Ok(Some(_)))));
         self.stopped = ok;
         ok
     }
@@ -394,13 +319,7 @@ fn prepare(kind: Kind) -> Option<World> {
         eprintln!("SKIP: {label}: supervisor not installed");
         return None;
     }
-    for program in [
-        "quill",
-        "quill-start",
-        "quill-send",
-        "quill-lspawn",
-        "quill-clean",
-    ] {
+    for program in ["quill", "quill-start", "quill-send", "quill-lspawn", "quill-clean"] {
         if !built(program) {
             eprintln!("SKIP: {label}: {program} is not built in this tree");
             return None;
@@ -408,96 +327,48 @@ fn prepare(kind: Kind) -> Option<World> {
     }
     let home = home();
     if home.exists() && !home.join(MARKER).exists() {
-        eprintln!(
-            "SKIP: {label}: {} is a real installation (no {MARKER})",
-            home.display()
-        );
+        eprintln!("SKIP: {label}: {} is a real installation (no {MARKER})", home.display());
         return None;
     }
     std::fs::create_dir_all(&home).expect("create home");
-    std::fs::write(
-        home.join(MARKER),
-        "made by tests/supervise.rs; safe to remove\n",
-    )
-    .expect("marker");
+    std::fs::write(home.join(MARKER), "made by tests/supervise.rs; safe to remove\n").expect("marker");
     // Mail left over from an earlier, failed run would be delivered again: start empty.
     let layout = quill::queuefile::Layout::new(&home);
-    for dir in [
-        layout.tmp(),
-        layout.todo(),
-        layout.mess(),
-        layout.hold(),
-        layout.info(),
-    ] {
+    for dir in [layout.tmp(), layout.todo(), layout.mess(), layout.hold(), layout.info()] {
         for file in common::files(&dir) {
             let _ = std::fs::remove_file(file);
         }
     }
     let restore = RestoreQueueProgram::new();
-    let out = Command::new(bin("quill"))
-        .args(["setup", "--home"])
-        .arg(&home)
-        .output()
-        .expect("run quill setup");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(bin("quill")).args(["setup", "--home"]).arg(&home).output().expect("run quill setup");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if built("quill-queue") {
         assert!(out.status.success(), "quill setup failed:\n{text}");
-        let check = Command::new(bin("quill"))
-            .args(["check", "--home"])
-            .arg(&home)
-            .output()
-            .expect("run quill check");
-        assert!(
-            check.status.success(),
-            "quill check after setup:\n{}",
-            String::from_utf8_lossy(&check.stdout)
-        );
+        let check = Command::new(bin("quill")).args(["check", "--home"]).arg(&home).output().expect("run quill check");
+        assert!(check.status.success(), "quill check after setup:\n{}", String::from_utf8_lossy(&check.stdout));
     }
 
     let scan = TempDir::new(&format!("supervise-{label}"));
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("conf-examples")
-        .join(label);
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf-examples").join(label);
     let bindir = bindir();
     let path_from = "PATH=\"/usr/local/bin:/usr/bin:/bin\"";
     let path_to = format!("PATH=\"{}:/usr/bin:/bin\"", bindir.display());
     let home_text = home.display().to_string();
     copy_tree(&examples.join("quill"), &scan.path().join("quill"));
-    rewrite(
-        &scan.path().join("quill/run"),
-        &[(path_from, &path_to), ("/var/quill", &home_text)],
-    );
+    rewrite(&scan.path().join("quill/run"), &[(path_from, &path_to), ("/var/quill", &home_text)]);
     let smtp_port = if built("quill-smtpd") && built("quill-tcpserver") {
         let port = free_port();
-        copy_tree(
-            &examples.join("quill-smtpd"),
-            &scan.path().join("quill-smtpd"),
-        );
+        copy_tree(&examples.join("quill-smtpd"), &scan.path().join("quill-smtpd"));
         rewrite(
             &scan.path().join("quill-smtpd/run"),
-            &[
-                (path_from, &path_to),
-                ("/var/quill", &home_text),
-                ("0.0.0.0 25 ", &format!("127.0.0.1 {port} ")),
-            ],
+            &[(path_from, &path_to), ("/var/quill", &home_text), ("0.0.0.0 25 ", &format!("127.0.0.1 {port} "))],
         );
         Some(port)
     } else {
         eprintln!("SKIP: {label}: quill-smtpd is not built in this tree; only the queue service is tested");
         None
     };
-    let mut world = World {
-        kind,
-        scan,
-        supervisors: Vec::new(),
-        smtp_port,
-        stopped: false,
-        _restore: restore,
-    };
+    let mut world = World { kind, scan, supervisors: Vec::new(), smtp_port, stopped: false, _restore: restore };
     world.start();
     Some(world)
 }
@@ -505,29 +376,20 @@ fn prepare(kind: Kind) -> Option<World> {
 /// Connect to the SMTP service, check the uid of the quill-smtpd serving us, send one message
 /// to the test user; returns the token in its subject.
 fn smtp_check(port: u16) -> Result<String, String> {
-    let connected = wait_for(START_WAIT, || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let connected = wait_for(START_WAIT, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
     if !connected {
         return Err(format!("nothing listens on 127.0.0.1:{port}"));
     }
     let stream = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
     let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
     let mut greeting = String::new();
-    reader
-        .read_line(&mut greeting)
-        .map_err(|e| format!("read greeting: {e}"))?;
+    reader.read_line(&mut greeting).map_err(|e| format!("read greeting: {e}"))?;
     if !greeting.starts_with("220") {
         return Err(format!("greeting {greeting:?}"));
     }
     let all = quill::admin::status::processes(Some(&home()));
-    let server = all
-        .iter()
-        .find(|p| p.name == "quill-tcpserver")
-        .ok_or("quill-tcpserver is not running")?;
+    let server = all.iter().find(|p| p.name == "quill-tcpserver").ok_or("quill-tcpserver is not running")?;
     let quilld = uid_of("quilld");
     let children: Vec<_> = all.iter().filter(|p| p.ppid == server.pid).collect();
     if children.is_empty() {
@@ -535,19 +397,12 @@ fn smtp_check(port: u16) -> Result<String, String> {
     }
     for child in children {
         if child.uid != quilld || child.euid != quilld {
-            return Err(format!(
-                "{} (pid {}) runs as uid {}, not quilld",
-                child.name, child.pid, child.uid
-            ));
+            return Err(format!("{} (pid {}) runs as uid {}, not quilld", child.name, child.pid, child.uid));
         }
     }
     let mut writer = stream;
     // One message for the test user, without pipelining: each command and its reply.
-    let token = format!(
-        "smtp-{}-{}",
-        std::process::id(),
-        quill::date::now_micros().1
-    );
+    let token = format!("smtp-{}-{}", std::process::id(), quill::date::now_micros().1);
     let data = format!("Subject: {token}\r\n\r\nThrough the SMTP service.\r\n.\r\n");
     let rcpt = format!("RCPT TO:<{TEST_USER}@localhost>\r\n");
     let dialogue: [(&str, &str); 6] = [
@@ -559,16 +414,12 @@ fn smtp_check(port: u16) -> Result<String, String> {
         ("QUIT\r\n", "221"),
     ];
     for (command, want) in dialogue {
-        writer
-            .write_all(command.as_bytes())
-            .map_err(|e| e.to_string())?;
+        writer.write_all(command.as_bytes()).map_err(|e| e.to_string())?;
         // Multi-line replies ("250-…") end at the line whose code is followed by a space.
         let mut reply = String::new();
         for _ in 0..50 {
             reply.clear();
-            reader
-                .read_line(&mut reply)
-                .map_err(|e| format!("read reply to {command:?}: {e}"))?;
+            reader.read_line(&mut reply).map_err(|e| format!("read reply to {command:?}: {e}"))?;
             if reply.len() < 4 || reply.as_bytes()[3] != b'-' {
                 break;
             }
@@ -585,11 +436,7 @@ fn delivered(token: &str) -> bool {
     let (_, _, user_home) = test_user();
     let new = user_home.join("Maildir/new");
     wait_for(DELIVERY_WAIT, || {
-        common::files(&new).iter().any(|f| {
-            std::fs::read_to_string(f)
-                .map(|t| t.contains(token))
-                .unwrap_or(false)
-        })
+        common::files(&new).iter().any(|f| std::fs::read_to_string(f).map(|t| t.contains(token)).unwrap_or(false))
     })
 }
 
@@ -602,11 +449,7 @@ fn deliver(label: &str) -> Result<bool, String> {
         }
     }
     let (uid, gid, user_home) = test_user();
-    let token = format!(
-        "supervise-{label}-{}-{}",
-        std::process::id(),
-        quill::date::now_micros().1
-    );
+    let token = format!("supervise-{label}-{}-{}", std::process::id(), quill::date::now_micros().1);
     let mut child = Command::new(bin("sendmail"))
         .arg(format!("{TEST_USER}@localhost"))
         .uid(uid)
@@ -621,26 +464,15 @@ fn deliver(label: &str) -> Result<bool, String> {
         .spawn()
         .map_err(|e| format!("run sendmail: {e}"))?;
     let message = format!("Subject: {token}\n\nA message through the {label} services.\n");
-    child
-        .stdin
-        .take()
-        .ok_or("stdin")?
-        .write_all(message.as_bytes())
-        .map_err(|e| e.to_string())?;
+    child.stdin.take().ok_or("stdin")?.write_all(message.as_bytes()).map_err(|e| e.to_string())?;
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
     if !out.status.success() {
-        return Err(format!(
-            "sendmail as {TEST_USER} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        return Err(format!("sendmail as {TEST_USER} failed: {}", String::from_utf8_lossy(&out.stderr)));
     }
     if delivered(&token) {
         Ok(true)
     } else {
-        Err(format!(
-            "the message {token} did not reach {}",
-            user_home.join("Maildir/new").display()
-        ))
+        Err(format!("the message {token} did not reach {}", user_home.join("Maildir/new").display()))
     }
 }
 
@@ -651,21 +483,13 @@ fn stats_of_log(world: &World, delivered: bool) -> Result<(), String> {
         return Ok(());
     }
     let has_delivery = || {
-        std::fs::read_to_string(&current)
-            .map(|t| t.contains("delivery 1: success"))
-            .unwrap_or(false)
-            || std::fs::read_to_string(&current)
-                .map(|t| t.contains(": success:"))
-                .unwrap_or(false)
+        std::fs::read_to_string(&current).map(|t| t.contains("delivery 1: success")).unwrap_or(false)
+            || std::fs::read_to_string(&current).map(|t| t.contains(": success:")).unwrap_or(false)
     };
     if !wait_for(START_WAIT, has_delivery) {
         return Err(format!("no successful delivery in {}", current.display()));
     }
-    let out = Command::new(bin("quill"))
-        .arg("stats")
-        .arg(&current)
-        .output()
-        .map_err(|e| e.to_string())?;
+    let out = Command::new(bin("quill")).arg("stats").arg(&current).output().map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() || text.contains("(no time)") || text.contains(" 0 delivered") {
         return Err(format!("quill stats on {}:\n{text}", current.display()));
@@ -690,24 +514,14 @@ fn supervised(kind: Kind) {
     });
     assert!(up, "{label}: the queue system did not come up: {last}");
 
-    let status = Command::new(bin("quill"))
-        .args(["status", "--home"])
-        .arg(home())
-        .output()
-        .expect("quill status");
+    let status = Command::new(bin("quill")).args(["status", "--home"]).arg(home()).output().expect("quill status");
     let status = String::from_utf8_lossy(&status.stdout);
-    assert!(
-        status.contains("quill-send") && status.contains("user quills"),
-        "{label}: quill status:\n{status}"
-    );
+    assert!(status.contains("quill-send") && status.contains("user quills"), "{label}: quill status:\n{status}");
 
     if let Some(port) = world.smtp_port {
         test_user();
         let token = smtp_check(port).unwrap_or_else(|e| panic!("{label}: SMTP service: {e}"));
-        assert!(
-            delivered(&token),
-            "{label}: the message sent by SMTP ({token}) was not delivered"
-        );
+        assert!(delivered(&token), "{label}: the message sent by SMTP ({token}) was not delivered");
     }
 
     let delivered = deliver(label).unwrap_or_else(|e| panic!("{label}: {e}"));
@@ -722,10 +536,7 @@ fn supervised(kind: Kind) {
             false
         }
     });
-    assert!(
-        back,
-        "{label}: the queue system did not come back after a restart: {last}"
-    );
+    assert!(back, "{label}: the queue system did not come back after a restart: {last}");
     if delivered {
         deliver(label).unwrap_or_else(|e| panic!("{label}: after the restart: {e}"));
     }
@@ -733,9 +544,7 @@ fn supervised(kind: Kind) {
     stats_of_log(&world, delivered).unwrap_or_else(|e| panic!("{label}: {e}"));
 
     assert!(world.stop(), "{label}: the supervisor did not stop in time");
-    let quiet = wait_for(STOP_WAIT, || {
-        quill::admin::status::processes(Some(&home())).is_empty()
-    });
+    let quiet = wait_for(STOP_WAIT, || quill::admin::status::processes(Some(&home())).is_empty());
     let left = quill::admin::status::processes(Some(&home()));
     if !quiet {
         world.stopped = false;

@@ -113,7 +113,8 @@ fn sendmail_to_maildir_exactly_once() {
     let n = 100;
     for i in 0..n {
         let to = users[i % users.len()];
-        let out = q.sendmail(&["-t", "-i"], &format!("To: {to}@localhost\nSubject: m{i}\nX-Test-Id: id-{i}\n\nbody {i}\n"));
+        let out =
+            q.sendmail(&["-t", "-i"], &format!("To: {to}@localhost\nSubject: m{i}\nX-Test-Id: id-{i}\n\nbody {i}\n"));
         assert!(out.status.success(), "sendmail failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let root = q.home().join("maildir");
@@ -332,7 +333,14 @@ fn smtp_swaks_and_smtplib_land_in_maildir() {
     let mut expected = 0;
     if !common::skip_without("swaks") {
         let out = Command::new("swaks")
-            .args(["--to", "someone@localhost", "--from", "tester@example.org", "--server", &format!("127.0.0.1:{port}")])
+            .args([
+                "--to",
+                "someone@localhost",
+                "--from",
+                "tester@example.org",
+                "--server",
+                &format!("127.0.0.1:{port}"),
+            ])
             .args(["--header", "X-Test-Id: swaks"])
             .output()
             .expect("swaks");
@@ -348,7 +356,8 @@ fn smtp_swaks_and_smtplib_land_in_maildir() {
         expected += 1;
     }
     assert!(
-        wait_for(Duration::from_secs(30), || maildir_files(&root).get("someone").map(Vec::len).unwrap_or(0) == expected),
+        wait_for(Duration::from_secs(30), || maildir_files(&root).get("someone").map(Vec::len).unwrap_or(0)
+            == expected),
         "delivered {:?}; log:\n{}",
         maildir_files(&root),
         q.log()
@@ -383,6 +392,10 @@ fn smtp_refuses_relaying_even_from_loopback() {
     assert!(reply(&mut r).starts_with("250"));
     s.write_all(b"RCPT TO:<victim@example.net>\r\n").expect("write");
     let refused = reply(&mut r);
-    assert!(refused.starts_with("550") || refused.starts_with("553"), "relaying must be refused: {refused}; log:\n{}", q.log());
+    assert!(
+        refused.starts_with("550") || refused.starts_with("553"),
+        "relaying must be refused: {refused}; log:\n{}",
+        q.log()
+    );
     s.write_all(b"QUIT\r\n").expect("write");
 }

@@ -2,10 +2,7 @@
 //! for each thing that is wrong say what it is and which command fixes it. Only reads.
 #![forbid(unsafe_code)]
 
-use super::{
-    group_id, group_name, owner_mode, shell_quote, user_ids, user_name, ACCOUNTS, NOFILES_GROUP,
-    QUEUE_GROUP,
-};
+use super::{group_id, group_name, owner_mode, shell_quote, user_ids, user_name, ACCOUNTS, NOFILES_GROUP, QUEUE_GROUP};
 use crate::control::Control;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -26,10 +23,7 @@ impl std::fmt::Display for Problem {
 }
 
 fn problem(list: &mut Vec<Problem>, problem: String, fix: impl Into<String>) {
-    list.push(Problem {
-        problem,
-        fix: fix.into(),
-    });
+    list.push(Problem { problem, fix: fix.into() });
 }
 
 /// Control files that hold one number.
@@ -78,9 +72,7 @@ pub fn looks_like_domain(text: &[u8]) -> bool {
                 && label.len() <= 63
                 && label.first() != Some(&b'-')
                 && label.last() != Some(&b'-')
-                && label
-                    .iter()
-                    .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b >= 0x80)
+                && label.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b >= 0x80)
         })
 }
 
@@ -93,9 +85,7 @@ fn looks_like_list_entry(entry: &[u8]) -> bool {
 /// domain) or `.suffix`, relay may be empty (use MX), a host name or `[address]`.
 pub fn smtproute_line(line: &[u8]) -> Result<(), &'static str> {
     let text = std::str::from_utf8(line).map_err(|_| "not UTF-8")?;
-    let (domain, rest) = text
-        .split_once(':')
-        .ok_or("no colon: expected domain:relay[:port]")?;
+    let (domain, rest) = text.split_once(':').ok_or("no colon: expected domain:relay[:port]")?;
     if !domain.is_empty() && !looks_like_list_entry(domain.as_bytes()) {
         return Err("the domain is not a domain");
     }
@@ -150,19 +140,12 @@ fn check_accounts(list: &mut Vec<Problem>) {
     }
     for account in ACCOUNTS.iter() {
         match (user_ids(account.name), group_id(account.group)) {
-            (None, _) => problem(
-                list,
-                format!("user {} ({}) does not exist", account.name, account.role),
-                "quill setup",
-            ),
+            (None, _) => {
+                problem(list, format!("user {} ({}) does not exist", account.name, account.role), "quill setup")
+            }
             (Some((_, gid)), Some(want)) if gid != want => problem(
                 list,
-                format!(
-                    "user {} has primary group {}, not {}",
-                    account.name,
-                    group_name(gid),
-                    account.group
-                ),
+                format!("user {} has primary group {}, not {}", account.name, group_name(gid), account.group),
                 format!("usermod -g {} {}", account.group, account.name),
             ),
             _ => {}
@@ -188,22 +171,13 @@ fn check_owner(list: &mut Vec<Problem>, path: &Path, user: &str, group: &str, mo
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                 not_as_this_user(list);
             }
-            _ => problem(
-                list,
-                format!("{} is missing", path.display()),
-                "quill setup",
-            ),
+            _ => problem(list, format!("{} is missing", path.display()), "quill setup"),
         },
         Some((u, g, m)) => {
             if (u, g) != (uid, gid) {
                 problem(
                     list,
-                    format!(
-                        "{} belongs to {}:{}, not {user}:{group}",
-                        path.display(),
-                        user_name(u),
-                        group_name(g)
-                    ),
+                    format!("{} belongs to {}:{}, not {user}:{group}", path.display(), user_name(u), group_name(g)),
                     format!("chown {user}:{group} {shown} && chmod {mode:o} {shown}"),
                 );
             } else if m != mode {
@@ -223,10 +197,7 @@ fn check_tree(list: &mut Vec<Problem>, home: &Path) {
         problem(
             list,
             format!("the Quill home {} does not exist", home.display()),
-            format!(
-                "quill setup --home {}",
-                shell_quote(&home.display().to_string())
-            ),
+            format!("quill setup --home {}", shell_quote(&home.display().to_string())),
         );
         return;
     }
@@ -254,10 +225,7 @@ fn check_tree(list: &mut Vec<Problem>, home: &Path) {
             problem(
                 list,
                 format!("{} is not a named pipe", layout.trigger().display()),
-                format!(
-                    "rm {} && quill setup",
-                    shell_quote(&layout.trigger().display().to_string())
-                ),
+                format!("rm {} && quill setup", shell_quote(&layout.trigger().display().to_string())),
             );
         }
     }
@@ -283,7 +251,10 @@ fn check_message_groups(list: &mut Vec<Problem>, layout: &crate::queuefile::Layo
             let shown = shell_quote(&dir.display().to_string());
             problem(
                 list,
-                format!("{wrong} message file(s) in {} are not in group quill: quill-send cannot read them", dir.display()),
+                format!(
+                    "{wrong} message file(s) in {} are not in group quill: quill-send cannot read them",
+                    dir.display()
+                ),
                 format!("chgrp -R quill {shown} && quill setup"),
             );
         }
@@ -293,11 +264,7 @@ fn check_message_groups(list: &mut Vec<Problem>, layout: &crate::queuefile::Layo
 fn check_queue_program(list: &mut Vec<Problem>, bindir: &Path) {
     let path = bindir.join("quill-queue");
     if !path.exists() {
-        problem(
-            list,
-            format!("{} is missing", path.display()),
-            "make install",
-        );
+        problem(list, format!("{} is missing", path.display()), "make install");
         return;
     }
     check_owner(list, &path, "quillq", QUEUE_GROUP, 0o4711);
@@ -323,38 +290,22 @@ fn check_controls(list: &mut Vec<Problem>, home: &Path) {
     }
     for name in DOMAIN_FILES {
         match control.line(name) {
-            Ok(Some(v)) if !looks_like_domain(&v) => problem(
-                list,
-                format!(
-                    "control/{name}: {:?} is not a domain name",
-                    crate::log::safe(&v)
-                ),
-                edit(name),
-            ),
-            Err(e) => problem(
-                list,
-                e.message,
-                format!("chmod 644 {}", control.path(name).display()),
-            ),
+            Ok(Some(v)) if !looks_like_domain(&v) => {
+                problem(list, format!("control/{name}: {:?} is not a domain name", crate::log::safe(&v)), edit(name))
+            }
+            Err(e) => problem(list, e.message, format!("chmod 644 {}", control.path(name).display())),
             _ => {}
         }
     }
     if control.line("me").ok().flatten().is_none() {
-        problem(
-            list,
-            "control/me is missing: every host name defaults to it".into(),
-            "quill setup",
-        );
+        problem(list, "control/me is missing: every host name defaults to it".into(), "quill setup");
     }
     for name in DOMAIN_LIST_FILES {
         for line in control.lines(name).unwrap_or_default() {
             if !looks_like_list_entry(&line) {
                 problem(
                     list,
-                    format!(
-                        "control/{name}: {:?} is not a domain name",
-                        crate::log::safe(&line)
-                    ),
+                    format!("control/{name}: {:?} is not a domain name", crate::log::safe(&line)),
                     edit(name),
                 );
             }
@@ -362,11 +313,7 @@ fn check_controls(list: &mut Vec<Problem>, home: &Path) {
     }
     for line in control.lines("smtproutes").unwrap_or_default() {
         if let Err(why) = smtproute_line(&line) {
-            problem(
-                list,
-                format!("control/smtproutes: {:?}: {why}", crate::log::safe(&line)),
-                edit("smtproutes"),
-            );
+            problem(list, format!("control/smtproutes: {:?}: {why}", crate::log::safe(&line)), edit("smtproutes"));
         }
     }
     let mut virtual_domains = Vec::new();
@@ -375,34 +322,20 @@ fn check_controls(list: &mut Vec<Problem>, home: &Path) {
             Ok(domain) => virtual_domains.push(domain),
             Err(why) => problem(
                 list,
-                format!(
-                    "control/virtualdomains: {:?}: {why}",
-                    crate::log::safe(&line)
-                ),
+                format!("control/virtualdomains: {:?}: {why}", crate::log::safe(&line)),
                 edit("virtualdomains"),
             ),
         }
     }
     // Mail for a domain this host delivers must be accepted from the network first.
-    let rcpthosts: Vec<Vec<u8>> = control
-        .lines("rcpthosts")
-        .unwrap_or_default()
-        .iter()
-        .map(|d| crate::address::normal_domain(d))
-        .collect();
+    let rcpthosts: Vec<Vec<u8>> =
+        control.lines("rcpthosts").unwrap_or_default().iter().map(|d| crate::address::normal_domain(d)).collect();
     if control.read("rcpthosts").ok().flatten().is_none() {
-        problem(
-            list,
-            "control/rcpthosts is missing: quill-smtpd accepts mail for no domain".into(),
-            "quill setup",
-        );
+        problem(list, "control/rcpthosts is missing: quill-smtpd accepts mail for no domain".into(), "quill setup");
         return;
     }
     let locals = control.locals().unwrap_or_default();
-    for domain in locals
-        .iter()
-        .chain(virtual_domains.iter().filter(|d| !d.is_empty()))
-    {
+    for domain in locals.iter().chain(virtual_domains.iter().filter(|d| !d.is_empty())) {
         let plain = domain.strip_prefix(b".").unwrap_or(domain);
         if !crate::address::domain_listed(plain, &rcpthosts) && !rcpthosts.contains(domain) {
             let name = String::from_utf8_lossy(domain);
@@ -418,13 +351,8 @@ fn check_controls(list: &mut Vec<Problem>, home: &Path) {
 /// The public key of a certificate or private key, as openssl prints it; None if openssl
 /// failed (no openssl, unreadable or malformed file).
 fn public_key(args: &[&str], file: &Path) -> Option<Vec<u8>> {
-    let output = Command::new("openssl")
-        .args(args)
-        .arg(file)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
+    let output =
+        Command::new("openssl").args(args).arg(file).stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
     if output.status.success() && !output.stdout.is_empty() {
         Some(output.stdout)
     } else {
@@ -437,14 +365,7 @@ fn check_tls(list: &mut Vec<Problem>, home: &Path) {
     let fix_new = format!("rm -f {} {} && quill setup", cert.display(), key.display());
     for (what, path) in [("certificate", &cert), ("key", &key)] {
         if !path.exists() {
-            problem(
-                list,
-                format!(
-                    "the TLS {what} {} is missing: STARTTLS is off",
-                    path.display()
-                ),
-                fix_new.clone(),
-            );
+            problem(list, format!("the TLS {what} {} is missing: STARTTLS is off", path.display()), fix_new.clone());
             return;
         }
     }
@@ -458,27 +379,17 @@ fn check_tls(list: &mut Vec<Problem>, home: &Path) {
     match (cert_key, key_key) {
         (None, _) => problem(
             list,
-            format!(
-                "{} is not a readable PEM certificate (or openssl is missing)",
-                cert.display()
-            ),
+            format!("{} is not a readable PEM certificate (or openssl is missing)", cert.display()),
             fix_new,
         ),
         (_, None) => problem(
             list,
-            format!(
-                "{} is not a readable PEM private key (or openssl is missing)",
-                key.display()
-            ),
+            format!("{} is not a readable PEM private key (or openssl is missing)", key.display()),
             fix_new,
         ),
         (Some(a), Some(b)) if a != b => problem(
             list,
-            format!(
-                "the TLS key {} does not belong to the certificate {}",
-                key.display(),
-                cert.display()
-            ),
+            format!("the TLS key {} does not belong to the certificate {}", key.display(), cert.display()),
             fix_new,
         ),
         _ => {}
@@ -487,15 +398,8 @@ fn check_tls(list: &mut Vec<Problem>, home: &Path) {
         if uid != quilld && mode & 0o044 == 0 {
             problem(
                 list,
-                format!(
-                    "quill-smtpd (user quilld) cannot read the TLS key {}",
-                    key.display()
-                ),
-                format!(
-                    "chown quilld {} && chmod 400 {}",
-                    key.display(),
-                    key.display()
-                ),
+                format!("quill-smtpd (user quilld) cannot read the TLS key {}", key.display()),
+                format!("chown quilld {} && chmod 400 {}", key.display(), key.display()),
             );
         }
         if mode & 0o004 != 0 {
@@ -509,10 +413,7 @@ fn check_tls(list: &mut Vec<Problem>, home: &Path) {
 }
 
 fn check_users(list: &mut Vec<Problem>, home: &Path) {
-    let (assign, db) = (
-        crate::users::assign_path(home),
-        crate::users::assign_db_path(home),
-    );
+    let (assign, db) = (crate::users::assign_path(home), crate::users::assign_db_path(home));
     let Ok(source) = std::fs::metadata(&assign).and_then(|m| m.modified()) else {
         return;
     };
@@ -520,14 +421,8 @@ fn check_users(list: &mut Vec<Problem>, home: &Path) {
     if compiled.is_none_or(|c| c < source) {
         problem(
             list,
-            format!(
-                "{} has changed since it was compiled: the change is not in effect",
-                assign.display()
-            ),
-            format!(
-                "QUILL_HOME={} quill-newu",
-                shell_quote(&home.display().to_string())
-            ),
+            format!("{} has changed since it was compiled: the change is not in effect", assign.display()),
+            format!("QUILL_HOME={} quill-newu", shell_quote(&home.display().to_string())),
         );
     }
 }
@@ -535,29 +430,17 @@ fn check_users(list: &mut Vec<Problem>, home: &Path) {
 fn check_aliases(list: &mut Vec<Problem>, home: &Path) {
     let path = crate::aliases::aliases_path(&Control::new(home));
     match std::fs::read(&path) {
-        Err(_) => problem(
-            list,
-            format!("{} is missing: no postmaster", path.display()),
-            "quill setup",
-        ),
+        Err(_) => problem(list, format!("{} is missing: no postmaster", path.display()), "quill setup"),
         Ok(text) => {
             if let Err(e) = crate::aliases::Aliases::parse(&text) {
-                problem(
-                    list,
-                    format!("{}: {}", path.display(), e.message),
-                    format!("edit {}", path.display()),
-                );
+                problem(list, format!("{}: {}", path.display(), e.message), format!("edit {}", path.display()));
                 return;
             }
             let missing = super::setup::missing_aliases(&String::from_utf8_lossy(&text));
             if !missing.is_empty() {
                 problem(
                     list,
-                    format!(
-                        "{} lacks {}",
-                        path.display(),
-                        missing.trim_end().replace('\n', ", ")
-                    ),
+                    format!("{} lacks {}", path.display(), missing.trim_end().replace('\n', ", ")),
                     "quill setup",
                 );
             }
@@ -612,14 +495,8 @@ mod tests {
 
     #[test]
     fn virtualdomains() {
-        assert_eq!(
-            virtualdomain_line(b"Example.COM:joe").unwrap(),
-            b"example.com"
-        );
-        assert_eq!(
-            virtualdomain_line(b"user@example.com:joe-x").unwrap(),
-            b"example.com"
-        );
+        assert_eq!(virtualdomain_line(b"Example.COM:joe").unwrap(), b"example.com");
+        assert_eq!(virtualdomain_line(b"user@example.com:joe-x").unwrap(), b"example.com");
         assert_eq!(virtualdomain_line(b":catchall").unwrap(), b"");
         assert!(virtualdomain_line(b".example.com:sub").is_ok());
         assert!(virtualdomain_line(b"example.com").is_err());

@@ -31,60 +31,27 @@ pub struct Account {
 
 /// Every account, in the order `setup` creates them (DESIGN §2).
 pub const ACCOUNTS: [Account; 6] = [
-    Account {
-        name: "quilld",
-        group: NOFILES_GROUP,
-        role: "quill-smtpd",
-    },
-    Account {
-        name: "quillq",
-        group: QUEUE_GROUP,
-        role: "owner of the queue, quill-queue, quill-clean",
-    },
-    Account {
-        name: "quills",
-        group: QUEUE_GROUP,
-        role: "quill-send",
-    },
-    Account {
-        name: "quillr",
-        group: QUEUE_GROUP,
-        role: "quill-rspawn, quill-remote",
-    },
-    Account {
-        name: "quilll",
-        group: NOFILES_GROUP,
-        role: "the logger",
-    },
-    Account {
-        name: "alias",
-        group: NOFILES_GROUP,
-        role: "mail for postmaster, root and other system names",
-    },
+    Account { name: "quilld", group: NOFILES_GROUP, role: "quill-smtpd" },
+    Account { name: "quillq", group: QUEUE_GROUP, role: "owner of the queue, quill-queue, quill-clean" },
+    Account { name: "quills", group: QUEUE_GROUP, role: "quill-send" },
+    Account { name: "quillr", group: QUEUE_GROUP, role: "quill-rspawn, quill-remote" },
+    Account { name: "quilll", group: NOFILES_GROUP, role: "the logger" },
+    Account { name: "alias", group: NOFILES_GROUP, role: "mail for postmaster, root and other system names" },
 ];
 
 /// A user's uid and primary gid, or None if the account does not exist.
 pub fn user_ids(name: &str) -> Option<(u32, u32)> {
-    nix::unistd::User::from_name(name)
-        .ok()
-        .flatten()
-        .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+    nix::unistd::User::from_name(name).ok().flatten().map(|u| (u.uid.as_raw(), u.gid.as_raw()))
 }
 
 /// A user's home directory, or None.
 pub fn user_home(name: &str) -> Option<std::path::PathBuf> {
-    nix::unistd::User::from_name(name)
-        .ok()
-        .flatten()
-        .map(|u| u.dir)
+    nix::unistd::User::from_name(name).ok().flatten().map(|u| u.dir)
 }
 
 /// A group's gid, or None.
 pub fn group_id(name: &str) -> Option<u32> {
-    nix::unistd::Group::from_name(name)
-        .ok()
-        .flatten()
-        .map(|g| g.gid.as_raw())
+    nix::unistd::Group::from_name(name).ok().flatten().map(|g| g.gid.as_raw())
 }
 
 /// The name of a uid, or the number.
@@ -109,18 +76,12 @@ pub fn group_name(gid: u32) -> String {
 /// following a final symbolic link; None if it does not exist.
 pub fn owner_mode(path: &Path) -> Option<(u32, u32, u32)> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(path)
-        .ok()
-        .map(|m| (m.uid(), m.gid(), m.mode() & 0o7777))
+    std::fs::symlink_metadata(path).ok().map(|m| (m.uid(), m.gid(), m.mode() & 0o7777))
 }
 
 /// Quote a path for a shell command line shown to the administrator.
 pub fn shell_quote(text: &str) -> String {
-    if !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:=@,".contains(&b))
-    {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+:=@,".contains(&b)) {
         text.to_string()
     } else {
         format!("'{}'", text.replace('\'', "'\\''"))

@@ -38,10 +38,9 @@ fn state_dir(layout: &Layout, state: &str) -> PathBuf {
 
 fn load(layout: &Layout, state: &'static str, id: &str) -> Result<Entry, String> {
     let path = state_dir(layout, state).join(id);
-    let mut file =
-        File::open(&path).map_err(|e| format!("unable to open {}: {e}", path.display()))?;
-    let (header, offset) = read_header(&mut file)
-        .map_err(|e| format!("unable to read {}: {}", path.display(), e.message))?;
+    let mut file = File::open(&path).map_err(|e| format!("unable to open {}: {e}", path.display()))?;
+    let (header, offset) =
+        read_header(&mut file).map_err(|e| format!("unable to read {}: {}", path.display(), e.message))?;
     let length = file.metadata().map(|m| m.len()).unwrap_or(0);
     Ok(Entry {
         id: id.to_string(),
@@ -61,9 +60,7 @@ pub fn entries(home: &Path) -> (Vec<Entry>, Vec<String>) {
     for state in STATES {
         let dir = state_dir(&layout, state);
         let names = match std::fs::read_dir(&dir) {
-            Ok(rd) => rd
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned()),
+            Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()),
             Err(e) => {
                 errors.push(format!("unable to read {}: {e}{}", dir.display(), hint(&e)));
                 continue;
@@ -145,17 +142,8 @@ impl Filter {
 /// One line per message: id, state, age, size, sender, then the recipients.
 pub fn list_line(entry: &Entry, now: u64) -> String {
     let envelope = &entry.header.envelope;
-    let sender = if envelope.sender.is_empty() {
-        "<>".to_string()
-    } else {
-        crate::log::safe(&envelope.sender)
-    };
-    let mut recipients: Vec<String> = envelope
-        .recipients
-        .iter()
-        .take(3)
-        .map(|r| crate::log::safe(r))
-        .collect();
+    let sender = if envelope.sender.is_empty() { "<>".to_string() } else { crate::log::safe(&envelope.sender) };
+    let mut recipients: Vec<String> = envelope.recipients.iter().take(3).map(|r| crate::log::safe(r)).collect();
     if envelope.recipients.len() > 3 {
         recipients.push(format!("(+{} more)", envelope.recipients.len() - 3));
     }
@@ -177,9 +165,7 @@ pub const LIST_TITLE: &str = "ID         STATE   AGE     SIZE  SENDER -> RECIPIE
 /// The message with this id, wherever it is.
 pub fn find(home: &Path, id: &str) -> Result<Entry, String> {
     if !valid_id(id.as_bytes()) {
-        return Err(format!(
-            "unable to find message {id:?}: a queue id is a number (see quill queue list)"
-        ));
+        return Err(format!("unable to find message {id:?}: a queue id is a number (see quill queue list)"));
     }
     let layout = Layout::new(home);
     let mut last_error = None;
@@ -190,16 +176,10 @@ pub fn find(home: &Path, id: &str) -> Result<Entry, String> {
                 Err(e) => last_error = Some(e),
             }
         } else if let Err(e) = std::fs::read_dir(state_dir(&layout, state)) {
-            last_error = Some(format!(
-                "unable to read {}: {e}{}",
-                state_dir(&layout, state).display(),
-                hint(&e)
-            ));
+            last_error = Some(format!("unable to read {}: {e}{}", state_dir(&layout, state).display(), hint(&e)));
         }
     }
-    Err(last_error.unwrap_or_else(|| {
-        format!("unable to find message {id} in the queue: it was delivered or removed")
-    }))
+    Err(last_error.unwrap_or_else(|| format!("unable to find message {id} in the queue: it was delivered or removed")))
 }
 
 /// The most of a message's header section `show` prints.
@@ -223,12 +203,7 @@ pub fn show(entry: &Entry, now: u64, body: bool) -> String {
         crate::date::rfc5322(h.time),
         super::age(now.saturating_sub(h.time))
     ));
-    out.push_str(&format!(
-        "queued by:  uid {} ({}), quill-queue pid {}\n",
-        h.uid,
-        super::user_name(h.uid),
-        h.pid
-    ));
+    out.push_str(&format!("queued by:  uid {} ({}), quill-queue pid {}\n", h.uid, super::user_name(h.uid), h.pid));
     out.push_str(&format!("size:       {} bytes\n", entry.size));
     out.push_str(&format!("file:       {}\n", entry.path.display()));
     let sender = &h.envelope.sender;
@@ -236,11 +211,7 @@ pub fn show(entry: &Entry, now: u64, body: bool) -> String {
     for (n, rcpt) in h.envelope.recipients.iter().enumerate() {
         out.push_str(&format!(
             "{}<{}>\n",
-            if n == 0 {
-                "recipients: "
-            } else {
-                "            "
-            },
+            if n == 0 { "recipients: " } else { "            " },
             crate::log::safe(rcpt)
         ));
     }
@@ -248,11 +219,7 @@ pub fn show(entry: &Entry, now: u64, body: bool) -> String {
     let mut message = Vec::new();
     if let Ok(mut file) = File::open(&entry.path) {
         let mut all = Vec::new();
-        let limit = if body {
-            u64::MAX
-        } else {
-            (MAX_SHOWN_HEADER as u64) + (crate::queuefile::MAX_HEADER as u64)
-        };
+        let limit = if body { u64::MAX } else { (MAX_SHOWN_HEADER as u64) + (crate::queuefile::MAX_HEADER as u64) };
         let _ = (&mut file).take(limit).read_to_end(&mut all);
         if let Ok((_, offset)) = Header::decode(&all) {
             message = all[offset..].to_vec();
@@ -283,10 +250,7 @@ mod tests {
                 uid: 0,
                 pid: 1,
                 time,
-                envelope: Envelope {
-                    sender: sender.to_vec(),
-                    recipients: rcpts.iter().map(|r| r.to_vec()).collect(),
-                },
+                envelope: Envelope { sender: sender.to_vec(), recipients: rcpts.iter().map(|r| r.to_vec()).collect() },
             },
             size: 10,
             retrying: false,
@@ -295,48 +259,16 @@ mod tests {
 
     #[test]
     fn filters() {
-        let e = entry(
-            b"Alice@Example.org",
-            &[b"bob@example.com", b"carol@Other.NET"],
-            1000,
-        );
+        let e = entry(b"Alice@Example.org", &[b"bob@example.com", b"carol@Other.NET"], 1000);
         let all = Filter::default();
         assert!(all.matches(&e, 1000));
-        assert!(Filter {
-            sender: Some("alice@example".into()),
-            ..all.clone()
-        }
-        .matches(&e, 1000));
-        assert!(!Filter {
-            sender: Some("bob".into()),
-            ..all.clone()
-        }
-        .matches(&e, 1000));
-        assert!(Filter {
-            recipient: Some("CAROL".into()),
-            ..all.clone()
-        }
-        .matches(&e, 1000));
-        assert!(Filter {
-            domain: Some("other.net".into()),
-            ..all.clone()
-        }
-        .matches(&e, 1000));
-        assert!(!Filter {
-            domain: Some("net".into()),
-            ..all.clone()
-        }
-        .matches(&e, 1000));
-        assert!(Filter {
-            older_than: Some(60),
-            ..all.clone()
-        }
-        .matches(&e, 1060));
-        assert!(!Filter {
-            older_than: Some(60),
-            ..all
-        }
-        .matches(&e, 1059));
+        assert!(Filter { sender: Some("alice@example".into()), ..all.clone() }.matches(&e, 1000));
+        assert!(!Filter { sender: Some("bob".into()), ..all.clone() }.matches(&e, 1000));
+        assert!(Filter { recipient: Some("CAROL".into()), ..all.clone() }.matches(&e, 1000));
+        assert!(Filter { domain: Some("other.net".into()), ..all.clone() }.matches(&e, 1000));
+        assert!(!Filter { domain: Some("net".into()), ..all.clone() }.matches(&e, 1000));
+        assert!(Filter { older_than: Some(60), ..all.clone() }.matches(&e, 1060));
+        assert!(!Filter { older_than: Some(60), ..all }.matches(&e, 1059));
     }
 
     #[test]

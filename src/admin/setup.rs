@@ -47,33 +47,21 @@ impl Report {
 pub const TMP_MODE: u32 = 0o2700;
 
 /// The links `--links` makes: (path under the link root, program in the bin directory).
-pub const LINKS: [(&str, &str); 3] = [
-    ("usr/sbin/sendmail", "sendmail"),
-    ("usr/bin/mailq", "sendmail"),
-    ("usr/sbin/newaliases", "sendmail"),
-];
+pub const LINKS: [(&str, &str); 3] =
+    [("usr/sbin/sendmail", "sendmail"), ("usr/bin/mailq", "sendmail"), ("usr/sbin/newaliases", "sendmail")];
 
 /// The alias entries every mail host needs, appended to the aliases file if it lacks them.
 /// `root` goes to the alias user (whose home is HOME/alias) until the administrator names a
 /// person; quill-local never delivers as root.
-pub const REQUIRED_ALIASES: [(&str, &str); 3] = [
-    ("postmaster", "root"),
-    ("MAILER-DAEMON", "postmaster"),
-    ("root", "alias"),
-];
+pub const REQUIRED_ALIASES: [(&str, &str); 3] =
+    [("postmaster", "root"), ("MAILER-DAEMON", "postmaster"), ("root", "alias")];
 
 fn nologin_shell() -> &'static str {
-    ["/usr/sbin/nologin", "/sbin/nologin"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or("/bin/false")
+    ["/usr/sbin/nologin", "/sbin/nologin"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("/bin/false")
 }
 
 fn run(command: &mut Command) -> Result<(), String> {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| e.to_string())?;
+    let output = command.stdin(Stdio::null()).output().map_err(|e| e.to_string())?;
     if output.status.success() {
         Ok(())
     } else {
@@ -96,35 +84,17 @@ fn ensure_user(account: &Account, home: &Path, report: &mut Report) {
     if user_ids(account.name).is_some() {
         return;
     }
-    let dir = if account.name == "alias" {
-        home.join("alias")
-    } else {
-        home.to_path_buf()
-    };
+    let dir = if account.name == "alias" { home.join("alias") } else { home.to_path_buf() };
     let result = run(Command::new("useradd")
-        .args([
-            "--system",
-            "--no-create-home",
-            "--gid",
-            account.group,
-            "--shell",
-            nologin_shell(),
-            "--home-dir",
-        ])
+        .args(["--system", "--no-create-home", "--gid", account.group, "--shell", nologin_shell(), "--home-dir"])
         .arg(&dir)
         .args(["--comment", &format!("Quill {}", account.role)])
         .arg(account.name));
     match result {
-        Ok(()) => report.did(format!(
-            "created user {} (group {}, home {})",
-            account.name,
-            account.group,
-            dir.display()
-        )),
-        Err(e) => report.fail(format!(
-            "unable to create user {} with useradd: {e}",
-            account.name
-        )),
+        Ok(()) => {
+            report.did(format!("created user {} (group {}, home {})", account.name, account.group, dir.display()))
+        }
+        Err(e) => report.fail(format!("unable to create user {} with useradd: {e}", account.name)),
     }
 }
 
@@ -146,10 +116,7 @@ fn ensure_dir(path: &Path, uid: u32, gid: u32, mode: u32, report: &mut Report) {
                 super::user_name(uid),
                 super::group_name(gid)
             )),
-            Err(e) => report.fail(format!(
-                "unable to set owner and mode of {}: {e}",
-                path.display()
-            )),
+            Err(e) => report.fail(format!("unable to set owner and mode of {}: {e}", path.display())),
         }
     }
 }
@@ -158,12 +125,7 @@ fn ensure_dir(path: &Path, uid: u32, gid: u32, mode: u32, report: &mut Report) {
 /// `lock/sendmutex` itself: `lock/` belongs to quillq).
 fn ensure_file(path: &Path, uid: u32, gid: u32, mode: u32, report: &mut Report) {
     use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-    {
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path) {
         Ok(_) => report.did(format!("created {}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return report.fail(format!("unable to create {}: {e}", path.display())),
@@ -172,10 +134,7 @@ fn ensure_file(path: &Path, uid: u32, gid: u32, mode: u32, report: &mut Report) 
         let result = chown(path, Some(uid), Some(gid))
             .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)));
         if let Err(e) = result {
-            report.fail(format!(
-                "unable to set owner and mode of {}: {e}",
-                path.display()
-            ));
+            report.fail(format!("unable to set owner and mode of {}: {e}", path.display()));
         }
     }
 }
@@ -203,10 +162,7 @@ fn host_name() -> String {
 fn control_files(home: &Path, report: &mut Report) {
     let control = home.join("control");
     write_new(&control.join("me"), &format!("{}\n", host_name()), report);
-    let me = Control::new(home)
-        .me()
-        .map(|m| String::from_utf8_lossy(&m).into_owned())
-        .unwrap_or_else(|_| host_name());
+    let me = Control::new(home).me().map(|m| String::from_utf8_lossy(&m).into_owned()).unwrap_or_else(|_| host_name());
     let mut domains = vec![me];
     if domains[0] != "localhost" {
         domains.push("localhost".to_string());
@@ -244,14 +200,9 @@ fn certificate(home: &Path, report: &mut Report) {
     if cert.exists() && key.exists() {
         return;
     }
-    let me = Control::new(home)
-        .me()
-        .map(|m| String::from_utf8_lossy(&m).into_owned())
-        .unwrap_or_else(|_| host_name());
+    let me = Control::new(home).me().map(|m| String::from_utf8_lossy(&m).into_owned()).unwrap_or_else(|_| host_name());
     let result = run(Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj",
-        ])
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj"])
         .arg(format!("/CN={me}"))
         .arg("-addext")
         .arg(format!("subjectAltName=DNS:{me}"))
@@ -260,14 +211,9 @@ fn certificate(home: &Path, report: &mut Report) {
         .arg("-out")
         .arg(&cert));
     if let Err(e) = result {
-        return report.fail(format!(
-            "unable to make a certificate with openssl (is it installed?): {e}"
-        ));
+        return report.fail(format!("unable to make a certificate with openssl (is it installed?): {e}"));
     }
-    report.did(format!(
-        "made a self-signed certificate for {me} in {}",
-        cert.display()
-    ));
+    report.did(format!("made a self-signed certificate for {me} in {}", cert.display()));
     // quill-smtpd reads the key as quilld, after quill-tcpserver dropped root.
     if let Some((uid, _)) = user_ids("quilld") {
         let result = chown(&key, Some(uid), Some(0))
@@ -278,16 +224,8 @@ fn certificate(home: &Path, report: &mut Report) {
     }
     let _ = std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o644));
     let control = home.join("control");
-    write_new(
-        &control.join("tlscert"),
-        &format!("{}\n", cert.display()),
-        report,
-    );
-    write_new(
-        &control.join("tlskey"),
-        &format!("{}\n", key.display()),
-        report,
-    );
+    write_new(&control.join("tlscert"), &format!("{}\n", cert.display()), report);
+    write_new(&control.join("tlskey"), &format!("{}\n", key.display()), report);
 }
 
 /// The lower-cased names an aliases file defines (a light scan: the full parser is
@@ -295,10 +233,7 @@ fn certificate(home: &Path, report: &mut Report) {
 pub fn alias_names(text: &str) -> Vec<String> {
     text.lines()
         .filter(|l| !l.starts_with([' ', '\t', '#']))
-        .filter_map(|l| {
-            l.split_once(':')
-                .map(|(name, _)| name.trim().to_ascii_lowercase())
-        })
+        .filter_map(|l| l.split_once(':').map(|(name, _)| name.trim().to_ascii_lowercase()))
         .filter(|n| !n.is_empty())
         .collect()
 }
@@ -331,9 +266,7 @@ fn aliases(home: &Path, report: &mut Report) {
     if !text.is_empty() && !text.ends_with('\n') {
         block.push('\n');
     }
-    block.push_str(
-        "# Added by quill setup. Point root at the person who reads the system's mail.\n",
-    );
+    block.push_str("# Added by quill setup. Point root at the person who reads the system's mail.\n");
     block.push_str(&add);
     let result = std::fs::OpenOptions::new()
         .create(true)
@@ -341,11 +274,7 @@ fn aliases(home: &Path, report: &mut Report) {
         .open(&path)
         .and_then(|mut f| f.write_all(block.as_bytes()).and_then(|()| f.sync_all()));
     match result {
-        Ok(()) => report.did(format!(
-            "added {} to {}",
-            add.trim_end().replace('\n', ", "),
-            path.display()
-        )),
+        Ok(()) => report.did(format!("added {} to {}", add.trim_end().replace('\n', ", "), path.display())),
         Err(e) => report.fail(format!("unable to append to {}: {e}", path.display())),
     }
 }
@@ -353,14 +282,11 @@ fn aliases(home: &Path, report: &mut Report) {
 fn queue_program(bindir: &Path, report: &mut Report) {
     let path = bindir.join("quill-queue");
     if !path.exists() {
-        return report.fail(format!(
-            "unable to find {}: build Quill (make) or install it (make install) first",
-            path.display()
-        ));
+        return report
+            .fail(format!("unable to find {}: build Quill (make) or install it (make install) first", path.display()));
     }
     let (Some((uid, _)), Some(gid)) = (user_ids("quillq"), group_id(QUEUE_GROUP)) else {
-        return report
-            .fail("unable to make quill-queue setuid quillq: the user or group is missing".into());
+        return report.fail("unable to make quill-queue setuid quillq: the user or group is missing".into());
     };
     if owner_mode(&path) == Some((uid, gid, 0o4711)) {
         return;
@@ -369,10 +295,7 @@ fn queue_program(bindir: &Path, report: &mut Report) {
         .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o4711)));
     match result {
         Ok(()) => report.did(format!("made {} setuid quillq (mode 4711)", path.display())),
-        Err(e) => report.fail(format!(
-            "unable to make {} setuid quillq: {e}",
-            path.display()
-        )),
+        Err(e) => report.fail(format!("unable to make {} setuid quillq: {e}", path.display())),
     }
 }
 
@@ -396,18 +319,10 @@ fn links(bindir: &Path, root: &Path, report: &mut Report) {
                 ));
                 continue;
             } else if let Err(e) = std::fs::rename(&link, &kept) {
-                report.fail(format!(
-                    "unable to keep {} as {}: {e}",
-                    link.display(),
-                    kept.display()
-                ));
+                report.fail(format!("unable to keep {} as {}: {e}", link.display(), kept.display()));
                 continue;
             } else {
-                report.did(format!(
-                    "kept the old {} as {}",
-                    link.display(),
-                    kept.display()
-                ));
+                report.did(format!("kept the old {} as {}", link.display(), kept.display()));
             }
         }
         if let Some(parent) = link.parent() {
@@ -415,11 +330,7 @@ fn links(bindir: &Path, root: &Path, report: &mut Report) {
         }
         match std::os::unix::fs::symlink(&target, &link) {
             Ok(()) => report.did(format!("linked {} to {}", link.display(), target.display())),
-            Err(e) => report.fail(format!(
-                "unable to link {} to {}: {e}",
-                link.display(),
-                target.display()
-            )),
+            Err(e) => report.fail(format!("unable to link {} to {}: {e}", link.display(), target.display())),
         }
     }
 }
@@ -438,35 +349,22 @@ pub fn setup(options: &Options, bindir: &Path) -> Report {
     for account in ACCOUNTS.iter() {
         ensure_user(account, home, &mut report);
     }
-    let (Some((quillq, _)), Some((quills, _)), Some(quill_gid)) = (
-        user_ids("quillq"),
-        user_ids("quills"),
-        group_id(QUEUE_GROUP),
-    ) else {
+    let (Some((quillq, _)), Some((quills, _)), Some(quill_gid)) =
+        (user_ids("quillq"), user_ids("quills"), group_id(QUEUE_GROUP))
+    else {
         report.fail("unable to create the queue: the quill accounts are missing".into());
         return report;
     };
     ensure_dir(home, 0, 0, 0o755, &mut report);
-    let owners = crate::queuefile::Owners {
-        quillq,
-        quills,
-        quill_group: quill_gid,
-    };
+    let owners = crate::queuefile::Owners { quillq, quills, quill_group: quill_gid };
     // create_tree sets every mode it knows, tmp/'s set-group-id bit included away: call it
     // only when a part is missing, so that a second run changes nothing and tmp/ is never
     // without the bit while the system runs.
     let layout = crate::queuefile::Layout::new(home);
-    let complete = [
-        layout.tmp(),
-        layout.todo(),
-        layout.mess(),
-        layout.hold(),
-        layout.info(),
-        layout.trigger(),
-    ]
-    .iter()
-    .chain([home.join("control")].iter())
-    .all(|p| p.exists());
+    let complete = [layout.tmp(), layout.todo(), layout.mess(), layout.hold(), layout.info(), layout.trigger()]
+        .iter()
+        .chain([home.join("control")].iter())
+        .all(|p| p.exists());
     if complete {
         let entries = [
             (layout.queue.clone(), quillq, 0o750),
@@ -483,36 +381,18 @@ pub fn setup(options: &Options, bindir: &Path) -> Report {
         // The FIFO exists (checked above): only its owner and mode are put right.
         ensure_file(&layout.trigger(), quills, quill_gid, 0o622, &mut report);
     } else if let Err(e) = crate::queuefile::create_tree(home, Some(owners)) {
-        report.fail(format!(
-            "unable to create the queue under {}: {e}",
-            home.display()
-        ));
+        report.fail(format!("unable to create the queue under {}: {e}", home.display()));
         return report;
     }
     // quill-queue runs setuid quillq with the caller's group; the set-group-id bit on tmp/
     // gives each message file the group quill instead, so that quill-send (quills, group
     // quill) can read it after the rename into todo/.
-    ensure_dir(
-        &crate::queuefile::Layout::new(home).tmp(),
-        quillq,
-        quill_gid,
-        TMP_MODE,
-        &mut report,
-    );
-    ensure_file(
-        &crate::queuefile::Layout::new(home).sendmutex(),
-        quills,
-        quill_gid,
-        0o600,
-        &mut report,
-    );
+    ensure_dir(&crate::queuefile::Layout::new(home).tmp(), quillq, quill_gid, TMP_MODE, &mut report);
+    ensure_file(&crate::queuefile::Layout::new(home).sendmutex(), quills, quill_gid, 0o600, &mut report);
     ensure_dir(&home.join("users"), 0, 0, 0o755, &mut report);
     match (user_ids("alias"), group_id(NOFILES_GROUP)) {
-        (Some((alias, _)), Some(nofiles)) => {
-            ensure_dir(&home.join("alias"), alias, nofiles, 0o2755, &mut report)
-        }
-        _ => report
-            .fail("unable to create alias/: the alias user or the nofiles group is missing".into()),
+        (Some((alias, _)), Some(nofiles)) => ensure_dir(&home.join("alias"), alias, nofiles, 0o2755, &mut report),
+        _ => report.fail("unable to create alias/: the alias user or the nofiles group is missing".into()),
     }
     control_files(home, &mut report);
     certificate(home, &mut report);
@@ -531,15 +411,9 @@ mod tests {
 
     #[test]
     fn aliases_are_appended_only_when_missing() {
-        assert_eq!(
-            missing_aliases(""),
-            "postmaster: root\nMAILER-DAEMON: postmaster\nroot: alias\n"
-        );
+        assert_eq!(missing_aliases(""), "postmaster: root\nMAILER-DAEMON: postmaster\nroot: alias\n");
         let text = "# comment\nPostmaster:    root\n  continued: line\nmailer-daemon: postmaster\n";
         assert_eq!(missing_aliases(text), "root: alias\n");
-        assert_eq!(
-            missing_aliases("postmaster: a\nroot: b\nMAILER-DAEMON: c\n"),
-            ""
-        );
+        assert_eq!(missing_aliases("postmaster: a\nroot: b\nMAILER-DAEMON: c\n"), "");
     }
 }

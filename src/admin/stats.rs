@@ -86,12 +86,7 @@ fn human_stamp(text: &str) -> Option<(u64, &str)> {
     let num = |range: std::ops::Range<usize>| text.get(range)?.parse::<u32>().ok();
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
         return None;
     }
     let mut end = 19;
@@ -124,13 +119,7 @@ pub fn strip_timestamp(line: &str) -> (Option<u64>, &str) {
 }
 
 /// The words an event line starts with.
-const EVENTS: [&str; 5] = [
-    "new msg ",
-    "info msg ",
-    "starting delivery ",
-    "delivery ",
-    "bounce msg ",
-];
+const EVENTS: [&str; 5] = ["new msg ", "info msg ", "starting delivery ", "delivery ", "bounce msg "];
 
 /// The event text with any `PROGRAM: ` prefix (quill-send's own, or splogger's) removed.
 fn event(text: &str) -> &str {
@@ -148,11 +137,7 @@ fn event(text: &str) -> &str {
 /// The part of a failure text worth counting: the first line (qmail-send writes a report's
 /// line breaks as `/`), without trailing punctuation, at most 72 characters.
 pub fn reason(text: &str) -> String {
-    let first = text
-        .split('/')
-        .find(|s| !s.trim().is_empty())
-        .unwrap_or(text)
-        .trim();
+    let first = text.split('/').find(|s| !s.trim().is_empty()).unwrap_or(text).trim();
     let first = first.trim_end_matches(['.', ' ', '_']);
     let mut out: String = first.chars().take(72).collect();
     if first.chars().count() > 72 {
@@ -171,10 +156,8 @@ impl Stats {
         if text.starts_with("new msg ") {
             self.messages += 1;
         } else if let Some(rest) = text.strip_prefix("info msg ") {
-            if let Some(n) = rest
-                .split_once(" bytes ")
-                .and_then(|(_, r)| r.split(' ').next())
-                .and_then(|n| n.parse::<u64>().ok())
+            if let Some(n) =
+                rest.split_once(" bytes ").and_then(|(_, r)| r.split(' ').next()).and_then(|n| n.parse::<u64>().ok())
             {
                 self.bytes += n;
             }
@@ -187,10 +170,7 @@ impl Stats {
                 return;
             };
             let rcpt = rest.split_once(" to ").map(|(_, r)| r).unwrap_or("");
-            let rcpt = rcpt
-                .strip_prefix("local ")
-                .or_else(|| rcpt.strip_prefix("remote "))
-                .unwrap_or(rcpt);
+            let rcpt = rcpt.strip_prefix("local ").or_else(|| rcpt.strip_prefix("remote ")).unwrap_or(rcpt);
             let domain = crate::address::normal_domain(crate::address::split(rcpt.as_bytes()).1);
             let domain = if domain.is_empty() {
                 "(no domain)".to_string()
@@ -218,10 +198,7 @@ impl Stats {
             } else {
                 return;
             };
-            let domain = self
-                .pending
-                .remove(&number)
-                .unwrap_or_else(|| "(unknown)".to_string());
+            let domain = self.pending.remove(&number).unwrap_or_else(|| "(unknown)".to_string());
             let bump = |c: &mut Counts| match result {
                 Result3::Success => c.delivered += 1,
                 Result3::Deferral => c.deferred += 1,
@@ -230,15 +207,8 @@ impl Stats {
             bump(self.hours.entry(hour).or_default());
             bump(self.domains.entry(domain).or_default());
             if result != Result3::Success {
-                let kind = if result == Result3::Failure {
-                    "failure"
-                } else {
-                    "deferral"
-                };
-                *self
-                    .reasons
-                    .entry(format!("{kind}: {}", reason(detail)))
-                    .or_default() += 1;
+                let kind = if result == Result3::Failure { "failure" } else { "deferral" };
+                *self.reasons.entry(format!("{kind}: {}", reason(detail))).or_default() += 1;
             }
         } else if text.starts_with("bounce msg ") {
             self.hours.entry(hour).or_default().bounces += 1;
@@ -286,13 +256,7 @@ fn bar(c: &Counts, scale: u64, width: u64) -> String {
     if scale == 0 {
         return String::new();
     }
-    let cells = |n: u64| -> usize {
-        (if n == 0 {
-            0
-        } else {
-            (n * width).div_ceil(scale).max(1)
-        }) as usize
-    };
+    let cells = |n: u64| -> usize { (if n == 0 { 0 } else { (n * width).div_ceil(scale).max(1) }) as usize };
     let mut out = "#".repeat(cells(c.delivered));
     out.push_str(&"~".repeat(cells(c.deferred)));
     out.push_str(&"!".repeat(cells(c.failed)));
@@ -311,16 +275,10 @@ pub fn render(stats: &Stats) -> String {
         "{} lines read; {} messages queued ({} bytes); {} delivered, {} deferred, {} failed; {} bounces\n\n",
         stats.lines, stats.messages, stats.bytes, t.delivered, t.deferred, t.failed, t.bounces
     );
-    out.push_str(
-        "hour (UTC)        delivered deferred  failed bounces  (# delivered ~ deferred ! failed)\n",
-    );
+    out.push_str("hour (UTC)        delivered deferred  failed bounces  (# delivered ~ deferred ! failed)\n");
     let mut hours: Vec<_> = stats.hours.iter().collect();
     hours.sort_by_key(|(h, _)| h.map_or(0, |h| h + 1));
-    let scale = hours
-        .iter()
-        .map(|(_, c)| c.delivered + c.deferred + c.failed)
-        .max()
-        .unwrap_or(0);
+    let scale = hours.iter().map(|(_, c)| c.delivered + c.deferred + c.failed).max().unwrap_or(0);
     for (hour, c) in &hours {
         out.push_str(&format!(
             "{:<17} {:>9} {:>8} {:>7} {:>7}  {}\n",
@@ -341,9 +299,7 @@ pub fn render(stats: &Stats) -> String {
         let total = |c: &Counts| c.delivered + c.deferred + c.failed;
         total(b.1).cmp(&total(a.1)).then(a.0.cmp(b.0))
     });
-    let scale = domains
-        .first()
-        .map_or(0, |(_, c)| c.delivered + c.deferred + c.failed);
+    let scale = domains.first().map_or(0, |(_, c)| c.delivered + c.deferred + c.failed);
     for (domain, c) in domains.iter().take(TOP) {
         out.push_str(&format!(
             "{:<17} {:>9} {:>8} {:>7}  {}\n",
@@ -377,20 +333,11 @@ mod tests {
         let label = format!("@{:016x}{:08x}", (1u64 << 62) + 10 + 1_795_615_200, 0);
         let line = format!("{label} new msg 1");
         assert_eq!(strip_timestamp(&line), (Some(1_795_615_200), "new msg 1"));
-        assert_eq!(
-            strip_timestamp("2026-11-25_14:00:00.12345 new msg 1"),
-            (Some(1_795_615_200), "new msg 1")
-        );
-        assert_eq!(
-            strip_timestamp("2026-11-25T14:00:00.123456789  new msg 1"),
-            (Some(1_795_615_200), "new msg 1")
-        );
+        assert_eq!(strip_timestamp("2026-11-25_14:00:00.12345 new msg 1"), (Some(1_795_615_200), "new msg 1"));
+        assert_eq!(strip_timestamp("2026-11-25T14:00:00.123456789  new msg 1"), (Some(1_795_615_200), "new msg 1"));
         assert_eq!(strip_timestamp("new msg 1"), (None, "new msg 1"));
         assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(
-            crate::date::civil(days_from_civil(2024, 2, 29)),
-            (2024, 2, 29)
-        );
+        assert_eq!(crate::date::civil(days_from_civil(2024, 2, 29)), (2024, 2, 29));
     }
 
     #[test]
@@ -415,29 +362,15 @@ quill-send: delivery 9: success: unmatched
         assert_eq!(stats.bytes, 1234);
         let t = stats.totals();
         assert_eq!((t.delivered, t.deferred, t.failed, t.bounces), (2, 1, 1, 1));
-        assert_eq!(
-            stats.domains["example.com"],
-            Counts {
-                delivered: 0,
-                deferred: 1,
-                failed: 1,
-                bounces: 0
-            }
-        );
+        assert_eq!(stats.domains["example.com"], Counts { delivered: 0, deferred: 1, failed: 1, bounces: 0 });
         assert_eq!(stats.domains["here.test"].delivered, 1);
         assert_eq!(stats.domains["(unknown)"].delivered, 1);
-        assert_eq!(
-            stats.reasons["failure: Sorry,_no_mailbox_here_by_that_name"],
-            1
-        );
+        assert_eq!(stats.reasons["failure: Sorry,_no_mailbox_here_by_that_name"], 1);
         assert_eq!(stats.hours[&Some(1_795_615_200 / 3600)].delivered, 1);
         let text = render(&stats);
         assert!(text.contains("2026-11-25 14:00"), "{text}");
         assert!(text.contains("2026-11-25 15:00"), "{text}");
         assert!(text.contains("example.com"), "{text}");
-        assert!(
-            text.contains('#') && text.contains('~') && text.contains('!'),
-            "{text}"
-        );
+        assert!(text.contains('#') && text.contains('~') && text.contains('!'), "{text}");
     }
 }

@@ -5,15 +5,8 @@
 use std::path::{Path, PathBuf};
 
 /// The long-running programs `status` looks for, in the order it shows them.
-pub const STAGES: [&str; 7] = [
-    "quill-start",
-    "quill-send",
-    "quill-lspawn",
-    "quill-rspawn",
-    "quill-clean",
-    "quill-tcpserver",
-    "quill-smtpd",
-];
+pub const STAGES: [&str; 7] =
+    ["quill-start", "quill-send", "quill-lspawn", "quill-rspawn", "quill-clean", "quill-tcpserver", "quill-smtpd"];
 
 /// One running program.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,11 +30,7 @@ fn status_field(status: &str, field: &str) -> Vec<u32> {
     status
         .lines()
         .find_map(|l| l.strip_prefix(field))
-        .map(|rest| {
-            rest.split_whitespace()
-                .filter_map(|n| n.parse().ok())
-                .collect()
-        })
+        .map(|rest| rest.split_whitespace().filter_map(|n| n.parse().ok()).collect())
         .unwrap_or_default()
 }
 
@@ -68,10 +57,7 @@ pub fn process(proc_dir: &Path, names: &[&str]) -> Option<Process> {
     let status = std::fs::read_to_string(proc_dir.join("status")).ok()?;
     let uids = status_field(&status, "Uid:");
     let ppid = status_field(&status, "PPid:").first().copied().unwrap_or(0);
-    let home = std::fs::read(proc_dir.join("environ"))
-        .ok()
-        .filter(|e| !e.is_empty())
-        .map(|e| environ_home(&e));
+    let home = std::fs::read(proc_dir.join("environ")).ok().filter(|e| !e.is_empty()).map(|e| environ_home(&e));
     Some(Process {
         name: name.to_string(),
         pid,
@@ -97,15 +83,7 @@ pub fn processes(home: Option<&Path>) -> Vec<Process> {
             (Some(w), Some(h)) => h.canonicalize().unwrap_or_else(|_| h.clone()) == *w,
         })
         .collect();
-    list.sort_by_key(|p| {
-        (
-            STAGES
-                .iter()
-                .position(|s| *s == p.name)
-                .unwrap_or(STAGES.len()),
-            p.pid,
-        )
-    });
+    list.sort_by_key(|p| (STAGES.iter().position(|s| *s == p.name).unwrap_or(STAGES.len()), p.pid));
     list
 }
 
@@ -139,20 +117,13 @@ pub fn report(home: &Path, filter_home: bool) -> String {
             let uid = if p.uid == p.euid {
                 super::user_name(p.uid)
             } else {
-                format!(
-                    "{} (effective {})",
-                    super::user_name(p.uid),
-                    super::user_name(p.euid)
-                )
+                format!("{} (effective {})", super::user_name(p.uid), super::user_name(p.euid))
             };
             let home = match &p.home {
                 Some(h) if !filter_home => format!("  home {}", h.display()),
                 _ => String::new(),
             };
-            out.push_str(&format!(
-                "  {stage:<16} pid {:<7} user {uid}{home}\n",
-                p.pid
-            ));
+            out.push_str(&format!("  {stage:<16} pid {:<7} user {uid}{home}\n", p.pid));
         }
     }
     let layout = crate::queuefile::Layout::new(home);
@@ -173,28 +144,17 @@ pub fn report(home: &Path, filter_home: bool) -> String {
         };
         match count(&dir) {
             Ok(n) => out.push_str(&format!("  {label:<5} {n:>7}  {what}\n")),
-            Err(e) => out.push_str(&format!(
-                "  {label:<5}       ?  unable to read {}: {e}\n",
-                dir.display()
-            )),
+            Err(e) => out.push_str(&format!("  {label:<5}       ?  unable to read {}: {e}\n", dir.display())),
         }
     }
     let (entries, errors) = super::queue::entries(home);
     let now = crate::date::now();
-    let buckets: [(&str, u64); 5] = [
-        ("< 5 minutes", 300),
-        ("< 1 hour", 3600),
-        ("< 1 day", 86_400),
-        ("< 1 week", 604_800),
-        (">= 1 week", u64::MAX),
-    ];
+    let buckets: [(&str, u64); 5] =
+        [("< 5 minutes", 300), ("< 1 hour", 3600), ("< 1 day", 86_400), ("< 1 week", 604_800), (">= 1 week", u64::MAX)];
     let mut counts = [0usize; 5];
     for entry in &entries {
         let age = now.saturating_sub(entry.header.time);
-        let slot = buckets
-            .iter()
-            .position(|(_, limit)| age < *limit)
-            .unwrap_or(4);
+        let slot = buckets.iter().position(|(_, limit)| age < *limit).unwrap_or(4);
         counts[slot] += 1;
     }
     out.push_str(&format!("\nmessages by age ({} in all):\n", entries.len()));
@@ -217,22 +177,13 @@ mod tests {
         let status = "Name:\tquill-send\nPPid:\t12\nUid:\t998\t998\t998\t998\n";
         assert_eq!(status_field(status, "Uid:"), vec![998, 998, 998, 998]);
         assert_eq!(status_field(status, "PPid:"), vec![12]);
-        assert_eq!(
-            environ_home(b"PATH=/bin\0QUILL_HOME=/tmp/q\0"),
-            PathBuf::from("/tmp/q")
-        );
-        assert_eq!(
-            environ_home(b"PATH=/bin\0"),
-            PathBuf::from(crate::control::DEFAULT_HOME)
-        );
+        assert_eq!(environ_home(b"PATH=/bin\0QUILL_HOME=/tmp/q\0"), PathBuf::from("/tmp/q"));
+        assert_eq!(environ_home(b"PATH=/bin\0"), PathBuf::from(crate::control::DEFAULT_HOME));
     }
 
     #[test]
     fn finds_itself() {
-        let me = process(
-            Path::new(&format!("/proc/{}", std::process::id())),
-            &["never-a-program-name"],
-        );
+        let me = process(Path::new(&format!("/proc/{}", std::process::id())), &["never-a-program-name"]);
         assert_eq!(me, None);
     }
 }

@@ -15,8 +15,7 @@ use std::io::Write;
 use std::os::unix::ffi::OsStringExt;
 use std::process::ExitCode;
 
-const USAGE: &str =
-    "usage: quill-local [-n] [-A] -- user home local dash ext domain sender defaultdelivery";
+const USAGE: &str = "usage: quill-local [-n] [-A] -- user home local dash ext domain sender defaultdelivery";
 
 fn parse(mut words: Vec<Vec<u8>>) -> Option<Args> {
     let mut args = Args::default();
@@ -40,8 +39,7 @@ fn parse(mut words: Vec<Vec<u8>>) -> Option<Args> {
         i += 1;
     }
     let rest: Vec<Vec<u8>> = words.drain(i..).collect();
-    let [user, home, local, dash, ext, domain, sender, default_delivery]: [Vec<u8>; 8] =
-        rest.try_into().ok()?;
+    let [user, home, local, dash, ext, domain, sender, default_delivery]: [Vec<u8>; 8] = rest.try_into().ok()?;
     args.user = user;
     args.home = home;
     args.local = local;

@@ -42,10 +42,7 @@ fn main() -> ExitCode {
         default_delivery: std::ffi::OsString::from(&matches.free[0]).into_vec(),
     };
     let duplicate = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map(File::from);
-    let (input, output) = match (
-        duplicate(std::io::stdin().as_fd()),
-        duplicate(std::io::stdout().as_fd()),
-    ) {
+    let (input, output) = match (duplicate(std::io::stdin().as_fd()), duplicate(std::io::stdout().as_fd())) {
         (Ok(input), Ok(output)) => (input, output),
         (Err(e), _) | (_, Err(e)) => {
             quill::log::fatal(&format!("unable to use fd 0 and 1: {e}"));

@@ -14,20 +14,15 @@ use std::process::ExitCode;
 
 fn compile(home: &std::path::Path) -> Result<usize> {
     let source_path = quill::users::assign_path(home);
-    let source = std::fs::read(&source_path)
-        .map_err(|e| Error::io(format_args!("read {}", source_path.display()), &e))?;
+    let source =
+        std::fs::read(&source_path).map_err(|e| Error::io(format_args!("read {}", source_path.display()), &e))?;
     let bytes = quill::users::compile_assign(&source)?;
     let count = quill::users::AssignDb::parse(bytes.clone())?.len();
     let db = quill::users::assign_db_path(home);
     let tmp = db.with_extension("db.tmp");
     let write = || -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
         file.write_all(&bytes)?;
         file.sync_all()?;
         drop(file);

@@ -90,10 +90,8 @@ fn setup(o: &Options) -> Result<(), String> {
     let (uid, gid) = (quill::sys::uids().0, quill::sys::gid());
     let assign = format!("+:{user}:{uid}:{gid}:{}:-::\n.\n", dir.display());
     std::fs::write(dir.join("users/assign"), assign).map_err(|e| err("write users/assign", e))?;
-    let status = Command::new(program("quill-newu"))
-        .env("QUILL_HOME", dir)
-        .status()
-        .map_err(|e| err("run quill-newu", e))?;
+    let status =
+        Command::new(program("quill-newu")).env("QUILL_HOME", dir).status().map_err(|e| err("run quill-newu", e))?;
     if !status.success() {
         return Err("unable to compile users/assign: quill-newu failed".into());
     }

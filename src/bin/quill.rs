@@ -88,11 +88,7 @@ fn help(text: &str) -> ExitCode {
 }
 
 /// Parse a subcommand's options; None after printing the usage (or the help).
-fn parse(
-    args: &[String],
-    opts: &getopts::Options,
-    text: &str,
-) -> Result<getopts::Matches, ExitCode> {
+fn parse(args: &[String], opts: &getopts::Options, text: &str) -> Result<getopts::Matches, ExitCode> {
     if args.iter().any(|a| a == "--help" || a == "-h") {
         return Err(help(text));
     }
@@ -103,16 +99,11 @@ fn parse(
 }
 
 fn home_of(m: &getopts::Matches) -> PathBuf {
-    let home = m
-        .opt_str("home")
-        .map(PathBuf::from)
-        .unwrap_or_else(quill::control::home);
+    let home = m.opt_str("home").map(PathBuf::from).unwrap_or_else(quill::control::home);
     if home.is_absolute() {
         return home;
     }
-    std::env::current_dir()
-        .map(|d| d.join(&home))
-        .unwrap_or(home)
+    std::env::current_dir().map(|d| d.join(&home)).unwrap_or(home)
 }
 
 fn home_options() -> getopts::Options {
@@ -134,9 +125,7 @@ fn setup(args: &[String]) -> ExitCode {
     let options = admin::setup::Options {
         home: home_of(&m),
         links: m.opt_present("links"),
-        link_root: std::env::var_os("QUILL_LINK_ROOT")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/")),
+        link_root: std::env::var_os("QUILL_LINK_ROOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/")),
     };
     let report = admin::setup::setup(&options, &quill::control::bindir());
     for line in &report.done {
@@ -146,10 +135,7 @@ fn setup(args: &[String]) -> ExitCode {
         quill::log::warning(line);
     }
     if report.failed.is_empty() {
-        println!(
-            "quill setup: {} is ready; run 'quill check' to confirm",
-            options.home.display()
-        );
+        println!("quill setup: {} is ready; run 'quill check' to confirm", options.home.display());
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -170,11 +156,7 @@ fn check(args: &[String]) -> ExitCode {
         println!("quill check: {}: no problems found", home.display());
         ExitCode::SUCCESS
     } else {
-        println!(
-            "quill check: {} problem{}",
-            problems.len(),
-            if problems.len() == 1 { "" } else { "s" }
-        );
+        println!("quill check: {} problem{}", problems.len(), if problems.len() == 1 { "" } else { "s" });
         ExitCode::from(1)
     }
 }
