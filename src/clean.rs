@@ -90,9 +90,9 @@ impl Cleaner {
         let l = self.layout.clone();
         match request {
             Request::Move(id) => {
+                // No fsync: the rename is atomic, so after a crash the message is in todo/ or in
+                // mess/, and quill-send finds it in either (doc/INTERNALS.md, commit point 2).
                 std::fs::rename(l.todo().join(id), l.mess().join(id)).map_err(|e| format!("unable to move: {e}"))?;
-                self.touch(self.layout.todo());
-                self.touch(self.layout.mess());
             }
             Request::Remove(id) => {
                 // Only mess/: quill-send removes only messages it has moved there. Touching

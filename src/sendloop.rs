@@ -253,6 +253,8 @@ pub struct Sender {
     stop_deadline: Option<u64>,
     scan_wanted: bool,
     next_scan: u64,
+    /// Ids seen in todo/ while a message with the same id was still known (inode reuse).
+    reused: HashSet<u64>,
     /// Remote destinations: concurrency per destination and back-off.
     destinations: Destinations<Job>,
     /// The back-off table as last written to `info/destinations`.
@@ -328,6 +330,7 @@ impl Sender {
             scan_wanted: true,
             next_scan: 0,
             destinations,
+            reused: HashSet::new(),
             destinations_written: String::new(),
         })
     }
@@ -468,7 +471,14 @@ impl Sender {
         match numeric_entries(&self.layout.todo()) {
             Ok(ids) => {
                 for id in ids {
-                    if !self.messages.contains_key(&id) && !self.bad.contains(&id) && self.pickup_set.insert(id) {
+                    if self.messages.contains_key(&id) {
+                        // A new message can get the inode (the id) of one whose file was just
+                        // removed while quill-send still waits for quill-clean's answer: pick
+                        // it up as soon as that answer comes.
+                        self.reused.insert(id);
+                        continue;
+                    }
+                    if !self.bad.contains(&id) && self.pickup_set.insert(id) {
                         self.pickups.push_back(id);
                     }
                 }
@@ -812,6 +822,9 @@ impl Sender {
                     log::raw(&format!("end msg {expected}"));
                     self.messages.remove(&expected);
                     self.pickup_set.remove(&expected);
+                    if self.reused.remove(&expected) && self.pickup_set.insert(expected) {
+                        self.pickups.push_back(expected);
+                    }
                 } else {
                     log::warning(&format!("unable to remove msg {expected}: {reason}; will try again"));
                     let at = crate::date::now() + FINISH_RETRY;
