@@ -96,8 +96,14 @@ pub enum Syntax {
 pub enum Mode {
     /// Submit a message.
     Submit,
-    /// A sendmail mode not implemented yet (`-bs`, `-bp`, `-bi`, `-q`); its name.
-    NotYet(String),
+    /// `-bs`: SMTP on standard input and output (quill-smtpd for a local user).
+    Smtp,
+    /// `-bp`, or the name `mailq`: list the queue.
+    List,
+    /// `-bi`, or the name `newaliases`: check the aliases file.
+    Aliases,
+    /// `-q` (with or without an interval): try every queued message now.
+    Flush,
 }
 
 /// Parse arguments (without the program name). Options come first; the first argument that
@@ -151,11 +157,13 @@ pub fn parse_args(syntax: Syntax, args: &[Vec<u8>]) -> Result<(Options, Mode), F
                 },
                 (Syntax::Sendmail, b'b') => match value.as_slice() {
                     b"m" => {}
-                    b"s" | b"p" | b"i" => mode = Mode::NotYet(format!("-b{}", value[0] as char)),
+                    b"s" => mode = Mode::Smtp,
+                    b"p" => mode = Mode::List,
+                    b"i" => mode = Mode::Aliases,
                     v => return Err(Failure::usage(format!("unknown option -b{}", crate::log::safe(v)))),
                 },
                 (Syntax::Sendmail, b'q') => {
-                    mode = Mode::NotYet("-q".to_string());
+                    mode = Mode::Flush;
                     j = arg.len();
                 }
                 (_, other) => return Err(Failure::usage(format!("unknown option -{}", crate::log::safe(&[other])))),
@@ -625,8 +633,10 @@ mod tests {
         assert!(o.ignore_dots && o.extract);
         assert_eq!(o.sender, Some(Vec::new()));
         assert_eq!(o.recipients, args(&["-x"]));
-        assert_eq!(parse_args(Syntax::Sendmail, &args(&["-bs"])).unwrap().1, Mode::NotYet("-bs".into()));
-        assert_eq!(parse_args(Syntax::Sendmail, &args(&["-q30m"])).unwrap().1, Mode::NotYet("-q".into()));
+        assert_eq!(parse_args(Syntax::Sendmail, &args(&["-bs"])).unwrap().1, Mode::Smtp);
+        assert_eq!(parse_args(Syntax::Sendmail, &args(&["-bp"])).unwrap().1, Mode::List);
+        assert_eq!(parse_args(Syntax::Sendmail, &args(&["-bi"])).unwrap().1, Mode::Aliases);
+        assert_eq!(parse_args(Syntax::Sendmail, &args(&["-q30m"])).unwrap().1, Mode::Flush);
         for bad in [&["-X"][..], &["-f"], &["-oQ/tmp"], &["-bd"]] {
             assert_eq!(parse_args(Syntax::Sendmail, &args(bad)).unwrap_err().kind, Kind::Usage, "{bad:?}");
         }

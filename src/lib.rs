@@ -44,3 +44,4 @@ pub mod submit;
 pub mod tcprules;
 pub mod tls;
 pub mod users;
+pub mod sendmailmodes;

@@ -1071,8 +1071,15 @@ impl Sender {
                 }
             }
             if trig {
-                let _ = read_available(&mut &*trigger, |_| {});
+                // A NUL byte is quill-queue's "new mail"; an F is `sendmail -q`: try
+                // everything now.
+                let mut flush = false;
+                let _ = read_available(&mut &*trigger, |bytes| flush |= bytes.contains(&b'F'));
                 self.scan_wanted = true;
+                if flush {
+                    log::raw("status: flush requested");
+                    self.all_due_now();
+                }
             }
             let results = [
                 if lrep { self.read_reports(Channel::Local) } else { Ok(()) },

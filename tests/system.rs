@@ -399,3 +399,58 @@ fn smtp_refuses_relaying_even_from_loopback() {
     );
     s.write_all(b"QUIT\r\n").expect("write");
 }
+
+/// The sendmail modes besides submission: -bs, -bp (and the name mailq), -bi (and
+/// newaliases), -q.
+#[test]
+fn sendmail_modes_bs_bp_bi_q() {
+    let closed = free_port();
+    let q = Instance::start("modes", |home| {
+        std::fs::create_dir_all(home.join("control")).expect("mkdir");
+        std::fs::write(home.join("control/smtproutes"), format!("nowhere.test:[127.0.0.1]:{closed}\n")).expect("write");
+        std::fs::create_dir_all(home.join("alias")).expect("mkdir");
+        std::fs::write(home.join("alias/aliases"), "postmaster: alice\nteam: alice, bob\n").expect("write");
+    });
+    // -bs: an SMTP dialogue on standard input, as a local user (who may relay).
+    let dialogue = "EHLO me\r\nMAIL FROM:<me@localhost>\r\nRCPT TO:<smtp-in@localhost>\r\nDATA\r\nSubject: over -bs\r\n\r\nhi\r\n.\r\nQUIT\r\n";
+    let out = q.sendmail(&["-bs"], dialogue);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("220"), "{text}");
+    assert!(text.contains("\r\n250 2.0.0 ok"), "{text}");
+    let root = q.home().join("maildir");
+    assert!(wait_for(Duration::from_secs(30), || maildir_files(&root).get("smtp-in").map(Vec::len) == Some(1)));
+
+    // A message that cannot leave (its route is a closed port) stays queued: -bp lists it.
+    let out = q.sendmail(&["-i", "-f", "me@localhost", "someone@nowhere.test"], "Subject: stuck\n\nx\n");
+    assert!(out.status.success());
+    assert!(wait_for(Duration::from_secs(30), || q.log().contains("deferral: Unreachable")), "{}", q.log());
+    let out = q.sendmail(&["-bp"], "");
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(listing.contains("someone@nowhere.test"), "{listing}");
+    assert!(listing.contains("1 message"), "{listing}");
+
+    // The names mailq and newaliases.
+    let links = TempDir::new("links");
+    for name in ["mailq", "newaliases"] {
+        std::os::unix::fs::symlink(bin("sendmail"), links.path().join(name)).expect("symlink");
+    }
+    let run_as = |name: &str| {
+        Command::new(links.path().join(name)).env("QUILL_HOME", q.home()).output().expect("run")
+    };
+    let mailq = run_as("mailq");
+    assert!(String::from_utf8_lossy(&mailq.stdout).contains("someone@nowhere.test"));
+    let newaliases = run_as("newaliases");
+    assert!(newaliases.status.success());
+    assert!(String::from_utf8_lossy(&newaliases.stdout).contains("2 aliases"), "{:?}", newaliases);
+    let bi = q.sendmail(&["-bi"], "");
+    assert!(String::from_utf8_lossy(&bi.stdout).contains("2 aliases"));
+
+    // -q: quill-send tries the stuck message again at once.
+    let attempts = |log: &str| log.matches("to remote someone@nowhere.test").count();
+    let before = attempts(&q.log());
+    let out = q.sendmail(&["-q"], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(wait_for(Duration::from_secs(30), || attempts(&q.log()) > before), "{}", q.log());
+    assert!(q.log().contains("status: flush requested"));
+}

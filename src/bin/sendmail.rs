@@ -3,19 +3,21 @@
 //! Runs as the caller. fd 0: the message; fd 2: diagnostics. Understands `-t -i -oi -f -r -F
 //! --` and accepts, without effect, the options programs pass out of habit (`-oem -odi -odb
 //! -om -v -N… -B… -bm`). Submits in-process (src/inject.rs) and starts one process per
-//! message: quill-queue (or `QMAILQUEUE`). `-bs`, `-bp`, `-bi`, `-q` and the names `mailq`
-//! and `newaliases` are not supported yet.
-//! Exit codes (sysexits.h): 0 queued, 64 usage (and the modes not supported yet), 65 bad
-//! message or address, 69 refused for good, 75 temporary failure.
+//! message: quill-queue (or `QMAILQUEUE`). The other modes are in src/sendmailmodes.rs:
+//! `-bs` (becomes quill-smtpd), `-bp` and the name `mailq`, `-bi` and the name `newaliases`,
+//! `-q` (flush).
+//! Exit codes (sysexits.h): 0 queued, 64 usage, 65 bad message or address, 69 refused for
+//! good, 75 temporary failure; the other modes as doc/sendmail.8 says.
 //! Contract: doc/sendmail.8.
 #![forbid(unsafe_code)]
 
+use quill::control::Control;
 use quill::inject::{inject, parse_args, Mode, Syntax};
+use quill::sendmailmodes;
 use std::os::unix::ffi::OsStringExt;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: sendmail [-t] [-i] [-f sender] [-F name] [--] [recipient ...]";
-const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     quill::log::init("sendmail");
@@ -23,16 +25,18 @@ fn main() -> ExitCode {
     let name = argv.next().unwrap_or_default();
     let base = name.rsplit(|&b| b == b'/').next().unwrap_or(&[]).to_vec();
     let args: Vec<Vec<u8>> = argv.collect();
-    if base == b"mailq" || base == b"newaliases" {
-        quill::log::fatal(&format!("{} is not supported yet", quill::log::safe(&base)));
-        return ExitCode::from(EX_USAGE);
+    if base == b"mailq" {
+        return ExitCode::from(sendmailmodes::list(&Control::from_env()));
+    }
+    if base == b"newaliases" {
+        return ExitCode::from(sendmailmodes::aliases(&Control::from_env()));
     }
     let options = match parse_args(Syntax::Sendmail, &args) {
         Ok((options, Mode::Submit)) => options,
-        Ok((_, Mode::NotYet(what))) => {
-            quill::log::fatal(&format!("{what} is not supported yet"));
-            return ExitCode::from(EX_USAGE);
-        }
+        Ok((_, Mode::Smtp)) => return ExitCode::from(sendmailmodes::smtp()),
+        Ok((_, Mode::List)) => return ExitCode::from(sendmailmodes::list(&Control::from_env())),
+        Ok((_, Mode::Aliases)) => return ExitCode::from(sendmailmodes::aliases(&Control::from_env())),
+        Ok((_, Mode::Flush)) => return ExitCode::from(sendmailmodes::flush(&Control::from_env())),
         Err(failure) => {
             quill::log::fatal(&failure.error.message);
             quill::log::raw(USAGE);
