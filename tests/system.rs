@@ -454,3 +454,36 @@ fn sendmail_modes_bs_bp_bi_q() {
     assert!(wait_for(Duration::from_secs(30), || attempts(&q.log()) > before), "{}", q.log());
     assert!(q.log().contains("status: flush requested"));
 }
+
+/// quill-smtpd works unchanged under ucspi-tcp's tcpserver (DESIGN §1: interchangeable).
+#[test]
+fn smtpd_under_ucspi_tcpserver() {
+    if common::skip_without("/usr/bin/tcpserver") {
+        return;
+    }
+    let q = Instance::start("ucspi", |_| {});
+    let port = free_port();
+    let mut server = Command::new("/usr/bin/tcpserver")
+        .args(["-R", "-H", "-l", "localhost", "127.0.0.1", &port.to_string()])
+        .arg(bin("quill-smtpd"))
+        .env("QUILL_HOME", q.home())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tcpserver");
+    let up = wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let script = format!(
+        "import smtplib\ns = smtplib.SMTP('127.0.0.1', {port})\ns.sendmail('a@example.org', ['ucspi@localhost'], 'Subject: via ucspi-tcp\\r\\n\\r\\nhi\\r\\n')\ns.quit()\n"
+    );
+    let sent = up && Command::new("python3").arg("-c").arg(script).status().map(|s| s.success()).unwrap_or(false);
+    let root = q.home().join("maildir");
+    let delivered =
+        sent && wait_for(Duration::from_secs(30), || maildir_files(&root).get("ucspi").map(Vec::len) == Some(1));
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(up && sent && delivered, "up {up} sent {sent} delivered {delivered}; log:\n{}", q.log());
+    let text = std::fs::read_to_string(&maildir_files(&root)["ucspi"][0]).expect("read");
+    assert!(text.contains("Subject: via ucspi-tcp"));
+    assert!(text.contains("[127.0.0.1]"), "quill-smtpd read tcpserver's environment:\n{text}");
+}
