@@ -29,6 +29,8 @@ pub enum Request {
     Hold(String),
     /// `hold/ID` → `todo/ID` (quill-send then picks it up again, with its info file).
     Release(String),
+    /// Unlink `hold/ID`: the administrator deletes a held message.
+    Delete(String),
 }
 
 /// Parse one request line (without its newline). On error: the text to echo as the ID of
@@ -58,6 +60,7 @@ pub fn parse(line: &[u8]) -> Result<Request, (String, &'static str)> {
         b"remove" => Ok(Request::Remove(id)),
         b"hold" => Ok(Request::Hold(id)),
         b"release" => Ok(Request::Release(id)),
+        b"delete" => Ok(Request::Delete(id)),
         _ => Err((id, "unknown request")),
     }
 }
@@ -119,6 +122,10 @@ impl Cleaner {
                 self.touch(from);
                 self.touch(self.layout.hold());
             }
+            Request::Delete(id) => {
+                std::fs::remove_file(l.hold().join(id)).map_err(|e| format!("unable to delete: {e}"))?;
+                self.touch(l.hold());
+            }
             Request::Release(id) => {
                 std::fs::rename(l.hold().join(id), l.todo().join(id)).map_err(|e| format!("unable to release: {e}"))?;
                 self.touch(self.layout.hold());
@@ -170,6 +177,7 @@ mod tests {
         assert_eq!(parse(b"remove 9"), Ok(Request::Remove("9".into())));
         assert_eq!(parse(b"hold 9"), Ok(Request::Hold("9".into())));
         assert_eq!(parse(b"release 9"), Ok(Request::Release("9".into())));
+        assert_eq!(parse(b"delete 9"), Ok(Request::Delete("9".into())));
         assert_eq!(parse(b"move ../etc/passwd"), Err(("../etc/passwd".into(), "invalid id")));
         assert_eq!(parse(b"remove 12a"), Err(("12a".into(), "invalid id")));
         assert_eq!(parse(b"remove "), Err(("-".into(), "invalid id")));

@@ -120,6 +120,18 @@ impl<J> Destinations<J> {
         }
     }
 
+    /// The parked jobs that `matches`, taken out (the administrator held, deleted or bounced
+    /// their message).
+    pub fn take_if(&mut self, matches: impl Fn(&J) -> bool) -> Vec<J> {
+        let mut out = Vec::new();
+        for d in self.map.values_mut() {
+            let (take, keep): (Vec<J>, Vec<J>) = d.parked.drain(..).partition(|j| matches(j));
+            d.parked = keep;
+            out.extend(take);
+        }
+        out
+    }
+
     /// Every parked job, taken out (for a clean stop).
     pub fn drain_parked(&mut self) -> Vec<J> {
         self.map.values_mut().flat_map(|d| d.parked.drain(..)).collect()

@@ -50,6 +50,11 @@ impl Layout {
     pub fn trigger(&self) -> PathBuf {
         self.queue.join("lock").join("trigger")
     }
+    /// The administrator's FIFO to quill-send (`quill queue hold|release|delete|bounce|flush`);
+    /// quills 0600, so only root and quill-send can use it.
+    pub fn control(&self) -> PathBuf {
+        self.queue.join("lock").join("control")
+    }
     /// The lock that keeps a second quill-send from starting.
     pub fn sendmutex(&self) -> PathBuf {
         self.queue.join("lock").join("sendmutex")
@@ -214,6 +219,14 @@ pub fn create_tree(home: &Path, owners: Option<Owners>) -> std::io::Result<()> {
     std::fs::set_permissions(&mutex, std::fs::Permissions::from_mode(0o600))?;
     if let Some((uid, gid)) = s {
         chown(&mutex, Some(uid), Some(gid))?;
+    }
+    let control = layout.control();
+    if !control.exists() {
+        nix::unistd::mkfifo(&control, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(std::io::Error::from)?;
+    }
+    std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o600))?;
+    if let Some((uid, gid)) = s {
+        chown(&control, Some(uid), Some(gid))?;
     }
     let trigger = layout.trigger();
     if !trigger.exists() {

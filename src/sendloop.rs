@@ -141,6 +141,17 @@ enum Phase {
     Bouncing,
     /// `remove ID` asked of quill-clean.
     Removing,
+    /// `hold ID` asked of quill-clean (the administrator's request).
+    Holding,
+}
+
+/// What the administrator asked for a message (`quill queue …`), carried out as soon as none
+/// of its recipients is queued or in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AdminAction {
+    Hold,
+    Delete,
+    Bounce,
 }
 
 struct Recipient {
@@ -169,6 +180,8 @@ struct Message {
     /// Changed since its info file was last written.
     dirty: bool,
     phase: Phase,
+    /// The administrator's request waiting for the message's deliveries to end.
+    pending: Option<AdminAction>,
 }
 
 impl Message {
@@ -215,6 +228,9 @@ struct Delivery {
 enum CleanRequest {
     Move,
     Remove,
+    Hold,
+    Release,
+    Delete,
 }
 
 /// How the loop ended.
@@ -253,6 +269,8 @@ pub struct Sender {
     stop_deadline: Option<u64>,
     scan_wanted: bool,
     next_scan: u64,
+    /// Bytes from the administrator's FIFO not yet ending in a newline.
+    admin_buffer: Vec<u8>,
     /// Ids seen in todo/ while a message with the same id was still known (inode reuse).
     reused: HashSet<u64>,
     /// Remote destinations: concurrency per destination and back-off.
@@ -331,6 +349,7 @@ impl Sender {
             next_scan: 0,
             destinations,
             reused: HashSet::new(),
+            admin_buffer: Vec::new(),
             destinations_written: String::new(),
         })
     }
@@ -428,6 +447,7 @@ impl Sender {
             busy: [0, 0],
             dirty: false,
             phase: Phase::Moving,
+            pending: None,
         }
     }
 
@@ -583,8 +603,13 @@ impl Sender {
                 },
             };
             let Some(job) = self.ready[c].pop_front() else { return };
-            if !self.messages.contains_key(&job.id) {
-                continue;
+            match self.messages.get(&job.id).map(|m| m.pending.is_some()) {
+                None => continue,
+                Some(true) => {
+                    self.unqueue(job);
+                    continue;
+                }
+                Some(false) => {}
             }
             // A remote destination that is backed off or busy keeps the job until it may go.
             let job = if channel == Channel::Remote {
@@ -694,7 +719,10 @@ impl Sender {
                 m.due[c] = Some(at);
                 self.timers.push(at, (id, c));
             }
-            if m.done() {
+            if m.pending.is_some() {
+                self.info_queue.push(id);
+                self.apply_when_idle(id);
+            } else if m.done() {
                 self.finish(id);
             } else if m.busy[c] == 0 {
                 self.info_queue.push(id);
@@ -808,6 +836,7 @@ impl Sender {
                 self.moving -= 1;
                 if ok {
                     self.activate(expected);
+                    self.apply_when_idle(expected);
                 } else {
                     log::warning(&format!("unable to move todo/{expected} to mess/: {reason}"));
                     self.messages.remove(&expected);
@@ -834,8 +863,145 @@ impl Sender {
                     self.timers.push(at, (expected, FINISH));
                 }
             }
+            CleanRequest::Hold => {
+                if ok {
+                    log::raw(&format!("hold msg {expected}"));
+                    self.messages.remove(&expected);
+                    self.pickup_set.remove(&expected);
+                } else {
+                    log::warning(&format!("unable to hold msg {expected}: {reason}"));
+                    if let Some(m) = self.messages.get_mut(&expected) {
+                        m.phase = Phase::Active;
+                    }
+                    self.activate(expected);
+                }
+            }
+            CleanRequest::Release => {
+                if ok {
+                    log::raw(&format!("release msg {expected}"));
+                    self.scan_wanted = true;
+                } else {
+                    log::warning(&format!("unable to release msg {expected}: {reason}"));
+                }
+            }
+            CleanRequest::Delete => {
+                if ok {
+                    if let Err(e) = sendstate::remove(&self.layout.info(), expected) {
+                        log::warning(&format!("unable to remove info/{expected}: {e}"));
+                    }
+                    log::raw(&format!("end msg {expected}"));
+                } else {
+                    log::warning(&format!("unable to delete msg {expected}: {reason}"));
+                }
+            }
         }
         Ok(())
+    }
+
+    fn ask_clean(&mut self, request: CleanRequest, verb: &str, id: u64) {
+        self.clean_requests.queue(format!("{verb} {id}\n").as_bytes());
+        self.clean_pending.push_back((request, id));
+    }
+
+    /// A job that will not be delivered after all: its recipients are free again.
+    fn unqueue(&mut self, job: Job) {
+        let id = job.id;
+        if let Some(m) = self.messages.get_mut(&id) {
+            for &i in &job.recipients {
+                if m.recipients[i].busy {
+                    m.recipients[i].busy = false;
+                    let c = m.recipients[i].channel as usize;
+                    m.busy[c] = m.busy[c].saturating_sub(1);
+                }
+            }
+        }
+        self.apply_when_idle(id);
+    }
+
+    /// One line from the administrator's FIFO: `flush`, or `hold|release|delete|bounce ID`.
+    fn admin_request(&mut self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line).into_owned();
+        let mut words = text.split_whitespace();
+        let verb = words.next().unwrap_or("");
+        let id: Option<u64> = words.next().filter(|w| queuefile::valid_id(w.as_bytes())).and_then(|w| w.parse().ok());
+        let known = id.is_some_and(|id| self.messages.contains_key(&id));
+        let held = id.is_some_and(|id| self.layout.hold().join(id.to_string()).exists());
+        match (verb, id) {
+            ("flush", None) => {
+                log::raw("status: flush requested");
+                self.all_due_now();
+            }
+            ("hold" | "delete" | "bounce", Some(id)) if known => {
+                let action = match verb {
+                    "hold" => AdminAction::Hold,
+                    "delete" => AdminAction::Delete,
+                    _ => AdminAction::Bounce,
+                };
+                let Some(m) = self.messages.get_mut(&id) else { return };
+                if matches!(m.phase, Phase::Bouncing | Phase::Removing | Phase::Holding) {
+                    log::warning(&format!("{verb} msg {id}: it is already finishing"));
+                    return;
+                }
+                log::raw(&format!("{verb} msg {id}: requested by the administrator"));
+                m.pending = Some(action);
+                // Jobs waiting for a backed-off destination are taken back at once.
+                for job in self.destinations.take_if(|job: &Job| job.id == id) {
+                    self.unqueue(job);
+                }
+                self.apply_when_idle(id);
+            }
+            ("hold", Some(id)) if self.layout.todo().join(id.to_string()).exists() => {
+                // Not picked up yet: hold it where it is.
+                self.pickups.retain(|&p| p != id);
+                self.pickup_set.remove(&id);
+                log::raw(&format!("hold msg {id}: requested by the administrator"));
+                self.ask_clean(CleanRequest::Hold, "hold", id);
+            }
+            ("release", Some(id)) if held => self.ask_clean(CleanRequest::Release, "release", id),
+            ("delete", Some(id)) if held => {
+                log::raw(&format!("delete msg {id}: requested by the administrator"));
+                self.ask_clean(CleanRequest::Delete, "delete", id);
+            }
+            ("bounce", Some(id)) if held => log::warning(&format!("bounce msg {id}: it is held; release it first")),
+            _ => log::warning(&format!("unknown administrator request or message: {}", log::safe(line))),
+        }
+    }
+
+    /// Carry out a message's pending administrator request once none of its recipients is
+    /// queued or in flight.
+    fn apply_when_idle(&mut self, id: u64) {
+        let Some(m) = self.messages.get_mut(&id) else { return };
+        let Some(action) = m.pending else { return };
+        if m.phase != Phase::Active || m.busy.iter().any(|&b| b > 0) {
+            return;
+        }
+        m.pending = None;
+        match action {
+            AdminAction::Hold => {
+                // Its progress goes with it: written now, read again after the release.
+                if let Err(e) = sendstate::write(&self.layout.info(), id, &m.info()) {
+                    log::warning(&format!("unable to hold msg {id}: {e}"));
+                    return;
+                }
+                let _ = sendstate::sync_dir(&self.layout.info());
+                m.dirty = false;
+                m.phase = Phase::Holding;
+                self.ask_clean(CleanRequest::Hold, "hold", id);
+            }
+            AdminAction::Delete => {
+                log::raw(&format!("delete msg {id}: removed without delivery to its waiting recipients"));
+                self.ask_remove(id);
+            }
+            AdminAction::Bounce => {
+                for r in m.recipients.iter_mut() {
+                    if r.progress == Progress::Waiting {
+                        r.progress = Progress::Failed(b"the administrator bounced this message (#5.0.0)".to_vec());
+                    }
+                }
+                m.dirty = true;
+                self.finish(id);
+            }
+        }
     }
 
     fn fire_timers(&mut self, now: u64) {
@@ -974,7 +1140,7 @@ impl Sender {
 
     /// The loop. `signals` is the read end of the signal pipe (SIGTERM, SIGALRM, SIGHUP);
     /// `trigger` is `lock/trigger`, open for reading and writing and non-blocking.
-    pub fn run(&mut self, signals: &File, trigger: &File) -> Exit {
+    pub fn run(&mut self, signals: &File, trigger: &File, admin: Option<&File>) -> Exit {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         self.status();
         loop {
@@ -1043,6 +1209,10 @@ impl Sender {
                 fds.push(PollFd::new(r.reports.as_fd(), PollFlags::POLLIN));
                 fds.push(PollFd::new(r.requests.file.as_fd(), out_flag(!r.requests.buffer.is_empty())));
             }
+            let admin_index = fds.len();
+            if let Some(a) = admin {
+                fds.push(PollFd::new(a.as_fd(), PollFlags::POLLIN));
+            }
             let timeout = PollTimeout::try_from(timeout_ms as u128).unwrap_or(PollTimeout::MAX);
             if let Err(e) = poll(&mut fds, timeout) {
                 if e != nix::errno::Errno::EINTR {
@@ -1053,6 +1223,7 @@ impl Sender {
             let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
             let (sig, trig, lrep, crep) = (ready(0), ready(1), ready(2), ready(3));
             let rrep = self.rspawn.is_some() && ready(6);
+            let areq = admin.is_some() && ready(admin_index);
             drop(fds);
 
             if sig {
@@ -1068,6 +1239,18 @@ impl Sender {
                         libc::SIGHUP => self.reload(),
                         _ => {}
                     }
+                }
+            }
+            if let (true, Some(a)) = (areq, admin) {
+                let mut bytes = Vec::new();
+                let _ = read_available(&mut &*a, |b| bytes.extend_from_slice(b));
+                self.admin_buffer.extend_from_slice(&bytes);
+                while let Some(end) = memchr::memchr(b'\n', &self.admin_buffer) {
+                    let line: Vec<u8> = self.admin_buffer.drain(..=end).collect();
+                    self.admin_request(&line[..line.len() - 1]);
+                }
+                if self.admin_buffer.len() > 4096 {
+                    self.admin_buffer.clear();
                 }
             }
             if trig {

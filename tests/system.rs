@@ -487,3 +487,62 @@ fn smtpd_under_ucspi_tcpserver() {
     assert!(text.contains("Subject: via ucspi-tcp"));
     assert!(text.contains("[127.0.0.1]"), "quill-smtpd read tcpserver's environment:\n{text}");
 }
+
+/// `quill queue hold|release|bounce|delete|flush` while the system runs (issue part 4).
+#[test]
+fn quill_queue_hold_release_bounce_delete_flush() {
+    let closed = free_port();
+    let q = Instance::start("admin", |home| {
+        std::fs::create_dir_all(home.join("control")).expect("mkdir");
+        std::fs::write(home.join("control/smtproutes"), format!("nowhere.test:[127.0.0.1]:{closed}\n")).expect("write");
+    });
+    let quill = |args: &[&str]| {
+        let out = Command::new(bin("quill")).args(args).env("QUILL_HOME", q.home()).output().expect("quill");
+        assert!(out.status.success(), "quill {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    // The first message is tried and deferred (nothing listens); later ones wait for the
+    // backed-off destination.
+    let stuck = |subject: &str| -> String {
+        let before: Vec<_> = files(&q.home().join("queue/mess"));
+        let out = q.sendmail(&["-i", "-f", "owner@localhost", "far@nowhere.test"], &format!("Subject: {subject}\n\nx\n"));
+        assert!(out.status.success());
+        let mut id = String::new();
+        assert!(wait_for(Duration::from_secs(30), || {
+            let now = files(&q.home().join("queue/mess"));
+            if let Some(p) = now.iter().find(|p| !before.contains(p)) {
+                id = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            }
+            !id.is_empty() && q.log().contains(&format!("new msg {id}"))
+        }));
+        assert!(wait_for(Duration::from_secs(30), || q.log().contains("deferral: Unreachable")));
+        id
+    };
+    let first = stuck("first");
+    quill(&["queue", "hold", &first]);
+    let held = q.home().join("queue/hold").join(&first);
+    assert!(wait_for(Duration::from_secs(30), || held.exists()), "{}", q.log());
+    assert!(q.log().contains(&format!("hold msg {first}")));
+    quill(&["queue", "release", &first]);
+    assert!(wait_for(Duration::from_secs(30), || !held.exists() && q.log().contains(&format!("release msg {first}"))));
+    // Released, it is picked up again with its progress.
+    assert!(wait_for(Duration::from_secs(30), || q.log().matches(&format!("new msg {first}")).count() == 2), "{}", q.log());
+    quill(&["queue", "bounce", &first]);
+    let root = q.home().join("maildir");
+    assert!(
+        wait_for(Duration::from_secs(30), || maildir_files(&root).get("owner").map(Vec::len) == Some(1)),
+        "{}",
+        q.log()
+    );
+    let bounce = std::fs::read_to_string(&maildir_files(&root)["owner"][0]).expect("bounce");
+    assert!(bounce.contains("the administrator bounced this message"), "{bounce}");
+    assert!(wait_for(Duration::from_secs(30), || q.log().contains(&format!("end msg {first}"))));
+
+    let second = stuck("second");
+    quill(&["queue", "delete", &second]);
+    assert!(wait_for(Duration::from_secs(30), || q.log().contains(&format!("end msg {second}"))), "{}", q.log());
+    assert!(!q.home().join("queue/mess").join(&second).exists());
+    assert_eq!(maildir_files(&root).get("owner").map(Vec::len), Some(1), "a deleted message bounces to nobody");
+
+    quill(&["queue", "flush"]);
+    assert!(wait_for(Duration::from_secs(30), || q.log().contains("status: flush requested")));
+}

@@ -201,7 +201,7 @@ fn check_tree(list: &mut Vec<Problem>, home: &Path) {
         );
         return;
     }
-    let entries: [(PathBuf, &str, &str, u32); 12] = [
+    let entries: [(PathBuf, &str, &str, u32); 13] = [
         (home.join("control"), "root", "root", 0o755),
         (home.join("users"), "root", "root", 0o755),
         (home.join("alias"), "alias", NOFILES_GROUP, 0o2755),
@@ -214,6 +214,7 @@ fn check_tree(list: &mut Vec<Problem>, home: &Path) {
         (layout.queue.join("lock"), "quillq", QUEUE_GROUP, 0o750),
         (layout.trigger(), "quills", QUEUE_GROUP, 0o622),
         (layout.sendmutex(), "quills", QUEUE_GROUP, 0o600),
+        (layout.control(), "quills", QUEUE_GROUP, 0o600),
     ];
     for (path, user, group, mode) in entries.iter() {
         check_owner(list, path, user, group, *mode);

@@ -361,7 +361,8 @@ pub fn setup(options: &Options, bindir: &Path) -> Report {
     // only when a part is missing, so that a second run changes nothing and tmp/ is never
     // without the bit while the system runs.
     let layout = crate::queuefile::Layout::new(home);
-    let complete = [layout.tmp(), layout.todo(), layout.mess(), layout.hold(), layout.info(), layout.trigger()]
+    let complete =
+        [layout.tmp(), layout.todo(), layout.mess(), layout.hold(), layout.info(), layout.trigger(), layout.control()]
         .iter()
         .chain([home.join("control")].iter())
         .all(|p| p.exists());
@@ -380,6 +381,7 @@ pub fn setup(options: &Options, bindir: &Path) -> Report {
         ensure_dir(&home.join("control"), 0, 0, 0o755, &mut report);
         // The FIFO exists (checked above): only its owner and mode are put right.
         ensure_file(&layout.trigger(), quills, quill_gid, 0o622, &mut report);
+        ensure_file(&layout.control(), quills, quill_gid, 0o600, &mut report);
     } else if let Err(e) = crate::queuefile::create_tree(home, Some(owners)) {
         report.fail(format!("unable to create the queue under {}: {e}", home.display()));
         return report;

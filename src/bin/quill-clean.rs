@@ -90,9 +90,11 @@ fn main() -> ExitCode {
             let reply = match parsed {
                 Ok(request) => {
                     let id = match &request {
-                        Request::Move(id) | Request::Remove(id) | Request::Hold(id) | Request::Release(id) => {
-                            id.clone()
-                        }
+                        Request::Move(id)
+                        | Request::Remove(id)
+                        | Request::Hold(id)
+                        | Request::Release(id)
+                        | Request::Delete(id) => id.clone(),
                     };
                     match cleaner.perform(&request) {
                         Ok(()) => (format!("+ {id}\n"), matches!(request, Request::Remove(_))),

@@ -92,6 +92,21 @@ fn main() -> ExitCode {
         Err(e) => return fatal(&format!("unable to open queue/lock/trigger: {e}")),
     };
 
+    // The administrator's requests (quill queue …); an older tree without the FIFO just has
+    // no such channel.
+    let admin = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(layout.control())
+    {
+        Ok(f) => Some(f),
+        Err(e) => {
+            quill::log::warning(&format!("unable to open queue/lock/control: {e}; quill queue cannot reach me"));
+            None
+        }
+    };
+
     let mut sender = match Sender::new(control, config, pipes) {
         Ok(s) => s,
         Err(e) => return fatal(&format!("unable to set up the pipes: {e}")),
@@ -99,7 +114,7 @@ fn main() -> ExitCode {
     if let Err(e) = sender.recover() {
         return fatal(&e.message);
     }
-    match sender.run(&signals, &trigger) {
+    match sender.run(&signals, &trigger, admin.as_ref()) {
         Exit::Stopped => ExitCode::SUCCESS,
         Exit::Failed => ExitCode::from(111),
     }

@@ -74,8 +74,18 @@ list   one line per message in todo/, mess/ and hold/: id, state (+ = waiting fo
        age, size, sender and recipients; the options select (all must match)
 show   the envelope, who queued it and when, and the message's header (--body: all of it)
 
-not yet: flush, hold, release, delete and bounce need quill-send's cooperation and are not
-implemented yet.";
+       quill queue flush
+       quill queue hold|release|delete|bounce ID...
+
+flush    try every queued message now (as SIGALRM to quill-send)
+hold     stop delivering a message and move it to hold/ (its progress is kept)
+release  put a held message back into the queue
+delete   remove a message without delivering it further (nobody is told)
+bounce   give up on a message's waiting recipients: the sender gets a bounce
+
+These are requests to quill-send (through queue/lock/control, which only root can write), so
+they are safe while the system runs: a message being delivered is held, deleted or bounced
+as soon as its deliveries in flight end. quill-send logs what it did.";
 
 fn usage(text: &str) -> ExitCode {
     eprintln!("{text}");
@@ -262,10 +272,25 @@ fn queue(args: &[String]) -> ExitCode {
             }
         }
         "flush" | "hold" | "release" | "delete" | "bounce" => {
-            quill::log::fatal(&format!(
-                "unable to {action}: not yet implemented (it needs quill-send's cooperation); see quill queue --help"
-            ));
-            ExitCode::from(100)
+            let m = match parse(rest, &opts, HELP_QUEUE) {
+                Ok(m) => m,
+                Err(code) => return code,
+            };
+            if (action == "flush") != m.free.is_empty() {
+                return usage(HELP_QUEUE);
+            }
+            let lines: Vec<String> = if action == "flush" {
+                vec!["flush\n".to_string()]
+            } else {
+                m.free.iter().map(|id| format!("{action} {id}\n")).collect()
+            };
+            match admin::queue::request(&home_of(&m), &lines) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    quill::log::fatal(&e);
+                    ExitCode::from(111)
+                }
+            }
         }
         _ => usage(HELP_QUEUE),
     }
