@@ -160,6 +160,40 @@ impl<J> Destinations<J> {
     }
 }
 
+/// The last few deferrals and failures, written to `queue/info/errors` for `quill status`
+/// (a view, not state: not fsynced, rewritten only when it changed).
+#[derive(Debug, Default)]
+pub struct LastErrors {
+    lines: std::collections::VecDeque<String>,
+    changed: bool,
+}
+
+impl LastErrors {
+    /// How many are kept.
+    pub const KEEP: usize = 10;
+
+    /// Remember one: `TIME msg ID to RCPT: deferral|failure: TEXT`.
+    pub fn note(&mut self, time: u64, id: u64, recipient: &[u8], kind: &str, text: &str) {
+        if self.lines.len() == Self::KEEP {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(format!("{time} msg {id} to {}: {kind}: {text}\n", crate::log::safe(recipient)));
+        self.changed = true;
+    }
+
+    /// Write the file if something changed since the last write.
+    pub fn write(&mut self, path: &std::path::Path) {
+        if !self.changed {
+            return;
+        }
+        let tmp = path.with_extension("new");
+        let text: String = self.lines.iter().map(String::as_str).collect();
+        if std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)).is_ok() {
+            self.changed = false;
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -269,6 +269,8 @@ pub struct Sender {
     stop_deadline: Option<u64>,
     scan_wanted: bool,
     next_scan: u64,
+    /// The last deferrals and failures, for `quill status` (queue/info/errors).
+    last_errors: crate::destinations::LastErrors,
     /// Bytes from the administrator's FIFO not yet ending in a newline.
     admin_buffer: Vec<u8>,
     /// Ids seen in todo/ while a message with the same id was still known (inode reuse).
@@ -350,6 +352,7 @@ impl Sender {
             destinations,
             reused: HashSet::new(),
             admin_buffer: Vec::new(),
+            last_errors: Default::default(),
             destinations_written: String::new(),
         })
     }
@@ -702,6 +705,7 @@ impl Sender {
                     }
                     Outcome::Permanent => {
                         log::raw(&format!("delivery {number}: failure: {}", words(&text)));
+                        self.last_errors.note(now, id, &r.address, "failure", &words(&text));
                         r.progress = Progress::Failed(text);
                     }
                     Outcome::Temporary if schedule::expired(m.birth, now, lifetime) => {
@@ -710,7 +714,10 @@ impl Sender {
                         log::raw(&format!("delivery {number}: failure: {}", words(&t)));
                         r.progress = Progress::Failed(t);
                     }
-                    Outcome::Temporary => log::raw(&format!("delivery {number}: deferral: {}", words(&text))),
+                    Outcome::Temporary => {
+                        log::raw(&format!("delivery {number}: deferral: {}", words(&text)));
+                        self.last_errors.note(now, id, &r.address, "deferral", &words(&text));
+                    }
                 }
             }
             m.dirty = true;
@@ -1169,6 +1176,7 @@ impl Sender {
                 self.dispatch(Channel::Remote);
             }
             self.write_infos();
+            self.last_errors.write(&self.layout.info().join("errors"));
             if let Err(e) = self.flush_outputs() {
                 return self.fail(&e);
             }

@@ -88,8 +88,13 @@ pub fn processes(home: Option<&Path>) -> Vec<Process> {
 }
 
 /// Files in a directory, or the error.
+/// Queue entries in a directory: names that are queue ids (info/ also holds quill-send's
+/// `destinations` and `errors` files).
 fn count(dir: &Path) -> Result<usize, std::io::Error> {
-    Ok(std::fs::read_dir(dir)?.filter_map(|e| e.ok()).count())
+    Ok(std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| dir.ends_with("tmp") || crate::queuefile::valid_id(e.file_name().as_encoded_bytes()))
+        .count())
 }
 
 /// The status report as text.
@@ -163,6 +168,32 @@ pub fn report(home: &Path, filter_home: bool) -> String {
     }
     if let Some(error) = errors.first() {
         out.push_str(&format!("  ({error})\n"));
+    }
+    // Written by quill-send: destinations in back-off and the last deferrals and failures.
+    let backoff = std::fs::read_to_string(layout.info().join("destinations")).unwrap_or_default();
+    out.push_str("\ndestinations in back-off:\n");
+    if backoff.trim().is_empty() {
+        out.push_str("  none\n");
+    }
+    for line in backoff.lines() {
+        let mut f = line.splitn(5, ' ');
+        let (domain, failures, until, parked, error) =
+            (f.next().unwrap_or(""), f.next().unwrap_or(""), f.next().unwrap_or("0"), f.next().unwrap_or(""), f.next().unwrap_or(""));
+        let left = until.parse::<u64>().unwrap_or(0).saturating_sub(now);
+        out.push_str(&format!(
+            "  {domain}: {failures} failures, next try in {}, {parked} deliveries waiting: {error}\n",
+            super::age(left)
+        ));
+    }
+    let last = std::fs::read_to_string(layout.info().join("errors")).unwrap_or_default();
+    out.push_str("\nlast errors:\n");
+    if last.trim().is_empty() {
+        out.push_str("  none\n");
+    }
+    for line in last.lines().rev() {
+        let (time, rest) = line.split_once(' ').unwrap_or(("0", line));
+        let ago = now.saturating_sub(time.parse().unwrap_or(now));
+        out.push_str(&format!("  {} ago: {rest}\n", super::age(ago)));
     }
     out
 }
