@@ -20,6 +20,11 @@ struct Instance {
 
 impl Instance {
     fn start(tag: &str, prepare: impl FnOnce(&Path)) -> Instance {
+        Instance::start_with(tag, &[], prepare)
+    }
+
+    /// With more quill-up arguments (`-D domain`).
+    fn start_with(tag: &str, args: &[&str], prepare: impl FnOnce(&Path)) -> Instance {
         let dir = TempDir::new(tag);
         let home = dir.path().join("q");
         std::fs::create_dir_all(&home).expect("mkdir");
@@ -28,6 +33,7 @@ impl Instance {
         let child = Command::new(bin("quill-up"))
             .arg("-d")
             .arg(&home)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).expect("log"))
             .stderr(std::fs::File::options().append(true).open(&log).expect("log"))
@@ -553,4 +559,79 @@ fn quill_queue_hold_release_bounce_delete_flush() {
 
     quill(&["queue", "flush"]);
     assert!(wait_for(Duration::from_secs(30), || q.log().contains("status: flush requested")));
+}
+
+/// Real programs that call sendmail: bsd-mailx's mail, git send-email, and a cron-style job
+/// (cron's own command line).
+#[test]
+fn real_programs_call_sendmail() {
+    // git send-email wants a domain with a dot in it.
+    let q = Instance::start_with("compat", &["-D", "lists.example.org"], |_| {});
+    let root = q.home().join("maildir");
+    let sendmail = bin("sendmail");
+    let mut expected: Vec<(&str, &str)> = Vec::new();
+
+    if !common::skip_without("/usr/bin/mail") {
+        let rc = q.dir.path().join("mailrc");
+        std::fs::write(&rc, format!("set sendmail={}\n", sendmail.display())).expect("mailrc");
+        let mut child = Command::new("/usr/bin/mail")
+            .args(["-s", "from bsd-mailx", "mailx-user@localhost"])
+            .env("MAILRC", &rc)
+            .env("QUILL_HOME", q.home())
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("mail");
+        {
+            use std::io::Write;
+            child.stdin.take().expect("stdin").write_all(b"written with mail(1)\n").expect("write");
+        }
+        assert!(child.wait().expect("wait").success());
+        expected.push(("mailx-user", "Subject: from bsd-mailx"));
+    }
+
+    if Command::new("git").args(["send-email", "-h"]).output().map(|o| !o.stdout.is_empty() || !o.stderr.is_empty()).unwrap_or(false) {
+        let repo = q.dir.path().join("repo");
+        std::fs::create_dir_all(&repo).expect("mkdir");
+        let git = |args: &[&str]| {
+            let out = Command::new("git")
+                .args(["-c", "user.name=Dev", "-c", "user.email=dev@localhost"])
+                .args(args)
+                .current_dir(&repo)
+                .env("QUILL_HOME", q.home())
+                .output()
+                .expect("git");
+            assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            out
+        };
+        git(&["init", "-q"]);
+        std::fs::write(repo.join("file"), "one\n").expect("write");
+        git(&["add", "file"]);
+        git(&["commit", "-q", "-m", "Add a file for the list"]);
+        git(&["format-patch", "-q", "-1", "-o", "out"]);
+        let sendmail_cmd = format!("--sendmail-cmd={}", sendmail.display());
+        git(&["send-email", &sendmail_cmd, "--to=patches@lists.example.org", "--from=dev@lists.example.org", "--confirm=never", "--suppress-cc=all", "--quiet", "out"]);
+        expected.push(("patches", "[PATCH] Add a file for the list"));
+    } else {
+        eprintln!("SKIP: git send-email is not installed");
+    }
+
+    // What cron runs for a job's output: its own headers, -F, -i, -B8BITMIME, -oem, a bare user.
+    let out = q.sendmail(
+        &["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "cronuser"],
+        "From: root (Cron Daemon)\nTo: cronuser\nSubject: Cron <cronuser@host> run-parts /etc/cron.daily\nContent-Type: text/plain; charset=UTF-8\n\njob output\n",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    expected.push(("cronuser", "Subject: Cron <cronuser@host>"));
+
+    let arrived = wait_for(Duration::from_secs(30), || {
+        let m = maildir_files(&root);
+        expected.iter().all(|(user, _)| m.get(*user).map(Vec::len) == Some(1))
+    });
+    assert!(arrived, "{:?}; log:\n{}", maildir_files(&root), q.log());
+    for (user, text) in &expected {
+        let message = std::fs::read_to_string(&maildir_files(&root)[*user][0]).expect("read");
+        assert!(message.contains(text), "{user}: {message}");
+        assert!(message.contains("\nDate: ") || message.starts_with("Date: "), "{user}: a Date header");
+        assert!(message.contains("Message-ID: ") || message.contains("Message-Id: "), "{user}: a Message-ID");
+    }
 }
