@@ -36,7 +36,7 @@ fn every_command_has_help() {
         assert!(out.status.success(), "{command} --help: {}", text(&out));
         assert!(text(&out).contains(&format!("usage: quill {command}")), "{command}: {}", text(&out));
     }
-    assert!(text(&quill(&["queue", "--help"], None, b"")).contains("not yet"));
+    assert!(text(&quill(&["queue", "--help"], None, b"")).contains("hold     stop delivering"));
     let out = quill(&["frobnicate"], None, b"");
     assert_eq!(out.status.code(), Some(100));
     assert!(text(&out).contains("the commands are setup, check, status, stats, queue"), "{}", text(&out));
@@ -44,13 +44,20 @@ fn every_command_has_help() {
     assert_eq!(out.status.code(), Some(100));
 }
 
+/// The queue changes are requests to quill-send (tests/system.rs runs them against a live
+/// instance); without a quill-send, or with a bad id, they fail with a clear message.
 #[test]
-fn queue_changes_are_not_yet_there() {
-    for action in ["flush", "hold", "release", "delete", "bounce"] {
-        let out = quill(&["queue", action, "123"], None, b"");
-        assert_eq!(out.status.code(), Some(100), "{action}");
-        assert!(text(&out).contains("not yet implemented"), "{action}: {}", text(&out));
+fn queue_changes_need_a_running_quill_send() {
+    let home = common::home("quill-nosend", &[]);
+    for action in ["hold", "release", "delete", "bounce"] {
+        let out = quill(&["queue", action, "123"], Some(home.path()), b"");
+        assert_eq!(out.status.code(), Some(111), "{action}: {}", text(&out));
+        assert!(text(&out).contains("quill-send: it is not running"), "{action}: {}", text(&out));
+        let out = quill(&["queue", action, "12x"], Some(home.path()), b"");
+        assert!(text(&out).contains("is not a queue id"), "{action}: {}", text(&out));
     }
+    let out = quill(&["queue", "flush", "123"], Some(home.path()), b"");
+    assert_eq!(out.status.code(), Some(100), "flush takes no id");
 }
 
 const LOG: &str = "\
