@@ -32,37 +32,51 @@ pub struct Accepted {
 
 /// The queue program to run.
 pub fn queue_program() -> PathBuf {
-    if !crate::sys::is_secure_exec() {
-        if let Some(q) = std::env::var_os("QMAILQUEUE") {
-            if !q.is_empty() {
-                return PathBuf::from(q);
-            }
-        }
+    filter().unwrap_or_else(|| crate::control::program("quill-queue"))
+}
+
+/// `QMAILQUEUE`, when it is set, not empty, and this is not a setuid program.
+fn filter() -> Option<PathBuf> {
+    if crate::sys::is_secure_exec() {
+        return None;
     }
-    crate::control::program("quill-queue")
+    std::env::var_os("QMAILQUEUE").filter(|q| !q.is_empty()).map(PathBuf::from)
 }
 
 impl Submission {
-    /// Start the queue program. Its stdin takes the message, its stdout the envelope, and fd 6
-    /// an optional custom reply (qmail-queue exit 82).
+    /// Start the queue program. Its stdin takes the message, its stdout the envelope, and, for
+    /// a `QMAILQUEUE` filter, fd 6 an optional custom reply (qmail-queue exit 82).
+    ///
+    /// quill-queue itself never writes fd 6, so it gets none: without the descriptor to move
+    /// into place there is no code to run between fork and exec, and std starts the program
+    /// with posix_spawn (vfork-style, no copy of this process's page tables) instead of fork.
     pub fn start() -> Result<Submission> {
         let (envelope_read, envelope_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| Error::queue(qq::CANNOT_EXEC, format!("unable to make a pipe: {e}")))?;
-        let (reply_read, reply_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| Error::queue(qq::CANNOT_EXEC, format!("unable to make a pipe: {e}")))?;
-        let mut command = Command::new(queue_program());
+        let filter = filter();
+        let program = filter.clone().unwrap_or_else(|| crate::control::program("quill-queue"));
+        let mut command = Command::new(&program);
         command.stdin(Stdio::piped()).stdout(Stdio::from(envelope_read));
-        crate::sys::map_fds(&mut command, vec![(reply_write.as_raw_fd(), 6)]);
+        let mut reply = None;
+        if filter.is_some() {
+            let (reply_read, reply_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| Error::queue(qq::CANNOT_EXEC, format!("unable to make a pipe: {e}")))?;
+            crate::sys::map_fds(&mut command, vec![(reply_write.as_raw_fd(), 6)]);
+            reply = Some((reply_read, reply_write));
+        }
         let mut child = command
             .spawn()
-            .map_err(|e| Error::queue(qq::CANNOT_EXEC, format!("unable to run {}: {e}", queue_program().display())))?;
-        drop(reply_write);
+            .map_err(|e| Error::queue(qq::CANNOT_EXEC, format!("unable to run {}: {e}", program.display())))?;
+        let reply = reply.map(|(read, write)| {
+            drop(write);
+            std::fs::File::from(read)
+        });
         let stdin = child.stdin.take().map(|s| std::io::BufWriter::with_capacity(65536, s));
         Ok(Submission {
             child,
             message: stdin,
             envelope: Some(std::fs::File::from(envelope_write)),
-            reply: Some(std::fs::File::from(reply_read)),
+            reply,
             write_failed: false,
         })
     }

@@ -390,3 +390,20 @@ fn one_spawn_per_message() {
     assert_eq!(execs.len(), 2, "sendmail itself and quill-queue only: {trace}");
     assert!(execs[1].contains("quill-queue"), "{trace}");
 }
+
+#[test]
+fn a_filter_gets_fd_6_for_its_own_reply() {
+    if common::skip_without("/bin/sh") {
+        return;
+    }
+    let scripts = TempDir::new("inject-qq82");
+    let path = scripts.path().join("qq-82");
+    std::fs::write(&path, "#!/bin/sh\nexec >/dev/null\nprintf 'Dnot from you' >&6\nexit 82\n").expect("write script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let queue = path.to_str().expect("utf-8 path");
+    let home = common::home("inject-qq82", CONTROLS);
+    let out = submit(home.path(), "quill-inject", &["r@x.example"], &[("QMAILQUEUE", queue)], b"Subject: s\n\nbody\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(100), "{stderr}");
+    assert!(stderr.contains("not from you"), "{stderr}");
+}
