@@ -41,7 +41,9 @@ pub fn unique_name(host: &str, attempt: u32) -> String {
 /// what was created so that the new directories survive a crash with the mail in them.
 pub fn create(dir: &Path) -> io::Result<()> {
     DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    for sub in ["tmp", "new", "cur"] {
+    // tmp/ last: a quill-local that finds tmp/ may rely on new/ being there too (two
+    // deliveries can create the same Maildir at once).
+    for sub in ["new", "cur", "tmp"] {
         match DirBuilder::new().mode(0o700).create(dir.join(sub)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
