@@ -635,3 +635,28 @@ fn real_programs_call_sendmail() {
         assert!(message.contains("Message-ID: ") || message.contains("Message-Id: "), "{user}: a Message-ID");
     }
 }
+
+/// Regression: several quill-local processes creating the same new Maildir at once (a
+/// `${DEFAULT}` mailbox) must all deliver at the first try: tmp/ is made last.
+#[test]
+fn concurrent_first_deliveries_to_a_new_maildir() {
+    let q = Instance::start("race", |_| {});
+    let home = q.home();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let home = home.clone();
+            std::thread::spawn(move || {
+                for i in 0..10 {
+                    let out = common::run(&home, "sendmail", &["-i", "fresh@localhost"], format!("Subject: {t}-{i}\n\nx\n").as_bytes());
+                    assert!(out.status.success());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("submitter");
+    }
+    let root = home.join("maildir");
+    assert!(wait_for(Duration::from_secs(30), || maildir_files(&root).get("fresh").map(Vec::len) == Some(40)), "{}", q.log());
+    assert!(!q.log().contains("deferral"), "no delivery had to wait:\n{}", q.log());
+}
