@@ -18,10 +18,12 @@ struct Options {
     listen: Option<(String, String)>,
     domains: Vec<String>,
     relay: Vec<String>,
+    /// Concurrent SMTP sessions: in total, and from one client address.
+    sessions: Option<(String, String)>,
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: quill-up -d DIR [-l HOST:PORT] [-D DOMAIN]... [-r ADDRESS-OR-PREFIX]...");
+    eprintln!("usage: quill-up -d DIR [-l HOST:PORT] [-c MAX[:PERCLIENT]] [-D DOMAIN]... [-r ADDRESS-OR-PREFIX]...");
     ExitCode::from(100)
 }
 
@@ -41,13 +43,24 @@ fn parse_options() -> Option<Options> {
     opts.optopt("l", "", "SMTP listen address", "HOST:PORT");
     opts.optmulti("D", "", "another local domain", "DOMAIN");
     opts.optmulti("r", "", "let SMTP clients from this address or prefix relay", "ADDRESS");
+    opts.optopt("c", "", "concurrent SMTP sessions, in total and per client", "MAX[:PERCLIENT]");
     let m = opts.parse(&args).ok()?;
+    let sessions = match m.opt_str("c") {
+        None => None,
+        Some(text) => {
+            let (max, per) = text.split_once(':').unwrap_or((&text, &text));
+            if max.parse::<u32>().ok()? == 0 || per.parse::<u32>().ok()? == 0 {
+                return None;
+            }
+            Some((max.to_string(), per.to_string()))
+        }
+    };
     let dir = PathBuf::from(m.opt_str("d")?);
     let listen = match m.opt_str("l") {
         Some(l) => Some(split_listen(&l)?),
         None => None,
     };
-    Some(Options { dir, listen, domains: m.opt_strs("D"), relay: m.opt_strs("r") })
+    Some(Options { dir, listen, domains: m.opt_strs("D"), relay: m.opt_strs("r"), sessions })
 }
 
 /// Write a file only if it does not exist yet: starting again keeps the administrator's edits.
@@ -236,6 +249,9 @@ fn main() -> ExitCode {
     if let Some((host, port)) = &o.listen {
         let mut argv: Vec<OsString> = vec![program("quill-tcpserver").into()];
         argv.extend(["-x".into(), dir.join("control/tcprules").into_os_string()]);
+        if let Some((max, per)) = &o.sessions {
+            argv.extend(["-c".into(), max.into(), "-C".into(), per.into()]);
+        }
         argv.extend([host.into(), port.into(), program("quill-smtpd").into()]);
         services.push(Service { name: "quill-smtpd", argv, child: None, started: Instant::now() });
         quill::log::line(&format!("instance {} with SMTP on {host}:{port}", dir.display()));
