@@ -524,6 +524,16 @@ fn quill_queue_hold_release_bounce_delete_flush() {
         id
     };
     let first = stuck("first");
+    // The next retry is on the remote grid: birth + 20² seconds (qmail's schedule), written
+    // durably in the info file.
+    let id: u64 = first.parse().expect("id");
+    let info_dir = q.home().join("queue/info");
+    assert!(wait_for(Duration::from_secs(30), || quill::sendstate::read(&info_dir, id).ok().flatten().is_some()));
+    let info = quill::sendstate::read(&info_dir, id).expect("read info").expect("info");
+    // (isqrt(age) + 20)² with the age at the attempt: 400 s if it came within a second.
+    let wait = info.due[1] - info.time;
+    let root = (20..=23).find(|r| r * r == wait);
+    assert!(root.is_some(), "first remote retry {wait} s after queueing is not on the grid");
     // quill status shows the destination in back-off and the last error.
     let status = Command::new(bin("quill")).args(["status"]).env("QUILL_HOME", q.home()).output().expect("quill status");
     let status = String::from_utf8_lossy(&status.stdout).into_owned();
