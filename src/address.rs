@@ -44,6 +44,7 @@ pub fn domain_listed(domain: &[u8], list: &[Vec<u8>]) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -68,6 +68,7 @@ pub fn asctime(time: u64) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -116,6 +116,7 @@ fn terminated(bytes: &[u8]) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -136,7 +137,7 @@ mod tests {
         assert_eq!(Envelope::decode(b"\0").unwrap_err().code, 91);
         assert_eq!(Envelope::decode(b"Fa\0Tu\r\n@x\0\0").unwrap_err().code, 91);
         let mut long = b"F".to_vec();
-        long.extend(std::iter::repeat(b'a').take(1004));
+        long.extend(std::iter::repeat_n(b'a', 1004));
         long.extend_from_slice(b"\0\0");
         assert_eq!(Envelope::decode(&long).unwrap_err().code, 11);
     }

@@ -151,6 +151,7 @@ pub fn pull_trigger(layout: &Layout) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -188,7 +189,9 @@ pub fn create_tree(home: &Path, owners: Option<Owners>) -> std::io::Result<()> {
     let layout = Layout::new(home);
     let q = owners.map(|o| (o.quillq, o.quill_group));
     let s = owners.map(|o| (o.quills, o.quill_group));
-    let dirs: [(PathBuf, u32, Option<(u32, u32)>); 8] = [
+    // (directory, mode, owner uid and gid when installing as root)
+    type Dir = (PathBuf, u32, Option<(u32, u32)>);
+    let dirs: [Dir; 8] = [
         (home.join("queue"), 0o750, q),
         // Set-group-id: a setuid quill-queue keeps the caller's group, and its files must
         // still belong to group quill so that quill-send can read them.

@@ -70,7 +70,11 @@ pub fn aliases(control: &Control) -> u8 {
         }
         Err(e) => {
             crate::log::fatal(&format!("{}: {e}", path.display()));
-            if e.outcome == crate::fail::Outcome::Permanent { EX_CONFIG } else { EX_TEMPFAIL }
+            if e.outcome == crate::fail::Outcome::Permanent {
+                EX_CONFIG
+            } else {
+                EX_TEMPFAIL
+            }
         }
     }
 }

@@ -365,7 +365,11 @@ fn mailq_and_newaliases_names() {
         std::os::unix::fs::symlink(common::bin("sendmail"), &link).expect("symlink");
         let out = submit_path(home.path(), &link, &[], &[], b"");
         assert_eq!(out.status.code(), Some(0), "{name}: {}", String::from_utf8_lossy(&out.stderr));
-        assert!(String::from_utf8_lossy(&out.stdout).contains(says), "{name}: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(says),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 }
 

@@ -441,9 +441,7 @@ fn sendmail_modes_bs_bp_bi_q() {
     for name in ["mailq", "newaliases"] {
         std::os::unix::fs::symlink(bin("sendmail"), links.path().join(name)).expect("symlink");
     }
-    let run_as = |name: &str| {
-        Command::new(links.path().join(name)).env("QUILL_HOME", q.home()).output().expect("run")
-    };
+    let run_as = |name: &str| Command::new(links.path().join(name)).env("QUILL_HOME", q.home()).output().expect("run");
     let mailq = run_as("mailq");
     assert!(String::from_utf8_lossy(&mailq.stdout).contains("someone@nowhere.test"));
     let newaliases = run_as("newaliases");
@@ -510,7 +508,8 @@ fn quill_queue_hold_release_bounce_delete_flush() {
     // backed-off destination.
     let stuck = |subject: &str| -> String {
         let before: Vec<_> = files(&q.home().join("queue/mess"));
-        let out = q.sendmail(&["-i", "-f", "owner@localhost", "far@nowhere.test"], &format!("Subject: {subject}\n\nx\n"));
+        let out =
+            q.sendmail(&["-i", "-f", "owner@localhost", "far@nowhere.test"], &format!("Subject: {subject}\n\nx\n"));
         assert!(out.status.success());
         let mut id = String::new();
         assert!(wait_for(Duration::from_secs(30), || {
@@ -535,7 +534,8 @@ fn quill_queue_hold_release_bounce_delete_flush() {
     let root = (20..=23).find(|r| r * r == wait);
     assert!(root.is_some(), "first remote retry {wait} s after queueing is not on the grid");
     // quill status shows the destination in back-off and the last error.
-    let status = Command::new(bin("quill")).args(["status"]).env("QUILL_HOME", q.home()).output().expect("quill status");
+    let status =
+        Command::new(bin("quill")).args(["status"]).env("QUILL_HOME", q.home()).output().expect("quill status");
     let status = String::from_utf8_lossy(&status.stdout).into_owned();
     assert!(status.contains("nowhere.test: 1 failures"), "{status}");
     assert!(status.contains(&format!("msg {first} to far@nowhere.test: deferral: Unreachable")), "{status}");
@@ -546,7 +546,11 @@ fn quill_queue_hold_release_bounce_delete_flush() {
     quill(&["queue", "release", &first]);
     assert!(wait_for(Duration::from_secs(30), || !held.exists() && q.log().contains(&format!("release msg {first}"))));
     // Released, it is picked up again with its progress.
-    assert!(wait_for(Duration::from_secs(30), || q.log().matches(&format!("new msg {first}")).count() == 2), "{}", q.log());
+    assert!(
+        wait_for(Duration::from_secs(30), || q.log().matches(&format!("new msg {first}")).count() == 2),
+        "{}",
+        q.log()
+    );
     quill(&["queue", "bounce", &first]);
     let root = q.home().join("maildir");
     assert!(
@@ -599,7 +603,12 @@ fn real_programs_call_sendmail() {
         expected.push(("mailx-user", "Subject: from bsd-mailx"));
     }
 
-    if Command::new("git").args(["send-email", "-h"]).output().map(|o| !o.stdout.is_empty() || !o.stderr.is_empty()).unwrap_or(false) {
+    if Command::new("git")
+        .args(["send-email", "-h"])
+        .output()
+        .map(|o| !o.stdout.is_empty() || !o.stderr.is_empty())
+        .unwrap_or(false)
+    {
         let repo = q.dir.path().join("repo");
         std::fs::create_dir_all(&repo).expect("mkdir");
         let git = |args: &[&str]| {
@@ -619,7 +628,16 @@ fn real_programs_call_sendmail() {
         git(&["commit", "-q", "-m", "Add a file for the list"]);
         git(&["format-patch", "-q", "-1", "-o", "out"]);
         let sendmail_cmd = format!("--sendmail-cmd={}", sendmail.display());
-        git(&["send-email", &sendmail_cmd, "--to=patches@lists.example.org", "--from=dev@lists.example.org", "--confirm=never", "--suppress-cc=all", "--quiet", "out"]);
+        git(&[
+            "send-email",
+            &sendmail_cmd,
+            "--to=patches@lists.example.org",
+            "--from=dev@lists.example.org",
+            "--confirm=never",
+            "--suppress-cc=all",
+            "--quiet",
+            "out",
+        ]);
         expected.push(("patches", "[PATCH] Add a file for the list"));
     } else {
         eprintln!("SKIP: git send-email is not installed");
@@ -657,7 +675,12 @@ fn concurrent_first_deliveries_to_a_new_maildir() {
             let home = home.clone();
             std::thread::spawn(move || {
                 for i in 0..10 {
-                    let out = common::run(&home, "sendmail", &["-i", "fresh@localhost"], format!("Subject: {t}-{i}\n\nx\n").as_bytes());
+                    let out = common::run(
+                        &home,
+                        "sendmail",
+                        &["-i", "fresh@localhost"],
+                        format!("Subject: {t}-{i}\n\nx\n").as_bytes(),
+                    );
                     assert!(out.status.success());
                 }
             })
@@ -667,6 +690,10 @@ fn concurrent_first_deliveries_to_a_new_maildir() {
         t.join().expect("submitter");
     }
     let root = home.join("maildir");
-    assert!(wait_for(Duration::from_secs(30), || maildir_files(&root).get("fresh").map(Vec::len) == Some(40)), "{}", q.log());
+    assert!(
+        wait_for(Duration::from_secs(30), || maildir_files(&root).get("fresh").map(Vec::len) == Some(40)),
+        "{}",
+        q.log()
+    );
     assert!(!q.log().contains("deferral"), "no delivery had to wait:\n{}", q.log());
 }

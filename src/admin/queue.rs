@@ -235,6 +235,30 @@ pub fn show(entry: &Entry, now: u64, body: bool) -> String {
     out
 }
 
+/// Send requests (`flush\n`, `hold ID\n`, …) to quill-send through `queue/lock/control`.
+/// Ids are checked here too, so a typo is reported at once rather than only in the log.
+pub fn request(home: &Path, lines: &[String]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    for line in lines {
+        let id = line.split_whitespace().nth(1).unwrap_or("");
+        if !id.is_empty() && !crate::queuefile::valid_id(id.as_bytes()) {
+            return Err(format!("{id:?} is not a queue id (see quill queue list)"));
+        }
+    }
+    let path = crate::queuefile::Layout::new(home).control();
+    let mut fifo = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&path).map_err(|e| {
+        match e.raw_os_error() {
+            Some(libc::ENXIO) => "unable to reach quill-send: it is not running".to_string(),
+            Some(libc::EACCES) => format!("unable to open {}: permission denied (run as root)", path.display()),
+            _ => format!("unable to open {}: {e}", path.display()),
+        }
+    })?;
+    fifo.write_all(lines.concat().as_bytes()).map_err(|e| format!("unable to write to {}: {e}", path.display()))?;
+    println!("sent to quill-send: {}", lines.concat().trim_end().replace('\n', "; "));
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -278,30 +302,4 @@ mod tests {
         assert!(line.starts_with("42 "), "{line}");
         assert!(line.contains("<> -> a@b c@d e@f (+1 more)"), "{line}");
     }
-}
-
-/// Send requests (`flush\n`, `hold ID\n`, …) to quill-send through `queue/lock/control`.
-/// Ids are checked here too, so a typo is reported at once rather than only in the log.
-pub fn request(home: &Path, lines: &[String]) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    for line in lines {
-        let id = line.split_whitespace().nth(1).unwrap_or("");
-        if !id.is_empty() && !crate::queuefile::valid_id(id.as_bytes()) {
-            return Err(format!("{id:?} is not a queue id (see quill queue list)"));
-        }
-    }
-    let path = crate::queuefile::Layout::new(home).control();
-    let mut fifo = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ENXIO) => "unable to reach quill-send: it is not running".to_string(),
-            Some(libc::EACCES) => format!("unable to open {}: permission denied (run as root)", path.display()),
-            _ => format!("unable to open {}: {e}", path.display()),
-        })?;
-    fifo.write_all(lines.concat().as_bytes()).map_err(|e| format!("unable to write to {}: {e}", path.display()))?;
-    println!("sent to quill-send: {}", lines.concat().trim_end().replace('\n', "; "));
-    Ok(())
 }

@@ -363,9 +363,9 @@ pub fn setup(options: &Options, bindir: &Path) -> Report {
     let layout = crate::queuefile::Layout::new(home);
     let complete =
         [layout.tmp(), layout.todo(), layout.mess(), layout.hold(), layout.info(), layout.trigger(), layout.control()]
-        .iter()
-        .chain([home.join("control")].iter())
-        .all(|p| p.exists());
+            .iter()
+            .chain([home.join("control")].iter())
+            .all(|p| p.exists());
     if complete {
         let entries = [
             (layout.queue.clone(), quillq, 0o750),

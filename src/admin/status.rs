@@ -177,8 +177,13 @@ pub fn report(home: &Path, filter_home: bool) -> String {
     }
     for line in backoff.lines() {
         let mut f = line.splitn(5, ' ');
-        let (domain, failures, until, parked, error) =
-            (f.next().unwrap_or(""), f.next().unwrap_or(""), f.next().unwrap_or("0"), f.next().unwrap_or(""), f.next().unwrap_or(""));
+        let (domain, failures, until, parked, error) = (
+            f.next().unwrap_or(""),
+            f.next().unwrap_or(""),
+            f.next().unwrap_or("0"),
+            f.next().unwrap_or(""),
+            f.next().unwrap_or(""),
+        );
         let left = until.parse::<u64>().unwrap_or(0).saturating_sub(now);
         out.push_str(&format!(
             "  {domain}: {failures} failures, next try in {}, {parked} deliveries waiting: {error}\n",
