@@ -1,4 +1,5 @@
 # Quill — build, run, test, measure, install.
+SHELL := /bin/bash
 PREFIX ?= /usr/local
 DESTDIR ?=
 BINDIR = $(DESTDIR)$(PREFIX)/bin
@@ -21,7 +22,11 @@ run: all
 
 # The test suite: unit tests, then the integration tests that run the real binaries.
 test: all
-	$(CARGO) test --release --no-fail-fast -- --test-threads=2
+	@mkdir -p target
+	@set -o pipefail; $(CARGO) test --release --no-fail-fast -- --test-threads=2 2>&1 | tee target/test.log; \
+	status=$$?; \
+	awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log; \
+	exit $$status
 
 bench: all
 	tests/bench/run
