@@ -191,6 +191,8 @@ struct World {
     scan: TempDir,
     supervisors: Vec<Child>,
     smtp_port: Option<u16>,
+    /// Ports of the submission (587, AUTH required) and smtps (465, implicit TLS) services.
+    auth_ports: Option<(u16, u16)>,
     stopped: bool,
     /// Dropped after everything above: the stages are gone before quill-queue changes back.
     _restore: RestoreQueueProgram,
@@ -201,6 +203,10 @@ impl World {
         let mut list = vec![self.scan.path().join("quill")];
         if self.smtp_port.is_some() {
             list.push(self.scan.path().join("quill-smtpd"));
+        }
+        if self.auth_ports.is_some() {
+            list.push(self.scan.path().join("quill-submission"));
+            list.push(self.scan.path().join("quill-smtps"));
         }
         list
     }
@@ -368,7 +374,39 @@ fn prepare(kind: Kind) -> Option<World> {
         eprintln!("SKIP: {label}: quill-smtpd is not built in this tree; only the queue service is tested");
         None
     };
-    let mut world = World { kind, scan, supervisors: Vec::new(), smtp_port, stopped: false, _restore: restore };
+    // Submission and smtps, with a checkpassword stand-in (Debian packages none): it accepts
+    // tester/secret and runs the rest of its command line, as the interface says.
+    let auth_ports = if smtp_port.is_some() && !common::skip_without("python3") {
+        let checker = scan.path().join("checkpassword");
+        std::fs::write(
+            &checker,
+            "#!/bin/sh\n# checkpassword interface: user NUL password NUL timestamp NUL on fd 3\n\
+             creds=$(tr '\\000' '\\n' <&3 | head -2 | tr '\\n' ' ')\n\
+             [ \"$creds\" = \"tester secret \" ] || exit 1\nexec \"$@\"\n",
+        )
+        .expect("write checkpassword");
+        std::fs::set_permissions(&checker, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        let (submission, smtps) = (free_port(), free_port());
+        for (service, port, listen) in
+            [("quill-submission", submission, "0.0.0.0 587 "), ("quill-smtps", smtps, "0.0.0.0 465 ")]
+        {
+            copy_tree(&examples.join(service), &scan.path().join(service));
+            rewrite(
+                &scan.path().join(service).join("run"),
+                &[
+                    (path_from, &path_to),
+                    ("/var/quill", &home_text),
+                    (listen, &format!("127.0.0.1 {port} ")),
+                    ("/usr/local/bin/checkpassword", &checker.display().to_string()),
+                ],
+            );
+        }
+        Some((submission, smtps))
+    } else {
+        None
+    };
+    let mut world =
+        World { kind, scan, supervisors: Vec::new(), smtp_port, auth_ports, stopped: false, _restore: restore };
     world.start();
     Some(world)
 }
@@ -524,6 +562,11 @@ fn supervised(kind: Kind) {
         assert!(delivered(&token), "{label}: the message sent by SMTP ({token}) was not delivered");
     }
 
+    if let Some((submission, smtps)) = world.auth_ports {
+        test_user();
+        auth_services(label, submission, smtps);
+    }
+
     let delivered = deliver(label).unwrap_or_else(|e| panic!("{label}: {e}"));
 
     let before = stages_ok(None).unwrap_or_else(|e| panic!("{label}: before restart: {e}"));
@@ -565,4 +608,45 @@ fn runit() {
 #[test]
 fn s6() {
     supervised(Kind::S6);
+}
+
+/// Port 587: MAIL without AUTH is refused, STARTTLS then AUTH then mail is delivered; a wrong
+/// password is refused. Port 465: TLS from the first byte, then AUTH and mail.
+fn auth_services(label: &str, submission: u16, smtps: u16) {
+    for port in [submission, smtps] {
+        assert!(
+            wait_for(START_WAIT, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()),
+            "{label}: nothing listens on {port}"
+        );
+    }
+    let (_, _, _) = test_user();
+    let token = format!("auth-{}-{}", std::process::id(), quill::date::now_micros().1);
+    let script = format!(
+        r#"
+import smtplib, ssl
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+s = smtplib.SMTP('127.0.0.1', {submission}, timeout=30)
+s.ehlo()
+code, _ = s.mail('someone@test.example')
+assert code == 530, ('MAIL before AUTH', code)
+s.rset()
+s.starttls(context=ctx); s.ehlo()
+try:
+    s.login('tester', 'wrong'); raise SystemExit('a wrong password was accepted')
+except smtplib.SMTPAuthenticationError:
+    pass
+s.login('tester', 'secret')
+s.sendmail('tester@test.example', ['{user}@localhost'], 'Subject: {token}-587\r\n\r\nover submission\r\n')
+s.quit()
+t = smtplib.SMTP_SSL('127.0.0.1', {smtps}, context=ctx, timeout=30)
+t.login('tester', 'secret')
+t.sendmail('tester@test.example', ['{user}@localhost'], 'Subject: {token}-465\r\n\r\nover smtps\r\n')
+t.quit()
+"#,
+        user = TEST_USER
+    );
+    let out = Command::new("python3").arg("-c").arg(&script).output().expect("python3");
+    assert!(out.status.success(), "{label}: submission/smtps: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(delivered(&format!("{token}-587")), "{label}: the message sent on port 587 was not delivered");
+    assert!(delivered(&format!("{token}-465")), "{label}: the message sent on port 465 was not delivered");
 }
