@@ -552,6 +552,10 @@ fn supervised(kind: Kind) {
     });
     assert!(up, "{label}: the queue system did not come up: {last}");
 
+    // With every stage up, quill check finds nothing wrong with them (and no "not running").
+    let check = Command::new(bin("quill")).args(["check", "--home"]).arg(home()).output().expect("quill check");
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success() && !report.contains("not running"), "{label}: quill check:\n{report}");
     let status = Command::new(bin("quill")).args(["status", "--home"]).arg(home()).output().expect("quill status");
     let status = String::from_utf8_lossy(&status.stdout);
     assert!(status.contains("quill-send") && status.contains("user quills"), "{label}: quill status:\n{status}");

@@ -449,6 +449,45 @@ fn check_aliases(list: &mut Vec<Problem>, home: &Path) {
     }
 }
 
+/// The stages quill-start runs, and the user each must run as.
+const STAGES: [(&str, &str); 4] =
+    [("quill-send", "quills"), ("quill-clean", "quillq"), ("quill-lspawn", "root"), ("quill-rspawn", "quillr")];
+
+/// When quill-start runs for this home, every stage must run beside it under its own user: a
+/// missing one is a stage the supervisor's quill-start has lost (it exits and is restarted
+/// when a stage dies; one that keeps missing is crash-looping). When nothing runs, that is not
+/// a configuration problem (the services may simply not be started yet): the caller prints a
+/// note instead.
+fn check_stages(list: &mut Vec<Problem>, home: &Path) {
+    let running = super::status::processes(Some(home));
+    let restart = "restart the queue service: svc -t /service/quill (daemontools), sv restart quill (runit), \
+                   s6-svc -r /run/service/quill (s6), then read its log";
+    if !running.iter().any(|p| p.name == "quill-start") {
+        return;
+    }
+    for (stage, user) in STAGES {
+        let want = if user == "root" { Some(0) } else { user_ids(user).map(|(uid, _)| uid) };
+        let mine: Vec<_> = running.iter().filter(|p| p.name == stage).collect();
+        if mine.is_empty() {
+            problem(list, format!("quill-start runs but {stage} does not"), restart);
+        }
+        for p in mine {
+            if crate::sys::uids().1 == 0 && want.is_some_and(|w| p.uid != w) {
+                problem(
+                    list,
+                    format!("{stage} (pid {}) runs as uid {}, not as {user}", p.pid, p.uid),
+                    "start quill-start as root from the service's run script (conf-examples/)",
+                );
+            }
+        }
+    }
+}
+
+/// True when no quill-start runs for this home (for a note, not a problem).
+pub fn queue_system_stopped(home: &Path) -> bool {
+    !super::status::processes(Some(home)).iter().any(|p| p.name == "quill-start")
+}
+
 /// Every problem found in `home` and with the programs in `bindir`, in a stable order.
 pub fn check(home: &Path, bindir: &Path) -> Vec<Problem> {
     let mut list = Vec::new();
@@ -459,6 +498,7 @@ pub fn check(home: &Path, bindir: &Path) -> Vec<Problem> {
     check_tls(&mut list, home);
     check_users(&mut list, home);
     check_aliases(&mut list, home);
+    check_stages(&mut list, home);
     list
 }
 

@@ -162,6 +162,13 @@ fn check(args: &[String]) -> ExitCode {
     for p in &problems {
         println!("{p}");
     }
+    if admin::check::queue_system_stopped(&home) {
+        println!(
+            "note: the queue system (quill-start) is not running for {}; start its service \
+             (conf-examples/ has daemontools, runit and s6 service directories)",
+            home.display()
+        );
+    }
     if problems.is_empty() {
         println!("quill check: {}: no problems found", home.display());
         ExitCode::SUCCESS
