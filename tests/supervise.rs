@@ -427,9 +427,14 @@ fn smtp_check(port: u16) -> Result<String, String> {
         return Err(format!("greeting {greeting:?}"));
     }
     let all = quill::admin::status::processes(Some(&home()));
-    let server = all.iter().find(|p| p.name == "quill-tcpserver").ok_or("quill-tcpserver is not running")?;
+    // Several listeners run (ports 25, 587, 465): ours is the one with a child, since ours is
+    // the only connection open.
+    let servers: Vec<u32> = all.iter().filter(|p| p.name == "quill-tcpserver").map(|p| p.pid).collect();
+    if servers.is_empty() {
+        return Err("quill-tcpserver is not running".into());
+    }
     let quilld = uid_of("quilld");
-    let children: Vec<_> = all.iter().filter(|p| p.ppid == server.pid).collect();
+    let children: Vec<_> = all.iter().filter(|p| servers.contains(&p.ppid)).collect();
     if children.is_empty() {
         return Err("quill-tcpserver has no child for our connection".into());
     }
