@@ -333,6 +333,19 @@ pub fn addresses(value: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
+/// Append `text` as an RFC 5322/5321 quoted-string: in double quotes, with `"` and `\`
+/// escaped by a backslash.
+pub fn push_quoted(out: &mut Vec<u8>, text: &[u8]) {
+    out.push(b'"');
+    for &b in text {
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

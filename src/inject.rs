@@ -394,14 +394,7 @@ pub fn mailbox(full_name: Option<&[u8]>, address: &[u8]) -> Vec<u8> {
     if plain_phrase(name) {
         out.extend_from_slice(name);
     } else {
-        out.push(b'"');
-        for &b in name {
-            if b == b'"' || b == b'\\' {
-                out.push(b'\\');
-            }
-            out.push(b);
-        }
-        out.push(b'"');
+        crate::header::push_quoted(&mut out, name);
     }
     out.extend_from_slice(b" <");
     out.extend_from_slice(address);

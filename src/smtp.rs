@@ -345,14 +345,7 @@ pub fn format_path(local: &[u8], domain: &[u8]) -> Vec<u8> {
     if dot_string {
         out.extend_from_slice(local);
     } else {
-        out.push(b'"');
-        for &b in local {
-            if b == b'"' || b == b'\\' {
-                out.push(b'\\');
-            }
-            out.push(b);
-        }
-        out.push(b'"');
+        crate::header::push_quoted(&mut out, local);
     }
     if !domain.is_empty() {
         out.push(b'@');

@@ -238,39 +238,13 @@ fn check_names_each_problem_and_its_fix() {
     }
 }
 
-/// `quill setup` makes the built quill-queue setuid quillq, and a setuid quill-queue ignores
-/// QUILL_HOME: the other test programs, which run it on temporary homes, would then write to
-/// the compiled-in home. This puts the owner and mode back when the test ends.
-struct RestoreQueueProgram {
-    path: std::path::PathBuf,
-    saved: Option<(u32, u32, u32)>,
-}
-
-impl RestoreQueueProgram {
-    fn new() -> RestoreQueueProgram {
-        let path = common::bin("quill-queue");
-        let saved = quill::admin::owner_mode(&path);
-        RestoreQueueProgram { path, saved }
-    }
-}
-
-impl Drop for RestoreQueueProgram {
-    fn drop(&mut self) {
-        if let Some((uid, gid, mode)) = self.saved {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::os::unix::fs::chown(&self.path, Some(uid), Some(gid));
-            let _ = std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(mode));
-        }
-    }
-}
-
 #[test]
 fn setup_as_root_is_idempotent_and_check_agrees() {
     if !is_root() {
         eprintln!("SKIP: quill setup needs root");
         return;
     }
-    let _restore = RestoreQueueProgram::new();
+    let _restore = common::RestoreQueueProgram::new();
     let dir = TempDir::new("quill-setup");
     let home = dir.path().join("home");
     let links = dir.path().join("root");

@@ -159,32 +159,6 @@ fn test_user() -> (u32, u32, PathBuf) {
     (uid, gid, home)
 }
 
-/// `quill setup` makes the built quill-queue setuid quillq, and a setuid quill-queue ignores
-/// QUILL_HOME: the other test programs, which run it on temporary homes, would then write to
-/// the compiled-in home. This puts the owner and mode back when the test ends.
-struct RestoreQueueProgram {
-    path: std::path::PathBuf,
-    saved: Option<(u32, u32, u32)>,
-}
-
-impl RestoreQueueProgram {
-    fn new() -> RestoreQueueProgram {
-        let path = common::bin("quill-queue");
-        let saved = quill::admin::owner_mode(&path);
-        RestoreQueueProgram { path, saved }
-    }
-}
-
-impl Drop for RestoreQueueProgram {
-    fn drop(&mut self) {
-        if let Some((uid, gid, mode)) = self.saved {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::os::unix::fs::chown(&self.path, Some(uid), Some(gid));
-            let _ = std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(mode));
-        }
-    }
-}
-
 /// A running supervisor and what it was started on.
 struct World {
     kind: Kind,
@@ -195,7 +169,7 @@ struct World {
     auth_ports: Option<(u16, u16)>,
     stopped: bool,
     /// Dropped after everything above: the stages are gone before quill-queue changes back.
-    _restore: RestoreQueueProgram,
+    _restore: common::RestoreQueueProgram,
 }
 
 impl World {
@@ -345,7 +319,7 @@ fn prepare(kind: Kind) -> Option<World> {
             let _ = std::fs::remove_file(file);
         }
     }
-    let restore = RestoreQueueProgram::new();
+    let restore = common::RestoreQueueProgram::new();
     let out = Command::new(bin("quill")).args(["setup", "--home"]).arg(&home).output().expect("run quill setup");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if built("quill-queue") {

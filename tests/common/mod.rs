@@ -107,3 +107,29 @@ pub fn skip_without(program: &str) -> bool {
 pub fn is_root() -> bool {
     quill::sys::uids().1 == 0
 }
+
+/// `quill setup` makes the built quill-queue setuid quillq, and a setuid quill-queue ignores
+/// QUILL_HOME: the other test programs, which run it on temporary homes, would then write to
+/// the compiled-in home. This puts the owner and mode back when the test ends.
+pub struct RestoreQueueProgram {
+    path: std::path::PathBuf,
+    saved: Option<(u32, u32, u32)>,
+}
+
+impl RestoreQueueProgram {
+    pub fn new() -> RestoreQueueProgram {
+        let path = bin("quill-queue");
+        let saved = quill::admin::owner_mode(&path);
+        RestoreQueueProgram { path, saved }
+    }
+}
+
+impl Drop for RestoreQueueProgram {
+    fn drop(&mut self) {
+        if let Some((uid, gid, mode)) = self.saved {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::os::unix::fs::chown(&self.path, Some(uid), Some(gid));
+            let _ = std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(mode));
+        }
+    }
+}
