@@ -15,10 +15,10 @@
 #![forbid(unsafe_code)]
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::client::WebPkiServerVerifier;
 use rustls::{
     CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme,
     StreamOwned,
@@ -211,9 +211,8 @@ pub fn verified(ca_file: &Path, names: AcceptedNames) -> Result<Arc<ClientConfig
     if roots.is_empty() {
         return Err(format!("no usable certificate in {}", ca_file.display()));
     }
-    let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-        .build()
-        .map_err(|e| e.to_string())?;
+    let chain =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build().map_err(|e| e.to_string())?;
     let verifier = DestinationVerifier { chain, names };
     let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()

@@ -456,13 +456,31 @@ mod tests {
         };
         drop_ourselves(&mut plan, b"example.com", &ours).unwrap();
         assert_eq!(plan.hosts, vec![host(5, "198.51.100.1")]);
-        let mut plan = Plan { hosts: vec![host(10, "127.0.0.5")], port: 25, from_routes: false, named_relay: false, notes: vec![] };
+        let mut plan = Plan {
+            hosts: vec![host(10, "127.0.0.5")],
+            port: 25,
+            from_routes: false,
+            named_relay: false,
+            notes: vec![],
+        };
         let failure = drop_ourselves(&mut plan, b"example.com", &ours).unwrap_err();
         assert_eq!(failure.outcome, Outcome::Permanent);
         assert!(failure.text.contains("MX points back to me: configuration error (#5.4.6)"));
-        let mut plan = Plan { hosts: vec![host(10, "127.0.0.5")], port: 2525, from_routes: true, named_relay: false, notes: vec![] };
+        let mut plan = Plan {
+            hosts: vec![host(10, "127.0.0.5")],
+            port: 2525,
+            from_routes: true,
+            named_relay: false,
+            notes: vec![],
+        };
         drop_ourselves(&mut plan, b"example.com", &ours).unwrap();
-        let mut plan = Plan { hosts: vec![host(10, "::ffff:192.0.2.9")], port: 25, from_routes: true, named_relay: false, notes: vec![] };
+        let mut plan = Plan {
+            hosts: vec![host(10, "::ffff:192.0.2.9")],
+            port: 25,
+            from_routes: true,
+            named_relay: false,
+            notes: vec![],
+        };
         assert!(drop_ourselves(&mut plan, b"example.com", &ours).is_err());
     }
 

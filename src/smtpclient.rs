@@ -40,8 +40,9 @@ pub const DEFAULT_TOTAL_SECONDS: u64 = 1800;
 /// (10 kB/s; a 25 MB message adds 42 minutes to the default half hour).
 pub const BYTES_PER_SECOND: u64 = 10_000;
 /// How long quill-rspawn waits past a run's deadline before it kills it: quill-remote itself
-/// stops at the deadline, then spends at most [`QUIT_TIMEOUT`] on QUIT; this is well above.
-pub const KILL_MARGIN: Duration = Duration::from_secs(30);
+/// stops at the deadline, then spends at most [`QUIT_TIMEOUT`] on QUIT and the TLS goodbye;
+/// this must stay above that.
+pub const KILL_MARGIN: Duration = Duration::from_secs(10);
 
 /// The time one quill-remote run may take for a message of `stored_size` bytes (as stored in
 /// the queue, from the message start), with `timeoutremotetotal` = `total_seconds`. quill-remote
@@ -152,7 +153,8 @@ impl Message {
 
     /// A message from bytes (tests).
     pub fn from_bytes(bytes: Vec<u8>) -> Message {
-        let mut message = Message { body: Body::Memory(bytes), wire_size: 0, stored_size: 0, eight_bit: false, utf8_header: false };
+        let mut message =
+            Message { body: Body::Memory(bytes), wire_size: 0, stored_size: 0, eight_bit: false, utf8_header: false };
         let _ = message.scan();
         message
     }
@@ -568,7 +570,10 @@ enum Attempt {
 /// the permanent failure of the whole message when the sender cannot be written; and per
 /// recipient its path or the text of its permanent failure. Nothing that fails here is
 /// ever written to a server.
-pub fn envelope_paths(sender: &[u8], recipients: &[Vec<u8>]) -> Result<(Vec<u8>, Vec<Result<Vec<u8>, String>>), String> {
+pub fn envelope_paths(
+    sender: &[u8],
+    recipients: &[Vec<u8>],
+) -> Result<(Vec<u8>, Vec<Result<Vec<u8>, String>>), String> {
     let sender_path = smtp::envelope_path(sender, PathKind::Reverse).map_err(|e| {
         format!(
             "Sorry, the sender address <{}> cannot be written in an SMTP command ({}). (#5.1.7)",

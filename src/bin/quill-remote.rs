@@ -7,7 +7,7 @@
 //! result for the message, each a letter, a text and a NUL (doc/quill-remote.8).
 //! fd 2: warnings about the configuration.
 //! The whole run ends by its deadline (`timeoutremotetotal` plus one second per 10,000 bytes
-//! of the message, smtpclient::total_time); quill-rspawn kills it 30 s after that.
+//! of the message, smtpclient::total_time); quill-rspawn kills it 10 s after that.
 //! Exit: 0 whenever a report was written (the outcome is in the report); 100 for a usage
 //! error; 111 if the report could not be written.
 //! Man page: doc/quill-remote.8.
