@@ -1111,6 +1111,52 @@ mod tests {
         drop(thread);
     }
 
+    #[test]
+    fn label_bytes_that_change_a_name_are_escaped() {
+        // Question "x", one CNAME answer whose target is the single label "te.st".
+        let mut p = vec![0, 1, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+        p.extend_from_slice(b"\x01x\x00\x00\x05\x00\x01");
+        p.extend_from_slice(&[0xc0, 12, 0, 5, 0, 1, 0, 0, 0, 60, 0, 7]);
+        p.extend_from_slice(b"\x05te.st\x00");
+        let m = decode(&p).unwrap();
+        let Data::Cname(target) = &m.answers[0].data else { panic!("not a CNAME") };
+        assert_eq!(target, b"te\\046st");
+        assert!(!is_host_name(target));
+        assert!(is_host_name(b"mx-1.example_domain.test"));
+        for bad in [&b"a b"[..], b"a\\.b", b"a..b", b"", b"-\x00", &[b'a'; 64]] {
+            assert!(!is_host_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hostile_cnames_cost_a_bounded_number_of_queries() {
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        // Every answer: the question's name is a CNAME for the one label "test." (the
+        // audit's packet, which made the old loop ask forever).
+        let (server, thread) = udp_server(
+            move |q, _| {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut packet =
+                    reply_to(q, 0x8180, vec![rr(&q.questions[0].0, TYPE_CNAME, Data::Cname(b"xxxxx".to_vec()))]);
+                let at = packet.windows(7).rposition(|w| w == b"\x05xxxxx\x00").unwrap();
+                packet[at + 1..at + 6].copy_from_slice(b"test.");
+                vec![packet]
+            },
+            MAX_QUERIES + 5,
+        );
+        let err = resolver(vec![server]).mx(b"victim.test").unwrap_err();
+        assert_eq!(err.outcome(), Outcome::Temporary);
+        assert!(err.text().contains("invalid CNAME target"), "{}", err.text());
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+        drop(thread);
+        // Past the deadline nothing is asked at all.
+        let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let err =
+            resolver(vec![silent.local_addr().unwrap()]).lookup_until(b"x.test", TYPE_A, Instant::now()).unwrap_err();
+        assert!(err.text().contains("out of time"), "{}", err.text());
+    }
+
     /// A deterministic generator for the fuzz loop (xorshift64*).
     struct Rng(u64);
     impl Rng {
