@@ -1362,7 +1362,7 @@ fn rspawn_kills_a_delivery_past_its_deadline() {
     let bin = common::TempDir::new("rspawnbin");
     std::fs::copy(common::bin("quill-rspawn"), bin.path().join("quill-rspawn")).expect("copy quill-rspawn");
     let pidfile = bin.path().join("child.pid");
-    let script = format!("#!/bin/sh\nsleep 300 &\necho $! > {}\nwait\n", pidfile.display());
+    let script = format!("#!/bin/sh\nsleep 300 &\necho $! $$ > {}\nwait\n", pidfile.display());
     std::fs::write(bin.path().join("quill-remote"), script).expect("write fake quill-remote");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(bin.path().join("quill-remote"), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -1385,14 +1385,24 @@ fn rspawn_kills_a_delivery_past_its_deadline() {
         let _ = stdout.read_to_end(&mut out);
         out
     });
+    let mut stderr = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut err = String::new();
+        let _ = stderr.read_to_string(&mut err);
+        err
+    });
     let done = common::wait_for(Duration::from_secs(50), || matches!(child.try_wait(), Ok(Some(_))));
+    let pids = std::fs::read_to_string(&pidfile).unwrap_or_default();
     if !done {
+        // Clean up what quill-rspawn left running (it holds our stderr pipe).
         let _ = child.kill();
+        for pid in pids.split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
     }
     let status = child.wait().unwrap();
     let out = reader.join().unwrap();
-    let mut err = String::new();
-    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    let err = err_reader.join().unwrap();
     assert!(done && status.success(), "quill-rspawn did not end: {status:?} {err}");
     let mut frames = quill::spawnproto::Reader::default();
     frames.push(&out);
@@ -1404,7 +1414,7 @@ fn rspawn_kills_a_delivery_past_its_deadline() {
     assert!(text.contains("deadline") && text.contains("timeoutremotetotal"), "{text}");
     assert!(err.contains("quill-rspawn: warning: unable to wait longer for quill-remote"), "{err}");
     // The fake's own child went with it (the whole process group was killed).
-    let pid = std::fs::read_to_string(&pidfile).unwrap_or_default().trim().to_string();
+    let pid = pids.split_whitespace().next().unwrap_or_default().to_string();
     let gone = common::wait_for(Duration::from_secs(5), || {
         !Path::new(&format!("/proc/{pid}")).exists()
             || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
