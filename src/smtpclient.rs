@@ -566,14 +566,19 @@ enum Attempt {
     TlsFailed(String),
 }
 
-/// The envelope as paths for MAIL and RCPT ([`smtp::envelope_path`]): the sender's path, or
-/// the permanent failure of the whole message when the sender cannot be written; and per
-/// recipient its path or the text of its permanent failure. Nothing that fails here is
-/// ever written to a server.
-pub fn envelope_paths(
-    sender: &[u8],
-    recipients: &[Vec<u8>],
-) -> Result<(Vec<u8>, Vec<Result<Vec<u8>, String>>), String> {
+/// The envelope written as paths for MAIL and RCPT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Paths {
+    /// The sender's path (`<>` for the null sender).
+    pub sender: Vec<u8>,
+    /// Per recipient, in order: its path, or the text of its permanent failure.
+    pub recipients: Vec<Result<Vec<u8>, String>>,
+}
+
+/// The envelope as paths for MAIL and RCPT ([`smtp::envelope_path`]); Err is the text of the
+/// permanent failure of the whole message when the sender cannot be written. Nothing that
+/// fails here is ever written to a server.
+pub fn envelope_paths(sender: &[u8], recipients: &[Vec<u8>]) -> Result<Paths, String> {
     let sender_path = smtp::envelope_path(sender, PathKind::Reverse).map_err(|e| {
         format!(
             "Sorry, the sender address <{}> cannot be written in an SMTP command ({}). (#5.1.7)",
@@ -593,7 +598,7 @@ pub fn envelope_paths(
             })
         })
         .collect();
-    Ok((sender_path, recipients))
+    Ok(Paths { sender: sender_path, recipients })
 }
 
 fn path_problem(error: smtp::PathError) -> &'static str {
@@ -1195,7 +1200,8 @@ mod tests {
     #[test]
     fn unwritable_addresses_fail_alone() {
         let recipients = vec![b"ok@x.test".to_vec(), b"bad\r\nRSET@x.test".to_vec(), b"a b@x.test".to_vec()];
-        let (sender, paths) = envelope_paths(b"x> RET=HDRS ENVID=injected@b.example", &recipients).unwrap();
+        let Paths { sender, recipients: paths } =
+            envelope_paths(b"x> RET=HDRS ENVID=injected@b.example", &recipients).unwrap();
         assert_eq!(sender, b"<\"x> RET=HDRS ENVID=injected\"@b.example>");
         assert_eq!(paths[0].as_deref(), Ok(&b"<ok@x.test>"[..]));
         assert!(paths[1].as_ref().is_err_and(|t| t.contains("#5.1.3") && t.contains("bad??RSET")), "{paths:?}");

@@ -78,10 +78,11 @@ fn run(domain: &[u8], sender: &[u8], recipients: &[Vec<u8>]) -> Report {
     settings.deadline = start + smtpclient::total_time(settings.total_seconds, message.stored_size);
     // Addresses that cannot be written as paths never reach the wire: a bad sender fails
     // the message, a bad recipient fails alone.
-    let (sender_path, paths) = match smtpclient::envelope_paths(sender, recipients) {
-        Ok(paths) => paths,
-        Err(text) => return Report::all(count, Outcome::Permanent, text),
-    };
+    let smtpclient::Paths { sender: sender_path, recipients: paths } =
+        match smtpclient::envelope_paths(sender, recipients) {
+            Ok(paths) => paths,
+            Err(text) => return Report::all(count, Outcome::Permanent, text),
+        };
     let mut sendable = Vec::new();
     let mut refused = Vec::new();
     for (i, path) in paths.into_iter().enumerate() {
