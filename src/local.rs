@@ -579,18 +579,19 @@ enum Flow {
     Stop,
 }
 
-/// `Delivered-To: local@domain` and a newline.
+/// `Delivered-To: local@domain` and a newline (controls in the address shown as `?`).
 pub fn dtline(recipient: &[u8]) -> Vec<u8> {
     let mut line = b"Delivered-To: ".to_vec();
-    line.extend_from_slice(recipient);
+    line.extend_from_slice(&crate::header::field_safe(recipient));
     line.push(b'\n');
     line
 }
 
-/// `Return-Path: <sender>` and a newline.
+/// `Return-Path: <sender>` and a newline. The sender is whatever a client gave at MAIL FROM or
+/// a local user to sendmail -f; controls in it are shown as `?`.
 pub fn rpline(sender: &[u8]) -> Vec<u8> {
     let mut line = b"Return-Path: <".to_vec();
-    line.extend_from_slice(sender);
+    line.extend_from_slice(&crate::header::field_safe(sender));
     line.extend_from_slice(b">\n");
     line
 }

@@ -175,7 +175,7 @@ impl Stats {
             let domain = if domain.is_empty() {
                 "(no domain)".to_string()
             } else {
-                String::from_utf8_lossy(&domain).into_owned()
+                crate::log::safe(&domain)
             };
             // A delivery number is reused after it ends; a bounded map guards against logs
             // whose result lines are missing.
