@@ -423,7 +423,7 @@ fn run_dialogue(path: &Path) -> Result<(), String> {
                 }
                 "env" => {
                     let (name, value) = value.split_once('=').unwrap_or((value, ""));
-                    setup = setup.env(name, value);
+                    setup = setup.env(name, &String::from_utf8_lossy(&unescape(value)));
                 }
                 "auth" => setup = setup.auth(),
                 "tls" => setup.tls = true,
