@@ -214,8 +214,9 @@ fn wait_ready(
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let wait = PollTimeout::try_from(i32::try_from(left.as_millis()).unwrap_or(i32::MAX))
-            .unwrap_or(PollTimeout::MAX);
+        // Rounded up, so that a wait cut short by a deadline ends at or after it.
+        let millis = left.as_micros().div_ceil(1000);
+        let wait = PollTimeout::try_from(i32::try_from(millis).unwrap_or(i32::MAX)).unwrap_or(PollTimeout::MAX);
         let mut fds = vec![PollFd::new(fd, events)];
         if let Some(signals) = signals {
             fds.push(PollFd::new(signals, PollFlags::POLLIN));
