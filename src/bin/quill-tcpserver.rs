@@ -420,7 +420,12 @@ fn lookup_and_exec(args: &[OsString]) -> ExitCode {
         });
     }
     if let Ok(Some(host)) = receiver.recv_timeout(Duration::from_secs(seconds)) {
-        command.env("TCPREMOTEHOST", host.to_ascii_lowercase());
+        // Whoever controls the address's reverse zone chose this name: only a host name's
+        // characters are passed on, to a program that may write it into headers and logs.
+        let plain = host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+        if plain && !host.is_empty() && host.len() <= 253 {
+            command.env("TCPREMOTEHOST", host.to_ascii_lowercase());
+        }
     }
     let error = command.exec();
     log::fatal(&format!("unable to run {}: {error}", name.to_string_lossy()));
