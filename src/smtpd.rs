@@ -137,8 +137,7 @@ impl Config {
         if stress {
             timeout = timeout.min(STRESS_TIMEOUT);
         }
-        let session_time =
-            Duration::from_secs(control.number("timeoutsmtpdsession", DEFAULT_SESSION_TIME)?.max(1));
+        let session_time = Duration::from_secs(control.number("timeoutsmtpdsession", DEFAULT_SESSION_TIME)?.max(1));
         let data_time = Duration::from_secs(control.number("timeoutsmtpddata", DEFAULT_DATA_TIME)?.max(1));
         let tls = match control.line("tlscert")? {
             None => None,

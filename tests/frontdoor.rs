@@ -152,8 +152,13 @@ fn idle_connections_do_not_lock_out_a_legitimate_client() {
         let mut s = connect_from(q.address(), "127.0.0.1");
         let greeting = reply(&mut s);
         if greeting.starts_with("220") {
-            let answer =
-                send_message(&mut s, b"legit.example", b"a@legit.example", "someone@localhost", b"Subject: in\r\n\r\nhi\r\n");
+            let answer = send_message(
+                &mut s,
+                b"legit.example",
+                b"a@legit.example",
+                "someone@localhost",
+                b"Subject: in\r\n\r\nhi\r\n",
+            );
             command(&mut s, b"QUIT", "221");
             delivered = Some(answer);
             break;

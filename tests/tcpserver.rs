@@ -511,10 +511,9 @@ fn same_environment_as_ucspi_tcp_tcpserver() {
 #[test]
 fn stress_is_announced_above_eighty_percent() {
     let script = "echo stress=${QUILL_STRESS--}; read line";
-    let server =
-        Server::start_with(bin("quill-tcpserver").as_os_str(), &["-c", "5"], "127.0.0.1", script, |command| {
-            command.env("QUILL_STRESS", "1");
-        });
+    let server = Server::start_with(bin("quill-tcpserver").as_os_str(), &["-c", "5"], "127.0.0.1", script, |command| {
+        command.env("QUILL_STRESS", "1");
+    });
     let mut held = Vec::new();
     for n in 0..4 {
         let stream = connect(server.address("127.0.0.1"), None);
