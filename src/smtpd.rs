@@ -625,6 +625,8 @@ impl Session {
     }
 
     fn serve(&mut self) -> End {
+        // The deadlines hold from the first byte, the implicit TLS handshake included.
+        self.state.deadline.set(Some(self.deadline()));
         if self.config.implicit_tls {
             if let Err(end) = self.start_tls() {
                 return end;
