@@ -150,7 +150,8 @@ pub fn compose(b: &Bounce) -> Vec<u8> {
         }
     };
     push(&mut out, &[b"From: ", b.from, b"\n"]);
-    push(&mut out, &[b"To: ", b.to, b"\n"]);
+    // The bounce goes to the envelope sender, which the original client chose.
+    push(&mut out, &[b"To: ", &crate::header::field_safe(b.to), b"\n"]);
     let subject: &[u8] =
         if b.double { b"Subject: failure notice (undeliverable bounce)\n" } else { b"Subject: failure notice\n" };
     push(&mut out, &[subject]);

@@ -268,8 +268,44 @@ pub fn commit(layout: &Layout, header: &Header, received: &[u8], mut message: Me
     Ok(id)
 }
 
-/// The whole of quill-queue: set up, read, commit. Returns the queue id.
-pub fn run() -> Result<u64> {
+/// How a run of quill-queue ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Done {
+    /// The message is queued under this id.
+    Queued(u64),
+    /// The caller closed the envelope before its first byte: the qmail-queue way to abandon a
+    /// message (quill-smtpd refusing an oversized or smuggled message it has been streaming).
+    /// Nothing is queued, the exit code is 54 as qmail-queue's, and nothing is logged: the
+    /// caller has already said why.
+    Abandoned,
+}
+
+/// A reader that counts what it hands out, to tell an empty envelope from a broken one.
+struct Counted<'a, R> {
+    inner: &'a mut R,
+    count: usize,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n;
+        Ok(n)
+    }
+}
+
+/// Read the envelope; None when the caller sent not one byte of it (an abandoned message).
+pub fn read_envelope(input: &mut impl Read) -> Result<Option<Envelope>> {
+    let mut counted = Counted { inner: input, count: 0 };
+    match Envelope::read_from(&mut counted) {
+        Ok(envelope) => Ok(Some(envelope)),
+        Err(e) if counted.count == 0 && e.code == qq::READ_ERROR => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The whole of quill-queue: set up, read, commit.
+pub fn run() -> Result<Done> {
     let (secs, _) = stamp();
     crate::sys::umask(0o027);
     // A caller may set a file size limit; the write must then fail (and be cleaned up), not
@@ -291,10 +327,12 @@ pub fn run() -> Result<u64> {
 
     let received = received_line(pid, &Invoker::lookup(real_uid), secs);
     let message = read_message(&mut Fd(0), &layout.tmp())?;
-    let envelope = Envelope::read_from(&mut Fd(1))?;
+    let Some(envelope) = read_envelope(&mut Fd(1))? else {
+        return Ok(Done::Abandoned);
+    };
     crate::sys::cancel_alarm();
     let header = Header { uid: real_uid, pid, time: secs, envelope };
-    commit(&layout, &header, &received, message)
+    commit(&layout, &header, &received, message).map(Done::Queued)
 }
 
 #[cfg(test)]
@@ -322,6 +360,15 @@ mod tests {
             self.1 += n;
             Ok(n)
         }
+    }
+
+    #[test]
+    fn an_empty_envelope_is_an_abandoned_message() {
+        assert_eq!(read_envelope(&mut Trickle(Vec::new(), 0)).unwrap(), None);
+        let half = read_envelope(&mut Trickle(b"Fa@b".to_vec(), 0)).unwrap_err();
+        assert_eq!(half.code, qq::READ_ERROR);
+        let whole = read_envelope(&mut Trickle(b"Fa@b\0Tc@d\0\0".to_vec(), 0)).unwrap().unwrap();
+        assert_eq!(whole.recipients, vec![b"c@d".to_vec()]);
     }
 
     #[test]

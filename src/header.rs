@@ -346,6 +346,26 @@ pub fn push_quoted(out: &mut Vec<u8>, text: &[u8]) {
     out.push(b'"');
 }
 
+/// A header field value made from bytes someone else chose (an envelope address in
+/// Return-Path, Delivered-To, a bounce's To): UTF-8 text is kept (RFC 6532), while controls
+/// (CR and LF above all, but also ESC, NUL and C1), bidi overrides and bytes that are not UTF-8
+/// become `?`, so the field stays one line and shows nothing a terminal would act on.
+pub fn field_safe(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\t' || !(c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')) {
+                let mut buffer = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buffer).as_bytes());
+            } else {
+                out.push(b'?');
+            }
+        }
+        out.extend(chunk.invalid().iter().map(|_| b'?'));
+    }
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -489,5 +509,13 @@ mod tests {
                 assert!(is_name(f.name));
             }
         }
+    }
+
+    #[test]
+    fn field_safe_keeps_one_harmless_line() {
+        assert_eq!(field_safe(b"a@b.example"), b"a@b.example".to_vec());
+        assert_eq!(field_safe(b"\x1b[2Jx\r\ny\0@b"), b"?[2Jx??y?@b".to_vec());
+        assert_eq!(field_safe("j\u{f6}rg\u{202e}@b".as_bytes()), "j\u{f6}rg?@b".as_bytes().to_vec());
+        assert_eq!(field_safe(b"\xff@b"), b"?@b".to_vec());
     }
 }

@@ -8,8 +8,10 @@ use std::ffi::OsString;
 use std::io;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStringExt;
 use std::process::Command;
+use std::time::Duration;
 
 /// The listen address from the command line: an IPv4 or IPv6 address (brackets allowed), or
 /// tcpserver's `0` for every IPv4 address. Host names are refused: there is no DNS to ask.
@@ -116,6 +118,14 @@ pub enum Over {
     PerClient,
 }
 
+/// One running connection: whom it serves, and a copy of its socket, kept so that the
+/// listener can see how long the client has been silent.
+#[derive(Debug)]
+struct Entry {
+    client: ClientKey,
+    socket: Option<OwnedFd>,
+}
+
 /// The running connections: which child serves which client, and the limits.
 #[derive(Debug)]
 pub struct Table {
@@ -123,8 +133,20 @@ pub struct Table {
     pub limit: usize,
     /// At most this many from one client (`-C`).
     pub per_client: u32,
-    children: HashMap<i32, ClientKey>,
+    children: HashMap<i32, Entry>,
     clients: HashMap<ClientKey, u32>,
+}
+
+/// A connection picked to make room: its child, its client and how long that client has
+/// been silent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Idlest {
+    /// The child's process id.
+    pub pid: i32,
+    /// Its client.
+    pub client: ClientKey,
+    /// How long the client has sent nothing.
+    pub silent: Duration,
 }
 
 impl Table {
@@ -159,15 +181,46 @@ impl Table {
         Ok(())
     }
 
-    /// Count a new child serving `client`.
-    pub fn add(&mut self, pid: i32, client: ClientKey) {
-        self.children.insert(pid, client);
+    /// Whether the next connection starts under stress: it would take the table above 80 % of
+    /// the limit (Postfix's processes get `stress=yes` only at 100 %; starting earlier leaves
+    /// the stressed sessions room to finish before the table is full).
+    pub fn stressed(&self) -> bool {
+        (self.children.len() + 1) * 5 > self.limit * 4
+    }
+
+    /// Count a new child serving `client`, with a copy of its socket if one can be kept.
+    pub fn add(&mut self, pid: i32, client: ClientKey, socket: Option<OwnedFd>) {
+        self.children.insert(pid, Entry { client, socket });
         *self.clients.entry(client).or_insert(0) += 1;
     }
 
-    /// Forget a child that ended; false if it was not ours (the table is unchanged).
+    /// The connection to close to make room: the one whose client has been silent longest,
+    /// at least `minimum`; between equally silent ones, the one whose client holds the most
+    /// connections. `silence` tells how long the client behind a socket has sent nothing.
+    pub fn idlest(&self, minimum: Duration, silence: impl Fn(&OwnedFd) -> Option<Duration>) -> Option<Idlest> {
+        let mut best: Option<(Idlest, u32)> = None;
+        for (&pid, entry) in &self.children {
+            let Some(silent) = entry.socket.as_ref().and_then(&silence) else { continue };
+            if silent < minimum {
+                continue;
+            }
+            let held = self.clients.get(&entry.client).copied().unwrap_or(0);
+            let candidate = Idlest { pid, client: entry.client, silent };
+            let better = match &best {
+                None => true,
+                Some((b, b_held)) => (silent, held, pid) > (b.silent, *b_held, b.pid),
+            };
+            if better {
+                best = Some((candidate, held));
+            }
+        }
+        best.map(|(idlest, _)| idlest)
+    }
+
+    /// Forget a child that ended (or was told to end); false if it was not ours (the table is
+    /// unchanged).
     pub fn remove(&mut self, pid: i32) -> bool {
-        let Some(client) = self.children.remove(&pid) else { return false };
+        let Some(Entry { client, .. }) = self.children.remove(&pid) else { return false };
         if let Some(count) = self.clients.get_mut(&client) {
             *count -= 1;
             if *count == 0 {
@@ -292,15 +345,49 @@ mod tests {
         let two = ClientKey::of("192.0.2.2".parse().expect("ip"));
         let mut t = Table::new(3, 2);
         assert_eq!(t.check(one), Ok(()));
-        t.add(10, one);
-        t.add(11, one);
+        t.add(10, one, None);
+        t.add(11, one, None);
         assert_eq!(t.check(one), Err(Over::PerClient));
         assert_eq!(t.check(two), Ok(()));
-        t.add(12, two);
+        t.add(12, two, None);
         assert_eq!(t.check(two), Err(Over::Total));
         assert!(t.remove(10));
         assert!(!t.remove(10));
         assert_eq!(t.check(one), Ok(()));
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn stress_above_eighty_percent() {
+        let one = ClientKey::of("192.0.2.1".parse().expect("ip"));
+        let mut t = Table::new(10, 10);
+        for pid in 0..7 {
+            t.add(pid, one, None);
+        }
+        assert!(!t.stressed(), "the 8th of 10 is at 80 %, not above");
+        t.add(7, one, None);
+        assert!(t.stressed());
+    }
+
+    #[test]
+    fn idlest_is_the_longest_silent_then_the_busiest_client() {
+        // A socket stands for its silence: pipes make real descriptors, and the test's silence
+        // function maps their numbers to made-up durations.
+        use std::os::fd::AsRawFd;
+        let one = ClientKey::of("192.0.2.1".parse().expect("ip"));
+        let two = ClientKey::of("192.0.2.2".parse().expect("ip"));
+        let mut t = Table::new(10, 10);
+        let mut silences = HashMap::new();
+        for (pid, client, seconds) in [(1, one, 3), (2, one, 30), (3, two, 30), (4, two, 1)] {
+            let (read, _write) = nix::unistd::pipe().expect("pipe");
+            silences.insert(read.as_raw_fd(), Duration::from_secs(seconds));
+            t.add(pid, client, Some(read));
+        }
+        t.add(5, two, None);
+        let silence = |fd: &OwnedFd| silences.get(&fd.as_raw_fd()).copied();
+        let pick = t.idlest(Duration::from_secs(5), silence).expect("a pick");
+        // 2 and 3 are equally silent; client two holds three connections, client one two.
+        assert_eq!((pick.pid, pick.client), (3, two));
+        assert_eq!(t.idlest(Duration::from_secs(60), silence), None);
     }
 }

@@ -579,18 +579,19 @@ enum Flow {
     Stop,
 }
 
-/// `Delivered-To: local@domain` and a newline.
+/// `Delivered-To: local@domain` and a newline (controls in the address shown as `?`).
 pub fn dtline(recipient: &[u8]) -> Vec<u8> {
     let mut line = b"Delivered-To: ".to_vec();
-    line.extend_from_slice(recipient);
+    line.extend_from_slice(&crate::header::field_safe(recipient));
     line.push(b'\n');
     line
 }
 
-/// `Return-Path: <sender>` and a newline.
+/// `Return-Path: <sender>` and a newline. The sender is whatever a client gave at MAIL FROM or
+/// a local user to sendmail -f; controls in it are shown as `?`.
 pub fn rpline(sender: &[u8]) -> Vec<u8> {
     let mut line = b"Return-Path: <".to_vec();
-    line.extend_from_slice(sender);
+    line.extend_from_slice(&crate::header::field_safe(sender));
     line.extend_from_slice(b">\n");
     line
 }
@@ -602,7 +603,9 @@ pub fn ufline(sender: &[u8], time: u64) -> Vec<u8> {
     if sender.is_empty() {
         line.extend_from_slice(b"MAILER-DAEMON");
     } else {
-        line.extend(sender.iter().map(|&b| if b == b' ' || b == b'\t' { b'_' } else { b }));
+        // Blanks would split the line for mbox readers; controls are shown as `?`.
+        let shown = crate::header::field_safe(sender);
+        line.extend(shown.iter().map(|&b| if b == b' ' || b == b'\t' { b'_' } else { b }));
     }
     line.push(b' ');
     line.extend_from_slice(crate::date::asctime(time).as_bytes());
@@ -685,5 +688,14 @@ mod tests {
         assert_eq!(without_components(b"mail.example.com", 1), b"mail.example");
         assert_eq!(without_components(b"mail.example.com", 3), b"mail");
         assert_eq!(ufline(b"", 0), b"From MAILER-DAEMON Thu Jan  1 00:00:00 1970\n".to_vec());
+    }
+
+    /// Audit item 13: the lines Quill writes from an envelope address carry no control byte.
+    #[test]
+    fn written_lines_escape_controls() {
+        let evil = b"a\x1b[2J b\x07@x";
+        assert_eq!(rpline(evil), b"Return-Path: <a?[2J b?@x>\n".to_vec());
+        assert_eq!(dtline(evil), b"Delivered-To: a?[2J b?@x\n".to_vec());
+        assert!(ufline(evil, 0).starts_with(b"From a?[2J_b?@x Thu"));
     }
 }

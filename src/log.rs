@@ -17,14 +17,26 @@ pub fn program() -> &'static str {
     PROGRAM.get().copied().unwrap_or("quill")
 }
 
+/// How a character of a log line is written: line ends as `/` so that one event stays one
+/// line, other controls (ESC above all: logs are read on terminals) as `?`. This is the net
+/// under every caller; bytes from outside still go through [`safe`] first.
+fn shown(c: char) -> char {
+    match c {
+        '\n' | '\r' => '/',
+        '\t' => c,
+        c if c.is_control() => '?',
+        c => c,
+    }
+}
+
 /// Write one log line to stderr: "PROGRAM: TEXT". Newlines inside `text` are replaced so that
-/// one event stays one line.
+/// one event stays one line, and other controls too.
 pub fn line(text: &str) {
     let mut out = String::with_capacity(text.len() + 32);
     out.push_str(program());
     out.push_str(": ");
     for c in text.chars() {
-        out.push(if c == '\n' || c == '\r' { '/' } else { c });
+        out.push(shown(c));
     }
     out.push('\n');
     let _ = std::io::stderr().lock().write_all(out.as_bytes());
@@ -34,7 +46,7 @@ pub fn line(text: &str) {
 pub fn raw(text: &str) {
     let mut out = String::with_capacity(text.len() + 1);
     for c in text.chars() {
-        out.push(if c == '\n' || c == '\r' { '/' } else { c });
+        out.push(shown(c));
     }
     out.push('\n');
     let _ = std::io::stderr().lock().write_all(out.as_bytes());
@@ -53,4 +65,50 @@ pub fn fatal(text: &str) {
 /// Render bytes from the outside world for a log line: printable ASCII kept, the rest as `?`.
 pub fn safe(bytes: &[u8]) -> String {
     bytes.iter().map(|&b| if (0x20..0x7f).contains(&b) { b as char } else { '?' }).collect()
+}
+
+/// Whether a character must not reach a terminal as it is: C0 and C1 controls, DEL, and the
+/// bidirectional overrides and isolates that make text read in another order than it is.
+fn is_dangerous(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+}
+
+/// Render text from outside (a message's header, say) for a person's terminal, keeping its
+/// lines: newlines, tabs, printable ASCII and UTF-8 characters are kept; every other byte (ESC,
+/// CR, other controls, bytes that are not UTF-8) and every bidi override appears as `\xHH` or
+/// `\u{HHHH}`, and a backslash as `\\`, so that nothing is lost and no escape sequence reaches
+/// the terminal.
+pub fn safe_text(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\n' | '\t' => out.push(c),
+                '\\' => out.push_str("\\\\"),
+                c if is_dangerous(c) && (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+                c if is_dangerous(c) => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        for &b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_text_escapes_what_a_terminal_would_act_on() {
+        assert_eq!(safe_text(b"Subject: hi\n\tthere\n"), "Subject: hi\n\tthere\n");
+        assert_eq!(safe_text(b"Subject: \x1b[2J\x1b]0;owned\x07\r\n"), "Subject: \\x1b[2J\\x1b]0;owned\\x07\\x0d\n");
+        assert_eq!(safe_text("caf\u{e9} \u{202e}txt.exe\u{9b}1m".as_bytes()), "caf\u{e9} \\u{202e}txt.exe\\u{009b}1m");
+        assert_eq!(safe_text(b"a\\x1b \xff\xfe"), "a\\\\x1b \\xff\\xfe");
+        assert_eq!(safe(b"\x1b[31mred"), "?[31mred");
+        let line: String = "a\x1b[2J\r\nb\u{9b}\tc".chars().map(shown).collect();
+        assert_eq!(line, "a?[2J//b?\tc");
+    }
 }

@@ -4,7 +4,9 @@
 //! capped at 1000 bytes (a longer one is skipped to its end without being stored), message data
 //! is streamed to the queue program as it arrives. Replies are collected and sent when no
 //! complete command is waiting in the buffer (RFC 2920 §3.2), so a pipelining client gets one
-//! packet per batch. Every read and write has the `timeoutsmtpd` deadline; every count a client
+//! packet per batch. Every read and write has the `timeoutsmtpd` deadline, and the session as a
+//! whole, each message's DATA, and (under stress) the wait for MAIL have overall deadlines on
+//! top, so a client that drips a byte at a time cannot keep a slot for long; every count a client
 //! controls (commands, errors, recipients, bytes, hops) has a cap with its own reply and log line.
 #![forbid(unsafe_code)]
 
@@ -37,8 +39,23 @@ pub const MAX_ERRORS: u32 = 10;
 pub const MAX_HOPS: usize = 100;
 /// Default for control/maxrcpt.
 pub const DEFAULT_MAXRCPT: u64 = 1000;
-/// Default for control/timeoutsmtpd, in seconds.
+/// Default for control/timeoutsmtpd, in seconds: the longest wait for one read or write.
 pub const DEFAULT_TIMEOUT: u64 = 1200;
+/// Default for control/databytes when the file is missing (25 MiB, the order of Postfix's
+/// message_size_limit): without a limit one client can fill the queue's disk. An explicit 0
+/// still means no limit.
+pub const DEFAULT_DATABYTES: u64 = 26_214_400;
+/// Default for control/timeoutsmtpdsession, in seconds: the longest a whole session may last.
+pub const DEFAULT_SESSION_TIME: u64 = 3600;
+/// Default for control/timeoutsmtpddata, in seconds: the longest one message's DATA may take
+/// (25 MiB in 30 minutes needs about 120 kbit/s).
+pub const DEFAULT_DATA_TIME: u64 = 1800;
+/// Under stress (QUILL_STRESS=1 from quill-tcpserver, near its connection limit): the per-read
+/// timeout, as Postfix's `smtpd_timeout = ${stress?10}` …
+pub const STRESS_TIMEOUT: Duration = Duration::from_secs(10);
+/// … and the longest a session may go without an open mail transaction (from the greeting, and
+/// after each message) before MAIL.
+pub const STRESS_IDLE: Duration = Duration::from_secs(20);
 /// Bytes a session may send in all, when databytes gives no limit.
 pub const MAX_SESSION_BYTES: u64 = 16 << 30;
 /// How long a checkpassword program may take.
@@ -56,12 +73,20 @@ pub struct Config {
     pub greeting: Vec<u8>,
     /// control/rcpthosts, normalised: the domains we accept mail for from anyone.
     pub rcpthosts: Vec<Vec<u8>>,
-    /// DATABYTES or control/databytes: the largest message, 0 for no limit.
+    /// DATABYTES or control/databytes (default [`DEFAULT_DATABYTES`]): the largest message, 0
+    /// for no limit.
     pub databytes: u64,
     /// control/maxrcpt: recipients per message.
     pub maxrcpt: usize,
-    /// control/timeoutsmtpd: the deadline of every read and write.
+    /// control/timeoutsmtpd: the deadline of every read and write (shorter under stress).
     pub timeout: Duration,
+    /// control/timeoutsmtpdsession: the deadline of the whole session.
+    pub session_time: Duration,
+    /// control/timeoutsmtpddata: the deadline of one message's DATA.
+    pub data_time: Duration,
+    /// QUILL_STRESS=1: the listener is near its connection limit; short timeouts, and MAIL must
+    /// come within [`STRESS_IDLE`].
+    pub stress: bool,
     /// RELAYCLIENT: present means the client may relay; its value is appended to recipients.
     pub relayclient: Option<Vec<u8>>,
     /// TCPREMOTEIP.
@@ -104,10 +129,16 @@ impl Config {
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
                 .ok_or_else(|| Error::queue(qq::CONFIG_ERROR, "unable to parse DATABYTES: not a number"))?,
-            None => control.number("databytes", 0)?,
+            None => control.number("databytes", DEFAULT_DATABYTES)?,
         };
         let maxrcpt = control.number("maxrcpt", DEFAULT_MAXRCPT)?.clamp(1, MAX_RECIPIENTS as u64) as usize;
-        let timeout = Duration::from_secs(control.number("timeoutsmtpd", DEFAULT_TIMEOUT)?.max(1));
+        let stress = env_flag("QUILL_STRESS");
+        let mut timeout = Duration::from_secs(control.number("timeoutsmtpd", DEFAULT_TIMEOUT)?.max(1));
+        if stress {
+            timeout = timeout.min(STRESS_TIMEOUT);
+        }
+        let session_time = Duration::from_secs(control.number("timeoutsmtpdsession", DEFAULT_SESSION_TIME)?.max(1));
+        let data_time = Duration::from_secs(control.number("timeoutsmtpddata", DEFAULT_DATA_TIME)?.max(1));
         let tls = match control.line("tlscert")? {
             None => None,
             Some(cert) => {
@@ -135,6 +166,9 @@ impl Config {
             databytes,
             maxrcpt,
             timeout,
+            session_time,
+            data_time,
+            stress,
             relayclient: env_bytes("RELAYCLIENT"),
             remote_ip: std::env::var("TCPREMOTEIP").unwrap_or_else(|_| "unknown".to_string()),
             remote_host: std::env::var("TCPREMOTEHOST").unwrap_or_default(),
@@ -148,52 +182,102 @@ impl Config {
     }
 }
 
-/// Wait until `fd` is ready for `events`, at most `timeout`.
-fn wait_ready(fd: BorrowedFd<'_>, events: nix::poll::PollFlags, timeout: Duration) -> io::Result<()> {
-    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+/// Which overall deadline a session is under (besides the per-read timeout).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// control/timeoutsmtpdsession: the whole session.
+    Session,
+    /// control/timeoutsmtpddata: one message's DATA.
+    Data,
+    /// Under stress: the wait for MAIL.
+    Idle,
+}
+
+/// What the session and its wire share: the deadline now in force, and whether SIGTERM came.
+#[derive(Default)]
+struct WireState {
+    deadline: std::cell::Cell<Option<(Instant, Limit)>>,
+    terminated: std::cell::Cell<bool>,
+}
+
+/// Wait until `fd` is ready for `events`, at most `timeout`, or until SIGTERM arrives on the
+/// signal pipe (an error of kind `Other`, with `terminated` set).
+fn wait_ready(
+    fd: BorrowedFd<'_>,
+    events: nix::poll::PollFlags,
+    timeout: Duration,
+    signals: Option<BorrowedFd<'_>>,
+    state: &WireState,
+) -> io::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let deadline = Instant::now() + timeout;
-    let mut left = millis;
     loop {
-        let mut fds = [nix::poll::PollFd::new(fd, events)];
-        let wait = nix::poll::PollTimeout::try_from(left).unwrap_or(nix::poll::PollTimeout::MAX);
-        match nix::poll::poll(&mut fds, wait) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Rounded up, so that a wait cut short by a deadline ends at or after it.
+        let millis = left.as_micros().div_ceil(1000);
+        let wait = PollTimeout::try_from(i32::try_from(millis).unwrap_or(i32::MAX)).unwrap_or(PollTimeout::MAX);
+        let mut fds = vec![PollFd::new(fd, events)];
+        if let Some(signals) = signals {
+            fds.push(PollFd::new(signals, PollFlags::POLLIN));
+        }
+        match poll(&mut fds, wait) {
             Ok(0) => return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")),
-            Ok(_) => return Ok(()),
-            Err(nix::errno::Errno::EINTR) => {
-                left = i32::try_from(deadline.saturating_duration_since(Instant::now()).as_millis()).unwrap_or(0);
+            Ok(_) => {
+                if fds.get(1).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty()) {
+                    state.terminated.set(true);
+                    return Err(io::Error::other("terminated by SIGTERM"));
+                }
+                return Ok(());
             }
+            Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
     }
 }
 
 /// The connection as tcpserver gave it: fd 0 to read, fd 1 to write, each call bounded by the
-/// session's timeout. Works on sockets and pipes alike.
+/// session's timeout and by the overall deadline in force. Works on sockets and pipes alike.
 pub struct Wire {
     input: File,
     output: File,
     timeout: Duration,
+    signals: Option<std::os::fd::OwnedFd>,
+    state: std::rc::Rc<WireState>,
 }
 
 impl Wire {
     /// Copies of fd 0 and fd 1 (close-on-exec, so no child inherits the connection).
-    pub fn stdio(timeout: Duration) -> io::Result<Wire> {
+    fn stdio(timeout: Duration, state: std::rc::Rc<WireState>) -> io::Result<Wire> {
         let input = File::from(io::stdin().as_fd().try_clone_to_owned()?);
         let output = File::from(io::stdout().as_fd().try_clone_to_owned()?);
-        Ok(Wire { input, output, timeout })
+        // SIGTERM (from quill-tcpserver making room, or a supervisor) ends the session with a
+        // 421 at the next wait instead of killing it mid-reply.
+        let signals = crate::sys::signal_pipe(&[libc::SIGTERM]).ok();
+        Ok(Wire { input, output, timeout, signals, state })
+    }
+
+    /// The per-call timeout, cut short by the overall deadline.
+    fn wait(&self, fd: BorrowedFd<'_>, events: nix::poll::PollFlags) -> io::Result<()> {
+        let mut timeout = self.timeout;
+        if let Some((deadline, _)) = self.state.deadline.get() {
+            timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
+        }
+        // Once SIGTERM has been seen (its byte stays in the pipe), the closing 421 must still go out.
+        let signals = self.signals.as_ref().filter(|_| !self.state.terminated.get()).map(|s| s.as_fd());
+        wait_ready(fd, events, timeout, signals, &self.state)
     }
 }
 
 impl Read for Wire {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        wait_ready(self.input.as_fd(), nix::poll::PollFlags::POLLIN, self.timeout)?;
+        self.wait(self.input.as_fd(), nix::poll::PollFlags::POLLIN)?;
         self.input.read(buf)
     }
 }
 
 impl Write for Wire {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        wait_ready(self.output.as_fd(), nix::poll::PollFlags::POLLOUT, self.timeout)?;
+        self.wait(self.output.as_fd(), nix::poll::PollFlags::POLLOUT)?;
         self.output.write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -216,6 +300,10 @@ pub enum End {
     Eof,
     /// A read or write took longer than timeoutsmtpd.
     Timeout,
+    /// An overall deadline passed.
+    Deadline(Limit),
+    /// SIGTERM: quill-tcpserver made room for another client, or the service is stopping.
+    Terminated,
     /// Reading failed.
     ReadError(String),
     /// Writing failed.
@@ -236,6 +324,10 @@ impl End {
             End::Quit => "quit".to_string(),
             End::Eof => "eof".to_string(),
             End::Timeout => "timeout".to_string(),
+            End::Deadline(Limit::Session) => "deadline: the session lasted too long".to_string(),
+            End::Deadline(Limit::Data) => "deadline: the message data took too long".to_string(),
+            End::Deadline(Limit::Idle) => "deadline: no MAIL in time while the server is busy".to_string(),
+            End::Terminated => "terminated".to_string(),
             End::ReadError(e) => format!("read error: {e}"),
             End::WriteError(e) => format!("write error: {e}"),
             End::TooManyErrors => "too many errors".to_string(),
@@ -277,6 +369,14 @@ pub struct Session {
     errors: u32,
     bytes_in: u64,
     session_limit: u64,
+    /// The deadline in force, shared with the wire.
+    state: std::rc::Rc<WireState>,
+    /// When the session began (control/timeoutsmtpdsession counts from here).
+    started: Instant,
+    /// When the current message's data began, while it is being read.
+    data_started: Option<Instant>,
+    /// Since when no transaction has been open (STRESS_IDLE counts from here).
+    idle_since: Instant,
     /// quill-send's rewriting and quill-lspawn's lookup, loaded at the first local RCPT.
     recipients: std::cell::OnceCell<std::result::Result<(SendConfig, Checker), String>>,
 }
@@ -468,7 +568,8 @@ fn reap_children() {
 impl Session {
     /// A session over fd 0/1.
     pub fn new(config: Config) -> io::Result<Session> {
-        let wire = Wire::stdio(config.timeout)?;
+        let state = std::rc::Rc::new(WireState::default());
+        let wire = Wire::stdio(config.timeout, state.clone())?;
         let session_limit =
             if config.databytes == 0 { MAX_SESSION_BYTES } else { config.databytes.saturating_mul(32).max(64 << 20) };
         Ok(Session {
@@ -489,6 +590,10 @@ impl Session {
             errors: 0,
             bytes_in: 0,
             session_limit,
+            state,
+            started: Instant::now(),
+            data_started: None,
+            idle_since: Instant::now(),
             recipients: std::cell::OnceCell::new(),
         })
     }
@@ -520,6 +625,8 @@ impl Session {
     }
 
     fn serve(&mut self) -> End {
+        // The deadlines hold from the first byte, the implicit TLS handshake included.
+        self.state.deadline.set(Some(self.deadline()));
         if self.config.implicit_tls {
             if let Err(end) = self.start_tls() {
                 return end;
@@ -565,14 +672,51 @@ impl Session {
             Transport::Closed => Ok(()),
         };
         self.output.clear();
-        result.map_err(
-            |e| if e.kind() == io::ErrorKind::TimedOut { End::Timeout } else { End::WriteError(e.to_string()) },
-        )
+        result.map_err(|e| self.io_end(e, false))
+    }
+
+    /// The overall deadline now in force: the session's, or sooner the message data's, or
+    /// under stress the wait for MAIL.
+    fn deadline(&self) -> (Instant, Limit) {
+        let mut deadline = (self.started + self.config.session_time, Limit::Session);
+        let sooner = match self.data_started {
+            Some(began) => Some((began + self.config.data_time, Limit::Data)),
+            None if self.config.stress && self.transaction.is_none() => {
+                Some((self.idle_since + STRESS_IDLE, Limit::Idle))
+            }
+            None => None,
+        };
+        if let Some(sooner) = sooner.filter(|s| s.0 < deadline.0) {
+            deadline = sooner;
+        }
+        deadline
+    }
+
+    /// How a failed read or write ends the session: SIGTERM, an overall deadline, the per-call
+    /// timeout, or an error.
+    fn io_end(&self, e: io::Error, reading: bool) -> End {
+        if self.state.terminated.get() {
+            return End::Terminated;
+        }
+        if e.kind() == io::ErrorKind::TimedOut {
+            if let Some((deadline, limit)) = self.state.deadline.get() {
+                if Instant::now() >= deadline {
+                    return End::Deadline(limit);
+                }
+            }
+            return End::Timeout;
+        }
+        if reading {
+            End::ReadError(e.to_string())
+        } else {
+            End::WriteError(e.to_string())
+        }
     }
 
     /// Read more input. Replies go out first: we only wait for the client when it has nothing
     /// more for us to answer (RFC 2920).
     fn fill(&mut self) -> std::result::Result<(), End> {
+        self.state.deadline.set(Some(self.deadline()));
         self.flush()?;
         if self.start > 0 {
             self.input.copy_within(self.start..self.end, 0);
@@ -602,12 +746,21 @@ impl Session {
                     Ok(())
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                    let text = format!("4.4.2 {} timeout, closing connection", self.me());
+                Err(e) => {
+                    let end = self.io_end(e, true);
+                    let why = match end {
+                        End::Timeout => "timeout",
+                        End::Deadline(Limit::Session) => "session time limit reached",
+                        End::Deadline(Limit::Data) => "message data time limit reached",
+                        End::Deadline(Limit::Idle) => "server busy and no MAIL in time",
+                        End::Terminated => "server busy or stopping",
+                        _ => return Err(end),
+                    };
+                    let status = if end == End::Terminated { "4.3.2" } else { "4.4.2" };
+                    let text = format!("{status} {} {why}, closing connection", self.me());
                     self.reply(421, &text);
-                    Err(End::Timeout)
+                    Err(end)
                 }
-                Err(e) => Err(End::ReadError(e.to_string())),
             };
         }
     }
@@ -973,6 +1126,7 @@ impl Session {
             s.write(received.as_bytes());
         }
         self.reply(354, "go ahead, end with <CRLF>.<CRLF>");
+        self.data_started = Some(Instant::now());
 
         let mut parser = DataParser::default();
         let mut hops = HopCounter::default();
@@ -987,7 +1141,9 @@ impl Session {
             hops.feed(&chunk);
             let too_big = self.config.databytes > 0 && size > self.config.databytes;
             if too_big || parser.bare_line_end || hops.hops >= MAX_HOPS {
-                // Refused at the end; the queue program is fed no more and later gets no envelope.
+                // Refused at the end. The queue program is fed no more and gets no envelope:
+                // closing both pipes before the first envelope byte is the qmail-queue way to
+                // abandon a message, which quill-queue takes quietly (doc/quill-queue.8).
                 submission = None;
             } else if let Some(s) = submission.as_mut() {
                 s.write(&chunk);
@@ -1000,18 +1156,21 @@ impl Session {
             // envelope and queues nothing.
             self.fill()?;
         }
+        self.data_started = None;
+        self.idle_since = Instant::now();
 
+        // A refused message gets exactly one log line, the `message` line below, with the
+        // reason in it; the queue program it was streamed to says nothing.
         let too_big = self.config.databytes > 0 && size > self.config.databytes;
+        let mut detail = String::new();
         let (code, text, qp) = if parser.bare_line_end {
+            detail = " (refused: SMTP smuggling attempt or broken client)".to_string();
             (550, "5.6.0 message refused: bare CR or LF in the data; lines must end with CRLF".to_string(), 0)
         } else if too_big {
-            crate::log::line(&format!(
-                "limit {} message size {size} over databytes {}",
-                self.config.remote_ip, self.config.databytes
-            ));
+            detail = format!(" (refused: size {size} over databytes {})", self.config.databytes);
             (552, "5.3.4 message size exceeds fixed maximum message size".to_string(), 0)
         } else if hops.hops >= MAX_HOPS {
-            crate::log::line(&format!("limit {} too many hops ({})", self.config.remote_ip, hops.hops));
+            detail = format!(" (refused: {} hops)", hops.hops);
             (554, "5.4.6 too many hops, this message is looping".to_string(), 0)
         } else {
             let envelope = Envelope { sender: transaction.sender.clone(), recipients: transaction.recipients.clone() };
@@ -1028,7 +1187,7 @@ impl Session {
             }
         };
         crate::log::line(&format!(
-            "message {} id={id} from=<{}> rcpts={} bytes={written} qp={qp} result={code} {text}",
+            "message {} id={id} from=<{}> rcpts={} bytes={written} qp={qp} result={code} {text}{detail}",
             self.config.remote_ip,
             header_safe(&transaction.sender, 200),
             transaction.recipients.len(),

@@ -317,3 +317,30 @@ pub fn raise_descriptor_limit() -> io::Result<u64> {
     }
     Ok(limit.rlim_cur)
 }
+
+/// How long the peer of a TCP socket has sent us no data (Linux `TCP_INFO`,
+/// `tcpi_last_data_recv`; for a peer that never sent anything, the time since the connection
+/// was set up). None when the kernel does not tell. quill-tcpserver reads it on its own copy of
+/// each connection's socket to find the idlest session without knowing the protocol.
+pub fn tcp_silence(socket: std::os::fd::BorrowedFd<'_>) -> Option<std::time::Duration> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain integers; all zeros is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut length = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the pointer and length describe `info`; the kernel writes at most `length` bytes
+    // and reports how many it wrote.
+    let status = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut libc::tcp_info as *mut libc::c_void,
+            &mut length,
+        )
+    };
+    // tcpi_last_data_recv sits in the part of the struct every kernel since 2.6 fills.
+    if status != 0 || (length as usize) < 64 {
+        return None;
+    }
+    Some(std::time::Duration::from_millis(u64::from(info.tcpi_last_data_recv)))
+}

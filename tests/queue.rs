@@ -162,7 +162,12 @@ fn malformed_envelopes_leave_nothing() {
         let home = home("queue-bad", &[]);
         let run = run_queue(home.path(), b"Subject: x\n\nbody\n", &bytes);
         assert_eq!(run.code, Some(code), "{what}: stderr {}", run.stderr);
-        assert!(run.stderr.starts_with("quill-queue: fatal: "), "{what}: {}", run.stderr);
+        if what == "empty" {
+            // Closed before its first byte: the caller abandoned the message and says why.
+            assert_eq!(run.stderr, "", "{what}");
+        } else {
+            assert!(run.stderr.starts_with("quill-queue: fatal: "), "{what}: {}", run.stderr);
+        }
         assert_empty(home.path());
     }
 }

@@ -423,7 +423,7 @@ fn run_dialogue(path: &Path) -> Result<(), String> {
                 }
                 "env" => {
                     let (name, value) = value.split_once('=').unwrap_or((value, ""));
-                    setup = setup.env(name, value);
+                    setup = setup.env(name, &String::from_utf8_lossy(&unescape(value)));
                 }
                 "auth" => setup = setup.auth(),
                 "tls" => setup.tls = true,
@@ -907,4 +907,87 @@ fn unknown_local_recipients_are_refused_at_rcpt() {
     // A domain we are only a backup MX for (in rcpthosts, not local) is not ours to judge.
     client.command("RCPT TO:<whoever@a.sub.example.org>", "250 2.1.5");
     client.command("QUIT", "221");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deadlines that hold under attack (audit item 11b, 11d)
+
+/// Send `line` every `pause` until the server answers something other than `keep` (bounded:
+/// at most `rounds` commands); returns that answer.
+fn drip_until_refused(client: &mut Client, line: &str, keep: &str, pause: Duration, rounds: usize) -> String {
+    for _ in 0..rounds {
+        client.send(format!("{line}\r\n").as_bytes());
+        let Some(reply) = client.reply() else { return String::new() };
+        if !reply.starts_with(keep) {
+            return reply;
+        }
+        std::thread::sleep(pause);
+    }
+    panic!("still served after {rounds} rounds of {line}");
+}
+
+/// A client that keeps each read short but never leaves (a NOOP at a time) meets the session
+/// deadline (before: only the per-read timeout existed, and this client stayed for ever).
+#[test]
+fn session_deadline_ends_a_dripping_client() {
+    let server = Server::start(&Setup::new().control("timeoutsmtpdsession", "2")).expect("server");
+    let mut client = server.connect();
+    client.expect("220");
+    let reply = drip_until_refused(&mut client, "NOOP", "250", Duration::from_millis(200), 200);
+    assert!(reply.starts_with("421 4.4.2") && reply.contains("session time limit"), "{reply}");
+    assert!(client.closed());
+    assert!(server.log().contains("deadline: the session lasted too long"));
+}
+
+/// Message data dripped a line at a time meets the DATA deadline; nothing is queued.
+#[test]
+fn data_deadline_ends_a_dripping_message() {
+    let server = Server::start(&Setup::new().control("timeoutsmtpddata", "2")).expect("server");
+    let mut client = server.connect();
+    client.expect("220");
+    client.command("EHLO test", "250");
+    client.command("MAIL FROM:<a@b.example>", "250");
+    client.command("RCPT TO:<u@example.com>", "250");
+    client.command("DATA", "354");
+    let mut tcp = client.tcp.try_clone().expect("clone");
+    let writer = std::thread::spawn(move || {
+        for _ in 0..200 {
+            if tcp.write_all(b"a line\r\n").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let reply = client.reply().unwrap_or_default();
+    assert!(reply.starts_with("421 4.4.2") && reply.contains("data time limit"), "{reply}");
+    let _ = writer.join();
+    assert!(server.queued().is_empty());
+    let log = server.log();
+    assert!(log.contains("deadline: the message data took too long"), "{log}");
+}
+
+/// Under stress (QUILL_STRESS=1 from quill-tcpserver) a session that does not start a mail
+/// transaction soon is closed, even if it keeps talking.
+#[test]
+fn stress_closes_a_session_without_mail() {
+    let server = Server::start(&Setup::new().env("QUILL_STRESS", "1")).expect("server");
+    let mut client = server.connect();
+    client.expect("220");
+    let reply = drip_until_refused(&mut client, "NOOP", "250", Duration::from_millis(500), 200);
+    assert!(reply.starts_with("421 4.4.2") && reply.contains("no MAIL in time"), "{reply}");
+    assert!(server.log().contains("deadline: no MAIL in time while the server is busy"));
+}
+
+/// SIGTERM (quill-tcpserver making room) ends an idle session with a 421, not a reset.
+#[test]
+fn sigterm_ends_a_session_with_421() {
+    let server = Server::start(&Setup::new()).expect("server");
+    let mut client = server.connect();
+    client.expect("220");
+    client.command("EHLO test", "250");
+    let pid = nix::unistd::Pid::from_raw(server.pids()[0] as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM).expect("kill");
+    client.expect("421 4.3.2");
+    assert!(client.closed());
+    assert!(server.log().contains("messages=0 terminated"));
 }

@@ -505,3 +505,57 @@ fn same_environment_as_ucspi_tcp_tcpserver() {
     }
     assert_eq!(ours.output_from("127.0.0.4"), "");
 }
+
+/// Above 80 % of -c a new connection's program gets QUILL_STRESS=1 (quill-smtpd then shortens
+/// its deadlines); below, none, even when the server itself was started with one.
+#[test]
+fn stress_is_announced_above_eighty_percent() {
+    let script = "echo stress=${QUILL_STRESS--}; read line";
+    let server = Server::start_with(bin("quill-tcpserver").as_os_str(), &["-c", "5"], "127.0.0.1", script, |command| {
+        command.env("QUILL_STRESS", "1");
+    });
+    let mut held = Vec::new();
+    for n in 0..4 {
+        let stream = connect(server.address("127.0.0.1"), None);
+        assert_eq!(read_line(&stream), "stress=-\n", "connection {}", n + 1);
+        held.push(stream);
+    }
+    let fifth = connect(server.address("127.0.0.1"), None);
+    assert_eq!(read_line(&fifth), "stress=1\n");
+}
+
+/// A full table makes room for a new client by ending the session whose client has been
+/// silent longest (at least 5 s), instead of refusing the newcomer (audit item 11d).
+#[test]
+fn full_table_ends_the_idlest_session_for_a_newcomer() {
+    let server = Server::start(&["-c", "2"], "127.0.0.1", HOLD);
+    let held: Vec<TcpStream> =
+        ["127.0.0.2", "127.0.0.3"].iter().map(|from| connect(server.address("127.0.0.1"), Some(from))).collect();
+    for stream in &held {
+        assert_eq!(read_line(stream), "hi\n");
+    }
+    // Refused while the held sessions are young; let in once one has been idle long enough.
+    let mut got_in = false;
+    for _ in 0..60 {
+        let newcomer = connect(server.address("127.0.0.1"), Some("127.0.0.4"));
+        if read_line(&newcomer) == "hi\n" {
+            got_in = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let log = server.log();
+    assert!(got_in, "never let in; log:\n{log}");
+    assert!(log.contains("idle") && log.contains("making room for 127.0.0.4:"), "{log}");
+    // The dropped session's program was ended: its client reads the end of the connection;
+    // the other is still held.
+    let ended = held
+        .iter()
+        .filter(|s| {
+            s.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+            let mut reader: &TcpStream = s;
+            matches!(reader.read(&mut [0u8; 16]), Ok(0))
+        })
+        .count();
+    assert_eq!(ended, 1, "{log}");
+}

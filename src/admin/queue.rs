@@ -231,7 +231,7 @@ pub fn show(entry: &Entry, now: u64, body: bool) -> String {
         }
         message.truncate(MAX_SHOWN_HEADER);
     }
-    out.push_str(&String::from_utf8_lossy(&message));
+    out.push_str(&crate::log::safe_text(&message));
     out
 }
 

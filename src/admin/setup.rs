@@ -171,6 +171,8 @@ fn control_files(home: &Path, report: &mut Report) {
     write_new(&control.join("locals"), &list, report);
     write_new(&control.join("rcpthosts"), &list, report);
     write_new(&control.join("tcprules"), DEFAULT_TCPRULES, report);
+    // Written out, not only compiled in, so the administrator sees the limit and can change it.
+    write_new(&control.join("databytes"), &format!("{}\n", crate::smtpd::DEFAULT_DATABYTES), report);
 }
 
 /// The rules the service directories' quill-tcpserver reads (`-x control/tcprules`): this

@@ -172,11 +172,7 @@ impl Stats {
             let rcpt = rest.split_once(" to ").map(|(_, r)| r).unwrap_or("");
             let rcpt = rcpt.strip_prefix("local ").or_else(|| rcpt.strip_prefix("remote ")).unwrap_or(rcpt);
             let domain = crate::address::normal_domain(crate::address::split(rcpt.as_bytes()).1);
-            let domain = if domain.is_empty() {
-                "(no domain)".to_string()
-            } else {
-                String::from_utf8_lossy(&domain).into_owned()
-            };
+            let domain = if domain.is_empty() { "(no domain)".to_string() } else { crate::log::safe(&domain) };
             // A delivery number is reused after it ends; a bounded map guards against logs
             // whose result lines are missing.
             if self.pending.len() < 100_000 {

@@ -186,8 +186,10 @@ pub fn report(home: &Path, filter_home: bool) -> String {
         );
         let left = until.parse::<u64>().unwrap_or(0).saturating_sub(now);
         out.push_str(&format!(
-            "  {domain}: {failures} failures, next try in {}, {parked} deliveries waiting: {error}\n",
-            super::age(left)
+            "  {}: {failures} failures, next try in {}, {parked} deliveries waiting: {}\n",
+            crate::log::safe(domain.as_bytes()),
+            super::age(left),
+            crate::log::safe(error.as_bytes())
         ));
     }
     let last = std::fs::read_to_string(layout.info().join("errors")).unwrap_or_default();
@@ -198,7 +200,7 @@ pub fn report(home: &Path, filter_home: bool) -> String {
     for line in last.lines().rev() {
         let (time, rest) = line.split_once(' ').unwrap_or(("0", line));
         let ago = now.saturating_sub(time.parse().unwrap_or(now));
-        out.push_str(&format!("  {} ago: {rest}\n", super::age(ago)));
+        out.push_str(&format!("  {} ago: {}\n", super::age(ago), crate::log::safe(rest.as_bytes())));
     }
     out
 }

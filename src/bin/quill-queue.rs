@@ -6,7 +6,8 @@
 //! the message. fd 2: diagnostics.
 //! Exit codes: the qmail-queue table (`quill::fail::qq`): 0 queued; 11 address too long;
 //! 51 out of memory; 52 timeout; 53 write error or disk full; 54 cannot read message or
-//! envelope; 61 home, 62 queue, 63 queue/tmp, 66 queue/todo trouble; 91 envelope format error.
+//! envelope (silently when the envelope is closed before its first byte: the caller abandoned
+//! the message); 61 home, 62 queue, 63 queue/tmp, 66 queue/todo trouble; 91 envelope format error.
 //! Contract: doc/quill-queue.8; file format: doc/queue-format.5.
 #![forbid(unsafe_code)]
 
@@ -15,7 +16,9 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     quill::log::init("quill-queue");
     match quill::enqueue::run() {
-        Ok(_) => ExitCode::SUCCESS,
+        Ok(quill::enqueue::Done::Queued(_)) => ExitCode::SUCCESS,
+        // The caller gave up on the message and logs why; a line here would only mislead.
+        Ok(quill::enqueue::Done::Abandoned) => ExitCode::from(quill::fail::qq::READ_ERROR),
         Err(e) => {
             quill::log::fatal(&e.message);
             ExitCode::from(e.exit_code())

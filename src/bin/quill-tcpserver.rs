@@ -3,7 +3,9 @@
 //! Job: bind HOST:PORT, drop privileges, then for each connection run PROGRAM in a child with
 //! the socket on fd 0 and fd 1 and the UCSPI-TCP variables (PROTO, TCPLOCALIP, TCPREMOTEIP, …)
 //! in its environment; enforce the total (`-c`) and per-client (`-C`) limits and the rules file
-//! (`-x`, doc/tcprules.5); reap the children; reload the rules on SIGHUP; stop on SIGTERM.
+//! (`-x`, doc/tcprules.5); above 80 % of `-c` start new sessions with QUILL_STRESS=1, and when
+//! the table is full end the idlest session (SIGTERM) to let a new client in; reap the
+//! children; reload the rules on SIGHUP; stop on SIGTERM.
 //! Runs as: root (to bind a port below 1024) and then `-u`/`-g` (quilld), or any user.
 //! Fds: 0 unused, 1 the bound port with `-1`, 2 the log. Children: socket on 0 and 1, log on 2.
 //! Exit: 0 after SIGTERM, 100 on a usage error, 111 when it cannot start (bind, ids, rules).
@@ -25,6 +27,11 @@ use std::time::{Duration, Instant};
 /// connection's own process, which then execs PROGRAM, so a slow resolver never stalls the
 /// accept loop.
 const LOOKUP: &str = "--quill-tcpserver-lookup";
+
+/// A full table makes room only by ending a session whose client has sent nothing for at least
+/// this long: longer than any client pauses while it talks (it waits for our replies, which
+/// come within a second or two, not for itself), shorter than an attacker's idle hold.
+const MINIMUM_IDLE: Duration = Duration::from_secs(5);
 
 const USAGE: &str = "usage: quill-tcpserver [ -1UXvqQhHrRPoOdDw ] [ -c limit ] [ -C per-client ] \
                      [ -x rules ] [ -B banner ] [ -m refusal ] [ -g gid ] [ -u uid ] [ -b backlog ] \
@@ -56,6 +63,8 @@ struct Config {
     local_name: Option<String>,
     lookup: bool,
     nodelay: bool,
+    /// `-t`: how long the `-h` name lookup may take before the program runs without it.
+    lookup_timeout: u32,
     verbosity: Verbosity,
 }
 
@@ -111,7 +120,7 @@ fn parse_options(args: &[String]) -> Result<Config, String> {
     if limit == 0 || per_client == 0 {
         return Err("-c and -C need at least 1".to_string());
     }
-    let _timeout: u32 = number(&m, "t", 26)?;
+    let lookup_timeout: u32 = number(&m, "t", 26)?;
     Ok(Config {
         address: SocketAddr::new(host, port),
         program: m.free[2..].iter().map(OsString::from).collect(),
@@ -133,6 +142,7 @@ fn parse_options(args: &[String]) -> Result<Config, String> {
         local_name: m.opt_str("l"),
         lookup: last("h", "H"),
         nodelay: last("D", "d"),
+        lookup_timeout,
         verbosity,
     })
 }
@@ -193,6 +203,9 @@ impl Server {
         if self.table.check(client).is_err() {
             reap(self);
         }
+        if self.table.check(client) == Err(Over::Total) {
+            self.make_room(remote);
+        }
         if let Err(over) = self.table.check(client) {
             let why = match over {
                 Over::Total => format!("too many connections ({}/{})", self.table.len(), self.config.limit),
@@ -217,17 +230,21 @@ impl Server {
         }
         let mut command = self.command(local, remote, rule.as_ref().map_or(&[][..], |r| &r.env[..]));
         let socket = OwnedFd::from(stream);
-        match socket.try_clone() {
-            Ok(copy) => command.stdin(Stdio::from(socket)).stdout(Stdio::from(copy)),
-            Err(e) => {
+        // Besides the child's fd 0 and fd 1, our own close-on-exec copy of the socket, to see
+        // how long the client has been silent when room must be made (and its FIN waits for
+        // the reap, which follows the child's exit at once).
+        let (input, watch) = match (socket.try_clone(), socket.try_clone()) {
+            (Ok(input), watch) => (input, watch.ok()),
+            (Err(e), _) => {
                 self.log(Verbosity::Normal, &format!("warning: unable to duplicate the socket of {remote}: {e}"));
                 return;
             }
         };
+        command.stdin(Stdio::from(input)).stdout(Stdio::from(socket));
         match command.spawn() {
             Ok(child) => {
                 let pid = child.id() as i32;
-                self.table.add(pid, client);
+                self.table.add(pid, client, watch);
                 self.log(Verbosity::Verbose, &format!("pid {pid} from {remote}"));
                 self.log(Verbosity::Verbose, &format!("ok {pid} {local} :{remote}"));
                 self.status();
@@ -239,14 +256,40 @@ impl Server {
         }
     }
 
+    /// The table is full: end the session whose client has been silent longest (at least
+    /// MINIMUM_IDLE), so that `remote` can come in. The child gets SIGTERM (quill-smtpd answers
+    /// 421 and closes) and leaves the table at once; it is reaped when it exits.
+    fn make_room(&mut self, remote: SocketAddr) {
+        use std::os::fd::AsFd;
+        let Some(idlest) = self.table.idlest(MINIMUM_IDLE, |socket| quill::sys::tcp_silence(socket.as_fd())) else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(idlest.pid);
+        if nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM).is_err() {
+            // Already gone: reaping will free its slot.
+            return;
+        }
+        self.table.remove(idlest.pid);
+        self.log(
+            Verbosity::Normal,
+            &format!(
+                "drop {} from {}: idle {} s, making room for {remote}",
+                idlest.pid,
+                idlest.client,
+                idlest.silent.as_secs()
+            ),
+        );
+    }
+
     /// The command for one connection: PROGRAM (through the lookup helper with `-h`) with the
     /// UCSPI-TCP variables, stale ones removed, then the rule's variables on top.
+    /// QUILL_STRESS=1 marks a session started above 80 % of the limit (a rule may override it).
     fn command(&self, local: SocketAddr, remote: SocketAddr, env: &[(String, Vec<u8>)]) -> Command {
         let program = &self.config.program;
         let mut command = match (&self.self_exe, self.config.lookup) {
             (Some(exe), true) => {
                 let mut c = Command::new(exe);
-                c.arg(LOOKUP).args(program);
+                c.arg(LOOKUP).arg(self.config.lookup_timeout.to_string()).args(program);
                 c
             }
             _ => {
@@ -255,6 +298,11 @@ impl Server {
                 c
             }
         };
+        if self.table.stressed() {
+            command.env("QUILL_STRESS", "1");
+        } else {
+            command.env_remove("QUILL_STRESS");
+        }
         let local_name = self.config.local_name.clone().unwrap_or_else(|| local.ip().to_string());
         listener::set_environment(&mut command, local, remote, &local_name, env);
         command
@@ -355,14 +403,29 @@ fn run(server: &mut Server, listener: TcpListener, signals: OwnedFd) {
     }
 }
 
-/// The `-h` helper: look up TCPREMOTEHOST, then become PROGRAM.
-fn lookup_and_exec(program: &[OsString]) -> ExitCode {
+/// The `-h` helper: look up TCPREMOTEHOST, for at most the `-t` seconds given first, then
+/// become PROGRAM. The lookup runs in a thread so that a resolver that never answers only
+/// costs the wait (exec ends the thread).
+fn lookup_and_exec(args: &[OsString]) -> ExitCode {
+    let Some((seconds, program)) = args.split_first() else { return ExitCode::from(100) };
+    let seconds: u64 = seconds.to_str().and_then(|s| s.parse().ok()).unwrap_or(26);
     let Some(name) = program.first() else { return ExitCode::from(100) };
     let mut command = Command::new(name);
     command.args(&program[1..]).env_remove("TCPREMOTEHOST");
-    let remote = std::env::var("TCPREMOTEIP").ok().and_then(|ip| ip.parse().ok());
-    if let Some(host) = remote.and_then(quill::sys::reverse_name) {
-        command.env("TCPREMOTEHOST", host.to_ascii_lowercase());
+    let remote: Option<std::net::IpAddr> = std::env::var("TCPREMOTEIP").ok().and_then(|ip| ip.parse().ok());
+    let (sender, receiver) = std::sync::mpsc::channel();
+    if let Some(ip) = remote {
+        std::thread::spawn(move || {
+            let _ = sender.send(quill::sys::reverse_name(ip));
+        });
+    }
+    if let Ok(Some(host)) = receiver.recv_timeout(Duration::from_secs(seconds)) {
+        // Whoever controls the address's reverse zone chose this name: only a host name's
+        // characters are passed on, to a program that may write it into headers and logs.
+        let plain = host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+        if plain && !host.is_empty() && host.len() <= 253 {
+            command.env("TCPREMOTEHOST", host.to_ascii_lowercase());
+        }
     }
     let error = command.exec();
     log::fatal(&format!("unable to run {}: {error}", name.to_string_lossy()));

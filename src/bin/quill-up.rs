@@ -13,6 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode};
 use std::time::{Duration, Instant};
 
+/// Concurrent SMTP sessions without `-c`: in total, and from one client address.
+const DEFAULT_SESSIONS: u32 = 100;
+const DEFAULT_PER_CLIENT: u32 = 20;
+
 struct Options {
     dir: PathBuf,
     listen: Option<(String, String)>,
@@ -84,6 +88,8 @@ fn setup(o: &Options) -> Result<(), String> {
     locals.extend(o.domains.iter().map(|d| d.to_ascii_lowercase()));
     let list = locals.join("\n") + "\n";
     write_new(&control.join("me"), "localhost\n").map_err(|e| err("write control/me", e))?;
+    write_new(&control.join("databytes"), &format!("{}\n", quill::smtpd::DEFAULT_DATABYTES))
+        .map_err(|e| err("write control/databytes", e))?;
     // locals and rcpthosts follow -D on every start, so adding a domain is one restart away.
     std::fs::write(control.join("locals"), &list).map_err(|e| err("write control/locals", e))?;
     std::fs::write(control.join("rcpthosts"), &list).map_err(|e| err("write control/rcpthosts", e))?;
@@ -249,9 +255,10 @@ fn main() -> ExitCode {
     if let Some((host, port)) = &o.listen {
         let mut argv: Vec<OsString> = vec![program("quill-tcpserver").into()];
         argv.extend(["-x".into(), dir.join("control/tcprules").into_os_string()]);
-        if let Some((max, per)) = &o.sessions {
-            argv.extend(["-c".into(), max.into(), "-C".into(), per.into()]);
-        }
+        // Without -c: 100 sessions, as Postfix's default process limit, 20 from one client, so
+        // that it takes five addresses to fill the table (and quill-tcpserver then makes room).
+        let (max, per) = o.sessions.clone().unwrap_or((DEFAULT_SESSIONS.to_string(), DEFAULT_PER_CLIENT.to_string()));
+        argv.extend(["-c".into(), max.into(), "-C".into(), per.into()]);
         argv.extend([host.into(), port.into(), program("quill-smtpd").into()]);
         services.push(Service { name: "quill-smtpd", argv, child: None, started: Instant::now() });
         quill::log::line(&format!("instance {} with SMTP on {host}:{port}", dir.display()));
