@@ -317,3 +317,24 @@ pub fn raise_descriptor_limit() -> io::Result<u64> {
     }
     Ok(limit.rlim_cur)
 }
+
+/// openat(2): open `name` relative to the directory `dir` (the working directory when None),
+/// with `flags` plus O_CLOEXEC and, for O_CREAT, `mode`. The walkers of `crate::tree` build on
+/// it: a descriptor pins what was checked, so no later step acts on a path that could change.
+pub fn open_at(
+    dir: Option<std::os::fd::BorrowedFd<'_>>,
+    name: &std::ffi::CStr,
+    flags: i32,
+    mode: u32,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let dirfd = dir.map(|d| d.as_raw_fd()).unwrap_or(libc::AT_FDCWD);
+    // SAFETY: `name` is a NUL-terminated string that outlives the call, and openat reads only
+    // it; `dirfd` is borrowed for the call or is AT_FDCWD.
+    let fd = unsafe { libc::openat(dirfd, name.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by openat and nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
