@@ -111,7 +111,7 @@ impl fmt::Display for TreeError {
                 f,
                 "unable to use {}: it is {found} where {} belongs, and links are never followed; \
                  nothing was changed there: look at it (someone with the rights of its directory \
-                 may have put it there), move it away, and run this again",
+                 may have put it there), move it away, and run the command again",
                 shown(path),
                 want.name()
             ),
@@ -119,13 +119,13 @@ impl fmt::Display for TreeError {
                 f,
                 "unable to use {}: it has {links} hard links and belongs to another user, so \
                  changing it would change another file too; nothing was changed there: look at it, \
-                 remove it, and run this again",
+                 remove it, and run the command again",
                 shown(path)
             ),
             TreeError::Device { path } => write!(
                 f,
                 "unable to use {}: it is a device node, which is never given away; nothing was \
-                 changed there: remove it and run this again",
+                 changed there: remove it and run the command again",
                 shown(path)
             ),
             TreeError::Io { verb, path, error } => write!(f, "unable to {verb} {}: {error}", shown(path)),
@@ -390,8 +390,8 @@ pub struct Spec {
 /// Make every entry of `specs` (parents listed before their children) exist under `root` as
 /// specified, by descriptor ([`Dir::ensure`]). It goes on after an entry fails, skipping the
 /// entries below it, so that one run reports every problem. Returns, for each entry tried, its
-/// path and what became of it.
-pub fn apply(root: &Dir, specs: &[Spec]) -> Vec<(PathBuf, Result<Done, TreeError>)> {
+/// spec, its path and what became of it.
+pub fn apply(root: &Dir, specs: &[Spec]) -> Vec<(Spec, PathBuf, Result<Done, TreeError>)> {
     let mut results = Vec::new();
     let mut opened: Vec<(&str, Dir)> = Vec::new();
     let mut failed: Vec<&str> = Vec::new();
@@ -424,7 +424,7 @@ pub fn apply(root: &Dir, specs: &[Spec]) -> Vec<(PathBuf, Result<Done, TreeError
                 }
                 Ok(None) => root,
                 Err(e) => {
-                    results.push((root.path.join(spec.path), Err(e)));
+                    results.push((*spec, root.path.join(spec.path), Err(e)));
                     failed.push(spec.path);
                     continue;
                 }
@@ -435,10 +435,10 @@ pub fn apply(root: &Dir, specs: &[Spec]) -> Vec<(PathBuf, Result<Done, TreeError
                 if let Some(sub) = sub {
                     opened.push((spec.path, sub));
                 }
-                results.push((root.path.join(spec.path), Ok(done)));
+                results.push((*spec, root.path.join(spec.path), Ok(done)));
             }
             Err(e) => {
-                results.push((root.path.join(spec.path), Err(e)));
+                results.push((*spec, root.path.join(spec.path), Err(e)));
                 failed.push(spec.path);
             }
         }
@@ -564,17 +564,17 @@ mod tests {
             Spec { path: "a/p", kind: Kind::Fifo, mode: 0o622, owner: None },
         ];
         let results = apply(&root_dir, &specs);
-        assert!(results.iter().all(|(_, r)| matches!(r, Ok(Done::Created))), "{results:?}");
+        assert!(results.iter().all(|(_, r)| matches!(r.2, Ok(Done::Created))), "{results:?}");
         assert_eq!(std::fs::metadata(dir.join("a")).unwrap().mode() & 0o7777, 0o2750);
         assert_eq!(std::fs::metadata(dir.join("a/p")).unwrap().mode() & 0o7777, 0o622);
         assert!(std::os::unix::fs::FileTypeExt::is_fifo(&std::fs::metadata(dir.join("a/p")).unwrap().file_type()));
         // Again: nothing to do.
         let results = apply(&root_dir, &specs);
-        assert!(results.iter().all(|(_, r)| matches!(r, Ok(Done::Unchanged))), "{results:?}");
+        assert!(results.iter().all(|r| matches!(r.2, Ok(Done::Unchanged))), "{results:?}");
         // A changed mode is put back, on an existing FIFO too (opening it must not block).
         std::fs::set_permissions(dir.join("a/p"), std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
         let results = apply(&root_dir, &specs);
-        assert!(matches!(results[2].1, Ok(Done::Changed { mode: 0o666, .. })), "{results:?}");
+        assert!(matches!(results[2].2, Ok(Done::Changed { mode: 0o666, .. })), "{results:?}");
         assert_eq!(std::fs::metadata(dir.join("a/p")).unwrap().mode() & 0o7777, 0o622);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -621,7 +621,7 @@ mod tests {
         ];
         let results = apply(&root_dir, &specs);
         assert_eq!(results.len(), 2, "{results:?}");
-        assert!(results[0].1.is_err() && matches!(results[1].1, Ok(Done::Created)));
+        assert!(results[0].2.is_err() && matches!(results[1].2, Ok(Done::Created)));
         assert!(!dir.join("real/trigger").exists());
         // A path with a link in it is refused by open_without_links.
         assert!(Dir::open_without_links(&dir.join("dirlink")).is_err());
