@@ -168,8 +168,7 @@ fn become_owner(dir: &Path) -> Result<(), String> {
             .ok_or("unable to run as root and there is no user nobody to run as")?;
         (nobody.uid.as_raw(), nobody.gid.as_raw())
     };
-    quill::tree::give_tree(&root, uid, gid)
-        .map_err(|e| format!("unable to give {} to uid {uid}: {e}", dir.display()))?;
+    quill::tree::give_tree(&root, uid, gid).map_err(|e| e.to_string())?;
     setgroups(&[Gid::from_raw(gid)]).map_err(|e| format!("unable to set groups: {e}"))?;
     setgid(Gid::from_raw(gid)).map_err(|e| format!("unable to set gid {gid}: {e}"))?;
     setuid(Uid::from_raw(uid)).map_err(|e| format!("unable to set uid {uid}: {e}"))?;
