@@ -185,6 +185,16 @@ impl Dir {
     /// Open the directory at the absolute `path` one component at a time from `/`, each with
     /// O_NOFOLLOW: no symbolic link anywhere in it is followed, whoever owns its parents.
     pub fn open_without_links(path: &Path) -> Result<Dir, TreeError> {
+        Dir::walk(path, None)
+    }
+
+    /// [`Dir::open_without_links`], making each missing directory on the way (mkdirat in
+    /// its parent's descriptor, with `mode`).
+    pub fn create_without_links(path: &Path, mode: u32) -> Result<Dir, TreeError> {
+        Dir::walk(path, Some(mode))
+    }
+
+    fn walk(path: &Path, create: Option<u32>) -> Result<Dir, TreeError> {
         let mut dir = Dir::open(Path::new("/"))?;
         if !path.is_absolute() {
             return Err(TreeError::Io {
@@ -196,7 +206,20 @@ impl Dir {
         for component in path.components() {
             match component {
                 Component::RootDir | Component::CurDir => {}
-                Component::Normal(name) => dir = dir.subdirectory(name)?,
+                Component::Normal(name) => {
+                    dir = match (dir.subdirectory(name), create) {
+                        (Err(TreeError::Io { error, .. }), Some(mode)) if error.kind() == io::ErrorKind::NotFound => {
+                            let c = c_name(name, path)?;
+                            let mode = Mode::from_bits_truncate((mode & 0o777) as libc::mode_t);
+                            match nix::sys::stat::mkdirat(Some(dir.fd.as_raw_fd()), c.as_c_str(), mode) {
+                                Ok(()) | Err(nix::Error::EEXIST) => {}
+                                Err(errno) => return Err(nix_error("create", &dir.path.join(name))(errno)),
+                            }
+                            dir.subdirectory(name)?
+                        }
+                        (result, _) => result?,
+                    }
+                }
                 Component::Prefix(_) | Component::ParentDir => {
                     return Err(TreeError::Io {
                         verb: "open",
@@ -564,7 +587,7 @@ mod tests {
             Spec { path: "a/p", kind: Kind::Fifo, mode: 0o622, owner: None },
         ];
         let results = apply(&root_dir, &specs);
-        assert!(results.iter().all(|(_, r)| matches!(r.2, Ok(Done::Created))), "{results:?}");
+        assert!(results.iter().all(|r| matches!(r.2, Ok(Done::Created))), "{results:?}");
         assert_eq!(std::fs::metadata(dir.join("a")).unwrap().mode() & 0o7777, 0o2750);
         assert_eq!(std::fs::metadata(dir.join("a/p")).unwrap().mode() & 0o7777, 0o622);
         assert!(std::os::unix::fs::FileTypeExt::is_fifo(&std::fs::metadata(dir.join("a/p")).unwrap().file_type()));
@@ -623,9 +646,17 @@ mod tests {
         assert_eq!(results.len(), 2, "{results:?}");
         assert!(results[0].2.is_err() && matches!(results[1].2, Ok(Done::Created)));
         assert!(!dir.join("real/trigger").exists());
-        // A path with a link in it is refused by open_without_links.
+        // A path with a link in it is refused by open_without_links, also when creating.
         assert!(Dir::open_without_links(&dir.join("dirlink")).is_err());
         assert!(Dir::open_without_links(&dir.join("real")).is_ok());
+        assert!(matches!(
+            Dir::create_without_links(&dir.join("dirlink/made"), 0o755),
+            Err(TreeError::WrongType { found: "a symbolic link", .. })
+        ));
+        assert!(!dir.join("real/made").exists());
+        let made = Dir::create_without_links(&dir.join("real/a/b"), 0o755).unwrap();
+        assert_eq!(made.path(), dir.join("real/a/b"));
+        assert!(dir.join("real/a/b").is_dir());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

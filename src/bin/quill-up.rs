@@ -200,12 +200,23 @@ impl Service {
 fn main() -> ExitCode {
     quill::log::init("quill-up");
     let Some(mut o) = parse_options() else { return usage() };
-    // Every path written into the instance's files is absolute, so that it means the same
-    // to every program whatever its working directory.
-    if let Err(e) = std::fs::create_dir_all(&o.dir) {
+    // Root follows no link in DIR's path and makes what is missing by descriptor: whoever
+    // owns a part of the path could otherwise lead it to a directory of root's (/etc), which
+    // would then be given to nobody.
+    if nix::unistd::Uid::effective().is_root() {
+        let made = std::path::absolute(&o.dir)
+            .map_err(|e| format!("unable to find {}: {e}", o.dir.display()))
+            .and_then(|dir| quill::tree::Dir::create_without_links(&dir, 0o755).map_err(|e| e.to_string()));
+        if let Err(e) = made {
+            quill::log::fatal(&e);
+            return ExitCode::from(111);
+        }
+    } else if let Err(e) = std::fs::create_dir_all(&o.dir) {
         quill::log::fatal(&format!("unable to create {}: {e}", o.dir.display()));
         return ExitCode::from(111);
     }
+    // Every path written into the instance's files is absolute, so that it means the same
+    // to every program whatever its working directory.
     o.dir = match o.dir.canonicalize() {
         Ok(d) => d,
         Err(e) => {
