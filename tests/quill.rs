@@ -411,6 +411,16 @@ fn setup_refuses_links_in_the_queue() {
         &std::fs::symlink_metadata(&trigger).expect("trigger").file_type()
     ));
     assert_eq!(std::fs::symlink_metadata(&mutex).expect("mutex").nlink(), 1);
+
+    // The aliases file control/aliases names gets root's lines only if it is root's own.
+    let theirs = dir.path().join("their-aliases");
+    std::fs::write(&theirs, "# someone else's\n").expect("aliases");
+    std::os::unix::fs::chown(&theirs, Some(quillq), None).expect("chown");
+    std::fs::write(home.join("control/aliases"), format!("{}\n", theirs.display())).expect("control/aliases");
+    let fifth = run_setup();
+    assert_eq!(fifth.status.code(), Some(1), "{}", text(&fifth));
+    assert!(text(&fifth).contains("add these lines yourself"), "{}", text(&fifth));
+    assert_eq!(std::fs::read_to_string(&theirs).expect("aliases"), "# someone else's\n");
 }
 
 /// Audit item 4: `quill queue` runs as root and writes into queue/lock/control, in quillq's

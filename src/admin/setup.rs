@@ -285,11 +285,23 @@ fn aliases(home: &Path, report: &mut Report) {
     }
     block.push_str("# Added by quill setup. Point root at the person who reads the system's mail.\n");
     block.push_str(&add);
-    let result = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .and_then(|mut f| f.write_all(block.as_bytes()).and_then(|()| f.sync_all()));
+    // Root appends only to a regular file of root's with one name, checked on the descriptor
+    // it writes to: a file that someone else owns (or a hard link to another file) put where
+    // control/aliases points must not get root's lines.
+    let result = std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| {
+        use std::os::unix::fs::MetadataExt;
+        let meta = f.metadata()?;
+        if !meta.is_file() || meta.uid() != 0 || meta.nlink() != 1 {
+            return Err(std::io::Error::other(format!(
+                "it is not a regular file of root's with one link (owner uid {}, {} links); add these lines \
+                 yourself: {}",
+                meta.uid(),
+                meta.nlink(),
+                add.trim_end().replace('\n', ", ")
+            )));
+        }
+        f.write_all(block.as_bytes()).and_then(|()| f.sync_all())
+    });
     match result {
         Ok(()) => report.did(format!("added {} to {}", add.trim_end().replace('\n', ", "), path.display())),
         Err(e) => report.fail(format!("unable to append to {}: {e}", path.display())),
