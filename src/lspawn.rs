@@ -211,7 +211,10 @@ impl Spawner {
         let queue = std::fs::symlink_metadata(&layout.queue)
             .map_err(|e| Error::io(format_args!("stat {}", layout.queue.display()), &e))?;
         if !queue.is_dir() {
-            return Err(Error::temporary(format!("unable to use {}: it is not a directory", layout.queue.display())));
+            return Err(Error::temporary(format!(
+                "unable to use {}: it is not a directory (a link is not followed: mount the queue there, or make HOME the link)",
+                layout.queue.display()
+            )));
         }
         let queue_owner = queue.uid();
         let (_, euid) = crate::sys::uids();
