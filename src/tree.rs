@@ -696,6 +696,72 @@ mod tests {
         std::fs::remove_dir_all(&outside).unwrap();
     }
 
+    /// The race of audit item 2: while root gives a tree away, its owner keeps exchanging a
+    /// subdirectory with a link to root's directory (renameat2 RENAME_EXCHANGE). Whatever the
+    /// interleaving, nothing of root's is given away. Returns how many walks ran.
+    fn race_exchange(walks: u32) -> u32 {
+        use nix::fcntl::{renameat2, RenameFlags};
+        let dir = scratch(&format!("race-{walks}"));
+        let outside = scratch(&format!("race-outside-{walks}"));
+        for name in ["a", "b", "c"] {
+            std::fs::write(outside.join(name), "root's").unwrap();
+        }
+        let tree = dir.join("tree");
+        std::fs::create_dir_all(tree.join("sub")).unwrap();
+        for name in ["a", "b", "c"] {
+            std::fs::write(tree.join("sub").join(name), "").unwrap();
+        }
+        std::os::unix::fs::symlink(&outside, tree.join("link")).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (stop, tree) = (stop.clone(), tree.clone());
+            std::thread::spawn(move || {
+                let mut swaps = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && swaps < 50_000_000 {
+                    let _ = renameat2(None, &tree.join("sub"), None, &tree.join("link"), RenameFlags::RENAME_EXCHANGE);
+                    swaps += 1;
+                }
+            })
+        };
+        let mut ran = 0;
+        for _ in 0..walks {
+            // Errors (an entry gone between listing and opening) are fine; giving away is not.
+            if let Ok(root) = Dir::open_without_links(&tree) {
+                let _ = give_tree(&root, 65534, 65534);
+                ran += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
+        for name in ["", "a", "b", "c"] {
+            let meta = std::fs::metadata(outside.join(name)).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (0, 0), "{name} was given away");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&outside).unwrap();
+        ran
+    }
+
+    #[test]
+    fn root_gives_nothing_away_while_a_directory_is_exchanged_with_a_link() {
+        if !root() {
+            eprintln!("SKIP: giving files away needs root");
+            return;
+        }
+        assert!(race_exchange(300) > 0);
+    }
+
+    /// The same for longer (`make soak`).
+    #[test]
+    #[ignore]
+    fn soak_root_gives_nothing_away_while_a_directory_is_exchanged_with_a_link() {
+        if !root() {
+            eprintln!("SKIP: giving files away needs root");
+            return;
+        }
+        assert!(race_exchange(30_000) > 0);
+    }
+
     #[test]
     fn root_refuses_a_hard_linked_file_in_a_tree_it_repairs() {
         if !root() {
