@@ -220,17 +220,6 @@ pub fn commit(layout: &Layout, header: &Header, received: &[u8], mut message: Me
         .open(&name)
         .map_err(|e| create_error(qq::TMP_TROUBLE, "create file in queue/tmp", &e))?;
     let mut tmp = Tmp { name, armed: true };
-    // Root submitting into a queue that belongs to someone else (a private instance run by
-    // an ordinary user) gives the file to the queue's owner, so the stages can read it. A
-    // setuid quill-queue is never root, so this never applies to a real install.
-    if crate::sys::uids().1 == 0 {
-        let owner =
-            std::fs::metadata(layout.tmp()).map_err(|e| Error::io_code(qq::TMP_TROUBLE, "stat queue/tmp", &e))?;
-        if owner.uid() != 0 {
-            std::os::unix::fs::fchown(&file, Some(owner.uid()), Some(owner.gid()))
-                .map_err(|e| Error::io_code(qq::TMP_TROUBLE, "chown file in queue/tmp", &e))?;
-        }
-    }
 
     let id = file.metadata().map_err(|e| Error::io_code(qq::TMP_TROUBLE, "stat file in queue/tmp", &e))?.ino();
     let encoded = header.encode();
@@ -304,6 +293,28 @@ pub fn read_envelope(input: &mut impl Read) -> Result<Option<Envelope>> {
     }
 }
 
+/// Root submitting into a queue that belongs to someone else (a private instance run by an
+/// ordinary user) becomes that user for the rest of the run, so that the message file is the
+/// owner's and the stages can read it. Above all, root must not create and rename files by
+/// path in a tree whose owner can swap `tmp/` or `todo/` for a link to a directory of root's.
+/// The owner is that of the working directory, the queue already entered. A setuid
+/// quill-queue is never root, so this never applies to a real install.
+fn become_queue_owner() -> Result<()> {
+    use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+    if crate::sys::uids().1 != 0 {
+        return Ok(());
+    }
+    let queue = std::fs::metadata(".").map_err(|e| Error::io_code(qq::QUEUE_TROUBLE, "stat queue", &e))?;
+    if queue.uid() == 0 {
+        return Ok(());
+    }
+    let trouble = |e: nix::Error| Error::io_code(qq::QUEUE_TROUBLE, "become the owner of queue", &io::Error::from(e));
+    setgroups(&[Gid::from_raw(queue.gid())]).map_err(trouble)?;
+    setgid(Gid::from_raw(queue.gid())).map_err(trouble)?;
+    setuid(Uid::from_raw(queue.uid())).map_err(trouble)?;
+    Ok(())
+}
+
 /// The whole of quill-queue: set up, read, commit.
 pub fn run() -> Result<Done> {
     let (secs, _) = stamp();
@@ -324,6 +335,7 @@ pub fn run() -> Result<Done> {
         .map_err(|e| Error::io_code(qq::HOME_TROUBLE, format!("switch to {}", home.display()), &e))?;
     std::env::set_current_dir("queue").map_err(|e| Error::io_code(qq::QUEUE_TROUBLE, "switch to queue", &e))?;
     let layout = Layout { queue: PathBuf::from(".") };
+    become_queue_owner()?;
 
     let received = received_line(pid, &Invoker::lookup(real_uid), secs);
     let message = read_message(&mut Fd(0), &layout.tmp())?;

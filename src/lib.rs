@@ -8,6 +8,7 @@ pub mod date;
 pub mod fail;
 pub mod log;
 pub mod sys;
+pub mod tree;
 
 pub mod address;
 pub mod admin;

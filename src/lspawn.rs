@@ -203,9 +203,20 @@ impl Spawner {
         let control = Control::new(&config.home);
         control.line("aliases")?;
         let layout = Layout::new(&config.home);
-        let queue_owner = std::fs::metadata(layout.mess())
-            .map_err(|e| Error::io(format_args!("stat {}", layout.mess().display()), &e))?
-            .uid();
+        std::fs::metadata(layout.mess())
+            .map_err(|e| Error::io(format_args!("stat {}", layout.mess().display()), &e))?;
+        // The owner of `queue/` itself, not of `queue/mess/`: HOME is root's, so only root can
+        // replace `queue`, while its owner could replace `mess` with a link to a directory of
+        // root's, whose files would then pass for messages (and go to a user on fd 0).
+        let queue = std::fs::symlink_metadata(&layout.queue)
+            .map_err(|e| Error::io(format_args!("stat {}", layout.queue.display()), &e))?;
+        if !queue.is_dir() {
+            return Err(Error::temporary(format!(
+                "unable to use {}: it is not a directory (a link is not followed: mount the queue there, or make HOME the link)",
+                layout.queue.display()
+            )));
+        }
+        let queue_owner = queue.uid();
         let (_, euid) = crate::sys::uids();
         Ok(Spawner {
             aliases: Cached::new(aliases::aliases_path(&control)),

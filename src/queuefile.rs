@@ -139,13 +139,34 @@ pub fn read_header(file: &mut File) -> Result<(Header, u64)> {
     Header::decode(&bytes).map(|(h, len)| (h, len as u64))
 }
 
+/// Open one of the queue's FIFOs (`lock/trigger`, `lock/control`) without blocking and
+/// without following a symbolic link, and make sure it is a FIFO before anything is written:
+/// `lock/` belongs to quillq, and the programs that write here can run as root (`quill
+/// queue`, `sendmail -q`), so a link or a hard-linked file put in the FIFO's place must not
+/// receive the bytes. `read` also opens it for reading (quill-send: the FIFO then always has a
+/// writer). ENXIO means no reader is running.
+pub fn open_fifo(path: &Path, read: bool) -> std::io::Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(read)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => std::io::Error::other("it is a symbolic link, not a named pipe"),
+            _ => e,
+        })?;
+    if !file.metadata()?.file_type().is_fifo() {
+        return Err(std::io::Error::other("it is not a named pipe"));
+    }
+    Ok(file)
+}
+
 /// Wake quill-send: one byte into the trigger FIFO, without blocking. Failure is not an error
 /// (quill-send also scans on a timer).
 pub fn pull_trigger(layout: &Layout) {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Ok(mut fifo) = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(layout.trigger())
-    {
+    if let Ok(mut fifo) = open_fifo(&layout.trigger(), false) {
         let _ = fifo.write(b"\0");
     }
 }
@@ -182,62 +203,43 @@ pub struct Owners {
     pub quill_group: u32,
 }
 
-/// Create the queue tree under `home` if parts are missing; idempotent. Modes follow
-/// doc/queue-format.5; with `owners`, ownership too (root only).
-pub fn create_tree(home: &Path, owners: Option<Owners>) -> std::io::Result<()> {
-    use std::os::unix::fs::{chown, DirBuilderExt, PermissionsExt};
-    let layout = Layout::new(home);
+/// The mode of `queue/tmp/`: 0700 plus set-group-id. quill-queue runs setuid quillq with the
+/// caller's group; the bit gives each message file the group quill instead, so that quill-send
+/// (quills, group quill) can read it after the rename into todo/.
+pub const TMP_MODE: u32 = 0o2700;
+
+/// The queue tree (doc/queue-format.5) and `control/`, parents first: types, modes and, with
+/// `owners` (root installing), owners. Without them everything stays the caller's (quill-up).
+pub fn tree_specs(owners: Option<Owners>) -> Vec<crate::tree::Spec> {
+    use crate::tree::{Kind, Spec};
     let q = owners.map(|o| (o.quillq, o.quill_group));
     let s = owners.map(|o| (o.quills, o.quill_group));
-    // (directory, mode, owner uid and gid when installing as root)
-    type Dir = (PathBuf, u32, Option<(u32, u32)>);
-    let dirs: [Dir; 8] = [
-        (home.join("queue"), 0o750, q),
-        // Set-group-id: a setuid quill-queue keeps the caller's group, and its files must
-        // still belong to group quill so that quill-send can read them.
-        (layout.tmp(), 0o2700, q),
-        (layout.todo(), 0o750, q),
-        (layout.mess(), 0o750, q),
-        (layout.hold(), 0o750, q),
-        (layout.info(), 0o700, s),
-        (layout.queue.join("lock"), 0o750, q),
-        (home.join("control"), 0o755, None),
-    ];
-    for (dir, mode, owner) in dirs.iter() {
-        match std::fs::DirBuilder::new().mode(*mode).create(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(*mode))?;
-        if let Some((uid, gid)) = owner {
-            chown(dir, Some(*uid), Some(*gid))?;
-        }
-    }
-    // quill-send cannot create files in lock/ (quillq's), so its mutex is made here.
-    let mutex = layout.sendmutex();
-    if !mutex.exists() {
-        std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&mutex)?;
-    }
-    std::fs::set_permissions(&mutex, std::fs::Permissions::from_mode(0o600))?;
-    if let Some((uid, gid)) = s {
-        chown(&mutex, Some(uid), Some(gid))?;
-    }
-    let control = layout.control();
-    if !control.exists() {
-        nix::unistd::mkfifo(&control, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(std::io::Error::from)?;
-    }
-    std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o600))?;
-    if let Some((uid, gid)) = s {
-        chown(&control, Some(uid), Some(gid))?;
-    }
-    let trigger = layout.trigger();
-    if !trigger.exists() {
-        nix::unistd::mkfifo(&trigger, nix::sys::stat::Mode::from_bits_truncate(0o622)).map_err(std::io::Error::from)?;
-    }
-    std::fs::set_permissions(&trigger, std::fs::Permissions::from_mode(0o622))?;
-    if let Some((uid, gid)) = s {
-        chown(&trigger, Some(uid), Some(gid))?;
+    let root = owners.map(|_| (0, 0));
+    let entry = |path, kind, mode, owner| Spec { path, kind, mode, owner };
+    vec![
+        entry("queue", Kind::Directory, 0o750, q),
+        entry("queue/tmp", Kind::Directory, TMP_MODE, q),
+        entry("queue/todo", Kind::Directory, 0o750, q),
+        entry("queue/mess", Kind::Directory, 0o750, q),
+        entry("queue/hold", Kind::Directory, 0o750, q),
+        entry("queue/info", Kind::Directory, 0o700, s),
+        entry("queue/lock", Kind::Directory, 0o750, q),
+        // quill-send cannot create files in lock/ (quillq's), so its mutex is made here.
+        entry("queue/lock/sendmutex", Kind::File, 0o600, s),
+        entry("queue/lock/control", Kind::Fifo, 0o600, s),
+        entry("queue/lock/trigger", Kind::Fifo, 0o622, s),
+        entry("control", Kind::Directory, 0o755, root),
+    ]
+}
+
+/// Create the queue tree under `home` if parts are missing and put modes (and, with `owners`,
+/// owners) right; idempotent. By descriptor ([`crate::tree`]): quillq owns the directories, so
+/// a symbolic link or an entry of the wrong type there is refused, never followed. Stops at
+/// the first problem; `quill setup` uses [`tree_specs`] itself to report every one.
+pub fn create_tree(home: &Path, owners: Option<Owners>) -> std::io::Result<()> {
+    let root = crate::tree::Dir::open(home)?;
+    for (_, _, result) in crate::tree::apply(&root, &tree_specs(owners)) {
+        result?;
     }
     Ok(())
 }

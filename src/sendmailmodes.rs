@@ -82,9 +82,8 @@ pub fn aliases(control: &Control) -> u8 {
 /// `-q`: ask quill-send to try every queued message now, by writing `F` into its trigger.
 pub fn flush(control: &Control) -> u8 {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let trigger = Layout::new(&control.home).trigger();
-    match std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&trigger) {
+    match crate::queuefile::open_fifo(&trigger, false) {
         Ok(mut fifo) => match fifo.write(b"F") {
             Ok(_) => 0,
             Err(e) => {

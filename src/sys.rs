@@ -344,3 +344,24 @@ pub fn tcp_silence(socket: std::os::fd::BorrowedFd<'_>) -> Option<std::time::Dur
     }
     Some(std::time::Duration::from_millis(u64::from(info.tcpi_last_data_recv)))
 }
+
+/// openat(2): open `name` relative to the directory `dir` (the working directory when None),
+/// with `flags` plus O_CLOEXEC and, for O_CREAT, `mode`. The walkers of `crate::tree` build on
+/// it: a descriptor pins what was checked, so no later step acts on a path that could change.
+pub fn open_at(
+    dir: Option<std::os::fd::BorrowedFd<'_>>,
+    name: &std::ffi::CStr,
+    flags: i32,
+    mode: u32,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let dirfd = dir.map(|d| d.as_raw_fd()).unwrap_or(libc::AT_FDCWD);
+    // SAFETY: `name` is a NUL-terminated string that outlives the call, and openat reads only
+    // it; `dirfd` is borrowed for the call or is AT_FDCWD.
+    let fd = unsafe { libc::openat(dirfd, name.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by openat and nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}

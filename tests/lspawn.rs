@@ -778,3 +778,32 @@ fn measure_per_delivery_overhead() {
         lspawn.finish();
     }
 }
+
+/// Audit item 4: quill-lspawn runs as root and reads message files in directories that the
+/// queue's owner can change. With `queue/mess` swapped for a link to a directory of root's,
+/// root's files there must not pass for messages and reach a user on fd 0.
+#[test]
+fn as_root_a_mess_directory_swapped_for_a_link_gives_no_file_of_roots() {
+    if !common::is_root() {
+        eprintln!("SKIP: quill-lspawn only reads the queue as root when it runs as root");
+        return;
+    }
+    let (uid, gid) = runner();
+    // The home and queue belong to `nobody`, standing for quillq.
+    let world = World::new("mess-link", Some((uid, gid)));
+    let id = world.message("mess", "root's secret");
+    let outside = common::TempDir::new("lspawn-outside");
+    std::fs::copy(world.path().join("queue/mess").join(&id), outside.path().join(&id)).expect("copy");
+    let mess = world.path().join("queue/mess");
+    std::fs::rename(&mess, world.path().join("queue/mess.real")).expect("rename");
+    std::os::unix::fs::symlink(outside.path(), &mess).expect("symlink");
+    world.chown(&mess);
+    let home = world.user_home("someone");
+    world.assign(&format!("=someone:nobody:{uid}:{gid}:{}:::\n.\n", home.display()));
+    let mut lspawn = world.lspawn(None);
+    let (letter, text) = lspawn.deliver(&id, "someone@example.com");
+    assert_eq!(letter, 'Z', "{text}");
+    assert!(text.contains("not a regular file owned by the queue"), "{text}");
+    assert!(!text.contains("secret"), "{text}");
+    lspawn.finish();
+}

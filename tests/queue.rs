@@ -372,3 +372,37 @@ fn setuid_copy_ignores_quill_home() {
     assert!(run.stderr.contains(quill::control::DEFAULT_HOME), "{}", run.stderr);
     assert_empty(home.path());
 }
+
+/// Audit item 4: root submitting into a queue that belongs to someone else acts as that owner,
+/// who could have swapped `tmp/` and `todo/` for links to directories of root's. Root must
+/// not create or move a file there; the owner, who may not, gets a temporary failure.
+#[test]
+fn root_submitting_into_anothers_queue_acts_as_its_owner() {
+    if !common::is_root() {
+        eprintln!("SKIP: not root");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody").ok().flatten().expect("user nobody");
+    let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+    let home = home("queue-owner", &[]);
+    chown_tree(home.path(), uid, gid);
+    // As the owner's own: the file is the owner's, root's group does not leak into it.
+    let run = run_queue(home.path(), b"Subject: x\n\nbody\n", &envelope("a@b", &["c@d"]));
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let (header, _, meta, _) = only_message(home.path());
+    assert_eq!((header.uid, meta.uid(), meta.gid()), (0, uid, gid));
+
+    let outside = TempDir::new("queue-owner-outside");
+    for (entry, target) in [("tmp", "tmp-target"), ("todo", "todo-target")] {
+        let link = home.path().join("queue").join(entry);
+        std::fs::rename(&link, home.path().join("queue").join(format!("{entry}.real"))).expect("rename");
+        std::fs::create_dir(outside.path().join(target)).expect("mkdir");
+        std::os::unix::fs::symlink(outside.path().join(target), &link).expect("symlink");
+        std::os::unix::fs::lchown(&link, Some(uid), Some(gid)).expect("lchown");
+    }
+    let run = run_queue(home.path(), b"Subject: y\n\nbody\n", &envelope("a@b", &["c@d"]));
+    assert_eq!(run.code, Some(63), "{}", run.stderr);
+    for target in ["tmp-target", "todo-target"] {
+        assert!(files(&outside.path().join(target)).is_empty(), "root wrote into {target}");
+    }
+}

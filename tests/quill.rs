@@ -4,7 +4,11 @@
 mod common;
 
 use common::{bin, home, is_root, TempDir};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The setup tests change the built quill-queue's owner and mode and put them back: one at a
+/// time, or one could save what the other set.
+static SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
 use std::process::{Command, Output, Stdio};
 
 fn quill(args: &[&str], env_home: Option<&Path>, stdin: &[u8]) -> Output {
@@ -244,6 +248,7 @@ fn setup_as_root_is_idempotent_and_check_agrees() {
         eprintln!("SKIP: quill setup needs root");
         return;
     }
+    let _one_at_a_time = SETUP.lock().unwrap_or_else(|e| e.into_inner());
     let _restore = common::RestoreQueueProgram::new();
     let dir = TempDir::new("quill-setup");
     let home = dir.path().join("home");
@@ -309,4 +314,141 @@ fn setup_as_root_is_idempotent_and_check_agrees() {
     assert!(Command::new("sh").arg("-c").arg(fix).status().expect("sh").success());
     let check = Command::new(bin("quill")).args(["check", "--home"]).arg(&home).output().expect("check");
     assert!(!text(&check).contains("queue/todo"), "{}", text(&check));
+}
+
+/// Audit item 1: whoever runs as quillq owns the queue's directories and can put a symbolic
+/// link (or a hard link) where a directory or FIFO belongs. A later `quill setup` (root) must
+/// refuse such an entry and say so, and never give what it names to quillq or quills.
+#[test]
+fn setup_refuses_links_in_the_queue() {
+    if !is_root() {
+        eprintln!("SKIP: quill setup needs root");
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let _one_at_a_time = SETUP.lock().unwrap_or_else(|e| e.into_inner());
+    let _restore = common::RestoreQueueProgram::new();
+    let dir = TempDir::new("quill-setup-links");
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join("control")).expect("control/");
+    let aliases = dir.path().join("aliases");
+    std::fs::write(&aliases, "postmaster: admin\n").expect("aliases");
+    std::fs::write(home.join("control/aliases"), format!("{}\n", aliases.display())).expect("control/aliases");
+    let run_setup = || Command::new(bin("quill")).args(["setup", "--home"]).arg(&home).output().expect("quill setup");
+    let first = run_setup();
+    assert!(first.status.success() || !bin("quill-queue").exists(), "setup:\n{}", text(&first));
+    let quillq = quill::admin::user_ids("quillq").expect("quillq").0;
+
+    // Root's files, each named by an entry quillq put in the queue.
+    let victims: Vec<PathBuf> = ["hold-target", "trigger-target", "mutex-target"]
+        .iter()
+        .map(|name| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, "root's own\n").expect("victim");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+            path
+        })
+        .collect();
+    let hold = home.join("queue/hold");
+    std::fs::remove_dir(&hold).expect("rmdir hold");
+    std::os::unix::fs::symlink(&victims[0], &hold).expect("symlink hold");
+    let trigger = home.join("queue/lock/trigger");
+    std::fs::remove_file(&trigger).expect("rm trigger");
+    std::os::unix::fs::symlink(&victims[1], &trigger).expect("symlink trigger");
+    for link in [&hold, &trigger] {
+        std::os::unix::fs::lchown(link, Some(quillq), None).expect("lchown");
+    }
+    // A hard link: quillq can make one to a file it may read and write (fs.protected_hardlinks),
+    // or to any file where that protection is off; the test, as root, makes it directly.
+    let mutex = home.join("queue/lock/sendmutex");
+    std::fs::remove_file(&mutex).expect("rm sendmutex");
+    std::fs::hard_link(&victims[2], &mutex).expect("hard link");
+
+    let second = run_setup();
+    let report = text(&second);
+    assert_eq!(second.status.code(), Some(1), "setup must fail:\n{report}");
+    for (entry, what) in [
+        ("queue/hold", "it is a symbolic link where a directory belongs"),
+        ("queue/lock/trigger", "it is a symbolic link where a FIFO belongs"),
+        ("queue/lock/sendmutex", "it has 2 hard links"),
+    ] {
+        let line = report
+            .lines()
+            .find(|l| l.contains(&format!("{}:", home.join(entry).display())))
+            .unwrap_or_else(|| panic!("no line about {entry}:\n{report}"));
+        assert!(line.starts_with("quill: warning: unable to use "), "{line}");
+        assert!(line.contains(what), "{line}");
+        assert!(line.contains("nothing was changed there"), "{line}");
+    }
+    for victim in &victims {
+        let meta = std::fs::metadata(victim).expect("victim");
+        assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (0, 0, 0o600), "{} changed", victim.display());
+        assert_eq!(std::fs::read_to_string(victim).expect("victim"), "root's own\n");
+    }
+    // The rest of the tree was still put right: one bad entry does not stop the others.
+    std::fs::set_permissions(home.join("queue/todo"), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let third = run_setup();
+    assert_eq!(std::fs::metadata(home.join("queue/todo")).expect("todo").mode() & 0o7777, 0o750, "{}", text(&third));
+
+    // quill check names the link and prints a fix that moves it away: a chown or chmod of the
+    // path would follow it.
+    let check = Command::new(bin("quill")).args(["check", "--home"]).arg(&home).output().expect("check");
+    let report = text(&check);
+    let line = report
+        .lines()
+        .find(|l| l.contains(&format!("{} is a symbolic link, not a directory", hold.display())))
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(line.contains("mv ") && !line.contains("chown") && !line.contains("chmod"), "{line}");
+
+    // Moved away, the next setup repairs the tree.
+    for entry in [&hold, &trigger, &mutex] {
+        std::fs::remove_file(entry).expect("rm");
+    }
+    let fourth = run_setup();
+    assert!(fourth.status.success() || !bin("quill-queue").exists(), "{}", text(&fourth));
+    assert!(std::fs::symlink_metadata(&hold).expect("hold").is_dir());
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(
+        &std::fs::symlink_metadata(&trigger).expect("trigger").file_type()
+    ));
+    assert_eq!(std::fs::symlink_metadata(&mutex).expect("mutex").nlink(), 1);
+
+    // The aliases file control/aliases names gets root's lines only if it is root's own.
+    let theirs = dir.path().join("their-aliases");
+    std::fs::write(&theirs, "# someone else's\n").expect("aliases");
+    std::os::unix::fs::chown(&theirs, Some(quillq), None).expect("chown");
+    std::fs::write(home.join("control/aliases"), format!("{}\n", theirs.display())).expect("control/aliases");
+    let fifth = run_setup();
+    assert_eq!(fifth.status.code(), Some(1), "{}", text(&fifth));
+    assert!(text(&fifth).contains("add these lines yourself"), "{}", text(&fifth));
+    assert_eq!(std::fs::read_to_string(&theirs).expect("aliases"), "# someone else's\n");
+}
+
+/// Audit item 4: `quill queue` runs as root and writes into queue/lock/control, in quillq's
+/// directory. A link or a plain file put there must not receive the request.
+#[test]
+fn queue_requests_never_write_through_a_link() {
+    let home = common::home("quill-control-link", &[]);
+    let victim = home.path().join("victim");
+    std::fs::write(&victim, "precious\n").expect("victim");
+    let control = home.path().join("queue/lock/control");
+    std::fs::remove_file(&control).expect("rm control");
+    std::os::unix::fs::symlink(&victim, &control).expect("symlink");
+    let out = quill(&["queue", "hold", "123"], Some(home.path()), b"");
+    assert_eq!(out.status.code(), Some(111), "{}", text(&out));
+    assert!(text(&out).contains("it is a symbolic link, not a named pipe"), "{}", text(&out));
+    // A hard link or plain file where the FIFO belongs: opened, found not a FIFO, not written.
+    std::fs::remove_file(&control).expect("rm link");
+    std::fs::hard_link(&victim, &control).expect("hard link");
+    let out = quill(&["queue", "delete", "123"], Some(home.path()), b"");
+    assert_eq!(out.status.code(), Some(111), "{}", text(&out));
+    assert!(text(&out).contains("it is not a named pipe"), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&victim).expect("victim"), "precious\n");
+
+    // sendmail -q writes into queue/lock/trigger: the same.
+    let trigger = home.path().join("queue/lock/trigger");
+    std::fs::remove_file(&trigger).expect("rm trigger");
+    std::os::unix::fs::symlink(&victim, &trigger).expect("symlink");
+    let out = common::run(home.path(), "sendmail", &["-q"], b"");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&victim).expect("victim"), "precious\n");
 }

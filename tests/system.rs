@@ -697,3 +697,94 @@ fn concurrent_first_deliveries_to_a_new_maildir() {
     );
     assert!(!q.log().contains("deferral"), "no delivery had to wait:\n{}", q.log());
 }
+
+/// Audit item 2: quill-up started by root gives the instance directory to its owner, who can
+/// put anything in it. A hard link to root's file is refused with nothing given away; a
+/// symbolic link is given to the owner itself, never what it names. (The walk is by
+/// descriptor, so a directory swapped for a link during it is not followed either: src/tree.rs.)
+#[test]
+fn quill_up_as_root_gives_away_only_the_instance() {
+    if !common::is_root() {
+        eprintln!("SKIP: quill-up only gives a directory away when started by root");
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let Some(nobody) = nix::unistd::User::from_name("nobody").ok().flatten() else {
+        eprintln!("SKIP: there is no user nobody");
+        return;
+    };
+    let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+    let outside = TempDir::new("up-outside");
+    let secret = outside.path().join("secret");
+    std::fs::write(&secret, "root's\n").expect("secret");
+    let secret_dir = outside.path().join("dir");
+    std::fs::create_dir(&secret_dir).expect("dir");
+    let owned_by_root = |path: &Path| std::fs::metadata(path).map(|m| (m.uid(), m.gid())).expect("stat") == (0, 0);
+
+    // quill-up started on `home`, which must refuse at once: (exited in time, exit code, stderr).
+    let refused = |home: &Path| {
+        let mut child = Command::new(bin("quill-up"))
+            .arg("-d")
+            .arg(home)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start quill-up");
+        let exited = wait_for(Duration::from_secs(20), || !matches!(child.try_wait(), Ok(None)));
+        if !exited {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM);
+            let _ = wait_for(Duration::from_secs(30), || !matches!(child.try_wait(), Ok(None)));
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().expect("wait");
+        (exited, out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+
+    // A hard link to root's file: quill-up refuses to start and says why.
+    let dir = TempDir::new("up-hard");
+    let home = dir.path().join("q");
+    std::fs::create_dir_all(home.join("maildir")).expect("mkdir");
+    std::fs::hard_link(&secret, home.join("maildir/hard")).expect("hard link");
+    std::os::unix::fs::chown(&home, Some(uid), Some(gid)).expect("chown");
+    let (exited, code, stderr) = refused(&home);
+    assert!(owned_by_root(&secret), "quill-up gave root's file away; stderr:\n{stderr}");
+    assert!(exited && code == Some(111), "quill-up must refuse; stderr:\n{stderr}");
+    assert!(stderr.contains("quill-up: fatal: unable to use") && stderr.contains("it has 2 hard links"), "{stderr}");
+
+    // DIR named through a link its owner made (to a directory of root's): root follows no link
+    // in the path, so that directory is not given to nobody.
+    let dir = TempDir::new("up-path-link");
+    let user_dir = dir.path().join("user");
+    std::fs::create_dir(&user_dir).expect("mkdir");
+    std::os::unix::fs::chown(&user_dir, Some(uid), Some(gid)).expect("chown");
+    let link = user_dir.join("instance");
+    std::os::unix::fs::symlink(&secret_dir, &link).expect("symlink");
+    std::os::unix::fs::lchown(&link, Some(uid), Some(gid)).expect("lchown");
+    std::fs::write(secret_dir.join("file"), "root's\n").expect("file");
+    let (exited, code, stderr) = refused(&link);
+    assert!(owned_by_root(&secret_dir) && owned_by_root(&secret_dir.join("file")), "given away; stderr:\n{stderr}");
+    assert!(exited && code == Some(111), "quill-up must refuse; stderr:\n{stderr}");
+    assert!(stderr.contains("it is a symbolic link where a directory belongs"), "{stderr}");
+    assert!(!secret_dir.join("queue").exists(), "quill-up made its tree in root's directory");
+    std::fs::remove_file(secret_dir.join("file")).expect("rm");
+
+    // Symbolic links to root's file and directory, and a subdirectory of root's: the instance
+    // runs as nobody, the links and the subdirectory are nobody's, what the links name is not.
+    let instance = Instance::start("up-links", |home| {
+        std::fs::create_dir_all(home.join("sub")).expect("sub");
+        std::fs::write(home.join("sub/file"), "").expect("file");
+        std::os::unix::fs::symlink(&secret, home.join("link")).expect("symlink");
+        std::os::unix::fs::symlink(&secret_dir, home.join("sub/dirlink")).expect("symlink");
+        for link in [home.join("link"), home.join("sub/dirlink")] {
+            std::os::unix::fs::lchown(link, Some(uid), Some(gid)).expect("lchown");
+        }
+        std::os::unix::fs::chown(home, Some(uid), Some(gid)).expect("chown");
+    });
+    let home = instance.home();
+    assert!(owned_by_root(&secret) && owned_by_root(&secret_dir), "log:\n{}", instance.log());
+    for entry in ["sub", "sub/file", "queue/todo", "control"] {
+        assert_eq!(std::fs::metadata(home.join(entry)).expect("stat").uid(), uid, "{entry}");
+    }
+    assert_eq!(std::fs::symlink_metadata(home.join("link")).expect("link").uid(), uid);
+}

@@ -161,11 +161,32 @@ fn not_as_this_user(list: &mut Vec<Problem>) {
     }
 }
 
-fn check_owner(list: &mut Vec<Problem>, path: &Path, user: &str, group: &str, mode: u32) {
+fn check_owner(list: &mut Vec<Problem>, path: &Path, kind: crate::tree::Kind, user: &str, group: &str, mode: u32) {
     let (Some((uid, _)), Some(gid)) = (user_ids(user), group_id(group)) else {
         return;
     };
     let shown = shell_quote(&path.display().to_string());
+    // The type first: a chown or chmod printed as the fix for a symbolic link would follow it
+    // when the administrator runs it (the queue's directories belong to quillq, who can put
+    // a link anywhere in them), so a wrong type gets a fix that moves the entry away.
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        let found = meta.file_type();
+        let (right, name) = match kind {
+            crate::tree::Kind::Directory => (found.is_dir(), "a directory"),
+            crate::tree::Kind::File => (found.is_file(), "a regular file"),
+            crate::tree::Kind::Fifo => (found.is_fifo(), "a named pipe"),
+        };
+        if !right {
+            let what = if found.is_symlink() { "a symbolic link" } else { "of another type" };
+            problem(
+                list,
+                format!("{} is {what}, not {name}", path.display()),
+                format!("look at it, then: mv {shown} {shown}.suspect && quill setup"),
+            );
+            return;
+        }
+    }
     match owner_mode(path) {
         None => match std::fs::symlink_metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
@@ -201,35 +222,26 @@ fn check_tree(list: &mut Vec<Problem>, home: &Path) {
         );
         return;
     }
-    let entries: [(PathBuf, &str, &str, u32); 13] = [
-        (home.join("control"), "root", "root", 0o755),
-        (home.join("users"), "root", "root", 0o755),
-        (home.join("alias"), "alias", NOFILES_GROUP, 0o2755),
-        (layout.queue.clone(), "quillq", QUEUE_GROUP, 0o750),
-        (layout.tmp(), "quillq", QUEUE_GROUP, super::setup::TMP_MODE),
-        (layout.todo(), "quillq", QUEUE_GROUP, 0o750),
-        (layout.mess(), "quillq", QUEUE_GROUP, 0o750),
-        (layout.hold(), "quillq", QUEUE_GROUP, 0o750),
-        (layout.info(), "quills", QUEUE_GROUP, 0o700),
-        (layout.queue.join("lock"), "quillq", QUEUE_GROUP, 0o750),
-        (layout.trigger(), "quills", QUEUE_GROUP, 0o622),
-        (layout.sendmutex(), "quills", QUEUE_GROUP, 0o600),
-        (layout.control(), "quills", QUEUE_GROUP, 0o600),
+    use crate::tree::Kind::{Directory, Fifo, File};
+    let entries: [(PathBuf, crate::tree::Kind, &str, &str, u32); 13] = [
+        (home.join("control"), Directory, "root", "root", 0o755),
+        (home.join("users"), Directory, "root", "root", 0o755),
+        (home.join("alias"), Directory, "alias", NOFILES_GROUP, 0o2755),
+        (layout.queue.clone(), Directory, "quillq", QUEUE_GROUP, 0o750),
+        (layout.tmp(), Directory, "quillq", QUEUE_GROUP, super::setup::TMP_MODE),
+        (layout.todo(), Directory, "quillq", QUEUE_GROUP, 0o750),
+        (layout.mess(), Directory, "quillq", QUEUE_GROUP, 0o750),
+        (layout.hold(), Directory, "quillq", QUEUE_GROUP, 0o750),
+        (layout.info(), Directory, "quills", QUEUE_GROUP, 0o700),
+        (layout.queue.join("lock"), Directory, "quillq", QUEUE_GROUP, 0o750),
+        (layout.trigger(), Fifo, "quills", QUEUE_GROUP, 0o622),
+        (layout.sendmutex(), File, "quills", QUEUE_GROUP, 0o600),
+        (layout.control(), Fifo, "quills", QUEUE_GROUP, 0o600),
     ];
-    for (path, user, group, mode) in entries.iter() {
-        check_owner(list, path, user, group, *mode);
+    for (path, kind, user, group, mode) in entries.iter() {
+        check_owner(list, path, *kind, user, group, *mode);
     }
     check_message_groups(list, &layout);
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(meta) = std::fs::symlink_metadata(layout.trigger()) {
-        if !meta.file_type().is_fifo() {
-            problem(
-                list,
-                format!("{} is not a named pipe", layout.trigger().display()),
-                format!("rm {} && quill setup", shell_quote(&layout.trigger().display().to_string())),
-            );
-        }
-    }
 }
 
 /// Message files quill-send cannot read: their group is not quill (written before tmp/ had
@@ -268,7 +280,7 @@ fn check_queue_program(list: &mut Vec<Problem>, bindir: &Path) {
         problem(list, format!("{} is missing", path.display()), "make install");
         return;
     }
-    check_owner(list, &path, "quillq", QUEUE_GROUP, 0o4711);
+    check_owner(list, &path, crate::tree::Kind::File, "quillq", QUEUE_GROUP, 0o4711);
 }
 
 fn check_controls(list: &mut Vec<Problem>, home: &Path) {

@@ -239,7 +239,6 @@ pub fn show(entry: &Entry, now: u64, body: bool) -> String {
 /// Ids are checked here too, so a typo is reported at once rather than only in the log.
 pub fn request(home: &Path, lines: &[String]) -> Result<(), String> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     for line in lines {
         let id = line.split_whitespace().nth(1).unwrap_or("");
         if !id.is_empty() && !crate::queuefile::valid_id(id.as_bytes()) {
@@ -247,12 +246,10 @@ pub fn request(home: &Path, lines: &[String]) -> Result<(), String> {
         }
     }
     let path = crate::queuefile::Layout::new(home).control();
-    let mut fifo = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&path).map_err(|e| {
-        match e.raw_os_error() {
-            Some(libc::ENXIO) => "unable to reach quill-send: it is not running".to_string(),
-            Some(libc::EACCES) => format!("unable to open {}: permission denied (run as root)", path.display()),
-            _ => format!("unable to open {}: {e}", path.display()),
-        }
+    let mut fifo = crate::queuefile::open_fifo(&path, false).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENXIO) => "unable to reach quill-send: it is not running".to_string(),
+        Some(libc::EACCES) => format!("unable to open {}: permission denied (run as root)", path.display()),
+        _ => format!("unable to open {}: {e}", path.display()),
     })?;
     fifo.write_all(lines.concat().as_bytes()).map_err(|e| format!("unable to write to {}: {e}", path.display()))?;
     println!("sent to quill-send: {}", lines.concat().trim_end().replace('\n', "; "));

@@ -43,8 +43,9 @@ impl Report {
     }
 }
 
-/// The mode of `queue/tmp/` in an installation: 0700 plus set-group-id (see [`setup`]).
-pub const TMP_MODE: u32 = 0o2700;
+/// The mode of `queue/tmp/` in an installation: 0700 plus set-group-id
+/// ([`crate::queuefile::TMP_MODE`]).
+pub const TMP_MODE: u32 = crate::queuefile::TMP_MODE;
 
 /// The links `--links` makes: (path under the link root, program in the bin directory).
 pub const LINKS: [(&str, &str); 3] =
@@ -98,43 +99,59 @@ fn ensure_user(account: &Account, home: &Path, report: &mut Report) {
     }
 }
 
-/// Create a directory if missing and give it this owner and mode.
-fn ensure_dir(path: &Path, uid: u32, gid: u32, mode: u32, report: &mut Report) {
-    match std::fs::DirBuilder::new().mode(mode & 0o777).create(path) {
-        Ok(()) => report.did(format!("created {}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return report.fail(format!("unable to create {}: {e}", path.display())),
-    }
-    if owner_mode(path) != Some((uid, gid, mode)) {
-        // chown clears the set-id bits, so the mode comes after it.
-        let result = chown(path, Some(uid), Some(gid))
-            .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)));
-        match result {
-            Ok(()) => report.did(format!(
-                "set {} to {}:{} mode {mode:o}",
-                path.display(),
-                super::user_name(uid),
-                super::group_name(gid)
-            )),
-            Err(e) => report.fail(format!("unable to set owner and mode of {}: {e}", path.display())),
+/// Create HOME if missing and give it to root, mode 0755. The administrator names it and its
+/// parents are root's, so it is opened following links; everything below it is walked by
+/// descriptor and never follows one ([`queue_tree`]).
+fn open_home(home: &Path, report: &mut Report) -> Option<crate::tree::Dir> {
+    let created = match std::fs::DirBuilder::new().mode(0o755).create(home) {
+        Ok(()) => {
+            report.did(format!("created {}", home.display()));
+            true
         }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => {
+            report.fail(format!("unable to create {}: {e}", home.display()));
+            return None;
+        }
+    };
+    let dir = match crate::tree::Dir::open(home) {
+        Ok(dir) => dir,
+        Err(e) => {
+            report.fail(e.to_string());
+            return None;
+        }
+    };
+    match dir.set_owner_mode(0, 0, 0o755) {
+        Ok(crate::tree::Done::Changed { .. }) if !created => {
+            report.did(format!("set {} to root:root mode 755", home.display()))
+        }
+        Ok(_) => {}
+        Err(e) => report.fail(e.to_string()),
     }
+    Some(dir)
 }
 
-/// Create an empty file if missing and give it this owner and mode (quill-send cannot create
-/// `lock/sendmutex` itself: `lock/` belongs to quillq).
-fn ensure_file(path: &Path, uid: u32, gid: u32, mode: u32, report: &mut Report) {
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path) {
-        Ok(_) => report.did(format!("created {}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return report.fail(format!("unable to create {}: {e}", path.display())),
+/// The queue tree, control/, users/ and alias/ with their owners and modes, by descriptor: the
+/// queue's directories belong to quillq, who could put a symbolic link where a directory or
+/// the trigger belongs, so an entry of the wrong type is refused and reported, never followed.
+fn queue_tree(home: &crate::tree::Dir, owners: crate::queuefile::Owners, report: &mut Report) {
+    use crate::tree::{Done, Kind, Spec};
+    let mut specs = crate::queuefile::tree_specs(Some(owners));
+    specs.push(Spec { path: "users", kind: Kind::Directory, mode: 0o755, owner: Some((0, 0)) });
+    match (user_ids("alias"), group_id(NOFILES_GROUP)) {
+        (Some((alias, _)), Some(nofiles)) => {
+            specs.push(Spec { path: "alias", kind: Kind::Directory, mode: 0o2755, owner: Some((alias, nofiles)) })
+        }
+        _ => report.fail("unable to create alias/: the alias user or the nofiles group is missing".into()),
     }
-    if owner_mode(path) != Some((uid, gid, mode)) {
-        let result = chown(path, Some(uid), Some(gid))
-            .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)));
-        if let Err(e) = result {
-            report.fail(format!("unable to set owner and mode of {}: {e}", path.display()));
+    for (spec, path, result) in crate::tree::apply(home, &specs) {
+        let (uid, gid) = spec.owner.unwrap_or((0, 0));
+        let owner = format!("{}:{} mode {:o}", super::user_name(uid), super::group_name(gid), spec.mode);
+        match result {
+            Ok(Done::Created) => report.did(format!("created {} ({owner})", path.display())),
+            Ok(Done::Changed { .. }) => report.did(format!("set {} to {owner}", path.display())),
+            Ok(Done::Unchanged) => {}
+            Err(e) => report.fail(e.to_string()),
         }
     }
 }
@@ -270,11 +287,23 @@ fn aliases(home: &Path, report: &mut Report) {
     }
     block.push_str("# Added by quill setup. Point root at the person who reads the system's mail.\n");
     block.push_str(&add);
-    let result = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .and_then(|mut f| f.write_all(block.as_bytes()).and_then(|()| f.sync_all()));
+    // Root appends only to a regular file of root's with one name, checked on the descriptor
+    // it writes to: a file that someone else owns (or a hard link to another file) put where
+    // control/aliases points must not get root's lines.
+    let result = std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| {
+        use std::os::unix::fs::MetadataExt;
+        let meta = f.metadata()?;
+        if !meta.is_file() || meta.uid() != 0 || meta.nlink() != 1 {
+            return Err(std::io::Error::other(format!(
+                "it is not a regular file of root's with one link (owner uid {}, {} links); add these lines \
+                 yourself: {}",
+                meta.uid(),
+                meta.nlink(),
+                add.trim_end().replace('\n', ", ")
+            )));
+        }
+        f.write_all(block.as_bytes()).and_then(|()| f.sync_all())
+    });
     match result {
         Ok(()) => report.did(format!("added {} to {}", add.trim_end().replace('\n', ", "), path.display())),
         Err(e) => report.fail(format!("unable to append to {}: {e}", path.display())),
@@ -357,47 +386,9 @@ pub fn setup(options: &Options, bindir: &Path) -> Report {
         report.fail("unable to create the queue: the quill accounts are missing".into());
         return report;
     };
-    ensure_dir(home, 0, 0, 0o755, &mut report);
+    let Some(home_dir) = open_home(home, &mut report) else { return report };
     let owners = crate::queuefile::Owners { quillq, quills, quill_group: quill_gid };
-    // create_tree sets every mode it knows, tmp/'s set-group-id bit included away: call it
-    // only when a part is missing, so that a second run changes nothing and tmp/ is never
-    // without the bit while the system runs.
-    let layout = crate::queuefile::Layout::new(home);
-    let complete =
-        [layout.tmp(), layout.todo(), layout.mess(), layout.hold(), layout.info(), layout.trigger(), layout.control()]
-            .iter()
-            .chain([home.join("control")].iter())
-            .all(|p| p.exists());
-    if complete {
-        let entries = [
-            (layout.queue.clone(), quillq, 0o750),
-            (layout.todo(), quillq, 0o750),
-            (layout.mess(), quillq, 0o750),
-            (layout.hold(), quillq, 0o750),
-            (layout.info(), quills, 0o700),
-            (layout.queue.join("lock"), quillq, 0o750),
-        ];
-        for (dir, uid, mode) in entries {
-            ensure_dir(&dir, uid, quill_gid, mode, &mut report);
-        }
-        ensure_dir(&home.join("control"), 0, 0, 0o755, &mut report);
-        // The FIFO exists (checked above): only its owner and mode are put right.
-        ensure_file(&layout.trigger(), quills, quill_gid, 0o622, &mut report);
-        ensure_file(&layout.control(), quills, quill_gid, 0o600, &mut report);
-    } else if let Err(e) = crate::queuefile::create_tree(home, Some(owners)) {
-        report.fail(format!("unable to create the queue under {}: {e}", home.display()));
-        return report;
-    }
-    // quill-queue runs setuid quillq with the caller's group; the set-group-id bit on tmp/
-    // gives each message file the group quill instead, so that quill-send (quills, group
-    // quill) can read it after the rename into todo/.
-    ensure_dir(&crate::queuefile::Layout::new(home).tmp(), quillq, quill_gid, TMP_MODE, &mut report);
-    ensure_file(&crate::queuefile::Layout::new(home).sendmutex(), quills, quill_gid, 0o600, &mut report);
-    ensure_dir(&home.join("users"), 0, 0, 0o755, &mut report);
-    match (user_ids("alias"), group_id(NOFILES_GROUP)) {
-        (Some((alias, _)), Some(nofiles)) => ensure_dir(&home.join("alias"), alias, nofiles, 0o2755, &mut report),
-        _ => report.fail("unable to create alias/: the alias user or the nofiles group is missing".into()),
-    }
+    queue_tree(&home_dir, owners, &mut report);
     control_files(home, &mut report);
     certificate(home, &mut report);
     aliases(home, &mut report);

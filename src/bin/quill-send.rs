@@ -82,24 +82,14 @@ fn main() -> ExitCode {
         Err(e) => return fatal(&e.message),
     };
     // Read and write: the FIFO then always has a writer, so poll never reports a hangup.
-    let trigger = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(layout.trigger())
-    {
+    let trigger = match quill::queuefile::open_fifo(&layout.trigger(), true) {
         Ok(f) => f,
         Err(e) => return fatal(&format!("unable to open queue/lock/trigger: {e}")),
     };
 
     // The administrator's requests (quill queue …); an older tree without the FIFO just has
     // no such channel.
-    let admin = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(layout.control())
-    {
+    let admin = match quill::queuefile::open_fifo(&layout.control(), true) {
         Ok(f) => Some(f),
         Err(e) => {
             quill::log::warning(&format!("unable to open queue/lock/control: {e}; quill queue cannot reach me"));

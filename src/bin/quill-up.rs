@@ -153,15 +153,20 @@ fn make_certificate(control: &Path) {
 /// A private instance never runs as root: started by root (a test, a container), it gives the
 /// directory to its owner if that is not root, else to `nobody`, and becomes that user. Every
 /// stage then runs as that one user, as DESIGN §6 says.
+///
+/// The owner can change everything in the directory while root works on it, so the directory
+/// is opened without following a link in any component of its path, its owner is read from
+/// that descriptor, and the tree is given away by descriptor ([`quill::tree::give_tree`]):
+/// no link is followed and nothing is changed by path after a check.
 fn become_owner(dir: &Path) -> Result<(), String> {
     use nix::unistd::{setgid, setgroups, setuid, Gid, Uid, User};
-    use std::os::unix::fs::MetadataExt;
     if !Uid::effective().is_root() {
         return Ok(());
     }
-    let meta = std::fs::metadata(dir).map_err(|e| format!("unable to stat {}: {e}", dir.display()))?;
-    let (uid, gid) = if meta.uid() != 0 {
-        (meta.uid(), meta.gid())
+    let root = quill::tree::Dir::open_without_links(dir).map_err(|e| e.to_string())?;
+    let meta = root.stat().map_err(|e| e.to_string())?;
+    let (uid, gid) = if meta.st_uid != 0 {
+        (meta.st_uid, meta.st_gid)
     } else {
         let nobody = User::from_name("nobody")
             .ok()
@@ -169,27 +174,11 @@ fn become_owner(dir: &Path) -> Result<(), String> {
             .ok_or("unable to run as root and there is no user nobody to run as")?;
         (nobody.uid.as_raw(), nobody.gid.as_raw())
     };
-    chown_tree(dir, uid, gid).map_err(|e| format!("unable to give {} to uid {uid}: {e}", dir.display()))?;
+    quill::tree::give_tree(&root, uid, gid).map_err(|e| e.to_string())?;
     setgroups(&[Gid::from_raw(gid)]).map_err(|e| format!("unable to set groups: {e}"))?;
     setgid(Gid::from_raw(gid)).map_err(|e| format!("unable to set gid {gid}: {e}"))?;
     setuid(Uid::from_raw(uid)).map_err(|e| format!("unable to set uid {uid}: {e}"))?;
     quill::log::line(&format!("started as root: running as uid {uid}"));
-    Ok(())
-}
-
-/// Give every file under `dir` that is not yet the user's to the user (symbolic links are
-/// not followed).
-fn chown_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::symlink_metadata(dir)?;
-    if meta.uid() != uid || meta.gid() != gid {
-        std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
-    }
-    if meta.is_dir() {
-        for entry in std::fs::read_dir(dir)? {
-            chown_tree(&entry?.path(), uid, gid)?;
-        }
-    }
     Ok(())
 }
 
@@ -217,12 +206,23 @@ impl Service {
 fn main() -> ExitCode {
     quill::log::init("quill-up");
     let Some(mut o) = parse_options() else { return usage() };
-    // Every path written into the instance's files is absolute, so that it means the same
-    // to every program whatever its working directory.
-    if let Err(e) = std::fs::create_dir_all(&o.dir) {
+    // Root follows no link in DIR's path and makes what is missing by descriptor: whoever
+    // owns a part of the path could otherwise lead it to a directory of root's (/etc), which
+    // would then be given to nobody.
+    if nix::unistd::Uid::effective().is_root() {
+        let made = std::path::absolute(&o.dir)
+            .map_err(|e| format!("unable to find {}: {e}", o.dir.display()))
+            .and_then(|dir| quill::tree::Dir::create_without_links(&dir, 0o755).map_err(|e| e.to_string()));
+        if let Err(e) = made {
+            quill::log::fatal(&e);
+            return ExitCode::from(111);
+        }
+    } else if let Err(e) = std::fs::create_dir_all(&o.dir) {
         quill::log::fatal(&format!("unable to create {}: {e}", o.dir.display()));
         return ExitCode::from(111);
     }
+    // Every path written into the instance's files is absolute, so that it means the same
+    // to every program whatever its working directory.
     o.dir = match o.dir.canonicalize() {
         Ok(d) => d,
         Err(e) => {
