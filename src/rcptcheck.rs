@@ -100,11 +100,13 @@ fn dot_file_exists(a: &Assignment) -> Verdict {
             Ok(_) => return Verdict::Known,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENAMETOOLONG) | Some(libc::ENOTDIR)) => continue,
-            Err(e) => return Verdict::Unseen(format!(
+            Err(e) => {
+                return Verdict::Unseen(format!(
                 "unable to stat {}: {e}; make {} searchable by quill-smtpd (chmod 711) to check extension addresses",
                 crate::log::safe(path.as_os_str().as_encoded_bytes()),
                 crate::log::safe(a.home.as_os_str().as_encoded_bytes())
-            )),
+            ))
+            }
         }
     }
     Verdict::Unknown
