@@ -351,7 +351,9 @@ impl Spawner {
             .refresh(|_| load_program_limit(&home))
             .map_err(|e| temporary(format!("{e} (#4.3.0)")))?;
         let aliases = self.aliases.refresh(load_aliases).map_err(|e| temporary(format!("{e} (#4.3.0)")))?;
-        let assign = self.assign.refresh(AssignDb::open_path).map_err(|e| temporary(format!("{e} (#4.3.0)")))?;
+        let my_uid = self.my_uid;
+        let assign =
+            self.assign.refresh(|path| load_assign(path, my_uid)).map_err(|e| temporary(format!("{e} (#4.3.0)")))?;
         self.directory.check();
         let mut forwards_only = false;
         let (user, alias_target) =
@@ -494,6 +496,23 @@ impl Spawner {
             self.report(delivery.slot, outcome, &text);
         }
     }
+}
+
+/// users/assign.db, if it is there. It says which uid runs each delivery, so it counts only
+/// when nobody but root (or quill-lspawn's own uid, in an instance) can change it: checked
+/// on the opened descriptor (crate::trust).
+fn load_assign(path: &Path, my_uid: u32) -> Result<Option<AssignDb>> {
+    let opened = match crate::trust::open(path) {
+        Ok(Some(opened)) => opened,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(Error::io(format_args!("open {}", path.display()), &e)),
+    };
+    if let Some(why) = crate::trust::distrust(&opened.ownership, my_uid, &[]) {
+        return Err(Error::temporary(format!("unable to trust {}: {why}; not using it", path.display())));
+    }
+    let mut bytes = Vec::with_capacity(opened.meta.len() as usize);
+    (&opened.file).read_to_end(&mut bytes).map_err(|e| Error::io(format_args!("read {}", path.display()), &e))?;
+    AssignDb::parse(bytes).map(Some)
 }
 
 /// control/timeoutprogram, if it is there (else quill-local's own default applies).

@@ -809,4 +809,15 @@ fn program_limit_and_untrusted_aliases_reach_quill_local() {
     assert!(line(&text, "argv:").starts_with("argv: [-t] [7] [-F] [-A] [--]"), "{text}");
     let (_, text) = lspawn.deliver(&id, "joe@example.com");
     assert!(!line(&text, "argv:").contains("[-F]"), "{text}");
+    drop(lspawn);
+
+    // users/assign.db says which uid runs each delivery: someone else's is not used.
+    let (uid, gid) = runner();
+    let joe = world.user_home("joe");
+    world.assign(&format!("=joe:joe:{uid}:{gid}:{}:::\n.\n", joe.display()));
+    std::os::unix::fs::chown(world.path().join("users/assign.db"), Some(54321), None).expect("chown");
+    let mut lspawn = world.lspawn_private();
+    let (letter, text) = lspawn.deliver(&id, "joe@example.com");
+    assert_eq!(letter, 'Z', "{text}");
+    assert!(text.contains("unable to trust") && text.contains("belongs to uid 54321"), "{text}");
 }
