@@ -216,6 +216,9 @@ fn read_instructions_file(path: &Path, world_only: bool) -> Result<Option<Instru
     let opened = match crate::trust::open(path) {
         Ok(Some(opened)) => opened,
         Ok(None) => return Ok(None),
+        // A name built from an address can be too long for any file: "no such file" is the
+        // true answer, not "try again" (a week of deferrals, then a bounce).
+        Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => return Ok(None),
         Err(e) => return Err(Error::temporary(format!("Unable to open {shown}: {e}. (#4.2.1)"))),
     };
     let mode = opened.meta.permissions().mode();
