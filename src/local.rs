@@ -261,7 +261,7 @@ pub fn choose(args: &Args) -> Result<Plan> {
         let mut instructions = Vec::new();
         let distrust = args
             .forwards_only
-            .then(|| "the aliases file belongs to someone other than root or the alias user".to_string());
+            .then(|| "the aliases file is not root's or the alias user's alone (quill-lspawn -F)".to_string());
         let mut list = List { args, origin: "the aliases entry".into(), distrust, refused: 0 };
         list.expand(&args.default_delivery, 0, &mut instructions)?;
         list.summary();
