@@ -45,6 +45,13 @@ pub const MAX_NAME: usize = 255;
 const MAX_POINTERS: usize = 64;
 /// CNAMEs followed for one lookup at most.
 pub const MAX_CNAMES: usize = 8;
+/// Queries sent for one lookup at most: the first, and one per CNAME that had to be asked
+/// for. Every query counts, whatever the answer said, so no answer can make a lookup ask
+/// again and again (a CNAME target that never matches used to do that).
+pub const MAX_QUERIES: usize = MAX_CNAMES + 1;
+/// The longest one lookup may take, all its queries, servers and attempts together, unless
+/// the caller gives an earlier deadline (quill-remote's whole-run deadline).
+pub const LOOKUP_TIME: Duration = Duration::from_secs(120);
 
 /// What is wrong with a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -261,7 +268,7 @@ impl<'a> Cursor<'a> {
                     if !name.is_empty() {
                         name.push(b'.');
                     }
-                    name.extend(label.iter().map(u8::to_ascii_lowercase));
+                    push_label(&mut name, label);
                     pos += 1 + len;
                 }
                 0xc0 => {
@@ -282,6 +289,31 @@ impl<'a> Cursor<'a> {
             }
         }
     }
+}
+
+/// Append one label in presentation form, lower case: a byte that would change how the name
+/// reads — a dot inside a label, a backslash, a space or control character, a byte above
+/// 0x7e — becomes `\DDD` (RFC 1035 §5.1). So one text never stands for two different names
+/// (the label `te.st` is `te\046st`, not the two labels `te` and `st`), and such a name is
+/// never a valid host name ([`is_host_name`]).
+fn push_label(name: &mut Vec<u8>, label: &[u8]) {
+    for &b in label {
+        if b.is_ascii_graphic() && b != b'.' && b != b'\\' {
+            name.push(b.to_ascii_lowercase());
+        } else {
+            name.extend_from_slice(format!("\\{b:03}").as_bytes());
+        }
+    }
+}
+
+/// Letters, digits, hyphens, underscores and dots, no empty label, no label over 63 bytes,
+/// at most 253 bytes: a name we are willing to look up or connect to. Names decoded from
+/// answers with any other byte in a label (escaped by [`push_label`]) fail here.
+pub fn is_host_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split(|&b| b == b'.').all(|l| !l.is_empty() && l.len() <= 63)
+        && name.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 /// Decode a whole message. Records of unknown types are kept as [`Data::Other`]; the
@@ -508,8 +540,13 @@ impl Resolver {
     }
 
     /// Ask one question and return the validated response; NXDOMAIN and server failures are
-    /// errors. Tries every server `attempts` times over.
+    /// errors. Tries every server `attempts` times over, for at most [`LOOKUP_TIME`].
     pub fn query(&self, name: &[u8], qtype: u16) -> Result<Message, DnsError> {
+        self.query_until(name, qtype, Instant::now() + LOOKUP_TIME)
+    }
+
+    /// [`Resolver::query`], giving up (temporarily) at `deadline`.
+    pub fn query_until(&self, name: &[u8], qtype: u16, deadline: Instant) -> Result<Message, DnsError> {
         let name = crate::address::normal_domain(name);
         if encode_query(0, &name, qtype, false).is_err() || name.is_empty() {
             return Err(DnsError::BadName(name));
@@ -517,7 +554,10 @@ impl Resolver {
         let mut last = String::from("no name server configured");
         for _ in 0..self.attempts {
             for server in &self.servers {
-                match self.ask(*server, &name, qtype) {
+                if Instant::now() >= deadline {
+                    return Err(DnsError::Temporary(name, format!("out of time ({last})")));
+                }
+                match self.ask(*server, &name, qtype, deadline) {
                     Ok(message) => match message.rcode() {
                         RCODE_NOERROR => return Ok(message),
                         RCODE_NXDOMAIN => return Err(DnsError::NxDomain(name)),
@@ -534,18 +574,34 @@ impl Resolver {
 
     /// One exchange with one server: UDP with EDNS0, then without EDNS0 if the server did not
     /// understand it, then TCP if the answer was truncated.
-    fn ask(&self, server: SocketAddr, name: &[u8], qtype: u16) -> Result<Message, String> {
-        let mut message = self.ask_udp(server, name, qtype, true)?;
+    fn ask(&self, server: SocketAddr, name: &[u8], qtype: u16, deadline: Instant) -> Result<Message, String> {
+        let mut message = self.ask_udp(server, name, qtype, true, deadline)?;
         if message.rcode() == RCODE_FORMERR {
-            message = self.ask_udp(server, name, qtype, false)?;
+            message = self.ask_udp(server, name, qtype, false, deadline)?;
         }
         if message.truncated() {
-            message = self.ask_tcp(server, name, qtype)?;
+            message = self.ask_tcp(server, name, qtype, deadline)?;
         }
         Ok(message)
     }
 
-    fn ask_udp(&self, server: SocketAddr, name: &[u8], qtype: u16, edns: bool) -> Result<Message, String> {
+    /// How long to wait for one answer: the configured timeout, less if the deadline is nearer.
+    fn wait(&self, deadline: Instant) -> Result<Duration, String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("timed out".to_string());
+        }
+        Ok(left.min(self.timeout))
+    }
+
+    fn ask_udp(
+        &self,
+        server: SocketAddr,
+        name: &[u8],
+        qtype: u16,
+        edns: bool,
+        deadline: Instant,
+    ) -> Result<Message, String> {
         let id = random_u16();
         let query = encode_query(id, name, qtype, edns).map_err(|e| format!("{e:?}"))?;
         let socket = bind_random(server).map_err(|e| format!("unable to bind a UDP socket: {e}"))?;
@@ -553,7 +609,7 @@ impl Resolver {
         // check after recv_from says the same in code.
         socket.connect(server).map_err(|e| format!("unable to reach: {e}"))?;
         socket.send(&query).map_err(|e| format!("unable to send: {e}"))?;
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + self.wait(deadline)?;
         let mut buffer = vec![0u8; 65535];
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -579,29 +635,45 @@ impl Resolver {
         }
     }
 
-    fn ask_tcp(&self, server: SocketAddr, name: &[u8], qtype: u16) -> Result<Message, String> {
+    fn ask_tcp(&self, server: SocketAddr, name: &[u8], qtype: u16, deadline: Instant) -> Result<Message, String> {
         let id = random_u16();
         let query = encode_query(id, name, qtype, false).map_err(|e| format!("{e:?}"))?;
-        let mut stream = TcpStream::connect_timeout(&server, self.timeout).map_err(|e| format!("TCP: {e}"))?;
-        let _ = stream.set_read_timeout(Some(self.timeout));
-        let _ = stream.set_write_timeout(Some(self.timeout));
+        // One wait for the whole exchange: a server that sends a byte at a time gets no more.
+        let wait = self.wait(deadline)?;
+        let until = Instant::now() + wait;
+        let mut stream = TcpStream::connect_timeout(&server, wait).map_err(|e| format!("TCP: {e}"))?;
+        let _ = stream.set_write_timeout(Some(wait));
         let mut framed = (query.len() as u16).to_be_bytes().to_vec();
         framed.extend_from_slice(&query);
         stream.write_all(&framed).map_err(|e| format!("TCP: {e}"))?;
         let mut length = [0u8; 2];
-        stream.read_exact(&mut length).map_err(|e| format!("TCP: {e}"))?;
+        read_until(&mut stream, &mut length, until)?;
         let mut packet = vec![0u8; u16::from_be_bytes(length) as usize];
-        stream.read_exact(&mut packet).map_err(|e| format!("TCP: {e}"))?;
+        read_until(&mut stream, &mut packet, until)?;
         matching(&packet, id, name, qtype).ok_or_else(|| "TCP: answer does not match the question".to_string())
     }
 
     /// Records of `qtype` for `name`, following CNAMEs (in the answer, or by asking again)
-    /// at most [`MAX_CNAMES`] times.
+    /// at most [`MAX_CNAMES`] times, in at most [`MAX_QUERIES`] queries and [`LOOKUP_TIME`].
     pub fn lookup(&self, name: &[u8], qtype: u16) -> Result<Answer, DnsError> {
+        self.lookup_until(name, qtype, Instant::now() + LOOKUP_TIME)
+    }
+
+    /// [`Resolver::lookup`], giving up (temporarily) at `deadline` or after [`LOOKUP_TIME`],
+    /// whichever comes first. A CNAME target that is not a valid host name is an invalid
+    /// answer: a temporary failure, never a name to ask for.
+    pub fn lookup_until(&self, name: &[u8], qtype: u16, deadline: Instant) -> Result<Answer, DnsError> {
+        let deadline = deadline.min(Instant::now() + LOOKUP_TIME);
         let mut current = crate::address::normal_domain(name);
         let mut hops = 0;
+        let mut queries = 0;
+        let failed = |why: String| Err(DnsError::Temporary(name.to_vec(), why));
         loop {
-            let message = self.query(&current, qtype)?;
+            queries += 1;
+            if queries > MAX_QUERIES {
+                return failed("CNAME chain too long".to_string());
+            }
+            let message = self.query_until(&current, qtype, deadline)?;
             // Walk the chain inside this answer.
             loop {
                 let next = message.answers.iter().find_map(|r| match &r.data {
@@ -625,7 +697,10 @@ impl Resolver {
                 };
                 hops += 1;
                 if hops > MAX_CNAMES {
-                    return Err(DnsError::Temporary(name.to_vec(), "CNAME chain too long".to_string()));
+                    return failed("CNAME chain too long".to_string());
+                }
+                if !is_host_name(&target) {
+                    return failed(format!("invalid CNAME target {}", crate::log::safe(&target)));
                 }
                 current = target;
             }
@@ -636,7 +711,12 @@ impl Resolver {
     /// Mail exchangers of a domain: (preference, host), in no particular order. Empty means
     /// the domain exists without MX records.
     pub fn mx(&self, domain: &[u8]) -> Result<Vec<(u16, Vec<u8>)>, DnsError> {
-        let answer = self.lookup(domain, TYPE_MX)?;
+        self.mx_until(domain, Instant::now() + LOOKUP_TIME)
+    }
+
+    /// [`Resolver::mx`] with a deadline.
+    pub fn mx_until(&self, domain: &[u8], deadline: Instant) -> Result<Vec<(u16, Vec<u8>)>, DnsError> {
+        let answer = self.lookup_until(domain, TYPE_MX, deadline)?;
         Ok(answer
             .records
             .into_iter()
@@ -650,11 +730,16 @@ impl Resolver {
     /// The IPv6 and IPv4 addresses of a host, IPv6 first. A temporary failure of one family
     /// is ignored when the other gives addresses; NXDOMAIN from either is final.
     pub fn addresses(&self, host: &[u8]) -> Result<Vec<IpAddr>, DnsError> {
-        let six = self.lookup(host, TYPE_AAAA);
+        self.addresses_until(host, Instant::now() + LOOKUP_TIME)
+    }
+
+    /// [`Resolver::addresses`] with a deadline.
+    pub fn addresses_until(&self, host: &[u8], deadline: Instant) -> Result<Vec<IpAddr>, DnsError> {
+        let six = self.lookup_until(host, TYPE_AAAA, deadline);
         if let Err(e @ (DnsError::NxDomain(_) | DnsError::BadName(_))) = &six {
             return Err(e.clone());
         }
-        let four = self.lookup(host, TYPE_A);
+        let four = self.lookup_until(host, TYPE_A, deadline);
         let mut out = Vec::new();
         for answer in [&six, &four].into_iter().flatten() {
             for data in &answer.records {
@@ -673,6 +758,28 @@ impl Resolver {
         }
         Ok(out)
     }
+}
+
+/// Fill `buffer` from a TCP stream by `until`, each read waiting only for the time left.
+fn read_until(stream: &mut TcpStream, buffer: &mut [u8], until: Instant) -> Result<(), String> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("TCP: timed out".to_string());
+        }
+        stream.set_read_timeout(Some(left)).map_err(|e| format!("TCP: {e}"))?;
+        match stream.read(&mut buffer[filled..]) {
+            Ok(0) => return Err("TCP: the server closed the connection".to_string()),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err("TCP: timed out".to_string())
+            }
+            Err(e) => return Err(format!("TCP: {e}")),
+        }
+    }
+    Ok(())
 }
 
 /// Bind a UDP socket of the server's family to a random port above 1023 (a few tries), or
@@ -1002,6 +1109,52 @@ mod tests {
         let err = r.mx(b"loop.test").unwrap_err();
         assert_eq!(err.outcome(), Outcome::Temporary);
         drop(thread);
+    }
+
+    #[test]
+    fn label_bytes_that_change_a_name_are_escaped() {
+        // Question "x", one CNAME answer whose target is the single label "te.st".
+        let mut p = vec![0, 1, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+        p.extend_from_slice(b"\x01x\x00\x00\x05\x00\x01");
+        p.extend_from_slice(&[0xc0, 12, 0, 5, 0, 1, 0, 0, 0, 60, 0, 7]);
+        p.extend_from_slice(b"\x05te.st\x00");
+        let m = decode(&p).unwrap();
+        let Data::Cname(target) = &m.answers[0].data else { panic!("not a CNAME") };
+        assert_eq!(target, b"te\\046st");
+        assert!(!is_host_name(target));
+        assert!(is_host_name(b"mx-1.example_domain.test"));
+        for bad in [&b"a b"[..], b"a\\.b", b"a..b", b"", b"-\x00", &[b'a'; 64]] {
+            assert!(!is_host_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hostile_cnames_cost_a_bounded_number_of_queries() {
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        // Every answer: the question's name is a CNAME for the one label "test." (the
+        // audit's packet, which made the old loop ask forever).
+        let (server, thread) = udp_server(
+            move |q, _| {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut packet =
+                    reply_to(q, 0x8180, vec![rr(&q.questions[0].0, TYPE_CNAME, Data::Cname(b"xxxxx".to_vec()))]);
+                let at = packet.windows(7).rposition(|w| w == b"\x05xxxxx\x00").unwrap();
+                packet[at + 1..at + 6].copy_from_slice(b"test.");
+                vec![packet]
+            },
+            MAX_QUERIES + 5,
+        );
+        let err = resolver(vec![server]).mx(b"victim.test").unwrap_err();
+        assert_eq!(err.outcome(), Outcome::Temporary);
+        assert!(err.text().contains("invalid CNAME target"), "{}", err.text());
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+        drop(thread);
+        // Past the deadline nothing is asked at all.
+        let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let err =
+            resolver(vec![silent.local_addr().unwrap()]).lookup_until(b"x.test", TYPE_A, Instant::now()).unwrap_err();
+        assert!(err.text().contains("out of time"), "{}", err.text());
     }
 
     /// A deterministic generator for the fuzz loop (xorshift64*).

@@ -6,17 +6,28 @@
 //! mail back to plain text. The handshake itself is still done properly — the server must
 //! prove it holds the key of the certificate it sent — so the session is encrypted against
 //! passive listeners. Verified TLS (control/tlsdestinations) checks the chain against the
-//! system roots or control/tlsca and the name of the host we connected to.
+//! system roots or control/tlsca, and the names in the certificate against names that do not
+//! come from DNS: the recipient domain or a name under it, names the administrator listed
+//! for it, and a relay host the administrator named in smtproutes. An MX name learned from
+//! unauthenticated DNS proves nothing by itself (an attacker who forges the MX answer can
+//! hold a valid certificate for a host of his own), so it counts only when it lies under the
+//! recipient domain or a listed suffix (Postfix's `secure` level).
 #![forbid(unsafe_code)]
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme, StreamOwned};
+use rustls::{
+    CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    StreamOwned,
+};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// A TLS session over a TCP connection.
 pub type Stream = StreamOwned<ClientConnection, TcpStream>;
@@ -80,8 +91,114 @@ pub fn opportunistic() -> Result<Arc<ClientConfig>, String> {
     Ok(Arc::new(config))
 }
 
-/// The configuration for verified TLS: roots from `ca_file` (PEM), all of which must parse.
-pub fn verified(ca_file: &Path) -> Result<Arc<ClientConfig>, String> {
+/// The names a verified certificate may match: exact names (DNS names or addresses) and
+/// `.suffix` patterns (any DNS name under the suffix, wildcards included).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AcceptedNames {
+    /// Checked by webpki as reference names, wildcards and addresses handled there.
+    pub exact: Vec<String>,
+    /// Lower case, with their leading dot.
+    pub suffixes: Vec<String>,
+}
+
+impl AcceptedNames {
+    /// Add a name: `.suffix` or an exact name. Empty names are ignored.
+    pub fn add(&mut self, name: &str) {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if name.len() > 1 && name.starts_with('.') {
+            self.suffixes.push(name);
+        } else if !name.is_empty() && !name.starts_with('.') {
+            self.exact.push(name);
+        }
+    }
+
+    /// For texts: every name, exact names first.
+    pub fn describe(&self) -> String {
+        self.exact.iter().chain(&self.suffixes).cloned().collect::<Vec<_>>().join(", ")
+    }
+
+    /// True when a name the certificate presents lies under a suffix. `presented` is as
+    /// rustls reports it (`DnsName("mx.example")`); anything else matches nothing.
+    fn suffix_matches(&self, presented: &str) -> bool {
+        let Some(name) = presented.strip_prefix("DnsName(\"").and_then(|n| n.strip_suffix("\")")) else {
+            return false;
+        };
+        let name = name.to_ascii_lowercase();
+        self.suffixes.iter().any(|suffix| name.ends_with(suffix.as_str()) && name.len() > suffix.len())
+    }
+}
+
+/// Chain verification by webpki, then the names of [`AcceptedNames`] instead of the name
+/// the handshake was made for (that one is only the SNI).
+#[derive(Debug)]
+struct DestinationVerifier {
+    chain: Arc<WebPkiServerVerifier>,
+    names: AcceptedNames,
+}
+
+impl ServerCertVerifier for DestinationVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mut presented: Vec<String> = Vec::new();
+        // webpki checks the chain before the name, so a name error means the chain is good.
+        for name in &self.names.exact {
+            let Ok(reference) = ServerName::try_from(name.clone()) else { continue };
+            match self.chain.verify_server_cert(end_entity, intermediates, &reference, ocsp_response, now) {
+                Ok(verified) => return Ok(verified),
+                Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+                    presented: names,
+                    ..
+                })) => presented = names,
+                Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName)) => {}
+                Err(other) => return Err(other),
+            }
+        }
+        if presented.iter().any(|p| self.names.suffix_matches(p)) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        Err(rustls::Error::General(format!(
+            "the certificate names {} but none of {}",
+            if presented.is_empty() { "nothing usable".to_string() } else { presented.join(", ") },
+            self.names.describe()
+        )))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
+}
+
+/// The configuration for verified TLS: roots from `ca_file` (PEM), all of which must parse;
+/// the certificate must match one of `names`. With no exact name the chain could not be
+/// checked at all, so that is refused here.
+pub fn verified(ca_file: &Path, names: AcceptedNames) -> Result<Arc<ClientConfig>, String> {
+    if names.exact.is_empty() {
+        return Err("no name to verify the certificate against".to_string());
+    }
     let mut roots = RootCertStore::empty();
     let certificates =
         CertificateDer::pem_file_iter(ca_file).map_err(|e| format!("unable to read {}: {e}", ca_file.display()))?;
@@ -94,23 +211,78 @@ pub fn verified(ca_file: &Path) -> Result<Arc<ClientConfig>, String> {
     if roots.is_empty() {
         return Err(format!("no usable certificate in {}", ca_file.display()));
     }
+    let chain =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build().map_err(|e| e.to_string())?;
+    let verifier = DestinationVerifier { chain, names };
     let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     Ok(Arc::new(config))
 }
 
 /// Run the handshake on `tcp` (right after the server's 220 to STARTTLS) for the host
-/// `name` (a DNS name or an address). The TCP read and write timeouts bound each step.
-pub fn handshake(config: Arc<ClientConfig>, name: &str, mut tcp: TcpStream) -> Result<Stream, String> {
+/// `name` (a DNS name or an address, sent as SNI). Each read and write waits at most
+/// `timeout` and none goes past `deadline`: rustls loops inside one call until the handshake
+/// is done, so a server that sends its handshake a byte at a time is stopped by the deadline
+/// on each read, not between calls.
+pub fn handshake(
+    config: Arc<ClientConfig>,
+    name: &str,
+    mut tcp: TcpStream,
+    timeout: Duration,
+    deadline: Instant,
+) -> Result<Stream, String> {
     let server_name = ServerName::try_from(name.to_string()).map_err(|e| format!("bad server name {name}: {e}"))?;
     let mut connection = ClientConnection::new(config, server_name).map_err(|e| e.to_string())?;
+    let mut bounded = Bounded { tcp: &mut tcp, timeout, deadline };
     while connection.is_handshaking() {
-        connection.complete_io(&mut tcp).map_err(|e| e.to_string())?;
+        connection.complete_io(&mut bounded).map_err(|e| {
+            if Instant::now() >= deadline {
+                "out of time".to_string()
+            } else {
+                e.to_string()
+            }
+        })?;
     }
     Ok(StreamOwned::new(connection, tcp))
+}
+
+/// A TCP stream whose every read and write waits at most `timeout` and never past `deadline`.
+struct Bounded<'a> {
+    tcp: &'a mut TcpStream,
+    timeout: Duration,
+    deadline: Instant,
+}
+
+impl Bounded<'_> {
+    fn arm(&mut self) -> std::io::Result<()> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        }
+        self.tcp.set_read_timeout(Some(left.min(self.timeout)))?;
+        self.tcp.set_write_timeout(Some(left.min(self.timeout)))
+    }
+}
+
+impl Read for Bounded<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.arm()?;
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Bounded<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.arm()?;
+        self.tcp.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
 }
 
 /// "TLSv1.3 TLS13_AES_256_GCM_SHA384", for logs.
@@ -131,4 +303,25 @@ pub fn describe(stream: &Stream) -> String {
 pub fn close(stream: &mut Stream) {
     stream.conn.send_close_notify();
     let _ = stream.conn.complete_io(&mut stream.sock);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_names() {
+        let mut names = AcceptedNames::default();
+        for name in ["B.Test", ".b.test", "mx.other.test.", "", "."] {
+            names.add(name);
+        }
+        assert_eq!(names.exact, vec!["b.test".to_string(), "mx.other.test".to_string()]);
+        assert_eq!(names.suffixes, vec![".b.test".to_string()]);
+        assert!(names.suffix_matches("DnsName(\"MX1.b.test\")"));
+        assert!(names.suffix_matches("DnsName(\"*.b.test\")"));
+        assert!(!names.suffix_matches("DnsName(\"evilb.test\")"));
+        assert!(!names.suffix_matches("DnsName(\".b.test\")"), "the suffix alone is no name under it");
+        assert!(!names.suffix_matches("IpAddress(127.0.0.1)"));
+        assert!(!names.suffix_matches("mx.b.test"));
+    }
 }

@@ -104,8 +104,13 @@ pub fn parse_route(line: &[u8]) -> Option<Route> {
             Some(c) => (&rest[..c], Some(&rest[c + 1..])),
             None => (rest, None),
         };
+        // A bare address (`example.com:192.0.2.1`, common in qmail installations) is used as
+        // it is, as qmail does: it needs no DNS, and looking it up as a name fails.
+        let bare_ip = std::str::from_utf8(host).ok().and_then(|h| h.parse::<std::net::Ipv4Addr>().ok());
         let relay = if host.is_empty() {
             Relay::Mx
+        } else if let Some(ip) = bare_ip {
+            Relay::Address(IpAddr::V4(ip))
         } else if is_host_name(host) {
             Relay::Host(host.to_ascii_lowercase())
         } else {
@@ -138,14 +143,9 @@ pub fn find_route<'a>(routes: &'a [Route], domain: &[u8]) -> Option<&'a Route> {
     exact(b"")
 }
 
-/// Letters, digits, hyphens, underscores and dots, no empty label: what we are willing to
-/// look up or connect to.
-pub fn is_host_name(name: &[u8]) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split(|&b| b == b'.').all(|l| !l.is_empty() && l.len() <= 63)
-        && name.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-}
+/// What we are willing to look up or connect to (defined with the DNS decoder, which makes
+/// every other name fail it).
+pub use crate::dns::is_host_name;
 
 /// The addresses that are this machine: `control/ipme` plus every local interface. Loopback
 /// addresses from the interfaces count unless the route came from smtproutes (where a relay
@@ -219,6 +219,10 @@ pub struct Plan {
     pub port: u16,
     /// True when smtproutes chose the route.
     pub from_routes: bool,
+    /// True when smtproutes named the hosts (a relay host or address, not MX): the
+    /// administrator chose them, so their names may stand for the destination in a
+    /// certificate check (remotetls).
+    pub named_relay: bool,
     /// Hosts that were skipped and why (temporary DNS failures of one MX, …), for the text
     /// of a failure if no host works.
     pub notes: Vec<String>,
@@ -232,14 +236,21 @@ pub fn order_mx(mut mx: Vec<(u16, Vec<u8>)>, random: &mut dyn FnMut() -> u16) ->
     keyed.into_iter().map(|(p, _, h)| (p, h)).collect()
 }
 
-/// Work out where mail for `domain` goes.
-pub fn plan(domain: &[u8], routes: &[Route], resolver: &Resolver, ours: &Ours) -> Result<Plan, Failure> {
+/// Work out where mail for `domain` goes; every DNS lookup ends by `deadline`.
+pub fn plan(
+    domain: &[u8],
+    routes: &[Route],
+    resolver: &Resolver,
+    ours: &Ours,
+    deadline: std::time::Instant,
+) -> Result<Plan, Failure> {
     let domain = crate::address::normal_domain(domain);
     let shown = crate::log::safe(&domain);
     let route = find_route(routes, &domain);
     let from_routes = route.is_some();
     let port = route.map(|r| r.port).unwrap_or(SMTP_PORT);
-    let mut plan = Plan { hosts: Vec::new(), port, from_routes, notes: Vec::new() };
+    let named_relay = matches!(route.map(|r| &r.relay), Some(Relay::Address(_) | Relay::Host(_)));
+    let mut plan = Plan { hosts: Vec::new(), port, from_routes, named_relay, notes: Vec::new() };
     match route.map(|r| &r.relay) {
         // A relay named by the administrator is used as given: no MX, no loop check (it may
         // be a filter on this very machine).
@@ -248,7 +259,7 @@ pub fn plan(domain: &[u8], routes: &[Route], resolver: &Resolver, ours: &Ours) -
             return Ok(plan);
         }
         Some(Relay::Host(host)) => {
-            let mut addresses = resolver.addresses(host).map_err(|e| Failure::from_dns(&e))?;
+            let mut addresses = resolver.addresses_until(host, deadline).map_err(|e| Failure::from_dns(&e))?;
             addresses.truncate(MAX_ADDRESSES_PER_HOST);
             if addresses.is_empty() {
                 return Err(Failure::permanent(format!(
@@ -267,7 +278,7 @@ pub fn plan(domain: &[u8], routes: &[Route], resolver: &Resolver, ours: &Ours) -
         if !is_host_name(&domain) {
             return Err(Failure::permanent(format!("Sorry, {shown} is not a valid domain name. (#5.1.2)")));
         }
-        let mx = resolver.mx(&domain).map_err(|e| Failure::from_dns(&e))?;
+        let mx = resolver.mx_until(&domain, deadline).map_err(|e| Failure::from_dns(&e))?;
         if !mx.is_empty() && mx.iter().all(|(_, host)| host.is_empty()) {
             return Err(Failure::permanent(format!("Sorry, {shown} does not accept mail (null MX). (#5.1.10)")));
         }
@@ -281,7 +292,7 @@ pub fn plan(domain: &[u8], routes: &[Route], resolver: &Resolver, ours: &Ours) -
                 plan.notes.push(format!("MX {} is not a valid host name", crate::log::safe(&name)));
                 continue;
             }
-            match resolver.addresses(&name) {
+            match resolver.addresses_until(&name, deadline) {
                 Ok(mut addresses) if !addresses.is_empty() => {
                     addresses.truncate(MAX_ADDRESSES_PER_HOST);
                     plan.hosts.push(Host { name, preference, addresses });
@@ -329,18 +340,32 @@ pub fn drop_ourselves(plan: &mut Plan, domain: &[u8], ours: &Ours) -> Result<(),
     Ok(())
 }
 
-/// The TLS policy for a domain from `control/tlsdestinations`: lines `domain`, `.suffix`,
-/// optionally followed by `:verify` (the only policy there is: TLS required, certificate
-/// verified). Unlisted domains get opportunistic TLS.
-pub fn tls_required(domain: &[u8], lines: &[Vec<u8>]) -> bool {
-    let list: Vec<Vec<u8>> = lines
-        .iter()
-        .map(|l| {
-            let name = l.strip_suffix(b":verify").unwrap_or(l);
-            crate::address::normal_domain(name)
-        })
-        .collect();
-    crate::address::domain_listed(domain, &list)
+/// The TLS policy for a domain from `control/tlsdestinations`: None for opportunistic TLS
+/// (the domain is not listed), else TLS is required with a verified certificate, and the list
+/// holds the extra names the certificate may match.
+///
+/// A line is `DOMAIN` or `.SUFFIX`, then optionally `:verify` (the only level there is, kept
+/// for old files), then `:NAME` fields: host names (`mx.provider.example`) or `.suffix`
+/// patterns (`.provider.example`, any name under it). Whatever the line says, a certificate
+/// for the recipient domain itself or a name under it matches (Postfix's `secure` level with
+/// its default `nexthop:dot-nexthop`); the listed names are the admin's additions, for
+/// domains whose mail is handled by a provider whose certificate names only the provider.
+/// The first matching line wins.
+pub fn tls_policy(domain: &[u8], lines: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
+    for line in lines {
+        let mut fields = line.split(|&b| b == b':');
+        let pattern = crate::address::normal_domain(fields.next().unwrap_or_default());
+        if pattern.is_empty() || !crate::address::domain_listed(domain, std::slice::from_ref(&pattern)) {
+            continue;
+        }
+        let names = fields
+            .map(|f| f.trim_ascii().to_ascii_lowercase())
+            .filter(|f| !f.is_empty() && f.as_slice() != b"verify")
+            .map(|f| crate::address::normal_domain(&f))
+            .collect();
+        return Some(names);
+    }
+    None
 }
 
 #[cfg(test)]
@@ -426,26 +451,79 @@ mod tests {
             hosts: vec![host(5, "198.51.100.1"), host(10, "192.0.2.9"), host(20, "198.51.100.2")],
             port: 25,
             from_routes: false,
+            named_relay: false,
             notes: vec![],
         };
         drop_ourselves(&mut plan, b"example.com", &ours).unwrap();
         assert_eq!(plan.hosts, vec![host(5, "198.51.100.1")]);
-        let mut plan = Plan { hosts: vec![host(10, "127.0.0.5")], port: 25, from_routes: false, notes: vec![] };
+        let mut plan = Plan {
+            hosts: vec![host(10, "127.0.0.5")],
+            port: 25,
+            from_routes: false,
+            named_relay: false,
+            notes: vec![],
+        };
         let failure = drop_ourselves(&mut plan, b"example.com", &ours).unwrap_err();
         assert_eq!(failure.outcome, Outcome::Permanent);
         assert!(failure.text.contains("MX points back to me: configuration error (#5.4.6)"));
-        let mut plan = Plan { hosts: vec![host(10, "127.0.0.5")], port: 2525, from_routes: true, notes: vec![] };
+        let mut plan = Plan {
+            hosts: vec![host(10, "127.0.0.5")],
+            port: 2525,
+            from_routes: true,
+            named_relay: false,
+            notes: vec![],
+        };
         drop_ourselves(&mut plan, b"example.com", &ours).unwrap();
-        let mut plan = Plan { hosts: vec![host(10, "::ffff:192.0.2.9")], port: 25, from_routes: true, notes: vec![] };
+        let mut plan = Plan {
+            hosts: vec![host(10, "::ffff:192.0.2.9")],
+            port: 25,
+            from_routes: true,
+            named_relay: false,
+            notes: vec![],
+        };
         assert!(drop_ourselves(&mut plan, b"example.com", &ours).is_err());
     }
 
     #[test]
     fn tls_destinations() {
-        let lines = vec![b"secure.example".to_vec(), b".bank.example:verify".to_vec()];
-        assert!(tls_required(b"Secure.Example", &lines));
-        assert!(tls_required(b"www.bank.example", &lines));
-        assert!(!tls_required(b"bank.example", &lines));
-        assert!(!tls_required(b"other.example", &lines));
+        let lines = vec![
+            b"secure.example".to_vec(),
+            b".bank.example:verify".to_vec(),
+            b"hosted.example:verify:mx.provider.example:.provider.net".to_vec(),
+            b"Listed.Example:MX.Other.Example".to_vec(),
+        ];
+        assert_eq!(tls_policy(b"Secure.Example", &lines), Some(vec![]));
+        assert_eq!(tls_policy(b"www.bank.example", &lines), Some(vec![]));
+        assert_eq!(tls_policy(b"bank.example", &lines), None);
+        assert_eq!(tls_policy(b"other.example", &lines), None);
+        assert_eq!(
+            tls_policy(b"hosted.example", &lines),
+            Some(vec![b"mx.provider.example".to_vec(), b".provider.net".to_vec()])
+        );
+        assert_eq!(tls_policy(b"listed.example", &lines), Some(vec![b"mx.other.example".to_vec()]));
+    }
+
+    #[test]
+    fn bare_addresses_in_routes_need_no_dns() {
+        let r = parse_route(b"example.com:192.0.2.1").unwrap();
+        assert_eq!((r.relay, r.port), (Relay::Address(Ipv4Addr::new(192, 0, 2, 1).into()), 25));
+        let r = parse_route(b"example.com:127.0.0.1:2525").unwrap();
+        assert_eq!((r.relay, r.port), (Relay::Address(Ipv4Addr::LOCALHOST.into()), 2525));
+        let r = parse_route(b":[::1]:2525").unwrap();
+        assert_eq!((r.relay, r.port), (Relay::Address(Ipv6Addr::LOCALHOST.into()), 2525));
+        // A name made of digits that is not an address is still a name.
+        let r = parse_route(b"x:1.2.3").unwrap();
+        assert_eq!(r.relay, Relay::Host(b"1.2.3".to_vec()));
+        // The plan for an address needs no resolver: nothing answers on port 9.
+        let resolver = Resolver {
+            servers: vec!["127.0.0.1:9".parse().unwrap()],
+            timeout: std::time::Duration::from_millis(100),
+            attempts: 1,
+        };
+        let routes = vec![parse_route(b"example.com:192.0.2.1:26").unwrap()];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let plan = plan(b"example.com", &routes, &resolver, &Ours::default(), deadline).unwrap();
+        assert_eq!(plan.hosts[0].addresses, vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))]);
+        assert_eq!((plan.port, plan.named_relay), (26, true));
     }
 }

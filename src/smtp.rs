@@ -355,6 +355,40 @@ pub fn format_path(local: &[u8], domain: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The path for a client's MAIL or RCPT command from an envelope address as the queue stores
+/// it (`local@domain`, unquoted, split at the last `@`; empty for the null sender): the local
+/// part quoted where it is not a dot-string, and the result parsed back with [`parse_path`],
+/// which must give exactly this mailbox and nothing after it. So what goes on the wire is one
+/// path that means this address and no more (no ESMTP parameters smuggled in a local part).
+/// An address that cannot be written so — a control character, a domain that is not a
+/// domain or address literal, over the length limit — is an error and must not be sent.
+pub fn envelope_path(address: &[u8], kind: PathKind) -> Result<Vec<u8>, PathError> {
+    if address.is_empty() {
+        return if kind == PathKind::Reverse { Ok(b"<>".to_vec()) } else { Err(PathError::Syntax) };
+    }
+    let Some(at) = memchr::memrchr(b'@', address) else {
+        return Err(PathError::Syntax);
+    };
+    let local = &address[..at];
+    let mut domain = &address[at + 1..];
+    // The queue may keep a fully qualified domain's final dot; the path grammar has none.
+    while let [rest @ .., b'.'] = domain {
+        domain = rest;
+    }
+    if local.is_empty() || domain.is_empty() {
+        return Err(PathError::Syntax);
+    }
+    if local.len() + 1 + domain.len() > MAX_ADDRESS {
+        return Err(PathError::TooLong);
+    }
+    let path = format_path(local, domain);
+    let (mailbox, rest) = parse_path(&path, kind)?;
+    if mailbox.local != local || mailbox.domain != domain || !rest.is_empty() {
+        return Err(PathError::Syntax);
+    }
+    Ok(path)
+}
+
 /// One ESMTP parameter: the keyword in upper case, and its value if it has one.
 pub type Param = (Vec<u8>, Option<Vec<u8>>);
 
@@ -399,8 +433,10 @@ pub fn write_reply(out: &mut Vec<u8>, code: u16, text: &str) {
     }
 }
 
-/// One line of a reply as read by a client: the code, whether more lines follow, and the
-/// text. None when the line is not a reply line.
+/// One line of a reply as read by a client (its line end may be there or not): the code,
+/// whether more lines follow (`250-…`), and the text. None when the line is not a reply line:
+/// three digits with a first digit 2 to 5 (RFC 5321 §4.2: 1yz is unused in SMTP), then a
+/// space, a hyphen or nothing.
 pub fn parse_reply_line(line: &[u8]) -> Option<(u16, bool, &[u8])> {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -485,6 +521,7 @@ pub fn header_safe(bytes: &[u8], max: usize) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 mod tests {
     use super::*;
 
@@ -574,6 +611,47 @@ mod tests {
             let text = format_path(local, domain);
             let (m, rest) = parse_path(&text, PathKind::Reverse).expect("round trip");
             assert_eq!((m.local.as_slice(), m.domain.as_slice(), rest), (local, domain, &b""[..]));
+        }
+    }
+
+    #[test]
+    fn envelope_paths_are_quoted_or_refused() {
+        let path = |a: &[u8]| envelope_path(a, PathKind::Reverse).map(|p| String::from_utf8_lossy(&p).into_owned());
+        assert_eq!(path(b"a.b@c.example"), Ok("<a.b@c.example>".into()));
+        assert_eq!(path(b""), Ok("<>".into()));
+        assert_eq!(envelope_path(b"", PathKind::Forward), Err(PathError::Syntax));
+        assert_eq!(path(b"a b@x"), Ok("<\"a b\"@x>".into()));
+        assert_eq!(path(b"u@example.com."), Ok("<u@example.com>".into()));
+        // The audit's injection: the quotes keep the parameters inside the local part.
+        assert_eq!(
+            path(b"x> RET=HDRS ENVID=injected@b.example"),
+            Ok("<\"x> RET=HDRS ENVID=injected\"@b.example>".into())
+        );
+        assert_eq!(path(b"q\"uote\\@x"), Ok("<\"q\\\"uote\\\\\"@x>".into()));
+        assert_eq!(path(b"u@[192.0.2.1]"), Ok("<u@[192.0.2.1]>".into()));
+        for bad in [
+            &b"a\rb@x"[..],
+            b"a\nb@x",
+            b"a\0b@x",
+            b"a\x7fb@x",
+            b"a\x01@x",
+            b"a@x\r\nRSET",
+            b"a@x y",
+            b"a@x>",
+            b"a@",
+            b"@x",
+            b"nodomain",
+            b"a@[1.2.3]",
+            b"\xff@x",
+        ] {
+            assert!(path(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(path(format!("{}@x", "a".repeat(1100)).as_bytes()), Err(PathError::TooLong));
+        // Every written path reads back as the same address.
+        for address in [&b"a b@x"[..], b"\"@x", b"a..b@x", b".a@x", b"j\xc3\xb6rg@x.example"] {
+            let written = envelope_path(address, PathKind::Forward).unwrap();
+            let (m, rest) = parse_path(&written, PathKind::Forward).unwrap();
+            assert_eq!((m.address(), rest), (address.to_vec(), &b""[..]));
         }
     }
 

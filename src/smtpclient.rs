@@ -9,15 +9,21 @@
 //! 2xx success, 4xx temporary, 5xx permanent: per recipient for RCPT, for the message for
 //! MAIL, DATA and the end of data. A connection that breaks is temporary for whatever has no
 //! final answer yet.
+//!
+//! Paths and reply lines go through `crate::smtp`, the codec quill-smtpd reads with: an
+//! envelope address is written only as a path that parses back to exactly that address.
+//! The whole run has a deadline (`timeoutremotetotal`, see [`total_time`]); every read,
+//! write, connect, TLS step and DNS lookup waits at most until then.
 #![forbid(unsafe_code)]
 
 use crate::control::Control;
 use crate::fail::Outcome;
 use crate::route::{self, Host, Plan, UNREACHABLE};
+use crate::smtp::{self, PathKind};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The longest reply line we read (RFC 5321 allows 512; servers send longer texts).
 const MAX_REPLY_LINE: usize = 4096;
@@ -27,6 +33,28 @@ const MAX_REPLY_LINES: usize = 100;
 pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// How long to wait for the answer to QUIT: the outcome is known by then.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// `timeoutremotetotal`'s default: one run of quill-remote, every host and address it tries
+/// included, takes at most this long plus [`SECONDS_PER_BYTE`] for the message's size.
+pub const DEFAULT_TOTAL_SECONDS: u64 = 1800;
+/// The slowest transfer a deadline allows for: one second per this many bytes of the message
+/// (10 kB/s; a 25 MB message adds 42 minutes to the default half hour).
+pub const BYTES_PER_SECOND: u64 = 10_000;
+/// How long quill-rspawn waits past a run's deadline before it kills it: quill-remote itself
+/// stops at the deadline, then spends at most [`QUIT_TIMEOUT`] on QUIT and the TLS goodbye;
+/// this must stay above that.
+pub const KILL_MARGIN: Duration = Duration::from_secs(10);
+
+/// The time one quill-remote run may take for a message of `stored_size` bytes (as stored in
+/// the queue, from the message start), with `timeoutremotetotal` = `total_seconds`. quill-remote
+/// stops by then; quill-rspawn kills it [`KILL_MARGIN`] later. Both compute it here.
+pub fn total_time(total_seconds: u64, stored_size: u64) -> Duration {
+    Duration::from_secs(total_seconds.max(1).saturating_add(stored_size / BYTES_PER_SECOND))
+}
+
+/// `control/timeoutremotetotal`, default [`DEFAULT_TOTAL_SECONDS`].
+pub fn total_seconds(control: &Control) -> crate::fail::Result<u64> {
+    control.number("timeoutremotetotal", DEFAULT_TOTAL_SECONDS)
+}
 
 /// What quill-remote needs from the control files.
 #[derive(Clone, Debug)]
@@ -37,23 +65,52 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// `timeoutremote`, default 1200 s: the greeting, each reply, each write of the data.
     pub timeout: Duration,
+    /// `timeoutremotetotal` in seconds (before the allowance for the message's size).
+    pub total_seconds: u64,
+    /// When this run must end: set by quill-remote from [`total_time`] at its start.
+    pub deadline: Instant,
+    /// The recipient domain (the certificate of a verified session must match it).
+    pub domain: Vec<u8>,
     /// TLS required and verified for this destination (`tlsdestinations`).
     pub tls_required: bool,
+    /// Further names a verified certificate may match (from the `tlsdestinations` line).
+    pub tls_names: Vec<Vec<u8>>,
     /// The roots for verified TLS: `control/tlsca` if it exists, else the system's.
     pub ca_file: std::path::PathBuf,
 }
 
 impl Settings {
     /// Read the settings for mail to `domain`.
+    /// The deadline is [`total_time`] from now for an empty message; quill-remote sets it
+    /// for the message's size.
     pub fn from_control(control: &Control, domain: &[u8]) -> crate::fail::Result<Settings> {
         let tlsca = control.path("tlsca");
+        let helo = control.line_or_me("helohost")?;
+        // The name goes into a command line: a host name or an address literal, nothing else.
+        if !crate::dns::is_host_name(&helo) && route::parse_literal(&helo).is_none() {
+            return Err(crate::fail::Error::temporary(format!(
+                "unable to use control/helohost (or control/me): {} is not a host name or address literal",
+                crate::log::safe(&helo)
+            )));
+        }
+        let policy = route::tls_policy(domain, &control.lines("tlsdestinations")?);
+        let total_seconds = total_seconds(control)?;
         Ok(Settings {
-            helo: control.line_or_me("helohost")?,
+            helo,
             connect_timeout: Duration::from_secs(control.number("timeoutconnect", 60)?.max(1)),
             timeout: Duration::from_secs(control.number("timeoutremote", 1200)?.max(1)),
-            tls_required: route::tls_required(domain, &control.lines("tlsdestinations")?),
+            total_seconds,
+            deadline: Instant::now() + total_time(total_seconds, 0),
+            domain: crate::address::normal_domain(domain),
+            tls_required: policy.is_some(),
+            tls_names: policy.unwrap_or_default(),
             ca_file: if tlsca.exists() { tlsca } else { std::path::PathBuf::from(SYSTEM_ROOTS) },
         })
+    }
+
+    /// The text of a deferral for running out of time.
+    fn out_of_time(&self) -> String {
+        format!("ran out of time: control/timeoutremotetotal allows {} s for this delivery", self.total_seconds)
     }
 }
 
@@ -62,6 +119,8 @@ pub struct Message {
     body: Body,
     /// The size on the wire (every line end as CRLF), for SIZE.
     pub wire_size: u64,
+    /// The size as stored (from the message start), for the deadline ([`total_time`]).
+    pub stored_size: u64,
     /// Some byte is not ASCII (BODY=8BITMIME).
     pub eight_bit: bool,
     /// The header holds UTF-8 that is not ASCII (needs SMTPUTF8). Non-ASCII bytes that are
@@ -87,14 +146,15 @@ impl Message {
                 Body::Memory(bytes)
             }
         };
-        let mut message = Message { body, wire_size: 0, eight_bit: false, utf8_header: false };
+        let mut message = Message { body, wire_size: 0, stored_size: 0, eight_bit: false, utf8_header: false };
         message.scan()?;
         Ok(message)
     }
 
     /// A message from bytes (tests).
     pub fn from_bytes(bytes: Vec<u8>) -> Message {
-        let mut message = Message { body: Body::Memory(bytes), wire_size: 0, eight_bit: false, utf8_header: false };
+        let mut message =
+            Message { body: Body::Memory(bytes), wire_size: 0, stored_size: 0, eight_bit: false, utf8_header: false };
         let _ = message.scan();
         message
     }
@@ -113,7 +173,7 @@ impl Message {
     fn scan(&mut self) -> io::Result<()> {
         let mut reader = self.reader()?;
         let mut chunk = vec![0u8; 65536];
-        let (mut size, mut eight_bit) = (0u64, false);
+        let (mut size, mut stored, mut eight_bit) = (0u64, 0u64, false);
         let mut previous = b'\n';
         loop {
             let n = match reader.read(&mut chunk) {
@@ -122,6 +182,7 @@ impl Message {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
+            stored += n as u64;
             for &b in &chunk[..n] {
                 size += if b == b'\n' && previous != b'\r' { 2 } else { 1 };
                 eight_bit |= b >= 0x80;
@@ -130,6 +191,7 @@ impl Message {
         }
         drop(reader);
         self.wire_size = size;
+        self.stored_size = stored;
         self.eight_bit = eight_bit;
         // Only a message with 8-bit bytes can have a UTF-8 header: a second, short pass.
         self.utf8_header = eight_bit && self.header_is_utf8()?;
@@ -177,21 +239,6 @@ impl Reply {
             500..=599 => Outcome::Permanent,
             _ => Outcome::Temporary,
         }
-    }
-}
-
-/// Parse reply lines (each without its line end) into a reply; None if a line is not a reply
-/// line. Returns whether the reply is complete.
-pub fn parse_reply_line(line: &[u8]) -> Option<(u16, bool, &[u8])> {
-    if line.len() < 3 || !line[..3].iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let code = (line[0] - b'0') as u16 * 100 + (line[1] - b'0') as u16 * 10 + (line[2] - b'0') as u16;
-    match line.get(3) {
-        None => Some((code, true, &[])),
-        Some(b' ') => Some((code, true, &line[4..])),
-        Some(b'-') => Some((code, false, &line[4..])),
-        Some(_) => None,
     }
 }
 
@@ -275,26 +322,57 @@ impl Write for Stream {
 /// Why a session broke off: the connection failed, timed out, or the server spoke nonsense.
 struct Broken(String);
 
-fn broken(what: &str, e: &io::Error) -> Broken {
-    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
-        Broken(format!("timed out {what}"))
-    } else {
-        Broken(format!("{what}: {e}"))
-    }
-}
-
-/// One SMTP connection.
+/// One SMTP connection. Every read and write waits at most `timeout`, and never past
+/// `deadline`: a server that sends a byte now and then cannot hold the run longer.
 struct Connection {
     stream: Stream,
     input: Vec<u8>,
     /// "mx.example.com[192.0.2.1]" for texts.
     peer: String,
+    /// `timeoutremote`: the longest wait for one read or write.
+    timeout: Duration,
+    /// The end of the whole run (`timeoutremotetotal`).
+    deadline: Instant,
+    /// What to say when the deadline is reached.
+    out_of_time: String,
 }
 
 impl Connection {
+    /// Set the socket's timeouts to what is left for the next read or write; an error once
+    /// the deadline has passed.
+    fn arm(&mut self) -> io::Result<()> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::from(io::ErrorKind::TimedOut));
+        }
+        let wait = left.min(self.timeout);
+        let socket = match &self.stream {
+            Stream::Plain(s) => Some(s),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => Some(&s.sock),
+            Stream::Closed => None,
+        };
+        if let Some(s) = socket {
+            s.set_read_timeout(Some(wait))?;
+            s.set_write_timeout(Some(wait))?;
+        }
+        Ok(())
+    }
+
+    /// The reason for a failed read or write, saying so when the deadline ended it.
+    fn broken(&self, what: &str, e: &io::Error) -> Broken {
+        if Instant::now() >= self.deadline {
+            Broken(format!("{} ({what})", self.out_of_time))
+        } else if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+            Broken(format!("timed out {what}"))
+        } else {
+            Broken(format!("{what}: {e}"))
+        }
+    }
+
     fn send(&mut self, bytes: &[u8]) -> Result<(), Broken> {
-        self.stream.write_all(bytes).map_err(|e| broken("sending to the server", &e))?;
-        self.stream.flush().map_err(|e| broken("sending to the server", &e))
+        self.write_all(bytes).map_err(|e| self.broken("sending to the server", &e))?;
+        self.flush().map_err(|e| self.broken("sending to the server", &e))
     }
 
     fn line(&mut self) -> Result<Vec<u8>, Broken> {
@@ -311,26 +389,31 @@ impl Connection {
                 return Err(Broken("the server sent a reply line that is too long".to_string()));
             }
             let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
+            match self.read(&mut chunk) {
                 Ok(0) => return Err(Broken("the server closed the connection".to_string())),
                 Ok(n) => self.input.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(broken("waiting for the server", &e)),
+                Err(e) => return Err(self.broken("waiting for the server", &e)),
             }
         }
     }
 
+    /// One reply, every line through the shared codec (`smtp::parse_reply_line`); all its
+    /// lines must carry the same code (RFC 5321 §4.2.1).
     fn reply(&mut self) -> Result<Reply, Broken> {
         let mut lines = Vec::new();
         let mut shown = Vec::new();
+        let mut first = None;
         loop {
             let line = self.line()?;
-            let Some((code, last, text)) = parse_reply_line(&line) else {
+            let parsed = smtp::parse_reply_line(&line).filter(|(code, _, _)| first.is_none_or(|f| f == *code));
+            let Some((code, more, text)) = parsed else {
                 return Err(Broken(format!("the server sent a bad reply line: {}", crate::log::safe(&line))));
             };
+            first = Some(code);
             shown.push(crate::log::safe(&line));
             lines.push(text.to_vec());
-            if last {
+            if !more {
                 return Ok(Reply { code, text: shown.join("/"), lines });
             }
             if lines.len() >= MAX_REPLY_LINES {
@@ -346,28 +429,38 @@ impl Connection {
         self.reply()
     }
 
-    fn set_timeout(&mut self, timeout: Duration) {
-        let socket = match &self.stream {
-            Stream::Plain(s) => Some(s),
-            #[cfg(feature = "tls")]
-            Stream::Tls(s) => Some(&s.sock),
-            Stream::Closed => None,
-        };
-        if let Some(s) = socket {
-            let _ = s.set_read_timeout(Some(timeout));
-            let _ = s.set_write_timeout(Some(timeout));
-        }
-    }
-
+    /// QUIT and its answer, within [`QUIT_TIMEOUT`] even past the deadline (the outcome is
+    /// known; this is politeness, bounded).
     fn quit(mut self) {
-        self.set_timeout(QUIT_TIMEOUT);
+        self.timeout = QUIT_TIMEOUT;
+        self.deadline = Instant::now() + QUIT_TIMEOUT;
         if self.send(b"QUIT\r\n").is_ok() {
             let _ = self.reply();
         }
         #[cfg(feature = "tls")]
-        if let Stream::Tls(s) = &mut self.stream {
-            crate::remotetls::close(s);
+        if self.arm().is_ok() {
+            if let Stream::Tls(s) = &mut self.stream {
+                crate::remotetls::close(s);
+            }
         }
+    }
+}
+
+impl Read for Connection {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arm()?;
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Connection {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.arm()?;
+        self.stream.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.arm()?;
+        self.stream.flush()
     }
 }
 
@@ -473,8 +566,70 @@ enum Attempt {
     TlsFailed(String),
 }
 
+/// The envelope written as paths for MAIL and RCPT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Paths {
+    /// The sender's path (`<>` for the null sender).
+    pub sender: Vec<u8>,
+    /// Per recipient, in order: its path, or the text of its permanent failure.
+    pub recipients: Vec<Result<Vec<u8>, String>>,
+}
+
+/// The envelope as paths for MAIL and RCPT ([`smtp::envelope_path`]); Err is the text of the
+/// permanent failure of the whole message when the sender cannot be written. Nothing that
+/// fails here is ever written to a server.
+pub fn envelope_paths(sender: &[u8], recipients: &[Vec<u8>]) -> Result<Paths, String> {
+    let sender_path = smtp::envelope_path(sender, PathKind::Reverse).map_err(|e| {
+        format!(
+            "Sorry, the sender address <{}> cannot be written in an SMTP command ({}). (#5.1.7)",
+            crate::log::safe(sender),
+            path_problem(e)
+        )
+    })?;
+    let recipients = recipients
+        .iter()
+        .map(|r| {
+            smtp::envelope_path(r, PathKind::Forward).map_err(|e| {
+                format!(
+                    "Sorry, the recipient address <{}> cannot be written in an SMTP command ({}). (#5.1.3)",
+                    crate::log::safe(r),
+                    path_problem(e)
+                )
+            })
+        })
+        .collect();
+    Ok(Paths { sender: sender_path, recipients })
+}
+
+fn path_problem(error: smtp::PathError) -> &'static str {
+    match error {
+        smtp::PathError::Syntax => "control characters, or not a mailbox with a valid domain",
+        smtp::PathError::TooLong => "too long",
+        smtp::PathError::BadUtf8 => "8-bit bytes that are not UTF-8",
+    }
+}
+
+impl Report {
+    /// Put the report for the recipients that were sent (in order) together with the
+    /// permanent failures of the ones that could not be (`refused`: index and text).
+    pub fn merge(sent: Report, refused: Vec<(usize, String)>) -> Report {
+        let total = sent.recipients.len() + refused.len();
+        let mut sent_results = sent.recipients.into_iter();
+        let mut refused = refused.into_iter().peekable();
+        let mut recipients = Vec::with_capacity(total);
+        for i in 0..total {
+            match refused.next_if(|(at, _)| *at == i) {
+                Some((_, text)) => recipients.push((b'h', text)),
+                None => recipients.extend(sent_results.next()),
+            }
+        }
+        Report { recipients, message: sent.message }
+    }
+}
+
 /// Deliver along a plan: every address of every host in order until one takes the
-/// transaction (or refuses it for good).
+/// transaction (or refuses it for good), until the run's deadline. `sender` and
+/// `recipients` are the paths from [`envelope_paths`].
 pub fn deliver(
     plan: &Plan,
     sender: &[u8],
@@ -485,13 +640,18 @@ pub fn deliver(
     let mut notes: Vec<String> = plan.notes.clone();
     let mut all_permanent = true;
     let mut tried = 0;
-    for host in &plan.hosts {
+    'hosts: for host in &plan.hosts {
         for ip in &host.addresses {
+            if Instant::now() >= settings.deadline {
+                notes.push(settings.out_of_time());
+                all_permanent = false;
+                break 'hosts;
+            }
             tried += 1;
-            let mut attempt = try_address(host, ip, plan.port, sender, recipients, message, settings, true);
+            let mut attempt = try_address(plan, host, ip, sender, recipients, message, settings, true);
             if let Attempt::TlsFailed(why) = attempt {
                 notes.push(format!("TLS with {} failed, retried without TLS: {why}", peer_name(host, ip)));
-                attempt = try_address(host, ip, plan.port, sender, recipients, message, settings, false);
+                attempt = try_address(plan, host, ip, sender, recipients, message, settings, false);
             }
             match attempt {
                 Attempt::Done(report) => return report,
@@ -515,19 +675,24 @@ pub fn deliver(
 
 #[allow(clippy::too_many_arguments)]
 fn try_address(
+    plan: &Plan,
     host: &Host,
     ip: &IpAddr,
-    port: u16,
     sender: &[u8],
     recipients: &[Vec<u8>],
     message: &mut Message,
     settings: &Settings,
     use_tls: bool,
 ) -> Attempt {
+    let port = plan.port;
     let peer = peer_name(host, ip);
     let address = SocketAddr::new(*ip, port);
     let temporary = |text: String| Attempt::HostFailed(Outcome::Temporary, text);
-    let tcp = match TcpStream::connect_timeout(&address, settings.connect_timeout) {
+    let left = settings.deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return temporary(format!("{} before connecting to {peer}", settings.out_of_time()));
+    }
+    let tcp = match TcpStream::connect_timeout(&address, settings.connect_timeout.min(left)) {
         Ok(tcp) => tcp,
         Err(e) => {
             let why = if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) {
@@ -538,8 +703,14 @@ fn try_address(
             return temporary(format!("unable to connect to {peer} port {port}: {why} (#4.4.1)"));
         }
     };
-    let mut connection = Connection { stream: Stream::Plain(tcp), input: Vec::new(), peer: peer.clone() };
-    connection.set_timeout(settings.timeout);
+    let mut connection = Connection {
+        stream: Stream::Plain(tcp),
+        input: Vec::new(),
+        peer: peer.clone(),
+        timeout: settings.timeout,
+        deadline: settings.deadline,
+        out_of_time: settings.out_of_time(),
+    };
     let greeting = match connection.reply() {
         Ok(reply) => reply,
         Err(Broken(why)) => return temporary(format!("connected to {peer} but {why} before the greeting (#4.4.2)")),
@@ -557,7 +728,7 @@ fn try_address(
     };
     let mut tls_note = String::new();
     if settings.tls_required || (use_tls && ext.starttls && cfg!(feature = "tls")) {
-        match starttls(connection, host, ip, &ext, settings) {
+        match starttls(connection, plan, host, ip, &ext, settings) {
             Ok((upgraded, description)) => {
                 connection = upgraded;
                 tls_note = format!(" over {description}");
@@ -606,6 +777,7 @@ enum StartTls {
 #[cfg(not(feature = "tls"))]
 fn starttls(
     connection: Connection,
+    _plan: &Plan,
     _host: &Host,
     _ip: &IpAddr,
     _ext: &Extensions,
@@ -619,9 +791,36 @@ fn starttls(
     )))
 }
 
+/// The names a verified certificate may match for this host: the recipient domain and any
+/// name under it, the names listed in its tlsdestinations line, and the relay when
+/// smtproutes named it (the administrator chose that host, so its name or address is as good
+/// as the domain). The MX name itself is not in the list: it came from DNS, and counts only
+/// through the domain's suffix or a listed one.
+#[cfg(feature = "tls")]
+fn accepted_names(plan: &Plan, host: &Host, ip: &IpAddr, settings: &Settings) -> crate::remotetls::AcceptedNames {
+    let mut names = crate::remotetls::AcceptedNames::default();
+    let domain = String::from_utf8_lossy(&settings.domain).into_owned();
+    match route::parse_literal(&settings.domain) {
+        Some(literal) => names.add(&literal.to_string()),
+        None => {
+            names.add(&domain);
+            names.add(&format!(".{domain}"));
+        }
+    }
+    for name in &settings.tls_names {
+        names.add(&String::from_utf8_lossy(name));
+    }
+    if plan.named_relay {
+        names.add(&String::from_utf8_lossy(&host.name));
+        names.add(&ip.to_string());
+    }
+    names
+}
+
 #[cfg(feature = "tls")]
 fn starttls(
     mut connection: Connection,
+    plan: &Plan,
     host: &Host,
     ip: &IpAddr,
     ext: &Extensions,
@@ -648,8 +847,11 @@ fn starttls(
     // Bytes that came with the 220 were sent before TLS and must not be read as if they came
     // through it (the STARTTLS command-injection attacks).
     connection.input.clear();
-    let config =
-        if required { crate::remotetls::verified(&settings.ca_file) } else { crate::remotetls::opportunistic() };
+    let config = if required {
+        crate::remotetls::verified(&settings.ca_file, accepted_names(plan, host, ip, settings))
+    } else {
+        crate::remotetls::opportunistic()
+    };
     let config = match config {
         Ok(config) => config,
         Err(why) => {
@@ -657,7 +859,8 @@ fn starttls(
             return Err(fail(format!("unable to set up TLS for {peer}: {why} (#4.7.5)")));
         }
     };
-    // Verify the name we looked up (the MX or relay host), or the address for literals.
+    // The name we connected to goes in SNI; what the certificate must match is decided by
+    // accepted_names.
     let name = match std::str::from_utf8(&host.name) {
         Ok(name) if !name.is_empty() => name.to_string(),
         _ => ip.to_string(),
@@ -665,11 +868,14 @@ fn starttls(
     let Stream::Plain(tcp) = std::mem::replace(&mut connection.stream, Stream::Closed) else {
         return Err(fail(format!("STARTTLS with {peer} on a connection that is not plain (#4.4.2)")));
     };
-    match crate::remotetls::handshake(config, &name, tcp) {
+    match crate::remotetls::handshake(config, &name, tcp, connection.timeout, connection.deadline) {
         Ok(stream) => {
             let description = crate::remotetls::describe(&stream);
             connection.stream = Stream::Tls(Box::new(stream));
             Ok((connection, description))
+        }
+        Err(why) if Instant::now() >= connection.deadline => {
+            Err(fail(format!("TLS handshake with {peer} failed: {} ({why}) (#4.4.2)", connection.out_of_time)))
         }
         Err(why) if required => Err(fail(format!("TLS handshake with {peer} failed: {why} (#4.7.5)"))),
         Err(why) => Err(StartTls::Failed(Attempt::TlsFailed(format!("TLS handshake with {peer} failed: {why}")))),
@@ -709,7 +915,7 @@ fn transaction(
             ),
         ));
     }
-    let mut mail = [b"MAIL FROM:<".as_slice(), sender, b">"].concat();
+    let mut mail = [b"MAIL FROM:".as_slice(), sender].concat();
     if ext.has_size {
         mail.extend_from_slice(format!(" SIZE={}", message.wire_size).as_bytes());
     }
@@ -720,7 +926,7 @@ fn transaction(
         mail.extend_from_slice(b" SMTPUTF8");
     }
     mail.extend_from_slice(b"\r\n");
-    let rcpts: Vec<Vec<u8>> = recipients.iter().map(|r| [b"RCPT TO:<".as_slice(), r, b">\r\n"].concat()).collect();
+    let rcpts: Vec<Vec<u8>> = recipients.iter().map(|r| [b"RCPT TO:".as_slice(), r, b"\r\n"].concat()).collect();
 
     // Results so far; None = no final answer yet.
     let mut results: Vec<Option<(u8, String)>> = vec![None; count];
@@ -738,7 +944,7 @@ fn transaction(
             return died(results, why, stage);
         }
         let text =
-            format!("{peer} does not like the sender <{}>. Remote host said: {}", crate::log::safe(sender), mail.text);
+            format!("{peer} does not like the sender {}. Remote host said: {}", crate::log::safe(sender), mail.text);
         Attempt::Done(Report::all(count, mail.outcome(), text))
     };
     let mail_reply;
@@ -799,7 +1005,7 @@ fn transaction(
         }
         connection.quit();
         let text = format!(
-            "{peer} does not like the sender <{}>. Remote host said: {}",
+            "{peer} does not like the sender {}. Remote host said: {}",
             crate::log::safe(sender),
             mail_reply.text
         );
@@ -827,7 +1033,7 @@ fn transaction(
         return Attempt::Done(finish_accepted(results, accepted_letter, text));
     }
     let sent = match message.reader() {
-        Ok(mut reader) => write_data(&mut reader, &mut connection.stream),
+        Ok(mut reader) => write_data(&mut reader, &mut connection),
         Err(e) => {
             // Nothing sensible can be sent: drop the connection without the final dot so
             // that the server discards the partial message.
@@ -836,7 +1042,7 @@ fn transaction(
         }
     };
     if let Err(e) = sent {
-        return died_accepted(results, &peer, broken("sending the message", &e).0);
+        return died_accepted(results, &peer, connection.broken("sending the message", &e).0);
     }
     let end = match connection.reply() {
         Ok(r) => r,
@@ -976,10 +1182,11 @@ mod tests {
 
     #[test]
     fn replies_and_extensions() {
-        assert_eq!(parse_reply_line(b"250-PIPELINING"), Some((250, false, &b"PIPELINING"[..])));
-        assert_eq!(parse_reply_line(b"250"), Some((250, true, &b""[..])));
-        assert_eq!(parse_reply_line(b"25O ok"), None);
-        assert_eq!(parse_reply_line(b"250x"), None);
+        // The client reads replies with the server's codec (one parse_reply_line).
+        assert_eq!(smtp::parse_reply_line(b"250-PIPELINING"), Some((250, true, &b"PIPELINING"[..])));
+        assert_eq!(smtp::parse_reply_line(b"250"), Some((250, false, &b""[..])));
+        assert_eq!(smtp::parse_reply_line(b"25O ok"), None);
+        assert_eq!(smtp::parse_reply_line(b"250x"), None);
         let lines: Vec<Vec<u8>> =
             [&b"mx hello"[..], b"pipelining", b"SIZE 1000", b"8BITMIME", b"SMTPUTF8", b"STARTTLS"]
                 .iter()
@@ -988,6 +1195,28 @@ mod tests {
         let e = Extensions::parse(&lines);
         assert!(e.pipelining && e.eight_bit_mime && e.smtputf8 && e.starttls && e.has_size);
         assert_eq!(e.size, 1000);
+    }
+
+    #[test]
+    fn unwritable_addresses_fail_alone() {
+        let recipients = vec![b"ok@x.test".to_vec(), b"bad\r\nRSET@x.test".to_vec(), b"a b@x.test".to_vec()];
+        let Paths { sender, recipients: paths } =
+            envelope_paths(b"x> RET=HDRS ENVID=injected@b.example", &recipients).unwrap();
+        assert_eq!(sender, b"<\"x> RET=HDRS ENVID=injected\"@b.example>");
+        assert_eq!(paths[0].as_deref(), Ok(&b"<ok@x.test>"[..]));
+        assert!(paths[1].as_ref().is_err_and(|t| t.contains("#5.1.3") && t.contains("bad??RSET")), "{paths:?}");
+        assert_eq!(paths[2].as_deref(), Ok(&b"<\"a b\"@x.test>"[..]));
+        assert!(envelope_paths(b"a\0@x", &recipients).is_err_and(|t| t.contains("#5.1.7")));
+        let sent = Report { recipients: vec![(b'r', "a".into()), (b's', "c".into())], message: (b'K', "m".into()) };
+        let merged = Report::merge(sent, vec![(1, "bad".into())]);
+        assert_eq!(merged.recipients, vec![(b'r', "a".into()), (b'h', "bad".into()), (b's', "c".into())]);
+    }
+
+    #[test]
+    fn deadlines_grow_with_the_message() {
+        assert_eq!(total_time(1800, 0), Duration::from_secs(1800));
+        assert_eq!(total_time(1800, 25_000_000), Duration::from_secs(1800 + 2500));
+        assert_eq!(total_time(0, 0), Duration::from_secs(1));
     }
 
     #[test]

@@ -230,6 +230,9 @@ struct Script {
     close_at: Option<&'static str>,
     /// Stop answering (for a few seconds) when this command arrives.
     silent_at: Option<&'static str>,
+    /// Send the greeting one byte a second (a server that holds a client forever while
+    /// every single read stays inside its timeout).
+    drip: bool,
 }
 
 impl Default for Script {
@@ -247,6 +250,7 @@ impl Default for Script {
             tls_garbage: false,
             close_at: None,
             silent_at: None,
+            drip: false,
         }
     }
 }
@@ -392,6 +396,20 @@ impl Server {
 }
 
 fn serve(stream: TcpStream, script: &Script, seen: &Arc<Mutex<Seen>>, stop: &Arc<AtomicBool>) {
+    if script.drip {
+        let mut stream = stream;
+        let start = Instant::now();
+        for byte in script.greeting.bytes().chain(*b"\r\n") {
+            if stop.load(Ordering::SeqCst) || start.elapsed() > Duration::from_secs(40) {
+                return;
+            }
+            if stream.write_all(&[byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        return;
+    }
     let mut peer = Peer { io: Io::Plain(stream), input: Vec::new() };
     let mut rcpt_index = 0;
     if !peer.say(&script.greeting) || !script.greeting.starts_with('2') {
@@ -873,6 +891,29 @@ impl Certificates {
             "-extfile",
             "wrong.cnf",
         ]);
+        // A certificate from the CA for mx.other.test only (a provider's MX).
+        std::fs::write(d.join("other.cnf"), "subjectAltName=DNS:mx.other.test\nbasicConstraints=CA:FALSE\n")
+            .expect("write");
+        openssl(
+            &[&["req"][..], &ec, &["-keyout", "other.key", "-out", "other.csr", "-subj", "/CN=mx.other.test"]].concat(),
+        );
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "other.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "other.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "other.cnf",
+        ]);
         // Self-signed, for the right names, from an issuer nobody trusts.
         openssl(
             &[
@@ -1210,4 +1251,296 @@ fn verified_tls_checks_the_mx_host_name() {
     assert_eq!(folded(&r), vec!['Z']);
     assert!(r[1].1.contains("mx.other.test") && r[1].1.contains("certificate"), "{r:?}");
     assert_eq!(server.seen().data.len(), 1);
+}
+
+#[test]
+#[cfg(feature = "tls")]
+fn verified_tls_matches_the_recipient_domain_not_the_mx_name() {
+    // Audit item 12: the MX name comes from unauthenticated DNS, so a certificate that
+    // matches only the MX (mx.other.test, the MX of b.test) proves nothing about b.test.
+    let Some(certs) = Certificates::make() else { return };
+    let Some(dns) = Dns::start(&records(&[
+        "--mx-host=b.test,mx.other.test,10",
+        "--mx-host=listed.test,mx.other.test,10",
+        "--host-record=mx.other.test,127.0.0.1",
+        "--host-record=mx.tls.test,127.0.0.1",
+    ])) else {
+        return;
+    };
+    let (servers, ca) = (dns.servers(), certs.ca());
+    let server = Server::start(Script { tls: Some(certs.server("other")), ..Script::default() });
+    let named = Server::start(Script { tls: Some(certs.server("server")), ..Script::default() });
+    let routes = format!("b.test::{0}\nlisted.test::{0}\nnamed.test:mx.tls.test:{1}\n", server.port(), named.port());
+    let home = home(
+        "tlssecure",
+        &[
+            ("dnsservers", servers.as_str()),
+            ("smtproutes", routes.as_str()),
+            ("tlsdestinations", "b.test\nlisted.test:verify:mx.other.test\nnamed.test\n"),
+            ("tlsca", ca.as_str()),
+        ],
+    );
+    // The MX's own certificate, trusted CA, right MX name: not enough for b.test.
+    let r = remote(home.path(), "b.test", "a@quill.test", &["a@b.test"], MESSAGE);
+    assert_eq!(folded(&r), vec!['Z']);
+    assert!(r[1].1.contains("TLS handshake") && r[1].1.contains("b.test"), "{r:?}");
+    assert!(server.seen().data.is_empty() && !server.seen().commands.iter().any(|c| c.starts_with("MAIL")));
+    // The administrator listed the provider's name for this domain: accepted.
+    let r = remote(home.path(), "listed.test", "a@quill.test", &["a@listed.test"], MESSAGE);
+    assert_eq!(folded(&r), vec!['K']);
+    assert!(r[1].1.contains("over TLS"), "{r:?}");
+    // smtproutes named the relay host: its name is the administrator's word, accepted.
+    let r = remote(home.path(), "named.test", "a@quill.test", &["a@named.test"], MESSAGE);
+    assert_eq!(folded(&r), vec!['K']);
+    assert!(r[1].1.contains("mx.tls.test[127.0.0.1] accepted message over TLS"), "{r:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// The envelope on the wire (audit item 5).
+
+#[test]
+fn envelope_addresses_are_written_as_quoted_paths_or_not_at_all() {
+    let server = Server::start(Script::default());
+    let home = routed("paths", "example.test", server.port(), &[("timeoutremote", "5")]);
+    // The audit's sender: forwarded mail whose sender's quoted local part holds "> RET=…".
+    let sender = "x> RET=HDRS ENVID=injected@b.example";
+    let rcpts = ["a b@example.test", "bad\r\nRSET@example.test", "ok@example.test", "ctl\x01@example.test"];
+    let r = remote(home.path(), "example.test", sender, &rcpts, MESSAGE);
+    assert_eq!(folded(&r), vec!['K', 'D', 'K', 'D'], "{r:?}");
+    assert!(r[1].1.contains("#5.1.3") && r[1].1.contains("cannot be written"), "{r:?}");
+    assert!(r[3].1.contains("#5.1.3"), "{r:?}");
+    let seen = server.seen();
+    let mail = seen.commands.iter().find(|c| c.starts_with("MAIL")).unwrap().clone();
+    assert!(mail.starts_with("MAIL FROM:<\"x> RET=HDRS ENVID=injected\"@b.example> SIZE="), "{mail}");
+    let rcpt: Vec<&String> = seen.commands.iter().filter(|c| c.starts_with("RCPT")).collect();
+    assert_eq!(rcpt, vec!["RCPT TO:<\"a b\"@example.test>", "RCPT TO:<ok@example.test>"]);
+    assert!(!seen.commands.iter().any(|c| c.starts_with("RSET") || c.contains("ctl")), "{:?}", seen.commands);
+    drop(seen);
+    // What the server read parses back, with quill-smtpd's parser, to the same addresses.
+    let path = &mail["MAIL FROM:".len()..];
+    let (mailbox, rest) = quill::smtp::parse_path(path.as_bytes(), quill::smtp::PathKind::Reverse).unwrap();
+    assert_eq!(mailbox.address(), sender.as_bytes());
+    assert!(rest.starts_with(b" SIZE="), "no injected parameter: {}", String::from_utf8_lossy(rest));
+    // A sender that cannot be written fails the message for good, before any connection.
+    let before = server.seen().connections;
+    let r = remote(home.path(), "example.test", "evil\r\nRCPT TO:<x@y>@b.example", &["ok@example.test"], MESSAGE);
+    assert_eq!(folded(&r), vec!['D']);
+    assert!(r[1].1.contains("#5.1.7"), "{r:?}");
+    assert_eq!(server.seen().connections, before);
+}
+
+#[test]
+fn a_helo_name_that_is_not_a_host_name_is_never_sent() {
+    let server = Server::start(Script::default());
+    let home = routed("helo", "example.test", server.port(), &[("helohost", "quill.test\rRSET")]);
+    let r = remote(home.path(), "example.test", "a@quill.test", &["a@example.test"], MESSAGE);
+    assert_eq!(folded(&r), vec!['Z']);
+    assert!(r[1].1.contains("helohost"), "{r:?}");
+    assert_eq!(server.seen().connections, 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Deadlines (audit item 6).
+
+#[test]
+fn a_server_that_drips_is_stopped_by_the_run_deadline() {
+    // One byte a second never trips timeoutremote (2 s); timeoutremotetotal (3 s) ends it.
+    let script = Script { greeting: format!("220 {}", "x".repeat(60)), drip: true, ..Script::default() };
+    let server = Server::start(script);
+    let extra = [("timeoutremote", "2"), ("timeoutremotetotal", "3")];
+    let home = routed("drip", "example.test", server.port(), &extra);
+    let r = remote(home.path(), "example.test", "a@quill.test", &["a@example.test", "b@example.test"], MESSAGE);
+    assert_eq!(folded(&r), vec!['Z', 'Z']);
+    assert!(r[2].1.contains("timeoutremotetotal") && r[2].1.contains("3 s"), "{r:?}");
+    assert_eq!(server.seen().connections, 1, "no second attempt after the deadline");
+}
+
+#[test]
+fn rspawn_kills_a_delivery_past_its_deadline() {
+    // A quill-remote that ignores every deadline, and starts a child of its own: quill-rspawn
+    // runs the quill-remote next to itself, so both go into a directory of their own.
+    let bin = common::TempDir::new("rspawnbin");
+    std::fs::copy(common::bin("quill-rspawn"), bin.path().join("quill-rspawn")).expect("copy quill-rspawn");
+    let pidfile = bin.path().join("child.pid");
+    let script = format!("#!/bin/sh\nsleep 300 &\necho $! $$ > {}\nwait\n", pidfile.display());
+    std::fs::write(bin.path().join("quill-remote"), script).expect("write fake quill-remote");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bin.path().join("quill-remote"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = home("rspawnkill", &[("timeoutremotetotal", "1")]);
+    queue_message(home.path(), 201, "s@quill.test", &["a@slow.test", "b@slow.test"], "mess");
+    let input = request(7, 201, "s@quill.test", &["a@slow.test", "b@slow.test"]);
+    let mut child = Command::new(bin.path().join("quill-rspawn"))
+        .env("QUILL_HOME", home.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run quill-rspawn");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&input).unwrap();
+    drop(stdin);
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = stdout.read_to_end(&mut out);
+        out
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut err = String::new();
+        let _ = stderr.read_to_string(&mut err);
+        err
+    });
+    let done = common::wait_for(Duration::from_secs(50), || matches!(child.try_wait(), Ok(Some(_))));
+    let pids = std::fs::read_to_string(&pidfile).unwrap_or_default();
+    if !done {
+        // Clean up what quill-rspawn left running (it holds our stderr pipe).
+        let _ = child.kill();
+        for pid in pids.split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+    let status = child.wait().unwrap();
+    let out = reader.join().unwrap();
+    let err = err_reader.join().unwrap();
+    assert!(done && status.success(), "quill-rspawn did not end: {status:?} {err}");
+    let mut frames = quill::spawnproto::Reader::default();
+    frames.push(&out);
+    let report = quill::spawnproto::Report::decode(&frames.next_frame().expect("a report")).expect("report");
+    assert_eq!(report.slot, 7);
+    let letters: String = report.results.iter().map(|r| r.outcome.letter() as char).collect();
+    assert_eq!(letters, "ZZ");
+    let text = String::from_utf8_lossy(&report.results[0].text).into_owned();
+    assert!(text.contains("deadline") && text.contains("timeoutremotetotal"), "{text}");
+    assert!(err.contains("quill-rspawn: warning: unable to wait longer for quill-remote"), "{err}");
+    // The fake's own child went with it (the whole process group was killed).
+    let pid = pids.split_whitespace().next().unwrap_or_default().to_string();
+    let gone = common::wait_for(Duration::from_secs(5), || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+    });
+    assert!(!pid.is_empty() && gone, "the child {pid} of the killed job is still running");
+}
+
+// ---------------------------------------------------------------------------------------
+// smtproutes with addresses (audit item 16).
+
+#[test]
+fn smtproutes_addresses_need_no_dns() {
+    // The home's DNS is a dead end: a lookup would defer, so K means no lookup was made.
+    let server = Server::start(Script::default());
+    let port = server.port();
+    let routes = format!("bare.test:127.0.0.1:{port}\nbracket.test:[127.0.0.1]:{port}\n");
+    let home4 = home("bareip", &[("smtproutes", routes.as_str())]);
+    for domain in ["bare.test", "bracket.test"] {
+        let r = remote(home4.path(), domain, "a@quill.test", &[&format!("a@{domain}")], MESSAGE);
+        assert_eq!(folded(&r), vec!['K'], "{domain}: {r:?}");
+        assert!(r[1].1.contains("[127.0.0.1]"), "{r:?}");
+    }
+    assert_eq!(server.seen().data.len(), 2);
+    if TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("SKIP: no IPv6 loopback");
+        return;
+    }
+    let six = Server::start_on("::1", 0, Script::default());
+    let route = format!("six.test:[::1]:{}\n", six.port());
+    let home6 = home("bareip6", &[("smtproutes", route.as_str())]);
+    let r = remote(home6.path(), "six.test", "a@quill.test", &["a@six.test"], MESSAGE);
+    assert_eq!(folded(&r), vec!['K'], "{r:?}");
+    assert_eq!(six.seen().data.len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// A hostile DNS server (audit item 7).
+
+/// A UDP DNS server on 127.0.0.1 that answers every query with `answer(question name)` (the
+/// raw packet, made from the query), counting the queries. It stops when dropped.
+struct HostileDns {
+    port: u16,
+    queries: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HostileDns {
+    fn start(answer: fn(&quill::dns::Message) -> Vec<u8>) -> HostileDns {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        let port = socket.local_addr().expect("addr").port();
+        let queries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (queries2, stop2) = (queries.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut buffer = [0u8; 2048];
+            while !stop2.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(60) {
+                let Ok((n, from)) = socket.recv_from(&mut buffer) else { continue };
+                let Ok(query) = quill::dns::decode(&buffer[..n]) else { continue };
+                queries2.fetch_add(1, Ordering::SeqCst);
+                let _ = socket.send_to(&answer(&query), from);
+            }
+        });
+        HostileDns { port, queries, stop, thread: Some(thread) }
+    }
+
+    fn count(&self) -> usize {
+        self.queries.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HostileDns {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// An answer to `query` with one CNAME record from the question name to `target`.
+fn cname_answer(query: &quill::dns::Message, target: &[u8]) -> Vec<u8> {
+    use quill::dns::{Data, Record, CLASS_IN, TYPE_CNAME};
+    let name = query.questions.first().map(|q| q.0.clone()).unwrap_or_default();
+    let record = Record { name, rtype: TYPE_CNAME, class: CLASS_IN, ttl: 60, data: Data::Cname(target.to_vec()) };
+    let message = quill::dns::Message {
+        id: query.id,
+        flags: 0x8180,
+        questions: query.questions.clone(),
+        answers: vec![record],
+        ..Default::default()
+    };
+    quill::dns::encode_message(&message).expect("encode")
+}
+
+#[test]
+fn hostile_cname_answers_end_in_a_bounded_deferral() {
+    // The audit's packet: a CNAME whose target is one label "test." (a dot inside a label).
+    // The encoder cannot write that, so a placeholder label of the same length is patched.
+    let dotted = HostileDns::start(|query| {
+        let mut packet = cname_answer(query, b"xxxxx");
+        let at = packet.windows(7).rposition(|w| w == b"\x05xxxxx\x00").expect("placeholder");
+        packet[at + 1..at + 6].copy_from_slice(b"test.");
+        packet
+    });
+    let servers = format!("127.0.0.1:{}\noptions timeout:1 attempts:2\n", dotted.port);
+    let home1 = home("dnsdot", &[("dnsservers", servers.as_str())]);
+    let r = remote(home1.path(), "victim.test", "a@quill.test", &["a@victim.test"], MESSAGE);
+    assert_eq!(folded(&r), vec!['Z']);
+    assert!(r[1].1.contains("#4.4.3") && r[1].1.contains("invalid CNAME target"), "{r:?}");
+    let count = dotted.count();
+    eprintln!("queries for the dotted CNAME: {count}");
+    assert!((1..=2).contains(&count), "{count} queries");
+    // An endless chain of valid names: each answer points one label deeper.
+    let deeper = HostileDns::start(|query| {
+        let name = query.questions.first().map(|q| q.0.clone()).unwrap_or_default();
+        cname_answer(query, &[b"a.".as_slice(), &name].concat())
+    });
+    let servers = format!("127.0.0.1:{}\noptions timeout:1 attempts:2\n", deeper.port);
+    let home2 = home("dnschain", &[("dnsservers", servers.as_str())]);
+    let r = remote(home2.path(), "victim.test", "a@quill.test", &["a@victim.test"], MESSAGE);
+    assert_eq!(folded(&r), vec!['Z']);
+    assert!(r[1].1.contains("#4.4.3") && r[1].1.contains("CNAME chain too long"), "{r:?}");
+    let count = deeper.count();
+    eprintln!("queries for the endless chain: {count}");
+    assert!((1..=quill::dns::MAX_QUERIES).contains(&count), "{count} queries");
 }

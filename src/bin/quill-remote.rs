@@ -6,6 +6,8 @@
 //! fd 1: the report: one `r`/`s`/`h` result per recipient in order, then one `K`/`Z`/`D`
 //! result for the message, each a letter, a text and a NUL (doc/quill-remote.8).
 //! fd 2: warnings about the configuration.
+//! The whole run ends by its deadline (`timeoutremotetotal` plus one second per 10,000 bytes
+//! of the message, smtpclient::total_time); quill-rspawn kills it 10 s after that.
 //! Exit: 0 whenever a report was written (the outcome is in the report); 100 for a usage
 //! error; 111 if the report could not be written.
 //! Man page: doc/quill-remote.8.
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
 
 /// Everything from the configuration to the last QUIT. Any failure becomes a report.
 fn run(domain: &[u8], sender: &[u8], recipients: &[Vec<u8>]) -> Report {
+    let start = std::time::Instant::now();
     let count = recipients.len();
     let temporary = |text: String| Report::all(count, Outcome::Temporary, text);
     let control = Control::from_env();
@@ -68,12 +71,33 @@ fn run(domain: &[u8], sender: &[u8], recipients: &[Vec<u8>]) -> Report {
         }
         Ok((settings, resolver, ours, routes))
     })();
-    let (settings, resolver, ours, routes) = match configured {
+    let (mut settings, resolver, ours, routes) = match configured {
         Ok(all) => all,
         Err(e) => return temporary(format!("{e} (#4.3.0)")),
     };
-    match route::plan(domain, &routes, &resolver, &ours) {
-        Ok(plan) => smtpclient::deliver(&plan, sender, recipients, &mut message, &settings),
-        Err(failure) => Report::all(count, failure.outcome, failure.text),
+    settings.deadline = start + smtpclient::total_time(settings.total_seconds, message.stored_size);
+    // Addresses that cannot be written as paths never reach the wire: a bad sender fails
+    // the message, a bad recipient fails alone.
+    let smtpclient::Paths { sender: sender_path, recipients: paths } =
+        match smtpclient::envelope_paths(sender, recipients) {
+            Ok(paths) => paths,
+            Err(text) => return Report::all(count, Outcome::Permanent, text),
+        };
+    let mut sendable = Vec::new();
+    let mut refused = Vec::new();
+    for (i, path) in paths.into_iter().enumerate() {
+        match path {
+            Ok(path) => sendable.push(path),
+            Err(text) => refused.push((i, text)),
+        }
     }
+    if sendable.is_empty() {
+        let text = refused.first().map(|(_, t)| t.clone()).unwrap_or_default();
+        return Report::merge(Report { recipients: Vec::new(), message: (b'D', text) }, refused);
+    }
+    let sent = match route::plan(domain, &routes, &resolver, &ours, settings.deadline) {
+        Ok(plan) => smtpclient::deliver(&plan, &sender_path, &sendable, &mut message, &settings),
+        Err(failure) => Report::all(sendable.len(), failure.outcome, failure.text),
+    };
+    Report::merge(sent, refused)
 }

@@ -10,6 +10,10 @@
 //! (`queue/todo/ID` if it is not there yet) positioned at the message start; they run
 //! concurrently and quill-rspawn reports each as it finishes. On end of input it waits for
 //! the running deliveries, reports them, and exits.
+//! Each quill-remote runs in a process group of its own. One still running 10 s past its
+//! deadline (`timeoutremotetotal` plus one second per 10,000 bytes of the message, the same
+//! deadline quill-remote keeps itself: smtpclient::total_time) is killed, its whole group
+//! with it, and every recipient of the job is deferred with a text that says so.
 //! Exit: 0 after end of input; 111 when it cannot read requests or write reports.
 //! Man page: doc/quill-rspawn.8.
 #![forbid(unsafe_code)]
@@ -22,7 +26,9 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
 /// The most output kept from one quill-remote (it cuts each text at 3000 bytes itself).
 const MAX_OUTPUT: usize = spawnproto::MAX_FRAME;
@@ -34,6 +40,12 @@ struct Job {
     child: Child,
     stdout: ChildStdout,
     output: Vec<u8>,
+    /// When to kill it: its own deadline plus smtpclient::KILL_MARGIN.
+    kill_at: Instant,
+    /// Its deadline in seconds, for the text.
+    allowed: Duration,
+    /// Killed for running past `kill_at`.
+    killed: bool,
 }
 
 fn main() -> ExitCode {
@@ -59,7 +71,15 @@ fn main() -> ExitCode {
                 fds.push(PollFd::new(requests.as_fd(), PollFlags::POLLIN));
             }
             fds.extend(jobs.iter().map(|j| PollFd::new(j.stdout.as_fd(), PollFlags::POLLIN)));
-            match poll(&mut fds, PollTimeout::NONE) {
+            // Wake up for the next job to kill (a killed job's output ends soon after).
+            let now = Instant::now();
+            let next_kill = jobs.iter().filter(|j| !j.killed).map(|j| j.kill_at.saturating_duration_since(now)).min();
+            let timeout = match next_kill {
+                // Rounded up to a whole millisecond, so a wake-up never comes just too early.
+                Some(wait) => PollTimeout::try_from(wait + Duration::from_millis(1)).unwrap_or(PollTimeout::MAX),
+                None => PollTimeout::NONE,
+            };
+            match poll(&mut fds, timeout) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
@@ -69,6 +89,9 @@ fn main() -> ExitCode {
             }
             fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect()
         };
+        for job in jobs.iter_mut().filter(|j| !j.killed && Instant::now() >= j.kill_at) {
+            kill(job);
+        }
         let mut ready = ready.into_iter();
         if input_open && ready.next() == Some(true) {
             match requests.read(&mut chunk) {
@@ -111,6 +134,22 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Kill a job that ran past its deadline: its whole process group, so nothing it started
+/// keeps the remote slot or the output pipe.
+fn kill(job: &mut Job) {
+    job.killed = true;
+    quill::log::warning(&format!(
+        "unable to wait longer for quill-remote in slot {}: past its deadline of {} s, killed",
+        job.slot,
+        job.allowed.as_secs()
+    ));
+    let Ok(pid) = i32::try_from(job.child.id()) else { return };
+    let group = nix::unistd::Pid::from_raw(pid);
+    if nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).is_err() {
+        let _ = job.child.kill();
+    }
+}
+
 /// Read what a job printed; true at end of output.
 fn collect(job: &mut Job, chunk: &mut [u8]) -> bool {
     match job.stdout.read(chunk) {
@@ -130,6 +169,14 @@ fn collect(job: &mut Job, chunk: &mut [u8]) -> bool {
 /// every recipient without a result of its own temporary (smtpclient::fold).
 fn finish(mut job: Job) -> Report {
     let status = job.child.wait();
+    if job.killed {
+        let text = format!(
+            "quill-remote ran past its deadline (control/timeoutremotetotal: {} s for this message) and was stopped; \
+             trying again later (#4.4.2)",
+            job.allowed.as_secs()
+        );
+        return same(job.slot, job.count, Outcome::Temporary, &text);
+    }
     let clean = matches!(&status, Ok(s) if s.success());
     if !clean {
         quill::log::warning(&format!("quill-remote for slot {} ended badly: {:?}", job.slot, status));
@@ -181,12 +228,20 @@ fn start(fields: &[Vec<u8>], layout: &Layout, remote: &std::path::Path) -> Resul
         .map_err(|e| fail(format!("unable to open message {id}: {e} (#4.3.0)")))?;
     let (_, offset) = read_header(&mut file).map_err(|e| fail(format!("message {id}: {e} (#4.3.0)")))?;
     file.seek(SeekFrom::Start(offset)).map_err(|e| fail(format!("unable to seek in message {id}: {e} (#4.3.0)")))?;
+    // The same deadline quill-remote computes for itself (from the same control file and
+    // the same stored size), then the margin.
+    let stored_size = file.metadata().map(|m| m.len().saturating_sub(offset)).unwrap_or(0);
+    let total = quill::smtpclient::total_seconds(&quill::control::Control::from_env())
+        .unwrap_or(quill::smtpclient::DEFAULT_TOTAL_SECONDS);
+    let allowed = quill::smtpclient::total_time(total, stored_size);
+    let started = Instant::now();
     let mut command = Command::new(remote);
     command.arg(std::ffi::OsStr::from_bytes(&domain)).arg(std::ffi::OsStr::from_bytes(&request.sender));
     for r in &request.recipients {
         command.arg(std::ffi::OsStr::from_bytes(r));
     }
     let mut child = command
+        .process_group(0)
         .stdin(Stdio::from(file))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -197,5 +252,14 @@ fn start(fields: &[Vec<u8>], layout: &Layout, remote: &std::path::Path) -> Resul
         let _ = child.wait();
         return Err(fail("unable to run quill-remote: no output pipe (#4.3.0)".to_string()));
     };
-    Ok(Job { slot: request.slot, count, child, stdout, output: Vec::new() })
+    Ok(Job {
+        slot: request.slot,
+        count,
+        child,
+        stdout,
+        output: Vec::new(),
+        kill_at: started + allowed + quill::smtpclient::KILL_MARGIN,
+        allowed,
+        killed: false,
+    })
 }
