@@ -25,6 +25,8 @@ pub const MAX_FILE: u64 = 64 * 1024 * 1024;
 pub struct Aliases {
     map: HashMap<Vec<u8>, Vec<u8>>,
     warnings: Vec<String>,
+    /// Who controls the file it was read from (None: not read from a file).
+    ownership: Option<crate::trust::Ownership>,
 }
 
 /// The aliases file Quill reads: the first line of `control/aliases` (relative to the Quill
@@ -140,19 +142,32 @@ impl Aliases {
     /// be read is a temporary error.
     pub fn load(path: &Path) -> Result<Aliases> {
         use std::io::Read;
-        let file = match std::fs::File::open(path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Aliases::default()),
+        let opened = match crate::trust::open(path) {
+            Ok(Some(opened)) => opened,
+            Ok(None) => return Ok(Aliases::default()),
             Err(e) => return Err(Error::io(format_args!("open {}", path.display()), &e)),
         };
         let mut text = Vec::new();
-        file.take(MAX_FILE + 1)
+        opened
+            .file
+            .take(MAX_FILE + 1)
             .read_to_end(&mut text)
             .map_err(|e| Error::io(format_args!("read {}", path.display()), &e))?;
         if text.len() as u64 > MAX_FILE {
             return Err(Error::temporary(format!("unable to read {}: file too large", path.display())));
         }
-        Aliases::parse(&text).map_err(|e| Error { message: format!("{} ({})", e.message, path.display()), ..e })
+        let mut aliases =
+            Aliases::parse(&text).map_err(|e| Error { message: format!("{} ({})", e.message, path.display()), ..e })?;
+        aliases.ownership = Some(opened.ownership);
+        Ok(aliases)
+    }
+
+    /// Why the programs, files and include files' programs of this file's entries may not
+    /// run as `uid` (the alias user), or None when they may: the file (and a symbolic link
+    /// to it) must belong to root, to `uid` or to one of `also` (quill-lspawn's own uid, in
+    /// an instance that runs as one user), and be writable by nobody else (crate::trust).
+    pub fn distrust(&self, uid: u32, also: &[u32]) -> Option<String> {
+        self.ownership.as_ref().and_then(|o| crate::trust::distrust(o, uid, also))
     }
 
     /// The right-hand side for a local part (compared without regard to case).

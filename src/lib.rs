@@ -45,4 +45,5 @@ pub mod spawnproto;
 pub mod submit;
 pub mod tcprules;
 pub mod tls;
+pub mod trust;
 pub mod users;

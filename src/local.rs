@@ -36,8 +36,14 @@ pub const MAX_INCLUDE_DEPTH: usize = 4;
 /// The most instructions one delivery may expand to (include files included).
 pub const MAX_INSTRUCTIONS: usize = 1000;
 /// A program delivery is killed (with its process group) after this long, and the delivery
-/// deferred. Below quill-send's lifetime for a delivery attempt, like qmail's 24 h alarm.
-pub const PROGRAM_TIME_LIMIT: Duration = Duration::from_secs(24 * 3600);
+/// deferred, unless quill-lspawn passes another limit (`-t`, from control/timeoutprogram).
+/// Postfix's command_time_limit: long enough for any filter that does its work, short enough
+/// that a program that hangs gives its local slot back within the hour.
+pub const PROGRAM_TIME_LIMIT: Duration = Duration::from_secs(1000);
+/// The longest file name (one path component) the usual file systems take.
+const NAME_MAX: usize = 255;
+/// How many refused lines of an untrusted file are named one by one in the log.
+const REFUSED_SHOWN: usize = 3;
 /// Program exit codes that mean a permanent failure (besides 100): the sysexits a mail
 /// program uses for "bad address, bad data, software error, configuration" and qmail's 112.
 const PERMANENT_EXITS: [i32; 8] = [100, 64, 65, 70, 76, 77, 78, 112];
@@ -49,6 +55,11 @@ pub struct Args {
     pub dry_run: bool,
     /// `-A`: `default_delivery` is an /etc/aliases right-hand side; no dot files.
     pub aliases: bool,
+    /// `-F`: the aliases file is not root's or ours (quill-lspawn checked): of the right-hand
+    /// side only addresses count, no programs, files or include files' programs.
+    pub forwards_only: bool,
+    /// `-t SECONDS`: the time limit of each program (None: [`PROGRAM_TIME_LIMIT`]).
+    pub program_time_limit: Option<Duration>,
     /// The account name.
     pub user: Vec<u8>,
     /// Its home directory.
@@ -187,32 +198,57 @@ fn show(bytes: &[u8]) -> String {
     crate::log::safe(bytes)
 }
 
-/// Read a dot file, `.forward` or include file; None if it does not exist. A file others
-/// may write to (group or world, or only world for `world_only`) is refused: someone else
-/// could make the user run programs. Returns the text and the file's mode.
-fn read_instructions_file(path: &Path, world_only: bool) -> Result<Option<(Vec<u8>, u32)>> {
-    let shown = path.display();
-    let mut file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+/// A dot file, `.forward` or include file as read.
+struct InstructionsFile {
+    text: Vec<u8>,
+    mode: u32,
+    /// Why its programs, files and mailboxes may not be used (someone other than root or the
+    /// delivering user can change it), or None.
+    distrust: Option<String>,
+}
+
+/// Read a dot file, `.forward` or include file; None if it does not exist (or its name is
+/// too long to exist). A file others may write to (group or world, or only world for
+/// `world_only`) is refused: someone else could make the user run programs. Owner and mode
+/// come from the opened descriptor (crate::trust).
+fn read_instructions_file(path: &Path, world_only: bool) -> Result<Option<InstructionsFile>> {
+    let shown = show(path.as_os_str().as_bytes());
+    let opened = match crate::trust::open(path) {
+        Ok(Some(opened)) => opened,
+        Ok(None) => return Ok(None),
+        // A name built from an address can be too long for any file: "no such file" is the
+        // true answer, not "try again" (a week of deferrals, then a bounce).
+        Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => return Ok(None),
         Err(e) => return Err(Error::temporary(format!("Unable to open {shown}: {e}. (#4.2.1)"))),
     };
-    let meta = file.metadata().map_err(|e| Error::temporary(format!("Unable to stat {shown}: {e}. (#4.2.1)")))?;
-    let mode = meta.permissions().mode();
+    let mode = opened.meta.permissions().mode();
     let bad_bits = if world_only { 0o002 } else { 0o022 };
     if mode & bad_bits != 0 {
         let who = if world_only { "world" } else { "group- or world" };
         return Err(Error::temporary(format!("Uh-oh: {shown} is {who}-writable; not using it. (#4.7.0)")));
     }
-    if meta.len() > MAX_FILE {
+    let size = opened.meta.len();
+    if size > MAX_FILE {
         return Err(Error::temporary(format!("Uh-oh: {shown} is larger than {MAX_FILE} bytes. (#4.7.0)")));
     }
-    let mut text = Vec::with_capacity(meta.len() as usize);
-    Read::by_ref(&mut file)
+    let distrust = crate::trust::distrust(&opened.ownership, crate::sys::uids().1, &[]);
+    let mut text = Vec::with_capacity(size as usize);
+    Read::by_ref(&mut &opened.file)
         .take(MAX_FILE)
         .read_to_end(&mut text)
         .map_err(|e| Error::temporary(format!("Unable to read {shown}: {e}. (#4.2.1)")))?;
-    Ok(Some((text, mode)))
+    Ok(Some(InstructionsFile { text, mode, distrust }))
+}
+
+/// A dot file or `.forward` speaks for the user only when nobody else can change it: else
+/// the delivery waits (as for a group-writable file) until the user or the admin fixes it.
+fn owned(name: &[u8], file: &InstructionsFile) -> Result<()> {
+    match &file.distrust {
+        Some(why) => {
+            Err(Error::temporary(format!("Uh-oh: {} is not the user's: {why}; not using it. (#4.7.0)", show(name))))
+        }
+        None => Ok(()),
+    }
 }
 
 fn os_path(bytes: &[u8]) -> &Path {
@@ -223,7 +259,12 @@ fn os_path(bytes: &[u8]) -> &Path {
 pub fn choose(args: &Args) -> Result<Plan> {
     if args.aliases {
         let mut instructions = Vec::new();
-        expand_list(args, &args.default_delivery, "the aliases entry", 0, &mut instructions)?;
+        let distrust = args
+            .forwards_only
+            .then(|| "the aliases file is not root's or the alias user's alone (quill-lspawn -F)".to_string());
+        let mut list = List { args, origin: "the aliases entry".into(), distrust, refused: 0 };
+        list.expand(&args.default_delivery, 0, &mut instructions)?;
+        list.summary();
         return nonempty(Plan { instructions, default: None }, "the aliases entry");
     }
     if !dotqmail::safe_ext(&args.ext) {
@@ -232,14 +273,18 @@ pub fn choose(args: &Args) -> Result<Plan> {
     if args.dash.is_empty() {
         let mut name = b".qmail".to_vec();
         name.extend_from_slice(&dotqmail::file_form(&args.ext));
-        if let Some((text, mode)) = read_instructions_file(os_path(&name), false)? {
-            if !text.is_empty() {
-                return dot_file_plan(&name, &text, mode, None);
+        if let Some(file) = read_instructions_file(os_path(&name), false)? {
+            if !file.text.is_empty() {
+                owned(&name, &file)?;
+                return dot_file_plan(&name, &file.text, file.mode, None);
             }
         }
-        if let Some((text, _)) = read_instructions_file(Path::new(".forward"), false)? {
+        if let Some(file) = read_instructions_file(Path::new(".forward"), false)? {
+            owned(b".forward", &file)?;
             let mut instructions = Vec::new();
-            expand_list(args, &text, ".forward", 0, &mut instructions)?;
+            let mut list = List { args, origin: ".forward".into(), distrust: None, refused: 0 };
+            list.expand(&file.text, 0, &mut instructions)?;
+            list.summary();
             if !instructions.is_empty() {
                 return Ok(Plan { instructions, default: None });
             }
@@ -247,11 +292,12 @@ pub fn choose(args: &Args) -> Result<Plan> {
         return default_plan(args, None);
     }
     for (name, default) in dotqmail::candidates(&args.dash, &args.ext) {
-        if let Some((text, mode)) = read_instructions_file(os_path(&name), false)? {
-            if text.is_empty() {
+        if let Some(file) = read_instructions_file(os_path(&name), false)? {
+            owned(&name, &file)?;
+            if file.text.is_empty() {
                 return default_plan(args, default);
             }
-            return dot_file_plan(&name, &text, mode, default);
+            return dot_file_plan(&name, &file.text, file.mode, default);
         }
     }
     Err(Error::permanent("Sorry, no mailbox here by that name. (#5.1.1)"))
@@ -285,41 +331,94 @@ fn dot_file_plan(name: &[u8], text: &[u8], mode: u32, default: Option<Vec<u8>>) 
     Ok(Plan { instructions: file.instructions, default })
 }
 
-/// Expand a sendmail-style list into instructions: `:include:` files (read as the current
-/// user, nested at most [`MAX_INCLUDE_DEPTH`] deep), `\NAME` (the user's own mailbox when
-/// NAME is the user, else an address).
-fn expand_list(args: &Args, text: &[u8], origin: &str, depth: usize, out: &mut Vec<Instruction>) -> Result<()> {
-    let items = dotqmail::parse_sendmail(text)
-        .map_err(|_| Error::temporary(format!("Uh-oh: {origin} has an unbalanced quote. (#4.7.0)")))?;
-    for item in items {
-        match item {
-            Item::Do(instruction) => out.push(instruction),
-            Item::Local(name) => {
-                let own = name.eq_ignore_ascii_case(&args.user) || name.eq_ignore_ascii_case(&args.local);
-                if own && !args.aliases {
-                    out.extend(dotqmail::parse_dotqmail(&args.default_delivery).instructions);
-                } else {
-                    out.push(Instruction::Forward(name));
+/// A sendmail-style list being expanded: `.forward`, an aliases right-hand side, and the
+/// `:include:` files they name.
+struct List<'a> {
+    args: &'a Args,
+    /// Where the text being expanded came from, for messages.
+    origin: String,
+    /// Why programs, files and mailboxes from here are not used (sendmail's rule: an include
+    /// file honours them only when it belongs to root or to the delivering user), or None.
+    /// It holds for every include file reached from an untrusted one, too.
+    distrust: Option<String>,
+    /// Lines refused so far.
+    refused: usize,
+}
+
+impl List<'_> {
+    /// Expand `text` into instructions: `:include:` files (read as the current user, nested
+    /// at most [`MAX_INCLUDE_DEPTH`] deep), `\NAME` (the user's own mailbox when NAME is the
+    /// user, else an address).
+    fn expand(&mut self, text: &[u8], depth: usize, out: &mut Vec<Instruction>) -> Result<()> {
+        let args = self.args;
+        let items = dotqmail::parse_sendmail(text)
+            .map_err(|_| Error::temporary(format!("Uh-oh: {} has an unbalanced quote. (#4.7.0)", self.origin)))?;
+        for item in items {
+            match item {
+                Item::Do(instruction) if instruction.is_forward() || self.distrust.is_none() => out.push(instruction),
+                Item::Do(instruction) => self.refuse(&instruction),
+                Item::Local(name) => {
+                    let own = name.eq_ignore_ascii_case(&args.user) || name.eq_ignore_ascii_case(&args.local);
+                    if own && !args.aliases {
+                        out.extend(dotqmail::parse_dotqmail(&args.default_delivery).instructions);
+                    } else {
+                        out.push(Instruction::Forward(name));
+                    }
+                }
+                Item::Include(path) => {
+                    let shown = show(&path);
+                    if depth + 1 > MAX_INCLUDE_DEPTH {
+                        return Err(Error::temporary(format!(
+                            "Uh-oh: include files nest too deep at {shown}. (#4.7.0)"
+                        )));
+                    }
+                    let file = read_instructions_file(os_path(&path), true)?.ok_or_else(|| {
+                        Error::temporary(format!("Unable to open include file {shown}: it does not exist. (#4.2.1)"))
+                    })?;
+                    let outer = (self.origin.clone(), self.distrust.clone());
+                    self.origin = shown;
+                    if self.distrust.is_none() {
+                        self.distrust = file.distrust;
+                    }
+                    let expanded = self.expand(&file.text, depth + 1, out);
+                    (self.origin, self.distrust) = outer;
+                    expanded?;
                 }
             }
-            Item::Include(path) => {
-                let shown = show(&path);
-                if depth + 1 > MAX_INCLUDE_DEPTH {
-                    return Err(Error::temporary(format!("Uh-oh: include files nest too deep at {shown}. (#4.7.0)")));
-                }
-                let (text, _) = read_instructions_file(os_path(&path), true)?.ok_or_else(|| {
-                    Error::temporary(format!("Unable to open include file {shown}: it does not exist. (#4.2.1)"))
-                })?;
-                expand_list(args, &text, &shown, depth + 1, out)?;
+            if out.len() > MAX_INSTRUCTIONS {
+                return Err(Error::temporary(format!(
+                    "Uh-oh: more than {MAX_INSTRUCTIONS} delivery instructions. (#4.7.0)"
+                )));
             }
         }
-        if out.len() > MAX_INSTRUCTIONS {
-            return Err(Error::temporary(format!(
-                "Uh-oh: more than {MAX_INSTRUCTIONS} delivery instructions. (#4.7.0)"
-            )));
+        Ok(())
+    }
+
+    /// Leave out a program, file or mailbox line of an untrusted file, and say so (the first
+    /// few by name; [`List::summary`] counts the rest).
+    fn refuse(&mut self, instruction: &Instruction) {
+        self.refused += 1;
+        if self.refused > REFUSED_SHOWN {
+            return;
+        }
+        let line = match instruction {
+            Instruction::Program(command) => format!("run |{}", show(command)),
+            Instruction::Mbox(path) | Instruction::Maildir(path) => format!("deliver to {}", show(path)),
+            Instruction::Forward(address) => format!("forward to {}", show(address)),
+        };
+        let why = self.distrust.as_deref().unwrap_or("");
+        crate::log::warning(&format!("unable to {line} from {}: {why}; only its addresses are used", self.origin));
+    }
+
+    /// Say how many refused lines were not named.
+    fn summary(&self) {
+        if self.refused > REFUSED_SHOWN {
+            crate::log::warning(&format!(
+                "unable to use {} more program, file or mailbox lines from untrusted include files",
+                self.refused - REFUSED_SHOWN
+            ));
         }
     }
-    Ok(())
 }
 
 /// The text after the `n`th dash (EXT2…EXT4), empty when there are fewer dashes.
@@ -440,13 +539,19 @@ impl<'a> Delivery<'a> {
     fn substitute(&self, path: &[u8]) -> Result<(Vec<u8>, bool)> {
         let values =
             dotqmail::Values { default: self.plan.default.as_deref(), ext: &self.args.ext, local: &self.args.local };
-        dotqmail::substitute(path, &values).map_err(|bad| {
+        let (result, substituted) = dotqmail::substitute(path, &values).map_err(|bad| {
             Error::permanent(format!(
                 "Sorry, the address gives ${{{}}} no usable value for {}. (#5.1.1)",
                 bad.name,
                 show(path)
             ))
-        })
+        })?;
+        // A name built from the address that no file system takes (ENAMETOOLONG) names no
+        // mailbox: a permanent "no such address", not a week of deferrals.
+        if substituted && result.split(|&b| b == b'/').any(|part| part.len() > NAME_MAX) {
+            return Err(Error::permanent("Sorry, no mailbox here by that name (the name is too long). (#5.1.1)"));
+        }
+        Ok((result, substituted))
     }
 
     /// A forward target: an address without `@` is at the recipient's domain.
@@ -502,9 +607,10 @@ impl<'a> Delivery<'a> {
             });
         }
         let group = nix::unistd::Pid::from_raw(child.id() as i32);
+        let limit = self.args.program_time_limit.unwrap_or(PROGRAM_TIME_LIMIT);
         let (done, finished) = std::sync::mpsc::channel::<()>();
         let watchdog = std::thread::spawn(move || {
-            if finished.recv_timeout(PROGRAM_TIME_LIMIT).is_err() {
+            if finished.recv_timeout(limit).is_err() {
                 let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
                 return true;
             }
@@ -515,7 +621,10 @@ impl<'a> Delivery<'a> {
         let timed_out = watchdog.join().unwrap_or(false);
         let status = status.map_err(|e| Error::temporary(format!("Unable to wait for the program: {e}. (#4.3.0)")))?;
         if timed_out {
-            return Err(Error::temporary("Program ran too long and was killed. (#4.3.0)"));
+            return Err(Error::temporary(format!(
+                "Program ran longer than {} seconds and was killed with its process group. (#4.3.0)",
+                limit.as_secs()
+            )));
         }
         match status.code() {
             Some(0) => Ok(Flow::Continue),

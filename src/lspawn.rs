@@ -184,6 +184,8 @@ pub struct Spawner {
     queue_owner: u32,
     aliases: Cached<Aliases>,
     assign: Cached<Option<AssignDb>>,
+    /// control/timeoutprogram: quill-local's limit for each program, when set.
+    program_limit: Cached<Option<u64>>,
     directory: Directory,
     running: HashMap<i32, Delivery>,
     reports: Vec<u8>,
@@ -221,6 +223,7 @@ impl Spawner {
         Ok(Spawner {
             aliases: Cached::new(aliases::aliases_path(&control)),
             assign: Cached::new(users::assign_db_path(&config.home)),
+            program_limit: Cached::new(control.path("timeoutprogram")),
             directory: Directory::new(),
             layout,
             root: euid == 0,
@@ -354,13 +357,23 @@ impl Spawner {
         }
         let message = self.open_message(&request.id)?;
         let home = self.config.home.clone();
+        let program_limit = *self
+            .program_limit
+            .refresh(|_| load_program_limit(&home))
+            .map_err(|e| temporary(format!("{e} (#4.3.0)")))?;
         let aliases = self.aliases.refresh(load_aliases).map_err(|e| temporary(format!("{e} (#4.3.0)")))?;
-        let assign = self.assign.refresh(AssignDb::open_path).map_err(|e| temporary(format!("{e} (#4.3.0)")))?;
+        let my_uid = self.my_uid;
+        let assign =
+            self.assign.refresh(|path| load_assign(path, my_uid)).map_err(|e| temporary(format!("{e} (#4.3.0)")))?;
         self.directory.check();
+        let mut forwards_only = false;
         let (user, alias_target) =
             match users::resolve_with(&home, local, aliases, assign.as_ref(), &mut self.directory) {
                 Resolution::Alias { target } => {
                     let user = users::alias_user_with(&home, &mut self.directory).map_err(|e| temporary(e.message))?;
+                    // An aliases file that someone else can change must not make the alias
+                    // user run programs or write files: only its addresses are used.
+                    forwards_only = aliases.distrust(user.uid, &[self.my_uid]).is_some();
                     (user, Some(target))
                 }
                 Resolution::User(user) | Resolution::AliasUser(user) => (user, None),
@@ -374,6 +387,12 @@ impl Spawner {
         }
         let mut command = Command::new(&self.config.local);
         command.arg0("quill-local");
+        if let Some(seconds) = program_limit {
+            command.arg("-t").arg(seconds.to_string());
+        }
+        if forwards_only {
+            command.arg("-F");
+        }
         let empty: &[u8] = b"";
         let (dash, ext, last) = match &alias_target {
             Some(target) => {
@@ -488,6 +507,32 @@ impl Spawner {
             self.report(delivery.slot, outcome, &text);
         }
     }
+}
+
+/// users/assign.db, if it is there. It says which uid runs each delivery, so it counts only
+/// when nobody but root (or quill-lspawn's own uid, in an instance) can change it: checked
+/// on the opened descriptor (crate::trust).
+fn load_assign(path: &Path, my_uid: u32) -> Result<Option<AssignDb>> {
+    let opened = match crate::trust::open(path) {
+        Ok(Some(opened)) => opened,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(Error::io(format_args!("open {}", path.display()), &e)),
+    };
+    if let Some(why) = crate::trust::distrust(&opened.ownership, my_uid, &[]) {
+        return Err(Error::temporary(format!("unable to trust {}: {why}; not using it", path.display())));
+    }
+    let mut bytes = Vec::with_capacity(opened.meta.len() as usize);
+    (&opened.file).read_to_end(&mut bytes).map_err(|e| Error::io(format_args!("read {}", path.display()), &e))?;
+    AssignDb::parse(bytes).map(Some)
+}
+
+/// control/timeoutprogram, if it is there (else quill-local's own default applies).
+fn load_program_limit(home: &Path) -> Result<Option<u64>> {
+    let control = Control::new(home);
+    Ok(match control.line("timeoutprogram")? {
+        None => None,
+        Some(_) => Some(control.number("timeoutprogram", 0)?.max(1)),
+    })
 }
 
 /// Load the aliases file and log what the parse only warned about (duplicate names).

@@ -46,6 +46,9 @@ impl Channel {
 /// The most deliveries quill-send runs at once on one channel, whatever the control files say.
 pub const MAX_CONCURRENCY: u64 = 1000;
 
+/// `concurrencyrecipient`'s default: Postfix's local_destination_concurrency_limit.
+pub const DEFAULT_CONCURRENCY_RECIPIENT: u64 = 2;
+
 /// Everything quill-send takes from `control/`.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -63,6 +66,10 @@ pub struct Config {
     pub concurrency_remote: usize,
     /// `concurrencydestination`: remote deliveries at once to one destination (domain).
     pub concurrency_destination: usize,
+    /// `concurrencyrecipient`: local deliveries at once to one recipient address, so that
+    /// one slow program address cannot take every local slot (Postfix's
+    /// local_destination_concurrency_limit).
+    pub concurrency_recipient: usize,
     /// `backoffmin`: seconds an unreachable destination is left alone after its first failure.
     pub backoff_min: u64,
     /// `backoffmax`: the longest such wait (each failure doubles it up to this).
@@ -103,6 +110,7 @@ impl Config {
             concurrency_local: cap(control.number("concurrencylocal", 10)?),
             concurrency_remote: cap(control.number("concurrencyremote", 20)?),
             concurrency_destination: cap(control.number("concurrencydestination", 10)?).max(1),
+            concurrency_recipient: cap(control.number("concurrencyrecipient", DEFAULT_CONCURRENCY_RECIPIENT)?).max(1),
             backoff_min: control.number("backoffmin", 300)?.max(1),
             backoff_max: control.number("backoffmax", 3600)?,
             queue_lifetime: control.number("queuelifetime", crate::schedule::DEFAULT_LIFETIME)?,
@@ -172,6 +180,7 @@ mod tests {
             concurrency_local: 10,
             concurrency_remote: 20,
             concurrency_destination: 10,
+            concurrency_recipient: 2,
             backoff_min: 300,
             backoff_max: 3600,
             queue_lifetime: 604_800,

@@ -211,7 +211,8 @@ impl Message {
 struct Job {
     id: u64,
     recipients: Vec<usize>,
-    /// The recipients' domain, for remote jobs (the back-off and concurrency unit).
+    /// The unit of concurrency: the recipients' domain for remote jobs (also the back-off
+    /// unit), the recipient address (lower case) for local ones.
     domain: Vec<u8>,
 }
 
@@ -277,6 +278,9 @@ pub struct Sender {
     reused: HashSet<u64>,
     /// Remote destinations: concurrency per destination and back-off.
     destinations: Destinations<Job>,
+    /// Local recipients: deliveries at once to one address (`concurrencyrecipient`); never
+    /// backed off.
+    local_recipients: Destinations<Job>,
     /// The back-off table as last written to `info/destinations`.
     destinations_written: String,
 }
@@ -320,6 +324,7 @@ impl Sender {
     /// Set up the engine over quill-start's pipes.
     pub fn new(control: Control, config: Config, pipes: Pipes) -> io::Result<Sender> {
         let destinations = Destinations::new(config.concurrency_destination, config.backoff_min, config.backoff_max);
+        let local_recipients = Destinations::new(config.concurrency_recipient, 1, 1);
         set_nonblocking(&pipes.clean_replies)?;
         let rspawn = match pipes.rspawn {
             Some((requests, reports)) => Some(Spawner::new(requests, reports)?),
@@ -350,6 +355,7 @@ impl Sender {
             scan_wanted: true,
             next_scan: 0,
             destinations,
+            local_recipients,
             reused: HashSet::new(),
             admin_buffer: Vec::new(),
             last_errors: Default::default(),
@@ -575,7 +581,8 @@ impl Sender {
         match channel {
             Channel::Local => {
                 for i in picked {
-                    self.ready[0].push_back(Job { id, recipients: vec![i], domain: Vec::new() });
+                    let key = m.recipients[i].address.to_ascii_lowercase();
+                    self.ready[0].push_back(Job { id, recipients: vec![i], domain: key });
                 }
             }
             Channel::Remote => {
@@ -614,15 +621,16 @@ impl Sender {
                 }
                 Some(false) => {}
             }
-            // A remote destination that is backed off or busy keeps the job until it may go.
-            let job = if channel == Channel::Remote {
-                let domain = job.domain.clone();
-                match self.destinations.admit(&domain, job, crate::date::now()) {
-                    (Admission::Go, Some(job)) => job,
-                    _ => continue,
-                }
-            } else {
-                job
+            // A remote destination that is backed off or busy, or a local recipient at its
+            // concurrency limit, keeps the job until it may go; the next job goes instead.
+            let table = match channel {
+                Channel::Remote => &mut self.destinations,
+                Channel::Local => &mut self.local_recipients,
+            };
+            let key = job.domain.clone();
+            let job = match table.admit(&key, job, crate::date::now()) {
+                (Admission::Go, Some(job)) => job,
+                _ => continue,
             };
             let Some(m) = self.messages.get(&job.id) else { continue };
             let mut slot = self.next_delivery as u32;
@@ -687,6 +695,10 @@ impl Sender {
                 self.ready[1].push_front(job);
             }
             self.write_destinations();
+        } else {
+            for job in self.local_recipients.finished(&delivery.domain, false, "", now).into_iter().rev() {
+                self.ready[0].push_front(job);
+            }
         }
         if let Some(m) = self.messages.get_mut(&id) {
             for (k, &i) in delivery.recipients.iter().enumerate() {
@@ -951,8 +963,11 @@ impl Sender {
                 }
                 log::raw(&format!("{verb} msg {id}: requested by the administrator"));
                 m.pending = Some(action);
-                // Jobs waiting for a backed-off destination are taken back at once.
-                for job in self.destinations.take_if(|job: &Job| job.id == id) {
+                // Jobs waiting for a backed-off destination or a busy recipient are taken
+                // back at once.
+                let mut parked = self.destinations.take_if(|job: &Job| job.id == id);
+                parked.extend(self.local_recipients.take_if(|job: &Job| job.id == id));
+                for job in parked {
                     self.unqueue(job);
                 }
                 self.apply_when_idle(id);
@@ -1049,6 +1064,7 @@ impl Sender {
         match Config::load(&self.control) {
             Ok(config) => {
                 self.destinations.limit = config.concurrency_destination;
+                self.local_recipients.limit = config.concurrency_recipient;
                 self.destinations.backoff_min = config.backoff_min;
                 self.destinations.backoff_max = config.backoff_max;
                 self.config = config;

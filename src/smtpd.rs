@@ -14,7 +14,7 @@ use crate::address::{domain_listed, normal_domain, MAX_ADDRESS};
 use crate::control::Control;
 use crate::envelope::{Envelope, MAX_RECIPIENTS};
 use crate::fail::{qq, Error, Outcome, Result};
-use crate::rcptcheck::{Checker, Verdict};
+use crate::rcptcheck::{Checker, Verdict, MAX_LOCAL_PART};
 use crate::sendconf::{Channel, Config as SendConfig};
 use crate::smtp::{
     base64_decode, header_safe, parse_command, parse_params, parse_path, strip_keyword, write_reply, Mailbox,
@@ -968,10 +968,9 @@ impl Session {
     }
 
     /// Whether `local@domain`, at a domain we accept mail for, names someone who can receive
-    /// it. This is where recipients are validated at RCPT time (DESIGN §3: no backscatter).
-    /// For now every recipient is accepted; the users/aliases lookup will answer here
-    /// (Success = known, Permanent = no such user, Temporary = cannot tell now).
-    fn recipient_known(&self, local: &[u8], domain: &[u8]) -> Outcome {
+    /// it. This is where recipients are validated at RCPT time (DESIGN §3: no backscatter):
+    /// the verdict's reply (rcptcheck::Verdict::reply) is what the client gets.
+    fn recipient_known(&self, local: &[u8], domain: &[u8]) -> Verdict {
         let loaded = self.recipients.get_or_init(|| {
             let send = SendConfig::load(&self.config.control).map_err(|e| e.message)?;
             let checker = Checker::load(&self.config.control).map_err(|e| e.message)?;
@@ -981,7 +980,7 @@ impl Session {
             Ok(pair) => pair,
             Err(why) => {
                 crate::log::warning(&format!("unable to check recipients: {why}"));
-                return Outcome::Temporary;
+                return Verdict::Unsure(why.clone());
             }
         };
         let mut address = local.to_vec();
@@ -991,16 +990,20 @@ impl Session {
         // domain that is in rcpthosts but delivered remotely (a backup MX) is not ours to judge.
         let (channel, rewritten) = send.rewrite(&address);
         if channel != Channel::Local {
-            return Outcome::Success;
+            return Verdict::Known;
         }
-        match checker.check(crate::address::split(&rewritten).0) {
-            Verdict::Known => Outcome::Success,
-            Verdict::Unknown => Outcome::Permanent,
-            Verdict::Unsure(why) => {
-                crate::log::warning(&format!("unable to check a recipient now: {why}"));
-                Outcome::Temporary
+        if local.len() > MAX_LOCAL_PART {
+            return Verdict::TooLong;
+        }
+        let verdict = checker.check(crate::address::split(&rewritten).0);
+        match &verdict {
+            Verdict::Unsure(why) => crate::log::warning(&format!("unable to check a recipient now: {why}")),
+            Verdict::Unseen(why) => {
+                crate::log::warning(&format!("unable to check rcpt <{}>: {why}", crate::log::safe(&rewritten)))
             }
+            _ => {}
         }
+        verdict
     }
 
     fn rcpt(&mut self, arg: &[u8]) -> std::result::Result<(), End> {
@@ -1050,16 +1053,9 @@ impl Session {
                 return Ok(());
             }
             if domain_listed(&mailbox.domain, &self.config.rcpthosts) {
-                match self.recipient_known(&mailbox.local, &mailbox.domain) {
-                    Outcome::Success => {}
-                    Outcome::Permanent => {
-                        self.reply(550, "5.1.1 no such user here");
-                        return Ok(());
-                    }
-                    Outcome::Temporary => {
-                        self.reply(451, "4.3.0 unable to check the recipient now, try again later");
-                        return Ok(());
-                    }
+                if let Some((code, text)) = self.recipient_known(&mailbox.local, &mailbox.domain).reply() {
+                    self.reply(code, text);
+                    return Ok(());
                 }
             }
             mailbox.address()

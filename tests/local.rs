@@ -690,3 +690,158 @@ fn failed_writes_leave_no_partial_mail() {
     assert!(read(&w.home().join("mbox")) == before, "mbox cut back");
     assert!(!w.home().join("mbox.lock").exists());
 }
+
+/// Give `path` (not what a symbolic link points at) to `uid`.
+fn give(path: &Path, uid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid)).expect("lchown");
+}
+
+#[test]
+fn include_files_of_others_give_only_their_addresses() {
+    if !common::is_root() {
+        eprintln!("SKIP: not root, so no file can belong to another user");
+        return;
+    }
+    let w = World::new("untrusted-include");
+    let queue = w.fake_queue(0);
+    let d = w.dir.path().display().to_string();
+    // A list file another user owns (uid 65534), naming a program, a mailbox and an address,
+    // and including a root-owned file whose program must not run through it either.
+    let inner = w.path("inner");
+    fs::write(&inner, format!("|touch {d}/inner-ran\ndeep@d.example\n")).expect("inner");
+    let list = w.path("list");
+    fs::write(
+        &list,
+        format!(
+            "member@m.example\n|touch {d}/list-ran\n{d}/list-mbox\n{d}/list-maildir/\n:include:{}\n",
+            inner.display()
+        ),
+    )
+    .expect("list");
+    give(&list, 65534);
+    let rhs = format!(":include:{}", list.display());
+    let (code, report) = w.run(&["-A"], "postmaster", "-", "postmaster", &rhs, &[("QMAILQUEUE", &queue)]);
+    assert_eq!(code, 0, "{report}");
+    assert!(report.contains("did 0+2+0 qp "), "{report}");
+    for ran in ["list-ran", "inner-ran", "list-mbox", "list-maildir"] {
+        assert!(!w.path(ran).exists(), "{ran} from an untrusted include file: {report}");
+    }
+    assert_eq!(read(&w.path("qq-envelope")), format!("F{SENDER}\0Tmember@m.example\0Tdeep@d.example\0\0").into_bytes());
+    assert!(report.contains("quill-local: warning: unable to run |touch "), "{report}");
+    assert!(report.contains("belongs to uid 65534, not to root or uid 0; only its addresses are used"), "{report}");
+
+    // The same list as root's: everything in it is used.
+    give(&list, 0);
+    let (code, report) = w.run(&["-A"], "postmaster", "-", "postmaster", &rhs, &[("QMAILQUEUE", &queue)]);
+    assert_eq!(code, 111, "the mbox line is used (and fails on its missing Maildir): {report}");
+    fs::create_dir_all(w.path("list-maildir")).expect("mkdir");
+    for sub in ["tmp", "new", "cur"] {
+        fs::create_dir_all(w.path("list-maildir").join(sub)).expect("maildir");
+    }
+    let (code, report) = w.run(&["-A"], "postmaster", "-", "postmaster", &rhs, &[("QMAILQUEUE", &queue)]);
+    assert_eq!(code, 0, "{report}");
+    assert!(w.path("list-ran").exists() && w.path("inner-ran").exists() && w.path("list-mbox").exists(), "{report}");
+    fs::remove_file(w.path("list-ran")).expect("rm");
+
+    // Reached through a symbolic link another user made: only addresses again.
+    let link = w.path("link");
+    std::os::unix::fs::symlink(&list, &link).expect("symlink");
+    give(&link, 65534);
+    let rhs = format!(":include:{}", link.display());
+    let (code, report) = w.run(&["-A"], "postmaster", "-", "postmaster", &rhs, &[("QMAILQUEUE", &queue)]);
+    assert_eq!(code, 0, "{report}");
+    assert!(!w.path("list-ran").exists(), "{report}");
+    assert!(report.contains("the symbolic link to it belongs to uid 65534"), "{report}");
+
+    // A group-writable list: its group may write it, so only its addresses count.
+    fs::set_permissions(&list, fs::Permissions::from_mode(0o664)).expect("chmod");
+    let rhs = format!(":include:{}", list.display());
+    let (code, report) = w.run(&["-A"], "postmaster", "-", "postmaster", &rhs, &[("QMAILQUEUE", &queue)]);
+    assert_eq!(code, 0, "{report}");
+    assert!(!w.path("list-ran").exists() && report.contains("mode 664"), "{report}");
+
+    // -F (quill-lspawn found the aliases file someone else's): the right-hand side's own
+    // program and file lines are left out too.
+    let rhs = format!("x@y.example, \"|touch {d}/rhs-ran\", {d}/rhs-mbox");
+    let (code, report) = w.run(&["-A", "-F"], "postmaster", "-", "postmaster", &rhs, &[("QMAILQUEUE", &queue)]);
+    assert_eq!(code, 0, "{report}");
+    assert!(report.contains("did 0+1+0 qp "), "{report}");
+    assert!(!w.path("rhs-ran").exists() && !w.path("rhs-mbox").exists(), "{report}");
+}
+
+#[test]
+fn dot_files_of_another_owner_are_not_used() {
+    if !common::is_root() {
+        eprintln!("SKIP: not root, so no file can belong to another user");
+        return;
+    }
+    let w = World::new("foreign-dot");
+    let d = w.dir.path().display().to_string();
+    w.write(".qmail-x", format!("|touch {d}/ran\n").as_bytes(), 0o644);
+    give(&w.home().join(".qmail-x"), 65534);
+    let (code, report) = w.run(&[], "joe-x", "-", "x", "./Maildir/", &[]);
+    assert_eq!(code, 111, "{report}");
+    assert!(report.contains("Uh-oh: .qmail-x is not the user's: it belongs to uid 65534"), "{report}");
+    assert!(!w.path("ran").exists());
+    // A symbolic link another user made, to a file of the user's.
+    w.write(".qmail-real", format!("|touch {d}/ran\n").as_bytes(), 0o644);
+    std::os::unix::fs::symlink(".qmail-real", w.home().join(".qmail-y")).expect("symlink");
+    give(&w.home().join(".qmail-y"), 65534);
+    let (code, report) = w.run(&[], "joe-y", "-", "y", "./Maildir/", &[]);
+    assert_eq!(code, 111, "{report}");
+    assert!(!w.path("ran").exists(), "{report}");
+    w.write(".forward", format!("\"|touch {d}/ran\"\n").as_bytes(), 0o644);
+    give(&w.home().join(".forward"), 65534);
+    let (code, report) = w.run(&[], "joe", "", "", "./Maildir/", &[]);
+    assert_eq!(code, 111, "{report}");
+    assert!(report.contains(".forward is not the user's"), "{report}");
+    assert!(!w.path("ran").exists());
+}
+
+#[test]
+fn extensions_too_long_for_a_file_name_are_no_such_address() {
+    let w = World::new("long-ext");
+    let ext = "e".repeat(300);
+    let local = format!("joe-{ext}");
+    // No dot file can have that name: "no such address", not a week of deferrals.
+    let (code, report) = w.run(&[], &local, "-", &ext, "./Maildir/", &[]);
+    assert_eq!(code, 100, "{report}");
+    assert!(report.contains("#5.1.1"), "{report}");
+    // A -default file that files each address into its own Maildir (quill-up's): the name
+    // is too long for a directory, and that is permanent too.
+    w.write(".qmail-default", b"./maildir/${DEFAULT}/\n", 0o644);
+    let (code, report) = w.run(&[], &local, "-", &ext, "./Maildir/", &[]);
+    assert_eq!(code, 100, "{report}");
+    assert!(report.contains("too long"), "{report}");
+    // A name that fits is delivered as before.
+    let (code, report) = w.run(&[], "joe-short", "-", "short", "./Maildir/", &[]);
+    assert_eq!(code, 0, "{report}");
+    only_message(&w.home().join("maildir/short"));
+}
+
+#[test]
+fn program_time_limit_kills_the_whole_process_group() {
+    let w = World::new("program-limit");
+    // The program leaves a child in its process group that would outlive it.
+    w.write(".qmail", b"|sleep 120 & echo $! > ../childpid; wait\n", 0o644);
+    let mut child = w.spawn(&["-t", "1"], "joe", "joe", "", "", SENDER, "", &[], MESSAGE);
+    let finished = wait_for(Duration::from_secs(60), || matches!(child.try_wait(), Ok(Some(_))));
+    if !finished {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("wait");
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(finished, "quill-local did not stop the program");
+    assert_eq!(out.status.code(), Some(111), "a program killed at its limit defers: {report}");
+    assert!(report.contains("longer than 1 seconds and was killed with its process group"), "{report}");
+    let pid: i32 = fs::read_to_string(w.path("childpid")).expect("child pid").trim().parse().expect("pid");
+    // Gone, or a zombie waiting for init to reap it: either way no longer running.
+    let stopped = wait_for(Duration::from_secs(10), || match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    });
+    if !stopped {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    assert!(stopped, "the program's child survived the limit");
+}

@@ -807,3 +807,46 @@ fn as_root_a_mess_directory_swapped_for_a_link_gives_no_file_of_roots() {
     assert!(!text.contains("secret"), "{text}");
     lspawn.finish();
 }
+
+#[test]
+fn program_limit_and_untrusted_aliases_reach_quill_local() {
+    let world = World::private("trust");
+    world.write("aliases", b"fred: \"|/bin/prog\", ginny\n");
+    let id = world.message("mess", "x");
+    // No control/timeoutprogram: quill-local keeps its own default; a trusted aliases file.
+    let mut lspawn = world.lspawn_private();
+    let (letter, text) = lspawn.deliver(&id, "fred@example.com");
+    assert_eq!(letter, 'K', "{text}");
+    assert!(line(&text, "argv:").starts_with("argv: [-A] [--]"), "{text}");
+    drop(lspawn);
+
+    world.write("control/timeoutprogram", b"7\n");
+    let mut lspawn = world.lspawn_private();
+    let (_, text) = lspawn.deliver(&id, "joe@example.com");
+    assert!(line(&text, "argv:").starts_with("argv: [-t] [7] [--]"), "{text}");
+    drop(lspawn);
+
+    if !common::is_root() {
+        eprintln!("SKIP: not root, so the aliases file cannot belong to someone else");
+        return;
+    }
+    // An aliases file that belongs to neither root, the alias user nor lspawn's own uid: its
+    // programs must not run as the alias user (-F: addresses only).
+    std::os::unix::fs::chown(world.path().join("aliases"), Some(54321), None).expect("chown");
+    let mut lspawn = world.lspawn_private();
+    let (_, text) = lspawn.deliver(&id, "fred@example.com");
+    assert!(line(&text, "argv:").starts_with("argv: [-t] [7] [-F] [-A] [--]"), "{text}");
+    let (_, text) = lspawn.deliver(&id, "joe@example.com");
+    assert!(!line(&text, "argv:").contains("[-F]"), "{text}");
+    drop(lspawn);
+
+    // users/assign.db says which uid runs each delivery: someone else's is not used.
+    let (uid, gid) = runner();
+    let joe = world.user_home("joe");
+    world.assign(&format!("=joe:joe:{uid}:{gid}:{}:::\n.\n", joe.display()));
+    std::os::unix::fs::chown(world.path().join("users/assign.db"), Some(54321), None).expect("chown");
+    let mut lspawn = world.lspawn_private();
+    let (letter, text) = lspawn.deliver(&id, "joe@example.com");
+    assert_eq!(letter, 'Z', "{text}");
+    assert!(text.contains("unable to trust") && text.contains("belongs to uid 54321"), "{text}");
+}

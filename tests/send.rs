@@ -809,3 +809,49 @@ fn an_unreachable_destination_is_backed_off_and_probed() {
     assert!(rig.wait_log(&format!("end msg {second}\n")), "{}", rig.log());
     assert!(wait_for(LIMIT, || std::fs::read_to_string(&table).unwrap_or_default().is_empty()));
 }
+
+#[test]
+fn one_slow_recipient_holds_at_most_concurrencyrecipient_slots() {
+    // Six messages to one slow address (a program that never ends, as far as quill-send
+    // knows: the test does not answer), then three to another: the slow address gets at most
+    // concurrencyrecipient (default 2) of the four local slots, and the others go through.
+    let h = basic_home("per-recipient", &[("concurrencylocal", "4\n")]);
+    let mut rig = Rig::start(h.path(), "send", false);
+    for i in 0..6 {
+        inject(h.path(), SENDER, &["Slow@test.example"], &format!("slow{i}"));
+    }
+    for i in 0..3 {
+        inject(h.path(), SENDER, &[&format!("fast{i}@test.example")], &format!("fast{i}"));
+    }
+    let mut slow: Vec<Request> = Vec::new();
+    let mut fast_done = 0;
+    // Bounded: nine messages need at most a few dozen requests.
+    for _ in 0..50 {
+        let Some(r) = rig.local.next(LIMIT) else { break };
+        if rcpt(&r).eq_ignore_ascii_case("slow@test.example") {
+            slow.push(r);
+            assert!(slow.len() <= 2, "{} deliveries at once to one recipient", slow.len());
+        } else {
+            rig.local.answer(r.slot, &[(Outcome::Success, "did 1+0+0/")]);
+            fast_done += 1;
+            if fast_done == 3 {
+                break;
+            }
+        }
+    }
+    assert_eq!(fast_done, 3, "the other recipients waited behind the slow one; log:\n{}", rig.log());
+    assert_eq!(slow.len(), 2, "the slow recipient got its two slots");
+    // As the slow deliveries end, the rest follow, two at a time.
+    let mut answered = 0;
+    while answered < 6 {
+        let r = slow.remove(0);
+        rig.local.answer(r.slot, &[(Outcome::Success, "did 0+0+1/")]);
+        answered += 1;
+        if answered <= 4 {
+            slow.extend(rig.local.next(LIMIT));
+        }
+        assert!(slow.len() <= 2, "{} deliveries at once to one recipient", slow.len());
+        assert!(!slow.is_empty() || answered == 6, "deliveries stopped after {answered}");
+    }
+    assert!(wait_for(LIMIT, || rig.log().matches("end msg").count() == 9), "{}", rig.log());
+}

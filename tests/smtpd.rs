@@ -48,6 +48,8 @@ struct Setup {
     queue_exit: Option<String>,
     queue_reply: Option<String>,
     tls: bool,
+    /// Run quill-smtpd as this uid and gid (as quilld runs it), not as the test's user.
+    user: Option<(u32, u32)>,
 }
 
 impl Setup {
@@ -228,6 +230,10 @@ fn spawn_smtpd(dir: &Path, setup: &Setup, stream: TcpStream, peer: SocketAddr, l
         .stderr(Stdio::from(log));
     for (name, value) in &setup.env {
         command.env(name, value);
+    }
+    if let Some((uid, gid)) = setup.user {
+        use std::os::unix::process::CommandExt;
+        command.uid(uid).gid(gid);
     }
     command.spawn().expect("spawn quill-smtpd")
 }
@@ -990,4 +996,105 @@ fn sigterm_ends_a_session_with_421() {
     client.expect("421 4.3.2");
     assert!(client.closed());
     assert!(server.log().contains("messages=0 terminated"));
+}
+
+#[test]
+fn local_parts_over_64_octets_are_refused_at_rcpt() {
+    // RFC 5321 4.5.3.1.1: a local part longer than 64 octets at a local domain can never be
+    // delivered (its dot file and Maildir names are too long): 553 5.1.3 at RCPT, not a week
+    // of deferrals and a bounce to a sender who may be forged.
+    let setup = Setup::new().control("locals", "example.com\n");
+    let server = Server::start(&setup).expect("server");
+    let home = server.home.path();
+    let mailbox = home.join("box");
+    std::fs::create_dir_all(&mailbox).expect("mkdir");
+    std::fs::write(mailbox.join(".qmail-default"), "./Maildir/\n").expect("write");
+    let (uid, gid) = (quill::sys::uids().0, quill::sys::gid());
+    let assign = format!("+:u:{uid}:{gid}:{}:-::\n.\n", mailbox.display());
+    std::fs::create_dir_all(home.join("users")).expect("mkdir");
+    let db = quill::users::compile_assign(assign.as_bytes()).expect("compile assign");
+    std::fs::write(home.join("users/assign.db"), db).expect("write assign.db");
+
+    let mut client = server.connect();
+    client.expect("220");
+    client.command("EHLO test", "250");
+    client.command("MAIL FROM:<a@b.example>", "250");
+    client.command(&format!("RCPT TO:<{}@example.com>", "a".repeat(64)), "250 2.1.5");
+    let reply = client.command(&format!("RCPT TO:<{}@example.com>", "a".repeat(65)), "553 5.1.3");
+    assert!(reply.contains("64"), "the reply says why: {reply}");
+    client.command(&format!("RCPT TO:<{}@example.com>", "b".repeat(300)), "553 5.1.3");
+    // Not ours to judge: a domain we relay for (backup MX) keeps what the next hop accepts.
+    client.command(&format!("RCPT TO:<{}@a.sub.example.org>", "c".repeat(100)), "250 2.1.5");
+    client.command("QUIT", "221");
+}
+
+/// A scratch user made with useradd, removed (with its group) when dropped.
+struct ScratchUser(String);
+
+impl Drop for ScratchUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.0).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = Command::new("groupdel").arg(&self.0).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
+#[test]
+fn extension_of_a_user_with_a_closed_home_is_deferred_not_accepted() {
+    if !common::is_root() {
+        eprintln!("SKIP: not root, so no test user with a 0700 home can be made");
+        return;
+    }
+    if common::skip_without("useradd") && common::skip_without("/usr/sbin/useradd") {
+        return;
+    }
+    let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
+        eprintln!("SKIP: no user nobody to run quill-smtpd as");
+        return;
+    };
+    let mut setup = Setup::new().control("locals", "example.com\n");
+    setup.user = Some((nobody.uid.as_raw(), nobody.gid.as_raw()));
+    let server = Server::start(&setup).expect("server");
+    let name = format!("qsm{}", std::process::id() % 100_000);
+    let home = server.home.path().join("homes").join(&name);
+    let made = Command::new("useradd")
+        .args(["-M", "-U", "-s", "/bin/false", "-d"])
+        .arg(&home)
+        .arg(&name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(made, "useradd {name}");
+    let _user = ScratchUser(name.clone());
+    let user = nix::unistd::User::from_name(&name).ok().flatten().expect("the new user");
+    std::fs::create_dir_all(&home).expect("home");
+    std::fs::write(home.join(".qmail-list"), "./Maildir/\n").expect("write");
+    for path in [home.clone(), home.join(".qmail-list")] {
+        std::os::unix::fs::chown(&path, Some(user.uid.as_raw()), Some(user.gid.as_raw())).expect("chown");
+    }
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+
+    // Debian's 0700 home: the user is known, its extensions cannot be seen.
+    let mut client = server.connect();
+    client.expect("220");
+    client.command("EHLO test", "250");
+    client.command("MAIL FROM:<a@b.example>", "250");
+    client.command(&format!("RCPT TO:<{name}@example.com>"), "250 2.1.5");
+    client.command(&format!("RCPT TO:<{name}-list@example.com>"), "451 4.3.0");
+    client.command(&format!("RCPT TO:<{name}-nope@example.com>"), "451 4.3.0");
+    client.command("QUIT", "221");
+    let log = server.log();
+    assert!(log.contains("quill-smtpd: warning: unable to check rcpt <") && log.contains("chmod 711"), "{log}");
+
+    // The documented fix: a home others may search (0711) but not list.
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    let mut client = server.connect();
+    client.expect("220");
+    client.command("EHLO test", "250");
+    client.command("MAIL FROM:<a@b.example>", "250");
+    client.command(&format!("RCPT TO:<{name}-list@example.com>"), "250 2.1.5");
+    client.command(&format!("RCPT TO:<{name}-nope@example.com>"), "550 5.1.1");
+    client.command(&format!("RCPT TO:<{name}-@example.com>"), "550 5.1.1");
+    client.command("QUIT", "221");
 }

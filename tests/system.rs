@@ -788,3 +788,38 @@ fn quill_up_as_root_gives_away_only_the_instance() {
     }
     assert_eq!(std::fs::symlink_metadata(home.join("link")).expect("link").uid(), uid);
 }
+
+#[test]
+fn a_slow_program_address_leaves_local_slots_for_others() {
+    // Six messages to an address whose program waits (bounded) for the test's go-ahead, with
+    // four local slots: the slow address holds at most concurrencyrecipient (2) of them, so
+    // mail to other addresses is delivered meanwhile.
+    let q = Instance::start("slow-recipient", |home| {
+        std::fs::create_dir_all(home.join("control")).expect("mkdir");
+        std::fs::write(home.join("control/concurrencylocal"), "4\n").expect("write");
+        let program =
+            "|: > started.$$; i=0; while [ ! -e release ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n";
+        std::fs::write(home.join(".qmail-slow"), program).expect("write");
+    });
+    for i in 0..6 {
+        let out = q.sendmail(&["-i", "slow@localhost"], &format!("Subject: slow {i}\n\nslow {i}\n"));
+        assert!(out.status.success(), "sendmail: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let home = q.home();
+    let started = || files(&home).iter().filter(|p| p.to_string_lossy().contains("/started.")).count();
+    assert!(wait_for(Duration::from_secs(60), || started() >= 2), "the slow program never started; log:\n{}", q.log());
+    for i in 0..3 {
+        let out = q.sendmail(&["-i", &format!("fast{i}@localhost")], &format!("Subject: fast {i}\n\nfast {i}\n"));
+        assert!(out.status.success(), "sendmail: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let root = home.join("maildir");
+    let fast =
+        || (0..3).filter(|i| maildir_files(&root).get(&format!("fast{i}")).is_some_and(|l| !l.is_empty())).count();
+    let delivered = wait_for(Duration::from_secs(60), || fast() == 3);
+    let most = started();
+    std::fs::write(home.join("release"), "").expect("release");
+    assert!(delivered, "mail to other addresses waited behind the slow one; log:\n{}", q.log());
+    assert!(most <= 2, "{most} programs ran at once for one address");
+    assert!(wait_for(Duration::from_secs(60), || q.queued() == 0), "log:\n{}", q.log());
+    assert_eq!(started(), 6, "every slow message was delivered in the end");
+}

@@ -27,9 +27,11 @@ fn problem(list: &mut Vec<Problem>, problem: String, fix: impl Into<String>) {
 }
 
 /// Control files that hold one number.
-pub const NUMBER_FILES: [&str; 10] = [
+pub const NUMBER_FILES: [&str; 12] = [
     "databytes",
     "concurrencylocal",
+    "concurrencyrecipient",
+    "timeoutprogram",
     "concurrencyremote",
     "concurrencyincoming",
     "queuelifetime",

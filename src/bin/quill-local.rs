@@ -4,7 +4,8 @@
 //! default delivery, or with `-A` an /etc/aliases right-hand side): Maildir, mbox, program,
 //! forward. The logic lives in `quill::local`.
 //! Runs as: the recipient (quill-lspawn sets uid, gid and groups), in the home directory.
-//! Arguments: `quill-local [-n] [-A] -- user home local dash ext domain sender defaultdelivery`.
+//! Arguments: `quill-local [-n] [-A] [-F] [-t seconds] -- user home local dash ext domain sender
+//! defaultdelivery`.
 //! fd 0: the queue file, positioned at the first byte of the message.
 //! fd 1 and 2: the report text for quill-send's log and bounces (one line).
 //! Exit: 0 delivered, 100 permanent failure, 111 temporary failure.
@@ -15,7 +16,8 @@ use std::io::Write;
 use std::os::unix::ffi::OsStringExt;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: quill-local [-n] [-A] -- user home local dash ext domain sender defaultdelivery";
+const USAGE: &str =
+    "usage: quill-local [-n] [-A] [-F] [-t seconds] -- user home local dash ext domain sender defaultdelivery";
 
 fn parse(mut words: Vec<Vec<u8>>) -> Option<Args> {
     let mut args = Args::default();
@@ -29,10 +31,17 @@ fn parse(mut words: Vec<Vec<u8>>) -> Option<Args> {
         if word.len() < 2 || word[0] != b'-' {
             break;
         }
+        if word == b"-t" {
+            let seconds: u64 = std::str::from_utf8(words.get(i + 1)?).ok()?.parse().ok()?;
+            args.program_time_limit = Some(std::time::Duration::from_secs(seconds.max(1)));
+            i += 2;
+            continue;
+        }
         for &flag in &word[1..] {
             match flag {
                 b'n' => args.dry_run = true,
                 b'A' => args.aliases = true,
+                b'F' => args.forwards_only = true,
                 _ => return None,
             }
         }
