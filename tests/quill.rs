@@ -3,9 +3,10 @@
 
 mod common;
 
-use common::{bin, home, is_root, TempDir};
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use common::{bin, files, home, is_root, wait_for, TempDir};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 fn quill(args: &[&str], env_home: Option<&Path>, stdin: &[u8]) -> Output {
     use std::io::Write;
@@ -309,4 +310,99 @@ fn setup_as_root_is_idempotent_and_check_agrees() {
     assert!(Command::new("sh").arg("-c").arg(fix).status().expect("sh").success());
     let check = Command::new(bin("quill")).args(["check", "--home"]).arg(&home).output().expect("check");
     assert!(!text(&check).contains("queue/todo"), "{}", text(&check));
+}
+
+/// A running quill-up with an SMTP listener on a free loopback port, stopped (SIGTERM, then
+/// waited for) when dropped.
+struct Instance {
+    dir: TempDir,
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Instance {
+    fn start(tag: &str, prepare: impl FnOnce(&Path)) -> Instance {
+        let dir = TempDir::new(tag);
+        let home = dir.path().join("q");
+        std::fs::create_dir_all(home.join("control")).expect("mkdir");
+        prepare(&home);
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let log = dir.path().join("log");
+        let child = Command::new(bin("quill-up"))
+            .arg("-d")
+            .arg(&home)
+            .arg("-l")
+            .arg(format!("127.0.0.1:{port}"))
+            .env_remove("QUILL_HOME")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).expect("log"))
+            .stderr(std::fs::File::options().append(true).open(&log).expect("log"))
+            .spawn()
+            .expect("start quill-up");
+        let instance = Instance { dir, child: Some(child), port };
+        let up = wait_for(Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && quill::admin::status::processes(Some(&instance.home())).iter().any(|p| p.name == "quill-send")
+        });
+        assert!(up, "the instance did not come up; log:\n{}", instance.log());
+        instance
+    }
+
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("q")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    fn sendmail(&self, args: &[&str], message: &str) {
+        let out = common::run(&self.home(), "sendmail", args, message.as_bytes());
+        assert!(out.status.success(), "sendmail: {}", text(&out));
+    }
+
+    fn quill(&self, args: &[&str]) -> Output {
+        quill(args, Some(&self.home()), b"")
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::SIGTERM);
+            let _ = wait_for(Duration::from_secs(30), || !matches!(c.try_wait(), Ok(None)));
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Mail to local mailboxes in the instance, delivered: mail is flowing.
+fn mail_flows(q: &Instance) {
+    q.sendmail(&["-i", "-f", "owner@localhost", "first@localhost"], "Subject: flowing\n\nx\n");
+    let mailbox = q.home().join("maildir/first/new");
+    assert!(wait_for(Duration::from_secs(30), || !files(&mailbox).is_empty()), "{}", q.log());
+}
+
+/// Issue 14 part 1: a clean quill-up instance is judged by a private instance's rules (one
+/// user, no system accounts, quill-queue not setuid): no problems, exit 0. The old check
+/// reported the missing system accounts and owners as problems.
+#[test]
+fn check_a_clean_private_instance() {
+    let q = Instance::start("check-private", |_| {});
+    mail_flows(&q);
+    let out = q.quill(&["check"]);
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(report.contains("(private instance of ") && report.contains("no problems found"), "{report}");
+    assert!(!report.contains("fix:"), "{report}");
+    // A real problem in a private instance is still found, with its fix.
+    let todo = q.home().join("queue/todo");
+    std::fs::set_permissions(&todo, std::os::unix::fs::PermissionsExt::from_mode(0o777)).expect("chmod");
+    let out = q.quill(&["check"]);
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains("queue/todo has mode 777, not 750; fix: chmod 750"), "{report}");
+    assert!(report.contains(": 1 problem"), "only the real problem:\n{report}");
+    std::fs::set_permissions(&todo, std::os::unix::fs::PermissionsExt::from_mode(0o750)).expect("chmod");
 }

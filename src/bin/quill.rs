@@ -47,8 +47,15 @@ usage: quill check [--home DIR]
 
 Check users and groups, the owners and modes of the queue and of quill-queue, the syntax of
 the control files, the TLS certificate and key, that every local domain is in rcpthosts,
-that users/assign is compiled, and the aliases file. Prints one line per problem with the
-command that fixes it. Exit 0 when all is well, 1 otherwise.";
+that users/assign is compiled, the aliases file, and that the stages run under the right
+users. Prints one line per problem with the command that fixes it. Exit 0 when all is well,
+1 otherwise.
+
+A home owned by a user other than root who also owns its queue is a private instance
+(quill-up): one user owns every file and runs every stage, there are no system accounts to
+check, and quill-queue must not be setuid. Any other home is judged as a system install
+(quill setup). The last line names the kind:
+  quill check: /home/me/q (private instance of me): no problems found";
 
 const HELP_STATUS: &str = "\
 usage: quill status [--home DIR]
@@ -158,7 +165,8 @@ fn check(args: &[String]) -> ExitCode {
         Err(code) => return code,
     };
     let home = home_of(&m);
-    let problems = admin::check::check(&home, &quill::control::bindir());
+    let kind = admin::check::Kind::of(&home);
+    let problems = admin::check::check(&home, &quill::control::bindir(), kind);
     for p in &problems {
         println!("{p}");
     }
@@ -170,10 +178,16 @@ fn check(args: &[String]) -> ExitCode {
         );
     }
     if problems.is_empty() {
-        println!("quill check: {}: no problems found", home.display());
+        println!("quill check: {} ({}): no problems found", home.display(), kind.describe());
         ExitCode::SUCCESS
     } else {
-        println!("quill check: {} problem{}", problems.len(), if problems.len() == 1 { "" } else { "s" });
+        println!(
+            "quill check: {} ({}): {} problem{}",
+            home.display(),
+            kind.describe(),
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" }
+        );
         ExitCode::from(1)
     }
 }
