@@ -160,6 +160,8 @@ struct Recipient {
     progress: Progress,
     /// Queued for a delivery or in flight.
     busy: bool,
+    /// The last deferral: when, and why (kept in the info file for `quill queue why`).
+    last: Option<(u64, Vec<u8>)>,
 }
 
 /// Index of the "finish" timer beside the two channels' timers.
@@ -201,7 +203,12 @@ impl Message {
             entries: self
                 .recipients
                 .iter()
-                .map(|r| Entry { channel: r.channel, address: r.address.clone(), progress: r.progress.clone() })
+                .map(|r| Entry {
+                    channel: r.channel,
+                    address: r.address.clone(),
+                    progress: r.progress.clone(),
+                    last: r.last.clone().filter(|_| r.progress == Progress::Waiting),
+                })
                 .collect(),
         }
     }
@@ -279,6 +286,10 @@ pub struct Sender {
     destinations: Destinations<Job>,
     /// The back-off table as last written to `info/destinations`.
     destinations_written: String,
+    /// The channel table as last written to `info/channels`.
+    channels_written: String,
+    /// When the views were last written (at most once a second).
+    views_written_at: u64,
 }
 
 /// A report or log text as one line: trailing white space dropped, newlines as `/`, other
@@ -354,6 +365,8 @@ impl Sender {
             admin_buffer: Vec::new(),
             last_errors: Default::default(),
             destinations_written: String::new(),
+            channels_written: String::new(),
+            views_written_at: 0,
         })
     }
 
@@ -385,6 +398,8 @@ impl Sender {
                 self.pickups.push_back(id);
             }
         }
+        // Before the loop below, which removes every file in info/ that is no message's.
+        self.restore_destinations();
         let known: HashSet<u64> = mess.iter().chain(&todo).chain(&hold).copied().collect();
         let entries = std::fs::read_dir(self.layout.info()).map_err(|e| crate::fail::Error::io("read info/", &e))?;
         for entry in entries.flatten() {
@@ -422,7 +437,13 @@ impl Sender {
             Some(info) => (
                 info.entries
                     .into_iter()
-                    .map(|e| Recipient { channel: e.channel, address: e.address, progress: e.progress, busy: false })
+                    .map(|e| Recipient {
+                        channel: e.channel,
+                        address: e.address,
+                        progress: e.progress,
+                        busy: false,
+                        last: e.last,
+                    })
                     .collect(),
                 [Some(info.due[0]).filter(|&t| t > 0), Some(info.due[1]).filter(|&t| t > 0), None],
             ),
@@ -433,7 +454,7 @@ impl Sender {
                     .iter()
                     .map(|r| {
                         let (channel, address) = self.config.rewrite(r);
-                        Recipient { channel, address, progress: Progress::Waiting, busy: false }
+                        Recipient { channel, address, progress: Progress::Waiting, busy: false, last: None }
                     })
                     .collect(),
                 [None; 3],
@@ -686,7 +707,9 @@ impl Sender {
             for job in released.into_iter().rev() {
                 self.ready[1].push_front(job);
             }
-            self.write_destinations();
+            if unreachable {
+                self.write_destination_table();
+            }
         }
         if let Some(m) = self.messages.get_mut(&id) {
             for (k, &i) in delivery.recipients.iter().enumerate() {
@@ -717,6 +740,7 @@ impl Sender {
                     Outcome::Temporary => {
                         log::raw(&format!("delivery {number}: deferral: {}", words(&text)));
                         self.last_errors.note(now, id, &r.address, "deferral", &words(&text));
+                        r.last = Some((now, words(&text).into_bytes()));
                     }
                 }
             }
@@ -1177,6 +1201,7 @@ impl Sender {
             }
             self.write_infos();
             self.last_errors.write(&self.layout.info().join("errors"));
+            self.write_views(now);
             if let Err(e) = self.flush_outputs() {
                 return self.fail(&e);
             }
@@ -1202,7 +1227,12 @@ impl Sender {
                     .unwrap_or(u64::MAX)
                     .min(self.next_scan)
                     .min(self.destinations.next_due().unwrap_or(u64::MAX));
-                next.saturating_sub(now).saturating_mul(1000).min(SCAN_INTERVAL * 1000)
+                let wait = next.saturating_sub(now).saturating_mul(1000).min(SCAN_INTERVAL * 1000);
+                if self.views_pending(now) {
+                    wait.min(1000)
+                } else {
+                    wait
+                }
             };
             let mut fds = vec![
                 PollFd::new(signals.as_fd(), PollFlags::POLLIN),
@@ -1283,17 +1313,87 @@ impl Sender {
         }
     }
 
-    /// Write the back-off table for `quill status` when it changed. Not fsynced: it is a view,
-    /// not state (a restart starts with every destination reachable).
-    fn write_destinations(&mut self) {
+    /// Write the views `quill status` and `quill queue why` read when they changed, at most
+    /// once a second: `info/destinations` (the back-off table, and destinations with
+    /// deliveries parked at their concurrency limit) and `info/channels` (`CHANNEL RUNNING
+    /// LIMIT QUEUED` for each channel that is full with deliveries queued; no file when none
+    /// is). Not fsynced: views, not state; the back-off table
+    /// is read again at start ([`Sender::restore_destinations`]), and a torn or lost one only
+    /// costs a probe.
+    fn write_views(&mut self, now: u64) {
+        if now <= self.views_written_at {
+            return;
+        }
+        // Only a full channel with deliveries queued explains anything, so the file exists
+        // only then (a quiet system writes nothing).
+        let mut channels = String::new();
+        for channel in Channel::ALL {
+            let c = channel as usize;
+            if !self.ready[c].is_empty() && self.running[c] >= self.config.concurrency(channel) {
+                channels.push_str(&format!(
+                    "{} {} {} {}\n",
+                    channel.name(),
+                    self.running[c],
+                    self.config.concurrency(channel),
+                    self.ready[c].len()
+                ));
+            }
+        }
+        let destinations_changed = self.destinations.take_changed();
+        if !destinations_changed && channels == self.channels_written {
+            return;
+        }
+        self.views_written_at = now;
+        let info = self.layout.info();
+        let write = |name: &str, text: &str| {
+            let tmp = info.join(format!("{name}.new"));
+            std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, info.join(name))).is_ok()
+        };
+        if destinations_changed {
+            self.write_destination_table();
+        }
+        if channels != self.channels_written {
+            let done = if channels.is_empty() {
+                std::fs::remove_file(info.join("channels")).is_ok()
+            } else {
+                write("channels", &channels)
+            };
+            if done {
+                self.channels_written = channels;
+            }
+        }
+    }
+
+    /// Write `info/destinations` now if it changed (after a delivery result, so that a
+    /// back-off shows at once).
+    fn write_destination_table(&mut self) {
         let table = self.destinations.report();
         if table == self.destinations_written {
             return;
         }
-        let path = self.layout.info().join("destinations");
-        let tmp = self.layout.info().join("destinations.new");
-        if std::fs::write(&tmp, &table).and_then(|_| std::fs::rename(&tmp, &path)).is_ok() {
+        let info = self.layout.info();
+        let tmp = info.join("destinations.new");
+        if std::fs::write(&tmp, &table).and_then(|_| std::fs::rename(&tmp, info.join("destinations"))).is_ok() {
             self.destinations_written = table;
+        }
+    }
+
+    /// True when a view waits for [`Sender::write_views`]'s once-a-second limit.
+    fn views_pending(&self, now: u64) -> bool {
+        now <= self.views_written_at
+            && (self.destinations_written != self.destinations.report()
+                || !self.channels_written.is_empty()
+                || self.ready.iter().any(|q| !q.is_empty()))
+    }
+
+    /// Read back the back-off table a previous run left in `info/destinations`.
+    fn restore_destinations(&mut self) {
+        if let Ok(table) = std::fs::read_to_string(self.layout.info().join("destinations")) {
+            self.destinations.restore(&table);
+            let kept = self.destinations.report();
+            if !kept.is_empty() {
+                log::raw(&format!("status: {} destinations still backed off", kept.lines().count()));
+            }
         }
     }
 

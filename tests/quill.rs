@@ -166,10 +166,11 @@ fn queue_list_and_show() {
     let shown = text(&out);
     assert!(out.status.success(), "{shown}");
     for want in [
-        "state:      mess (being delivered; waiting for a retry",
+        "state:      mess (2 waiting: quill-send is not running)",
         "sender:     <alice@example.org>",
-        "recipients: <bob@example.com>",
-        "            <carol@example.net>",
+        "recipients:\n  <bob@example.com>  waiting\n",
+        "  <carol@example.net>  waiting\n",
+        "waits for:    quill-send is not running for this home (stopped)",
         "quill-queue pid 4242",
         "Subject: old one",
     ] {
@@ -405,4 +406,152 @@ fn check_a_clean_private_instance() {
     assert!(report.contains("queue/todo has mode 777, not 750; fix: chmod 750"), "{report}");
     assert!(report.contains(": 1 problem"), "only the real problem:\n{report}");
     std::fs::set_permissions(&todo, std::os::unix::fs::PermissionsExt::from_mode(0o750)).expect("chmod");
+}
+
+/// Each line of `text` parsed by Python's json module (an independent parser) and printed
+/// back as canonical JSON, or None when python3 is missing.
+fn parse_json_lines(text: &str) -> Option<Vec<String>> {
+    if common::skip_without("python3") {
+        return None;
+    }
+    let script = "import json,sys\nfor line in sys.stdin:\n    print(json.dumps(json.loads(line), sort_keys=True))\n";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::Write;
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
+    let out = child.wait_with_output().expect("python3");
+    assert!(out.status.success(), "not JSON:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    Some(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect())
+}
+
+/// An instance whose remote destination `nowhere.test` refuses connections, with two
+/// messages for it: the first tried and deferred, the second parked behind the back-off.
+/// Returns the instance and the two ids.
+fn instance_with_a_dead_destination(tag: &str) -> (Instance, String, String) {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let q = Instance::start(tag, |home| {
+        std::fs::write(home.join("control/smtproutes"), format!("nowhere.test:[127.0.0.1]:{closed}\n")).expect("write");
+    });
+    mail_flows(&q);
+    let ids = |q: &Instance| -> Vec<String> {
+        let out = q.quill(&["queue", "list"]);
+        text(&out)
+            .lines()
+            .skip(1)
+            .filter(|l| l.contains("nowhere.test"))
+            .filter_map(|l| l.split(' ').next())
+            .map(String::from)
+            .collect()
+    };
+    q.sendmail(&["-i", "-f", "owner@localhost", "far@nowhere.test", "near@localhost"], "Subject: one\n\nx\n");
+    assert!(wait_for(Duration::from_secs(30), || q.log().contains("deferral: Unreachable")), "{}", q.log());
+    let first = ids(&q).first().cloned().expect("first id");
+    let show = |q: &Instance| text(&q.quill(&["queue", "show", &first]));
+    assert!(wait_for(Duration::from_secs(30), || show(&q).contains("<near@localhost>  delivered")), "{}", show(&q));
+    q.sendmail(&["-i", "-f", "owner@localhost", "far@nowhere.test"], "Subject: two\n\nx\n");
+    assert!(wait_for(Duration::from_secs(30), || ids(&q).len() == 2), "{}", q.log());
+    let second = ids(&q).into_iter().find(|id| *id != first).expect("second id");
+    (q, first, second)
+}
+
+/// Issue 14 part 2: every waiting recipient says why it waits. The deferred one: its last
+/// error, when, its next attempt on the retry schedule. The parked one: its destination's
+/// back-off, not "being delivered"; and the back-off line counts it (it said 0 deliveries
+/// waiting, the table being rewritten only after a delivery result).
+#[test]
+fn queue_show_and_why_explain_each_waiting_recipient() {
+    let (q, first, second) = instance_with_a_dead_destination("why");
+    let shown = text(&q.quill(&["queue", "show", &first]));
+    for want in [
+        "state:      mess (1 waiting for the retry schedule)",
+        "<far@nowhere.test>  waiting (remote)",
+        "last attempt: ",
+        "Unreachable",
+        "next attempt: ",
+        "waits for:    the retry schedule",
+        "<near@localhost>  delivered",
+    ] {
+        assert!(shown.contains(want), "missing {want:?} in:\n{shown}");
+    }
+    let parked = |q: &Instance| text(&q.quill(&["queue", "show", &second]));
+    assert!(
+        wait_for(Duration::from_secs(30), || parked(&q).contains("1 waiting for a backed-off destination")),
+        "{}",
+        parked(&q)
+    );
+    let shown = parked(&q);
+    assert!(!shown.contains("being delivered"), "{shown}");
+    assert!(shown.contains("waits for:    destination nowhere.test backed off after 1 failed attempts"), "{shown}");
+    let status = |q: &Instance| text(&q.quill(&["status"]));
+    assert!(
+        wait_for(Duration::from_secs(30), || status(&q).contains("nowhere.test: 1 failures, next try in")
+            && status(&q).contains("1 deliveries waiting")),
+        "{}",
+        status(&q)
+    );
+    let why = text(&q.quill(&["queue", "why"]));
+    assert!(why.contains(&format!("{first} <far@nowhere.test>: retry: the retry schedule")), "{why}");
+    assert!(why.contains(&format!("{second} <far@nowhere.test>: backoff: destination nowhere.test")), "{why}");
+    assert!(why.contains("2 recipients waiting in 2 messages"), "{why}");
+    let why = text(&q.quill(&["queue", "why", &first]));
+    assert!(why.contains("1 recipients waiting in 1 messages") && why.contains("last error"), "{why}");
+}
+
+/// Issue 14 part 3: `--json` for queue list, queue show and status: one object per line,
+/// with the documented fields, parsed by an independent parser.
+#[test]
+fn json_output_parses_with_documented_fields() {
+    let (q, first, _second) = instance_with_a_dead_destination("json");
+    let out = q.quill(&["queue", "list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let list = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(list.lines().count(), 2, "one object per message:\n{list}");
+    let Some(parsed) = parse_json_lines(&list) else { return };
+    let one = parsed.iter().find(|l| l.contains(&format!("\"queue_id\": \"{first}\""))).expect("first in the list");
+    for field in [
+        "\"queue_name\": \"mess\"",
+        "\"arrival_time\": ",
+        "\"message_size\": ",
+        "\"sender\": \"owner@localhost\"",
+        "\"address\": \"far@nowhere.test\"",
+        "\"channel\": \"remote\"",
+        "\"state\": \"waiting\"",
+        "\"wait\": \"retry\"",
+        "\"state\": \"delivered\"",
+        "\"last_attempt\": 1",
+        "\"next_attempt\": 1",
+        "\"last_error\": \"Unreachable",
+    ] {
+        assert!(one.contains(field), "missing {field} in {one}");
+    }
+    let shown = String::from_utf8_lossy(&q.quill(&["queue", "show", "--json", &first]).stdout).into_owned();
+    assert_eq!(shown.lines().count(), 1);
+    let shown = parse_json_lines(&shown).expect("python3");
+    // The same object as the list's (the reason's words may have moved on with the clock).
+    let without_reason = |o: &str| o.split("\"reason\"").next().map(str::to_string);
+    assert_eq!(without_reason(&shown[0]), without_reason(one), "show --json is the list's object");
+    let json_status = |q: &Instance| String::from_utf8_lossy(&q.quill(&["status", "--json"]).stdout).into_owned();
+    // quill-send writes its views at most once a second.
+    assert!(wait_for(Duration::from_secs(30), || json_status(&q).contains("nowhere.test")), "{}", json_status(&q));
+    let status = json_status(&q);
+    assert_eq!(status.lines().count(), 1, "{status}");
+    let status = &parse_json_lines(&status).expect("python3")[0];
+    for field in [
+        "\"stages\": [",
+        "\"name\": \"quill-send\"",
+        "\"queue\": {",
+        "\"mess\": 2",
+        "\"messages\": 2",
+        "\"domain\": \"nowhere.test\"",
+        "\"failures\": 1",
+        "\"last_errors\": [",
+        "\"oldest_age\": ",
+    ] {
+        assert!(status.contains(field), "missing {field} in {status}");
+    }
 }

@@ -578,6 +578,7 @@ fn restart_recovers_mess_and_removes_stale_info() {
             channel: quill::sendconf::Channel::Local,
             address: b"r@test.example".to_vec(),
             progress: quill::sendstate::Progress::Delivered,
+            last: None,
         }],
     };
     let info_dir = h.path().join("queue/info");

@@ -6,10 +6,12 @@
 #![forbid(unsafe_code)]
 
 pub mod check;
+pub mod json;
 pub mod queue;
 pub mod setup;
 pub mod stats;
 pub mod status;
+pub mod why;
 
 use std::path::Path;
 

@@ -18,9 +18,10 @@ usage: quill COMMAND [OPTIONS]
 commands:
   setup   [--home DIR] [--links]   create users, queue, control files, certificate (root)
   check   [--home DIR]             find problems in the installation, with the fix for each
-  status  [--home DIR]             running stages and queue counts
+  status  [--home DIR] [--json]    running stages, queue counts, back-off, last errors
   stats   [LOGFILE...]             deliveries per hour, top domains and failures from the logs
-  queue   list|show ...            the messages in the queue (read-only)
+  queue   list|show|why ...        the messages in the queue, and why each one waits
+  queue   flush|hold|release|...   act on messages (requests to quill-send)
 
 'quill COMMAND --help' describes one command.";
 
@@ -58,12 +59,14 @@ check, and quill-queue must not be setuid. Any other home is judged as a system 
   quill check: /home/me/q (private instance of me): no problems found";
 
 const HELP_STATUS: &str = "\
-usage: quill status [--home DIR]
+usage: quill status [--home DIR] [--json]
 
 Show which of quill-start, quill-send, quill-lspawn, quill-rspawn, quill-clean,
 quill-tcpserver and quill-smtpd run, under which users; how many files each queue directory
-holds; and the queued messages by age. With --home or QUILL_HOME only the programs of that
-home are shown (as root; other users' environments cannot be read).";
+holds; the queued messages by age; the destinations quill-send has backed off or holds at
+their concurrency limit; the last deferrals and failures. With --home or QUILL_HOME only the
+programs of that home are shown (as root; other users' environments cannot be read).
+--json prints the same as one JSON object on one line (fields in quill(8)).";
 
 const HELP_STATS: &str = "\
 usage: quill stats [LOGFILE...]
@@ -74,12 +77,18 @@ reasons. Timestamps from multilog, svlogd and s6-log are understood; lines witho
 counted under '(no time)'. Example: quill stats /var/log/quill/current";
 
 const HELP_QUEUE: &str = "\
-usage: quill queue list [--sender TEXT] [--recipient TEXT] [--domain DOMAIN] [--older-than SECS]
-       quill queue show [--body] ID
+usage: quill queue list [--sender TEXT] [--recipient TEXT] [--domain DOMAIN] [--older-than SECS] [--json]
+       quill queue show [--body] [--json] ID
+       quill queue why [ID...]
 
 list   one line per message in todo/, mess/ and hold/: id, state (+ = waiting for a retry),
        age, size, sender and recipients; the options select (all must match)
-show   the envelope, who queued it and when, and the message's header (--body: all of it)
+show   the envelope, who queued it and when, every recipient with its state, last attempt
+       and error, next attempt and what it waits for, and the message's header (--body: all)
+why    one line per waiting recipient (of every message, or of the IDs given): what it waits
+       for (hold, pickup, stopped, retry, backoff, concurrency, delivering), the numbers,
+       and its last error
+--json one JSON object per message and line instead (fields in quill(8))
 
        quill queue flush
        quill queue hold|release|delete|bounce ID...
@@ -193,11 +202,17 @@ fn check(args: &[String]) -> ExitCode {
 }
 
 fn status(args: &[String]) -> ExitCode {
-    let m = match parse(args, &home_options(), HELP_STATUS) {
+    let mut opts = home_options();
+    opts.optflag("", "json", "one JSON object");
+    let m = match parse(args, &opts, HELP_STATUS) {
         Ok(m) => m,
         Err(code) => return code,
     };
     let filter = m.opt_present("home") || std::env::var_os("QUILL_HOME").is_some();
+    if m.opt_present("json") {
+        println!("{}", admin::status::report_json(&home_of(&m), filter));
+        return ExitCode::SUCCESS;
+    }
     print!("{}", admin::status::report(&home_of(&m), filter));
     ExitCode::SUCCESS
 }
@@ -238,6 +253,7 @@ fn queue(args: &[String]) -> ExitCode {
             opts.optopt("", "recipient", "part of a recipient", "TEXT");
             opts.optopt("", "domain", "a recipient domain", "DOMAIN");
             opts.optopt("", "older-than", "queued at least this long ago", "SECS");
+            opts.optflag("", "json", "one JSON object per message");
             let m = match parse(rest, &opts, HELP_QUEUE) {
                 Ok(m) => m,
                 Err(code) => return code,
@@ -256,13 +272,21 @@ fn queue(args: &[String]) -> ExitCode {
                 domain: m.opt_str("domain"),
                 older_than,
             };
-            let (entries, errors) = admin::queue::entries(&home_of(&m));
+            let home = home_of(&m);
+            let (entries, errors) = admin::queue::entries(&home);
             let selected: Vec<_> = entries.iter().filter(|e| filter.matches(e, now)).collect();
-            println!("{}", admin::queue::LIST_TITLE);
-            for e in &selected {
-                println!("{}", admin::queue::list_line(e, now));
+            if m.opt_present("json") {
+                let view = admin::why::View::read(&home);
+                for e in &selected {
+                    println!("{}", admin::why::json(e, &admin::why::explain(e, &view, now)));
+                }
+            } else {
+                println!("{}", admin::queue::LIST_TITLE);
+                for e in &selected {
+                    println!("{}", admin::queue::list_line(e, now));
+                }
+                println!("{} of {} messages", selected.len(), entries.len());
             }
-            println!("{} of {} messages", selected.len(), entries.len());
             for e in &errors {
                 quill::log::warning(e);
             }
@@ -274,6 +298,7 @@ fn queue(args: &[String]) -> ExitCode {
         }
         "show" => {
             opts.optflag("", "body", "show the whole message");
+            opts.optflag("", "json", "one JSON object");
             let m = match parse(rest, &opts, HELP_QUEUE) {
                 Ok(m) => m,
                 Err(code) => return code,
@@ -281,15 +306,57 @@ fn queue(args: &[String]) -> ExitCode {
             let [id] = m.free.as_slice() else {
                 return usage(HELP_QUEUE);
             };
-            match admin::queue::find(&home_of(&m), id) {
+            let home = home_of(&m);
+            match admin::queue::find(&home, id) {
                 Ok(entry) => {
-                    print!("{}", admin::queue::show(&entry, now, m.opt_present("body")));
+                    let recipients = admin::why::explain(&entry, &admin::why::View::read(&home), now);
+                    if m.opt_present("json") {
+                        println!("{}", admin::why::json(&entry, &recipients));
+                    } else {
+                        print!("{}", admin::queue::show(&entry, &recipients, now, m.opt_present("body")));
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
                     quill::log::fatal(&e);
                     ExitCode::from(111)
                 }
+            }
+        }
+        "why" => {
+            let m = match parse(rest, &opts, HELP_QUEUE) {
+                Ok(m) => m,
+                Err(code) => return code,
+            };
+            let home = home_of(&m);
+            let (entries, errors) = if m.free.is_empty() {
+                admin::queue::entries(&home)
+            } else {
+                let mut found = (Vec::new(), Vec::new());
+                for id in &m.free {
+                    match admin::queue::find(&home, id) {
+                        Ok(e) => found.0.push(e),
+                        Err(e) => found.1.push(e),
+                    }
+                }
+                found
+            };
+            let view = admin::why::View::read(&home);
+            let mut waiting = 0;
+            for entry in &entries {
+                for r in admin::why::explain(entry, &view, now).iter().filter(|r| r.state == "waiting") {
+                    println!("{}", admin::why::why_line(entry, r, now));
+                    waiting += 1;
+                }
+            }
+            println!("{waiting} recipients waiting in {} messages", entries.len());
+            for e in &errors {
+                quill::log::warning(e);
+            }
+            if errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(111)
             }
         }
         "flush" | "hold" | "release" | "delete" | "bounce" => {
