@@ -555,3 +555,41 @@ fn json_output_parses_with_documented_fields() {
         assert!(status.contains(field), "missing {field} in {status}");
     }
 }
+
+/// Issue 14 part 8: the docs match the program. Every command in `quill --help` has its own
+/// help; every option and queue action a help text names is in quill(8), and every queue
+/// action quill(8)'s synopsis names is one the program accepts.
+#[test]
+fn help_and_man_page_agree() {
+    let page = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("doc/quill.8")).expect("quill.8");
+    let page = page.replace("\\-", "-").replace("\\fB", "").replace("\\fR", "");
+    let top = text(&quill(&["--help"], None, b""));
+    for command in ["setup", "check", "status", "stats", "queue"] {
+        assert!(top.contains(&format!("\n  {command} ")), "quill --help lacks {command}:\n{top}");
+        let help = text(&quill(&[command, "--help"], None, b""));
+        for word in help.split(|c: char| c.is_whitespace() || "[]|,():".contains(c)) {
+            if word.starts_with("--") && word.len() > 2 {
+                assert!(page.contains(word), "quill {command} --help names {word}, quill.8 does not");
+            }
+        }
+    }
+    let queue = text(&quill(&["queue", "--help"], None, b""));
+    let mut actions: Vec<&str> = Vec::new();
+    for line in queue.lines() {
+        let line = line.trim_start().trim_start_matches("usage: ");
+        if let Some(rest) = line.strip_prefix("quill queue ") {
+            let first = rest.split_whitespace().next().unwrap_or("");
+            actions.extend(first.split('|'));
+        }
+    }
+    assert!(actions.len() >= 8, "{actions:?}");
+    for action in &actions {
+        assert!(page.contains(action), "quill queue {action} is not in quill.8");
+    }
+    let synopsis = page.split(".SH DESCRIPTION").next().unwrap_or("");
+    for line in synopsis.lines().filter(|l| l.starts_with(".B quill queue ")) {
+        let action = line.trim_start_matches(".B quill queue ").split_whitespace().next().unwrap_or("");
+        assert!(actions.contains(&action), "quill.8 names quill queue {action}, quill queue --help does not");
+    }
+    assert!(!page.contains("not implemented"), "quill.8 still says something is not implemented");
+}
