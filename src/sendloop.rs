@@ -152,6 +152,8 @@ enum AdminAction {
     Hold,
     Delete,
     Bounce,
+    /// Route the waiting recipients anew (`requeue`).
+    Requeue,
 }
 
 struct Recipient {
@@ -290,6 +292,8 @@ pub struct Sender {
     channels_written: String,
     /// When the views were last written (at most once a second).
     views_written_at: u64,
+    /// Messages in todo/ the administrator asked to requeue before they were picked up.
+    requeue_at_pickup: HashSet<u64>,
 }
 
 /// A report or log text as one line: trailing white space dropped, newlines as `/`, other
@@ -311,6 +315,31 @@ fn words(text: &[u8]) -> String {
             }
         })
         .collect()
+}
+
+/// The longest `sendmail -qR` text quill-send takes from the trigger.
+pub const MAX_FLUSH_TEXT: usize = 255;
+
+/// What bytes read from the trigger ask for: a flush of everything (an `F` outside a
+/// request), and `R TEXT\n` requests (TEXT: printable ASCII without spaces, at most
+/// [`MAX_FLUSH_TEXT`] bytes; anything else in a request is ignored as noise).
+pub fn trigger_requests(bytes: &[u8]) -> (bool, Vec<Vec<u8>>) {
+    let (mut flush, mut matching) = (false, Vec::new());
+    let mut rest = bytes;
+    while let Some(&first) = rest.first() {
+        if first == b'R' {
+            let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+            let text = rest[1..end].strip_prefix(b" ").unwrap_or(&rest[1..end]);
+            if !text.is_empty() && text.len() <= MAX_FLUSH_TEXT && text.iter().all(|b| b.is_ascii_graphic()) {
+                matching.push(text.to_vec());
+            }
+            rest = &rest[(end + 1).min(rest.len())..];
+            continue;
+        }
+        flush |= first == b'F';
+        rest = &rest[1..];
+    }
+    (flush, matching)
 }
 
 fn numeric_entries(dir: &std::path::Path) -> io::Result<Vec<u64>> {
@@ -367,6 +396,7 @@ impl Sender {
             destinations_written: String::new(),
             channels_written: String::new(),
             views_written_at: 0,
+            requeue_at_pickup: HashSet::new(),
         })
     }
 
@@ -867,6 +897,9 @@ impl Sender {
                 self.moving -= 1;
                 if ok {
                     self.activate(expected);
+                    if self.requeue_at_pickup.remove(&expected) {
+                        self.ask_requeue(expected);
+                    }
                     self.apply_when_idle(expected);
                 } else {
                     log::warning(&format!("unable to move todo/{expected} to mess/: {reason}"));
@@ -949,7 +982,8 @@ impl Sender {
         self.apply_when_idle(id);
     }
 
-    /// One line from the administrator's FIFO: `flush`, or `hold|release|delete|bounce ID`.
+    /// One line from the administrator's FIFO: `flush`, `reread`, `requeue`, or
+    /// `flush|requeue|hold|release|delete|bounce ID`.
     fn admin_request(&mut self, line: &[u8]) {
         let text = String::from_utf8_lossy(line).into_owned();
         let mut words = text.split_whitespace();
@@ -961,6 +995,22 @@ impl Sender {
             ("flush", None) => {
                 log::raw("status: flush requested");
                 self.all_due_now();
+            }
+            ("flush", Some(id)) if known => self.flush_message(id),
+            ("reread", None) => self.reload(),
+            ("requeue", None) => {
+                let ids: Vec<u64> = self.messages.keys().copied().collect();
+                for id in ids {
+                    self.ask_requeue(id);
+                }
+            }
+            ("requeue", Some(id)) if known => self.ask_requeue(id),
+            // Not picked up yet: tried as soon as it is, and routed anew then (a released
+            // message brings its old routes in its info file).
+            ("flush" | "requeue", Some(id)) if self.layout.todo().join(id.to_string()).exists() => {
+                if verb == "requeue" {
+                    self.requeue_at_pickup.insert(id);
+                }
             }
             ("hold" | "delete" | "bounce", Some(id)) if known => {
                 let action = match verb {
@@ -998,6 +1048,109 @@ impl Sender {
         }
     }
 
+    /// `flush ID`: the message's next attempts are due now, and the back-off of the
+    /// destinations its waiting remote recipients are for is forgotten (they are probed now).
+    fn flush_message(&mut self, id: u64) {
+        let now = crate::date::now();
+        let Some(m) = self.messages.get_mut(&id) else { return };
+        let domains: Vec<Vec<u8>> = m
+            .recipients
+            .iter()
+            .filter(|r| r.channel == Channel::Remote && r.progress == Progress::Waiting)
+            .map(|r| crate::address::normal_domain(crate::address::split(&r.address).1))
+            .collect();
+        for kind in 0..2 {
+            if m.due[kind].is_some() {
+                m.due[kind] = Some(now);
+                self.timers.push(now, (id, kind));
+            }
+        }
+        for domain in domains {
+            self.destinations.retry_domain_now(&domain, now);
+        }
+        log::raw(&format!("flush msg {id}: requested by the administrator"));
+    }
+
+    /// `sendmail -qR TEXT` (written as `R TEXT` into the trigger): flush every message with
+    /// a waiting recipient whose address contains TEXT, without regard to case.
+    fn flush_matching(&mut self, text: &[u8]) {
+        let needle = text.to_ascii_lowercase();
+        let ids: Vec<u64> = self
+            .messages
+            .iter()
+            .filter(|(_, m)| {
+                m.recipients.iter().any(|r| {
+                    r.progress == Progress::Waiting
+                        && memchr::memmem::find(&r.address.to_ascii_lowercase(), &needle).is_some()
+                })
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        log::raw(&format!("status: flush requested for {} ({} messages)", log::safe(text), ids.len()));
+        for id in ids {
+            self.flush_message(id);
+        }
+    }
+
+    /// `requeue ID` (Postfix's `postsuper -r`): once none of the message's recipients is
+    /// queued or in flight ([`Sender::apply_when_idle`]), route its waiting recipients anew
+    /// ([`Sender::requeue`]). Jobs parked at a destination are taken back at once.
+    fn ask_requeue(&mut self, id: u64) {
+        let Some(m) = self.messages.get_mut(&id) else { return };
+        if m.pending.is_some() || matches!(m.phase, Phase::Bouncing | Phase::Removing | Phase::Holding) {
+            return;
+        }
+        m.pending = Some(AdminAction::Requeue);
+        for job in self.destinations.take_if(|job: &Job| job.id == id) {
+            self.unqueue(job);
+        }
+        self.apply_when_idle(id);
+    }
+
+    /// Route a message's waiting recipients anew with the control files as they are now
+    /// (`locals`, `virtualdomains`; quill-remote reads `smtproutes` at each delivery), forget
+    /// their destinations' back-off, and try them now.
+    fn requeue(&mut self, id: u64) {
+        let now = crate::date::now();
+        let remote_running = self.rspawn.is_some();
+        let config = &self.config;
+        let Some(m) = self.messages.get_mut(&id) else { return };
+        if m.done() {
+            // Its last deliveries ended while the request waited.
+            self.finish(id);
+            return;
+        }
+        let mut moved = 0;
+        let mut domains = Vec::new();
+        for (r, original) in m.recipients.iter_mut().zip(&m.originals) {
+            if r.progress != Progress::Waiting || r.busy {
+                continue;
+            }
+            if r.channel == Channel::Remote {
+                domains.push(crate::address::normal_domain(crate::address::split(&r.address).1));
+            }
+            let (channel, address) = config.rewrite(original);
+            if channel != r.channel || address != r.address {
+                moved += 1;
+            }
+            r.channel = channel;
+            r.address = address;
+        }
+        for channel in Channel::ALL {
+            let c = channel as usize;
+            if m.waiting(channel) && (channel == Channel::Local || remote_running) {
+                m.due[c] = Some(now);
+                self.timers.push(now, (id, c));
+            }
+        }
+        m.dirty = true;
+        self.info_queue.push(id);
+        for domain in domains {
+            self.destinations.retry_domain_now(&domain, now);
+        }
+        log::raw(&format!("requeue msg {id}: {moved} recipients routed anew"));
+    }
+
     /// Carry out a message's pending administrator request once none of its recipients is
     /// queued or in flight.
     fn apply_when_idle(&mut self, id: u64) {
@@ -1023,6 +1176,7 @@ impl Sender {
                 log::raw(&format!("delete msg {id}: removed without delivery to its waiting recipients"));
                 self.ask_remove(id);
             }
+            AdminAction::Requeue => self.requeue(id),
             AdminAction::Bounce => {
                 for r in m.recipients.iter_mut() {
                     if r.progress == Progress::Waiting {
@@ -1293,13 +1447,21 @@ impl Sender {
             }
             if trig {
                 // A NUL byte is quill-queue's "new mail"; an F is `sendmail -q`: try
-                // everything now.
-                let mut flush = false;
-                let _ = read_available(&mut &*trigger, |bytes| flush |= bytes.contains(&b'F'));
+                // everything now; `R TEXT` and a newline is `sendmail -qR TEXT`.
+                let mut bytes = Vec::new();
+                let _ = read_available(&mut &*trigger, |b| {
+                    if bytes.len() < 65536 {
+                        bytes.extend_from_slice(b)
+                    }
+                });
                 self.scan_wanted = true;
+                let (flush, matching) = trigger_requests(&bytes);
                 if flush {
                     log::raw("status: flush requested");
                     self.all_due_now();
+                }
+                for text in matching {
+                    self.flush_matching(&text);
                 }
             }
             let results = [
@@ -1401,5 +1563,23 @@ impl Sender {
         log::line(&format!("alert: {why}; saving state and exiting"));
         self.save_all();
         Exit::Failed
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trigger_bytes() {
+        assert_eq!(trigger_requests(b"\0\0"), (false, vec![]));
+        assert_eq!(trigger_requests(b"\0F\0"), (true, vec![]));
+        assert_eq!(trigger_requests(b"R example.com\n\0"), (false, vec![b"example.com".to_vec()]));
+        // An F inside a request's text is not a flush of everything.
+        assert_eq!(trigger_requests(b"RFoo.example\nF"), (true, vec![b"Foo.example".to_vec()]));
+        assert_eq!(trigger_requests(b"R bad text\nR \x1b\n"), (false, vec![]));
+        let long = [b"R ".to_vec(), vec![b'a'; MAX_FLUSH_TEXT + 1], b"\n".to_vec()].concat();
+        assert_eq!(trigger_requests(&long), (false, vec![]));
     }
 }

@@ -57,8 +57,12 @@ fn queue_changes_need_a_running_quill_send() {
         let out = quill(&["queue", action, "12x"], Some(home.path()), b"");
         assert!(text(&out).contains("is not a queue id"), "{action}: {}", text(&out));
     }
-    let out = quill(&["queue", "flush", "123"], Some(home.path()), b"");
-    assert_eq!(out.status.code(), Some(100), "flush takes no id");
+    let out = quill(&["queue", "flush", "12x"], Some(home.path()), b"");
+    assert!(text(&out).contains("is not a queue id"), "{}", text(&out));
+    let out = quill(&["queue", "hold"], Some(home.path()), b"");
+    assert_eq!(out.status.code(), Some(100), "hold needs ids or a selection");
+    let out = quill(&["queue", "hold", "--domain", "nothing.test"], Some(home.path()), b"");
+    assert!(out.status.success() && text(&out).contains("no message matches"), "{}", text(&out));
 }
 
 const LOG: &str = "\
@@ -318,7 +322,6 @@ fn setup_as_root_is_idempotent_and_check_agrees() {
 struct Instance {
     dir: TempDir,
     child: Option<Child>,
-    port: u16,
 }
 
 impl Instance {
@@ -340,7 +343,7 @@ impl Instance {
             .stderr(std::fs::File::options().append(true).open(&log).expect("log"))
             .spawn()
             .expect("start quill-up");
-        let instance = Instance { dir, child: Some(child), port };
+        let instance = Instance { dir, child: Some(child) };
         let up = wait_for(Duration::from_secs(30), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
                 && quill::admin::status::processes(Some(&instance.home())).iter().any(|p| p.name == "quill-send")
@@ -592,4 +595,65 @@ fn help_and_man_page_agree() {
         assert!(actions.contains(&action), "quill.8 names quill queue {action}, quill queue --help does not");
     }
     assert!(!page.contains("not implemented"), "quill.8 still says something is not implemented");
+}
+
+/// Issue 14 part 5: hold, release, flush, requeue and bounce by destination or sender while
+/// mail flows, and `sendmail -qR` for one domain.
+#[test]
+fn act_on_part_of_the_queue() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let q = Instance::start("select", |home| {
+        let routes = format!("nowhere.test:[127.0.0.1]:{closed}\nother.test:[127.0.0.1]:{closed}\n");
+        std::fs::write(home.join("control/smtproutes"), routes).expect("write");
+    });
+    mail_flows(&q);
+    q.sendmail(&["-i", "-f", "alice@localhost", "far@nowhere.test"], "Subject: a\n\nx\n");
+    q.sendmail(&["-i", "-f", "bob@localhost", "far@other.test"], "Subject: b\n\nx\n");
+    assert!(wait_for(Duration::from_secs(30), || q.log().matches("deferral: Unreachable").count() >= 2), "{}", q.log());
+    let id_of = |q: &Instance, domain: &str| -> String {
+        let list = text(&q.quill(&["queue", "list", "--domain", domain]));
+        list.lines().nth(1).and_then(|l| l.split(' ').next()).unwrap_or_default().to_string()
+    };
+    let (a, b) = (id_of(&q, "nowhere.test"), id_of(&q, "other.test"));
+    assert!(!a.is_empty() && !b.is_empty() && a != b, "{a} {b}");
+    let ok = |q: &Instance, args: &[&str]| {
+        let out = q.quill(args);
+        assert!(out.status.success(), "quill {args:?}: {}", text(&out));
+        text(&out)
+    };
+
+    let sent = ok(&q, &["queue", "hold", "--domain", "nowhere.test"]);
+    assert!(sent.contains(&format!("hold {a}")) && !sent.contains(&b), "{sent}");
+    let held = q.home().join("queue/hold").join(&a);
+    assert!(wait_for(Duration::from_secs(30), || held.exists()), "{}", q.log());
+    assert!(q.home().join("queue/mess").join(&b).exists(), "the other destination's message is not held");
+    // Ids are inode numbers and come back: count the pick-ups from here.
+    let picked = |q: &Instance| q.log().matches(&format!("new msg {a}\n")).count();
+    let before = picked(&q);
+    ok(&q, &["queue", "release", "--sender", "ALICE@localhost"]);
+    assert!(wait_for(Duration::from_secs(30), || !held.exists() && picked(&q) > before), "{}", q.log());
+
+    // sendmail -qR: only the messages for that domain are flushed.
+    let out = common::run(&q.home(), "sendmail", &["-qR", "other.test"], b"");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        wait_for(Duration::from_secs(30), || q.log().contains("status: flush requested for other.test (1 messages)")),
+        "{}",
+        q.log()
+    );
+    assert!(q.log().contains(&format!("flush msg {b}: requested by the administrator")), "{}", q.log());
+    assert!(!q.log().contains(&format!("flush msg {a}:")), "{}", q.log());
+
+    // The route changes: nowhere.test is delivered here now. requeue routes it anew.
+    std::fs::write(q.home().join("control/locals"), "localhost\nnowhere.test\n").expect("locals");
+    ok(&q, &["queue", "requeue", "--domain", "nowhere.test"]);
+    let mailbox = q.home().join("maildir/far/new");
+    assert!(wait_for(Duration::from_secs(30), || !files(&mailbox).is_empty()), "{}", q.log());
+    assert!(q.log().contains(&format!("requeue msg {a}: 1 recipients routed anew")), "{}", q.log());
+    assert!(q.log().contains("reread control files"), "{}", q.log());
+
+    ok(&q, &["queue", "bounce", "--sender", "bob@"]);
+    let bounces = q.home().join("maildir/bob/new");
+    assert!(wait_for(Duration::from_secs(30), || !files(&bounces).is_empty()), "{}", q.log());
+    assert!(wait_for(Duration::from_secs(30), || text(&q.quill(&["queue", "list"])).contains("0 of 0 messages")));
 }

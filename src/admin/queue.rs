@@ -235,7 +235,10 @@ pub fn show(entry: &Entry, recipients: &[super::why::Recipient], now: u64, body:
 }
 
 /// Send requests (`flush\n`, `hold ID\n`, …) to quill-send through `queue/lock/control`.
-/// Ids are checked here too, so a typo is reported at once rather than only in the log.
+/// Ids are checked here too, so a typo is reported at once rather than only in the log. The
+/// lines go in writes of at most `PIPE_BUF` bytes that end at a line's end, so that they
+/// reach quill-send whole even when two administrators write at once; a full FIFO is waited
+/// for (a minute at most: quill-send reads it in every turn of its loop).
 pub fn request(home: &Path, lines: &[String]) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -253,8 +256,32 @@ pub fn request(home: &Path, lines: &[String]) -> Result<(), String> {
             _ => format!("unable to open {}: {e}", path.display()),
         }
     })?;
-    fifo.write_all(lines.concat().as_bytes()).map_err(|e| format!("unable to write to {}: {e}", path.display()))?;
-    println!("sent to quill-send: {}", lines.concat().trim_end().replace('\n', "; "));
+    let mut batches: Vec<String> = Vec::new();
+    for line in lines {
+        match batches.last_mut() {
+            Some(batch) if batch.len() + line.len() <= libc::PIPE_BUF => batch.push_str(line),
+            _ => batches.push(line.clone()),
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for batch in &batches {
+        loop {
+            match fifo.write(batch.as_bytes()) {
+                Ok(n) if n == batch.len() => break,
+                Ok(_) => return Err(format!("unable to write to {}: short write", path.display())),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(format!("unable to write to {}: {e}", path.display())),
+            }
+        }
+    }
+    let shown: Vec<&str> = lines.iter().map(|l| l.trim_end()).collect();
+    if shown.len() > 6 {
+        println!("sent to quill-send: {}; … ({} requests)", shown[..5].join("; "), shown.len());
+    } else {
+        println!("sent to quill-send: {}", shown.join("; "));
+    }
     Ok(())
 }
 

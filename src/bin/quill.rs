@@ -91,18 +91,24 @@ why    one line per waiting recipient (of every message, or of the IDs given): w
        and its last error
 --json one JSON object per message and line instead (fields in quill(8))
 
-       quill queue flush
-       quill queue hold|release|delete|bounce ID...
+       quill queue flush|requeue [SELECTION] [ID...]
+       quill queue hold|release|delete|bounce SELECTION|ID...
 
-flush    try every queued message now (as SIGALRM to quill-send)
+flush    try now (as SIGALRM to quill-send): every message, or those selected, forgetting
+         the back-off of their destinations
+requeue  reread the control files and route the waiting recipients anew (after locals,
+         virtualdomains or smtproutes changed), forget their back-off, try them now
 hold     stop delivering a message and move it to hold/ (its progress is kept)
 release  put a held message back into the queue
 delete   remove a message without delivering it further (nobody is told)
 bounce   give up on a message's waiting recipients: the sender gets a bounce
 
-These are requests to quill-send (through queue/lock/control, which only root can write), so
-they are safe while the system runs: a message being delivered is held, deleted or bounced
-as soon as its deliveries in flight end. quill-send logs what it did.";
+SELECTION is list's --sender, --recipient, --domain and --older-than: the action applies to
+every message they select (release: in hold/; hold, bounce, flush, requeue: in todo/ and
+mess/; delete: anywhere), as well as to the IDs given. These are requests to quill-send
+(through queue/lock/control, which only root can write), so they are safe while mail flows:
+a message being delivered is held, deleted, bounced or requeued as soon as its deliveries
+in flight end. quill-send logs what it did. 'sendmail -qR DOMAIN' flushes one domain.";
 
 fn usage(text: &str) -> ExitCode {
     eprintln!("{text}");
@@ -241,6 +247,34 @@ fn stats(args: &[String]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The options that select messages (list, and the actions).
+fn selection_options(opts: &mut getopts::Options) {
+    opts.optopt("", "sender", "part of the sender", "TEXT");
+    opts.optopt("", "recipient", "part of a recipient", "TEXT");
+    opts.optopt("", "domain", "a recipient domain", "DOMAIN");
+    opts.optopt("", "older-than", "queued at least this long ago", "SECS");
+}
+
+/// The selection given, None when no selecting option is.
+fn selection(m: &getopts::Matches) -> Result<Option<admin::queue::Filter>, ExitCode> {
+    let older_than = match m.opt_str("older-than").map(|s| s.parse::<u64>()) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => {
+            quill::log::fatal("unable to parse --older-than: give a number of seconds");
+            return Err(ExitCode::from(100));
+        }
+    };
+    let filter = admin::queue::Filter {
+        sender: m.opt_str("sender"),
+        recipient: m.opt_str("recipient"),
+        domain: m.opt_str("domain"),
+        older_than,
+    };
+    let any = filter.sender.is_some() || filter.recipient.is_some() || filter.domain.is_some() || older_than.is_some();
+    Ok(if any { Some(filter) } else { None })
+}
+
 fn queue(args: &[String]) -> ExitCode {
     let Some((action, rest)) = args.split_first() else {
         return usage(HELP_QUEUE);
@@ -250,28 +284,15 @@ fn queue(args: &[String]) -> ExitCode {
     match action.as_str() {
         "--help" | "-h" | "help" => help(HELP_QUEUE),
         "list" => {
-            opts.optopt("", "sender", "part of the sender", "TEXT");
-            opts.optopt("", "recipient", "part of a recipient", "TEXT");
-            opts.optopt("", "domain", "a recipient domain", "DOMAIN");
-            opts.optopt("", "older-than", "queued at least this long ago", "SECS");
+            selection_options(&mut opts);
             opts.optflag("", "json", "one JSON object per message");
             let m = match parse(rest, &opts, HELP_QUEUE) {
                 Ok(m) => m,
                 Err(code) => return code,
             };
-            let older_than = match m.opt_str("older-than").map(|s| s.parse::<u64>()) {
-                None => None,
-                Some(Ok(n)) => Some(n),
-                Some(Err(_)) => {
-                    quill::log::fatal("unable to parse --older-than: give a number of seconds");
-                    return ExitCode::from(100);
-                }
-            };
-            let filter = admin::queue::Filter {
-                sender: m.opt_str("sender"),
-                recipient: m.opt_str("recipient"),
-                domain: m.opt_str("domain"),
-                older_than,
+            let filter = match selection(&m) {
+                Ok(f) => f.unwrap_or_default(),
+                Err(code) => return code,
             };
             let home = home_of(&m);
             let (entries, errors) = admin::queue::entries(&home);
@@ -360,20 +381,56 @@ fn queue(args: &[String]) -> ExitCode {
                 ExitCode::from(111)
             }
         }
-        "flush" | "hold" | "release" | "delete" | "bounce" => {
+        "flush" | "hold" | "release" | "delete" | "bounce" | "requeue" => {
+            selection_options(&mut opts);
             let m = match parse(rest, &opts, HELP_QUEUE) {
                 Ok(m) => m,
                 Err(code) => return code,
             };
-            if (action == "flush") != m.free.is_empty() {
+            let filter = match selection(&m) {
+                Ok(f) => f,
+                Err(code) => return code,
+            };
+            let home = home_of(&m);
+            let mut ids: Vec<String> = m.free.clone();
+            if let Some(filter) = &filter {
+                let (entries, errors) = admin::queue::entries(&home);
+                if let Some(e) = errors.first() {
+                    quill::log::fatal(e);
+                    return ExitCode::from(111);
+                }
+                // Each action applies to the messages it can act on.
+                let states: &[&str] = match action.as_str() {
+                    "release" => &["hold"],
+                    "delete" => &["todo", "mess", "hold"],
+                    _ => &["todo", "mess"],
+                };
+                ids.extend(
+                    entries
+                        .iter()
+                        .filter(|e| states.contains(&e.state) && filter.matches(e, now))
+                        .map(|e| e.id.clone()),
+                );
+                if ids.is_empty() {
+                    println!("no message matches: nothing sent to quill-send");
+                    return ExitCode::SUCCESS;
+                }
+            }
+            let everything = ids.is_empty();
+            if everything && !matches!(action.as_str(), "flush" | "requeue") {
                 return usage(HELP_QUEUE);
             }
-            let lines: Vec<String> = if action == "flush" {
-                vec!["flush\n".to_string()]
+            let mut lines: Vec<String> = Vec::new();
+            if action == "requeue" {
+                // Route with the control files as they are now.
+                lines.push("reread\n".to_string());
+            }
+            if everything {
+                lines.push(format!("{action}\n"));
             } else {
-                m.free.iter().map(|id| format!("{action} {id}\n")).collect()
-            };
-            match admin::queue::request(&home_of(&m), &lines) {
+                lines.extend(ids.iter().map(|id| format!("{action} {id}\n")));
+            }
+            match admin::queue::request(&home, &lines) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     quill::log::fatal(&e);
