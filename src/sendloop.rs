@@ -776,7 +776,7 @@ impl Sender {
             }
             m.dirty = true;
             if m.busy[c] == 0 && m.waiting(channel) && m.due[c].is_none() {
-                let at = schedule::next_attempt(m.birth, now, channel.step(), lifetime);
+                let at = self.config.retry.next(m.birth, now, channel == Channel::Remote, lifetime);
                 m.due[c] = Some(at);
                 self.timers.push(at, (id, c));
             }
@@ -854,7 +854,7 @@ impl Sender {
             arrival: m.birth,
             now: crate::date::now(),
             failures,
-            original_headers: bounce::header_block(&headers),
+            original_headers: bounce::header_block_within(&headers, self.config.bounce_max_bytes),
         });
         let accepted = crate::submit::submit(&message, &Envelope { sender, recipients: vec![to] })?;
         log::raw(&format!("bounce msg {id} qp {}", accepted.pid));

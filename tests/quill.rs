@@ -322,6 +322,7 @@ fn setup_as_root_is_idempotent_and_check_agrees() {
 struct Instance {
     dir: TempDir,
     child: Option<Child>,
+    port: u16,
 }
 
 impl Instance {
@@ -331,25 +332,46 @@ impl Instance {
         std::fs::create_dir_all(home.join("control")).expect("mkdir");
         prepare(&home);
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-        let log = dir.path().join("log");
+        let mut instance = Instance { dir, child: None, port };
+        instance.spawn();
+        instance
+    }
+
+    /// Start quill-up (again) on this home and wait until it listens and quill-send runs.
+    fn spawn(&mut self) {
+        let log = self.dir.path().join("log");
         let child = Command::new(bin("quill-up"))
             .arg("-d")
-            .arg(&home)
+            .arg(self.home())
             .arg("-l")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(format!("127.0.0.1:{}", self.port))
             .env_remove("QUILL_HOME")
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).expect("log"))
+            .stdout(std::fs::File::options().create(true).append(true).open(&log).expect("log"))
             .stderr(std::fs::File::options().append(true).open(&log).expect("log"))
             .spawn()
             .expect("start quill-up");
-        let instance = Instance { dir, child: Some(child) };
+        self.child = Some(child);
         let up = wait_for(Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-                && quill::admin::status::processes(Some(&instance.home())).iter().any(|p| p.name == "quill-send")
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && quill::admin::status::processes(Some(&self.home())).iter().any(|p| p.name == "quill-send")
         });
-        assert!(up, "the instance did not come up; log:\n{}", instance.log());
-        instance
+        assert!(up, "the instance did not come up; log:\n{}", self.log());
+    }
+
+    /// Stop it cleanly (SIGTERM, as a system shutdown would) and start it again.
+    fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::SIGTERM);
+            let _ = wait_for(Duration::from_secs(30), || !matches!(c.try_wait(), Ok(None)));
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     fn home(&self) -> PathBuf {
@@ -372,12 +394,7 @@ impl Instance {
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::SIGTERM);
-            let _ = wait_for(Duration::from_secs(30), || !matches!(c.try_wait(), Ok(None)));
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop();
     }
 }
 
@@ -656,4 +673,79 @@ fn act_on_part_of_the_queue() {
     let bounces = q.home().join("maildir/bob/new");
     assert!(wait_for(Duration::from_secs(30), || !files(&bounces).is_empty()), "{}", q.log());
     assert!(wait_for(Duration::from_secs(30), || text(&q.quill(&["queue", "list"])).contains("0 of 0 messages")));
+}
+
+/// Issue 14 part 6: the retry schedule is the administrator's (here: at most 2 seconds
+/// between attempts, where qmail's grid waits 400 for the first remote retry).
+#[test]
+fn retry_schedule_is_tunable() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let q = Instance::start("retry", |home| {
+        std::fs::write(home.join("control/smtproutes"), format!("nowhere.test:[127.0.0.1]:{closed}\n")).expect("write");
+        for (name, value) in [("retrymax", "2"), ("backoffmin", "1"), ("backoffmax", "1")] {
+            std::fs::write(home.join("control").join(name), format!("{value}\n")).expect("write");
+        }
+    });
+    q.sendmail(&["-i", "-f", "owner@localhost", "far@nowhere.test"], "Subject: soon\n\nx\n");
+    assert!(
+        wait_for(Duration::from_secs(30), || q.log().matches("deferral: Unreachable").count() >= 3),
+        "not retried within seconds:\n{}",
+        q.log()
+    );
+    let json = String::from_utf8_lossy(&q.quill(&["queue", "list", "--json"]).stdout).into_owned();
+    let number = |field: &str| -> u64 {
+        let start = json.find(&format!("\"{field}\":")).map(|i| i + field.len() + 3).unwrap_or(0);
+        json[start..].split(|c: char| !c.is_ascii_digit()).next().and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    let (last, next) = (number("last_attempt"), number("next_attempt"));
+    assert!(last > 0 && next > last && next - last <= 2, "{json}");
+    let out = q.quill(&["check"]);
+    assert!(out.status.success(), "the retry files are valid numbers: {}", text(&out));
+}
+
+/// Issue 14 part 6: a destination's back-off survives a restart of the queue system, so the
+/// restart does not probe hosts known to be down (it used to start with every destination
+/// reachable again).
+#[test]
+fn backoff_survives_a_restart() {
+    let (mut q, first, _second) = instance_with_a_dead_destination("restart");
+    let status = |q: &Instance| text(&q.quill(&["status"]));
+    assert!(wait_for(Duration::from_secs(30), || status(&q).contains("nowhere.test: 1 failures")), "{}", status(&q));
+    q.restart();
+    assert!(
+        wait_for(Duration::from_secs(30), || q.log().contains("status: 1 destinations still backed off")),
+        "{}",
+        q.log()
+    );
+    assert!(wait_for(Duration::from_secs(30), || status(&q).contains("nowhere.test: 1 failures")), "{}", status(&q));
+    let why = text(&q.quill(&["queue", "why"]));
+    assert!(why.contains(&format!("{first} <far@nowhere.test>: retry")), "{why}");
+    assert!(why.contains(": backoff: destination nowhere.test backed off"), "{why}");
+    assert_eq!(q.log().matches("deferral: Unreachable").count(), 1, "no burst of probes:\n{}", q.log());
+}
+
+/// Issue 14 part 6: bouncemaxbytes (validated by check, read by nothing) caps what a bounce
+/// carries of the original message.
+#[test]
+fn bouncemaxbytes_is_honoured() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let q = Instance::start("bouncemax", |home| {
+        std::fs::write(home.join("control/smtproutes"), format!("nowhere.test:[127.0.0.1]:{closed}\n")).expect("write");
+        std::fs::write(home.join("control/bouncemaxbytes"), "400\n").expect("write");
+    });
+    let mut message = String::from("Subject: big header\n");
+    for n in 1..=40 {
+        message.push_str(&format!("X-Filler-{n}: {}\n", "x".repeat(40)));
+    }
+    message.push_str("\nbody\n");
+    q.sendmail(&["-i", "-f", "owner@localhost", "far@nowhere.test"], &message);
+    assert!(wait_for(Duration::from_secs(30), || q.log().contains("deferral: Unreachable")), "{}", q.log());
+    let out = q.quill(&["queue", "bounce", "--domain", "nowhere.test"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let bounces = q.home().join("maildir/owner/new");
+    assert!(wait_for(Duration::from_secs(30), || !files(&bounces).is_empty()), "{}", q.log());
+    let bounce = std::fs::read_to_string(&files(&bounces)[0]).expect("bounce");
+    let part = bounce.split("text/rfc822-headers").nth(1).unwrap_or_else(|| panic!("{bounce}"));
+    assert!(part.contains("X-Filler-1:"), "{bounce}");
+    assert!(!part.contains("X-Filler-40:"), "more than bouncemaxbytes carried:\n{bounce}");
 }

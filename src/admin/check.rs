@@ -27,8 +27,15 @@ fn problem(list: &mut Vec<Problem>, problem: String, fix: impl Into<String>) {
 }
 
 /// Control files that hold one number.
-pub const NUMBER_FILES: [&str; 10] = [
+pub const NUMBER_FILES: [&str; 17] = [
     "databytes",
+    "concurrencydestination",
+    "backoffmin",
+    "backoffmax",
+    "retrylocal",
+    "retryremote",
+    "retrymin",
+    "retrymax",
     "concurrencylocal",
     "concurrencyremote",
     "concurrencyincoming",
