@@ -189,6 +189,8 @@ mod tests {
             backoff_min: 300,
             backoff_max: 3600,
             queue_lifetime: 604_800,
+            retry: crate::schedule::Retry::default(),
+            bounce_max_bytes: crate::bounce::MAX_ORIGINAL_HEADERS,
             bounce_from: b"MAILER-DAEMON@me.example".to_vec(),
             double_bounce_to: b"postmaster@me.example".to_vec(),
         }
