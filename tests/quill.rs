@@ -749,3 +749,29 @@ fn bouncemaxbytes_is_honoured() {
     assert!(part.contains("X-Filler-1:"), "{bounce}");
     assert!(!part.contains("X-Filler-40:"), "more than bouncemaxbytes carried:\n{bounce}");
 }
+
+/// Issue 14 part 4: the shape of the queue, as qshape draws it: waiting recipients per
+/// domain by age (the delivered local recipient is not counted).
+#[test]
+fn queue_shape_counts_waiting_recipients_by_domain_and_age() {
+    let (q, _first, _second) = instance_with_a_dead_destination("shape");
+    let out = q.quill(&["queue", "shape"]);
+    let shape = text(&out);
+    assert!(out.status.success(), "{shape}");
+    let lines: Vec<&str> = shape.lines().collect();
+    assert!(lines[0].trim_start().starts_with("T     5    10    20"), "{shape}");
+    let row = |name: &str| -> Vec<String> {
+        lines
+            .iter()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .map(|l| l.split_whitespace().skip(1).map(String::from).collect())
+            .unwrap_or_else(|| panic!("no {name} row:\n{shape}"))
+    };
+    assert_eq!(row("TOTAL")[..2], ["2", "2"], "{shape}");
+    assert_eq!(row("nowhere.test")[..2], ["2", "2"], "{shape}");
+    assert!(!shape.contains("localhost"), "{shape}");
+    let by_sender = text(&q.quill(&["queue", "shape", "--sender"]));
+    assert!(by_sender.lines().any(|l| l.split_whitespace().take(2).eq(["localhost", "2"])), "{by_sender}");
+    let held = text(&q.quill(&["queue", "shape", "--hold"]));
+    assert!(held.lines().any(|l| l.split_whitespace().take(2).eq(["TOTAL", "0"])), "{held}");
+}

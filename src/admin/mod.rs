@@ -10,6 +10,7 @@ pub mod check;
 pub mod json;
 pub mod queue;
 pub mod setup;
+pub mod shape;
 pub mod stats;
 pub mod status;
 pub mod why;

@@ -81,6 +81,7 @@ const HELP_QUEUE: &str = "\
 usage: quill queue list [--sender TEXT] [--recipient TEXT] [--domain DOMAIN] [--older-than SECS] [--json]
        quill queue show [--body] [--json] ID
        quill queue why [ID...]
+       quill queue shape [--sender] [--hold]
 
 list   one line per message in todo/, mess/ and hold/: id, state (+ = waiting for a retry),
        age, size, sender and recipients; the options select (all must match)
@@ -89,6 +90,9 @@ show   the envelope, who queued it and when, every recipient with its state, las
 why    one line per waiting recipient (of every message, or of the IDs given): what it waits
        for (hold, pickup, stopped, retry, backoff, concurrency, delivering), the numbers,
        and its last error
+shape  as Postfix's qshape: waiting recipients per recipient domain (--sender: per sender
+       domain) by the age of their message, in minutes (T: total; buckets double from 5);
+       todo/ and mess/, or hold/ with --hold
 --json one JSON object per message and line instead (fields in quill(8))
 
        quill queue flush|requeue [SELECTION] [ID...]
@@ -343,6 +347,29 @@ fn queue(args: &[String]) -> ExitCode {
                     quill::log::fatal(&e);
                     ExitCode::from(111)
                 }
+            }
+        }
+        "shape" => {
+            opts.optflag("", "sender", "by sender domain");
+            opts.optflag("", "hold", "the held messages instead");
+            let m = match parse(rest, &opts, HELP_QUEUE) {
+                Ok(m) => m,
+                Err(code) => return code,
+            };
+            if !m.free.is_empty() {
+                return usage(HELP_QUEUE);
+            }
+            let (entries, errors) = admin::queue::entries(&home_of(&m));
+            let hold = m.opt_present("hold");
+            let chosen: Vec<_> = entries.into_iter().filter(|e| (e.state == "hold") == hold).collect();
+            print!("{}", admin::shape::shape(&chosen, now, m.opt_present("sender")));
+            for e in &errors {
+                quill::log::warning(e);
+            }
+            if errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(111)
             }
         }
         "why" => {
