@@ -775,3 +775,46 @@ fn queue_shape_counts_waiting_recipients_by_domain_and_age() {
     let held = text(&q.quill(&["queue", "shape", "--hold"]));
     assert!(held.lines().any(|l| l.split_whitespace().take(2).eq(["TOTAL", "0"])), "{held}");
 }
+
+/// Issue 14 part 7: the systemd units run what the daemontools services run, under the same
+/// users, and `systemd-analyze verify` finds nothing wrong with them (with the programs of
+/// this build in place of /usr/local/bin).
+#[test]
+fn systemd_units_verify() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf-examples");
+    let units = ["quill.service", "quill-smtpd.service", "quill-submission.service", "quill-smtps.service"];
+    for (unit, service) in units.iter().zip(["quill", "quill-smtpd", "quill-submission", "quill-smtps"]) {
+        let text = std::fs::read_to_string(examples.join("systemd").join(unit)).expect("unit");
+        let run = std::fs::read_to_string(examples.join("daemontools").join(service).join("run")).expect("run");
+        assert!(!text.contains("\nUser="), "{unit}: the stages drop privileges themselves, as under daemontools");
+        assert!(text.contains("QUILL_HOME=/var/quill") && text.contains("StandardError=journal"), "{unit}");
+        if service == "quill" {
+            assert!(text.contains("quill-start ./Maildir/") && run.contains("quill-start ./Maildir/"));
+            assert!(text.contains("KillMode=mixed"), "only quill-start is told to stop");
+            continue;
+        }
+        let port = run.split(" 0.0.0.0 ").nth(1).and_then(|r| r.split(' ').next()).expect("port in run");
+        assert!(text.contains(&format!(" 0.0.0.0 {port} /usr/local/bin/quill-smtpd")), "{unit}: port {port}");
+        assert!(text.contains("-u \"$$(id -u quilld)\" -g \"$$(id -g quilld)\""), "{unit}: quilld, as {service}");
+        assert_eq!(text.contains("quill-smtpd -s "), run.contains("quill-smtpd -s "), "{unit}: implicit TLS");
+        assert_eq!(text.contains("AUTH_REQUIRED=1"), run.contains("AUTH_REQUIRED=1"), "{unit}");
+    }
+    if common::skip_without("systemd-analyze") {
+        return;
+    }
+    let dir = TempDir::new("systemd");
+    let bindir = format!("{}/", bin("quill").parent().expect("bin dir").display());
+    for unit in units {
+        let text = std::fs::read_to_string(examples.join("systemd").join(unit)).expect("unit");
+        std::fs::write(dir.path().join(unit), text.replace("/usr/local/bin/", &bindir)).expect("write unit");
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg("--man=no")
+        .args(units.iter().map(|u| dir.path().join(u)))
+        .output()
+        .expect("systemd-analyze");
+    let report = text(&out);
+    assert!(out.status.success(), "systemd-analyze verify:\n{report}");
+    assert!(!units.iter().any(|u| report.contains(u)), "warnings about the units:\n{report}");
+}
