@@ -172,6 +172,11 @@ impl<J> Destinations<J> {
         }
     }
 
+    /// True when something the report shows changed since the last [`Self::take_changed`].
+    pub fn is_changed(&self) -> bool {
+        self.changed
+    }
+
     /// True once after anything the report shows changed.
     pub fn take_changed(&mut self) -> bool {
         std::mem::take(&mut self.changed)

@@ -1543,7 +1543,7 @@ impl Sender {
     /// True when a view waits for [`Sender::write_views`]'s once-a-second limit.
     fn views_pending(&self, now: u64) -> bool {
         now <= self.views_written_at
-            && (self.destinations_written != self.destinations.report()
+            && (self.destinations.is_changed()
                 || !self.channels_written.is_empty()
                 || self.ready.iter().any(|q| !q.is_empty()))
     }

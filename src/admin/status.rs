@@ -142,9 +142,9 @@ pub fn report(home: &Path, filter_home: bool) -> String {
     ] {
         let what = match label {
             "todo" => "queued, not yet picked up",
-            "mess" => "being delivered",
+            "mess" => "picked up: being delivered or waiting (quill queue why says which)",
             "hold" => "held",
-            "info" => "waiting for a retry",
+            "info" => "with retry state (tried at least once)",
             _ => "being written, or debris of failed submissions",
         };
         match count(&dir) {
