@@ -250,6 +250,7 @@ fn setup_as_root_is_idempotent_and_check_agrees() {
         eprintln!("SKIP: quill setup needs root");
         return;
     }
+    let _alone = QUEUE_PROGRAM.write().unwrap_or_else(|e| e.into_inner());
     let _restore = common::RestoreQueueProgram::new();
     let dir = TempDir::new("quill-setup");
     let home = dir.path().join("home");
@@ -323,7 +324,14 @@ struct Instance {
     dir: TempDir,
     child: Option<Child>,
     port: u16,
+    /// Keeps `setup_as_root_is_idempotent_and_check_agrees` from making quill-queue setuid
+    /// while the instance runs (a setuid quill-queue ignores QUILL_HOME).
+    _queue_program: std::sync::RwLockReadGuard<'static, ()>,
 }
+
+/// Held for reading by every running instance, for writing while the setup test has made
+/// quill-queue setuid.
+static QUEUE_PROGRAM: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 impl Instance {
     fn start(tag: &str, prepare: impl FnOnce(&Path)) -> Instance {
@@ -332,7 +340,8 @@ impl Instance {
         std::fs::create_dir_all(home.join("control")).expect("mkdir");
         prepare(&home);
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-        let mut instance = Instance { dir, child: None, port };
+        let guard = QUEUE_PROGRAM.read().unwrap_or_else(|e| e.into_inner());
+        let mut instance = Instance { dir, child: None, port, _queue_program: guard };
         instance.spawn();
         instance
     }
