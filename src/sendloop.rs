@@ -290,6 +290,8 @@ pub struct Sender {
     destinations_written: String,
     /// The channel table as last written to `info/channels`.
     channels_written: String,
+    /// The deliveries in flight as last written to `info/flight`.
+    flight_written: String,
     /// When the views were last written (at most once a second).
     views_written_at: u64,
     /// Messages in todo/ the administrator asked to requeue before they were picked up.
@@ -395,6 +397,7 @@ impl Sender {
             last_errors: Default::default(),
             destinations_written: String::new(),
             channels_written: String::new(),
+            flight_written: String::new(),
             views_written_at: 0,
             requeue_at_pickup: HashSet::new(),
         })
@@ -1479,7 +1482,8 @@ impl Sender {
     /// once a second: `info/destinations` (the back-off table, and destinations with
     /// deliveries parked at their concurrency limit) and `info/channels` (`CHANNEL RUNNING
     /// LIMIT QUEUED` for each channel that is full with deliveries queued; no file when none
-    /// is). Not fsynced: views, not state; the back-off table
+    /// is) and `info/flight` (`ID PLACE...` per delivery in flight, PLACE a recipient's place
+    /// in the message header; no file when none is). Not fsynced: views, not state; the back-off table
     /// is read again at start ([`Sender::restore_destinations`]), and a torn or lost one only
     /// costs a probe.
     fn write_views(&mut self, now: u64) {
@@ -1501,8 +1505,19 @@ impl Sender {
                 ));
             }
         }
+        // The deliveries in flight: `ID INDEX...` (the recipients' places in the header).
+        let mut flight: Vec<String> = self
+            .in_flight
+            .values()
+            .map(|d| {
+                let places: Vec<String> = d.recipients.iter().map(usize::to_string).collect();
+                format!("{} {}\n", d.id, places.join(" "))
+            })
+            .collect();
+        flight.sort();
+        let flight = flight.concat();
         let destinations_changed = self.destinations.take_changed();
-        if !destinations_changed && channels == self.channels_written {
+        if !destinations_changed && channels == self.channels_written && flight == self.flight_written {
             return;
         }
         self.views_written_at = now;
@@ -1514,14 +1529,15 @@ impl Sender {
         if destinations_changed {
             self.write_destination_table();
         }
-        if channels != self.channels_written {
-            let done = if channels.is_empty() {
-                std::fs::remove_file(info.join("channels")).is_ok()
-            } else {
-                write("channels", &channels)
-            };
+        for (name, text, written) in
+            [("channels", channels, &mut self.channels_written), ("flight", flight, &mut self.flight_written)]
+        {
+            if text == *written {
+                continue;
+            }
+            let done = if text.is_empty() { std::fs::remove_file(info.join(name)).is_ok() } else { write(name, &text) };
             if done {
-                self.channels_written = channels;
+                *written = text;
             }
         }
     }
@@ -1545,6 +1561,8 @@ impl Sender {
         now <= self.views_written_at
             && (self.destinations.is_changed()
                 || !self.channels_written.is_empty()
+                || !self.flight_written.is_empty()
+                || !self.in_flight.is_empty()
                 || self.ready.iter().any(|q| !q.is_empty()))
     }
 

@@ -827,3 +827,64 @@ fn systemd_units_verify() {
     assert!(out.status.success(), "systemd-analyze verify:\n{report}");
     assert!(!units.iter().any(|u| report.contains(u)), "warnings about the units:\n{report}");
 }
+
+/// A loopback SMTP "server" that accepts connections and never answers (a slow destination),
+/// until dropped; then it closes them, so deliveries in flight end at once.
+struct SilentServer {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SilentServer {
+    fn start() -> SilentServer {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while !flag.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                if let Ok((stream, _)) = listener.accept() {
+                    held.push(stream);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        SilentServer { port, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Issue 14 part 2: a recipient that waits for a free slot at its destination's concurrency
+/// limit says so (and `quill status` counts it), while the one in flight is "delivering".
+#[test]
+fn why_names_the_concurrency_limit() {
+    let server = SilentServer::start();
+    let q = Instance::start("concurrency", |home| {
+        std::fs::write(home.join("control/smtproutes"), format!("slow.test:[127.0.0.1]:{}\n", server.port))
+            .expect("write");
+        std::fs::write(home.join("control/concurrencydestination"), "1\n").expect("write");
+    });
+    q.sendmail(&["-i", "-f", "owner@localhost", "a@slow.test"], "Subject: one\n\nx\n");
+    q.sendmail(&["-i", "-f", "owner@localhost", "b@slow.test"], "Subject: two\n\nx\n");
+    let why = |q: &Instance| text(&q.quill(&["queue", "why"]));
+    let limit = "concurrency: destination slow.test is at its concurrency limit (concurrencydestination): 1 \
+                 running, 1 parked";
+    assert!(wait_for(Duration::from_secs(30), || why(&q).contains(limit)), "{}\n{}", why(&q), q.log());
+    assert!(why(&q).contains(": delivering: being delivered now"), "{}", why(&q));
+    let status = text(&q.quill(&["status"]));
+    assert!(status.contains("slow.test: at its concurrency limit, 1 running, 1 deliveries waiting"), "{status}");
+    drop(server);
+}

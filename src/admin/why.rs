@@ -44,6 +44,8 @@ pub struct View {
     pub destinations: HashMap<String, Destination>,
     /// By channel name (`local`, `remote`).
     pub channels: HashMap<String, Channel>,
+    /// Deliveries in flight: message id → the places of its recipients in flight.
+    pub flight: HashMap<String, Vec<usize>>,
     /// True when a quill-send runs for this home.
     pub running: bool,
 }
@@ -62,6 +64,17 @@ pub fn parse_destinations(text: &str) -> HashMap<String, Destination> {
         let error = f.next().unwrap_or("").to_string();
         let failures = u32::try_from(failures).unwrap_or(u32::MAX);
         map.insert(domain.to_ascii_lowercase(), Destination { failures, until, parked, running, error });
+    }
+    map
+}
+
+fn parse_flight(text: &str) -> HashMap<String, Vec<usize>> {
+    let mut map: HashMap<String, Vec<usize>> = HashMap::new();
+    for line in text.lines() {
+        let mut words = line.split(' ');
+        if let Some(id) = words.next() {
+            map.entry(id.to_string()).or_default().extend(words.filter_map(|w| w.parse::<usize>().ok()));
+        }
     }
     map
 }
@@ -86,6 +99,7 @@ impl View {
         View {
             destinations: parse_destinations(&read("destinations")),
             channels: parse_channels(&read("channels")),
+            flight: parse_flight(&read("flight")),
             running: super::status::processes(Some(home)).iter().any(|p| p.name == "quill-send"),
         }
     }
@@ -215,7 +229,7 @@ fn waiting_now(view: &View, channel: &str, domain: &str, now: u64) -> (Wait, Str
             );
         }
     }
-    (Wait::Delivering, "being delivered now, or about to be".to_string())
+    (Wait::Delivering, "about to be delivered (queued for a delivery slot)".to_string())
 }
 
 /// Every recipient of `entry`, explained at time `now`.
@@ -255,6 +269,10 @@ pub fn explain(entry: &Entry, view: &View, now: u64) -> Vec<Recipient> {
                 ));
             }
             (Wait::Retry, reason)
+        } else if view.flight.get(&entry.id).is_some_and(|places| places.contains(&n)) {
+            // After the info file (written at once after every result): the views may lag
+            // a second behind.
+            (Wait::Delivering, "being delivered now".to_string())
         } else {
             // Without an info file quill-send has not recorded the channel yet: a domain in
             // its destination table is remote.
@@ -379,13 +397,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn flight_table() {
+        let map = parse_flight("42 0 2\n43 1\n42 5\n");
+        assert_eq!(map["42"], vec![0, 2, 5]);
+        assert_eq!(map["43"], vec![1]);
+    }
+
+    #[test]
     fn destination_table() {
         let map = parse_destinations("Down.Example 3 1000 4 0 Unreachable: refused\nbusy.example 0 0 2 10 \nbad\n");
         assert_eq!(map.len(), 2);
         let d = &map["down.example"];
         assert_eq!((d.failures, d.until, d.parked, d.running), (3, 1000, 4, 0));
         assert_eq!(d.error, "Unreachable: refused");
-        let view = View { destinations: map, channels: HashMap::new(), running: true };
+        let view = View { destinations: map, running: true, ..Default::default() };
         assert_eq!(waiting_now(&view, "remote", "down.example", 900).0, Wait::Backoff);
         assert_eq!(waiting_now(&view, "remote", "busy.example", 900).0, Wait::Concurrency);
         assert_eq!(waiting_now(&view, "local", "down.example", 900).0, Wait::Delivering);
