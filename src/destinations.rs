@@ -246,6 +246,16 @@ impl LastErrors {
         self.changed = true;
     }
 
+    /// Take back what a previous run left in the file (the newest [`Self::KEEP`] lines), so
+    /// that a restart keeps the history `quill status` shows.
+    pub fn load(&mut self, path: &std::path::Path) {
+        let Ok(text) = std::fs::read_to_string(path) else { return };
+        let lines: Vec<&str> = text.lines().collect();
+        for line in &lines[lines.len().saturating_sub(Self::KEEP)..] {
+            self.lines.push_back(format!("{line}\n"));
+        }
+    }
+
     /// Write the file if something changed since the last write.
     pub fn write(&mut self, path: &std::path::Path) {
         if !self.changed {
@@ -330,6 +340,24 @@ mod tests {
         other.restore(&table);
         other.retry_domain_now(b"down.example", 130);
         assert_eq!(other.admit(b"down.example", 4, 130).0, Admission::Go, "flushed: probed now");
+    }
+
+    #[test]
+    fn last_errors_survive_a_restart() {
+        let path = std::env::temp_dir().join(format!("quill-errors-{}", std::process::id()));
+        let mut first = LastErrors::default();
+        for n in 0..12 {
+            first.note(n, n, b"a@b", "deferral", "x");
+        }
+        first.write(&path);
+        let mut again = LastErrors::default();
+        again.load(&path);
+        again.note(99, 99, b"c@d", "failure", "y");
+        again.write(&path);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), LastErrors::KEEP);
+        assert!(text.starts_with("3 msg 3 to a@b") && text.ends_with("99 msg 99 to c@d: failure: y\n"), "{text}");
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

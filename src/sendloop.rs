@@ -431,14 +431,19 @@ impl Sender {
                 self.pickups.push_back(id);
             }
         }
-        // Before the loop below, which removes every file in info/ that is no message's.
         self.restore_destinations();
+        self.last_errors.load(&self.layout.info().join("errors"));
         let known: HashSet<u64> = mess.iter().chain(&todo).chain(&hold).copied().collect();
         let entries = std::fs::read_dir(self.layout.info()).map_err(|e| crate::fail::Error::io("read info/", &e))?;
         for entry in entries.flatten() {
             let name = entry.file_name();
             let id = std::str::from_utf8(name.as_encoded_bytes()).ok().and_then(|s| s.parse::<u64>().ok());
             if id.is_some_and(|id| known.contains(&id)) {
+                continue;
+            }
+            // The back-off table and the last errors outlive a restart; the other views
+            // (flight, channels) describe the previous run only.
+            if matches!(name.as_encoded_bytes(), b"destinations" | b"errors") {
                 continue;
             }
             if std::fs::remove_file(entry.path()).is_ok() {

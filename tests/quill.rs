@@ -727,6 +727,9 @@ fn backoff_survives_a_restart() {
         q.log()
     );
     assert!(wait_for(Duration::from_secs(30), || status(&q).contains("nowhere.test: 1 failures")), "{}", status(&q));
+    let last = status(&q);
+    let last = last.split("last errors:").nth(1).unwrap_or_default();
+    assert!(last.contains(&format!("msg {first} to far@nowhere.test: deferral: Unreachable")), "{last}");
     let why = text(&q.quill(&["queue", "why"]));
     assert!(why.contains(&format!("{first} <far@nowhere.test>: retry")), "{why}");
     assert!(why.contains(": backoff: destination nowhere.test backed off"), "{why}");
