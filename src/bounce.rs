@@ -86,11 +86,17 @@ fn parse_code(bytes: &[u8]) -> Option<String> {
 /// The header block at the start of a message: everything up to (not including) the first
 /// empty line, cut at a line end to at most [`MAX_ORIGINAL_HEADERS`] bytes.
 pub fn header_block(message: &[u8]) -> &[u8] {
+    header_block_within(message, MAX_ORIGINAL_HEADERS)
+}
+
+/// [`header_block`], cut at a line end to at most `limit` bytes (`bouncemaxbytes`).
+pub fn header_block_within(message: &[u8], limit: usize) -> &[u8] {
+    let limit = limit.min(MAX_ORIGINAL_HEADERS);
     let mut pos = 0;
     while pos < message.len() {
         let end = memchr::memchr(b'\n', &message[pos..]).map(|e| pos + e + 1).unwrap_or(message.len());
         let line = &message[pos..end];
-        if line == b"\n" || line == b"\r\n" || end > MAX_ORIGINAL_HEADERS {
+        if line == b"\n" || line == b"\r\n" || end > limit {
             break;
         }
         pos = end;
@@ -224,6 +230,9 @@ mod tests {
         assert_eq!(header_block(b"A: 1\r\n\r\nbody"), b"A: 1\r\n");
         assert_eq!(header_block(b"A: 1\nB: 2"), b"A: 1\nB: 2");
         assert_eq!(header_block(b"\nbody"), b"");
+        // bouncemaxbytes cuts at a line end.
+        assert_eq!(header_block_within(b"A: 1\nB: 2\n\nbody\n", 7), b"A: 1\n");
+        assert_eq!(header_block_within(b"A: 1\nB: 2\n\nbody\n", 3), b"");
     }
 
     #[test]

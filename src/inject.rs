@@ -104,6 +104,9 @@ pub enum Mode {
     Aliases,
     /// `-q` (with or without an interval): try every queued message now.
     Flush,
+    /// `-qR TEXT` (or `-qRTEXT`): try now every queued message with a recipient whose address
+    /// contains TEXT (a domain, typically).
+    FlushMatching(Vec<u8>),
 }
 
 /// Parse arguments (without the program name). Options come first; the first argument that
@@ -164,6 +167,16 @@ pub fn parse_args(syntax: Syntax, args: &[Vec<u8>]) -> Result<(Options, Mode), F
                 },
                 (Syntax::Sendmail, b'q') => {
                     mode = Mode::Flush;
+                    if arg.get(j) == Some(&b'R') {
+                        let text = if j + 1 < arg.len() {
+                            arg[j + 1..].to_vec()
+                        } else {
+                            let next = args.get(i).ok_or_else(|| Failure::usage("-qR needs a domain"))?;
+                            i += 1;
+                            next.clone()
+                        };
+                        mode = Mode::FlushMatching(text);
+                    }
                     j = arg.len();
                 }
                 (_, other) => return Err(Failure::usage(format!("unknown option -{}", crate::log::safe(&[other])))),
@@ -630,6 +643,11 @@ mod tests {
         assert_eq!(parse_args(Syntax::Sendmail, &args(&["-bp"])).unwrap().1, Mode::List);
         assert_eq!(parse_args(Syntax::Sendmail, &args(&["-bi"])).unwrap().1, Mode::Aliases);
         assert_eq!(parse_args(Syntax::Sendmail, &args(&["-q30m"])).unwrap().1, Mode::Flush);
+        let by_domain = Mode::FlushMatching(b"example.com".to_vec());
+        assert_eq!(parse_args(Syntax::Sendmail, &args(&["-qRexample.com"])).unwrap().1, by_domain);
+        let (options, mode) = parse_args(Syntax::Sendmail, &args(&["-qR", "example.com"])).unwrap();
+        assert_eq!((mode, options.recipients.len()), (by_domain, 0));
+        assert!(parse_args(Syntax::Sendmail, &args(&["-qR"])).is_err());
         for bad in [&["-X"][..], &["-f"], &["-oQ/tmp"], &["-bd"]] {
             assert_eq!(parse_args(Syntax::Sendmail, &args(bad)).unwrap_err().kind, Kind::Usage, "{bad:?}");
         }

@@ -52,6 +52,49 @@ pub fn expired(birth: u64, now: u64, lifetime: u64) -> bool {
     now >= birth.saturating_add(lifetime)
 }
 
+/// The retry schedule an administrator tunes (quill-control(5)): the grid's step for each
+/// channel (`retrylocal`, `retryremote`; qmail's 10 and 20 by default), and bounds on the
+/// wait between two attempts (`retrymin`, `retrymax`, in seconds; 0: the grid's own), in the
+/// manner of Postfix's minimal and maximal backoff times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retry {
+    /// The grid step for local deliveries.
+    pub local_step: u64,
+    /// The grid step for remote deliveries.
+    pub remote_step: u64,
+    /// The shortest wait after an attempt (0: none).
+    pub min: u64,
+    /// The longest wait after an attempt (0: none).
+    pub max: u64,
+}
+
+impl Default for Retry {
+    fn default() -> Retry {
+        Retry { local_step: LOCAL_STEP, remote_step: REMOTE_STEP, min: 0, max: 0 }
+    }
+}
+
+impl Retry {
+    /// The next attempt after one at `now`, for a message born at `birth`: the grid's time,
+    /// then held between `min` and `max` seconds after `now`, and never after the end of the
+    /// message's life (when that is still ahead).
+    pub fn next(&self, birth: u64, now: u64, remote: bool, lifetime: u64) -> u64 {
+        let step = if remote { self.remote_step } else { self.local_step };
+        let mut at = next_attempt(birth, now, step, lifetime);
+        if self.min > 0 {
+            at = at.max(now.saturating_add(self.min));
+        }
+        if self.max > 0 {
+            at = at.min(now.saturating_add(self.max));
+        }
+        let death = birth.saturating_add(lifetime);
+        if now < death {
+            at = at.min(death);
+        }
+        at.max(now + 1)
+    }
+}
+
 /// A min-heap of (time, key). Entries are never removed early: the owner checks on
 /// [`Timers::pop_due`] whether a key's timer is still the current one (lazy deletion).
 #[derive(Debug)]
@@ -164,6 +207,21 @@ mod tests {
         // A header time in the future must not underflow or schedule into the past.
         let next = next_attempt(10_000, 9_000, LOCAL_STEP, DEFAULT_LIFETIME);
         assert!(next > 9_000);
+    }
+
+    #[test]
+    fn tuned_schedule() {
+        let birth = 10_000;
+        assert_eq!(Retry::default().next(birth, birth, true, DEFAULT_LIFETIME), birth + 400, "qmail's grid by default");
+        assert_eq!(Retry::default().next(birth, birth, false, DEFAULT_LIFETIME), birth + 100);
+        let capped = Retry { max: 60, ..Retry::default() };
+        assert_eq!(capped.next(birth, birth + 5000, true, DEFAULT_LIFETIME), birth + 5060);
+        let floored = Retry { min: 900, ..Retry::default() };
+        assert_eq!(floored.next(birth, birth, false, DEFAULT_LIFETIME), birth + 900);
+        let wide = Retry { local_step: 30, ..Retry::default() };
+        assert_eq!(wide.next(birth, birth, false, DEFAULT_LIFETIME), birth + 900);
+        // The end of life still wins over a floor.
+        assert_eq!(floored.next(birth, birth + 500, false, 1000), birth + 1000);
     }
 
     #[test]

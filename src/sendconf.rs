@@ -76,6 +76,11 @@ pub struct Config {
     pub backoff_max: u64,
     /// `queuelifetime`: seconds after which a temporary failure is permanent.
     pub queue_lifetime: u64,
+    /// `retrylocal`, `retryremote`, `retrymin`, `retrymax`: the retry schedule.
+    pub retry: crate::schedule::Retry,
+    /// `bouncemaxbytes`: the most bytes of the original message's header block a bounce
+    /// carries (at most [`crate::bounce::MAX_ORIGINAL_HEADERS`]).
+    pub bounce_max_bytes: usize,
     /// The bounce's `From:`: `bouncefrom@bouncehost`.
     pub bounce_from: Vec<u8>,
     /// Where double bounces go: `doublebounceto@doublebouncehost`.
@@ -114,6 +119,15 @@ impl Config {
             backoff_min: control.number("backoffmin", 300)?.max(1),
             backoff_max: control.number("backoffmax", 3600)?,
             queue_lifetime: control.number("queuelifetime", crate::schedule::DEFAULT_LIFETIME)?,
+            retry: crate::schedule::Retry {
+                local_step: control.number("retrylocal", crate::schedule::LOCAL_STEP)?.max(1),
+                remote_step: control.number("retryremote", crate::schedule::REMOTE_STEP)?.max(1),
+                min: control.number("retrymin", 0)?,
+                max: control.number("retrymax", 0)?,
+            },
+            bounce_max_bytes: control
+                .number("bouncemaxbytes", crate::bounce::MAX_ORIGINAL_HEADERS as u64)?
+                .min(crate::bounce::MAX_ORIGINAL_HEADERS as u64) as usize,
             bounce_from: join(
                 &control.line("bouncefrom")?.unwrap_or_else(|| b"MAILER-DAEMON".to_vec()),
                 &control.line_or_me("bouncehost")?,
@@ -184,6 +198,8 @@ mod tests {
             backoff_min: 300,
             backoff_max: 3600,
             queue_lifetime: 604_800,
+            retry: crate::schedule::Retry::default(),
+            bounce_max_bytes: crate::bounce::MAX_ORIGINAL_HEADERS,
             bounce_from: b"MAILER-DAEMON@me.example".to_vec(),
             double_bounce_to: b"postmaster@me.example".to_vec(),
         }

@@ -152,6 +152,8 @@ enum AdminAction {
     Hold,
     Delete,
     Bounce,
+    /// Route the waiting recipients anew (`requeue`).
+    Requeue,
 }
 
 struct Recipient {
@@ -160,6 +162,8 @@ struct Recipient {
     progress: Progress,
     /// Queued for a delivery or in flight.
     busy: bool,
+    /// The last deferral: when, and why (kept in the info file for `quill queue why`).
+    last: Option<(u64, Vec<u8>)>,
 }
 
 /// Index of the "finish" timer beside the two channels' timers.
@@ -201,7 +205,12 @@ impl Message {
             entries: self
                 .recipients
                 .iter()
-                .map(|r| Entry { channel: r.channel, address: r.address.clone(), progress: r.progress.clone() })
+                .map(|r| Entry {
+                    channel: r.channel,
+                    address: r.address.clone(),
+                    progress: r.progress.clone(),
+                    last: r.last.clone().filter(|_| r.progress == Progress::Waiting),
+                })
                 .collect(),
         }
     }
@@ -283,6 +292,14 @@ pub struct Sender {
     local_recipients: Destinations<Job>,
     /// The back-off table as last written to `info/destinations`.
     destinations_written: String,
+    /// The channel table as last written to `info/channels`.
+    channels_written: String,
+    /// The deliveries in flight as last written to `info/flight`.
+    flight_written: String,
+    /// When the views were last written (at most once a second).
+    views_written_at: u64,
+    /// Messages in todo/ the administrator asked to requeue before they were picked up.
+    requeue_at_pickup: HashSet<u64>,
 }
 
 /// A report or log text as one line: trailing white space dropped, newlines as `/`, other
@@ -304,6 +321,31 @@ fn words(text: &[u8]) -> String {
             }
         })
         .collect()
+}
+
+/// The longest `sendmail -qR` text quill-send takes from the trigger.
+pub const MAX_FLUSH_TEXT: usize = 255;
+
+/// What bytes read from the trigger ask for: a flush of everything (an `F` outside a
+/// request), and `R TEXT\n` requests (TEXT: printable ASCII without spaces, at most
+/// [`MAX_FLUSH_TEXT`] bytes; anything else in a request is ignored as noise).
+pub fn trigger_requests(bytes: &[u8]) -> (bool, Vec<Vec<u8>>) {
+    let (mut flush, mut matching) = (false, Vec::new());
+    let mut rest = bytes;
+    while let Some(&first) = rest.first() {
+        if first == b'R' {
+            let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+            let text = rest[1..end].strip_prefix(b" ").unwrap_or(&rest[1..end]);
+            if !text.is_empty() && text.len() <= MAX_FLUSH_TEXT && text.iter().all(|b| b.is_ascii_graphic()) {
+                matching.push(text.to_vec());
+            }
+            rest = &rest[(end + 1).min(rest.len())..];
+            continue;
+        }
+        flush |= first == b'F';
+        rest = &rest[1..];
+    }
+    (flush, matching)
 }
 
 fn numeric_entries(dir: &std::path::Path) -> io::Result<Vec<u64>> {
@@ -360,6 +402,10 @@ impl Sender {
             admin_buffer: Vec::new(),
             last_errors: Default::default(),
             destinations_written: String::new(),
+            channels_written: String::new(),
+            flight_written: String::new(),
+            views_written_at: 0,
+            requeue_at_pickup: HashSet::new(),
         })
     }
 
@@ -391,12 +437,19 @@ impl Sender {
                 self.pickups.push_back(id);
             }
         }
+        self.restore_destinations();
+        self.last_errors.load(&self.layout.info().join("errors"));
         let known: HashSet<u64> = mess.iter().chain(&todo).chain(&hold).copied().collect();
         let entries = std::fs::read_dir(self.layout.info()).map_err(|e| crate::fail::Error::io("read info/", &e))?;
         for entry in entries.flatten() {
             let name = entry.file_name();
             let id = std::str::from_utf8(name.as_encoded_bytes()).ok().and_then(|s| s.parse::<u64>().ok());
             if id.is_some_and(|id| known.contains(&id)) {
+                continue;
+            }
+            // The back-off table and the last errors outlive a restart; the other views
+            // (flight, channels) describe the previous run only.
+            if matches!(name.as_encoded_bytes(), b"destinations" | b"errors") {
                 continue;
             }
             if std::fs::remove_file(entry.path()).is_ok() {
@@ -428,7 +481,13 @@ impl Sender {
             Some(info) => (
                 info.entries
                     .into_iter()
-                    .map(|e| Recipient { channel: e.channel, address: e.address, progress: e.progress, busy: false })
+                    .map(|e| Recipient {
+                        channel: e.channel,
+                        address: e.address,
+                        progress: e.progress,
+                        busy: false,
+                        last: e.last,
+                    })
                     .collect(),
                 [Some(info.due[0]).filter(|&t| t > 0), Some(info.due[1]).filter(|&t| t > 0), None],
             ),
@@ -439,7 +498,7 @@ impl Sender {
                     .iter()
                     .map(|r| {
                         let (channel, address) = self.config.rewrite(r);
-                        Recipient { channel, address, progress: Progress::Waiting, busy: false }
+                        Recipient { channel, address, progress: Progress::Waiting, busy: false, last: None }
                     })
                     .collect(),
                 [None; 3],
@@ -694,7 +753,9 @@ impl Sender {
             for job in released.into_iter().rev() {
                 self.ready[1].push_front(job);
             }
-            self.write_destinations();
+            if unreachable {
+                self.write_destination_table();
+            }
         } else {
             for job in self.local_recipients.finished(&delivery.domain, false, "", now).into_iter().rev() {
                 self.ready[0].push_front(job);
@@ -729,12 +790,13 @@ impl Sender {
                     Outcome::Temporary => {
                         log::raw(&format!("delivery {number}: deferral: {}", words(&text)));
                         self.last_errors.note(now, id, &r.address, "deferral", &words(&text));
+                        r.last = Some((now, words(&text).into_bytes()));
                     }
                 }
             }
             m.dirty = true;
             if m.busy[c] == 0 && m.waiting(channel) && m.due[c].is_none() {
-                let at = schedule::next_attempt(m.birth, now, channel.step(), lifetime);
+                let at = self.config.retry.next(m.birth, now, channel == Channel::Remote, lifetime);
                 m.due[c] = Some(at);
                 self.timers.push(at, (id, c));
             }
@@ -812,7 +874,7 @@ impl Sender {
             arrival: m.birth,
             now: crate::date::now(),
             failures,
-            original_headers: bounce::header_block(&headers),
+            original_headers: bounce::header_block_within(&headers, self.config.bounce_max_bytes),
         });
         let accepted = crate::submit::submit(&message, &Envelope { sender, recipients: vec![to] })?;
         log::raw(&format!("bounce msg {id} qp {}", accepted.pid));
@@ -855,6 +917,9 @@ impl Sender {
                 self.moving -= 1;
                 if ok {
                     self.activate(expected);
+                    if self.requeue_at_pickup.remove(&expected) {
+                        self.ask_requeue(expected);
+                    }
                     self.apply_when_idle(expected);
                 } else {
                     log::warning(&format!("unable to move todo/{expected} to mess/: {reason}"));
@@ -937,7 +1002,8 @@ impl Sender {
         self.apply_when_idle(id);
     }
 
-    /// One line from the administrator's FIFO: `flush`, or `hold|release|delete|bounce ID`.
+    /// One line from the administrator's FIFO: `flush`, `reread`, `requeue`, or
+    /// `flush|requeue|hold|release|delete|bounce ID`.
     fn admin_request(&mut self, line: &[u8]) {
         let text = String::from_utf8_lossy(line).into_owned();
         let mut words = text.split_whitespace();
@@ -949,6 +1015,22 @@ impl Sender {
             ("flush", None) => {
                 log::raw("status: flush requested");
                 self.all_due_now();
+            }
+            ("flush", Some(id)) if known => self.flush_message(id),
+            ("reread", None) => self.reload(),
+            ("requeue", None) => {
+                let ids: Vec<u64> = self.messages.keys().copied().collect();
+                for id in ids {
+                    self.ask_requeue(id);
+                }
+            }
+            ("requeue", Some(id)) if known => self.ask_requeue(id),
+            // Not picked up yet: tried as soon as it is, and routed anew then (a released
+            // message brings its old routes in its info file).
+            ("flush" | "requeue", Some(id)) if self.layout.todo().join(id.to_string()).exists() => {
+                if verb == "requeue" {
+                    self.requeue_at_pickup.insert(id);
+                }
             }
             ("hold" | "delete" | "bounce", Some(id)) if known => {
                 let action = match verb {
@@ -989,6 +1071,109 @@ impl Sender {
         }
     }
 
+    /// `flush ID`: the message's next attempts are due now, and the back-off of the
+    /// destinations its waiting remote recipients are for is forgotten (they are probed now).
+    fn flush_message(&mut self, id: u64) {
+        let now = crate::date::now();
+        let Some(m) = self.messages.get_mut(&id) else { return };
+        let domains: Vec<Vec<u8>> = m
+            .recipients
+            .iter()
+            .filter(|r| r.channel == Channel::Remote && r.progress == Progress::Waiting)
+            .map(|r| crate::address::normal_domain(crate::address::split(&r.address).1))
+            .collect();
+        for kind in 0..2 {
+            if m.due[kind].is_some() {
+                m.due[kind] = Some(now);
+                self.timers.push(now, (id, kind));
+            }
+        }
+        for domain in domains {
+            self.destinations.retry_domain_now(&domain, now);
+        }
+        log::raw(&format!("flush msg {id}: requested by the administrator"));
+    }
+
+    /// `sendmail -qR TEXT` (written as `R TEXT` into the trigger): flush every message with
+    /// a waiting recipient whose address contains TEXT, without regard to case.
+    fn flush_matching(&mut self, text: &[u8]) {
+        let needle = text.to_ascii_lowercase();
+        let ids: Vec<u64> = self
+            .messages
+            .iter()
+            .filter(|(_, m)| {
+                m.recipients.iter().any(|r| {
+                    r.progress == Progress::Waiting
+                        && memchr::memmem::find(&r.address.to_ascii_lowercase(), &needle).is_some()
+                })
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        log::raw(&format!("status: flush requested for {} ({} messages)", log::safe(text), ids.len()));
+        for id in ids {
+            self.flush_message(id);
+        }
+    }
+
+    /// `requeue ID` (Postfix's `postsuper -r`): once none of the message's recipients is
+    /// queued or in flight ([`Sender::apply_when_idle`]), route its waiting recipients anew
+    /// ([`Sender::requeue`]). Jobs parked at a destination are taken back at once.
+    fn ask_requeue(&mut self, id: u64) {
+        let Some(m) = self.messages.get_mut(&id) else { return };
+        if m.pending.is_some() || matches!(m.phase, Phase::Bouncing | Phase::Removing | Phase::Holding) {
+            return;
+        }
+        m.pending = Some(AdminAction::Requeue);
+        for job in self.destinations.take_if(|job: &Job| job.id == id) {
+            self.unqueue(job);
+        }
+        self.apply_when_idle(id);
+    }
+
+    /// Route a message's waiting recipients anew with the control files as they are now
+    /// (`locals`, `virtualdomains`; quill-remote reads `smtproutes` at each delivery), forget
+    /// their destinations' back-off, and try them now.
+    fn requeue(&mut self, id: u64) {
+        let now = crate::date::now();
+        let remote_running = self.rspawn.is_some();
+        let config = &self.config;
+        let Some(m) = self.messages.get_mut(&id) else { return };
+        if m.done() {
+            // Its last deliveries ended while the request waited.
+            self.finish(id);
+            return;
+        }
+        let mut moved = 0;
+        let mut domains = Vec::new();
+        for (r, original) in m.recipients.iter_mut().zip(&m.originals) {
+            if r.progress != Progress::Waiting || r.busy {
+                continue;
+            }
+            if r.channel == Channel::Remote {
+                domains.push(crate::address::normal_domain(crate::address::split(&r.address).1));
+            }
+            let (channel, address) = config.rewrite(original);
+            if channel != r.channel || address != r.address {
+                moved += 1;
+            }
+            r.channel = channel;
+            r.address = address;
+        }
+        for channel in Channel::ALL {
+            let c = channel as usize;
+            if m.waiting(channel) && (channel == Channel::Local || remote_running) {
+                m.due[c] = Some(now);
+                self.timers.push(now, (id, c));
+            }
+        }
+        m.dirty = true;
+        self.info_queue.push(id);
+        for domain in domains {
+            self.destinations.retry_domain_now(&domain, now);
+        }
+        log::raw(&format!("requeue msg {id}: {moved} recipients routed anew"));
+    }
+
     /// Carry out a message's pending administrator request once none of its recipients is
     /// queued or in flight.
     fn apply_when_idle(&mut self, id: u64) {
@@ -1014,6 +1199,7 @@ impl Sender {
                 log::raw(&format!("delete msg {id}: removed without delivery to its waiting recipients"));
                 self.ask_remove(id);
             }
+            AdminAction::Requeue => self.requeue(id),
             AdminAction::Bounce => {
                 for r in m.recipients.iter_mut() {
                     if r.progress == Progress::Waiting {
@@ -1193,6 +1379,7 @@ impl Sender {
             }
             self.write_infos();
             self.last_errors.write(&self.layout.info().join("errors"));
+            self.write_views(now);
             if let Err(e) = self.flush_outputs() {
                 return self.fail(&e);
             }
@@ -1218,7 +1405,12 @@ impl Sender {
                     .unwrap_or(u64::MAX)
                     .min(self.next_scan)
                     .min(self.destinations.next_due().unwrap_or(u64::MAX));
-                next.saturating_sub(now).saturating_mul(1000).min(SCAN_INTERVAL * 1000)
+                let wait = next.saturating_sub(now).saturating_mul(1000).min(SCAN_INTERVAL * 1000);
+                if self.views_pending(now) {
+                    wait.min(1000)
+                } else {
+                    wait
+                }
             };
             let mut fds = vec![
                 PollFd::new(signals.as_fd(), PollFlags::POLLIN),
@@ -1279,13 +1471,21 @@ impl Sender {
             }
             if trig {
                 // A NUL byte is quill-queue's "new mail"; an F is `sendmail -q`: try
-                // everything now.
-                let mut flush = false;
-                let _ = read_available(&mut &*trigger, |bytes| flush |= bytes.contains(&b'F'));
+                // everything now; `R TEXT` and a newline is `sendmail -qR TEXT`.
+                let mut bytes = Vec::new();
+                let _ = read_available(&mut &*trigger, |b| {
+                    if bytes.len() < 65536 {
+                        bytes.extend_from_slice(b)
+                    }
+                });
                 self.scan_wanted = true;
+                let (flush, matching) = trigger_requests(&bytes);
                 if flush {
                     log::raw("status: flush requested");
                     self.all_due_now();
+                }
+                for text in matching {
+                    self.flush_matching(&text);
                 }
             }
             let results = [
@@ -1299,17 +1499,102 @@ impl Sender {
         }
     }
 
-    /// Write the back-off table for `quill status` when it changed. Not fsynced: it is a view,
-    /// not state (a restart starts with every destination reachable).
-    fn write_destinations(&mut self) {
+    /// Write the views `quill status` and `quill queue why` read when they changed, at most
+    /// once a second: `info/destinations` (the back-off table, and destinations with
+    /// deliveries parked at their concurrency limit) and `info/channels` (`CHANNEL RUNNING
+    /// LIMIT QUEUED` for each channel that is full with deliveries queued; no file when none
+    /// is) and `info/flight` (`ID PLACE...` per delivery in flight, PLACE a recipient's place
+    /// in the message header; no file when none is). Not fsynced: views, not state; the back-off table
+    /// is read again at start ([`Sender::restore_destinations`]), and a torn or lost one only
+    /// costs a probe.
+    fn write_views(&mut self, now: u64) {
+        if now <= self.views_written_at {
+            return;
+        }
+        // Only a full channel with deliveries queued explains anything, so the file exists
+        // only then (a quiet system writes nothing).
+        let mut channels = String::new();
+        for channel in Channel::ALL {
+            let c = channel as usize;
+            if !self.ready[c].is_empty() && self.running[c] >= self.config.concurrency(channel) {
+                channels.push_str(&format!(
+                    "{} {} {} {}\n",
+                    channel.name(),
+                    self.running[c],
+                    self.config.concurrency(channel),
+                    self.ready[c].len()
+                ));
+            }
+        }
+        // The deliveries in flight: `ID INDEX...` (the recipients' places in the header).
+        let mut flight: Vec<String> = self
+            .in_flight
+            .values()
+            .map(|d| {
+                let places: Vec<String> = d.recipients.iter().map(usize::to_string).collect();
+                format!("{} {}\n", d.id, places.join(" "))
+            })
+            .collect();
+        flight.sort();
+        let flight = flight.concat();
+        let destinations_changed = self.destinations.take_changed();
+        if !destinations_changed && channels == self.channels_written && flight == self.flight_written {
+            return;
+        }
+        self.views_written_at = now;
+        let info = self.layout.info();
+        let write = |name: &str, text: &str| {
+            let tmp = info.join(format!("{name}.new"));
+            std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, info.join(name))).is_ok()
+        };
+        if destinations_changed {
+            self.write_destination_table();
+        }
+        for (name, text, written) in
+            [("channels", channels, &mut self.channels_written), ("flight", flight, &mut self.flight_written)]
+        {
+            if text == *written {
+                continue;
+            }
+            let done = if text.is_empty() { std::fs::remove_file(info.join(name)).is_ok() } else { write(name, &text) };
+            if done {
+                *written = text;
+            }
+        }
+    }
+
+    /// Write `info/destinations` now if it changed (after a delivery result, so that a
+    /// back-off shows at once).
+    fn write_destination_table(&mut self) {
         let table = self.destinations.report();
         if table == self.destinations_written {
             return;
         }
-        let path = self.layout.info().join("destinations");
-        let tmp = self.layout.info().join("destinations.new");
-        if std::fs::write(&tmp, &table).and_then(|_| std::fs::rename(&tmp, &path)).is_ok() {
+        let info = self.layout.info();
+        let tmp = info.join("destinations.new");
+        if std::fs::write(&tmp, &table).and_then(|_| std::fs::rename(&tmp, info.join("destinations"))).is_ok() {
             self.destinations_written = table;
+        }
+    }
+
+    /// True when a view waits for [`Sender::write_views`]'s once-a-second limit.
+    fn views_pending(&self, now: u64) -> bool {
+        now <= self.views_written_at
+            && (self.destinations.is_changed()
+                || !self.channels_written.is_empty()
+                || !self.flight_written.is_empty()
+                || !self.in_flight.is_empty()
+                || self.ready.iter().any(|q| !q.is_empty()))
+    }
+
+    /// Read back the back-off table a previous run left in `info/destinations`.
+    fn restore_destinations(&mut self) {
+        if let Ok(table) = std::fs::read_to_string(self.layout.info().join("destinations")) {
+            self.destinations.restore(&table);
+            let kept = self.destinations.report();
+            if !kept.is_empty() {
+                log::raw(&format!("status: {} destinations still backed off", kept.lines().count()));
+            }
         }
     }
 
@@ -1317,5 +1602,23 @@ impl Sender {
         log::line(&format!("alert: {why}; saving state and exiting"));
         self.save_all();
         Exit::Failed
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trigger_bytes() {
+        assert_eq!(trigger_requests(b"\0\0"), (false, vec![]));
+        assert_eq!(trigger_requests(b"\0F\0"), (true, vec![]));
+        assert_eq!(trigger_requests(b"R example.com\n\0"), (false, vec![b"example.com".to_vec()]));
+        // An F inside a request's text is not a flush of everything.
+        assert_eq!(trigger_requests(b"RFoo.example\nF"), (true, vec![b"Foo.example".to_vec()]));
+        assert_eq!(trigger_requests(b"R bad text\nR \x1b\n"), (false, vec![]));
+        let long = [b"R ".to_vec(), vec![b'a'; MAX_FLUSH_TEXT + 1], b"\n".to_vec()].concat();
+        assert_eq!(trigger_requests(&long), (false, vec![]));
     }
 }

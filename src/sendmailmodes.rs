@@ -7,6 +7,7 @@ use crate::control::Control;
 use crate::queuefile::Layout;
 
 /// sysexits: EX_OK, EX_SOFTWARE, EX_OSERR, EX_NOPERM, EX_CONFIG, EX_TEMPFAIL.
+const EX_USAGE: u8 = 64;
 const EX_SOFTWARE: u8 = 70;
 const EX_OSERR: u8 = 71;
 const EX_NOPERM: u8 = 77;
@@ -79,12 +80,28 @@ pub fn aliases(control: &Control) -> u8 {
     }
 }
 
-/// `-q`: ask quill-send to try every queued message now, by writing `F` into its trigger.
-pub fn flush(control: &Control) -> u8 {
+/// `-q`: ask quill-send to try every queued message now, by writing `F` into its trigger;
+/// `-qR TEXT`: only the messages with a recipient containing TEXT, by writing `R TEXT` and a
+/// newline (quill-send(8)).
+pub fn flush(control: &Control, matching: Option<&[u8]>) -> u8 {
     use std::io::Write;
+    let request = match matching {
+        None => b"F".to_vec(),
+        Some(text) => {
+            if text.is_empty() || text.len() > crate::sendloop::MAX_FLUSH_TEXT || !text.iter().all(u8::is_ascii_graphic)
+            {
+                crate::log::fatal(&format!(
+                    "unable to flush {}: give a domain or part of an address, without spaces",
+                    crate::log::safe(text)
+                ));
+                return EX_USAGE;
+            }
+            [b"R ", text, b"\n"].concat()
+        }
+    };
     let trigger = Layout::new(&control.home).trigger();
     match crate::queuefile::open_fifo(&trigger, false) {
-        Ok(mut fifo) => match fifo.write(b"F") {
+        Ok(mut fifo) => match fifo.write(&request) {
             Ok(_) => 0,
             Err(e) => {
                 crate::log::fatal(&format!("unable to write to {}: {e}", trigger.display()));

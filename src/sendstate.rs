@@ -12,6 +12,8 @@
 //! then one record per recipient, in the header's order, with the rewritten address:
 //! L<address>\0        local, not yet delivered
 //! R<address>\0        remote, not yet delivered
+//! T<unixtime> <text>\0 after L or R: the last attempt's time and its temporary failure
+//!                      (for `quill queue why`; absent before the first deferral)
 //! K<address>\0        delivered
 //! D<address>\0        failed for good, followed by
 //! E<text>\0           the failure's text (for the bounce)
@@ -48,6 +50,8 @@ pub struct Entry {
     pub address: Vec<u8>,
     /// Where it stands.
     pub progress: Progress,
+    /// A waiting recipient's last deferral: when, and the text of the temporary failure.
+    pub last: Option<(u64, Vec<u8>)>,
 }
 
 /// The contents of an info file.
@@ -87,7 +91,12 @@ impl Info {
         for e in &self.entries {
             match &e.progress {
                 Progress::Waiting => {
-                    record(&mut out, if e.channel == Channel::Local { b'L' } else { b'R' }, &e.address)
+                    record(&mut out, if e.channel == Channel::Local { b'L' } else { b'R' }, &e.address);
+                    if let Some((time, text)) = &e.last {
+                        let mut value = format!("{time} ").into_bytes();
+                        value.extend_from_slice(text);
+                        record(&mut out, b'T', &value);
+                    }
                 }
                 Progress::Delivered => record(&mut out, b'K', &e.address),
                 Progress::Failed(text) => {
@@ -132,12 +141,22 @@ impl Info {
         while let Some(r) = rest.next() {
             let (tag, address) = (r[0], r[1..].to_vec());
             let entry = match tag {
-                b'L' => Entry { channel: Channel::Local, address, progress: Progress::Waiting },
-                b'R' => Entry { channel: Channel::Remote, address, progress: Progress::Waiting },
-                b'K' => Entry { channel: Channel::Local, address, progress: Progress::Delivered },
+                b'L' => Entry { channel: Channel::Local, address, progress: Progress::Waiting, last: None },
+                b'R' => Entry { channel: Channel::Remote, address, progress: Progress::Waiting, last: None },
+                b'K' => Entry { channel: Channel::Local, address, progress: Progress::Delivered, last: None },
                 b'D' => {
                     let text = rest.next()?.strip_prefix(b"E")?.to_vec();
-                    Entry { channel: Channel::Local, address, progress: Progress::Failed(text) }
+                    Entry { channel: Channel::Local, address, progress: Progress::Failed(text), last: None }
+                }
+                b'T' => {
+                    let previous: &mut Entry = entries.last_mut()?;
+                    if previous.progress != Progress::Waiting || previous.last.is_some() {
+                        return None;
+                    }
+                    let space = memchr::memchr(b' ', &address)?;
+                    let time = std::str::from_utf8(&address[..space]).ok()?.parse().ok()?;
+                    previous.last = Some((time, address[space + 1..].to_vec()));
+                    continue;
                 }
                 _ => return None,
             };
@@ -204,15 +223,31 @@ mod tests {
             pid: 4242,
             due: [1_795_615_241, 0],
             entries: vec![
-                Entry { channel: Channel::Local, address: b"a@here".to_vec(), progress: Progress::Waiting },
-                Entry { channel: Channel::Remote, address: b"b@there".to_vec(), progress: Progress::Waiting },
-                Entry { channel: Channel::Local, address: b"c@here".to_vec(), progress: Progress::Delivered },
+                Entry { channel: Channel::Local, address: b"a@here".to_vec(), progress: Progress::Waiting, last: None },
+                Entry {
+                    channel: Channel::Remote,
+                    address: b"b@there".to_vec(),
+                    progress: Progress::Waiting,
+                    last: Some((1_795_615_200, b"Unreachable: connection refused (#4.4.1)".to_vec())),
+                },
+                Entry {
+                    channel: Channel::Local,
+                    address: b"c@here".to_vec(),
+                    progress: Progress::Delivered,
+                    last: None,
+                },
                 Entry {
                     channel: Channel::Local,
                     address: b"d@here".to_vec(),
                     progress: Progress::Failed(b"no mailbox (#5.1.1)".to_vec()),
+                    last: None,
                 },
-                Entry { channel: Channel::Local, address: b"e@here".to_vec(), progress: Progress::Failed(vec![]) },
+                Entry {
+                    channel: Channel::Local,
+                    address: b"e@here".to_vec(),
+                    progress: Progress::Failed(vec![]),
+                    last: None,
+                },
             ],
         }
     }
@@ -221,7 +256,10 @@ mod tests {
     fn round_trip() {
         let info = sample();
         let bytes = info.encode();
-        assert!(bytes.starts_with(b"I1795615141.4242\0l1795615241\0r0\0La@here\0Rb@there\0Kc@here\0Dd@here\0E"));
+        assert!(bytes.starts_with(
+            b"I1795615141.4242\0l1795615241\0r0\0La@here\0Rb@there\0T1795615200 Unreachable: connection refused \
+              (#4.4.1)\0Kc@here\0Dd@here\0E"
+        ));
         assert_eq!(Info::decode(&bytes), Some(info.clone()));
         assert!(info.matches(1_795_615_141, 4242));
         assert!(!info.matches(1_795_615_141, 4243));
@@ -237,6 +275,11 @@ mod tests {
         assert_eq!(Info::decode(b"I1.2\0l0\0r0\0Xa@b\0\0"), None);
         assert_eq!(Info::decode(b"I1.2\0l0\0r0\0Da@b\0\0"), None);
         assert_eq!(Info::decode(b"Ix\0l0\0r0\0\0"), None);
+        // A last attempt belongs after a waiting recipient, once.
+        assert_eq!(Info::decode(b"I1.2\0l0\0r0\0T5 x\0\0"), None);
+        assert_eq!(Info::decode(b"I1.2\0l0\0r0\0Ka@b\0T5 x\0\0"), None);
+        assert_eq!(Info::decode(b"I1.2\0l0\0r0\0Ra@b\0T5 x\0T6 y\0\0"), None);
+        assert_eq!(Info::decode(b"I1.2\0l0\0r0\0Ra@b\0Tfive x\0\0"), None);
         let mut trailing = bytes.clone();
         trailing.push(b'x');
         assert_eq!(Info::decode(&trailing), None);

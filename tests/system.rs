@@ -507,6 +507,9 @@ fn quill_queue_hold_release_bounce_delete_flush() {
     // The first message is tried and deferred (nothing listens); later ones wait for the
     // backed-off destination.
     let stuck = |subject: &str| -> String {
+        // Every earlier message (a bounce too) gone first: a new message may get the inode,
+        // and so the id, of one whose file is still being removed.
+        assert!(wait_for(Duration::from_secs(30), || files(&q.home().join("queue/mess")).is_empty()));
         let before: Vec<_> = files(&q.home().join("queue/mess"));
         let out =
             q.sendmail(&["-i", "-f", "owner@localhost", "far@nowhere.test"], &format!("Subject: {subject}\n\nx\n"));

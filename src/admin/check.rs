@@ -27,8 +27,15 @@ fn problem(list: &mut Vec<Problem>, problem: String, fix: impl Into<String>) {
 }
 
 /// Control files that hold one number.
-pub const NUMBER_FILES: [&str; 12] = [
+pub const NUMBER_FILES: &[&str] = &[
     "databytes",
+    "concurrencydestination",
+    "backoffmin",
+    "backoffmax",
+    "retrylocal",
+    "retryremote",
+    "retrymin",
+    "retrymax",
     "concurrencylocal",
     "concurrencyrecipient",
     "timeoutprogram",
@@ -36,7 +43,10 @@ pub const NUMBER_FILES: [&str; 12] = [
     "concurrencyincoming",
     "queuelifetime",
     "timeoutsmtpd",
+    "timeoutsmtpdsession",
+    "timeoutsmtpddata",
     "timeoutremote",
+    "timeoutremotetotal",
     "timeoutconnect",
     "maxrcpt",
     "bouncemaxbytes",
@@ -214,7 +224,59 @@ fn check_owner(list: &mut Vec<Problem>, path: &Path, kind: crate::tree::Kind, us
     }
 }
 
-fn check_tree(list: &mut Vec<Problem>, home: &Path) {
+/// Which rules a home is judged by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A system install (`quill setup`): the queue belongs to quillq and quills, the stages run
+    /// under their own users, quill-queue is setuid quillq.
+    System,
+    /// A private instance (`quill-up`): one user owns every file and runs every stage, and
+    /// quill-queue must not be setuid (a setuid quill-queue ignores QUILL_HOME).
+    Private {
+        /// The instance's user.
+        uid: u32,
+    },
+}
+
+impl Kind {
+    /// A home whose owner is not root and who also owns its queue is a private instance;
+    /// anything else is judged as a system install (`quill setup` leaves the home to root and
+    /// the queue to quillq).
+    pub fn of(home: &Path) -> Kind {
+        match (owner_mode(home), owner_mode(&home.join("queue"))) {
+            (Some((owner, _, _)), Some((queue, _, _))) if owner != 0 && owner == queue => Kind::Private { uid: owner },
+            _ => Kind::System,
+        }
+    }
+
+    /// How `check` names it.
+    pub fn describe(self) -> String {
+        match self {
+            Kind::System => "system install".to_string(),
+            Kind::Private { uid } => format!("private instance of {}", user_name(uid)),
+        }
+    }
+}
+
+/// In a private instance every file is the instance user's, with the modes of a system
+/// install.
+fn check_private_owner(list: &mut Vec<Problem>, path: &Path, uid: u32, mode: u32) {
+    let shown = shell_quote(&path.display().to_string());
+    match owner_mode(path) {
+        None => problem(list, format!("{} is missing", path.display()), "restart quill-up (it creates the tree)"),
+        Some((u, _, _)) if u != uid => problem(
+            list,
+            format!("{} belongs to {}, not to the instance's user {}", path.display(), user_name(u), user_name(uid)),
+            format!("chown {} {shown}", user_name(uid)),
+        ),
+        Some((_, _, m)) if m != mode => {
+            problem(list, format!("{} has mode {m:o}, not {mode:o}", path.display()), format!("chmod {mode:o} {shown}"))
+        }
+        _ => {}
+    }
+}
+
+fn check_tree(list: &mut Vec<Problem>, home: &Path, kind: Kind) {
     let layout = crate::queuefile::Layout::new(home);
     if !home.is_dir() {
         problem(
@@ -240,10 +302,28 @@ fn check_tree(list: &mut Vec<Problem>, home: &Path) {
         (layout.sendmutex(), File, "quills", QUEUE_GROUP, 0o600),
         (layout.control(), Fifo, "quills", QUEUE_GROUP, 0o600),
     ];
-    for (path, kind, user, group, mode) in entries.iter() {
-        check_owner(list, path, *kind, user, group, *mode);
+    for (path, file_kind, user, group, mode) in entries.iter() {
+        match kind {
+            Kind::System => check_owner(list, path, *file_kind, user, group, *mode),
+            // alias/ is set-group-id only so that alias's files stay in nofiles.
+            Kind::Private { uid } if *path == home.join("alias") => check_private_owner(list, path, uid, 0o755),
+            Kind::Private { uid } => check_private_owner(list, path, uid, *mode),
+        }
     }
-    check_message_groups(list, &layout);
+    if kind == Kind::System {
+        check_message_groups(list, &layout);
+    } else {
+        use std::os::unix::fs::FileTypeExt;
+        if let Ok(meta) = std::fs::symlink_metadata(layout.trigger()) {
+            if !meta.file_type().is_fifo() {
+                problem(
+                    list,
+                    format!("{} is not a named pipe", layout.trigger().display()),
+                    format!("rm {} && quill setup", shell_quote(&layout.trigger().display().to_string())),
+                );
+            }
+        }
+    }
 }
 
 /// Message files quill-send cannot read: their group is not quill (written before tmp/ had
@@ -276,13 +356,29 @@ fn check_message_groups(list: &mut Vec<Problem>, layout: &crate::queuefile::Layo
     }
 }
 
-fn check_queue_program(list: &mut Vec<Problem>, bindir: &Path) {
+fn check_queue_program(list: &mut Vec<Problem>, bindir: &Path, kind: Kind) {
     let path = bindir.join("quill-queue");
     if !path.exists() {
         problem(list, format!("{} is missing", path.display()), "make install");
         return;
     }
-    check_owner(list, &path, crate::tree::Kind::File, "quillq", QUEUE_GROUP, 0o4711);
+    match kind {
+        Kind::System => check_owner(list, &path, crate::tree::Kind::File, "quillq", QUEUE_GROUP, 0o4711),
+        Kind::Private { .. } => {
+            if owner_mode(&path).is_some_and(|(_, _, mode)| mode & 0o4000 != 0) {
+                let shown = shell_quote(&path.display().to_string());
+                problem(
+                    list,
+                    format!(
+                        "{} is setuid: it ignores QUILL_HOME, so mail submitted to this instance goes to the \
+                         system queue",
+                        path.display()
+                    ),
+                    format!("chmod u-s {shown} (or run quill-up from a build that 'quill setup' did not touch)"),
+                );
+            }
+        }
+    }
 }
 
 fn check_controls(list: &mut Vec<Problem>, home: &Path) {
@@ -375,7 +471,7 @@ fn public_key(args: &[&str], file: &Path) -> Option<Vec<u8>> {
     }
 }
 
-fn check_tls(list: &mut Vec<Problem>, home: &Path) {
+fn check_tls(list: &mut Vec<Problem>, home: &Path, kind: Kind) {
     let (cert, key) = super::setup::tls_files(home);
     let fix_new = format!("rm -f {} {} && quill setup", cert.display(), key.display());
     for (what, path) in [("certificate", &cert), ("key", &key)] {
@@ -409,8 +505,13 @@ fn check_tls(list: &mut Vec<Problem>, home: &Path) {
         ),
         _ => {}
     }
-    if let (Some((quilld, _)), Some((uid, _, mode))) = (user_ids("quilld"), owner_mode(&key)) {
-        if uid != quilld && mode & 0o044 == 0 {
+    if let Some((uid, _, mode)) = owner_mode(&key) {
+        // In a private instance quill-smtpd runs as the key's owner.
+        let smtpd = match kind {
+            Kind::System => user_ids("quilld").map(|(quilld, _)| quilld),
+            Kind::Private { uid } => Some(uid),
+        };
+        if smtpd.is_some_and(|smtpd| uid != smtpd) && mode & 0o044 == 0 {
             problem(
                 list,
                 format!("quill-smtpd (user quilld) cannot read the TLS key {}", key.display()),
@@ -442,7 +543,7 @@ fn check_users(list: &mut Vec<Problem>, home: &Path) {
     }
 }
 
-fn check_aliases(list: &mut Vec<Problem>, home: &Path) {
+fn check_aliases(list: &mut Vec<Problem>, home: &Path, kind: Kind) {
     let path = crate::aliases::aliases_path(&Control::new(home));
     match std::fs::read(&path) {
         Err(_) => problem(list, format!("{} is missing: no postmaster", path.display()), "quill setup"),
@@ -451,8 +552,10 @@ fn check_aliases(list: &mut Vec<Problem>, home: &Path) {
                 problem(list, format!("{}: {}", path.display(), e.message), format!("edit {}", path.display()));
                 return;
             }
+            // A private instance delivers every local part to maildir/LOCALPART: postmaster
+            // and root need no alias there.
             let missing = super::setup::missing_aliases(&String::from_utf8_lossy(&text));
-            if !missing.is_empty() {
+            if !missing.is_empty() && kind == Kind::System {
                 problem(
                     list,
                     format!("{} lacks {}", path.display(), missing.trim_end().replace('\n', ", ")),
@@ -472,7 +575,7 @@ const STAGES: [(&str, &str); 4] =
 /// when a stage dies; one that keeps missing is crash-looping). When nothing runs, that is not
 /// a configuration problem (the services may simply not be started yet): the caller prints a
 /// note instead.
-fn check_stages(list: &mut Vec<Problem>, home: &Path) {
+fn check_stages(list: &mut Vec<Problem>, home: &Path, kind: Kind) {
     let running = super::status::processes(Some(home));
     let restart = "restart the queue service: svc -t /service/quill (daemontools), sv restart quill (runit), \
                    s6-svc -r /run/service/quill (s6), then read its log";
@@ -480,7 +583,15 @@ fn check_stages(list: &mut Vec<Problem>, home: &Path) {
         return;
     }
     for (stage, user) in STAGES {
-        let want = if user == "root" { Some(0) } else { user_ids(user).map(|(uid, _)| uid) };
+        let want = match kind {
+            Kind::Private { uid } => Some(uid),
+            Kind::System if user == "root" => Some(0),
+            Kind::System => user_ids(user).map(|(uid, _)| uid),
+        };
+        let user = match kind {
+            Kind::Private { uid } => user_name(uid),
+            Kind::System => user.to_string(),
+        };
         let mine: Vec<_> = running.iter().filter(|p| p.name == stage).collect();
         if mine.is_empty() {
             problem(list, format!("quill-start runs but {stage} does not"), restart);
@@ -490,7 +601,10 @@ fn check_stages(list: &mut Vec<Problem>, home: &Path) {
                 problem(
                     list,
                     format!("{stage} (pid {}) runs as uid {}, not as {user}", p.pid, p.uid),
-                    "start quill-start as root from the service's run script (conf-examples/)",
+                    match kind {
+                        Kind::System => "start quill-start as root from the service's run script (conf-examples/)",
+                        Kind::Private { .. } => "start the instance with quill-up as its user (or as root)",
+                    },
                 );
             }
         }
@@ -502,17 +616,20 @@ pub fn queue_system_stopped(home: &Path) -> bool {
     !super::status::processes(Some(home)).iter().any(|p| p.name == "quill-start")
 }
 
-/// Every problem found in `home` and with the programs in `bindir`, in a stable order.
-pub fn check(home: &Path, bindir: &Path) -> Vec<Problem> {
+/// Every problem found in `home` and with the programs in `bindir`, in a stable order, each
+/// judged by the rules of the home's kind.
+pub fn check(home: &Path, bindir: &Path, kind: Kind) -> Vec<Problem> {
     let mut list = Vec::new();
-    check_accounts(&mut list);
-    check_tree(&mut list, home);
-    check_queue_program(&mut list, bindir);
+    if kind == Kind::System {
+        check_accounts(&mut list);
+    }
+    check_tree(&mut list, home, kind);
+    check_queue_program(&mut list, bindir, kind);
     check_controls(&mut list, home);
-    check_tls(&mut list, home);
+    check_tls(&mut list, home, kind);
     check_users(&mut list, home);
-    check_aliases(&mut list, home);
-    check_stages(&mut list, home);
+    check_aliases(&mut list, home, kind);
+    check_stages(&mut list, home, kind);
     list
 }
 

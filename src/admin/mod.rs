@@ -2,14 +2,18 @@
 //!
 //! `setup` makes a host ready (accounts, queue, control files, certificate, links), `check`
 //! says what is wrong and how to fix it, `status` and `queue` look at what runs and what
-//! waits, `stats` reads the logs. Everything here but `setup` only reads.
+//! waits (`why` says why), `stats` reads the logs. Everything here but `setup` only reads;
+//! changes to the queue are requests to quill-send (`queue::request`).
 #![forbid(unsafe_code)]
 
 pub mod check;
+pub mod json;
 pub mod queue;
 pub mod setup;
+pub mod shape;
 pub mod stats;
 pub mod status;
+pub mod why;
 
 use std::path::Path;
 

@@ -23,6 +23,8 @@ pub struct Entry {
     pub size: u64,
     /// True when quill-send keeps retry state for it (`info/ID`).
     pub retrying: bool,
+    /// That retry state, when it can be read and belongs to this message.
+    pub info: Option<crate::sendstate::Info>,
 }
 
 /// The directories a message can be in, in the order they are listed.
@@ -42,6 +44,11 @@ fn load(layout: &Layout, state: &'static str, id: &str) -> Result<Entry, String>
     let (header, offset) =
         read_header(&mut file).map_err(|e| format!("unable to read {}: {}", path.display(), e.message))?;
     let length = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let info = id
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| crate::sendstate::read(&layout.info(), n).ok().flatten())
+        .filter(|i| i.matches(header.time, header.pid) && i.entries.len() == header.envelope.recipients.len());
     Ok(Entry {
         id: id.to_string(),
         state,
@@ -49,6 +56,7 @@ fn load(layout: &Layout, state: &'static str, id: &str) -> Result<Entry, String>
         path,
         header,
         size: length.saturating_sub(offset),
+        info,
     })
 }
 
@@ -185,19 +193,13 @@ pub fn find(home: &Path, id: &str) -> Result<Entry, String> {
 /// The most of a message's header section `show` prints.
 pub const MAX_SHOWN_HEADER: usize = 64 * 1024;
 
-/// `quill queue show`: the envelope, the queueing facts, and the message's header section
-/// (all of the message with `body`).
-pub fn show(entry: &Entry, now: u64, body: bool) -> String {
+/// `quill queue show`: the envelope, the queueing facts, each recipient explained
+/// (`super::why`), and the message's header section (all of the message with `body`).
+pub fn show(entry: &Entry, recipients: &[super::why::Recipient], now: u64, body: bool) -> String {
     let h = &entry.header;
     let mut out = String::new();
-    let state = match entry.state {
-        "todo" => "queued, not yet picked up by quill-send",
-        "mess" if entry.retrying => "being delivered; waiting for a retry for some recipients",
-        "mess" => "being delivered",
-        _ => "held by the administrator",
-    };
     out.push_str(&format!("id:         {}\n", entry.id));
-    out.push_str(&format!("state:      {} ({state})\n", entry.state));
+    out.push_str(&format!("state:      {}\n", super::why::summary(entry, recipients)));
     out.push_str(&format!(
         "queued:     {} ({} ago)\n",
         crate::date::rfc5322(h.time),
@@ -208,12 +210,9 @@ pub fn show(entry: &Entry, now: u64, body: bool) -> String {
     out.push_str(&format!("file:       {}\n", entry.path.display()));
     let sender = &h.envelope.sender;
     out.push_str(&format!("sender:     <{}>\n", crate::log::safe(sender)));
-    for (n, rcpt) in h.envelope.recipients.iter().enumerate() {
-        out.push_str(&format!(
-            "{}<{}>\n",
-            if n == 0 { "recipients: " } else { "            " },
-            crate::log::safe(rcpt)
-        ));
+    out.push_str("recipients:\n");
+    for r in recipients {
+        out.push_str(&super::why::recipient_text(r, now));
     }
     out.push('\n');
     let mut message = Vec::new();
@@ -236,7 +235,10 @@ pub fn show(entry: &Entry, now: u64, body: bool) -> String {
 }
 
 /// Send requests (`flush\n`, `hold ID\n`, …) to quill-send through `queue/lock/control`.
-/// Ids are checked here too, so a typo is reported at once rather than only in the log.
+/// Ids are checked here too, so a typo is reported at once rather than only in the log. The
+/// lines go in writes of at most `PIPE_BUF` bytes that end at a line's end, so that they
+/// reach quill-send whole even when two administrators write at once; a full FIFO is waited
+/// for (a minute at most: quill-send reads it in every turn of its loop).
 pub fn request(home: &Path, lines: &[String]) -> Result<(), String> {
     use std::io::Write;
     for line in lines {
@@ -251,8 +253,32 @@ pub fn request(home: &Path, lines: &[String]) -> Result<(), String> {
         Some(libc::EACCES) => format!("unable to open {}: permission denied (run as root)", path.display()),
         _ => format!("unable to open {}: {e}", path.display()),
     })?;
-    fifo.write_all(lines.concat().as_bytes()).map_err(|e| format!("unable to write to {}: {e}", path.display()))?;
-    println!("sent to quill-send: {}", lines.concat().trim_end().replace('\n', "; "));
+    let mut batches: Vec<String> = Vec::new();
+    for line in lines {
+        match batches.last_mut() {
+            Some(batch) if batch.len() + line.len() <= libc::PIPE_BUF => batch.push_str(line),
+            _ => batches.push(line.clone()),
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for batch in &batches {
+        loop {
+            match fifo.write(batch.as_bytes()) {
+                Ok(n) if n == batch.len() => break,
+                Ok(_) => return Err(format!("unable to write to {}: short write", path.display())),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(format!("unable to write to {}: {e}", path.display())),
+            }
+        }
+    }
+    let shown: Vec<&str> = lines.iter().map(|l| l.trim_end()).collect();
+    if shown.len() > 6 {
+        println!("sent to quill-send: {}; … ({} requests)", shown[..5].join("; "), shown.len());
+    } else {
+        println!("sent to quill-send: {}", shown.join("; "));
+    }
     Ok(())
 }
 
@@ -275,6 +301,7 @@ mod tests {
             },
             size: 10,
             retrying: false,
+            info: None,
         }
     }
 

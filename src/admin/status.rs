@@ -142,9 +142,9 @@ pub fn report(home: &Path, filter_home: bool) -> String {
     ] {
         let what = match label {
             "todo" => "queued, not yet picked up",
-            "mess" => "being delivered",
+            "mess" => "picked up: being delivered or waiting (quill queue why says which)",
             "hold" => "held",
-            "info" => "waiting for a retry",
+            "info" => "with retry state (tried at least once)",
             _ => "being written, or debris of failed submissions",
         };
         match count(&dir) {
@@ -171,25 +171,30 @@ pub fn report(home: &Path, filter_home: bool) -> String {
     }
     // Written by quill-send: destinations in back-off and the last deferrals and failures.
     let backoff = std::fs::read_to_string(layout.info().join("destinations")).unwrap_or_default();
-    out.push_str("\ndestinations in back-off:\n");
+    out.push_str("\ndestinations in back-off or at their limit:\n");
     if backoff.trim().is_empty() {
         out.push_str("  none\n");
     }
-    for line in backoff.lines() {
-        let mut f = line.splitn(5, ' ');
-        let (domain, failures, until, parked, error) = (
-            f.next().unwrap_or(""),
-            f.next().unwrap_or(""),
-            f.next().unwrap_or("0"),
-            f.next().unwrap_or(""),
-            f.next().unwrap_or(""),
-        );
-        let left = until.parse::<u64>().unwrap_or(0).saturating_sub(now);
+    let mut table: Vec<(String, super::why::Destination)> =
+        super::why::parse_destinations(&backoff).into_iter().collect();
+    table.sort_by(|a, b| a.0.cmp(&b.0));
+    for (domain, d) in &table {
+        let domain = crate::log::safe(domain.as_bytes());
+        if d.failures == 0 {
+            out.push_str(&format!(
+                "  {domain}: at its concurrency limit, {} running, {} deliveries waiting\n",
+                d.running, d.parked
+            ));
+            continue;
+        }
+        let left = d.until.saturating_sub(now);
         out.push_str(&format!(
-            "  {}: {failures} failures, next try in {}, {parked} deliveries waiting: {}\n",
+            "  {}: {} failures, next try in {}, {} deliveries waiting: {}\n",
             crate::log::safe(domain.as_bytes()),
+            d.failures,
             super::age(left),
-            crate::log::safe(error.as_bytes())
+            d.parked,
+            crate::log::safe(d.error.as_bytes())
         ));
     }
     let last = std::fs::read_to_string(layout.info().join("errors")).unwrap_or_default();
@@ -203,6 +208,72 @@ pub fn report(home: &Path, filter_home: bool) -> String {
         out.push_str(&format!("  {} ago: {}\n", super::age(ago), crate::log::safe(rest.as_bytes())));
     }
     out
+}
+
+/// The status as one JSON object on one line (the fields are listed in quill(8)).
+pub fn report_json(home: &Path, filter_home: bool) -> String {
+    use super::json::Object;
+    let running = processes(if filter_home { Some(home) } else { None });
+    let stages = running
+        .iter()
+        .map(|p| {
+            Object::new()
+                .string("name", p.name.as_bytes())
+                .number("pid", u64::from(p.pid))
+                .number("uid", u64::from(p.uid))
+                .string("user", super::user_name(p.uid).as_bytes())
+                .optional_string("home", p.home.as_ref().map(|h| h.as_os_str().as_encoded_bytes()))
+        })
+        .collect();
+    let layout = crate::queuefile::Layout::new(home);
+    let mut queue = Object::new();
+    for (label, dir) in [
+        ("todo", layout.todo()),
+        ("mess", layout.mess()),
+        ("hold", layout.hold()),
+        ("info", layout.info()),
+        ("tmp", layout.tmp()),
+    ] {
+        queue = queue.optional(label, count(&dir).ok().map(|n| n as u64));
+    }
+    let now = crate::date::now();
+    let (entries, _) = super::queue::entries(home);
+    let ages: Vec<u64> = entries.iter().map(|e| now.saturating_sub(e.header.time)).collect();
+    let backoff = std::fs::read_to_string(layout.info().join("destinations")).unwrap_or_default();
+    let mut table: Vec<(String, super::why::Destination)> =
+        super::why::parse_destinations(&backoff).into_iter().collect();
+    table.sort_by(|a, b| a.0.cmp(&b.0));
+    let destinations = table
+        .iter()
+        .map(|(domain, d)| {
+            Object::new()
+                .string("domain", domain.as_bytes())
+                .number("failures", u64::from(d.failures))
+                .optional("next_probe", Some(d.until).filter(|_| d.failures > 0))
+                .number("parked", d.parked)
+                .number("running", d.running)
+                .string("last_error", d.error.as_bytes())
+        })
+        .collect();
+    let last = std::fs::read_to_string(layout.info().join("errors")).unwrap_or_default();
+    let errors = last
+        .lines()
+        .rev()
+        .map(|line| {
+            let (time, rest) = line.split_once(' ').unwrap_or(("0", line));
+            Object::new().number("time", time.parse().unwrap_or(0)).string("text", rest.as_bytes())
+        })
+        .collect();
+    Object::new()
+        .string("home", home.as_os_str().as_encoded_bytes())
+        .number("time", now)
+        .objects("stages", stages)
+        .object("queue", queue)
+        .number("messages", entries.len() as u64)
+        .optional("oldest_age", ages.iter().max().copied())
+        .objects("destinations", destinations)
+        .objects("last_errors", errors)
+        .finish()
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! quill: the administrator's front end (`setup`, `check`, `status`, `stats`, `queue`).
 //!
 //! Job: set a host up for Quill, say what is wrong with an installation and how to fix it,
-//! show what runs and what waits in the queue, summarize the logs. Only `setup` changes
-//! anything; the queue is read, never written (changing it is quill-send's business).
+//! show what runs and what waits in the queue (and why), summarize the logs. `setup` changes
+//! the host; the queue is never written here: flush, hold, release, delete and bounce are
+//! requests to quill-send through `queue/lock/control`.
 //! Runs as: the administrator (`setup` needs root; `queue` and `status` see more as root).
 //! Fds: 0 log lines for `stats` when no file is named; 1 the report; 2 diagnostics.
 //! Exit: 0 success; 1 `check` found problems or `setup` could not finish a step; 100 usage;
@@ -18,9 +19,10 @@ usage: quill COMMAND [OPTIONS]
 commands:
   setup   [--home DIR] [--links]   create users, queue, control files, certificate (root)
   check   [--home DIR]             find problems in the installation, with the fix for each
-  status  [--home DIR]             running stages and queue counts
+  status  [--home DIR] [--json]    running stages, queue counts, back-off, last errors
   stats   [LOGFILE...]             deliveries per hour, top domains and failures from the logs
-  queue   list|show ...            the messages in the queue (read-only)
+  queue   list|show|why ...        the messages in the queue, and why each one waits
+  queue   flush|hold|release|...   act on messages (requests to quill-send)
 
 'quill COMMAND --help' describes one command.";
 
@@ -47,16 +49,25 @@ usage: quill check [--home DIR]
 
 Check users and groups, the owners and modes of the queue and of quill-queue, the syntax of
 the control files, the TLS certificate and key, that every local domain is in rcpthosts,
-that users/assign is compiled, and the aliases file. Prints one line per problem with the
-command that fixes it. Exit 0 when all is well, 1 otherwise.";
+that users/assign is compiled, the aliases file, and that the stages run under the right
+users. Prints one line per problem with the command that fixes it. Exit 0 when all is well,
+1 otherwise.
+
+A home owned by a user other than root who also owns its queue is a private instance
+(quill-up): one user owns every file and runs every stage, there are no system accounts to
+check, and quill-queue must not be setuid. Any other home is judged as a system install
+(quill setup). The last line names the kind:
+  quill check: /home/me/q (private instance of me): no problems found";
 
 const HELP_STATUS: &str = "\
-usage: quill status [--home DIR]
+usage: quill status [--home DIR] [--json]
 
 Show which of quill-start, quill-send, quill-lspawn, quill-rspawn, quill-clean,
 quill-tcpserver and quill-smtpd run, under which users; how many files each queue directory
-holds; and the queued messages by age. With --home or QUILL_HOME only the programs of that
-home are shown (as root; other users' environments cannot be read).";
+holds; the queued messages by age; the destinations quill-send has backed off or holds at
+their concurrency limit; the last deferrals and failures. With --home or QUILL_HOME only the
+programs of that home are shown (as root; other users' environments cannot be read).
+--json prints the same as one JSON object on one line (fields in quill(8)).";
 
 const HELP_STATS: &str = "\
 usage: quill stats [LOGFILE...]
@@ -67,25 +78,41 @@ reasons. Timestamps from multilog, svlogd and s6-log are understood; lines witho
 counted under '(no time)'. Example: quill stats /var/log/quill/current";
 
 const HELP_QUEUE: &str = "\
-usage: quill queue list [--sender TEXT] [--recipient TEXT] [--domain DOMAIN] [--older-than SECS]
-       quill queue show [--body] ID
+usage: quill queue list [--sender TEXT] [--recipient TEXT] [--domain DOMAIN] [--older-than SECS] [--json]
+       quill queue show [--body] [--json] ID
+       quill queue why [ID...]
+       quill queue shape [--sender] [--hold]
 
 list   one line per message in todo/, mess/ and hold/: id, state (+ = waiting for a retry),
        age, size, sender and recipients; the options select (all must match)
-show   the envelope, who queued it and when, and the message's header (--body: all of it)
+show   the envelope, who queued it and when, every recipient with its state, last attempt
+       and error, next attempt and what it waits for, and the message's header (--body: all)
+why    one line per waiting recipient (of every message, or of the IDs given): what it waits
+       for (hold, pickup, stopped, retry, backoff, concurrency, delivering), the numbers,
+       and its last error
+shape  as Postfix's qshape: waiting recipients per recipient domain (--sender: per sender
+       domain) by the age of their message, in minutes (T: total; buckets double from 5);
+       todo/ and mess/, or hold/ with --hold
+--json one JSON object per message and line instead (fields in quill(8))
 
-       quill queue flush
-       quill queue hold|release|delete|bounce ID...
+       quill queue flush|requeue [SELECTION] [ID...]
+       quill queue hold|release|delete|bounce SELECTION|ID...
 
-flush    try every queued message now (as SIGALRM to quill-send)
+flush    try now (as SIGALRM to quill-send): every message, or those selected, forgetting
+         the back-off of their destinations
+requeue  reread the control files and route the waiting recipients anew (after locals,
+         virtualdomains or smtproutes changed), forget their back-off, try them now
 hold     stop delivering a message and move it to hold/ (its progress is kept)
 release  put a held message back into the queue
 delete   remove a message without delivering it further (nobody is told)
 bounce   give up on a message's waiting recipients: the sender gets a bounce
 
-These are requests to quill-send (through queue/lock/control, which only root can write), so
-they are safe while the system runs: a message being delivered is held, deleted or bounced
-as soon as its deliveries in flight end. quill-send logs what it did.";
+SELECTION is list's --sender, --recipient, --domain and --older-than: the action applies to
+every message they select (release: in hold/; hold, bounce, flush, requeue: in todo/ and
+mess/; delete: anywhere), as well as to the IDs given. These are requests to quill-send
+(through queue/lock/control, which only root can write), so they are safe while mail flows:
+a message being delivered is held, deleted, bounced or requeued as soon as its deliveries
+in flight end. quill-send logs what it did. 'sendmail -qR DOMAIN' flushes one domain.";
 
 fn usage(text: &str) -> ExitCode {
     eprintln!("{text}");
@@ -158,7 +185,8 @@ fn check(args: &[String]) -> ExitCode {
         Err(code) => return code,
     };
     let home = home_of(&m);
-    let problems = admin::check::check(&home, &quill::control::bindir());
+    let kind = admin::check::Kind::of(&home);
+    let problems = admin::check::check(&home, &quill::control::bindir(), kind);
     for p in &problems {
         println!("{p}");
     }
@@ -170,20 +198,32 @@ fn check(args: &[String]) -> ExitCode {
         );
     }
     if problems.is_empty() {
-        println!("quill check: {}: no problems found", home.display());
+        println!("quill check: {} ({}): no problems found", home.display(), kind.describe());
         ExitCode::SUCCESS
     } else {
-        println!("quill check: {} problem{}", problems.len(), if problems.len() == 1 { "" } else { "s" });
+        println!(
+            "quill check: {} ({}): {} problem{}",
+            home.display(),
+            kind.describe(),
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" }
+        );
         ExitCode::from(1)
     }
 }
 
 fn status(args: &[String]) -> ExitCode {
-    let m = match parse(args, &home_options(), HELP_STATUS) {
+    let mut opts = home_options();
+    opts.optflag("", "json", "one JSON object");
+    let m = match parse(args, &opts, HELP_STATUS) {
         Ok(m) => m,
         Err(code) => return code,
     };
     let filter = m.opt_present("home") || std::env::var_os("QUILL_HOME").is_some();
+    if m.opt_present("json") {
+        println!("{}", admin::status::report_json(&home_of(&m), filter));
+        return ExitCode::SUCCESS;
+    }
     print!("{}", admin::status::report(&home_of(&m), filter));
     ExitCode::SUCCESS
 }
@@ -211,6 +251,34 @@ fn stats(args: &[String]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The options that select messages (list, and the actions).
+fn selection_options(opts: &mut getopts::Options) {
+    opts.optopt("", "sender", "part of the sender", "TEXT");
+    opts.optopt("", "recipient", "part of a recipient", "TEXT");
+    opts.optopt("", "domain", "a recipient domain", "DOMAIN");
+    opts.optopt("", "older-than", "queued at least this long ago", "SECS");
+}
+
+/// The selection given, None when no selecting option is.
+fn selection(m: &getopts::Matches) -> Result<Option<admin::queue::Filter>, ExitCode> {
+    let older_than = match m.opt_str("older-than").map(|s| s.parse::<u64>()) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => {
+            quill::log::fatal("unable to parse --older-than: give a number of seconds");
+            return Err(ExitCode::from(100));
+        }
+    };
+    let filter = admin::queue::Filter {
+        sender: m.opt_str("sender"),
+        recipient: m.opt_str("recipient"),
+        domain: m.opt_str("domain"),
+        older_than,
+    };
+    let any = filter.sender.is_some() || filter.recipient.is_some() || filter.domain.is_some() || older_than.is_some();
+    Ok(if any { Some(filter) } else { None })
+}
+
 fn queue(args: &[String]) -> ExitCode {
     let Some((action, rest)) = args.split_first() else {
         return usage(HELP_QUEUE);
@@ -220,35 +288,31 @@ fn queue(args: &[String]) -> ExitCode {
     match action.as_str() {
         "--help" | "-h" | "help" => help(HELP_QUEUE),
         "list" => {
-            opts.optopt("", "sender", "part of the sender", "TEXT");
-            opts.optopt("", "recipient", "part of a recipient", "TEXT");
-            opts.optopt("", "domain", "a recipient domain", "DOMAIN");
-            opts.optopt("", "older-than", "queued at least this long ago", "SECS");
+            selection_options(&mut opts);
+            opts.optflag("", "json", "one JSON object per message");
             let m = match parse(rest, &opts, HELP_QUEUE) {
                 Ok(m) => m,
                 Err(code) => return code,
             };
-            let older_than = match m.opt_str("older-than").map(|s| s.parse::<u64>()) {
-                None => None,
-                Some(Ok(n)) => Some(n),
-                Some(Err(_)) => {
-                    quill::log::fatal("unable to parse --older-than: give a number of seconds");
-                    return ExitCode::from(100);
-                }
+            let filter = match selection(&m) {
+                Ok(f) => f.unwrap_or_default(),
+                Err(code) => return code,
             };
-            let filter = admin::queue::Filter {
-                sender: m.opt_str("sender"),
-                recipient: m.opt_str("recipient"),
-                domain: m.opt_str("domain"),
-                older_than,
-            };
-            let (entries, errors) = admin::queue::entries(&home_of(&m));
+            let home = home_of(&m);
+            let (entries, errors) = admin::queue::entries(&home);
             let selected: Vec<_> = entries.iter().filter(|e| filter.matches(e, now)).collect();
-            println!("{}", admin::queue::LIST_TITLE);
-            for e in &selected {
-                println!("{}", admin::queue::list_line(e, now));
+            if m.opt_present("json") {
+                let view = admin::why::View::read(&home);
+                for e in &selected {
+                    println!("{}", admin::why::json(e, &admin::why::explain(e, &view, now)));
+                }
+            } else {
+                println!("{}", admin::queue::LIST_TITLE);
+                for e in &selected {
+                    println!("{}", admin::queue::list_line(e, now));
+                }
+                println!("{} of {} messages", selected.len(), entries.len());
             }
-            println!("{} of {} messages", selected.len(), entries.len());
             for e in &errors {
                 quill::log::warning(e);
             }
@@ -260,6 +324,7 @@ fn queue(args: &[String]) -> ExitCode {
         }
         "show" => {
             opts.optflag("", "body", "show the whole message");
+            opts.optflag("", "json", "one JSON object");
             let m = match parse(rest, &opts, HELP_QUEUE) {
                 Ok(m) => m,
                 Err(code) => return code,
@@ -267,9 +332,15 @@ fn queue(args: &[String]) -> ExitCode {
             let [id] = m.free.as_slice() else {
                 return usage(HELP_QUEUE);
             };
-            match admin::queue::find(&home_of(&m), id) {
+            let home = home_of(&m);
+            match admin::queue::find(&home, id) {
                 Ok(entry) => {
-                    print!("{}", admin::queue::show(&entry, now, m.opt_present("body")));
+                    let recipients = admin::why::explain(&entry, &admin::why::View::read(&home), now);
+                    if m.opt_present("json") {
+                        println!("{}", admin::why::json(&entry, &recipients));
+                    } else {
+                        print!("{}", admin::queue::show(&entry, &recipients, now, m.opt_present("body")));
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -278,20 +349,115 @@ fn queue(args: &[String]) -> ExitCode {
                 }
             }
         }
-        "flush" | "hold" | "release" | "delete" | "bounce" => {
+        "shape" => {
+            opts.optflag("", "sender", "by sender domain");
+            opts.optflag("", "hold", "the held messages instead");
             let m = match parse(rest, &opts, HELP_QUEUE) {
                 Ok(m) => m,
                 Err(code) => return code,
             };
-            if (action == "flush") != m.free.is_empty() {
+            if !m.free.is_empty() {
                 return usage(HELP_QUEUE);
             }
-            let lines: Vec<String> = if action == "flush" {
-                vec!["flush\n".to_string()]
+            let (entries, errors) = admin::queue::entries(&home_of(&m));
+            let hold = m.opt_present("hold");
+            let chosen: Vec<_> = entries.into_iter().filter(|e| (e.state == "hold") == hold).collect();
+            print!("{}", admin::shape::shape(&chosen, now, m.opt_present("sender")));
+            for e in &errors {
+                quill::log::warning(e);
+            }
+            if errors.is_empty() {
+                ExitCode::SUCCESS
             } else {
-                m.free.iter().map(|id| format!("{action} {id}\n")).collect()
+                ExitCode::from(111)
+            }
+        }
+        "why" => {
+            let m = match parse(rest, &opts, HELP_QUEUE) {
+                Ok(m) => m,
+                Err(code) => return code,
             };
-            match admin::queue::request(&home_of(&m), &lines) {
+            let home = home_of(&m);
+            let (entries, errors) = if m.free.is_empty() {
+                admin::queue::entries(&home)
+            } else {
+                let mut found = (Vec::new(), Vec::new());
+                for id in &m.free {
+                    match admin::queue::find(&home, id) {
+                        Ok(e) => found.0.push(e),
+                        Err(e) => found.1.push(e),
+                    }
+                }
+                found
+            };
+            let view = admin::why::View::read(&home);
+            let mut waiting = 0;
+            for entry in &entries {
+                for r in admin::why::explain(entry, &view, now).iter().filter(|r| r.state == "waiting") {
+                    println!("{}", admin::why::why_line(entry, r, now));
+                    waiting += 1;
+                }
+            }
+            println!("{waiting} recipients waiting in {} messages", entries.len());
+            for e in &errors {
+                quill::log::warning(e);
+            }
+            if errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(111)
+            }
+        }
+        "flush" | "hold" | "release" | "delete" | "bounce" | "requeue" => {
+            selection_options(&mut opts);
+            let m = match parse(rest, &opts, HELP_QUEUE) {
+                Ok(m) => m,
+                Err(code) => return code,
+            };
+            let filter = match selection(&m) {
+                Ok(f) => f,
+                Err(code) => return code,
+            };
+            let home = home_of(&m);
+            let mut ids: Vec<String> = m.free.clone();
+            if let Some(filter) = &filter {
+                let (entries, errors) = admin::queue::entries(&home);
+                if let Some(e) = errors.first() {
+                    quill::log::fatal(e);
+                    return ExitCode::from(111);
+                }
+                // Each action applies to the messages it can act on.
+                let states: &[&str] = match action.as_str() {
+                    "release" => &["hold"],
+                    "delete" => &["todo", "mess", "hold"],
+                    _ => &["todo", "mess"],
+                };
+                ids.extend(
+                    entries
+                        .iter()
+                        .filter(|e| states.contains(&e.state) && filter.matches(e, now))
+                        .map(|e| e.id.clone()),
+                );
+                if ids.is_empty() {
+                    println!("no message matches: nothing sent to quill-send");
+                    return ExitCode::SUCCESS;
+                }
+            }
+            let everything = ids.is_empty();
+            if everything && !matches!(action.as_str(), "flush" | "requeue") {
+                return usage(HELP_QUEUE);
+            }
+            let mut lines: Vec<String> = Vec::new();
+            if action == "requeue" {
+                // Route with the control files as they are now.
+                lines.push("reread\n".to_string());
+            }
+            if everything {
+                lines.push(format!("{action}\n"));
+            } else {
+                lines.extend(ids.iter().map(|id| format!("{action} {id}\n")));
+            }
+            match admin::queue::request(&home, &lines) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     quill::log::fatal(&e);

@@ -36,7 +36,10 @@ fn main() -> ExitCode {
         Ok((_, Mode::Smtp)) => return ExitCode::from(sendmailmodes::smtp()),
         Ok((_, Mode::List)) => return ExitCode::from(sendmailmodes::list(&Control::from_env())),
         Ok((_, Mode::Aliases)) => return ExitCode::from(sendmailmodes::aliases(&Control::from_env())),
-        Ok((_, Mode::Flush)) => return ExitCode::from(sendmailmodes::flush(&Control::from_env())),
+        Ok((_, Mode::Flush)) => return ExitCode::from(sendmailmodes::flush(&Control::from_env(), None)),
+        Ok((_, Mode::FlushMatching(text))) => {
+            return ExitCode::from(sendmailmodes::flush(&Control::from_env(), Some(&text)))
+        }
         Err(failure) => {
             quill::log::fatal(&failure.error.message);
             quill::log::raw(USAGE);
