@@ -270,7 +270,7 @@ pub fn commit(layout: &Layout, header: &Header, received: &[u8], mut message: Me
 
 /// The whole of quill-queue: set up, read, commit. Returns the queue id.
 pub fn run() -> Result<u64> {
-    let (secs, _) = stamp();
+    let (secs, nanos) = stamp();
     crate::sys::umask(0o027);
     // A caller may set a file size limit; the write must then fail (and be cleaned up), not
     // kill the process with SIGXFSZ and leave a tmp file behind.
@@ -293,7 +293,7 @@ pub fn run() -> Result<u64> {
     let message = read_message(&mut Fd(0), &layout.tmp())?;
     let envelope = Envelope::read_from(&mut Fd(1))?;
     crate::sys::cancel_alarm();
-    let header = Header { uid: real_uid, pid, time: secs, envelope };
+    let header = Header { uid: real_uid, pid, time: secs, nanos, envelope };
     commit(&layout, &header, &received, message)
 }
 

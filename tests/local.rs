@@ -70,6 +70,7 @@ impl World {
             uid: 0,
             pid: 1,
             time: 1_795_615_141,
+            nanos: 0,
             envelope: Envelope {
                 sender: sender.as_bytes().to_vec(),
                 recipients: vec![b"joe@example.com".to_vec(), OTHER.as_bytes().to_vec()],

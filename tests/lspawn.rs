@@ -146,6 +146,7 @@ impl World {
             uid: 0,
             pid: 1,
             time: 1_700_000_000,
+            nanos: 0,
             envelope: quill::envelope::Envelope {
                 sender: b"from@example.org".to_vec(),
                 recipients: vec![b"x@example.com".to_vec()],
@@ -232,6 +233,7 @@ impl Lspawn {
             id: id.as_bytes().to_vec(),
             sender: b"from@example.org".to_vec(),
             recipients: recipients.iter().map(|r| r.to_vec()).collect(),
+            retry: false,
         };
         self.stdin.as_mut().expect("stdin open").write_all(&request.encode()).expect("write request");
     }
@@ -356,8 +358,13 @@ fn argv_for_each_kind_of_recipient() {
     );
     // The message is found in todo/ as well, and a bounce's empty sender travels as "".
     let todo = world.message("todo", "from todo");
-    let bounce =
-        Request { slot: 5, id: todo.into_bytes(), sender: vec![], recipients: vec![b"joe@example.com".to_vec()] };
+    let bounce = Request {
+        slot: 5,
+        id: todo.into_bytes(),
+        sender: vec![],
+        recipients: vec![b"joe@example.com".to_vec()],
+        retry: false,
+    };
     lspawn.stdin.as_mut().expect("stdin").write_all(&bounce.encode()).expect("write");
     let report = lspawn.report();
     let text = String::from_utf8_lossy(&report.results[0].text).into_owned();

@@ -221,6 +221,7 @@ fn write_message(home: &Path, dir: &str, sender: &str, rcpts: &[&str], time: u64
         uid: quill::sys::uids().0,
         pid: std::process::id().wrapping_mul(1000).wrapping_add(n),
         time,
+        nanos: 0,
         envelope: Envelope {
             sender: sender.as_bytes().to_vec(),
             recipients: rcpts.iter().map(|r| r.as_bytes().to_vec()).collect(),
