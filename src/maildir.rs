@@ -376,6 +376,33 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_attempts_give_one_copy() {
+        // An orphaned quill-local still writing while quill-send's retry runs: the first
+        // link wins, the others find it (EEXIST), and the file is whole.
+        let root = scratch("concurrent");
+        let dir = root.join("Maildir");
+        create(&dir).unwrap();
+        let body = vec![b'x'; 512 * 1024];
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let (dir, body) = (dir.clone(), body.clone());
+                std::thread::spawn(move || {
+                    let exact = Exact::new(&MESSAGE, b"ann@example.org", i % 2 == 1);
+                    deliver(&dir, b"", &mut &body[..], false, Some(&exact))
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().unwrap();
+        }
+        let new = listing(&dir.join("new"));
+        assert_eq!(new.len(), 1);
+        assert_eq!(std::fs::read(dir.join("new").join(&new[0])).unwrap(), body);
+        assert!(listing(&dir.join("tmp")).is_empty());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
     fn retry_finds_the_file_a_reader_moved_to_cur() {
         let root = scratch("cur");
         let dir = root.join("Maildir");
