@@ -348,11 +348,19 @@ fn crash_run(tag: &str, plan: &CrashPlan) -> CrashFigures {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        // A random stage; if none of it runs now, the next one that does.
+        // A random stage, waited for a little (a delivery or a restart is usually near); if
+        // none of it runs by then, the next one that does. Without the wait, the always busy
+        // quill-queue would take most kills.
         let first = (seed % stages.len() as u64) as usize;
+        let mut found = None;
+        wait_for(Duration::from_millis(500), || {
+            found = q.pids(stages[first]).first().copied();
+            found.is_some()
+        });
         for k in 0..stages.len() {
             let s = (first + k) % stages.len();
-            if let Some(&pid) = q.pids(stages[s]).first() {
+            let pid = if k == 0 { found } else { q.pids(stages[s]).first().copied() };
+            if let Some(pid) = pid {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
                 kills += 1;
                 per_stage[s] += 1;
