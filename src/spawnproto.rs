@@ -177,7 +177,7 @@ mod tests {
         let fields = reader.next_frame().unwrap();
         assert_eq!(Request::decode(&fields).unwrap(), r);
         let again = Request { retry: true, ..r };
-        assert_eq!(again.encode(), b"7\0123\0F\0R\0Ta@b\0\0");
+        assert_eq!(again.encode(), b"7\x00123\x00F\x00R\x00Ta@b\x00\x00");
         reader.push(&again.encode());
         assert_eq!(Request::decode(&reader.next_frame().unwrap()).unwrap(), again);
         // A retry mark without a recipient is malformed.

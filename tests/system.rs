@@ -245,8 +245,8 @@ struct CrashFigures {
 /// The mailboxes a crash message goes to: one or two users, every fifth through a program
 /// first (a slow `.qmail`), so that kills land in the middle of deliveries too.
 fn crash_recipients(i: usize) -> Vec<String> {
-    let mut to = vec![if i % 5 == 0 { "slow".to_string() } else { format!("u{}", i % 7) }];
-    if i % 3 == 0 {
+    let mut to = vec![if i.is_multiple_of(5) { "slow".to_string() } else { format!("u{}", i % 7) }];
+    if i.is_multiple_of(3) {
         to.push(format!("u{}", (i + 3) % 7));
     }
     to
