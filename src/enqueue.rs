@@ -317,7 +317,7 @@ fn become_queue_owner() -> Result<()> {
 
 /// The whole of quill-queue: set up, read, commit.
 pub fn run() -> Result<Done> {
-    let (secs, _) = stamp();
+    let (secs, nanos) = stamp();
     crate::sys::umask(0o027);
     // A caller may set a file size limit; the write must then fail (and be cleaned up), not
     // kill the process with SIGXFSZ and leave a tmp file behind.
@@ -343,7 +343,7 @@ pub fn run() -> Result<Done> {
         return Ok(Done::Abandoned);
     };
     crate::sys::cancel_alarm();
-    let header = Header { uid: real_uid, pid, time: secs, envelope };
+    let header = Header { uid: real_uid, pid, time: secs, nanos, envelope };
     commit(&layout, &header, &received, message).map(Done::Queued)
 }
 

@@ -76,6 +76,10 @@ pub struct Args {
     pub sender: Vec<u8>,
     /// Default delivery lines (dot-file syntax), or with `-A` the aliases right-hand side.
     pub default_delivery: Vec<u8>,
+    /// `-i`: the message's identity; Maildir deliveries then happen exactly once.
+    pub identity: Option<crate::queuefile::Identity>,
+    /// `-r`: an earlier attempt may have delivered; look for its Maildir files in `cur/` too.
+    pub retry: bool,
 }
 
 impl Args {
@@ -462,6 +466,8 @@ pub struct Delivery<'a> {
     /// `Return-Path:` and `Delivered-To:` lines, for mailboxes.
     prefix: Vec<u8>,
     newsender: Vec<u8>,
+    /// The name that makes Maildir deliveries happen once, when the message is named.
+    exact: Option<crate::maildir::Exact>,
 }
 
 impl<'a> Delivery<'a> {
@@ -473,7 +479,8 @@ impl<'a> Delivery<'a> {
         let needs_sender =
             plan.instructions.iter().any(|i| matches!(i, Instruction::Forward(_) | Instruction::Program(_)));
         let newsender = if needs_sender { newsender(args) } else { args.sender.clone() };
-        Delivery { args, plan, message, recipient, prefix, newsender }
+        let exact = args.identity.map(|identity| crate::maildir::Exact::new(&identity, &recipient, args.retry));
+        Delivery { args, plan, message, recipient, prefix, newsender, exact }
     }
 
     /// Carry out every instruction; forwards go out together at the end. Returns the report.
@@ -491,7 +498,13 @@ impl<'a> Delivery<'a> {
                 }
                 Instruction::Maildir(path) => {
                     let (path, substituted) = self.substitute(path)?;
-                    crate::maildir::deliver(os_path(&path), &self.prefix, &mut self.message.reader(), substituted)?;
+                    crate::maildir::deliver(
+                        os_path(&path),
+                        &self.prefix,
+                        &mut self.message.reader(),
+                        substituted,
+                        self.exact.as_ref(),
+                    )?;
                     counts.files += 1;
                 }
                 Instruction::Mbox(path) => {

@@ -355,7 +355,7 @@ impl Spawner {
         if local.is_empty() {
             return Err((Outcome::Permanent, "recipient has an empty local part (#5.1.1)".into()));
         }
-        let message = self.open_message(&request.id)?;
+        let (message, identity) = self.open_message(&request.id)?;
         let home = self.config.home.clone();
         let program_limit = *self
             .program_limit
@@ -401,6 +401,12 @@ impl Spawner {
             }
             None => (user.dash.as_slice(), user.ext.as_slice(), self.config.default_delivery.as_slice()),
         };
+        // The message's identity names its Maildir files, so that a retry finds what an
+        // earlier attempt delivered; -r says that there may have been one.
+        command.arg("-i").arg(identity.encode());
+        if request.retry {
+            command.arg("-r");
+        }
         command.arg("--");
         for arg in [&user.user[..], user.home.as_os_str().as_bytes(), local, dash, ext, domain, &request.sender, last] {
             command.arg(OsStr::from_bytes(arg));
@@ -409,7 +415,8 @@ impl Spawner {
     }
 
     /// Open `queue/mess/ID` (or `queue/todo/ID`), check it, and position it at the message.
-    fn open_message(&self, id: &[u8]) -> std::result::Result<File, Refusal> {
+    /// Returns it with the message's identity.
+    fn open_message(&self, id: &[u8]) -> std::result::Result<(File, queuefile::Identity), Refusal> {
         let name = OsStr::from_bytes(id);
         let open =
             |dir: PathBuf| std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(dir.join(name));
@@ -423,11 +430,12 @@ impl Spawner {
         if !meta.is_file() || meta.uid() != self.queue_owner {
             return Err(temporary("message file is not a regular file owned by the queue (#4.3.0)"));
         }
-        let (_, offset) =
+        let (header, offset) =
             queuefile::read_header(&mut file).map_err(|e| temporary(format!("{} (#4.3.0)", e.message)))?;
         file.seek(SeekFrom::Start(offset))
             .map_err(|e| temporary(format!("unable to seek in message: {e} (#4.3.0)")))?;
-        Ok(file)
+        // The inode, not the name asked for: the identity must be the file's own.
+        Ok((file, queuefile::Identity::of(meta.ino(), &header)))
     }
 
     /// Start quill-local: message on fd 0, one pipe on fd 1 and 2, credentials and home.

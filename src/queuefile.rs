@@ -75,17 +75,66 @@ pub struct Header {
     pub pid: u32,
     /// Unix time the message was queued.
     pub time: u64,
+    /// The nanoseconds of that time (record `n`; 0 in files written before it existed). With
+    /// the inode, `time` and `pid` it names this message and no later one that reuses the
+    /// inode: Maildir deliveries are named by it, so that a retry finds its own file.
+    pub nanos: u32,
     /// Sender and recipients.
     pub envelope: Envelope,
+}
+
+/// What names one message for ever, not only while its file exists: the queue id (an inode
+/// number, which a later message may get again) with the header's time to the nanosecond and
+/// quill-queue's pid. Maildir deliveries are named by it (doc/quill-local.8).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// The queue id (inode number of the message file).
+    pub id: u64,
+    /// The header's `t`.
+    pub time: u64,
+    /// The header's `n`.
+    pub nanos: u32,
+    /// The header's `p`.
+    pub pid: u32,
+}
+
+impl Identity {
+    /// The identity of the message with this queue id and header.
+    pub fn of(id: u64, header: &Header) -> Identity {
+        Identity { id, time: header.time, nanos: header.nanos, pid: header.pid }
+    }
+
+    /// `ID.TIME.NANOS.PID`, the form quill-lspawn gives quill-local (`-i`).
+    pub fn encode(&self) -> String {
+        format!("{}.{}.{}.{}", self.id, self.time, self.nanos, self.pid)
+    }
+
+    /// Parse [`Identity::encode`]'s form; None unless it is exactly four decimal numbers.
+    pub fn decode(text: &[u8]) -> Option<Identity> {
+        let text = std::str::from_utf8(text).ok()?;
+        let mut parts = text.split('.');
+        let mut number = || -> Option<u64> {
+            let part = parts.next()?;
+            if part.is_empty() || part.len() > 20 || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            part.parse().ok()
+        };
+        let (id, time, nanos, pid) = (number()?, number()?, number()?, number()?);
+        if parts.next().is_some() || nanos >= 1_000_000_000 {
+            return None;
+        }
+        Some(Identity { id, time, nanos: nanos as u32, pid: u32::try_from(pid).ok()? })
+    }
 }
 
 /// The largest header quill-send will read (the envelope's own cap plus a little).
 pub const MAX_HEADER: usize = (crate::address::MAX_ADDRESS + 2) * (crate::envelope::MAX_RECIPIENTS + 1) + 128;
 
 impl Header {
-    /// `u<uid>\0p<pid>\0t<time>\0F<sender>\0T<rcpt>\0…\0`.
+    /// `u<uid>\0p<pid>\0t<time>\0n<nanos>\0F<sender>\0T<rcpt>\0…\0`.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = format!("u{}\0p{}\0t{}\0", self.uid, self.pid, self.time).into_bytes();
+        let mut out = format!("u{}\0p{}\0t{}\0n{}\0", self.uid, self.pid, self.time, self.nanos).into_bytes();
         out.extend_from_slice(&self.envelope.encode());
         out
     }
@@ -108,6 +157,17 @@ impl Header {
                 b'p' => header.pid = value as u32,
                 _ => header.time = value,
             }
+            pos += end + 1;
+        }
+        // Optional, so that files queued before it existed still read (the sender's tag is F).
+        if bytes.get(pos) == Some(&b'n') {
+            let end = memchr::memchr(0, &bytes[pos..]).ok_or_else(bad)?;
+            let nanos: u32 =
+                std::str::from_utf8(&bytes[pos + 1..pos + end]).ok().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+            if nanos >= 1_000_000_000 {
+                return Err(bad());
+            }
+            header.nanos = nanos;
             pos += end + 1;
         }
         let envelope = Envelope::decode(&bytes[pos..]).map_err(|_| bad())?;
@@ -182,12 +242,33 @@ mod tests {
             uid: 1000,
             pid: 42,
             time: 1_795_615_141,
+            nanos: 123_456_789,
             envelope: Envelope { sender: b"a@b".to_vec(), recipients: vec![b"c@d".to_vec()] },
         };
         let mut bytes = h.encode();
         let len = bytes.len();
+        assert!(bytes.starts_with(b"u1000\0p42\0t1795615141\0n123456789\0Fa@b\0"));
         bytes.extend_from_slice(b"Subject: x\n\nbody\n");
-        assert_eq!(Header::decode(&bytes).unwrap(), (h, len));
+        assert_eq!(Header::decode(&bytes).unwrap(), (h.clone(), len));
+    }
+
+    #[test]
+    fn identity_round_trip() {
+        let i = Identity { id: 1234, time: 1_795_615_141, nanos: 5, pid: 99 };
+        assert_eq!(i.encode(), "1234.1795615141.5.99");
+        assert_eq!(Identity::decode(i.encode().as_bytes()), Some(i));
+        for bad in ["", "1.2.3", "1.2.3.4.5", "1.2.1000000000.4", "1.2.3.x", "1..3.4", "1.2.3.+4", "1.2.3.4294967296"] {
+            assert_eq!(Identity::decode(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn header_without_nanoseconds() {
+        // A file queued before the n record existed reads with nanos 0.
+        let (h, len) = Header::decode(b"u1\0p2\0t3\0Fa@b\0Tc@d\0\0msg").unwrap();
+        assert_eq!((h.time, h.nanos, len), (3, 0, 20));
+        assert!(Header::decode(b"u1\0p2\0t3\0n1000000000\0Fa@b\0\0").is_err());
+        assert!(Header::decode(b"u1\0p2\0t3\0nx\0Fa@b\0\0").is_err());
     }
 }
 

@@ -164,6 +164,10 @@ struct Recipient {
     busy: bool,
     /// The last deferral: when, and why (kept in the info file for `quill queue why`).
     last: Option<(u64, Vec<u8>)>,
+    /// An attempt may have delivered to it without its outcome being recorded: it was sent
+    /// to a spawner before, or the message was found in `mess/` or with an info file. Its next
+    /// request says so (quill-local then looks for its own earlier Maildir file in `cur/`).
+    tried: bool,
 }
 
 /// Index of the "finish" timer beside the two channels' timers.
@@ -477,6 +481,7 @@ impl Sender {
             }
             None => None,
         };
+        let tried = info.is_some();
         let (recipients, due) = match info {
             Some(info) => (
                 info.entries
@@ -487,6 +492,7 @@ impl Sender {
                         progress: e.progress,
                         busy: false,
                         last: e.last,
+                        tried,
                     })
                     .collect(),
                 [Some(info.due[0]).filter(|&t| t > 0), Some(info.due[1]).filter(|&t| t > 0), None],
@@ -498,7 +504,7 @@ impl Sender {
                     .iter()
                     .map(|r| {
                         let (channel, address) = self.config.rewrite(r);
-                        Recipient { channel, address, progress: Progress::Waiting, busy: false, last: None }
+                        Recipient { channel, address, progress: Progress::Waiting, busy: false, last: None, tried }
                     })
                     .collect(),
                 [None; 3],
@@ -550,6 +556,11 @@ impl Sender {
         let Some((header, offset, _)) = self.read_message("mess", id) else { return };
         let Ok(info) = self.read_info(id) else { return };
         let mut message = self.build(id, header, offset, info);
+        // A message in mess/ was picked up by an earlier quill-send, which may have delivered
+        // some of it without recording it.
+        for r in &mut message.recipients {
+            r.tried = true;
+        }
         message.phase = Phase::Active;
         self.messages.insert(id, message);
         self.activate(id);
@@ -691,7 +702,11 @@ impl Sender {
                 (Admission::Go, Some(job)) => job,
                 _ => continue,
             };
-            let Some(m) = self.messages.get(&job.id) else { continue };
+            let Some(m) = self.messages.get_mut(&job.id) else { continue };
+            let retry = job.recipients.iter().any(|&i| m.recipients[i].tried);
+            for &i in &job.recipients {
+                m.recipients[i].tried = true;
+            }
             let mut slot = self.next_delivery as u32;
             while self.in_flight.contains_key(&slot) {
                 slot = slot.wrapping_add(1);
@@ -701,6 +716,7 @@ impl Sender {
                 id: job.id.to_string().into_bytes(),
                 sender: m.sender.clone(),
                 recipients: job.recipients.iter().map(|&i| m.recipients[i].address.clone()).collect(),
+                retry,
             };
             spawner.requests.queue(&request.encode());
             let mut numbers = Vec::with_capacity(job.recipients.len());

@@ -1,8 +1,8 @@
 //! The pipes between quill-send and the spawners (quill-lspawn, quill-rspawn), in text0.
 //!
 //! A frame is a list of NUL-terminated fields ended by an empty field (one extra NUL).
-//! Request, send → spawner: `SLOT\0 ID\0 Fsender\0 Trcpt\0 [Trcpt\0 …] \0` (the tags keep an
-//! empty sender from being an empty field).
+//! Request, send → spawner: `SLOT\0 ID\0 Fsender\0 [R\0] Trcpt\0 [Trcpt\0 …] \0` (the tags keep an
+//! empty sender from being an empty field; `R` says an earlier attempt may have delivered).
 //! Report, spawner → send: `SLOT\0 Ltext\0 [Ltext\0 …] \0` with one result per recipient of
 //! the request, in order, where L is K (delivered), Z (temporary) or D (permanent).
 //! SLOT is a decimal number chosen by send; it names the delivery in the report.
@@ -42,6 +42,10 @@ pub struct Request {
     pub sender: Vec<u8>,
     /// One recipient for local deliveries; one or more of one domain for remote ones.
     pub recipients: Vec<Vec<u8>>,
+    /// An earlier attempt for these recipients may have delivered without its outcome being
+    /// recorded (it was tried before, or quill-send restarted with the message in `mess/`):
+    /// quill-local then looks for its own earlier Maildir file in `cur/` too.
+    pub retry: bool,
 }
 
 impl Request {
@@ -52,6 +56,9 @@ impl Request {
         let mut sender = b"F".to_vec();
         sender.extend_from_slice(&self.sender);
         let mut fields: Vec<&[u8]> = vec![slot.as_bytes(), &self.id, &sender];
+        if self.retry {
+            fields.push(b"R");
+        }
         let rcpts: Vec<Vec<u8>> = self.recipients.iter().map(|r| [b"T".as_slice(), r].concat()).collect();
         fields.extend(rcpts.iter().map(Vec::as_slice));
         encode(&fields)
@@ -64,9 +71,14 @@ impl Request {
         }
         let slot = std::str::from_utf8(&fields[0]).ok()?.parse().ok()?;
         let sender = fields[2].strip_prefix(b"F")?.to_vec();
+        let retry = fields[3] == b"R";
+        let first = if retry { 4 } else { 3 };
+        if fields.len() <= first {
+            return None;
+        }
         let recipients =
-            fields[3..].iter().map(|r| r.strip_prefix(b"T").map(<[u8]>::to_vec)).collect::<Option<Vec<_>>>()?;
-        Some(Request { slot, id: fields[1].clone(), sender, recipients })
+            fields[first..].iter().map(|r| r.strip_prefix(b"T").map(<[u8]>::to_vec)).collect::<Option<Vec<_>>>()?;
+        Some(Request { slot, id: fields[1].clone(), sender, recipients, retry })
     }
 }
 
@@ -155,7 +167,8 @@ mod tests {
 
     #[test]
     fn request_round_trip() {
-        let r = Request { slot: 7, id: b"123".to_vec(), sender: vec![], recipients: vec![b"a@b".to_vec()] };
+        let r =
+            Request { slot: 7, id: b"123".to_vec(), sender: vec![], recipients: vec![b"a@b".to_vec()], retry: false };
         let mut reader = Reader::default();
         let bytes = r.encode();
         reader.push(&bytes[..3]);
@@ -163,6 +176,12 @@ mod tests {
         reader.push(&bytes[3..]);
         let fields = reader.next_frame().unwrap();
         assert_eq!(Request::decode(&fields).unwrap(), r);
+        let again = Request { retry: true, ..r };
+        assert_eq!(again.encode(), b"7\x00123\x00F\x00R\x00Ta@b\x00\x00");
+        reader.push(&again.encode());
+        assert_eq!(Request::decode(&reader.next_frame().unwrap()).unwrap(), again);
+        // A retry mark without a recipient is malformed.
+        assert_eq!(Request::decode(&[b"7".to_vec(), b"1".to_vec(), b"F".to_vec(), b"R".to_vec()]), None);
     }
 
     #[test]

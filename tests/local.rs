@@ -70,6 +70,7 @@ impl World {
             uid: 0,
             pid: 1,
             time: 1_795_615_141,
+            nanos: 0,
             envelope: Envelope {
                 sender: sender.as_bytes().to_vec(),
                 recipients: vec![b"joe@example.com".to_vec(), OTHER.as_bytes().to_vec()],
@@ -844,4 +845,75 @@ fn program_time_limit_kills_the_whole_process_group() {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
     assert!(stopped, "the program's child survived the limit");
+}
+
+/// Audit item 14: given the message's identity (`-i`, from quill-lspawn), a Maildir delivery
+/// happens once however often it is attempted. A second run finds its file in new/; after a
+/// reader moved it to cur/, a retry (`-r`) finds it there; a program line in the same .qmail
+/// runs every time (at least once, not exactly once); another recipient gets its own copy; a
+/// write that fails half-way leaves nothing, and the next attempt delivers the whole message.
+#[test]
+fn maildir_delivery_happens_once_per_message_and_recipient() {
+    let w = World::new("exact");
+    let maildir = w.maildir("Maildir");
+    w.write(".qmail", b"|echo ran >> ../ran\n./Maildir/\n", 0o644);
+    let identity = "77.1795615141.5.1";
+    for _ in 0..2 {
+        let (code, report) = w.run(&["-i", identity], "joe", "", "", "", &[]);
+        assert_eq!((code, report.trim()), (0, "did 1+0+1"));
+    }
+    let new = files(&maildir.join("new"));
+    assert_eq!(new.len(), 1, "one copy after two attempts");
+    let name = new[0].file_name().expect("name").to_string_lossy().into_owned();
+    assert!(name.starts_with("1795615141.Q77P1N5R"), "{name}");
+    assert!(files(&maildir.join("tmp")).is_empty(), "nothing left in tmp/");
+    let mut want = format!("Return-Path: <{SENDER}>\nDelivered-To: joe@{DOMAIN}\n").into_bytes();
+    want.extend_from_slice(MESSAGE);
+    assert_eq!(read(&new[0]), want);
+
+    fs::rename(&new[0], maildir.join("cur").join(format!("{name}:2,S"))).expect("move to cur");
+    let (code, _) = w.run(&["-ri", identity], "joe", "", "", "", &[]);
+    assert_eq!(code, 0);
+    assert!(files(&maildir.join("new")).is_empty(), "the retry found its file in cur/");
+    assert_eq!(files(&maildir.join("cur")).len(), 1);
+    assert_eq!(fs::read_to_string(w.path("ran")).expect("ran").lines().count(), 3, "programs run each time");
+
+    let (code, _) = w.run(&["-i", identity], "ann", "", "", "", &[]);
+    assert_eq!(code, 0);
+    assert_eq!(files(&maildir.join("new")).len(), 1, "another recipient, another copy");
+    let (code, _) = w.run(&["-i", "78.1795615141.5.1"], "joe", "", "", "", &[]);
+    assert_eq!(code, 0);
+    assert_eq!(files(&maildir.join("new")).len(), 2, "another message with the same time and pid");
+
+    // A write that fails half-way (a file size limit, like a full disk) leaves no file
+    // anywhere; the next attempt delivers the whole message once.
+    let big = w.maildir("Big");
+    fs::remove_file(w.home().join(".qmail")).expect("rm .qmail");
+    let mut message = b"Subject: big\n\n".to_vec();
+    message.extend(std::iter::repeat_n(b'x', 8192));
+    let home = w.home();
+    let out = Command::new("/bin/sh")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 1; exec \"$@\"")
+        .arg("sh")
+        .arg(bin("quill-local"))
+        .args(["-i", identity, "--", "joe", home.to_str().expect("utf-8"), "joe", "", "", DOMAIN, SENDER, "./Big/"])
+        .current_dir(&home)
+        .stdin(Stdio::from(w.queue_file(SENDER, &message)))
+        .output()
+        .expect("run");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(111), "{report}");
+    assert!(report.contains("Unable to write maildir"), "{report}");
+    assert!(files(&big.join("tmp")).is_empty() && files(&big.join("new")).is_empty(), "no partial file");
+    for _ in 0..2 {
+        let (code, report) = w.run_message(&["-ri", identity], "joe", "", "", SENDER, "./Big/\n", &[], &message);
+        assert_eq!(code, 0, "{report}");
+    }
+    let delivered = only_message(&big);
+    assert!(delivered.ends_with(&message), "the whole message");
+
+    // An identity that is not four numbers is a usage error (temporary).
+    let (code, _) = w.run(&["-i", "77.x.5.1"], "joe", "", "", "", &[]);
+    assert_eq!(code, 111);
 }

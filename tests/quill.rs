@@ -111,6 +111,7 @@ fn queue_message(home: &Path, state: &str, sender: &[u8], rcpts: &[&[u8]], time:
         uid: 1000,
         pid: 4242,
         time,
+        nanos: 0,
         envelope: quill::envelope::Envelope {
             sender: sender.to_vec(),
             recipients: rcpts.iter().map(|r| r.to_vec()).collect(),

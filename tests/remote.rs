@@ -1160,6 +1160,7 @@ fn queue_message(home: &Path, id: u64, sender: &str, rcpts: &[&str], dir: &str) 
         uid: 0,
         pid: 1,
         time: 1_800_000_000,
+        nanos: 0,
         envelope: quill::envelope::Envelope {
             sender: sender.as_bytes().to_vec(),
             recipients: rcpts.iter().map(|r| r.as_bytes().to_vec()).collect(),
@@ -1177,6 +1178,7 @@ fn request(slot: u32, id: u64, sender: &str, rcpts: &[&str]) -> Vec<u8> {
         id: id.to_string().into_bytes(),
         sender: sender.as_bytes().to_vec(),
         recipients: rcpts.iter().map(|r| r.as_bytes().to_vec()).collect(),
+        retry: false,
     }
     .encode()
 }

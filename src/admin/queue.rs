@@ -297,6 +297,7 @@ mod tests {
                 uid: 0,
                 pid: 1,
                 time,
+                nanos: 0,
                 envelope: Envelope { sender: sender.to_vec(), recipients: rcpts.iter().map(|r| r.to_vec()).collect() },
             },
             size: 10,

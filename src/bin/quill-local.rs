@@ -4,8 +4,9 @@
 //! default delivery, or with `-A` an /etc/aliases right-hand side): Maildir, mbox, program,
 //! forward. The logic lives in `quill::local`.
 //! Runs as: the recipient (quill-lspawn sets uid, gid and groups), in the home directory.
-//! Arguments: `quill-local [-n] [-A] [-F] [-t seconds] -- user home local dash ext domain sender
-//! defaultdelivery`.
+//! Arguments: `quill-local [-n] [-A] [-F] [-t seconds] [-i identity] [-r] -- user home local dash
+//! ext domain sender defaultdelivery`; `-i` names the message (its Maildir deliveries then happen
+//! once), `-r` says an earlier attempt may have delivered it.
 //! fd 0: the queue file, positioned at the first byte of the message.
 //! fd 1 and 2: the report text for quill-send's log and bounces (one line).
 //! Exit: 0 delivered, 100 permanent failure, 111 temporary failure.
@@ -17,7 +18,7 @@ use std::os::unix::ffi::OsStringExt;
 use std::process::ExitCode;
 
 const USAGE: &str =
-    "usage: quill-local [-n] [-A] [-F] [-t seconds] -- user home local dash ext domain sender defaultdelivery";
+    "usage: quill-local [-n] [-A] [-F] [-t seconds] [-i identity] [-r] -- user home local dash ext domain sender defaultdelivery";
 
 fn parse(mut words: Vec<Vec<u8>>) -> Option<Args> {
     let mut args = Args::default();
@@ -31,19 +32,32 @@ fn parse(mut words: Vec<Vec<u8>>) -> Option<Args> {
         if word.len() < 2 || word[0] != b'-' {
             break;
         }
-        if word == b"-t" {
-            let seconds: u64 = std::str::from_utf8(words.get(i + 1)?).ok()?.parse().ok()?;
-            args.program_time_limit = Some(std::time::Duration::from_secs(seconds.max(1)));
-            i += 2;
-            continue;
-        }
-        for &flag in &word[1..] {
-            match flag {
+        let mut j = 1;
+        while j < word.len() {
+            match word[j] {
                 b'n' => args.dry_run = true,
                 b'A' => args.aliases = true,
                 b'F' => args.forwards_only = true,
+                b'r' => args.retry = true,
+                b'i' | b't' => {
+                    // The value is the rest of the word, or the next word.
+                    let value = if j + 1 < word.len() {
+                        &word[j + 1..]
+                    } else {
+                        i += 1;
+                        words.get(i)?.as_slice()
+                    };
+                    if word[j] == b'i' {
+                        args.identity = Some(quill::queuefile::Identity::decode(value)?);
+                    } else {
+                        let seconds: u64 = std::str::from_utf8(value).ok()?.parse().ok()?;
+                        args.program_time_limit = Some(std::time::Duration::from_secs(seconds.max(1)));
+                    }
+                    break;
+                }
                 _ => return None,
             }
+            j += 1;
         }
         i += 1;
     }
