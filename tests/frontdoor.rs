@@ -260,8 +260,11 @@ fn attacker_bytes_are_escaped_for_people() {
     let out = common::run(&q.home(), "sendmail", &["-i", "-f", sender, "nope@localhost"], message.as_bytes());
     assert!(out.status.success());
     let mailbox = q.home().join("maildir");
+    // The Maildir appears before the file in its new/: wait for the file.
     let bounced = wait_for(Duration::from_secs(60), || {
-        files(&mailbox).iter().any(|m| m.file_name().is_some_and(|n| n.to_string_lossy().starts_with("evil")))
+        files(&mailbox).iter().any(|m| {
+            m.file_name().is_some_and(|n| n.to_string_lossy().starts_with("evil")) && !files(&m.join("new")).is_empty()
+        })
     });
     assert!(bounced, "no bounce; log:\n{}", q.log());
     let bounce_dir = files(&mailbox)
