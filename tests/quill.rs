@@ -241,7 +241,7 @@ fn check_names_each_problem_and_its_fix() {
 #[test]
 fn setup_as_root_is_idempotent_and_check_agrees() {
     if !is_root() {
-        eprintln!("SKIP: quill setup needs root");
+        common::skip("quill setup needs root");
         return;
     }
     let _restore = common::RestoreQueueProgram::new();
