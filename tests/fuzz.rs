@@ -15,10 +15,11 @@
 //! copy it into the target's corpus directory (named for the bug) and run
 //! `cargo test --test fuzz fuzz_replay`.
 //!
-//! Without coverage instrumentation, novelty is measured by the outcome: each target returns a
-//! fingerprint of what the parser made of the input (error kind, record counts, bucketed
-//! lengths). An input with a fingerprint not seen before joins the pool that later mutations
-//! start from; the pool is bounded, and a small random sample of other inputs joins it too.
+//! Without coverage instrumentation, novelty is measured by the outcome: each target returns
+//! features of what the parser made of the input (error kinds, record counts, bucketed
+//! lengths, each paired with the one before). An input that shows a feature not seen before
+//! joins the pool that later mutations start from; the pool is bounded (a newcomer then
+//! replaces a random member), and a small random sample of other inputs joins it too.
 #![forbid(unsafe_code)]
 
 mod common;
@@ -40,8 +41,8 @@ struct Target {
     name: &'static str,
     /// Tokens the mutator inserts: the parser's keywords and delimiters.
     dictionary: &'static [&'static [u8]],
-    /// Run one input; panics on a broken invariant. Returns the outcome's fingerprint.
-    run: fn(&[u8]) -> u64,
+    /// Run one input; panics on a broken invariant. Returns what the parser made of it.
+    run: fn(&[u8]) -> Print,
 }
 
 const TARGETS: &[Target] = &[
@@ -222,15 +223,25 @@ const CLEAN_WORDS: &[&[u8]] = &[b"move ", b"remove ", b"hold ", b"release ", b"d
 // ---------------------------------------------------------------------------------------------
 // The targets.
 
-/// A fingerprint builder: what the parser made of an input, not the input itself.
-struct Print(DefaultHasher);
+/// What the parser made of an input, not the input itself: a list of features (error kinds,
+/// record counts, bucketed lengths), each hashed with the one before it, so that the order of
+/// events counts too (as branch pairs do for coverage-guided fuzzers).
+#[derive(Default)]
+struct Print {
+    features: Vec<u64>,
+    last: u64,
+}
 
 impl Print {
     fn new() -> Print {
-        Print(DefaultHasher::new())
+        Print::default()
     }
     fn add(&mut self, fact: impl Hash) -> &mut Print {
-        fact.hash(&mut self.0);
+        let mut hasher = DefaultHasher::new();
+        fact.hash(&mut hasher);
+        let this = hasher.finish();
+        self.features.push(this ^ self.last.rotate_left(17));
+        self.last = this;
         self
     }
     /// A small value without Hash (an error kind, an outcome), by its Debug form.
@@ -241,8 +252,8 @@ impl Print {
     fn len(&mut self, n: usize) -> &mut Print {
         self.add(usize::BITS - n.leading_zeros())
     }
-    fn done(&self) -> u64 {
-        self.0.finish()
+    fn done(&mut self) -> Print {
+        std::mem::take(self)
     }
 }
 
@@ -263,7 +274,7 @@ fn cuts(input: &[u8]) -> Vec<usize> {
 }
 
 /// quill-smtpd's command parser: the verb, the MAIL/RCPT path and parameters, AUTH's base64.
-fn smtp_command(input: &[u8]) -> u64 {
+fn smtp_command(input: &[u8]) -> Print {
     use quill::smtp;
     let mut print = Print::new();
     for line in lines(input).take(64) {
@@ -308,7 +319,7 @@ fn smtp_command(input: &[u8]) -> u64 {
 }
 
 /// DATA: the end-of-data state machine and the hop counter, whole and in pieces.
-fn smtp_data(input: &[u8]) -> u64 {
+fn smtp_data(input: &[u8]) -> Print {
     use quill::smtpd::{DataParser, HopCounter};
     let whole = {
         let mut parser = DataParser::default();
@@ -358,7 +369,7 @@ fn smtp_data(input: &[u8]) -> u64 {
 
 /// Envelope addresses: splitting, domains, the client's path writer against the server's
 /// parser.
-fn address(input: &[u8]) -> u64 {
+fn address(input: &[u8]) -> Print {
     use quill::{address, smtp};
     let mut print = Print::new();
     for line in input.split(|&b| b == b'\n').take(64) {
@@ -394,7 +405,7 @@ fn address(input: &[u8]) -> u64 {
 }
 
 /// Message headers: the split (whole and piece by piece), fields, address lists, quoting.
-fn header(input: &[u8]) -> u64 {
+fn header(input: &[u8]) -> Print {
     use quill::header;
     let split = header::split(input);
     assert!(split.header_end <= split.body_start && split.body_start <= input.len());
@@ -426,7 +437,7 @@ fn header(input: &[u8]) -> u64 {
 
 /// DNS answers as quill-remote's resolver decodes them; a decoded message must encode and
 /// decode to itself.
-fn dns(input: &[u8]) -> u64 {
+fn dns(input: &[u8]) -> Print {
     use quill::dns;
     match dns::decode(input) {
         Err(e) => Print::new().add(format!("{e:?}")).done(),
@@ -437,8 +448,12 @@ fn dns(input: &[u8]) -> u64 {
             for record in message.answers.iter().chain(&message.authority).take(16) {
                 print.add(std::mem::discriminant(&record.data));
             }
+            // Encoding then decoding normalises (a label holding a dot comes back as two
+            // labels); from then on the message must be stable.
             if let Ok(bytes) = dns::encode_message(&message) {
-                assert_eq!(dns::decode(&bytes).as_ref(), Ok(&message), "a decoded DNS message does not round-trip");
+                let again = dns::decode(&bytes);
+                let Ok(again) = again else { panic!("an encoded DNS message does not decode: {again:?}") };
+                assert_eq!(dns::encode_message(&again).as_ref(), Ok(&bytes), "a DNS message does not round-trip");
             }
             print.done()
         }
@@ -447,7 +462,7 @@ fn dns(input: &[u8]) -> u64 {
 
 /// What the SMTP client reads: reply lines, EHLO keywords, and quill-remote's report that
 /// quill-rspawn folds.
-fn smtp_reply(input: &[u8]) -> u64 {
+fn smtp_reply(input: &[u8]) -> Print {
     let mut print = Print::new();
     let mut reply = Vec::new();
     for line in input.split_inclusive(|&b| b == b'\n').take(256) {
@@ -474,7 +489,7 @@ fn smtp_reply(input: &[u8]) -> u64 {
 }
 
 /// quill-queue's envelope on fd 1 (from any local user, through the setuid program).
-fn envelope(input: &[u8]) -> u64 {
+fn envelope(input: &[u8]) -> Print {
     use quill::envelope::Envelope;
     let decoded = Envelope::decode(input);
     let read = Envelope::read_from(&mut &input[..]);
@@ -493,7 +508,7 @@ fn envelope(input: &[u8]) -> u64 {
 }
 
 /// Queue files (the header of mess/ID, info files) and queue ids.
-fn queuefile(input: &[u8]) -> u64 {
+fn queuefile(input: &[u8]) -> Print {
     use quill::queuefile::{valid_id, Header};
     use quill::sendstate::Info;
     let mut print = Print::new();
@@ -524,7 +539,7 @@ fn queuefile(input: &[u8]) -> u64 {
 }
 
 /// Dot files (.qmail, .forward and :include: lists) and the names made from extensions.
-fn dotqmail(input: &[u8]) -> u64 {
+fn dotqmail(input: &[u8]) -> Print {
     use quill::dotqmail;
     let mut print = Print::new();
     let file = dotqmail::parse_dotqmail(input);
@@ -562,7 +577,7 @@ fn dotqmail(input: &[u8]) -> u64 {
 }
 
 /// The aliases file.
-fn aliases(input: &[u8]) -> u64 {
+fn aliases(input: &[u8]) -> Print {
     use quill::aliases::{split_rhs, Aliases};
     let mut print = Print::new();
     match Aliases::parse(input) {
@@ -585,7 +600,7 @@ fn aliases(input: &[u8]) -> u64 {
 }
 
 /// tcprules source files (quill-tcpserver's access rules).
-fn tcprules(input: &[u8]) -> u64 {
+fn tcprules(input: &[u8]) -> Print {
     use quill::tcprules::Rules;
     match Rules::parse(input) {
         Err(e) => Print::new().add(e.line.min(8)).done(),
@@ -603,7 +618,7 @@ fn tcprules(input: &[u8]) -> u64 {
 
 /// Control files: the loaders of quill-smtpd and quill-send, smtproutes, dnsservers, and
 /// users/assign compiled and read back as quill-lspawn reads it.
-fn control(input: &[u8]) -> u64 {
+fn control(input: &[u8]) -> Print {
     thread_local! {
         static HOME: common::TempDir = common::TempDir::new("fuzz-control");
     }
@@ -664,7 +679,7 @@ fn control(input: &[u8]) -> u64 {
 }
 
 /// The spawn protocol between quill-send and its spawners: frames, requests, reports.
-fn spawnproto(input: &[u8]) -> u64 {
+fn spawnproto(input: &[u8]) -> Print {
     use quill::spawnproto::{Reader, Report, Request};
     let mut print = Print::new();
     let mut whole = Reader::default();
@@ -708,7 +723,7 @@ fn spawnproto(input: &[u8]) -> u64 {
 }
 
 /// quill-clean's request lines.
-fn clean(input: &[u8]) -> u64 {
+fn clean(input: &[u8]) -> Print {
     let mut print = Print::new();
     for line in input.split(|&b| b == b'\n').take(64) {
         match quill::clean::parse(line) {
@@ -832,7 +847,10 @@ enum Budget {
 struct Figures {
     executions: u64,
     pool: usize,
-    outcomes: usize,
+    /// Distinct outcome features seen.
+    features: usize,
+    /// The longest any one input took.
+    slowest: Duration,
     failure: Option<String>,
 }
 
@@ -890,7 +908,8 @@ fn campaign(target: &'static Target, seeds: Vec<Vec<u8>>, seed: u64, budget: Bud
             if pool.is_empty() {
                 pool.push(Vec::new());
             }
-            let mut outcomes: HashSet<u64> = HashSet::new();
+            let mut features: HashSet<u64> = HashSet::new();
+            let mut slowest = Duration::ZERO;
             let pool_limit = pool.len() + 1024;
             let mut executions: u64 = 0;
             let mut pending = seeds.into_iter();
@@ -918,7 +937,9 @@ fn campaign(target: &'static Target, seeds: Vec<Vec<u8>>, seed: u64, budget: Bud
                     current.clone_from(&input);
                 }
                 shared.started.store(begin.elapsed().as_millis() as u64, Ordering::SeqCst);
+                let clock = Instant::now();
                 let result = std::panic::catch_unwind(AssertUnwindSafe(|| (target.run)(&input)));
+                slowest = slowest.max(clock.elapsed());
                 shared.started.store(u64::MAX, Ordering::SeqCst);
                 executions += 1;
                 shared.executions.store(executions, Ordering::Relaxed);
@@ -928,7 +949,8 @@ fn campaign(target: &'static Target, seeds: Vec<Vec<u8>>, seed: u64, budget: Bud
                         return (
                             executions,
                             pool.len(),
-                            outcomes.len(),
+                            features.len(),
+                            slowest,
                             Some(format!(
                                 "crash: {} (input saved in {})",
                                 panic_text(payload.as_ref()),
@@ -937,7 +959,10 @@ fn campaign(target: &'static Target, seeds: Vec<Vec<u8>>, seed: u64, budget: Bud
                         );
                     }
                     Ok(print) => {
-                        let novel = outcomes.insert(print);
+                        let mut novel = false;
+                        for feature in print.features {
+                            novel |= features.insert(feature);
+                        }
                         if !is_seed && (novel || rng.below(4096) == 0) {
                             if pool.len() < pool_limit {
                                 pool.push(input);
@@ -949,17 +974,19 @@ fn campaign(target: &'static Target, seeds: Vec<Vec<u8>>, seed: u64, budget: Bud
                     }
                 }
             }
-            (executions, pool.len(), outcomes.len(), None)
+            (executions, pool.len(), features.len(), slowest, None)
         })
         .expect("start the fuzz worker");
     // The watchdog: a parser that never returns cannot report itself.
     loop {
         if worker.is_finished() {
-            let (executions, pool, outcomes, failure) = match worker.join() {
+            let (executions, pool, features, slowest, failure) = match worker.join() {
                 Ok(result) => result,
-                Err(payload) => (0, 0, 0, Some(format!("worker died: {}", panic_text(payload.as_ref())))),
+                Err(payload) => {
+                    (0, 0, 0, Duration::ZERO, Some(format!("worker died: {}", panic_text(payload.as_ref()))))
+                }
             };
-            return Figures { executions, pool, outcomes, failure };
+            return Figures { executions, pool, features, slowest, failure };
         }
         let started = shared.started.load(Ordering::SeqCst);
         let now = begin.elapsed().as_millis() as u64;
@@ -972,7 +999,8 @@ fn campaign(target: &'static Target, seeds: Vec<Vec<u8>>, seed: u64, budget: Bud
             return Figures {
                 executions: shared.executions.load(Ordering::Relaxed),
                 pool: 0,
-                outcomes: 0,
+                features: 0,
+                slowest: hang,
                 failure: Some(format!(
                     "hang: one input ran over {} ms (input saved in {})",
                     hang.as_millis(),
@@ -1030,9 +1058,16 @@ fn fuzz_replay() {
     for target in TARGETS {
         let seeds: Vec<Vec<u8>> = corpus(target.name).into_iter().map(|(_, bytes)| bytes).collect();
         // A generous bound: a debug build on a busy machine; the soak uses a tighter one.
+        let clock = Instant::now();
         let figures =
             campaign(target, seeds, name_seed(target.name), Budget::Executions(mutations), Duration::from_secs(10));
-        eprintln!("fuzz replay {}: {} executions", target.name, figures.executions);
+        eprintln!(
+            "fuzz replay {}: {} executions in {} ms, slowest input {} ms",
+            target.name,
+            figures.executions,
+            clock.elapsed().as_millis(),
+            figures.slowest.as_millis()
+        );
         if let Some(failure) = figures.failure {
             failures.push(format!("{}: {failure}", target.name));
         }
@@ -1060,11 +1095,12 @@ fn fuzz_soak() {
         let figures =
             campaign(target, seeds, seed ^ name_seed(target.name), Budget::Time(Duration::from_secs(seconds)), hang);
         let line = format!(
-            "fuzz {}: {} executions, {} outcomes, pool {}, {}\n",
+            "fuzz {}: {} executions, {} features, pool {}, slowest input {} ms, {}\n",
             target.name,
             figures.executions,
-            figures.outcomes,
+            figures.features,
             figures.pool,
+            figures.slowest.as_millis(),
             figures.failure.as_deref().unwrap_or("0 crashes, 0 hangs")
         );
         eprint!("{line}");
