@@ -20,19 +20,31 @@ all:
 run: all
 	target/release/quill-up -d $(RUN_DIR) -l $(RUN_LISTEN)
 
-# The test suite: unit tests, then the integration tests that run the real binaries.
+# The test suite: unit tests, then the integration tests that run the real binaries, then the
+# fuzz targets' corpus replay (tests/fuzz.rs). Tests that cannot run here print a SKIP line
+# through tests/common (cargo hides the output of passing tests, so they also go to
+# target/test-skips.log); tests/summary lists them and ends with the one line
+# `tests: N passed, N failed, N skipped`.
 test: all
 	@mkdir -p target
-	@set -o pipefail; $(CARGO) test --release --no-fail-fast -- --test-threads=2 2>&1 | tee target/test.log; \
+	@rm -f target/test-skips.log
+	@set -o pipefail; QUILL_SKIP_LOG=$(CURDIR)/target/test-skips.log \
+		$(CARGO) test --release --no-fail-fast -- --test-threads=2 2>&1 | tee target/test.log; \
 	status=$$?; \
-	awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log; \
+	tests/summary target/test.log target/test-skips.log; \
 	exit $$status
 
 bench: all
 	tests/bench/run
 
+# The long runs: every #[ignore] test, one at a time (crash tests, load, the fuzz targets for
+# QUILL_FUZZ_SECONDS each, 60 by default). The fuzzer's figures end up in target/tmp/fuzz-soak.txt.
 soak: all
-	QUILL_SOAK=1 $(CARGO) test --release -- --ignored --test-threads=1
+	@rm -f target/tmp/fuzz-soak.txt
+	@QUILL_SOAK=1 $(CARGO) test --release -- --ignored --test-threads=1; \
+	status=$$?; \
+	cat target/tmp/fuzz-soak.txt 2>/dev/null; \
+	exit $$status
 
 check:
 	$(CARGO) fmt --check

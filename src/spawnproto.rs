@@ -121,8 +121,14 @@ impl Report {
     /// Parse a frame's fields; None if malformed.
     pub fn decode(fields: &[Vec<u8>]) -> Option<Report> {
         let slot = std::str::from_utf8(fields.first()?).ok()?.parse().ok()?;
-        let results =
-            fields[1..].iter().map(|f| Result { outcome: Outcome::from_letter(f[0]), text: f[1..].to_vec() }).collect();
+        // A Reader never yields an empty field, but an empty one here is malformed, not a panic.
+        let results = fields[1..]
+            .iter()
+            .map(|f| {
+                f.split_first()
+                    .map(|(&letter, text)| Result { outcome: Outcome::from_letter(letter), text: text.to_vec() })
+            })
+            .collect::<Option<Vec<_>>>()?;
         Some(Report { slot, results })
     }
 }
@@ -131,31 +137,49 @@ impl Report {
 #[derive(Default)]
 pub struct Reader {
     buffer: Vec<u8>,
+    /// Where the next frame starts: frames already returned are dropped at the next push, all
+    /// at once, not one by one (many small frames in one read would cost quadratic copying).
+    start: usize,
+    /// How far the current frame has been scanned (the start of its first unterminated
+    /// field): a long frame arriving in many reads is not scanned again from its start after
+    /// each one.
+    scanned: usize,
 }
 
 impl Reader {
     /// Add bytes read from the pipe.
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 {
+            self.buffer.drain(..self.start);
+            self.scanned -= self.start;
+            self.start = 0;
+        }
         self.buffer.extend_from_slice(bytes);
     }
 
     /// True when the buffered bytes exceed any sane frame (the peer is broken).
     pub fn overflowed(&self) -> bool {
-        self.buffer.len() > MAX_FRAME
+        self.buffer.len() - self.start > MAX_FRAME
     }
 
     /// The next complete frame's fields, if one has arrived.
     pub fn next_frame(&mut self) -> Option<Vec<Vec<u8>>> {
-        let mut fields = Vec::new();
-        let mut pos = 0;
+        let mut pos = self.scanned.max(self.start);
         while let Some(end) = memchr::memchr(0, &self.buffer[pos..]) {
             if end == 0 {
-                self.buffer.drain(..pos + 1);
+                // An empty field: the frame is `buffer[start..pos]`, fields each ending in NUL.
+                let body = &self.buffer[self.start..pos];
+                let fields = match body.split_last() {
+                    None => Vec::new(),
+                    Some((_, fields)) => fields.split(|&b| b == 0).map(<[u8]>::to_vec).collect(),
+                };
+                self.start = pos + 1;
+                self.scanned = self.start;
                 return Some(fields);
             }
-            fields.push(self.buffer[pos..pos + end].to_vec());
             pos += end + 1;
         }
+        self.scanned = pos;
         None
     }
 }
@@ -182,6 +206,37 @@ mod tests {
         assert_eq!(Request::decode(&reader.next_frame().unwrap()).unwrap(), again);
         // A retry mark without a recipient is malformed.
         assert_eq!(Request::decode(&[b"7".to_vec(), b"1".to_vec(), b"F".to_vec(), b"R".to_vec()]), None);
+    }
+
+    /// Frames split across reads at every byte, several frames in one read, empty frames: the
+    /// resumed scan gives what a scan of everything at once gives.
+    #[test]
+    fn frames_across_reads() {
+        let bytes = b"1\0ab\0\0\0x\0y\0\0" as &[u8];
+        let expected: Vec<Vec<Vec<u8>>> =
+            vec![vec![b"1".to_vec(), b"ab".to_vec()], vec![], vec![b"x".to_vec(), b"y".to_vec()]];
+        let mut whole = Reader::default();
+        whole.push(bytes);
+        let frames: Vec<_> = std::iter::from_fn(|| whole.next_frame()).collect();
+        assert_eq!(frames, expected);
+        let mut pieced = Reader::default();
+        let mut frames = Vec::new();
+        for &b in bytes {
+            pieced.push(&[b]);
+            frames.extend(std::iter::from_fn(|| pieced.next_frame()));
+        }
+        assert_eq!(frames, expected);
+        assert!(!pieced.overflowed());
+        // A frame still open keeps its fields until its end arrives.
+        pieced.push(b"open\0fie");
+        assert_eq!(pieced.next_frame(), None);
+        pieced.push(b"ld\0\0");
+        assert_eq!(pieced.next_frame(), Some(vec![b"open".to_vec(), b"field".to_vec()]));
+    }
+
+    #[test]
+    fn report_with_an_empty_field_is_malformed() {
+        assert_eq!(Report::decode(&[b"1".to_vec(), Vec::new()]), None);
     }
 
     #[test]

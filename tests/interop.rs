@@ -189,11 +189,19 @@ impl Postfix {
         domains: &[&str],
         extra: &[String],
     ) -> Option<Postfix> {
-        if common::skip_without("/usr/sbin/postfix") || common::skip_without("/usr/sbin/sendmail") {
+        if common::skip_without("/usr/sbin/postfix")
+            || common::skip_without("/usr/sbin/sendmail")
+            || common::skip_unless_can(
+                "/usr/sbin/postconf",
+                &["-d", "mail_version"],
+                "mail_version =",
+                "report Postfix's version",
+            )
+        {
             return None;
         }
         if !common::is_root() {
-            eprintln!("SKIP: a private Postfix needs root");
+            common::skip("a private Postfix needs root");
             return None;
         }
         let dir = TempDir::new(tag);
@@ -499,7 +507,7 @@ impl Dns {
     fn start(records: &[String]) -> Option<Dns> {
         let program = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"].into_iter().find(|p| Path::new(p).exists());
         let Some(program) = program else {
-            eprintln!("SKIP: dnsmasq is not installed");
+            common::skip("dnsmasq is not installed");
             return None;
         };
         let port = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
@@ -542,7 +550,7 @@ impl Drop for Dns {
 fn smtp_source_500_messages_delivered_exactly_once() {
     let Some(source) = ["/usr/sbin/smtp-source", "/usr/bin/smtp-source"].into_iter().find(|p| Path::new(p).exists())
     else {
-        eprintln!("SKIP: smtp-source is not installed");
+        common::skip("smtp-source is not installed");
         return;
     };
     let port = free_port();
@@ -975,7 +983,7 @@ fn remote_550_becomes_a_bounce_with_the_servers_text() {
 #[test]
 fn smtp_sink_hard_refusal_becomes_a_bounce() {
     let Some(sink) = ["/usr/sbin/smtp-sink", "/usr/bin/smtp-sink"].into_iter().find(|p| Path::new(p).exists()) else {
-        eprintln!("SKIP: smtp-sink is not installed");
+        common::skip("smtp-sink is not installed");
         return;
     };
     let port = free_port();

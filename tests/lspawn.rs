@@ -668,7 +668,7 @@ fn ids_of(name: &str) -> (u32, u32) {
 #[test]
 fn as_root_deliveries_run_with_the_users_credentials() {
     if !common::is_root() {
-        eprintln!("SKIP: not root, so real credentials are not checked");
+        common::skip("not root, so real credentials are not checked");
         return;
     }
     if common::skip_without("useradd") && common::skip_without("/usr/sbin/useradd") {

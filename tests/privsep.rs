@@ -60,7 +60,7 @@ fn pids(program: &str, home: &Path) -> Vec<i32> {
 #[test]
 fn stages_run_under_their_own_uids() {
     if !common::is_root() {
-        eprintln!("SKIP: stages_run_under_their_own_uids needs root");
+        common::skip("stages_run_under_their_own_uids needs root");
         return;
     }
     if common::skip_without("/usr/sbin/useradd") {

@@ -279,7 +279,7 @@ fn exactly_two_fsyncs() {
     let run = feed(&mut command, b"Subject: x\n\nbody\n", &envelope("a@b", &["c@d"]));
     if run.code != Some(0) {
         // strace may be forbidden (no ptrace in this container): not our failure.
-        eprintln!("SKIP: strace did not run quill-queue: {}", run.stderr);
+        common::skip(&format!("strace did not run quill-queue: {}", run.stderr));
         return;
     }
     let trace = std::fs::read_to_string(&log).expect("read strace log");
@@ -317,11 +317,11 @@ fn chown_tree(path: &Path, uid: u32, gid: u32) {
 #[test]
 fn real_uid_of_the_caller_is_recorded() {
     if !common::is_root() {
-        eprintln!("SKIP: not root, cannot run quill-queue under another uid");
+        common::skip("not root, cannot run quill-queue under another uid");
         return;
     }
     let Some(user) = scratch_user() else {
-        eprintln!("SKIP: no scratch user (useradd failed)");
+        common::skip("no scratch user (useradd failed)");
         return;
     };
     let home = home("queue-uid", &[]);
@@ -341,15 +341,15 @@ fn real_uid_of_the_caller_is_recorded() {
 #[test]
 fn setuid_copy_ignores_quill_home() {
     if !common::is_root() {
-        eprintln!("SKIP: not root, cannot make a setuid copy");
+        common::skip("not root, cannot make a setuid copy");
         return;
     }
     if Path::new(quill::control::DEFAULT_HOME).exists() {
-        eprintln!("SKIP: {} exists; a setuid run would write into it", quill::control::DEFAULT_HOME);
+        common::skip(&format!("{} exists; a setuid run would write into it", quill::control::DEFAULT_HOME));
         return;
     }
     let Some(user) = scratch_user() else {
-        eprintln!("SKIP: no scratch user (useradd failed)");
+        common::skip("no scratch user (useradd failed)");
         return;
     };
     let home = home("queue-setuid", &[]);
@@ -361,7 +361,7 @@ fn setuid_copy_ignores_quill_home() {
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o4755)).expect("chmod 4755");
     let mount = nix::sys::statvfs::statvfs(bin.path()).expect("statvfs");
     if mount.flags().contains(nix::sys::statvfs::FsFlags::ST_NOSUID) {
-        eprintln!("SKIP: {} is mounted nosuid", bin.path().display());
+        common::skip(&format!("{} is mounted nosuid", bin.path().display()));
         return;
     }
     let mut command = Command::new(&copy);

@@ -248,7 +248,7 @@ fn check_names_each_problem_and_its_fix() {
 #[test]
 fn setup_as_root_is_idempotent_and_check_agrees() {
     if !is_root() {
-        eprintln!("SKIP: quill setup needs root");
+        common::skip("quill setup needs root");
         return;
     }
     let _one_at_a_time = QUEUE_PROGRAM.write().unwrap_or_else(|e| e.into_inner());

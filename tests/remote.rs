@@ -135,7 +135,7 @@ impl Sink {
     fn start(options: &[&str]) -> Option<Sink> {
         let program = ["/usr/sbin/smtp-sink", "/usr/bin/smtp-sink"].into_iter().find(|p| Path::new(p).exists());
         let Some(program) = program else {
-            eprintln!("SKIP: smtp-sink is not installed");
+            common::skip("smtp-sink is not installed");
             return None;
         };
         let dump = common::TempDir::new("sink");
@@ -176,7 +176,7 @@ impl Dns {
     fn start(records: &[String]) -> Option<Dns> {
         let program = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"].into_iter().find(|p| Path::new(p).exists());
         let Some(program) = program else {
-            eprintln!("SKIP: dnsmasq is not installed");
+            common::skip("dnsmasq is not installed");
             return None;
         };
         let port = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
@@ -787,7 +787,7 @@ fn no_pipelining_means_one_command_at_a_time() {
 #[test]
 fn ipv6_literal_route() {
     if TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("SKIP: no IPv6 loopback");
+        common::skip("no IPv6 loopback");
         return;
     }
     let server = Server::start_on("::1", 0, Script::default());
@@ -1088,11 +1088,11 @@ fn a_and_aaaa_fallback_and_cname() {
     assert_eq!(server.seen().data.len(), 2);
     // AAAA only, to ::1.
     if TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("SKIP: no IPv6 loopback");
+        common::skip("no IPv6 loopback");
         return;
     }
     let Ok(listener) = TcpListener::bind(("::1", port)) else {
-        eprintln!("SKIP: port {port} taken on ::1");
+        common::skip(&format!("port {port} taken on ::1"));
         return;
     };
     drop(listener);

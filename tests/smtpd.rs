@@ -810,7 +810,7 @@ fn swaks(server: &Server, extra: &[&str]) -> std::process::Output {
 #[cfg(feature = "tls")]
 #[test]
 fn swaks_client() {
-    if common::skip_without("swaks") {
+    if common::skip_without_swaks(true) {
         return;
     }
     let Some(server) = Server::start(&tls_setup()) else { return };
@@ -846,7 +846,7 @@ fn swaks_client() {
 #[cfg(feature = "tls")]
 #[test]
 fn python_smtplib_client() {
-    if common::skip_without("python3") {
+    if common::skip_without_python(&["smtplib", "ssl"]) {
         return;
     }
     let Some(server) = Server::start(&tls_setup()) else { return };

@@ -292,22 +292,22 @@ impl Drop for World {
 fn prepare(kind: Kind) -> Option<World> {
     let label = kind.dir();
     if !is_root() {
-        eprintln!("SKIP: {label}: the supervisor tests need root");
+        common::skip(&format!("{label}: the supervisor tests need root"));
         return None;
     }
     if kind.tools().iter().any(|t| common::skip_without(t)) {
-        eprintln!("SKIP: {label}: supervisor not installed");
+        common::skip(&format!("{label}: supervisor not installed"));
         return None;
     }
     for program in ["quill", "quill-start", "quill-send", "quill-lspawn", "quill-clean"] {
         if !built(program) {
-            eprintln!("SKIP: {label}: {program} is not built in this tree");
+            common::skip(&format!("{label}: {program} is not built in this tree"));
             return None;
         }
     }
     let home = home();
     if home.exists() && !home.join(MARKER).exists() {
-        eprintln!("SKIP: {label}: {} is a real installation (no {MARKER})", home.display());
+        common::skip(&format!("{label}: {} is a real installation (no {MARKER})", home.display()));
         return None;
     }
     std::fs::create_dir_all(&home).expect("create home");
@@ -345,12 +345,12 @@ fn prepare(kind: Kind) -> Option<World> {
         );
         Some(port)
     } else {
-        eprintln!("SKIP: {label}: quill-smtpd is not built in this tree; only the queue service is tested");
+        common::skip(&format!("{label}: quill-smtpd is not built in this tree; only the queue service is tested"));
         None
     };
     // Submission and smtps, with a checkpassword stand-in (Debian packages none): it accepts
     // tester/secret and runs the rest of its command line, as the interface says.
-    let auth_ports = if smtp_port.is_some() && !common::skip_without("python3") {
+    let auth_ports = if smtp_port.is_some() && !common::skip_without_python(&["smtplib", "ssl"]) {
         let checker = scan.path().join("checkpassword");
         std::fs::write(
             &checker,
@@ -461,7 +461,7 @@ fn delivered(token: &str) -> bool {
 fn deliver(label: &str) -> Result<bool, String> {
     for program in ["quill-queue", "sendmail", "quill-local"] {
         if !built(program) {
-            eprintln!("SKIP: {label}: {program} is not built in this tree; no delivery test");
+            common::skip(&format!("{label}: {program} is not built in this tree; no delivery test"));
             return Ok(false);
         }
     }

@@ -224,7 +224,7 @@ fn ipv6_environment_and_rules() {
         match Server::try_start(bin("quill-tcpserver").as_os_str(), &["-x", rules], ("::1", "0"), SHOW_ENV, |_| {}) {
             Ok(server) => server,
             Err(log) => {
-                eprintln!("SKIP: cannot bind ::1 ({})", log.trim());
+                common::skip(&format!("cannot bind ::1 ({})", log.trim()));
                 return;
             }
         };
@@ -386,21 +386,21 @@ fn reverse_lookup_with_h() {
     if listed {
         assert_eq!(host, "localhost");
     } else {
-        eprintln!("SKIP: /etc/hosts has no 127.0.0.1 localhost line; TCPREMOTEHOST={host}");
+        common::skip(&format!("/etc/hosts has no 127.0.0.1 localhost line; TCPREMOTEHOST={host}"));
     }
 }
 
 #[test]
 fn root_drops_to_the_given_user() {
     if !common::is_root() {
-        eprintln!("SKIP: not root");
+        common::skip("not root");
         return;
     }
     let user = "quilltcpd";
     if nix::unistd::User::from_name(user).ok().flatten().is_none() {
         let made = Command::new("useradd").args(["-M", "-N", "-s", "/bin/false", user]).status();
         if !made.is_ok_and(|s| s.success()) && nix::unistd::User::from_name(user).ok().flatten().is_none() {
-            eprintln!("SKIP: cannot create user {user}");
+            common::skip(&format!("cannot create user {user}"));
             return;
         }
     }
@@ -433,7 +433,7 @@ fn root_drops_to_the_given_user() {
             assert!(server.port < 1024);
             assert_eq!(server.output(), format!("{uid} {gid} {gid}\n"));
         }
-        None => eprintln!("SKIP: no free port below 1024 on 127.0.0.1"),
+        None => common::skip("no free port below 1024 on 127.0.0.1"),
     }
     let unprivileged = Server::try_start(bin("quill-tcpserver").as_os_str(), &[], ("127.0.0.1", "1017"), script, |c| {
         c.uid(entry.uid.as_raw()).gid(entry.gid.as_raw());
@@ -450,7 +450,7 @@ fn root_drops_to_the_given_user() {
 fn same_environment_as_ucspi_tcp_tcpserver() {
     let tcpserver = Path::new("/usr/bin/tcpserver");
     if !tcpserver.is_file() {
-        eprintln!("SKIP: ucspi-tcp tcpserver is not installed");
+        common::skip("ucspi-tcp tcpserver is not installed");
         return;
     }
     let show = "env | grep -E '^(PROTO|TCP[A-Z]*)=' | sort";
@@ -474,7 +474,7 @@ fn same_environment_as_ucspi_tcp_tcpserver() {
 
     let tcprules = Path::new("/usr/bin/tcprules");
     if !tcprules.is_file() {
-        eprintln!("SKIP: ucspi-tcp tcprules is not installed");
+        common::skip("ucspi-tcp tcprules is not installed");
         return;
     }
     let dir = TempDir::new("tcpserver-interop");

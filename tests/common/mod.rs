@@ -90,17 +90,76 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Print a visible SKIP line (for a peer missing from this machine) and return true if the
-/// program is missing.
+/// Say that (part of) a test did not run, and why: a `SKIP: reason` line on stderr, and the
+/// same line with the test's name appended to the file `QUILL_SKIP_LOG` names (`make test`
+/// sets it, then counts and lists the lines: cargo test hides the output of passing tests).
+/// Every SKIP goes through here; tests/suite.rs checks that.
+pub fn skip(reason: &str) {
+    eprintln!("SKIP: {reason}");
+    if let Some(log) = std::env::var_os("QUILL_SKIP_LOG") {
+        use std::io::Write;
+        let test = std::thread::current().name().unwrap_or("?").to_string();
+        let line = format!("{test}: {}\n", reason.replace('\n', " "));
+        // One write of one short line with O_APPEND: lines of tests running in parallel (in
+        // this process or another test binary) do not mix.
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut file| file.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            eprintln!("warning: unable to append to QUILL_SKIP_LOG {}: {e}", Path::new(&log).display());
+        }
+    }
+}
+
+/// True after a SKIP line if `program` is not installed (a name looked up in PATH, or a path).
 pub fn skip_without(program: &str) -> bool {
     let found = std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
         .unwrap_or(false)
         || Path::new(program).is_file();
     if !found {
-        eprintln!("SKIP: {program} is not installed");
+        skip(&format!("{program} is not installed"));
     }
     !found
+}
+
+/// True after a SKIP line unless `program args` runs and prints `expect` (on stdout or stderr;
+/// the exit status is not looked at: `git send-email -h` exits 1): a check that an installed tool can do what the test asks of it. `what` says
+/// what the test needs, for the SKIP line.
+pub fn skip_unless_can(program: &str, args: &[&str], expect: &str, what: &str) -> bool {
+    if skip_without(program) {
+        return true;
+    }
+    let able = Command::new(program).args(args).stdin(Stdio::null()).output().is_ok_and(|out| {
+        String::from_utf8_lossy(&out.stdout).contains(expect) || String::from_utf8_lossy(&out.stderr).contains(expect)
+    });
+    if !able {
+        skip(&format!("{program} cannot {what} (`{program} {}` does not say {expect:?})", args.join(" ")));
+    }
+    !able
+}
+
+/// swaks, able to speak TLS if `tls` (Perl's Net::SSLeay and IO::Socket::SSL, which Debian
+/// only recommends) and SMTP AUTH.
+pub fn skip_without_swaks(tls: bool) -> bool {
+    if tls {
+        skip_unless_can(
+            "swaks",
+            &["--support"],
+            "TLS supported",
+            "do STARTTLS (install libnet-ssleay-perl and libio-socket-ssl-perl)",
+        ) || skip_unless_can("swaks", &["--support"], "Basic AUTH supported", "do SMTP AUTH")
+    } else {
+        skip_without("swaks")
+    }
+}
+
+/// python3 with these modules (smtplib, ssl, …).
+pub fn skip_without_python(modules: &[&str]) -> bool {
+    let script = format!("import {}\nprint('modules ok')", modules.join(", "));
+    skip_unless_can("python3", &["-c", &script], "modules ok", &format!("import {}", modules.join(", ")))
 }
 
 /// True when the tests run as root (CI): then they also check real uids.
