@@ -152,9 +152,11 @@ impl Header {
                 return Err(bad());
             }
             let value: u64 = std::str::from_utf8(&record[1..]).ok().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+            // uid and pid are 32 bits: a larger number is a malformed header, never truncated
+            // (u4294967296 must not read as uid 0).
             match tag {
-                b'u' => header.uid = value as u32,
-                b'p' => header.pid = value as u32,
+                b'u' => header.uid = u32::try_from(value).map_err(|_| bad())?,
+                b'p' => header.pid = u32::try_from(value).map_err(|_| bad())?,
                 _ => header.time = value,
             }
             pos += end + 1;
@@ -269,6 +271,19 @@ mod tests {
         assert_eq!((h.time, h.nanos, len), (3, 0, 20));
         assert!(Header::decode(b"u1\0p2\0t3\0n1000000000\0Fa@b\0\0").is_err());
         assert!(Header::decode(b"u1\0p2\0t3\0nx\0Fa@b\0\0").is_err());
+    }
+
+    #[test]
+    fn header_numbers_past_32_bits_are_malformed_not_truncated() {
+        let mut bytes = b"u4294967296\0p1\0t1\0".to_vec();
+        bytes.extend_from_slice(b"Fa@b\0Tc@d\0\0");
+        assert!(Header::decode(&bytes).is_err(), "u2^32 must not read as uid 0");
+        let mut bytes = b"u1\0p4294967297\0t1\0".to_vec();
+        bytes.extend_from_slice(b"Fa@b\0Tc@d\0\0");
+        assert!(Header::decode(&bytes).is_err());
+        let mut bytes = b"u4294967295\0p1\0t1\0".to_vec();
+        bytes.extend_from_slice(b"Fa@b\0Tc@d\0\0");
+        assert_eq!(Header::decode(&bytes).expect("the largest uid reads").0.uid, u32::MAX);
     }
 }
 

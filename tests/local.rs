@@ -700,7 +700,7 @@ fn give(path: &Path, uid: u32) {
 #[test]
 fn include_files_of_others_give_only_their_addresses() {
     if !common::is_root() {
-        eprintln!("SKIP: not root, so no file can belong to another user");
+        common::skip("not root, so no file can belong to another user");
         return;
     }
     let w = World::new("untrusted-include");
@@ -773,7 +773,7 @@ fn include_files_of_others_give_only_their_addresses() {
 #[test]
 fn dot_files_of_another_owner_are_not_used() {
     if !common::is_root() {
-        eprintln!("SKIP: not root, so no file can belong to another user");
+        common::skip("not root, so no file can belong to another user");
         return;
     }
     let w = World::new("foreign-dot");

@@ -805,7 +805,7 @@ fn measure_per_delivery_overhead() {
 #[test]
 fn as_root_a_mess_directory_swapped_for_a_link_gives_no_file_of_roots() {
     if !common::is_root() {
-        eprintln!("SKIP: quill-lspawn only reads the queue as root when it runs as root");
+        common::skip("quill-lspawn only reads the queue as root when it runs as root");
         return;
     }
     let (uid, gid) = runner();
@@ -847,7 +847,7 @@ fn program_limit_and_untrusted_aliases_reach_quill_local() {
     drop(lspawn);
 
     if !common::is_root() {
-        eprintln!("SKIP: not root, so the aliases file cannot belong to someone else");
+        common::skip("not root, so the aliases file cannot belong to someone else");
         return;
     }
     // An aliases file that belongs to neither root, the alias user nor lspawn's own uid: its

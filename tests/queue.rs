@@ -379,7 +379,7 @@ fn setuid_copy_ignores_quill_home() {
 #[test]
 fn root_submitting_into_anothers_queue_acts_as_its_owner() {
     if !common::is_root() {
-        eprintln!("SKIP: not root");
+        common::skip("not root");
         return;
     }
     let nobody = nix::unistd::User::from_name("nobody").ok().flatten().expect("user nobody");

@@ -325,7 +325,7 @@ fn setup_as_root_is_idempotent_and_check_agrees() {
 #[test]
 fn setup_refuses_links_in_the_queue() {
     if !is_root() {
-        eprintln!("SKIP: quill setup needs root");
+        common::skip("quill setup needs root");
         return;
     }
     use std::os::unix::fs::{MetadataExt, PermissionsExt};

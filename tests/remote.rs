@@ -1441,7 +1441,7 @@ fn smtproutes_addresses_need_no_dns() {
     }
     assert_eq!(server.seen().data.len(), 2);
     if TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("SKIP: no IPv6 loopback");
+        common::skip("no IPv6 loopback");
         return;
     }
     let six = Server::start_on("::1", 0, Script::default());

@@ -874,12 +874,12 @@ fn concurrent_first_deliveries_to_a_new_maildir() {
 #[test]
 fn quill_up_as_root_gives_away_only_the_instance() {
     if !common::is_root() {
-        eprintln!("SKIP: quill-up only gives a directory away when started by root");
+        common::skip("quill-up only gives a directory away when started by root");
         return;
     }
     use std::os::unix::fs::MetadataExt;
     let Some(nobody) = nix::unistd::User::from_name("nobody").ok().flatten() else {
-        eprintln!("SKIP: there is no user nobody");
+        common::skip("there is no user nobody");
         return;
     };
     let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
