@@ -137,18 +137,52 @@ impl Message {
     }
 }
 
-/// Split a presentation name into wire labels. A trailing dot is allowed; empty labels,
-/// labels over 63 bytes and names over 255 bytes are not.
+/// Split a presentation name into wire labels: the inverse of [`push_label`], so `\DDD` and
+/// `\X` stand for the byte itself (a dot inside a label among them). A trailing dot is
+/// allowed; empty labels, labels over 63 bytes, names over 255 bytes and broken escapes are
+/// not.
 fn encode_name(name: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
-    let name = name.strip_suffix(b".").unwrap_or(name);
+    let name = match name.strip_suffix(b".") {
+        // The root's dot, unless an odd number of backslashes escapes it.
+        Some(rest) if rest.iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 0 => rest,
+        _ => name,
+    };
     let start = out.len();
     if !name.is_empty() {
-        for label in name.split(|&b| b == b'.') {
-            if label.is_empty() || label.len() > 63 {
+        let mut label: Vec<u8> = Vec::with_capacity(63);
+        let mut i = 0;
+        loop {
+            let end = i >= name.len();
+            if end || name[i] == b'.' {
+                if label.is_empty() || label.len() > 63 {
+                    return Err(WireError::NameTooLong);
+                }
+                out.push(label.len() as u8);
+                out.extend_from_slice(&label);
+                label.clear();
+                if end {
+                    break;
+                }
+                i += 1;
+                continue;
+            }
+            if name[i] == b'\\' {
+                let digits = name.get(i + 1..i + 4).filter(|d| d.iter().all(u8::is_ascii_digit));
+                if let Some(d) = digits {
+                    let value = d.iter().fold(0u32, |v, &c| v * 10 + u32::from(c - b'0'));
+                    label.push(u8::try_from(value).map_err(|_| WireError::NameTooLong)?);
+                    i += 4;
+                } else {
+                    label.push(*name.get(i + 1).ok_or(WireError::NameTooLong)?);
+                    i += 2;
+                }
+            } else {
+                label.push(name[i]);
+                i += 1;
+            }
+            if label.len() > 63 {
                 return Err(WireError::NameTooLong);
             }
-            out.push(label.len() as u8);
-            out.extend_from_slice(label);
         }
     }
     out.push(0);
@@ -1109,6 +1143,20 @@ mod tests {
         let err = r.mx(b"loop.test").unwrap_err();
         assert_eq!(err.outcome(), Outcome::Temporary);
         drop(thread);
+    }
+
+    #[test]
+    fn escaped_names_encode_back_to_their_bytes() {
+        let mut out = Vec::new();
+        encode_name(b"te\\046st.example.", &mut out).expect("encode");
+        assert_eq!(out, b"\x05te.st\x07example\x00");
+        let mut out = Vec::new();
+        encode_name(b"a\\\\b.c", &mut out).expect("an escaped backslash");
+        assert_eq!(out, b"\x03a\\b\x01c\x00");
+        for bad in [&b"a..b"[..], b"a\\", b"a\\999.b", b""] {
+            let mut out = Vec::new();
+            assert!(bad.is_empty() == encode_name(bad, &mut out).is_ok(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -451,8 +451,8 @@ fn dns(input: &[u8]) -> Print {
             for record in message.answers.iter().chain(&message.authority).take(16) {
                 print.add(std::mem::discriminant(&record.data));
             }
-            // Encoding then decoding normalises (a label holding a dot comes back as two
-            // labels); from then on the message must be stable.
+            // Decoding normalises (lower case, odd label bytes as `\DDD`, which the encoder
+            // reads back); from the first encoding on, the message must be stable.
             if let Ok(bytes) = dns::encode_message(&message) {
                 let again = dns::decode(&bytes);
                 let Ok(again) = again else { panic!("an encoded DNS message does not decode: {again:?}") };

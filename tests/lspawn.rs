@@ -837,13 +837,13 @@ fn program_limit_and_untrusted_aliases_reach_quill_local() {
     let mut lspawn = world.lspawn_private();
     let (letter, text) = lspawn.deliver(&id, "fred@example.com");
     assert_eq!(letter, 'K', "{text}");
-    assert!(line(&text, "argv:").starts_with("argv: [-A] [--]"), "{text}");
+    assert!(argv_of(&text).starts_with("argv: [-A] [--]"), "{text}");
     drop(lspawn);
 
     world.write("control/timeoutprogram", b"7\n");
     let mut lspawn = world.lspawn_private();
     let (_, text) = lspawn.deliver(&id, "joe@example.com");
-    assert!(line(&text, "argv:").starts_with("argv: [-t] [7] [--]"), "{text}");
+    assert!(argv_of(&text).starts_with("argv: [-t] [7] [--]"), "{text}");
     drop(lspawn);
 
     if !common::is_root() {
@@ -855,9 +855,9 @@ fn program_limit_and_untrusted_aliases_reach_quill_local() {
     std::os::unix::fs::chown(world.path().join("aliases"), Some(54321), None).expect("chown");
     let mut lspawn = world.lspawn_private();
     let (_, text) = lspawn.deliver(&id, "fred@example.com");
-    assert!(line(&text, "argv:").starts_with("argv: [-t] [7] [-F] [-A] [--]"), "{text}");
+    assert!(argv_of(&text).starts_with("argv: [-t] [7] [-F] [-A] [--]"), "{text}");
     let (_, text) = lspawn.deliver(&id, "joe@example.com");
-    assert!(!line(&text, "argv:").contains("[-F]"), "{text}");
+    assert!(!argv_of(&text).contains("[-F]"), "{text}");
     drop(lspawn);
 
     // users/assign.db says which uid runs each delivery: someone else's is not used.
