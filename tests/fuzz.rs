@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use quill::smtp::PathKind;
+use quill::mail::smtp::PathKind;
 
 /// One parser (or a family of parsers fed the same bytes).
 struct Target {
@@ -278,7 +278,7 @@ fn cuts(input: &[u8]) -> Vec<usize> {
 
 /// quill-smtpd's command parser: the verb, the MAIL/RCPT path and parameters, AUTH's base64.
 fn smtp_command(input: &[u8]) -> Print {
-    use quill::smtp;
+    use quill::mail::smtp;
     let mut print = Print::new();
     for line in lines(input).take(64) {
         let (verb, arg) = smtp::parse_command(line);
@@ -323,7 +323,7 @@ fn smtp_command(input: &[u8]) -> Print {
 
 /// DATA: the end-of-data state machine and the hop counter, whole and in pieces.
 fn smtp_data(input: &[u8]) -> Print {
-    use quill::smtpd::{DataParser, HopCounter};
+    use quill::smtpd::session::{DataParser, HopCounter};
     let whole = {
         let mut parser = DataParser::default();
         let mut out = Vec::new();
@@ -373,7 +373,7 @@ fn smtp_data(input: &[u8]) -> Print {
 /// Envelope addresses: splitting, domains, the client's path writer against the server's
 /// parser.
 fn address(input: &[u8]) -> Print {
-    use quill::{address, smtp};
+    use quill::mail::{address, smtp};
     let mut print = Print::new();
     for line in input.split(|&b| b == b'\n').take(64) {
         let (local, domain) = address::split(line);
@@ -402,14 +402,14 @@ fn address(input: &[u8]) -> Print {
                 print.kind(e);
             }
         }
-        print.add(quill::route::parse_literal(domain).is_some());
+        print.add(quill::remote::route::parse_literal(domain).is_some());
     }
     print.done()
 }
 
 /// Message headers: the split (whole and piece by piece), fields, address lists, quoting.
 fn header(input: &[u8]) -> Print {
-    use quill::header;
+    use quill::mail::header;
     let split = header::split(input);
     assert!(split.header_end <= split.body_start && split.body_start <= input.len());
     let mut scanner = header::Scanner::new();
@@ -441,7 +441,7 @@ fn header(input: &[u8]) -> Print {
 /// DNS answers as quill-remote's resolver decodes them; a decoded message must encode and
 /// decode to itself.
 fn dns(input: &[u8]) -> Print {
-    use quill::dns;
+    use quill::remote::dns;
     match dns::decode(input) {
         Err(e) => Print::new().add(format!("{e:?}")).done(),
         Ok(message) => {
@@ -469,7 +469,7 @@ fn smtp_reply(input: &[u8]) -> Print {
     let mut print = Print::new();
     let mut reply = Vec::new();
     for line in input.split_inclusive(|&b| b == b'\n').take(256) {
-        match quill::smtp::parse_reply_line(line) {
+        match quill::mail::smtp::parse_reply_line(line) {
             None => {
                 print.add("garbage");
             }
@@ -480,10 +480,10 @@ fn smtp_reply(input: &[u8]) -> Print {
             }
         }
     }
-    let extensions = quill::smtpclient::Extensions::parse(&reply);
+    let extensions = quill::remote::smtpclient::Extensions::parse(&reply);
     print.add(extensions.size.min(1)).add(extensions.has_size);
     let count = input.first().map_or(1, |&b| usize::from(b % 8) + 1);
-    let folded = quill::smtpclient::fold(input, count);
+    let folded = quill::remote::smtpclient::fold(input, count);
     assert_eq!(folded.len(), count, "fold gives one result per recipient");
     for result in &folded {
         print.kind(result.outcome);
@@ -493,7 +493,7 @@ fn smtp_reply(input: &[u8]) -> Print {
 
 /// quill-queue's envelope on fd 1 (from any local user, through the setuid program).
 fn envelope(input: &[u8]) -> Print {
-    use quill::envelope::Envelope;
+    use quill::mail::envelope::Envelope;
     let decoded = Envelope::decode(input);
     let read = Envelope::read_from(&mut &input[..]);
     assert_eq!(
@@ -512,8 +512,8 @@ fn envelope(input: &[u8]) -> Print {
 
 /// Queue files (the header of mess/ID, info files) and queue ids.
 fn queuefile(input: &[u8]) -> Print {
-    use quill::queuefile::{valid_id, Header};
-    use quill::sendstate::Info;
+    use quill::mail::queuefile::{valid_id, Header};
+    use quill::send::sendstate::Info;
     let mut print = Print::new();
     match Header::decode(input) {
         Err(_) => {
@@ -543,7 +543,7 @@ fn queuefile(input: &[u8]) -> Print {
 
 /// Dot files (.qmail, .forward and :include: lists) and the names made from extensions.
 fn dotqmail(input: &[u8]) -> Print {
-    use quill::dotqmail;
+    use quill::mail::dotqmail;
     let mut print = Print::new();
     let file = dotqmail::parse_dotqmail(input);
     print.add(format!("{file:?}").len().min(64));
@@ -559,7 +559,7 @@ fn dotqmail(input: &[u8]) -> Print {
     // An extension comes from an envelope address, at most 1003 bytes (quill-queue's limit):
     // candidates() makes one name per dash, so an unbounded one would only measure the fuzzer.
     let first = input.split(|&b| b == b'\n').next().unwrap_or(&[]);
-    let first = &first[..first.len().min(quill::address::MAX_ADDRESS)];
+    let first = &first[..first.len().min(quill::mail::address::MAX_ADDRESS)];
     let safe = dotqmail::safe_ext(first);
     print.add(safe);
     if safe {
@@ -584,7 +584,7 @@ fn dotqmail(input: &[u8]) -> Print {
 
 /// The aliases file.
 fn aliases(input: &[u8]) -> Print {
-    use quill::aliases::{split_rhs, Aliases};
+    use quill::mail::aliases::{split_rhs, Aliases};
     let mut print = Print::new();
     match Aliases::parse(input) {
         Err(e) => {
@@ -607,7 +607,7 @@ fn aliases(input: &[u8]) -> Print {
 
 /// tcprules source files (quill-tcpserver's access rules).
 fn tcprules(input: &[u8]) -> Print {
-    use quill::tcprules::Rules;
+    use quill::tcpserver::tcprules::Rules;
     match Rules::parse(input) {
         Err(e) => Print::new().add(e.line.min(8)).done(),
         Ok(rules) => {
@@ -654,39 +654,41 @@ fn control(input: &[u8]) -> Print {
         std::fs::create_dir_all(&dir).expect("create control dir");
         std::fs::write(dir.join("me"), b"fuzz.example\n").expect("write me");
         std::fs::write(dir.join(name), text).expect("write control file");
-        let control = quill::control::Control::new(home.path());
+        let control = quill::mail::control::Control::new(home.path());
         print.add(name);
-        print.add(quill::smtpd::Config::load(&control, Vec::new(), false).map(|c| c.rcpthosts.len().min(4)).is_ok());
-        print.add(quill::sendconf::Config::load(&control).map(|c| c.locals.len().min(4)).is_ok());
-        print.add(quill::dns::Resolver::from_control(&control).map(|r| r.servers.len()).ok());
+        print.add(
+            quill::smtpd::session::Config::load(&control, Vec::new(), false).map(|c| c.rcpthosts.len().min(4)).is_ok(),
+        );
+        print.add(quill::send::sendconf::Config::load(&control).map(|c| c.locals.len().min(4)).is_ok());
+        print.add(quill::remote::dns::Resolver::from_control(&control).map(|r| r.servers.len()).ok());
         for line in control.lines("smtproutes").unwrap_or_default().iter().take(32) {
-            print.add(quill::route::parse_route(line).is_some());
+            print.add(quill::remote::route::parse_route(line).is_some());
             print.add(quill::admin::check::smtproute_line(line).is_ok());
         }
         for line in control.lines("virtualdomains").unwrap_or_default().iter().take(32) {
             print.add(quill::admin::check::virtualdomain_line(line).is_ok());
         }
     });
-    print.add(quill::dns::Resolver::parse(input).servers.len());
-    match quill::users::compile_assign(input) {
+    print.add(quill::remote::dns::Resolver::parse(input).servers.len());
+    match quill::mail::users::compile_assign(input) {
         Err(_) => {
             print.add("bad assign");
         }
         Ok(db) => {
-            let db = quill::users::AssignDb::parse(db).expect("compile_assign makes a database AssignDb accepts");
+            let db = quill::mail::users::AssignDb::parse(db).expect("compile_assign makes a database AssignDb accepts");
             print.len(db.len());
             for local in [&b"root"[..], b"alice", b"alice-ext", b""] {
                 print.add(db.lookup(local).is_some());
             }
         }
     }
-    print.add(quill::users::AssignDb::parse(input.to_vec()).is_ok());
+    print.add(quill::mail::users::AssignDb::parse(input.to_vec()).is_ok());
     print.done()
 }
 
 /// The spawn protocol between quill-send and its spawners: frames, requests, reports.
 fn spawnproto(input: &[u8]) -> Print {
-    use quill::spawnproto::{Reader, Report, Request};
+    use quill::mail::spawnproto::{Reader, Report, Request};
     let mut print = Print::new();
     let mut whole = Reader::default();
     whole.push(input);
@@ -742,7 +744,7 @@ fn spawnproto(input: &[u8]) -> Print {
 fn clean(input: &[u8]) -> Print {
     let mut print = Print::new();
     for line in input.split(|&b| b == b'\n').take(64) {
-        match quill::clean::parse(line) {
+        match quill::queue::clean::parse(line) {
             Ok(request) => print.add(std::mem::discriminant(&request)),
             Err((shown, why)) => {
                 assert!(shown.bytes().all(|b| b.is_ascii_graphic() || b == b'-'), "an unsafe byte echoed");
@@ -807,7 +809,7 @@ fn smtpd_session(input: &[u8]) -> Print {
         let mut print = Print::new();
         print.add(out.status.code());
         for line in out.stdout.split_inclusive(|&b| b == b'\n').take(64) {
-            print.add(quill::smtp::parse_reply_line(line).map(|(code, more, _)| (code, more)));
+            print.add(quill::mail::smtp::parse_reply_line(line).map(|(code, more, _)| (code, more)));
         }
         print.done()
     })

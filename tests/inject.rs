@@ -46,12 +46,12 @@ fn submit_path(home: &Path, program: &Path, args: &[&str], envs: &[(&str, &str)]
 }
 
 /// The queued messages: (envelope, message without quill-queue's Received line).
-fn queued(home: &Path) -> Vec<(quill::envelope::Envelope, String)> {
+fn queued(home: &Path) -> Vec<(quill::mail::envelope::Envelope, String)> {
     files(&home.join("queue/todo"))
         .iter()
         .map(|path| {
             let mut file = File::open(path).expect("open queued");
-            let (header, offset) = quill::queuefile::read_header(&mut file).expect("header");
+            let (header, offset) = quill::mail::queuefile::read_header(&mut file).expect("header");
             let bytes = std::fs::read(path).expect("read queued");
             let rest = &bytes[offset as usize..];
             assert!(rest.starts_with(b"Received: (quill "));
@@ -61,7 +61,7 @@ fn queued(home: &Path) -> Vec<(quill::envelope::Envelope, String)> {
         .collect()
 }
 
-fn only(home: &Path) -> (quill::envelope::Envelope, String) {
+fn only(home: &Path) -> (quill::mail::envelope::Envelope, String) {
     let mut all = queued(home);
     assert_eq!(all.len(), 1, "messages in todo/");
     all.remove(0)

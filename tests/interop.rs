@@ -106,7 +106,7 @@ impl Quill {
             command.arg("-D").arg(d);
         }
         command.stdin(Stdio::null()).stdout(log.try_clone().expect("log")).stderr(log);
-        quill::sys::die_with_parent(&mut command);
+        quill::base::sys::die_with_parent(&mut command);
         self.child = Some(command.spawn().expect("start quill-up"));
         assert!(
             wait_for(Duration::from_secs(20), || self.pids("quill-send").len() == 1),
@@ -297,7 +297,7 @@ impl Postfix {
         let out = std::fs::File::create(base.join("master.out")).expect("master.out");
         let mut command = Command::new(Path::new(&daemons).join("master"));
         command.arg("-c").arg(&conf).arg("-d").stdin(Stdio::null()).stdout(out.try_clone().expect("out")).stderr(out);
-        quill::sys::die_with_parent(&mut command);
+        quill::base::sys::die_with_parent(&mut command);
         let master = command.spawn().expect("start Postfix master");
         let postfix = Postfix { dir, master: Some(master) };
         let up = wait_for(Duration::from_secs(20), || postfix.maillog().contains("daemon started"))
@@ -522,15 +522,18 @@ impl Dns {
         if common::is_root() {
             command.arg("--user=nobody");
         }
-        quill::sys::die_with_parent(&mut command);
+        quill::base::sys::die_with_parent(&mut command);
         let dns = Dns { process: command.spawn().expect("start dnsmasq"), port };
-        let resolver = quill::dns::Resolver {
+        let resolver = quill::remote::dns::Resolver {
             servers: vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))],
             timeout: Duration::from_millis(200),
             attempts: 1,
         };
         let up = wait_for(Duration::from_secs(10), || {
-            matches!(resolver.query(b"ready.test", quill::dns::TYPE_A), Ok(_) | Err(quill::dns::DnsError::NxDomain(_)))
+            matches!(
+                resolver.query(b"ready.test", quill::remote::dns::TYPE_A),
+                Ok(_) | Err(quill::remote::dns::DnsError::NxDomain(_))
+            )
         });
         assert!(up, "dnsmasq did not start");
         Some(dns)
@@ -649,7 +652,7 @@ fn a_thousand_connections_from_one_address() {
     let tcpserver = *q.pids("quill-tcpserver").first().expect("quill-tcpserver runs");
     // Open them all and keep them open, so that the per-client limit is really reached. The
     // other tests of this file run beside this one and hold descriptors too.
-    let room = quill::sys::raise_descriptor_limit().unwrap_or(1024);
+    let room = quill::base::sys::raise_descriptor_limit().unwrap_or(1024);
     let total = 1000.min(room.saturating_sub(300) as usize);
     if total < 1000 {
         eprintln!("NOTE: only {room} descriptors allowed: {total} connections instead of 1000");
@@ -993,7 +996,7 @@ fn smtp_sink_hard_refusal_becomes_a_bounce() {
         command.args(["-u", "nobody"]);
     }
     command.arg(format!("127.0.0.1:{port}")).arg("10").stdout(Stdio::null()).stderr(Stdio::null());
-    quill::sys::die_with_parent(&mut command);
+    quill::base::sys::die_with_parent(&mut command);
     struct Guard(Child);
     impl Drop for Guard {
         fn drop(&mut self) {

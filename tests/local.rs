@@ -1,12 +1,12 @@
 //! quill-local, run for real as the current user: fd 0 is a real queue file (header written
-//! with `quill::queuefile::Header`) positioned at the first byte of the message, exactly as
+//! with `quill::mail::queuefile::Header`) positioned at the first byte of the message, exactly as
 //! quill-lspawn hands it over.
 
 mod common;
 
 use common::{bin, files, wait_for, TempDir};
-use quill::envelope::Envelope;
-use quill::queuefile::{read_header, Header};
+use quill::mail::envelope::Envelope;
+use quill::mail::queuefile::{read_header, Header};
 use std::fs::{self, File};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;

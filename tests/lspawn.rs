@@ -11,7 +11,7 @@
 
 mod common;
 
-use quill::spawnproto::{Reader, Report, Request};
+use quill::mail::spawnproto::{Reader, Report, Request};
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -52,7 +52,7 @@ fn runner() -> (u32, u32) {
         let nobody = nix::unistd::User::from_name("nobody").ok().flatten().expect("user nobody");
         (nobody.uid.as_raw(), nobody.gid.as_raw())
     } else {
-        (quill::sys::uids().0, quill::sys::gid())
+        (quill::base::sys::uids().0, quill::base::sys::gid())
     }
 }
 
@@ -142,12 +142,12 @@ impl World {
 
     /// Put a message into queue/mess (or another queue directory); returns its id.
     fn message(&self, dir: &str, subject: &str) -> String {
-        let header = quill::queuefile::Header {
+        let header = quill::mail::queuefile::Header {
             uid: 0,
             pid: 1,
             time: 1_700_000_000,
             nanos: 0,
-            envelope: quill::envelope::Envelope {
+            envelope: quill::mail::envelope::Envelope {
                 sender: b"from@example.org".to_vec(),
                 recipients: vec![b"x@example.com".to_vec()],
             },
@@ -469,7 +469,7 @@ fn output_is_truncated() {
     let (letter, text) = lspawn.deliver(&id, "a@example.com");
     assert_eq!(letter, 'K');
     assert!(text.starts_with("argv:"));
-    assert!(text.len() <= quill::spawnproto::MAX_TEXT && text.len() > 2900, "{} bytes", text.len());
+    assert!(text.len() <= quill::mail::spawnproto::MAX_TEXT && text.len() > 2900, "{} bytes", text.len());
     lspawn.finish();
 }
 
@@ -502,7 +502,7 @@ fn bad_requests_are_refused_not_fatal() {
     assert_eq!((report.slot, report.results.len()), (7, 2));
     assert!(report.results.iter().all(|r| r.outcome.letter() == b'Z'));
     // A malformed frame with a slot gets a temporary result.
-    lspawn.stdin.as_mut().unwrap().write_all(&quill::spawnproto::encode(&[b"8", b"1"])).unwrap();
+    lspawn.stdin.as_mut().unwrap().write_all(&quill::mail::spawnproto::encode(&[b"8", b"1"])).unwrap();
     let report = lspawn.report();
     assert_eq!((report.slot, report.results[0].outcome.letter()), (8, b'Z'));
     // And it still delivers.

@@ -77,9 +77,9 @@ fn stages_run_under_their_own_uids() {
     let alias = ensure_user("alias", "nofiles", &home.join("alias").display().to_string());
     let group = nix::unistd::Group::from_name("quill").ok().flatten().expect("group quill");
     std::fs::create_dir_all(&home).expect("mkdir home");
-    quill::queuefile::create_tree(
+    quill::mail::queuefile::create_tree(
         &home,
-        Some(quill::queuefile::Owners {
+        Some(quill::mail::queuefile::Owners {
             quillq: quillq.uid.as_raw(),
             quills: quills.uid.as_raw(),
             quill_group: group.gid.as_raw(),

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{files, home, TempDir};
-use quill::queuefile::read_header;
+use quill::mail::queuefile::read_header;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -80,7 +80,7 @@ fn assert_empty(home: &Path) {
 }
 
 /// The single message in todo/: its header and the bytes after it.
-fn only_message(home: &Path) -> (quill::queuefile::Header, Vec<u8>, std::fs::Metadata, String) {
+fn only_message(home: &Path) -> (quill::mail::queuefile::Header, Vec<u8>, std::fs::Metadata, String) {
     let todo = files(&home.join("queue/todo"));
     assert_eq!(todo.len(), 1, "todo/: {todo:?}");
     let mut file = File::open(&todo[0]).expect("open queued file");
@@ -91,7 +91,7 @@ fn only_message(home: &Path) -> (quill::queuefile::Header, Vec<u8>, std::fs::Met
 }
 
 fn envelope(sender: &str, recipients: &[&str]) -> Vec<u8> {
-    quill::envelope::Envelope {
+    quill::mail::envelope::Envelope {
         sender: sender.as_bytes().to_vec(),
         recipients: recipients.iter().map(|r| r.as_bytes().to_vec()).collect(),
     }
@@ -113,7 +113,7 @@ fn good_message_is_queued_and_pulls_the_trigger() {
     let (header, rest, meta, name) = only_message(home.path());
     assert_eq!(header.envelope.sender, b"a@b.example");
     assert_eq!(header.envelope.recipients, vec![b"c@d.example".to_vec(), b"e@f.example".to_vec()]);
-    assert_eq!(header.uid, quill::sys::uids().0);
+    assert_eq!(header.uid, quill::base::sys::uids().0);
     assert_eq!(header.pid, run.pid);
     assert_eq!(name, meta.ino().to_string(), "the queue id is the inode number");
     assert_eq!(meta.mode() & 0o777, 0o640);
@@ -142,7 +142,7 @@ fn malformed_envelopes_leave_nothing() {
     let long = format!("F{}\0Tx@y\0\0", "a".repeat(1004));
     let long_rcpt = format!("Fa@b\0T{}@y\0\0", "r".repeat(1002));
     let mut many = b"Fa@b\0".to_vec();
-    for i in 0..=quill::envelope::MAX_RECIPIENTS {
+    for i in 0..=quill::mail::envelope::MAX_RECIPIENTS {
         many.extend_from_slice(format!("Tr{i}@x\0").as_bytes());
     }
     many.push(0);
@@ -344,8 +344,8 @@ fn setuid_copy_ignores_quill_home() {
         common::skip("not root, cannot make a setuid copy");
         return;
     }
-    if Path::new(quill::control::DEFAULT_HOME).exists() {
-        common::skip(&format!("{} exists; a setuid run would write into it", quill::control::DEFAULT_HOME));
+    if Path::new(quill::mail::control::DEFAULT_HOME).exists() {
+        common::skip(&format!("{} exists; a setuid run would write into it", quill::mail::control::DEFAULT_HOME));
         return;
     }
     let Some(user) = scratch_user() else {
@@ -369,7 +369,7 @@ fn setuid_copy_ignores_quill_home() {
     let run = feed(&mut command, b"Subject: x\n\nbody\n", &envelope("a@b", &["c@d"]));
     // The compiled-in home does not exist here: trouble with the home directory.
     assert_eq!(run.code, Some(61), "{}", run.stderr);
-    assert!(run.stderr.contains(quill::control::DEFAULT_HOME), "{}", run.stderr);
+    assert!(run.stderr.contains(quill::mail::control::DEFAULT_HOME), "{}", run.stderr);
     assert_empty(home.path());
 }
 

@@ -107,12 +107,12 @@ fn stats_from_stdin_and_files() {
 
 /// Put a message file into `state/` the way quill-queue would (header, then the message).
 fn queue_message(home: &Path, state: &str, sender: &[u8], rcpts: &[&[u8]], time: u64, body: &str) -> String {
-    let header = quill::queuefile::Header {
+    let header = quill::mail::queuefile::Header {
         uid: 1000,
         pid: 4242,
         time,
         nanos: 0,
-        envelope: quill::envelope::Envelope {
+        envelope: quill::mail::envelope::Envelope {
             sender: sender.to_vec(),
             recipients: rcpts.iter().map(|r| r.to_vec()).collect(),
         },
@@ -130,7 +130,7 @@ fn queue_message(home: &Path, state: &str, sender: &[u8], rcpts: &[&[u8]], time:
 #[test]
 fn queue_list_and_show() {
     let home = home("quill-queue", &[]);
-    let now = quill::date::now();
+    let now = quill::base::date::now();
     let old = queue_message(
         home.path(),
         "mess",
@@ -197,7 +197,7 @@ fn queue_list_and_show() {
 #[test]
 fn status_of_a_quiet_home() {
     let home = home("quill-status", &[]);
-    queue_message(home.path(), "todo", b"a@b", &[b"c@d"], quill::date::now(), "Subject: x\n\ny\n");
+    queue_message(home.path(), "todo", b"a@b", &[b"c@d"], quill::base::date::now(), "Subject: x\n\ny\n");
     let out = quill(&["status"], Some(home.path()), b"");
     let report = text(&out);
     assert!(out.status.success(), "{report}");

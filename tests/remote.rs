@@ -88,7 +88,7 @@ fn folded(reports: &[(char, String)]) -> Vec<char> {
         bytes.extend_from_slice(text.as_bytes());
         bytes.push(0);
     }
-    quill::smtpclient::fold(&bytes, reports.len() - 1).iter().map(|r| r.outcome.letter() as char).collect()
+    quill::remote::smtpclient::fold(&bytes, reports.len() - 1).iter().map(|r| r.outcome.letter() as char).collect()
 }
 
 /// A home whose DNS is a dead end unless the test gives `dnsservers` (port 9 on loopback:
@@ -148,7 +148,7 @@ impl Sink {
             command.args(["-u", "nobody"]);
         }
         command.arg(format!("127.0.0.1:{port}")).arg("10").stdout(Stdio::null()).stderr(Stdio::null());
-        quill::sys::die_with_parent(&mut command);
+        quill::base::sys::die_with_parent(&mut command);
         let process = Process(command.spawn().expect("start smtp-sink"));
         let up = common::wait_for(Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_ok());
         assert!(up, "smtp-sink did not start");
@@ -188,15 +188,18 @@ impl Dns {
             .args(records)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        quill::sys::die_with_parent(&mut command);
+        quill::base::sys::die_with_parent(&mut command);
         let process = Process(command.spawn().expect("start dnsmasq"));
-        let resolver = quill::dns::Resolver {
+        let resolver = quill::remote::dns::Resolver {
             servers: vec![SocketAddr::from(([127, 0, 0, 1], port))],
             timeout: Duration::from_millis(200),
             attempts: 1,
         };
         let up = common::wait_for(Duration::from_secs(10), || {
-            matches!(resolver.query(b"ready.test", quill::dns::TYPE_A), Ok(_) | Err(quill::dns::DnsError::NxDomain(_)))
+            matches!(
+                resolver.query(b"ready.test", quill::remote::dns::TYPE_A),
+                Ok(_) | Err(quill::remote::dns::DnsError::NxDomain(_))
+            )
         });
         assert!(up, "dnsmasq did not start");
         Some(Dns { _process: process, port })
@@ -607,7 +610,7 @@ fn greeting_refusals() {
         MESSAGE,
     );
     assert_eq!(folded(&r), vec!['Z']);
-    assert!(r[1].1.starts_with(quill::route::UNREACHABLE), "a destination-level deferral: {r:?}");
+    assert!(r[1].1.starts_with(quill::remote::route::UNREACHABLE), "a destination-level deferral: {r:?}");
     assert!(r[1].1.contains("greeting failed") && r[1].1.contains("421 4.3.2 busy"), "{r:?}");
     let (r, _) = scripted(
         "greet5",
@@ -711,7 +714,7 @@ fn nothing_listening_is_a_destination_deferral() {
     let home = routed("refused", "example.test", port, &[]);
     let r = remote(home.path(), "example.test", "", &["a@example.test"], MESSAGE);
     assert_eq!(folded(&r), vec!['Z']);
-    assert!(r[1].1.starts_with(quill::route::UNREACHABLE) && r[1].1.contains("unable to connect"), "{r:?}");
+    assert!(r[1].1.starts_with(quill::remote::route::UNREACHABLE) && r[1].1.contains("unable to connect"), "{r:?}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1007,7 +1010,7 @@ fn tls_destinations_require_a_verified_certificate() {
     let home = routed("tlsbad", "example.test", server.port(), &extra);
     let r = remote(home.path(), "example.test", "a@quill.test", &["a@example.test"], MESSAGE);
     assert_eq!(folded(&r), vec!['Z']);
-    assert!(r[1].1.contains("TLS handshake") && r[1].1.starts_with(quill::route::UNREACHABLE), "{r:?}");
+    assert!(r[1].1.contains("TLS handshake") && r[1].1.starts_with(quill::remote::route::UNREACHABLE), "{r:?}");
     assert!(server.seen().data.is_empty());
     assert!(!server.seen().commands.iter().any(|c| c.starts_with("MAIL")));
     // The trusted CA, but not for this host's name.
@@ -1117,7 +1120,7 @@ fn dns_failures_nxdomain_null_mx_and_servfail() {
     // dnsmasq refuses names outside .test: a temporary DNS failure.
     let r = remote(home.path(), "elsewhere.example", "a@quill.test", &["a@elsewhere.example"], MESSAGE);
     assert_eq!(folded(&r), vec!['Z']);
-    assert!(r[1].1.contains("#4.4.3") && r[1].1.starts_with(quill::route::UNREACHABLE), "{r:?}");
+    assert!(r[1].1.contains("#4.4.3") && r[1].1.starts_with(quill::remote::route::UNREACHABLE), "{r:?}");
 }
 
 #[test]
@@ -1156,12 +1159,12 @@ fn never_deliver_to_ourselves() {
 // quill-rspawn.
 
 fn queue_message(home: &Path, id: u64, sender: &str, rcpts: &[&str], dir: &str) {
-    let header = quill::queuefile::Header {
+    let header = quill::mail::queuefile::Header {
         uid: 0,
         pid: 1,
         time: 1_800_000_000,
         nanos: 0,
-        envelope: quill::envelope::Envelope {
+        envelope: quill::mail::envelope::Envelope {
             sender: sender.as_bytes().to_vec(),
             recipients: rcpts.iter().map(|r| r.as_bytes().to_vec()).collect(),
         },
@@ -1173,7 +1176,7 @@ fn queue_message(home: &Path, id: u64, sender: &str, rcpts: &[&str], dir: &str) 
 }
 
 fn request(slot: u32, id: u64, sender: &str, rcpts: &[&str]) -> Vec<u8> {
-    quill::spawnproto::Request {
+    quill::mail::spawnproto::Request {
         slot,
         id: id.to_string().into_bytes(),
         sender: sender.as_bytes().to_vec(),
@@ -1200,11 +1203,11 @@ fn rspawn_runs_deliveries_and_reports_each() {
     input.extend(request(5, 101, "s@quill.test", &["a@good.test", "b@other.test"]));
     let (out, err, code) = run_bounded(home.path(), "quill-rspawn", &[], &input);
     assert_eq!(code, Some(0), "{err}");
-    let mut reader = quill::spawnproto::Reader::default();
+    let mut reader = quill::mail::spawnproto::Reader::default();
     reader.push(&out);
     let mut reports = std::collections::BTreeMap::new();
     while let Some(fields) = reader.next_frame() {
-        let report = quill::spawnproto::Report::decode(&fields).expect("report");
+        let report = quill::mail::spawnproto::Report::decode(&fields).expect("report");
         reports.insert(report.slot, report.results);
     }
     let letters = |slot: u32| -> String { reports[&slot].iter().map(|r| r.outcome.letter() as char).collect() };
@@ -1320,7 +1323,7 @@ fn envelope_addresses_are_written_as_quoted_paths_or_not_at_all() {
     drop(seen);
     // What the server read parses back, with quill-smtpd's parser, to the same addresses.
     let path = &mail["MAIL FROM:".len()..];
-    let (mailbox, rest) = quill::smtp::parse_path(path.as_bytes(), quill::smtp::PathKind::Reverse).unwrap();
+    let (mailbox, rest) = quill::mail::smtp::parse_path(path.as_bytes(), quill::mail::smtp::PathKind::Reverse).unwrap();
     assert_eq!(mailbox.address(), sender.as_bytes());
     assert!(rest.starts_with(b" SIZE="), "no injected parameter: {}", String::from_utf8_lossy(rest));
     // A sender that cannot be written fails the message for good, before any connection.
@@ -1406,9 +1409,9 @@ fn rspawn_kills_a_delivery_past_its_deadline() {
     let out = reader.join().unwrap();
     let err = err_reader.join().unwrap();
     assert!(done && status.success(), "quill-rspawn did not end: {status:?} {err}");
-    let mut frames = quill::spawnproto::Reader::default();
+    let mut frames = quill::mail::spawnproto::Reader::default();
     frames.push(&out);
-    let report = quill::spawnproto::Report::decode(&frames.next_frame().expect("a report")).expect("report");
+    let report = quill::mail::spawnproto::Report::decode(&frames.next_frame().expect("a report")).expect("report");
     assert_eq!(report.slot, 7);
     let letters: String = report.results.iter().map(|r| r.outcome.letter() as char).collect();
     assert_eq!(letters, "ZZ");
@@ -1465,7 +1468,7 @@ struct HostileDns {
 }
 
 impl HostileDns {
-    fn start(answer: fn(&quill::dns::Message) -> Vec<u8>) -> HostileDns {
+    fn start(answer: fn(&quill::remote::dns::Message) -> Vec<u8>) -> HostileDns {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         socket.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
         let port = socket.local_addr().expect("addr").port();
@@ -1477,7 +1480,7 @@ impl HostileDns {
             let mut buffer = [0u8; 2048];
             while !stop2.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(60) {
                 let Ok((n, from)) = socket.recv_from(&mut buffer) else { continue };
-                let Ok(query) = quill::dns::decode(&buffer[..n]) else { continue };
+                let Ok(query) = quill::remote::dns::decode(&buffer[..n]) else { continue };
                 queries2.fetch_add(1, Ordering::SeqCst);
                 let _ = socket.send_to(&answer(&query), from);
             }
@@ -1500,18 +1503,18 @@ impl Drop for HostileDns {
 }
 
 /// An answer to `query` with one CNAME record from the question name to `target`.
-fn cname_answer(query: &quill::dns::Message, target: &[u8]) -> Vec<u8> {
-    use quill::dns::{Data, Record, CLASS_IN, TYPE_CNAME};
+fn cname_answer(query: &quill::remote::dns::Message, target: &[u8]) -> Vec<u8> {
+    use quill::remote::dns::{Data, Record, CLASS_IN, TYPE_CNAME};
     let name = query.questions.first().map(|q| q.0.clone()).unwrap_or_default();
     let record = Record { name, rtype: TYPE_CNAME, class: CLASS_IN, ttl: 60, data: Data::Cname(target.to_vec()) };
-    let message = quill::dns::Message {
+    let message = quill::remote::dns::Message {
         id: query.id,
         flags: 0x8180,
         questions: query.questions.clone(),
         answers: vec![record],
         ..Default::default()
     };
-    quill::dns::encode_message(&message).expect("encode")
+    quill::remote::dns::encode_message(&message).expect("encode")
 }
 
 #[test]
@@ -1544,5 +1547,5 @@ fn hostile_cname_answers_end_in_a_bounded_deferral() {
     assert!(r[1].1.contains("#4.4.3") && r[1].1.contains("CNAME chain too long"), "{r:?}");
     let count = deeper.count();
     eprintln!("queries for the endless chain: {count}");
-    assert!((1..=quill::dns::MAX_QUERIES).contains(&count), "{count} queries");
+    assert!((1..=quill::remote::dns::MAX_QUERIES).contains(&count), "{count} queries");
 }

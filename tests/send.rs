@@ -11,10 +11,10 @@
 mod common;
 
 use common::{bin, files, home, is_root, wait_for, TempDir};
-use quill::envelope::Envelope;
-use quill::fail::Outcome;
-use quill::queuefile::{Header, Layout};
-use quill::spawnproto::{Reader, Report, Request, Result as SpawnResult};
+use quill::base::fail::Outcome;
+use quill::mail::envelope::Envelope;
+use quill::mail::queuefile::{Header, Layout};
+use quill::mail::spawnproto::{Reader, Report, Request, Result as SpawnResult};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -28,7 +28,7 @@ const ME: &str = "test.example";
 const SENDER: &str = "sender@remote.example";
 
 fn now() -> u64 {
-    quill::date::now()
+    quill::base::date::now()
 }
 
 /// The test's end of one spawner's pipes.
@@ -146,11 +146,11 @@ impl Rig {
             remote_ends = Some((r_req_r, r_rep_w));
         }
         let high: Vec<(OwnedFd, i32)> =
-            fds.iter().map(|(fd, to)| (quill::sys::dup_at_least(fd.as_fd(), 30).expect("dup"), *to)).collect();
+            fds.iter().map(|(fd, to)| (quill::base::sys::dup_at_least(fd.as_fd(), 30).expect("dup"), *to)).collect();
         let mut command = Command::new(bin("quill-send"));
         command.env("QUILL_HOME", home).stdin(Stdio::null()).stdout(log_file()).stderr(log_file());
         command.env("QMAILQUEUE", queue_program(home));
-        quill::sys::map_fds(&mut command, high.iter().map(|(fd, to)| (fd.as_raw_fd(), *to)).collect());
+        quill::base::sys::map_fds(&mut command, high.iter().map(|(fd, to)| (fd.as_raw_fd(), *to)).collect());
         let send = command.spawn().expect("start quill-send");
         drop(high);
         drop(fds);
@@ -218,7 +218,7 @@ fn write_message(home: &Path, dir: &str, sender: &str, rcpts: &[&str], time: u64
     static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let header = Header {
-        uid: quill::sys::uids().0,
+        uid: quill::base::sys::uids().0,
         pid: std::process::id().wrapping_mul(1000).wrapping_add(n),
         time,
         nanos: 0,
@@ -239,7 +239,7 @@ fn write_message(home: &Path, dir: &str, sender: &str, rcpts: &[&str], time: u64
 /// Queue a new message and wake quill-send.
 fn inject(home: &Path, sender: &str, rcpts: &[&str], subject: &str) -> u64 {
     let id = write_message(home, "todo", sender, rcpts, now(), subject);
-    quill::queuefile::pull_trigger(&Layout::new(home));
+    quill::mail::queuefile::pull_trigger(&Layout::new(home));
     id
 }
 
@@ -319,7 +319,7 @@ fn deliveries_deferral_restart_and_bounce() {
     let info_dir = q.join("info");
     let mut info = None;
     wait_for(LIMIT, || {
-        info = quill::sendstate::read(&info_dir, id).ok().flatten();
+        info = quill::send::sendstate::read(&info_dir, id).ok().flatten();
         info.is_some()
     });
     let info = info.expect("info file after a deferral");
@@ -377,7 +377,7 @@ fn full_success_writes_no_info() {
     let info_files = || {
         files(&info_dir)
             .iter()
-            .filter(|p| p.file_name().is_some_and(|n| quill::queuefile::valid_id(n.as_encoded_bytes())))
+            .filter(|p| p.file_name().is_some_and(|n| quill::mail::queuefile::valid_id(n.as_encoded_bytes())))
             .count()
     };
     for r in rig.local.take(2) {
@@ -423,7 +423,7 @@ fn queuelifetime_turns_a_deferral_into_a_bounce() {
     let h = basic_home("lifetime", &[("queuelifetime", "86400\n")]);
     let mut rig = Rig::start(h.path(), "send", false);
     let id = write_message(h.path(), "todo", SENDER, &["slow@test.example"], now() - 2 * 86400, "old");
-    quill::queuefile::pull_trigger(&Layout::new(h.path()));
+    quill::mail::queuefile::pull_trigger(&Layout::new(h.path()));
     let r = rig.local.take(1);
     rig.local.answer(r[0].slot, &[(Outcome::Temporary, "disk quota exceeded (#4.2.2)")]);
     assert!(rig.wait_log(&format!("end msg {id}\n")), "{}", rig.log());
@@ -445,7 +445,7 @@ fn a_bounce_that_cannot_be_queued_keeps_the_message() {
     let mess = h.path().join(format!("queue/mess/{id}"));
     assert!(mess.exists());
     let info = h.path().join("queue/info");
-    assert!(wait_for(LIMIT, || quill::sendstate::read(&info, id).ok().flatten().is_some()));
+    assert!(wait_for(LIMIT, || quill::send::sendstate::read(&info, id).ok().flatten().is_some()));
     assert!(!rig.log().contains(&format!("end msg {id}")));
     std::fs::remove_file(h.path().join("queue-refuses")).expect("remove flag");
     rig.signal(nix::sys::signal::Signal::SIGALRM);
@@ -484,8 +484,8 @@ fn sigterm_waits_for_deliveries_in_flight() {
     rig.local.answer(first[0].slot, &[(Outcome::Success, "did 1+0+0/")]);
     let status = rig.wait_send().expect("quill-send exits after SIGTERM");
     assert!(status.success(), "{status}");
-    let info = quill::sendstate::read(&h.path().join("queue/info"), id).expect("read").expect("info saved");
-    let waiting = info.entries.iter().filter(|e| e.progress == quill::sendstate::Progress::Waiting).count();
+    let info = quill::send::sendstate::read(&h.path().join("queue/info"), id).expect("read").expect("info saved");
+    let waiting = info.entries.iter().filter(|e| e.progress == quill::send::sendstate::Progress::Waiting).count();
     assert_eq!(waiting, 1);
     drop(rig);
     // The next quill-send goes on with the recipient left.
@@ -540,11 +540,11 @@ fn virtualdomains_and_kept_remote_recipients() {
     assert_eq!(got, vec!["bare@test.example".to_string(), "vu-x@virt.example".to_string()]);
     // The remote recipient stays, written down, with a log line; the message is not ended.
     let info_dir = h.path().join("queue/info");
-    assert!(wait_for(LIMIT, || quill::sendstate::read(&info_dir, id).ok().flatten().is_some()));
-    let info = quill::sendstate::read(&info_dir, id).expect("read").expect("info");
+    assert!(wait_for(LIMIT, || quill::send::sendstate::read(&info_dir, id).ok().flatten().is_some()));
+    let info = quill::send::sendstate::read(&info_dir, id).expect("read").expect("info");
     assert_eq!(info.entries[2].address, b"far@not.example");
-    assert_eq!(info.entries[2].channel, quill::sendconf::Channel::Remote);
-    assert_eq!(info.entries[2].progress, quill::sendstate::Progress::Waiting);
+    assert_eq!(info.entries[2].channel, quill::send::sendconf::Channel::Remote);
+    assert_eq!(info.entries[2].progress, quill::send::sendstate::Progress::Waiting);
     assert!(rig.log().contains("remote channel is not running"));
     assert!(!rig.log().contains("end msg"));
     assert!(h.path().join(format!("queue/mess/{id}")).exists());
@@ -582,25 +582,25 @@ fn restart_recovers_mess_and_removes_stale_info() {
     let plain = write_message(h.path(), "mess", SENDER, &["p@test.example"], t, "plain");
     // An info file from an earlier message that had the same inode: recognised and ignored.
     let reused = write_message(h.path(), "mess", SENDER, &["r@test.example"], t, "reused");
-    let foreign = quill::sendstate::Info {
+    let foreign = quill::send::sendstate::Info {
         time: t - 1000,
         pid: 1,
         due: [0, 0],
-        entries: vec![quill::sendstate::Entry {
-            channel: quill::sendconf::Channel::Local,
+        entries: vec![quill::send::sendstate::Entry {
+            channel: quill::send::sendconf::Channel::Local,
             address: b"r@test.example".to_vec(),
-            progress: quill::sendstate::Progress::Delivered,
+            progress: quill::send::sendstate::Progress::Delivered,
             last: None,
         }],
     };
     let info_dir = h.path().join("queue/info");
-    quill::sendstate::write(&info_dir, reused, &foreign).expect("write info");
+    quill::send::sendstate::write(&info_dir, reused, &foreign).expect("write info");
     // An info file for no message at all, and a torn temporary one.
-    quill::sendstate::write(&info_dir, 999_999_999, &foreign).expect("write info");
+    quill::send::sendstate::write(&info_dir, 999_999_999, &foreign).expect("write info");
     std::fs::write(info_dir.join("5.new"), b"I").expect("write");
     // A held message is left alone, its info file too.
     let held = write_message(h.path(), "hold", SENDER, &["h@test.example"], t, "held");
-    quill::sendstate::write(&info_dir, held, &foreign).expect("write info");
+    quill::send::sendstate::write(&info_dir, held, &foreign).expect("write info");
 
     let mut rig = Rig::start(h.path(), "send", false);
     let mut got: Vec<String> = Vec::new();

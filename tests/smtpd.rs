@@ -895,10 +895,10 @@ fn unknown_local_recipients_are_refused_at_rcpt() {
     std::fs::create_dir_all(&mailbox).expect("mkdir");
     std::fs::write(mailbox.join(".qmail-list"), "./Maildir/\n").expect("write");
     std::fs::write(mailbox.join(".qmail-list-sub-default"), "./Maildir/\n").expect("write");
-    let (uid, gid) = (quill::sys::uids().0, quill::sys::gid());
+    let (uid, gid) = (quill::base::sys::uids().0, quill::base::sys::gid());
     let assign = format!("=list:u:{uid}:{gid}:{0}:-:list:\n+list-:u:{uid}:{gid}:{0}:-:list-:\n.\n", mailbox.display());
     std::fs::create_dir_all(home.join("users")).expect("mkdir");
-    let db = quill::users::compile_assign(assign.as_bytes()).expect("compile assign");
+    let db = quill::mail::users::compile_assign(assign.as_bytes()).expect("compile assign");
     std::fs::write(home.join("users/assign.db"), db).expect("write assign.db");
 
     let mut client = server.connect();
@@ -1009,10 +1009,10 @@ fn local_parts_over_64_octets_are_refused_at_rcpt() {
     let mailbox = home.join("box");
     std::fs::create_dir_all(&mailbox).expect("mkdir");
     std::fs::write(mailbox.join(".qmail-default"), "./Maildir/\n").expect("write");
-    let (uid, gid) = (quill::sys::uids().0, quill::sys::gid());
+    let (uid, gid) = (quill::base::sys::uids().0, quill::base::sys::gid());
     let assign = format!("+:u:{uid}:{gid}:{}:-::\n.\n", mailbox.display());
     std::fs::create_dir_all(home.join("users")).expect("mkdir");
-    let db = quill::users::compile_assign(assign.as_bytes()).expect("compile assign");
+    let db = quill::mail::users::compile_assign(assign.as_bytes()).expect("compile assign");
     std::fs::write(home.join("users/assign.db"), db).expect("write assign.db");
 
     let mut client = server.connect();

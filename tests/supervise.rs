@@ -61,7 +61,7 @@ impl Kind {
 }
 
 fn home() -> PathBuf {
-    PathBuf::from(quill::control::DEFAULT_HOME)
+    PathBuf::from(quill::mail::control::DEFAULT_HOME)
 }
 
 fn bindir() -> PathBuf {
@@ -195,7 +195,7 @@ impl World {
         for (program, arg) in jobs {
             let mut command = Command::new(program);
             command.arg(arg).current_dir(&scan).stdin(Stdio::null()).stdout(Stdio::null());
-            quill::sys::new_session(&mut command);
+            quill::base::sys::new_session(&mut command);
             self.supervisors.push(command.spawn().unwrap_or_else(|e| panic!("start {program}: {e}")));
         }
     }
@@ -313,7 +313,7 @@ fn prepare(kind: Kind) -> Option<World> {
     std::fs::create_dir_all(&home).expect("create home");
     std::fs::write(home.join(MARKER), "made by tests/supervise.rs; safe to remove\n").expect("marker");
     // Mail left over from an earlier, failed run would be delivered again: start empty.
-    let layout = quill::queuefile::Layout::new(&home);
+    let layout = quill::mail::queuefile::Layout::new(&home);
     for dir in [layout.tmp(), layout.todo(), layout.mess(), layout.hold(), layout.info()] {
         for file in common::files(&dir) {
             let _ = std::fs::remove_file(file);
@@ -419,7 +419,7 @@ fn smtp_check(port: u16) -> Result<String, String> {
     }
     let mut writer = stream;
     // One message for the test user, without pipelining: each command and its reply.
-    let token = format!("smtp-{}-{}", std::process::id(), quill::date::now_micros().1);
+    let token = format!("smtp-{}-{}", std::process::id(), quill::base::date::now_micros().1);
     let data = format!("Subject: {token}\r\n\r\nThrough the SMTP service.\r\n.\r\n");
     let rcpt = format!("RCPT TO:<{TEST_USER}@localhost>\r\n");
     let dialogue: [(&str, &str); 6] = [
@@ -466,7 +466,7 @@ fn deliver(label: &str) -> Result<bool, String> {
         }
     }
     let (uid, gid, user_home) = test_user();
-    let token = format!("supervise-{label}-{}-{}", std::process::id(), quill::date::now_micros().1);
+    let token = format!("supervise-{label}-{}-{}", std::process::id(), quill::base::date::now_micros().1);
     let mut child = Command::new(bin("sendmail"))
         .arg(format!("{TEST_USER}@localhost"))
         .uid(uid)
@@ -603,7 +603,7 @@ fn auth_services(label: &str, submission: u16, smtps: u16) {
         );
     }
     let (_, _, _) = test_user();
-    let token = format!("auth-{}-{}", std::process::id(), quill::date::now_micros().1);
+    let token = format!("auth-{}-{}", std::process::id(), quill::base::date::now_micros().1);
     let script = format!(
         r#"
 import smtplib, ssl

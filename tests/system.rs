@@ -692,8 +692,8 @@ fn quill_queue_hold_release_bounce_delete_flush() {
     // durably in the info file.
     let id: u64 = first.parse().expect("id");
     let info_dir = q.home().join("queue/info");
-    assert!(wait_for(Duration::from_secs(30), || quill::sendstate::read(&info_dir, id).ok().flatten().is_some()));
-    let info = quill::sendstate::read(&info_dir, id).expect("read info").expect("info");
+    assert!(wait_for(Duration::from_secs(30), || quill::send::sendstate::read(&info_dir, id).ok().flatten().is_some()));
+    let info = quill::send::sendstate::read(&info_dir, id).expect("read info").expect("info");
     // (isqrt(age) + 20)² with the age at the attempt: 400 s if it came within a second.
     let wait = info.due[1] - info.time;
     let root = (20..=23).find(|r| r * r == wait);
@@ -870,7 +870,7 @@ fn concurrent_first_deliveries_to_a_new_maildir() {
 /// Audit item 2: quill-up started by root gives the instance directory to its owner, who can
 /// put anything in it. A hard link to root's file is refused with nothing given away; a
 /// symbolic link is given to the owner itself, never what it names. (The walk is by
-/// descriptor, so a directory swapped for a link during it is not followed either: src/tree.rs.)
+/// descriptor, so a directory swapped for a link during it is not followed either: src/base/tree.rs.)
 #[test]
 fn quill_up_as_root_gives_away_only_the_instance() {
     if !common::is_root() {

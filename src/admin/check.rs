@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 
 use super::{group_id, group_name, owner_mode, shell_quote, user_ids, user_name, ACCOUNTS, NOFILES_GROUP, QUEUE_GROUP};
-use crate::control::Control;
+use crate::mail::control::Control;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -141,7 +141,7 @@ pub fn virtualdomain_line(line: &[u8]) -> Result<Vec<u8>, &'static str> {
     if !looks_like_list_entry(domain) {
         return Err("the domain is not a domain");
     }
-    Ok(crate::address::normal_domain(domain))
+    Ok(crate::mail::address::normal_domain(domain))
 }
 
 fn check_accounts(list: &mut Vec<Problem>) {
@@ -173,7 +173,14 @@ fn not_as_this_user(list: &mut Vec<Problem>) {
     }
 }
 
-fn check_owner(list: &mut Vec<Problem>, path: &Path, kind: crate::tree::Kind, user: &str, group: &str, mode: u32) {
+fn check_owner(
+    list: &mut Vec<Problem>,
+    path: &Path,
+    kind: crate::base::tree::Kind,
+    user: &str,
+    group: &str,
+    mode: u32,
+) {
     let (Some((uid, _)), Some(gid)) = (user_ids(user), group_id(group)) else {
         return;
     };
@@ -185,9 +192,9 @@ fn check_owner(list: &mut Vec<Problem>, path: &Path, kind: crate::tree::Kind, us
         use std::os::unix::fs::FileTypeExt;
         let found = meta.file_type();
         let (right, name) = match kind {
-            crate::tree::Kind::Directory => (found.is_dir(), "a directory"),
-            crate::tree::Kind::File => (found.is_file(), "a regular file"),
-            crate::tree::Kind::Fifo => (found.is_fifo(), "a named pipe"),
+            crate::base::tree::Kind::Directory => (found.is_dir(), "a directory"),
+            crate::base::tree::Kind::File => (found.is_file(), "a regular file"),
+            crate::base::tree::Kind::Fifo => (found.is_fifo(), "a named pipe"),
         };
         if !right {
             let what = if found.is_symlink() { "a symbolic link" } else { "of another type" };
@@ -277,7 +284,7 @@ fn check_private_owner(list: &mut Vec<Problem>, path: &Path, uid: u32, mode: u32
 }
 
 fn check_tree(list: &mut Vec<Problem>, home: &Path, kind: Kind) {
-    let layout = crate::queuefile::Layout::new(home);
+    let layout = crate::mail::queuefile::Layout::new(home);
     if !home.is_dir() {
         problem(
             list,
@@ -286,8 +293,8 @@ fn check_tree(list: &mut Vec<Problem>, home: &Path, kind: Kind) {
         );
         return;
     }
-    use crate::tree::Kind::{Directory, Fifo, File};
-    let entries: [(PathBuf, crate::tree::Kind, &str, &str, u32); 13] = [
+    use crate::base::tree::Kind::{Directory, Fifo, File};
+    let entries: [(PathBuf, crate::base::tree::Kind, &str, &str, u32); 13] = [
         (home.join("control"), Directory, "root", "root", 0o755),
         (home.join("users"), Directory, "root", "root", 0o755),
         (home.join("alias"), Directory, "alias", NOFILES_GROUP, 0o2755),
@@ -328,7 +335,7 @@ fn check_tree(list: &mut Vec<Problem>, home: &Path, kind: Kind) {
 
 /// Message files quill-send cannot read: their group is not quill (written before tmp/ had
 /// its set-group-id bit).
-fn check_message_groups(list: &mut Vec<Problem>, layout: &crate::queuefile::Layout) {
+fn check_message_groups(list: &mut Vec<Problem>, layout: &crate::mail::queuefile::Layout) {
     use std::os::unix::fs::MetadataExt;
     let Some(gid) = group_id(QUEUE_GROUP) else {
         return;
@@ -363,7 +370,7 @@ fn check_queue_program(list: &mut Vec<Problem>, bindir: &Path, kind: Kind) {
         return;
     }
     match kind {
-        Kind::System => check_owner(list, &path, crate::tree::Kind::File, "quillq", QUEUE_GROUP, 0o4711),
+        Kind::System => check_owner(list, &path, crate::base::tree::Kind::File, "quillq", QUEUE_GROUP, 0o4711),
         Kind::Private { .. } => {
             if owner_mode(&path).is_some_and(|(_, _, mode)| mode & 0o4000 != 0) {
                 let shown = shell_quote(&path.display().to_string());
@@ -401,9 +408,11 @@ fn check_controls(list: &mut Vec<Problem>, home: &Path) {
     }
     for name in DOMAIN_FILES {
         match control.line(name) {
-            Ok(Some(v)) if !looks_like_domain(&v) => {
-                problem(list, format!("control/{name}: {:?} is not a domain name", crate::log::safe(&v)), edit(name))
-            }
+            Ok(Some(v)) if !looks_like_domain(&v) => problem(
+                list,
+                format!("control/{name}: {:?} is not a domain name", crate::base::log::safe(&v)),
+                edit(name),
+            ),
             Err(e) => problem(list, e.message, format!("chmod 644 {}", control.path(name).display())),
             _ => {}
         }
@@ -416,7 +425,7 @@ fn check_controls(list: &mut Vec<Problem>, home: &Path) {
             if !looks_like_list_entry(&line) {
                 problem(
                     list,
-                    format!("control/{name}: {:?} is not a domain name", crate::log::safe(&line)),
+                    format!("control/{name}: {:?} is not a domain name", crate::base::log::safe(&line)),
                     edit(name),
                 );
             }
@@ -424,7 +433,11 @@ fn check_controls(list: &mut Vec<Problem>, home: &Path) {
     }
     for line in control.lines("smtproutes").unwrap_or_default() {
         if let Err(why) = smtproute_line(&line) {
-            problem(list, format!("control/smtproutes: {:?}: {why}", crate::log::safe(&line)), edit("smtproutes"));
+            problem(
+                list,
+                format!("control/smtproutes: {:?}: {why}", crate::base::log::safe(&line)),
+                edit("smtproutes"),
+            );
         }
     }
     let mut virtual_domains = Vec::new();
@@ -433,14 +446,14 @@ fn check_controls(list: &mut Vec<Problem>, home: &Path) {
             Ok(domain) => virtual_domains.push(domain),
             Err(why) => problem(
                 list,
-                format!("control/virtualdomains: {:?}: {why}", crate::log::safe(&line)),
+                format!("control/virtualdomains: {:?}: {why}", crate::base::log::safe(&line)),
                 edit("virtualdomains"),
             ),
         }
     }
     // Mail for a domain this host delivers must be accepted from the network first.
     let rcpthosts: Vec<Vec<u8>> =
-        control.lines("rcpthosts").unwrap_or_default().iter().map(|d| crate::address::normal_domain(d)).collect();
+        control.lines("rcpthosts").unwrap_or_default().iter().map(|d| crate::mail::address::normal_domain(d)).collect();
     if control.read("rcpthosts").ok().flatten().is_none() {
         problem(list, "control/rcpthosts is missing: quill-smtpd accepts mail for no domain".into(), "quill setup");
         return;
@@ -448,7 +461,7 @@ fn check_controls(list: &mut Vec<Problem>, home: &Path) {
     let locals = control.locals().unwrap_or_default();
     for domain in locals.iter().chain(virtual_domains.iter().filter(|d| !d.is_empty())) {
         let plain = domain.strip_prefix(b".").unwrap_or(domain);
-        if !crate::address::domain_listed(plain, &rcpthosts) && !rcpthosts.contains(domain) {
+        if !crate::mail::address::domain_listed(plain, &rcpthosts) && !rcpthosts.contains(domain) {
             let name = String::from_utf8_lossy(domain);
             problem(
                 list,
@@ -529,7 +542,7 @@ fn check_tls(list: &mut Vec<Problem>, home: &Path, kind: Kind) {
 }
 
 fn check_users(list: &mut Vec<Problem>, home: &Path) {
-    let (assign, db) = (crate::users::assign_path(home), crate::users::assign_db_path(home));
+    let (assign, db) = (crate::mail::users::assign_path(home), crate::mail::users::assign_db_path(home));
     let Ok(source) = std::fs::metadata(&assign).and_then(|m| m.modified()) else {
         return;
     };
@@ -544,11 +557,11 @@ fn check_users(list: &mut Vec<Problem>, home: &Path) {
 }
 
 fn check_aliases(list: &mut Vec<Problem>, home: &Path, kind: Kind) {
-    let path = crate::aliases::aliases_path(&Control::new(home));
+    let path = crate::mail::aliases::aliases_path(&Control::new(home));
     match std::fs::read(&path) {
         Err(_) => problem(list, format!("{} is missing: no postmaster", path.display()), "quill setup"),
         Ok(text) => {
-            if let Err(e) = crate::aliases::Aliases::parse(&text) {
+            if let Err(e) = crate::mail::aliases::Aliases::parse(&text) {
                 problem(list, format!("{}: {}", path.display(), e.message), format!("edit {}", path.display()));
                 return;
             }
@@ -597,7 +610,7 @@ fn check_stages(list: &mut Vec<Problem>, home: &Path, kind: Kind) {
             problem(list, format!("quill-start runs but {stage} does not"), restart);
         }
         for p in mine {
-            if crate::sys::uids().1 == 0 && want.is_some_and(|w| p.uid != w) {
+            if crate::base::sys::uids().1 == 0 && want.is_some_and(|w| p.uid != w) {
                 problem(
                     list,
                     format!("{stage} (pid {}) runs as uid {}, not as {user}", p.pid, p.uid),

@@ -3,7 +3,7 @@
 //! quill-send's business (flush, hold, release, delete and bounce go through it).
 #![forbid(unsafe_code)]
 
-use crate::queuefile::{read_header, valid_id, Header, Layout};
+use crate::mail::queuefile::{read_header, valid_id, Header, Layout};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ pub struct Entry {
     /// True when quill-send keeps retry state for it (`info/ID`).
     pub retrying: bool,
     /// That retry state, when it can be read and belongs to this message.
-    pub info: Option<crate::sendstate::Info>,
+    pub info: Option<crate::send::sendstate::Info>,
 }
 
 /// The directories a message can be in, in the order they are listed.
@@ -47,7 +47,7 @@ fn load(layout: &Layout, state: &'static str, id: &str) -> Result<Entry, String>
     let info = id
         .parse::<u64>()
         .ok()
-        .and_then(|n| crate::sendstate::read(&layout.info(), n).ok().flatten())
+        .and_then(|n| crate::send::sendstate::read(&layout.info(), n).ok().flatten())
         .filter(|i| i.matches(header.time, header.pid) && i.entries.len() == header.envelope.recipients.len());
     Ok(Entry {
         id: id.to_string(),
@@ -129,11 +129,11 @@ impl Filter {
             }
         }
         if let Some(d) = &self.domain {
-            let want = crate::address::normal_domain(d.as_bytes());
+            let want = crate::mail::address::normal_domain(d.as_bytes());
             if !envelope
                 .recipients
                 .iter()
-                .any(|rcpt| crate::address::normal_domain(crate::address::split(rcpt).1) == want)
+                .any(|rcpt| crate::mail::address::normal_domain(crate::mail::address::split(rcpt).1) == want)
             {
                 return false;
             }
@@ -150,8 +150,8 @@ impl Filter {
 /// One line per message: id, state, age, size, sender, then the recipients.
 pub fn list_line(entry: &Entry, now: u64) -> String {
     let envelope = &entry.header.envelope;
-    let sender = if envelope.sender.is_empty() { "<>".to_string() } else { crate::log::safe(&envelope.sender) };
-    let mut recipients: Vec<String> = envelope.recipients.iter().take(3).map(|r| crate::log::safe(r)).collect();
+    let sender = if envelope.sender.is_empty() { "<>".to_string() } else { crate::base::log::safe(&envelope.sender) };
+    let mut recipients: Vec<String> = envelope.recipients.iter().take(3).map(|r| crate::base::log::safe(r)).collect();
     if envelope.recipients.len() > 3 {
         recipients.push(format!("(+{} more)", envelope.recipients.len() - 3));
     }
@@ -202,14 +202,14 @@ pub fn show(entry: &Entry, recipients: &[super::why::Recipient], now: u64, body:
     out.push_str(&format!("state:      {}\n", super::why::summary(entry, recipients)));
     out.push_str(&format!(
         "queued:     {} ({} ago)\n",
-        crate::date::rfc5322(h.time),
+        crate::base::date::rfc5322(h.time),
         super::age(now.saturating_sub(h.time))
     ));
     out.push_str(&format!("queued by:  uid {} ({}), quill-queue pid {}\n", h.uid, super::user_name(h.uid), h.pid));
     out.push_str(&format!("size:       {} bytes\n", entry.size));
     out.push_str(&format!("file:       {}\n", entry.path.display()));
     let sender = &h.envelope.sender;
-    out.push_str(&format!("sender:     <{}>\n", crate::log::safe(sender)));
+    out.push_str(&format!("sender:     <{}>\n", crate::base::log::safe(sender)));
     out.push_str("recipients:\n");
     for r in recipients {
         out.push_str(&super::why::recipient_text(r, now));
@@ -218,7 +218,8 @@ pub fn show(entry: &Entry, recipients: &[super::why::Recipient], now: u64, body:
     let mut message = Vec::new();
     if let Ok(mut file) = File::open(&entry.path) {
         let mut all = Vec::new();
-        let limit = if body { u64::MAX } else { (MAX_SHOWN_HEADER as u64) + (crate::queuefile::MAX_HEADER as u64) };
+        let limit =
+            if body { u64::MAX } else { (MAX_SHOWN_HEADER as u64) + (crate::mail::queuefile::MAX_HEADER as u64) };
         let _ = (&mut file).take(limit).read_to_end(&mut all);
         if let Ok((_, offset)) = Header::decode(&all) {
             message = all[offset..].to_vec();
@@ -230,7 +231,7 @@ pub fn show(entry: &Entry, recipients: &[super::why::Recipient], now: u64, body:
         }
         message.truncate(MAX_SHOWN_HEADER);
     }
-    out.push_str(&crate::log::safe_text(&message));
+    out.push_str(&crate::base::log::safe_text(&message));
     out
 }
 
@@ -243,12 +244,12 @@ pub fn request(home: &Path, lines: &[String]) -> Result<(), String> {
     use std::io::Write;
     for line in lines {
         let id = line.split_whitespace().nth(1).unwrap_or("");
-        if !id.is_empty() && !crate::queuefile::valid_id(id.as_bytes()) {
+        if !id.is_empty() && !crate::mail::queuefile::valid_id(id.as_bytes()) {
             return Err(format!("{id:?} is not a queue id (see quill queue list)"));
         }
     }
-    let path = crate::queuefile::Layout::new(home).control();
-    let mut fifo = crate::queuefile::open_fifo(&path, false).map_err(|e| match e.raw_os_error() {
+    let path = crate::mail::queuefile::Layout::new(home).control();
+    let mut fifo = crate::mail::queuefile::open_fifo(&path, false).map_err(|e| match e.raw_os_error() {
         Some(libc::ENXIO) => "unable to reach quill-send: it is not running".to_string(),
         Some(libc::EACCES) => format!("unable to open {}: permission denied (run as root)", path.display()),
         _ => format!("unable to open {}: {e}", path.display()),
@@ -286,7 +287,7 @@ pub fn request(home: &Path, lines: &[String]) -> Result<(), String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::envelope::Envelope;
+    use crate::mail::envelope::Envelope;
 
     fn entry(sender: &[u8], rcpts: &[&[u8]], time: u64) -> Entry {
         Entry {

@@ -7,7 +7,7 @@
 #![forbid(unsafe_code)]
 
 use super::{group_id, owner_mode, user_ids, Account, ACCOUNTS, NOFILES_GROUP, QUEUE_GROUP};
-use crate::control::Control;
+use crate::mail::control::Control;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{chown, DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -44,8 +44,8 @@ impl Report {
 }
 
 /// The mode of `queue/tmp/` in an installation: 0700 plus set-group-id
-/// ([`crate::queuefile::TMP_MODE`]).
-pub const TMP_MODE: u32 = crate::queuefile::TMP_MODE;
+/// ([`crate::mail::queuefile::TMP_MODE`]).
+pub const TMP_MODE: u32 = crate::mail::queuefile::TMP_MODE;
 
 /// The links `--links` makes: (path under the link root, program in the bin directory).
 pub const LINKS: [(&str, &str); 3] =
@@ -102,7 +102,7 @@ fn ensure_user(account: &Account, home: &Path, report: &mut Report) {
 /// Create HOME if missing and give it to root, mode 0755. The administrator names it and its
 /// parents are root's, so it is opened following links; everything below it is walked by
 /// descriptor and never follows one ([`queue_tree`]).
-fn open_home(home: &Path, report: &mut Report) -> Option<crate::tree::Dir> {
+fn open_home(home: &Path, report: &mut Report) -> Option<crate::base::tree::Dir> {
     let created = match std::fs::DirBuilder::new().mode(0o755).create(home) {
         Ok(()) => {
             report.did(format!("created {}", home.display()));
@@ -114,7 +114,7 @@ fn open_home(home: &Path, report: &mut Report) -> Option<crate::tree::Dir> {
             return None;
         }
     };
-    let dir = match crate::tree::Dir::open(home) {
+    let dir = match crate::base::tree::Dir::open(home) {
         Ok(dir) => dir,
         Err(e) => {
             report.fail(e.to_string());
@@ -122,7 +122,7 @@ fn open_home(home: &Path, report: &mut Report) -> Option<crate::tree::Dir> {
         }
     };
     match dir.set_owner_mode(0, 0, 0o755) {
-        Ok(crate::tree::Done::Changed { .. }) if !created => {
+        Ok(crate::base::tree::Done::Changed { .. }) if !created => {
             report.did(format!("set {} to root:root mode 755", home.display()))
         }
         Ok(_) => {}
@@ -134,9 +134,9 @@ fn open_home(home: &Path, report: &mut Report) -> Option<crate::tree::Dir> {
 /// The queue tree, control/, users/ and alias/ with their owners and modes, by descriptor: the
 /// queue's directories belong to quillq, who could put a symbolic link where a directory or
 /// the trigger belongs, so an entry of the wrong type is refused and reported, never followed.
-fn queue_tree(home: &crate::tree::Dir, owners: crate::queuefile::Owners, report: &mut Report) {
-    use crate::tree::{Done, Kind, Spec};
-    let mut specs = crate::queuefile::tree_specs(Some(owners));
+fn queue_tree(home: &crate::base::tree::Dir, owners: crate::mail::queuefile::Owners, report: &mut Report) {
+    use crate::base::tree::{Done, Kind, Spec};
+    let mut specs = crate::mail::queuefile::tree_specs(Some(owners));
     specs.push(Spec { path: "users", kind: Kind::Directory, mode: 0o755, owner: Some((0, 0)) });
     match (user_ids("alias"), group_id(NOFILES_GROUP)) {
         (Some((alias, _)), Some(nofiles)) => {
@@ -144,7 +144,7 @@ fn queue_tree(home: &crate::tree::Dir, owners: crate::queuefile::Owners, report:
         }
         _ => report.fail("unable to create alias/: the alias user or the nofiles group is missing".into()),
     }
-    for (spec, path, result) in crate::tree::apply(home, &specs) {
+    for (spec, path, result) in crate::base::tree::apply(home, &specs) {
         let (uid, gid) = spec.owner.unwrap_or((0, 0));
         let owner = format!("{}:{} mode {:o}", super::user_name(uid), super::group_name(gid), spec.mode);
         match result {
@@ -189,7 +189,7 @@ fn control_files(home: &Path, report: &mut Report) {
     write_new(&control.join("rcpthosts"), &list, report);
     write_new(&control.join("tcprules"), DEFAULT_TCPRULES, report);
     // Written out, not only compiled in, so the administrator sees the limit and can change it.
-    write_new(&control.join("databytes"), &format!("{}\n", crate::smtpd::DEFAULT_DATABYTES), report);
+    write_new(&control.join("databytes"), &format!("{}\n", crate::smtpd::session::DEFAULT_DATABYTES), report);
 }
 
 /// The rules the service directories' quill-tcpserver reads (`-x control/tcprules`): this
@@ -248,7 +248,7 @@ fn certificate(home: &Path, report: &mut Report) {
 }
 
 /// The lower-cased names an aliases file defines (a light scan: the full parser is
-/// `crate::aliases`, which `quill check` runs).
+/// `crate::mail::aliases`, which `quill check` runs).
 pub fn alias_names(text: &str) -> Vec<String> {
     text.lines()
         .filter(|l| !l.starts_with([' ', '\t', '#']))
@@ -271,7 +271,7 @@ pub fn missing_aliases(text: &str) -> String {
 
 fn aliases(home: &Path, report: &mut Report) {
     use std::io::Write;
-    let path = crate::aliases::aliases_path(&Control::new(home));
+    let path = crate::mail::aliases::aliases_path(&Control::new(home));
     let text = match std::fs::read(&path) {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -369,7 +369,7 @@ fn links(bindir: &Path, root: &Path, report: &mut Report) {
 /// Run every step of the setup for `options.home`, with Quill's programs in `bindir`.
 pub fn setup(options: &Options, bindir: &Path) -> Report {
     let mut report = Report::default();
-    if crate::sys::uids().1 != 0 {
+    if crate::base::sys::uids().1 != 0 {
         report.fail("unable to set up Quill: it needs root (run: sudo quill setup)".into());
         return report;
     }
@@ -387,7 +387,7 @@ pub fn setup(options: &Options, bindir: &Path) -> Report {
         return report;
     };
     let Some(home_dir) = open_home(home, &mut report) else { return report };
-    let owners = crate::queuefile::Owners { quillq, quills, quill_group: quill_gid };
+    let owners = crate::mail::queuefile::Owners { quillq, quills, quill_group: quill_gid };
     queue_tree(&home_dir, owners, &mut report);
     control_files(home, &mut report);
     certificate(home, &mut report);

@@ -24,7 +24,7 @@ fn domain(address: &[u8]) -> String {
     if address.is_empty() {
         return "<>".to_string();
     }
-    crate::log::safe(&crate::address::normal_domain(crate::address::split(address).1))
+    crate::base::log::safe(&crate::mail::address::normal_domain(crate::mail::address::split(address).1))
 }
 
 /// The table: one row per domain of the waiting recipients (`by_sender`: of the senders of
@@ -40,7 +40,7 @@ pub fn shape(entries: &[Entry], now: u64, by_sender: bool) -> String {
                 .info
                 .as_ref()
                 .and_then(|i| i.entries.get(n))
-                .is_none_or(|r| r.progress == crate::sendstate::Progress::Waiting);
+                .is_none_or(|r| r.progress == crate::send::sendstate::Progress::Waiting);
             if !waiting {
                 continue;
             }

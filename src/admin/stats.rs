@@ -171,8 +171,8 @@ impl Stats {
             };
             let rcpt = rest.split_once(" to ").map(|(_, r)| r).unwrap_or("");
             let rcpt = rcpt.strip_prefix("local ").or_else(|| rcpt.strip_prefix("remote ")).unwrap_or(rcpt);
-            let domain = crate::address::normal_domain(crate::address::split(rcpt.as_bytes()).1);
-            let domain = if domain.is_empty() { "(no domain)".to_string() } else { crate::log::safe(&domain) };
+            let domain = crate::mail::address::normal_domain(crate::mail::address::split(rcpt.as_bytes()).1);
+            let domain = if domain.is_empty() { "(no domain)".to_string() } else { crate::base::log::safe(&domain) };
             // A delivery number is reused after it ends; a bounded map guards against logs
             // whose result lines are missing.
             if self.pending.len() < 100_000 {
@@ -240,7 +240,7 @@ fn hour_label(hour: Option<u64>) -> String {
         None => "(no time)".to_string(),
         Some(h) => {
             let t = h * 3600;
-            let (y, m, d) = crate::date::civil((t / 86_400) as i64);
+            let (y, m, d) = crate::base::date::civil((t / 86_400) as i64);
             format!("{y:04}-{m:02}-{d:02} {:02}:00", (t % 86_400) / 3600)
         }
     }
@@ -333,7 +333,7 @@ mod tests {
         assert_eq!(strip_timestamp("2026-11-25T14:00:00.123456789  new msg 1"), (Some(1_795_615_200), "new msg 1"));
         assert_eq!(strip_timestamp("new msg 1"), (None, "new msg 1"));
         assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(crate::date::civil(days_from_civil(2024, 2, 29)), (2024, 2, 29));
+        assert_eq!(crate::base::date::civil(days_from_civil(2024, 2, 29)), (2024, 2, 29));
     }
 
     #[test]

@@ -41,7 +41,7 @@ fn environ_home(bytes: &[u8]) -> PathBuf {
         .find_map(|var| var.strip_prefix(b"QUILL_HOME="))
         .filter(|v| !v.is_empty())
         .map(|v| PathBuf::from(std::ffi::OsStr::from_bytes(v)))
-        .unwrap_or_else(|| PathBuf::from(crate::control::DEFAULT_HOME))
+        .unwrap_or_else(|| PathBuf::from(crate::mail::control::DEFAULT_HOME))
 }
 
 /// Read one /proc/PID; None if it is gone or not one of `names`.
@@ -93,7 +93,7 @@ pub fn processes(home: Option<&Path>) -> Vec<Process> {
 fn count(dir: &Path) -> Result<usize, std::io::Error> {
     Ok(std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
-        .filter(|e| dir.ends_with("tmp") || crate::queuefile::valid_id(e.file_name().as_encoded_bytes()))
+        .filter(|e| dir.ends_with("tmp") || crate::mail::queuefile::valid_id(e.file_name().as_encoded_bytes()))
         .count())
 }
 
@@ -131,7 +131,7 @@ pub fn report(home: &Path, filter_home: bool) -> String {
             out.push_str(&format!("  {stage:<16} pid {:<7} user {uid}{home}\n", p.pid));
         }
     }
-    let layout = crate::queuefile::Layout::new(home);
+    let layout = crate::mail::queuefile::Layout::new(home);
     out.push_str("\nqueue:\n");
     for (label, dir) in [
         ("todo", layout.todo()),
@@ -153,7 +153,7 @@ pub fn report(home: &Path, filter_home: bool) -> String {
         }
     }
     let (entries, errors) = super::queue::entries(home);
-    let now = crate::date::now();
+    let now = crate::base::date::now();
     let buckets: [(&str, u64); 5] =
         [("< 5 minutes", 300), ("< 1 hour", 3600), ("< 1 day", 86_400), ("< 1 week", 604_800), (">= 1 week", u64::MAX)];
     let mut counts = [0usize; 5];
@@ -179,7 +179,7 @@ pub fn report(home: &Path, filter_home: bool) -> String {
         super::why::parse_destinations(&backoff).into_iter().collect();
     table.sort_by(|a, b| a.0.cmp(&b.0));
     for (domain, d) in &table {
-        let domain = crate::log::safe(domain.as_bytes());
+        let domain = crate::base::log::safe(domain.as_bytes());
         if d.failures == 0 {
             out.push_str(&format!(
                 "  {domain}: at its concurrency limit, {} running, {} deliveries waiting\n",
@@ -190,11 +190,11 @@ pub fn report(home: &Path, filter_home: bool) -> String {
         let left = d.until.saturating_sub(now);
         out.push_str(&format!(
             "  {}: {} failures, next try in {}, {} deliveries waiting: {}\n",
-            crate::log::safe(domain.as_bytes()),
+            crate::base::log::safe(domain.as_bytes()),
             d.failures,
             super::age(left),
             d.parked,
-            crate::log::safe(d.error.as_bytes())
+            crate::base::log::safe(d.error.as_bytes())
         ));
     }
     let last = std::fs::read_to_string(layout.info().join("errors")).unwrap_or_default();
@@ -205,7 +205,7 @@ pub fn report(home: &Path, filter_home: bool) -> String {
     for line in last.lines().rev() {
         let (time, rest) = line.split_once(' ').unwrap_or(("0", line));
         let ago = now.saturating_sub(time.parse().unwrap_or(now));
-        out.push_str(&format!("  {} ago: {}\n", super::age(ago), crate::log::safe(rest.as_bytes())));
+        out.push_str(&format!("  {} ago: {}\n", super::age(ago), crate::base::log::safe(rest.as_bytes())));
     }
     out
 }
@@ -225,7 +225,7 @@ pub fn report_json(home: &Path, filter_home: bool) -> String {
                 .optional_string("home", p.home.as_ref().map(|h| h.as_os_str().as_encoded_bytes()))
         })
         .collect();
-    let layout = crate::queuefile::Layout::new(home);
+    let layout = crate::mail::queuefile::Layout::new(home);
     let mut queue = Object::new();
     for (label, dir) in [
         ("todo", layout.todo()),
@@ -236,7 +236,7 @@ pub fn report_json(home: &Path, filter_home: bool) -> String {
     ] {
         queue = queue.optional(label, count(&dir).ok().map(|n| n as u64));
     }
-    let now = crate::date::now();
+    let now = crate::base::date::now();
     let (entries, _) = super::queue::entries(home);
     let ages: Vec<u64> = entries.iter().map(|e| now.saturating_sub(e.header.time)).collect();
     let backoff = std::fs::read_to_string(layout.info().join("destinations")).unwrap_or_default();
@@ -287,7 +287,7 @@ mod tests {
         assert_eq!(status_field(status, "Uid:"), vec![998, 998, 998, 998]);
         assert_eq!(status_field(status, "PPid:"), vec![12]);
         assert_eq!(environ_home(b"PATH=/bin\0QUILL_HOME=/tmp/q\0"), PathBuf::from("/tmp/q"));
-        assert_eq!(environ_home(b"PATH=/bin\0"), PathBuf::from(crate::control::DEFAULT_HOME));
+        assert_eq!(environ_home(b"PATH=/bin\0"), PathBuf::from(crate::mail::control::DEFAULT_HOME));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use super::json::Object;
 use super::queue::Entry;
-use crate::sendstate::Progress;
+use crate::send::sendstate::Progress;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -94,7 +94,7 @@ fn parse_channels(text: &str) -> HashMap<String, Channel> {
 impl View {
     /// Read the views of the quill-send of `home`.
     pub fn read(home: &Path) -> View {
-        let info = crate::queuefile::Layout::new(home).info();
+        let info = crate::mail::queuefile::Layout::new(home).info();
         let read = |name: &str| std::fs::read_to_string(info.join(name)).unwrap_or_default();
         View {
             destinations: parse_destinations(&read("destinations")),
@@ -166,14 +166,14 @@ pub struct Recipient {
 }
 
 fn domain_of(address: &[u8]) -> String {
-    String::from_utf8_lossy(&crate::address::normal_domain(crate::address::split(address).1)).into_owned()
+    String::from_utf8_lossy(&crate::mail::address::normal_domain(crate::mail::address::split(address).1)).into_owned()
 }
 
 fn at(time: u64, now: u64) -> String {
     if time > now {
-        format!("{} (in {})", crate::date::rfc5322(time), super::age(time - now))
+        format!("{} (in {})", crate::base::date::rfc5322(time), super::age(time - now))
     } else {
-        format!("{} ({} ago)", crate::date::rfc5322(time), super::age(now - time))
+        format!("{} ({} ago)", crate::base::date::rfc5322(time), super::age(now - time))
     }
 }
 
@@ -187,10 +187,10 @@ fn waiting_now(view: &View, channel: &str, domain: &str, now: u64) -> (Wait, Str
                     Wait::Backoff,
                     format!(
                         "destination {} backed off after {} failed attempts; next probe {}: {}",
-                        crate::log::safe(domain.as_bytes()),
+                        crate::base::log::safe(domain.as_bytes()),
                         d.failures,
                         at(d.until, now),
-                        crate::log::safe(d.error.as_bytes())
+                        crate::base::log::safe(d.error.as_bytes())
                     ),
                 );
             }
@@ -199,7 +199,7 @@ fn waiting_now(view: &View, channel: &str, domain: &str, now: u64) -> (Wait, Str
                     Wait::Backoff,
                     format!(
                         "destination {} is being probed after {} failed attempts; {} deliveries wait for the probe",
-                        crate::log::safe(domain.as_bytes()),
+                        crate::base::log::safe(domain.as_bytes()),
                         d.failures,
                         d.parked
                     ),
@@ -210,7 +210,7 @@ fn waiting_now(view: &View, channel: &str, domain: &str, now: u64) -> (Wait, Str
                     Wait::Concurrency,
                     format!(
                         "destination {} is at its concurrency limit (concurrencydestination): {} running, {} parked",
-                        crate::log::safe(domain.as_bytes()),
+                        crate::base::log::safe(domain.as_bytes()),
                         d.running,
                         d.parked
                     ),
@@ -264,7 +264,7 @@ pub fn explain(entry: &Entry, view: &View, now: u64) -> Vec<Recipient> {
             if let Some(d) = view.destinations.get(&domain).filter(|d| d.failures > 0 && channel != Some("local")) {
                 reason.push_str(&format!(
                     "; destination {} is backed off until {}",
-                    crate::log::safe(domain.as_bytes()),
+                    crate::base::log::safe(domain.as_bytes()),
                     at(d.until, now)
                 ));
             }
@@ -323,17 +323,17 @@ pub fn summary(entry: &Entry, recipients: &[Recipient]) -> String {
 
 /// `show`'s lines for one recipient.
 pub fn recipient_text(r: &Recipient, now: u64) -> String {
-    let mut out = format!("  <{}>  {}", crate::log::safe(&r.address), r.state);
+    let mut out = format!("  <{}>  {}", crate::base::log::safe(&r.address), r.state);
     if let Some(channel) = r.channel {
         out.push_str(&format!(" ({channel})"));
     }
     out.push('\n');
     if let Some(to) = &r.delivered_to {
-        out.push_str(&format!("      delivered to: <{}>\n", crate::log::safe(to)));
+        out.push_str(&format!("      delivered to: <{}>\n", crate::base::log::safe(to)));
     }
     if r.state == "failed" {
         if let Some(e) = &r.last_error {
-            out.push_str(&format!("      failure:      {}\n", crate::log::safe(e)));
+            out.push_str(&format!("      failure:      {}\n", crate::base::log::safe(e)));
         }
         return out;
     }
@@ -342,7 +342,7 @@ pub fn recipient_text(r: &Recipient, now: u64) -> String {
     }
     match (r.last_attempt, &r.last_error) {
         (Some(t), Some(e)) => {
-            out.push_str(&format!("      last attempt: {}: {}\n", at(t, now), crate::log::safe(e)));
+            out.push_str(&format!("      last attempt: {}: {}\n", at(t, now), crate::base::log::safe(e)));
         }
         _ => out.push_str("      last attempt: none recorded\n"),
     }
@@ -355,9 +355,13 @@ pub fn recipient_text(r: &Recipient, now: u64) -> String {
 
 /// `quill queue why`'s line for one waiting recipient.
 pub fn why_line(entry: &Entry, r: &Recipient, now: u64) -> String {
-    let mut line = format!("{} <{}>: {}: {}", entry.id, crate::log::safe(&r.address), r.wait.name(), r.reason);
+    let mut line = format!("{} <{}>: {}: {}", entry.id, crate::base::log::safe(&r.address), r.wait.name(), r.reason);
     if let (Some(t), Some(e)) = (r.last_attempt, &r.last_error) {
-        line.push_str(&format!("; last error {} ago: {}", super::age(now.saturating_sub(t)), crate::log::safe(e)));
+        line.push_str(&format!(
+            "; last error {} ago: {}",
+            super::age(now.saturating_sub(t)),
+            crate::base::log::safe(e)
+        ));
     }
     line
 }

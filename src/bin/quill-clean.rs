@@ -14,8 +14,8 @@
 #![forbid(unsafe_code)]
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use quill::clean::{parse, Cleaner, Request, MAX_LINE};
-use quill::log;
+use quill::base::log;
+use quill::queue::clean::{parse, Cleaner, Request, MAX_LINE};
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::process::ExitCode;
@@ -48,8 +48,8 @@ fn input_waiting() -> bool {
 
 fn main() -> ExitCode {
     log::init("quill-clean");
-    quill::sys::ignore_signal(libc::SIGPIPE);
-    let mut cleaner = Cleaner::new(&quill::control::home());
+    quill::base::sys::ignore_signal(libc::SIGPIPE);
+    let mut cleaner = Cleaner::new(&quill::mail::control::home());
     sweep(&cleaner);
     let mut last_sweep = Instant::now();
 

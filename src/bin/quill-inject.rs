@@ -9,27 +9,27 @@
 //! Contract: doc/quill-inject.8.
 #![forbid(unsafe_code)]
 
-use quill::inject::{inject, parse_args, Syntax};
+use quill::inject::message::{inject, parse_args, Syntax};
 use std::os::unix::ffi::OsStringExt;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: quill-inject [-t] [-i] [-f sender] [-F name] [--] [recipient ...]";
 
 fn main() -> ExitCode {
-    quill::log::init("quill-inject");
+    quill::base::log::init("quill-inject");
     let args: Vec<Vec<u8>> = std::env::args_os().skip(1).map(OsStringExt::into_vec).collect();
     let options = match parse_args(Syntax::Inject, &args) {
         Ok((options, _)) => options,
         Err(failure) => {
-            quill::log::fatal(&failure.error.message);
-            quill::log::raw(USAGE);
+            quill::base::log::fatal(&failure.error.message);
+            quill::base::log::raw(USAGE);
             return ExitCode::from(failure.inject_exit());
         }
     };
     match inject(&options, &mut std::io::stdin().lock()) {
         Ok(_) => ExitCode::SUCCESS,
         Err(failure) => {
-            quill::log::fatal(&failure.error.message);
+            quill::base::log::fatal(&failure.error.message);
             ExitCode::from(failure.inject_exit())
         }
     }

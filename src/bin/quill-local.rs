@@ -2,7 +2,7 @@
 //!
 //! Job: follow the recipient's delivery instructions (`~/.qmail…`, `~/.forward`, the
 //! default delivery, or with `-A` an /etc/aliases right-hand side): Maildir, mbox, program,
-//! forward. The logic lives in `quill::local`.
+//! forward. The logic lives in `quill::local::delivery`.
 //! Runs as: the recipient (quill-lspawn sets uid, gid and groups), in the home directory.
 //! Arguments: `quill-local [-n] [-A] [-F] [-t seconds] [-i identity] [-r] -- user home local dash
 //! ext domain sender defaultdelivery`; `-i` names the message (its Maildir deliveries then happen
@@ -12,7 +12,7 @@
 //! Exit: 0 delivered, 100 permanent failure, 111 temporary failure.
 //! Manual: doc/quill-local.8.
 
-use quill::local::Args;
+use quill::local::delivery::Args;
 use std::io::Write;
 use std::os::unix::ffi::OsStringExt;
 use std::process::ExitCode;
@@ -48,7 +48,7 @@ fn parse(mut words: Vec<Vec<u8>>) -> Option<Args> {
                         words.get(i)?.as_slice()
                     };
                     if word[j] == b'i' {
-                        args.identity = Some(quill::queuefile::Identity::decode(value)?);
+                        args.identity = Some(quill::mail::queuefile::Identity::decode(value)?);
                     } else {
                         let seconds: u64 = std::str::from_utf8(value).ok()?.parse().ok()?;
                         args.program_time_limit = Some(std::time::Duration::from_secs(seconds.max(1)));
@@ -75,13 +75,13 @@ fn parse(mut words: Vec<Vec<u8>>) -> Option<Args> {
 }
 
 fn main() -> ExitCode {
-    quill::log::init("quill-local");
+    quill::base::log::init("quill-local");
     let words: Vec<Vec<u8>> = std::env::args_os().skip(1).map(|a| a.into_vec()).collect();
     let Some(args) = parse(words) else {
-        quill::log::fatal(USAGE);
+        quill::base::log::fatal(USAGE);
         return ExitCode::from(111);
     };
-    let (text, code) = match quill::local::run(&args) {
+    let (text, code) = match quill::local::delivery::run(&args) {
         Ok(report) => (report, 0),
         Err(e) => (e.message.clone(), e.exit_code()),
     };

@@ -10,19 +10,19 @@
 //! Man page: doc/quill-lspawn.8.
 #![forbid(unsafe_code)]
 
-use quill::lspawn::{Config, Spawner};
+use quill::spawn::lspawn::{Config, Spawner};
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStringExt;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    quill::log::fatal("usage: quill-lspawn [-l quill-local] defaultdelivery");
+    quill::base::log::fatal("usage: quill-lspawn [-l quill-local] defaultdelivery");
     ExitCode::from(100)
 }
 
 fn main() -> ExitCode {
-    quill::log::init("quill-lspawn");
+    quill::base::log::init("quill-lspawn");
     let mut options = getopts::Options::new();
     options.optopt("l", "", "the quill-local program to run", "PATH");
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
@@ -34,10 +34,10 @@ fn main() -> ExitCode {
     }
     let local = match matches.opt_str("l") {
         Some(path) => std::path::PathBuf::from(path),
-        None => quill::control::program("quill-local"),
+        None => quill::mail::control::program("quill-local"),
     };
     let config = Config {
-        home: quill::control::home(),
+        home: quill::mail::control::home(),
         local,
         default_delivery: std::ffi::OsString::from(&matches.free[0]).into_vec(),
     };
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     let (input, output) = match (duplicate(std::io::stdin().as_fd()), duplicate(std::io::stdout().as_fd())) {
         (Ok(input), Ok(output)) => (input, output),
         (Err(e), _) | (_, Err(e)) => {
-            quill::log::fatal(&format!("unable to use fd 0 and 1: {e}"));
+            quill::base::log::fatal(&format!("unable to use fd 0 and 1: {e}"));
             return ExitCode::from(111);
         }
     };
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            quill::log::fatal(&e.message);
+            quill::base::log::fatal(&e.message);
             ExitCode::from(111)
         }
     }

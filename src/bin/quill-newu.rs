@@ -8,17 +8,17 @@
 //! Man page: doc/quill-newu.8; the formats: doc/quill-users.5.
 #![forbid(unsafe_code)]
 
-use quill::fail::{Error, Result};
+use quill::base::fail::{Error, Result};
 use std::io::Write;
 use std::process::ExitCode;
 
 fn compile(home: &std::path::Path) -> Result<usize> {
-    let source_path = quill::users::assign_path(home);
+    let source_path = quill::mail::users::assign_path(home);
     let source =
         std::fs::read(&source_path).map_err(|e| Error::io(format_args!("read {}", source_path.display()), &e))?;
-    let bytes = quill::users::compile_assign(&source)?;
-    let count = quill::users::AssignDb::parse(bytes.clone())?.len();
-    let db = quill::users::assign_db_path(home);
+    let bytes = quill::mail::users::compile_assign(&source)?;
+    let count = quill::mail::users::AssignDb::parse(bytes.clone())?.len();
+    let db = quill::mail::users::assign_db_path(home);
     let tmp = db.with_extension("db.tmp");
     let write = || -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
@@ -37,15 +37,15 @@ fn compile(home: &std::path::Path) -> Result<usize> {
 }
 
 fn main() -> ExitCode {
-    quill::log::init("quill-newu");
+    quill::base::log::init("quill-newu");
     if std::env::args_os().len() > 1 {
-        quill::log::fatal("usage: quill-newu (it reads QUILL_HOME/users/assign)");
+        quill::base::log::fatal("usage: quill-newu (it reads QUILL_HOME/users/assign)");
         return ExitCode::from(100);
     }
-    match compile(&quill::control::home()) {
+    match compile(&quill::mail::control::home()) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            quill::log::fatal(&e.message);
+            quill::base::log::fatal(&e.message);
             ExitCode::from(111)
         }
     }

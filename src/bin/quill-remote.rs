@@ -13,11 +13,11 @@
 //! Man page: doc/quill-remote.8.
 #![forbid(unsafe_code)]
 
-use quill::control::Control;
-use quill::dns::Resolver;
-use quill::fail::Outcome;
-use quill::route::{self, Ours};
-use quill::smtpclient::{self, Message, Report, Settings};
+use quill::base::fail::Outcome;
+use quill::mail::control::Control;
+use quill::remote::dns::Resolver;
+use quill::remote::route::{self, Ours};
+use quill::remote::smtpclient::{self, Message, Report, Settings};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -25,17 +25,17 @@ use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    quill::log::init("quill-remote");
+    quill::base::log::init("quill-remote");
     let args: Vec<Vec<u8>> = std::env::args_os().skip(1).map(|a| a.as_bytes().to_vec()).collect();
     if args.len() < 3 {
-        quill::log::fatal("usage: quill-remote DOMAIN SENDER RCPT...");
+        quill::base::log::fatal("usage: quill-remote DOMAIN SENDER RCPT...");
         return ExitCode::from(100);
     }
     let (domain, sender, recipients) = (&args[0], &args[1], &args[2..]);
     let report = run(domain, sender, recipients);
     let mut out = std::io::stdout().lock();
     if out.write_all(&report.encode()).and_then(|()| out.flush()).is_err() {
-        quill::log::fatal("unable to write the report: output closed");
+        quill::base::log::fatal("unable to write the report: output closed");
         return ExitCode::from(111);
     }
     ExitCode::SUCCESS
@@ -55,7 +55,7 @@ fn run(domain: &[u8], sender: &[u8], recipients: &[Vec<u8>]) -> Report {
         Ok(message) => message,
         Err(e) => return temporary(format!("unable to read the message: {e} (#4.3.0)")),
     };
-    let configured = (|| -> quill::fail::Result<_> {
+    let configured = (|| -> quill::base::fail::Result<_> {
         let settings = Settings::from_control(&control, domain)?;
         let resolver = Resolver::from_control(&control)?;
         let ours = Ours::discover(&control.lines("ipme")?);
@@ -63,9 +63,9 @@ fn run(domain: &[u8], sender: &[u8], recipients: &[Vec<u8>]) -> Report {
         for line in control.lines("smtproutes")? {
             match route::parse_route(&line) {
                 Some(r) => routes.push(r),
-                None => quill::log::warning(&format!(
+                None => quill::base::log::warning(&format!(
                     "unable to parse control/smtproutes line: {}",
-                    quill::log::safe(&line)
+                    quill::base::log::safe(&line)
                 )),
             }
         }

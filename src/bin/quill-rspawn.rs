@@ -2,7 +2,7 @@
 //!
 //! Runs as: quillr, started by quill-start.
 //! fd 0: request frames from quill-send (`SLOT\0 ID\0 Fsender\0 Trcpt\0 … \0`, all
-//! recipients of one message at one domain; doc/INTERNALS.md, src/spawnproto.rs).
+//! recipients of one message at one domain; doc/INTERNALS.md, src/mail/spawnproto.rs).
 //! fd 1: report frames to quill-send, one per request, one K/Z/D result per recipient in the
 //! request's order.
 //! fd 2: the log.
@@ -19,9 +19,9 @@
 #![forbid(unsafe_code)]
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use quill::fail::Outcome;
-use quill::queuefile::{read_header, valid_id, Layout};
-use quill::spawnproto::{self, Report, Request};
+use quill::base::fail::Outcome;
+use quill::mail::queuefile::{read_header, valid_id, Layout};
+use quill::mail::spawnproto::{self, Report, Request};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
@@ -49,14 +49,14 @@ struct Job {
 }
 
 fn main() -> ExitCode {
-    quill::log::init("quill-rspawn");
-    let home = quill::control::home();
+    quill::base::log::init("quill-rspawn");
+    let home = quill::mail::control::home();
     let layout = Layout::new(&home);
-    let remote = quill::control::program("quill-remote");
+    let remote = quill::mail::control::program("quill-remote");
     let mut requests = match std::io::stdin().as_fd().try_clone_to_owned() {
         Ok(fd) => File::from(fd),
         Err(e) => {
-            quill::log::fatal(&format!("unable to read requests: {e}"));
+            quill::base::log::fatal(&format!("unable to read requests: {e}"));
             return ExitCode::from(111);
         }
     };
@@ -83,7 +83,7 @@ fn main() -> ExitCode {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
-                    quill::log::fatal(&format!("unable to poll: {e}"));
+                    quill::base::log::fatal(&format!("unable to poll: {e}"));
                     return ExitCode::from(111);
                 }
             }
@@ -99,12 +99,12 @@ fn main() -> ExitCode {
                 Ok(n) => reader.push(&chunk[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    quill::log::fatal(&format!("unable to read requests: {e}"));
+                    quill::base::log::fatal(&format!("unable to read requests: {e}"));
                     return ExitCode::from(111);
                 }
             }
             if reader.overflowed() {
-                quill::log::fatal("unable to read requests: a frame is too long");
+                quill::base::log::fatal("unable to read requests: a frame is too long");
                 return ExitCode::from(111);
             }
             while let Some(fields) = reader.next_frame() {
@@ -138,7 +138,7 @@ fn main() -> ExitCode {
 /// keeps the remote slot or the output pipe.
 fn kill(job: &mut Job) {
     job.killed = true;
-    quill::log::warning(&format!(
+    quill::base::log::warning(&format!(
         "unable to wait longer for quill-remote in slot {}: past its deadline of {} s, killed",
         job.slot,
         job.allowed.as_secs()
@@ -179,9 +179,9 @@ fn finish(mut job: Job) -> Report {
     }
     let clean = matches!(&status, Ok(s) if s.success());
     if !clean {
-        quill::log::warning(&format!("quill-remote for slot {} ended badly: {:?}", job.slot, status));
+        quill::base::log::warning(&format!("quill-remote for slot {} ended badly: {:?}", job.slot, status));
     }
-    let results = quill::smtpclient::fold(&job.output, job.count);
+    let results = quill::remote::smtpclient::fold(&job.output, job.count);
     Report { slot: job.slot, results }
 }
 
@@ -190,7 +190,7 @@ fn send(report: &Report) -> bool {
     match out.write_all(&report.encode()).and_then(|()| out.flush()) {
         Ok(()) => true,
         Err(e) => {
-            quill::log::fatal(&format!("unable to write report: {e}"));
+            quill::base::log::fatal(&format!("unable to write report: {e}"));
             false
         }
     }
@@ -206,7 +206,7 @@ fn same(slot: u32, count: usize, outcome: Outcome, text: &str) -> Report {
 /// a frame so broken that it has no slot to answer.
 fn start(fields: &[Vec<u8>], layout: &Layout, remote: &std::path::Path) -> Result<Job, Option<Report>> {
     let Some(request) = Request::decode(fields) else {
-        quill::log::warning("unable to parse a request from quill-send: malformed frame");
+        quill::base::log::warning("unable to parse a request from quill-send: malformed frame");
         let slot = fields.first().and_then(|f| std::str::from_utf8(f).ok()?.parse().ok()).ok_or(None)?;
         return Err(Some(same(slot, fields.len().saturating_sub(3), Outcome::Temporary, "malformed request (#4.3.0)")));
     };
@@ -215,11 +215,15 @@ fn start(fields: &[Vec<u8>], layout: &Layout, remote: &std::path::Path) -> Resul
     if !valid_id(&request.id) {
         return Err(fail("malformed message id in request (#4.3.0)".to_string()));
     }
-    let domain = quill::address::normal_domain(quill::address::split(&request.recipients[0]).1);
+    let domain = quill::mail::address::normal_domain(quill::mail::address::split(&request.recipients[0]).1);
     if domain.is_empty() {
         return Err(Some(same(request.slot, count, Outcome::Permanent, "Sorry, the address has no domain. (#5.1.3)")));
     }
-    if request.recipients.iter().any(|r| quill::address::normal_domain(quill::address::split(r).1) != domain) {
+    if request
+        .recipients
+        .iter()
+        .any(|r| quill::mail::address::normal_domain(quill::mail::address::split(r).1) != domain)
+    {
         return Err(fail("request mixes recipients of several domains (#4.3.0)".to_string()));
     }
     let id = String::from_utf8_lossy(&request.id).into_owned();
@@ -231,9 +235,9 @@ fn start(fields: &[Vec<u8>], layout: &Layout, remote: &std::path::Path) -> Resul
     // The same deadline quill-remote computes for itself (from the same control file and
     // the same stored size), then the margin.
     let stored_size = file.metadata().map(|m| m.len().saturating_sub(offset)).unwrap_or(0);
-    let total = quill::smtpclient::total_seconds(&quill::control::Control::from_env())
-        .unwrap_or(quill::smtpclient::DEFAULT_TOTAL_SECONDS);
-    let allowed = quill::smtpclient::total_time(total, stored_size);
+    let total = quill::remote::smtpclient::total_seconds(&quill::mail::control::Control::from_env())
+        .unwrap_or(quill::remote::smtpclient::DEFAULT_TOTAL_SECONDS);
+    let allowed = quill::remote::smtpclient::total_time(total, stored_size);
     let started = Instant::now();
     let mut command = Command::new(remote);
     command.arg(std::ffi::OsStr::from_bytes(&domain)).arg(std::ffi::OsStr::from_bytes(&request.sender));
@@ -258,7 +262,7 @@ fn start(fields: &[Vec<u8>], layout: &Layout, remote: &std::path::Path) -> Resul
         child,
         stdout,
         output: Vec::new(),
-        kill_at: started + allowed + quill::smtpclient::KILL_MARGIN,
+        kill_at: started + allowed + quill::remote::smtpclient::KILL_MARGIN,
         allowed,
         killed: false,
     })

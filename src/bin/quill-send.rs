@@ -3,7 +3,7 @@
 //! Job: picks up new messages from `queue/todo/`, splits their recipients into local and
 //! remote, runs deliveries through the spawners within the concurrency limits, retries on a
 //! quadratic schedule, bounces (RFC 3464), expires old mail, and has quill-clean move and
-//! remove the message files. Single-threaded poll loop (`quill::sendloop`).
+//! remove the message files. Single-threaded poll loop (`quill::send::sendloop`).
 //! Runs as: `quills`, started by quill-start.
 //! Descriptors: 0 /dev/null; 1 and 2 the log; 3 requests to quill-lspawn, 4 its reports;
 //! 5 requests to quill-rspawn, 6 its reports (both optional: without them remote recipients
@@ -15,11 +15,11 @@
 //! Man page: doc/quill-send.8.
 #![forbid(unsafe_code)]
 
-use quill::control::Control;
-use quill::log;
-use quill::queuefile::Layout;
-use quill::sendconf::Config;
-use quill::sendloop::{Exit, Pipes, Sender};
+use quill::base::log;
+use quill::mail::control::Control;
+use quill::mail::queuefile::Layout;
+use quill::send::sendconf::Config;
+use quill::send::sendloop::{Exit, Pipes, Sender};
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::ExitCode;
@@ -31,12 +31,12 @@ fn fatal(text: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     log::init("quill-send");
-    quill::sys::ignore_signal(libc::SIGPIPE);
+    quill::base::sys::ignore_signal(libc::SIGPIPE);
     // Claim the inherited descriptors before anything opens a file that could take one of
     // their numbers (5 and 6 are legitimately closed when quill-rspawn does not run).
-    let fds: Vec<_> = (3..=8).map(quill::sys::inherited_fd).collect();
+    let fds: Vec<_> = (3..=8).map(quill::base::sys::inherited_fd).collect();
     // Catch signals early: the default action of SIGALRM and SIGHUP would end the process.
-    let signals = match quill::sys::signal_pipe(&[libc::SIGTERM, libc::SIGALRM, libc::SIGHUP]) {
+    let signals = match quill::base::sys::signal_pipe(&[libc::SIGTERM, libc::SIGALRM, libc::SIGHUP]) {
         Ok(fd) => File::from(fd),
         Err(e) => return fatal(&format!("unable to catch signals: {e}")),
     };
@@ -82,17 +82,17 @@ fn main() -> ExitCode {
         Err(e) => return fatal(&e.message),
     };
     // Read and write: the FIFO then always has a writer, so poll never reports a hangup.
-    let trigger = match quill::queuefile::open_fifo(&layout.trigger(), true) {
+    let trigger = match quill::mail::queuefile::open_fifo(&layout.trigger(), true) {
         Ok(f) => f,
         Err(e) => return fatal(&format!("unable to open queue/lock/trigger: {e}")),
     };
 
     // The administrator's requests (quill queue …); an older tree without the FIFO just has
     // no such channel.
-    let admin = match quill::queuefile::open_fifo(&layout.control(), true) {
+    let admin = match quill::mail::queuefile::open_fifo(&layout.control(), true) {
         Ok(f) => Some(f),
         Err(e) => {
-            quill::log::warning(&format!("unable to open queue/lock/control: {e}; quill queue cannot reach me"));
+            quill::base::log::warning(&format!("unable to open queue/lock/control: {e}; quill queue cannot reach me"));
             None
         }
     };

@@ -2,7 +2,7 @@
 //!
 //! Job: speak SMTP (RFC 5321 with PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, SMTPUTF8,
 //! STARTTLS and AUTH PLAIN/LOGIN) with the client on fd 0/1 and hand every accepted message to
-//! quill-queue (or `QMAILQUEUE`) through `quill::submit`. It never opens the queue itself.
+//! quill-queue (or `QMAILQUEUE`) through `quill::mail::submit`. It never opens the queue itself.
 //! Runs as: `quilld`, started per connection by quill-tcpserver (or ucspi-tcp's tcpserver),
 //! which sets TCPREMOTEIP and friends.
 //! Usage: `quill-smtpd [-s] [checkpassword-program [args…]]`; `-s` (or SMTPS=1) starts TLS
@@ -12,14 +12,14 @@
 //! be read (the client is told `421`).
 //! Manual: doc/quill-smtpd.8.
 
-use quill::control::Control;
-use quill::smtpd::{Config, Session};
+use quill::mail::control::Control;
+use quill::smtpd::session::{Config, Session};
 use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    quill::log::init("quill-smtpd");
+    quill::base::log::init("quill-smtpd");
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let mut implicit_tls = std::env::var_os("SMTPS").is_some_and(|v| v == "1");
     if args.first().is_some_and(|a| a == "-s") {
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     let config = match Config::load(&control, args, implicit_tls) {
         Ok(config) => config,
         Err(e) => {
-            quill::log::fatal(&e.message);
+            quill::base::log::fatal(&e.message);
             if !implicit_tls {
                 let _ = std::io::stdout().write_all(b"421 4.3.0 unable to read controls, try again later\r\n");
             }
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            quill::log::fatal(&format!("unable to set up the connection: {e}"));
+            quill::base::log::fatal(&format!("unable to set up the connection: {e}"));
             ExitCode::from(111)
         }
     }

@@ -16,15 +16,15 @@
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use quill::log;
+use quill::base::log;
 use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a stopping quill-send may take: above its own wait for deliveries in flight
-/// (`quill::sendloop::STOP_WAIT`), so that it can save its state.
-const SEND_STOP_WAIT: Duration = Duration::from_secs(quill::sendloop::STOP_WAIT + 10);
+/// (`quill::send::sendloop::STOP_WAIT`), so that it can save its state.
+const SEND_STOP_WAIT: Duration = Duration::from_secs(quill::send::sendloop::STOP_WAIT + 10);
 /// How long the other stages get to notice their closed pipes, then to obey SIGTERM.
 const STAGE_STOP_WAIT: Duration = Duration::from_secs(5);
 
@@ -74,15 +74,15 @@ fn spawn(
     credentials: Option<&Credentials>,
     log_fd: &OwnedFd,
 ) -> Result<Stage, String> {
-    let path = quill::control::bindir().join(name);
+    let path = quill::mail::control::bindir().join(name);
     let mut command = Command::new(&path);
     let stderr = log_fd.try_clone().map_err(|e| format!("unable to duplicate stdout: {e}"))?;
     command.args(args).stdin(stdin).stdout(stdout).stderr(Stdio::from(stderr));
     if let Some((uid, gid, groups)) = credentials {
-        quill::sys::set_credentials(&mut command, *uid, *gid, groups.clone());
+        quill::base::sys::set_credentials(&mut command, *uid, *gid, groups.clone());
     }
     // After the credentials: changing them clears the parent-death signal.
-    quill::sys::die_with_parent(&mut command);
+    quill::base::sys::die_with_parent(&mut command);
     let child = command.spawn().map_err(|e| format!("unable to start {}: {e}", path.display()))?;
     Ok(Stage { name, child })
 }
@@ -156,7 +156,7 @@ fn start(default_delivery: OsString, root: bool) -> Result<Vec<Stage>, String> {
     let mut send_fds = vec![l_req_w, l_rep_r];
     let result = (|| {
         stages.push(spawn("quill-lspawn", &[default_delivery], l_req_r.into(), l_rep_w.into(), None, &log_fd)?);
-        if quill::control::bindir().join("quill-rspawn").is_file() {
+        if quill::mail::control::bindir().join("quill-rspawn").is_file() {
             let (r_req_r, r_req_w) = pipe()?;
             let (r_rep_r, r_rep_w) = pipe()?;
             stages.push(spawn("quill-rspawn", &[], r_req_r.into(), r_rep_w.into(), rspawn_user.as_ref(), &log_fd)?);
@@ -187,23 +187,25 @@ fn spawn_send(
     stdout: OwnedFd,
     log_fd: &OwnedFd,
 ) -> Result<Stage, String> {
-    let path = quill::control::bindir().join("quill-send");
+    let path = quill::mail::control::bindir().join("quill-send");
     let mut command = Command::new(&path);
     let stderr = log_fd.try_clone().map_err(|e| format!("unable to duplicate stdout: {e}"))?;
     command.stdin(Stdio::null()).stdout(Stdio::from(stdout)).stderr(Stdio::from(stderr));
     let mut high = Vec::new();
     for fd in spawners.iter().chain([&clean_requests, &clean_replies]) {
-        high.push(quill::sys::dup_at_least(fd.as_fd(), 10).map_err(|e| format!("unable to duplicate a pipe: {e}"))?);
+        high.push(
+            quill::base::sys::dup_at_least(fd.as_fd(), 10).map_err(|e| format!("unable to duplicate a pipe: {e}"))?,
+        );
     }
     // Sources sit above 9, so no dup2 in the child overwrites one that a later one needs.
     // Without rspawn, 5 and 6 stay closed: that is how quill-send knows.
     let targets: &[i32] = if high.len() == 6 { &[3, 4, 5, 6, 7, 8] } else { &[3, 4, 7, 8] };
     let pairs = high.iter().map(std::os::fd::AsRawFd::as_raw_fd).zip(targets.iter().copied()).collect();
-    quill::sys::map_fds(&mut command, pairs);
+    quill::base::sys::map_fds(&mut command, pairs);
     if let Some((uid, gid, groups)) = credentials {
-        quill::sys::set_credentials(&mut command, *uid, *gid, groups.clone());
+        quill::base::sys::set_credentials(&mut command, *uid, *gid, groups.clone());
     }
-    quill::sys::die_with_parent(&mut command);
+    quill::base::sys::die_with_parent(&mut command);
     let child = command.spawn().map_err(|e| format!("unable to start {}: {e}", path.display()))?;
     Ok(Stage { name: "quill-send", child })
 }
@@ -215,14 +217,15 @@ fn main() -> ExitCode {
         log::warning(&format!("unable to send my diagnostics to stdout: {e}"));
     }
     let default_delivery = std::env::args_os().nth(1).unwrap_or_else(|| OsString::from("./Maildir/"));
-    let home = quill::control::home();
+    let home = quill::mail::control::home();
     if let Err(e) = std::env::set_current_dir(&home) {
         return fatal(&format!("unable to switch to {}: {e}", home.display()));
     }
-    quill::sys::umask(0o077);
-    let root = quill::sys::uids().1 == 0;
+    quill::base::sys::umask(0o077);
+    let root = quill::base::sys::uids().1 == 0;
     let signals =
-        match quill::sys::signal_pipe(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD, libc::SIGHUP, libc::SIGALRM]) {
+        match quill::base::sys::signal_pipe(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD, libc::SIGHUP, libc::SIGALRM])
+        {
             Ok(fd) => fd,
             Err(e) => return fatal(&format!("unable to catch signals: {e}")),
         };

@@ -11,9 +11,9 @@
 //! Exit: 0 after SIGTERM, 100 on a usage error, 111 when it cannot start (bind, ids, rules).
 //! Man page: doc/quill-tcpserver.8.
 
-use quill::listener::{self, ClientKey, Over, Table};
-use quill::log;
-use quill::tcprules::{Rules, Verdict};
+use quill::base::log;
+use quill::tcpserver::listener::{self, ClientKey, Over, Table};
+use quill::tcpserver::tcprules::{Rules, Verdict};
 use std::ffi::OsString;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -164,7 +164,7 @@ fn load_rules(config: &Config) -> Result<Rules, String> {
 /// `QUILL_HOME`, else None (the local IP of each connection is used).
 fn default_local_name() -> Option<String> {
     std::env::var_os("QUILL_HOME")?;
-    let me = quill::control::Control::from_env().line("me").ok()??;
+    let me = quill::mail::control::Control::from_env().line("me").ok()??;
     Some(String::from_utf8_lossy(&me).into_owned())
 }
 
@@ -261,7 +261,8 @@ impl Server {
     /// 421 and closes) and leaves the table at once; it is reaped when it exits.
     fn make_room(&mut self, remote: SocketAddr) {
         use std::os::fd::AsFd;
-        let Some(idlest) = self.table.idlest(MINIMUM_IDLE, |socket| quill::sys::tcp_silence(socket.as_fd())) else {
+        let Some(idlest) = self.table.idlest(MINIMUM_IDLE, |socket| quill::base::sys::tcp_silence(socket.as_fd()))
+        else {
             return;
         };
         let pid = nix::unistd::Pid::from_raw(idlest.pid);
@@ -416,7 +417,7 @@ fn lookup_and_exec(args: &[OsString]) -> ExitCode {
     let (sender, receiver) = std::sync::mpsc::channel();
     if let Some(ip) = remote {
         std::thread::spawn(move || {
-            let _ = sender.send(quill::sys::reverse_name(ip));
+            let _ = sender.send(quill::base::sys::reverse_name(ip));
         });
     }
     if let Ok(Some(host)) = receiver.recv_timeout(Duration::from_secs(seconds)) {
@@ -484,7 +485,7 @@ fn main() -> ExitCode {
         log::fatal("unable to find my own program for -h lookups");
         return ExitCode::from(111);
     }
-    let signals = match quill::sys::signal_pipe(&[libc::SIGCHLD, libc::SIGHUP, libc::SIGTERM]) {
+    let signals = match quill::base::sys::signal_pipe(&[libc::SIGCHLD, libc::SIGHUP, libc::SIGTERM]) {
         Ok(fd) => fd,
         Err(e) => {
             log::fatal(&format!("unable to set up signals: {e}"));

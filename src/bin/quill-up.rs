@@ -7,7 +7,7 @@
 //! Runs as: the caller. Never needs root. Exit: 0 after a clean stop, 111 on a setup failure.
 //! Man page: doc/quill-up.1.
 
-use quill::control::program;
+use quill::mail::control::program;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode};
@@ -79,7 +79,7 @@ fn setup(o: &Options) -> Result<(), String> {
     let dir = &o.dir;
     let err = |what: &str, e: std::io::Error| format!("unable to {what}: {e}");
     std::fs::create_dir_all(dir).map_err(|e| err(&format!("create {}", dir.display()), e))?;
-    quill::queuefile::create_tree(dir, None).map_err(|e| err("create the queue", e))?;
+    quill::mail::queuefile::create_tree(dir, None).map_err(|e| err("create the queue", e))?;
     for sub in ["users", "alias", "maildir"] {
         std::fs::create_dir_all(dir.join(sub)).map_err(|e| err(&format!("create {sub}/"), e))?;
     }
@@ -88,7 +88,7 @@ fn setup(o: &Options) -> Result<(), String> {
     locals.extend(o.domains.iter().map(|d| d.to_ascii_lowercase()));
     let list = locals.join("\n") + "\n";
     write_new(&control.join("me"), "localhost\n").map_err(|e| err("write control/me", e))?;
-    write_new(&control.join("databytes"), &format!("{}\n", quill::smtpd::DEFAULT_DATABYTES))
+    write_new(&control.join("databytes"), &format!("{}\n", quill::smtpd::session::DEFAULT_DATABYTES))
         .map_err(|e| err("write control/databytes", e))?;
     // locals and rcpthosts follow -D on every start, so adding a domain is one restart away.
     std::fs::write(control.join("locals"), &list).map_err(|e| err("write control/locals", e))?;
@@ -106,7 +106,7 @@ fn setup(o: &Options) -> Result<(), String> {
         .flatten()
         .map(|u| u.name)
         .unwrap_or_else(|| "quill".to_string());
-    let (uid, gid) = (quill::sys::uids().0, quill::sys::gid());
+    let (uid, gid) = (quill::base::sys::uids().0, quill::base::sys::gid());
     let assign = format!("+:{user}:{uid}:{gid}:{}:-::\n.\n", dir.display());
     std::fs::write(dir.join("users/assign"), assign).map_err(|e| err("write users/assign", e))?;
     let status =
@@ -146,7 +146,7 @@ fn make_certificate(control: &Path) {
         let _ = std::fs::write(control.join("tlscert"), format!("{}\n", cert.display()));
         let _ = std::fs::write(control.join("tlskey"), format!("{}\n", key.display()));
     } else {
-        quill::log::warning("unable to make a TLS certificate: openssl is not installed; STARTTLS is off");
+        quill::base::log::warning("unable to make a TLS certificate: openssl is not installed; STARTTLS is off");
     }
 }
 
@@ -156,14 +156,14 @@ fn make_certificate(control: &Path) {
 ///
 /// The owner can change everything in the directory while root works on it, so the directory
 /// is opened without following a link in any component of its path, its owner is read from
-/// that descriptor, and the tree is given away by descriptor ([`quill::tree::give_tree`]):
+/// that descriptor, and the tree is given away by descriptor ([`quill::base::tree::give_tree`]):
 /// no link is followed and nothing is changed by path after a check.
 fn become_owner(dir: &Path) -> Result<(), String> {
     use nix::unistd::{setgid, setgroups, setuid, Gid, Uid, User};
     if !Uid::effective().is_root() {
         return Ok(());
     }
-    let root = quill::tree::Dir::open_without_links(dir).map_err(|e| e.to_string())?;
+    let root = quill::base::tree::Dir::open_without_links(dir).map_err(|e| e.to_string())?;
     let meta = root.stat().map_err(|e| e.to_string())?;
     let (uid, gid) = if meta.st_uid != 0 {
         (meta.st_uid, meta.st_gid)
@@ -174,11 +174,11 @@ fn become_owner(dir: &Path) -> Result<(), String> {
             .ok_or("unable to run as root and there is no user nobody to run as")?;
         (nobody.uid.as_raw(), nobody.gid.as_raw())
     };
-    quill::tree::give_tree(&root, uid, gid).map_err(|e| e.to_string())?;
+    quill::base::tree::give_tree(&root, uid, gid).map_err(|e| e.to_string())?;
     setgroups(&[Gid::from_raw(gid)]).map_err(|e| format!("unable to set groups: {e}"))?;
     setgid(Gid::from_raw(gid)).map_err(|e| format!("unable to set gid {gid}: {e}"))?;
     setuid(Uid::from_raw(uid)).map_err(|e| format!("unable to set uid {uid}: {e}"))?;
-    quill::log::line(&format!("started as root: running as uid {uid}"));
+    quill::base::log::line(&format!("started as root: running as uid {uid}"));
     Ok(())
 }
 
@@ -194,17 +194,17 @@ impl Service {
     fn start(&mut self, dir: &Path) {
         let mut command = Command::new(&self.argv[0]);
         command.args(&self.argv[1..]).env("QUILL_HOME", dir).current_dir(dir);
-        quill::sys::die_with_parent(&mut command);
+        quill::base::sys::die_with_parent(&mut command);
         match command.spawn() {
             Ok(child) => self.child = Some(child),
-            Err(e) => quill::log::warning(&format!("unable to start {}: {e}", self.name)),
+            Err(e) => quill::base::log::warning(&format!("unable to start {}: {e}", self.name)),
         }
         self.started = Instant::now();
     }
 }
 
 fn main() -> ExitCode {
-    quill::log::init("quill-up");
+    quill::base::log::init("quill-up");
     let Some(mut o) = parse_options() else { return usage() };
     // Root follows no link in DIR's path and makes what is missing by descriptor: whoever
     // owns a part of the path could otherwise lead it to a directory of root's (/etc), which
@@ -212,13 +212,13 @@ fn main() -> ExitCode {
     if nix::unistd::Uid::effective().is_root() {
         let made = std::path::absolute(&o.dir)
             .map_err(|e| format!("unable to find {}: {e}", o.dir.display()))
-            .and_then(|dir| quill::tree::Dir::create_without_links(&dir, 0o755).map_err(|e| e.to_string()));
+            .and_then(|dir| quill::base::tree::Dir::create_without_links(&dir, 0o755).map_err(|e| e.to_string()));
         if let Err(e) = made {
-            quill::log::fatal(&e);
+            quill::base::log::fatal(&e);
             return ExitCode::from(111);
         }
     } else if let Err(e) = std::fs::create_dir_all(&o.dir) {
-        quill::log::fatal(&format!("unable to create {}: {e}", o.dir.display()));
+        quill::base::log::fatal(&format!("unable to create {}: {e}", o.dir.display()));
         return ExitCode::from(111);
     }
     // Every path written into the instance's files is absolute, so that it means the same
@@ -226,23 +226,23 @@ fn main() -> ExitCode {
     o.dir = match o.dir.canonicalize() {
         Ok(d) => d,
         Err(e) => {
-            quill::log::fatal(&format!("unable to find {}: {e}", o.dir.display()));
+            quill::base::log::fatal(&format!("unable to find {}: {e}", o.dir.display()));
             return ExitCode::from(111);
         }
     };
     if let Err(e) = become_owner(&o.dir) {
-        quill::log::fatal(&e);
+        quill::base::log::fatal(&e);
         return ExitCode::from(111);
     }
     if let Err(e) = setup(&o) {
-        quill::log::fatal(&e);
+        quill::base::log::fatal(&e);
         return ExitCode::from(111);
     }
     let dir = o.dir.clone();
-    let signals = match quill::sys::signal_pipe(&[libc::SIGINT, libc::SIGTERM, libc::SIGCHLD]) {
+    let signals = match quill::base::sys::signal_pipe(&[libc::SIGINT, libc::SIGTERM, libc::SIGCHLD]) {
         Ok(fd) => fd,
         Err(e) => {
-            quill::log::fatal(&format!("unable to catch signals: {e}"));
+            quill::base::log::fatal(&format!("unable to catch signals: {e}"));
             return ExitCode::from(111);
         }
     };
@@ -261,9 +261,9 @@ fn main() -> ExitCode {
         argv.extend(["-c".into(), max.into(), "-C".into(), per.into()]);
         argv.extend([host.into(), port.into(), program("quill-smtpd").into()]);
         services.push(Service { name: "quill-smtpd", argv, child: None, started: Instant::now() });
-        quill::log::line(&format!("instance {} with SMTP on {host}:{port}", dir.display()));
+        quill::base::log::line(&format!("instance {} with SMTP on {host}:{port}", dir.display()));
     } else {
-        quill::log::line(&format!("instance {} (no SMTP listener)", dir.display()));
+        quill::base::log::line(&format!("instance {} (no SMTP listener)", dir.display()));
     }
     for s in services.iter_mut() {
         s.start(&dir);
@@ -292,7 +292,7 @@ fn supervise(dir: &Path, services: &mut [Service], signals: &std::os::fd::OwnedF
             };
             if dead && s.started.elapsed() >= Duration::from_secs(1) {
                 if s.child.is_some() {
-                    quill::log::warning(&format!("{} exited; restarting it", s.name));
+                    quill::base::log::warning(&format!("{} exited; restarting it", s.name));
                 }
                 s.start(dir);
             }
@@ -317,5 +317,5 @@ fn stop(services: &mut [Service]) {
             let _ = c.wait();
         }
     }
-    quill::log::line("stopped");
+    quill::base::log::line("stopped");
 }

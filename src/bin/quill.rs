@@ -130,13 +130,13 @@ fn parse(args: &[String], opts: &getopts::Options, text: &str) -> Result<getopts
         return Err(help(text));
     }
     opts.parse(args).map_err(|e| {
-        quill::log::fatal(&format!("{e}"));
+        quill::base::log::fatal(&format!("{e}"));
         usage(text)
     })
 }
 
 fn home_of(m: &getopts::Matches) -> PathBuf {
-    let home = m.opt_str("home").map(PathBuf::from).unwrap_or_else(quill::control::home);
+    let home = m.opt_str("home").map(PathBuf::from).unwrap_or_else(quill::mail::control::home);
     if home.is_absolute() {
         return home;
     }
@@ -164,12 +164,12 @@ fn setup(args: &[String]) -> ExitCode {
         links: m.opt_present("links"),
         link_root: std::env::var_os("QUILL_LINK_ROOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/")),
     };
-    let report = admin::setup::setup(&options, &quill::control::bindir());
+    let report = admin::setup::setup(&options, &quill::mail::control::bindir());
     for line in &report.done {
         println!("quill setup: {line}");
     }
     for line in &report.failed {
-        quill::log::warning(line);
+        quill::base::log::warning(line);
     }
     if report.failed.is_empty() {
         println!("quill setup: {} is ready; run 'quill check' to confirm", options.home.display());
@@ -186,7 +186,7 @@ fn check(args: &[String]) -> ExitCode {
     };
     let home = home_of(&m);
     let kind = admin::check::Kind::of(&home);
-    let problems = admin::check::check(&home, &quill::control::bindir(), kind);
+    let problems = admin::check::check(&home, &quill::mail::control::bindir(), kind);
     for p in &problems {
         println!("{p}");
     }
@@ -236,14 +236,14 @@ fn stats(args: &[String]) -> ExitCode {
     let mut stats = admin::stats::Stats::default();
     if m.free.is_empty() {
         if let Err(e) = stats.read(std::io::stdin().lock()) {
-            quill::log::fatal(&format!("unable to read standard input: {e}"));
+            quill::base::log::fatal(&format!("unable to read standard input: {e}"));
             return ExitCode::from(111);
         }
     }
     for name in &m.free {
         let result = std::fs::File::open(name).and_then(|f| stats.read(std::io::BufReader::new(f)));
         if let Err(e) = result {
-            quill::log::fatal(&format!("unable to read {name}: {e}"));
+            quill::base::log::fatal(&format!("unable to read {name}: {e}"));
             return ExitCode::from(111);
         }
     }
@@ -265,7 +265,7 @@ fn selection(m: &getopts::Matches) -> Result<Option<admin::queue::Filter>, ExitC
         None => None,
         Some(Ok(n)) => Some(n),
         Some(Err(_)) => {
-            quill::log::fatal("unable to parse --older-than: give a number of seconds");
+            quill::base::log::fatal("unable to parse --older-than: give a number of seconds");
             return Err(ExitCode::from(100));
         }
     };
@@ -284,7 +284,7 @@ fn queue(args: &[String]) -> ExitCode {
         return usage(HELP_QUEUE);
     };
     let mut opts = home_options();
-    let now = quill::date::now();
+    let now = quill::base::date::now();
     match action.as_str() {
         "--help" | "-h" | "help" => help(HELP_QUEUE),
         "list" => {
@@ -314,7 +314,7 @@ fn queue(args: &[String]) -> ExitCode {
                 println!("{} of {} messages", selected.len(), entries.len());
             }
             for e in &errors {
-                quill::log::warning(e);
+                quill::base::log::warning(e);
             }
             if errors.is_empty() {
                 ExitCode::SUCCESS
@@ -344,7 +344,7 @@ fn queue(args: &[String]) -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    quill::log::fatal(&e);
+                    quill::base::log::fatal(&e);
                     ExitCode::from(111)
                 }
             }
@@ -364,7 +364,7 @@ fn queue(args: &[String]) -> ExitCode {
             let chosen: Vec<_> = entries.into_iter().filter(|e| (e.state == "hold") == hold).collect();
             print!("{}", admin::shape::shape(&chosen, now, m.opt_present("sender")));
             for e in &errors {
-                quill::log::warning(e);
+                quill::base::log::warning(e);
             }
             if errors.is_empty() {
                 ExitCode::SUCCESS
@@ -400,7 +400,7 @@ fn queue(args: &[String]) -> ExitCode {
             }
             println!("{waiting} recipients waiting in {} messages", entries.len());
             for e in &errors {
-                quill::log::warning(e);
+                quill::base::log::warning(e);
             }
             if errors.is_empty() {
                 ExitCode::SUCCESS
@@ -423,7 +423,7 @@ fn queue(args: &[String]) -> ExitCode {
             if let Some(filter) = &filter {
                 let (entries, errors) = admin::queue::entries(&home);
                 if let Some(e) = errors.first() {
-                    quill::log::fatal(e);
+                    quill::base::log::fatal(e);
                     return ExitCode::from(111);
                 }
                 // Each action applies to the messages it can act on.
@@ -460,7 +460,7 @@ fn queue(args: &[String]) -> ExitCode {
             match admin::queue::request(&home, &lines) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    quill::log::fatal(&e);
+                    quill::base::log::fatal(&e);
                     ExitCode::from(111)
                 }
             }
@@ -470,7 +470,7 @@ fn queue(args: &[String]) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    quill::log::init("quill");
+    quill::base::log::init("quill");
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = args.split_first() else {
         return usage(USAGE);
@@ -483,7 +483,7 @@ fn main() -> ExitCode {
         "queue" => queue(rest),
         "--help" | "-h" | "help" => help(USAGE),
         other => {
-            quill::log::fatal(&format!(
+            quill::base::log::fatal(&format!(
                 "unknown command {other:?}; the commands are setup, check, status, stats, queue"
             ));
             usage(USAGE)

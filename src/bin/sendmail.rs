@@ -2,8 +2,8 @@
 //!
 //! Runs as the caller. fd 0: the message; fd 2: diagnostics. Understands `-t -i -oi -f -r -F
 //! --` and accepts, without effect, the options programs pass out of habit (`-oem -odi -odb
-//! -om -v -N… -B… -bm`). Submits in-process (src/inject.rs) and starts one process per
-//! message: quill-queue (or `QMAILQUEUE`). The other modes are in src/sendmailmodes.rs:
+//! -om -v -N… -B… -bm`). Submits in-process (src/inject/message.rs) and starts one process per
+//! message: quill-queue (or `QMAILQUEUE`). The other modes are in src/inject/sendmailmodes.rs:
 //! `-bs` (becomes quill-smtpd), `-bp` and the name `mailq`, `-bi` and the name `newaliases`,
 //! `-q` (flush).
 //! Exit codes (sysexits.h): 0 queued, 64 usage, 65 bad message or address, 69 refused for
@@ -11,16 +11,16 @@
 //! Contract: doc/sendmail.8.
 #![forbid(unsafe_code)]
 
-use quill::control::Control;
-use quill::inject::{inject, parse_args, Mode, Syntax};
-use quill::sendmailmodes;
+use quill::inject::message::{inject, parse_args, Mode, Syntax};
+use quill::inject::sendmailmodes;
+use quill::mail::control::Control;
 use std::os::unix::ffi::OsStringExt;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: sendmail [-t] [-i] [-f sender] [-F name] [--] [recipient ...]";
 
 fn main() -> ExitCode {
-    quill::log::init("sendmail");
+    quill::base::log::init("sendmail");
     let mut argv = std::env::args_os().map(OsStringExt::into_vec);
     let name = argv.next().unwrap_or_default();
     let base = name.rsplit(|&b| b == b'/').next().unwrap_or(&[]).to_vec();
@@ -41,15 +41,15 @@ fn main() -> ExitCode {
             return ExitCode::from(sendmailmodes::flush(&Control::from_env(), Some(&text)))
         }
         Err(failure) => {
-            quill::log::fatal(&failure.error.message);
-            quill::log::raw(USAGE);
+            quill::base::log::fatal(&failure.error.message);
+            quill::base::log::raw(USAGE);
             return ExitCode::from(failure.sendmail_exit());
         }
     };
     match inject(&options, &mut std::io::stdin().lock()) {
         Ok(_) => ExitCode::SUCCESS,
         Err(failure) => {
-            quill::log::fatal(&failure.error.message);
+            quill::base::log::fatal(&failure.error.message);
             ExitCode::from(failure.sendmail_exit())
         }
     }

@@ -41,7 +41,7 @@ impl Drop for TempDir {
 /// A Quill home with a queue tree and the given control files (name, contents).
 pub fn home(tag: &str, controls: &[(&str, &str)]) -> TempDir {
     let dir = TempDir::new(tag);
-    quill::queuefile::create_tree(dir.path(), None).expect("create queue tree");
+    quill::mail::queuefile::create_tree(dir.path(), None).expect("create queue tree");
     for (name, contents) in controls {
         std::fs::write(dir.path().join("control").join(name), contents).expect("write control file");
     }
@@ -164,7 +164,7 @@ pub fn skip_without_python(modules: &[&str]) -> bool {
 
 /// True when the tests run as root (CI): then they also check real uids.
 pub fn is_root() -> bool {
-    quill::sys::uids().1 == 0
+    quill::base::sys::uids().1 == 0
 }
 
 /// `quill setup` makes the built quill-queue setuid quillq, and a setuid quill-queue ignores

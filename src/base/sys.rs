@@ -1,0 +1,367 @@
+//! The only module that may use `unsafe`. Every block carries a `// SAFETY:` line.
+//!
+//! Keep this file small: wrap one raw call per function, return `std::io::Result`, and let the
+//! safe modules build on it.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// True when the process runs with privileges it did not start with (setuid or setgid
+/// binary, or any other exec the kernel marked "secure"). Such a program must ignore its
+/// environment for every path and setting.
+pub fn is_secure_exec() -> bool {
+    // SAFETY: getauxval only reads the auxiliary vector the kernel gave the process.
+    let secure = unsafe { libc::getauxval(libc::AT_SECURE) };
+    secure != 0
+}
+
+/// Arrange for `command`, when spawned, to run with exactly these credentials: supplementary
+/// groups first, then gid, then uid (the order matters: after setuid the others are
+/// impossible). Used by the root programs (quill-start, quill-lspawn).
+pub fn set_credentials(command: &mut Command, uid: u32, gid: u32, groups: Vec<u32>) {
+    // SAFETY: the closure runs in the child between fork and exec; it only makes the
+    // async-signal-safe system calls setgroups, setgid and setuid and touches no allocator
+    // (the group vector was allocated before the fork and is only read).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::setgid(gid) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::setuid(uid) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Put the child in a new session (so a signal to the parent's process group does not reach
+/// it, and it cannot reach the parent's terminal).
+pub fn new_session(command: &mut Command) {
+    // SAFETY: setsid is async-signal-safe and needs no memory.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Make the child die with SIGTERM when its parent dies (used by supervisors for stages).
+pub fn die_with_parent(command: &mut Command) {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and needs no memory.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Move descriptors into place in the child: for each pair (from, to), dup2(from, to).
+/// Descriptors 0–2 are set with `Command::stdin` etc.; this is for 3 and above (the pipes of
+/// quill-start, fd 6 of the qmail-queue protocol).
+pub fn map_fds(command: &mut Command, pairs: Vec<(i32, i32)>) {
+    // SAFETY: only dup2 and fcntl, both async-signal-safe, on descriptors the parent owns
+    // and keeps open until the spawn returns. A source equal to its target only needs its
+    // close-on-exec flag cleared.
+    unsafe {
+        command.pre_exec(move || {
+            for &(from, to) in &pairs {
+                if from == to {
+                    let flags = libc::fcntl(from, libc::F_GETFD);
+                    if flags < 0 || libc::fcntl(from, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                } else if libc::dup2(from, to) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The real and effective user ids.
+pub fn uids() -> (u32, u32) {
+    // SAFETY: getuid and geteuid cannot fail and touch no memory.
+    unsafe { (libc::getuid(), libc::geteuid()) }
+}
+
+/// The real group id.
+pub fn gid() -> u32 {
+    // SAFETY: getgid cannot fail and touches no memory.
+    unsafe { libc::getgid() }
+}
+
+/// Set the process umask and return the old one.
+pub fn umask(mask: u32) -> u32 {
+    // SAFETY: umask cannot fail and touches no memory.
+    unsafe { libc::umask(mask as libc::mode_t) as u32 }
+}
+
+/// Reset a signal to its default disposition (for SIGPIPE before running user programs).
+pub fn default_signal(signal: i32) {
+    // SAFETY: installing SIG_DFL has no handler to be unsafe about.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+    }
+}
+
+/// Ignore a signal (SIGPIPE in programs that write to pipes and check write errors).
+pub fn ignore_signal(signal: i32) {
+    // SAFETY: installing SIG_IGN has no handler to be unsafe about.
+    unsafe {
+        libc::signal(signal, libc::SIG_IGN);
+    }
+}
+
+static SIGNAL_PIPE_WRITE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn note_signal(signal: libc::c_int) {
+    let fd = SIGNAL_PIPE_WRITE.load(std::sync::atomic::Ordering::Relaxed);
+    let byte = signal as u8;
+    // SAFETY: write(2) is async-signal-safe; the buffer is a local byte. A full pipe drops the
+    // byte, which is fine: the reader only needs to learn that some signal came.
+    unsafe {
+        libc::write(fd, &byte as *const u8 as *const libc::c_void, 1);
+    }
+}
+
+/// The self-pipe trick: after this call each of `signals` writes its number as one byte to a
+/// non-blocking pipe, whose read end is returned for the caller's poll loop. Call once.
+pub fn signal_pipe(signals: &[i32]) -> io::Result<std::os::fd::OwnedFd> {
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    use std::os::fd::IntoRawFd;
+    SIGNAL_PIPE_WRITE.store(write.into_raw_fd(), std::sync::atomic::Ordering::Relaxed);
+    for &signal in signals {
+        // SAFETY: a zeroed sigaction is a valid starting value; the handler only calls
+        // write(2) on a descriptor that stays open for the life of the process.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = note_signal as extern "C" fn(libc::c_int) as usize;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(read)
+}
+
+/// The name a reverse DNS lookup gives for `ip` (getnameinfo with NI_NAMEREQD), or None when
+/// there is none or the lookup fails. It blocks for as long as the resolver takes: call it only
+/// where waiting is harmless (quill-tcpserver runs it in the connection's own process).
+pub fn reverse_name(ip: std::net::IpAddr) -> Option<String> {
+    let mut host = [0 as libc::c_char; 1025];
+    let status = match ip {
+        std::net::IpAddr::V4(v4) => {
+            // SAFETY: a zeroed sockaddr_in is valid; every field we need is then set.
+            let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            sa.sin_family = libc::AF_INET as libc::sa_family_t;
+            sa.sin_addr.s_addr = u32::from_ne_bytes(v4.octets());
+            // SAFETY: the address pointer and length describe `sa`, the host buffer and its
+            // length describe `host`; no service buffer is asked for.
+            unsafe {
+                libc::getnameinfo(
+                    &sa as *const libc::sockaddr_in as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                    host.as_mut_ptr(),
+                    host.len() as libc::socklen_t,
+                    std::ptr::null_mut(),
+                    0,
+                    libc::NI_NAMEREQD,
+                )
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            // SAFETY: a zeroed sockaddr_in6 is valid; every field we need is then set.
+            let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sa.sin6_addr.s6_addr = v6.octets();
+            // SAFETY: as above, for `sa` of type sockaddr_in6.
+            unsafe {
+                libc::getnameinfo(
+                    &sa as *const libc::sockaddr_in6 as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                    host.as_mut_ptr(),
+                    host.len() as libc::socklen_t,
+                    std::ptr::null_mut(),
+                    0,
+                    libc::NI_NAMEREQD,
+                )
+            }
+        }
+    };
+    if status != 0 {
+        return None;
+    }
+    // SAFETY: on success getnameinfo wrote a NUL-terminated string into `host`.
+    let name = unsafe { std::ffi::CStr::from_ptr(host.as_ptr()) };
+    name.to_str().ok().map(str::to_string)
+}
+
+/// Make the child change to `dir` as its last step before exec, after any credentials set
+/// with [`set_credentials`] (std's own `current_dir` runs before them, that is as root). Used
+/// by quill-lspawn, so that a user's home is entered with the user's own rights.
+pub fn change_dir_last(command: &mut Command, dir: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "directory name contains a NUL byte"))?;
+    // SAFETY: the closure runs in the child between fork and exec and only calls chdir, which
+    // is async-signal-safe, on a string allocated before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::chdir(dir.as_ptr()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// Take ownership of a descriptor inherited from the parent (quill-start's pipes: quill-send's
+/// fds 3–8), if it is open, and mark it close-on-exec so that programs this process runs (the
+/// queue program for bounces) do not inherit it. Call at most once per number, and before the
+/// process opens any file (which could otherwise land on a closed number and be taken here).
+pub fn inherited_fd(fd: i32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_GETFD only queries the descriptor table; an unused number gives EBADF.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if fd < 0 || flags < 0 {
+        return None;
+    }
+    // SAFETY: the number names an open descriptor, and the caller promises that nothing else in
+    // the process owns it (it was inherited, not opened here), so this becomes its one owner.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: F_SETFD on a descriptor this function now owns; touches no memory.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+    }
+    Some(owned)
+}
+
+/// A close-on-exec duplicate of `fd` numbered `min` or higher. Used before [`map_fds`] so that
+/// no source descriptor sits on a number that an earlier dup2 in the child overwrites.
+pub fn dup_at_least(fd: std::os::fd::BorrowedFd<'_>, min: i32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor and touches no memory.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` was just created by fcntl and is owned by nothing else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(new) })
+}
+
+static ALARM_EXIT_CODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(111);
+
+extern "C" fn exit_on_alarm(_signal: libc::c_int) {
+    let code = ALARM_EXIT_CODE.load(std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: _exit is async-signal-safe; it skips destructors and atexit handlers, which is
+    // what a handler must do.
+    unsafe { libc::_exit(code) }
+}
+
+/// A watchdog without a thread: after `seconds`, SIGALRM ends the process with exit `code`.
+/// [`cancel_alarm`] disarms it.
+pub fn exit_after(seconds: u32, code: u8) -> io::Result<()> {
+    ALARM_EXIT_CODE.store(i32::from(code), std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: a zeroed sigaction is a valid starting value; the handler only calls _exit.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = exit_on_alarm as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(libc::SIGALRM, &action, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::alarm(seconds);
+    }
+    Ok(())
+}
+
+/// Disarm the alarm set by [`exit_after`].
+pub fn cancel_alarm() {
+    // SAFETY: alarm cannot fail and touches no memory.
+    unsafe {
+        libc::alarm(0);
+    }
+}
+
+/// Raise the soft limit on open descriptors to the hard limit; returns the new soft limit.
+pub fn raise_descriptor_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// How long the peer of a TCP socket has sent us no data (Linux `TCP_INFO`,
+/// `tcpi_last_data_recv`; for a peer that never sent anything, the time since the connection
+/// was set up). None when the kernel does not tell. quill-tcpserver reads it on its own copy of
+/// each connection's socket to find the idlest session without knowing the protocol.
+pub fn tcp_silence(socket: std::os::fd::BorrowedFd<'_>) -> Option<std::time::Duration> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain integers; all zeros is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut length = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the pointer and length describe `info`; the kernel writes at most `length` bytes
+    // and reports how many it wrote.
+    let status = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut libc::tcp_info as *mut libc::c_void,
+            &mut length,
+        )
+    };
+    // tcpi_last_data_recv sits in the part of the struct every kernel since 2.6 fills.
+    if status != 0 || (length as usize) < 64 {
+        return None;
+    }
+    Some(std::time::Duration::from_millis(u64::from(info.tcpi_last_data_recv)))
+}
+
+/// openat(2): open `name` relative to the directory `dir` (the working directory when None),
+/// with `flags` plus O_CLOEXEC and, for O_CREAT, `mode`. The walkers of `crate::base::tree` build on
+/// it: a descriptor pins what was checked, so no later step acts on a path that could change.
+pub fn open_at(
+    dir: Option<std::os::fd::BorrowedFd<'_>>,
+    name: &std::ffi::CStr,
+    flags: i32,
+    mode: u32,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let dirfd = dir.map(|d| d.as_raw_fd()).unwrap_or(libc::AT_FDCWD);
+    // SAFETY: `name` is a NUL-terminated string that outlives the call, and openat reads only
+    // it; `dirfd` is borrowed for the call or is AT_FDCWD.
+    let fd = unsafe { libc::openat(dirfd, name.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by openat and nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}

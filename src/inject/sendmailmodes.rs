@@ -1,0 +1,122 @@
+//! The sendmail modes that are not submission: `-bs` (SMTP on stdin/stdout), `-bp`/`mailq`
+//! (list the queue), `-bi`/`newaliases` (check the aliases file), `-q` (flush the queue).
+#![forbid(unsafe_code)]
+
+use crate::mail::aliases::{aliases_path, Aliases};
+use crate::mail::control::Control;
+use crate::mail::queuefile::Layout;
+
+/// sysexits: EX_OK, EX_SOFTWARE, EX_OSERR, EX_NOPERM, EX_CONFIG, EX_TEMPFAIL.
+const EX_USAGE: u8 = 64;
+const EX_SOFTWARE: u8 = 70;
+const EX_OSERR: u8 = 71;
+const EX_NOPERM: u8 = 77;
+const EX_CONFIG: u8 = 78;
+const EX_TEMPFAIL: u8 = 75;
+
+/// `-bs`: become quill-smtpd on standard input and output, for a local user, who may send
+/// anywhere (RELAYCLIENT) as with any local submission. Returns only if the exec failed.
+pub fn smtp() -> u8 {
+    use std::os::unix::process::CommandExt;
+    let program = crate::mail::control::program("quill-smtpd");
+    let error = std::process::Command::new(&program)
+        .env("RELAYCLIENT", "")
+        .env("PROTO", "PIPE")
+        .env("TCPREMOTEIP", "127.0.0.1")
+        .env("TCPREMOTEHOST", "localhost")
+        .env_remove("AUTH_REQUIRED")
+        .exec();
+    crate::base::log::fatal(&format!("unable to run {}: {error}", program.display()));
+    EX_OSERR
+}
+
+/// `-bp` / `mailq`: one line per queued message, oldest first.
+pub fn list(control: &Control) -> u8 {
+    let (mut entries, problems) = crate::admin::queue::entries(&control.home);
+    if entries.is_empty() && !problems.is_empty() {
+        for p in &problems {
+            crate::base::log::fatal(p);
+        }
+        crate::base::log::raw("mailq: the queue is readable by root and group quill only");
+        return EX_NOPERM;
+    }
+    entries.sort_by_key(|e| e.header.time);
+    let now = crate::base::date::now();
+    if entries.is_empty() {
+        println!("Mail queue is empty");
+    }
+    for e in &entries {
+        println!("{}", crate::admin::queue::list_line(e, now));
+    }
+    if !entries.is_empty() {
+        println!("-- {} message{} in the queue", entries.len(), if entries.len() == 1 { "" } else { "s" });
+    }
+    for p in &problems {
+        crate::base::log::warning(p);
+    }
+    0
+}
+
+/// `-bi` / `newaliases`: quill-lspawn rereads the aliases file by itself when it changes, so
+/// there is nothing to compile; this checks the file and says how many aliases it holds.
+pub fn aliases(control: &Control) -> u8 {
+    let path = aliases_path(control);
+    match Aliases::load(&path) {
+        Ok(a) => {
+            for w in a.warnings() {
+                crate::base::log::warning(w);
+            }
+            println!("{}: {} aliases", path.display(), a.len());
+            0
+        }
+        Err(e) => {
+            crate::base::log::fatal(&format!("{}: {e}", path.display()));
+            if e.outcome == crate::base::fail::Outcome::Permanent {
+                EX_CONFIG
+            } else {
+                EX_TEMPFAIL
+            }
+        }
+    }
+}
+
+/// `-q`: ask quill-send to try every queued message now, by writing `F` into its trigger;
+/// `-qR TEXT`: only the messages with a recipient containing TEXT, by writing `R TEXT` and a
+/// newline (quill-send(8)).
+pub fn flush(control: &Control, matching: Option<&[u8]>) -> u8 {
+    use std::io::Write;
+    let request = match matching {
+        None => b"F".to_vec(),
+        Some(text) => {
+            if text.is_empty()
+                || text.len() > crate::send::sendloop::MAX_FLUSH_TEXT
+                || !text.iter().all(u8::is_ascii_graphic)
+            {
+                crate::base::log::fatal(&format!(
+                    "unable to flush {}: give a domain or part of an address, without spaces",
+                    crate::base::log::safe(text)
+                ));
+                return EX_USAGE;
+            }
+            [b"R ", text, b"\n"].concat()
+        }
+    };
+    let trigger = Layout::new(&control.home).trigger();
+    match crate::mail::queuefile::open_fifo(&trigger, false) {
+        Ok(mut fifo) => match fifo.write(&request) {
+            Ok(_) => 0,
+            Err(e) => {
+                crate::base::log::fatal(&format!("unable to write to {}: {e}", trigger.display()));
+                EX_SOFTWARE
+            }
+        },
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            crate::base::log::fatal("unable to flush the queue: quill-send is not running");
+            EX_TEMPFAIL
+        }
+        Err(e) => {
+            crate::base::log::fatal(&format!("unable to open {}: {e}", trigger.display()));
+            EX_SOFTWARE
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The caller's side of the qmail-queue protocol: every program that injects mail (smtpd,
+//! inject, sendmail, local forwarding, send's bounces) goes through here.
+//!
+//! The queue program is `QMAILQUEUE` from the environment when set (a content filter that ends
+//! by calling quill-queue), except in setuid programs; otherwise `quill-queue` beside the
+//! running program.
+#![forbid(unsafe_code)]
+
+use crate::base::fail::{qq, qq_outcome, qq_text, Error, Outcome, Result};
+use crate::mail::envelope::Envelope;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+
+/// A message being handed to the queue program: write the message, then `finish` with the
+/// envelope.
+pub struct Submission {
+    child: Child,
+    message: Option<std::io::BufWriter<ChildStdin>>,
+    envelope: Option<std::fs::File>,
+    reply: Option<std::fs::File>,
+    write_failed: bool,
+}
+
+/// What the queue program said.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The queue program's process id (qmail's "qp").
+    pub pid: u32,
+}
+
+/// The queue program to run.
+pub fn queue_program() -> PathBuf {
+    filter().unwrap_or_else(|| crate::mail::control::program("quill-queue"))
+}
+
+/// `QMAILQUEUE`, when it is set, not empty, and this is not a setuid program.
+fn filter() -> Option<PathBuf> {
+    if crate::base::sys::is_secure_exec() {
+        return None;
+    }
+    std::env::var_os("QMAILQUEUE").filter(|q| !q.is_empty()).map(PathBuf::from)
+}
+
+impl Submission {
+    /// Start the queue program. Its stdin takes the message, its stdout the envelope, and, for
+    /// a `QMAILQUEUE` filter, fd 6 an optional custom reply (qmail-queue exit 82).
+    ///
+    /// quill-queue itself never writes fd 6, so it gets none: without the descriptor to move
+    /// into place there is no code to run between fork and exec, and std starts the program
+    /// with posix_spawn (vfork-style, no copy of this process's page tables) instead of fork.
+    pub fn start() -> Result<Submission> {
+        let (envelope_read, envelope_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::queue(qq::CANNOT_EXEC, format!("unable to make a pipe: {e}")))?;
+        let filter = filter();
+        let program = filter.clone().unwrap_or_else(|| crate::mail::control::program("quill-queue"));
+        let mut command = Command::new(&program);
+        command.stdin(Stdio::piped()).stdout(Stdio::from(envelope_read));
+        let mut reply = None;
+        if filter.is_some() {
+            let (reply_read, reply_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| Error::queue(qq::CANNOT_EXEC, format!("unable to make a pipe: {e}")))?;
+            crate::base::sys::map_fds(&mut command, vec![(reply_write.as_raw_fd(), 6)]);
+            reply = Some((reply_read, reply_write));
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| Error::queue(qq::CANNOT_EXEC, format!("unable to run {}: {e}", program.display())))?;
+        let reply = reply.map(|(read, write)| {
+            drop(write);
+            std::fs::File::from(read)
+        });
+        let stdin = child.stdin.take().map(|s| std::io::BufWriter::with_capacity(65536, s));
+        Ok(Submission {
+            child,
+            message: stdin,
+            envelope: Some(std::fs::File::from(envelope_write)),
+            reply,
+            write_failed: false,
+        })
+    }
+
+    /// Write message bytes. A write error (the queue program died) is remembered and reported
+    /// by `finish` with the program's own exit code.
+    pub fn write(&mut self, bytes: &[u8]) {
+        if self.write_failed {
+            return;
+        }
+        if let Some(m) = self.message.as_mut() {
+            if m.write_all(bytes).is_err() {
+                self.write_failed = true;
+            }
+        }
+    }
+
+    /// Close the message, send the envelope, wait for the queue program and map its exit code.
+    pub fn finish(mut self, envelope: &Envelope) -> Result<Accepted> {
+        if let Some(mut m) = self.message.take() {
+            if m.flush().is_err() {
+                self.write_failed = true;
+            }
+        }
+        if let Some(mut e) = self.envelope.take() {
+            let _ = e.write_all(&envelope.encode());
+        }
+        let pid = self.child.id();
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| Error::queue(qq::BUG, format!("unable to wait for the queue program: {e}")))?;
+        let code = match status.code() {
+            Some(c) => c as u8,
+            None => qq::BUG,
+        };
+        if code == 0 && !self.write_failed {
+            return Ok(Accepted { pid });
+        }
+        if code == 0 {
+            return Err(Error::queue(qq::WRITE_ERROR, qq_text(qq::WRITE_ERROR)));
+        }
+        if code == qq::CUSTOM_REPLY {
+            let mut text = Vec::new();
+            if let Some(mut r) = self.reply.take() {
+                let _ = Read::by_ref(&mut r).take(1000).read_to_end(&mut text);
+            }
+            let outcome = if text.first() == Some(&b'D') { Outcome::Permanent } else { Outcome::Temporary };
+            let words = String::from_utf8_lossy(text.get(1..).unwrap_or(&[])).trim_end().to_string();
+            return Err(Error {
+                outcome,
+                code,
+                message: if words.is_empty() { qq_text(code).to_string() } else { words },
+            });
+        }
+        Err(Error { outcome: qq_outcome(code), code, message: qq_text(code).to_string() })
+    }
+}
+
+/// Queue a whole message held in memory.
+pub fn submit(message: &[u8], envelope: &Envelope) -> Result<Accepted> {
+    let mut s = Submission::start()?;
+    s.write(message);
+    s.finish(envelope)
+}

@@ -1,0 +1,529 @@
+//! Where mail for a domain goes: `control/smtproutes`, then MX records by preference, then the
+//! domain's own A/AAAA records; and the refusal to deliver to ourselves.
+//!
+//! smtproutes lines are `domain:relay[:port]`, `.suffix:relay[:port]` or `:relay[:port]`
+//! (the default route). The most specific entry wins: the domain itself, then each parent
+//! suffix from the longest down, then the default. The relay is a host name or a bracketed
+//! host or address (`[192.0.2.1]`, `[IPv6:2001:db8::1]`, `[::1]`, `[mx.example]`), looked up
+//! for its addresses only (never MX). An empty relay (`example.com:` or `example.com::2525`)
+//! means "use MX as usual", with the port if one is given.
+#![forbid(unsafe_code)]
+
+use crate::base::fail::Outcome;
+use crate::remote::dns::{DnsError, Resolver};
+use std::net::IpAddr;
+
+/// The SMTP port.
+pub const SMTP_PORT: u16 = 25;
+/// At most this many mail exchangers are looked at (a hostile zone may list hundreds).
+pub const MAX_HOSTS: usize = 16;
+/// At most this many addresses per host are tried.
+pub const MAX_ADDRESSES_PER_HOST: usize = 8;
+
+/// The first words of a result text for a failure that is about the destination, not the
+/// message: no route could be found for a temporary reason, or no host of the route could
+/// be reached (connection refused or timed out, greeting refused, TLS required but not
+/// possible). Every message for that destination would fail the same way now, so quill-send
+/// may back off the whole destination when a Z result starts with it.
+pub const UNREACHABLE: &str = "Unreachable: ";
+
+/// A failure to route, with its outcome and text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// Temporary or permanent.
+    pub outcome: Outcome,
+    /// For logs and bounces, ending in an RFC 3463 code.
+    pub text: String,
+}
+
+impl Failure {
+    fn permanent(text: String) -> Failure {
+        Failure { outcome: Outcome::Permanent, text }
+    }
+    fn temporary(text: String) -> Failure {
+        Failure { outcome: Outcome::Temporary, text: format!("{UNREACHABLE}{text}") }
+    }
+    fn from_dns(error: &DnsError) -> Failure {
+        match error.outcome() {
+            Outcome::Permanent => Failure::permanent(error.text()),
+            _ => Failure::temporary(error.text()),
+        }
+    }
+}
+
+/// The relay of an smtproutes entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Relay {
+    /// Empty relay: use MX.
+    Mx,
+    /// A host name, looked up for addresses.
+    Host(Vec<u8>),
+    /// An address literal.
+    Address(IpAddr),
+}
+
+/// One smtproutes entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// `example.com`, `.example.com` or empty for the default route (lower case).
+    pub pattern: Vec<u8>,
+    /// Where to go.
+    pub relay: Relay,
+    /// The port (25 unless given).
+    pub port: u16,
+}
+
+/// Parse an address literal: `[1.2.3.4]`, `[IPv6:…]`, `[::1]`. None if it is not one.
+pub fn parse_literal(text: &[u8]) -> Option<IpAddr> {
+    let inner = text.strip_prefix(b"[")?.strip_suffix(b"]")?;
+    let inner = std::str::from_utf8(inner).ok()?;
+    let inner = inner.strip_prefix("IPv6:").or_else(|| inner.strip_prefix("ipv6:")).unwrap_or(inner);
+    inner.parse().ok()
+}
+
+/// Parse one smtproutes line; None if malformed (the caller warns and skips it).
+pub fn parse_route(line: &[u8]) -> Option<Route> {
+    let colon = memchr::memchr(b':', line)?;
+    let pattern = crate::mail::address::normal_domain(&line[..colon]);
+    let rest = &line[colon + 1..];
+    let (relay, port) = if rest.first() == Some(&b'[') {
+        let close = memchr::memchr(b']', rest)?;
+        let port = match &rest[close + 1..] {
+            b"" => None,
+            tail => Some(tail.strip_prefix(b":")?),
+        };
+        let inside = &rest[1..close];
+        let relay = match parse_literal(&rest[..=close]) {
+            Some(ip) => Relay::Address(ip),
+            None if !inside.is_empty() && is_host_name(inside) => Relay::Host(inside.to_ascii_lowercase()),
+            None => return None,
+        };
+        (relay, port)
+    } else {
+        let (host, port) = match memchr::memchr(b':', rest) {
+            Some(c) => (&rest[..c], Some(&rest[c + 1..])),
+            None => (rest, None),
+        };
+        // A bare address (`example.com:192.0.2.1`, common in qmail installations) is used as
+        // it is, as qmail does: it needs no DNS, and looking it up as a name fails.
+        let bare_ip = std::str::from_utf8(host).ok().and_then(|h| h.parse::<std::net::Ipv4Addr>().ok());
+        let relay = if host.is_empty() {
+            Relay::Mx
+        } else if let Some(ip) = bare_ip {
+            Relay::Address(IpAddr::V4(ip))
+        } else if is_host_name(host) {
+            Relay::Host(host.to_ascii_lowercase())
+        } else {
+            return None;
+        };
+        (relay, port)
+    };
+    let port = match port {
+        None | Some(b"") => SMTP_PORT,
+        Some(p) => std::str::from_utf8(p).ok()?.parse::<u16>().ok().filter(|&p| p != 0)?,
+    };
+    Some(Route { pattern, relay, port })
+}
+
+/// The most specific route for a domain: exact, then `.suffix` entries from the longest,
+/// then the default (empty pattern).
+pub fn find_route<'a>(routes: &'a [Route], domain: &[u8]) -> Option<&'a Route> {
+    let domain = crate::mail::address::normal_domain(domain);
+    let exact = |pattern: &[u8]| routes.iter().find(|r| r.pattern == pattern);
+    if let Some(r) = exact(&domain) {
+        return Some(r);
+    }
+    for (i, &b) in domain.iter().enumerate() {
+        if b == b'.' {
+            if let Some(r) = exact(&domain[i..]) {
+                return Some(r);
+            }
+        }
+    }
+    exact(b"")
+}
+
+/// What we are willing to look up or connect to (defined with the DNS decoder, which makes
+/// every other name fail it).
+pub use crate::remote::dns::is_host_name;
+
+/// The addresses that are this machine: `control/ipme` plus every local interface. Loopback
+/// addresses from the interfaces count unless the route came from smtproutes (where a relay
+/// on 127.0.0.1 is a content filter or a test, not a loop); addresses listed in
+/// `control/ipme` always count.
+#[derive(Clone, Debug, Default)]
+pub struct Ours {
+    /// From control/ipme.
+    pub listed: Vec<IpAddr>,
+    /// From the interfaces.
+    pub interfaces: Vec<IpAddr>,
+}
+
+impl Ours {
+    /// Read control/ipme and the interface list.
+    pub fn discover(ipme: &[Vec<u8>]) -> Ours {
+        let listed = ipme
+            .iter()
+            .filter_map(|l| {
+                let text = std::str::from_utf8(l).ok()?.trim();
+                parse_literal(text.as_bytes()).or_else(|| text.parse().ok())
+            })
+            .collect();
+        let mut interfaces = Vec::new();
+        if let Ok(list) = nix::ifaddrs::getifaddrs() {
+            for interface in list {
+                let Some(address) = interface.address else { continue };
+                if let Some(v4) = address.as_sockaddr_in() {
+                    interfaces.push(IpAddr::V4(v4.ip()));
+                } else if let Some(v6) = address.as_sockaddr_in6() {
+                    interfaces.push(IpAddr::V6(v6.ip()));
+                }
+            }
+        }
+        Ours { listed, interfaces }
+    }
+
+    /// True if `ip` is ours, with loopback counted or not.
+    pub fn contains(&self, ip: &IpAddr, count_loopback: bool) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(*ip),
+            _ => *ip,
+        };
+        if self.listed.contains(&ip) {
+            return true;
+        }
+        if ip.is_loopback() || ip.is_unspecified() {
+            return count_loopback;
+        }
+        self.interfaces.contains(&ip)
+    }
+}
+
+/// One host to try, with its addresses in the order to try them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    /// The host name (for logs, SNI and certificate checks); the address text for literals.
+    pub name: Vec<u8>,
+    /// MX preference (0 for relays, literals and the implicit MX).
+    pub preference: u16,
+    /// Addresses, IPv6 first.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Where to deliver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Hosts in the order to try them.
+    pub hosts: Vec<Host>,
+    /// The port to connect to.
+    pub port: u16,
+    /// True when smtproutes chose the route.
+    pub from_routes: bool,
+    /// True when smtproutes named the hosts (a relay host or address, not MX): the
+    /// administrator chose them, so their names may stand for the destination in a
+    /// certificate check (remotetls).
+    pub named_relay: bool,
+    /// Hosts that were skipped and why (temporary DNS failures of one MX, …), for the text
+    /// of a failure if no host works.
+    pub notes: Vec<String>,
+}
+
+/// Order mail exchangers by preference, shuffling equal preferences with `random`.
+pub fn order_mx(mut mx: Vec<(u16, Vec<u8>)>, random: &mut dyn FnMut() -> u16) -> Vec<(u16, Vec<u8>)> {
+    // Random keys first, then a stable sort by preference keeps the random order among equals.
+    let mut keyed: Vec<(u16, u16, Vec<u8>)> = mx.drain(..).map(|(p, h)| (p, random(), h)).collect();
+    keyed.sort_by_key(|&(p, k, _)| (p, k));
+    keyed.into_iter().map(|(p, _, h)| (p, h)).collect()
+}
+
+/// Work out where mail for `domain` goes; every DNS lookup ends by `deadline`.
+pub fn plan(
+    domain: &[u8],
+    routes: &[Route],
+    resolver: &Resolver,
+    ours: &Ours,
+    deadline: std::time::Instant,
+) -> Result<Plan, Failure> {
+    let domain = crate::mail::address::normal_domain(domain);
+    let shown = crate::base::log::safe(&domain);
+    let route = find_route(routes, &domain);
+    let from_routes = route.is_some();
+    let port = route.map(|r| r.port).unwrap_or(SMTP_PORT);
+    let named_relay = matches!(route.map(|r| &r.relay), Some(Relay::Address(_) | Relay::Host(_)));
+    let mut plan = Plan { hosts: Vec::new(), port, from_routes, named_relay, notes: Vec::new() };
+    match route.map(|r| &r.relay) {
+        // A relay named by the administrator is used as given: no MX, no loop check (it may
+        // be a filter on this very machine).
+        Some(Relay::Address(ip)) => {
+            plan.hosts.push(Host { name: ip.to_string().into_bytes(), preference: 0, addresses: vec![*ip] });
+            return Ok(plan);
+        }
+        Some(Relay::Host(host)) => {
+            let mut addresses = resolver.addresses_until(host, deadline).map_err(|e| Failure::from_dns(&e))?;
+            addresses.truncate(MAX_ADDRESSES_PER_HOST);
+            if addresses.is_empty() {
+                return Err(Failure::permanent(format!(
+                    "Sorry, the relay {} for {shown} has no address. (#5.4.4)",
+                    crate::base::log::safe(host)
+                )));
+            }
+            plan.hosts.push(Host { name: host.clone(), preference: 0, addresses });
+            return Ok(plan);
+        }
+        Some(Relay::Mx) | None => {}
+    }
+    if let Some(ip) = parse_literal(&domain) {
+        plan.hosts.push(Host { name: ip.to_string().into_bytes(), preference: 0, addresses: vec![ip] });
+    } else {
+        if !is_host_name(&domain) {
+            return Err(Failure::permanent(format!("Sorry, {shown} is not a valid domain name. (#5.1.2)")));
+        }
+        let mx = resolver.mx_until(&domain, deadline).map_err(|e| Failure::from_dns(&e))?;
+        if !mx.is_empty() && mx.iter().all(|(_, host)| host.is_empty()) {
+            return Err(Failure::permanent(format!("Sorry, {shown} does not accept mail (null MX). (#5.1.10)")));
+        }
+        let implicit = mx.is_empty();
+        let mx = if implicit { vec![(0, domain.clone())] } else { mx };
+        let mut ordered =
+            order_mx(mx.into_iter().filter(|(_, h)| !h.is_empty()).collect(), &mut crate::remote::dns::random_u16);
+        ordered.truncate(MAX_HOSTS);
+        for (preference, name) in ordered {
+            if !is_host_name(&name) {
+                plan.notes.push(format!("MX {} is not a valid host name", crate::base::log::safe(&name)));
+                continue;
+            }
+            match resolver.addresses_until(&name, deadline) {
+                Ok(mut addresses) if !addresses.is_empty() => {
+                    addresses.truncate(MAX_ADDRESSES_PER_HOST);
+                    plan.hosts.push(Host { name, preference, addresses });
+                }
+                Ok(_) => plan.notes.push(format!("{} has no address", crate::base::log::safe(&name))),
+                Err(e) if implicit => return Err(Failure::from_dns(&e)),
+                Err(e) => plan.notes.push(e.text()),
+            }
+        }
+    }
+    drop_ourselves(&mut plan, &domain, ours)?;
+    if plan.hosts.is_empty() {
+        let why = plan.notes.join("; ");
+        return Err(if plan.notes.iter().any(|n| n.contains("(#4.")) {
+            Failure::temporary(format!("no mail exchanger of {shown} could be looked up: {why}"))
+        } else {
+            Failure::permanent(format!("Sorry, no mail exchanger of {shown} has an address: {why}. (#5.4.4)"))
+        });
+    }
+    Ok(plan)
+}
+
+/// qmail's rule against loops: if we are one of the hosts, only hosts with a strictly better
+/// (lower) preference than our best one may be used; none left is a configuration error.
+pub fn drop_ourselves(plan: &mut Plan, domain: &[u8], ours: &Ours) -> Result<(), Failure> {
+    let count_loopback = !plan.from_routes;
+    let mine = plan
+        .hosts
+        .iter()
+        .filter(|h| h.addresses.iter().any(|ip| ours.contains(ip, count_loopback)))
+        .map(|h| (h.preference, h.name.clone(), h.addresses.clone()))
+        .min_by_key(|(p, _, _)| *p);
+    let Some((best, name, addresses)) = mine else { return Ok(()) };
+    plan.hosts.retain(|h| h.preference < best);
+    if plan.hosts.is_empty() {
+        let ip =
+            addresses.iter().find(|ip| ours.contains(ip, count_loopback)).map(|ip| ip.to_string()).unwrap_or_default();
+        return Err(Failure::permanent(format!(
+            "Sorry, {} [{ip}] is one of my own addresses, but {} is not a local domain here. \
+             MX points back to me: configuration error (#5.4.6)",
+            crate::base::log::safe(&name),
+            crate::base::log::safe(domain)
+        )));
+    }
+    Ok(())
+}
+
+/// The TLS policy for a domain from `control/tlsdestinations`: None for opportunistic TLS
+/// (the domain is not listed), else TLS is required with a verified certificate, and the list
+/// holds the extra names the certificate may match.
+///
+/// A line is `DOMAIN` or `.SUFFIX`, then optionally `:verify` (the only level there is, kept
+/// for old files), then `:NAME` fields: host names (`mx.provider.example`) or `.suffix`
+/// patterns (`.provider.example`, any name under it). Whatever the line says, a certificate
+/// for the recipient domain itself or a name under it matches (Postfix's `secure` level with
+/// its default `nexthop:dot-nexthop`); the listed names are the admin's additions, for
+/// domains whose mail is handled by a provider whose certificate names only the provider.
+/// The first matching line wins.
+pub fn tls_policy(domain: &[u8], lines: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
+    for line in lines {
+        let mut fields = line.split(|&b| b == b':');
+        let pattern = crate::mail::address::normal_domain(fields.next().unwrap_or_default());
+        if pattern.is_empty() || !crate::mail::address::domain_listed(domain, std::slice::from_ref(&pattern)) {
+            continue;
+        }
+        let names = fields
+            .map(|f| f.trim_ascii().to_ascii_lowercase())
+            .filter(|f| !f.is_empty() && f.as_slice() != b"verify")
+            .map(|f| crate::mail::address::normal_domain(&f))
+            .collect();
+        return Some(names);
+    }
+    None
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn route_lines() {
+        let r = parse_route(b"example.com:relay.example.net:2525").unwrap();
+        assert_eq!(
+            (r.pattern.as_slice(), r.relay, r.port),
+            (&b"example.com"[..], Relay::Host(b"relay.example.net".to_vec()), 2525)
+        );
+        let r = parse_route(b".Example.COM:[192.0.2.1]").unwrap();
+        assert_eq!(
+            (r.pattern.as_slice(), r.relay, r.port),
+            (&b".example.com"[..], Relay::Address(Ipv4Addr::new(192, 0, 2, 1).into()), 25)
+        );
+        let r = parse_route(b":[IPv6:::1]:26").unwrap();
+        assert_eq!((r.pattern.as_slice(), r.relay, r.port), (&b""[..], Relay::Address(Ipv6Addr::LOCALHOST.into()), 26));
+        let r = parse_route(b"x.org:[::1]").unwrap();
+        assert_eq!(r.relay, Relay::Address(Ipv6Addr::LOCALHOST.into()));
+        let r = parse_route(b"x.org:[mx.x.org]:587").unwrap();
+        assert_eq!((r.relay, r.port), (Relay::Host(b"mx.x.org".to_vec()), 587));
+        let r = parse_route(b"x.org:").unwrap();
+        assert_eq!((r.relay, r.port), (Relay::Mx, 25));
+        let r = parse_route(b"x.org::2525").unwrap();
+        assert_eq!((r.relay, r.port), (Relay::Mx, 2525));
+        for bad in
+            [&b"no colon"[..], b"x:[1.2.3.4", b"x:host:port", b"x:host:0", b"x:host:99999", b"x:bad host", b"x:[]"]
+        {
+            assert_eq!(parse_route(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn most_specific_route_wins() {
+        let routes: Vec<Route> =
+            [&b":default"[..], b".example.com:suffix", b".b.example.com:deeper", b"a.b.example.com:exact"]
+                .iter()
+                .map(|l| parse_route(l).unwrap())
+                .collect();
+        let pick = |d: &[u8]| match &find_route(&routes, d).unwrap().relay {
+            Relay::Host(h) => String::from_utf8(h.clone()).unwrap(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(pick(b"A.B.example.com"), "exact");
+        assert_eq!(pick(b"c.b.example.com"), "deeper");
+        assert_eq!(pick(b"b.example.com"), "suffix");
+        assert_eq!(pick(b"example.com"), "default");
+        assert_eq!(pick(b"other.org"), "default");
+        assert!(find_route(&routes[1..], b"other.org").is_none());
+    }
+
+    #[test]
+    fn mx_order_is_by_preference_and_random_among_equals() {
+        let mx = vec![(20, b"c".to_vec()), (10, b"a".to_vec()), (10, b"b".to_vec()), (5, b"z".to_vec())];
+        let mut seen = std::collections::HashSet::new();
+        let mut state = 1u16;
+        for _ in 0..64 {
+            let mut next = || {
+                state = state.wrapping_mul(25173).wrapping_add(13849);
+                state
+            };
+            let order: Vec<Vec<u8>> = order_mx(mx.clone(), &mut next).into_iter().map(|(_, h)| h).collect();
+            assert_eq!(order[0], b"z");
+            assert_eq!(order[3], b"c");
+            seen.insert(order[1].clone());
+        }
+        assert_eq!(seen.len(), 2, "both equal-preference hosts come first sometimes");
+    }
+
+    fn host(preference: u16, ip: &str) -> Host {
+        Host { name: format!("mx{preference}").into_bytes(), preference, addresses: vec![ip.parse().unwrap()] }
+    }
+
+    #[test]
+    fn loops_are_refused() {
+        let ours = Ours { listed: vec!["192.0.2.9".parse().unwrap()], interfaces: vec!["127.0.0.1".parse().unwrap()] };
+        let mut plan = Plan {
+            hosts: vec![host(5, "198.51.100.1"), host(10, "192.0.2.9"), host(20, "198.51.100.2")],
+            port: 25,
+            from_routes: false,
+            named_relay: false,
+            notes: vec![],
+        };
+        drop_ourselves(&mut plan, b"example.com", &ours).unwrap();
+        assert_eq!(plan.hosts, vec![host(5, "198.51.100.1")]);
+        let mut plan = Plan {
+            hosts: vec![host(10, "127.0.0.5")],
+            port: 25,
+            from_routes: false,
+            named_relay: false,
+            notes: vec![],
+        };
+        let failure = drop_ourselves(&mut plan, b"example.com", &ours).unwrap_err();
+        assert_eq!(failure.outcome, Outcome::Permanent);
+        assert!(failure.text.contains("MX points back to me: configuration error (#5.4.6)"));
+        let mut plan = Plan {
+            hosts: vec![host(10, "127.0.0.5")],
+            port: 2525,
+            from_routes: true,
+            named_relay: false,
+            notes: vec![],
+        };
+        drop_ourselves(&mut plan, b"example.com", &ours).unwrap();
+        let mut plan = Plan {
+            hosts: vec![host(10, "::ffff:192.0.2.9")],
+            port: 25,
+            from_routes: true,
+            named_relay: false,
+            notes: vec![],
+        };
+        assert!(drop_ourselves(&mut plan, b"example.com", &ours).is_err());
+    }
+
+    #[test]
+    fn tls_destinations() {
+        let lines = vec![
+            b"secure.example".to_vec(),
+            b".bank.example:verify".to_vec(),
+            b"hosted.example:verify:mx.provider.example:.provider.net".to_vec(),
+            b"Listed.Example:MX.Other.Example".to_vec(),
+        ];
+        assert_eq!(tls_policy(b"Secure.Example", &lines), Some(vec![]));
+        assert_eq!(tls_policy(b"www.bank.example", &lines), Some(vec![]));
+        assert_eq!(tls_policy(b"bank.example", &lines), None);
+        assert_eq!(tls_policy(b"other.example", &lines), None);
+        assert_eq!(
+            tls_policy(b"hosted.example", &lines),
+            Some(vec![b"mx.provider.example".to_vec(), b".provider.net".to_vec()])
+        );
+        assert_eq!(tls_policy(b"listed.example", &lines), Some(vec![b"mx.other.example".to_vec()]));
+    }
+
+    #[test]
+    fn bare_addresses_in_routes_need_no_dns() {
+        let r = parse_route(b"example.com:192.0.2.1").unwrap();
+        assert_eq!((r.relay, r.port), (Relay::Address(Ipv4Addr::new(192, 0, 2, 1).into()), 25));
+        let r = parse_route(b"example.com:127.0.0.1:2525").unwrap();
+        assert_eq!((r.relay, r.port), (Relay::Address(Ipv4Addr::LOCALHOST.into()), 2525));
+        let r = parse_route(b":[::1]:2525").unwrap();
+        assert_eq!((r.relay, r.port), (Relay::Address(Ipv6Addr::LOCALHOST.into()), 2525));
+        // A name made of digits that is not an address is still a name.
+        let r = parse_route(b"x:1.2.3").unwrap();
+        assert_eq!(r.relay, Relay::Host(b"1.2.3".to_vec()));
+        // The plan for an address needs no resolver: nothing answers on port 9.
+        let resolver = Resolver {
+            servers: vec!["127.0.0.1:9".parse().unwrap()],
+            timeout: std::time::Duration::from_millis(100),
+            attempts: 1,
+        };
+        let routes = vec![parse_route(b"example.com:192.0.2.1:26").unwrap()];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let plan = plan(b"example.com", &routes, &resolver, &Ours::default(), deadline).unwrap();
+        assert_eq!(plan.hosts[0].addresses, vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))]);
+        assert_eq!((plan.port, plan.named_relay), (26, true));
+    }
+}

@@ -1,0 +1,299 @@
+//! Bounce messages: RFC 3464 delivery status notifications, composed by quill-send when every
+//! recipient of a message is done and some failed.
+//!
+//! Shape: `multipart/report; report-type=delivery-status` with three parts: a human-readable
+//! `text/plain` part (it opens with "Hi. This is the quill-send program at HOST." so that
+//! programs that parse qmail's QSBMF bounces still find the failed addresses), a
+//! `message/delivery-status` part (one per-message block, one block per failed recipient), and
+//! a `text/rfc822-headers` part with the original message's header block.
+#![forbid(unsafe_code)]
+
+/// The most bytes of the original header block a bounce carries.
+pub const MAX_ORIGINAL_HEADERS: usize = 64 * 1024;
+/// The most bytes of one recipient's failure text in a bounce.
+pub const MAX_TEXT: usize = 2000;
+
+/// One recipient that failed for good.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The recipient as the sender gave it.
+    pub recipient: Vec<u8>,
+    /// What the delivery said.
+    pub text: Vec<u8>,
+}
+
+/// What goes into one bounce.
+#[derive(Clone, Debug)]
+pub struct Bounce<'a> {
+    /// This host (`control/me`): the Reporting-MTA.
+    pub me: &'a [u8],
+    /// `From:` (bouncefrom@bouncehost).
+    pub from: &'a [u8],
+    /// `To:`: the original sender, or doublebounceto@doublebouncehost for a double bounce.
+    pub to: &'a [u8],
+    /// True when the failed message was itself a bounce (this goes to the postmaster).
+    pub double: bool,
+    /// The queue id of the failed message (for the Message-ID and the boundary).
+    pub id: u64,
+    /// When the failed message was queued (Arrival-Date).
+    pub arrival: u64,
+    /// Now (Date).
+    pub now: u64,
+    /// The failed recipients.
+    pub failures: &'a [Failure],
+    /// The header block of the failed message.
+    pub original_headers: &'a [u8],
+}
+
+/// The RFC 3463 status of a failure: the first `#5.X.Y` in its text, else `5.0.0`.
+pub fn status_code(text: &[u8]) -> String {
+    let mut pos = 0;
+    while let Some(hash) = memchr::memchr(b'#', &text[pos..]) {
+        let start = pos + hash + 1;
+        if let Some(code) = parse_code(&text[start..]) {
+            return code;
+        }
+        pos = start;
+    }
+    "5.0.0".to_string()
+}
+
+/// `5.D{1,3}.D{1,3}` at the start of `bytes`.
+fn parse_code(bytes: &[u8]) -> Option<String> {
+    if bytes.first() != Some(&b'5') || bytes.get(1) != Some(&b'.') {
+        return None;
+    }
+    let mut end = 2;
+    for part in 0..2 {
+        let digits = bytes[end..].iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 || digits > 3 {
+            return None;
+        }
+        end += digits;
+        if part == 0 {
+            if bytes.get(end) != Some(&b'.') {
+                return None;
+            }
+            end += 1;
+        }
+    }
+    if bytes.get(end).is_some_and(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&bytes[..end]).into_owned())
+}
+
+/// The header block at the start of a message: everything up to (not including) the first
+/// empty line, cut at a line end to at most [`MAX_ORIGINAL_HEADERS`] bytes.
+pub fn header_block(message: &[u8]) -> &[u8] {
+    header_block_within(message, MAX_ORIGINAL_HEADERS)
+}
+
+/// [`header_block`], cut at a line end to at most `limit` bytes (`bouncemaxbytes`).
+pub fn header_block_within(message: &[u8], limit: usize) -> &[u8] {
+    let limit = limit.min(MAX_ORIGINAL_HEADERS);
+    let mut pos = 0;
+    while pos < message.len() {
+        let end = memchr::memchr(b'\n', &message[pos..]).map(|e| pos + e + 1).unwrap_or(message.len());
+        let line = &message[pos..end];
+        if line == b"\n" || line == b"\r\n" || end > limit {
+            break;
+        }
+        pos = end;
+    }
+    &message[..pos]
+}
+
+/// Bytes safe for a us-ascii text line: printable ASCII and tabs kept, the rest `?`.
+fn ascii(bytes: &[u8], out: &mut Vec<u8>) {
+    out.extend(bytes.iter().map(|&b| if b == b'\t' || (0x20..0x7f).contains(&b) { b } else { b'?' }));
+}
+
+/// The failure text as lines of the human-readable part.
+fn text_lines(text: &[u8], out: &mut Vec<u8>) {
+    let text = &text[..text.len().min(MAX_TEXT)];
+    for line in text.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        ascii(line, out);
+        out.push(b'\n');
+    }
+}
+
+/// The failure text as one header field value (Diagnostic-Code): one line, ASCII.
+fn one_line(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len().min(MAX_TEXT));
+    let mut last_space = true;
+    for &b in text.iter().take(MAX_TEXT) {
+        let c = match b {
+            b'\n' | b'\r' | b'\t' | b' ' => b' ',
+            0x21..=0x7e => b,
+            _ => b'?',
+        };
+        if c == b' ' && last_space {
+            continue;
+        }
+        last_space = c == b' ';
+        out.push(c);
+    }
+    while out.last() == Some(&b' ') {
+        out.pop();
+    }
+    out
+}
+
+/// Compose the whole bounce message (headers and body, LF line ends: the queue stores mail
+/// with LF; the SMTP client adds CR).
+pub fn compose(b: &Bounce) -> Vec<u8> {
+    let boundary = format!("quill-report-{}-{}-{}", b.now, b.id, std::process::id());
+    let me = String::from_utf8_lossy(b.me).into_owned();
+    let mut out = Vec::with_capacity(2048 + b.original_headers.len());
+    let push = |out: &mut Vec<u8>, parts: &[&[u8]]| {
+        for p in parts {
+            out.extend_from_slice(p);
+        }
+    };
+    push(&mut out, &[b"From: ", b.from, b"\n"]);
+    // The bounce goes to the envelope sender, which the original client chose.
+    push(&mut out, &[b"To: ", &crate::mail::header::field_safe(b.to), b"\n"]);
+    let subject: &[u8] =
+        if b.double { b"Subject: failure notice (undeliverable bounce)\n" } else { b"Subject: failure notice\n" };
+    push(&mut out, &[subject]);
+    push(&mut out, &[b"Date: ", crate::base::date::rfc5322(b.now).as_bytes(), b"\n"]);
+    push(&mut out, &[format!("Message-ID: <{}.{}.bounce@{}>\n", b.now, b.id, me).as_bytes()]);
+    push(&mut out, &[b"Auto-Submitted: auto-replied\nMIME-Version: 1.0\n"]);
+    push(&mut out, &[b"Content-Type: multipart/report; report-type=delivery-status;\n"]);
+    push(&mut out, &[format!("\tboundary=\"{boundary}\"\n\n").as_bytes()]);
+    push(&mut out, &[b"This is a MIME-formatted delivery status notification (RFC 3464).\n\n"]);
+
+    // The human-readable part.
+    push(&mut out, &[format!("--{boundary}\nContent-Type: text/plain; charset=us-ascii\n\n").as_bytes()]);
+    push(&mut out, &[format!("Hi. This is the quill-send program at {me}.\n").as_bytes()]);
+    if b.double {
+        push(&mut out, &[b"A bounce message could not be delivered to the sender it was meant for.\n"]);
+        push(&mut out, &[b"The recipients of that bounce and the reasons follow; its headers are attached.\n\n"]);
+    } else {
+        push(&mut out, &[b"Your message could not be delivered to the addresses below, and no further\n"]);
+        push(&mut out, &[b"attempts will be made. Its headers are attached for reference.\n\n"]);
+    }
+    for f in b.failures {
+        out.push(b'<');
+        ascii(&f.recipient, &mut out);
+        out.extend_from_slice(b">:\n");
+        text_lines(&f.text, &mut out);
+        out.push(b'\n');
+    }
+
+    // The machine-readable part.
+    push(&mut out, &[format!("--{boundary}\nContent-Type: message/delivery-status\n\n").as_bytes()]);
+    push(&mut out, &[format!("Reporting-MTA: dns; {me}\n").as_bytes()]);
+    push(&mut out, &[format!("Arrival-Date: {}\n", crate::base::date::rfc5322(b.arrival)).as_bytes()]);
+    for f in b.failures {
+        out.extend_from_slice(b"\nFinal-Recipient: rfc822; ");
+        ascii(&f.recipient, &mut out);
+        out.extend_from_slice(b"\nAction: failed\n");
+        push(&mut out, &[format!("Status: {}\n", status_code(&f.text)).as_bytes()]);
+        push(&mut out, &[b"Diagnostic-Code: x-quill; ", &one_line(&f.text), b"\n"]);
+    }
+    out.push(b'\n');
+
+    // The original headers.
+    push(&mut out, &[format!("--{boundary}\nContent-Type: text/rfc822-headers\n\n").as_bytes()]);
+    out.extend_from_slice(b.original_headers);
+    if !b.original_headers.is_empty() && !b.original_headers.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    push(&mut out, &[format!("\n--{boundary}--\n").as_bytes()]);
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes() {
+        assert_eq!(status_code(b"Sorry, no mailbox here by that name. (#5.1.1)"), "5.1.1");
+        assert_eq!(status_code(b"deferred (#4.2.2) then refused (#5.7.1)"), "5.7.1");
+        assert_eq!(status_code(b"no code at all"), "5.0.0");
+        assert_eq!(status_code(b"#5.1 #5.x.1 #5.1234.1 #5.1.1234"), "5.0.0");
+        assert_eq!(status_code(b"#5.10.100"), "5.10.100");
+        assert_eq!(status_code(b"trailing #"), "5.0.0");
+    }
+
+    #[test]
+    fn header_blocks() {
+        assert_eq!(header_block(b"A: 1\nB: 2\n\nbody\n"), b"A: 1\nB: 2\n");
+        assert_eq!(header_block(b"A: 1\r\n\r\nbody"), b"A: 1\r\n");
+        assert_eq!(header_block(b"A: 1\nB: 2"), b"A: 1\nB: 2");
+        assert_eq!(header_block(b"\nbody"), b"");
+        // bouncemaxbytes cuts at a line end.
+        assert_eq!(header_block_within(b"A: 1\nB: 2\n\nbody\n", 7), b"A: 1\n");
+        assert_eq!(header_block_within(b"A: 1\nB: 2\n\nbody\n", 3), b"");
+    }
+
+    #[test]
+    fn report_shape() {
+        let failures = vec![
+            Failure {
+                recipient: b"joe@example.org".to_vec(),
+                text: b"Sorry, no mailbox here by that name. (#5.1.1)\n".to_vec(),
+            },
+            Failure { recipient: b"ann@example.org".to_vec(), text: b"line one\nline two\n".to_vec() },
+        ];
+        let b = Bounce {
+            me: b"mx.example.net",
+            from: b"MAILER-DAEMON@mx.example.net",
+            to: b"sender@example.com",
+            double: false,
+            id: 1234,
+            arrival: 0,
+            now: 1_795_615_141,
+            failures: &failures,
+            original_headers: b"Subject: hello\nFrom: sender@example.com\n",
+        };
+        let text = String::from_utf8(compose(&b)).unwrap();
+        assert!(text.starts_with("From: MAILER-DAEMON@mx.example.net\nTo: sender@example.com\n"));
+        assert!(
+            text.contains("Content-Type: multipart/report; report-type=delivery-status;\n\tboundary=\"quill-report-")
+        );
+        assert!(text.contains("Hi. This is the quill-send program at mx.example.net.\n"));
+        assert!(text.contains("<joe@example.org>:\nSorry, no mailbox here by that name. (#5.1.1)\n\n"));
+        assert!(text.contains("Reporting-MTA: dns; mx.example.net\nArrival-Date: Thu, 1 Jan 1970 00:00:00 +0000\n"));
+        assert!(text.contains("\nFinal-Recipient: rfc822; joe@example.org\nAction: failed\nStatus: 5.1.1\n"));
+        assert!(text.contains("Diagnostic-Code: x-quill; Sorry, no mailbox here by that name. (#5.1.1)\n"));
+        assert!(text.contains("Status: 5.0.0\nDiagnostic-Code: x-quill; line one line two\n"));
+        assert!(text.contains("Content-Type: text/rfc822-headers\n\nSubject: hello\nFrom: sender@example.com\n"));
+        let boundary = text.split("boundary=\"").nth(1).unwrap().split('"').next().unwrap();
+        assert_eq!(text.matches(&format!("--{boundary}\n")).count(), 3);
+        assert!(text.ends_with(&format!("--{boundary}--\n")));
+        // Headers end at the first empty line, and no header line has 8-bit bytes.
+        let (head, _) = text.split_once("\n\n").unwrap();
+        assert!(head.contains("MIME-Version: 1.0"));
+    }
+
+    #[test]
+    fn eight_bit_text_is_made_ascii() {
+        let failures =
+            vec![Failure { recipient: "jö@x".as_bytes().to_vec(), text: "bad \u{e9}\0".as_bytes().to_vec() }];
+        let b = Bounce {
+            me: b"m",
+            from: b"f@m",
+            to: b"t@m",
+            double: true,
+            id: 1,
+            arrival: 0,
+            now: 0,
+            failures: &failures,
+            original_headers: b"",
+        };
+        let bytes = compose(&b);
+        let marker = b"text/rfc822-headers\n\n";
+        let body_end = bytes.windows(marker.len()).position(|w| w == marker).unwrap();
+        assert!(bytes[..body_end].iter().all(|&b| b < 0x80));
+        assert!(String::from_utf8_lossy(&bytes).contains("undeliverable bounce"));
+    }
+}

@@ -1,0 +1,1521 @@
+//! quill-smtpd's session: one SMTP connection (RFC 5321) on fd 0/1, from the greeting to QUIT.
+//!
+//! The session reads into one fixed buffer and never holds more than it: command lines are
+//! capped at 1000 bytes (a longer one is skipped to its end without being stored), message data
+//! is streamed to the queue program as it arrives. Replies are collected and sent when no
+//! complete command is waiting in the buffer (RFC 2920 §3.2), so a pipelining client gets one
+//! packet per batch. Every read and write has the `timeoutsmtpd` deadline, and the session as a
+//! whole, each message's DATA, and (under stress) the wait for MAIL have overall deadlines on
+//! top, so a client that drips a byte at a time cannot keep a slot for long; every count a client
+//! controls (commands, errors, recipients, bytes, hops) has a cap with its own reply and log line.
+#![forbid(unsafe_code)]
+
+use crate::base::fail::{qq, Error, Outcome, Result};
+use crate::mail::address::{domain_listed, normal_domain, MAX_ADDRESS};
+use crate::mail::control::Control;
+use crate::mail::envelope::{Envelope, MAX_RECIPIENTS};
+use crate::mail::smtp::{
+    base64_decode, header_safe, parse_command, parse_params, parse_path, strip_keyword, write_reply, Mailbox,
+    PathError, PathKind, Verb, MAX_AUTH_LINE, MAX_COMMAND_LINE,
+};
+use crate::mail::submit::Submission;
+use crate::send::sendconf::{Channel, Config as SendConfig};
+use crate::smtpd::rcptcheck::{Checker, Verdict, MAX_LOCAL_PART};
+use crate::tls::server::{ServerTls, TlsStream};
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Commands in one session before `421` (a client that needs more can reconnect).
+pub const MAX_COMMANDS: u64 = 10_000;
+/// Protocol errors (unknown commands, syntax, bad sequence, failed AUTH) before `421`.
+pub const MAX_ERRORS: u32 = 10;
+/// `Received:` plus `Delivered-To:` header lines at which a message is taken to loop.
+pub const MAX_HOPS: usize = 100;
+/// Default for control/maxrcpt.
+pub const DEFAULT_MAXRCPT: u64 = 1000;
+/// Default for control/timeoutsmtpd, in seconds: the longest wait for one read or write.
+pub const DEFAULT_TIMEOUT: u64 = 1200;
+/// Default for control/databytes when the file is missing (25 MiB, the order of Postfix's
+/// message_size_limit): without a limit one client can fill the queue's disk. An explicit 0
+/// still means no limit.
+pub const DEFAULT_DATABYTES: u64 = 26_214_400;
+/// Default for control/timeoutsmtpdsession, in seconds: the longest a whole session may last.
+pub const DEFAULT_SESSION_TIME: u64 = 3600;
+/// Default for control/timeoutsmtpddata, in seconds: the longest one message's DATA may take
+/// (25 MiB in 30 minutes needs about 120 kbit/s).
+pub const DEFAULT_DATA_TIME: u64 = 1800;
+/// Under stress (QUILL_STRESS=1 from quill-tcpserver, near its connection limit): the per-read
+/// timeout, as Postfix's `smtpd_timeout = ${stress?10}` …
+pub const STRESS_TIMEOUT: Duration = Duration::from_secs(10);
+/// … and the longest a session may go without an open mail transaction (from the greeting, and
+/// after each message) before MAIL.
+pub const STRESS_IDLE: Duration = Duration::from_secs(20);
+/// Bytes a session may send in all, when databytes gives no limit.
+pub const MAX_SESSION_BYTES: u64 = 16 << 30;
+/// How long a checkpassword program may take.
+const CHECKPASSWORD_TIMEOUT: Duration = Duration::from_secs(60);
+/// The one input buffer. Must exceed MAX_AUTH_LINE so that a full line always fits.
+const INPUT_BUFFER: usize = 64 * 1024;
+/// Replies waiting beyond this are sent even while commands are still buffered.
+const OUTPUT_FLUSH: usize = 16 * 1024;
+
+/// Everything a session needs to know before the greeting: control files and environment.
+pub struct Config {
+    /// control/me: the host name in replies and in our Received line.
+    pub me: Vec<u8>,
+    /// control/smtpgreeting (default `me`): the text of the 220 greeting.
+    pub greeting: Vec<u8>,
+    /// control/rcpthosts, normalised: the domains we accept mail for from anyone.
+    pub rcpthosts: Vec<Vec<u8>>,
+    /// DATABYTES or control/databytes (default [`DEFAULT_DATABYTES`]): the largest message, 0
+    /// for no limit.
+    pub databytes: u64,
+    /// control/maxrcpt: recipients per message.
+    pub maxrcpt: usize,
+    /// control/timeoutsmtpd: the deadline of every read and write (shorter under stress).
+    pub timeout: Duration,
+    /// control/timeoutsmtpdsession: the deadline of the whole session.
+    pub session_time: Duration,
+    /// control/timeoutsmtpddata: the deadline of one message's DATA.
+    pub data_time: Duration,
+    /// QUILL_STRESS=1: the listener is near its connection limit; short timeouts, and MAIL must
+    /// come within [`STRESS_IDLE`].
+    pub stress: bool,
+    /// RELAYCLIENT: present means the client may relay; its value is appended to recipients.
+    pub relayclient: Option<Vec<u8>>,
+    /// TCPREMOTEIP.
+    pub remote_ip: String,
+    /// TCPREMOTEHOST, or empty.
+    pub remote_host: String,
+    /// The certificate for STARTTLS and implicit TLS, when configured and loadable.
+    pub tls: Option<ServerTls>,
+    /// Start TLS before the greeting (port 465).
+    pub implicit_tls: bool,
+    /// The checkpassword command line for AUTH; empty means no AUTH.
+    pub checkpassword: Vec<OsString>,
+    /// AUTH_INSECURE or control/authinsecure: offer AUTH without TLS.
+    pub auth_insecure: bool,
+    /// AUTH_REQUIRED: MAIL needs AUTH first (the submission port).
+    pub auth_required: bool,
+    /// The control files, for the recipient check (loaded at the first RCPT that needs it).
+    pub control: Control,
+}
+
+fn env_bytes(name: &str) -> Option<Vec<u8>> {
+    std::env::var_os(name).map(OsString::into_vec)
+}
+
+fn env_flag(name: &str) -> bool {
+    env_bytes(name).is_some_and(|v| !v.is_empty() && v != b"0")
+}
+
+impl Config {
+    /// Read control files and the environment (the UCSPI-TCP variables, RELAYCLIENT,
+    /// DATABYTES, AUTH_INSECURE, AUTH_REQUIRED). An unreadable or malformed control file is an
+    /// error (the caller answers 421); a certificate that does not load only means no STARTTLS,
+    /// except in implicit-TLS mode, where it is an error.
+    pub fn load(control: &Control, checkpassword: Vec<OsString>, implicit_tls: bool) -> Result<Config> {
+        let me = control.me()?;
+        let greeting = control.line("smtpgreeting")?.unwrap_or_else(|| me.clone());
+        let rcpthosts = control.lines("rcpthosts")?.iter().map(|d| normal_domain(d)).collect();
+        let databytes = match env_bytes("DATABYTES") {
+            Some(v) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| Error::queue(qq::CONFIG_ERROR, "unable to parse DATABYTES: not a number"))?,
+            None => control.number("databytes", DEFAULT_DATABYTES)?,
+        };
+        let maxrcpt = control.number("maxrcpt", DEFAULT_MAXRCPT)?.clamp(1, MAX_RECIPIENTS as u64) as usize;
+        let stress = env_flag("QUILL_STRESS");
+        let mut timeout = Duration::from_secs(control.number("timeoutsmtpd", DEFAULT_TIMEOUT)?.max(1));
+        if stress {
+            timeout = timeout.min(STRESS_TIMEOUT);
+        }
+        let session_time = Duration::from_secs(control.number("timeoutsmtpdsession", DEFAULT_SESSION_TIME)?.max(1));
+        let data_time = Duration::from_secs(control.number("timeoutsmtpddata", DEFAULT_DATA_TIME)?.max(1));
+        let tls = match control.line("tlscert")? {
+            None => None,
+            Some(cert) => {
+                let resolve =
+                    |name: Vec<u8>| -> PathBuf { control.home.join("control").join(OsString::from_vec(name)) };
+                let cert = resolve(cert);
+                let key = control.line("tlskey")?.map(resolve).unwrap_or_else(|| cert.clone());
+                match ServerTls::load(&cert, &key) {
+                    Ok(tls) => Some(tls),
+                    Err(e) if implicit_tls => return Err(e),
+                    Err(e) => {
+                        crate::base::log::warning(&format!("{e}; STARTTLS is not offered"));
+                        None
+                    }
+                }
+            }
+        };
+        if implicit_tls && tls.is_none() {
+            return Err(Error::temporary("unable to start implicit TLS: control/tlscert is missing"));
+        }
+        Ok(Config {
+            control: control.clone(),
+            greeting,
+            rcpthosts,
+            databytes,
+            maxrcpt,
+            timeout,
+            session_time,
+            data_time,
+            stress,
+            relayclient: env_bytes("RELAYCLIENT"),
+            remote_ip: std::env::var("TCPREMOTEIP").unwrap_or_else(|_| "unknown".to_string()),
+            remote_host: std::env::var("TCPREMOTEHOST").unwrap_or_default(),
+            tls,
+            implicit_tls,
+            checkpassword,
+            auth_insecure: env_flag("AUTH_INSECURE") || control.read("authinsecure")?.is_some(),
+            auth_required: env_flag("AUTH_REQUIRED"),
+            me,
+        })
+    }
+}
+
+/// Which overall deadline a session is under (besides the per-read timeout).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// control/timeoutsmtpdsession: the whole session.
+    Session,
+    /// control/timeoutsmtpddata: one message's DATA.
+    Data,
+    /// Under stress: the wait for MAIL.
+    Idle,
+}
+
+/// What the session and its wire share: the deadline now in force, and whether SIGTERM came.
+#[derive(Default)]
+struct WireState {
+    deadline: std::cell::Cell<Option<(Instant, Limit)>>,
+    terminated: std::cell::Cell<bool>,
+}
+
+/// Wait until `fd` is ready for `events`, at most `timeout`, or until SIGTERM arrives on the
+/// signal pipe (an error of kind `Other`, with `terminated` set).
+fn wait_ready(
+    fd: BorrowedFd<'_>,
+    events: nix::poll::PollFlags,
+    timeout: Duration,
+    signals: Option<BorrowedFd<'_>>,
+    state: &WireState,
+) -> io::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Rounded up, so that a wait cut short by a deadline ends at or after it.
+        let millis = left.as_micros().div_ceil(1000);
+        let wait = PollTimeout::try_from(i32::try_from(millis).unwrap_or(i32::MAX)).unwrap_or(PollTimeout::MAX);
+        let mut fds = vec![PollFd::new(fd, events)];
+        if let Some(signals) = signals {
+            fds.push(PollFd::new(signals, PollFlags::POLLIN));
+        }
+        match poll(&mut fds, wait) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")),
+            Ok(_) => {
+                if fds.get(1).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty()) {
+                    state.terminated.set(true);
+                    return Err(io::Error::other("terminated by SIGTERM"));
+                }
+                return Ok(());
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The connection as tcpserver gave it: fd 0 to read, fd 1 to write, each call bounded by the
+/// session's timeout and by the overall deadline in force. Works on sockets and pipes alike.
+pub struct Wire {
+    input: File,
+    output: File,
+    timeout: Duration,
+    signals: Option<std::os::fd::OwnedFd>,
+    state: std::rc::Rc<WireState>,
+}
+
+impl Wire {
+    /// Copies of fd 0 and fd 1 (close-on-exec, so no child inherits the connection).
+    fn stdio(timeout: Duration, state: std::rc::Rc<WireState>) -> io::Result<Wire> {
+        let input = File::from(io::stdin().as_fd().try_clone_to_owned()?);
+        let output = File::from(io::stdout().as_fd().try_clone_to_owned()?);
+        // SIGTERM (from quill-tcpserver making room, or a supervisor) ends the session with a
+        // 421 at the next wait instead of killing it mid-reply.
+        let signals = crate::base::sys::signal_pipe(&[libc::SIGTERM]).ok();
+        Ok(Wire { input, output, timeout, signals, state })
+    }
+
+    /// The per-call timeout, cut short by the overall deadline.
+    fn wait(&self, fd: BorrowedFd<'_>, events: nix::poll::PollFlags) -> io::Result<()> {
+        let mut timeout = self.timeout;
+        if let Some((deadline, _)) = self.state.deadline.get() {
+            timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
+        }
+        // Once SIGTERM has been seen (its byte stays in the pipe), the closing 421 must still go out.
+        let signals = self.signals.as_ref().filter(|_| !self.state.terminated.get()).map(|s| s.as_fd());
+        wait_ready(fd, events, timeout, signals, &self.state)
+    }
+}
+
+impl Read for Wire {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.wait(self.input.as_fd(), nix::poll::PollFlags::POLLIN)?;
+        self.input.read(buf)
+    }
+}
+
+impl Write for Wire {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.wait(self.output.as_fd(), nix::poll::PollFlags::POLLOUT)?;
+        self.output.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+enum Transport {
+    Plain(Wire),
+    Tls(Box<TlsStream<Wire>>),
+    Closed,
+}
+
+/// How a session ended, for its log line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// The client said QUIT.
+    Quit,
+    /// The client closed the connection.
+    Eof,
+    /// A read or write took longer than timeoutsmtpd.
+    Timeout,
+    /// An overall deadline passed.
+    Deadline(Limit),
+    /// SIGTERM: quill-tcpserver made room for another client, or the service is stopping.
+    Terminated,
+    /// Reading failed.
+    ReadError(String),
+    /// Writing failed.
+    WriteError(String),
+    /// MAX_ERRORS protocol errors.
+    TooManyErrors,
+    /// MAX_COMMANDS commands.
+    TooManyCommands,
+    /// The session's byte limit.
+    TooMuchData,
+    /// The TLS handshake failed.
+    TlsFailed(String),
+}
+
+impl End {
+    fn describe(&self) -> String {
+        match self {
+            End::Quit => "quit".to_string(),
+            End::Eof => "eof".to_string(),
+            End::Timeout => "timeout".to_string(),
+            End::Deadline(Limit::Session) => "deadline: the session lasted too long".to_string(),
+            End::Deadline(Limit::Data) => "deadline: the message data took too long".to_string(),
+            End::Deadline(Limit::Idle) => "deadline: no MAIL in time while the server is busy".to_string(),
+            End::Terminated => "terminated".to_string(),
+            End::ReadError(e) => format!("read error: {e}"),
+            End::WriteError(e) => format!("write error: {e}"),
+            End::TooManyErrors => "too many errors".to_string(),
+            End::TooManyCommands => "too many commands".to_string(),
+            End::TooMuchData => "too much data".to_string(),
+            End::TlsFailed(e) => format!("TLS failed: {e}"),
+        }
+    }
+}
+
+enum Line {
+    Text(Vec<u8>),
+    TooLong,
+    BareLineEnd,
+}
+
+struct Transaction {
+    sender: Vec<u8>,
+    recipients: Vec<Vec<u8>>,
+    utf8: bool,
+}
+
+/// One SMTP session.
+pub struct Session {
+    config: Config,
+    transport: Transport,
+    input: Vec<u8>,
+    start: usize,
+    end: usize,
+    output: Vec<u8>,
+    helo: Option<Vec<u8>>,
+    esmtp: bool,
+    auth_user: Option<Vec<u8>>,
+    tls_info: Option<String>,
+    transaction: Option<Transaction>,
+    messages: u64,
+    attempts: u64,
+    commands: u64,
+    errors: u32,
+    bytes_in: u64,
+    session_limit: u64,
+    /// The deadline in force, shared with the wire.
+    state: std::rc::Rc<WireState>,
+    /// When the session began (control/timeoutsmtpdsession counts from here).
+    started: Instant,
+    /// When the current message's data began, while it is being read.
+    data_started: Option<Instant>,
+    /// Since when no transaction has been open (STRESS_IDLE counts from here).
+    idle_since: Instant,
+    /// quill-send's rewriting and quill-lspawn's lookup, loaded at the first local RCPT.
+    recipients: std::cell::OnceCell<std::result::Result<(SendConfig, Checker), String>>,
+}
+
+/// The state machine of message data after `354`: end only at `<CRLF>.<CRLF>`, remove the
+/// stuffed dot, turn CRLF into LF, and note any CR or LF that is not part of a CRLF pair
+/// (the data is then still read to its real end, but never queued: SMTP smuggling).
+pub struct DataParser {
+    state: DataState,
+    /// A bare CR or bare LF was seen.
+    pub bare_line_end: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DataState {
+    /// After CRLF (or at the start): a dot here is special.
+    LineStart,
+    /// A dot at the start of a line.
+    Dot,
+    /// A dot and CR at the start of a line: LF ends the data.
+    DotCr,
+    /// Inside a line.
+    Middle,
+    /// CR inside a line: LF ends the line.
+    Cr,
+}
+
+impl Default for DataParser {
+    fn default() -> Self {
+        DataParser { state: DataState::LineStart, bare_line_end: false }
+    }
+}
+
+impl DataParser {
+    /// Consume `input`, appending message bytes (LF line ends) to `out`. Returns how many
+    /// bytes were consumed and whether the end of data was reached; without the end, all of
+    /// `input` is consumed.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, bool) {
+        let mut i = 0;
+        while i < input.len() {
+            let byte = input[i];
+            match self.state {
+                DataState::Middle => match memchr::memchr2(b'\r', b'\n', &input[i..]) {
+                    None => {
+                        out.extend_from_slice(&input[i..]);
+                        i = input.len();
+                    }
+                    Some(k) => {
+                        out.extend_from_slice(&input[i..i + k]);
+                        i += k;
+                        if input[i] == b'\r' {
+                            self.state = DataState::Cr;
+                        } else {
+                            // A bare LF ends nothing: the next byte is not at a line start.
+                            self.bare_line_end = true;
+                            out.push(b'\n');
+                        }
+                        i += 1;
+                    }
+                },
+                DataState::LineStart => {
+                    i += 1;
+                    self.state = match byte {
+                        b'.' => DataState::Dot,
+                        b'\r' => DataState::Cr,
+                        b'\n' => {
+                            self.bare_line_end = true;
+                            out.push(b'\n');
+                            DataState::Middle
+                        }
+                        _ => {
+                            out.push(byte);
+                            DataState::Middle
+                        }
+                    };
+                }
+                DataState::Dot => {
+                    i += 1;
+                    self.state = match byte {
+                        b'\r' => DataState::DotCr,
+                        b'\n' => {
+                            self.bare_line_end = true;
+                            out.push(b'\n');
+                            DataState::Middle
+                        }
+                        _ => {
+                            out.push(byte);
+                            DataState::Middle
+                        }
+                    };
+                }
+                DataState::DotCr => {
+                    if byte == b'\n' {
+                        self.state = DataState::LineStart;
+                        return (i + 1, true);
+                    }
+                    // ".\r" and not LF: a bare CR; the byte is looked at again as line text.
+                    self.bare_line_end = true;
+                    out.push(b'\r');
+                    self.state = DataState::Middle;
+                }
+                DataState::Cr => {
+                    if byte == b'\n' {
+                        i += 1;
+                        out.push(b'\n');
+                        self.state = DataState::LineStart;
+                    } else {
+                        self.bare_line_end = true;
+                        out.push(b'\r');
+                        self.state = DataState::Middle;
+                    }
+                }
+            }
+        }
+        (i, false)
+    }
+}
+
+/// Counts `Received:` and `Delivered-To:` lines in the header of a message (LF line ends),
+/// which ends at the first empty line.
+#[derive(Default)]
+pub struct HopCounter {
+    done: bool,
+    in_line: bool,
+    prefix: Vec<u8>,
+    /// The count so far.
+    pub hops: usize,
+}
+
+impl HopCounter {
+    /// Look at the next bytes of the message.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            if self.done {
+                return;
+            }
+            if byte == b'\n' {
+                if !self.in_line {
+                    self.done = true;
+                }
+                self.in_line = false;
+                self.prefix.clear();
+                continue;
+            }
+            self.in_line = true;
+            if self.prefix.len() < 13 {
+                self.prefix.push(byte);
+                if self.prefix.eq_ignore_ascii_case(b"received:") || self.prefix.eq_ignore_ascii_case(b"delivered-to:")
+                {
+                    self.hops += 1;
+                }
+            }
+        }
+    }
+}
+
+/// The reply for a failure of the queue program: permanent → 554, a full disk → 452, other
+/// temporary → 451, each with the status code the text carries (`… (#4.3.0)`).
+pub fn queue_reply(error: &Error) -> (u16, String) {
+    let message = error.message.trim();
+    let (text, status) = match message.rfind("(#") {
+        Some(open) if message.ends_with(')') => (message[..open].trim_end(), &message[open + 2..message.len() - 1]),
+        _ => (message, ""),
+    };
+    let valid = |s: &str, class: char| s.starts_with(class) && s.split('.').count() == 3;
+    if error.outcome == Outcome::Permanent {
+        let status = if valid(status, '5') { status } else { "5.3.0" };
+        (554, format!("{status} {text}"))
+    } else if error.code == qq::WRITE_ERROR {
+        (452, format!("4.3.1 {text}"))
+    } else {
+        let status = if valid(status, '4') { status } else { "4.3.0" };
+        (451, format!("{status} {text}"))
+    }
+}
+
+/// Reap queue programs left behind by aborted messages (they exit on their own once their
+/// input closes without an envelope).
+fn reap_children() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    for _ in 0..64 {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+impl Session {
+    /// A session over fd 0/1.
+    pub fn new(config: Config) -> io::Result<Session> {
+        let state = std::rc::Rc::new(WireState::default());
+        let wire = Wire::stdio(config.timeout, state.clone())?;
+        let session_limit =
+            if config.databytes == 0 { MAX_SESSION_BYTES } else { config.databytes.saturating_mul(32).max(64 << 20) };
+        Ok(Session {
+            config,
+            transport: Transport::Plain(wire),
+            input: vec![0; INPUT_BUFFER],
+            start: 0,
+            end: 0,
+            output: Vec::with_capacity(1024),
+            helo: None,
+            esmtp: false,
+            auth_user: None,
+            tls_info: None,
+            transaction: None,
+            messages: 0,
+            attempts: 0,
+            commands: 0,
+            errors: 0,
+            bytes_in: 0,
+            session_limit,
+            state,
+            started: Instant::now(),
+            data_started: None,
+            idle_since: Instant::now(),
+            recipients: std::cell::OnceCell::new(),
+        })
+    }
+
+    /// Serve the connection to its end, then write the session's log line.
+    pub fn run(mut self) -> End {
+        let end = self.serve();
+        let _ = self.flush();
+        if let Transport::Tls(stream) = &mut self.transport {
+            stream.close();
+        }
+        let helo = self.helo.as_deref().map(|h| header_safe(h, 100)).unwrap_or_default();
+        let mut extra = String::new();
+        if let Some(tls) = &self.tls_info {
+            extra.push_str(&format!(" tls={}", tls.replace(' ', ":")));
+        }
+        if let Some(user) = &self.auth_user {
+            extra.push_str(&format!(" auth={}", header_safe(user, 100)));
+        }
+        crate::base::log::line(&format!(
+            "session {} helo={} messages={}{} {}",
+            self.config.remote_ip,
+            helo,
+            self.messages,
+            extra,
+            end.describe()
+        ));
+        end
+    }
+
+    fn serve(&mut self) -> End {
+        // The deadlines hold from the first byte, the implicit TLS handshake included.
+        self.state.deadline.set(Some(self.deadline()));
+        if self.config.implicit_tls {
+            if let Err(end) = self.start_tls() {
+                return end;
+            }
+        }
+        let greeting = format!("{} ESMTP", String::from_utf8_lossy(&self.config.greeting));
+        self.reply(220, &greeting);
+        loop {
+            if let Err(end) = self.command() {
+                return end;
+            }
+        }
+    }
+
+    fn me(&self) -> String {
+        String::from_utf8_lossy(&self.config.me).into_owned()
+    }
+
+    fn reply(&mut self, code: u16, text: &str) {
+        write_reply(&mut self.output, code, text);
+    }
+
+    /// A reply that counts as a protocol error; too many end the session.
+    fn error(&mut self, code: u16, text: &str) -> std::result::Result<(), End> {
+        self.reply(code, text);
+        self.errors += 1;
+        if self.errors >= MAX_ERRORS {
+            crate::base::log::line(&format!("limit {} too many errors", self.config.remote_ip));
+            let text = format!("4.7.0 {} too many errors, closing connection", self.me());
+            self.reply(421, &text);
+            return Err(End::TooManyErrors);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::result::Result<(), End> {
+        if self.output.is_empty() {
+            return Ok(());
+        }
+        let result = match &mut self.transport {
+            Transport::Plain(wire) => wire.write_all(&self.output),
+            Transport::Tls(stream) => stream.write_all(&self.output),
+            Transport::Closed => Ok(()),
+        };
+        self.output.clear();
+        result.map_err(|e| self.io_end(e, false))
+    }
+
+    /// The overall deadline now in force: the session's, or sooner the message data's, or
+    /// under stress the wait for MAIL.
+    fn deadline(&self) -> (Instant, Limit) {
+        let mut deadline = (self.started + self.config.session_time, Limit::Session);
+        let sooner = match self.data_started {
+            Some(began) => Some((began + self.config.data_time, Limit::Data)),
+            None if self.config.stress && self.transaction.is_none() => {
+                Some((self.idle_since + STRESS_IDLE, Limit::Idle))
+            }
+            None => None,
+        };
+        if let Some(sooner) = sooner.filter(|s| s.0 < deadline.0) {
+            deadline = sooner;
+        }
+        deadline
+    }
+
+    /// How a failed read or write ends the session: SIGTERM, an overall deadline, the per-call
+    /// timeout, or an error.
+    fn io_end(&self, e: io::Error, reading: bool) -> End {
+        if self.state.terminated.get() {
+            return End::Terminated;
+        }
+        if e.kind() == io::ErrorKind::TimedOut {
+            if let Some((deadline, limit)) = self.state.deadline.get() {
+                if Instant::now() >= deadline {
+                    return End::Deadline(limit);
+                }
+            }
+            return End::Timeout;
+        }
+        if reading {
+            End::ReadError(e.to_string())
+        } else {
+            End::WriteError(e.to_string())
+        }
+    }
+
+    /// Read more input. Replies go out first: we only wait for the client when it has nothing
+    /// more for us to answer (RFC 2920).
+    fn fill(&mut self) -> std::result::Result<(), End> {
+        self.state.deadline.set(Some(self.deadline()));
+        self.flush()?;
+        if self.start > 0 {
+            self.input.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.input.len() {
+            return Err(End::ReadError("input buffer full".to_string()));
+        }
+        loop {
+            let result = match &mut self.transport {
+                Transport::Plain(wire) => wire.read(&mut self.input[self.end..]),
+                Transport::Tls(stream) => stream.read(&mut self.input[self.end..]),
+                Transport::Closed => Ok(0),
+            };
+            return match result {
+                Ok(0) => Err(End::Eof),
+                Ok(n) => {
+                    self.end += n;
+                    self.bytes_in += n as u64;
+                    if self.bytes_in > self.session_limit {
+                        crate::base::log::line(&format!(
+                            "limit {} too much data in one session",
+                            self.config.remote_ip
+                        ));
+                        let text = format!("4.7.0 {} too much data in this session, closing connection", self.me());
+                        self.reply(421, &text);
+                        return Err(End::TooMuchData);
+                    }
+                    Ok(())
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let end = self.io_end(e, true);
+                    let why = match end {
+                        End::Timeout => "timeout",
+                        End::Deadline(Limit::Session) => "session time limit reached",
+                        End::Deadline(Limit::Data) => "message data time limit reached",
+                        End::Deadline(Limit::Idle) => "server busy and no MAIL in time",
+                        End::Terminated => "server busy or stopping",
+                        _ => return Err(end),
+                    };
+                    let status = if end == End::Terminated { "4.3.2" } else { "4.4.2" };
+                    let text = format!("{status} {} {why}, closing connection", self.me());
+                    self.reply(421, &text);
+                    Err(end)
+                }
+            };
+        }
+    }
+
+    /// The next line, at most `max` bytes with its CRLF. A longer line is consumed to its LF
+    /// without being kept. A line that ends in a bare LF or holds a bare CR is reported as such.
+    fn read_line(&mut self, max: usize) -> std::result::Result<Line, End> {
+        loop {
+            let pending = &self.input[self.start..self.end];
+            if let Some(i) = memchr::memchr(b'\n', pending) {
+                let raw = &pending[..i];
+                self.start += i + 1;
+                if i + 1 > max {
+                    return Ok(Line::TooLong);
+                }
+                let Some(text) = raw.strip_suffix(b"\r") else {
+                    return Ok(Line::BareLineEnd);
+                };
+                if memchr::memchr(b'\r', text).is_some() {
+                    return Ok(Line::BareLineEnd);
+                }
+                return Ok(Line::Text(text.to_vec()));
+            }
+            if pending.len() >= max {
+                loop {
+                    self.start = self.end;
+                    self.fill()?;
+                    if let Some(i) = memchr::memchr(b'\n', &self.input[self.start..self.end]) {
+                        self.start += i + 1;
+                        return Ok(Line::TooLong);
+                    }
+                }
+            }
+            self.fill()?;
+        }
+    }
+
+    fn command(&mut self) -> std::result::Result<(), End> {
+        let line = self.read_line(MAX_COMMAND_LINE)?;
+        self.commands += 1;
+        if self.commands > MAX_COMMANDS {
+            crate::base::log::line(&format!("limit {} too many commands", self.config.remote_ip));
+            let text = format!("4.7.0 {} too many commands, closing connection", self.me());
+            self.reply(421, &text);
+            return Err(End::TooManyCommands);
+        }
+        let line = match line {
+            Line::Text(line) => line,
+            Line::TooLong => return self.error(500, "5.5.2 line too long"),
+            Line::BareLineEnd => return self.error(500, "5.5.2 bare CR or LF in a command; lines end with CRLF"),
+        };
+        if memchr::memchr(0, &line).is_some() {
+            return self.error(500, "5.5.2 NUL byte in a command");
+        }
+        let (verb, arg) = parse_command(&line);
+        let result = match verb {
+            Verb::Helo | Verb::Ehlo => self.helo(verb, arg),
+            Verb::Mail => self.mail(arg),
+            Verb::Rcpt => self.rcpt(arg),
+            Verb::Data => self.data(arg),
+            Verb::Rset => {
+                if !arg.is_empty() {
+                    return self.error(501, "5.5.4 syntax: RSET");
+                }
+                self.transaction = None;
+                self.reply(250, "2.0.0 ok");
+                Ok(())
+            }
+            Verb::Noop => {
+                self.reply(250, "2.0.0 ok");
+                Ok(())
+            }
+            Verb::Quit => {
+                let text = format!("2.0.0 {} closing connection", self.me());
+                self.reply(221, &text);
+                Err(End::Quit)
+            }
+            Verb::Vrfy => {
+                if arg.is_empty() {
+                    return self.error(501, "5.5.4 syntax: VRFY address");
+                }
+                self.reply(252, "2.1.5 cannot verify, but send some mail and delivery will be tried");
+                Ok(())
+            }
+            Verb::Expn => {
+                self.reply(502, "5.5.1 EXPN is not available");
+                Ok(())
+            }
+            Verb::Help => {
+                self.reply(214, "2.0.0 commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH");
+                Ok(())
+            }
+            Verb::Starttls => self.starttls(arg),
+            Verb::Auth => self.auth(arg),
+            Verb::Bdat => self.error(502, "5.5.1 BDAT is not offered (no CHUNKING)"),
+            Verb::Refused => self.error(502, "5.5.1 command not implemented"),
+            Verb::Unknown => self.error(500, "5.5.1 command unrecognized"),
+        };
+        result?;
+        if self.output.len() > OUTPUT_FLUSH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn auth_offered(&self) -> bool {
+        !self.config.checkpassword.is_empty() && (self.tls_info.is_some() || self.config.auth_insecure)
+    }
+
+    fn helo(&mut self, verb: Verb, arg: &[u8]) -> std::result::Result<(), End> {
+        if arg.is_empty() {
+            return self.error(501, "5.5.4 syntax: EHLO hostname");
+        }
+        self.helo = Some(arg.to_vec());
+        self.esmtp = verb == Verb::Ehlo;
+        self.transaction = None;
+        let me = self.me();
+        if verb == Verb::Helo {
+            self.reply(250, &me);
+            return Ok(());
+        }
+        let mut lines = vec![me, "PIPELINING".to_string()];
+        lines.push(if self.config.databytes > 0 {
+            format!("SIZE {}", self.config.databytes)
+        } else {
+            "SIZE".to_string()
+        });
+        lines.extend(["8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8"].map(str::to_string));
+        if self.config.tls.is_some() && self.tls_info.is_none() {
+            lines.push("STARTTLS".to_string());
+        }
+        if self.auth_offered() && self.auth_user.is_none() {
+            lines.push("AUTH PLAIN LOGIN".to_string());
+        }
+        lines.push("HELP".to_string());
+        self.reply(250, &lines.join("\n"));
+        Ok(())
+    }
+
+    fn mail(&mut self, arg: &[u8]) -> std::result::Result<(), End> {
+        if self.helo.is_none() {
+            return self.error(503, "5.5.1 send HELO or EHLO first");
+        }
+        if self.transaction.is_some() {
+            return self.error(503, "5.5.1 nested MAIL command");
+        }
+        if self.config.auth_required && self.auth_user.is_none() {
+            self.reply(530, "5.7.0 authentication required");
+            return Ok(());
+        }
+        let Some(path) = strip_keyword(arg, b"FROM:") else {
+            return self.error(501, "5.5.4 syntax: MAIL FROM:<address>");
+        };
+        let (mailbox, rest) = match parse_path(path, PathKind::Reverse) {
+            Ok(parsed) => parsed,
+            Err(PathError::TooLong) => return self.error(501, "5.1.7 sender address too long"),
+            Err(_) => return self.error(501, "5.1.7 bad sender address syntax"),
+        };
+        let Ok(params) = parse_params(rest) else {
+            return self.error(501, "5.5.4 bad parameter syntax");
+        };
+        let mut utf8 = false;
+        let mut seen: Vec<&[u8]> = Vec::new();
+        for (key, value) in &params {
+            if seen.contains(&key.as_slice()) {
+                return self.error(501, "5.5.4 parameter given twice");
+            }
+            seen.push(key);
+            match (key.as_slice(), value.as_deref()) {
+                (b"SIZE", Some(v)) => {
+                    let size = if v.len() <= 20 && v.iter().all(u8::is_ascii_digit) {
+                        std::str::from_utf8(v).ok().and_then(|s| s.parse::<u64>().ok())
+                    } else {
+                        None
+                    };
+                    let Some(size) = size else {
+                        return self.error(501, "5.5.4 bad SIZE value");
+                    };
+                    if self.config.databytes > 0 && size > self.config.databytes {
+                        crate::base::log::line(&format!(
+                            "limit {} declared size {size} over databytes {}",
+                            self.config.remote_ip, self.config.databytes
+                        ));
+                        self.reply(552, "5.3.4 message size exceeds fixed maximum message size");
+                        return Ok(());
+                    }
+                }
+                (b"BODY", Some(v)) if v.eq_ignore_ascii_case(b"7BIT") || v.eq_ignore_ascii_case(b"8BITMIME") => {}
+                (b"SMTPUTF8", None) => utf8 = true,
+                // RFC 4954 §5: accepted and, since we do not trust the client's word, ignored.
+                (b"AUTH", Some(_)) if self.auth_offered() => {}
+                _ => {
+                    let text = format!("5.5.4 unsupported parameter {}", header_safe(key, 40));
+                    return self.error(555, &text);
+                }
+            }
+        }
+        if !mailbox.is_ascii() && !utf8 {
+            self.reply(553, "5.6.7 non-ASCII address needs SMTPUTF8");
+            return Ok(());
+        }
+        self.transaction = Some(Transaction { sender: mailbox.address(), recipients: Vec::new(), utf8 });
+        self.reply(250, "2.1.0 ok");
+        Ok(())
+    }
+
+    /// Whether `local@domain`, at a domain we accept mail for, names someone who can receive
+    /// it. This is where recipients are validated at RCPT time (DESIGN §3: no backscatter):
+    /// the verdict's reply (rcptcheck::Verdict::reply) is what the client gets.
+    fn recipient_known(&self, local: &[u8], domain: &[u8]) -> Verdict {
+        let loaded = self.recipients.get_or_init(|| {
+            let send = SendConfig::load(&self.config.control).map_err(|e| e.message)?;
+            let checker = Checker::load(&self.config.control).map_err(|e| e.message)?;
+            Ok((send, checker))
+        });
+        let (send, checker) = match loaded {
+            Ok(pair) => pair,
+            Err(why) => {
+                crate::base::log::warning(&format!("unable to check recipients: {why}"));
+                return Verdict::Unsure(why.clone());
+            }
+        };
+        let mut address = local.to_vec();
+        address.push(b'@');
+        address.extend_from_slice(domain);
+        // Judge the address quill-send would deliver: after locals and virtualdomains. A
+        // domain that is in rcpthosts but delivered remotely (a backup MX) is not ours to judge.
+        let (channel, rewritten) = send.rewrite(&address);
+        if channel != Channel::Local {
+            return Verdict::Known;
+        }
+        if local.len() > MAX_LOCAL_PART {
+            return Verdict::TooLong;
+        }
+        let verdict = checker.check(crate::mail::address::split(&rewritten).0);
+        match &verdict {
+            Verdict::Unsure(why) => crate::base::log::warning(&format!("unable to check a recipient now: {why}")),
+            Verdict::Unseen(why) => crate::base::log::warning(&format!(
+                "unable to check rcpt <{}>: {why}",
+                crate::base::log::safe(&rewritten)
+            )),
+            _ => {}
+        }
+        verdict
+    }
+
+    fn rcpt(&mut self, arg: &[u8]) -> std::result::Result<(), End> {
+        let Some(transaction) = &self.transaction else {
+            return self.error(503, "5.5.1 MAIL first");
+        };
+        let (utf8, count) = (transaction.utf8, transaction.recipients.len());
+        let Some(path) = strip_keyword(arg, b"TO:") else {
+            return self.error(501, "5.5.4 syntax: RCPT TO:<address>");
+        };
+        let (mailbox, rest) = match parse_path(path, PathKind::Forward) {
+            Ok(parsed) => parsed,
+            Err(PathError::TooLong) => return self.error(501, "5.1.3 recipient address too long"),
+            Err(_) => return self.error(501, "5.1.3 bad recipient address syntax"),
+        };
+        match parse_params(rest) {
+            Ok(params) if params.is_empty() => {}
+            Ok(params) => {
+                let text = format!("5.5.4 unsupported parameter {}", header_safe(&params[0].0, 40));
+                return self.error(555, &text);
+            }
+            Err(_) => return self.error(501, "5.5.4 bad parameter syntax"),
+        }
+        if !mailbox.is_ascii() && !utf8 {
+            self.reply(553, "5.6.7 non-ASCII address needs SMTPUTF8");
+            return Ok(());
+        }
+        if count >= self.config.maxrcpt {
+            crate::base::log::line(&format!(
+                "limit {} too many recipients ({})",
+                self.config.remote_ip, self.config.maxrcpt
+            ));
+            self.reply(452, "4.5.3 too many recipients");
+            return Ok(());
+        }
+        let mut address = if mailbox.domain.is_empty() {
+            // <postmaster> (RFC 5321 §4.5.1): always ours, never relayed.
+            let mut a = mailbox.local.clone();
+            a.push(b'@');
+            a.extend_from_slice(&self.config.me);
+            a
+        } else {
+            if let Some(refusal) = self.relay_refusal(&mailbox) {
+                crate::base::log::line(&format!(
+                    "relay denied {} rcpt=<{}> {refusal}",
+                    self.config.remote_ip,
+                    header_safe(&mailbox.address(), 200)
+                ));
+                self.reply(550, "5.7.1 relaying denied");
+                return Ok(());
+            }
+            if domain_listed(&mailbox.domain, &self.config.rcpthosts) {
+                if let Some((code, text)) = self.recipient_known(&mailbox.local, &mailbox.domain).reply() {
+                    self.reply(code, text);
+                    return Ok(());
+                }
+            }
+            mailbox.address()
+        };
+        if let Some(append) = &self.config.relayclient {
+            address.extend_from_slice(append);
+        }
+        if address.len() > MAX_ADDRESS || !crate::mail::address::is_clean(&address) {
+            return self.error(501, "5.1.3 recipient address too long");
+        }
+        if let Some(transaction) = self.transaction.as_mut() {
+            transaction.recipients.push(address);
+        }
+        self.reply(250, "2.1.5 ok");
+        Ok(())
+    }
+
+    /// Why this client may not send to this mailbox, or None. A client that is not
+    /// RELAYCLIENT and not authenticated may only send to domains in rcpthosts, judged on the
+    /// final domain (any source route is already gone, case and a trailing dot do not count),
+    /// and without the routing characters `%`, `!` and `@` in the local part, which a later
+    /// hop could read as an address at another domain.
+    fn relay_refusal(&self, mailbox: &Mailbox) -> Option<&'static str> {
+        if self.config.relayclient.is_some() || self.auth_user.is_some() {
+            return None;
+        }
+        if !domain_listed(&mailbox.domain, &self.config.rcpthosts) {
+            return Some("domain not in rcpthosts");
+        }
+        if mailbox.local.iter().any(|b| b"%!@".contains(b)) {
+            return Some("routing characters in the local part");
+        }
+        None
+    }
+
+    fn data(&mut self, arg: &[u8]) -> std::result::Result<(), End> {
+        if !arg.is_empty() {
+            return self.error(501, "5.5.4 syntax: DATA");
+        }
+        match &self.transaction {
+            None => return self.error(503, "5.5.1 MAIL first"),
+            Some(t) if t.recipients.is_empty() => return self.error(554, "5.5.1 no valid recipients"),
+            Some(_) => {}
+        }
+        reap_children();
+        let submission = match Submission::start() {
+            Ok(s) => s,
+            Err(e) => {
+                crate::base::log::warning(&e.message);
+                let (code, text) = queue_reply(&e);
+                self.reply(code, &text);
+                return Ok(());
+            }
+        };
+        let Some(transaction) = self.transaction.take() else {
+            return Ok(());
+        };
+        self.attempts += 1;
+        let (seconds, micros) = crate::base::date::now_micros();
+        let id = format!("{seconds}.{micros:06}.{}", std::process::id());
+        let received = self.received_line(&id, seconds);
+        let mut submission = Some(submission);
+        if let Some(s) = submission.as_mut() {
+            s.write(received.as_bytes());
+        }
+        self.reply(354, "go ahead, end with <CRLF>.<CRLF>");
+        self.data_started = Some(Instant::now());
+
+        let mut parser = DataParser::default();
+        let mut hops = HopCounter::default();
+        let mut chunk = Vec::with_capacity(INPUT_BUFFER);
+        let mut size: u64 = 0;
+        let mut written = received.len() as u64;
+        loop {
+            chunk.clear();
+            let (used, done) = parser.feed(&self.input[self.start..self.end], &mut chunk);
+            self.start += used;
+            size += chunk.len() as u64 + memchr::memchr_iter(b'\n', &chunk).count() as u64;
+            hops.feed(&chunk);
+            let too_big = self.config.databytes > 0 && size > self.config.databytes;
+            if too_big || parser.bare_line_end || hops.hops >= MAX_HOPS {
+                // Refused at the end. The queue program is fed no more and gets no envelope:
+                // closing both pipes before the first envelope byte is the qmail-queue way to
+                // abandon a message, which quill-queue takes quietly (doc/quill-queue.8).
+                submission = None;
+            } else if let Some(s) = submission.as_mut() {
+                s.write(&chunk);
+                written += chunk.len() as u64;
+            }
+            if done {
+                break;
+            }
+            // An end of the connection here drops the submission: quill-queue sees no
+            // envelope and queues nothing.
+            self.fill()?;
+        }
+        self.data_started = None;
+        self.idle_since = Instant::now();
+
+        // A refused message gets exactly one log line, the `message` line below, with the
+        // reason in it; the queue program it was streamed to says nothing.
+        let too_big = self.config.databytes > 0 && size > self.config.databytes;
+        let mut detail = String::new();
+        let (code, text, qp) = if parser.bare_line_end {
+            detail = " (refused: SMTP smuggling attempt or broken client)".to_string();
+            (550, "5.6.0 message refused: bare CR or LF in the data; lines must end with CRLF".to_string(), 0)
+        } else if too_big {
+            detail = format!(" (refused: size {size} over databytes {})", self.config.databytes);
+            (552, "5.3.4 message size exceeds fixed maximum message size".to_string(), 0)
+        } else if hops.hops >= MAX_HOPS {
+            detail = format!(" (refused: {} hops)", hops.hops);
+            (554, "5.4.6 too many hops, this message is looping".to_string(), 0)
+        } else {
+            let envelope = Envelope { sender: transaction.sender.clone(), recipients: transaction.recipients.clone() };
+            match submission.take().map(|s| s.finish(&envelope)) {
+                Some(Ok(accepted)) => {
+                    self.messages += 1;
+                    (250, format!("2.0.0 ok {id} qp {}", accepted.pid), accepted.pid)
+                }
+                Some(Err(e)) => {
+                    let (code, text) = queue_reply(&e);
+                    (code, text, 0)
+                }
+                None => (451, "4.3.0 internal error".to_string(), 0),
+            }
+        };
+        crate::base::log::line(&format!(
+            "message {} id={id} from=<{}> rcpts={} bytes={written} qp={qp} result={code} {text}{detail}",
+            self.config.remote_ip,
+            header_safe(&transaction.sender, 200),
+            transaction.recipients.len(),
+        ));
+        self.reply(code, &text);
+        Ok(())
+    }
+
+    /// Our trace header (RFC 5321 §4.4), with LF line ends as the queue stores them.
+    fn received_line(&self, id: &str, now: u64) -> String {
+        let helo = header_safe(self.helo.as_deref().unwrap_or(b"unknown"), 255);
+        let host = header_safe(self.config.remote_host.as_bytes(), 255);
+        let ip = header_safe(self.config.remote_ip.as_bytes(), 64);
+        let literal = if ip.contains(':') { format!("[IPv6:{ip}]") } else { format!("[{ip}]") };
+        let tcp_info = if host.is_empty() { literal } else { format!("{host} {literal}") };
+        let mut protocol = String::from(if self.esmtp || self.tls_info.is_some() || self.auth_user.is_some() {
+            "ESMTP"
+        } else {
+            "SMTP"
+        });
+        let mut notes = Vec::new();
+        if let Some(tls) = &self.tls_info {
+            protocol.push('S');
+            notes.push(tls.clone());
+        }
+        if let Some(user) = &self.auth_user {
+            protocol.push('A');
+            notes.push(format!("authenticated as {}", header_safe(user, 255)));
+        }
+        let notes = if notes.is_empty() { String::new() } else { format!(" ({})", notes.join(", ")) };
+        format!(
+            "Received: from {helo} ({tcp_info})\n\tby {} (quill) with {protocol}{notes}\n\tid {id}; {}\n",
+            header_safe(&self.config.me, 255),
+            crate::base::date::rfc5322(now)
+        )
+    }
+
+    fn starttls(&mut self, arg: &[u8]) -> std::result::Result<(), End> {
+        if !arg.is_empty() {
+            return self.error(501, "5.5.4 syntax: STARTTLS");
+        }
+        if self.tls_info.is_some() {
+            return self.error(503, "5.5.1 TLS already active");
+        }
+        if self.config.tls.is_none() {
+            self.reply(454, "4.7.0 TLS not available");
+            return Ok(());
+        }
+        self.reply(220, "2.0.0 ready to start TLS");
+        self.flush()?;
+        // Whatever the client sent after STARTTLS came in the clear before the handshake, and
+        // must never count as a command of the TLS session (STARTTLS command injection); and
+        // nothing learnt before TLS survives it (RFC 3207 §4.2).
+        if self.end > self.start {
+            crate::base::log::line(&format!(
+                "discarded {} bytes sent before the TLS handshake by {}",
+                self.end - self.start,
+                self.config.remote_ip
+            ));
+        }
+        self.start = 0;
+        self.end = 0;
+        self.helo = None;
+        self.esmtp = false;
+        self.transaction = None;
+        self.auth_user = None;
+        self.start_tls()
+    }
+
+    fn start_tls(&mut self) -> std::result::Result<(), End> {
+        let Transport::Plain(wire) = std::mem::replace(&mut self.transport, Transport::Closed) else {
+            return Err(End::TlsFailed("not a plain connection".to_string()));
+        };
+        let Some(tls) = &self.config.tls else {
+            return Err(End::TlsFailed("no certificate".to_string()));
+        };
+        match TlsStream::accept(tls, wire) {
+            Ok(stream) => {
+                self.tls_info = Some(stream.describe());
+                self.transport = Transport::Tls(Box::new(stream));
+                Ok(())
+            }
+            Err(e) => Err(End::TlsFailed(e.to_string())),
+        }
+    }
+
+    /// One AUTH response line, base64-decoded, after sending `334 challenge`. None when the
+    /// exchange failed (the reply is already written).
+    fn auth_response(&mut self, challenge: &str) -> std::result::Result<Option<Vec<u8>>, End> {
+        self.reply(334, challenge);
+        let line = match self.read_line(MAX_AUTH_LINE)? {
+            Line::Text(line) => line,
+            Line::TooLong | Line::BareLineEnd => {
+                self.error(501, "5.5.2 bad AUTH response line")?;
+                return Ok(None);
+            }
+        };
+        if line == b"*" {
+            self.error(501, "5.7.0 authentication cancelled")?;
+            return Ok(None);
+        }
+        match base64_decode(&line) {
+            Some(decoded) => Ok(Some(decoded)),
+            None => {
+                self.error(501, "5.5.2 cannot decode the AUTH response")?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn auth(&mut self, arg: &[u8]) -> std::result::Result<(), End> {
+        if self.config.checkpassword.is_empty() {
+            return self.error(502, "5.5.1 AUTH is not available");
+        }
+        if !self.auth_offered() {
+            return self.error(538, "5.7.11 encryption required for AUTH");
+        }
+        if !self.esmtp {
+            return self.error(503, "5.5.1 send EHLO first");
+        }
+        if self.auth_user.is_some() {
+            return self.error(503, "5.5.1 already authenticated");
+        }
+        if self.transaction.is_some() {
+            return self.error(503, "5.5.1 AUTH is not allowed during a mail transaction");
+        }
+        let (mechanism, initial) = match memchr::memchr(b' ', arg) {
+            Some(space) => (&arg[..space], Some(arg[space + 1..].to_vec())),
+            None => (arg, None),
+        };
+        let decode_initial =
+            |initial: Vec<u8>| if initial == b"=" { Some(Vec::new()) } else { base64_decode(&initial) };
+        let credentials = if mechanism.eq_ignore_ascii_case(b"PLAIN") {
+            let response = match initial {
+                Some(initial) => match decode_initial(initial) {
+                    Some(r) => r,
+                    None => return self.error(501, "5.5.2 cannot decode the AUTH response"),
+                },
+                None => match self.auth_response("")? {
+                    Some(r) => r,
+                    None => return Ok(()),
+                },
+            };
+            // authzid NUL authcid NUL passwd (RFC 4616); acting for another identity is refused.
+            let parts: Vec<&[u8]> = response.split(|&b| b == 0).collect();
+            match parts.as_slice() {
+                [authzid, user, password] if !user.is_empty() && (authzid.is_empty() || authzid == user) => {
+                    Some((user.to_vec(), password.to_vec()))
+                }
+                _ => None,
+            }
+        } else if mechanism.eq_ignore_ascii_case(b"LOGIN") {
+            let user = match initial {
+                Some(initial) => match decode_initial(initial) {
+                    Some(r) => r,
+                    None => return self.error(501, "5.5.2 cannot decode the AUTH response"),
+                },
+                None => match self.auth_response("VXNlcm5hbWU6")? {
+                    Some(r) => r,
+                    None => return Ok(()),
+                },
+            };
+            let Some(password) = self.auth_response("UGFzc3dvcmQ6")? else {
+                return Ok(());
+            };
+            Some((user, password))
+        } else {
+            return self.error(504, "5.5.4 unrecognized authentication mechanism");
+        };
+        let Some((user, mut password)) =
+            credentials.filter(|(u, p)| !u.is_empty() && !u.contains(&0) && !p.contains(&0))
+        else {
+            return self.error(501, "5.5.2 malformed credentials");
+        };
+        let outcome = self.checkpassword(&user, &password);
+        password.fill(0);
+        match outcome {
+            Outcome::Success => {
+                crate::base::log::line(&format!("auth {} user={} ok", self.config.remote_ip, header_safe(&user, 100)));
+                self.auth_user = Some(user);
+                self.reply(235, "2.7.0 authentication successful");
+                Ok(())
+            }
+            Outcome::Permanent => {
+                crate::base::log::line(&format!(
+                    "auth {} user={} failed",
+                    self.config.remote_ip,
+                    header_safe(&user, 100)
+                ));
+                self.error(535, "5.7.8 authentication credentials invalid")
+            }
+            Outcome::Temporary => {
+                self.reply(454, "4.7.0 temporary authentication failure");
+                Ok(())
+            }
+        }
+    }
+
+    /// Ask the checkpassword program: `user\0password\0timestamp\0` on its fd 3, `/bin/true`
+    /// appended to its command line. Exit 0 accepted, 1 refused, anything else temporary.
+    fn checkpassword(&self, user: &[u8], password: &[u8]) -> Outcome {
+        let Some((program, args)) = self.config.checkpassword.split_first() else {
+            return Outcome::Temporary;
+        };
+        let (read_end, write_end) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok(pipe) => pipe,
+            Err(e) => {
+                crate::base::log::warning(&format!("unable to make a pipe for checkpassword: {e}"));
+                return Outcome::Temporary;
+            }
+        };
+        let timestamp = format!("<{}.{}@{}>", std::process::id(), crate::base::date::now(), self.me());
+        let mut data = Vec::with_capacity(user.len() + password.len() + timestamp.len() + 3);
+        for part in [user, password, timestamp.as_bytes()] {
+            data.extend_from_slice(part);
+            data.push(0);
+        }
+        // The pipe holds 64 KiB; credentials are capped far below by the AUTH line length.
+        let written = File::from(write_end).write_all(&data);
+        data.fill(0);
+        if let Err(e) = written {
+            crate::base::log::warning(&format!("unable to write to the checkpassword pipe: {e}"));
+            return Outcome::Temporary;
+        }
+        let mut command = Command::new(program);
+        command.args(args).arg("/bin/true").stdin(Stdio::null()).stdout(Stdio::null());
+        crate::base::sys::map_fds(&mut command, vec![(read_end.as_raw_fd(), 3)]);
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                crate::base::log::warning(&format!("unable to run {}: {e}", program.to_string_lossy()));
+                return Outcome::Temporary;
+            }
+        };
+        drop(read_end);
+        let deadline = Instant::now() + CHECKPASSWORD_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    return match status.code() {
+                        Some(0) => Outcome::Success,
+                        Some(1) => Outcome::Permanent,
+                        _ => Outcome::Temporary,
+                    };
+                }
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Ok(None) | Err(_) => {
+                    crate::base::log::warning("checkpassword took too long; killed");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Outcome::Temporary;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(input: &[u8]) -> (Vec<u8>, usize, bool, bool) {
+        let mut parser = DataParser::default();
+        let mut out = Vec::new();
+        let (used, done) = parser.feed(input, &mut out);
+        (out, used, done, parser.bare_line_end)
+    }
+
+    #[test]
+    fn data_end_and_unstuffing() {
+        assert_eq!(parse(b"a\r\n..b\r\n.\r\nQUIT\r\n"), (b"a\n.b\n".to_vec(), 11, true, false));
+        assert_eq!(parse(b".\r\n"), (b"".to_vec(), 3, true, false));
+        assert_eq!(parse(b"a\r\n.x\r\n"), (b"a\nx\n".to_vec(), 7, false, false));
+    }
+
+    #[test]
+    fn data_byte_by_byte() {
+        let input = b"Subject: x\r\n\r\n..\r\nline\r\n.\r\n";
+        let mut parser = DataParser::default();
+        let mut out = Vec::new();
+        let mut done_at = None;
+        for (i, b) in input.iter().enumerate() {
+            let (used, done) = parser.feed(std::slice::from_ref(b), &mut out);
+            assert_eq!(used, 1);
+            if done {
+                done_at = Some(i);
+            }
+        }
+        assert_eq!(done_at, Some(input.len() - 1));
+        assert_eq!(out, b"Subject: x\n\n.\nline\n");
+    }
+
+    #[test]
+    fn smuggling_never_ends_data() {
+        for input in [&b"a\n.\r\n"[..], b"a\r\n.\n", b"a\r.\r\n", b"a\r\n.\r\r\n", b"a\n.\n"] {
+            let (_, _, done, bare) = parse(input);
+            assert!(!done, "{input:?} ended the data");
+            assert!(bare, "{input:?} not flagged");
+        }
+        let (_, used, done, bare) = parse(b"a\n.\r\nMAIL FROM:<x@y>\r\n\r\n.\r\n");
+        assert!(done && bare);
+        assert_eq!(used, 27);
+    }
+
+    #[test]
+    fn hop_counting() {
+        let mut hops = HopCounter::default();
+        hops.feed(b"Received: a\nDELIVERED-TO: b\nX: y\n Received: folded\n");
+        hops.feed(b"recei");
+        hops.feed(b"ved: c\n\nReceived: in body\n");
+        assert_eq!(hops.hops, 3);
+    }
+
+    #[test]
+    fn queue_replies() {
+        let full = Error::queue(qq::WRITE_ERROR, crate::base::fail::qq_text(qq::WRITE_ERROR));
+        assert_eq!(queue_reply(&full), (452, "4.3.1 qq write error or disk full".to_string()));
+        let perm = Error::queue(31, crate::base::fail::qq_text(31));
+        assert_eq!(queue_reply(&perm), (554, "5.3.0 mail server permanently rejected message".to_string()));
+        let long = Error::queue(11, crate::base::fail::qq_text(11));
+        assert_eq!(queue_reply(&long).0, 554);
+        assert!(queue_reply(&long).1.starts_with("5.1.3 "));
+        let custom = Error { outcome: Outcome::Permanent, code: 82, message: "spam (#5.7.1)".to_string() };
+        assert_eq!(queue_reply(&custom), (554, "5.7.1 spam".to_string()));
+        let temp = Error::queue(81, crate::base::fail::qq_text(81));
+        assert_eq!(queue_reply(&temp), (451, "4.3.0 qq internal bug".to_string()));
+    }
+}
