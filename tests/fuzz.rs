@@ -483,7 +483,7 @@ fn smtp_reply(input: &[u8]) -> Print {
     let extensions = quill::remote::smtpclient::Extensions::parse(&reply);
     print.add(extensions.size.min(1)).add(extensions.has_size);
     let count = input.first().map_or(1, |&b| usize::from(b % 8) + 1);
-    let folded = quill::remote::smtpclient::fold(input, count);
+    let folded = quill::mail::proto::remote_report::fold(input, count);
     assert_eq!(folded.len(), count, "fold gives one result per recipient");
     for result in &folded {
         print.kind(result.outcome);
@@ -740,17 +740,26 @@ fn spawnproto(input: &[u8]) -> Print {
     print.done()
 }
 
-/// quill-clean's request lines.
+/// quill-clean's request lines, and the replies it gives (mail::proto::clean, both ways).
 fn clean(input: &[u8]) -> Print {
+    use quill::mail::proto::clean::{Reply, Request};
     let mut print = Print::new();
     for line in input.split(|&b| b == b'\n').take(64) {
-        match quill::queue::clean::parse(line) {
-            Ok(request) => print.add(std::mem::discriminant(&request)),
-            Err((shown, why)) => {
-                assert!(shown.bytes().all(|b| b.is_ascii_graphic() || b == b'-'), "an unsafe byte echoed");
-                print.add(why)
+        let reply = match Request::decode(line) {
+            Ok(request) => {
+                print.add(request.verb);
+                assert_eq!(request.encode(), [line, b"\n"].concat(), "request round trip");
+                Reply { id: request.id, result: Ok(()) }
+            }
+            Err(refused) => {
+                assert!(refused.id.bytes().all(|b| b.is_ascii_graphic() || b == b'-'), "an unsafe byte echoed");
+                print.add(&refused.result);
+                refused
             }
         };
+        let encoded = reply.encode();
+        assert_eq!(Reply::decode(&encoded[..encoded.len() - 1]).as_ref(), Some(&reply), "reply round trip");
+        print.add(Reply::decode(line).is_some());
     }
     print.done()
 }

@@ -18,6 +18,7 @@ use crate::base::fail::Outcome;
 use crate::base::log;
 use crate::mail::control::Control;
 use crate::mail::envelope::Envelope;
+use crate::mail::proto::clean::{self, Verb};
 use crate::mail::queuefile::{self, Header, Layout};
 use crate::mail::spawnproto::{self, Report, Request};
 use crate::send::bounce::{self, Bounce, Failure};
@@ -238,15 +239,6 @@ struct Delivery {
     numbers: Vec<u64>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum CleanRequest {
-    Move,
-    Remove,
-    Hold,
-    Release,
-    Delete,
-}
-
 /// How the loop ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
@@ -276,7 +268,7 @@ pub struct Sender {
     clean_requests: Output,
     clean_replies: File,
     clean_buffer: Vec<u8>,
-    clean_pending: VecDeque<(CleanRequest, u64)>,
+    clean_pending: VecDeque<(Verb, u64)>,
     moving: usize,
     info_queue: Vec<u64>,
     /// Set by SIGTERM: the time to give up waiting for deliveries.
@@ -604,8 +596,7 @@ impl Sender {
         ));
         let message = self.build(id, header, offset, info);
         self.messages.insert(id, message);
-        self.clean_requests.queue(format!("move {id}\n").as_bytes());
-        self.clean_pending.push_back((CleanRequest::Move, id));
+        self.ask_clean(Verb::Move, id);
         self.moving += 1;
     }
 
@@ -762,10 +753,7 @@ impl Sender {
         if channel == Channel::Remote {
             // The destination failed (not the message) when every result is temporary and
             // says so: then it is backed off, and its other jobs wait.
-            let unreachable = !report.results.is_empty()
-                && report.results.iter().all(|r| {
-                    r.outcome == Outcome::Temporary && r.text.starts_with(crate::remote::route::UNREACHABLE.as_bytes())
-                });
+            let unreachable = !report.results.is_empty() && report.results.iter().all(|r| r.unreachable);
             let text = report.results.first().map(|r| words(&r.text)).unwrap_or_default();
             let released = self.destinations.finished(&delivery.domain, unreachable, &text, now);
             for job in released.into_iter().rev() {
@@ -870,8 +858,7 @@ impl Sender {
             m.phase = Phase::Removing;
             m.due[FINISH] = None;
         }
-        self.clean_requests.queue(format!("remove {id}\n").as_bytes());
-        self.clean_pending.push_back((CleanRequest::Remove, id));
+        self.ask_clean(Verb::Remove, id);
     }
 
     fn queue_bounce(&mut self, id: u64, failures: &[Failure]) -> crate::base::fail::Result<()> {
@@ -919,19 +906,16 @@ impl Sender {
 
     /// One reply line from quill-clean.
     fn clean_reply(&mut self, line: &[u8]) -> Result<(), String> {
-        let text = String::from_utf8_lossy(line).into_owned();
-        let mut parts = text.splitn(3, ' ');
-        let (mark, id) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        let reason = parts.next().unwrap_or("");
         let Some((request, expected)) = self.clean_pending.pop_front() else {
             return Err(format!("unexpected reply from quill-clean: {}", log::safe(line)));
         };
-        if id != expected.to_string() || (mark != "+" && mark != "!") {
+        let Some(reply) = clean::Reply::decode(line).filter(|r| r.id == expected.to_string()) else {
             return Err(format!("reply from quill-clean out of step: {}", log::safe(line)));
-        }
-        let ok = mark == "+";
+        };
+        let ok = reply.result.is_ok();
+        let reason = reply.result.err().unwrap_or_default();
         match request {
-            CleanRequest::Move => {
+            Verb::Move => {
                 self.moving -= 1;
                 if ok {
                     self.activate(expected);
@@ -945,7 +929,7 @@ impl Sender {
                     self.pickup_set.remove(&expected);
                 }
             }
-            CleanRequest::Remove => {
+            Verb::Remove => {
                 if ok {
                     if let Err(e) = sendstate::remove(&self.layout.info(), expected) {
                         log::warning(&format!("unable to remove info/{expected}: {e}"));
@@ -965,7 +949,7 @@ impl Sender {
                     self.timers.push(at, (expected, FINISH));
                 }
             }
-            CleanRequest::Hold => {
+            Verb::Hold => {
                 if ok {
                     log::raw(&format!("hold msg {expected}"));
                     self.messages.remove(&expected);
@@ -978,7 +962,7 @@ impl Sender {
                     self.activate(expected);
                 }
             }
-            CleanRequest::Release => {
+            Verb::Release => {
                 if ok {
                     log::raw(&format!("release msg {expected}"));
                     self.scan_wanted = true;
@@ -986,7 +970,7 @@ impl Sender {
                     log::warning(&format!("unable to release msg {expected}: {reason}"));
                 }
             }
-            CleanRequest::Delete => {
+            Verb::Delete => {
                 if ok {
                     if let Err(e) = sendstate::remove(&self.layout.info(), expected) {
                         log::warning(&format!("unable to remove info/{expected}: {e}"));
@@ -1000,9 +984,9 @@ impl Sender {
         Ok(())
     }
 
-    fn ask_clean(&mut self, request: CleanRequest, verb: &str, id: u64) {
-        self.clean_requests.queue(format!("{verb} {id}\n").as_bytes());
-        self.clean_pending.push_back((request, id));
+    fn ask_clean(&mut self, verb: Verb, id: u64) {
+        self.clean_requests.queue(&clean::Request::new(verb, id).encode());
+        self.clean_pending.push_back((verb, id));
     }
 
     /// A job that will not be delivered after all: its recipients are free again.
@@ -1077,12 +1061,12 @@ impl Sender {
                 self.pickups.retain(|&p| p != id);
                 self.pickup_set.remove(&id);
                 log::raw(&format!("hold msg {id}: requested by the administrator"));
-                self.ask_clean(CleanRequest::Hold, "hold", id);
+                self.ask_clean(Verb::Hold, id);
             }
-            ("release", Some(id)) if held => self.ask_clean(CleanRequest::Release, "release", id),
+            ("release", Some(id)) if held => self.ask_clean(Verb::Release, id),
             ("delete", Some(id)) if held => {
                 log::raw(&format!("delete msg {id}: requested by the administrator"));
-                self.ask_clean(CleanRequest::Delete, "delete", id);
+                self.ask_clean(Verb::Delete, id);
             }
             ("bounce", Some(id)) if held => log::warning(&format!("bounce msg {id}: it is held; release it first")),
             _ => log::warning(&format!("unknown administrator request or message: {}", log::safe(line))),
@@ -1211,7 +1195,7 @@ impl Sender {
                 let _ = sendstate::sync_dir(&self.layout.info());
                 m.dirty = false;
                 m.phase = Phase::Holding;
-                self.ask_clean(CleanRequest::Hold, "hold", id);
+                self.ask_clean(Verb::Hold, id);
             }
             AdminAction::Delete => {
                 log::raw(&format!("delete msg {id}: removed without delivery to its waiting recipients"));
