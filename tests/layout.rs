@@ -44,9 +44,7 @@ const EXCEPTIONS: &[(&str, &str)] = &[
     // Step 2: the default of the control file databytes moves to mail::control.
     ("admin/setup.rs", "smtpd::session"),
     ("bin/quill-up.rs", "smtpd::session"),
-    // Step 3 (mail/proto/, one codec per protocol): the admin control codec (flush requests and their text limit).
-    ("inject/sendmailmodes.rs", "send::sendloop"),
-    // Step 3: the info files' codec (written by quill-send, read by `quill queue`), and the
+    // Step 3 (mail/proto/, one codec per protocol): the info files' codec (written by quill-send, read by `quill queue`), and the
     // queue listing `mailq` shares with `quill queue list`.
     ("inject/sendmailmodes.rs", "admin::queue"),
     ("admin/queue.rs", "send::sendstate"),

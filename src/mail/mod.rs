@@ -7,7 +7,7 @@
 //! Protocols: `smtp` (the SMTP codec), `spawnproto` (quill-send ↔ the spawners), `submit`
 //! (the qmail-queue protocol, the caller's side), and `proto/`: one codec per pipe protocol,
 //! writer and reader together (`clean`: quill-send ↔ quill-clean; `remote_report`:
-//! quill-remote → quill-rspawn).
+//! quill-remote → quill-rspawn; `control`: the administrator → quill-send).
 #![forbid(unsafe_code)]
 
 pub mod address;
