@@ -62,6 +62,7 @@ const TARGETS: &[Target] = &[
     Target { name: "control", dictionary: CONTROL_WORDS, run: control, replay: 1000 },
     Target { name: "spawnproto", dictionary: SPAWN_WORDS, run: spawnproto, replay: 3000 },
     Target { name: "clean", dictionary: CLEAN_WORDS, run: clean, replay: 3000 },
+    Target { name: "admin_fifo", dictionary: ADMIN_WORDS, run: admin_fifo, replay: 3000 },
     Target { name: "smtpd_session", dictionary: SMTP_WORDS, run: smtpd_session, replay: 300 },
 ];
 
@@ -222,6 +223,21 @@ const CONTROL_WORDS: &[&[u8]] = &[
 ];
 const SPAWN_WORDS: &[&[u8]] = &[b"\0", b"\0\0", b"F", b"T", b"K", b"Z", b"D", b"4294967296", b"0"];
 const CLEAN_WORDS: &[&[u8]] = &[b"move ", b"remove ", b"hold ", b"release ", b"delete ", b"\n", b"/", b".", b"0"];
+const ADMIN_WORDS: &[&[u8]] = &[
+    b"flush",
+    b"reread",
+    b"requeue",
+    b"hold ",
+    b"release ",
+    b"delete ",
+    b"bounce ",
+    b"R ",
+    b"F",
+    b"\0",
+    b"\n",
+    b" ",
+    b"0",
+];
 
 // ---------------------------------------------------------------------------------------------
 // The targets.
@@ -483,7 +499,7 @@ fn smtp_reply(input: &[u8]) -> Print {
     let extensions = quill::remote::smtpclient::Extensions::parse(&reply);
     print.add(extensions.size.min(1)).add(extensions.has_size);
     let count = input.first().map_or(1, |&b| usize::from(b % 8) + 1);
-    let folded = quill::remote::smtpclient::fold(input, count);
+    let folded = quill::mail::proto::remote_report::fold(input, count);
     assert_eq!(folded.len(), count, "fold gives one result per recipient");
     for result in &folded {
         print.kind(result.outcome);
@@ -740,17 +756,49 @@ fn spawnproto(input: &[u8]) -> Print {
     print.done()
 }
 
-/// quill-clean's request lines.
+/// quill-clean's request lines, and the replies it gives (mail::proto::clean, both ways).
 fn clean(input: &[u8]) -> Print {
+    use quill::mail::proto::clean::{Reply, Request};
     let mut print = Print::new();
     for line in input.split(|&b| b == b'\n').take(64) {
-        match quill::queue::clean::parse(line) {
-            Ok(request) => print.add(std::mem::discriminant(&request)),
-            Err((shown, why)) => {
-                assert!(shown.bytes().all(|b| b.is_ascii_graphic() || b == b'-'), "an unsafe byte echoed");
-                print.add(why)
+        let reply = match Request::decode(line) {
+            Ok(request) => {
+                print.add(request.verb);
+                assert_eq!(request.encode(), [line, b"\n"].concat(), "request round trip");
+                Reply { id: request.id, result: Ok(()) }
+            }
+            Err(refused) => {
+                assert!(refused.id.bytes().all(|b| b.is_ascii_graphic() || b == b'-'), "an unsafe byte echoed");
+                print.add(&refused.result);
+                refused
             }
         };
+        let encoded = reply.encode();
+        assert_eq!(Reply::decode(&encoded[..encoded.len() - 1]).as_ref(), Some(&reply), "reply round trip");
+        print.add(Reply::decode(line).is_some());
+    }
+    print.done()
+}
+
+/// The administrator's FIFOs to quill-send (mail::proto::control): the trigger's bytes, and
+/// the control FIFO's lines, both ways.
+fn admin_fifo(input: &[u8]) -> Print {
+    use quill::mail::proto::control::{decode_trigger, flush_text_ok, Request, Trigger};
+    let mut print = Print::new();
+    let (flush, matching) = decode_trigger(input);
+    print.add(flush).add(matching.len().min(4));
+    for text in matching {
+        assert!(flush_text_ok(&text), "a flush text the writer would refuse");
+        let again = Trigger::FlushMatching(text.clone()).encode().unwrap_or_default();
+        assert_eq!(decode_trigger(&again), (false, vec![text]), "trigger round trip");
+    }
+    for line in input.split(|&b| b == b'\n').take(64) {
+        let request = Request::decode(line);
+        print.add(request.map(|r| (r.verb, r.id.is_some())));
+        if let Some(request) = request {
+            let encoded = request.encode();
+            assert_eq!(Request::decode(&encoded.as_bytes()[..encoded.len() - 1]), Some(request), "request round trip");
+        }
     }
     print.done()
 }

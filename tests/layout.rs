@@ -44,21 +44,12 @@ const EXCEPTIONS: &[(&str, &str)] = &[
     // Step 2: the default of the control file databytes moves to mail::control.
     ("admin/setup.rs", "smtpd::session"),
     ("bin/quill-up.rs", "smtpd::session"),
-    // Step 3 (mail/proto/, one codec per protocol): "destination unreachable" becomes a field
-    // of the remote report instead of a text prefix that quill-send matches.
-    ("send/sendloop.rs", "remote::route"),
-    // Step 3: the admin control codec (flush requests and their text limit).
-    ("inject/sendmailmodes.rs", "send::sendloop"),
-    // Step 3: the info files' codec (written by quill-send, read by `quill queue`), and the
+    // Step 3 (mail/proto/, one codec per protocol): the info files' codec (written by quill-send, read by `quill queue`), and the
     // queue listing `mailq` shares with `quill queue list`.
     ("inject/sendmailmodes.rs", "admin::queue"),
     ("admin/queue.rs", "send::sendstate"),
     ("admin/shape.rs", "send::sendstate"),
     ("admin/why.rs", "send::sendstate"),
-    // Steps 3 and 4: quill-rspawn reads quill-remote's report with the SMTP client's `fold`
-    // (the remote report codec, step 3) and takes its time limit from it (moves with the one
-    // spawner skeleton into spawn/, step 4).
-    ("bin/quill-rspawn.rs", "remote::smtpclient"),
 ];
 
 /// The longest a program's main may be, in lines: the longest one today (quill-tcpserver.rs),

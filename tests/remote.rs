@@ -88,7 +88,10 @@ fn folded(reports: &[(char, String)]) -> Vec<char> {
         bytes.extend_from_slice(text.as_bytes());
         bytes.push(0);
     }
-    quill::remote::smtpclient::fold(&bytes, reports.len() - 1).iter().map(|r| r.outcome.letter() as char).collect()
+    quill::mail::proto::remote_report::fold(&bytes, reports.len() - 1)
+        .iter()
+        .map(|r| r.outcome.letter() as char)
+        .collect()
 }
 
 /// A home whose DNS is a dead end unless the test gives `dnsservers` (port 9 on loopback:
@@ -610,7 +613,7 @@ fn greeting_refusals() {
         MESSAGE,
     );
     assert_eq!(folded(&r), vec!['Z']);
-    assert!(r[1].1.starts_with(quill::remote::route::UNREACHABLE), "a destination-level deferral: {r:?}");
+    assert!(r[1].1.starts_with(quill::mail::proto::remote_report::UNREACHABLE), "a destination-level deferral: {r:?}");
     assert!(r[1].1.contains("greeting failed") && r[1].1.contains("421 4.3.2 busy"), "{r:?}");
     let (r, _) = scripted(
         "greet5",
@@ -714,7 +717,10 @@ fn nothing_listening_is_a_destination_deferral() {
     let home = routed("refused", "example.test", port, &[]);
     let r = remote(home.path(), "example.test", "", &["a@example.test"], MESSAGE);
     assert_eq!(folded(&r), vec!['Z']);
-    assert!(r[1].1.starts_with(quill::remote::route::UNREACHABLE) && r[1].1.contains("unable to connect"), "{r:?}");
+    assert!(
+        r[1].1.starts_with(quill::mail::proto::remote_report::UNREACHABLE) && r[1].1.contains("unable to connect"),
+        "{r:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1010,7 +1016,10 @@ fn tls_destinations_require_a_verified_certificate() {
     let home = routed("tlsbad", "example.test", server.port(), &extra);
     let r = remote(home.path(), "example.test", "a@quill.test", &["a@example.test"], MESSAGE);
     assert_eq!(folded(&r), vec!['Z']);
-    assert!(r[1].1.contains("TLS handshake") && r[1].1.starts_with(quill::remote::route::UNREACHABLE), "{r:?}");
+    assert!(
+        r[1].1.contains("TLS handshake") && r[1].1.starts_with(quill::mail::proto::remote_report::UNREACHABLE),
+        "{r:?}"
+    );
     assert!(server.seen().data.is_empty());
     assert!(!server.seen().commands.iter().any(|c| c.starts_with("MAIL")));
     // The trusted CA, but not for this host's name.
@@ -1120,7 +1129,7 @@ fn dns_failures_nxdomain_null_mx_and_servfail() {
     // dnsmasq refuses names outside .test: a temporary DNS failure.
     let r = remote(home.path(), "elsewhere.example", "a@quill.test", &["a@elsewhere.example"], MESSAGE);
     assert_eq!(folded(&r), vec!['Z']);
-    assert!(r[1].1.contains("#4.4.3") && r[1].1.starts_with(quill::remote::route::UNREACHABLE), "{r:?}");
+    assert!(r[1].1.contains("#4.4.3") && r[1].1.starts_with(quill::mail::proto::remote_report::UNREACHABLE), "{r:?}");
 }
 
 #[test]

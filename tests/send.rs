@@ -72,7 +72,7 @@ impl FakeSpawner {
     fn answer(&mut self, slot: u32, results: &[(Outcome, &str)]) {
         let report = Report {
             slot,
-            results: results.iter().map(|(o, t)| SpawnResult { outcome: *o, text: t.as_bytes().to_vec() }).collect(),
+            results: results.iter().map(|(o, t)| SpawnResult::new(*o, t.as_bytes().to_vec())).collect(),
         };
         self.reports.write_all(&report.encode()).expect("write report");
     }

@@ -235,19 +235,31 @@ pub fn show(entry: &Entry, recipients: &[super::why::Recipient], now: u64, body:
     out
 }
 
-/// Send requests (`flush\n`, `hold ID\n`, …) to quill-send through `queue/lock/control`.
-/// Ids are checked here too, so a typo is reported at once rather than only in the log. The
-/// lines go in writes of at most `PIPE_BUF` bytes that end at a line's end, so that they
-/// reach quill-send whole even when two administrators write at once; a full FIFO is waited
-/// for (a minute at most: quill-send reads it in every turn of its loop).
-pub fn request(home: &Path, lines: &[String]) -> Result<(), String> {
+/// Send `action` (`flush`, `hold`, …) for each of `ids` (or for every message, without ids)
+/// to quill-send through `queue/lock/control` (`mail::proto::control`); `requeue` first asks
+/// for a `reread`, to route with the control files as they are now. Ids are checked here
+/// too, so a typo is reported at once rather than only in the log. The lines go in writes of
+/// at most `PIPE_BUF` bytes that end at a line's end, so that they reach quill-send whole
+/// even when two administrators write at once; a full FIFO is waited for (a minute at most:
+/// quill-send reads it in every turn of its loop).
+pub fn request(home: &Path, action: &str, ids: &[String]) -> Result<(), String> {
+    use crate::mail::proto::control::{self, Verb};
     use std::io::Write;
-    for line in lines {
-        let id = line.split_whitespace().nth(1).unwrap_or("");
-        if !id.is_empty() && !crate::mail::queuefile::valid_id(id.as_bytes()) {
-            return Err(format!("{id:?} is not a queue id (see quill queue list)"));
-        }
+    let verb = Verb::from_word(action).ok_or_else(|| format!("unknown request {action:?}"))?;
+    let mut requests = Vec::new();
+    if verb == Verb::Requeue {
+        requests.push(control::Request { verb: Verb::Reread, id: None });
     }
+    if ids.is_empty() {
+        requests.push(control::Request { verb, id: None });
+    }
+    for id in ids {
+        let Some(id) = control::parse_id(id) else {
+            return Err(format!("{id:?} is not a queue id (see quill queue list)"));
+        };
+        requests.push(control::Request { verb, id: Some(id) });
+    }
+    let lines: Vec<String> = requests.iter().map(control::Request::encode).collect();
     let path = crate::mail::queuefile::Layout::new(home).control();
     let mut fifo = crate::mail::queuefile::open_fifo(&path, false).map_err(|e| match e.raw_os_error() {
         Some(libc::ENXIO) => "unable to reach quill-send: it is not running".to_string(),
@@ -255,7 +267,7 @@ pub fn request(home: &Path, lines: &[String]) -> Result<(), String> {
         _ => format!("unable to open {}: {e}", path.display()),
     })?;
     let mut batches: Vec<String> = Vec::new();
-    for line in lines {
+    for line in &lines {
         match batches.last_mut() {
             Some(batch) if batch.len() + line.len() <= libc::PIPE_BUF => batch.push_str(line),
             _ => batches.push(line.clone()),

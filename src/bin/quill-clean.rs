@@ -15,7 +15,8 @@
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use quill::base::log;
-use quill::queue::clean::{parse, Cleaner, Request, MAX_LINE};
+use quill::mail::proto::clean::{Reply, Request, Verb, MAX_LINE};
+use quill::queue::clean::Cleaner;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::process::ExitCode;
@@ -55,8 +56,8 @@ fn main() -> ExitCode {
 
     let mut buffer: Vec<u8> = Vec::with_capacity(4096);
     let mut overlong = false;
-    // (reply line, is a removal) for the batch in progress.
-    let mut replies: Vec<(String, bool)> = Vec::new();
+    // (reply, is a removal) for the batch in progress.
+    let mut replies: Vec<(Reply, bool)> = Vec::new();
     let mut chunk = [0u8; 8192];
     let mut out = std::io::stdout().lock();
     loop {
@@ -86,22 +87,17 @@ fn main() -> ExitCode {
         while let Some(nl) = memchr::memchr(b'\n', &buffer) {
             let line: Vec<u8> = buffer.drain(..=nl).collect();
             let line = &line[..line.len() - 1];
-            let parsed = if std::mem::take(&mut overlong) { parse(&[b'x'; MAX_LINE + 1]) } else { parse(line) };
+            let parsed = if std::mem::take(&mut overlong) {
+                Request::decode(&[b'x'; MAX_LINE + 1])
+            } else {
+                Request::decode(line)
+            };
             let reply = match parsed {
                 Ok(request) => {
-                    let id = match &request {
-                        Request::Move(id)
-                        | Request::Remove(id)
-                        | Request::Hold(id)
-                        | Request::Release(id)
-                        | Request::Delete(id) => id.clone(),
-                    };
-                    match cleaner.perform(&request) {
-                        Ok(()) => (format!("+ {id}\n"), matches!(request, Request::Remove(_))),
-                        Err(reason) => (format!("! {id} {reason}\n"), false),
-                    }
+                    let result = cleaner.perform(&request);
+                    (Reply { id: request.id, result }, request.verb == Verb::Remove)
                 }
-                Err((shown, reason)) => (format!("! {shown} {reason}\n"), false),
+                Err(refused) => (refused, false),
             };
             replies.push(reply);
         }
@@ -116,16 +112,15 @@ fn main() -> ExitCode {
         if cleaner.needs_sync() {
             if let Err(e) = cleaner.sync() {
                 log::warning(&format!("unable to sync queue directories: {e}"));
-                for (line, removal) in replies.iter_mut() {
-                    if *removal {
-                        let id = line[2..].trim_end().to_string();
-                        *line = format!("! {id} unable to sync the queue: {e}\n");
+                for (reply, removal) in replies.iter_mut() {
+                    if *removal && reply.result.is_ok() {
+                        reply.result = Err(format!("unable to sync the queue: {e}"));
                     }
                 }
             }
         }
-        let text: String = replies.drain(..).map(|(line, _)| line).collect();
-        if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        let text: Vec<u8> = replies.drain(..).flat_map(|(reply, _)| reply.encode()).collect();
+        if let Err(e) = out.write_all(&text).and_then(|()| out.flush()) {
             return fatal(&format!("unable to write replies: {e}"));
         }
         if eof {

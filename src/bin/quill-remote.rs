@@ -7,7 +7,7 @@
 //! result for the message, each a letter, a text and a NUL (doc/quill-remote.8).
 //! fd 2: warnings about the configuration.
 //! The whole run ends by its deadline (`timeoutremotetotal` plus one second per 10,000 bytes
-//! of the message, smtpclient::total_time); quill-rspawn kills it 10 s after that.
+//! of the message, remote_report::total_time); quill-rspawn kills it 10 s after that.
 //! Exit: 0 whenever a report was written (the outcome is in the report); 100 for a usage
 //! error; 111 if the report could not be written.
 //! Man page: doc/quill-remote.8.
@@ -15,9 +15,10 @@
 
 use quill::base::fail::Outcome;
 use quill::mail::control::Control;
+use quill::mail::proto::remote_report::{self, Report};
 use quill::remote::dns::Resolver;
 use quill::remote::route::{self, Ours};
-use quill::remote::smtpclient::{self, Message, Report, Settings};
+use quill::remote::smtpclient::{self, Message, Settings};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -75,7 +76,7 @@ fn run(domain: &[u8], sender: &[u8], recipients: &[Vec<u8>]) -> Report {
         Ok(all) => all,
         Err(e) => return temporary(format!("{e} (#4.3.0)")),
     };
-    settings.deadline = start + smtpclient::total_time(settings.total_seconds, message.stored_size);
+    settings.deadline = start + remote_report::total_time(settings.total_seconds, message.stored_size);
     // Addresses that cannot be written as paths never reach the wire: a bad sender fails
     // the message, a bad recipient fails alone.
     let smtpclient::Paths { sender: sender_path, recipients: paths } =

@@ -12,7 +12,7 @@
 //! the running deliveries, reports them, and exits.
 //! Each quill-remote runs in a process group of its own. One still running 10 s past its
 //! deadline (`timeoutremotetotal` plus one second per 10,000 bytes of the message, the same
-//! deadline quill-remote keeps itself: smtpclient::total_time) is killed, its whole group
+//! deadline quill-remote keeps itself: remote_report::total_time) is killed, its whole group
 //! with it, and every recipient of the job is deferred with a text that says so.
 //! Exit: 0 after end of input; 111 when it cannot read requests or write reports.
 //! Man page: doc/quill-rspawn.8.
@@ -20,6 +20,7 @@
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use quill::base::fail::Outcome;
+use quill::mail::proto::remote_report;
 use quill::mail::queuefile::{read_header, valid_id, Layout};
 use quill::mail::spawnproto::{self, Report, Request};
 use std::fs::File;
@@ -40,7 +41,7 @@ struct Job {
     child: Child,
     stdout: ChildStdout,
     output: Vec<u8>,
-    /// When to kill it: its own deadline plus smtpclient::KILL_MARGIN.
+    /// When to kill it: its own deadline plus remote_report::KILL_MARGIN.
     kill_at: Instant,
     /// Its deadline in seconds, for the text.
     allowed: Duration,
@@ -166,7 +167,7 @@ fn collect(job: &mut Job, chunk: &mut [u8]) -> bool {
 }
 
 /// Reap a finished job and turn its output into a report. A non-zero exit or a signal makes
-/// every recipient without a result of its own temporary (smtpclient::fold).
+/// every recipient without a result of its own temporary (remote_report::fold).
 fn finish(mut job: Job) -> Report {
     let status = job.child.wait();
     if job.killed {
@@ -181,7 +182,7 @@ fn finish(mut job: Job) -> Report {
     if !clean {
         quill::base::log::warning(&format!("quill-remote for slot {} ended badly: {:?}", job.slot, status));
     }
-    let results = quill::remote::smtpclient::fold(&job.output, job.count);
+    let results = remote_report::fold(&job.output, job.count);
     Report { slot: job.slot, results }
 }
 
@@ -198,7 +199,7 @@ fn send(report: &Report) -> bool {
 
 /// A report that gives every recipient the same result.
 fn same(slot: u32, count: usize, outcome: Outcome, text: &str) -> Report {
-    let results = vec![spawnproto::Result { outcome, text: text.as_bytes().to_vec() }; count];
+    let results = vec![spawnproto::Result::new(outcome, text.as_bytes().to_vec()); count];
     Report { slot, results }
 }
 
@@ -235,9 +236,9 @@ fn start(fields: &[Vec<u8>], layout: &Layout, remote: &std::path::Path) -> Resul
     // The same deadline quill-remote computes for itself (from the same control file and
     // the same stored size), then the margin.
     let stored_size = file.metadata().map(|m| m.len().saturating_sub(offset)).unwrap_or(0);
-    let total = quill::remote::smtpclient::total_seconds(&quill::mail::control::Control::from_env())
-        .unwrap_or(quill::remote::smtpclient::DEFAULT_TOTAL_SECONDS);
-    let allowed = quill::remote::smtpclient::total_time(total, stored_size);
+    let total = remote_report::total_seconds(&quill::mail::control::Control::from_env())
+        .unwrap_or(remote_report::DEFAULT_TOTAL_SECONDS);
+    let allowed = remote_report::total_time(total, stored_size);
     let started = Instant::now();
     let mut command = Command::new(remote);
     command.arg(std::ffi::OsStr::from_bytes(&domain)).arg(std::ffi::OsStr::from_bytes(&request.sender));
@@ -262,7 +263,7 @@ fn start(fields: &[Vec<u8>], layout: &Layout, remote: &std::path::Path) -> Resul
         child,
         stdout,
         output: Vec::new(),
-        kill_at: started + allowed + quill::remote::smtpclient::KILL_MARGIN,
+        kill_at: started + allowed + remote_report::KILL_MARGIN,
         allowed,
         killed: false,
     })

@@ -447,17 +447,7 @@ fn queue(args: &[String]) -> ExitCode {
             if everything && !matches!(action.as_str(), "flush" | "requeue") {
                 return usage(HELP_QUEUE);
             }
-            let mut lines: Vec<String> = Vec::new();
-            if action == "requeue" {
-                // Route with the control files as they are now.
-                lines.push("reread\n".to_string());
-            }
-            if everything {
-                lines.push(format!("{action}\n"));
-            } else {
-                lines.extend(ids.iter().map(|id| format!("{action} {id}\n")));
-            }
-            match admin::queue::request(&home, &lines) {
+            match admin::queue::request(&home, action, &ids) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     quill::base::log::fatal(&e);

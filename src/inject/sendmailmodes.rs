@@ -84,22 +84,18 @@ pub fn aliases(control: &Control) -> u8 {
 /// `-qR TEXT`: only the messages with a recipient containing TEXT, by writing `R TEXT` and a
 /// newline (quill-send(8)).
 pub fn flush(control: &Control, matching: Option<&[u8]>) -> u8 {
+    use crate::mail::proto::control::Trigger;
     use std::io::Write;
-    let request = match matching {
-        None => b"F".to_vec(),
-        Some(text) => {
-            if text.is_empty()
-                || text.len() > crate::send::sendloop::MAX_FLUSH_TEXT
-                || !text.iter().all(u8::is_ascii_graphic)
-            {
-                crate::base::log::fatal(&format!(
-                    "unable to flush {}: give a domain or part of an address, without spaces",
-                    crate::base::log::safe(text)
-                ));
-                return EX_USAGE;
-            }
-            [b"R ", text, b"\n"].concat()
-        }
+    let trigger = match matching {
+        None => Trigger::FlushAll,
+        Some(text) => Trigger::FlushMatching(text.to_vec()),
+    };
+    let Some(request) = trigger.encode() else {
+        crate::base::log::fatal(&format!(
+            "unable to flush {}: give a domain or part of an address, without spaces",
+            crate::base::log::safe(matching.unwrap_or_default())
+        ));
+        return EX_USAGE;
     };
     let trigger = Layout::new(&control.home).trigger();
     match crate::mail::queuefile::open_fifo(&trigger, false) {

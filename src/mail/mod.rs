@@ -5,7 +5,9 @@
 //! `queuefile` (doc/queue-format.5: the queue's layout and a message file's header),
 //! `aliases` (doc/aliases.5), `users` (doc/quill-users.5), `dotqmail` (doc/dot-qmail.5).
 //! Protocols: `smtp` (the SMTP codec), `spawnproto` (quill-send ↔ the spawners), `submit`
-//! (the qmail-queue protocol, the caller's side).
+//! (the qmail-queue protocol, the caller's side), and `proto/`: one codec per pipe protocol,
+//! writer and reader together (`clean`: quill-send ↔ quill-clean; `remote_report`:
+//! quill-remote → quill-rspawn; `control`: the administrator → quill-send).
 #![forbid(unsafe_code)]
 
 pub mod address;
@@ -14,6 +16,7 @@ pub mod control;
 pub mod dotqmail;
 pub mod envelope;
 pub mod header;
+pub mod proto;
 pub mod queuefile;
 pub mod smtp;
 pub mod spawnproto;

@@ -230,7 +230,7 @@ pub fn open_fifo(path: &Path, read: bool) -> std::io::Result<File> {
 pub fn pull_trigger(layout: &Layout) {
     use std::io::Write;
     if let Ok(mut fifo) = open_fifo(&layout.trigger(), false) {
-        let _ = fifo.write(b"\0");
+        let _ = fifo.write(&crate::mail::proto::control::Trigger::Wake.encode().unwrap_or_default());
     }
 }
 

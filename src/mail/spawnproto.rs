@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 use crate::base::fail::Outcome;
+use crate::mail::proto::remote_report::UNREACHABLE;
 
 /// The longest report text kept per recipient (a spawner truncates longer ones).
 pub const MAX_TEXT: usize = 3000;
@@ -89,6 +90,18 @@ pub struct Result {
     pub outcome: Outcome,
     /// What happened, in words (the server's reply, the program's output, …).
     pub text: Vec<u8>,
+    /// A temporary failure of the remote destination itself, not of this message: quill-send
+    /// backs the destination off. On the pipe it is the text's first words
+    /// (`mail::proto::remote_report::UNREACHABLE`), which stay in the text for logs.
+    pub unreachable: bool,
+}
+
+impl Result {
+    /// A result as read from a pipe: `unreachable` when a temporary text starts with the mark.
+    pub fn new(outcome: Outcome, text: Vec<u8>) -> Result {
+        let unreachable = outcome == Outcome::Temporary && text.starts_with(UNREACHABLE.as_bytes());
+        Result { outcome, text, unreachable }
+    }
 }
 
 /// A report for one request.
@@ -109,6 +122,9 @@ impl Report {
             .iter()
             .map(|r| {
                 let mut t = vec![r.outcome.letter()];
+                if r.unreachable && !r.text.starts_with(UNREACHABLE.as_bytes()) {
+                    t.extend_from_slice(UNREACHABLE.as_bytes());
+                }
                 t.extend(r.text.iter().take(MAX_TEXT).map(|&b| if b == 0 { b'?' } else { b }));
                 t
             })
@@ -124,10 +140,7 @@ impl Report {
         // A Reader never yields an empty field, but an empty one here is malformed, not a panic.
         let results = fields[1..]
             .iter()
-            .map(|f| {
-                f.split_first()
-                    .map(|(&letter, text)| Result { outcome: Outcome::from_letter(letter), text: text.to_vec() })
-            })
+            .map(|f| f.split_first().map(|(&letter, text)| Result::new(Outcome::from_letter(letter), text.to_vec())))
             .collect::<Option<Vec<_>>>()?;
         Some(Report { slot, results })
     }
@@ -244,12 +257,24 @@ mod tests {
         let r = Report {
             slot: 3,
             results: vec![
-                Result { outcome: Outcome::Success, text: b"did 1+0+0/".to_vec() },
-                Result { outcome: Outcome::Permanent, text: vec![] },
+                Result::new(Outcome::Success, b"did 1+0+0/".to_vec()),
+                Result::new(Outcome::Permanent, vec![]),
+                Result::new(Outcome::Temporary, b"Unreachable: refused (#4.4.1)".to_vec()),
+                Result::new(Outcome::Temporary, b"busy (#4.3.0)".to_vec()),
             ],
         };
         let mut reader = Reader::default();
         reader.push(&r.encode());
-        assert_eq!(Report::decode(&reader.next_frame().unwrap()).unwrap(), r);
+        let again = Report::decode(&reader.next_frame().unwrap()).unwrap();
+        assert_eq!(again, r);
+        assert_eq!(again.results.iter().map(|r| r.unreachable).collect::<Vec<_>>(), [false, false, true, false]);
+        // The field survives the pipe even when the text lacks the mark.
+        let marked = Report {
+            slot: 4,
+            results: vec![Result { unreachable: true, ..Result::new(Outcome::Temporary, b"refused".to_vec()) }],
+        };
+        reader.push(&marked.encode());
+        let again = Report::decode(&reader.next_frame().unwrap()).unwrap();
+        assert!(again.results[0].unreachable && again.results[0].text == b"Unreachable: refused");
     }
 }

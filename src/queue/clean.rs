@@ -1,69 +1,22 @@
 //! quill-clean's work: the queue operations quill-send may ask for (doc/INTERNALS.md "send ↔
 //! clean protocol"), and the sweep of debris in `tmp/`.
 //!
-//! Requests are lines `VERB ID`; every ID is checked to be a queue id (decimal digits only),
-//! so no request can name anything outside the queue's own directories. The caller runs a
+//! Requests and replies are read and written with `crate::mail::proto::clean`, which checks
+//! every ID to be a queue id (decimal digits only), so no request can name anything outside
+//! the queue's own directories. The caller runs a
 //! batch of requests, then [`Cleaner::sync`] once, then writes the batch's replies: a removal
 //! is answered only after the directory fsync that makes it durable.
 #![forbid(unsafe_code)]
 
-use crate::mail::queuefile::{valid_id, Layout};
+use crate::mail::proto::clean::{Request, Verb};
+use crate::mail::queuefile::Layout;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-/// The longest request line accepted.
-pub const MAX_LINE: usize = 100;
 /// Files in `tmp/` older than this are debris of a killed quill-queue (which gives up long
 /// before: its own timeout must stay below this age).
 pub const DEBRIS_AGE: Duration = Duration::from_secs(36 * 3600);
-
-/// A request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Request {
-    /// `todo/ID` → `mess/ID`.
-    Move(String),
-    /// Unlink `mess/ID` (a missing file is not an error).
-    Remove(String),
-    /// `todo/ID` or `mess/ID` → `hold/ID`.
-    Hold(String),
-    /// `hold/ID` → `todo/ID` (quill-send then picks it up again, with its info file).
-    Release(String),
-    /// Unlink `hold/ID`: the administrator deletes a held message.
-    Delete(String),
-}
-
-/// Parse one request line (without its newline). On error: the text to echo as the ID of
-/// the `!` reply, and the reason.
-pub fn parse(line: &[u8]) -> Result<Request, (String, &'static str)> {
-    let shown = |bytes: &[u8]| -> String {
-        let s: String = bytes.iter().take(40).map(|&b| if b.is_ascii_graphic() { b as char } else { '?' }).collect();
-        if s.is_empty() {
-            "-".to_string()
-        } else {
-            s
-        }
-    };
-    if line.len() > MAX_LINE {
-        return Err(("-".to_string(), "request too long"));
-    }
-    let (verb, id) = match memchr::memchr(b' ', line) {
-        Some(space) => (&line[..space], &line[space + 1..]),
-        None => (line, &b""[..]),
-    };
-    if !valid_id(id) {
-        return Err((shown(id), "invalid id"));
-    }
-    let id = String::from_utf8_lossy(id).into_owned();
-    match verb {
-        b"move" => Ok(Request::Move(id)),
-        b"remove" => Ok(Request::Remove(id)),
-        b"hold" => Ok(Request::Hold(id)),
-        b"release" => Ok(Request::Release(id)),
-        b"delete" => Ok(Request::Delete(id)),
-        _ => Err((id, "unknown request")),
-    }
-}
 
 /// Performs requests and remembers which directories need an fsync.
 pub struct Cleaner {
@@ -91,13 +44,14 @@ impl Cleaner {
     /// Carry out one request; Err holds the reason for the `!` reply.
     pub fn perform(&mut self, request: &Request) -> Result<(), String> {
         let l = self.layout.clone();
-        match request {
-            Request::Move(id) => {
+        let id = &request.id;
+        match request.verb {
+            Verb::Move => {
                 // No fsync: the rename is atomic, so after a crash the message is in todo/ or in
                 // mess/, and quill-send finds it in either (doc/INTERNALS.md, commit point 2).
                 std::fs::rename(l.todo().join(id), l.mess().join(id)).map_err(|e| format!("unable to move: {e}"))?;
             }
-            Request::Remove(id) => {
+            Verb::Remove => {
                 // Only mess/: quill-send removes only messages it has moved there. Touching
                 // todo/ or hold/ as well could hit a new message that got the inode of this one
                 // (freed by the unlink below, or by an earlier try of this same request whose
@@ -109,7 +63,7 @@ impl Cleaner {
                     Err(e) => return Err(format!("unable to remove: {e}")),
                 }
             }
-            Request::Hold(id) => {
+            Verb::Hold => {
                 let to = l.hold().join(id);
                 let from = match std::fs::rename(l.todo().join(id), &to) {
                     Ok(()) => l.todo(),
@@ -122,11 +76,11 @@ impl Cleaner {
                 self.touch(from);
                 self.touch(self.layout.hold());
             }
-            Request::Delete(id) => {
+            Verb::Delete => {
                 std::fs::remove_file(l.hold().join(id)).map_err(|e| format!("unable to delete: {e}"))?;
                 self.touch(l.hold());
             }
-            Request::Release(id) => {
+            Verb::Release => {
                 std::fs::rename(l.hold().join(id), l.todo().join(id)).map_err(|e| format!("unable to release: {e}"))?;
                 self.touch(self.layout.hold());
                 self.touch(self.layout.todo());
@@ -163,27 +117,5 @@ impl Cleaner {
             }
         }
         Ok(removed)
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parsing() {
-        assert_eq!(parse(b"move 123"), Ok(Request::Move("123".into())));
-        assert_eq!(parse(b"remove 9"), Ok(Request::Remove("9".into())));
-        assert_eq!(parse(b"hold 9"), Ok(Request::Hold("9".into())));
-        assert_eq!(parse(b"release 9"), Ok(Request::Release("9".into())));
-        assert_eq!(parse(b"delete 9"), Ok(Request::Delete("9".into())));
-        assert_eq!(parse(b"move ../etc/passwd"), Err(("../etc/passwd".into(), "invalid id")));
-        assert_eq!(parse(b"remove 12a"), Err(("12a".into(), "invalid id")));
-        assert_eq!(parse(b"remove "), Err(("-".into(), "invalid id")));
-        assert_eq!(parse(b"remove 1 2"), Err(("1?2".into(), "invalid id")));
-        assert_eq!(parse(b"remove 123456789012345678901"), Err(("123456789012345678901".into(), "invalid id")));
-        assert_eq!(parse(b"frob 1"), Err(("1".into(), "unknown request")));
-        assert_eq!(parse(&[b'x'; 101]), Err(("-".into(), "request too long")));
     }
 }

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 use crate::base::fail::Outcome;
+use crate::mail::proto::remote_report::UNREACHABLE;
 use crate::remote::dns::{DnsError, Resolver};
 use std::net::IpAddr;
 
@@ -19,13 +20,6 @@ pub const SMTP_PORT: u16 = 25;
 pub const MAX_HOSTS: usize = 16;
 /// At most this many addresses per host are tried.
 pub const MAX_ADDRESSES_PER_HOST: usize = 8;
-
-/// The first words of a result text for a failure that is about the destination, not the
-/// message: no route could be found for a temporary reason, or no host of the route could
-/// be reached (connection refused or timed out, greeting refused, TLS required but not
-/// possible). Every message for that destination would fail the same way now, so quill-send
-/// may back off the whole destination when a Z result starts with it.
-pub const UNREACHABLE: &str = "Unreachable: ";
 
 /// A failure to route, with its outcome and text.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +34,8 @@ impl Failure {
     fn permanent(text: String) -> Failure {
         Failure { outcome: Outcome::Permanent, text }
     }
+    /// A temporary failure to route: the destination is unreachable for now (marked so that
+    /// quill-send backs it off; see `mail::proto::remote_report`).
     fn temporary(text: String) -> Failure {
         Failure { outcome: Outcome::Temporary, text: format!("{UNREACHABLE}{text}") }
     }

@@ -1,6 +1,5 @@
 //! The SMTP client of quill-remote: one message, all its recipients at one domain, one
-//! transaction; and the report format quill-remote prints for quill-rspawn (encoder and
-//! folder side by side).
+//! transaction. The report it prints for quill-rspawn is `crate::mail::proto::remote_report`.
 //!
 //! The session: connect (`timeoutconnect`), greeting, EHLO (HELO if EHLO is refused),
 //! STARTTLS when offered (required and verified for `tlsdestinations`), the message checks
@@ -18,8 +17,9 @@
 
 use crate::base::fail::Outcome;
 use crate::mail::control::Control;
+use crate::mail::proto::remote_report::{recipient_letter, total_seconds, total_time, Report};
 use crate::mail::smtp::{self, PathKind};
-use crate::remote::route::{self, Host, Plan, UNREACHABLE};
+use crate::remote::route::{self, Host, Plan};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -33,29 +33,6 @@ const MAX_REPLY_LINES: usize = 100;
 pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// How long to wait for the answer to QUIT: the outcome is known by then.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
-/// `timeoutremotetotal`'s default: one run of quill-remote, every host and address it tries
-/// included, takes at most this long plus [`SECONDS_PER_BYTE`] for the message's size.
-pub const DEFAULT_TOTAL_SECONDS: u64 = 1800;
-/// The slowest transfer a deadline allows for: one second per this many bytes of the message
-/// (10 kB/s; a 25 MB message adds 42 minutes to the default half hour).
-pub const BYTES_PER_SECOND: u64 = 10_000;
-/// How long quill-rspawn waits past a run's deadline before it kills it: quill-remote itself
-/// stops at the deadline, then spends at most [`QUIT_TIMEOUT`] on QUIT and the TLS goodbye;
-/// this must stay above that.
-pub const KILL_MARGIN: Duration = Duration::from_secs(10);
-
-/// The time one quill-remote run may take for a message of `stored_size` bytes (as stored in
-/// the queue, from the message start), with `timeoutremotetotal` = `total_seconds`. quill-remote
-/// stops by then; quill-rspawn kills it [`KILL_MARGIN`] later. Both compute it here.
-pub fn total_time(total_seconds: u64, stored_size: u64) -> Duration {
-    Duration::from_secs(total_seconds.max(1).saturating_add(stored_size / BYTES_PER_SECOND))
-}
-
-/// `control/timeoutremotetotal`, default [`DEFAULT_TOTAL_SECONDS`].
-pub fn total_seconds(control: &Control) -> crate::base::fail::Result<u64> {
-    control.number("timeoutremotetotal", DEFAULT_TOTAL_SECONDS)
-}
-
 /// What quill-remote needs from the control files.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -464,86 +441,6 @@ impl Write for Connection {
     }
 }
 
-/// One recipient's result at RCPT: `r` accepted, `s` temporary, `h` permanent.
-/// The message's result: `K`, `Z`, `D`. This is quill-remote's output (quill-remote.8).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Report {
-    /// Per recipient, in order: letter and text.
-    pub recipients: Vec<(u8, String)>,
-    /// The message: letter and text.
-    pub message: (u8, String),
-}
-
-fn recipient_letter(outcome: Outcome) -> u8 {
-    match outcome {
-        Outcome::Success => b'r',
-        Outcome::Temporary => b's',
-        Outcome::Permanent => b'h',
-    }
-}
-
-impl Report {
-    /// Every recipient and the message failed the same way (before any RCPT).
-    pub fn all(count: usize, outcome: Outcome, text: String) -> Report {
-        Report { recipients: vec![(recipient_letter(outcome), text.clone()); count], message: (outcome.letter(), text) }
-    }
-
-    /// The bytes quill-remote prints: each text after its letter, NUL-terminated, recipients
-    /// first. NUL bytes inside a text become `?`; a text is cut at the spawn protocol's
-    /// limit here, so that a long text can never push the message report out of reach.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (letter, text) in self.recipients.iter().chain(std::iter::once(&self.message)) {
-            out.push(*letter);
-            let text = text.as_bytes();
-            out.extend(text[..text.len().min(crate::mail::spawnproto::MAX_TEXT)].iter().map(|&b| {
-                if b == 0 {
-                    b'?'
-                } else {
-                    b
-                }
-            }));
-            out.push(0);
-        }
-        out
-    }
-}
-
-/// Fold quill-remote's output into one result per recipient, as quill-rspawn reports them:
-/// `h` → D, `s` → Z, `r` → the message's letter with the message's text. Whatever is missing
-/// (a crash, a cut-off output) is temporary: a retry never loses mail.
-pub fn fold(output: &[u8], count: usize) -> Vec<crate::mail::spawnproto::Result> {
-    use crate::mail::spawnproto::Result as Line;
-    let mut reports: Vec<&[u8]> = output.split(|&b| b == 0).collect();
-    // The piece after the last NUL is unterminated: not a report.
-    reports.pop();
-    let message = reports.last().and_then(|r| match r.first() {
-        Some(&letter @ (b'K' | b'Z' | b'D')) => Some((Outcome::from_letter(letter), r[1..].to_vec())),
-        _ => None,
-    });
-    let missing = || match &message {
-        // qmail-remote's shape: a failure before any RCPT gives only the message report.
-        Some((outcome @ (Outcome::Temporary | Outcome::Permanent), text)) => {
-            Line { outcome: *outcome, text: text.clone() }
-        }
-        _ => Line {
-            outcome: Outcome::Temporary,
-            text: b"quill-remote gave no result for this recipient (crashed?). (#4.3.0)".to_vec(),
-        },
-    };
-    (0..count)
-        .map(|i| match reports.get(i).and_then(|r| Some((*r.first()?, &r[1..]))) {
-            Some((b'h', text)) => Line { outcome: Outcome::Permanent, text: text.to_vec() },
-            Some((b's', text)) => Line { outcome: Outcome::Temporary, text: text.to_vec() },
-            Some((b'r', _)) => match &message {
-                Some((outcome, text)) => Line { outcome: *outcome, text: text.clone() },
-                None => missing(),
-            },
-            _ => missing(),
-        })
-        .collect()
-}
-
 /// "host[address]" (just the address for literals).
 fn peer_name(host: &Host, ip: &IpAddr) -> String {
     let name = crate::base::log::safe(&host.name);
@@ -613,24 +510,6 @@ fn path_problem(error: smtp::PathError) -> &'static str {
     }
 }
 
-impl Report {
-    /// Put the report for the recipients that were sent (in order) together with the
-    /// permanent failures of the ones that could not be (`refused`: index and text).
-    pub fn merge(sent: Report, refused: Vec<(usize, String)>) -> Report {
-        let total = sent.recipients.len() + refused.len();
-        let mut sent_results = sent.recipients.into_iter();
-        let mut refused = refused.into_iter().peekable();
-        let mut recipients = Vec::with_capacity(total);
-        for i in 0..total {
-            match refused.next_if(|(at, _)| *at == i) {
-                Some((_, text)) => recipients.push((b'h', text)),
-                None => recipients.extend(sent_results.next()),
-            }
-        }
-        Report { recipients, message: sent.message }
-    }
-}
-
 /// Deliver along a plan: every address of every host in order until one takes the
 /// transaction (or refuses it for good), until the run's deadline. `sender` and
 /// `recipients` are the paths from [`envelope_paths`].
@@ -673,8 +552,8 @@ pub fn deliver(
     if tried > 0 && all_permanent {
         return Report::all(recipients.len(), Outcome::Permanent, notes.join(" / "));
     }
-    let text = format!("{UNREACHABLE}no host for this destination took the message: {}", notes.join(" / "));
-    Report::all(recipients.len(), Outcome::Temporary, text)
+    let text = format!("no host for this destination took the message: {}", notes.join(" / "));
+    Report::unreachable(recipients.len(), &text)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1214,42 +1093,10 @@ mod tests {
         assert!(paths[1].as_ref().is_err_and(|t| t.contains("#5.1.3") && t.contains("bad??RSET")), "{paths:?}");
         assert_eq!(paths[2].as_deref(), Ok(&b"<\"a b\"@x.test>"[..]));
         assert!(envelope_paths(b"a\0@x", &recipients).is_err_and(|t| t.contains("#5.1.7")));
-        let sent = Report { recipients: vec![(b'r', "a".into()), (b's', "c".into())], message: (b'K', "m".into()) };
-        let merged = Report::merge(sent, vec![(1, "bad".into())]);
-        assert_eq!(merged.recipients, vec![(b'r', "a".into()), (b'h', "bad".into()), (b's', "c".into())]);
     }
 
     #[test]
-    fn deadlines_grow_with_the_message() {
-        assert_eq!(total_time(1800, 0), Duration::from_secs(1800));
-        assert_eq!(total_time(1800, 25_000_000), Duration::from_secs(1800 + 2500));
-        assert_eq!(total_time(0, 0), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn report_fold() {
-        let report = Report {
-            recipients: vec![(b'r', "ok".into()), (b'h', "no such user".into()), (b's', "later".into())],
-            message: (b'K', "accepted".into()),
-        };
-        let results = fold(&report.encode(), 3);
-        let got: Vec<(Outcome, Vec<u8>)> = results.into_iter().map(|r| (r.outcome, r.text)).collect();
-        assert_eq!(
-            got,
-            vec![
-                (Outcome::Success, b"accepted".to_vec()),
-                (Outcome::Permanent, b"no such user".to_vec()),
-                (Outcome::Temporary, b"later".to_vec())
-            ]
-        );
-        // Cut off before the message report: the accepted recipient is temporary.
-        let results = fold(b"rok\0hbad\0", 2);
-        assert_eq!(results[0].outcome, Outcome::Temporary);
-        assert_eq!(results[1].outcome, Outcome::Permanent);
-        // Nothing at all.
-        assert!(fold(b"", 2).iter().all(|r| r.outcome == Outcome::Temporary));
-        // qmail-remote's shape: only a message report.
-        let results = fold(b"Zconnection refused\0", 1);
-        assert_eq!(results[0].outcome, Outcome::Temporary);
+    fn quill_rspawn_waits_for_the_goodbye() {
+        assert!(crate::mail::proto::remote_report::KILL_MARGIN > QUIT_TIMEOUT);
     }
 }

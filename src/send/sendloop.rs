@@ -18,6 +18,8 @@ use crate::base::fail::Outcome;
 use crate::base::log;
 use crate::mail::control::Control;
 use crate::mail::envelope::Envelope;
+use crate::mail::proto::clean::{self, Verb};
+use crate::mail::proto::control::{self, Verb as Admin};
 use crate::mail::queuefile::{self, Header, Layout};
 use crate::mail::spawnproto::{self, Report, Request};
 use crate::send::bounce::{self, Bounce, Failure};
@@ -238,15 +240,6 @@ struct Delivery {
     numbers: Vec<u64>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum CleanRequest {
-    Move,
-    Remove,
-    Hold,
-    Release,
-    Delete,
-}
-
 /// How the loop ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
@@ -276,7 +269,7 @@ pub struct Sender {
     clean_requests: Output,
     clean_replies: File,
     clean_buffer: Vec<u8>,
-    clean_pending: VecDeque<(CleanRequest, u64)>,
+    clean_pending: VecDeque<(Verb, u64)>,
     moving: usize,
     info_queue: Vec<u64>,
     /// Set by SIGTERM: the time to give up waiting for deliveries.
@@ -325,31 +318,6 @@ fn words(text: &[u8]) -> String {
             }
         })
         .collect()
-}
-
-/// The longest `sendmail -qR` text quill-send takes from the trigger.
-pub const MAX_FLUSH_TEXT: usize = 255;
-
-/// What bytes read from the trigger ask for: a flush of everything (an `F` outside a
-/// request), and `R TEXT\n` requests (TEXT: printable ASCII without spaces, at most
-/// [`MAX_FLUSH_TEXT`] bytes; anything else in a request is ignored as noise).
-pub fn trigger_requests(bytes: &[u8]) -> (bool, Vec<Vec<u8>>) {
-    let (mut flush, mut matching) = (false, Vec::new());
-    let mut rest = bytes;
-    while let Some(&first) = rest.first() {
-        if first == b'R' {
-            let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
-            let text = rest[1..end].strip_prefix(b" ").unwrap_or(&rest[1..end]);
-            if !text.is_empty() && text.len() <= MAX_FLUSH_TEXT && text.iter().all(|b| b.is_ascii_graphic()) {
-                matching.push(text.to_vec());
-            }
-            rest = &rest[(end + 1).min(rest.len())..];
-            continue;
-        }
-        flush |= first == b'F';
-        rest = &rest[1..];
-    }
-    (flush, matching)
 }
 
 fn numeric_entries(dir: &std::path::Path) -> io::Result<Vec<u64>> {
@@ -604,8 +572,7 @@ impl Sender {
         ));
         let message = self.build(id, header, offset, info);
         self.messages.insert(id, message);
-        self.clean_requests.queue(format!("move {id}\n").as_bytes());
-        self.clean_pending.push_back((CleanRequest::Move, id));
+        self.ask_clean(Verb::Move, id);
         self.moving += 1;
     }
 
@@ -762,10 +729,7 @@ impl Sender {
         if channel == Channel::Remote {
             // The destination failed (not the message) when every result is temporary and
             // says so: then it is backed off, and its other jobs wait.
-            let unreachable = !report.results.is_empty()
-                && report.results.iter().all(|r| {
-                    r.outcome == Outcome::Temporary && r.text.starts_with(crate::remote::route::UNREACHABLE.as_bytes())
-                });
+            let unreachable = !report.results.is_empty() && report.results.iter().all(|r| r.unreachable);
             let text = report.results.first().map(|r| words(&r.text)).unwrap_or_default();
             let released = self.destinations.finished(&delivery.domain, unreachable, &text, now);
             for job in released.into_iter().rev() {
@@ -870,8 +834,7 @@ impl Sender {
             m.phase = Phase::Removing;
             m.due[FINISH] = None;
         }
-        self.clean_requests.queue(format!("remove {id}\n").as_bytes());
-        self.clean_pending.push_back((CleanRequest::Remove, id));
+        self.ask_clean(Verb::Remove, id);
     }
 
     fn queue_bounce(&mut self, id: u64, failures: &[Failure]) -> crate::base::fail::Result<()> {
@@ -919,19 +882,16 @@ impl Sender {
 
     /// One reply line from quill-clean.
     fn clean_reply(&mut self, line: &[u8]) -> Result<(), String> {
-        let text = String::from_utf8_lossy(line).into_owned();
-        let mut parts = text.splitn(3, ' ');
-        let (mark, id) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        let reason = parts.next().unwrap_or("");
         let Some((request, expected)) = self.clean_pending.pop_front() else {
             return Err(format!("unexpected reply from quill-clean: {}", log::safe(line)));
         };
-        if id != expected.to_string() || (mark != "+" && mark != "!") {
+        let Some(reply) = clean::Reply::decode(line).filter(|r| r.id == expected.to_string()) else {
             return Err(format!("reply from quill-clean out of step: {}", log::safe(line)));
-        }
-        let ok = mark == "+";
+        };
+        let ok = reply.result.is_ok();
+        let reason = reply.result.err().unwrap_or_default();
         match request {
-            CleanRequest::Move => {
+            Verb::Move => {
                 self.moving -= 1;
                 if ok {
                     self.activate(expected);
@@ -945,7 +905,7 @@ impl Sender {
                     self.pickup_set.remove(&expected);
                 }
             }
-            CleanRequest::Remove => {
+            Verb::Remove => {
                 if ok {
                     if let Err(e) = sendstate::remove(&self.layout.info(), expected) {
                         log::warning(&format!("unable to remove info/{expected}: {e}"));
@@ -965,7 +925,7 @@ impl Sender {
                     self.timers.push(at, (expected, FINISH));
                 }
             }
-            CleanRequest::Hold => {
+            Verb::Hold => {
                 if ok {
                     log::raw(&format!("hold msg {expected}"));
                     self.messages.remove(&expected);
@@ -978,7 +938,7 @@ impl Sender {
                     self.activate(expected);
                 }
             }
-            CleanRequest::Release => {
+            Verb::Release => {
                 if ok {
                     log::raw(&format!("release msg {expected}"));
                     self.scan_wanted = true;
@@ -986,7 +946,7 @@ impl Sender {
                     log::warning(&format!("unable to release msg {expected}: {reason}"));
                 }
             }
-            CleanRequest::Delete => {
+            Verb::Delete => {
                 if ok {
                     if let Err(e) = sendstate::remove(&self.layout.info(), expected) {
                         log::warning(&format!("unable to remove info/{expected}: {e}"));
@@ -1000,9 +960,9 @@ impl Sender {
         Ok(())
     }
 
-    fn ask_clean(&mut self, request: CleanRequest, verb: &str, id: u64) {
-        self.clean_requests.queue(format!("{verb} {id}\n").as_bytes());
-        self.clean_pending.push_back((request, id));
+    fn ask_clean(&mut self, verb: Verb, id: u64) {
+        self.clean_requests.queue(&clean::Request::new(verb, id).encode());
+        self.clean_pending.push_back((verb, id));
     }
 
     /// A job that will not be delivered after all: its recipients are free again.
@@ -1023,45 +983,45 @@ impl Sender {
     /// One line from the administrator's FIFO: `flush`, `reread`, `requeue`, or
     /// `flush|requeue|hold|release|delete|bounce ID`.
     fn admin_request(&mut self, line: &[u8]) {
-        let text = String::from_utf8_lossy(line).into_owned();
-        let mut words = text.split_whitespace();
-        let verb = words.next().unwrap_or("");
-        let id: Option<u64> = words.next().filter(|w| queuefile::valid_id(w.as_bytes())).and_then(|w| w.parse().ok());
+        let Some(control::Request { verb, id }) = control::Request::decode(line) else {
+            log::warning(&format!("unknown administrator request or message: {}", log::safe(line)));
+            return;
+        };
         let known = id.is_some_and(|id| self.messages.contains_key(&id));
         let held = id.is_some_and(|id| self.layout.hold().join(id.to_string()).exists());
         match (verb, id) {
-            ("flush", None) => {
+            (Admin::Flush, None) => {
                 log::raw("status: flush requested");
                 self.all_due_now();
             }
-            ("flush", Some(id)) if known => self.flush_message(id),
-            ("reread", None) => self.reload(),
-            ("requeue", None) => {
+            (Admin::Flush, Some(id)) if known => self.flush_message(id),
+            (Admin::Reread, None) => self.reload(),
+            (Admin::Requeue, None) => {
                 let ids: Vec<u64> = self.messages.keys().copied().collect();
                 for id in ids {
                     self.ask_requeue(id);
                 }
             }
-            ("requeue", Some(id)) if known => self.ask_requeue(id),
+            (Admin::Requeue, Some(id)) if known => self.ask_requeue(id),
             // Not picked up yet: tried as soon as it is, and routed anew then (a released
             // message brings its old routes in its info file).
-            ("flush" | "requeue", Some(id)) if self.layout.todo().join(id.to_string()).exists() => {
-                if verb == "requeue" {
+            (Admin::Flush | Admin::Requeue, Some(id)) if self.layout.todo().join(id.to_string()).exists() => {
+                if verb == Admin::Requeue {
                     self.requeue_at_pickup.insert(id);
                 }
             }
-            ("hold" | "delete" | "bounce", Some(id)) if known => {
+            (Admin::Hold | Admin::Delete | Admin::Bounce, Some(id)) if known => {
                 let action = match verb {
-                    "hold" => AdminAction::Hold,
-                    "delete" => AdminAction::Delete,
+                    Admin::Hold => AdminAction::Hold,
+                    Admin::Delete => AdminAction::Delete,
                     _ => AdminAction::Bounce,
                 };
                 let Some(m) = self.messages.get_mut(&id) else { return };
                 if matches!(m.phase, Phase::Bouncing | Phase::Removing | Phase::Holding) {
-                    log::warning(&format!("{verb} msg {id}: it is already finishing"));
+                    log::warning(&format!("{} msg {id}: it is already finishing", verb.word()));
                     return;
                 }
-                log::raw(&format!("{verb} msg {id}: requested by the administrator"));
+                log::raw(&format!("{} msg {id}: requested by the administrator", verb.word()));
                 m.pending = Some(action);
                 // Jobs waiting for a backed-off destination or a busy recipient are taken
                 // back at once.
@@ -1072,19 +1032,21 @@ impl Sender {
                 }
                 self.apply_when_idle(id);
             }
-            ("hold", Some(id)) if self.layout.todo().join(id.to_string()).exists() => {
+            (Admin::Hold, Some(id)) if self.layout.todo().join(id.to_string()).exists() => {
                 // Not picked up yet: hold it where it is.
                 self.pickups.retain(|&p| p != id);
                 self.pickup_set.remove(&id);
                 log::raw(&format!("hold msg {id}: requested by the administrator"));
-                self.ask_clean(CleanRequest::Hold, "hold", id);
+                self.ask_clean(Verb::Hold, id);
             }
-            ("release", Some(id)) if held => self.ask_clean(CleanRequest::Release, "release", id),
-            ("delete", Some(id)) if held => {
+            (Admin::Release, Some(id)) if held => self.ask_clean(Verb::Release, id),
+            (Admin::Delete, Some(id)) if held => {
                 log::raw(&format!("delete msg {id}: requested by the administrator"));
-                self.ask_clean(CleanRequest::Delete, "delete", id);
+                self.ask_clean(Verb::Delete, id);
             }
-            ("bounce", Some(id)) if held => log::warning(&format!("bounce msg {id}: it is held; release it first")),
+            (Admin::Bounce, Some(id)) if held => {
+                log::warning(&format!("bounce msg {id}: it is held; release it first"))
+            }
             _ => log::warning(&format!("unknown administrator request or message: {}", log::safe(line))),
         }
     }
@@ -1211,7 +1173,7 @@ impl Sender {
                 let _ = sendstate::sync_dir(&self.layout.info());
                 m.dirty = false;
                 m.phase = Phase::Holding;
-                self.ask_clean(CleanRequest::Hold, "hold", id);
+                self.ask_clean(Verb::Hold, id);
             }
             AdminAction::Delete => {
                 log::raw(&format!("delete msg {id}: removed without delivery to its waiting recipients"));
@@ -1497,7 +1459,7 @@ impl Sender {
                     }
                 });
                 self.scan_wanted = true;
-                let (flush, matching) = trigger_requests(&bytes);
+                let (flush, matching) = control::decode_trigger(&bytes);
                 if flush {
                     log::raw("status: flush requested");
                     self.all_due_now();
@@ -1620,23 +1582,5 @@ impl Sender {
         log::line(&format!("alert: {why}; saving state and exiting"));
         self.save_all();
         Exit::Failed
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trigger_bytes() {
-        assert_eq!(trigger_requests(b"\0\0"), (false, vec![]));
-        assert_eq!(trigger_requests(b"\0F\0"), (true, vec![]));
-        assert_eq!(trigger_requests(b"R example.com\n\0"), (false, vec![b"example.com".to_vec()]));
-        // An F inside a request's text is not a flush of everything.
-        assert_eq!(trigger_requests(b"RFoo.example\nF"), (true, vec![b"Foo.example".to_vec()]));
-        assert_eq!(trigger_requests(b"R bad text\nR \x1b\n"), (false, vec![]));
-        let long = [b"R ".to_vec(), vec![b'a'; MAX_FLUSH_TEXT + 1], b"\n".to_vec()].concat();
-        assert_eq!(trigger_requests(&long), (false, vec![]));
     }
 }

@@ -322,11 +322,8 @@ impl Spawner {
         };
         if request.recipients.len() != 1 {
             let text = b"quill-lspawn takes one recipient per request (#4.3.0)";
-            let results = request
-                .recipients
-                .iter()
-                .map(|_| spawnproto::Result { outcome: Outcome::Temporary, text: text.to_vec() })
-                .collect();
+            let results =
+                request.recipients.iter().map(|_| spawnproto::Result::new(Outcome::Temporary, text.to_vec())).collect();
             self.reports.extend_from_slice(&Report { slot: request.slot, results }.encode());
             return;
         }
@@ -336,7 +333,7 @@ impl Spawner {
     }
 
     fn report(&mut self, slot: u32, outcome: Outcome, text: &[u8]) {
-        let results = vec![spawnproto::Result { outcome, text: text.to_vec() }];
+        let results = vec![spawnproto::Result::new(outcome, text.to_vec())];
         self.reports.extend_from_slice(&Report { slot, results }.encode());
     }
 
