@@ -16,6 +16,7 @@
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use quill::base::fail::Outcome;
 use quill::base::log;
 use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
@@ -34,11 +35,6 @@ type Credentials = (u32, u32, Vec<u32>);
 struct Stage {
     name: &'static str,
     child: Child,
-}
-
-fn fatal(text: &str) -> ExitCode {
-    log::fatal(text);
-    ExitCode::from(111)
 }
 
 /// Look up a user by name, with group `quill` as its group.
@@ -219,7 +215,7 @@ fn main() -> ExitCode {
     let default_delivery = std::env::args_os().nth(1).unwrap_or_else(|| OsString::from("./Maildir/"));
     let home = quill::mail::control::home();
     if let Err(e) = std::env::set_current_dir(&home) {
-        return fatal(&format!("unable to switch to {}: {e}", home.display()));
+        return log::fatal_exit(&format!("unable to switch to {}: {e}", home.display()));
     }
     quill::base::sys::umask(0o077);
     let root = quill::base::sys::uids().1 == 0;
@@ -227,11 +223,11 @@ fn main() -> ExitCode {
         match quill::base::sys::signal_pipe(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD, libc::SIGHUP, libc::SIGALRM])
         {
             Ok(fd) => fd,
-            Err(e) => return fatal(&format!("unable to catch signals: {e}")),
+            Err(e) => return log::fatal_exit(&format!("unable to catch signals: {e}")),
         };
     let mut stages = match start(default_delivery, root) {
         Ok(s) => s,
-        Err(e) => return fatal(&e),
+        Err(e) => return log::fatal_exit(&e),
     };
     supervise(&mut stages, &signals)
 }
@@ -263,7 +259,7 @@ fn supervise(stages: &mut [Stage], signals: &OwnedFd) -> ExitCode {
             if let Ok(Some(status)) = stages[i].child.try_wait() {
                 log::warning(&format!("{} exited ({status}); stopping the others", stages[i].name));
                 stop(stages);
-                return ExitCode::from(111);
+                return Outcome::Temporary.exit();
             }
         }
     }

@@ -7,6 +7,7 @@
 //! Runs as: the caller. Never needs root. Exit: 0 after a clean stop, 111 on a setup failure.
 //! Man page: doc/quill-up.1.
 
+use quill::base::fail::exit;
 use quill::mail::control::program;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -28,7 +29,7 @@ struct Options {
 
 fn usage() -> ExitCode {
     eprintln!("usage: quill-up -d DIR [-l HOST:PORT] [-c MAX[:PERCLIENT]] [-D DOMAIN]... [-r ADDRESS-OR-PREFIX]...");
-    ExitCode::from(100)
+    ExitCode::from(exit::USAGE)
 }
 
 fn split_listen(text: &str) -> Option<(String, String)> {
@@ -214,36 +215,30 @@ fn main() -> ExitCode {
             .map_err(|e| format!("unable to find {}: {e}", o.dir.display()))
             .and_then(|dir| quill::base::tree::Dir::create_without_links(&dir, 0o755).map_err(|e| e.to_string()));
         if let Err(e) = made {
-            quill::base::log::fatal(&e);
-            return ExitCode::from(111);
+            return quill::base::log::fatal_exit(&e);
         }
     } else if let Err(e) = std::fs::create_dir_all(&o.dir) {
-        quill::base::log::fatal(&format!("unable to create {}: {e}", o.dir.display()));
-        return ExitCode::from(111);
+        return quill::base::log::fatal_exit(&format!("unable to create {}: {e}", o.dir.display()));
     }
     // Every path written into the instance's files is absolute, so that it means the same
     // to every program whatever its working directory.
     o.dir = match o.dir.canonicalize() {
         Ok(d) => d,
         Err(e) => {
-            quill::base::log::fatal(&format!("unable to find {}: {e}", o.dir.display()));
-            return ExitCode::from(111);
+            return quill::base::log::fatal_exit(&format!("unable to find {}: {e}", o.dir.display()));
         }
     };
     if let Err(e) = become_owner(&o.dir) {
-        quill::base::log::fatal(&e);
-        return ExitCode::from(111);
+        return quill::base::log::fatal_exit(&e);
     }
     if let Err(e) = setup(&o) {
-        quill::base::log::fatal(&e);
-        return ExitCode::from(111);
+        return quill::base::log::fatal_exit(&e);
     }
     let dir = o.dir.clone();
     let signals = match quill::base::sys::signal_pipe(&[libc::SIGINT, libc::SIGTERM, libc::SIGCHLD]) {
         Ok(fd) => fd,
         Err(e) => {
-            quill::base::log::fatal(&format!("unable to catch signals: {e}"));
-            return ExitCode::from(111);
+            return quill::base::log::fatal_exit(&format!("unable to catch signals: {e}"));
         }
     };
     let mut services = vec![Service {
