@@ -160,7 +160,7 @@ fn make_certificate(control: &Path) {
 /// that descriptor, and the tree is given away by descriptor ([`quill::base::tree::give_tree`]):
 /// no link is followed and nothing is changed by path after a check.
 fn become_owner(dir: &Path) -> Result<(), String> {
-    use nix::unistd::{setgid, setgroups, setuid, Gid, Uid, User};
+    use nix::unistd::{Uid, User};
     if !Uid::effective().is_root() {
         return Ok(());
     }
@@ -176,9 +176,8 @@ fn become_owner(dir: &Path) -> Result<(), String> {
         (nobody.uid.as_raw(), nobody.gid.as_raw())
     };
     quill::base::tree::give_tree(&root, uid, gid).map_err(|e| e.to_string())?;
-    setgroups(&[Gid::from_raw(gid)]).map_err(|e| format!("unable to set groups: {e}"))?;
-    setgid(Gid::from_raw(gid)).map_err(|e| format!("unable to set gid {gid}: {e}"))?;
-    setuid(Uid::from_raw(uid)).map_err(|e| format!("unable to set uid {uid}: {e}"))?;
+    quill::base::privilege::drop_to(&quill::base::privilege::Credentials::only(uid, gid))
+        .map_err(|e| format!("unable to become uid {uid} gid {gid}: {e}"))?;
     quill::base::log::line(&format!("started as root: running as uid {uid}"));
     Ok(())
 }
