@@ -11,6 +11,7 @@
 // unsafe (with its own `allow`); every other module below says `forbid` itself.
 #![deny(unsafe_code)]
 
+pub mod children;
 pub mod date;
 pub mod fail;
 pub mod log;

@@ -7,6 +7,7 @@
 //! Runs as: the caller. Never needs root. Exit: 0 after a clean stop, 111 on a setup failure.
 //! Man page: doc/quill-up.1.
 
+use quill::base::children;
 use quill::base::fail::exit;
 use quill::mail::control::program;
 use std::ffi::OsString;
@@ -268,20 +269,14 @@ fn main() -> ExitCode {
 
 /// Restart what dies (after at least a second since its last start), until a stop signal.
 fn supervise(dir: &Path, services: &mut [Service], signals: &std::os::fd::OwnedFd) {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
     loop {
-        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-        let _ = poll(&mut fds, PollTimeout::from(500u16));
-        let mut buf = [0u8; 64];
-        let n = nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(signals), &mut buf).unwrap_or(0);
-        if buf[..n].iter().any(|&s| s as i32 == libc::SIGINT || s as i32 == libc::SIGTERM) {
+        if children::caught(signals, Duration::from_millis(500)).into_iter().any(children::is_stop) {
             stop(services);
             return;
         }
         for s in services.iter_mut() {
             let dead = match s.child.as_mut() {
-                Some(c) => !matches!(c.try_wait(), Ok(None)),
+                Some(c) => !children::running(c),
                 None => true,
             };
             if dead && s.started.elapsed() >= Duration::from_secs(1) {
@@ -299,16 +294,8 @@ fn supervise(dir: &Path, services: &mut [Service], signals: &std::os::fd::OwnedF
 fn stop(services: &mut [Service]) {
     for s in services.iter_mut().rev() {
         if let Some(c) = s.child.as_mut() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(70);
-            while Instant::now() < deadline {
-                if !matches!(c.try_wait(), Ok(None)) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            children::ask_to_stop(c, Instant::now() + Duration::from_secs(70));
+            children::kill(c);
         }
     }
     quill::base::log::line("stopped");
