@@ -4,6 +4,23 @@
 
 use std::fmt;
 use std::io;
+use std::process::ExitCode;
+
+/// The exit codes Quill's programs use, named once (qmail's convention, DESIGN §4): mains
+/// return these, or an [`Outcome`] or an [`Error`] turned into an `ExitCode`, never a bare
+/// number. quill-queue's own codes are in [`qq`], sendmail's in [`Outcome::sysexit`].
+pub mod exit {
+    /// Done.
+    pub const SUCCESS: u8 = 0;
+    /// `quill check` and `quill setup`: the program ran and found problems to show.
+    pub const PROBLEMS: u8 = 1;
+    /// Never going to work: the caller should not try again as it is.
+    pub const PERMANENT: u8 = 100;
+    /// A command line that cannot be understood; permanent, as qmail's programs have it.
+    pub const USAGE: u8 = PERMANENT;
+    /// Not done now; trying again later may work. The default when unsure.
+    pub const TEMPORARY: u8 = 111;
+}
 
 /// Every operation ends in one of three ways.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,10 +37,15 @@ impl Outcome {
     /// Exit code of a program that follows the 0 / 111 / 100 convention.
     pub fn exit_code(self) -> u8 {
         match self {
-            Outcome::Success => 0,
-            Outcome::Temporary => 111,
-            Outcome::Permanent => 100,
+            Outcome::Success => exit::SUCCESS,
+            Outcome::Temporary => exit::TEMPORARY,
+            Outcome::Permanent => exit::PERMANENT,
         }
+    }
+
+    /// The exit code of a program that follows the 0 / 111 / 100 convention, as main returns it.
+    pub fn exit(self) -> ExitCode {
+        ExitCode::from(self.exit_code())
     }
 
     /// The letter used in spawn reports (qmail's K / Z / D).
@@ -100,6 +122,20 @@ impl Error {
         } else {
             self.outcome.exit_code()
         }
+    }
+}
+
+impl From<Outcome> for ExitCode {
+    fn from(outcome: Outcome) -> ExitCode {
+        outcome.exit()
+    }
+}
+
+/// A program that ends on an error exits with the error's code: its own if it has one (a
+/// qmail-queue code), else its outcome's.
+impl From<&Error> for ExitCode {
+    fn from(error: &Error) -> ExitCode {
+        ExitCode::from(error.exit_code())
     }
 }
 
@@ -203,7 +239,27 @@ pub fn qq_text(code: u8) -> &'static str {
 pub fn exit_outcome(status: std::process::ExitStatus) -> Outcome {
     match status.code() {
         Some(0) => Outcome::Success,
-        Some(100) => Outcome::Permanent,
+        Some(code) if code == i32::from(exit::PERMANENT) => Outcome::Permanent,
         _ => Outcome::Temporary,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_one_table() {
+        assert_eq!(Outcome::Success.exit_code(), exit::SUCCESS);
+        assert_eq!(Outcome::Temporary.exit_code(), 111);
+        assert_eq!(Outcome::Permanent.exit_code(), 100);
+        assert_eq!(exit::USAGE, 100);
+        assert_eq!(Error::temporary("x").exit_code(), exit::TEMPORARY);
+        assert_eq!(Error::permanent("x").exit_code(), exit::PERMANENT);
+        assert_eq!(Error::queue(qq::WRITE_ERROR, "x").exit_code(), 53);
+        // ExitCode has no accessor; equality is what can be checked.
+        assert_eq!(ExitCode::from(&Error::queue(qq::WRITE_ERROR, "x")), ExitCode::from(53));
+        assert_eq!(ExitCode::from(&Error::permanent("x")), ExitCode::from(100));
+        assert_eq!(ExitCode::from(Outcome::Temporary), ExitCode::from(111));
     }
 }

@@ -2,7 +2,9 @@
 //! line on stderr, no timestamp (the supervisor's logger adds it).
 #![forbid(unsafe_code)]
 
+use crate::base::fail::{Error, Outcome};
 use std::io::Write;
+use std::process::ExitCode;
 use std::sync::OnceLock;
 
 static PROGRAM: OnceLock<&'static str> = OnceLock::new();
@@ -60,6 +62,26 @@ pub fn warning(text: &str) {
 /// "PROGRAM: fatal: TEXT".
 pub fn fatal(text: &str) {
     line(&format!("fatal: {text}"));
+}
+
+/// "PROGRAM: fatal: TEXT", and the temporary exit code (111) for main to return: the one way
+/// a program gives up when a retry may work (and when unsure).
+pub fn fatal_exit(text: &str) -> ExitCode {
+    fatal(text);
+    Outcome::Temporary.exit()
+}
+
+/// "PROGRAM: fatal: TEXT", and the permanent exit code (100): for a command line that cannot
+/// work as it is, or a failure no retry can fix.
+pub fn fatal_permanent(text: &str) -> ExitCode {
+    fatal(text);
+    Outcome::Permanent.exit()
+}
+
+/// "PROGRAM: fatal: " and the error's words, and the error's own exit code.
+pub fn fatal_error(error: &Error) -> ExitCode {
+    fatal(&error.message);
+    ExitCode::from(error)
 }
 
 /// Render bytes from the outside world for a log line: printable ASCII kept, the rest as `?`.

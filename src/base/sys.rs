@@ -17,26 +17,16 @@ pub fn is_secure_exec() -> bool {
     secure != 0
 }
 
-/// Arrange for `command`, when spawned, to run with exactly these credentials: supplementary
-/// groups first, then gid, then uid (the order matters: after setuid the others are
-/// impossible). Used by the root programs (quill-start, quill-lspawn).
+/// Arrange for `command`, when spawned, to run with exactly these credentials, dropped by
+/// [`crate::base::privilege::drop_to`] (groups, gid, uid, then the check that root cannot be
+/// regained). Used by the root programs (quill-start, quill-lspawn).
 pub fn set_credentials(command: &mut Command, uid: u32, gid: u32, groups: Vec<u32>) {
-    // SAFETY: the closure runs in the child between fork and exec; it only makes the
-    // async-signal-safe system calls setgroups, setgid and setuid and touches no allocator
-    // (the group vector was allocated before the fork and is only read).
+    let who = crate::base::privilege::Credentials::new(uid, gid, &groups);
+    // SAFETY: the closure runs in the child between fork and exec; drop_to only makes the
+    // async-signal-safe system calls setgroups, setgid, setuid, get*id and allocates nothing
+    // (the credentials were built before the fork and are only read).
     unsafe {
-        command.pre_exec(move || {
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::setgid(gid) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::setuid(uid) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        command.pre_exec(move || crate::base::privilege::drop_to(&who));
     }
 }
 

@@ -78,8 +78,7 @@ fn main() -> ExitCode {
     quill::base::log::init("quill-local");
     let words: Vec<Vec<u8>> = std::env::args_os().skip(1).map(|a| a.into_vec()).collect();
     let Some(args) = parse(words) else {
-        quill::base::log::fatal(USAGE);
-        return ExitCode::from(111);
+        return quill::base::log::fatal_exit(USAGE);
     };
     let (text, code) = match quill::local::delivery::run(&args) {
         Ok(report) => (report, 0),

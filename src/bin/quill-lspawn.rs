@@ -17,8 +17,7 @@ use std::os::unix::ffi::OsStringExt;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    quill::base::log::fatal("usage: quill-lspawn [-l quill-local] defaultdelivery");
-    ExitCode::from(100)
+    quill::base::log::fatal_permanent("usage: quill-lspawn [-l quill-local] defaultdelivery")
 }
 
 fn main() -> ExitCode {
@@ -45,16 +44,12 @@ fn main() -> ExitCode {
     let (input, output) = match (duplicate(std::io::stdin().as_fd()), duplicate(std::io::stdout().as_fd())) {
         (Ok(input), Ok(output)) => (input, output),
         (Err(e), _) | (_, Err(e)) => {
-            quill::base::log::fatal(&format!("unable to use fd 0 and 1: {e}"));
-            return ExitCode::from(111);
+            return quill::base::log::fatal_exit(&format!("unable to use fd 0 and 1: {e}"));
         }
     };
     let result = Spawner::new(config).and_then(|mut spawner| spawner.run(input, output));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            quill::base::log::fatal(&e.message);
-            ExitCode::from(111)
-        }
+        Err(e) => quill::base::log::fatal_exit(&e.message),
     }
 }

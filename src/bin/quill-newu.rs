@@ -39,14 +39,10 @@ fn compile(home: &std::path::Path) -> Result<usize> {
 fn main() -> ExitCode {
     quill::base::log::init("quill-newu");
     if std::env::args_os().len() > 1 {
-        quill::base::log::fatal("usage: quill-newu (it reads QUILL_HOME/users/assign)");
-        return ExitCode::from(100);
+        return quill::base::log::fatal_permanent("usage: quill-newu (it reads QUILL_HOME/users/assign)");
     }
     match compile(&quill::mail::control::home()) {
         Ok(_) => ExitCode::SUCCESS,
-        Err(e) => {
-            quill::base::log::fatal(&e.message);
-            ExitCode::from(111)
-        }
+        Err(e) => quill::base::log::fatal_exit(&e.message),
     }
 }

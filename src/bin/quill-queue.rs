@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         Ok(quill::queue::enqueue::Done::Abandoned) => ExitCode::from(quill::base::fail::qq::READ_ERROR),
         Err(e) => {
             quill::base::log::fatal(&e.message);
-            ExitCode::from(e.exit_code())
+            ExitCode::from(&e)
         }
     }
 }

@@ -29,15 +29,13 @@ fn main() -> ExitCode {
     quill::base::log::init("quill-remote");
     let args: Vec<Vec<u8>> = std::env::args_os().skip(1).map(|a| a.as_bytes().to_vec()).collect();
     if args.len() < 3 {
-        quill::base::log::fatal("usage: quill-remote DOMAIN SENDER RCPT...");
-        return ExitCode::from(100);
+        return quill::base::log::fatal_permanent("usage: quill-remote DOMAIN SENDER RCPT...");
     }
     let (domain, sender, recipients) = (&args[0], &args[1], &args[2..]);
     let report = run(domain, sender, recipients);
     let mut out = std::io::stdout().lock();
     if out.write_all(&report.encode()).and_then(|()| out.flush()).is_err() {
-        quill::base::log::fatal("unable to write the report: output closed");
-        return ExitCode::from(111);
+        return quill::base::log::fatal_exit("unable to write the report: output closed");
     }
     ExitCode::SUCCESS
 }

@@ -15,6 +15,7 @@
 //! Man page: doc/quill-send.8.
 #![forbid(unsafe_code)]
 
+use quill::base::fail::Outcome;
 use quill::base::log;
 use quill::mail::control::Control;
 use quill::mail::queuefile::Layout;
@@ -23,11 +24,6 @@ use quill::send::sendloop::{Exit, Pipes, Sender};
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::ExitCode;
-
-fn fatal(text: &str) -> ExitCode {
-    log::fatal(text);
-    ExitCode::from(111)
-}
 
 fn main() -> ExitCode {
     log::init("quill-send");
@@ -38,7 +34,7 @@ fn main() -> ExitCode {
     // Catch signals early: the default action of SIGALRM and SIGHUP would end the process.
     let signals = match quill::base::sys::signal_pipe(&[libc::SIGTERM, libc::SIGALRM, libc::SIGHUP]) {
         Ok(fd) => File::from(fd),
-        Err(e) => return fatal(&format!("unable to catch signals: {e}")),
+        Err(e) => return log::fatal_exit(&format!("unable to catch signals: {e}")),
     };
 
     let control = Control::from_env();
@@ -54,21 +50,21 @@ fn main() -> ExitCode {
         .open(layout.sendmutex())
     {
         Ok(f) => f,
-        Err(e) => return fatal(&format!("unable to open queue/lock/sendmutex: {e}")),
+        Err(e) => return log::fatal_exit(&format!("unable to open queue/lock/sendmutex: {e}")),
     };
     let _lock = match nix::fcntl::Flock::lock(mutex, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(lock) => lock,
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-            return fatal("unable to lock queue/lock/sendmutex: another quill-send is running")
+            return log::fatal_exit("unable to lock queue/lock/sendmutex: another quill-send is running")
         }
-        Err((_, e)) => return fatal(&format!("unable to lock queue/lock/sendmutex: {e}")),
+        Err((_, e)) => return log::fatal_exit(&format!("unable to lock queue/lock/sendmutex: {e}")),
     };
 
     let mut fds = fds.into_iter();
     let mut next = || fds.next().flatten();
     let (l_req, l_rep, r_req, r_rep, c_req, c_rep) = (next(), next(), next(), next(), next(), next());
     let (Some(l_req), Some(l_rep), Some(c_req), Some(c_rep)) = (l_req, l_rep, c_req, c_rep) else {
-        return fatal("unable to find descriptors 3, 4, 7 and 8: start me with quill-start");
+        return log::fatal_exit("unable to find descriptors 3, 4, 7 and 8: start me with quill-start");
     };
     let rspawn = match (r_req, r_rep) {
         (Some(requests), Some(reports)) => Some((requests, reports)),
@@ -79,12 +75,12 @@ fn main() -> ExitCode {
 
     let config = match Config::load(&control) {
         Ok(c) => c,
-        Err(e) => return fatal(&e.message),
+        Err(e) => return log::fatal_exit(&e.message),
     };
     // Read and write: the FIFO then always has a writer, so poll never reports a hangup.
     let trigger = match quill::mail::queuefile::open_fifo(&layout.trigger(), true) {
         Ok(f) => f,
-        Err(e) => return fatal(&format!("unable to open queue/lock/trigger: {e}")),
+        Err(e) => return log::fatal_exit(&format!("unable to open queue/lock/trigger: {e}")),
     };
 
     // The administrator's requests (quill queue …); an older tree without the FIFO just has
@@ -99,13 +95,13 @@ fn main() -> ExitCode {
 
     let mut sender = match Sender::new(control, config, pipes) {
         Ok(s) => s,
-        Err(e) => return fatal(&format!("unable to set up the pipes: {e}")),
+        Err(e) => return log::fatal_exit(&format!("unable to set up the pipes: {e}")),
     };
     if let Err(e) = sender.recover() {
-        return fatal(&e.message);
+        return log::fatal_exit(&e.message);
     }
     match sender.run(&signals, &trigger, admin.as_ref()) {
         Exit::Stopped => ExitCode::SUCCESS,
-        Exit::Failed => ExitCode::from(111),
+        Exit::Failed => Outcome::Temporary.exit(),
     }
 }

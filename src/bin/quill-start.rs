@@ -14,8 +14,9 @@
 //! Man page: doc/quill-start.8.
 #![forbid(unsafe_code)]
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
+use quill::base::children;
+use quill::base::fail::Outcome;
 use quill::base::log;
 use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
@@ -34,11 +35,6 @@ type Credentials = (u32, u32, Vec<u32>);
 struct Stage {
     name: &'static str,
     child: Child,
-}
-
-fn fatal(text: &str) -> ExitCode {
-    log::fatal(text);
-    ExitCode::from(111)
 }
 
 /// Look up a user by name, with group `quill` as its group.
@@ -87,52 +83,32 @@ fn spawn(
     Ok(Stage { name, child })
 }
 
-/// Wait for a child until `deadline`; true if it exited.
-fn wait_until(child: &mut Child, deadline: Instant) -> bool {
-    loop {
-        if !matches!(child.try_wait(), Ok(None)) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn signal(stage: &Stage, signal: Signal) {
-    let _ = kill(Pid::from_raw(stage.child.id() as i32), signal);
-}
-
 /// Stop the set: quill-send first (SIGTERM, so it waits for its deliveries and saves its
 /// state), then the others, which exit when their input pipes close; SIGTERM and at last
 /// SIGKILL for any that do not.
 fn stop(stages: &mut [Stage]) {
     for stage in stages.iter_mut().filter(|s| s.name == "quill-send") {
-        if matches!(stage.child.try_wait(), Ok(None)) {
-            signal(stage, Signal::SIGTERM);
-            if !wait_until(&mut stage.child, Instant::now() + SEND_STOP_WAIT) {
-                log::warning("quill-send did not stop in time; killing it");
-                let _ = stage.child.kill();
-                let _ = stage.child.wait();
-            }
+        if children::running(&mut stage.child)
+            && !children::ask_to_stop(&mut stage.child, Instant::now() + SEND_STOP_WAIT)
+        {
+            log::warning("quill-send did not stop in time; killing it");
+            children::kill(&mut stage.child);
         }
     }
     let deadline = Instant::now() + STAGE_STOP_WAIT;
     for stage in stages.iter_mut() {
-        wait_until(&mut stage.child, deadline);
+        children::wait_until(&mut stage.child, deadline);
     }
     for stage in stages.iter_mut() {
-        if matches!(stage.child.try_wait(), Ok(None)) {
-            signal(stage, Signal::SIGTERM);
+        if children::running(&mut stage.child) {
+            children::signal(&stage.child, Signal::SIGTERM);
         }
     }
     let deadline = Instant::now() + STAGE_STOP_WAIT;
     for stage in stages.iter_mut() {
-        if !wait_until(&mut stage.child, deadline) {
+        if !children::wait_until(&mut stage.child, deadline) {
             log::warning(&format!("{} did not stop in time; killing it", stage.name));
-            let _ = stage.child.kill();
-            let _ = stage.child.wait();
+            children::kill(&mut stage.child);
         }
     }
 }
@@ -219,7 +195,7 @@ fn main() -> ExitCode {
     let default_delivery = std::env::args_os().nth(1).unwrap_or_else(|| OsString::from("./Maildir/"));
     let home = quill::mail::control::home();
     if let Err(e) = std::env::set_current_dir(&home) {
-        return fatal(&format!("unable to switch to {}: {e}", home.display()));
+        return log::fatal_exit(&format!("unable to switch to {}: {e}", home.display()));
     }
     quill::base::sys::umask(0o077);
     let root = quill::base::sys::uids().1 == 0;
@@ -227,43 +203,37 @@ fn main() -> ExitCode {
         match quill::base::sys::signal_pipe(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD, libc::SIGHUP, libc::SIGALRM])
         {
             Ok(fd) => fd,
-            Err(e) => return fatal(&format!("unable to catch signals: {e}")),
+            Err(e) => return log::fatal_exit(&format!("unable to catch signals: {e}")),
         };
     let mut stages = match start(default_delivery, root) {
         Ok(s) => s,
-        Err(e) => return fatal(&e),
+        Err(e) => return log::fatal_exit(&e),
     };
     supervise(&mut stages, &signals)
 }
 
 /// Wait for a signal or a stage's exit; then stop the set.
 fn supervise(stages: &mut [Stage], signals: &OwnedFd) -> ExitCode {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     loop {
-        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-        let _ = poll(&mut fds, PollTimeout::from(1000u16));
-        let mut buf = [0u8; 64];
-        let n = nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(signals), &mut buf).unwrap_or(0);
-        for &s in &buf[..n] {
-            match s as i32 {
-                libc::SIGTERM | libc::SIGINT => {
-                    stop(stages);
-                    return ExitCode::SUCCESS;
-                }
-                libc::SIGHUP | libc::SIGALRM => {
-                    let sig = if s as i32 == libc::SIGHUP { Signal::SIGHUP } else { Signal::SIGALRM };
-                    for stage in stages.iter().filter(|s| s.name == "quill-send") {
-                        signal(stage, sig);
-                    }
-                }
-                _ => {}
+        for caught in children::caught(signals, Duration::from_millis(1000)) {
+            if children::is_stop(caught) {
+                stop(stages);
+                return ExitCode::SUCCESS;
+            }
+            let forward = match caught {
+                libc::SIGHUP => Signal::SIGHUP,
+                libc::SIGALRM => Signal::SIGALRM,
+                _ => continue,
+            };
+            for stage in stages.iter().filter(|s| s.name == "quill-send") {
+                children::signal(&stage.child, forward);
             }
         }
         for i in 0..stages.len() {
             if let Ok(Some(status)) = stages[i].child.try_wait() {
                 log::warning(&format!("{} exited ({status}); stopping the others", stages[i].name));
                 stop(stages);
-                return ExitCode::from(111);
+                return Outcome::Temporary.exit();
             }
         }
     }

@@ -11,6 +11,7 @@
 //! Exit: 0 after SIGTERM, 100 on a usage error, 111 when it cannot start (bind, ids, rules).
 //! Man page: doc/quill-tcpserver.8.
 
+use quill::base::fail::exit;
 use quill::base::log;
 use quill::tcpserver::listener::{self, ClientKey, Over, Table};
 use quill::tcpserver::tcprules::{Rules, Verdict};
@@ -408,9 +409,9 @@ fn run(server: &mut Server, listener: TcpListener, signals: OwnedFd) {
 /// become PROGRAM. The lookup runs in a thread so that a resolver that never answers only
 /// costs the wait (exec ends the thread).
 fn lookup_and_exec(args: &[OsString]) -> ExitCode {
-    let Some((seconds, program)) = args.split_first() else { return ExitCode::from(100) };
+    let Some((seconds, program)) = args.split_first() else { return ExitCode::from(exit::USAGE) };
     let seconds: u64 = seconds.to_str().and_then(|s| s.parse().ok()).unwrap_or(26);
-    let Some(name) = program.first() else { return ExitCode::from(100) };
+    let Some(name) = program.first() else { return ExitCode::from(exit::USAGE) };
     let mut command = Command::new(name);
     command.args(&program[1..]).env_remove("TCPREMOTEHOST");
     let remote: Option<std::net::IpAddr> = std::env::var("TCPREMOTEIP").ok().and_then(|ip| ip.parse().ok());
@@ -429,8 +430,7 @@ fn lookup_and_exec(args: &[OsString]) -> ExitCode {
         }
     }
     let error = command.exec();
-    log::fatal(&format!("unable to run {}: {error}", name.to_string_lossy()));
-    ExitCode::from(111)
+    log::fatal_exit(&format!("unable to run {}: {error}", name.to_string_lossy()))
 }
 
 fn main() -> ExitCode {
@@ -440,56 +440,52 @@ fn main() -> ExitCode {
         return lookup_and_exec(&args[1..]);
     }
     let Some(args) = args.into_iter().map(|a| a.into_string().ok()).collect::<Option<Vec<String>>>() else {
-        log::fatal("arguments must be UTF-8");
-        return ExitCode::from(100);
+        return log::fatal_permanent("arguments must be UTF-8");
     };
     let config = match parse_options(&args) {
         Ok(config) => config,
         Err(e) => {
             log::fatal(&e);
             eprintln!("{USAGE}");
-            return ExitCode::from(100);
+            return ExitCode::from(exit::USAGE);
         }
     };
     let listener = match listener::bind(config.address, config.backlog) {
         Ok(listener) => listener,
         Err(e) => {
-            log::fatal(&format!("unable to bind {}: {e}", config.address));
-            return ExitCode::from(111);
+            return log::fatal_exit(&format!("unable to bind {}: {e}", config.address));
         }
     };
     if config.print_port {
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let mut out = std::io::stdout().lock();
         if writeln!(out, "{port}").and_then(|_| out.flush()).is_err() {
-            log::fatal("unable to print the port");
-            return ExitCode::from(111);
+            return log::fatal_exit("unable to print the port");
         }
     }
     if config.uid.is_some() && config.gid.is_none() && nix::unistd::geteuid().is_root() {
         log::warning("-u without -g keeps the group of root; give -g too");
     }
     if let Err(e) = listener::drop_privileges(config.uid, config.gid) {
-        log::fatal(&format!("unable to drop privileges to uid {:?} gid {:?}: {e}", config.uid, config.gid));
-        return ExitCode::from(111);
+        return log::fatal_exit(&format!(
+            "unable to drop privileges to uid {:?} gid {:?}: {e}",
+            config.uid, config.gid
+        ));
     }
     let rules = match load_rules(&config) {
         Ok(rules) => rules,
         Err(e) => {
-            log::fatal(&e);
-            return ExitCode::from(111);
+            return log::fatal_exit(&e);
         }
     };
     let self_exe = std::env::current_exe().ok();
     if config.lookup && self_exe.is_none() {
-        log::fatal("unable to find my own program for -h lookups");
-        return ExitCode::from(111);
+        return log::fatal_exit("unable to find my own program for -h lookups");
     }
     let signals = match quill::base::sys::signal_pipe(&[libc::SIGCHLD, libc::SIGHUP, libc::SIGTERM]) {
         Ok(fd) => fd,
         Err(e) => {
-            log::fatal(&format!("unable to set up signals: {e}"));
-            return ExitCode::from(111);
+            return log::fatal_exit(&format!("unable to set up signals: {e}"));
         }
     };
     let mut config = config;

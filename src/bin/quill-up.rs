@@ -7,6 +7,8 @@
 //! Runs as: the caller. Never needs root. Exit: 0 after a clean stop, 111 on a setup failure.
 //! Man page: doc/quill-up.1.
 
+use quill::base::children;
+use quill::base::fail::exit;
 use quill::mail::control::program;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -28,7 +30,7 @@ struct Options {
 
 fn usage() -> ExitCode {
     eprintln!("usage: quill-up -d DIR [-l HOST:PORT] [-c MAX[:PERCLIENT]] [-D DOMAIN]... [-r ADDRESS-OR-PREFIX]...");
-    ExitCode::from(100)
+    ExitCode::from(exit::USAGE)
 }
 
 fn split_listen(text: &str) -> Option<(String, String)> {
@@ -159,7 +161,7 @@ fn make_certificate(control: &Path) {
 /// that descriptor, and the tree is given away by descriptor ([`quill::base::tree::give_tree`]):
 /// no link is followed and nothing is changed by path after a check.
 fn become_owner(dir: &Path) -> Result<(), String> {
-    use nix::unistd::{setgid, setgroups, setuid, Gid, Uid, User};
+    use nix::unistd::{Uid, User};
     if !Uid::effective().is_root() {
         return Ok(());
     }
@@ -175,9 +177,8 @@ fn become_owner(dir: &Path) -> Result<(), String> {
         (nobody.uid.as_raw(), nobody.gid.as_raw())
     };
     quill::base::tree::give_tree(&root, uid, gid).map_err(|e| e.to_string())?;
-    setgroups(&[Gid::from_raw(gid)]).map_err(|e| format!("unable to set groups: {e}"))?;
-    setgid(Gid::from_raw(gid)).map_err(|e| format!("unable to set gid {gid}: {e}"))?;
-    setuid(Uid::from_raw(uid)).map_err(|e| format!("unable to set uid {uid}: {e}"))?;
+    quill::base::privilege::drop_to(&quill::base::privilege::Credentials::only(uid, gid))
+        .map_err(|e| format!("unable to become uid {uid} gid {gid}: {e}"))?;
     quill::base::log::line(&format!("started as root: running as uid {uid}"));
     Ok(())
 }
@@ -214,36 +215,30 @@ fn main() -> ExitCode {
             .map_err(|e| format!("unable to find {}: {e}", o.dir.display()))
             .and_then(|dir| quill::base::tree::Dir::create_without_links(&dir, 0o755).map_err(|e| e.to_string()));
         if let Err(e) = made {
-            quill::base::log::fatal(&e);
-            return ExitCode::from(111);
+            return quill::base::log::fatal_exit(&e);
         }
     } else if let Err(e) = std::fs::create_dir_all(&o.dir) {
-        quill::base::log::fatal(&format!("unable to create {}: {e}", o.dir.display()));
-        return ExitCode::from(111);
+        return quill::base::log::fatal_exit(&format!("unable to create {}: {e}", o.dir.display()));
     }
     // Every path written into the instance's files is absolute, so that it means the same
     // to every program whatever its working directory.
     o.dir = match o.dir.canonicalize() {
         Ok(d) => d,
         Err(e) => {
-            quill::base::log::fatal(&format!("unable to find {}: {e}", o.dir.display()));
-            return ExitCode::from(111);
+            return quill::base::log::fatal_exit(&format!("unable to find {}: {e}", o.dir.display()));
         }
     };
     if let Err(e) = become_owner(&o.dir) {
-        quill::base::log::fatal(&e);
-        return ExitCode::from(111);
+        return quill::base::log::fatal_exit(&e);
     }
     if let Err(e) = setup(&o) {
-        quill::base::log::fatal(&e);
-        return ExitCode::from(111);
+        return quill::base::log::fatal_exit(&e);
     }
     let dir = o.dir.clone();
     let signals = match quill::base::sys::signal_pipe(&[libc::SIGINT, libc::SIGTERM, libc::SIGCHLD]) {
         Ok(fd) => fd,
         Err(e) => {
-            quill::base::log::fatal(&format!("unable to catch signals: {e}"));
-            return ExitCode::from(111);
+            return quill::base::log::fatal_exit(&format!("unable to catch signals: {e}"));
         }
     };
     let mut services = vec![Service {
@@ -274,20 +269,14 @@ fn main() -> ExitCode {
 
 /// Restart what dies (after at least a second since its last start), until a stop signal.
 fn supervise(dir: &Path, services: &mut [Service], signals: &std::os::fd::OwnedFd) {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
     loop {
-        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-        let _ = poll(&mut fds, PollTimeout::from(500u16));
-        let mut buf = [0u8; 64];
-        let n = nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(signals), &mut buf).unwrap_or(0);
-        if buf[..n].iter().any(|&s| s as i32 == libc::SIGINT || s as i32 == libc::SIGTERM) {
+        if children::caught(signals, Duration::from_millis(500)).into_iter().any(children::is_stop) {
             stop(services);
             return;
         }
         for s in services.iter_mut() {
             let dead = match s.child.as_mut() {
-                Some(c) => !matches!(c.try_wait(), Ok(None)),
+                Some(c) => !children::running(c),
                 None => true,
             };
             if dead && s.started.elapsed() >= Duration::from_secs(1) {
@@ -305,16 +294,8 @@ fn supervise(dir: &Path, services: &mut [Service], signals: &std::os::fd::OwnedF
 fn stop(services: &mut [Service]) {
     for s in services.iter_mut().rev() {
         if let Some(c) = s.child.as_mut() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(70);
-            while Instant::now() < deadline {
-                if !matches!(c.try_wait(), Ok(None)) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            children::ask_to_stop(c, Instant::now() + Duration::from_secs(70));
+            children::kill(c);
         }
     }
     quill::base::log::line("stopped");

@@ -10,6 +10,7 @@
 //! 111 a temporary failure (unreadable file). Man page: doc/quill.8.
 
 use quill::admin;
+use quill::base::fail::{exit, Outcome};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -116,7 +117,7 @@ in flight end. quill-send logs what it did. 'sendmail -qR DOMAIN' flushes one do
 
 fn usage(text: &str) -> ExitCode {
     eprintln!("{text}");
-    ExitCode::from(100)
+    ExitCode::from(exit::USAGE)
 }
 
 fn help(text: &str) -> ExitCode {
@@ -175,7 +176,7 @@ fn setup(args: &[String]) -> ExitCode {
         println!("quill setup: {} is ready; run 'quill check' to confirm", options.home.display());
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(exit::PROBLEMS)
     }
 }
 
@@ -208,7 +209,7 @@ fn check(args: &[String]) -> ExitCode {
             problems.len(),
             if problems.len() == 1 { "" } else { "s" }
         );
-        ExitCode::from(1)
+        ExitCode::from(exit::PROBLEMS)
     }
 }
 
@@ -236,15 +237,13 @@ fn stats(args: &[String]) -> ExitCode {
     let mut stats = admin::stats::Stats::default();
     if m.free.is_empty() {
         if let Err(e) = stats.read(std::io::stdin().lock()) {
-            quill::base::log::fatal(&format!("unable to read standard input: {e}"));
-            return ExitCode::from(111);
+            return quill::base::log::fatal_exit(&format!("unable to read standard input: {e}"));
         }
     }
     for name in &m.free {
         let result = std::fs::File::open(name).and_then(|f| stats.read(std::io::BufReader::new(f)));
         if let Err(e) = result {
-            quill::base::log::fatal(&format!("unable to read {name}: {e}"));
-            return ExitCode::from(111);
+            return quill::base::log::fatal_exit(&format!("unable to read {name}: {e}"));
         }
     }
     print!("{}", admin::stats::render(&stats));
@@ -266,7 +265,7 @@ fn selection(m: &getopts::Matches) -> Result<Option<admin::queue::Filter>, ExitC
         Some(Ok(n)) => Some(n),
         Some(Err(_)) => {
             quill::base::log::fatal("unable to parse --older-than: give a number of seconds");
-            return Err(ExitCode::from(100));
+            return Err(ExitCode::from(exit::USAGE));
         }
     };
     let filter = admin::queue::Filter {
@@ -319,7 +318,7 @@ fn queue(args: &[String]) -> ExitCode {
             if errors.is_empty() {
                 ExitCode::SUCCESS
             } else {
-                ExitCode::from(111)
+                Outcome::Temporary.exit()
             }
         }
         "show" => {
@@ -343,10 +342,7 @@ fn queue(args: &[String]) -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    quill::base::log::fatal(&e);
-                    ExitCode::from(111)
-                }
+                Err(e) => quill::base::log::fatal_exit(&e),
             }
         }
         "shape" => {
@@ -369,7 +365,7 @@ fn queue(args: &[String]) -> ExitCode {
             if errors.is_empty() {
                 ExitCode::SUCCESS
             } else {
-                ExitCode::from(111)
+                Outcome::Temporary.exit()
             }
         }
         "why" => {
@@ -405,7 +401,7 @@ fn queue(args: &[String]) -> ExitCode {
             if errors.is_empty() {
                 ExitCode::SUCCESS
             } else {
-                ExitCode::from(111)
+                Outcome::Temporary.exit()
             }
         }
         "flush" | "hold" | "release" | "delete" | "bounce" | "requeue" => {
@@ -423,8 +419,7 @@ fn queue(args: &[String]) -> ExitCode {
             if let Some(filter) = &filter {
                 let (entries, errors) = admin::queue::entries(&home);
                 if let Some(e) = errors.first() {
-                    quill::base::log::fatal(e);
-                    return ExitCode::from(111);
+                    return quill::base::log::fatal_exit(e);
                 }
                 // Each action applies to the messages it can act on.
                 let states: &[&str] = match action.as_str() {
@@ -449,10 +444,7 @@ fn queue(args: &[String]) -> ExitCode {
             }
             match admin::queue::request(&home, action, &ids) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    quill::base::log::fatal(&e);
-                    ExitCode::from(111)
-                }
+                Err(e) => quill::base::log::fatal_exit(&e),
             }
         }
         _ => usage(HELP_QUEUE),

@@ -300,7 +300,7 @@ pub fn read_envelope(input: &mut impl Read) -> Result<Option<Envelope>> {
 /// The owner is that of the working directory, the queue already entered. A setuid
 /// quill-queue is never root, so this never applies to a real install.
 fn become_queue_owner() -> Result<()> {
-    use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+    use crate::base::privilege::{drop_to, Credentials};
     if crate::base::sys::uids().1 != 0 {
         return Ok(());
     }
@@ -308,11 +308,8 @@ fn become_queue_owner() -> Result<()> {
     if queue.uid() == 0 {
         return Ok(());
     }
-    let trouble = |e: nix::Error| Error::io_code(qq::QUEUE_TROUBLE, "become the owner of queue", &io::Error::from(e));
-    setgroups(&[Gid::from_raw(queue.gid())]).map_err(trouble)?;
-    setgid(Gid::from_raw(queue.gid())).map_err(trouble)?;
-    setuid(Uid::from_raw(queue.uid())).map_err(trouble)?;
-    Ok(())
+    drop_to(&Credentials::only(queue.uid(), queue.gid()))
+        .map_err(|e| Error::io_code(qq::QUEUE_TROUBLE, "become the owner of queue", &e))
 }
 
 /// The whole of quill-queue: set up, read, commit.

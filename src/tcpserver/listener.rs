@@ -231,30 +231,18 @@ impl Table {
     }
 }
 
-/// Give up root for good after binding: supplementary groups reduced to the one group, then
-/// the group, then the user (after setuid the others are no longer possible). With only `-u`,
-/// the group stays the current one but the supplementary groups still go. Checked afterwards.
+/// Give up root for good after binding, by [`crate::base::privilege::drop_to`]: supplementary
+/// groups reduced to the one group, then the group, then the user, then checked. With only
+/// `-u`, the group stays the current one but the supplementary groups still go; with only
+/// `-g`, the user stays the current one.
 pub fn drop_privileges(uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
-    use nix::unistd::{getegid, geteuid, getgid, getuid, setgid, setgroups, setuid, Gid, Uid};
+    use crate::base::privilege::{drop_to, Credentials};
     if uid.is_none() && gid.is_none() {
         return Ok(());
     }
-    let group = gid.unwrap_or_else(|| getegid().as_raw());
-    if geteuid().is_root() {
-        setgroups(&[Gid::from_raw(group)])?;
-    }
-    if let Some(gid) = gid {
-        setgid(Gid::from_raw(gid))?;
-    }
-    if let Some(uid) = uid {
-        setuid(Uid::from_raw(uid))?;
-    }
-    let same_uid = uid.is_none_or(|u| getuid().as_raw() == u && geteuid().as_raw() == u);
-    let same_gid = gid.is_none_or(|g| getgid().as_raw() == g && getegid().as_raw() == g);
-    if !same_uid || !same_gid {
-        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the ids did not change as asked"));
-    }
-    Ok(())
+    let group = gid.unwrap_or_else(|| nix::unistd::getegid().as_raw());
+    let user = uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw());
+    drop_to(&Credentials::only(user, group))
 }
 
 /// Answer a connection over a limit with the refusal line (if any) and close it. The socket is
