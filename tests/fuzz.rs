@@ -659,7 +659,7 @@ fn control(input: &[u8]) -> Print {
         print.add(
             quill::smtpd::session::Config::load(&control, Vec::new(), false).map(|c| c.rcpthosts.len().min(4)).is_ok(),
         );
-        print.add(quill::send::sendconf::Config::load(&control).map(|c| c.locals.len().min(4)).is_ok());
+        print.add(quill::send::sendconf::Config::load(&control).map(|c| c.rewriting.locals.len().min(4)).is_ok());
         print.add(quill::remote::dns::Resolver::from_control(&control).map(|r| r.servers.len()).ok());
         for line in control.lines("smtproutes").unwrap_or_default().iter().take(32) {
             print.add(quill::remote::route::parse_route(line).is_some());

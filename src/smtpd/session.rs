@@ -12,14 +12,17 @@
 
 use crate::base::fail::{qq, Error, Outcome, Result};
 use crate::mail::address::{domain_listed, normal_domain, MAX_ADDRESS};
-use crate::mail::control::Control;
+use crate::mail::control::{
+    Control, DEFAULT_DATABYTES, DEFAULT_MAXRCPT, DEFAULT_TIMEOUTSMTPD, DEFAULT_TIMEOUTSMTPDDATA,
+    DEFAULT_TIMEOUTSMTPDSESSION,
+};
 use crate::mail::envelope::{Envelope, MAX_RECIPIENTS};
+use crate::mail::rewrite::{Channel, Rewriting};
 use crate::mail::smtp::{
     base64_decode, header_safe, parse_command, parse_params, parse_path, strip_keyword, write_reply, Mailbox,
     PathError, PathKind, Verb, MAX_AUTH_LINE, MAX_COMMAND_LINE,
 };
 use crate::mail::submit::Submission;
-use crate::send::sendconf::{Channel, Config as SendConfig};
 use crate::smtpd::rcptcheck::{Checker, Verdict, MAX_LOCAL_PART};
 use crate::tls::server::{ServerTls, TlsStream};
 use std::ffi::OsString;
@@ -37,19 +40,6 @@ pub const MAX_COMMANDS: u64 = 10_000;
 pub const MAX_ERRORS: u32 = 10;
 /// `Received:` plus `Delivered-To:` header lines at which a message is taken to loop.
 pub const MAX_HOPS: usize = 100;
-/// Default for control/maxrcpt.
-pub const DEFAULT_MAXRCPT: u64 = 1000;
-/// Default for control/timeoutsmtpd, in seconds: the longest wait for one read or write.
-pub const DEFAULT_TIMEOUT: u64 = 1200;
-/// Default for control/databytes when the file is missing (25 MiB, the order of Postfix's
-/// message_size_limit): without a limit one client can fill the queue's disk. An explicit 0
-/// still means no limit.
-pub const DEFAULT_DATABYTES: u64 = 26_214_400;
-/// Default for control/timeoutsmtpdsession, in seconds: the longest a whole session may last.
-pub const DEFAULT_SESSION_TIME: u64 = 3600;
-/// Default for control/timeoutsmtpddata, in seconds: the longest one message's DATA may take
-/// (25 MiB in 30 minutes needs about 120 kbit/s).
-pub const DEFAULT_DATA_TIME: u64 = 1800;
 /// Under stress (QUILL_STRESS=1 from quill-tcpserver, near its connection limit): the per-read
 /// timeout, as Postfix's `smtpd_timeout = ${stress?10}` …
 pub const STRESS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -133,12 +123,13 @@ impl Config {
         };
         let maxrcpt = control.number("maxrcpt", DEFAULT_MAXRCPT)?.clamp(1, MAX_RECIPIENTS as u64) as usize;
         let stress = env_flag("QUILL_STRESS");
-        let mut timeout = Duration::from_secs(control.number("timeoutsmtpd", DEFAULT_TIMEOUT)?.max(1));
+        let mut timeout = Duration::from_secs(control.number("timeoutsmtpd", DEFAULT_TIMEOUTSMTPD)?.max(1));
         if stress {
             timeout = timeout.min(STRESS_TIMEOUT);
         }
-        let session_time = Duration::from_secs(control.number("timeoutsmtpdsession", DEFAULT_SESSION_TIME)?.max(1));
-        let data_time = Duration::from_secs(control.number("timeoutsmtpddata", DEFAULT_DATA_TIME)?.max(1));
+        let session_time =
+            Duration::from_secs(control.number("timeoutsmtpdsession", DEFAULT_TIMEOUTSMTPDSESSION)?.max(1));
+        let data_time = Duration::from_secs(control.number("timeoutsmtpddata", DEFAULT_TIMEOUTSMTPDDATA)?.max(1));
         let tls = match control.line("tlscert")? {
             None => None,
             Some(cert) => {
@@ -377,8 +368,9 @@ pub struct Session {
     data_started: Option<Instant>,
     /// Since when no transaction has been open (STRESS_IDLE counts from here).
     idle_since: Instant,
-    /// quill-send's rewriting and quill-lspawn's lookup, loaded at the first local RCPT.
-    recipients: std::cell::OnceCell<std::result::Result<(SendConfig, Checker), String>>,
+    /// quill-send's rewriting (`mail::rewrite`) and quill-lspawn's lookup, loaded at the
+    /// first local RCPT.
+    recipients: std::cell::OnceCell<std::result::Result<(Rewriting, Checker), String>>,
 }
 
 /// The state machine of message data after `354`: end only at `<CRLF>.<CRLF>`, remove the
@@ -975,11 +967,11 @@ impl Session {
     /// the verdict's reply (rcptcheck::Verdict::reply) is what the client gets.
     fn recipient_known(&self, local: &[u8], domain: &[u8]) -> Verdict {
         let loaded = self.recipients.get_or_init(|| {
-            let send = SendConfig::load(&self.config.control).map_err(|e| e.message)?;
+            let rewriting = Rewriting::load(&self.config.control).map_err(|e| e.message)?;
             let checker = Checker::load(&self.config.control).map_err(|e| e.message)?;
-            Ok((send, checker))
+            Ok((rewriting, checker))
         });
-        let (send, checker) = match loaded {
+        let (rewriting, checker) = match loaded {
             Ok(pair) => pair,
             Err(why) => {
                 crate::base::log::warning(&format!("unable to check recipients: {why}"));
@@ -991,7 +983,7 @@ impl Session {
         address.extend_from_slice(domain);
         // Judge the address quill-send would deliver: after locals and virtualdomains. A
         // domain that is in rcpthosts but delivered remotely (a backup MX) is not ours to judge.
-        let (channel, rewritten) = send.rewrite(&address);
+        let (channel, rewritten) = rewriting.rewrite(&address);
         if channel != Channel::Local {
             return Verdict::Known;
         }
