@@ -123,7 +123,7 @@ mod tests {
         assert_eq!(c.rewriting.virtual_domains.len(), 1);
         // The rewriting is mail::rewrite's (its own tests there); quill-send only delegates.
         assert_eq!(c.rewrite(b"x@virt.org"), (Channel::Local, b"vu-x@virt.org".to_vec()));
-        assert_eq!(c.rewrite(b"x"), (Channel::Remote, b"x@host.example".to_vec()));
+        assert_eq!(c.rewrite(b"x"), (Channel::Local, b"x@host.example".to_vec()));
         std::fs::write(dir.join("control/queuelifetime"), "soon\n").unwrap();
         assert!(Config::load(&Control::new(&dir)).is_err());
         let _ = std::fs::remove_dir_all(&dir);
