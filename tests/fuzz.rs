@@ -323,7 +323,7 @@ fn smtp_command(input: &[u8]) -> Print {
 
 /// DATA: the end-of-data state machine and the hop counter, whole and in pieces.
 fn smtp_data(input: &[u8]) -> Print {
-    use quill::smtpd::session::{DataParser, HopCounter};
+    use quill::smtpd::data::{DataParser, HopCounter};
     let whole = {
         let mut parser = DataParser::default();
         let mut out = Vec::new();
