@@ -9,8 +9,9 @@
 //! top, so a client that drips a byte at a time cannot keep a slot for long; every count a client
 //! controls (commands, errors, recipients, bytes, hops) has a cap with its own reply and log line.
 //!
-//! Its parts in their own files: `config` (what a session knows before the greeting) and
-//! `data` (the end-of-data state machine, the hop counter, the queue's replies).
+//! Its self-contained parts are in their own files: `config` (what a session knows before the
+//! greeting), `data` (the end-of-data state machine, the hop counter, the queue's replies) and
+//! `auth` (the AUTH payloads and checkpassword).
 #![forbid(unsafe_code)]
 
 use crate::base::fail::Outcome;
@@ -22,14 +23,14 @@ use crate::mail::smtp::{
     PathError, PathKind, Verb, MAX_AUTH_LINE, MAX_COMMAND_LINE,
 };
 use crate::mail::submit::Submission;
+use crate::smtpd::auth::{checkpassword, decode_initial, plain_credentials, well_formed};
 use crate::smtpd::config::STRESS_IDLE;
 use crate::smtpd::data::{queue_reply, DataParser, HopCounter, MAX_HOPS};
 use crate::smtpd::rcptcheck::{Checker, Verdict, MAX_LOCAL_PART};
 use crate::tls::server::TlsStream;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::process::{Command, Stdio};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 pub use crate::smtpd::config::Config;
@@ -40,8 +41,6 @@ pub const MAX_COMMANDS: u64 = 10_000;
 pub const MAX_ERRORS: u32 = 10;
 /// Bytes a session may send in all, when databytes gives no limit.
 pub const MAX_SESSION_BYTES: u64 = 16 << 30;
-/// How long a checkpassword program may take.
-const CHECKPASSWORD_TIMEOUT: Duration = Duration::from_secs(60);
 /// The one input buffer. Must exceed MAX_AUTH_LINE so that a full line always fits.
 const INPUT_BUFFER: usize = 64 * 1024;
 /// Replies waiting beyond this are sent even while commands are still buffered.
@@ -1015,11 +1014,9 @@ impl Session {
             Some(space) => (&arg[..space], Some(arg[space + 1..].to_vec())),
             None => (arg, None),
         };
-        let decode_initial =
-            |initial: Vec<u8>| if initial == b"=" { Some(Vec::new()) } else { base64_decode(&initial) };
         let credentials = if mechanism.eq_ignore_ascii_case(b"PLAIN") {
             let response = match initial {
-                Some(initial) => match decode_initial(initial) {
+                Some(initial) => match decode_initial(&initial) {
                     Some(r) => r,
                     None => return self.error(501, "5.5.2 cannot decode the AUTH response"),
                 },
@@ -1028,17 +1025,10 @@ impl Session {
                     None => return Ok(()),
                 },
             };
-            // authzid NUL authcid NUL passwd (RFC 4616); acting for another identity is refused.
-            let parts: Vec<&[u8]> = response.split(|&b| b == 0).collect();
-            match parts.as_slice() {
-                [authzid, user, password] if !user.is_empty() && (authzid.is_empty() || authzid == user) => {
-                    Some((user.to_vec(), password.to_vec()))
-                }
-                _ => None,
-            }
+            plain_credentials(&response)
         } else if mechanism.eq_ignore_ascii_case(b"LOGIN") {
             let user = match initial {
-                Some(initial) => match decode_initial(initial) {
+                Some(initial) => match decode_initial(&initial) {
                     Some(r) => r,
                     None => return self.error(501, "5.5.2 cannot decode the AUTH response"),
                 },
@@ -1054,12 +1044,10 @@ impl Session {
         } else {
             return self.error(504, "5.5.4 unrecognized authentication mechanism");
         };
-        let Some((user, mut password)) =
-            credentials.filter(|(u, p)| !u.is_empty() && !u.contains(&0) && !p.contains(&0))
-        else {
+        let Some((user, mut password)) = credentials.filter(|(u, p)| well_formed(u, p)) else {
             return self.error(501, "5.5.2 malformed credentials");
         };
-        let outcome = self.checkpassword(&user, &password);
+        let outcome = checkpassword(&self.config.checkpassword, &self.me(), &user, &password);
         password.fill(0);
         match outcome {
             Outcome::Success => {
@@ -1079,64 +1067,6 @@ impl Session {
             Outcome::Temporary => {
                 self.reply(454, "4.7.0 temporary authentication failure");
                 Ok(())
-            }
-        }
-    }
-
-    /// Ask the checkpassword program: `user\0password\0timestamp\0` on its fd 3, `/bin/true`
-    /// appended to its command line. Exit 0 accepted, 1 refused, anything else temporary.
-    fn checkpassword(&self, user: &[u8], password: &[u8]) -> Outcome {
-        let Some((program, args)) = self.config.checkpassword.split_first() else {
-            return Outcome::Temporary;
-        };
-        let (read_end, write_end) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-            Ok(pipe) => pipe,
-            Err(e) => {
-                crate::base::log::warning(&format!("unable to make a pipe for checkpassword: {e}"));
-                return Outcome::Temporary;
-            }
-        };
-        let timestamp = format!("<{}.{}@{}>", std::process::id(), crate::base::date::now(), self.me());
-        let mut data = Vec::with_capacity(user.len() + password.len() + timestamp.len() + 3);
-        for part in [user, password, timestamp.as_bytes()] {
-            data.extend_from_slice(part);
-            data.push(0);
-        }
-        // The pipe holds 64 KiB; credentials are capped far below by the AUTH line length.
-        let written = File::from(write_end).write_all(&data);
-        data.fill(0);
-        if let Err(e) = written {
-            crate::base::log::warning(&format!("unable to write to the checkpassword pipe: {e}"));
-            return Outcome::Temporary;
-        }
-        let mut command = Command::new(program);
-        command.args(args).arg("/bin/true").stdin(Stdio::null()).stdout(Stdio::null());
-        crate::base::sys::map_fds(&mut command, vec![(read_end.as_raw_fd(), 3)]);
-        let mut child = match command.spawn() {
-            Ok(child) => child,
-            Err(e) => {
-                crate::base::log::warning(&format!("unable to run {}: {e}", program.to_string_lossy()));
-                return Outcome::Temporary;
-            }
-        };
-        drop(read_end);
-        let deadline = Instant::now() + CHECKPASSWORD_TIMEOUT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    return match status.code() {
-                        Some(0) => Outcome::Success,
-                        Some(1) => Outcome::Permanent,
-                        _ => Outcome::Temporary,
-                    };
-                }
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-                Ok(None) | Err(_) => {
-                    crate::base::log::warning("checkpassword took too long; killed");
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Outcome::Temporary;
-                }
             }
         }
     }
