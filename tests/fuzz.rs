@@ -339,7 +339,7 @@ fn smtp_command(input: &[u8]) -> Print {
 
 /// DATA: the end-of-data state machine and the hop counter, whole and in pieces.
 fn smtp_data(input: &[u8]) -> Print {
-    use quill::smtpd::session::{DataParser, HopCounter};
+    use quill::smtpd::data::{DataParser, HopCounter};
     let whole = {
         let mut parser = DataParser::default();
         let mut out = Vec::new();
@@ -675,7 +675,7 @@ fn control(input: &[u8]) -> Print {
         print.add(
             quill::smtpd::session::Config::load(&control, Vec::new(), false).map(|c| c.rcpthosts.len().min(4)).is_ok(),
         );
-        print.add(quill::send::sendconf::Config::load(&control).map(|c| c.locals.len().min(4)).is_ok());
+        print.add(quill::send::sendconf::Config::load(&control).map(|c| c.rewriting.locals.len().min(4)).is_ok());
         print.add(quill::remote::dns::Resolver::from_control(&control).map(|r| r.servers.len()).ok());
         for line in control.lines("smtproutes").unwrap_or_default().iter().take(32) {
             print.add(quill::remote::route::parse_route(line).is_some());

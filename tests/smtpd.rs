@@ -915,6 +915,40 @@ fn unknown_local_recipients_are_refused_at_rcpt() {
     client.command("QUIT", "221");
 }
 
+/// quill-smtpd judges a virtual domain's recipient after the rewriting quill-send applies
+/// (mail::rewrite), and reads only the control files of that rewriting: a malformed file that
+/// only quill-send reads (here queuelifetime) no longer turns every local RCPT into 451 (before,
+/// quill-smtpd loaded quill-send's whole configuration to rewrite one address).
+#[test]
+fn rcpt_check_uses_the_shared_rewriting_only() {
+    let setup = Setup::new()
+        .control("rcpthosts", "example.com\nvirt.example\nother.example\n")
+        .control("locals", "example.com\n")
+        .control("virtualdomains", "virt.example:list-sub\nother.example:list\n")
+        .control("queuelifetime", "soon\n");
+    let server = Server::start(&setup).expect("server");
+    let home = server.home.path();
+    let mailbox = home.join("box");
+    std::fs::create_dir_all(&mailbox).expect("mkdir");
+    std::fs::write(mailbox.join(".qmail-list-sub-default"), "./Maildir/\n").expect("write");
+    let (uid, gid) = (quill::base::sys::uids().0, quill::base::sys::gid());
+    let assign = format!("+list-:u:{uid}:{gid}:{0}:-:list-:\n.\n", mailbox.display());
+    std::fs::create_dir_all(home.join("users")).expect("mkdir");
+    let db = quill::mail::users::compile_assign(assign.as_bytes()).expect("compile assign");
+    std::fs::write(home.join("users/assign.db"), db).expect("write assign.db");
+
+    let mut client = server.connect();
+    client.expect("220");
+    client.command("EHLO test", "250");
+    client.command("MAIL FROM:<a@b.example>", "250");
+    // virt.example → list-sub-anyone@virt.example: .qmail-list-sub-default takes it.
+    client.command("RCPT TO:<anyone@virt.example>", "250 2.1.5");
+    // other.example → list-anyone@other.example: no dot file for it.
+    client.command("RCPT TO:<anyone@other.example>", "550 5.1.1");
+    client.command("RCPT TO:<nobody@example.com>", "550 5.1.1");
+    client.command("QUIT", "221");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Deadlines that hold under attack (audit item 11b, 11d)
 

@@ -189,7 +189,7 @@ fn control_files(home: &Path, report: &mut Report) {
     write_new(&control.join("rcpthosts"), &list, report);
     write_new(&control.join("tcprules"), DEFAULT_TCPRULES, report);
     // Written out, not only compiled in, so the administrator sees the limit and can change it.
-    write_new(&control.join("databytes"), &format!("{}\n", crate::smtpd::session::DEFAULT_DATABYTES), report);
+    write_new(&control.join("databytes"), &format!("{}\n", crate::mail::control::DEFAULT_DATABYTES), report);
 }
 
 /// The rules the service directories' quill-tcpserver reads (`-x control/tcprules`): this

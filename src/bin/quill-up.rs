@@ -90,7 +90,7 @@ fn setup(o: &Options) -> Result<(), String> {
     locals.extend(o.domains.iter().map(|d| d.to_ascii_lowercase()));
     let list = locals.join("\n") + "\n";
     write_new(&control.join("me"), "localhost\n").map_err(|e| err("write control/me", e))?;
-    write_new(&control.join("databytes"), &format!("{}\n", quill::smtpd::session::DEFAULT_DATABYTES))
+    write_new(&control.join("databytes"), &format!("{}\n", quill::mail::control::DEFAULT_DATABYTES))
         .map_err(|e| err("write control/databytes", e))?;
     // locals and rcpthosts follow -D on every start, so adding a domain is one restart away.
     std::fs::write(control.join("locals"), &list).map_err(|e| err("write control/locals", e))?;

@@ -45,6 +45,38 @@ pub fn program(name: &str) -> PathBuf {
     bindir().join(name)
 }
 
+// The defaults of the numeric control files (doc/quill-control.5), one place for every program
+// that reads one or writes one out (quill setup and quill-up write `databytes`).
+
+/// `databytes` when the file is missing (25 MiB, the order of Postfix's message_size_limit):
+/// without a limit one client can fill the queue's disk. An explicit 0 still means no limit.
+pub const DEFAULT_DATABYTES: u64 = 26_214_400;
+/// `maxrcpt`: recipients per message quill-smtpd accepts.
+pub const DEFAULT_MAXRCPT: u64 = 1000;
+/// `timeoutsmtpd`, in seconds: the longest quill-smtpd waits for one read or write.
+pub const DEFAULT_TIMEOUTSMTPD: u64 = 1200;
+/// `timeoutsmtpdsession`, in seconds: the longest a whole SMTP session may last.
+pub const DEFAULT_TIMEOUTSMTPDSESSION: u64 = 3600;
+/// `timeoutsmtpddata`, in seconds: the longest one message's DATA may take (25 MiB in 30
+/// minutes needs about 120 kbit/s).
+pub const DEFAULT_TIMEOUTSMTPDDATA: u64 = 1800;
+/// `concurrencylocal`: local deliveries quill-send runs at once.
+pub const DEFAULT_CONCURRENCYLOCAL: u64 = 10;
+/// `concurrencyremote`: remote deliveries quill-send runs at once.
+pub const DEFAULT_CONCURRENCYREMOTE: u64 = 20;
+/// `concurrencydestination`: remote deliveries at once to one destination (domain).
+pub const DEFAULT_CONCURRENCYDESTINATION: u64 = 10;
+/// `concurrencyrecipient`: local deliveries at once to one recipient address (Postfix's
+/// local_destination_concurrency_limit).
+pub const DEFAULT_CONCURRENCYRECIPIENT: u64 = 2;
+/// `backoffmin`, in seconds: how long an unreachable destination is left alone after its first
+/// failure.
+pub const DEFAULT_BACKOFFMIN: u64 = 300;
+/// `backoffmax`, in seconds: the longest such wait.
+pub const DEFAULT_BACKOFFMAX: u64 = 3600;
+/// `queuelifetime`, in seconds (one week, as qmail): after it a temporary failure is permanent.
+pub const DEFAULT_QUEUELIFETIME: u64 = 604_800;
+
 /// Reader for `HOME/control/*`.
 #[derive(Clone, Debug)]
 pub struct Control {

@@ -1,7 +1,8 @@
 //! The mail tier: the formats and codecs that more than one stage reads or writes. It
 //! imports only `base`.
 //!
-//! Values: `address`, `envelope`, `header`. Files: `control` (doc/quill-control.5),
+//! Values: `address`, `envelope`, `header`. Policy: `rewrite` (locals and virtualdomains, the
+//! recipient rewriting quill-send and quill-smtpd share). Files: `control` (doc/quill-control.5),
 //! `queuefile` (doc/queue-format.5: the queue's layout and a message file's header),
 //! `aliases` (doc/aliases.5), `users` (doc/quill-users.5), `dotqmail` (doc/dot-qmail.5).
 //! Protocols: `smtp` (the SMTP codec), `spawnproto` (quill-send ↔ the spawners), `submit`
@@ -18,6 +19,7 @@ pub mod envelope;
 pub mod header;
 pub mod proto;
 pub mod queuefile;
+pub mod rewrite;
 pub mod smtp;
 pub mod spawnproto;
 pub mod submit;

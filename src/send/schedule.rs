@@ -15,8 +15,8 @@ use std::collections::BinaryHeap;
 pub const LOCAL_STEP: u64 = 10;
 /// The grid step for remote deliveries.
 pub const REMOTE_STEP: u64 = 20;
-/// `queuelifetime`'s default: one week.
-pub const DEFAULT_LIFETIME: u64 = 604_800;
+/// `queuelifetime`'s default (one week), kept with the other defaults in `mail::control`.
+pub const DEFAULT_LIFETIME: u64 = crate::mail::control::DEFAULT_QUEUELIFETIME;
 
 /// The integer square root (the largest r with r*r <= n).
 pub fn isqrt(n: u64) -> u64 {

@@ -1,6 +1,11 @@
 //! The smtpd stage, quill-smtpd (doc/quill-smtpd.8): `session` (one SMTP connection from
-//! greeting to QUIT) and `rcptcheck` (whether a local recipient exists, asked at RCPT).
+//! greeting to QUIT), `config` (its control files and environment), `data` (the message data
+//! after 354: end of data, hop count, the queue's reply), `auth` (the AUTH payloads and
+//! checkpassword) and `rcptcheck` (whether a local recipient exists, asked at RCPT).
 #![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod config;
+pub mod data;
 pub mod rcptcheck;
 pub mod session;

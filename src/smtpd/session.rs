@@ -8,179 +8,43 @@
 //! whole, each message's DATA, and (under stress) the wait for MAIL have overall deadlines on
 //! top, so a client that drips a byte at a time cannot keep a slot for long; every count a client
 //! controls (commands, errors, recipients, bytes, hops) has a cap with its own reply and log line.
+//!
+//! Its self-contained parts are in their own files: `config` (what a session knows before the
+//! greeting), `data` (the end-of-data state machine, the hop counter, the queue's replies) and
+//! `auth` (the AUTH payloads and checkpassword).
 #![forbid(unsafe_code)]
 
-use crate::base::fail::{qq, Error, Outcome, Result};
-use crate::mail::address::{domain_listed, normal_domain, MAX_ADDRESS};
-use crate::mail::control::Control;
-use crate::mail::envelope::{Envelope, MAX_RECIPIENTS};
+use crate::base::fail::Outcome;
+use crate::mail::address::{domain_listed, MAX_ADDRESS};
+use crate::mail::envelope::Envelope;
+use crate::mail::rewrite::{Channel, Rewriting};
 use crate::mail::smtp::{
     base64_decode, header_safe, parse_command, parse_params, parse_path, strip_keyword, write_reply, Mailbox,
     PathError, PathKind, Verb, MAX_AUTH_LINE, MAX_COMMAND_LINE,
 };
 use crate::mail::submit::Submission;
-use crate::send::sendconf::{Channel, Config as SendConfig};
+use crate::smtpd::auth::{checkpassword, decode_initial, plain_credentials, well_formed};
+use crate::smtpd::config::STRESS_IDLE;
+use crate::smtpd::data::{queue_reply, DataParser, HopCounter, MAX_HOPS};
 use crate::smtpd::rcptcheck::{Checker, Verdict, MAX_LOCAL_PART};
-use crate::tls::server::{ServerTls, TlsStream};
-use std::ffi::OsString;
+use crate::tls::server::TlsStream;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::os::unix::ffi::OsStringExt;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
+
+pub use crate::smtpd::config::Config;
 
 /// Commands in one session before `421` (a client that needs more can reconnect).
 pub const MAX_COMMANDS: u64 = 10_000;
 /// Protocol errors (unknown commands, syntax, bad sequence, failed AUTH) before `421`.
 pub const MAX_ERRORS: u32 = 10;
-/// `Received:` plus `Delivered-To:` header lines at which a message is taken to loop.
-pub const MAX_HOPS: usize = 100;
-/// Default for control/maxrcpt.
-pub const DEFAULT_MAXRCPT: u64 = 1000;
-/// Default for control/timeoutsmtpd, in seconds: the longest wait for one read or write.
-pub const DEFAULT_TIMEOUT: u64 = 1200;
-/// Default for control/databytes when the file is missing (25 MiB, the order of Postfix's
-/// message_size_limit): without a limit one client can fill the queue's disk. An explicit 0
-/// still means no limit.
-pub const DEFAULT_DATABYTES: u64 = 26_214_400;
-/// Default for control/timeoutsmtpdsession, in seconds: the longest a whole session may last.
-pub const DEFAULT_SESSION_TIME: u64 = 3600;
-/// Default for control/timeoutsmtpddata, in seconds: the longest one message's DATA may take
-/// (25 MiB in 30 minutes needs about 120 kbit/s).
-pub const DEFAULT_DATA_TIME: u64 = 1800;
-/// Under stress (QUILL_STRESS=1 from quill-tcpserver, near its connection limit): the per-read
-/// timeout, as Postfix's `smtpd_timeout = ${stress?10}` …
-pub const STRESS_TIMEOUT: Duration = Duration::from_secs(10);
-/// … and the longest a session may go without an open mail transaction (from the greeting, and
-/// after each message) before MAIL.
-pub const STRESS_IDLE: Duration = Duration::from_secs(20);
 /// Bytes a session may send in all, when databytes gives no limit.
 pub const MAX_SESSION_BYTES: u64 = 16 << 30;
-/// How long a checkpassword program may take.
-const CHECKPASSWORD_TIMEOUT: Duration = Duration::from_secs(60);
 /// The one input buffer. Must exceed MAX_AUTH_LINE so that a full line always fits.
 const INPUT_BUFFER: usize = 64 * 1024;
 /// Replies waiting beyond this are sent even while commands are still buffered.
 const OUTPUT_FLUSH: usize = 16 * 1024;
-
-/// Everything a session needs to know before the greeting: control files and environment.
-pub struct Config {
-    /// control/me: the host name in replies and in our Received line.
-    pub me: Vec<u8>,
-    /// control/smtpgreeting (default `me`): the text of the 220 greeting.
-    pub greeting: Vec<u8>,
-    /// control/rcpthosts, normalised: the domains we accept mail for from anyone.
-    pub rcpthosts: Vec<Vec<u8>>,
-    /// DATABYTES or control/databytes (default [`DEFAULT_DATABYTES`]): the largest message, 0
-    /// for no limit.
-    pub databytes: u64,
-    /// control/maxrcpt: recipients per message.
-    pub maxrcpt: usize,
-    /// control/timeoutsmtpd: the deadline of every read and write (shorter under stress).
-    pub timeout: Duration,
-    /// control/timeoutsmtpdsession: the deadline of the whole session.
-    pub session_time: Duration,
-    /// control/timeoutsmtpddata: the deadline of one message's DATA.
-    pub data_time: Duration,
-    /// QUILL_STRESS=1: the listener is near its connection limit; short timeouts, and MAIL must
-    /// come within [`STRESS_IDLE`].
-    pub stress: bool,
-    /// RELAYCLIENT: present means the client may relay; its value is appended to recipients.
-    pub relayclient: Option<Vec<u8>>,
-    /// TCPREMOTEIP.
-    pub remote_ip: String,
-    /// TCPREMOTEHOST, or empty.
-    pub remote_host: String,
-    /// The certificate for STARTTLS and implicit TLS, when configured and loadable.
-    pub tls: Option<ServerTls>,
-    /// Start TLS before the greeting (port 465).
-    pub implicit_tls: bool,
-    /// The checkpassword command line for AUTH; empty means no AUTH.
-    pub checkpassword: Vec<OsString>,
-    /// AUTH_INSECURE or control/authinsecure: offer AUTH without TLS.
-    pub auth_insecure: bool,
-    /// AUTH_REQUIRED: MAIL needs AUTH first (the submission port).
-    pub auth_required: bool,
-    /// The control files, for the recipient check (loaded at the first RCPT that needs it).
-    pub control: Control,
-}
-
-fn env_bytes(name: &str) -> Option<Vec<u8>> {
-    std::env::var_os(name).map(OsString::into_vec)
-}
-
-fn env_flag(name: &str) -> bool {
-    env_bytes(name).is_some_and(|v| !v.is_empty() && v != b"0")
-}
-
-impl Config {
-    /// Read control files and the environment (the UCSPI-TCP variables, RELAYCLIENT,
-    /// DATABYTES, AUTH_INSECURE, AUTH_REQUIRED). An unreadable or malformed control file is an
-    /// error (the caller answers 421); a certificate that does not load only means no STARTTLS,
-    /// except in implicit-TLS mode, where it is an error.
-    pub fn load(control: &Control, checkpassword: Vec<OsString>, implicit_tls: bool) -> Result<Config> {
-        let me = control.me()?;
-        let greeting = control.line("smtpgreeting")?.unwrap_or_else(|| me.clone());
-        let rcpthosts = control.lines("rcpthosts")?.iter().map(|d| normal_domain(d)).collect();
-        let databytes = match env_bytes("DATABYTES") {
-            Some(v) => std::str::from_utf8(&v)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| Error::queue(qq::CONFIG_ERROR, "unable to parse DATABYTES: not a number"))?,
-            None => control.number("databytes", DEFAULT_DATABYTES)?,
-        };
-        let maxrcpt = control.number("maxrcpt", DEFAULT_MAXRCPT)?.clamp(1, MAX_RECIPIENTS as u64) as usize;
-        let stress = env_flag("QUILL_STRESS");
-        let mut timeout = Duration::from_secs(control.number("timeoutsmtpd", DEFAULT_TIMEOUT)?.max(1));
-        if stress {
-            timeout = timeout.min(STRESS_TIMEOUT);
-        }
-        let session_time = Duration::from_secs(control.number("timeoutsmtpdsession", DEFAULT_SESSION_TIME)?.max(1));
-        let data_time = Duration::from_secs(control.number("timeoutsmtpddata", DEFAULT_DATA_TIME)?.max(1));
-        let tls = match control.line("tlscert")? {
-            None => None,
-            Some(cert) => {
-                let resolve =
-                    |name: Vec<u8>| -> PathBuf { control.home.join("control").join(OsString::from_vec(name)) };
-                let cert = resolve(cert);
-                let key = control.line("tlskey")?.map(resolve).unwrap_or_else(|| cert.clone());
-                match ServerTls::load(&cert, &key) {
-                    Ok(tls) => Some(tls),
-                    Err(e) if implicit_tls => return Err(e),
-                    Err(e) => {
-                        crate::base::log::warning(&format!("{e}; STARTTLS is not offered"));
-                        None
-                    }
-                }
-            }
-        };
-        if implicit_tls && tls.is_none() {
-            return Err(Error::temporary("unable to start implicit TLS: control/tlscert is missing"));
-        }
-        Ok(Config {
-            control: control.clone(),
-            greeting,
-            rcpthosts,
-            databytes,
-            maxrcpt,
-            timeout,
-            session_time,
-            data_time,
-            stress,
-            relayclient: env_bytes("RELAYCLIENT"),
-            remote_ip: std::env::var("TCPREMOTEIP").unwrap_or_else(|_| "unknown".to_string()),
-            remote_host: std::env::var("TCPREMOTEHOST").unwrap_or_default(),
-            tls,
-            implicit_tls,
-            checkpassword,
-            auth_insecure: env_flag("AUTH_INSECURE") || control.read("authinsecure")?.is_some(),
-            auth_required: env_flag("AUTH_REQUIRED"),
-            me,
-        })
-    }
-}
 
 /// Which overall deadline a session is under (besides the per-read timeout).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -377,180 +241,9 @@ pub struct Session {
     data_started: Option<Instant>,
     /// Since when no transaction has been open (STRESS_IDLE counts from here).
     idle_since: Instant,
-    /// quill-send's rewriting and quill-lspawn's lookup, loaded at the first local RCPT.
-    recipients: std::cell::OnceCell<std::result::Result<(SendConfig, Checker), String>>,
-}
-
-/// The state machine of message data after `354`: end only at `<CRLF>.<CRLF>`, remove the
-/// stuffed dot, turn CRLF into LF, and note any CR or LF that is not part of a CRLF pair
-/// (the data is then still read to its real end, but never queued: SMTP smuggling).
-pub struct DataParser {
-    state: DataState,
-    /// A bare CR or bare LF was seen.
-    pub bare_line_end: bool,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum DataState {
-    /// After CRLF (or at the start): a dot here is special.
-    LineStart,
-    /// A dot at the start of a line.
-    Dot,
-    /// A dot and CR at the start of a line: LF ends the data.
-    DotCr,
-    /// Inside a line.
-    Middle,
-    /// CR inside a line: LF ends the line.
-    Cr,
-}
-
-impl Default for DataParser {
-    fn default() -> Self {
-        DataParser { state: DataState::LineStart, bare_line_end: false }
-    }
-}
-
-impl DataParser {
-    /// Consume `input`, appending message bytes (LF line ends) to `out`. Returns how many
-    /// bytes were consumed and whether the end of data was reached; without the end, all of
-    /// `input` is consumed.
-    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, bool) {
-        let mut i = 0;
-        while i < input.len() {
-            let byte = input[i];
-            match self.state {
-                DataState::Middle => match memchr::memchr2(b'\r', b'\n', &input[i..]) {
-                    None => {
-                        out.extend_from_slice(&input[i..]);
-                        i = input.len();
-                    }
-                    Some(k) => {
-                        out.extend_from_slice(&input[i..i + k]);
-                        i += k;
-                        if input[i] == b'\r' {
-                            self.state = DataState::Cr;
-                        } else {
-                            // A bare LF ends nothing: the next byte is not at a line start.
-                            self.bare_line_end = true;
-                            out.push(b'\n');
-                        }
-                        i += 1;
-                    }
-                },
-                DataState::LineStart => {
-                    i += 1;
-                    self.state = match byte {
-                        b'.' => DataState::Dot,
-                        b'\r' => DataState::Cr,
-                        b'\n' => {
-                            self.bare_line_end = true;
-                            out.push(b'\n');
-                            DataState::Middle
-                        }
-                        _ => {
-                            out.push(byte);
-                            DataState::Middle
-                        }
-                    };
-                }
-                DataState::Dot => {
-                    i += 1;
-                    self.state = match byte {
-                        b'\r' => DataState::DotCr,
-                        b'\n' => {
-                            self.bare_line_end = true;
-                            out.push(b'\n');
-                            DataState::Middle
-                        }
-                        _ => {
-                            out.push(byte);
-                            DataState::Middle
-                        }
-                    };
-                }
-                DataState::DotCr => {
-                    if byte == b'\n' {
-                        self.state = DataState::LineStart;
-                        return (i + 1, true);
-                    }
-                    // ".\r" and not LF: a bare CR; the byte is looked at again as line text.
-                    self.bare_line_end = true;
-                    out.push(b'\r');
-                    self.state = DataState::Middle;
-                }
-                DataState::Cr => {
-                    if byte == b'\n' {
-                        i += 1;
-                        out.push(b'\n');
-                        self.state = DataState::LineStart;
-                    } else {
-                        self.bare_line_end = true;
-                        out.push(b'\r');
-                        self.state = DataState::Middle;
-                    }
-                }
-            }
-        }
-        (i, false)
-    }
-}
-
-/// Counts `Received:` and `Delivered-To:` lines in the header of a message (LF line ends),
-/// which ends at the first empty line.
-#[derive(Default)]
-pub struct HopCounter {
-    done: bool,
-    in_line: bool,
-    prefix: Vec<u8>,
-    /// The count so far.
-    pub hops: usize,
-}
-
-impl HopCounter {
-    /// Look at the next bytes of the message.
-    pub fn feed(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            if self.done {
-                return;
-            }
-            if byte == b'\n' {
-                if !self.in_line {
-                    self.done = true;
-                }
-                self.in_line = false;
-                self.prefix.clear();
-                continue;
-            }
-            self.in_line = true;
-            if self.prefix.len() < 13 {
-                self.prefix.push(byte);
-                if self.prefix.eq_ignore_ascii_case(b"received:") || self.prefix.eq_ignore_ascii_case(b"delivered-to:")
-                {
-                    self.hops += 1;
-                }
-            }
-        }
-    }
-}
-
-/// The reply for a failure of the queue program: permanent → 554, a full disk → 452, other
-/// temporary → 451, each with the status code the text carries (`… (#4.3.0)`).
-pub fn queue_reply(error: &Error) -> (u16, String) {
-    let message = error.message.trim();
-    let (text, status) = match message.rfind("(#") {
-        Some(open) if message.ends_with(')') => (message[..open].trim_end(), &message[open + 2..message.len() - 1]),
-        _ => (message, ""),
-    };
-    let valid = |s: &str, class: char| s.starts_with(class) && s.split('.').count() == 3;
-    if error.outcome == Outcome::Permanent {
-        let status = if valid(status, '5') { status } else { "5.3.0" };
-        (554, format!("{status} {text}"))
-    } else if error.code == qq::WRITE_ERROR {
-        (452, format!("4.3.1 {text}"))
-    } else {
-        let status = if valid(status, '4') { status } else { "4.3.0" };
-        (451, format!("{status} {text}"))
-    }
+    /// quill-send's rewriting (`mail::rewrite`) and quill-lspawn's lookup, loaded at the
+    /// first local RCPT.
+    recipients: std::cell::OnceCell<std::result::Result<(Rewriting, Checker), String>>,
 }
 
 /// Reap queue programs left behind by aborted messages (they exit on their own once their
@@ -975,11 +668,11 @@ impl Session {
     /// the verdict's reply (rcptcheck::Verdict::reply) is what the client gets.
     fn recipient_known(&self, local: &[u8], domain: &[u8]) -> Verdict {
         let loaded = self.recipients.get_or_init(|| {
-            let send = SendConfig::load(&self.config.control).map_err(|e| e.message)?;
+            let rewriting = Rewriting::load(&self.config.control).map_err(|e| e.message)?;
             let checker = Checker::load(&self.config.control).map_err(|e| e.message)?;
-            Ok((send, checker))
+            Ok((rewriting, checker))
         });
-        let (send, checker) = match loaded {
+        let (rewriting, checker) = match loaded {
             Ok(pair) => pair,
             Err(why) => {
                 crate::base::log::warning(&format!("unable to check recipients: {why}"));
@@ -991,7 +684,7 @@ impl Session {
         address.extend_from_slice(domain);
         // Judge the address quill-send would deliver: after locals and virtualdomains. A
         // domain that is in rcpthosts but delivered remotely (a backup MX) is not ours to judge.
-        let (channel, rewritten) = send.rewrite(&address);
+        let (channel, rewritten) = rewriting.rewrite(&address);
         if channel != Channel::Local {
             return Verdict::Known;
         }
@@ -1321,11 +1014,9 @@ impl Session {
             Some(space) => (&arg[..space], Some(arg[space + 1..].to_vec())),
             None => (arg, None),
         };
-        let decode_initial =
-            |initial: Vec<u8>| if initial == b"=" { Some(Vec::new()) } else { base64_decode(&initial) };
         let credentials = if mechanism.eq_ignore_ascii_case(b"PLAIN") {
             let response = match initial {
-                Some(initial) => match decode_initial(initial) {
+                Some(initial) => match decode_initial(&initial) {
                     Some(r) => r,
                     None => return self.error(501, "5.5.2 cannot decode the AUTH response"),
                 },
@@ -1334,17 +1025,10 @@ impl Session {
                     None => return Ok(()),
                 },
             };
-            // authzid NUL authcid NUL passwd (RFC 4616); acting for another identity is refused.
-            let parts: Vec<&[u8]> = response.split(|&b| b == 0).collect();
-            match parts.as_slice() {
-                [authzid, user, password] if !user.is_empty() && (authzid.is_empty() || authzid == user) => {
-                    Some((user.to_vec(), password.to_vec()))
-                }
-                _ => None,
-            }
+            plain_credentials(&response)
         } else if mechanism.eq_ignore_ascii_case(b"LOGIN") {
             let user = match initial {
-                Some(initial) => match decode_initial(initial) {
+                Some(initial) => match decode_initial(&initial) {
                     Some(r) => r,
                     None => return self.error(501, "5.5.2 cannot decode the AUTH response"),
                 },
@@ -1360,12 +1044,10 @@ impl Session {
         } else {
             return self.error(504, "5.5.4 unrecognized authentication mechanism");
         };
-        let Some((user, mut password)) =
-            credentials.filter(|(u, p)| !u.is_empty() && !u.contains(&0) && !p.contains(&0))
-        else {
+        let Some((user, mut password)) = credentials.filter(|(u, p)| well_formed(u, p)) else {
             return self.error(501, "5.5.2 malformed credentials");
         };
-        let outcome = self.checkpassword(&user, &password);
+        let outcome = checkpassword(&self.config.checkpassword, &self.me(), &user, &password);
         password.fill(0);
         match outcome {
             Outcome::Success => {
@@ -1387,135 +1069,5 @@ impl Session {
                 Ok(())
             }
         }
-    }
-
-    /// Ask the checkpassword program: `user\0password\0timestamp\0` on its fd 3, `/bin/true`
-    /// appended to its command line. Exit 0 accepted, 1 refused, anything else temporary.
-    fn checkpassword(&self, user: &[u8], password: &[u8]) -> Outcome {
-        let Some((program, args)) = self.config.checkpassword.split_first() else {
-            return Outcome::Temporary;
-        };
-        let (read_end, write_end) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-            Ok(pipe) => pipe,
-            Err(e) => {
-                crate::base::log::warning(&format!("unable to make a pipe for checkpassword: {e}"));
-                return Outcome::Temporary;
-            }
-        };
-        let timestamp = format!("<{}.{}@{}>", std::process::id(), crate::base::date::now(), self.me());
-        let mut data = Vec::with_capacity(user.len() + password.len() + timestamp.len() + 3);
-        for part in [user, password, timestamp.as_bytes()] {
-            data.extend_from_slice(part);
-            data.push(0);
-        }
-        // The pipe holds 64 KiB; credentials are capped far below by the AUTH line length.
-        let written = File::from(write_end).write_all(&data);
-        data.fill(0);
-        if let Err(e) = written {
-            crate::base::log::warning(&format!("unable to write to the checkpassword pipe: {e}"));
-            return Outcome::Temporary;
-        }
-        let mut command = Command::new(program);
-        command.args(args).arg("/bin/true").stdin(Stdio::null()).stdout(Stdio::null());
-        crate::base::sys::map_fds(&mut command, vec![(read_end.as_raw_fd(), 3)]);
-        let mut child = match command.spawn() {
-            Ok(child) => child,
-            Err(e) => {
-                crate::base::log::warning(&format!("unable to run {}: {e}", program.to_string_lossy()));
-                return Outcome::Temporary;
-            }
-        };
-        drop(read_end);
-        let deadline = Instant::now() + CHECKPASSWORD_TIMEOUT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    return match status.code() {
-                        Some(0) => Outcome::Success,
-                        Some(1) => Outcome::Permanent,
-                        _ => Outcome::Temporary,
-                    };
-                }
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-                Ok(None) | Err(_) => {
-                    crate::base::log::warning("checkpassword took too long; killed");
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Outcome::Temporary;
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(input: &[u8]) -> (Vec<u8>, usize, bool, bool) {
-        let mut parser = DataParser::default();
-        let mut out = Vec::new();
-        let (used, done) = parser.feed(input, &mut out);
-        (out, used, done, parser.bare_line_end)
-    }
-
-    #[test]
-    fn data_end_and_unstuffing() {
-        assert_eq!(parse(b"a\r\n..b\r\n.\r\nQUIT\r\n"), (b"a\n.b\n".to_vec(), 11, true, false));
-        assert_eq!(parse(b".\r\n"), (b"".to_vec(), 3, true, false));
-        assert_eq!(parse(b"a\r\n.x\r\n"), (b"a\nx\n".to_vec(), 7, false, false));
-    }
-
-    #[test]
-    fn data_byte_by_byte() {
-        let input = b"Subject: x\r\n\r\n..\r\nline\r\n.\r\n";
-        let mut parser = DataParser::default();
-        let mut out = Vec::new();
-        let mut done_at = None;
-        for (i, b) in input.iter().enumerate() {
-            let (used, done) = parser.feed(std::slice::from_ref(b), &mut out);
-            assert_eq!(used, 1);
-            if done {
-                done_at = Some(i);
-            }
-        }
-        assert_eq!(done_at, Some(input.len() - 1));
-        assert_eq!(out, b"Subject: x\n\n.\nline\n");
-    }
-
-    #[test]
-    fn smuggling_never_ends_data() {
-        for input in [&b"a\n.\r\n"[..], b"a\r\n.\n", b"a\r.\r\n", b"a\r\n.\r\r\n", b"a\n.\n"] {
-            let (_, _, done, bare) = parse(input);
-            assert!(!done, "{input:?} ended the data");
-            assert!(bare, "{input:?} not flagged");
-        }
-        let (_, used, done, bare) = parse(b"a\n.\r\nMAIL FROM:<x@y>\r\n\r\n.\r\n");
-        assert!(done && bare);
-        assert_eq!(used, 27);
-    }
-
-    #[test]
-    fn hop_counting() {
-        let mut hops = HopCounter::default();
-        hops.feed(b"Received: a\nDELIVERED-TO: b\nX: y\n Received: folded\n");
-        hops.feed(b"recei");
-        hops.feed(b"ved: c\n\nReceived: in body\n");
-        assert_eq!(hops.hops, 3);
-    }
-
-    #[test]
-    fn queue_replies() {
-        let full = Error::queue(qq::WRITE_ERROR, crate::base::fail::qq_text(qq::WRITE_ERROR));
-        assert_eq!(queue_reply(&full), (452, "4.3.1 qq write error or disk full".to_string()));
-        let perm = Error::queue(31, crate::base::fail::qq_text(31));
-        assert_eq!(queue_reply(&perm), (554, "5.3.0 mail server permanently rejected message".to_string()));
-        let long = Error::queue(11, crate::base::fail::qq_text(11));
-        assert_eq!(queue_reply(&long).0, 554);
-        assert!(queue_reply(&long).1.starts_with("5.1.3 "));
-        let custom = Error { outcome: Outcome::Permanent, code: 82, message: "spam (#5.7.1)".to_string() };
-        assert_eq!(queue_reply(&custom), (554, "5.7.1 spam".to_string()));
-        let temp = Error::queue(81, crate::base::fail::qq_text(81));
-        assert_eq!(queue_reply(&temp), (451, "4.3.0 qq internal bug".to_string()));
     }
 }

@@ -1,0 +1,142 @@
+//! quill-smtpd's configuration: what a session needs to know before the greeting, from the
+//! control files (doc/quill-smtpd.8, FILES) and the environment (UCSPI-TCP variables,
+//! RELAYCLIENT, DATABYTES, AUTH_INSECURE, AUTH_REQUIRED, QUILL_STRESS).
+#![forbid(unsafe_code)]
+
+use crate::base::fail::{qq, Error, Result};
+use crate::mail::address::normal_domain;
+use crate::mail::control::{
+    Control, DEFAULT_DATABYTES, DEFAULT_MAXRCPT, DEFAULT_TIMEOUTSMTPD, DEFAULT_TIMEOUTSMTPDDATA,
+    DEFAULT_TIMEOUTSMTPDSESSION,
+};
+use crate::mail::envelope::MAX_RECIPIENTS;
+use crate::tls::server::ServerTls;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Under stress (QUILL_STRESS=1 from quill-tcpserver, near its connection limit): the per-read
+/// timeout, as Postfix's `smtpd_timeout = ${stress?10}` …
+pub const STRESS_TIMEOUT: Duration = Duration::from_secs(10);
+/// … and the longest a session may go without an open mail transaction (from the greeting, and
+/// after each message) before MAIL.
+pub const STRESS_IDLE: Duration = Duration::from_secs(20);
+
+/// Everything a session needs to know before the greeting: control files and environment.
+pub struct Config {
+    /// control/me: the host name in replies and in our Received line.
+    pub me: Vec<u8>,
+    /// control/smtpgreeting (default `me`): the text of the 220 greeting.
+    pub greeting: Vec<u8>,
+    /// control/rcpthosts, normalised: the domains we accept mail for from anyone.
+    pub rcpthosts: Vec<Vec<u8>>,
+    /// DATABYTES or control/databytes (default [`DEFAULT_DATABYTES`]): the largest message, 0
+    /// for no limit.
+    pub databytes: u64,
+    /// control/maxrcpt: recipients per message.
+    pub maxrcpt: usize,
+    /// control/timeoutsmtpd: the deadline of every read and write (shorter under stress).
+    pub timeout: Duration,
+    /// control/timeoutsmtpdsession: the deadline of the whole session.
+    pub session_time: Duration,
+    /// control/timeoutsmtpddata: the deadline of one message's DATA.
+    pub data_time: Duration,
+    /// QUILL_STRESS=1: the listener is near its connection limit; short timeouts, and MAIL must
+    /// come within [`STRESS_IDLE`].
+    pub stress: bool,
+    /// RELAYCLIENT: present means the client may relay; its value is appended to recipients.
+    pub relayclient: Option<Vec<u8>>,
+    /// TCPREMOTEIP.
+    pub remote_ip: String,
+    /// TCPREMOTEHOST, or empty.
+    pub remote_host: String,
+    /// The certificate for STARTTLS and implicit TLS, when configured and loadable.
+    pub tls: Option<ServerTls>,
+    /// Start TLS before the greeting (port 465).
+    pub implicit_tls: bool,
+    /// The checkpassword command line for AUTH; empty means no AUTH.
+    pub checkpassword: Vec<OsString>,
+    /// AUTH_INSECURE or control/authinsecure: offer AUTH without TLS.
+    pub auth_insecure: bool,
+    /// AUTH_REQUIRED: MAIL needs AUTH first (the submission port).
+    pub auth_required: bool,
+    /// The control files, for the recipient check (loaded at the first RCPT that needs it).
+    pub control: Control,
+}
+
+fn env_bytes(name: &str) -> Option<Vec<u8>> {
+    std::env::var_os(name).map(OsString::into_vec)
+}
+
+fn env_flag(name: &str) -> bool {
+    env_bytes(name).is_some_and(|v| !v.is_empty() && v != b"0")
+}
+
+impl Config {
+    /// Read control files and the environment (the UCSPI-TCP variables, RELAYCLIENT,
+    /// DATABYTES, AUTH_INSECURE, AUTH_REQUIRED). An unreadable or malformed control file is an
+    /// error (the caller answers 421); a certificate that does not load only means no STARTTLS,
+    /// except in implicit-TLS mode, where it is an error.
+    pub fn load(control: &Control, checkpassword: Vec<OsString>, implicit_tls: bool) -> Result<Config> {
+        let me = control.me()?;
+        let greeting = control.line("smtpgreeting")?.unwrap_or_else(|| me.clone());
+        let rcpthosts = control.lines("rcpthosts")?.iter().map(|d| normal_domain(d)).collect();
+        let databytes = match env_bytes("DATABYTES") {
+            Some(v) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| Error::queue(qq::CONFIG_ERROR, "unable to parse DATABYTES: not a number"))?,
+            None => control.number("databytes", DEFAULT_DATABYTES)?,
+        };
+        let maxrcpt = control.number("maxrcpt", DEFAULT_MAXRCPT)?.clamp(1, MAX_RECIPIENTS as u64) as usize;
+        let stress = env_flag("QUILL_STRESS");
+        let mut timeout = Duration::from_secs(control.number("timeoutsmtpd", DEFAULT_TIMEOUTSMTPD)?.max(1));
+        if stress {
+            timeout = timeout.min(STRESS_TIMEOUT);
+        }
+        let session_time =
+            Duration::from_secs(control.number("timeoutsmtpdsession", DEFAULT_TIMEOUTSMTPDSESSION)?.max(1));
+        let data_time = Duration::from_secs(control.number("timeoutsmtpddata", DEFAULT_TIMEOUTSMTPDDATA)?.max(1));
+        let tls = match control.line("tlscert")? {
+            None => None,
+            Some(cert) => {
+                let resolve =
+                    |name: Vec<u8>| -> PathBuf { control.home.join("control").join(OsString::from_vec(name)) };
+                let cert = resolve(cert);
+                let key = control.line("tlskey")?.map(resolve).unwrap_or_else(|| cert.clone());
+                match ServerTls::load(&cert, &key) {
+                    Ok(tls) => Some(tls),
+                    Err(e) if implicit_tls => return Err(e),
+                    Err(e) => {
+                        crate::base::log::warning(&format!("{e}; STARTTLS is not offered"));
+                        None
+                    }
+                }
+            }
+        };
+        if implicit_tls && tls.is_none() {
+            return Err(Error::temporary("unable to start implicit TLS: control/tlscert is missing"));
+        }
+        Ok(Config {
+            control: control.clone(),
+            greeting,
+            rcpthosts,
+            databytes,
+            maxrcpt,
+            timeout,
+            session_time,
+            data_time,
+            stress,
+            relayclient: env_bytes("RELAYCLIENT"),
+            remote_ip: std::env::var("TCPREMOTEIP").unwrap_or_else(|_| "unknown".to_string()),
+            remote_host: std::env::var("TCPREMOTEHOST").unwrap_or_default(),
+            tls,
+            implicit_tls,
+            checkpassword,
+            auth_insecure: env_flag("AUTH_INSECURE") || control.read("authinsecure")?.is_some(),
+            auth_required: env_flag("AUTH_REQUIRED"),
+            me,
+        })
+    }
+}

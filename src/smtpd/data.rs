@@ -1,0 +1,253 @@
+//! The message data of one SMTP transaction, after `354`: the end-of-data state machine
+//! (dot-unstuffing, CRLF to LF, bare CR and LF noted: SMTP smuggling), the hop counter (mail
+//! loops), and the reply for the queue program's verdict at the end of data.
+#![forbid(unsafe_code)]
+
+use crate::base::fail::{qq, Error, Outcome};
+
+/// `Received:` plus `Delivered-To:` header lines at which a message is taken to loop.
+pub const MAX_HOPS: usize = 100;
+
+/// The state machine of message data after `354`: end only at `<CRLF>.<CRLF>`, remove the
+/// stuffed dot, turn CRLF into LF, and note any CR or LF that is not part of a CRLF pair
+/// (the data is then still read to its real end, but never queued: SMTP smuggling).
+pub struct DataParser {
+    state: DataState,
+    /// A bare CR or bare LF was seen.
+    pub bare_line_end: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DataState {
+    /// After CRLF (or at the start): a dot here is special.
+    LineStart,
+    /// A dot at the start of a line.
+    Dot,
+    /// A dot and CR at the start of a line: LF ends the data.
+    DotCr,
+    /// Inside a line.
+    Middle,
+    /// CR inside a line: LF ends the line.
+    Cr,
+}
+
+impl Default for DataParser {
+    fn default() -> Self {
+        DataParser { state: DataState::LineStart, bare_line_end: false }
+    }
+}
+
+impl DataParser {
+    /// Consume `input`, appending message bytes (LF line ends) to `out`. Returns how many
+    /// bytes were consumed and whether the end of data was reached; without the end, all of
+    /// `input` is consumed.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, bool) {
+        let mut i = 0;
+        while i < input.len() {
+            let byte = input[i];
+            match self.state {
+                DataState::Middle => match memchr::memchr2(b'\r', b'\n', &input[i..]) {
+                    None => {
+                        out.extend_from_slice(&input[i..]);
+                        i = input.len();
+                    }
+                    Some(k) => {
+                        out.extend_from_slice(&input[i..i + k]);
+                        i += k;
+                        if input[i] == b'\r' {
+                            self.state = DataState::Cr;
+                        } else {
+                            // A bare LF ends nothing: the next byte is not at a line start.
+                            self.bare_line_end = true;
+                            out.push(b'\n');
+                        }
+                        i += 1;
+                    }
+                },
+                DataState::LineStart => {
+                    i += 1;
+                    self.state = match byte {
+                        b'.' => DataState::Dot,
+                        b'\r' => DataState::Cr,
+                        b'\n' => {
+                            self.bare_line_end = true;
+                            out.push(b'\n');
+                            DataState::Middle
+                        }
+                        _ => {
+                            out.push(byte);
+                            DataState::Middle
+                        }
+                    };
+                }
+                DataState::Dot => {
+                    i += 1;
+                    self.state = match byte {
+                        b'\r' => DataState::DotCr,
+                        b'\n' => {
+                            self.bare_line_end = true;
+                            out.push(b'\n');
+                            DataState::Middle
+                        }
+                        _ => {
+                            out.push(byte);
+                            DataState::Middle
+                        }
+                    };
+                }
+                DataState::DotCr => {
+                    if byte == b'\n' {
+                        self.state = DataState::LineStart;
+                        return (i + 1, true);
+                    }
+                    // ".\r" and not LF: a bare CR; the byte is looked at again as line text.
+                    self.bare_line_end = true;
+                    out.push(b'\r');
+                    self.state = DataState::Middle;
+                }
+                DataState::Cr => {
+                    if byte == b'\n' {
+                        i += 1;
+                        out.push(b'\n');
+                        self.state = DataState::LineStart;
+                    } else {
+                        self.bare_line_end = true;
+                        out.push(b'\r');
+                        self.state = DataState::Middle;
+                    }
+                }
+            }
+        }
+        (i, false)
+    }
+}
+
+/// Counts `Received:` and `Delivered-To:` lines in the header of a message (LF line ends),
+/// which ends at the first empty line.
+#[derive(Default)]
+pub struct HopCounter {
+    done: bool,
+    in_line: bool,
+    prefix: Vec<u8>,
+    /// The count so far.
+    pub hops: usize,
+}
+
+impl HopCounter {
+    /// Look at the next bytes of the message.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            if self.done {
+                return;
+            }
+            if byte == b'\n' {
+                if !self.in_line {
+                    self.done = true;
+                }
+                self.in_line = false;
+                self.prefix.clear();
+                continue;
+            }
+            self.in_line = true;
+            if self.prefix.len() < 13 {
+                self.prefix.push(byte);
+                if self.prefix.eq_ignore_ascii_case(b"received:") || self.prefix.eq_ignore_ascii_case(b"delivered-to:")
+                {
+                    self.hops += 1;
+                }
+            }
+        }
+    }
+}
+
+/// The reply for a failure of the queue program: permanent → 554, a full disk → 452, other
+/// temporary → 451, each with the status code the text carries (`… (#4.3.0)`).
+pub fn queue_reply(error: &Error) -> (u16, String) {
+    let message = error.message.trim();
+    let (text, status) = match message.rfind("(#") {
+        Some(open) if message.ends_with(')') => (message[..open].trim_end(), &message[open + 2..message.len() - 1]),
+        _ => (message, ""),
+    };
+    let valid = |s: &str, class: char| s.starts_with(class) && s.split('.').count() == 3;
+    if error.outcome == Outcome::Permanent {
+        let status = if valid(status, '5') { status } else { "5.3.0" };
+        (554, format!("{status} {text}"))
+    } else if error.code == qq::WRITE_ERROR {
+        (452, format!("4.3.1 {text}"))
+    } else {
+        let status = if valid(status, '4') { status } else { "4.3.0" };
+        (451, format!("{status} {text}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(input: &[u8]) -> (Vec<u8>, usize, bool, bool) {
+        let mut parser = DataParser::default();
+        let mut out = Vec::new();
+        let (used, done) = parser.feed(input, &mut out);
+        (out, used, done, parser.bare_line_end)
+    }
+
+    #[test]
+    fn data_end_and_unstuffing() {
+        assert_eq!(parse(b"a\r\n..b\r\n.\r\nQUIT\r\n"), (b"a\n.b\n".to_vec(), 11, true, false));
+        assert_eq!(parse(b".\r\n"), (b"".to_vec(), 3, true, false));
+        assert_eq!(parse(b"a\r\n.x\r\n"), (b"a\nx\n".to_vec(), 7, false, false));
+    }
+
+    #[test]
+    fn data_byte_by_byte() {
+        let input = b"Subject: x\r\n\r\n..\r\nline\r\n.\r\n";
+        let mut parser = DataParser::default();
+        let mut out = Vec::new();
+        let mut done_at = None;
+        for (i, b) in input.iter().enumerate() {
+            let (used, done) = parser.feed(std::slice::from_ref(b), &mut out);
+            assert_eq!(used, 1);
+            if done {
+                done_at = Some(i);
+            }
+        }
+        assert_eq!(done_at, Some(input.len() - 1));
+        assert_eq!(out, b"Subject: x\n\n.\nline\n");
+    }
+
+    #[test]
+    fn smuggling_never_ends_data() {
+        for input in [&b"a\n.\r\n"[..], b"a\r\n.\n", b"a\r.\r\n", b"a\r\n.\r\r\n", b"a\n.\n"] {
+            let (_, _, done, bare) = parse(input);
+            assert!(!done, "{input:?} ended the data");
+            assert!(bare, "{input:?} not flagged");
+        }
+        let (_, used, done, bare) = parse(b"a\n.\r\nMAIL FROM:<x@y>\r\n\r\n.\r\n");
+        assert!(done && bare);
+        assert_eq!(used, 27);
+    }
+
+    #[test]
+    fn hop_counting() {
+        let mut hops = HopCounter::default();
+        hops.feed(b"Received: a\nDELIVERED-TO: b\nX: y\n Received: folded\n");
+        hops.feed(b"recei");
+        hops.feed(b"ved: c\n\nReceived: in body\n");
+        assert_eq!(hops.hops, 3);
+    }
+
+    #[test]
+    fn queue_replies() {
+        let full = Error::queue(qq::WRITE_ERROR, crate::base::fail::qq_text(qq::WRITE_ERROR));
+        assert_eq!(queue_reply(&full), (452, "4.3.1 qq write error or disk full".to_string()));
+        let perm = Error::queue(31, crate::base::fail::qq_text(31));
+        assert_eq!(queue_reply(&perm), (554, "5.3.0 mail server permanently rejected message".to_string()));
+        let long = Error::queue(11, crate::base::fail::qq_text(11));
+        assert_eq!(queue_reply(&long).0, 554);
+        assert!(queue_reply(&long).1.starts_with("5.1.3 "));
+        let custom = Error { outcome: Outcome::Permanent, code: 82, message: "spam (#5.7.1)".to_string() };
+        assert_eq!(queue_reply(&custom), (554, "5.7.1 spam".to_string()));
+        let temp = Error::queue(81, crate::base::fail::qq_text(81));
+        assert_eq!(queue_reply(&temp), (451, "4.3.0 qq internal bug".to_string()));
+    }
+}
