@@ -1,15 +1,14 @@
 //! The base tier: generic Unix helpers that know nothing about mail, and import nothing of
 //! the rest of Quill.
 //!
-//! `sys` (the only unsafe code: system calls nix does not wrap), `fail` (the error type, the
-//! three outcomes and the exit codes), `log` (diagnostics and `log::safe` for outside bytes),
-//! `privilege` (the one way to give up root), `children` (what a supervisor does with its
-//! children), `date` (RFC 5322 dates), `tree` (walking a tree another user can change, by
-//! descriptor), `trust` (whether a file that can name a program may be believed, by its owner
-//! and mode).
-// `deny`, not `forbid`: a forbid here would reach into `sys`, the one module that may use
-// unsafe (with its own `allow`); every other module below says `forbid` itself.
-#![deny(unsafe_code)]
+//! `sys` (system calls nix does not wrap: the one module allowed `unsafe_code`), `fail` (the
+//! error type, the three outcomes and the exit codes), `log` (diagnostics and `log::safe` for
+//! outside bytes), `privilege` (the one way to give up root), `children` (what a supervisor
+//! does with its children), `date` (RFC 5322 dates), `tree` (walking a tree another user can
+//! change, by descriptor), `trust` (whether a file that can name a program may be believed, by
+//! its owner and mode).
+// Cargo.toml denies `unsafe_code` for the whole crate; `sys` allows it for itself, every
+// other module below says `forbid`.
 
 pub mod children;
 pub mod date;
