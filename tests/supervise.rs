@@ -134,8 +134,20 @@ fn rewrite(path: &Path, pairs: &[(&str, &str)]) {
     std::fs::write(path, text).expect("write run script");
 }
 
+/// A port nobody listens on, and never one handed out before in this run: a port picked by
+/// binding port 0 is free again at once, so two picks could give the same port to two services
+/// (the port-25 service would then share its port with submission, which wants AUTH).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..100 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no new free port in 100 tries");
 }
 
 fn run(program: &str, args: &[&str]) -> std::process::Output {
