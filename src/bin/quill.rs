@@ -312,14 +312,7 @@ fn queue(args: &[String]) -> ExitCode {
                 }
                 println!("{} of {} messages", selected.len(), entries.len());
             }
-            for e in &errors {
-                quill::base::log::warning(e);
-            }
-            if errors.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                Outcome::Temporary.exit()
-            }
+            warn_and_exit(&errors)
         }
         "show" => {
             opts.optflag("", "body", "show the whole message");
@@ -359,14 +352,7 @@ fn queue(args: &[String]) -> ExitCode {
             let hold = m.opt_present("hold");
             let chosen: Vec<_> = entries.into_iter().filter(|e| (e.state == "hold") == hold).collect();
             print!("{}", admin::shape::shape(&chosen, now, m.opt_present("sender")));
-            for e in &errors {
-                quill::base::log::warning(e);
-            }
-            if errors.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                Outcome::Temporary.exit()
-            }
+            warn_and_exit(&errors)
         }
         "why" => {
             let m = match parse(rest, &opts, HELP_QUEUE) {
@@ -395,14 +381,7 @@ fn queue(args: &[String]) -> ExitCode {
                 }
             }
             println!("{waiting} recipients waiting in {} messages", entries.len());
-            for e in &errors {
-                quill::base::log::warning(e);
-            }
-            if errors.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                Outcome::Temporary.exit()
-            }
+            warn_and_exit(&errors)
         }
         "flush" | "hold" | "release" | "delete" | "bounce" | "requeue" => {
             selection_options(&mut opts);
@@ -470,5 +449,18 @@ fn main() -> ExitCode {
             ));
             usage(USAGE)
         }
+    }
+}
+
+/// The end of a listing: a warning for each queue file that could not be read, and exit 111
+/// when there was one (the listing is incomplete), 0 otherwise.
+fn warn_and_exit(errors: &[String]) -> ExitCode {
+    for e in errors {
+        quill::base::log::warning(e);
+    }
+    if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        Outcome::Temporary.exit()
     }
 }
