@@ -497,54 +497,7 @@ impl Drop for Scripted {
     }
 }
 
-/// dnsmasq on 127.0.0.1, answering for `.test` from the given record options.
-struct Dns {
-    process: Child,
-    port: u16,
-}
-
-impl Dns {
-    fn start(records: &[String]) -> Option<Dns> {
-        let program = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"].into_iter().find(|p| Path::new(p).exists());
-        let Some(program) = program else {
-            common::skip("dnsmasq is not installed");
-            return None;
-        };
-        let port = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-        let mut command = Command::new(program);
-        command
-            .args(["--no-daemon", "--conf-file=/dev/null", "--pid-file=", "--listen-address=127.0.0.1"])
-            .args(["--bind-interfaces", "--no-resolv", "--no-hosts", "--local=/test/"])
-            .arg(format!("--port={port}"))
-            .args(records)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if common::is_root() {
-            command.arg("--user=nobody");
-        }
-        quill::base::sys::die_with_parent(&mut command);
-        let dns = Dns { process: command.spawn().expect("start dnsmasq"), port };
-        let resolver = quill::remote::dns::Resolver {
-            servers: vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))],
-            timeout: Duration::from_millis(200),
-            attempts: 1,
-        };
-        let up = wait_for(Duration::from_secs(10), || {
-            matches!(
-                resolver.query(b"ready.test", quill::remote::dns::TYPE_A),
-                Ok(_) | Err(quill::remote::dns::DnsError::NxDomain(_))
-            )
-        });
-        assert!(up, "dnsmasq did not start");
-        Some(dns)
-    }
-}
-
-impl Drop for Dns {
-    fn drop(&mut self) {
-        stop_child(&mut self.process, Duration::from_secs(5));
-    }
-}
+use common::dnsmasq::Dnsmasq as Dns;
 
 // ---------------------------------------------------------------------------------------
 // 1. smtp-source into the listener.

@@ -169,49 +169,7 @@ impl Sink {
     }
 }
 
-struct Dns {
-    _process: Process,
-    port: u16,
-}
-
-impl Dns {
-    /// dnsmasq on 127.0.0.1 authoritative for `.test` with the given record options.
-    fn start(records: &[String]) -> Option<Dns> {
-        let program = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"].into_iter().find(|p| Path::new(p).exists());
-        let Some(program) = program else {
-            common::skip("dnsmasq is not installed");
-            return None;
-        };
-        let port = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-        let mut command = Command::new(program);
-        command
-            .args(["--no-daemon", "--conf-file=/dev/null", "--pid-file=", "--listen-address=127.0.0.1"])
-            .args(["--bind-interfaces", "--no-resolv", "--no-hosts", "--local=/test/"])
-            .arg(format!("--port={port}"))
-            .args(records)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        quill::base::sys::die_with_parent(&mut command);
-        let process = Process(command.spawn().expect("start dnsmasq"));
-        let resolver = quill::remote::dns::Resolver {
-            servers: vec![SocketAddr::from(([127, 0, 0, 1], port))],
-            timeout: Duration::from_millis(200),
-            attempts: 1,
-        };
-        let up = common::wait_for(Duration::from_secs(10), || {
-            matches!(
-                resolver.query(b"ready.test", quill::remote::dns::TYPE_A),
-                Ok(_) | Err(quill::remote::dns::DnsError::NxDomain(_))
-            )
-        });
-        assert!(up, "dnsmasq did not start");
-        Some(Dns { _process: process, port })
-    }
-
-    fn servers(&self) -> String {
-        format!("127.0.0.1:{}\noptions timeout:2 attempts:2\n", self.port)
-    }
-}
+use common::dnsmasq::Dnsmasq as Dns;
 
 // ---------------------------------------------------------------------------------------
 // Scripted SMTP servers.

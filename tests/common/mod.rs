@@ -2,6 +2,8 @@
 //! binaries, bounded waits. Every test builds its own world and tears it down.
 #![allow(dead_code)]
 
+pub mod dnsmasq;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
