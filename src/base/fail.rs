@@ -244,6 +244,167 @@ pub fn exit_outcome(status: std::process::ExitStatus) -> Outcome {
     }
 }
 
+/// The subject and detail of an RFC 3463 enhanced status code; the class (2, 4 or 5) is the
+/// outcome's, so the two can never disagree. `Enhanced::MAIL_SYSTEM` with a temporary outcome
+/// is qmail's `4.3.0`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Enhanced {
+    pub subject: u16,
+    pub detail: u16,
+}
+
+impl Enhanced {
+    pub const fn new(subject: u16, detail: u16) -> Enhanced {
+        Enhanced { subject, detail }
+    }
+    /// x.0.0: other or undefined status.
+    pub const OTHER: Enhanced = Enhanced::new(0, 0);
+    /// x.1.1: bad destination mailbox address.
+    pub const BAD_MAILBOX: Enhanced = Enhanced::new(1, 1);
+    /// x.1.2: bad destination system address.
+    pub const BAD_SYSTEM: Enhanced = Enhanced::new(1, 2);
+    /// x.1.3: bad destination mailbox address syntax.
+    pub const BAD_SYNTAX: Enhanced = Enhanced::new(1, 3);
+    /// x.1.7: bad sender's mailbox address syntax.
+    pub const BAD_SENDER_SYNTAX: Enhanced = Enhanced::new(1, 7);
+    /// x.2.0: other or undefined mailbox status.
+    pub const MAILBOX: Enhanced = Enhanced::new(2, 0);
+    /// x.2.1: mailbox disabled, not accepting messages.
+    pub const MAILBOX_DISABLED: Enhanced = Enhanced::new(2, 1);
+    /// x.2.2: mailbox full.
+    pub const MAILBOX_FULL: Enhanced = Enhanced::new(2, 2);
+    /// x.3.0: other or undefined mail system status (qmail's catch-all).
+    pub const MAIL_SYSTEM: Enhanced = Enhanced::new(3, 0);
+    /// x.3.4: message too big for system.
+    pub const TOO_BIG: Enhanced = Enhanced::new(3, 4);
+    /// x.4.1: no answer from host.
+    pub const NO_ANSWER: Enhanced = Enhanced::new(4, 1);
+    /// x.4.2: bad connection.
+    pub const BAD_CONNECTION: Enhanced = Enhanced::new(4, 2);
+    /// x.4.3: directory server failure (DNS).
+    pub const DIRECTORY: Enhanced = Enhanced::new(4, 3);
+    /// x.4.4: unable to route.
+    pub const UNROUTABLE: Enhanced = Enhanced::new(4, 4);
+    /// x.4.6: routing loop detected.
+    pub const LOOP: Enhanced = Enhanced::new(4, 6);
+    /// x.4.7: delivery time expired.
+    pub const EXPIRED: Enhanced = Enhanced::new(4, 7);
+    /// x.6.7: non-ASCII addresses not permitted for that sender/recipient.
+    pub const NEEDS_SMTPUTF8: Enhanced = Enhanced::new(6, 7);
+    /// x.7.0: other or undefined security status.
+    pub const SECURITY: Enhanced = Enhanced::new(7, 0);
+    /// x.7.1: delivery not authorized, message refused.
+    pub const NOT_AUTHORIZED: Enhanced = Enhanced::new(7, 1);
+    /// x.7.5: cryptographic failure.
+    pub const CRYPTO: Enhanced = Enhanced::new(7, 5);
+}
+
+/// What became of something done for a message: the outcome, its enhanced status code and
+/// the words for the sender and the administrator, kept apart until the edge (a spawn
+/// report, a bounce, an SMTP reply, a log line) renders them, once, as `TEXT (#4.3.0)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub outcome: Outcome,
+    pub code: Enhanced,
+    /// The words, without the code: "Sorry, no mailbox here by that name."
+    pub text: String,
+}
+
+impl Status {
+    pub fn new(outcome: Outcome, code: Enhanced, text: impl Into<String>) -> Status {
+        Status { outcome, code, text: text.into() }
+    }
+
+    pub fn success(text: impl Into<String>) -> Status {
+        Status::new(Outcome::Success, Enhanced::OTHER, text)
+    }
+
+    pub fn temporary(code: Enhanced, text: impl Into<String>) -> Status {
+        Status::new(Outcome::Temporary, code, text)
+    }
+
+    pub fn permanent(code: Enhanced, text: impl Into<String>) -> Status {
+        Status::new(Outcome::Permanent, code, text)
+    }
+
+    /// The class digit of the code: 2, 4 or 5.
+    pub fn class(&self) -> u8 {
+        match self.outcome {
+            Outcome::Success => 2,
+            Outcome::Temporary => 4,
+            Outcome::Permanent => 5,
+        }
+    }
+
+    /// The code alone, `4.3.0`.
+    pub fn code_text(&self) -> String {
+        format!("{}.{}.{}", self.class(), self.code.subject, self.code.detail)
+    }
+
+    /// Read back a text rendered by [`Status`]'s Display (or written by qmail): a trailing
+    /// `(#C.S.D)` gives the code, whose class is then the outcome's (a text whose code
+    /// disagrees with the outcome keeps the outcome and the subject and detail); without one
+    /// the code is the catch-all `x.3.0` for a failure and `2.0.0` for a success. Surrounding
+    /// spaces and a final period before the code are kept in the text as written.
+    pub fn parse(outcome: Outcome, text: &str) -> Status {
+        let trimmed = text.trim_end();
+        if let Some(start) = trimmed.rfind("(#") {
+            if let Some(inner) = trimmed[start + 2..].strip_suffix(')') {
+                if let Some(code) = parse_enhanced(inner) {
+                    let words = trimmed[..start].trim_end();
+                    return Status::new(outcome, code.1, words);
+                }
+            }
+        }
+        let code = if outcome == Outcome::Success { Enhanced::OTHER } else { Enhanced::MAIL_SYSTEM };
+        Status::new(outcome, code, trimmed)
+    }
+}
+
+/// `C.S.D` with C one of 2, 4, 5 and S, D of one to three digits (RFC 3463).
+pub fn parse_enhanced(text: &str) -> Option<(u8, Enhanced)> {
+    let mut parts = text.split('.');
+    let (class, subject, detail) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let class = match class {
+        "2" => 2,
+        "4" => 4,
+        "5" => 5,
+        _ => return None,
+    };
+    let number = |part: &str| -> Option<u16> {
+        if part.is_empty() || part.len() > 3 || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        part.parse().ok()
+    };
+    Some((class, Enhanced::new(number(subject)?, number(detail)?)))
+}
+
+impl fmt::Display for Status {
+    /// qmail's form: the words, then the code in `(#…)`; a success shows its words only.
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if self.outcome == Outcome::Success {
+            return f.write_str(&self.text);
+        }
+        if self.text.is_empty() {
+            write!(f, "(#{})", self.code_text())
+        } else {
+            write!(f, "{} (#{})", self.text, self.code_text())
+        }
+    }
+}
+
+impl From<&Error> for Status {
+    /// An error as a status: its words, the catch-all code (`x.3.0`) unless the words end in
+    /// one already.
+    fn from(error: &Error) -> Status {
+        Status::parse(error.outcome, &error.message)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,5 +422,25 @@ mod tests {
         assert_eq!(ExitCode::from(&Error::queue(qq::WRITE_ERROR, "x")), ExitCode::from(53));
         assert_eq!(ExitCode::from(&Error::permanent("x")), ExitCode::from(100));
         assert_eq!(ExitCode::from(Outcome::Temporary), ExitCode::from(111));
+    }
+
+    #[test]
+    fn status_renders_once_and_reads_back() {
+        let status = Status::temporary(Enhanced::MAIL_SYSTEM, "Unable to chdir to maildir.");
+        assert_eq!(status.to_string(), "Unable to chdir to maildir. (#4.3.0)");
+        assert_eq!(Status::parse(Outcome::Temporary, &status.to_string()), status);
+        let bounce = Status::permanent(Enhanced::BAD_MAILBOX, "Sorry, no mailbox here by that name.");
+        assert_eq!(bounce.to_string(), "Sorry, no mailbox here by that name. (#5.1.1)");
+        assert_eq!(Status::parse(Outcome::Permanent, &bounce.to_string()), bounce);
+        // No code: the catch-all; a malformed one is part of the words.
+        assert_eq!(Status::parse(Outcome::Temporary, "out of luck").code, Enhanced::MAIL_SYSTEM);
+        assert_eq!(Status::parse(Outcome::Permanent, "x (#5.1234.1)").text, "x (#5.1234.1)");
+        assert_eq!(Status::parse(Outcome::Permanent, "x (#9.1.1)").code, Enhanced::MAIL_SYSTEM);
+        // The class is always the outcome's.
+        assert_eq!(Status::parse(Outcome::Temporary, "x (#5.1.1)").code_text(), "4.1.1");
+        assert_eq!(Status::success("delivered").to_string(), "delivered");
+        assert_eq!(parse_enhanced("5.10.100"), Some((5, Enhanced::new(10, 100))));
+        assert_eq!(parse_enhanced("5.1"), None);
+        assert_eq!(Status::from(&Error::temporary("unable to read x: y")).to_string(), "unable to read x: y (#4.3.0)");
     }
 }
