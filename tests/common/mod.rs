@@ -8,11 +8,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Path of one of the project's programs, as built by cargo for this test run.
+/// Path of one of the project's programs, as cargo built it for this test run.
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/test-xxxx → target/<profile>/<name>
-    exe.parent().and_then(Path::parent).expect("target dir").join(name)
+    PathBuf::from(match name {
+        "quill-clean" => env!("CARGO_BIN_EXE_quill-clean"),
+        "quill-inject" => env!("CARGO_BIN_EXE_quill-inject"),
+        "quill-local" => env!("CARGO_BIN_EXE_quill-local"),
+        "quill-lspawn" => env!("CARGO_BIN_EXE_quill-lspawn"),
+        "quill-newu" => env!("CARGO_BIN_EXE_quill-newu"),
+        "quill-queue" => env!("CARGO_BIN_EXE_quill-queue"),
+        "quill-remote" => env!("CARGO_BIN_EXE_quill-remote"),
+        "quill-rspawn" => env!("CARGO_BIN_EXE_quill-rspawn"),
+        "quill-send" => env!("CARGO_BIN_EXE_quill-send"),
+        "quill-smtpd" => env!("CARGO_BIN_EXE_quill-smtpd"),
+        "quill-start" => env!("CARGO_BIN_EXE_quill-start"),
+        "quill-tcpserver" => env!("CARGO_BIN_EXE_quill-tcpserver"),
+        "quill-up" => env!("CARGO_BIN_EXE_quill-up"),
+        "quill" => env!("CARGO_BIN_EXE_quill"),
+        "sendmail" => env!("CARGO_BIN_EXE_sendmail"),
+        _ => panic!("no program called {name} in src/bin/"),
+    })
 }
 
 /// A fresh directory under the system temp dir, removed when dropped.
