@@ -13,6 +13,7 @@ pub mod setup;
 pub mod shape;
 pub mod stats;
 pub mod status;
+pub mod up;
 pub mod why;
 
 use std::path::Path;

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 use super::{group_id, owner_mode, user_ids, Account, ACCOUNTS, NOFILES_GROUP, QUEUE_GROUP};
+use crate::base::fail::Error;
 use crate::mail::control::Control;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{chown, DirBuilderExt, PermissionsExt};
@@ -30,8 +31,8 @@ pub struct Options {
 pub struct Report {
     /// "created group quill", …
     pub done: Vec<String>,
-    /// "unable to …: reason", …
-    pub failed: Vec<String>,
+    /// "unable to …: reason", …: temporary, as the administrator can fix each and run again.
+    pub failed: Vec<Error>,
 }
 
 impl Report {
@@ -39,7 +40,7 @@ impl Report {
         self.done.push(text);
     }
     fn fail(&mut self, text: String) {
-        self.failed.push(text);
+        self.failed.push(Error::temporary(text));
     }
 }
 
@@ -61,13 +62,15 @@ fn nologin_shell() -> &'static str {
     ["/usr/sbin/nologin", "/sbin/nologin"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("/bin/false")
 }
 
-fn run(command: &mut Command) -> Result<(), String> {
-    let output = command.stdin(Stdio::null()).output().map_err(|e| e.to_string())?;
+/// Run a system tool (groupadd, useradd); the error is its reason only (the first line of
+/// what it said), for the caller's "unable to …: REASON".
+fn run(command: &mut Command) -> Result<(), Error> {
+    let output = command.stdin(Stdio::null()).output().map_err(|e| Error::temporary(e.to_string()))?;
     if output.status.success() {
         Ok(())
     } else {
         let text = String::from_utf8_lossy(&output.stderr);
-        Err(text.lines().next().unwrap_or("failed").trim().to_string())
+        Err(Error::temporary(text.lines().next().unwrap_or("failed").trim()))
     }
 }
 

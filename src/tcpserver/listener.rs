@@ -3,6 +3,7 @@
 //! Generic Unix and TCP code; it knows nothing about mail.
 #![forbid(unsafe_code)]
 
+use crate::base::fail::Error;
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io;
@@ -15,23 +16,25 @@ use std::time::Duration;
 
 /// The listen address from the command line: an IPv4 or IPv6 address (brackets allowed), or
 /// tcpserver's `0` for every IPv4 address. Host names are refused: there is no DNS to ask.
-pub fn parse_host(text: &str) -> Result<IpAddr, String> {
+pub fn parse_host(text: &str) -> Result<IpAddr, Error> {
     if text == "0" {
         return Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     }
     let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
-    bare.parse().map_err(|_| format!("{text} is not an IP address (quill-tcpserver looks up no host names)"))
+    bare.parse()
+        .map_err(|_| Error::permanent(format!("{text} is not an IP address (quill-tcpserver looks up no host names)")))
 }
 
 /// The port from the command line: a number, or a TCP service name from `/etc/services`
 /// (`smtp` is 25), as tcpserver accepts.
-pub fn parse_port(text: &str) -> Result<u16, String> {
+pub fn parse_port(text: &str) -> Result<u16, Error> {
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        return text.parse().map_err(|_| format!("port {text} is out of range"));
+        return text.parse().map_err(|_| Error::permanent(format!("port {text} is out of range")));
     }
     let services = std::fs::read_to_string("/etc/services").unwrap_or_default();
-    service_port(&services, text)
-        .ok_or_else(|| format!("unknown port {text}: not a number nor a tcp service in /etc/services"))
+    service_port(&services, text).ok_or_else(|| {
+        Error::permanent(format!("unknown port {text}: not a number nor a tcp service in /etc/services"))
+    })
 }
 
 /// Look up a TCP service name (or alias) in the text of an `/etc/services` file.
@@ -301,11 +304,11 @@ mod tests {
 
     #[test]
     fn hosts_and_ports() {
-        assert_eq!(parse_host("0"), Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED)));
-        assert_eq!(parse_host("::"), Ok(IpAddr::V6(Ipv6Addr::UNSPECIFIED)));
-        assert_eq!(parse_host("[::1]"), Ok(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        assert_eq!(parse_host("0").ok(), Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)));
+        assert_eq!(parse_host("::").ok(), Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)));
+        assert_eq!(parse_host("[::1]").ok(), Some(IpAddr::V6(Ipv6Addr::LOCALHOST)));
         assert!(parse_host("mail.example").is_err());
-        assert_eq!(parse_port("2525"), Ok(2525));
+        assert_eq!(parse_port("2525").ok(), Some(2525));
         assert!(parse_port("70000").is_err());
         let services = "# comment\nsmtp\t\t25/tcp\t\tmail\nsmtp 25/udp\nsubmission 587/tcp\n";
         assert_eq!(service_port(services, "smtp"), Some(25));

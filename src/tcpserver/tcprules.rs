@@ -9,6 +9,7 @@
 //! counts (as with a tcprules cdb, where the first record for a key is the one found).
 #![forbid(unsafe_code)]
 
+use crate::base::fail::Error;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -123,16 +124,17 @@ impl Rules {
         self.default.as_ref()
     }
 
-    /// Read and parse a rules file. The error is one line for the log, naming the file.
-    pub fn load(path: &Path) -> Result<Rules, String> {
-        let text = std::fs::read(path).map_err(|e| format!("unable to read {}: {e}", path.display()))?;
+    /// Read and parse a rules file. The error is one line for the log, naming the file; a file
+    /// that does not parse is a temporary error, as the administrator can fix it.
+    pub fn load(path: &Path) -> Result<Rules, Error> {
+        let text = std::fs::read(path).map_err(|e| Error::io(format_args!("read {}", path.display()), &e))?;
         if looks_like_cdb(&text) {
-            return Err(format!(
+            return Err(Error::temporary(format!(
                 "unable to parse {}: it looks like a compiled tcprules cdb; give the text rules instead",
                 path.display()
-            ));
+            )));
         }
-        Rules::parse(&text).map_err(|e| format!("unable to parse {}: {e}", path.display()))
+        Rules::parse(&text).map_err(|e| Error::temporary(format!("unable to parse {}: {e}", path.display())))
     }
 
     /// Parse the text of a rules file; the first malformed line is an error.
