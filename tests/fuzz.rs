@@ -769,7 +769,7 @@ fn clean(input: &[u8]) -> Print {
             }
             Err(refused) => {
                 assert!(refused.id.bytes().all(|b| b.is_ascii_graphic() || b == b'-'), "an unsafe byte echoed");
-                print.add(&refused.result);
+                print.add(refused.reason());
                 refused
             }
         };

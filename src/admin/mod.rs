@@ -3,12 +3,16 @@
 //! `setup` makes a host ready (accounts, queue, control files, certificate, links), `check`
 //! says what is wrong and how to fix it, `status` and `queue` look at what runs and what
 //! waits (`why` says why), `stats` reads the logs. Everything here but `setup` only reads;
-//! changes to the queue are requests to quill-send (`queue::request`).
+//! changes to the queue are requests to quill-send (`queue::request`). `command` is the
+//! command line (usage, dispatch, each subcommand's options), `queue_command` that of
+//! `quill queue`; `up` is quill-up (a private instance and its supervision).
 #![forbid(unsafe_code)]
 
 pub mod check;
+pub mod command;
 pub mod json;
 pub mod queue;
+pub mod queue_command;
 pub mod setup;
 pub mod shape;
 pub mod stats;

@@ -33,11 +33,11 @@ fn main() -> ExitCode {
     let config = match Config::load(&control, args, implicit_tls) {
         Ok(config) => config,
         Err(e) => {
-            quill::base::log::fatal(&e.message);
+            let code = quill::base::log::fatal_exit(&e.message);
             if !implicit_tls {
                 let _ = std::io::stdout().write_all(b"421 4.3.0 unable to read controls, try again later\r\n");
             }
-            return ExitCode::from(111);
+            return code;
         }
     };
     match Session::new(config) {
@@ -45,9 +45,6 @@ fn main() -> ExitCode {
             session.run();
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            quill::base::log::fatal(&format!("unable to set up the connection: {e}"));
-            ExitCode::from(111)
-        }
+        Err(e) => quill::base::log::fatal_exit(&format!("unable to set up the connection: {e}")),
     }
 }

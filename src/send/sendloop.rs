@@ -889,7 +889,7 @@ impl Sender {
             return Err(format!("reply from quill-clean out of step: {}", log::safe(line)));
         };
         let ok = reply.result.is_ok();
-        let reason = reply.result.err().unwrap_or_default();
+        let reason = reply.reason().unwrap_or_default().to_string();
         match request {
             Verb::Move => {
                 self.moving -= 1;

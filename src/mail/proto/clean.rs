@@ -4,9 +4,14 @@
 //! A request is a line `VERB ID\n`, VERB one of `move`, `remove`, `hold`, `release`, `delete`
 //! and ID a queue id (decimal digits only, so that no request can name anything outside the
 //! queue's own directories). Each request is answered, in order, by `+ ID\n` (done) or
-//! `! ID REASON\n` (not done, REASON in words).
+//! `! ID REASON\n` (not done, REASON in words). A reason read back is a temporary error:
+//! quill-send tries a request again later or logs it, never bounces for it.
+//!
+//! quill-clean reads its requests through [`RequestReader`], which keeps its memory bounded
+//! however long a line is; quill-send reads the replies a line at a time with [`Reply::decode`].
 #![forbid(unsafe_code)]
 
+use crate::base::fail::Error;
 use crate::mail::queuefile::valid_id;
 
 /// The longest request line accepted (without its newline).
@@ -69,7 +74,7 @@ impl Request {
     /// Parse one request line (without its newline). Err is the `!` reply to give: the text
     /// to echo as the ID (printable, at most 40 bytes, `-` if empty) and the reason.
     pub fn decode(line: &[u8]) -> Result<Request, Reply> {
-        let refused = |shown: String, reason: &str| Reply { id: shown, result: Err(reason.to_string()) };
+        let refused = |shown: String, reason: &str| Reply { id: shown, result: Err(Error::permanent(reason)) };
         let shown = |bytes: &[u8]| -> String {
             let s: String =
                 bytes.iter().take(40).map(|&b| if b.is_ascii_graphic() { b as char } else { '?' }).collect();
@@ -98,20 +103,34 @@ impl Request {
 }
 
 /// The answer to one request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Reply {
     /// The request's id (or what stood in its place, for a request that did not parse).
     pub id: String,
-    /// Done, or the reason it was not.
-    pub result: Result<(), String>,
+    /// Done, or why it was not (only the words travel: the outcome read back is temporary).
+    pub result: Result<(), Error>,
 }
 
+/// Two replies are the same when they put the same line on the pipe.
+impl PartialEq for Reply {
+    fn eq(&self, other: &Reply) -> bool {
+        self.id == other.id && self.reason() == other.reason()
+    }
+}
+
+impl Eq for Reply {}
+
 impl Reply {
+    /// None when done, else the words of why not.
+    pub fn reason(&self) -> Option<&str> {
+        self.result.as_ref().err().map(|e| e.message.as_str())
+    }
+
     /// The line on the pipe, with its newline: `+ ID` or `! ID REASON`.
     pub fn encode(&self) -> Vec<u8> {
-        match &self.result {
-            Ok(()) => format!("+ {}\n", self.id),
-            Err(reason) => format!("! {} {reason}\n", self.id),
+        match self.reason() {
+            None => format!("+ {}\n", self.id),
+            Some(reason) => format!("! {} {reason}\n", self.id),
         }
         .into_bytes()
     }
@@ -124,19 +143,73 @@ impl Reply {
         let reason = parts.next().unwrap_or("");
         let result = match mark {
             "+" => Ok(()),
-            "!" => Err(reason.to_string()),
+            "!" => Err(Error::temporary(reason)),
             _ => return None,
         };
         Some(Reply { id: id.to_string(), result })
     }
 }
 
+/// Request lines from a pipe, read in chunks: complete lines come out as requests (or as the
+/// refusal to reply with), and a line longer than [`MAX_LINE`] is skipped as it arrives, its
+/// remains kept nowhere, and refused as "request too long" when its newline comes.
+#[derive(Debug, Default)]
+pub struct RequestReader {
+    buffer: Vec<u8>,
+    /// The line being read was too long: what is left of it is skipped.
+    overlong: bool,
+}
+
+impl RequestReader {
+    /// Bytes as read from the pipe.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// The next complete line, decoded; None until a newline has come.
+    pub fn next_request(&mut self) -> Option<Result<Request, Reply>> {
+        let Some(newline) = memchr::memchr(b'\n', &self.buffer) else {
+            if self.buffer.len() > MAX_LINE {
+                self.buffer.clear();
+                self.overlong = true;
+            }
+            return None;
+        };
+        let line: Vec<u8> = self.buffer.drain(..=newline).collect();
+        let line = &line[..line.len() - 1];
+        if std::mem::take(&mut self.overlong) {
+            return Some(Request::decode(&[b'x'; MAX_LINE + 1]));
+        }
+        Some(Request::decode(line))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::fail::Outcome;
 
     fn refused(id: &str, reason: &str) -> Result<Request, Reply> {
-        Err(Reply { id: id.into(), result: Err(reason.into()) })
+        Err(Reply { id: id.into(), result: Err(Error::permanent(reason)) })
+    }
+
+    #[test]
+    fn the_reader_splits_lines_and_skips_an_overlong_one_without_keeping_it() {
+        let mut reader = RequestReader::default();
+        reader.push(b"move 1\nremo");
+        assert_eq!(reader.next_request(), Some(Ok(Request::new(Verb::Move, 1))));
+        assert_eq!(reader.next_request(), None);
+        reader.push(b"ve 2\n");
+        assert_eq!(reader.next_request(), Some(Ok(Request::new(Verb::Remove, 2))));
+        for _ in 0..100 {
+            reader.push(&[b'7'; 1000]);
+            assert_eq!(reader.next_request(), None);
+            assert!(reader.buffer.len() <= 1000 + MAX_LINE);
+        }
+        reader.push(b"7\nhold 3\n");
+        assert_eq!(reader.next_request(), Some(refused("-", "request too long")));
+        assert_eq!(reader.next_request(), Some(Ok(Request::new(Verb::Hold, 3))));
+        assert_eq!(reader.next_request(), None);
     }
 
     #[test]
@@ -173,9 +246,12 @@ mod tests {
     fn replies_round_trip() {
         let replies = [
             Reply { id: "42".into(), result: Ok(()) },
-            Reply { id: "42".into(), result: Err("unable to move: No such file or directory (os error 2)".into()) },
-            Reply { id: "-".into(), result: Err("request too long".into()) },
-            Reply { id: "9".into(), result: Err(String::new()) },
+            Reply {
+                id: "42".into(),
+                result: Err(Error::temporary("unable to move: No such file or directory (os error 2)")),
+            },
+            Reply { id: "-".into(), result: Err(Error::permanent("request too long")) },
+            Reply { id: "9".into(), result: Err(Error::temporary("")) },
         ];
         for reply in replies {
             let line = reply.encode();
@@ -183,8 +259,9 @@ mod tests {
             assert_eq!(Reply::decode(&line[..line.len() - 1]), Some(reply));
         }
         assert_eq!(Reply { id: "42".into(), result: Ok(()) }.encode(), b"+ 42\n");
-        assert_eq!(Reply { id: "4".into(), result: Err("no".into()) }.encode(), b"! 4 no\n");
-        assert_eq!(Reply::decode(b"! 4"), Some(Reply { id: "4".into(), result: Err(String::new()) }));
+        assert_eq!(Reply { id: "4".into(), result: Err(Error::temporary("no")) }.encode(), b"! 4 no\n");
+        assert_eq!(Reply::decode(b"! 4"), Some(Reply { id: "4".into(), result: Err(Error::temporary("")) }));
+        assert!(Reply::decode(b"! 4 no").is_some_and(|r| r.result.is_err_and(|e| e.outcome == Outcome::Temporary)));
         assert_eq!(Reply::decode(b"? 4"), None);
         assert_eq!(Reply::decode(b""), None);
     }
