@@ -291,3 +291,32 @@ fn stop(services: &mut [Service]) {
     }
     log::line("stopped");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Option<Options> {
+        parse_options(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn the_command_line_is_read_and_a_bad_one_refused() {
+        let o = parse(&["-d", "q", "-l", "[::1]:2525", "-c", "50", "-D", "Example.ORG", "-r", "10."]).expect("parses");
+        assert_eq!(o.dir, PathBuf::from("q"));
+        assert_eq!(o.listen, Some(("::1".to_string(), "2525".to_string())));
+        assert_eq!(o.sessions, Some(("50".to_string(), "50".to_string())));
+        assert_eq!((o.domains, o.relay), (vec!["Example.ORG".to_string()], vec!["10.".to_string()]));
+        let o = parse(&["-d", "q", "-l", "127.0.0.1:25", "-c", "9:3"]).expect("parses");
+        assert_eq!(o.listen, Some(("127.0.0.1".to_string(), "25".to_string())));
+        assert_eq!(o.sessions, Some(("9".to_string(), "3".to_string())));
+        for bad in [
+            &["-l", "127.0.0.1:25"][..],
+            &["-d", "q", "-l", "nocolon"],
+            &["-d", "q", "-c", "0"],
+            &["-d", "q", "-c", "5:x"],
+        ] {
+            assert!(parse(bad).is_none(), "{bad:?}");
+        }
+    }
+}

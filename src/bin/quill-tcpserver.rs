@@ -14,7 +14,7 @@
 use quill::base::fail::exit;
 use quill::base::log;
 use quill::tcpserver::listener;
-use quill::tcpserver::server::{self, Config, Server, LOOKUP, USAGE};
+use quill::tcpserver::server::{self, Server, LOOKUP, USAGE};
 use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     let Some(args) = args.into_iter().map(|a| a.into_string().ok()).collect::<Option<Vec<String>>>() else {
         return log::fatal_permanent("arguments must be UTF-8");
     };
-    let mut config = match Config::parse(&args) {
+    let mut config = match server::parse_options(&args) {
         Ok(config) => config,
         Err(e) => {
             log::fatal(&e.message);

@@ -101,14 +101,34 @@ fn env_id(name: &str) -> Result<u32, Error> {
         .ok_or_else(|| Error::permanent(format!("-U needs ${name} set to a number")))
 }
 
-impl Config {
-    /// Read the command line (without the program's name); an error is a usage error.
-    pub fn parse(args: &[String]) -> Result<Config, Error> {
-        parse_options(args)
+/// The options that take a value: in a group (`-c40`, `-vc 40`) the rest is the value.
+const WITH_VALUE: &str = "cCxBmgublt";
+
+/// Which of `flags` comes last among the options (before HOST), as getopt reads them one
+/// character at a time: getopts gives every flag of a group such as `-hH` the same position,
+/// so the order within a group must be read here.
+fn last_flag(args: &[String], flags: &str) -> Option<char> {
+    let mut last = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let Some(group) = arg.strip_prefix('-').filter(|g| !g.is_empty() && *g != "-") else { break };
+        for (at, c) in group.char_indices() {
+            if WITH_VALUE.contains(c) {
+                if at + c.len_utf8() == group.len() {
+                    args.next();
+                }
+                break;
+            }
+            if flags.contains(c) {
+                last = Some(c);
+            }
+        }
     }
+    last
 }
 
-fn parse_options(args: &[String]) -> Result<Config, Error> {
+/// Read the command line (without the program's name); an error is a usage error.
+pub fn parse_options(args: &[String]) -> Result<Config, Error> {
     let mut opts = getopts::Options::new();
     opts.parsing_style(getopts::ParsingStyle::StopAtFirstFree);
     for flag in ["1", "U", "X", "v", "q", "Q", "h", "H", "r", "R", "P", "o", "O", "d", "D", "w", "p"] {
@@ -127,10 +147,9 @@ fn parse_options(args: &[String]) -> Result<Config, Error> {
     let host = listener::parse_host(&m.free[0])?;
     let port = listener::parse_port(&m.free[1])?;
     // Flags that turn the same thing on and off count in the order given, as with tcpserver.
-    let last = |on: &str, off: &str| m.opt_positions(on).last() > m.opt_positions(off).last();
-    let verbosity = match (m.opt_positions("v").last(), m.opt_positions("q").last(), m.opt_positions("Q").last()) {
-        (v, q, quiet_off) if q > v && q > quiet_off => Verbosity::Quiet,
-        (v, q, quiet_off) if v.is_some() && v > q && v > quiet_off => Verbosity::Verbose,
+    let verbosity = match last_flag(args, "vqQ") {
+        Some('q') => Verbosity::Quiet,
+        Some('v') => Verbosity::Verbose,
         _ => Verbosity::Normal,
     };
     let (mut uid, mut gid) = (None, None);
@@ -169,8 +188,8 @@ fn parse_options(args: &[String]) -> Result<Config, Error> {
         gid,
         print_port: m.opt_present("1"),
         local_name: m.opt_str("l"),
-        lookup: last("h", "H"),
-        nodelay: last("D", "d"),
+        lookup: last_flag(args, "hH") == Some('h'),
+        nodelay: last_flag(args, "dD") == Some('D'),
         lookup_timeout,
         verbosity,
     })
@@ -458,4 +477,47 @@ pub fn lookup_and_exec(args: &[OsString]) -> ExitCode {
     }
     let error = command.exec();
     log::fatal_exit(&format!("unable to run {}: {error}", name.to_string_lossy()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::base::fail::Outcome;
+
+    fn parse(args: &[&str]) -> Result<Config, Error> {
+        parse_options(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn options_that_turn_the_same_thing_on_and_off_count_in_the_order_given() {
+        let config = parse(&["-v", "-q", "-hHh", "-dD", "127.0.0.1", "25", "prog", "-v"]).expect("parses");
+        assert_eq!(config.verbosity, Verbosity::Quiet);
+        assert!(config.lookup && config.nodelay);
+        assert_eq!(config.program, vec![OsString::from("prog"), OsString::from("-v")]);
+        assert_eq!((config.limit, config.per_client, config.lookup_timeout), (40, 20, 26));
+        assert_eq!(config.refusal, b"421 too many connections, try again later\r\n");
+        let config = parse(&["-q", "-v", "-m", "", "-c", "3", "::1", "smtp", "prog"]).expect("parses");
+        assert_eq!(config.verbosity, Verbosity::Verbose);
+        assert!(config.refusal.is_empty() && config.limit == 3);
+        assert_eq!(parse(&["-Q", "0", "1", "prog"]).expect("parses").verbosity, Verbosity::Normal);
+        // A value is no flag, in a group or after it: -x's "-h" and -B's "hv" are values.
+        let config = parse(&["-Dvc5", "-x", "-h", "-qB", "hv", "0", "1", "prog"]).expect("parses");
+        assert!(config.nodelay && !config.lookup && config.verbosity == Verbosity::Quiet);
+        assert_eq!((config.rules, config.banner, config.limit), (Some(PathBuf::from("-h")), b"hv".to_vec(), 5));
+    }
+
+    #[test]
+    fn a_command_line_that_cannot_work_is_a_permanent_error() {
+        for args in [
+            &["127.0.0.1", "25"][..],
+            &["-p", "127.0.0.1", "25", "prog"],
+            &["-c", "0", "127.0.0.1", "25", "prog"],
+            &["-c", "many", "127.0.0.1", "25", "prog"],
+            &["mail.example", "25", "prog"],
+            &["127.0.0.1", "70000", "prog"],
+        ] {
+            let error = parse(args).expect_err("refused");
+            assert_eq!(error.outcome, Outcome::Permanent, "{args:?}: {error}");
+        }
+    }
 }
