@@ -82,7 +82,9 @@ fn write_new(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::write(path, contents)
 }
 
-fn setup(o: &Options) -> Result<(), Error> {
+/// Write what the instance needs and does not have yet (and locals, rcpthosts, users/assign and
+/// the rules, which follow the command line on every start).
+fn make_instance(o: &Options) -> Result<(), Error> {
     let dir = &o.dir;
     let err = |what: &str, e: std::io::Error| Error::io(what, &e);
     std::fs::create_dir_all(dir).map_err(|e| err(&format!("create {}", dir.display()), e))?;
@@ -204,7 +206,7 @@ pub fn prepare(o: &mut Options) -> Result<(), Error> {
     // to every program whatever its working directory.
     o.dir = o.dir.canonicalize().map_err(|e| Error::io(format_args!("find {}", o.dir.display()), &e))?;
     become_owner(&o.dir)?;
-    setup(o)
+    make_instance(o)
 }
 
 /// The services of the instance: the queue system, and with `-l` the SMTP listener.

@@ -10,7 +10,7 @@
 //! Runs as: `quillq`, started by quill-start.
 //! Descriptors: 0 requests from quill-send, 1 replies to quill-send, 2 the log.
 //! Exit codes: 0 when fd 0 reaches end of file; 111 on a read or write error.
-//! Man page: doc/quill-clean.8.
+//! Man page: doc/quill-clean.8. The loop: `quill::queue::clean::serve`.
 #![forbid(unsafe_code)]
 
 use quill::base::log;

@@ -9,7 +9,7 @@
 //! Runs as: root (to bind a port below 1024) and then `-u`/`-g` (quilld), or any user.
 //! Fds: 0 unused, 1 the bound port with `-1`, 2 the log. Children: socket on 0 and 1, log on 2.
 //! Exit: 0 after SIGTERM, 100 on a usage error, 111 when it cannot start (bind, ids, rules).
-//! Man page: doc/quill-tcpserver.8.
+//! Man page: doc/quill-tcpserver.8. The options and the loop: `quill::tcpserver::server`.
 
 use quill::base::fail::exit;
 use quill::base::log;

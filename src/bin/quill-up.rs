@@ -5,7 +5,7 @@
 //! quill-smtpd) in the foreground, restarting any of them that dies after a short pause, as
 //! daemontools would. SIGINT or SIGTERM stops everything cleanly.
 //! Runs as: the caller. Never needs root. Exit: 0 after a clean stop, 111 on a setup failure.
-//! Man page: doc/quill-up.1.
+//! Man page: doc/quill-up.1. The work: `quill::admin::up`.
 
 use quill::admin::up;
 use quill::base::fail::exit;

@@ -8,6 +8,7 @@
 //! Fds: 0 log lines for `stats` when no file is named; 1 the report; 2 diagnostics.
 //! Exit: 0 success; 1 `check` found problems or `setup` could not finish a step; 100 usage;
 //! 111 a temporary failure (unreadable file). Man page: doc/quill.8.
+//! The command line and the subcommands: `quill::admin::command` (and `admin::queue_command`).
 
 use std::process::ExitCode;
 
