@@ -11,7 +11,7 @@ use super::wire::{
     encode_query, is_host_name, matching, Data, Message, CLASS_IN, RCODE_FORMERR, RCODE_NOERROR, RCODE_NXDOMAIN,
     RCODE_REFUSED, RCODE_SERVFAIL, TYPE_A, TYPE_AAAA, TYPE_CNAME, TYPE_MX,
 };
-use crate::base::fail::{Error, Outcome};
+use crate::base::fail::{Enhanced, Error, Outcome, Status};
 use crate::mail::control::Control;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
@@ -69,25 +69,30 @@ pub enum DnsError {
 impl DnsError {
     /// Temporary or permanent.
     pub fn outcome(&self) -> Outcome {
+        self.status().outcome
+    }
+
+    /// What it means for mail to that name: the outcome, its RFC 3463 code and the words.
+    pub fn status(&self) -> Status {
         match self {
-            DnsError::NxDomain(_) | DnsError::BadName(_) => Outcome::Permanent,
-            DnsError::Temporary(..) => Outcome::Temporary,
+            DnsError::NxDomain(name) => Status::permanent(
+                Enhanced::BAD_SYSTEM,
+                format!("Sorry, I couldn't find any host named {}.", crate::base::log::safe(name)),
+            ),
+            DnsError::BadName(name) => Status::permanent(
+                Enhanced::BAD_SYSTEM,
+                format!("Sorry, {} is not a valid host name.", crate::base::log::safe(name)),
+            ),
+            DnsError::Temporary(name, why) => Status::temporary(
+                Enhanced::DIRECTORY,
+                format!("DNS lookup of {} failed temporarily: {why}.", crate::base::log::safe(name)),
+            ),
         }
     }
 
-    /// The text for logs and bounces, with its RFC 3463 code.
+    /// The status rendered, for logs and tests.
     pub fn text(&self) -> String {
-        match self {
-            DnsError::NxDomain(name) => {
-                format!("Sorry, I couldn't find any host named {}. (#5.1.2)", crate::base::log::safe(name))
-            }
-            DnsError::BadName(name) => {
-                format!("Sorry, {} is not a valid host name. (#5.1.2)", crate::base::log::safe(name))
-            }
-            DnsError::Temporary(name, why) => {
-                format!("DNS lookup of {} failed temporarily: {why}. (#4.4.3)", crate::base::log::safe(name))
-            }
-        }
+        self.status().to_string()
     }
 }
 
