@@ -256,45 +256,58 @@ pub fn plan(
     if let Some(ip) = parse_literal(&domain) {
         plan.hosts.push(Host { name: ip.to_string().into_bytes(), preference: 0, addresses: vec![ip] });
     } else {
-        if !is_host_name(&domain) {
-            let words = format!("Sorry, {shown} is not a valid domain name.");
-            return Err(Status::permanent(Enhanced::BAD_SYSTEM, words).into());
-        }
-        let mx = resolver.mx_until(&domain, deadline).map_err(|e| dns_failure(&e))?;
-        if !mx.is_empty() && mx.iter().all(|(_, host)| host.is_empty()) {
-            let words = format!("Sorry, {shown} does not accept mail (null MX).");
-            return Err(Status::permanent(NULL_MX, words).into());
-        }
-        let implicit = mx.is_empty();
-        let mx = if implicit { vec![(0, domain.clone())] } else { mx };
-        let mut ordered =
-            order_mx(mx.into_iter().filter(|(_, h)| !h.is_empty()).collect(), &mut crate::remote::dns::random_u16);
-        ordered.truncate(MAX_HOSTS);
-        for (preference, name) in ordered {
-            if !is_host_name(&name) {
-                let words = format!("MX {} is not a valid host name", crate::base::log::safe(&name));
-                plan.notes.push(Text::Verbatim(Outcome::Permanent, words));
-                continue;
-            }
-            match resolver.addresses_until(&name, deadline) {
-                Ok(mut addresses) if !addresses.is_empty() => {
-                    addresses.truncate(MAX_ADDRESSES_PER_HOST);
-                    plan.hosts.push(Host { name, preference, addresses });
-                }
-                Ok(_) => {
-                    let words = format!("{} has no address", crate::base::log::safe(&name));
-                    plan.notes.push(Text::Verbatim(Outcome::Permanent, words));
-                }
-                Err(e) if implicit => return Err(dns_failure(&e)),
-                Err(e) => plan.notes.push(Text::Status(e.status())),
-            }
-        }
+        mail_exchangers(&mut plan, &domain, resolver, deadline)?;
     }
     drop_ourselves(&mut plan, &domain, ours)?;
     if plan.hosts.is_empty() {
         return Err(no_host_left(&shown, &plan.notes));
     }
     Ok(plan)
+}
+
+/// The hosts of a domain's MX records (or the domain itself when it has none), by
+/// preference, each with its addresses; those that cannot be used become notes.
+fn mail_exchangers(
+    plan: &mut Plan,
+    domain: &[u8],
+    resolver: &Resolver,
+    deadline: std::time::Instant,
+) -> Result<(), Text> {
+    let shown = crate::base::log::safe(domain);
+    if !is_host_name(domain) {
+        let words = format!("Sorry, {shown} is not a valid domain name.");
+        return Err(Status::permanent(Enhanced::BAD_SYSTEM, words).into());
+    }
+    let mx = resolver.mx_until(domain, deadline).map_err(|e| dns_failure(&e))?;
+    if !mx.is_empty() && mx.iter().all(|(_, host)| host.is_empty()) {
+        let words = format!("Sorry, {shown} does not accept mail (null MX).");
+        return Err(Status::permanent(NULL_MX, words).into());
+    }
+    let implicit = mx.is_empty();
+    let mx = if implicit { vec![(0, domain.to_vec())] } else { mx };
+    let mut ordered =
+        order_mx(mx.into_iter().filter(|(_, h)| !h.is_empty()).collect(), &mut crate::remote::dns::random_u16);
+    ordered.truncate(MAX_HOSTS);
+    for (preference, name) in ordered {
+        if !is_host_name(&name) {
+            let words = format!("MX {} is not a valid host name", crate::base::log::safe(&name));
+            plan.notes.push(Text::Verbatim(Outcome::Permanent, words));
+            continue;
+        }
+        match resolver.addresses_until(&name, deadline) {
+            Ok(mut addresses) if !addresses.is_empty() => {
+                addresses.truncate(MAX_ADDRESSES_PER_HOST);
+                plan.hosts.push(Host { name, preference, addresses });
+            }
+            Ok(_) => {
+                let words = format!("{} has no address", crate::base::log::safe(&name));
+                plan.notes.push(Text::Verbatim(Outcome::Permanent, words));
+            }
+            Err(e) if implicit => return Err(dns_failure(&e)),
+            Err(e) => plan.notes.push(Text::Status(e.status())),
+        }
+    }
+    Ok(())
 }
 
 /// Every mail exchanger was skipped: temporary (and the destination unreachable) if one was
@@ -522,5 +535,46 @@ mod tests {
         let plan = plan(b"example.com", &routes, &resolver, &Ours::default(), deadline).unwrap();
         assert_eq!(plan.hosts[0].addresses, vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))]);
         assert_eq!((plan.port, plan.named_relay), (26, true));
+    }
+
+    /// An MX name is the domain owner's to choose: one that looks like a status code in a
+    /// note must not make the failure temporary (the old check read the notes' words).
+    #[test]
+    fn an_mx_name_cannot_pass_for_a_status() {
+        use crate::remote::dns::{decode, encode_message, Data, Message, Record, CLASS_IN, TYPE_MX};
+        use std::time::{Duration, Instant};
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let server = socket.local_addr().unwrap();
+        let thread = std::thread::spawn(move || {
+            let mut buffer = [0u8; 2048];
+            if let Ok((n, from)) = socket.recv_from(&mut buffer) {
+                let query = decode(&buffer[..n]).unwrap();
+                let mx = Record {
+                    name: query.questions[0].0.clone(),
+                    rtype: TYPE_MX,
+                    class: CLASS_IN,
+                    ttl: 60,
+                    data: Data::Mx(10, b"(#4.4.4)".to_vec()),
+                };
+                let answer = Message {
+                    id: query.id,
+                    flags: 0x8180,
+                    questions: query.questions,
+                    answers: vec![mx],
+                    ..Message::default()
+                };
+                socket.send_to(&encode_message(&answer).unwrap(), from).unwrap();
+            }
+        });
+        let resolver = Resolver { servers: vec![server], timeout: Duration::from_secs(2), attempts: 1 };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let failure = plan(b"victim.test", &[], &resolver, &Ours::default(), deadline).unwrap_err();
+        assert_eq!(failure.outcome(), Outcome::Permanent, "{failure}");
+        assert_eq!(
+            failure.to_string(),
+            "Sorry, no mail exchanger of victim.test has an address: MX (#4.4.4) is not a valid host name. (#5.4.4)"
+        );
+        thread.join().unwrap();
     }
 }
