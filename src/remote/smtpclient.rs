@@ -2,13 +2,13 @@
 //! transaction. Its results are `crate::remote::results`; the report it prints for
 //! quill-rspawn is `crate::mail::proto::remote_report`.
 //!
-//! The session, one named step each: [`connect`] (`timeoutconnect`), [`greeting`], [`hello`]
-//! (EHLO, HELO if EHLO is refused), [`starttls`] when offered (required and verified for
-//! `tlsdestinations`), then the transaction: [`check_message`] (SIZE, SMTPUTF8), the envelope
-//! ([`pipelined`] in one write when the server offers PIPELINING, else [`one_by_one`]), the
-//! answers to it ([`after_envelope`]), the message ([`send_message`], dot-stuffed with CRLF
+//! The session, one named step each: `connect` (`timeoutconnect`), `greeting`, `hello`
+//! (EHLO, HELO if EHLO is refused), `starttls` when offered (required and verified for
+//! `tlsdestinations`), then the transaction: `check_message` (SIZE, SMTPUTF8), the envelope
+//! (`pipelined` in one write when the server offers PIPELINING, else `one_by_one`), the
+//! answers to it (`after_envelope`), the message (`send_message`, dot-stuffed with CRLF
 //! line ends) and QUIT. Every reply is 2xx success, 4xx temporary, 5xx permanent: per
-//! recipient for RCPT ([`Recipients`]), for the message for MAIL, DATA and the end of data. A
+//! recipient for RCPT (`Recipients`), for the message for MAIL, DATA and the end of data. A
 //! connection that breaks is temporary for whatever has no final answer yet.
 //!
 //! Paths and reply lines go through `crate::mail::smtp`, the codec quill-smtpd reads with: an
