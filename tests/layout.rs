@@ -205,3 +205,26 @@ fn every_program_has_a_man_page_and_a_short_main() {
     assert!(count > 0, "no programs found in src/bin");
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// The `tls` feature is known only in src/tls/ (doc/INTERNALS.md): without it, `tls::none`
+/// stands in for `client` and `server`, so no stage carries a cfg of its own. Any
+/// `feature = "…"` outside src/tls/ (a `cfg`, `cfg_attr` or `cfg!`) breaks the rule.
+#[test]
+fn the_tls_feature_is_known_only_in_tls() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut problems = Vec::new();
+    for file in &files {
+        if file.starts_with("tls") {
+            continue;
+        }
+        let text = fs::read_to_string(src().join(file)).expect("read source");
+        for (number, line) in text.lines().enumerate() {
+            let squeezed: String = line.chars().filter(|c| !c.is_whitespace()).collect();
+            if squeezed.contains("feature=\"") {
+                problems.push(format!("src/{}:{}: {}", file.display(), number + 1, line.trim()));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "a feature gate outside src/tls/:\n{}", problems.join("\n"));
+}

@@ -13,12 +13,14 @@
 //! Man page: doc/quill-remote.8.
 #![forbid(unsafe_code)]
 
-use quill::base::fail::Outcome;
+use quill::base::fail::{Enhanced, Status};
 use quill::mail::control::Control;
 use quill::mail::proto::remote_report::{self, Report};
 use quill::remote::dns::Resolver;
+use quill::remote::message::Message;
+use quill::remote::results::Results;
 use quill::remote::route::{self, Ours};
-use quill::remote::smtpclient::{self, Message, Settings};
+use quill::remote::smtpclient::{self, Settings};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -40,19 +42,21 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Everything from the configuration to the last QUIT. Any failure becomes a report.
+/// Everything from the configuration to the last QUIT. Any failure becomes a report: the
+/// results are rendered here, once, into its texts.
 fn run(domain: &[u8], sender: &[u8], recipients: &[Vec<u8>]) -> Report {
     let start = std::time::Instant::now();
     let count = recipients.len();
-    let temporary = |text: String| Report::all(count, Outcome::Temporary, text);
+    let temporary =
+        |words: String| Results::all(count, Status::temporary(Enhanced::MAIL_SYSTEM, words).into()).report();
     let control = Control::from_env();
     let input = match std::io::stdin().as_fd().try_clone_to_owned() {
         Ok(fd) => File::from(fd),
-        Err(e) => return temporary(format!("unable to read the message: {e} (#4.3.0)")),
+        Err(e) => return temporary(format!("unable to read the message: {e}")),
     };
     let mut message = match Message::new(input) {
         Ok(message) => message,
-        Err(e) => return temporary(format!("unable to read the message: {e} (#4.3.0)")),
+        Err(e) => return temporary(format!("unable to read the message: {e}")),
     };
     let configured = (|| -> quill::base::fail::Result<_> {
         let settings = Settings::from_control(&control, domain)?;
@@ -72,7 +76,7 @@ fn run(domain: &[u8], sender: &[u8], recipients: &[Vec<u8>]) -> Report {
     })();
     let (mut settings, resolver, ours, routes) = match configured {
         Ok(all) => all,
-        Err(e) => return temporary(format!("{e} (#4.3.0)")),
+        Err(e) => return temporary(e.to_string()),
     };
     settings.deadline = start + remote_report::total_time(settings.total_seconds, message.stored_size);
     // Addresses that cannot be written as paths never reach the wire: a bad sender fails
@@ -80,23 +84,23 @@ fn run(domain: &[u8], sender: &[u8], recipients: &[Vec<u8>]) -> Report {
     let smtpclient::Paths { sender: sender_path, recipients: paths } =
         match smtpclient::envelope_paths(sender, recipients) {
             Ok(paths) => paths,
-            Err(text) => return Report::all(count, Outcome::Permanent, text),
+            Err(status) => return Results::all(count, status.into()).report(),
         };
     let mut sendable = Vec::new();
     let mut refused = Vec::new();
     for (i, path) in paths.into_iter().enumerate() {
         match path {
             Ok(path) => sendable.push(path),
-            Err(text) => refused.push((i, text)),
+            Err(status) => refused.push((i, status)),
         }
     }
-    if sendable.is_empty() {
-        let text = refused.first().map(|(_, t)| t.clone()).unwrap_or_default();
-        return Report::merge(Report { recipients: Vec::new(), message: (b'D', text) }, refused);
-    }
-    let sent = match route::plan(domain, &routes, &resolver, &ours, settings.deadline) {
-        Ok(plan) => smtpclient::deliver(&plan, &sender_path, &sendable, &mut message, &settings),
-        Err(failure) => Report::all(sendable.len(), failure.outcome, failure.text),
+    let sent = match (sendable.is_empty(), refused.first()) {
+        // No recipient can be written: the first one's failure is the message's.
+        (true, Some((_, first))) => Results { recipients: Vec::new(), message: first.clone().into() },
+        _ => match route::plan(domain, &routes, &resolver, &ours, settings.deadline) {
+            Ok(plan) => smtpclient::deliver(&plan, &sender_path, &sendable, &mut message, &settings),
+            Err(failure) => Results::all(sendable.len(), failure),
+        },
     };
-    Report::merge(sent, refused)
+    Report::merge(sent.report(), refused.into_iter().map(|(i, status)| (i, status.to_string())).collect())
 }

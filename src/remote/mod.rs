@@ -1,8 +1,13 @@
-//! The remote stage, quill-remote (doc/quill-remote.8): `smtpclient` (one SMTP transaction
-//! per message and its report), `route` (which hosts to try for a domain), `dns` (the
-//! resolver and its wire format).
+//! The remote stage, quill-remote (doc/quill-remote.8): `smtpclient` (one SMTP transaction per
+//! message, step by step), over `connection` (one SMTP connection: stream, replies, EHLO
+//! keywords, QUIT) and `message` (the message's sizes and its DATA encoding); `results` (what
+//! became of each recipient, rendered once into the report); `route` (which hosts to try for
+//! a domain); `dns` (the resolver and its wire format).
 #![forbid(unsafe_code)]
 
+pub mod connection;
 pub mod dns;
+pub mod message;
+pub mod results;
 pub mod route;
 pub mod smtpclient;

@@ -9,9 +9,9 @@
 //! means "use MX as usual", with the port if one is given.
 #![forbid(unsafe_code)]
 
-use crate::base::fail::Outcome;
-use crate::mail::proto::remote_report::UNREACHABLE;
+use crate::base::fail::{Enhanced, Outcome, Status};
 use crate::remote::dns::{DnsError, Resolver};
+use crate::remote::results::Text;
 use std::net::IpAddr;
 
 /// The SMTP port.
@@ -21,29 +21,16 @@ pub const MAX_HOSTS: usize = 16;
 /// At most this many addresses per host are tried.
 pub const MAX_ADDRESSES_PER_HOST: usize = 8;
 
-/// A failure to route, with its outcome and text.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Failure {
-    /// Temporary or permanent.
-    pub outcome: Outcome,
-    /// For logs and bounces, ending in an RFC 3463 code.
-    pub text: String,
-}
+/// x.1.10: the recipient's domain accepts no mail, by its null MX (RFC 7505).
+const NULL_MX: Enhanced = Enhanced::new(1, 10);
 
-impl Failure {
-    fn permanent(text: String) -> Failure {
-        Failure { outcome: Outcome::Permanent, text }
-    }
-    /// A temporary failure to route: the destination is unreachable for now (marked so that
-    /// quill-send backs it off; see `mail::proto::remote_report`).
-    fn temporary(text: String) -> Failure {
-        Failure { outcome: Outcome::Temporary, text: format!("{UNREACHABLE}{text}") }
-    }
-    fn from_dns(error: &DnsError) -> Failure {
-        match error.outcome() {
-            Outcome::Permanent => Failure::permanent(error.text()),
-            _ => Failure::temporary(error.text()),
-        }
+/// A failure to route: a DNS failure as the resolver says it, temporary ones marked
+/// unreachable (quill-send backs the destination off; see `mail::proto::remote_report`).
+fn dns_failure(error: &DnsError) -> Text {
+    let text = Text::Status(error.status());
+    match error.outcome() {
+        Outcome::Permanent => text,
+        _ => text.unreachable(),
     }
 }
 
@@ -220,8 +207,8 @@ pub struct Plan {
     /// certificate check (remotetls).
     pub named_relay: bool,
     /// Hosts that were skipped and why (temporary DNS failures of one MX, …), for the text
-    /// of a failure if no host works.
-    pub notes: Vec<String>,
+    /// of a failure if no host works. Only a DNS failure is ever temporary.
+    pub notes: Vec<Text>,
 }
 
 /// Order mail exchangers by preference, shuffling equal preferences with `random`.
@@ -239,7 +226,7 @@ pub fn plan(
     resolver: &Resolver,
     ours: &Ours,
     deadline: std::time::Instant,
-) -> Result<Plan, Failure> {
+) -> Result<Plan, Text> {
     let domain = crate::mail::address::normal_domain(domain);
     let shown = crate::base::log::safe(&domain);
     let route = find_route(routes, &domain);
@@ -255,13 +242,11 @@ pub fn plan(
             return Ok(plan);
         }
         Some(Relay::Host(host)) => {
-            let mut addresses = resolver.addresses_until(host, deadline).map_err(|e| Failure::from_dns(&e))?;
+            let mut addresses = resolver.addresses_until(host, deadline).map_err(|e| dns_failure(&e))?;
             addresses.truncate(MAX_ADDRESSES_PER_HOST);
             if addresses.is_empty() {
-                return Err(Failure::permanent(format!(
-                    "Sorry, the relay {} for {shown} has no address. (#5.4.4)",
-                    crate::base::log::safe(host)
-                )));
+                let words = format!("Sorry, the relay {} for {shown} has no address.", crate::base::log::safe(host));
+                return Err(Status::permanent(Enhanced::UNROUTABLE, words).into());
             }
             plan.hosts.push(Host { name: host.clone(), preference: 0, addresses });
             return Ok(plan);
@@ -271,49 +256,77 @@ pub fn plan(
     if let Some(ip) = parse_literal(&domain) {
         plan.hosts.push(Host { name: ip.to_string().into_bytes(), preference: 0, addresses: vec![ip] });
     } else {
-        if !is_host_name(&domain) {
-            return Err(Failure::permanent(format!("Sorry, {shown} is not a valid domain name. (#5.1.2)")));
-        }
-        let mx = resolver.mx_until(&domain, deadline).map_err(|e| Failure::from_dns(&e))?;
-        if !mx.is_empty() && mx.iter().all(|(_, host)| host.is_empty()) {
-            return Err(Failure::permanent(format!("Sorry, {shown} does not accept mail (null MX). (#5.1.10)")));
-        }
-        let implicit = mx.is_empty();
-        let mx = if implicit { vec![(0, domain.clone())] } else { mx };
-        let mut ordered =
-            order_mx(mx.into_iter().filter(|(_, h)| !h.is_empty()).collect(), &mut crate::remote::dns::random_u16);
-        ordered.truncate(MAX_HOSTS);
-        for (preference, name) in ordered {
-            if !is_host_name(&name) {
-                plan.notes.push(format!("MX {} is not a valid host name", crate::base::log::safe(&name)));
-                continue;
-            }
-            match resolver.addresses_until(&name, deadline) {
-                Ok(mut addresses) if !addresses.is_empty() => {
-                    addresses.truncate(MAX_ADDRESSES_PER_HOST);
-                    plan.hosts.push(Host { name, preference, addresses });
-                }
-                Ok(_) => plan.notes.push(format!("{} has no address", crate::base::log::safe(&name))),
-                Err(e) if implicit => return Err(Failure::from_dns(&e)),
-                Err(e) => plan.notes.push(e.text()),
-            }
-        }
+        mail_exchangers(&mut plan, &domain, resolver, deadline)?;
     }
     drop_ourselves(&mut plan, &domain, ours)?;
     if plan.hosts.is_empty() {
-        let why = plan.notes.join("; ");
-        return Err(if plan.notes.iter().any(|n| n.contains("(#4.")) {
-            Failure::temporary(format!("no mail exchanger of {shown} could be looked up: {why}"))
-        } else {
-            Failure::permanent(format!("Sorry, no mail exchanger of {shown} has an address: {why}. (#5.4.4)"))
-        });
+        return Err(no_host_left(&shown, &plan.notes));
     }
     Ok(plan)
 }
 
+/// The hosts of a domain's MX records (or the domain itself when it has none), by
+/// preference, each with its addresses; those that cannot be used become notes.
+fn mail_exchangers(
+    plan: &mut Plan,
+    domain: &[u8],
+    resolver: &Resolver,
+    deadline: std::time::Instant,
+) -> Result<(), Text> {
+    let shown = crate::base::log::safe(domain);
+    if !is_host_name(domain) {
+        let words = format!("Sorry, {shown} is not a valid domain name.");
+        return Err(Status::permanent(Enhanced::BAD_SYSTEM, words).into());
+    }
+    let mx = resolver.mx_until(domain, deadline).map_err(|e| dns_failure(&e))?;
+    if !mx.is_empty() && mx.iter().all(|(_, host)| host.is_empty()) {
+        let words = format!("Sorry, {shown} does not accept mail (null MX).");
+        return Err(Status::permanent(NULL_MX, words).into());
+    }
+    let implicit = mx.is_empty();
+    let mx = if implicit { vec![(0, domain.to_vec())] } else { mx };
+    let mut ordered =
+        order_mx(mx.into_iter().filter(|(_, h)| !h.is_empty()).collect(), &mut crate::remote::dns::random_u16);
+    ordered.truncate(MAX_HOSTS);
+    for (preference, name) in ordered {
+        if !is_host_name(&name) {
+            let words = format!("MX {} is not a valid host name", crate::base::log::safe(&name));
+            plan.notes.push(Text::Verbatim(Outcome::Permanent, words));
+            continue;
+        }
+        match resolver.addresses_until(&name, deadline) {
+            Ok(mut addresses) if !addresses.is_empty() => {
+                addresses.truncate(MAX_ADDRESSES_PER_HOST);
+                plan.hosts.push(Host { name, preference, addresses });
+            }
+            Ok(_) => {
+                let words = format!("{} has no address", crate::base::log::safe(&name));
+                plan.notes.push(Text::Verbatim(Outcome::Permanent, words));
+            }
+            Err(e) if implicit => return Err(dns_failure(&e)),
+            Err(e) => plan.notes.push(Text::Status(e.status())),
+        }
+    }
+    Ok(())
+}
+
+/// Every mail exchanger was skipped: temporary (and the destination unreachable) if one was
+/// for a temporary DNS failure, which a later try may not meet; else permanent. The notes'
+/// outcomes decide, never their words (an MX name is the domain owner's to choose).
+fn no_host_left(shown: &str, notes: &[Text]) -> Text {
+    let why = notes.iter().map(Text::to_string).collect::<Vec<_>>().join("; ");
+    if notes.iter().any(|n| n.outcome() == Outcome::Temporary) {
+        Text::Verbatim(Outcome::Temporary, format!("no mail exchanger of {shown} could be looked up: {why}"))
+            .unreachable()
+    } else {
+        let words = format!("Sorry, no mail exchanger of {shown} has an address: {why}.");
+        Status::permanent(Enhanced::UNROUTABLE, words).into()
+    }
+}
+
 /// qmail's rule against loops: if we are one of the hosts, only hosts with a strictly better
 /// (lower) preference than our best one may be used; none left is a configuration error.
-pub fn drop_ourselves(plan: &mut Plan, domain: &[u8], ours: &Ours) -> Result<(), Failure> {
+pub fn drop_ourselves(plan: &mut Plan, domain: &[u8], ours: &Ours) -> Result<(), Text> {
     let count_loopback = !plan.from_routes;
     let mine = plan
         .hosts
@@ -326,12 +339,13 @@ pub fn drop_ourselves(plan: &mut Plan, domain: &[u8], ours: &Ours) -> Result<(),
     if plan.hosts.is_empty() {
         let ip =
             addresses.iter().find(|ip| ours.contains(ip, count_loopback)).map(|ip| ip.to_string()).unwrap_or_default();
-        return Err(Failure::permanent(format!(
+        let words = format!(
             "Sorry, {} [{ip}] is one of my own addresses, but {} is not a local domain here. \
-             MX points back to me: configuration error (#5.4.6)",
+             MX points back to me: configuration error",
             crate::base::log::safe(&name),
             crate::base::log::safe(domain)
-        )));
+        );
+        return Err(Status::permanent(Enhanced::LOOP, words).into());
     }
     Ok(())
 }
@@ -460,8 +474,8 @@ mod tests {
             notes: vec![],
         };
         let failure = drop_ourselves(&mut plan, b"example.com", &ours).unwrap_err();
-        assert_eq!(failure.outcome, Outcome::Permanent);
-        assert!(failure.text.contains("MX points back to me: configuration error (#5.4.6)"));
+        assert_eq!(failure.outcome(), Outcome::Permanent);
+        assert!(failure.to_string().ends_with("MX points back to me: configuration error (#5.4.6)"));
         let mut plan = Plan {
             hosts: vec![host(10, "127.0.0.5")],
             port: 2525,
@@ -521,5 +535,46 @@ mod tests {
         let plan = plan(b"example.com", &routes, &resolver, &Ours::default(), deadline).unwrap();
         assert_eq!(plan.hosts[0].addresses, vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))]);
         assert_eq!((plan.port, plan.named_relay), (26, true));
+    }
+
+    /// An MX name is the domain owner's to choose: one that looks like a status code in a
+    /// note must not make the failure temporary (the old check read the notes' words).
+    #[test]
+    fn an_mx_name_cannot_pass_for_a_status() {
+        use crate::remote::dns::{decode, encode_message, Data, Message, Record, CLASS_IN, TYPE_MX};
+        use std::time::{Duration, Instant};
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let server = socket.local_addr().unwrap();
+        let thread = std::thread::spawn(move || {
+            let mut buffer = [0u8; 2048];
+            if let Ok((n, from)) = socket.recv_from(&mut buffer) {
+                let query = decode(&buffer[..n]).unwrap();
+                let mx = Record {
+                    name: query.questions[0].0.clone(),
+                    rtype: TYPE_MX,
+                    class: CLASS_IN,
+                    ttl: 60,
+                    data: Data::Mx(10, b"(#4.4.4)".to_vec()),
+                };
+                let answer = Message {
+                    id: query.id,
+                    flags: 0x8180,
+                    questions: query.questions,
+                    answers: vec![mx],
+                    ..Message::default()
+                };
+                socket.send_to(&encode_message(&answer).unwrap(), from).unwrap();
+            }
+        });
+        let resolver = Resolver { servers: vec![server], timeout: Duration::from_secs(2), attempts: 1 };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let failure = plan(b"victim.test", &[], &resolver, &Ours::default(), deadline).unwrap_err();
+        assert_eq!(failure.outcome(), Outcome::Permanent, "{failure}");
+        assert_eq!(
+            failure.to_string(),
+            "Sorry, no mail exchanger of victim.test has an address: MX (#4.4.4) is not a valid host name. (#5.4.4)"
+        );
+        thread.join().unwrap();
     }
 }

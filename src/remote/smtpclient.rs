@@ -1,13 +1,15 @@
 //! The SMTP client of quill-remote: one message, all its recipients at one domain, one
-//! transaction. The report it prints for quill-rspawn is `crate::mail::proto::remote_report`.
+//! transaction. Its results are `crate::remote::results`; the report it prints for
+//! quill-rspawn is `crate::mail::proto::remote_report`.
 //!
-//! The session: connect (`timeoutconnect`), greeting, EHLO (HELO if EHLO is refused),
-//! STARTTLS when offered (required and verified for `tlsdestinations`), the message checks
-//! (SIZE, SMTPUTF8), then MAIL, every RCPT and DATA — in one write when the server offers
-//! PIPELINING — the message with dot-stuffing and CRLF line ends, and QUIT. Every reply is
-//! 2xx success, 4xx temporary, 5xx permanent: per recipient for RCPT, for the message for
-//! MAIL, DATA and the end of data. A connection that breaks is temporary for whatever has no
-//! final answer yet.
+//! The session, one named step each: `connect` (`timeoutconnect`), `greeting`, `hello`
+//! (EHLO, HELO if EHLO is refused), `starttls` when offered (required and verified for
+//! `tlsdestinations`), then the transaction: `check_message` (SIZE, SMTPUTF8), the envelope
+//! (`pipelined` in one write when the server offers PIPELINING, else `one_by_one`), the
+//! answers to it (`after_envelope`), the message (`send_message`, dot-stuffed with CRLF
+//! line ends) and QUIT. Every reply is 2xx success, 4xx temporary, 5xx permanent: per
+//! recipient for RCPT (`Recipients`), for the message for MAIL, DATA and the end of data. A
+//! connection that breaks is temporary for whatever has no final answer yet.
 //!
 //! Paths and reply lines go through `crate::mail::smtp`, the codec quill-smtpd reads with: an
 //! envelope address is written only as a path that parses back to exactly that address.
@@ -15,24 +17,23 @@
 //! write, connect, TLS step and DNS lookup waits at most until then.
 #![forbid(unsafe_code)]
 
-use crate::base::fail::Outcome;
+use crate::base::fail::{Enhanced, Outcome, Status};
 use crate::mail::control::Control;
-use crate::mail::proto::remote_report::{recipient_letter, total_seconds, total_time, Report};
+use crate::mail::proto::remote_report::{total_seconds, total_time};
 use crate::mail::smtp::{self, PathKind};
+use crate::remote::connection::{peer_name, Broken, Connection, Reply, Stream};
+use crate::remote::message::{write_data, Message};
+use crate::remote::results::{Results, Text};
 use crate::remote::route::{self, Host, Plan};
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-/// The longest reply line we read (RFC 5321 allows 512; servers send longer texts).
-const MAX_REPLY_LINE: usize = 4096;
-/// The most lines in one reply (an EHLO reply lists the extensions, one a line).
-const MAX_REPLY_LINES: usize = 100;
+/// What the fuzz targets and tests read EHLO replies with.
+pub use crate::remote::connection::Extensions;
+
 /// Where the system's trusted roots live (Debian, Ubuntu, Alpine, Arch; Fedora links it).
 pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
-/// How long to wait for the answer to QUIT: the outcome is known by then.
-const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// What quill-remote needs from the control files.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -91,410 +92,40 @@ impl Settings {
     }
 }
 
-/// The message to send, readable as many times as there are attempts.
-pub struct Message {
-    body: Body,
-    /// The size on the wire (every line end as CRLF), for SIZE.
-    pub wire_size: u64,
-    /// The size as stored (from the message start), for the deadline ([`total_time`]).
-    pub stored_size: u64,
-    /// Some byte is not ASCII (BODY=8BITMIME).
-    pub eight_bit: bool,
-    /// The header holds UTF-8 that is not ASCII (needs SMTPUTF8). Non-ASCII bytes that are
-    /// not UTF-8 are legacy 8-bit headers, which servers have always taken as they are.
-    pub utf8_header: bool,
-}
-
-enum Body {
-    /// A file positioned at the message start (a queue file): offset of the message.
-    File(File, u64),
-    /// Input that cannot seek (a pipe), read into memory.
-    Memory(Vec<u8>),
-}
-
-impl Message {
-    /// Take the message from `file` (fd 0), starting at its current position.
-    pub fn new(mut file: File) -> io::Result<Message> {
-        let body = match file.stream_position() {
-            Ok(start) => Body::File(file, start),
-            Err(_) => {
-                let mut bytes = Vec::new();
-                file.read_to_end(&mut bytes)?;
-                Body::Memory(bytes)
-            }
-        };
-        let mut message = Message { body, wire_size: 0, stored_size: 0, eight_bit: false, utf8_header: false };
-        message.scan()?;
-        Ok(message)
-    }
-
-    /// A message from bytes (tests).
-    pub fn from_bytes(bytes: Vec<u8>) -> Message {
-        let mut message =
-            Message { body: Body::Memory(bytes), wire_size: 0, stored_size: 0, eight_bit: false, utf8_header: false };
-        let _ = message.scan();
-        message
-    }
-
-    fn reader(&mut self) -> io::Result<Box<dyn Read + '_>> {
-        match &mut self.body {
-            Body::File(file, start) => {
-                file.seek(SeekFrom::Start(*start))?;
-                Ok(Box::new(io::BufReader::with_capacity(65536, file)))
-            }
-            Body::Memory(bytes) => Ok(Box::new(bytes.as_slice())),
-        }
-    }
-
-    /// One pass over the message: wire size, 8-bit bytes, UTF-8 in the header.
-    fn scan(&mut self) -> io::Result<()> {
-        let mut reader = self.reader()?;
-        let mut chunk = vec![0u8; 65536];
-        let (mut size, mut stored, mut eight_bit) = (0u64, 0u64, false);
-        let mut previous = b'\n';
-        loop {
-            let n = match reader.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            stored += n as u64;
-            for &b in &chunk[..n] {
-                size += if b == b'\n' && previous != b'\r' { 2 } else { 1 };
-                eight_bit |= b >= 0x80;
-                previous = b;
-            }
-        }
-        drop(reader);
-        self.wire_size = size;
-        self.stored_size = stored;
-        self.eight_bit = eight_bit;
-        // Only a message with 8-bit bytes can have a UTF-8 header: a second, short pass.
-        self.utf8_header = eight_bit && self.header_is_utf8()?;
-        Ok(())
-    }
-
-    /// True when the header section has non-ASCII bytes and is valid UTF-8.
-    fn header_is_utf8(&mut self) -> io::Result<bool> {
-        let mut reader = self.reader()?;
-        let mut header = Vec::new();
-        let mut chunk = vec![0u8; 65536];
-        loop {
-            let n = reader.read(&mut chunk)?;
-            if n == 0 {
-                break;
-            }
-            header.extend_from_slice(&chunk[..n]);
-            if memchr::memmem::find(&header, b"\n\n").is_some() || header.len() > 1 << 20 {
-                break;
-            }
-        }
-        let end = memchr::memmem::find(&header, b"\n\n").unwrap_or(header.len());
-        let header = &header[..end];
-        Ok(header.iter().any(|&b| b >= 0x80) && std::str::from_utf8(header).is_ok())
-    }
-}
-
-/// A reply: its code and its lines as received (printable form, joined by "/").
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reply {
-    /// The three-digit code.
-    pub code: u16,
-    /// Every line of the reply, as sent, joined by "/".
-    pub text: String,
-    /// The lines after the code (EHLO keywords live there).
-    pub lines: Vec<Vec<u8>>,
-}
-
-impl Reply {
-    /// 2xx success, 4xx temporary, 5xx permanent; anything else is not a proper answer and
-    /// is temporary.
-    pub fn outcome(&self) -> Outcome {
-        match self.code {
-            200..=299 => Outcome::Success,
-            500..=599 => Outcome::Permanent,
-            _ => Outcome::Temporary,
-        }
-    }
-}
-
-/// What the server offers after EHLO.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Extensions {
-    pub pipelining: bool,
-    pub eight_bit_mime: bool,
-    pub smtputf8: bool,
-    pub starttls: bool,
-    /// SIZE's limit; 0 when unlimited or not announced.
-    pub size: u64,
-    pub has_size: bool,
-}
-
-impl Extensions {
-    /// From the lines of an EHLO reply (the first line is the greeting, not a keyword).
-    pub fn parse(lines: &[Vec<u8>]) -> Extensions {
-        let mut ext = Extensions::default();
-        for line in lines.iter().skip(1) {
-            let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
-            let keyword = words.next().unwrap_or(&[]).to_ascii_uppercase();
-            match keyword.as_slice() {
-                b"PIPELINING" => ext.pipelining = true,
-                b"8BITMIME" => ext.eight_bit_mime = true,
-                b"SMTPUTF8" => ext.smtputf8 = true,
-                b"STARTTLS" => ext.starttls = true,
-                b"SIZE" => {
-                    ext.has_size = true;
-                    ext.size = words
-                        .next()
-                        .and_then(|w| std::str::from_utf8(w).ok())
-                        .and_then(|w| w.parse().ok())
-                        .unwrap_or(0);
-                }
-                _ => {}
-            }
-        }
-        ext
-    }
-}
-
-#[cfg_attr(not(feature = "tls"), allow(dead_code))]
-enum Stream {
-    Plain(TcpStream),
-    #[cfg(feature = "tls")]
-    Tls(Box<crate::tls::client::Stream>),
-    Closed,
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read(buf),
-            #[cfg(feature = "tls")]
-            Stream::Tls(s) => s.read(buf),
-            Stream::Closed => Ok(0),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.write(buf),
-            #[cfg(feature = "tls")]
-            Stream::Tls(s) => s.write(buf),
-            Stream::Closed => Err(io::Error::from(io::ErrorKind::BrokenPipe)),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.flush(),
-            #[cfg(feature = "tls")]
-            Stream::Tls(s) => s.flush(),
-            Stream::Closed => Ok(()),
-        }
-    }
-}
-
-/// Why a session broke off: the connection failed, timed out, or the server spoke nonsense.
-struct Broken(String);
-
-/// One SMTP connection. Every read and write waits at most `timeout`, and never past
-/// `deadline`: a server that sends a byte now and then cannot hold the run longer.
-struct Connection {
-    stream: Stream,
-    input: Vec<u8>,
-    /// "mx.example.com[192.0.2.1]" for texts.
-    peer: String,
-    /// `timeoutremote`: the longest wait for one read or write.
-    timeout: Duration,
-    /// The end of the whole run (`timeoutremotetotal`).
-    deadline: Instant,
-    /// What to say when the deadline is reached.
-    out_of_time: String,
-}
-
-impl Connection {
-    /// Set the socket's timeouts to what is left for the next read or write; an error once
-    /// the deadline has passed.
-    fn arm(&mut self) -> io::Result<()> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::from(io::ErrorKind::TimedOut));
-        }
-        let wait = left.min(self.timeout);
-        let socket = match &self.stream {
-            Stream::Plain(s) => Some(s),
-            #[cfg(feature = "tls")]
-            Stream::Tls(s) => Some(&s.sock),
-            Stream::Closed => None,
-        };
-        if let Some(s) = socket {
-            s.set_read_timeout(Some(wait))?;
-            s.set_write_timeout(Some(wait))?;
-        }
-        Ok(())
-    }
-
-    /// The reason for a failed read or write, saying so when the deadline ended it.
-    fn broken(&self, what: &str, e: &io::Error) -> Broken {
-        if Instant::now() >= self.deadline {
-            Broken(format!("{} ({what})", self.out_of_time))
-        } else if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
-            Broken(format!("timed out {what}"))
-        } else {
-            Broken(format!("{what}: {e}"))
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) -> Result<(), Broken> {
-        self.write_all(bytes).map_err(|e| self.broken("sending to the server", &e))?;
-        self.flush().map_err(|e| self.broken("sending to the server", &e))
-    }
-
-    fn line(&mut self) -> Result<Vec<u8>, Broken> {
-        loop {
-            if let Some(end) = memchr::memchr(b'\n', &self.input) {
-                let mut line: Vec<u8> = self.input.drain(..=end).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                return Ok(line);
-            }
-            if self.input.len() > MAX_REPLY_LINE {
-                return Err(Broken("the server sent a reply line that is too long".to_string()));
-            }
-            let mut chunk = [0u8; 4096];
-            match self.read(&mut chunk) {
-                Ok(0) => return Err(Broken("the server closed the connection".to_string())),
-                Ok(n) => self.input.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.broken("waiting for the server", &e)),
-            }
-        }
-    }
-
-    /// One reply, every line through the shared codec (`smtp::parse_reply_line`); all its
-    /// lines must carry the same code (RFC 5321 §4.2.1).
-    fn reply(&mut self) -> Result<Reply, Broken> {
-        let mut lines = Vec::new();
-        let mut shown = Vec::new();
-        let mut first = None;
-        loop {
-            let line = self.line()?;
-            let parsed = smtp::parse_reply_line(&line).filter(|(code, _, _)| first.is_none_or(|f| f == *code));
-            let Some((code, more, text)) = parsed else {
-                return Err(Broken(format!("the server sent a bad reply line: {}", crate::base::log::safe(&line))));
-            };
-            first = Some(code);
-            shown.push(crate::base::log::safe(&line));
-            lines.push(text.to_vec());
-            if !more {
-                return Ok(Reply { code, text: shown.join("/"), lines });
-            }
-            if lines.len() >= MAX_REPLY_LINES {
-                return Err(Broken("the server sent a reply with too many lines".to_string()));
-            }
-        }
-    }
-
-    fn command(&mut self, command: &[u8]) -> Result<Reply, Broken> {
-        let mut line = command.to_vec();
-        line.extend_from_slice(b"\r\n");
-        self.send(&line)?;
-        self.reply()
-    }
-
-    /// QUIT and its answer, within [`QUIT_TIMEOUT`] even past the deadline (the outcome is
-    /// known; this is politeness, bounded).
-    fn quit(mut self) {
-        self.timeout = QUIT_TIMEOUT;
-        self.deadline = Instant::now() + QUIT_TIMEOUT;
-        if self.send(b"QUIT\r\n").is_ok() {
-            let _ = self.reply();
-        }
-        #[cfg(feature = "tls")]
-        if self.arm().is_ok() {
-            if let Stream::Tls(s) = &mut self.stream {
-                crate::tls::client::close(s);
-            }
-        }
-    }
-}
-
-impl Read for Connection {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.arm()?;
-        self.stream.read(buf)
-    }
-}
-
-impl Write for Connection {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.arm()?;
-        self.stream.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.arm()?;
-        self.stream.flush()
-    }
-}
-
-/// "host[address]" (just the address for literals).
-fn peer_name(host: &Host, ip: &IpAddr) -> String {
-    let name = crate::base::log::safe(&host.name);
-    if name == ip.to_string() {
-        format!("[{ip}]")
-    } else {
-        format!("{name}[{ip}]")
-    }
-}
-
-/// Needs SMTPUTF8: a non-ASCII envelope or a UTF-8 header.
-fn needs_smtputf8(sender: &[u8], recipients: &[Vec<u8>], message: &Message) -> bool {
-    message.utf8_header || !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii())
-}
-
-/// What one attempt at one address came to.
-#[cfg_attr(not(feature = "tls"), allow(dead_code))]
-enum Attempt {
-    /// A final report: the transaction ran, or the message cannot go to this destination.
-    Done(Report),
-    /// This host failed before the transaction: try the next one.
-    HostFailed(Outcome, String),
-    /// Opportunistic TLS failed in the handshake: try this address again without TLS.
-    TlsFailed(String),
-}
-
 /// The envelope written as paths for MAIL and RCPT.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Paths {
     /// The sender's path (`<>` for the null sender).
     pub sender: Vec<u8>,
-    /// Per recipient, in order: its path, or the text of its permanent failure.
-    pub recipients: Vec<Result<Vec<u8>, String>>,
+    /// Per recipient, in order: its path, or its permanent failure.
+    pub recipients: Vec<Result<Vec<u8>, Status>>,
 }
 
-/// The envelope as paths for MAIL and RCPT ([`smtp::envelope_path`]); Err is the text of the
-/// permanent failure of the whole message when the sender cannot be written. Nothing that
-/// fails here is ever written to a server.
-pub fn envelope_paths(sender: &[u8], recipients: &[Vec<u8>]) -> Result<Paths, String> {
+/// The envelope as paths for MAIL and RCPT ([`smtp::envelope_path`]); Err is the permanent
+/// failure of the whole message when the sender cannot be written. Nothing that fails here
+/// is ever written to a server.
+pub fn envelope_paths(sender: &[u8], recipients: &[Vec<u8>]) -> Result<Paths, Status> {
     let sender_path = smtp::envelope_path(sender, PathKind::Reverse).map_err(|e| {
-        format!(
-            "Sorry, the sender address <{}> cannot be written in an SMTP command ({}). (#5.1.7)",
-            crate::base::log::safe(sender),
-            path_problem(e)
+        Status::permanent(
+            Enhanced::BAD_SENDER_SYNTAX,
+            format!(
+                "Sorry, the sender address <{}> cannot be written in an SMTP command ({}).",
+                crate::base::log::safe(sender),
+                path_problem(e)
+            ),
         )
     })?;
     let recipients = recipients
         .iter()
         .map(|r| {
             smtp::envelope_path(r, PathKind::Forward).map_err(|e| {
-                format!(
-                    "Sorry, the recipient address <{}> cannot be written in an SMTP command ({}). (#5.1.3)",
-                    crate::base::log::safe(r),
-                    path_problem(e)
+                Status::permanent(
+                    Enhanced::BAD_SYNTAX,
+                    format!(
+                        "Sorry, the recipient address <{}> cannot be written in an SMTP command ({}).",
+                        crate::base::log::safe(r),
+                        path_problem(e)
+                    ),
                 )
             })
         })
@@ -510,6 +141,25 @@ fn path_problem(error: smtp::PathError) -> &'static str {
     }
 }
 
+/// One delivery: where to, the envelope (paths from [`envelope_paths`]) and the settings.
+struct Job<'a> {
+    plan: &'a Plan,
+    sender: &'a [u8],
+    recipients: &'a [Vec<u8>],
+    settings: &'a Settings,
+}
+
+/// What one attempt at one address came to.
+enum Attempt {
+    /// Final results: the transaction ran, or the message cannot go to this destination.
+    Done(Results),
+    /// This host failed before the transaction: try the next one.
+    HostFailed(Text),
+    /// Opportunistic TLS failed in the handshake (these words say how): try this address
+    /// again without TLS.
+    TlsFailed(String),
+}
+
 /// Deliver along a plan: every address of every host in order until one takes the
 /// transaction (or refuses it for good), until the run's deadline. `sender` and
 /// `recipients` are the paths from [`envelope_paths`].
@@ -519,8 +169,10 @@ pub fn deliver(
     recipients: &[Vec<u8>],
     message: &mut Message,
     settings: &Settings,
-) -> Report {
-    let mut notes: Vec<String> = plan.notes.clone();
+) -> Results {
+    let job = Job { plan, sender, recipients, settings };
+    // What each host that failed said, rendered for the summary of them all.
+    let mut notes: Vec<String> = plan.notes.iter().map(Text::to_string).collect();
     let mut all_permanent = true;
     let mut tried = 0;
     'hosts: for host in &plan.hosts {
@@ -531,147 +183,140 @@ pub fn deliver(
                 break 'hosts;
             }
             tried += 1;
-            let mut attempt = try_address(plan, host, ip, sender, recipients, message, settings, true);
+            let mut attempt = try_address(&job, host, ip, message, true);
             if let Attempt::TlsFailed(why) = attempt {
                 notes.push(format!("TLS with {} failed, retried without TLS: {why}", peer_name(host, ip)));
-                attempt = try_address(plan, host, ip, sender, recipients, message, settings, false);
+                attempt = try_address(&job, host, ip, message, false);
             }
             match attempt {
-                Attempt::Done(report) => return report,
-                Attempt::HostFailed(outcome, text) => {
-                    all_permanent &= outcome == Outcome::Permanent;
-                    notes.push(text);
+                Attempt::Done(results) => return results,
+                Attempt::HostFailed(text) => {
+                    all_permanent &= text.outcome() == Outcome::Permanent;
+                    notes.push(text.to_string());
                 }
-                Attempt::TlsFailed(text) => {
+                Attempt::TlsFailed(words) => {
                     all_permanent = false;
-                    notes.push(text);
+                    notes.push(words);
                 }
             }
         }
     }
     if tried > 0 && all_permanent {
-        return Report::all(recipients.len(), Outcome::Permanent, notes.join(" / "));
+        return Results::all(recipients.len(), Text::Verbatim(Outcome::Permanent, notes.join(" / ")));
     }
-    let text = format!("no host for this destination took the message: {}", notes.join(" / "));
-    Report::unreachable(recipients.len(), &text)
+    let summary = format!("no host for this destination took the message: {}", notes.join(" / "));
+    Results::all(recipients.len(), Text::Verbatim(Outcome::Temporary, summary).unreachable())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn try_address(
-    plan: &Plan,
-    host: &Host,
-    ip: &IpAddr,
-    sender: &[u8],
-    recipients: &[Vec<u8>],
-    message: &mut Message,
-    settings: &Settings,
-    use_tls: bool,
-) -> Attempt {
-    let port = plan.port;
+/// One session with one address, TLS offered or not.
+fn try_address(job: &Job, host: &Host, ip: &IpAddr, message: &mut Message, use_tls: bool) -> Attempt {
+    match session(job, host, ip, message, use_tls) {
+        Ok(attempt) | Err(attempt) => attempt,
+    }
+}
+
+/// The steps of a session in order; each ends it early with an [`Attempt`] of its own.
+fn session(job: &Job, host: &Host, ip: &IpAddr, message: &mut Message, use_tls: bool) -> Result<Attempt, Attempt> {
+    let mut connection = connect(job, host, ip)?;
+    greeting(&mut connection)?;
+    let mut ext = hello(&mut connection, &job.settings.helo)?;
+    let mut tls_note = String::new();
+    let offered = use_tls && ext.starttls && crate::tls::client::AVAILABLE;
+    if job.settings.tls_required || offered {
+        match starttls(connection, job, host, ip, &ext)? {
+            Secured::Tls(upgraded, description) => {
+                connection = upgraded;
+                tls_note = format!(" over {description}");
+                ext = hello(&mut connection, &job.settings.helo)?;
+            }
+            Secured::Plain(plain) => connection = plain,
+        }
+    }
+    Ok(Attempt::Done(transaction(connection, job, message, &ext, &tls_note)))
+}
+
+/// A host failed with Quill's own status.
+fn host_failed(status: Status) -> Attempt {
+    Attempt::HostFailed(Text::Status(status))
+}
+
+/// Connect within `timeoutconnect` and what is left of the run.
+fn connect(job: &Job, host: &Host, ip: &IpAddr) -> Result<Connection, Attempt> {
+    let settings = job.settings;
+    let port = job.plan.port;
     let peer = peer_name(host, ip);
-    let address = SocketAddr::new(*ip, port);
-    let temporary = |text: String| Attempt::HostFailed(Outcome::Temporary, text);
     let left = settings.deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
-        return temporary(format!("{} before connecting to {peer}", settings.out_of_time()));
+        let words = format!("{} before connecting to {peer}", settings.out_of_time());
+        return Err(Attempt::HostFailed(Text::Verbatim(Outcome::Temporary, words)));
     }
-    let tcp = match TcpStream::connect_timeout(&address, settings.connect_timeout.min(left)) {
-        Ok(tcp) => tcp,
-        Err(e) => {
+    let tcp =
+        TcpStream::connect_timeout(&SocketAddr::new(*ip, port), settings.connect_timeout.min(left)).map_err(|e| {
             let why = if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) {
                 "timed out".to_string()
             } else {
                 e.to_string()
             };
-            return temporary(format!("unable to connect to {peer} port {port}: {why} (#4.4.1)"));
-        }
-    };
-    let mut connection = Connection {
+            host_failed(Status::temporary(
+                Enhanced::NO_ANSWER,
+                format!("unable to connect to {peer} port {port}: {why}"),
+            ))
+        })?;
+    Ok(Connection {
         stream: Stream::Plain(tcp),
         input: Vec::new(),
-        peer: peer.clone(),
+        peer,
         timeout: settings.timeout,
         deadline: settings.deadline,
         out_of_time: settings.out_of_time(),
-    };
-    let greeting = match connection.reply() {
-        Ok(reply) => reply,
-        Err(Broken(why)) => return temporary(format!("connected to {peer} but {why} before the greeting (#4.4.2)")),
-    };
-    if greeting.outcome() != Outcome::Success {
+    })
+}
+
+/// The server's greeting: anything but 2xx fails this host.
+fn greeting(connection: &mut Connection) -> Result<(), Attempt> {
+    let peer = connection.peer.clone();
+    let reply = connection.reply().map_err(|Broken(why)| {
+        host_failed(Status::temporary(
+            Enhanced::BAD_CONNECTION,
+            format!("connected to {peer} but {why} before the greeting"),
+        ))
+    })?;
+    if reply.outcome() != Outcome::Success {
         connection.quit();
-        return Attempt::HostFailed(
-            greeting.outcome(),
-            format!("Connected to {peer} but greeting failed. Remote host said: {}", greeting.text),
-        );
+        let words = format!("Connected to {peer} but greeting failed. Remote host said: {}", reply.text);
+        return Err(Attempt::HostFailed(Text::Verbatim(reply.outcome(), words)));
     }
-    let mut ext = match hello(&mut connection, &settings.helo) {
-        Ok(ext) => ext,
-        Err(failed) => return failed,
-    };
-    let mut tls_note = String::new();
-    if settings.tls_required || (use_tls && ext.starttls && cfg!(feature = "tls")) {
-        match starttls(connection, plan, host, ip, &ext, settings) {
-            Ok((upgraded, description)) => {
-                connection = upgraded;
-                tls_note = format!(" over {description}");
-                ext = match hello(&mut connection, &settings.helo) {
-                    Ok(ext) => ext,
-                    Err(failed) => return failed,
-                };
-            }
-            Err(StartTls::Plain(plain)) => connection = *plain,
-            Err(StartTls::Failed(attempt)) => return attempt,
-        }
-    }
-    transaction(connection, sender, recipients, message, &ext, &tls_note)
+    Ok(())
 }
 
 /// EHLO, or HELO when EHLO is refused. A failure is a failure of this host.
 fn hello(connection: &mut Connection, helo: &[u8]) -> Result<Extensions, Attempt> {
     let peer = connection.peer.clone();
-    let died =
-        |why: String| Attempt::HostFailed(Outcome::Temporary, format!("connection to {peer} died: {why} (#4.4.2)"));
-    let ehlo = connection.command(&[b"EHLO ".as_slice(), helo].concat()).map_err(|Broken(w)| died(w.clone()))?;
+    let died = |Broken(why)| {
+        host_failed(Status::temporary(Enhanced::BAD_CONNECTION, format!("connection to {peer} died: {why}")))
+    };
+    let ehlo = connection.command(&[b"EHLO ".as_slice(), helo].concat()).map_err(died)?;
     if ehlo.outcome() == Outcome::Success {
         return Ok(Extensions::parse(&ehlo.lines));
     }
     if ehlo.outcome() == Outcome::Temporary {
-        return Err(Attempt::HostFailed(
-            Outcome::Temporary,
-            format!("{peer} refused EHLO. Remote host said: {}", ehlo.text),
-        ));
+        let words = format!("{peer} refused EHLO. Remote host said: {}", ehlo.text);
+        return Err(Attempt::HostFailed(Text::Verbatim(Outcome::Temporary, words)));
     }
-    let reply = connection.command(&[b"HELO ".as_slice(), helo].concat()).map_err(|Broken(w)| died(w.clone()))?;
+    let reply = connection.command(&[b"HELO ".as_slice(), helo].concat()).map_err(died)?;
     if reply.outcome() == Outcome::Success {
         return Ok(Extensions::default());
     }
-    Err(Attempt::HostFailed(reply.outcome(), format!("{peer} refused EHLO and HELO. Remote host said: {}", reply.text)))
+    let words = format!("{peer} refused EHLO and HELO. Remote host said: {}", reply.text);
+    Err(Attempt::HostFailed(Text::Verbatim(reply.outcome(), words)))
 }
 
-#[cfg_attr(not(feature = "tls"), allow(dead_code))]
-enum StartTls {
+/// Where STARTTLS left the session.
+enum Secured {
+    /// Over TLS, described ("TLSv1.3 TLS13_AES_256_GCM_SHA384"): EHLO again.
+    Tls(Connection, String),
     /// STARTTLS was refused and TLS is optional: go on in plain text on this connection.
-    Plain(Box<Connection>),
-    /// Give up on this connection.
-    Failed(Attempt),
-}
-
-#[cfg(not(feature = "tls"))]
-fn starttls(
-    connection: Connection,
-    _plan: &Plan,
-    _host: &Host,
-    _ip: &IpAddr,
-    _ext: &Extensions,
-    _settings: &Settings,
-) -> Result<(Connection, String), StartTls> {
-    let peer = connection.peer.clone();
-    connection.quit();
-    Err(StartTls::Failed(Attempt::HostFailed(
-        Outcome::Temporary,
-        format!("TLS is required for mail to {peer} but this quill-remote was built without TLS (#4.7.5)"),
-    )))
+    Plain(Connection),
 }
 
 /// The names a verified certificate may match for this host: the recipient domain and any
@@ -679,7 +324,6 @@ fn starttls(
 /// smtproutes named it (the administrator chose that host, so its name or address is as good
 /// as the domain). The MX name itself is not in the list: it came from DNS, and counts only
 /// through the domain's suffix or a listed one.
-#[cfg(feature = "tls")]
 fn accepted_names(plan: &Plan, host: &Host, ip: &IpAddr, settings: &Settings) -> crate::tls::client::AcceptedNames {
     let mut names = crate::tls::client::AcceptedNames::default();
     let domain = String::from_utf8_lossy(&settings.domain).into_owned();
@@ -700,48 +344,62 @@ fn accepted_names(plan: &Plan, host: &Host, ip: &IpAddr, settings: &Settings) ->
     names
 }
 
-#[cfg(feature = "tls")]
+/// STARTTLS and the handshake: opportunistic (any certificate; a failed handshake is tried
+/// again without TLS) or, for `tlsdestinations`, required and verified.
 fn starttls(
     mut connection: Connection,
-    plan: &Plan,
+    job: &Job,
     host: &Host,
     ip: &IpAddr,
     ext: &Extensions,
-    settings: &Settings,
-) -> Result<(Connection, String), StartTls> {
+) -> Result<Secured, Attempt> {
+    let settings = job.settings;
     let peer = connection.peer.clone();
     let required = settings.tls_required;
-    let fail = |text: String| StartTls::Failed(Attempt::HostFailed(Outcome::Temporary, text));
-    if !ext.starttls {
+    let refuse = |connection: &mut Connection, words: String| {
         connection.quit();
-        return Err(fail(format!("TLS is required for this destination but {peer} does not offer STARTTLS (#4.7.5)")));
-    }
-    let reply = match connection.command(b"STARTTLS") {
-        Ok(reply) => reply,
-        Err(Broken(why)) => return Err(fail(format!("connection to {peer} died: {why} (#4.4.2)"))),
+        host_failed(Status::temporary(Enhanced::CRYPTO, words))
     };
+    if !crate::tls::client::AVAILABLE {
+        let words = format!("TLS is required for mail to {peer} but this quill-remote was built without TLS");
+        return Err(refuse(&mut connection, words));
+    }
+    if !ext.starttls {
+        let words = format!("TLS is required for this destination but {peer} does not offer STARTTLS");
+        return Err(refuse(&mut connection, words));
+    }
+    let reply = connection.command(b"STARTTLS").map_err(|Broken(why)| {
+        host_failed(Status::temporary(Enhanced::BAD_CONNECTION, format!("connection to {peer} died: {why}")))
+    })?;
     if reply.code != 220 {
-        if required {
-            connection.quit();
-            return Err(fail(format!("TLS is required but {peer} refused STARTTLS. Remote host said: {}", reply.text)));
+        if !required {
+            return Ok(Secured::Plain(connection));
         }
-        return Err(StartTls::Plain(Box::new(connection)));
+        connection.quit();
+        let words = format!("TLS is required but {peer} refused STARTTLS. Remote host said: {}", reply.text);
+        return Err(Attempt::HostFailed(Text::Verbatim(Outcome::Temporary, words)));
     }
     // Bytes that came with the 220 were sent before TLS and must not be read as if they came
     // through it (the STARTTLS command-injection attacks).
     connection.input.clear();
     let config = if required {
-        crate::tls::client::verified(&settings.ca_file, accepted_names(plan, host, ip, settings))
+        crate::tls::client::verified(&settings.ca_file, accepted_names(job.plan, host, ip, settings))
     } else {
         crate::tls::client::opportunistic()
     };
-    let config = match config {
-        Ok(config) => config,
-        Err(why) => {
-            connection.quit();
-            return Err(fail(format!("unable to set up TLS for {peer}: {why} (#4.7.5)")));
-        }
-    };
+    let config = config.map_err(|why| refuse(&mut connection, format!("unable to set up TLS for {peer}: {why}")))?;
+    handshake(connection, config, host, ip, required)
+}
+
+/// The TLS handshake on the plain connection, after the server's 220 to STARTTLS.
+fn handshake(
+    mut connection: Connection,
+    config: crate::tls::client::Config,
+    host: &Host,
+    ip: &IpAddr,
+    required: bool,
+) -> Result<Secured, Attempt> {
+    let peer = connection.peer.clone();
     // The name we connected to goes in SNI; what the certificate must match is decided by
     // accepted_names.
     let name = match std::str::from_utf8(&host.name) {
@@ -749,56 +407,85 @@ fn starttls(
         _ => ip.to_string(),
     };
     let Stream::Plain(tcp) = std::mem::replace(&mut connection.stream, Stream::Closed) else {
-        return Err(fail(format!("STARTTLS with {peer} on a connection that is not plain (#4.4.2)")));
+        let words = format!("STARTTLS with {peer} on a connection that is not plain");
+        return Err(host_failed(Status::temporary(Enhanced::BAD_CONNECTION, words)));
     };
     match crate::tls::client::handshake(config, &name, tcp, connection.timeout, connection.deadline) {
         Ok(stream) => {
-            let description = crate::tls::client::describe(&stream);
+            let description = stream.describe();
             connection.stream = Stream::Tls(Box::new(stream));
-            Ok((connection, description))
+            Ok(Secured::Tls(connection, description))
         }
         Err(why) if Instant::now() >= connection.deadline => {
-            Err(fail(format!("TLS handshake with {peer} failed: {} ({why}) (#4.4.2)", connection.out_of_time)))
+            let words = format!("TLS handshake with {peer} failed: {} ({why})", connection.out_of_time);
+            Err(host_failed(Status::temporary(Enhanced::BAD_CONNECTION, words)))
         }
-        Err(why) if required => Err(fail(format!("TLS handshake with {peer} failed: {why} (#4.7.5)"))),
-        Err(why) => Err(StartTls::Failed(Attempt::TlsFailed(format!("TLS handshake with {peer} failed: {why}")))),
+        Err(why) if required => {
+            Err(host_failed(Status::temporary(Enhanced::CRYPTO, format!("TLS handshake with {peer} failed: {why}"))))
+        }
+        Err(why) => Err(Attempt::TlsFailed(format!("TLS handshake with {peer} failed: {why}"))),
     }
 }
 
 /// MAIL, RCPT…, DATA, the message, QUIT.
 fn transaction(
     mut connection: Connection,
-    sender: &[u8],
-    recipients: &[Vec<u8>],
+    job: &Job,
     message: &mut Message,
     ext: &Extensions,
     tls_note: &str,
-) -> Attempt {
+) -> Results {
+    let utf8 = match check_message(&mut connection, job, message, ext) {
+        Ok(utf8) => utf8,
+        Err(results) => return results,
+    };
+    let commands = envelope_commands(job, message, ext, utf8);
+    let sent = if ext.pipelining {
+        pipelined(&mut connection, job, &commands)
+    } else {
+        one_by_one(&mut connection, job.recipients.len(), &commands)
+    };
+    match sent {
+        Ok(answers) => after_envelope(connection, job, message, answers, tls_note),
+        Err(results) => results,
+    }
+}
+
+/// Needs SMTPUTF8: a non-ASCII envelope or a UTF-8 header.
+fn needs_smtputf8(sender: &[u8], recipients: &[Vec<u8>], message: &Message) -> bool {
+    message.utf8_header || !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii())
+}
+
+/// What the server must support for this message: SMTPUTF8 when it needs it (Ok(true)), a
+/// SIZE limit it fits in. A message that cannot go to this server fails for good.
+fn check_message(connection: &mut Connection, job: &Job, message: &Message, ext: &Extensions) -> Result<bool, Results> {
     let peer = connection.peer.clone();
-    let count = recipients.len();
-    let utf8 = needs_smtputf8(sender, recipients, message);
+    let count = job.recipients.len();
+    let utf8 = needs_smtputf8(job.sender, job.recipients, message);
     if utf8 && !ext.smtputf8 {
         connection.quit();
-        return Attempt::Done(Report::all(
-            count,
-            Outcome::Permanent,
-            format!(
-                "Sorry, this message needs SMTPUTF8 (international addresses or headers) but {peer} does not support it. (#5.6.7)"
-            ),
-        ));
+        let words = format!(
+            "Sorry, this message needs SMTPUTF8 (international addresses or headers) but {peer} does not support it."
+        );
+        return Err(Results::all(count, Status::permanent(Enhanced::NEEDS_SMTPUTF8, words).into()));
     }
     if ext.size > 0 && message.wire_size > ext.size {
         connection.quit();
-        return Attempt::Done(Report::all(
-            count,
-            Outcome::Permanent,
-            format!(
-                "Sorry, the message is {} bytes but {peer} accepts at most {} bytes. (#5.3.4)",
-                message.wire_size, ext.size
-            ),
-        ));
+        let words =
+            format!("Sorry, the message is {} bytes but {peer} accepts at most {} bytes.", message.wire_size, ext.size);
+        return Err(Results::all(count, Status::permanent(Enhanced::TOO_BIG, words).into()));
     }
-    let mut mail = [b"MAIL FROM:".as_slice(), sender].concat();
+    Ok(utf8)
+}
+
+/// MAIL FROM with its parameters and one RCPT TO per recipient, without line ends.
+struct Commands {
+    mail: Vec<u8>,
+    rcpts: Vec<Vec<u8>>,
+}
+
+fn envelope_commands(job: &Job, message: &Message, ext: &Extensions, utf8: bool) -> Commands {
+    let mut mail = [b"MAIL FROM:".as_slice(), job.sender].concat();
     if ext.has_size {
         mail.extend_from_slice(format!(" SIZE={}", message.wire_size).as_bytes());
     }
@@ -808,280 +495,216 @@ fn transaction(
     if utf8 {
         mail.extend_from_slice(b" SMTPUTF8");
     }
-    mail.extend_from_slice(b"\r\n");
-    let rcpts: Vec<Vec<u8>> = recipients.iter().map(|r| [b"RCPT TO:".as_slice(), r, b"\r\n"].concat()).collect();
+    let rcpts = job.recipients.iter().map(|r| [b"RCPT TO:".as_slice(), r].concat()).collect();
+    Commands { mail, rcpts }
+}
 
-    // Results so far; None = no final answer yet.
-    let mut results: Vec<Option<(u8, String)>> = vec![None; count];
-    let died = |results: &[Option<(u8, String)>], why: String, stage: &str| {
-        let text = format!("Connection to {peer} died {stage}: {why}. (#4.4.2)");
-        Attempt::Done(Report {
-            recipients: results.iter().map(|r| r.clone().unwrap_or((b's', text.clone()))).collect(),
-            message: (b'Z', text),
-        })
-    };
-    // A server that refuses MAIL may hang up before answering the pipelined RCPTs and DATA:
-    // then the refusal of MAIL is the answer.
-    let refused_or_died = |mail: &Reply, results: &[Option<(u8, String)>], why: String, stage: &str| {
-        if mail.outcome() == Outcome::Success {
-            return died(results, why, stage);
-        }
-        let text = format!(
-            "{peer} does not like the sender {}. Remote host said: {}",
-            crate::base::log::safe(sender),
-            mail.text
-        );
-        Attempt::Done(Report::all(count, mail.outcome(), text))
-    };
-    let mail_reply;
-    let mut accepted = 0;
-    let data_reply;
-    if ext.pipelining {
-        let mut batch = mail.clone();
-        for r in &rcpts {
-            batch.extend_from_slice(r);
-        }
-        batch.extend_from_slice(b"DATA\r\n");
-        if let Err(Broken(why)) = connection.send(&batch) {
-            return died(&results, why, "while sending MAIL, RCPT and DATA");
-        }
-        mail_reply = match connection.reply() {
-            Ok(r) => r,
-            Err(Broken(why)) => return died(&results, why, "after MAIL"),
-        };
-        for i in 0..count {
-            match connection.reply() {
-                Ok(reply) => {
-                    results[i] = rcpt_result(&peer, &reply, &mut accepted);
-                }
-                Err(Broken(why)) => return refused_or_died(&mail_reply, &results, why, "after RCPT"),
-            }
-        }
-        data_reply = match connection.reply() {
-            Ok(r) => Some(r),
-            Err(Broken(why)) => return refused_or_died(&mail_reply, &results, why, "after DATA"),
-        };
-    } else {
-        mail_reply = match connection.command(&mail[..mail.len() - 2]) {
-            Ok(r) => r,
-            Err(Broken(why)) => return died(&results, why, "after MAIL"),
-        };
-        if mail_reply.outcome() == Outcome::Success {
-            for (i, r) in rcpts.iter().enumerate() {
-                match connection.command(&r[..r.len() - 2]) {
-                    Ok(reply) => results[i] = rcpt_result(&peer, &reply, &mut accepted),
-                    Err(Broken(why)) => return died(&results, why, "after RCPT"),
-                }
-            }
-        }
-        data_reply = if mail_reply.outcome() == Outcome::Success && accepted > 0 {
-            match connection.command(b"DATA") {
-                Ok(r) => Some(r),
-                Err(Broken(why)) => return died(&results, why, "after DATA"),
-            }
-        } else {
-            None
-        };
+/// The answers to the envelope: MAIL's, each RCPT's, and DATA's if DATA was sent.
+struct Answers {
+    mail: Reply,
+    recipients: Recipients,
+    data: Option<Reply>,
+}
+
+/// MAIL, every RCPT and DATA in one write (PIPELINING), then their replies in order.
+fn pipelined(connection: &mut Connection, job: &Job, commands: &Commands) -> Result<Answers, Results> {
+    let peer = connection.peer.clone();
+    let mut recipients = Recipients::new(commands.rcpts.len());
+    let mut batch = Vec::new();
+    for command in std::iter::once(&commands.mail).chain(&commands.rcpts) {
+        batch.extend_from_slice(command);
+        batch.extend_from_slice(b"\r\n");
     }
+    batch.extend_from_slice(b"DATA\r\n");
+    if let Err(Broken(why)) = connection.send(&batch) {
+        return Err(recipients.died(&peer, why, "while sending MAIL, RCPT and DATA"));
+    }
+    let mail = match connection.reply() {
+        Ok(reply) => reply,
+        Err(Broken(why)) => return Err(recipients.died(&peer, why, "after MAIL")),
+    };
+    for i in 0..commands.rcpts.len() {
+        match connection.reply() {
+            Ok(reply) => recipients.record(i, &peer, &reply),
+            Err(Broken(why)) => return Err(refused_or_died(job, &peer, &mail, recipients, why, "after RCPT")),
+        }
+    }
+    let data = match connection.reply() {
+        Ok(reply) => reply,
+        Err(Broken(why)) => return Err(refused_or_died(job, &peer, &mail, recipients, why, "after DATA")),
+    };
+    Ok(Answers { mail, recipients, data: Some(data) })
+}
 
-    if mail_reply.outcome() != Outcome::Success {
-        if data_reply.as_ref().is_some_and(|r| r.code == 354) {
-            // A server that accepted DATA after refusing MAIL gets an empty message body.
+/// A server that refuses MAIL may hang up before answering the pipelined RCPTs and DATA:
+/// then the refusal of MAIL is the answer.
+fn refused_or_died(job: &Job, peer: &str, mail: &Reply, recipients: Recipients, why: String, stage: &str) -> Results {
+    if mail.outcome() == Outcome::Success {
+        return recipients.died(peer, why, stage);
+    }
+    Results::all(job.recipients.len(), sender_refused(peer, job.sender, mail))
+}
+
+/// MAIL, then each RCPT if MAIL was accepted, then DATA if a recipient was, each waiting for
+/// its reply.
+fn one_by_one(connection: &mut Connection, count: usize, commands: &Commands) -> Result<Answers, Results> {
+    let peer = connection.peer.clone();
+    let mut recipients = Recipients::new(count);
+    let mail = match connection.command(&commands.mail) {
+        Ok(reply) => reply,
+        Err(Broken(why)) => return Err(recipients.died(&peer, why, "after MAIL")),
+    };
+    if mail.outcome() == Outcome::Success {
+        for (i, rcpt) in commands.rcpts.iter().enumerate() {
+            match connection.command(rcpt) {
+                Ok(reply) => recipients.record(i, &peer, &reply),
+                Err(Broken(why)) => return Err(recipients.died(&peer, why, "after RCPT")),
+            }
+        }
+    }
+    let mut data = None;
+    if mail.outcome() == Outcome::Success && recipients.accepted > 0 {
+        match connection.command(b"DATA") {
+            Ok(reply) => data = Some(reply),
+            Err(Broken(why)) => return Err(recipients.died(&peer, why, "after DATA")),
+        }
+    }
+    Ok(Answers { mail, recipients, data })
+}
+
+/// The refusal of MAIL: the message's result, and every recipient's.
+fn sender_refused(peer: &str, sender: &[u8], mail: &Reply) -> Text {
+    let words =
+        format!("{peer} does not like the sender {}. Remote host said: {}", crate::base::log::safe(sender), mail.text);
+    Text::Verbatim(mail.outcome(), words)
+}
+
+/// After the envelope's answers: the refusals that end the transaction (MAIL, every RCPT,
+/// DATA), else the message.
+fn after_envelope(
+    mut connection: Connection,
+    job: &Job,
+    message: &mut Message,
+    answers: Answers,
+    tls_note: &str,
+) -> Results {
+    let Answers { mail, recipients, data } = answers;
+    let peer = connection.peer.clone();
+    let data_open = data.as_ref().is_some_and(|r| r.code == 354);
+    if mail.outcome() != Outcome::Success || recipients.accepted == 0 {
+        if data_open {
+            // A server that accepted DATA after refusing MAIL or every RCPT gets an empty
+            // message body.
             let _ = connection.command(b".");
         }
         connection.quit();
-        let text = format!(
-            "{peer} does not like the sender {}. Remote host said: {}",
-            crate::base::log::safe(sender),
-            mail_reply.text
-        );
-        return Attempt::Done(Report::all(count, mail_reply.outcome(), text));
-    }
-    if accepted == 0 {
-        if data_reply.as_ref().is_some_and(|r| r.code == 354) {
-            let _ = connection.command(b".");
+        if mail.outcome() != Outcome::Success {
+            return Results::all(job.recipients.len(), sender_refused(&peer, job.sender, &mail));
         }
-        connection.quit();
-        let all_permanent = results.iter().all(|r| matches!(r, Some((b'h', _))));
-        let letter = if all_permanent { b'D' } else { b'Z' };
-        return Attempt::Done(finish_accepted(results, letter, format!("{peer} accepted none of the recipients.")));
+        let outcome = if recipients.all_permanent() { Outcome::Permanent } else { Outcome::Temporary };
+        return recipients.finish(Text::Verbatim(outcome, format!("{peer} accepted none of the recipients.")));
     }
-    let data_reply = match data_reply {
+    let data = match data {
         Some(reply) => reply,
-        None => return died(&results, "no reply".to_string(), "after DATA"),
+        None => return recipients.died(&peer, "no reply".to_string(), "after DATA"),
     };
-    if data_reply.code != 354 {
+    if data.code != 354 {
         connection.quit();
-        let outcome = if data_reply.outcome() == Outcome::Success { Outcome::Temporary } else { data_reply.outcome() };
-        let text = format!("{peer} failed on DATA command. Remote host said: {}", data_reply.text);
-        // Recipients accepted at RCPT take the message's result.
-        let accepted_letter = outcome.letter();
-        return Attempt::Done(finish_accepted(results, accepted_letter, text));
+        let outcome = if data.outcome() == Outcome::Success { Outcome::Temporary } else { data.outcome() };
+        let words = format!("{peer} failed on DATA command. Remote host said: {}", data.text);
+        return recipients.finish(Text::Verbatim(outcome, words));
     }
+    send_message(connection, message, recipients, tls_note)
+}
+
+/// The message, the final dot, the server's answer to it, QUIT.
+fn send_message(mut connection: Connection, message: &mut Message, recipients: Recipients, tls_note: &str) -> Results {
+    let peer = connection.peer.clone();
     let sent = match message.reader() {
         Ok(mut reader) => write_data(&mut reader, &mut connection),
         Err(e) => {
             // Nothing sensible can be sent: drop the connection without the final dot so
             // that the server discards the partial message.
-            let text = format!("unable to read the message: {e} (#4.3.0)");
-            return Attempt::Done(finish_accepted(results, b'Z', text));
+            let status = Status::temporary(Enhanced::MAIL_SYSTEM, format!("unable to read the message: {e}"));
+            return recipients.finish(status.into());
         }
     };
     if let Err(e) = sent {
-        return died_accepted(results, &peer, connection.broken("sending the message", &e).0);
+        let Broken(why) = connection.broken("sending the message", &e);
+        return recipients.died(&peer, why, "while sending the message");
     }
     let end = match connection.reply() {
-        Ok(r) => r,
-        Err(Broken(why)) => return died_accepted(results, &peer, format!("{why} after the end of the message")),
+        Ok(reply) => reply,
+        Err(Broken(why)) => {
+            return recipients.died(&peer, format!("{why} after the end of the message"), "while sending the message")
+        }
     };
     connection.quit();
     let text = match end.outcome() {
-        Outcome::Success => format!("{peer} accepted message{tls_note}. Remote host said: {}", end.text),
-        _ => format!("{peer} failed after I sent the message. Remote host said: {}", end.text),
-    };
-    Attempt::Done(finish_accepted(results, end.outcome().letter(), text))
-}
-
-/// The result of a RCPT reply: None if accepted (the message decides), else s/h with text.
-fn rcpt_result(peer: &str, reply: &Reply, accepted: &mut usize) -> Option<(u8, String)> {
-    match reply.outcome() {
         Outcome::Success => {
-            *accepted += 1;
-            Some((b'r', format!("{peer} accepted the recipient. Remote host said: {}", reply.text)))
+            Status::success(format!("{peer} accepted message{tls_note}. Remote host said: {}", end.text)).into()
         }
-        outcome => Some((
-            recipient_letter(outcome),
-            format!("{peer} does not like the recipient. Remote host said: {}", reply.text),
-        )),
+        outcome => {
+            Text::Verbatim(outcome, format!("{peer} failed after I sent the message. Remote host said: {}", end.text))
+        }
+    };
+    recipients.finish(text)
+}
+
+/// The recipients' answers to RCPT so far.
+struct Recipients {
+    /// Per recipient: its result, or None while it has no final answer.
+    results: Vec<Option<Text>>,
+    /// How many were accepted.
+    accepted: usize,
+}
+
+impl Recipients {
+    fn new(count: usize) -> Recipients {
+        Recipients { results: vec![None; count], accepted: 0 }
     }
-}
 
-/// The final report once the recipients have their RCPT answers: `letter` and `text` are the
-/// message's result, which every accepted recipient follows.
-fn finish_accepted(results: Vec<Option<(u8, String)>>, letter: u8, text: String) -> Report {
-    Report {
-        recipients: results.into_iter().map(|r| r.unwrap_or((b's', text.clone()))).collect(),
-        message: (letter, text),
-    }
-}
-
-fn died_accepted(results: Vec<Option<(u8, String)>>, peer: &str, why: String) -> Attempt {
-    Attempt::Done(finish_accepted(
-        results,
-        b'Z',
-        format!("Connection to {peer} died while sending the message: {why}. (#4.4.2)"),
-    ))
-}
-
-/// Send the message in the DATA phase: every line end as CRLF (a lone CR or LF too, so no
-/// bare CR or LF reaches the wire), dot-stuffing, a final line end if the message lacks one,
-/// then the final dot.
-pub fn write_data(reader: &mut dyn Read, out: &mut dyn Write) -> io::Result<()> {
-    let mut buffer = Vec::with_capacity(1 << 16);
-    let mut chunk = vec![0u8; 1 << 16];
-    let mut line_start = true;
-    let mut pending_cr = false;
-    loop {
-        let n = match reader.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+    /// The reply to the RCPT of recipient `i`: accepted (the message decides), or refused.
+    fn record(&mut self, i: usize, peer: &str, reply: &Reply) {
+        let text = match reply.outcome() {
+            Outcome::Success => {
+                self.accepted += 1;
+                Status::success(format!("{peer} accepted the recipient. Remote host said: {}", reply.text)).into()
+            }
+            outcome => {
+                Text::Verbatim(outcome, format!("{peer} does not like the recipient. Remote host said: {}", reply.text))
+            }
         };
-        for &b in &chunk[..n] {
-            if pending_cr {
-                pending_cr = false;
-                buffer.extend_from_slice(b"\r\n");
-                line_start = true;
-                if b == b'\n' {
-                    continue;
-                }
-            }
-            match b {
-                b'\r' => pending_cr = true,
-                b'\n' => {
-                    buffer.extend_from_slice(b"\r\n");
-                    line_start = true;
-                }
-                _ => {
-                    if line_start && b == b'.' {
-                        buffer.push(b'.');
-                    }
-                    buffer.push(b);
-                    line_start = false;
-                }
-            }
-        }
-        if buffer.len() >= 1 << 15 {
-            out.write_all(&buffer)?;
-            buffer.clear();
+        if let Some(slot) = self.results.get_mut(i) {
+            *slot = Some(text);
         }
     }
-    if pending_cr || !line_start {
-        buffer.extend_from_slice(b"\r\n");
+
+    /// Every recipient was refused for good.
+    fn all_permanent(&self) -> bool {
+        self.results.iter().all(|r| r.as_ref().is_some_and(|t| t.outcome() == Outcome::Permanent))
     }
-    buffer.extend_from_slice(b".\r\n");
-    out.write_all(&buffer)?;
-    out.flush()
+
+    /// The final results with `message` the message's: a recipient accepted at RCPT follows
+    /// it (by its letter), one without an answer is temporary with its words.
+    fn finish(self, message: Text) -> Results {
+        let unanswered = Text::Verbatim(Outcome::Temporary, message.to_string());
+        let recipients = self.results.into_iter().map(|r| r.unwrap_or_else(|| unanswered.clone())).collect();
+        Results { recipients, message }
+    }
+
+    /// The connection broke at `stage`: temporary for the message and every recipient
+    /// without a final answer.
+    fn died(self, peer: &str, why: String, stage: &str) -> Results {
+        let words = format!("Connection to {peer} died {stage}: {why}.");
+        self.finish(Status::temporary(Enhanced::BAD_CONNECTION, words).into())
+    }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 mod tests {
     use super::*;
-
-    fn data(input: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        write_data(&mut &input[..], &mut out).unwrap();
-        out
-    }
-
-    #[test]
-    fn data_conversion() {
-        assert_eq!(data(b""), b".\r\n");
-        assert_eq!(data(b"a\nb\n"), b"a\r\nb\r\n.\r\n");
-        assert_eq!(data(b"a\r\nb"), b"a\r\nb\r\n.\r\n");
-        assert_eq!(data(b".\n..x\nx.\n"), b"..\r\n...x\r\nx.\r\n.\r\n");
-        assert_eq!(data(b"a\rb\r"), b"a\r\nb\r\n.\r\n");
-        assert_eq!(data(b"a\r\r\n.b"), b"a\r\n\r\n..b\r\n.\r\n");
-        // Long input across chunk boundaries keeps the state.
-        let mut big = Vec::new();
-        for _ in 0..30_000 {
-            big.extend_from_slice(b".x\r");
-        }
-        let out = data(&big);
-        assert_eq!(out.len(), 30_000 * 5 + 3);
-        assert!(!out.windows(2).enumerate().any(|(i, w)| w[0] == b'\r' && w[1] != b'\n' && i + 1 < out.len()));
-    }
-
-    #[test]
-    fn message_scan() {
-        let m = Message::from_bytes(b"Subject: x\n\nbody\n".to_vec());
-        assert_eq!((m.wire_size, m.eight_bit, m.utf8_header), (20, false, false));
-        let m = Message::from_bytes("Subject: caf\u{e9}\n\nbody\n".as_bytes().to_vec());
-        assert!(m.eight_bit && m.utf8_header);
-        let m = Message::from_bytes(b"Subject: caf\xe9\n\nbody\n".to_vec());
-        assert!(m.eight_bit && !m.utf8_header, "latin-1 header is legacy 8-bit");
-        let m = Message::from_bytes("Subject: x\n\ncaf\u{e9}\n".as_bytes().to_vec());
-        assert!(m.eight_bit && !m.utf8_header);
-    }
-
-    #[test]
-    fn replies_and_extensions() {
-        // The client reads replies with the server's codec (one parse_reply_line).
-        assert_eq!(smtp::parse_reply_line(b"250-PIPELINING"), Some((250, true, &b"PIPELINING"[..])));
-        assert_eq!(smtp::parse_reply_line(b"250"), Some((250, false, &b""[..])));
-        assert_eq!(smtp::parse_reply_line(b"25O ok"), None);
-        assert_eq!(smtp::parse_reply_line(b"250x"), None);
-        let lines: Vec<Vec<u8>> =
-            [&b"mx hello"[..], b"pipelining", b"SIZE 1000", b"8BITMIME", b"SMTPUTF8", b"STARTTLS"]
-                .iter()
-                .map(|l| l.to_vec())
-                .collect();
-        let e = Extensions::parse(&lines);
-        assert!(e.pipelining && e.eight_bit_mime && e.smtputf8 && e.starttls && e.has_size);
-        assert_eq!(e.size, 1000);
-    }
 
     #[test]
     fn unwritable_addresses_fail_alone() {
@@ -1090,13 +713,9 @@ mod tests {
             envelope_paths(b"x> RET=HDRS ENVID=injected@b.example", &recipients).unwrap();
         assert_eq!(sender, b"<\"x> RET=HDRS ENVID=injected\"@b.example>");
         assert_eq!(paths[0].as_deref(), Ok(&b"<ok@x.test>"[..]));
-        assert!(paths[1].as_ref().is_err_and(|t| t.contains("#5.1.3") && t.contains("bad??RSET")), "{paths:?}");
+        let refused = paths[1].as_ref().unwrap_err().to_string();
+        assert!(refused.ends_with("(#5.1.3)") && refused.contains("bad??RSET"), "{paths:?}");
         assert_eq!(paths[2].as_deref(), Ok(&b"<\"a b\"@x.test>"[..]));
-        assert!(envelope_paths(b"a\0@x", &recipients).is_err_and(|t| t.contains("#5.1.7")));
-    }
-
-    #[test]
-    fn quill_rspawn_waits_for_the_goodbye() {
-        assert!(crate::mail::proto::remote_report::KILL_MARGIN > QUIT_TIMEOUT);
+        assert!(envelope_paths(b"a\0@x", &recipients).is_err_and(|s| s.to_string().ends_with("(#5.1.7)")));
     }
 }

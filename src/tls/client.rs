@@ -14,6 +14,8 @@
 //! recipient domain or a listed suffix (Postfix's `secure` level).
 #![forbid(unsafe_code)]
 
+pub use super::names::AcceptedNames;
+use crate::base::fail::Error;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms};
@@ -29,8 +31,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// This build speaks TLS (`tls::none::client` says false).
+pub const AVAILABLE: bool = true;
+
+/// A client configuration: which certificates to accept.
+pub type Config = Arc<ClientConfig>;
+
 /// A TLS session over a TCP connection.
-pub type Stream = StreamOwned<ClientConnection, TcpStream>;
+pub struct Stream(StreamOwned<ClientConnection, TcpStream>);
 
 /// A verifier that accepts any certificate but still checks the handshake signatures with
 /// the certificate's key.
@@ -79,53 +87,16 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// The configuration for opportunistic TLS: any certificate, proper handshake.
-pub fn opportunistic() -> Result<Arc<ClientConfig>, String> {
+pub fn opportunistic() -> Result<Config, Error> {
     let provider = provider();
     let verifier = AnyCertificate { algorithms: provider.signature_verification_algorithms };
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(failed)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     Ok(Arc::new(config))
-}
-
-/// The names a verified certificate may match: exact names (DNS names or addresses) and
-/// `.suffix` patterns (any DNS name under the suffix, wildcards included).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AcceptedNames {
-    /// Checked by webpki as reference names, wildcards and addresses handled there.
-    pub exact: Vec<String>,
-    /// Lower case, with their leading dot.
-    pub suffixes: Vec<String>,
-}
-
-impl AcceptedNames {
-    /// Add a name: `.suffix` or an exact name. Empty names are ignored.
-    pub fn add(&mut self, name: &str) {
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        if name.len() > 1 && name.starts_with('.') {
-            self.suffixes.push(name);
-        } else if !name.is_empty() && !name.starts_with('.') {
-            self.exact.push(name);
-        }
-    }
-
-    /// For texts: every name, exact names first.
-    pub fn describe(&self) -> String {
-        self.exact.iter().chain(&self.suffixes).cloned().collect::<Vec<_>>().join(", ")
-    }
-
-    /// True when a name the certificate presents lies under a suffix. `presented` is as
-    /// rustls reports it (`DnsName("mx.example")`); anything else matches nothing.
-    fn suffix_matches(&self, presented: &str) -> bool {
-        let Some(name) = presented.strip_prefix("DnsName(\"").and_then(|n| n.strip_suffix("\")")) else {
-            return false;
-        };
-        let name = name.to_ascii_lowercase();
-        self.suffixes.iter().any(|suffix| name.ends_with(suffix.as_str()) && name.len() > suffix.len())
-    }
 }
 
 /// Chain verification by webpki, then the names of [`AcceptedNames`] instead of the name
@@ -195,32 +166,38 @@ impl ServerCertVerifier for DestinationVerifier {
 /// The configuration for verified TLS: roots from `ca_file` (PEM), all of which must parse;
 /// the certificate must match one of `names`. With no exact name the chain could not be
 /// checked at all, so that is refused here.
-pub fn verified(ca_file: &Path, names: AcceptedNames) -> Result<Arc<ClientConfig>, String> {
+pub fn verified(ca_file: &Path, names: AcceptedNames) -> Result<Config, Error> {
     if names.exact.is_empty() {
-        return Err("no name to verify the certificate against".to_string());
+        return Err(Error::temporary("no name to verify the certificate against"));
     }
     let mut roots = RootCertStore::empty();
-    let certificates =
-        CertificateDer::pem_file_iter(ca_file).map_err(|e| format!("unable to read {}: {e}", ca_file.display()))?;
+    let certificates = CertificateDer::pem_file_iter(ca_file)
+        .map_err(|e| Error::temporary(format!("unable to read {}: {e}", ca_file.display())))?;
     for certificate in certificates {
-        let certificate = certificate.map_err(|e| format!("unable to parse {}: {e}", ca_file.display()))?;
+        let certificate =
+            certificate.map_err(|e| Error::temporary(format!("unable to parse {}: {e}", ca_file.display())))?;
         // A root the verifier cannot use (an odd algorithm in the system bundle) is skipped,
         // as every TLS client does; the others still count.
         let _ = roots.add(certificate);
     }
     if roots.is_empty() {
-        return Err(format!("no usable certificate in {}", ca_file.display()));
+        return Err(Error::temporary(format!("no usable certificate in {}", ca_file.display())));
     }
-    let chain =
-        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build().map_err(|e| e.to_string())?;
+    let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build().map_err(failed)?;
     let verifier = DestinationVerifier { chain, names };
     let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(failed)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// A rustls error as Quill's: temporary (TLS trouble is the administrator's or the peer's to
+/// fix, and the mail waits), its words as rustls gives them.
+fn failed(error: impl std::fmt::Display) -> Error {
+    Error::temporary(error.to_string())
 }
 
 /// Run the handshake on `tcp` (right after the server's 220 to STARTTLS) for the host
@@ -229,25 +206,26 @@ pub fn verified(ca_file: &Path, names: AcceptedNames) -> Result<Arc<ClientConfig
 /// is done, so a server that sends its handshake a byte at a time is stopped by the deadline
 /// on each read, not between calls.
 pub fn handshake(
-    config: Arc<ClientConfig>,
+    config: Config,
     name: &str,
     mut tcp: TcpStream,
     timeout: Duration,
     deadline: Instant,
-) -> Result<Stream, String> {
-    let server_name = ServerName::try_from(name.to_string()).map_err(|e| format!("bad server name {name}: {e}"))?;
-    let mut connection = ClientConnection::new(config, server_name).map_err(|e| e.to_string())?;
+) -> Result<Stream, Error> {
+    let server_name =
+        ServerName::try_from(name.to_string()).map_err(|e| Error::temporary(format!("bad server name {name}: {e}")))?;
+    let mut connection = ClientConnection::new(config, server_name).map_err(failed)?;
     let mut bounded = Bounded { tcp: &mut tcp, timeout, deadline };
     while connection.is_handshaking() {
         connection.complete_io(&mut bounded).map_err(|e| {
             if Instant::now() >= deadline {
-                "out of time".to_string()
+                Error::temporary("out of time")
             } else {
-                e.to_string()
+                failed(e)
             }
         })?;
     }
-    Ok(StreamOwned::new(connection, tcp))
+    Ok(Stream(StreamOwned::new(connection, tcp)))
 }
 
 /// A TCP stream whose every read and write waits at most `timeout` and never past `deadline`.
@@ -285,43 +263,44 @@ impl Write for Bounded<'_> {
     }
 }
 
-/// "TLSv1.3 TLS13_AES_256_GCM_SHA384", for logs.
-pub fn describe(stream: &Stream) -> String {
-    let version = match stream.conn.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
-        Some(other) => format!("{other:?}"),
-        None => "TLS".to_string(),
-    };
-    match stream.conn.negotiated_cipher_suite() {
-        Some(suite) => format!("{version} {:?}", suite.suite()),
-        None => version,
+impl Stream {
+    /// The TCP connection underneath, whose timeouts bound every read and write.
+    pub fn socket(&self) -> &TcpStream {
+        &self.0.sock
+    }
+
+    /// "TLSv1.3 TLS13_AES_256_GCM_SHA384", for logs.
+    pub fn describe(&self) -> String {
+        let version = match self.0.conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+            Some(other) => format!("{other:?}"),
+            None => "TLS".to_string(),
+        };
+        match self.0.conn.negotiated_cipher_suite() {
+            Some(suite) => format!("{version} {:?}", suite.suite()),
+            None => version,
+        }
+    }
+
+    /// Say goodbye properly (close_notify); errors do not matter any more.
+    pub fn close(&mut self) {
+        self.0.conn.send_close_notify();
+        let _ = self.0.conn.complete_io(&mut self.0.sock);
     }
 }
 
-/// Say goodbye properly (close_notify); errors do not matter any more.
-pub fn close(stream: &mut Stream) {
-    stream.conn.send_close_notify();
-    let _ = stream.conn.complete_io(&mut stream.sock);
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accepted_names() {
-        let mut names = AcceptedNames::default();
-        for name in ["B.Test", ".b.test", "mx.other.test.", "", "."] {
-            names.add(name);
-        }
-        assert_eq!(names.exact, vec!["b.test".to_string(), "mx.other.test".to_string()]);
-        assert_eq!(names.suffixes, vec![".b.test".to_string()]);
-        assert!(names.suffix_matches("DnsName(\"MX1.b.test\")"));
-        assert!(names.suffix_matches("DnsName(\"*.b.test\")"));
-        assert!(!names.suffix_matches("DnsName(\"evilb.test\")"));
-        assert!(!names.suffix_matches("DnsName(\".b.test\")"), "the suffix alone is no name under it");
-        assert!(!names.suffix_matches("IpAddress(127.0.0.1)"));
-        assert!(!names.suffix_matches("mx.b.test"));
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
     }
 }
