@@ -129,10 +129,10 @@ impl Submission {
             return Err(Error {
                 outcome,
                 code,
-                message: if words.is_empty() { qq_text(code).to_string() } else { words },
+                message: if words.is_empty() { qq_text(code) } else { words },
             });
         }
-        Err(Error { outcome: qq_outcome(code), code, message: qq_text(code).to_string() })
+        Err(Error { outcome: qq_outcome(code), code, message: qq_text(code) })
     }
 }
 
