@@ -306,6 +306,8 @@ impl Enhanced {
     pub const CRYPTO: Enhanced = Enhanced::new(7, 5);
     /// x.3.5: system incorrectly configured (qmail's "no delivery instructions").
     pub const MISCONFIGURED: Enhanced = Enhanced::new(3, 5);
+    /// x.3.1: mail system full (the queue's disk).
+    pub const SYSTEM_FULL: Enhanced = Enhanced::new(3, 1);
 }
 
 /// What became of something done for a message: the outcome, its enhanced status code and

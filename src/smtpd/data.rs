@@ -3,7 +3,7 @@
 //! loops), and the reply for the queue program's verdict at the end of data.
 #![forbid(unsafe_code)]
 
-use crate::base::fail::{qq, Error, Outcome};
+use crate::base::fail::{qq, Enhanced, Error, Outcome, Status};
 
 /// `Received:` plus `Delivered-To:` header lines at which a message is taken to loop.
 pub const MAX_HOPS: usize = 100;
@@ -160,24 +160,27 @@ impl HopCounter {
     }
 }
 
-/// The reply for a failure of the queue program: permanent → 554, a full disk → 452, other
-/// temporary → 451, each with the status code the text carries (`… (#4.3.0)`).
+/// The reply for a failure of the queue program: permanent → 554, a full disk → 452 4.3.1,
+/// other temporary → 451. The status is the one the queue program's words end in (`… (#4.3.0)`,
+/// from quill-queue's table or a filter's own text on fd 6), its class the reply's; words
+/// without one get x.3.0.
 pub fn queue_reply(error: &Error) -> (u16, String) {
-    let message = error.message.trim();
-    let (text, status) = match message.rfind("(#") {
-        Some(open) if message.ends_with(')') => (message[..open].trim_end(), &message[open + 2..message.len() - 1]),
-        _ => (message, ""),
-    };
-    let valid = |s: &str, class: char| s.starts_with(class) && s.split('.').count() == 3;
-    if error.outcome == Outcome::Permanent {
-        let status = if valid(status, '5') { status } else { "5.3.0" };
-        (554, format!("{status} {text}"))
+    let outcome = if error.outcome == Outcome::Permanent { Outcome::Permanent } else { Outcome::Temporary };
+    let mut status = Status::parse(outcome, &error.message);
+    let code = if outcome == Outcome::Permanent {
+        554
     } else if error.code == qq::WRITE_ERROR {
-        (452, format!("4.3.1 {text}"))
+        status.code = Enhanced::SYSTEM_FULL;
+        452
     } else {
-        let status = if valid(status, '4') { status } else { "4.3.0" };
-        (451, format!("{status} {text}"))
-    }
+        451
+    };
+    (code, reply_text(&status))
+}
+
+/// A status as the text of an SMTP reply (RFC 2034): the code first, then the words.
+pub fn reply_text(status: &Status) -> String {
+    format!("{} {}", status.code_text(), status.text.trim_start())
 }
 
 #[cfg(test)]
@@ -249,5 +252,12 @@ mod tests {
         assert_eq!(queue_reply(&custom), (554, "5.7.1 spam".to_string()));
         let temp = Error::queue(81, crate::base::fail::qq_text(81));
         assert_eq!(queue_reply(&temp), (451, "4.3.0 qq internal bug".to_string()));
+        let unrun = Error::queue(qq::CANNOT_EXEC, "unable to run /x/quill-queue: gone");
+        assert_eq!(queue_reply(&unrun), (451, "4.3.0 unable to run /x/quill-queue: gone".to_string()));
+        let timeout = Error::queue(72, crate::base::fail::qq_text(72));
+        assert_eq!(queue_reply(&timeout), (451, "4.4.1 connection to mail server timed out".to_string()));
+        // A filter's code of the wrong class keeps its subject and detail, in the reply's class.
+        let mixed = Error { outcome: Outcome::Temporary, code: 82, message: " greylisted (#5.7.1)".to_string() };
+        assert_eq!(queue_reply(&mixed), (451, "4.7.1 greylisted".to_string()));
     }
 }

@@ -243,7 +243,7 @@ pub struct Session {
     idle_since: Instant,
     /// quill-send's rewriting (`mail::rewrite`) and quill-lspawn's lookup, loaded at the
     /// first local RCPT.
-    recipients: std::cell::OnceCell<std::result::Result<(Rewriting, Checker), String>>,
+    recipients: std::cell::OnceCell<crate::base::fail::Result<(Rewriting, Checker)>>,
 }
 
 /// Reap queue programs left behind by aborted messages (they exit on their own once their
@@ -668,15 +668,15 @@ impl Session {
     /// the verdict's reply (rcptcheck::Verdict::reply) is what the client gets.
     fn recipient_known(&self, local: &[u8], domain: &[u8]) -> Verdict {
         let loaded = self.recipients.get_or_init(|| {
-            let rewriting = Rewriting::load(&self.config.control).map_err(|e| e.message)?;
-            let checker = Checker::load(&self.config.control).map_err(|e| e.message)?;
+            let rewriting = Rewriting::load(&self.config.control)?;
+            let checker = Checker::load(&self.config.control)?;
             Ok((rewriting, checker))
         });
         let (rewriting, checker) = match loaded {
             Ok(pair) => pair,
-            Err(why) => {
-                crate::base::log::warning(&format!("unable to check recipients: {why}"));
-                return Verdict::Unsure(why.clone());
+            Err(error) => {
+                crate::base::log::warning(&format!("unable to check recipients: {error}"));
+                return Verdict::Unsure(error.message.clone());
             }
         };
         let mut address = local.to_vec();
