@@ -1,9 +1,12 @@
 //! The message data of one SMTP transaction, after `354`: the end-of-data state machine
 //! (dot-unstuffing, CRLF to LF, bare CR and LF noted: SMTP smuggling), the hop counter (mail
-//! loops), and the reply for the queue program's verdict at the end of data.
+//! loops), [`Incoming`] (one message's data streamed to the queue program, and the verdict at
+//! its end), and the reply for the queue program's verdict.
 #![forbid(unsafe_code)]
 
 use crate::base::fail::{qq, Enhanced, Error, Outcome, Status};
+use crate::mail::envelope::Envelope;
+use crate::mail::submit::Submission;
 
 /// `Received:` plus `Delivered-To:` header lines at which a message is taken to loop.
 pub const MAX_HOPS: usize = 100;
@@ -157,6 +160,104 @@ impl HopCounter {
                 }
             }
         }
+    }
+}
+
+/// One message's data as it arrives after `354`: unstuffed, counted, and streamed to the queue
+/// program until a limit is passed (databytes, a bare CR or LF, too many hops); the rest is
+/// still read to the end of data, but the message is then refused.
+pub struct Incoming {
+    parser: DataParser,
+    hops: HopCounter,
+    /// The message bytes of the last input.
+    chunk: Vec<u8>,
+    /// The size as the client sent it (each line end counted as CRLF).
+    size: u64,
+    /// Bytes given to the queue program, our Received line included.
+    written: u64,
+    /// control/databytes; 0 for no limit.
+    databytes: u64,
+    /// None once the message is refused: the queue program is fed no more and gets no
+    /// envelope. Closing both pipes before the first envelope byte is the qmail-queue way to
+    /// abandon a message, which quill-queue takes quietly (doc/quill-queue.8).
+    submission: Option<Submission>,
+}
+
+/// How a message's data ended: the reply, and what the `message` log line says.
+#[derive(Debug)]
+pub struct Ending {
+    pub code: u16,
+    pub text: String,
+    /// The queue program's process id, when it queued the message.
+    pub queued: Option<u32>,
+    /// Bytes given to the queue program.
+    pub written: u64,
+    /// Why it was refused, for the log line (empty when the queue program decided).
+    pub detail: String,
+}
+
+impl Incoming {
+    /// A message for `submission` (a queue program just started), which gets our `received`
+    /// line first; `databytes` is the size limit (0 for none).
+    pub fn new(mut submission: Submission, received: &[u8], databytes: u64) -> Incoming {
+        submission.write(received);
+        Incoming {
+            parser: DataParser::default(),
+            hops: HopCounter::default(),
+            chunk: Vec::new(),
+            size: 0,
+            written: received.len() as u64,
+            databytes,
+            submission: Some(submission),
+        }
+    }
+
+    fn too_big(&self) -> bool {
+        self.databytes > 0 && self.size > self.databytes
+    }
+
+    /// Take what the client sent; returns how many bytes of `input` were used and whether the
+    /// data ended (without the end, all of it is used).
+    pub fn feed(&mut self, input: &[u8]) -> (usize, bool) {
+        self.chunk.clear();
+        let (used, done) = self.parser.feed(input, &mut self.chunk);
+        self.size += self.chunk.len() as u64 + memchr::memchr_iter(b'\n', &self.chunk).count() as u64;
+        self.hops.feed(&self.chunk);
+        if self.too_big() || self.parser.bare_line_end || self.hops.hops >= MAX_HOPS {
+            self.submission = None;
+        } else if let Some(submission) = self.submission.as_mut() {
+            submission.write(&self.chunk);
+            self.written += self.chunk.len() as u64;
+        }
+        (used, done)
+    }
+
+    /// The verdict at the end of data: refused here, or the queue program's for `envelope`.
+    /// `id` is the one in our Received line.
+    pub fn finish(mut self, envelope: &Envelope, id: &str) -> Ending {
+        let refused = |code: u16, text: &str, detail: String| (code, text.to_string(), None, detail);
+        let (code, text, queued, detail) = if self.parser.bare_line_end {
+            let text = "5.6.0 message refused: bare CR or LF in the data; lines must end with CRLF";
+            refused(550, text, " (refused: SMTP smuggling attempt or broken client)".to_string())
+        } else if self.too_big() {
+            let detail = format!(" (refused: size {} over databytes {})", self.size, self.databytes);
+            refused(552, "5.3.4 message size exceeds fixed maximum message size", detail)
+        } else if self.hops.hops >= MAX_HOPS {
+            let detail = format!(" (refused: {} hops)", self.hops.hops);
+            refused(554, "5.4.6 too many hops, this message is looping", detail)
+        } else {
+            match self.submission.take().map(|s| s.finish(envelope)) {
+                Some(Ok(accepted)) => {
+                    (250, format!("2.0.0 ok {id} qp {}", accepted.pid), Some(accepted.pid), String::new())
+                }
+                Some(Err(e)) => {
+                    let (code, text) = queue_reply(&e);
+                    (code, text, None, String::new())
+                }
+                None => refused(451, "4.3.0 internal error", String::new()),
+            }
+        };
+        Ending { code, text, queued, written: self.written, detail }
     }
 }
 

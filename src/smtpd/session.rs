@@ -15,18 +15,16 @@
 #![forbid(unsafe_code)]
 
 use crate::base::fail::Outcome;
-use crate::mail::address::{domain_listed, MAX_ADDRESS};
 use crate::mail::envelope::Envelope;
-use crate::mail::rewrite::{Channel, Rewriting};
 use crate::mail::smtp::{
-    base64_decode, header_safe, parse_command, parse_params, parse_path, strip_keyword, write_reply, Mailbox,
-    PathError, PathKind, Verb, MAX_AUTH_LINE, MAX_COMMAND_LINE,
+    base64_decode, header_safe, parse_command, parse_params, parse_path, strip_keyword, write_reply, PathError,
+    PathKind, Verb, MAX_AUTH_LINE, MAX_COMMAND_LINE,
 };
 use crate::mail::submit::Submission;
 use crate::smtpd::auth::{checkpassword, decode_initial, plain_credentials, well_formed};
 use crate::smtpd::config::STRESS_IDLE;
-use crate::smtpd::data::{queue_reply, DataParser, HopCounter, MAX_HOPS};
-use crate::smtpd::rcptcheck::{Checker, Verdict, MAX_LOCAL_PART};
+use crate::smtpd::data::{queue_reply, Incoming};
+use crate::smtpd::rcptcheck::{Policy, Rcpt};
 use crate::tls::server::TlsStream;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -241,9 +239,8 @@ pub struct Session {
     data_started: Option<Instant>,
     /// Since when no transaction has been open (STRESS_IDLE counts from here).
     idle_since: Instant,
-    /// quill-send's rewriting (`mail::rewrite`) and quill-lspawn's lookup, loaded at the
-    /// first local RCPT.
-    recipients: std::cell::OnceCell<crate::base::fail::Result<(Rewriting, Checker)>>,
+    /// The RCPT decisions, with their tables loaded at the first local RCPT.
+    policy: Policy,
 }
 
 /// Reap queue programs left behind by aborted messages (they exit on their own once their
@@ -287,7 +284,7 @@ impl Session {
             started: Instant::now(),
             data_started: None,
             idle_since: Instant::now(),
-            recipients: std::cell::OnceCell::new(),
+            policy: Policy::default(),
         })
     }
 
@@ -663,46 +660,6 @@ impl Session {
         Ok(())
     }
 
-    /// Whether `local@domain`, at a domain we accept mail for, names someone who can receive
-    /// it. This is where recipients are validated at RCPT time (DESIGN §3: no backscatter):
-    /// the verdict's reply (rcptcheck::Verdict::reply) is what the client gets.
-    fn recipient_known(&self, local: &[u8], domain: &[u8]) -> Verdict {
-        let loaded = self.recipients.get_or_init(|| {
-            let rewriting = Rewriting::load(&self.config.control)?;
-            let checker = Checker::load(&self.config.control)?;
-            Ok((rewriting, checker))
-        });
-        let (rewriting, checker) = match loaded {
-            Ok(pair) => pair,
-            Err(error) => {
-                crate::base::log::warning(&format!("unable to check recipients: {error}"));
-                return Verdict::Unsure(error.message.clone());
-            }
-        };
-        let mut address = local.to_vec();
-        address.push(b'@');
-        address.extend_from_slice(domain);
-        // Judge the address quill-send would deliver: after locals and virtualdomains. A
-        // domain that is in rcpthosts but delivered remotely (a backup MX) is not ours to judge.
-        let (channel, rewritten) = rewriting.rewrite(&address);
-        if channel != Channel::Local {
-            return Verdict::Known;
-        }
-        if local.len() > MAX_LOCAL_PART {
-            return Verdict::TooLong;
-        }
-        let verdict = checker.check(crate::mail::address::split(&rewritten).0);
-        match &verdict {
-            Verdict::Unsure(why) => crate::base::log::warning(&format!("unable to check a recipient now: {why}")),
-            Verdict::Unseen(why) => crate::base::log::warning(&format!(
-                "unable to check rcpt <{}>: {why}",
-                crate::base::log::safe(&rewritten)
-            )),
-            _ => {}
-        }
-        verdict
-    }
-
     fn rcpt(&mut self, arg: &[u8]) -> std::result::Result<(), End> {
         let Some(transaction) = &self.transaction else {
             return self.error(503, "5.5.1 MAIL first");
@@ -736,59 +693,26 @@ impl Session {
             self.reply(452, "4.5.3 too many recipients");
             return Ok(());
         }
-        let mut address = if mailbox.domain.is_empty() {
-            // <postmaster> (RFC 5321 §4.5.1): always ours, never relayed.
-            let mut a = mailbox.local.clone();
-            a.push(b'@');
-            a.extend_from_slice(&self.config.me);
-            a
-        } else {
-            if let Some(refusal) = self.relay_refusal(&mailbox) {
+        let trusted = self.config.relayclient.is_some() || self.auth_user.is_some();
+        match self.policy.decide(&self.config, &mailbox, trusted) {
+            Rcpt::Accept(address) => {
+                if let Some(transaction) = self.transaction.as_mut() {
+                    transaction.recipients.push(address);
+                }
+                self.reply(250, "2.1.5 ok");
+            }
+            Rcpt::RelayDenied(refusal) => {
                 crate::base::log::line(&format!(
                     "relay denied {} rcpt=<{}> {refusal}",
                     self.config.remote_ip,
                     header_safe(&mailbox.address(), 200)
                 ));
                 self.reply(550, "5.7.1 relaying denied");
-                return Ok(());
             }
-            if domain_listed(&mailbox.domain, &self.config.rcpthosts) {
-                if let Some((code, text)) = self.recipient_known(&mailbox.local, &mailbox.domain).reply() {
-                    self.reply(code, text);
-                    return Ok(());
-                }
-            }
-            mailbox.address()
-        };
-        if let Some(append) = &self.config.relayclient {
-            address.extend_from_slice(append);
+            Rcpt::Refuse(code, text) => self.reply(code, text),
+            Rcpt::BadAddress => return self.error(501, "5.1.3 recipient address too long"),
         }
-        if address.len() > MAX_ADDRESS || !crate::mail::address::is_clean(&address) {
-            return self.error(501, "5.1.3 recipient address too long");
-        }
-        if let Some(transaction) = self.transaction.as_mut() {
-            transaction.recipients.push(address);
-        }
-        self.reply(250, "2.1.5 ok");
         Ok(())
-    }
-
-    /// Why this client may not send to this mailbox, or None. A client that is not
-    /// RELAYCLIENT and not authenticated may only send to domains in rcpthosts, judged on the
-    /// final domain (any source route is already gone, case and a trailing dot do not count),
-    /// and without the routing characters `%`, `!` and `@` in the local part, which a later
-    /// hop could read as an address at another domain.
-    fn relay_refusal(&self, mailbox: &Mailbox) -> Option<&'static str> {
-        if self.config.relayclient.is_some() || self.auth_user.is_some() {
-            return None;
-        }
-        if !domain_listed(&mailbox.domain, &self.config.rcpthosts) {
-            return Some("domain not in rcpthosts");
-        }
-        if mailbox.local.iter().any(|b| b"%!@".contains(b)) {
-            return Some("routing characters in the local part");
-        }
-        None
     }
 
     fn data(&mut self, arg: &[u8]) -> std::result::Result<(), End> {
@@ -817,34 +741,12 @@ impl Session {
         let (seconds, micros) = crate::base::date::now_micros();
         let id = format!("{seconds}.{micros:06}.{}", std::process::id());
         let received = self.received_line(&id, seconds);
-        let mut submission = Some(submission);
-        if let Some(s) = submission.as_mut() {
-            s.write(received.as_bytes());
-        }
+        let mut incoming = Incoming::new(submission, received.as_bytes(), self.config.databytes);
         self.reply(354, "go ahead, end with <CRLF>.<CRLF>");
         self.data_started = Some(Instant::now());
-
-        let mut parser = DataParser::default();
-        let mut hops = HopCounter::default();
-        let mut chunk = Vec::with_capacity(INPUT_BUFFER);
-        let mut size: u64 = 0;
-        let mut written = received.len() as u64;
         loop {
-            chunk.clear();
-            let (used, done) = parser.feed(&self.input[self.start..self.end], &mut chunk);
+            let (used, done) = incoming.feed(&self.input[self.start..self.end]);
             self.start += used;
-            size += chunk.len() as u64 + memchr::memchr_iter(b'\n', &chunk).count() as u64;
-            hops.feed(&chunk);
-            let too_big = self.config.databytes > 0 && size > self.config.databytes;
-            if too_big || parser.bare_line_end || hops.hops >= MAX_HOPS {
-                // Refused at the end. The queue program is fed no more and gets no envelope:
-                // closing both pipes before the first envelope byte is the qmail-queue way to
-                // abandon a message, which quill-queue takes quietly (doc/quill-queue.8).
-                submission = None;
-            } else if let Some(s) = submission.as_mut() {
-                s.write(&chunk);
-                written += chunk.len() as u64;
-            }
             if done {
                 break;
             }
@@ -854,41 +756,26 @@ impl Session {
         }
         self.data_started = None;
         self.idle_since = Instant::now();
-
-        // A refused message gets exactly one log line, the `message` line below, with the
-        // reason in it; the queue program it was streamed to says nothing.
-        let too_big = self.config.databytes > 0 && size > self.config.databytes;
-        let mut detail = String::new();
-        let (code, text, qp) = if parser.bare_line_end {
-            detail = " (refused: SMTP smuggling attempt or broken client)".to_string();
-            (550, "5.6.0 message refused: bare CR or LF in the data; lines must end with CRLF".to_string(), 0)
-        } else if too_big {
-            detail = format!(" (refused: size {size} over databytes {})", self.config.databytes);
-            (552, "5.3.4 message size exceeds fixed maximum message size".to_string(), 0)
-        } else if hops.hops >= MAX_HOPS {
-            detail = format!(" (refused: {} hops)", hops.hops);
-            (554, "5.4.6 too many hops, this message is looping".to_string(), 0)
-        } else {
-            let envelope = Envelope { sender: transaction.sender.clone(), recipients: transaction.recipients.clone() };
-            match submission.take().map(|s| s.finish(&envelope)) {
-                Some(Ok(accepted)) => {
-                    self.messages += 1;
-                    (250, format!("2.0.0 ok {id} qp {}", accepted.pid), accepted.pid)
-                }
-                Some(Err(e)) => {
-                    let (code, text) = queue_reply(&e);
-                    (code, text, 0)
-                }
-                None => (451, "4.3.0 internal error".to_string(), 0),
-            }
-        };
+        let Transaction { sender, recipients, .. } = transaction;
+        let count = recipients.len();
+        let envelope = Envelope { sender, recipients };
+        let ending = incoming.finish(&envelope, &id);
+        if ending.queued.is_some() {
+            self.messages += 1;
+        }
+        // A refused message gets exactly one log line, this one, with the reason in it; the
+        // queue program it was streamed to says nothing.
         crate::base::log::line(&format!(
-            "message {} id={id} from=<{}> rcpts={} bytes={written} qp={qp} result={code} {text}{detail}",
+            "message {} id={id} from=<{}> rcpts={count} bytes={} qp={} result={} {}{}",
             self.config.remote_ip,
-            header_safe(&transaction.sender, 200),
-            transaction.recipients.len(),
+            header_safe(&envelope.sender, 200),
+            ending.written,
+            ending.queued.unwrap_or(0),
+            ending.code,
+            ending.text,
+            ending.detail,
         ));
-        self.reply(code, &text);
+        self.reply(ending.code, &ending.text);
         Ok(())
     }
 
