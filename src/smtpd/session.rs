@@ -23,7 +23,7 @@ use crate::mail::smtp::{
 use crate::mail::submit::Submission;
 use crate::smtpd::auth::{checkpassword, decode_initial, plain_credentials, well_formed};
 use crate::smtpd::config::STRESS_IDLE;
-use crate::smtpd::data::{queue_reply, Incoming};
+use crate::smtpd::data::{queue_reply, Ending, Incoming};
 use crate::smtpd::rcptcheck::{Policy, Rcpt};
 use crate::tls::server::TlsStream;
 use std::fs::File;
@@ -226,7 +226,6 @@ pub struct Session {
     tls_info: Option<String>,
     transaction: Option<Transaction>,
     messages: u64,
-    attempts: u64,
     commands: u64,
     errors: u32,
     bytes_in: u64,
@@ -241,6 +240,14 @@ pub struct Session {
     idle_since: Instant,
     /// The RCPT decisions, with their tables loaded at the first local RCPT.
     policy: Policy,
+}
+
+/// SIZE's value: at most 20 digits, fitting in 64 bits.
+fn size_value(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 20 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// Reap queue programs left behind by aborted messages (they exit on their own once their
@@ -275,7 +282,6 @@ impl Session {
             tls_info: None,
             transaction: None,
             messages: 0,
-            attempts: 0,
             commands: 0,
             errors: 0,
             bytes_in: 0,
@@ -509,7 +515,16 @@ impl Session {
             return self.error(500, "5.5.2 NUL byte in a command");
         }
         let (verb, arg) = parse_command(&line);
-        let result = match verb {
+        self.dispatch(verb, arg)?;
+        if self.output.len() > OUTPUT_FLUSH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Answer one command.
+    fn dispatch(&mut self, verb: Verb, arg: &[u8]) -> std::result::Result<(), End> {
+        match verb {
             Verb::Helo | Verb::Ehlo => self.helo(verb, arg),
             Verb::Mail => self.mail(arg),
             Verb::Rcpt => self.rcpt(arg),
@@ -551,12 +566,7 @@ impl Session {
             Verb::Bdat => self.error(502, "5.5.1 BDAT is not offered (no CHUNKING)"),
             Verb::Refused => self.error(502, "5.5.1 command not implemented"),
             Verb::Unknown => self.error(500, "5.5.1 command unrecognized"),
-        };
-        result?;
-        if self.output.len() > OUTPUT_FLUSH {
-            self.flush()?;
         }
-        Ok(())
     }
 
     fn auth_offered(&self) -> bool {
@@ -612,25 +622,36 @@ impl Session {
             Err(PathError::TooLong) => return self.error(501, "5.1.7 sender address too long"),
             Err(_) => return self.error(501, "5.1.7 bad sender address syntax"),
         };
+        let Some(utf8) = self.mail_parameters(rest)? else {
+            return Ok(());
+        };
+        if !mailbox.is_ascii() && !utf8 {
+            self.reply(553, "5.6.7 non-ASCII address needs SMTPUTF8");
+            return Ok(());
+        }
+        self.transaction = Some(Transaction { sender: mailbox.address(), recipients: Vec::new(), utf8 });
+        self.reply(250, "2.1.0 ok");
+        Ok(())
+    }
+
+    /// MAIL's parameters: SIZE (RFC 1870), BODY (RFC 6152), SMTPUTF8 (RFC 6531) and AUTH
+    /// (RFC 4954). Whether SMTPUTF8 was given, or None when they are refused (the reply is
+    /// written).
+    fn mail_parameters(&mut self, rest: &[u8]) -> std::result::Result<Option<bool>, End> {
         let Ok(params) = parse_params(rest) else {
-            return self.error(501, "5.5.4 bad parameter syntax");
+            return self.error(501, "5.5.4 bad parameter syntax").map(|()| None);
         };
         let mut utf8 = false;
         let mut seen: Vec<&[u8]> = Vec::new();
         for (key, value) in &params {
             if seen.contains(&key.as_slice()) {
-                return self.error(501, "5.5.4 parameter given twice");
+                return self.error(501, "5.5.4 parameter given twice").map(|()| None);
             }
             seen.push(key);
             match (key.as_slice(), value.as_deref()) {
                 (b"SIZE", Some(v)) => {
-                    let size = if v.len() <= 20 && v.iter().all(u8::is_ascii_digit) {
-                        std::str::from_utf8(v).ok().and_then(|s| s.parse::<u64>().ok())
-                    } else {
-                        None
-                    };
-                    let Some(size) = size else {
-                        return self.error(501, "5.5.4 bad SIZE value");
+                    let Some(size) = size_value(v) else {
+                        return self.error(501, "5.5.4 bad SIZE value").map(|()| None);
                     };
                     if self.config.databytes > 0 && size > self.config.databytes {
                         crate::base::log::line(&format!(
@@ -638,7 +659,7 @@ impl Session {
                             self.config.remote_ip, self.config.databytes
                         ));
                         self.reply(552, "5.3.4 message size exceeds fixed maximum message size");
-                        return Ok(());
+                        return Ok(None);
                     }
                 }
                 (b"BODY", Some(v)) if v.eq_ignore_ascii_case(b"7BIT") || v.eq_ignore_ascii_case(b"8BITMIME") => {}
@@ -647,17 +668,11 @@ impl Session {
                 (b"AUTH", Some(_)) if self.auth_offered() => {}
                 _ => {
                     let text = format!("5.5.4 unsupported parameter {}", header_safe(key, 40));
-                    return self.error(555, &text);
+                    return self.error(555, &text).map(|()| None);
                 }
             }
         }
-        if !mailbox.is_ascii() && !utf8 {
-            self.reply(553, "5.6.7 non-ASCII address needs SMTPUTF8");
-            return Ok(());
-        }
-        self.transaction = Some(Transaction { sender: mailbox.address(), recipients: Vec::new(), utf8 });
-        self.reply(250, "2.1.0 ok");
-        Ok(())
+        Ok(Some(utf8))
     }
 
     fn rcpt(&mut self, arg: &[u8]) -> std::result::Result<(), End> {
@@ -737,7 +752,6 @@ impl Session {
         let Some(transaction) = self.transaction.take() else {
             return Ok(());
         };
-        self.attempts += 1;
         let (seconds, micros) = crate::base::date::now_micros();
         let id = format!("{seconds}.{micros:06}.{}", std::process::id());
         let received = self.received_line(&id, seconds);
@@ -757,26 +771,30 @@ impl Session {
         self.data_started = None;
         self.idle_since = Instant::now();
         let Transaction { sender, recipients, .. } = transaction;
-        let count = recipients.len();
         let envelope = Envelope { sender, recipients };
         let ending = incoming.finish(&envelope, &id);
         if ending.queued.is_some() {
             self.messages += 1;
         }
-        // A refused message gets exactly one log line, this one, with the reason in it; the
-        // queue program it was streamed to says nothing.
+        self.log_message(&id, &envelope, &ending);
+        self.reply(ending.code, &ending.text);
+        Ok(())
+    }
+
+    /// The `message` log line. A refused message gets exactly this one, with the reason in it;
+    /// the queue program it was streamed to says nothing.
+    fn log_message(&self, id: &str, envelope: &Envelope, ending: &Ending) {
         crate::base::log::line(&format!(
-            "message {} id={id} from=<{}> rcpts={count} bytes={} qp={} result={} {}{}",
+            "message {} id={id} from=<{}> rcpts={} bytes={} qp={} result={} {}{}",
             self.config.remote_ip,
             header_safe(&envelope.sender, 200),
+            envelope.recipients.len(),
             ending.written,
             ending.queued.unwrap_or(0),
             ending.code,
             ending.text,
             ending.detail,
         ));
-        self.reply(ending.code, &ending.text);
-        Ok(())
     }
 
     /// Our trace header (RFC 5321 §4.4), with LF line ends as the queue stores them.
@@ -881,6 +899,51 @@ impl Session {
         }
     }
 
+    /// The user name and password of an AUTH exchange by `mechanism`, well formed; None when
+    /// the exchange failed (the reply is written).
+    fn credentials(
+        &mut self,
+        mechanism: &[u8],
+        initial: Option<Vec<u8>>,
+    ) -> std::result::Result<Option<(Vec<u8>, Vec<u8>)>, End> {
+        let given = if mechanism.eq_ignore_ascii_case(b"PLAIN") {
+            let Some(response) = self.first_response(initial, "")? else {
+                return Ok(None);
+            };
+            plain_credentials(&response)
+        } else if mechanism.eq_ignore_ascii_case(b"LOGIN") {
+            let Some(user) = self.first_response(initial, "VXNlcm5hbWU6")? else {
+                return Ok(None);
+            };
+            let Some(password) = self.auth_response("UGFzc3dvcmQ6")? else {
+                return Ok(None);
+            };
+            Some((user, password))
+        } else {
+            return self.error(504, "5.5.4 unrecognized authentication mechanism").map(|()| None);
+        };
+        match given.filter(|(user, password)| well_formed(user, password)) {
+            Some(credentials) => Ok(Some(credentials)),
+            None => self.error(501, "5.5.2 malformed credentials").map(|()| None),
+        }
+    }
+
+    /// The first AUTH response: the initial one given on the AUTH line, or the answer to
+    /// `challenge`. None when it failed (the reply is written).
+    fn first_response(
+        &mut self,
+        initial: Option<Vec<u8>>,
+        challenge: &str,
+    ) -> std::result::Result<Option<Vec<u8>>, End> {
+        match initial {
+            Some(initial) => match decode_initial(&initial) {
+                Some(response) => Ok(Some(response)),
+                None => self.error(501, "5.5.2 cannot decode the AUTH response").map(|()| None),
+            },
+            None => self.auth_response(challenge),
+        }
+    }
+
     fn auth(&mut self, arg: &[u8]) -> std::result::Result<(), End> {
         if self.config.checkpassword.is_empty() {
             return self.error(502, "5.5.1 AUTH is not available");
@@ -901,38 +964,8 @@ impl Session {
             Some(space) => (&arg[..space], Some(arg[space + 1..].to_vec())),
             None => (arg, None),
         };
-        let credentials = if mechanism.eq_ignore_ascii_case(b"PLAIN") {
-            let response = match initial {
-                Some(initial) => match decode_initial(&initial) {
-                    Some(r) => r,
-                    None => return self.error(501, "5.5.2 cannot decode the AUTH response"),
-                },
-                None => match self.auth_response("")? {
-                    Some(r) => r,
-                    None => return Ok(()),
-                },
-            };
-            plain_credentials(&response)
-        } else if mechanism.eq_ignore_ascii_case(b"LOGIN") {
-            let user = match initial {
-                Some(initial) => match decode_initial(&initial) {
-                    Some(r) => r,
-                    None => return self.error(501, "5.5.2 cannot decode the AUTH response"),
-                },
-                None => match self.auth_response("VXNlcm5hbWU6")? {
-                    Some(r) => r,
-                    None => return Ok(()),
-                },
-            };
-            let Some(password) = self.auth_response("UGFzc3dvcmQ6")? else {
-                return Ok(());
-            };
-            Some((user, password))
-        } else {
-            return self.error(504, "5.5.4 unrecognized authentication mechanism");
-        };
-        let Some((user, mut password)) = credentials.filter(|(u, p)| well_formed(u, p)) else {
-            return self.error(501, "5.5.2 malformed credentials");
+        let Some((user, mut password)) = self.credentials(mechanism, initial)? else {
+            return Ok(());
         };
         let outcome = checkpassword(&self.config.checkpassword, &self.me(), &user, &password);
         password.fill(0);
