@@ -242,6 +242,9 @@ pub struct Session {
     policy: Policy,
 }
 
+/// A user name and a password, as an AUTH exchange gives them.
+type Credentials = (Vec<u8>, Vec<u8>);
+
 /// SIZE's value: at most 20 digits, fitting in 64 bits.
 fn size_value(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 20 || !value.iter().all(u8::is_ascii_digit) {
@@ -905,7 +908,7 @@ impl Session {
         &mut self,
         mechanism: &[u8],
         initial: Option<Vec<u8>>,
-    ) -> std::result::Result<Option<(Vec<u8>, Vec<u8>)>, End> {
+    ) -> std::result::Result<Option<Credentials>, End> {
         let given = if mechanism.eq_ignore_ascii_case(b"PLAIN") {
             let Some(response) = self.first_response(initial, "")? else {
                 return Ok(None);
