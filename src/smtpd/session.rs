@@ -9,9 +9,11 @@
 //! top, so a client that drips a byte at a time cannot keep a slot for long; every count a client
 //! controls (commands, errors, recipients, bytes, hops) has a cap with its own reply and log line.
 //!
-//! Its self-contained parts are in their own files: `config` (what a session knows before the
-//! greeting), `data` (the end-of-data state machine, the hop counter, the queue's replies) and
-//! `auth` (the AUTH payloads and checkpassword).
+//! This file is the dialogue; its decisions are in their own files: `config` (what a session
+//! knows before the greeting), `rcptcheck` (what RCPT does with a recipient: relaying, the
+//! local check), `data` (one message's data streamed to the queue program, the end-of-data
+//! state machine, the hop counter, the queue's replies) and `auth` (the AUTH payloads and
+//! checkpassword).
 #![forbid(unsafe_code)]
 
 use crate::base::fail::Outcome;
