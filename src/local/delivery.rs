@@ -863,6 +863,12 @@ mod tests {
         );
         let spam = Error { outcome: Outcome::Permanent, code: qq::CUSTOM_REPLY, message: "spam (#5.7.1)".into() };
         assert_eq!(forward_failure(&spam).to_string(), "Unable to forward message: spam (#5.7.1)");
+        // A filter's code that is not at the end, or of the wrong class: the report still ends
+        // in one code, of the outcome's class (doc/quill-local.8).
+        let inside = Error { outcome: Outcome::Temporary, code: qq::CUSTOM_REPLY, message: "x (#5.7.1) y".into() };
+        assert_eq!(forward_failure(&inside).to_string(), "Unable to forward message: x (#5.7.1) y. (#4.3.0)");
+        let mixed = Error { outcome: Outcome::Temporary, code: qq::CUSTOM_REPLY, message: "later (#5.7.1)".into() };
+        assert_eq!(forward_failure(&mixed).to_string(), "Unable to forward message: later (#4.7.1)");
         let refused = Error { outcome: Outcome::Permanent, code: qq::CUSTOM_REPLY, message: "no".into() };
         let status = forward_failure(&refused);
         assert_eq!(
