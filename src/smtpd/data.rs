@@ -47,82 +47,86 @@ impl DataParser {
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, bool) {
         let mut i = 0;
         while i < input.len() {
-            let byte = input[i];
-            match self.state {
-                DataState::Middle => match memchr::memchr2(b'\r', b'\n', &input[i..]) {
-                    None => {
-                        out.extend_from_slice(&input[i..]);
-                        i = input.len();
-                    }
-                    Some(k) => {
-                        out.extend_from_slice(&input[i..i + k]);
-                        i += k;
-                        if input[i] == b'\r' {
-                            self.state = DataState::Cr;
-                        } else {
-                            // A bare LF ends nothing: the next byte is not at a line start.
-                            self.bare_line_end = true;
-                            out.push(b'\n');
-                        }
-                        i += 1;
-                    }
-                },
-                DataState::LineStart => {
-                    i += 1;
-                    self.state = match byte {
-                        b'.' => DataState::Dot,
-                        b'\r' => DataState::Cr,
-                        b'\n' => {
-                            self.bare_line_end = true;
-                            out.push(b'\n');
-                            DataState::Middle
-                        }
-                        _ => {
-                            out.push(byte);
-                            DataState::Middle
-                        }
-                    };
-                }
-                DataState::Dot => {
-                    i += 1;
-                    self.state = match byte {
-                        b'\r' => DataState::DotCr,
-                        b'\n' => {
-                            self.bare_line_end = true;
-                            out.push(b'\n');
-                            DataState::Middle
-                        }
-                        _ => {
-                            out.push(byte);
-                            DataState::Middle
-                        }
-                    };
-                }
-                DataState::DotCr => {
-                    if byte == b'\n' {
-                        self.state = DataState::LineStart;
-                        return (i + 1, true);
-                    }
-                    // ".\r" and not LF: a bare CR; the byte is looked at again as line text.
-                    self.bare_line_end = true;
-                    out.push(b'\r');
-                    self.state = DataState::Middle;
-                }
-                DataState::Cr => {
-                    if byte == b'\n' {
-                        i += 1;
-                        out.push(b'\n');
-                        self.state = DataState::LineStart;
-                    } else {
-                        self.bare_line_end = true;
-                        out.push(b'\r');
-                        self.state = DataState::Middle;
-                    }
-                }
+            if self.state == DataState::Middle {
+                i += self.line_text(&input[i..], out);
+                continue;
+            }
+            match self.step(input[i], out) {
+                Step::Next => i += 1,
+                Step::Again => {}
+                Step::End => return (i + 1, true),
             }
         }
         (i, false)
     }
+
+    /// Inside a line: copy up to the next CR or LF; returns the bytes consumed.
+    fn line_text(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
+        let Some(k) = memchr::memchr2(b'\r', b'\n', input) else {
+            out.extend_from_slice(input);
+            return input.len();
+        };
+        out.extend_from_slice(&input[..k]);
+        if input[k] == b'\r' {
+            self.state = DataState::Cr;
+        } else {
+            // A bare LF ends nothing: the next byte is not at a line start.
+            self.bare_line_end = true;
+            out.push(b'\n');
+        }
+        k + 1
+    }
+
+    /// One byte in any state but [`DataState::Middle`].
+    fn step(&mut self, byte: u8, out: &mut Vec<u8>) -> Step {
+        match self.state {
+            DataState::LineStart | DataState::Dot => {
+                self.state = match (self.state, byte) {
+                    (DataState::LineStart, b'.') => DataState::Dot,
+                    (DataState::LineStart, b'\r') => DataState::Cr,
+                    (DataState::Dot, b'\r') => DataState::DotCr,
+                    (_, b'\n') => {
+                        self.bare_line_end = true;
+                        out.push(b'\n');
+                        DataState::Middle
+                    }
+                    _ => {
+                        out.push(byte);
+                        DataState::Middle
+                    }
+                };
+                Step::Next
+            }
+            DataState::DotCr | DataState::Cr if byte == b'\n' => {
+                if self.state == DataState::DotCr {
+                    self.state = DataState::LineStart;
+                    return Step::End;
+                }
+                out.push(b'\n');
+                self.state = DataState::LineStart;
+                Step::Next
+            }
+            // ".\r" or "\r" and not LF: a bare CR; the byte is looked at again as line text.
+            DataState::DotCr | DataState::Cr => {
+                self.bare_line_end = true;
+                out.push(b'\r');
+                self.state = DataState::Middle;
+                Step::Again
+            }
+            // Line text is [`DataParser::line_text`]'s.
+            DataState::Middle => Step::Again,
+        }
+    }
+}
+
+/// What [`DataParser::step`] did with a byte.
+enum Step {
+    /// Consumed it.
+    Next,
+    /// Changed state only: the byte is to be looked at again.
+    Again,
+    /// Consumed it, and it ended the data.
+    End,
 }
 
 /// Counts `Received:` and `Delivered-To:` lines in the header of a message (LF line ends),
