@@ -207,31 +207,38 @@ pub mod qq {
     pub const CANNOT_EXEC: u8 = 120;
 }
 
-/// The text a caller reports for a qmail-queue exit code, with its RFC 3463 status code.
+/// What a caller reports for a qmail-queue exit code: the words and the RFC 3463 status.
 /// This is the one table every caller (smtpd, inject, sendmail, local, send) uses.
-pub fn qq_text(code: u8) -> &'static str {
+pub fn qq_status(code: u8) -> Status {
+    let permanent = |code, text: &str| Status::permanent(code, text);
+    let temporary = |code, text: &str| Status::temporary(code, text);
     match code {
-        0 => "ok",
-        11 | 115 => "envelope address too long for qq (#5.1.3)",
-        31 => "mail server permanently rejected message (#5.3.0)",
-        51 => "qq out of memory (#4.3.0)",
-        52 => "timeout (#4.3.0)",
-        53 => "qq write error or disk full (#4.3.0)",
-        54 => "qq read error (#4.3.0)",
-        55 => "qq unable to read configuration (#4.3.0)",
-        56 => "qq trouble making network connection (#4.3.0)",
-        61 => "qq trouble in home directory (#4.3.0)",
-        62..=66 => "qq trouble creating files in queue (#4.3.0)",
-        71 => "mail server temporarily rejected message (#4.3.0)",
-        72 => "connection to mail server timed out (#4.4.1)",
-        73 => "connection to mail server rejected (#4.4.1)",
-        74 => "communication with mail server failed (#4.4.2)",
-        81 => "qq internal bug (#4.3.0)",
-        91 => "envelope format error (#4.3.0)",
-        120 => "unable to exec qq (#4.3.0)",
-        11..=40 => "qq permanent problem (#5.3.0)",
-        _ => "qq temporary problem (#4.3.0)",
+        0 => Status::success("ok"),
+        11 | 115 => permanent(Enhanced::BAD_SYNTAX, "envelope address too long for qq"),
+        31 => permanent(Enhanced::MAIL_SYSTEM, "mail server permanently rejected message"),
+        51 => temporary(Enhanced::MAIL_SYSTEM, "qq out of memory"),
+        52 => temporary(Enhanced::MAIL_SYSTEM, "timeout"),
+        53 => temporary(Enhanced::MAIL_SYSTEM, "qq write error or disk full"),
+        54 => temporary(Enhanced::MAIL_SYSTEM, "qq read error"),
+        55 => temporary(Enhanced::MAIL_SYSTEM, "qq unable to read configuration"),
+        56 => temporary(Enhanced::MAIL_SYSTEM, "qq trouble making network connection"),
+        61 => temporary(Enhanced::MAIL_SYSTEM, "qq trouble in home directory"),
+        62..=66 => temporary(Enhanced::MAIL_SYSTEM, "qq trouble creating files in queue"),
+        71 => temporary(Enhanced::MAIL_SYSTEM, "mail server temporarily rejected message"),
+        72 => temporary(Enhanced::NO_ANSWER, "connection to mail server timed out"),
+        73 => temporary(Enhanced::NO_ANSWER, "connection to mail server rejected"),
+        74 => temporary(Enhanced::BAD_CONNECTION, "communication with mail server failed"),
+        81 => temporary(Enhanced::MAIL_SYSTEM, "qq internal bug"),
+        91 => temporary(Enhanced::MAIL_SYSTEM, "envelope format error"),
+        120 => temporary(Enhanced::MAIL_SYSTEM, "unable to exec qq"),
+        11..=40 => permanent(Enhanced::MAIL_SYSTEM, "qq permanent problem"),
+        _ => temporary(Enhanced::MAIL_SYSTEM, "qq temporary problem"),
     }
+}
+
+/// [`qq_status`] rendered: `qq write error or disk full (#4.3.0)`.
+pub fn qq_text(code: u8) -> String {
+    qq_status(code).to_string()
 }
 
 /// Map a finished child's status to an outcome by the 0 / 100 / 111 convention; a signal or
@@ -297,6 +304,10 @@ impl Enhanced {
     pub const NOT_AUTHORIZED: Enhanced = Enhanced::new(7, 1);
     /// x.7.5: cryptographic failure.
     pub const CRYPTO: Enhanced = Enhanced::new(7, 5);
+    /// x.3.5: system incorrectly configured (qmail's "no delivery instructions").
+    pub const MISCONFIGURED: Enhanced = Enhanced::new(3, 5);
+    /// x.3.1: mail system full (the queue's disk).
+    pub const SYSTEM_FULL: Enhanced = Enhanced::new(3, 1);
 }
 
 /// What became of something done for a message: the outcome, its enhanced status code and
@@ -422,6 +433,37 @@ mod tests {
         assert_eq!(ExitCode::from(&Error::queue(qq::WRITE_ERROR, "x")), ExitCode::from(53));
         assert_eq!(ExitCode::from(&Error::permanent("x")), ExitCode::from(100));
         assert_eq!(ExitCode::from(Outcome::Temporary), ExitCode::from(111));
+    }
+
+    /// Issue 9: the table became Status-valued; every code renders as the text it always had.
+    #[test]
+    fn qq_table_renders_as_before() {
+        let before = |code: u8| match code {
+            0 => "ok",
+            11 | 115 => "envelope address too long for qq (#5.1.3)",
+            31 => "mail server permanently rejected message (#5.3.0)",
+            51 => "qq out of memory (#4.3.0)",
+            52 => "timeout (#4.3.0)",
+            53 => "qq write error or disk full (#4.3.0)",
+            54 => "qq read error (#4.3.0)",
+            55 => "qq unable to read configuration (#4.3.0)",
+            56 => "qq trouble making network connection (#4.3.0)",
+            61 => "qq trouble in home directory (#4.3.0)",
+            62..=66 => "qq trouble creating files in queue (#4.3.0)",
+            71 => "mail server temporarily rejected message (#4.3.0)",
+            72 => "connection to mail server timed out (#4.4.1)",
+            73 => "connection to mail server rejected (#4.4.1)",
+            74 => "communication with mail server failed (#4.4.2)",
+            81 => "qq internal bug (#4.3.0)",
+            91 => "envelope format error (#4.3.0)",
+            120 => "unable to exec qq (#4.3.0)",
+            11..=40 => "qq permanent problem (#5.3.0)",
+            _ => "qq temporary problem (#4.3.0)",
+        };
+        for code in 0..=u8::MAX {
+            assert_eq!(qq_text(code), before(code), "code {code}");
+            assert_eq!(Status::parse(qq_status(code).outcome, &qq_text(code)), qq_status(code), "code {code}");
+        }
     }
 
     #[test]

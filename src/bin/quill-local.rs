@@ -12,6 +12,7 @@
 //! Exit: 0 delivered, 100 permanent failure, 111 temporary failure.
 //! Manual: doc/quill-local.8.
 
+use quill::base::fail::Outcome;
 use quill::local::delivery::Args;
 use std::io::Write;
 use std::os::unix::ffi::OsStringExt;
@@ -80,13 +81,14 @@ fn main() -> ExitCode {
     let Some(args) = parse(words) else {
         return quill::base::log::fatal_exit(USAGE);
     };
-    let (text, code) = match quill::local::delivery::run(&args) {
-        Ok(report) => (report, 0),
-        Err(e) => (e.message.clone(), e.exit_code()),
+    // The edge: the report or the status, rendered once, is what quill-lspawn reads.
+    let (text, outcome) = match quill::local::delivery::run(&args) {
+        Ok(report) => (report, Outcome::Success),
+        Err(status) => (status.to_string(), status.outcome),
     };
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
     let _ = out.write_all(b"\n");
     let _ = out.flush();
-    ExitCode::from(code)
+    outcome.exit()
 }

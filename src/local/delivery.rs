@@ -9,7 +9,8 @@
 //! reads from that start, so no instruction depends on another's file position.
 #![forbid(unsafe_code)]
 
-use crate::base::fail::{Error, Outcome, Result};
+use crate::base::fail::{Enhanced, Error, Status};
+use crate::local::Result;
 use crate::mail::dotqmail::{self, Instruction, Item};
 use crate::mail::envelope::Envelope;
 use std::ffi::OsStr;
@@ -104,7 +105,8 @@ impl Message {
     /// Take fd 0 (a copy of it, close-on-exec, so no program inherits the queue file) and
     /// remember where the message starts.
     pub fn from_stdin() -> Result<Message> {
-        let unreadable = |e: io::Error| Error::temporary(format!("Unable to read message: {e}. (#4.3.0)"));
+        let unreadable =
+            |e: io::Error| Status::temporary(Enhanced::MAIL_SYSTEM, format!("Unable to read message: {e}."));
         let fd = io::stdin().as_fd().try_clone_to_owned().map_err(unreadable)?;
         let mut file = File::from(fd);
         let start = io::Seek::stream_position(&mut file).map_err(unreadable)?;
@@ -177,13 +179,17 @@ pub fn check_loop(head: &[u8], recipient: &[u8]) -> Result<()> {
             hops += 1;
             let value = line[name_end + 1..].trim_ascii();
             if value.eq_ignore_ascii_case(recipient) {
-                return Err(Error::permanent("This message is looping: it already has my Delivered-To line. (#5.4.6)"));
+                return Err(Status::permanent(
+                    Enhanced::LOOP,
+                    "This message is looping: it already has my Delivered-To line.",
+                ));
             }
         }
         if hops > MAX_HOPS {
-            return Err(Error::permanent(format!(
-                "This message is looping: it has more than {MAX_HOPS} Received and Delivered-To lines. (#5.4.6)"
-            )));
+            return Err(Status::permanent(
+                Enhanced::LOOP,
+                format!("This message is looping: it has more than {MAX_HOPS} Received and Delivered-To lines."),
+            ));
         }
     }
     Ok(())
@@ -223,24 +229,24 @@ fn read_instructions_file(path: &Path, world_only: bool) -> Result<Option<Instru
         // A name built from an address can be too long for any file: "no such file" is the
         // true answer, not "try again" (a week of deferrals, then a bounce).
         Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => return Ok(None),
-        Err(e) => return Err(Error::temporary(format!("Unable to open {shown}: {e}. (#4.2.1)"))),
+        Err(e) => return Err(Status::temporary(Enhanced::MAILBOX_DISABLED, format!("Unable to open {shown}: {e}."))),
     };
     let mode = opened.meta.permissions().mode();
     let bad_bits = if world_only { 0o002 } else { 0o022 };
     if mode & bad_bits != 0 {
         let who = if world_only { "world" } else { "group- or world" };
-        return Err(Error::temporary(format!("Uh-oh: {shown} is {who}-writable; not using it. (#4.7.0)")));
+        return Err(Status::temporary(Enhanced::SECURITY, format!("Uh-oh: {shown} is {who}-writable; not using it.")));
     }
     let size = opened.meta.len();
     if size > MAX_FILE {
-        return Err(Error::temporary(format!("Uh-oh: {shown} is larger than {MAX_FILE} bytes. (#4.7.0)")));
+        return Err(Status::temporary(Enhanced::SECURITY, format!("Uh-oh: {shown} is larger than {MAX_FILE} bytes.")));
     }
     let distrust = crate::base::trust::distrust(&opened.ownership, crate::base::sys::uids().1, &[]);
     let mut text = Vec::with_capacity(size as usize);
     Read::by_ref(&mut &opened.file)
         .take(MAX_FILE)
         .read_to_end(&mut text)
-        .map_err(|e| Error::temporary(format!("Unable to read {shown}: {e}. (#4.2.1)")))?;
+        .map_err(|e| Status::temporary(Enhanced::MAILBOX_DISABLED, format!("Unable to read {shown}: {e}.")))?;
     Ok(Some(InstructionsFile { text, mode, distrust }))
 }
 
@@ -248,9 +254,10 @@ fn read_instructions_file(path: &Path, world_only: bool) -> Result<Option<Instru
 /// the delivery waits (as for a group-writable file) until the user or the admin fixes it.
 fn owned(name: &[u8], file: &InstructionsFile) -> Result<()> {
     match &file.distrust {
-        Some(why) => {
-            Err(Error::temporary(format!("Uh-oh: {} is not the user's: {why}; not using it. (#4.7.0)", show(name))))
-        }
+        Some(why) => Err(Status::temporary(
+            Enhanced::SECURITY,
+            format!("Uh-oh: {} is not the user's: {why}; not using it.", show(name)),
+        )),
         None => Ok(()),
     }
 }
@@ -272,7 +279,7 @@ pub fn choose(args: &Args) -> Result<Plan> {
         return nonempty(Plan { instructions, default: None }, "the aliases entry");
     }
     if !dotqmail::safe_ext(&args.ext) {
-        return Err(Error::permanent("Sorry, this address cannot name a mailbox here. (#5.1.1)"));
+        return Err(Status::permanent(Enhanced::BAD_MAILBOX, "Sorry, this address cannot name a mailbox here."));
     }
     if args.dash.is_empty() {
         let mut name = b".qmail".to_vec();
@@ -304,12 +311,15 @@ pub fn choose(args: &Args) -> Result<Plan> {
             return dot_file_plan(&name, &file.text, file.mode, default);
         }
     }
-    Err(Error::permanent("Sorry, no mailbox here by that name. (#5.1.1)"))
+    Err(Status::permanent(Enhanced::BAD_MAILBOX, "Sorry, no mailbox here by that name."))
 }
 
 fn nonempty(plan: Plan, origin: &str) -> Result<Plan> {
     if plan.instructions.is_empty() {
-        return Err(Error::temporary(format!("Uh-oh: {origin} holds no delivery instructions. (#4.3.5)")));
+        return Err(Status::temporary(
+            Enhanced::MISCONFIGURED,
+            format!("Uh-oh: {origin} holds no delivery instructions."),
+        ));
     }
     Ok(plan)
 }
@@ -323,14 +333,15 @@ fn dot_file_plan(name: &[u8], text: &[u8], mode: u32, default: Option<Vec<u8>>) 
     let file = dotqmail::parse_dotqmail(text);
     let shown = show(name);
     if file.first_line_blank {
-        return Err(Error::temporary(format!("Uh-oh: first line of {shown} is blank. (#4.2.1)")));
+        return Err(Status::temporary(Enhanced::MAILBOX_DISABLED, format!("Uh-oh: first line of {shown} is blank.")));
     }
     // The owner-execute bit (or a `+` line) marks a forward-only file, e.g. one a mailing
     // list manager rewrites: it must never make the user run a program or write a file.
     if (file.forward_only || mode & 0o100 != 0) && !file.instructions.iter().all(Instruction::is_forward) {
-        return Err(Error::temporary(format!(
-            "Uh-oh: {shown} is forward-only but has a program or mailbox line. (#4.7.0)"
-        )));
+        return Err(Status::temporary(
+            Enhanced::SECURITY,
+            format!("Uh-oh: {shown} is forward-only but has a program or mailbox line."),
+        ));
     }
     Ok(Plan { instructions: file.instructions, default })
 }
@@ -355,8 +366,9 @@ impl List<'_> {
     /// user, else an address).
     fn expand(&mut self, text: &[u8], depth: usize, out: &mut Vec<Instruction>) -> Result<()> {
         let args = self.args;
-        let items = dotqmail::parse_sendmail(text)
-            .map_err(|_| Error::temporary(format!("Uh-oh: {} has an unbalanced quote. (#4.7.0)", self.origin)))?;
+        let items = dotqmail::parse_sendmail(text).map_err(|_| {
+            Status::temporary(Enhanced::SECURITY, format!("Uh-oh: {} has an unbalanced quote.", self.origin))
+        })?;
         for item in items {
             match item {
                 Item::Do(instruction) if instruction.is_forward() || self.distrust.is_none() => out.push(instruction),
@@ -372,12 +384,16 @@ impl List<'_> {
                 Item::Include(path) => {
                     let shown = show(&path);
                     if depth + 1 > MAX_INCLUDE_DEPTH {
-                        return Err(Error::temporary(format!(
-                            "Uh-oh: include files nest too deep at {shown}. (#4.7.0)"
-                        )));
+                        return Err(Status::temporary(
+                            Enhanced::SECURITY,
+                            format!("Uh-oh: include files nest too deep at {shown}."),
+                        ));
                     }
                     let file = read_instructions_file(os_path(&path), true)?.ok_or_else(|| {
-                        Error::temporary(format!("Unable to open include file {shown}: it does not exist. (#4.2.1)"))
+                        Status::temporary(
+                            Enhanced::MAILBOX_DISABLED,
+                            format!("Unable to open include file {shown}: it does not exist."),
+                        )
                     })?;
                     let outer = (self.origin.clone(), self.distrust.clone());
                     self.origin = shown;
@@ -390,9 +406,10 @@ impl List<'_> {
                 }
             }
             if out.len() > MAX_INSTRUCTIONS {
-                return Err(Error::temporary(format!(
-                    "Uh-oh: more than {MAX_INSTRUCTIONS} delivery instructions. (#4.7.0)"
-                )));
+                return Err(Status::temporary(
+                    Enhanced::SECURITY,
+                    format!("Uh-oh: more than {MAX_INSTRUCTIONS} delivery instructions."),
+                ));
             }
         }
         Ok(())
@@ -556,16 +573,18 @@ impl<'a> Delivery<'a> {
         let values =
             dotqmail::Values { default: self.plan.default.as_deref(), ext: &self.args.ext, local: &self.args.local };
         let (result, substituted) = dotqmail::substitute(path, &values).map_err(|bad| {
-            Error::permanent(format!(
-                "Sorry, the address gives ${{{}}} no usable value for {}. (#5.1.1)",
-                bad.name,
-                show(path)
-            ))
+            Status::permanent(
+                Enhanced::BAD_MAILBOX,
+                format!("Sorry, the address gives ${{{}}} no usable value for {}.", bad.name, show(path)),
+            )
         })?;
         // A name built from the address that no file system takes (ENAMETOOLONG) names no
         // mailbox: a permanent "no such address", not a week of deferrals.
         if substituted && result.split(|&b| b == b'/').any(|part| part.len() > NAME_MAX) {
-            return Err(Error::permanent("Sorry, no mailbox here by that name (the name is too long). (#5.1.1)"));
+            return Err(Status::permanent(
+                Enhanced::BAD_MAILBOX,
+                "Sorry, no mailbox here by that name (the name is too long).",
+            ));
         }
         Ok((result, substituted))
     }
@@ -578,20 +597,17 @@ impl<'a> Delivery<'a> {
             target.extend_from_slice(&self.args.domain);
         }
         if target.len() > crate::mail::address::MAX_ADDRESS || !crate::mail::address::is_clean(&target) {
-            return Err(Error::permanent(format!("Unable to forward to {}: bad address. (#5.1.3)", show(&target))));
+            return Err(Status::permanent(
+                Enhanced::BAD_SYNTAX,
+                format!("Unable to forward to {}: bad address.", show(&target)),
+            ));
         }
         Ok(target)
     }
 
     /// Inject one copy for all targets, with our Delivered-To line on top.
     fn forward(&self, targets: Vec<Vec<u8>>) -> Result<u32> {
-        let wrap = |e: Error| {
-            let code = if e.outcome == Outcome::Permanent { "5.3.0" } else { "4.3.0" };
-            let text = if e.message.contains("(#") { e.message.clone() } else { format!("{}. (#{code})", e.message) };
-            // The queue program's own exit code is not ours: quill-local exits 0, 100 or 111.
-            Error { message: format!("Unable to forward message: {text}"), code: 0, ..e }
-        };
-        let mut submission = crate::mail::submit::Submission::start().map_err(wrap)?;
+        let mut submission = crate::mail::submit::Submission::start().map_err(|e| forward_failure(&e))?;
         submission.write(&dtline(&self.recipient));
         let mut reader = self.message.reader();
         let mut chunk = vec![0u8; 64 * 1024];
@@ -600,11 +616,13 @@ impl<'a> Delivery<'a> {
                 Ok(0) => break,
                 Ok(n) => submission.write(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::temporary(format!("Unable to read message: {e}. (#4.3.0)"))),
+                Err(e) => {
+                    return Err(Status::temporary(Enhanced::MAIL_SYSTEM, format!("Unable to read message: {e}.")))
+                }
             }
         }
         let envelope = Envelope { sender: self.newsender.clone(), recipients: targets };
-        submission.finish(&envelope).map(|accepted| accepted.pid).map_err(wrap)
+        submission.finish(&envelope).map(|accepted| accepted.pid).map_err(|e| forward_failure(&e))
     }
 
     /// Run `/bin/sh -c command` in the home directory with the message on a pipe.
@@ -612,7 +630,7 @@ impl<'a> Delivery<'a> {
         let mut child = self
             .command(command)
             .spawn()
-            .map_err(|e| Error::temporary(format!("Unable to run /bin/sh: {e}. (#4.3.0)")))?;
+            .map_err(|e| Status::temporary(Enhanced::MAIL_SYSTEM, format!("Unable to run /bin/sh: {e}.")))?;
         // The program gets only the message bytes, never the queue file itself. The feeder is
         // not waited for: a background process of the program may hold the pipe open without
         // reading, and must not hold up the delivery (it gets EPIPE when we exit).
@@ -635,24 +653,27 @@ impl<'a> Delivery<'a> {
         let status = child.wait();
         let _ = done.send(());
         let timed_out = watchdog.join().unwrap_or(false);
-        let status = status.map_err(|e| Error::temporary(format!("Unable to wait for the program: {e}. (#4.3.0)")))?;
+        let status = status
+            .map_err(|e| Status::temporary(Enhanced::MAIL_SYSTEM, format!("Unable to wait for the program: {e}.")))?;
         if timed_out {
-            return Err(Error::temporary(format!(
-                "Program ran longer than {} seconds and was killed with its process group. (#4.3.0)",
-                limit.as_secs()
-            )));
+            return Err(Status::temporary(
+                Enhanced::MAIL_SYSTEM,
+                format!("Program ran longer than {} seconds and was killed with its process group.", limit.as_secs()),
+            ));
         }
         match status.code() {
             Some(0) => Ok(Flow::Continue),
             Some(99) => Ok(Flow::Stop),
             Some(code) if PERMANENT_EXITS.contains(&code) => {
-                Err(Error::permanent(format!("Program failed permanently (exit {code}). (#5.2.0)")))
+                Err(Status::permanent(Enhanced::MAILBOX, format!("Program failed permanently (exit {code}).")))
             }
-            Some(code) => Err(Error::temporary(format!("Program failed temporarily (exit {code}). (#4.2.0)"))),
-            None => Err(Error::temporary(format!(
-                "Program was killed by signal {}. (#4.3.0)",
-                status.signal().unwrap_or(0)
-            ))),
+            Some(code) => {
+                Err(Status::temporary(Enhanced::MAILBOX, format!("Program failed temporarily (exit {code}).")))
+            }
+            None => Err(Status::temporary(
+                Enhanced::MAIL_SYSTEM,
+                format!("Program was killed by signal {}.", status.signal().unwrap_or(0)),
+            )),
         }
     }
 
@@ -695,6 +716,17 @@ impl<'a> Delivery<'a> {
         }
         c
     }
+}
+
+/// A forward the queue program refused (or could not take): its words and, when they end in
+/// one, its status code, read back with [`Status::parse`]; words without a code end in a
+/// period like every sentence of quill-local's. The queue program's own exit code is not
+/// ours: quill-local exits 0, 100 or 111.
+fn forward_failure(error: &Error) -> Status {
+    let status = Status::from(error);
+    let coded = status.text != error.message.trim_end();
+    let words = if coded { status.text } else { format!("{}.", status.text) };
+    Status::new(status.outcome, status.code, format!("Unable to forward message: {words}"))
 }
 
 /// After a program: go on, or (exit 99) skip the remaining lines.
@@ -762,17 +794,21 @@ fn newsender(args: &Args) -> Vec<u8> {
 /// sign that the user is editing the dot files).
 pub fn enter_home(home: &[u8]) -> Result<()> {
     let path = os_path(home);
-    std::env::set_current_dir(path)
-        .map_err(|e| Error::temporary(format!("Unable to switch to {}: {e}. (#4.3.0)", path.display())))?;
+    std::env::set_current_dir(path).map_err(|e| {
+        Status::temporary(Enhanced::MAIL_SYSTEM, format!("Unable to switch to {}: {e}.", path.display()))
+    })?;
     let mode = std::fs::metadata(".")
-        .map_err(|e| Error::temporary(format!("Unable to stat home directory: {e}. (#4.3.0)")))?
+        .map_err(|e| Status::temporary(Enhanced::MAIL_SYSTEM, format!("Unable to stat home directory: {e}.")))?
         .permissions()
         .mode();
     if mode & 0o002 != 0 {
-        return Err(Error::temporary("Uh-oh: home directory is writable by everyone. (#4.7.0)"));
+        return Err(Status::temporary(Enhanced::SECURITY, "Uh-oh: home directory is writable by everyone."));
     }
     if mode & 0o1000 != 0 {
-        return Err(Error::temporary("Home directory is sticky: user is editing the .qmail file. (#4.2.1)"));
+        return Err(Status::temporary(
+            Enhanced::MAILBOX_DISABLED,
+            "Home directory is sticky: user is editing the .qmail file.",
+        ));
     }
     Ok(())
 }
@@ -794,6 +830,7 @@ pub fn run(args: &Args) -> Result<String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::base::fail::{qq, Outcome};
 
     #[test]
     fn loops() {
@@ -804,6 +841,40 @@ mod tests {
         let many = b"Received: x\n".repeat(MAX_HOPS + 1);
         assert!(check_loop(&many, b"me@x").is_err());
         assert!(check_loop(&b"Received: x\n".repeat(MAX_HOPS), b"me@x").is_ok());
+    }
+
+    /// Issue 9: the statuses render as the texts quill-lspawn has always read.
+    #[test]
+    fn statuses_render_as_before() {
+        let looping = b"Delivered-To: me@x\n\n";
+        assert_eq!(
+            check_loop(looping, b"me@x").unwrap_err().to_string(),
+            "This message is looping: it already has my Delivered-To line. (#5.4.6)"
+        );
+        let full = Error::queue(qq::WRITE_ERROR, crate::base::fail::qq_text(qq::WRITE_ERROR));
+        assert_eq!(
+            forward_failure(&full).to_string(),
+            "Unable to forward message: qq write error or disk full (#4.3.0)"
+        );
+        let unrun = Error::queue(qq::CANNOT_EXEC, "unable to run /x/quill-queue: No such file or directory");
+        assert_eq!(
+            forward_failure(&unrun).to_string(),
+            "Unable to forward message: unable to run /x/quill-queue: No such file or directory. (#4.3.0)"
+        );
+        let spam = Error { outcome: Outcome::Permanent, code: qq::CUSTOM_REPLY, message: "spam (#5.7.1)".into() };
+        assert_eq!(forward_failure(&spam).to_string(), "Unable to forward message: spam (#5.7.1)");
+        // A filter's code that is not at the end, or of the wrong class: the report still ends
+        // in one code, of the outcome's class (doc/quill-local.8).
+        let inside = Error { outcome: Outcome::Temporary, code: qq::CUSTOM_REPLY, message: "x (#5.7.1) y".into() };
+        assert_eq!(forward_failure(&inside).to_string(), "Unable to forward message: x (#5.7.1) y. (#4.3.0)");
+        let mixed = Error { outcome: Outcome::Temporary, code: qq::CUSTOM_REPLY, message: "later (#5.7.1)".into() };
+        assert_eq!(forward_failure(&mixed).to_string(), "Unable to forward message: later (#4.7.1)");
+        let refused = Error { outcome: Outcome::Permanent, code: qq::CUSTOM_REPLY, message: "no".into() };
+        let status = forward_failure(&refused);
+        assert_eq!(
+            (status.outcome, status.to_string().as_str()),
+            (Outcome::Permanent, "Unable to forward message: no. (#5.3.0)")
+        );
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! retry also looks in `cur/`, where a mail reader moves the file (adding `:2,FLAGS`).
 #![forbid(unsafe_code)]
 
-use crate::base::fail::{errno_outcome, is_disk_full, Error, Outcome, Result};
+use crate::base::fail::Status;
+use crate::local::Result;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -120,18 +121,9 @@ pub fn create(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// What went wrong, for the report. A full disk or quota is temporary with #4.3.0; so is
-/// every failure once the file is open (`written`): a write that fails today may work after
-/// the user makes room. Failures to open are sorted by errno (a path through a plain file is
-/// permanent).
-fn failure(dir: &Path, what: &str, err: &io::Error, written: bool) -> Error {
-    let shown = dir.display();
-    if is_disk_full(err) {
-        return Error::temporary(format!("Unable to {what} maildir {shown}: {err}. (#4.3.0)"));
-    }
-    let outcome = if written { Outcome::Temporary } else { errno_outcome(err) };
-    let code = if outcome == Outcome::Permanent { "5.2.0" } else { "4.2.0" };
-    Error { outcome, code: 0, message: format!("Unable to {what} maildir {shown}: {err}. (#{code})") }
+/// What went wrong, for the report (see [`crate::local::file_failure`]).
+fn failure(dir: &Path, what: &str, err: &io::Error, written: bool) -> Status {
+    crate::local::file_failure("maildir", dir, what, err, written)
 }
 
 /// Deliver `prefix` followed by everything `body` yields into the Maildir `dir`. With

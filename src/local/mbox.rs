@@ -4,7 +4,8 @@
 //! line, fsync. A failed write truncates the file back to its old length.
 #![forbid(unsafe_code)]
 
-use crate::base::fail::{errno_outcome, is_disk_full, Error, Outcome, Result};
+use crate::base::fail::{Enhanced, Status};
+use crate::local::Result;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -137,11 +138,10 @@ fn dotlock(path: &Path, deadline: Instant) -> Result<DotLock> {
             Err(e) => return Err(failure(path, "lock", &e, false)),
         }
         if Instant::now() >= deadline {
-            return Err(Error::temporary(format!(
-                "Unable to lock mailbox {}: {} is held too long. (#4.2.0)",
-                path.display(),
-                lock.display()
-            )));
+            return Err(Status::temporary(
+                Enhanced::MAILBOX,
+                format!("Unable to lock mailbox {}: {} is held too long.", path.display(), lock.display()),
+            ));
         }
         std::thread::sleep(LOCK_RETRY);
     }
@@ -163,24 +163,18 @@ fn fcntl_lock(file: &File, path: &Path, deadline: Instant) -> Result<()> {
             Err(e) => return Err(failure(path, "lock", &io::Error::from(e), false)),
         }
         if Instant::now() >= deadline {
-            return Err(Error::temporary(format!("Unable to lock mailbox {}: timed out. (#4.2.0)", path.display())));
+            return Err(Status::temporary(
+                Enhanced::MAILBOX,
+                format!("Unable to lock mailbox {}: timed out.", path.display()),
+            ));
         }
         std::thread::sleep(LOCK_RETRY);
     }
 }
 
-/// What went wrong, for the report. A full disk or quota is temporary with #4.3.0; so is
-/// every failure once the file is open (`written`): a write that fails today may work after
-/// the user makes room. Failures to open are sorted by errno (a path through a plain file is
-/// permanent).
-fn failure(path: &Path, what: &str, err: &io::Error, written: bool) -> Error {
-    let shown = path.display();
-    if is_disk_full(err) {
-        return Error::temporary(format!("Unable to {what} mailbox {shown}: {err}. (#4.3.0)"));
-    }
-    let outcome = if written { Outcome::Temporary } else { errno_outcome(err) };
-    let code = if outcome == Outcome::Permanent { "5.2.0" } else { "4.2.0" };
-    Error { outcome, code: 0, message: format!("Unable to {what} mailbox {shown}: {err}. (#{code})") }
+/// What went wrong, for the report (see [`crate::local::file_failure`]).
+fn failure(path: &Path, what: &str, err: &io::Error, written: bool) -> Status {
+    crate::local::file_failure("mailbox", path, what, err, written)
 }
 
 /// Append one message to the mbox at `path`: `from_line` (with its newline), `prefix` (the

@@ -126,13 +126,9 @@ impl Submission {
             }
             let outcome = if text.first() == Some(&b'D') { Outcome::Permanent } else { Outcome::Temporary };
             let words = String::from_utf8_lossy(text.get(1..).unwrap_or(&[])).trim_end().to_string();
-            return Err(Error {
-                outcome,
-                code,
-                message: if words.is_empty() { qq_text(code).to_string() } else { words },
-            });
+            return Err(Error { outcome, code, message: if words.is_empty() { qq_text(code) } else { words } });
         }
-        Err(Error { outcome: qq_outcome(code), code, message: qq_text(code).to_string() })
+        Err(Error { outcome: qq_outcome(code), code, message: qq_text(code) })
     }
 }
 

@@ -1,9 +1,12 @@
 //! The message data of one SMTP transaction, after `354`: the end-of-data state machine
 //! (dot-unstuffing, CRLF to LF, bare CR and LF noted: SMTP smuggling), the hop counter (mail
-//! loops), and the reply for the queue program's verdict at the end of data.
+//! loops), [`Incoming`] (one message's data streamed to the queue program, and the verdict at
+//! its end), and the reply for the queue program's verdict.
 #![forbid(unsafe_code)]
 
-use crate::base::fail::{qq, Error, Outcome};
+use crate::base::fail::{qq, Enhanced, Error, Outcome, Status};
+use crate::mail::envelope::Envelope;
+use crate::mail::submit::Submission;
 
 /// `Received:` plus `Delivered-To:` header lines at which a message is taken to loop.
 pub const MAX_HOPS: usize = 100;
@@ -44,82 +47,86 @@ impl DataParser {
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, bool) {
         let mut i = 0;
         while i < input.len() {
-            let byte = input[i];
-            match self.state {
-                DataState::Middle => match memchr::memchr2(b'\r', b'\n', &input[i..]) {
-                    None => {
-                        out.extend_from_slice(&input[i..]);
-                        i = input.len();
-                    }
-                    Some(k) => {
-                        out.extend_from_slice(&input[i..i + k]);
-                        i += k;
-                        if input[i] == b'\r' {
-                            self.state = DataState::Cr;
-                        } else {
-                            // A bare LF ends nothing: the next byte is not at a line start.
-                            self.bare_line_end = true;
-                            out.push(b'\n');
-                        }
-                        i += 1;
-                    }
-                },
-                DataState::LineStart => {
-                    i += 1;
-                    self.state = match byte {
-                        b'.' => DataState::Dot,
-                        b'\r' => DataState::Cr,
-                        b'\n' => {
-                            self.bare_line_end = true;
-                            out.push(b'\n');
-                            DataState::Middle
-                        }
-                        _ => {
-                            out.push(byte);
-                            DataState::Middle
-                        }
-                    };
-                }
-                DataState::Dot => {
-                    i += 1;
-                    self.state = match byte {
-                        b'\r' => DataState::DotCr,
-                        b'\n' => {
-                            self.bare_line_end = true;
-                            out.push(b'\n');
-                            DataState::Middle
-                        }
-                        _ => {
-                            out.push(byte);
-                            DataState::Middle
-                        }
-                    };
-                }
-                DataState::DotCr => {
-                    if byte == b'\n' {
-                        self.state = DataState::LineStart;
-                        return (i + 1, true);
-                    }
-                    // ".\r" and not LF: a bare CR; the byte is looked at again as line text.
-                    self.bare_line_end = true;
-                    out.push(b'\r');
-                    self.state = DataState::Middle;
-                }
-                DataState::Cr => {
-                    if byte == b'\n' {
-                        i += 1;
-                        out.push(b'\n');
-                        self.state = DataState::LineStart;
-                    } else {
-                        self.bare_line_end = true;
-                        out.push(b'\r');
-                        self.state = DataState::Middle;
-                    }
-                }
+            if self.state == DataState::Middle {
+                i += self.line_text(&input[i..], out);
+                continue;
+            }
+            match self.step(input[i], out) {
+                Step::Next => i += 1,
+                Step::Again => {}
+                Step::End => return (i + 1, true),
             }
         }
         (i, false)
     }
+
+    /// Inside a line: copy up to the next CR or LF; returns the bytes consumed.
+    fn line_text(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
+        let Some(k) = memchr::memchr2(b'\r', b'\n', input) else {
+            out.extend_from_slice(input);
+            return input.len();
+        };
+        out.extend_from_slice(&input[..k]);
+        if input[k] == b'\r' {
+            self.state = DataState::Cr;
+        } else {
+            // A bare LF ends nothing: the next byte is not at a line start.
+            self.bare_line_end = true;
+            out.push(b'\n');
+        }
+        k + 1
+    }
+
+    /// One byte in any state but [`DataState::Middle`].
+    fn step(&mut self, byte: u8, out: &mut Vec<u8>) -> Step {
+        match self.state {
+            DataState::LineStart | DataState::Dot => {
+                self.state = match (self.state, byte) {
+                    (DataState::LineStart, b'.') => DataState::Dot,
+                    (DataState::LineStart, b'\r') => DataState::Cr,
+                    (DataState::Dot, b'\r') => DataState::DotCr,
+                    (_, b'\n') => {
+                        self.bare_line_end = true;
+                        out.push(b'\n');
+                        DataState::Middle
+                    }
+                    _ => {
+                        out.push(byte);
+                        DataState::Middle
+                    }
+                };
+                Step::Next
+            }
+            DataState::DotCr | DataState::Cr if byte == b'\n' => {
+                if self.state == DataState::DotCr {
+                    self.state = DataState::LineStart;
+                    return Step::End;
+                }
+                out.push(b'\n');
+                self.state = DataState::LineStart;
+                Step::Next
+            }
+            // ".\r" or "\r" and not LF: a bare CR; the byte is looked at again as line text.
+            DataState::DotCr | DataState::Cr => {
+                self.bare_line_end = true;
+                out.push(b'\r');
+                self.state = DataState::Middle;
+                Step::Again
+            }
+            // Line text is [`DataParser::line_text`]'s.
+            DataState::Middle => Step::Again,
+        }
+    }
+}
+
+/// What [`DataParser::step`] did with a byte.
+enum Step {
+    /// Consumed it.
+    Next,
+    /// Changed state only: the byte is to be looked at again.
+    Again,
+    /// Consumed it, and it ended the data.
+    End,
 }
 
 /// Counts `Received:` and `Delivered-To:` lines in the header of a message (LF line ends),
@@ -160,24 +167,125 @@ impl HopCounter {
     }
 }
 
-/// The reply for a failure of the queue program: permanent → 554, a full disk → 452, other
-/// temporary → 451, each with the status code the text carries (`… (#4.3.0)`).
-pub fn queue_reply(error: &Error) -> (u16, String) {
-    let message = error.message.trim();
-    let (text, status) = match message.rfind("(#") {
-        Some(open) if message.ends_with(')') => (message[..open].trim_end(), &message[open + 2..message.len() - 1]),
-        _ => (message, ""),
-    };
-    let valid = |s: &str, class: char| s.starts_with(class) && s.split('.').count() == 3;
-    if error.outcome == Outcome::Permanent {
-        let status = if valid(status, '5') { status } else { "5.3.0" };
-        (554, format!("{status} {text}"))
-    } else if error.code == qq::WRITE_ERROR {
-        (452, format!("4.3.1 {text}"))
-    } else {
-        let status = if valid(status, '4') { status } else { "4.3.0" };
-        (451, format!("{status} {text}"))
+/// One message's data as it arrives after `354`: unstuffed, counted, and streamed to the queue
+/// program until a limit is passed (databytes, a bare CR or LF, too many hops); the rest is
+/// still read to the end of data, but the message is then refused.
+pub struct Incoming {
+    parser: DataParser,
+    hops: HopCounter,
+    /// The message bytes of the last input.
+    chunk: Vec<u8>,
+    /// The size as the client sent it (each line end counted as CRLF).
+    size: u64,
+    /// Bytes given to the queue program, our Received line included.
+    written: u64,
+    /// control/databytes; 0 for no limit.
+    databytes: u64,
+    /// None once the message is refused: the queue program is fed no more and gets no
+    /// envelope. Closing both pipes before the first envelope byte is the qmail-queue way to
+    /// abandon a message, which quill-queue takes quietly (doc/quill-queue.8).
+    submission: Option<Submission>,
+}
+
+/// How a message's data ended: the reply, and what the `message` log line says.
+#[derive(Debug)]
+pub struct Ending {
+    pub code: u16,
+    pub text: String,
+    /// The queue program's process id, when it queued the message.
+    pub queued: Option<u32>,
+    /// Bytes given to the queue program.
+    pub written: u64,
+    /// Why it was refused, for the log line (empty when the queue program decided).
+    pub detail: String,
+}
+
+impl Incoming {
+    /// A message for `submission` (a queue program just started), which gets our `received`
+    /// line first; `databytes` is the size limit (0 for none).
+    pub fn new(mut submission: Submission, received: &[u8], databytes: u64) -> Incoming {
+        submission.write(received);
+        Incoming {
+            parser: DataParser::default(),
+            hops: HopCounter::default(),
+            chunk: Vec::new(),
+            size: 0,
+            written: received.len() as u64,
+            databytes,
+            submission: Some(submission),
+        }
     }
+
+    fn too_big(&self) -> bool {
+        self.databytes > 0 && self.size > self.databytes
+    }
+
+    /// Take what the client sent; returns how many bytes of `input` were used and whether the
+    /// data ended (without the end, all of it is used).
+    pub fn feed(&mut self, input: &[u8]) -> (usize, bool) {
+        self.chunk.clear();
+        let (used, done) = self.parser.feed(input, &mut self.chunk);
+        self.size += self.chunk.len() as u64 + memchr::memchr_iter(b'\n', &self.chunk).count() as u64;
+        self.hops.feed(&self.chunk);
+        if self.too_big() || self.parser.bare_line_end || self.hops.hops >= MAX_HOPS {
+            self.submission = None;
+        } else if let Some(submission) = self.submission.as_mut() {
+            submission.write(&self.chunk);
+            self.written += self.chunk.len() as u64;
+        }
+        (used, done)
+    }
+
+    /// The verdict at the end of data: refused here, or the queue program's for `envelope`.
+    /// `id` is the one in our Received line.
+    pub fn finish(mut self, envelope: &Envelope, id: &str) -> Ending {
+        let refused = |code: u16, text: &str, detail: String| (code, text.to_string(), None, detail);
+        let (code, text, queued, detail) = if self.parser.bare_line_end {
+            let text = "5.6.0 message refused: bare CR or LF in the data; lines must end with CRLF";
+            refused(550, text, " (refused: SMTP smuggling attempt or broken client)".to_string())
+        } else if self.too_big() {
+            let detail = format!(" (refused: size {} over databytes {})", self.size, self.databytes);
+            refused(552, "5.3.4 message size exceeds fixed maximum message size", detail)
+        } else if self.hops.hops >= MAX_HOPS {
+            let detail = format!(" (refused: {} hops)", self.hops.hops);
+            refused(554, "5.4.6 too many hops, this message is looping", detail)
+        } else {
+            match self.submission.take().map(|s| s.finish(envelope)) {
+                Some(Ok(accepted)) => {
+                    (250, format!("2.0.0 ok {id} qp {}", accepted.pid), Some(accepted.pid), String::new())
+                }
+                Some(Err(e)) => {
+                    let (code, text) = queue_reply(&e);
+                    (code, text, None, String::new())
+                }
+                None => refused(451, "4.3.0 internal error", String::new()),
+            }
+        };
+        Ending { code, text, queued, written: self.written, detail }
+    }
+}
+
+/// The reply for a failure of the queue program: permanent → 554, a full disk → 452 4.3.1,
+/// other temporary → 451. The status is the one the queue program's words end in (`… (#4.3.0)`,
+/// from quill-queue's table or a filter's own text on fd 6), its class the reply's; words
+/// without one get x.3.0.
+pub fn queue_reply(error: &Error) -> (u16, String) {
+    let outcome = if error.outcome == Outcome::Permanent { Outcome::Permanent } else { Outcome::Temporary };
+    let mut status = Status::parse(outcome, &error.message);
+    let code = if outcome == Outcome::Permanent {
+        554
+    } else if error.code == qq::WRITE_ERROR {
+        status.code = Enhanced::SYSTEM_FULL;
+        452
+    } else {
+        451
+    };
+    (code, reply_text(&status))
+}
+
+/// A status as the text of an SMTP reply (RFC 2034): the code first, then the words.
+pub fn reply_text(status: &Status) -> String {
+    format!("{} {}", status.code_text(), status.text.trim_start())
 }
 
 #[cfg(test)]
@@ -249,5 +357,12 @@ mod tests {
         assert_eq!(queue_reply(&custom), (554, "5.7.1 spam".to_string()));
         let temp = Error::queue(81, crate::base::fail::qq_text(81));
         assert_eq!(queue_reply(&temp), (451, "4.3.0 qq internal bug".to_string()));
+        let unrun = Error::queue(qq::CANNOT_EXEC, "unable to run /x/quill-queue: gone");
+        assert_eq!(queue_reply(&unrun), (451, "4.3.0 unable to run /x/quill-queue: gone".to_string()));
+        let timeout = Error::queue(72, crate::base::fail::qq_text(72));
+        assert_eq!(queue_reply(&timeout), (451, "4.4.1 connection to mail server timed out".to_string()));
+        // A filter's code of the wrong class keeps its subject and detail, in the reply's class.
+        let mixed = Error { outcome: Outcome::Temporary, code: 82, message: " greylisted (#5.7.1)".to_string() };
+        assert_eq!(queue_reply(&mixed), (451, "4.7.1 greylisted".to_string()));
     }
 }

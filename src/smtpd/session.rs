@@ -9,24 +9,24 @@
 //! top, so a client that drips a byte at a time cannot keep a slot for long; every count a client
 //! controls (commands, errors, recipients, bytes, hops) has a cap with its own reply and log line.
 //!
-//! Its self-contained parts are in their own files: `config` (what a session knows before the
-//! greeting), `data` (the end-of-data state machine, the hop counter, the queue's replies) and
-//! `auth` (the AUTH payloads and checkpassword).
+//! This file is the dialogue; its decisions are in their own files: `config` (what a session
+//! knows before the greeting), `rcptcheck` (what RCPT does with a recipient: relaying, the
+//! local check), `data` (one message's data streamed to the queue program, the end-of-data
+//! state machine, the hop counter, the queue's replies) and `auth` (the AUTH payloads and
+//! checkpassword).
 #![forbid(unsafe_code)]
 
 use crate::base::fail::Outcome;
-use crate::mail::address::{domain_listed, MAX_ADDRESS};
 use crate::mail::envelope::Envelope;
-use crate::mail::rewrite::{Channel, Rewriting};
 use crate::mail::smtp::{
-    base64_decode, header_safe, parse_command, parse_params, parse_path, strip_keyword, write_reply, Mailbox,
-    PathError, PathKind, Verb, MAX_AUTH_LINE, MAX_COMMAND_LINE,
+    base64_decode, header_safe, parse_command, parse_params, parse_path, strip_keyword, write_reply, PathError,
+    PathKind, Verb, MAX_AUTH_LINE, MAX_COMMAND_LINE,
 };
 use crate::mail::submit::Submission;
 use crate::smtpd::auth::{checkpassword, decode_initial, plain_credentials, well_formed};
 use crate::smtpd::config::STRESS_IDLE;
-use crate::smtpd::data::{queue_reply, DataParser, HopCounter, MAX_HOPS};
-use crate::smtpd::rcptcheck::{Checker, Verdict, MAX_LOCAL_PART};
+use crate::smtpd::data::{queue_reply, Ending, Incoming};
+use crate::smtpd::rcptcheck::{Policy, Rcpt};
 use crate::tls::server::TlsStream;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -228,7 +228,6 @@ pub struct Session {
     tls_info: Option<String>,
     transaction: Option<Transaction>,
     messages: u64,
-    attempts: u64,
     commands: u64,
     errors: u32,
     bytes_in: u64,
@@ -241,9 +240,19 @@ pub struct Session {
     data_started: Option<Instant>,
     /// Since when no transaction has been open (STRESS_IDLE counts from here).
     idle_since: Instant,
-    /// quill-send's rewriting (`mail::rewrite`) and quill-lspawn's lookup, loaded at the
-    /// first local RCPT.
-    recipients: std::cell::OnceCell<std::result::Result<(Rewriting, Checker), String>>,
+    /// The RCPT decisions, with their tables loaded at the first local RCPT.
+    policy: Policy,
+}
+
+/// A user name and a password, as an AUTH exchange gives them.
+type Credentials = (Vec<u8>, Vec<u8>);
+
+/// SIZE's value: at most 20 digits, fitting in 64 bits.
+fn size_value(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 20 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// Reap queue programs left behind by aborted messages (they exit on their own once their
@@ -278,7 +287,6 @@ impl Session {
             tls_info: None,
             transaction: None,
             messages: 0,
-            attempts: 0,
             commands: 0,
             errors: 0,
             bytes_in: 0,
@@ -287,7 +295,7 @@ impl Session {
             started: Instant::now(),
             data_started: None,
             idle_since: Instant::now(),
-            recipients: std::cell::OnceCell::new(),
+            policy: Policy::default(),
         })
     }
 
@@ -512,7 +520,16 @@ impl Session {
             return self.error(500, "5.5.2 NUL byte in a command");
         }
         let (verb, arg) = parse_command(&line);
-        let result = match verb {
+        self.dispatch(verb, arg)?;
+        if self.output.len() > OUTPUT_FLUSH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Answer one command.
+    fn dispatch(&mut self, verb: Verb, arg: &[u8]) -> std::result::Result<(), End> {
+        match verb {
             Verb::Helo | Verb::Ehlo => self.helo(verb, arg),
             Verb::Mail => self.mail(arg),
             Verb::Rcpt => self.rcpt(arg),
@@ -554,12 +571,7 @@ impl Session {
             Verb::Bdat => self.error(502, "5.5.1 BDAT is not offered (no CHUNKING)"),
             Verb::Refused => self.error(502, "5.5.1 command not implemented"),
             Verb::Unknown => self.error(500, "5.5.1 command unrecognized"),
-        };
-        result?;
-        if self.output.len() > OUTPUT_FLUSH {
-            self.flush()?;
         }
-        Ok(())
     }
 
     fn auth_offered(&self) -> bool {
@@ -615,45 +627,9 @@ impl Session {
             Err(PathError::TooLong) => return self.error(501, "5.1.7 sender address too long"),
             Err(_) => return self.error(501, "5.1.7 bad sender address syntax"),
         };
-        let Ok(params) = parse_params(rest) else {
-            return self.error(501, "5.5.4 bad parameter syntax");
+        let Some(utf8) = self.mail_parameters(rest)? else {
+            return Ok(());
         };
-        let mut utf8 = false;
-        let mut seen: Vec<&[u8]> = Vec::new();
-        for (key, value) in &params {
-            if seen.contains(&key.as_slice()) {
-                return self.error(501, "5.5.4 parameter given twice");
-            }
-            seen.push(key);
-            match (key.as_slice(), value.as_deref()) {
-                (b"SIZE", Some(v)) => {
-                    let size = if v.len() <= 20 && v.iter().all(u8::is_ascii_digit) {
-                        std::str::from_utf8(v).ok().and_then(|s| s.parse::<u64>().ok())
-                    } else {
-                        None
-                    };
-                    let Some(size) = size else {
-                        return self.error(501, "5.5.4 bad SIZE value");
-                    };
-                    if self.config.databytes > 0 && size > self.config.databytes {
-                        crate::base::log::line(&format!(
-                            "limit {} declared size {size} over databytes {}",
-                            self.config.remote_ip, self.config.databytes
-                        ));
-                        self.reply(552, "5.3.4 message size exceeds fixed maximum message size");
-                        return Ok(());
-                    }
-                }
-                (b"BODY", Some(v)) if v.eq_ignore_ascii_case(b"7BIT") || v.eq_ignore_ascii_case(b"8BITMIME") => {}
-                (b"SMTPUTF8", None) => utf8 = true,
-                // RFC 4954 §5: accepted and, since we do not trust the client's word, ignored.
-                (b"AUTH", Some(_)) if self.auth_offered() => {}
-                _ => {
-                    let text = format!("5.5.4 unsupported parameter {}", header_safe(key, 40));
-                    return self.error(555, &text);
-                }
-            }
-        }
         if !mailbox.is_ascii() && !utf8 {
             self.reply(553, "5.6.7 non-ASCII address needs SMTPUTF8");
             return Ok(());
@@ -663,44 +639,45 @@ impl Session {
         Ok(())
     }
 
-    /// Whether `local@domain`, at a domain we accept mail for, names someone who can receive
-    /// it. This is where recipients are validated at RCPT time (DESIGN §3: no backscatter):
-    /// the verdict's reply (rcptcheck::Verdict::reply) is what the client gets.
-    fn recipient_known(&self, local: &[u8], domain: &[u8]) -> Verdict {
-        let loaded = self.recipients.get_or_init(|| {
-            let rewriting = Rewriting::load(&self.config.control).map_err(|e| e.message)?;
-            let checker = Checker::load(&self.config.control).map_err(|e| e.message)?;
-            Ok((rewriting, checker))
-        });
-        let (rewriting, checker) = match loaded {
-            Ok(pair) => pair,
-            Err(why) => {
-                crate::base::log::warning(&format!("unable to check recipients: {why}"));
-                return Verdict::Unsure(why.clone());
-            }
+    /// MAIL's parameters: SIZE (RFC 1870), BODY (RFC 6152), SMTPUTF8 (RFC 6531) and AUTH
+    /// (RFC 4954). Whether SMTPUTF8 was given, or None when they are refused (the reply is
+    /// written).
+    fn mail_parameters(&mut self, rest: &[u8]) -> std::result::Result<Option<bool>, End> {
+        let Ok(params) = parse_params(rest) else {
+            return self.error(501, "5.5.4 bad parameter syntax").map(|()| None);
         };
-        let mut address = local.to_vec();
-        address.push(b'@');
-        address.extend_from_slice(domain);
-        // Judge the address quill-send would deliver: after locals and virtualdomains. A
-        // domain that is in rcpthosts but delivered remotely (a backup MX) is not ours to judge.
-        let (channel, rewritten) = rewriting.rewrite(&address);
-        if channel != Channel::Local {
-            return Verdict::Known;
+        let mut utf8 = false;
+        let mut seen: Vec<&[u8]> = Vec::new();
+        for (key, value) in &params {
+            if seen.contains(&key.as_slice()) {
+                return self.error(501, "5.5.4 parameter given twice").map(|()| None);
+            }
+            seen.push(key);
+            match (key.as_slice(), value.as_deref()) {
+                (b"SIZE", Some(v)) => {
+                    let Some(size) = size_value(v) else {
+                        return self.error(501, "5.5.4 bad SIZE value").map(|()| None);
+                    };
+                    if self.config.databytes > 0 && size > self.config.databytes {
+                        crate::base::log::line(&format!(
+                            "limit {} declared size {size} over databytes {}",
+                            self.config.remote_ip, self.config.databytes
+                        ));
+                        self.reply(552, "5.3.4 message size exceeds fixed maximum message size");
+                        return Ok(None);
+                    }
+                }
+                (b"BODY", Some(v)) if v.eq_ignore_ascii_case(b"7BIT") || v.eq_ignore_ascii_case(b"8BITMIME") => {}
+                (b"SMTPUTF8", None) => utf8 = true,
+                // RFC 4954 §5: accepted and, since we do not trust the client's word, ignored.
+                (b"AUTH", Some(_)) if self.auth_offered() => {}
+                _ => {
+                    let text = format!("5.5.4 unsupported parameter {}", header_safe(key, 40));
+                    return self.error(555, &text).map(|()| None);
+                }
+            }
         }
-        if local.len() > MAX_LOCAL_PART {
-            return Verdict::TooLong;
-        }
-        let verdict = checker.check(crate::mail::address::split(&rewritten).0);
-        match &verdict {
-            Verdict::Unsure(why) => crate::base::log::warning(&format!("unable to check a recipient now: {why}")),
-            Verdict::Unseen(why) => crate::base::log::warning(&format!(
-                "unable to check rcpt <{}>: {why}",
-                crate::base::log::safe(&rewritten)
-            )),
-            _ => {}
-        }
-        verdict
+        Ok(Some(utf8))
     }
 
     fn rcpt(&mut self, arg: &[u8]) -> std::result::Result<(), End> {
@@ -736,59 +713,26 @@ impl Session {
             self.reply(452, "4.5.3 too many recipients");
             return Ok(());
         }
-        let mut address = if mailbox.domain.is_empty() {
-            // <postmaster> (RFC 5321 §4.5.1): always ours, never relayed.
-            let mut a = mailbox.local.clone();
-            a.push(b'@');
-            a.extend_from_slice(&self.config.me);
-            a
-        } else {
-            if let Some(refusal) = self.relay_refusal(&mailbox) {
+        let trusted = self.config.relayclient.is_some() || self.auth_user.is_some();
+        match self.policy.decide(&self.config, &mailbox, trusted) {
+            Rcpt::Accept(address) => {
+                if let Some(transaction) = self.transaction.as_mut() {
+                    transaction.recipients.push(address);
+                }
+                self.reply(250, "2.1.5 ok");
+            }
+            Rcpt::RelayDenied(refusal) => {
                 crate::base::log::line(&format!(
                     "relay denied {} rcpt=<{}> {refusal}",
                     self.config.remote_ip,
                     header_safe(&mailbox.address(), 200)
                 ));
                 self.reply(550, "5.7.1 relaying denied");
-                return Ok(());
             }
-            if domain_listed(&mailbox.domain, &self.config.rcpthosts) {
-                if let Some((code, text)) = self.recipient_known(&mailbox.local, &mailbox.domain).reply() {
-                    self.reply(code, text);
-                    return Ok(());
-                }
-            }
-            mailbox.address()
-        };
-        if let Some(append) = &self.config.relayclient {
-            address.extend_from_slice(append);
+            Rcpt::Refuse(code, text) => self.reply(code, text),
+            Rcpt::BadAddress => return self.error(501, "5.1.3 recipient address too long"),
         }
-        if address.len() > MAX_ADDRESS || !crate::mail::address::is_clean(&address) {
-            return self.error(501, "5.1.3 recipient address too long");
-        }
-        if let Some(transaction) = self.transaction.as_mut() {
-            transaction.recipients.push(address);
-        }
-        self.reply(250, "2.1.5 ok");
         Ok(())
-    }
-
-    /// Why this client may not send to this mailbox, or None. A client that is not
-    /// RELAYCLIENT and not authenticated may only send to domains in rcpthosts, judged on the
-    /// final domain (any source route is already gone, case and a trailing dot do not count),
-    /// and without the routing characters `%`, `!` and `@` in the local part, which a later
-    /// hop could read as an address at another domain.
-    fn relay_refusal(&self, mailbox: &Mailbox) -> Option<&'static str> {
-        if self.config.relayclient.is_some() || self.auth_user.is_some() {
-            return None;
-        }
-        if !domain_listed(&mailbox.domain, &self.config.rcpthosts) {
-            return Some("domain not in rcpthosts");
-        }
-        if mailbox.local.iter().any(|b| b"%!@".contains(b)) {
-            return Some("routing characters in the local part");
-        }
-        None
     }
 
     fn data(&mut self, arg: &[u8]) -> std::result::Result<(), End> {
@@ -813,38 +757,15 @@ impl Session {
         let Some(transaction) = self.transaction.take() else {
             return Ok(());
         };
-        self.attempts += 1;
         let (seconds, micros) = crate::base::date::now_micros();
         let id = format!("{seconds}.{micros:06}.{}", std::process::id());
         let received = self.received_line(&id, seconds);
-        let mut submission = Some(submission);
-        if let Some(s) = submission.as_mut() {
-            s.write(received.as_bytes());
-        }
+        let mut incoming = Incoming::new(submission, received.as_bytes(), self.config.databytes);
         self.reply(354, "go ahead, end with <CRLF>.<CRLF>");
         self.data_started = Some(Instant::now());
-
-        let mut parser = DataParser::default();
-        let mut hops = HopCounter::default();
-        let mut chunk = Vec::with_capacity(INPUT_BUFFER);
-        let mut size: u64 = 0;
-        let mut written = received.len() as u64;
         loop {
-            chunk.clear();
-            let (used, done) = parser.feed(&self.input[self.start..self.end], &mut chunk);
+            let (used, done) = incoming.feed(&self.input[self.start..self.end]);
             self.start += used;
-            size += chunk.len() as u64 + memchr::memchr_iter(b'\n', &chunk).count() as u64;
-            hops.feed(&chunk);
-            let too_big = self.config.databytes > 0 && size > self.config.databytes;
-            if too_big || parser.bare_line_end || hops.hops >= MAX_HOPS {
-                // Refused at the end. The queue program is fed no more and gets no envelope:
-                // closing both pipes before the first envelope byte is the qmail-queue way to
-                // abandon a message, which quill-queue takes quietly (doc/quill-queue.8).
-                submission = None;
-            } else if let Some(s) = submission.as_mut() {
-                s.write(&chunk);
-                written += chunk.len() as u64;
-            }
             if done {
                 break;
             }
@@ -854,42 +775,31 @@ impl Session {
         }
         self.data_started = None;
         self.idle_since = Instant::now();
-
-        // A refused message gets exactly one log line, the `message` line below, with the
-        // reason in it; the queue program it was streamed to says nothing.
-        let too_big = self.config.databytes > 0 && size > self.config.databytes;
-        let mut detail = String::new();
-        let (code, text, qp) = if parser.bare_line_end {
-            detail = " (refused: SMTP smuggling attempt or broken client)".to_string();
-            (550, "5.6.0 message refused: bare CR or LF in the data; lines must end with CRLF".to_string(), 0)
-        } else if too_big {
-            detail = format!(" (refused: size {size} over databytes {})", self.config.databytes);
-            (552, "5.3.4 message size exceeds fixed maximum message size".to_string(), 0)
-        } else if hops.hops >= MAX_HOPS {
-            detail = format!(" (refused: {} hops)", hops.hops);
-            (554, "5.4.6 too many hops, this message is looping".to_string(), 0)
-        } else {
-            let envelope = Envelope { sender: transaction.sender.clone(), recipients: transaction.recipients.clone() };
-            match submission.take().map(|s| s.finish(&envelope)) {
-                Some(Ok(accepted)) => {
-                    self.messages += 1;
-                    (250, format!("2.0.0 ok {id} qp {}", accepted.pid), accepted.pid)
-                }
-                Some(Err(e)) => {
-                    let (code, text) = queue_reply(&e);
-                    (code, text, 0)
-                }
-                None => (451, "4.3.0 internal error".to_string(), 0),
-            }
-        };
-        crate::base::log::line(&format!(
-            "message {} id={id} from=<{}> rcpts={} bytes={written} qp={qp} result={code} {text}{detail}",
-            self.config.remote_ip,
-            header_safe(&transaction.sender, 200),
-            transaction.recipients.len(),
-        ));
-        self.reply(code, &text);
+        let Transaction { sender, recipients, .. } = transaction;
+        let envelope = Envelope { sender, recipients };
+        let ending = incoming.finish(&envelope, &id);
+        if ending.queued.is_some() {
+            self.messages += 1;
+        }
+        self.log_message(&id, &envelope, &ending);
+        self.reply(ending.code, &ending.text);
         Ok(())
+    }
+
+    /// The `message` log line. A refused message gets exactly this one, with the reason in it;
+    /// the queue program it was streamed to says nothing.
+    fn log_message(&self, id: &str, envelope: &Envelope, ending: &Ending) {
+        crate::base::log::line(&format!(
+            "message {} id={id} from=<{}> rcpts={} bytes={} qp={} result={} {}{}",
+            self.config.remote_ip,
+            header_safe(&envelope.sender, 200),
+            envelope.recipients.len(),
+            ending.written,
+            ending.queued.unwrap_or(0),
+            ending.code,
+            ending.text,
+            ending.detail,
+        ));
     }
 
     /// Our trace header (RFC 5321 §4.4), with LF line ends as the queue stores them.
@@ -994,6 +904,51 @@ impl Session {
         }
     }
 
+    /// The user name and password of an AUTH exchange by `mechanism`, well formed; None when
+    /// the exchange failed (the reply is written).
+    fn credentials(
+        &mut self,
+        mechanism: &[u8],
+        initial: Option<Vec<u8>>,
+    ) -> std::result::Result<Option<Credentials>, End> {
+        let given = if mechanism.eq_ignore_ascii_case(b"PLAIN") {
+            let Some(response) = self.first_response(initial, "")? else {
+                return Ok(None);
+            };
+            plain_credentials(&response)
+        } else if mechanism.eq_ignore_ascii_case(b"LOGIN") {
+            let Some(user) = self.first_response(initial, "VXNlcm5hbWU6")? else {
+                return Ok(None);
+            };
+            let Some(password) = self.auth_response("UGFzc3dvcmQ6")? else {
+                return Ok(None);
+            };
+            Some((user, password))
+        } else {
+            return self.error(504, "5.5.4 unrecognized authentication mechanism").map(|()| None);
+        };
+        match given.filter(|(user, password)| well_formed(user, password)) {
+            Some(credentials) => Ok(Some(credentials)),
+            None => self.error(501, "5.5.2 malformed credentials").map(|()| None),
+        }
+    }
+
+    /// The first AUTH response: the initial one given on the AUTH line, or the answer to
+    /// `challenge`. None when it failed (the reply is written).
+    fn first_response(
+        &mut self,
+        initial: Option<Vec<u8>>,
+        challenge: &str,
+    ) -> std::result::Result<Option<Vec<u8>>, End> {
+        match initial {
+            Some(initial) => match decode_initial(&initial) {
+                Some(response) => Ok(Some(response)),
+                None => self.error(501, "5.5.2 cannot decode the AUTH response").map(|()| None),
+            },
+            None => self.auth_response(challenge),
+        }
+    }
+
     fn auth(&mut self, arg: &[u8]) -> std::result::Result<(), End> {
         if self.config.checkpassword.is_empty() {
             return self.error(502, "5.5.1 AUTH is not available");
@@ -1014,38 +969,8 @@ impl Session {
             Some(space) => (&arg[..space], Some(arg[space + 1..].to_vec())),
             None => (arg, None),
         };
-        let credentials = if mechanism.eq_ignore_ascii_case(b"PLAIN") {
-            let response = match initial {
-                Some(initial) => match decode_initial(&initial) {
-                    Some(r) => r,
-                    None => return self.error(501, "5.5.2 cannot decode the AUTH response"),
-                },
-                None => match self.auth_response("")? {
-                    Some(r) => r,
-                    None => return Ok(()),
-                },
-            };
-            plain_credentials(&response)
-        } else if mechanism.eq_ignore_ascii_case(b"LOGIN") {
-            let user = match initial {
-                Some(initial) => match decode_initial(&initial) {
-                    Some(r) => r,
-                    None => return self.error(501, "5.5.2 cannot decode the AUTH response"),
-                },
-                None => match self.auth_response("VXNlcm5hbWU6")? {
-                    Some(r) => r,
-                    None => return Ok(()),
-                },
-            };
-            let Some(password) = self.auth_response("UGFzc3dvcmQ6")? else {
-                return Ok(());
-            };
-            Some((user, password))
-        } else {
-            return self.error(504, "5.5.4 unrecognized authentication mechanism");
-        };
-        let Some((user, mut password)) = credentials.filter(|(u, p)| well_formed(u, p)) else {
-            return self.error(501, "5.5.2 malformed credentials");
+        let Some((user, mut password)) = self.credentials(mechanism, initial)? else {
+            return Ok(());
         };
         let outcome = checkpassword(&self.config.checkpassword, &self.me(), &user, &password);
         password.fill(0);
