@@ -1,4 +1,4 @@
-//! quill-lspawn and quill-newu, driven through their real interfaces: spawnproto frames on
+//! quill-lspawn and quill-newu, driven through their real interfaces: spawn-protocol frames (mail::proto::spawn) on
 //! lspawn's pipes, real queue files, and a fake quill-local (a shell script that prints its
 //! argv, ids, working directory and first line of input, then exits as the test asks).
 //!
@@ -11,7 +11,7 @@
 
 mod common;
 
-use quill::mail::spawnproto::{Reader, Report, Request};
+use quill::mail::proto::spawn::{Reader, Report, Request};
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -469,7 +469,7 @@ fn output_is_truncated() {
     let (letter, text) = lspawn.deliver(&id, "a@example.com");
     assert_eq!(letter, 'K');
     assert!(text.starts_with("argv:"));
-    assert!(text.len() <= quill::mail::spawnproto::MAX_TEXT && text.len() > 2900, "{} bytes", text.len());
+    assert!(text.len() <= quill::mail::proto::spawn::MAX_TEXT && text.len() > 2900, "{} bytes", text.len());
     lspawn.finish();
 }
 
@@ -502,7 +502,7 @@ fn bad_requests_are_refused_not_fatal() {
     assert_eq!((report.slot, report.results.len()), (7, 2));
     assert!(report.results.iter().all(|r| r.outcome.letter() == b'Z'));
     // A malformed frame with a slot gets a temporary result.
-    lspawn.stdin.as_mut().unwrap().write_all(&quill::mail::spawnproto::encode(&[b"8", b"1"])).unwrap();
+    lspawn.stdin.as_mut().unwrap().write_all(&quill::mail::proto::spawn::encode(&[b"8", b"1"])).unwrap();
     let report = lspawn.report();
     assert_eq!((report.slot, report.results[0].outcome.letter()), (8, b'Z'));
     // And it still delivers.

@@ -1143,7 +1143,7 @@ fn queue_message(home: &Path, id: u64, sender: &str, rcpts: &[&str], dir: &str) 
 }
 
 fn request(slot: u32, id: u64, sender: &str, rcpts: &[&str]) -> Vec<u8> {
-    quill::mail::spawnproto::Request {
+    quill::mail::proto::spawn::Request {
         slot,
         id: id.to_string().into_bytes(),
         sender: sender.as_bytes().to_vec(),
@@ -1170,11 +1170,11 @@ fn rspawn_runs_deliveries_and_reports_each() {
     input.extend(request(5, 101, "s@quill.test", &["a@good.test", "b@other.test"]));
     let (out, err, code) = run_bounded(home.path(), "quill-rspawn", &[], &input);
     assert_eq!(code, Some(0), "{err}");
-    let mut reader = quill::mail::spawnproto::Reader::default();
+    let mut reader = quill::mail::proto::spawn::Reader::default();
     reader.push(&out);
     let mut reports = std::collections::BTreeMap::new();
     while let Some(fields) = reader.next_frame() {
-        let report = quill::mail::spawnproto::Report::decode(&fields).expect("report");
+        let report = quill::mail::proto::spawn::Report::decode(&fields).expect("report");
         reports.insert(report.slot, report.results);
     }
     let letters = |slot: u32| -> String { reports[&slot].iter().map(|r| r.outcome.letter() as char).collect() };
@@ -1376,9 +1376,9 @@ fn rspawn_kills_a_delivery_past_its_deadline() {
     let out = reader.join().unwrap();
     let err = err_reader.join().unwrap();
     assert!(done && status.success(), "quill-rspawn did not end: {status:?} {err}");
-    let mut frames = quill::mail::spawnproto::Reader::default();
+    let mut frames = quill::mail::proto::spawn::Reader::default();
     frames.push(&out);
-    let report = quill::mail::spawnproto::Report::decode(&frames.next_frame().expect("a report")).expect("report");
+    let report = quill::mail::proto::spawn::Report::decode(&frames.next_frame().expect("a report")).expect("report");
     assert_eq!(report.slot, 7);
     let letters: String = report.results.iter().map(|r| r.outcome.letter() as char).collect();
     assert_eq!(letters, "ZZ");
