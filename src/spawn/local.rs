@@ -313,19 +313,15 @@ impl Kind for Local {
     fn finish(&mut self, ended: Ended<()>) -> Vec<proto::Result> {
         let fallback = match ended.exit {
             Exit::Code(0) => Status::success("delivered"),
-            // Without a code, as quill-local's own words would be.
             Exit::Code(100) => {
-                return vec![text_or(
-                    ended.output,
-                    Outcome::Permanent,
-                    b"quill-local failed permanently without saying why",
-                )]
+                // Without a code, as it has always read (quill-local's own words carry theirs).
+                let words = b"quill-local failed permanently without saying why";
+                return vec![text_or(ended.output, Outcome::Permanent, words)];
             }
             Exit::Code(code) => temporary(format!("quill-local exited {code} without saying why")),
             Exit::Signal(signal) => temporary(format!("quill-local was killed by signal {signal}")),
         };
-        let text = fallback.to_string().into_bytes();
-        vec![text_or(ended.output, fallback.outcome, &text)]
+        vec![text_or(ended.output, fallback.outcome, fallback.to_string().as_bytes())]
     }
 }
 
