@@ -494,8 +494,15 @@ fn bad_requests_are_refused_not_fatal() {
     // Not a message file: a symbolic link in mess/ is not followed.
     let link = world.path().join("queue/mess/424242");
     std::os::unix::fs::symlink(world.path().join("queue/mess").join(&id), &link).expect("symlink");
-    let (got, _) = lspawn.deliver("424242", "a@example.com");
+    let (got, text) = lspawn.deliver("424242", "a@example.com");
     assert_eq!(got, 'Z');
+    assert!(text.contains("symbolic link") && text.ends_with("(#4.3.0)"), "{text}");
+    // Nor a FIFO: opening one must not hang every delivery (issue 9; the old open blocked).
+    let fifo = world.path().join("queue/mess/434343");
+    assert!(Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()), "mkfifo");
+    let (got, text) = lspawn.deliver("434343", "a@example.com");
+    assert_eq!(got, 'Z', "{text}");
+    assert!(text.contains("not a regular file owned by the queue"), "{text}");
     // Two recipients in one request: one temporary result each.
     lspawn.send(7, &id, &[b"a@example.com", b"b@example.com"]);
     let report = lspawn.report();
@@ -508,7 +515,9 @@ fn bad_requests_are_refused_not_fatal() {
     // And it still delivers.
     let (got, text) = lspawn.deliver(&id, "a@example.com");
     assert_eq!(got, 'K', "{text}");
-    lspawn.finish();
+    let log = lspawn.finish();
+    assert!(log.contains("quill-lspawn: warning: unable to use message 424242: it is a symbolic link"), "{log}");
+    assert!(log.contains("quill-lspawn: warning: unable to use message 434343: it is not a regular file"), "{log}");
 }
 
 #[test]
