@@ -704,7 +704,7 @@ fn control(input: &[u8]) -> Print {
 
 /// The spawn protocol between quill-send and its spawners: frames, requests, reports.
 fn spawnproto(input: &[u8]) -> Print {
-    use quill::mail::spawnproto::{Reader, Report, Request};
+    use quill::mail::proto::spawn::{Reader, Report, Request};
     let mut print = Print::new();
     let mut whole = Reader::default();
     whole.push(input);

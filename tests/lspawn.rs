@@ -1,4 +1,4 @@
-//! quill-lspawn and quill-newu, driven through their real interfaces: spawnproto frames on
+//! quill-lspawn and quill-newu, driven through their real interfaces: spawn-protocol frames (mail::proto::spawn) on
 //! lspawn's pipes, real queue files, and a fake quill-local (a shell script that prints its
 //! argv, ids, working directory and first line of input, then exits as the test asks).
 //!
@@ -11,7 +11,7 @@
 
 mod common;
 
-use quill::mail::spawnproto::{Reader, Report, Request};
+use quill::mail::proto::spawn::{Reader, Report, Request};
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -469,7 +469,7 @@ fn output_is_truncated() {
     let (letter, text) = lspawn.deliver(&id, "a@example.com");
     assert_eq!(letter, 'K');
     assert!(text.starts_with("argv:"));
-    assert!(text.len() <= quill::mail::spawnproto::MAX_TEXT && text.len() > 2900, "{} bytes", text.len());
+    assert!(text.len() <= quill::mail::proto::spawn::MAX_TEXT && text.len() > 2900, "{} bytes", text.len());
     lspawn.finish();
 }
 
@@ -494,21 +494,30 @@ fn bad_requests_are_refused_not_fatal() {
     // Not a message file: a symbolic link in mess/ is not followed.
     let link = world.path().join("queue/mess/424242");
     std::os::unix::fs::symlink(world.path().join("queue/mess").join(&id), &link).expect("symlink");
-    let (got, _) = lspawn.deliver("424242", "a@example.com");
+    let (got, text) = lspawn.deliver("424242", "a@example.com");
     assert_eq!(got, 'Z');
+    assert!(text.contains("symbolic link") && text.ends_with("(#4.3.0)"), "{text}");
+    // Nor a FIFO: opening one must not hang every delivery (issue 9; the old open blocked).
+    let fifo = world.path().join("queue/mess/434343");
+    assert!(Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()), "mkfifo");
+    let (got, text) = lspawn.deliver("434343", "a@example.com");
+    assert_eq!(got, 'Z', "{text}");
+    assert!(text.contains("not a regular file owned by the queue"), "{text}");
     // Two recipients in one request: one temporary result each.
     lspawn.send(7, &id, &[b"a@example.com", b"b@example.com"]);
     let report = lspawn.report();
     assert_eq!((report.slot, report.results.len()), (7, 2));
     assert!(report.results.iter().all(|r| r.outcome.letter() == b'Z'));
     // A malformed frame with a slot gets a temporary result.
-    lspawn.stdin.as_mut().unwrap().write_all(&quill::mail::spawnproto::encode(&[b"8", b"1"])).unwrap();
+    lspawn.stdin.as_mut().unwrap().write_all(&quill::mail::proto::spawn::encode(&[b"8", b"1"])).unwrap();
     let report = lspawn.report();
     assert_eq!((report.slot, report.results[0].outcome.letter()), (8, b'Z'));
     // And it still delivers.
     let (got, text) = lspawn.deliver(&id, "a@example.com");
     assert_eq!(got, 'K', "{text}");
-    lspawn.finish();
+    let log = lspawn.finish();
+    assert!(log.contains("quill-lspawn: warning: unable to use message 424242: it is a symbolic link"), "{log}");
+    assert!(log.contains("quill-lspawn: warning: unable to use message 434343: it is not a regular file"), "{log}");
 }
 
 #[test]

@@ -1143,7 +1143,7 @@ fn queue_message(home: &Path, id: u64, sender: &str, rcpts: &[&str], dir: &str) 
 }
 
 fn request(slot: u32, id: u64, sender: &str, rcpts: &[&str]) -> Vec<u8> {
-    quill::mail::spawnproto::Request {
+    quill::mail::proto::spawn::Request {
         slot,
         id: id.to_string().into_bytes(),
         sender: sender.as_bytes().to_vec(),
@@ -1170,11 +1170,11 @@ fn rspawn_runs_deliveries_and_reports_each() {
     input.extend(request(5, 101, "s@quill.test", &["a@good.test", "b@other.test"]));
     let (out, err, code) = run_bounded(home.path(), "quill-rspawn", &[], &input);
     assert_eq!(code, Some(0), "{err}");
-    let mut reader = quill::mail::spawnproto::Reader::default();
+    let mut reader = quill::mail::proto::spawn::Reader::default();
     reader.push(&out);
     let mut reports = std::collections::BTreeMap::new();
     while let Some(fields) = reader.next_frame() {
-        let report = quill::mail::spawnproto::Report::decode(&fields).expect("report");
+        let report = quill::mail::proto::spawn::Report::decode(&fields).expect("report");
         reports.insert(report.slot, report.results);
     }
     let letters = |slot: u32| -> String { reports[&slot].iter().map(|r| r.outcome.letter() as char).collect() };
@@ -1327,6 +1327,111 @@ fn a_server_that_drips_is_stopped_by_the_run_deadline() {
     assert_eq!(server.seen().connections, 1, "no second attempt after the deadline");
 }
 
+/// Issue 9: quill-rspawn opens the message the way quill-lspawn does (spawn::engine), so a
+/// message file swapped for a symbolic link, a FIFO, or a file of another owner is not sent:
+/// it is reported temporary, with a warning that names it. (The old quill-rspawn followed the
+/// link and sent whatever it pointed to.)
+#[test]
+fn rspawn_sends_no_message_file_that_is_a_link_a_fifo_or_someone_elses() {
+    let server = Server::start(Script::default());
+    let routes = format!("good.test:[127.0.0.1]:{}\n", server.port());
+    let home = home("rspawnfile", &[("smtproutes", routes.as_str())]);
+    let mess = home.path().join("queue/mess");
+    // A message file outside the queue, and a link to it where a message should be.
+    let outside = common::TempDir::new("rspawnoutside");
+    queue_message(home.path(), 301, "s@quill.test", &["a@good.test"], "mess");
+    std::fs::rename(mess.join("301"), outside.path().join("301")).expect("move the message out");
+    std::os::unix::fs::symlink(outside.path().join("301"), mess.join("301")).expect("symlink");
+    // A FIFO: opening it must not hang quill-rspawn.
+    assert!(Command::new("mkfifo").arg(mess.join("302")).status().is_ok_and(|s| s.success()), "mkfifo");
+    let mut input = request(1, 301, "s@quill.test", &["a@good.test"]);
+    input.extend(request(2, 302, "s@quill.test", &["a@good.test"]));
+    let mut expected = 2;
+    if common::is_root() {
+        // A message of another owner than the queue's (root's here): never a message.
+        queue_message(home.path(), 303, "s@quill.test", &["a@good.test"], "mess");
+        std::os::unix::fs::chown(mess.join("303"), Some(65534), Some(65534)).expect("chown");
+        input.extend(request(3, 303, "s@quill.test", &["a@good.test"]));
+        expected = 3;
+    } else {
+        common::skip("a message of another owner needs root to make");
+    }
+    let (out, err, code) = run_bounded(home.path(), "quill-rspawn", &[], &input);
+    assert_eq!(code, Some(0), "{err}");
+    let mut reader = quill::mail::proto::spawn::Reader::default();
+    reader.push(&out);
+    let mut reports = std::collections::BTreeMap::new();
+    while let Some(fields) = reader.next_frame() {
+        let report = quill::mail::proto::spawn::Report::decode(&fields).expect("report");
+        reports.insert(report.slot, report.results);
+    }
+    assert_eq!(reports.len(), expected, "{reports:?} {err}");
+    for (slot, results) in &reports {
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].outcome.letter(), b'Z', "slot {slot}: {results:?}");
+        let text = String::from_utf8_lossy(&results[0].text).into_owned();
+        assert!(text.ends_with("(#4.3.0)"), "slot {slot}: {text}");
+    }
+    assert!(String::from_utf8_lossy(&reports[&1][0].text).contains("symbolic link"), "{reports:?}");
+    assert!(err.contains("quill-rspawn: warning: unable to use message 301: it is a symbolic link"), "{err}");
+    assert!(err.contains("quill-rspawn: warning: unable to use message 302: it is not a regular file"), "{err}");
+    if expected == 3 {
+        assert!(String::from_utf8_lossy(&reports[&3][0].text).contains("not a regular file owned by the queue"));
+        assert!(
+            err.contains("unable to use message 303: it is not a regular file owned by the queue's owner"),
+            "{err}"
+        );
+    }
+    assert_eq!(server.seen().connections, 0, "nothing was sent");
+}
+
+/// Issue 9: SIGTERM stops a spawner as end of input does: it starts nothing more, reports what
+/// runs, and exits 0, even while quill-send keeps its end of fd 0 open.
+#[test]
+fn rspawn_stops_on_sigterm_after_reporting_what_runs() {
+    let bin = common::TempDir::new("rspawnterm");
+    std::fs::copy(common::bin("quill-rspawn"), bin.path().join("quill-rspawn")).expect("copy quill-rspawn");
+    let started = bin.path().join("started");
+    // A quill-remote that takes a moment, then delivers every recipient.
+    let script = format!("#!/bin/sh\ntouch {}\nsleep 1\nprintf 'rok\\0Kdone\\0'\n", started.display());
+    std::fs::write(bin.path().join("quill-remote"), script).expect("write fake quill-remote");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bin.path().join("quill-remote"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = home("rspawnterm", &[]);
+    queue_message(home.path(), 401, "s@quill.test", &["a@term.test"], "mess");
+    let mut child = Command::new(bin.path().join("quill-rspawn"))
+        .env("QUILL_HOME", home.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run quill-rspawn");
+    // fd 0 stays open until the end of the test: only SIGTERM can end quill-rspawn.
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&request(4, 401, "s@quill.test", &["a@term.test"])).unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = stdout.read_to_end(&mut out);
+        out
+    });
+    assert!(common::wait_for(Duration::from_secs(20), || started.exists()), "quill-remote did not start");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let done = common::wait_for(Duration::from_secs(20), || matches!(child.try_wait(), Ok(Some(_))));
+    if !done {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    drop(stdin);
+    let out = reader.join().unwrap();
+    assert!(done && status.success(), "quill-rspawn did not end on SIGTERM: {status:?}");
+    let mut frames = quill::mail::proto::spawn::Reader::default();
+    frames.push(&out);
+    let report = quill::mail::proto::spawn::Report::decode(&frames.next_frame().expect("a report")).expect("report");
+    assert_eq!((report.slot, report.results[0].outcome.letter()), (4, b'K'), "{report:?}");
+}
+
 #[test]
 fn rspawn_kills_a_delivery_past_its_deadline() {
     // A quill-remote that ignores every deadline, and starts a child of its own: quill-rspawn
@@ -1376,9 +1481,9 @@ fn rspawn_kills_a_delivery_past_its_deadline() {
     let out = reader.join().unwrap();
     let err = err_reader.join().unwrap();
     assert!(done && status.success(), "quill-rspawn did not end: {status:?} {err}");
-    let mut frames = quill::mail::spawnproto::Reader::default();
+    let mut frames = quill::mail::proto::spawn::Reader::default();
     frames.push(&out);
-    let report = quill::mail::spawnproto::Report::decode(&frames.next_frame().expect("a report")).expect("report");
+    let report = quill::mail::proto::spawn::Report::decode(&frames.next_frame().expect("a report")).expect("report");
     assert_eq!(report.slot, 7);
     let letters: String = report.results.iter().map(|r| r.outcome.letter() as char).collect();
     assert_eq!(letters, "ZZ");

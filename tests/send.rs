@@ -2,7 +2,7 @@
 //!
 //! quill-send runs directly (not through quill-start) with its descriptors wired to this test:
 //! the test plays the spawners on the other ends of fds 3/4 (and 5/6), reading requests with
-//! `spawnproto::Reader` and answering the reports each test chooses; the real quill-clean sits
+//! `mail::proto::spawn::Reader` and answering the reports each test chooses; the real quill-clean sits
 //! on fds 7/8. Messages are written into the queue as quill-queue writes them (header, message,
 //! rename into `todo/` under the inode number), so each test knows their ids and can choose
 //! their header time. Bounces go through QMAILQUEUE: a small script that runs the real
@@ -13,8 +13,8 @@ mod common;
 use common::{bin, files, home, is_root, wait_for, TempDir};
 use quill::base::fail::Outcome;
 use quill::mail::envelope::Envelope;
+use quill::mail::proto::spawn::{Reader, Report, Request, Result as SpawnResult};
 use quill::mail::queuefile::{Header, Layout};
-use quill::mail::spawnproto::{Reader, Report, Request, Result as SpawnResult};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};

@@ -2,15 +2,17 @@
 //!
 //! Runs as root (the only long-running root process), started by quill-start; in a private
 //! instance (quill-up) as the instance's user, delivering only to that user.
-//! fd 0: delivery requests from quill-send (spawnproto frames, one recipient each).
+//! fd 0: delivery requests from quill-send (mail::proto::spawn frames, one recipient each).
 //! fd 1: reports to quill-send. fd 2: diagnostics.
 //! Usage: `quill-lspawn [-l /path/to/quill-local] defaultdelivery`.
-//! Exit codes: 0 when fd 0 ended and every delivery finished; 100 for a usage error; 111 for
-//! any other fatal trouble (quill-start then restarts the whole set).
+//! The engine is spawn::engine with spawn::local.
+//! Exit codes: 0 when fd 0 ended (or SIGTERM came) and every delivery finished; 100 for a
+//! usage error; 111 for any other fatal trouble (quill-start then restarts the whole set).
 //! Man page: doc/quill-lspawn.8.
 #![forbid(unsafe_code)]
 
-use quill::spawn::lspawn::{Config, Spawner};
+use quill::spawn::engine::Engine;
+use quill::spawn::local::{Config, Local};
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStringExt;
@@ -35,11 +37,9 @@ fn main() -> ExitCode {
         Some(path) => std::path::PathBuf::from(path),
         None => quill::mail::control::program("quill-local"),
     };
-    let config = Config {
-        home: quill::mail::control::home(),
-        local,
-        default_delivery: std::ffi::OsString::from(&matches.free[0]).into_vec(),
-    };
+    let home = quill::mail::control::home();
+    let config =
+        Config { home: home.clone(), local, default_delivery: std::ffi::OsString::from(&matches.free[0]).into_vec() };
     let duplicate = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map(File::from);
     let (input, output) = match (duplicate(std::io::stdin().as_fd()), duplicate(std::io::stdout().as_fd())) {
         (Ok(input), Ok(output)) => (input, output),
@@ -47,7 +47,8 @@ fn main() -> ExitCode {
             return quill::base::log::fatal_exit(&format!("unable to use fd 0 and 1: {e}"));
         }
     };
-    let result = Spawner::new(config).and_then(|mut spawner| spawner.run(input, output));
+    let result =
+        Local::new(config).and_then(|local| Engine::new(local, &home)).and_then(|mut engine| engine.run(input, output));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => quill::base::log::fatal_exit(&e.message),

@@ -5,10 +5,11 @@
 //! recipient rewriting quill-send and quill-smtpd share). Files: `control` (doc/quill-control.5),
 //! `queuefile` (doc/queue-format.5: the queue's layout and a message file's header),
 //! `aliases` (doc/aliases.5), `users` (doc/quill-users.5), `dotqmail` (doc/dot-qmail.5).
-//! Protocols: `smtp` (the SMTP codec), `spawnproto` (quill-send ↔ the spawners), `submit`
+//! Protocols: `smtp` (the SMTP codec), `submit`
 //! (the qmail-queue protocol, the caller's side), and `proto/`: one codec per pipe protocol,
 //! writer and reader together (`clean`: quill-send ↔ quill-clean; `remote_report`:
-//! quill-remote → quill-rspawn; `control`: the administrator → quill-send).
+//! quill-remote → quill-rspawn; `spawn`: quill-send ↔ the spawners; `control`: the
+//! administrator → quill-send).
 #![forbid(unsafe_code)]
 
 pub mod address;
@@ -21,6 +22,5 @@ pub mod proto;
 pub mod queuefile;
 pub mod rewrite;
 pub mod smtp;
-pub mod spawnproto;
 pub mod submit;
 pub mod users;

@@ -2,10 +2,12 @@
 //! that both ends of a pipe read and write it with the same code (doc/INTERNALS.md).
 //!
 //! `clean` (quill-send ↔ quill-clean), `remote_report` (quill-remote → quill-rspawn, and the
-//! time limit of a run both sides compute), `control` (the administrator → quill-send, through
-//! the trigger and control FIFOs).
+//! time limit of a run both sides compute), `spawn` (quill-send ↔ quill-lspawn and
+//! quill-rspawn: requests and reports), `control` (the administrator → quill-send, through the
+//! trigger and control FIFOs).
 #![forbid(unsafe_code)]
 
 pub mod clean;
 pub mod control;
 pub mod remote_report;
+pub mod spawn;

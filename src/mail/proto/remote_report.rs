@@ -11,7 +11,7 @@
 
 use crate::base::fail::Outcome;
 use crate::mail::control::Control;
-use crate::mail::spawnproto::{self, MAX_TEXT};
+use crate::mail::proto::spawn::{self as spawnproto, MAX_TEXT};
 use std::time::Duration;
 
 /// The first words of a result text for a failure that is about the destination, not the

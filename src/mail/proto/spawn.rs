@@ -1,4 +1,5 @@
-//! The pipes between quill-send and the spawners (quill-lspawn, quill-rspawn), in text0.
+//! The pipes between quill-send and the spawners (quill-lspawn, quill-rspawn), in text0: both
+//! directions, the writer and the reader of each (doc/INTERNALS.md).
 //!
 //! A frame is a list of NUL-terminated fields ended by an empty field (one extra NUL).
 //! Request, send → spawner: `SLOT\0 ID\0 Fsender\0 [R\0] Trcpt\0 [Trcpt\0 …] \0` (the tags keep an
@@ -8,7 +9,7 @@
 //! SLOT is a decimal number chosen by send; it names the delivery in the report.
 #![forbid(unsafe_code)]
 
-use crate::base::fail::Outcome;
+use crate::base::fail::{Outcome, Status};
 use crate::mail::proto::remote_report::UNREACHABLE;
 
 /// The longest report text kept per recipient (a spawner truncates longer ones).
@@ -101,6 +102,13 @@ impl Result {
     pub fn new(outcome: Outcome, text: Vec<u8>) -> Result {
         let unreachable = outcome == Outcome::Temporary && text.starts_with(UNREACHABLE.as_bytes());
         Result { outcome, text, unreachable }
+    }
+}
+
+/// A status becomes a result at this edge, rendered once (`TEXT (#4.3.0)`).
+impl From<&Status> for Result {
+    fn from(status: &Status) -> Result {
+        Result::new(status.outcome, status.to_string().into_bytes())
     }
 }
 
@@ -245,6 +253,29 @@ mod tests {
         assert_eq!(pieced.next_frame(), None);
         pieced.push(b"ld\0\0");
         assert_eq!(pieced.next_frame(), Some(vec![b"open".to_vec(), b"field".to_vec()]));
+    }
+
+    /// A status crosses the pipe as its rendered text and reads back as the same status.
+    #[test]
+    fn status_round_trip() {
+        use crate::base::fail::Enhanced;
+        let statuses = [
+            Status::temporary(Enhanced::MAIL_SYSTEM, "unable to open message 12: gone"),
+            Status::permanent(Enhanced::BAD_SYNTAX, "Sorry, the address has no domain."),
+            Status::success("delivered"),
+        ];
+        let report = Report { slot: 9, results: statuses.iter().map(Result::from).collect() };
+        let bytes = report.encode();
+        assert_eq!(
+            bytes,
+            b"9\0Zunable to open message 12: gone (#4.3.0)\0DSorry, the address has no domain. (#5.1.3)\0Kdelivered\0\0"
+        );
+        let mut reader = Reader::default();
+        reader.push(&bytes);
+        let again = Report::decode(&reader.next_frame().unwrap()).unwrap();
+        let read: Vec<Status> =
+            again.results.iter().map(|r| Status::parse(r.outcome, &String::from_utf8_lossy(&r.text))).collect();
+        assert_eq!(read, statuses);
     }
 
     #[test]

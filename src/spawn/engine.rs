@@ -1,0 +1,399 @@
+//! The one spawner skeleton that quill-lspawn and quill-rspawn share: read requests from
+//! quill-send, open each message safely, start a delivery through the [`Kind`], keep the table
+//! of running deliveries, collect their output, reap them, kill the ones past their deadline,
+//! report each result, and stop at end of input or on SIGTERM once every delivery has ended.
+//!
+//! One thread, one poll loop over fd 0 (requests), a self-pipe for SIGCHLD and SIGTERM, and the
+//! output pipe of every running delivery. Nothing here waits for one child: a delivery ends
+//! when its process has been reaped, and what it wrote is drained from its pipe then.
+#![forbid(unsafe_code)]
+
+use crate::base::fail::{Enhanced, Error, Result, Status};
+use crate::base::log;
+use crate::mail::proto::spawn::{self as proto, Reader, Report, Request};
+use crate::mail::queuefile::{self, Layout};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// How often the loop wakes with deliveries running, to reap even if a SIGCHLD went astray.
+const TICK: Duration = Duration::from_secs(1);
+
+/// What differs between the spawners: which requests they take and how a delivery starts and
+/// ends. Everything else is the [`Engine`]'s.
+pub trait Kind {
+    /// What the kind keeps about a running delivery until it ends.
+    type Job;
+    /// The words of the result a malformed request gets.
+    const MALFORMED: &'static str;
+    /// A request carries one recipient (quill-lspawn); else all of one domain (quill-rspawn).
+    const ONE_RECIPIENT: bool;
+    /// The most output kept from one delivery.
+    const MAX_OUTPUT: usize;
+
+    /// Refuse a request before its message is opened (the same status for every recipient).
+    fn check(&mut self, request: &Request) -> std::result::Result<(), Status>;
+
+    /// Start the delivery: the message on its fd 0, `output` on its fd 1. A kind that sets a
+    /// deadline must start the delivery in a process group of its own: the group is killed.
+    fn start(
+        &mut self,
+        request: &Request,
+        message: Message,
+        output: OwnedFd,
+    ) -> std::result::Result<Started<Self::Job>, Status>;
+
+    /// A delivery ran past its deadline and is about to be killed: say so in the log.
+    fn overdue(&mut self, slot: u32, job: &Self::Job);
+
+    /// The results of an ended delivery, one per recipient.
+    fn finish(&mut self, ended: Ended<Self::Job>) -> Vec<proto::Result>;
+}
+
+/// A message file opened for one delivery, positioned at the message's first byte.
+pub struct Message {
+    pub file: File,
+    /// The file's own identity (inode and header), which names a Maildir file of it.
+    pub identity: queuefile::Identity,
+    /// The bytes after the queue header.
+    pub size: u64,
+}
+
+/// A delivery just started.
+pub struct Started<J> {
+    pub child: Child,
+    pub job: J,
+    /// When to kill it, with its process group.
+    pub deadline: Option<Instant>,
+}
+
+/// How a delivery's process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(code) => write!(f, "exited {code}"),
+            Exit::Signal(signal) => write!(f, "was killed by signal {signal}"),
+        }
+    }
+}
+
+/// A delivery that ended, for [`Kind::finish`].
+pub struct Ended<J> {
+    pub slot: u32,
+    /// The request's recipients, one result each.
+    pub count: usize,
+    pub job: J,
+    pub exit: Exit,
+    /// What it wrote, at most `MAX_OUTPUT` bytes.
+    pub output: Vec<u8>,
+    /// Killed for running past its deadline.
+    pub killed: bool,
+}
+
+/// A running delivery.
+struct Running<J> {
+    slot: u32,
+    count: usize,
+    job: J,
+    pipe: Option<File>,
+    output: Vec<u8>,
+    deadline: Option<Instant>,
+    killed: bool,
+}
+
+impl<J> Running<J> {
+    /// Read what is waiting in the pipe, keeping at most `limit` bytes. Returns false at end
+    /// of file (or on an error, which ends the output the same way).
+    fn read_some(&mut self, limit: usize) -> bool {
+        let Some(pipe) = self.pipe.as_mut() else {
+            return false;
+        };
+        let mut buffer = [0u8; 4096];
+        // Bounded: a grandchild that keeps the pipe open and writes forever must not hold us.
+        for _ in 0..64 {
+            match pipe.read(&mut buffer) {
+                Ok(0) => {
+                    self.pipe = None;
+                    return false;
+                }
+                Ok(n) => {
+                    let room = limit.saturating_sub(self.output.len());
+                    self.output.extend_from_slice(&buffer[..n.min(room)]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.pipe = None;
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// The spawner: a [`Kind`] and the table of its running deliveries.
+pub struct Engine<K: Kind> {
+    kind: K,
+    layout: Layout,
+    /// The owner of `queue/`: only files of this owner are messages.
+    queue_owner: u32,
+    running: HashMap<i32, Running<K::Job>>,
+    reports: Vec<u8>,
+}
+
+impl<K: Kind> Engine<K> {
+    /// Check the queue under `home`: `queue/` a real directory (its owner is the owner of
+    /// every message), `queue/mess/` there.
+    pub fn new(kind: K, home: &Path) -> Result<Engine<K>> {
+        let layout = Layout::new(home);
+        std::fs::metadata(layout.mess())
+            .map_err(|e| Error::io(format_args!("stat {}", layout.mess().display()), &e))?;
+        // The owner of `queue/` itself, not of `queue/mess/`: HOME is root's, so only root can
+        // replace `queue`, while its owner could replace `mess` with a link to a directory of
+        // root's, whose files would then pass for messages (and go to a user on fd 0).
+        let queue = std::fs::symlink_metadata(&layout.queue)
+            .map_err(|e| Error::io(format_args!("stat {}", layout.queue.display()), &e))?;
+        if !queue.is_dir() {
+            return Err(Error::temporary(format!(
+                "unable to use {}: it is not a directory (a link is not followed: mount the queue there, or make HOME the link)",
+                layout.queue.display()
+            )));
+        }
+        Ok(Engine { kind, layout, queue_owner: queue.uid(), running: HashMap::new(), reports: Vec::new() })
+    }
+
+    /// Serve requests from `input` until it ends (or SIGTERM comes) and every delivery has
+    /// been reported on `output`. An error is fatal (a broken pipe to quill-send, a mangled
+    /// frame).
+    pub fn run(&mut self, mut input: File, mut output: File) -> Result<()> {
+        use nix::poll::{poll, PollFd, PollFlags};
+        let signals = crate::base::sys::signal_pipe(&[libc::SIGCHLD, libc::SIGTERM])
+            .map_err(|e| Error::io("make the signal pipe", &e))?;
+        let mut signals = File::from(signals);
+        let mut reader = Reader::default();
+        let mut input_open = true;
+        let mut buffer = vec![0u8; 65536];
+        while input_open || !self.running.is_empty() {
+            let (signal_ready, input_ready, ready_pids) = {
+                let mut fds = Vec::with_capacity(self.running.len() + 2);
+                fds.push(PollFd::new(signals.as_fd(), PollFlags::POLLIN));
+                // A closed input is left out: its hang-up would wake poll at once, forever.
+                if input_open {
+                    fds.push(PollFd::new(input.as_fd(), PollFlags::POLLIN));
+                }
+                let first_pipe = fds.len();
+                let mut pids = Vec::with_capacity(self.running.len());
+                for (&pid, delivery) in &self.running {
+                    if let Some(pipe) = &delivery.pipe {
+                        fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
+                        pids.push(pid);
+                    }
+                }
+                match poll(&mut fds, self.timeout()) {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(Error::temporary(format!("unable to poll: {e}"))),
+                }
+                let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+                let ready_pids: Vec<i32> =
+                    pids.iter().zip(&fds[first_pipe..]).filter(|(_, fd)| ready(fd)).map(|(&pid, _)| pid).collect();
+                (ready(&fds[0]), input_open && ready(&fds[1]), ready_pids)
+            };
+            for pid in ready_pids {
+                if let Some(delivery) = self.running.get_mut(&pid) {
+                    delivery.read_some(K::MAX_OUTPUT);
+                }
+            }
+            if signal_ready {
+                let mut caught = [0u8; 64];
+                let n = signals.read(&mut caught).unwrap_or(0);
+                if input_open && caught[..n].contains(&(libc::SIGTERM as u8)) {
+                    // Stop as at end of input: nothing new starts, what runs is reported.
+                    input_open = false;
+                }
+            }
+            self.kill_overdue();
+            self.reap();
+            if input_open && input_ready {
+                match input.read(&mut buffer) {
+                    Ok(0) => input_open = false,
+                    Ok(n) => {
+                        reader.push(&buffer[..n]);
+                        while let Some(fields) = reader.next_frame() {
+                            self.request(&fields);
+                        }
+                        if reader.overflowed() {
+                            return Err(Error::temporary("unable to read requests: a frame is too long"));
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(Error::io("read requests", &e)),
+                }
+            }
+            if !self.reports.is_empty() {
+                output.write_all(&self.reports).map_err(|e| Error::io("write reports", &e))?;
+                self.reports.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// How long poll may sleep: forever when idle, else until the next tick or deadline.
+    fn timeout(&self) -> nix::poll::PollTimeout {
+        use nix::poll::PollTimeout;
+        if self.running.is_empty() {
+            return PollTimeout::NONE;
+        }
+        let now = Instant::now();
+        let next_kill =
+            self.running.values().filter(|d| !d.killed).filter_map(|d| d.deadline).map(|at| at - now.min(at)).min();
+        // Rounded up to a whole millisecond, so that a wake-up never comes just too early.
+        let wait = next_kill.map_or(TICK, |wait| (wait + Duration::from_millis(1)).min(TICK));
+        PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX)
+    }
+
+    /// Handle one request frame: start its delivery, or report at once why not.
+    fn request(&mut self, fields: &[Vec<u8>]) {
+        let Some(request) = Request::decode(fields) else {
+            let slot = fields.first().and_then(|f| std::str::from_utf8(f).ok()?.parse::<u32>().ok());
+            // Without a slot there is nobody to answer; quill-send's pipe is broken.
+            let Some(slot) = slot else {
+                log::warning("unable to parse a request from quill-send: malformed frame without a slot, ignored");
+                return;
+            };
+            log::warning("unable to parse a request from quill-send: malformed frame");
+            let count = if K::ONE_RECIPIENT { 1 } else { fields.len().saturating_sub(3) };
+            self.report(slot, &Status::temporary(Enhanced::MAIL_SYSTEM, K::MALFORMED), count);
+            return;
+        };
+        if let Err(status) = self.start(&request) {
+            self.report(request.slot, &status, request.recipients.len());
+        }
+    }
+
+    fn start(&mut self, request: &Request) -> std::result::Result<(), Status> {
+        self.kind.check(request)?;
+        let message = self.open_message(&request.id)?;
+        let temporary = |words: String| Status::temporary(Enhanced::MAIL_SYSTEM, words);
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| temporary(format!("unable to make a pipe: {e}")))?;
+        let started = self.kind.start(request, message, write)?;
+        let pipe = File::from(read);
+        let _ = nix::fcntl::fcntl(pipe.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
+        let running = Running {
+            slot: request.slot,
+            count: request.recipients.len(),
+            job: started.job,
+            pipe: Some(pipe),
+            output: Vec::new(),
+            deadline: started.deadline,
+            killed: false,
+        };
+        // The Child is dropped without waiting: the loop reaps every child by its pid.
+        self.running.insert(started.child.id() as i32, running);
+        Ok(())
+    }
+
+    /// Open `queue/mess/ID` (or `queue/todo/ID`) without following a link, check that it is
+    /// a regular file of the queue's owner, and position it at the message.
+    fn open_message(&self, id: &[u8]) -> std::result::Result<Message, Status> {
+        let temporary = |words: String| Status::temporary(Enhanced::MAIL_SYSTEM, words);
+        let shown = log::safe(id);
+        let name = OsStr::from_bytes(id);
+        // O_NONBLOCK: a FIFO put there must not hang the spawner in open(2).
+        let open = |dir: std::path::PathBuf| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(dir.join(name))
+        };
+        let opened = match open(self.layout.mess()) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => open(self.layout.todo()),
+            other => other,
+        };
+        let mut file = match opened {
+            Ok(file) => file,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                log::warning(&format!("unable to use message {shown}: it is a symbolic link, not followed"));
+                return Err(temporary(format!("unable to open message {shown}: it is a symbolic link, not followed")));
+            }
+            Err(e) => return Err(temporary(format!("unable to open message {shown}: {e}"))),
+        };
+        let meta = file.metadata().map_err(|e| temporary(format!("unable to stat message: {e}")))?;
+        // Only the queue's owner makes message files: anything else in there is not one.
+        if !meta.is_file() || meta.uid() != self.queue_owner {
+            log::warning(&format!(
+                "unable to use message {shown}: it is not a regular file owned by the queue's owner (uid {}), not sent",
+                self.queue_owner
+            ));
+            return Err(temporary("message file is not a regular file owned by the queue".to_string()));
+        }
+        // Back to blocking reads for the delivery that gets it on fd 0.
+        let _ = nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()));
+        let (header, offset) = queuefile::read_header(&mut file).map_err(|e| temporary(e.message))?;
+        file.seek(SeekFrom::Start(offset)).map_err(|e| temporary(format!("unable to seek in message: {e}")))?;
+        // The inode, not the name asked for: the identity must be the file's own.
+        let identity = queuefile::Identity::of(meta.ino(), &header);
+        Ok(Message { file, identity, size: meta.len().saturating_sub(offset) })
+    }
+
+    /// Kill every delivery past its deadline, with its process group, so that nothing it
+    /// started keeps its slot or its output pipe.
+    fn kill_overdue(&mut self) {
+        let now = Instant::now();
+        for (&pid, delivery) in self.running.iter_mut() {
+            if delivery.killed || delivery.deadline.is_none_or(|at| now < at) {
+                continue;
+            }
+            delivery.killed = true;
+            self.kind.overdue(delivery.slot, &delivery.job);
+            let pid = nix::unistd::Pid::from_raw(pid);
+            if nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL).is_err() {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// Collect every child that has ended and report it.
+    fn reap(&mut self) {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        loop {
+            let (pid, exit) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => (pid, Exit::Signal(signal as i32)),
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue,
+            };
+            let Some(mut delivery) = self.running.remove(&pid.as_raw()) else {
+                continue;
+            };
+            // The child is gone, so all it wrote is in the pipe already.
+            delivery.read_some(K::MAX_OUTPUT);
+            let (slot, count) = (delivery.slot, delivery.count);
+            let ended =
+                Ended { slot, count, job: delivery.job, exit, output: delivery.output, killed: delivery.killed };
+            let results = self.kind.finish(ended);
+            self.reports.extend_from_slice(&Report { slot, results }.encode());
+        }
+    }
+
+    /// Report the same status for `count` recipients.
+    fn report(&mut self, slot: u32, status: &Status, count: usize) {
+        let results = vec![proto::Result::from(status); count];
+        self.reports.extend_from_slice(&Report { slot, results }.encode());
+    }
+}
