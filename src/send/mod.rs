@@ -1,6 +1,6 @@
 //! The send stage, quill-send (doc/quill-send.8), and quill-start, which starts it with its
 //! peers. `sendloop` (the poll loop and the `Sender`), `sendconf` (its configuration),
-//! `sendstate` (the `info/` files and views), `schedule` (retry times and timers),
+//! the views in `info/`, `schedule` (retry times and timers),
 //! `destinations` (per-destination concurrency and errors), `bounce` (bounce messages).
 #![forbid(unsafe_code)]
 
@@ -9,4 +9,3 @@ pub mod destinations;
 pub mod schedule;
 pub mod sendconf;
 pub mod sendloop;
-pub mod sendstate;

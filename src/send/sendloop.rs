@@ -20,13 +20,13 @@ use crate::mail::control::Control;
 use crate::mail::envelope::Envelope;
 use crate::mail::proto::clean::{self, Verb};
 use crate::mail::proto::control::{self, Verb as Admin};
+use crate::mail::proto::info::{self, Entry, Info, Progress};
 use crate::mail::queuefile::{self, Header, Layout};
 use crate::mail::spawnproto::{self, Report, Request};
 use crate::send::bounce::{self, Bounce, Failure};
 use crate::send::destinations::{Admission, Destinations};
 use crate::send::schedule::{self, Timers};
 use crate::send::sendconf::{Channel, Config};
-use crate::send::sendstate::{self, Entry, Info, Progress};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -444,7 +444,7 @@ impl Sender {
                 Some(info)
             }
             Some(_) => {
-                let _ = sendstate::remove(&self.layout.info(), id);
+                let _ = info::remove(&self.layout.info(), id);
                 log::raw(&format!("removed stale info/{id}"));
                 None
             }
@@ -518,7 +518,7 @@ impl Sender {
     }
 
     fn read_info(&self, id: u64) -> Result<Option<Info>, ()> {
-        sendstate::read(&self.layout.info(), id).map_err(|e| log::warning(&format!("{e}")))
+        info::read(&self.layout.info(), id).map_err(|e| log::warning(&format!("{e}")))
     }
 
     fn load_from_mess(&mut self, id: u64) {
@@ -907,7 +907,7 @@ impl Sender {
             }
             Verb::Remove => {
                 if ok {
-                    if let Err(e) = sendstate::remove(&self.layout.info(), expected) {
+                    if let Err(e) = info::remove(&self.layout.info(), expected) {
                         log::warning(&format!("unable to remove info/{expected}: {e}"));
                     }
                     log::raw(&format!("end msg {expected}"));
@@ -948,7 +948,7 @@ impl Sender {
             }
             Verb::Delete => {
                 if ok {
-                    if let Err(e) = sendstate::remove(&self.layout.info(), expected) {
+                    if let Err(e) = info::remove(&self.layout.info(), expected) {
                         log::warning(&format!("unable to remove info/{expected}: {e}"));
                     }
                     log::raw(&format!("end msg {expected}"));
@@ -1166,11 +1166,11 @@ impl Sender {
         match action {
             AdminAction::Hold => {
                 // Its progress goes with it: written now, read again after the release.
-                if let Err(e) = sendstate::write(&self.layout.info(), id, &m.info()) {
+                if let Err(e) = info::write(&self.layout.info(), id, &m.info()) {
                     log::warning(&format!("unable to hold msg {id}: {e}"));
                     return;
                 }
-                let _ = sendstate::sync_dir(&self.layout.info());
+                let _ = info::sync_dir(&self.layout.info());
                 m.dirty = false;
                 m.phase = Phase::Holding;
                 self.ask_clean(Verb::Hold, id);
@@ -1252,7 +1252,7 @@ impl Sender {
             if !m.dirty || !matches!(m.phase, Phase::Active | Phase::Bouncing) {
                 continue;
             }
-            match sendstate::write(&info_dir, id, &m.info()) {
+            match info::write(&info_dir, id, &m.info()) {
                 Ok(()) => {
                     m.dirty = false;
                     wrote = true;
@@ -1261,7 +1261,7 @@ impl Sender {
             }
         }
         if wrote {
-            if let Err(e) = sendstate::sync_dir(&info_dir) {
+            if let Err(e) = info::sync_dir(&info_dir) {
                 log::warning(&format!("unable to sync info/: {e}"));
             }
         }

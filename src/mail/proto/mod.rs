@@ -3,9 +3,11 @@
 //!
 //! `clean` (quill-send ↔ quill-clean), `remote_report` (quill-remote → quill-rspawn, and the
 //! time limit of a run both sides compute), `control` (the administrator → quill-send, through
-//! the trigger and control FIFOs).
+//! the trigger and control FIFOs), `info`
+//! (quill-send's state file `queue/info/ID`, written by quill-send, read by `quill queue`).
 #![forbid(unsafe_code)]
 
 pub mod clean;
 pub mod control;
+pub mod info;
 pub mod remote_report;

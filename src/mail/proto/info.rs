@@ -1,4 +1,6 @@
-//! `queue/info/ID`: what quill-send knows about a message that needs another attempt.
+//! `queue/info/ID`: what quill-send knows about a message that needs another attempt. The
+//! codec (writer and reader) and the file operations; quill-send writes these files and
+//! `quill queue` (list, show, why, shape) reads them.
 //!
 //! A message delivered completely on its first attempt never gets this file (one file write,
 //! two fsyncs and a rename saved per message). The file is text0, written whole under a
@@ -26,7 +28,7 @@
 #![forbid(unsafe_code)]
 
 use crate::base::fail::{Error, Result};
-use crate::send::sendconf::Channel;
+use crate::mail::rewrite::Channel;
 use std::io::Write;
 use std::path::Path;
 
@@ -287,7 +289,7 @@ mod tests {
 
     #[test]
     fn files() {
-        let dir = std::env::temp_dir().join(format!("quill-sendstate-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("quill-info-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         assert_eq!(read(&dir, 77).unwrap(), None);
         write(&dir, 77, &sample()).unwrap();
