@@ -4,8 +4,18 @@
 //! `destinations` (per-destination concurrency and errors), `bounce` (bounce messages).
 #![forbid(unsafe_code)]
 
+mod administrator;
 pub mod bounce;
+mod cleaning;
 pub mod destinations;
+mod dispatch;
+mod finish;
+mod message;
+mod pickup;
+pub mod pipes;
+mod reports;
 pub mod schedule;
 pub mod sendconf;
 pub mod sendloop;
+mod timers;
+mod views;

@@ -1,0 +1,162 @@
+//! Dispatch: a message's channels made due, their waiting recipients made into jobs (one per
+//! local recipient, one per remote domain of at most [`MAX_REMOTE_RECIPIENTS`]), and the jobs
+//! sent to the spawners as the concurrency limits allow.
+#![forbid(unsafe_code)]
+
+use crate::base::log;
+use crate::mail::proto::info::Progress;
+use crate::mail::spawnproto::Request;
+use crate::send::destinations::Admission;
+use crate::send::message::{Delivery, Job, Phase};
+use crate::send::sendconf::Channel;
+use crate::send::sendloop::{Sender, MAX_REMOTE_RECIPIENTS};
+
+impl Sender {
+    /// Plan a message's next attempts: each channel with waiting recipients is due now (or
+    /// when the info file said). A message with nothing left goes straight to its end.
+    pub(super) fn activate(&mut self, id: u64) {
+        let now = crate::base::date::now();
+        let remote_running = self.rspawn.is_some();
+        let Some(m) = self.messages.get_mut(&id) else { return };
+        m.phase = Phase::Active;
+        if m.done() {
+            self.finish(id);
+            return;
+        }
+        for channel in Channel::ALL {
+            if !m.waiting(channel) {
+                continue;
+            }
+            if channel == Channel::Remote && !remote_running {
+                let n = m.recipients.iter().filter(|r| r.channel == channel && r.progress == Progress::Waiting).count();
+                log::raw(&format!("msg {id}: keeping {n} remote recipients: remote channel is not running"));
+                continue;
+            }
+            let at = m.due[channel as usize].unwrap_or(now);
+            m.due[channel as usize] = Some(at);
+            self.timers.push(at, (id, channel as usize));
+        }
+    }
+
+    /// A channel of a message came due: queue its waiting recipients for delivery.
+    pub(super) fn channel_due(&mut self, id: u64, channel: Channel) {
+        let Some(m) = self.messages.get_mut(&id) else { return };
+        if m.phase != Phase::Active {
+            return;
+        }
+        let mut picked = Vec::new();
+        for (i, r) in m.recipients.iter_mut().enumerate() {
+            if r.channel == channel && r.progress == Progress::Waiting && !r.busy {
+                r.busy = true;
+                picked.push(i);
+            }
+        }
+        m.busy[channel as usize] += picked.len();
+        match channel {
+            Channel::Local => {
+                for i in picked {
+                    let key = m.recipients[i].address.to_ascii_lowercase();
+                    self.ready[0].push_back(Job { id, recipients: vec![i], domain: key });
+                }
+            }
+            Channel::Remote => {
+                let mut domains: Vec<(Vec<u8>, Vec<usize>)> = Vec::new();
+                for i in picked {
+                    let domain =
+                        crate::mail::address::normal_domain(crate::mail::address::split(&m.recipients[i].address).1);
+                    match domains.iter_mut().find(|(d, list)| *d == domain && list.len() < MAX_REMOTE_RECIPIENTS) {
+                        Some((_, list)) => list.push(i),
+                        None => domains.push((domain, vec![i])),
+                    }
+                }
+                for (domain, recipients) in domains {
+                    self.ready[1].push_back(Job { id, recipients, domain });
+                }
+            }
+        }
+    }
+
+    /// Start deliveries on a channel while it has free slots.
+    pub(super) fn dispatch(&mut self, channel: Channel) {
+        let c = channel as usize;
+        while self.running[c] < self.config.concurrency(channel) {
+            let spawner = match channel {
+                Channel::Local => &mut self.lspawn,
+                Channel::Remote => match self.rspawn.as_mut() {
+                    Some(s) => s,
+                    None => return,
+                },
+            };
+            let Some(job) = self.ready[c].pop_front() else { return };
+            match self.messages.get(&job.id).map(|m| m.pending.is_some()) {
+                None => continue,
+                Some(true) => {
+                    self.unqueue(job);
+                    continue;
+                }
+                Some(false) => {}
+            }
+            // A remote destination that is backed off or busy, or a local recipient at its
+            // concurrency limit, keeps the job until it may go; the next job goes instead.
+            let table = match channel {
+                Channel::Remote => &mut self.destinations,
+                Channel::Local => &mut self.local_recipients,
+            };
+            let key = job.domain.clone();
+            let job = match table.admit(&key, job, crate::base::date::now()) {
+                (Admission::Go, Some(job)) => job,
+                _ => continue,
+            };
+            let Some(m) = self.messages.get_mut(&job.id) else { continue };
+            let retry = job.recipients.iter().any(|&i| m.recipients[i].tried);
+            for &i in &job.recipients {
+                m.recipients[i].tried = true;
+            }
+            let mut slot = self.next_delivery as u32;
+            while self.in_flight.contains_key(&slot) {
+                slot = slot.wrapping_add(1);
+            }
+            let request = Request {
+                slot,
+                id: job.id.to_string().into_bytes(),
+                sender: m.sender.clone(),
+                recipients: job.recipients.iter().map(|&i| m.recipients[i].address.clone()).collect(),
+                retry,
+            };
+            spawner.requests.queue(&request.encode());
+            let mut numbers = Vec::with_capacity(job.recipients.len());
+            for &i in &job.recipients {
+                let number = self.next_delivery;
+                self.next_delivery += 1;
+                numbers.push(number);
+                log::raw(&format!(
+                    "starting delivery {number}: msg {} to {} {}",
+                    job.id,
+                    channel.name(),
+                    log::safe(&m.recipients[i].address)
+                ));
+            }
+            self.in_flight.insert(
+                slot,
+                Delivery { id: job.id, domain: job.domain, channel, recipients: job.recipients, numbers },
+            );
+            self.running[c] += 1;
+            self.status();
+        }
+    }
+
+    /// A job that will not be delivered after all: its recipients are free again.
+    pub(super) fn unqueue(&mut self, job: Job) {
+        let id = job.id;
+        if let Some(m) = self.messages.get_mut(&id) {
+            for &i in &job.recipients {
+                if m.recipients[i].busy {
+                    m.recipients[i].busy = false;
+                    let c = m.recipients[i].channel as usize;
+                    m.busy[c] = m.busy[c].saturating_sub(1);
+                }
+            }
+        }
+        self.apply_when_idle(id);
+    }
+}

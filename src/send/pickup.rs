@@ -1,0 +1,216 @@
+//! Pick-up: the messages in `todo/` read, logged, their recipients rewritten, and `move`
+//! asked of quill-clean; and at start, the state rebuilt from `mess/`, `todo/` and `info/`.
+#![forbid(unsafe_code)]
+
+use crate::base::log;
+use crate::mail::proto::clean::Verb;
+use crate::mail::proto::info::{self, Info, Progress};
+use crate::mail::queuefile::{self, Header};
+use crate::send::message::{Message, Phase, Recipient};
+use crate::send::sendloop::{Sender, SCAN_INTERVAL};
+use std::collections::HashSet;
+use std::fs::File;
+use std::io;
+
+pub(super) fn numeric_entries(dir: &std::path::Path) -> io::Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.as_encoded_bytes();
+        if queuefile::valid_id(name) {
+            if let Some(id) = std::str::from_utf8(name).ok().and_then(|s| s.parse().ok()) {
+                ids.push(id);
+            }
+        }
+    }
+    Ok(ids)
+}
+impl Sender {
+    /// Rebuild the state after a start: messages in `mess/` (with their info files, or from
+    /// scratch without), messages in `todo/` to pick up, and stale info files removed.
+    /// Messages in `hold/` are left alone.
+    pub fn recover(&mut self) -> crate::base::fail::Result<()> {
+        let list = |dir: std::path::PathBuf, name: &str| {
+            numeric_entries(&dir).map_err(|e| crate::base::fail::Error::io(format!("read {name}/"), &e))
+        };
+        let mess = list(self.layout.mess(), "mess")?;
+        let todo = list(self.layout.todo(), "todo")?;
+        let hold = list(self.layout.hold(), "hold")?;
+        if self.rspawn.is_none() {
+            log::warning("remote channel is not running; remote recipients are kept in the queue");
+        }
+        for &id in &mess {
+            self.load_from_mess(id);
+        }
+        for &id in &todo {
+            if !self.messages.contains_key(&id) && self.pickup_set.insert(id) {
+                self.pickups.push_back(id);
+            }
+        }
+        self.restore_destinations();
+        self.last_errors.load(&self.layout.info().join("errors"));
+        let known: HashSet<u64> = mess.iter().chain(&todo).chain(&hold).copied().collect();
+        let entries =
+            std::fs::read_dir(self.layout.info()).map_err(|e| crate::base::fail::Error::io("read info/", &e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let id = std::str::from_utf8(name.as_encoded_bytes()).ok().and_then(|s| s.parse::<u64>().ok());
+            if id.is_some_and(|id| known.contains(&id)) {
+                continue;
+            }
+            // The back-off table and the last errors outlive a restart; the other views
+            // (flight, channels) describe the previous run only.
+            if matches!(name.as_encoded_bytes(), b"destinations" | b"errors") {
+                continue;
+            }
+            if std::fs::remove_file(entry.path()).is_ok() {
+                log::raw(&format!("removed stale info/{}", log::safe(name.as_encoded_bytes())));
+            }
+        }
+        self.next_scan = crate::base::date::now() + SCAN_INTERVAL;
+        self.scan_wanted = false;
+        Ok(())
+    }
+
+    /// Build a message from its header and, if it belongs to it, its info file. A stale info
+    /// file (another message with the same inode, or unreadable) is removed.
+    pub(super) fn build(&mut self, id: u64, header: Header, offset: u64, info: Option<Info>) -> Message {
+        let info = match info {
+            Some(info)
+                if info.matches(header.time, header.pid) && info.entries.len() == header.envelope.recipients.len() =>
+            {
+                Some(info)
+            }
+            Some(_) => {
+                let _ = info::remove(&self.layout.info(), id);
+                log::raw(&format!("removed stale info/{id}"));
+                None
+            }
+            None => None,
+        };
+        let tried = info.is_some();
+        let (recipients, due) = match info {
+            Some(info) => (
+                info.entries
+                    .into_iter()
+                    .map(|e| Recipient {
+                        channel: e.channel,
+                        address: e.address,
+                        progress: e.progress,
+                        busy: false,
+                        last: e.last,
+                        tried,
+                    })
+                    .collect(),
+                [Some(info.due[0]).filter(|&t| t > 0), Some(info.due[1]).filter(|&t| t > 0), None],
+            ),
+            None => (
+                header
+                    .envelope
+                    .recipients
+                    .iter()
+                    .map(|r| {
+                        let (channel, address) = self.config.rewrite(r);
+                        Recipient { channel, address, progress: Progress::Waiting, busy: false, last: None, tried }
+                    })
+                    .collect(),
+                [None; 3],
+            ),
+        };
+        Message {
+            birth: header.time,
+            pid: header.pid,
+            sender: header.envelope.sender,
+            originals: header.envelope.recipients,
+            offset,
+            recipients,
+            due,
+            busy: [0, 0],
+            dirty: false,
+            phase: Phase::Moving,
+            pending: None,
+        }
+    }
+
+    pub(super) fn read_message(&mut self, dir: &str, id: u64) -> Option<(Header, u64, u64)> {
+        let path = self.layout.queue.join(dir).join(id.to_string());
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                log::warning(&format!("unable to open {dir}/{id}: {e}"));
+                return None;
+            }
+        };
+        match queuefile::read_header(&mut file) {
+            Ok((header, offset)) => {
+                let size = file.metadata().map(|m| m.len().saturating_sub(offset)).unwrap_or(0);
+                Some((header, offset, size))
+            }
+            Err(e) => {
+                log::warning(&format!("unable to read {dir}/{id}: {e}; leaving it alone until a restart"));
+                self.bad.insert(id);
+                None
+            }
+        }
+    }
+
+    pub(super) fn read_info(&self, id: u64) -> Result<Option<Info>, ()> {
+        info::read(&self.layout.info(), id).map_err(|e| log::warning(&format!("{e}")))
+    }
+
+    pub(super) fn load_from_mess(&mut self, id: u64) {
+        let Some((header, offset, _)) = self.read_message("mess", id) else { return };
+        let Ok(info) = self.read_info(id) else { return };
+        let mut message = self.build(id, header, offset, info);
+        // A message in mess/ was picked up by an earlier quill-send, which may have delivered
+        // some of it without recording it.
+        for r in &mut message.recipients {
+            r.tried = true;
+        }
+        message.phase = Phase::Active;
+        self.messages.insert(id, message);
+        self.activate(id);
+    }
+
+    pub(super) fn scan_todo(&mut self) {
+        match numeric_entries(&self.layout.todo()) {
+            Ok(ids) => {
+                for id in ids {
+                    if self.messages.contains_key(&id) {
+                        // A new message can get the inode (the id) of one whose file was just
+                        // removed while quill-send still waits for quill-clean's answer: pick
+                        // it up as soon as that answer comes.
+                        self.reused.insert(id);
+                        continue;
+                    }
+                    if !self.bad.contains(&id) && self.pickup_set.insert(id) {
+                        self.pickups.push_back(id);
+                    }
+                }
+            }
+            Err(e) => log::warning(&format!("unable to read todo/: {e}")),
+        }
+    }
+
+    /// Pick up one message from `todo/`: read it, log it, rewrite its recipients, and ask
+    /// quill-clean to move it to `mess/`.
+    pub(super) fn pick_up(&mut self, id: u64) {
+        if self.messages.contains_key(&id) {
+            return;
+        }
+        let Some((header, offset, size)) = self.read_message("todo", id) else { return };
+        let Ok(info) = self.read_info(id) else { return };
+        log::raw(&format!("new msg {id}"));
+        log::raw(&format!(
+            "info msg {id}: bytes {size} from <{}> qp {} uid {}",
+            log::safe(&header.envelope.sender),
+            header.pid,
+            header.uid
+        ));
+        let message = self.build(id, header, offset, info);
+        self.messages.insert(id, message);
+        self.ask_clean(Verb::Move, id);
+        self.moving += 1;
+    }
+}

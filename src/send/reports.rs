@@ -1,0 +1,131 @@
+//! The spawners' reports: each recipient's result recorded (delivered, failed, or deferred
+//! and retried later), the destination's back-off updated, and the message finished when no
+//! recipient waits.
+#![forbid(unsafe_code)]
+
+use crate::base::fail::Outcome;
+use crate::base::log;
+use crate::mail::proto::info::Progress;
+use crate::mail::spawnproto::Report;
+use crate::send::message::words;
+use crate::send::pipes::read_available;
+use crate::send::schedule;
+use crate::send::sendconf::Channel;
+use crate::send::sendloop::Sender;
+
+impl Sender {
+    pub(super) fn read_reports(&mut self, channel: Channel) -> Result<(), String> {
+        let spawner = match channel {
+            Channel::Local => &mut self.lspawn,
+            Channel::Remote => match self.rspawn.as_mut() {
+                Some(s) => s,
+                None => return Ok(()),
+            },
+        };
+        let reader = &mut spawner.reader;
+        let open = read_available(&mut spawner.reports, |bytes| reader.push(bytes))
+            .map_err(|e| format!("unable to read from the {} spawner: {e}", channel.name()))?;
+        if spawner.reader.overflowed() {
+            return Err(format!("{} spawner sent a report too large", channel.name()));
+        }
+        let mut frames = Vec::new();
+        while let Some(frame) = spawner.reader.next_frame() {
+            frames.push(frame);
+        }
+        for frame in frames {
+            let report =
+                Report::decode(&frame).ok_or_else(|| format!("{} spawner sent a mangled report", channel.name()))?;
+            self.report(channel, report)?;
+        }
+        if !open {
+            return Err(format!("the {} spawner went away", channel.name()));
+        }
+        Ok(())
+    }
+
+    /// A spawner reported on a delivery.
+    pub(super) fn report(&mut self, channel: Channel, report: Report) -> Result<(), String> {
+        let Some(delivery) = self.in_flight.remove(&report.slot) else {
+            return Err(format!("{} spawner reported on unknown delivery {}", channel.name(), report.slot));
+        };
+        if delivery.channel != channel {
+            return Err(format!(
+                "{} spawner reported on delivery {} of the other channel",
+                channel.name(),
+                report.slot
+            ));
+        }
+        let now = crate::base::date::now();
+        let lifetime = self.config.queue_lifetime;
+        let c = channel as usize;
+        self.running[c] -= 1;
+        let id = delivery.id;
+        if channel == Channel::Remote {
+            // The destination failed (not the message) when every result is temporary and
+            // says so: then it is backed off, and its other jobs wait.
+            let unreachable = !report.results.is_empty() && report.results.iter().all(|r| r.unreachable);
+            let text = report.results.first().map(|r| words(&r.text)).unwrap_or_default();
+            let released = self.destinations.finished(&delivery.domain, unreachable, &text, now);
+            for job in released.into_iter().rev() {
+                self.ready[1].push_front(job);
+            }
+            if unreachable {
+                self.write_destination_table();
+            }
+        } else {
+            for job in self.local_recipients.finished(&delivery.domain, false, "", now).into_iter().rev() {
+                self.ready[0].push_front(job);
+            }
+        }
+        if let Some(m) = self.messages.get_mut(&id) {
+            for (k, &i) in delivery.recipients.iter().enumerate() {
+                let (outcome, text) = match report.results.get(k) {
+                    Some(r) => (r.outcome, r.text.clone()),
+                    None => (Outcome::Temporary, b"spawner report was mangled; will try again (#4.3.0)".to_vec()),
+                };
+                let number = delivery.numbers[k];
+                let r = &mut m.recipients[i];
+                r.busy = false;
+                m.busy[c] = m.busy[c].saturating_sub(1);
+                match outcome {
+                    Outcome::Success => {
+                        log::raw(&format!("delivery {number}: success: {}", words(&text)));
+                        r.progress = Progress::Delivered;
+                    }
+                    Outcome::Permanent => {
+                        log::raw(&format!("delivery {number}: failure: {}", words(&text)));
+                        self.last_errors.note(now, id, &r.address, "failure", &words(&text));
+                        r.progress = Progress::Failed(text);
+                    }
+                    Outcome::Temporary if schedule::expired(m.birth, now, lifetime) => {
+                        let mut t = b"message has been in the queue too long (#5.4.7); last error: ".to_vec();
+                        t.extend_from_slice(&text);
+                        log::raw(&format!("delivery {number}: failure: {}", words(&t)));
+                        r.progress = Progress::Failed(t);
+                    }
+                    Outcome::Temporary => {
+                        log::raw(&format!("delivery {number}: deferral: {}", words(&text)));
+                        self.last_errors.note(now, id, &r.address, "deferral", &words(&text));
+                        r.last = Some((now, words(&text).into_bytes()));
+                    }
+                }
+            }
+            m.dirty = true;
+            if m.busy[c] == 0 && m.waiting(channel) && m.due[c].is_none() {
+                let at = self.config.retry.next(m.birth, now, channel == Channel::Remote, lifetime);
+                m.due[c] = Some(at);
+                self.timers.push(at, (id, c));
+            }
+            if m.pending.is_some() {
+                self.info_queue.push(id);
+                self.apply_when_idle(id);
+            } else if m.done() {
+                self.finish(id);
+            } else if m.busy[c] == 0 {
+                self.info_queue.push(id);
+            }
+        }
+        self.status();
+        Ok(())
+    }
+}
