@@ -8,10 +8,47 @@ use crate::mail::proto::clean::Verb;
 use crate::mail::proto::control::{self, Verb as Admin};
 use crate::mail::proto::info::{self, Progress};
 use crate::send::message::{AdminAction, Job, Phase};
+use crate::send::pipes::read_available;
 use crate::send::sendconf::Channel;
 use crate::send::sendloop::Sender;
+use std::fs::File;
 
 impl Sender {
+    /// Lines from the administrator's FIFO (`queue/lock/control`); a line longer than the
+    /// protocol allows is dropped.
+    pub(super) fn on_admin_fifo(&mut self, fifo: &File) {
+        let mut bytes = Vec::new();
+        let _ = read_available(&mut &*fifo, |b| bytes.extend_from_slice(b));
+        self.admin_buffer.extend_from_slice(&bytes);
+        while let Some(end) = memchr::memchr(b'\n', &self.admin_buffer) {
+            let line: Vec<u8> = self.admin_buffer.drain(..=end).collect();
+            self.admin_request(&line[..line.len() - 1]);
+        }
+        if self.admin_buffer.len() > 4096 {
+            self.admin_buffer.clear();
+        }
+    }
+
+    /// The trigger FIFO: a NUL byte is quill-queue's "new mail"; an F is `sendmail -q`: try
+    /// everything now; `R TEXT` and a newline is `sendmail -qR TEXT`.
+    pub(super) fn on_trigger(&mut self, trigger: &File) {
+        let mut bytes = Vec::new();
+        let _ = read_available(&mut &*trigger, |b| {
+            if bytes.len() < 65536 {
+                bytes.extend_from_slice(b)
+            }
+        });
+        self.pickup.scan_wanted = true;
+        let (flush, matching) = control::decode_trigger(&bytes);
+        if flush {
+            log::raw("status: flush requested");
+            self.all_due_now();
+        }
+        for text in matching {
+            self.flush_matching(&text);
+        }
+    }
+
     /// One line from the administrator's FIFO: `flush`, `reread`, `requeue`, or
     /// `flush|requeue|hold|release|delete|bounce ID`.
     pub(super) fn admin_request(&mut self, line: &[u8]) {
@@ -39,7 +76,7 @@ impl Sender {
             // message brings its old routes in its info file).
             (Admin::Flush | Admin::Requeue, Some(id)) if self.layout.todo().join(id.to_string()).exists() => {
                 if verb == Admin::Requeue {
-                    self.requeue_at_pickup.insert(id);
+                    self.pickup.requeue.insert(id);
                 }
             }
             (Admin::Hold | Admin::Delete | Admin::Bounce, Some(id)) if known => {
@@ -66,8 +103,7 @@ impl Sender {
             }
             (Admin::Hold, Some(id)) if self.layout.todo().join(id.to_string()).exists() => {
                 // Not picked up yet: hold it where it is.
-                self.pickups.retain(|&p| p != id);
-                self.pickup_set.remove(&id);
+                self.pickup.withdraw(id);
                 log::raw(&format!("hold msg {id}: requested by the administrator"));
                 self.ask_clean(Verb::Hold, id);
             }

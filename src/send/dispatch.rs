@@ -10,6 +10,58 @@ use crate::send::destinations::Admission;
 use crate::send::message::{Delivery, Job, Phase};
 use crate::send::sendconf::Channel;
 use crate::send::sendloop::{Sender, MAX_REMOTE_RECIPIENTS};
+use std::collections::{HashMap, VecDeque};
+
+/// The jobs waiting for a free slot and the deliveries in flight, per channel.
+pub struct Deliveries {
+    /// Jobs ready to go, per channel (index: `Channel as usize`).
+    pub(super) ready: [VecDeque<Job>; 2],
+    /// Deliveries in flight by the spawner's slot number.
+    pub(super) in_flight: HashMap<u32, Delivery>,
+    /// Deliveries in flight per channel.
+    pub(super) running: [usize; 2],
+    /// The number of the next delivery in the log (`starting delivery N`).
+    pub(super) next: u64,
+}
+
+impl Default for Deliveries {
+    fn default() -> Deliveries {
+        Deliveries { ready: Default::default(), in_flight: HashMap::new(), running: [0, 0], next: 1 }
+    }
+}
+
+impl Deliveries {
+    /// A slot number no delivery in flight has: the delivery number's low bits, or the next
+    /// free one.
+    pub(super) fn free_slot(&self) -> u32 {
+        let mut slot = self.next as u32;
+        while self.in_flight.contains_key(&slot) {
+            slot = slot.wrapping_add(1);
+        }
+        slot
+    }
+
+    /// The next delivery number for the log, counted from 1.
+    pub(super) fn number(&mut self) -> u64 {
+        let number = self.next;
+        self.next += 1;
+        number
+    }
+}
+
+/// The remote jobs for a message's picked recipients: one per domain (as normalized), at most
+/// [`MAX_REMOTE_RECIPIENTS`] recipients each, in the order the recipients come.
+pub(super) fn remote_jobs(id: u64, picked: &[(usize, &[u8])]) -> Vec<Job> {
+    let mut domains: Vec<(Vec<u8>, Vec<usize>)> = Vec::new();
+    for &(i, address) in picked {
+        let domain = crate::mail::address::normal_domain(crate::mail::address::split(address).1);
+        match domains.iter_mut().find(|(d, list)| *d == domain && list.len() < MAX_REMOTE_RECIPIENTS) {
+            Some((_, list)) => list.push(i),
+            None => domains.push((domain, vec![i])),
+        }
+    }
+    domains.into_iter().map(|(domain, recipients)| Job { id, recipients, domain }).collect()
+}
 
 impl Sender {
     /// Plan a message's next attempts: each channel with waiting recipients is due now (or
@@ -56,22 +108,12 @@ impl Sender {
             Channel::Local => {
                 for i in picked {
                     let key = m.recipients[i].address.to_ascii_lowercase();
-                    self.ready[0].push_back(Job { id, recipients: vec![i], domain: key });
+                    self.deliveries.ready[0].push_back(Job { id, recipients: vec![i], domain: key });
                 }
             }
             Channel::Remote => {
-                let mut domains: Vec<(Vec<u8>, Vec<usize>)> = Vec::new();
-                for i in picked {
-                    let domain =
-                        crate::mail::address::normal_domain(crate::mail::address::split(&m.recipients[i].address).1);
-                    match domains.iter_mut().find(|(d, list)| *d == domain && list.len() < MAX_REMOTE_RECIPIENTS) {
-                        Some((_, list)) => list.push(i),
-                        None => domains.push((domain, vec![i])),
-                    }
-                }
-                for (domain, recipients) in domains {
-                    self.ready[1].push_back(Job { id, recipients, domain });
-                }
+                let picked: Vec<(usize, &[u8])> = picked.iter().map(|&i| (i, &m.recipients[i].address[..])).collect();
+                self.deliveries.ready[1].extend(remote_jobs(id, &picked));
             }
         }
     }
@@ -79,7 +121,7 @@ impl Sender {
     /// Start deliveries on a channel while it has free slots.
     pub(super) fn dispatch(&mut self, channel: Channel) {
         let c = channel as usize;
-        while self.running[c] < self.config.concurrency(channel) {
+        while self.deliveries.running[c] < self.config.concurrency(channel) {
             let spawner = match channel {
                 Channel::Local => &mut self.lspawn,
                 Channel::Remote => match self.rspawn.as_mut() {
@@ -87,7 +129,7 @@ impl Sender {
                     None => return,
                 },
             };
-            let Some(job) = self.ready[c].pop_front() else { return };
+            let Some(job) = self.deliveries.ready[c].pop_front() else { return };
             match self.messages.get(&job.id).map(|m| m.pending.is_some()) {
                 None => continue,
                 Some(true) => {
@@ -112,10 +154,7 @@ impl Sender {
             for &i in &job.recipients {
                 m.recipients[i].tried = true;
             }
-            let mut slot = self.next_delivery as u32;
-            while self.in_flight.contains_key(&slot) {
-                slot = slot.wrapping_add(1);
-            }
+            let slot = self.deliveries.free_slot();
             let request = Request {
                 slot,
                 id: job.id.to_string().into_bytes(),
@@ -126,8 +165,7 @@ impl Sender {
             spawner.requests.queue(&request.encode());
             let mut numbers = Vec::with_capacity(job.recipients.len());
             for &i in &job.recipients {
-                let number = self.next_delivery;
-                self.next_delivery += 1;
+                let number = self.deliveries.number();
                 numbers.push(number);
                 log::raw(&format!(
                     "starting delivery {number}: msg {} to {} {}",
@@ -136,11 +174,11 @@ impl Sender {
                     log::safe(&m.recipients[i].address)
                 ));
             }
-            self.in_flight.insert(
+            self.deliveries.in_flight.insert(
                 slot,
                 Delivery { id: job.id, domain: job.domain, channel, recipients: job.recipients, numbers },
             );
-            self.running[c] += 1;
+            self.deliveries.running[c] += 1;
             self.status();
         }
     }

@@ -78,7 +78,7 @@ impl Sender {
         let accepted = crate::mail::submit::submit(&message, &Envelope { sender, recipients: vec![to] })?;
         log::raw(&format!("bounce msg {id} qp {}", accepted.pid));
         // The bounce is in todo/ now; pick it up without waiting for the next scan.
-        self.scan_wanted = true;
+        self.pickup.scan_wanted = true;
         Ok(())
     }
 

@@ -7,10 +7,100 @@ use crate::mail::proto::clean::Verb;
 use crate::mail::proto::info::{self, Info, Progress};
 use crate::mail::queuefile::{self, Header};
 use crate::send::message::{Message, Phase, Recipient};
-use crate::send::sendloop::{Sender, SCAN_INTERVAL};
-use std::collections::HashSet;
+use crate::send::sendloop::{Sender, MAX_MOVING, PICKUP_BATCH, SCAN_INTERVAL};
+use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::io;
+
+/// The messages waiting in `todo/`, in the order they were found, each once.
+#[derive(Debug)]
+pub struct Pickup {
+    /// In the order found.
+    pub(super) queue: VecDeque<u64>,
+    /// The same ids, to keep each once.
+    pub(super) queued: HashSet<u64>,
+    /// Unreadable message files: not tried again until a restart.
+    pub(super) bad: HashSet<u64>,
+    /// Ids seen in todo/ while a message with the same id was still known (inode reuse):
+    /// picked up as soon as the old one ends.
+    pub(super) reused: HashSet<u64>,
+    /// Messages in todo/ the administrator asked to requeue before they were picked up.
+    pub(super) requeue: HashSet<u64>,
+    /// A scan of `todo/` is asked for (a trigger, a bounce queued, a release).
+    pub(super) scan_wanted: bool,
+    /// When `todo/` is scanned without a trigger.
+    pub(super) next_scan: u64,
+}
+
+impl Default for Pickup {
+    fn default() -> Pickup {
+        Pickup {
+            queue: VecDeque::new(),
+            queued: HashSet::new(),
+            bad: HashSet::new(),
+            reused: HashSet::new(),
+            requeue: HashSet::new(),
+            scan_wanted: true,
+            next_scan: 0,
+        }
+    }
+}
+
+impl Pickup {
+    /// Queue `id` for pick-up unless it is queued already.
+    pub(super) fn push(&mut self, id: u64) {
+        if self.queued.insert(id) {
+            self.queue.push_back(id);
+        }
+    }
+
+    /// The next message to pick up, oldest found first.
+    pub(super) fn next(&mut self) -> Option<u64> {
+        let id = self.queue.pop_front()?;
+        self.queued.remove(&id);
+        Some(id)
+    }
+
+    /// Not to be picked up (held where it is).
+    pub(super) fn withdraw(&mut self, id: u64) {
+        self.queue.retain(|&p| p != id);
+        self.queued.remove(&id);
+    }
+
+    /// An id found in `todo/` by a scan. `known` says a message with this id is still being
+    /// handled: a new message can get the inode (the id) of one whose file was just removed
+    /// while quill-send still waits for quill-clean's answer; it is picked up when that
+    /// message ends ([`Pickup::ended`]).
+    pub(super) fn found(&mut self, id: u64, known: bool) {
+        if known {
+            self.reused.insert(id);
+        } else if !self.bad.contains(&id) {
+            self.push(id);
+        }
+    }
+
+    /// The message `id` ended (removed): a new message found with its id goes up now.
+    pub(super) fn ended(&mut self, id: u64) {
+        self.queued.remove(&id);
+        if self.reused.remove(&id) {
+            self.push(id);
+        }
+    }
+
+    /// True when `todo/` is to be scanned now: asked for, or [`SCAN_INTERVAL`] passed, and
+    /// nothing found earlier still waits.
+    pub(super) fn scan_due(&mut self, now: u64) -> bool {
+        if now >= self.next_scan {
+            self.scan_wanted = true;
+            self.next_scan = now + SCAN_INTERVAL;
+        }
+        if self.scan_wanted && self.queue.is_empty() {
+            self.scan_wanted = false;
+            return true;
+        }
+        false
+    }
+}
 
 pub(super) fn numeric_entries(dir: &std::path::Path) -> io::Result<Vec<u64>> {
     let mut ids = Vec::new();
@@ -43,8 +133,8 @@ impl Sender {
             self.load_from_mess(id);
         }
         for &id in &todo {
-            if !self.messages.contains_key(&id) && self.pickup_set.insert(id) {
-                self.pickups.push_back(id);
+            if !self.messages.contains_key(&id) {
+                self.pickup.push(id);
             }
         }
         self.restore_destinations();
@@ -67,8 +157,8 @@ impl Sender {
                 log::raw(&format!("removed stale info/{}", log::safe(name.as_encoded_bytes())));
             }
         }
-        self.next_scan = crate::base::date::now() + SCAN_INTERVAL;
-        self.scan_wanted = false;
+        self.pickup.next_scan = crate::base::date::now() + SCAN_INTERVAL;
+        self.pickup.scan_wanted = false;
         Ok(())
     }
 
@@ -149,7 +239,7 @@ impl Sender {
             }
             Err(e) => {
                 log::warning(&format!("unable to read {dir}/{id}: {e}; leaving it alone until a restart"));
-                self.bad.insert(id);
+                self.pickup.bad.insert(id);
                 None
             }
         }
@@ -173,20 +263,26 @@ impl Sender {
         self.activate(id);
     }
 
-    pub(super) fn scan_todo(&mut self) {
+    /// Scan `todo/` when it is due, then pick up at most [`PICKUP_BATCH`] messages, while
+    /// fewer than [`MAX_MOVING`] wait for quill-clean's `move`.
+    pub(super) fn pick_up_batch(&mut self, now: u64) {
+        if self.pickup.scan_due(now) {
+            self.scan_todo();
+        }
+        let mut picked = 0;
+        while picked < PICKUP_BATCH && self.clean.moving < MAX_MOVING {
+            let Some(id) = self.pickup.next() else { break };
+            self.pick_up(id);
+            picked += 1;
+        }
+    }
+
+    fn scan_todo(&mut self) {
         match numeric_entries(&self.layout.todo()) {
             Ok(ids) => {
                 for id in ids {
-                    if self.messages.contains_key(&id) {
-                        // A new message can get the inode (the id) of one whose file was just
-                        // removed while quill-send still waits for quill-clean's answer: pick
-                        // it up as soon as that answer comes.
-                        self.reused.insert(id);
-                        continue;
-                    }
-                    if !self.bad.contains(&id) && self.pickup_set.insert(id) {
-                        self.pickups.push_back(id);
-                    }
+                    let known = self.messages.contains_key(&id);
+                    self.pickup.found(id, known);
                 }
             }
             Err(e) => log::warning(&format!("unable to read todo/: {e}")),
@@ -211,6 +307,6 @@ impl Sender {
         let message = self.build(id, header, offset, info);
         self.messages.insert(id, message);
         self.ask_clean(Verb::Move, id);
-        self.moving += 1;
+        self.clean.moving += 1;
     }
 }

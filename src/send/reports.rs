@@ -3,7 +3,7 @@
 //! recipient waits.
 #![forbid(unsafe_code)]
 
-use crate::base::fail::Outcome;
+use crate::base::fail::{Error, Outcome, Result};
 use crate::base::log;
 use crate::mail::proto::info::Progress;
 use crate::mail::spawnproto::Report;
@@ -13,8 +13,13 @@ use crate::send::schedule;
 use crate::send::sendconf::Channel;
 use crate::send::sendloop::Sender;
 
+/// A spawner that broke the protocol: quill-send saves its state and exits.
+fn broken(text: String) -> Error {
+    Error::temporary(text)
+}
+
 impl Sender {
-    pub(super) fn read_reports(&mut self, channel: Channel) -> Result<(), String> {
+    pub(super) fn read_reports(&mut self, channel: Channel) -> Result<()> {
         let spawner = match channel {
             Channel::Local => &mut self.lspawn,
             Channel::Remote => match self.rspawn.as_mut() {
@@ -24,41 +29,45 @@ impl Sender {
         };
         let reader = &mut spawner.reader;
         let open = read_available(&mut spawner.reports, |bytes| reader.push(bytes))
-            .map_err(|e| format!("unable to read from the {} spawner: {e}", channel.name()))?;
+            .map_err(|e| Error::io(format!("read from the {} spawner", channel.name()), &e))?;
         if spawner.reader.overflowed() {
-            return Err(format!("{} spawner sent a report too large", channel.name()));
+            return Err(Error::temporary(format!("{} spawner sent a report too large", channel.name())));
         }
         let mut frames = Vec::new();
         while let Some(frame) = spawner.reader.next_frame() {
             frames.push(frame);
         }
         for frame in frames {
-            let report =
-                Report::decode(&frame).ok_or_else(|| format!("{} spawner sent a mangled report", channel.name()))?;
+            let report = Report::decode(&frame)
+                .ok_or_else(|| broken(format!("{} spawner sent a mangled report", channel.name())))?;
             self.report(channel, report)?;
         }
         if !open {
-            return Err(format!("the {} spawner went away", channel.name()));
+            return Err(Error::temporary(format!("the {} spawner went away", channel.name())));
         }
         Ok(())
     }
 
     /// A spawner reported on a delivery.
-    pub(super) fn report(&mut self, channel: Channel, report: Report) -> Result<(), String> {
-        let Some(delivery) = self.in_flight.remove(&report.slot) else {
-            return Err(format!("{} spawner reported on unknown delivery {}", channel.name(), report.slot));
+    pub(super) fn report(&mut self, channel: Channel, report: Report) -> Result<()> {
+        let Some(delivery) = self.deliveries.in_flight.remove(&report.slot) else {
+            return Err(Error::temporary(format!(
+                "{} spawner reported on unknown delivery {}",
+                channel.name(),
+                report.slot
+            )));
         };
         if delivery.channel != channel {
-            return Err(format!(
+            return Err(Error::temporary(format!(
                 "{} spawner reported on delivery {} of the other channel",
                 channel.name(),
                 report.slot
-            ));
+            )));
         }
         let now = crate::base::date::now();
         let lifetime = self.config.queue_lifetime;
         let c = channel as usize;
-        self.running[c] -= 1;
+        self.deliveries.running[c] -= 1;
         let id = delivery.id;
         if channel == Channel::Remote {
             // The destination failed (not the message) when every result is temporary and
@@ -67,14 +76,14 @@ impl Sender {
             let text = report.results.first().map(|r| words(&r.text)).unwrap_or_default();
             let released = self.destinations.finished(&delivery.domain, unreachable, &text, now);
             for job in released.into_iter().rev() {
-                self.ready[1].push_front(job);
+                self.deliveries.ready[1].push_front(job);
             }
             if unreachable {
                 self.write_destination_table();
             }
         } else {
             for job in self.local_recipients.finished(&delivery.domain, false, "", now).into_iter().rev() {
-                self.ready[0].push_front(job);
+                self.deliveries.ready[0].push_front(job);
             }
         }
         if let Some(m) = self.messages.get_mut(&id) {

@@ -14,17 +14,20 @@
 //! asked of quill-clean → `end msg`.
 #![forbid(unsafe_code)]
 
+use crate::base::fail::{Error, Result};
 use crate::base::log;
 use crate::mail::control::Control;
-use crate::mail::proto::clean::Verb;
-use crate::mail::proto::control;
 use crate::mail::queuefile::Layout;
+use crate::send::cleaning::Clean;
 use crate::send::destinations::{Destinations, LastErrors};
-use crate::send::message::{Delivery, Job, Message};
-use crate::send::pipes::{read_available, set_nonblocking, Output, Pipes, Spawner};
+use crate::send::dispatch::Deliveries;
+use crate::send::message::{Job, Message};
+use crate::send::pickup::Pickup;
+use crate::send::pipes::{read_available, Pipes, Spawner};
 use crate::send::schedule::Timers;
 use crate::send::sendconf::{Channel, Config};
-use std::collections::{HashMap, HashSet, VecDeque};
+use crate::send::views::Views;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
@@ -54,54 +57,49 @@ pub enum Exit {
     Failed,
 }
 
+/// What poll found ready in one turn.
+#[derive(Clone, Copy, Debug, Default)]
+struct Ready {
+    signals: bool,
+    trigger: bool,
+    admin: bool,
+    local_reports: bool,
+    remote_reports: bool,
+    clean_replies: bool,
+}
+
 /// The queue manager.
 pub struct Sender {
     pub(super) control: Control,
     pub(super) config: Config,
     pub(super) layout: Layout,
+    /// The messages picked up and not yet ended, by id.
     pub(super) messages: HashMap<u64, Message>,
-    pub(super) pickups: VecDeque<u64>,
-    pub(super) pickup_set: HashSet<u64>,
-    /// Unreadable message files: not tried again until a restart.
-    pub(super) bad: HashSet<u64>,
+    /// The messages waiting in `todo/` to be picked up.
+    pub(super) pickup: Pickup,
+    /// When each message's channels (and its finish retry) are next due.
     pub(super) timers: Timers<(u64, usize)>,
-    pub(super) ready: [VecDeque<Job>; 2],
-    pub(super) in_flight: HashMap<u32, Delivery>,
-    pub(super) running: [usize; 2],
-    pub(super) next_delivery: u64,
+    /// The jobs ready to go and the deliveries in flight.
+    pub(super) deliveries: Deliveries,
     pub(super) lspawn: Spawner,
     pub(super) rspawn: Option<Spawner>,
-    pub(super) clean_requests: Output,
-    pub(super) clean_replies: File,
-    pub(super) clean_buffer: Vec<u8>,
-    pub(super) clean_pending: VecDeque<(Verb, u64)>,
-    pub(super) moving: usize,
+    /// quill-clean's pipes and the requests it has not answered yet.
+    pub(super) clean: Clean,
+    /// Messages whose info file this turn must write.
     pub(super) info_queue: Vec<u64>,
     /// Set by SIGTERM: the time to give up waiting for deliveries.
     pub(super) stop_deadline: Option<u64>,
-    pub(super) scan_wanted: bool,
-    pub(super) next_scan: u64,
     /// The last deferrals and failures, for `quill status` (queue/info/errors).
     pub(super) last_errors: LastErrors,
     /// Bytes from the administrator's FIFO not yet ending in a newline.
     pub(super) admin_buffer: Vec<u8>,
-    /// Ids seen in todo/ while a message with the same id was still known (inode reuse).
-    pub(super) reused: HashSet<u64>,
     /// Remote destinations: concurrency per destination and back-off.
     pub(super) destinations: Destinations<Job>,
     /// Local recipients: deliveries at once to one address (`concurrencyrecipient`); never
     /// backed off.
     pub(super) local_recipients: Destinations<Job>,
-    /// The back-off table as last written to `info/destinations`.
-    pub(super) destinations_written: String,
-    /// The channel table as last written to `info/channels`.
-    pub(super) channels_written: String,
-    /// The deliveries in flight as last written to `info/flight`.
-    pub(super) flight_written: String,
-    /// When the views were last written (at most once a second).
-    pub(super) views_written_at: u64,
-    /// Messages in todo/ the administrator asked to requeue before they were picked up.
-    pub(super) requeue_at_pickup: HashSet<u64>,
+    /// The views as last written.
+    pub(super) views: Views,
 }
 
 impl Sender {
@@ -109,7 +107,6 @@ impl Sender {
     pub fn new(control: Control, config: Config, pipes: Pipes) -> io::Result<Sender> {
         let destinations = Destinations::new(config.concurrency_destination, config.backoff_min, config.backoff_max);
         let local_recipients = Destinations::new(config.concurrency_recipient, 1, 1);
-        set_nonblocking(&pipes.clean_replies)?;
         let rspawn = match pipes.rspawn {
             Some((requests, reports)) => Some(Spawner::new(requests, reports)?),
             None => None,
@@ -119,42 +116,29 @@ impl Sender {
             control,
             config,
             messages: HashMap::new(),
-            pickups: VecDeque::new(),
-            pickup_set: HashSet::new(),
-            bad: HashSet::new(),
+            pickup: Pickup::default(),
             timers: Timers::default(),
-            ready: [VecDeque::new(), VecDeque::new()],
-            in_flight: HashMap::new(),
-            running: [0, 0],
-            next_delivery: 1,
+            deliveries: Deliveries::default(),
             lspawn: Spawner::new(pipes.lspawn_requests, pipes.lspawn_reports)?,
             rspawn,
-            clean_requests: Output::new(pipes.clean_requests)?,
-            clean_replies: File::from(pipes.clean_replies),
-            clean_buffer: Vec::new(),
-            clean_pending: VecDeque::new(),
-            moving: 0,
+            clean: Clean::new(pipes.clean_requests, pipes.clean_replies)?,
             info_queue: Vec::new(),
             stop_deadline: None,
-            scan_wanted: true,
-            next_scan: 0,
             destinations,
             local_recipients,
-            reused: HashSet::new(),
             admin_buffer: Vec::new(),
             last_errors: Default::default(),
-            destinations_written: String::new(),
-            channels_written: String::new(),
-            flight_written: String::new(),
-            views_written_at: 0,
-            requeue_at_pickup: HashSet::new(),
+            views: Views::default(),
         })
     }
 
     pub(super) fn status(&self) {
         log::raw(&format!(
             "status: local {}/{} remote {}/{}",
-            self.running[0], self.config.concurrency_local, self.running[1], self.config.concurrency_remote
+            self.deliveries.running[0],
+            self.config.concurrency_local,
+            self.deliveries.running[1],
+            self.config.concurrency_remote
         ));
     }
 
@@ -172,159 +156,53 @@ impl Sender {
         }
     }
 
-    pub(super) fn flush_outputs(&mut self) -> Result<(), String> {
-        self.lspawn.requests.flush().map_err(|e| format!("unable to write to the local spawner: {e}"))?;
+    fn flush_outputs(&mut self) -> Result<()> {
+        let broken = |to: &str, e: &io::Error| Error::io(format!("write to {to}"), e);
+        self.lspawn.requests.flush().map_err(|e| broken("the local spawner", &e))?;
         if let Some(r) = self.rspawn.as_mut() {
-            r.requests.flush().map_err(|e| format!("unable to write to the remote spawner: {e}"))?;
+            r.requests.flush().map_err(|e| broken("the remote spawner", &e))?;
         }
-        self.clean_requests.flush().map_err(|e| format!("unable to write to quill-clean: {e}"))
+        self.clean.requests.flush().map_err(|e| broken("quill-clean", &e))
     }
 
     /// The loop. `signals` is the read end of the signal pipe (SIGTERM, SIGALRM, SIGHUP);
     /// `trigger` is `lock/trigger`, open for reading and writing and non-blocking.
     pub fn run(&mut self, signals: &File, trigger: &File, admin: Option<&File>) -> Exit {
-        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         self.status();
         loop {
             let now = crate::base::date::now();
-            self.fire_timers(now);
-            if self.stop_deadline.is_none() {
-                if now >= self.next_scan {
-                    self.scan_wanted = true;
-                    self.next_scan = now + SCAN_INTERVAL;
-                }
-                if self.scan_wanted && self.pickups.is_empty() {
-                    self.scan_wanted = false;
-                    self.scan_todo();
-                }
-                let mut picked = 0;
-                while picked < PICKUP_BATCH && self.moving < MAX_MOVING {
-                    let Some(id) = self.pickups.pop_front() else { break };
-                    self.pickup_set.remove(&id);
-                    self.pick_up(id);
-                    picked += 1;
-                }
-                for job in self.destinations.due(now) {
-                    self.ready[1].push_front(job);
-                }
-                self.dispatch(Channel::Local);
-                self.dispatch(Channel::Remote);
-            }
-            self.write_infos();
-            self.last_errors.write(&self.layout.info().join("errors"));
-            self.write_views(now);
+            self.turn(now);
             if let Err(e) = self.flush_outputs() {
                 return self.fail(&e);
             }
             if let Some(deadline) = self.stop_deadline {
-                if self.in_flight.is_empty() || now >= deadline {
-                    if !self.in_flight.is_empty() {
-                        log::warning(&format!("{} deliveries still running; exiting anyway", self.in_flight.len()));
+                if self.deliveries.in_flight.is_empty() || now >= deadline {
+                    if !self.deliveries.in_flight.is_empty() {
+                        let left = self.deliveries.in_flight.len();
+                        log::warning(&format!("{left} deliveries still running; exiting anyway"));
                     }
                     self.save_all();
                     log::raw("status: exiting");
                     return Exit::Stopped;
                 }
             }
-
-            let timeout_ms: u64 = if self.stop_deadline.is_some() {
-                1000
-            } else if !self.pickups.is_empty() && self.moving < MAX_MOVING {
-                0
-            } else {
-                let next = self
-                    .timers
-                    .next_due()
-                    .unwrap_or(u64::MAX)
-                    .min(self.next_scan)
-                    .min(self.destinations.next_due().unwrap_or(u64::MAX));
-                let wait = next.saturating_sub(now).saturating_mul(1000).min(SCAN_INTERVAL * 1000);
-                if self.views_pending(now) {
-                    wait.min(1000)
-                } else {
-                    wait
-                }
+            let ready = match self.wait(now, signals, trigger, admin) {
+                Ok(ready) => ready,
+                Err(e) => return self.fail(&e),
             };
-            let mut fds = vec![
-                PollFd::new(signals.as_fd(), PollFlags::POLLIN),
-                PollFd::new(trigger.as_fd(), PollFlags::POLLIN),
-                PollFd::new(self.lspawn.reports.as_fd(), PollFlags::POLLIN),
-                PollFd::new(self.clean_replies.as_fd(), PollFlags::POLLIN),
-            ];
-            let out_flag = |pending: bool| if pending { PollFlags::POLLOUT } else { PollFlags::empty() };
-            fds.push(PollFd::new(self.lspawn.requests.file.as_fd(), out_flag(!self.lspawn.requests.buffer.is_empty())));
-            fds.push(PollFd::new(self.clean_requests.file.as_fd(), out_flag(!self.clean_requests.buffer.is_empty())));
-            if let Some(r) = self.rspawn.as_ref() {
-                fds.push(PollFd::new(r.reports.as_fd(), PollFlags::POLLIN));
-                fds.push(PollFd::new(r.requests.file.as_fd(), out_flag(!r.requests.buffer.is_empty())));
+            if ready.signals {
+                self.on_signals(signals);
             }
-            let admin_index = fds.len();
-            if let Some(a) = admin {
-                fds.push(PollFd::new(a.as_fd(), PollFlags::POLLIN));
+            if let (true, Some(admin)) = (ready.admin, admin) {
+                self.on_admin_fifo(admin);
             }
-            let timeout = PollTimeout::try_from(timeout_ms as u128).unwrap_or(PollTimeout::MAX);
-            if let Err(e) = poll(&mut fds, timeout) {
-                if e != nix::errno::Errno::EINTR {
-                    return self.fail(&format!("unable to poll: {e}"));
-                }
-                continue;
-            }
-            let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
-            let (sig, trig, lrep, crep) = (ready(0), ready(1), ready(2), ready(3));
-            let rrep = self.rspawn.is_some() && ready(6);
-            let areq = admin.is_some() && ready(admin_index);
-            drop(fds);
-
-            if sig {
-                let mut got = Vec::new();
-                let _ = read_available(&mut &*signals, |b| got.extend_from_slice(b));
-                for s in got {
-                    match s as i32 {
-                        libc::SIGTERM if self.stop_deadline.is_none() => {
-                            log::raw("status: stopping: waiting for deliveries in flight");
-                            self.stop_deadline = Some(crate::base::date::now() + STOP_WAIT);
-                        }
-                        libc::SIGALRM => self.all_due_now(),
-                        libc::SIGHUP => self.reload(),
-                        _ => {}
-                    }
-                }
-            }
-            if let (true, Some(a)) = (areq, admin) {
-                let mut bytes = Vec::new();
-                let _ = read_available(&mut &*a, |b| bytes.extend_from_slice(b));
-                self.admin_buffer.extend_from_slice(&bytes);
-                while let Some(end) = memchr::memchr(b'\n', &self.admin_buffer) {
-                    let line: Vec<u8> = self.admin_buffer.drain(..=end).collect();
-                    self.admin_request(&line[..line.len() - 1]);
-                }
-                if self.admin_buffer.len() > 4096 {
-                    self.admin_buffer.clear();
-                }
-            }
-            if trig {
-                // A NUL byte is quill-queue's "new mail"; an F is `sendmail -q`: try
-                // everything now; `R TEXT` and a newline is `sendmail -qR TEXT`.
-                let mut bytes = Vec::new();
-                let _ = read_available(&mut &*trigger, |b| {
-                    if bytes.len() < 65536 {
-                        bytes.extend_from_slice(b)
-                    }
-                });
-                self.scan_wanted = true;
-                let (flush, matching) = control::decode_trigger(&bytes);
-                if flush {
-                    log::raw("status: flush requested");
-                    self.all_due_now();
-                }
-                for text in matching {
-                    self.flush_matching(&text);
-                }
+            if ready.trigger {
+                self.on_trigger(trigger);
             }
             let results = [
-                if lrep { self.read_reports(Channel::Local) } else { Ok(()) },
-                if rrep { self.read_reports(Channel::Remote) } else { Ok(()) },
-                if crep { self.read_clean() } else { Ok(()) },
+                if ready.local_reports { self.read_reports(Channel::Local) } else { Ok(()) },
+                if ready.remote_reports { self.read_reports(Channel::Remote) } else { Ok(()) },
+                if ready.clean_replies { self.read_clean() } else { Ok(()) },
             ];
             if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
                 return self.fail(&e);
@@ -332,7 +210,103 @@ impl Sender {
         }
     }
 
-    pub(super) fn fail(&mut self, why: &str) -> Exit {
+    /// The bounded work of one turn: timers, pick-up and dispatch (not while stopping), then
+    /// the state and the views this work changed.
+    fn turn(&mut self, now: u64) {
+        self.fire_timers(now);
+        if self.stop_deadline.is_none() {
+            self.pick_up_batch(now);
+            for job in self.destinations.due(now) {
+                self.deliveries.ready[1].push_front(job);
+            }
+            self.dispatch(Channel::Local);
+            self.dispatch(Channel::Remote);
+        }
+        self.write_infos();
+        self.last_errors.write(&self.layout.info().join("errors"));
+        self.write_views(now);
+    }
+
+    /// How long the loop may sleep: not at all while messages wait for pick-up, a second
+    /// while stopping or while a view waits, else until the next timer, scan or probe.
+    fn timeout_ms(&self, now: u64) -> u64 {
+        if self.stop_deadline.is_some() {
+            return 1000;
+        }
+        if !self.pickup.queue.is_empty() && self.clean.moving < MAX_MOVING {
+            return 0;
+        }
+        let next = self
+            .timers
+            .next_due()
+            .unwrap_or(u64::MAX)
+            .min(self.pickup.next_scan)
+            .min(self.destinations.next_due().unwrap_or(u64::MAX));
+        let wait = next.saturating_sub(now).saturating_mul(1000).min(SCAN_INTERVAL * 1000);
+        if self.views_pending(now) {
+            wait.min(1000)
+        } else {
+            wait
+        }
+    }
+
+    /// Sleep in poll until a descriptor is ready or the timeout passes; which are ready.
+    fn wait(&self, now: u64, signals: &File, trigger: &File, admin: Option<&File>) -> Result<Ready> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let mut fds = vec![
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(trigger.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.lspawn.reports.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.clean.replies.as_fd(), PollFlags::POLLIN),
+        ];
+        let out_flag = |pending: bool| if pending { PollFlags::POLLOUT } else { PollFlags::empty() };
+        fds.push(PollFd::new(self.lspawn.requests.file.as_fd(), out_flag(!self.lspawn.requests.buffer.is_empty())));
+        fds.push(PollFd::new(self.clean.requests.file.as_fd(), out_flag(!self.clean.requests.buffer.is_empty())));
+        if let Some(r) = self.rspawn.as_ref() {
+            fds.push(PollFd::new(r.reports.as_fd(), PollFlags::POLLIN));
+            fds.push(PollFd::new(r.requests.file.as_fd(), out_flag(!r.requests.buffer.is_empty())));
+        }
+        let admin_index = fds.len();
+        if let Some(a) = admin {
+            fds.push(PollFd::new(a.as_fd(), PollFlags::POLLIN));
+        }
+        let timeout = PollTimeout::try_from(self.timeout_ms(now) as u128).unwrap_or(PollTimeout::MAX);
+        if let Err(e) = poll(&mut fds, timeout) {
+            if e != nix::errno::Errno::EINTR {
+                return Err(Error::temporary(format!("unable to poll: {e}")));
+            }
+            return Ok(Ready::default());
+        }
+        let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
+        Ok(Ready {
+            signals: ready(0),
+            trigger: ready(1),
+            local_reports: ready(2),
+            clean_replies: ready(3),
+            remote_reports: self.rspawn.is_some() && ready(6),
+            admin: admin.is_some() && ready(admin_index),
+        })
+    }
+
+    /// SIGTERM: stop (after the deliveries in flight, [`STOP_WAIT`] at most); SIGALRM:
+    /// everything due now; SIGHUP: read the control files again.
+    fn on_signals(&mut self, signals: &File) {
+        let mut got = Vec::new();
+        let _ = read_available(&mut &*signals, |b| got.extend_from_slice(b));
+        for s in got {
+            match s as i32 {
+                libc::SIGTERM if self.stop_deadline.is_none() => {
+                    log::raw("status: stopping: waiting for deliveries in flight");
+                    self.stop_deadline = Some(crate::base::date::now() + STOP_WAIT);
+                }
+                libc::SIGALRM => self.all_due_now(),
+                libc::SIGHUP => self.reload(),
+                _ => {}
+            }
+        }
+    }
+
+    fn fail(&mut self, why: &Error) -> Exit {
         log::line(&format!("alert: {why}; saving state and exiting"));
         self.save_all();
         Exit::Failed

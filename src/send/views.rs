@@ -5,9 +5,57 @@
 
 use crate::base::log;
 use crate::mail::proto::info;
+use crate::send::dispatch::Deliveries;
 use crate::send::message::Phase;
 use crate::send::sendconf::Channel;
 use crate::send::sendloop::Sender;
+
+/// The views as last written, so that an unchanged one is not written again.
+#[derive(Debug, Default)]
+pub struct Views {
+    /// The back-off table as last written to `info/destinations`.
+    pub(super) destinations: String,
+    /// The channel table as last written to `info/channels`.
+    pub(super) channels: String,
+    /// The deliveries in flight as last written to `info/flight`.
+    pub(super) flight: String,
+    /// When the views were last written (at most once a second).
+    pub(super) written_at: u64,
+}
+
+/// `info/channels`: `CHANNEL RUNNING LIMIT QUEUED` for each channel that is full with
+/// deliveries queued. Only such a channel explains a wait, so a quiet system writes nothing.
+pub(super) fn channels_view(deliveries: &Deliveries, limits: [usize; 2]) -> String {
+    let mut channels = String::new();
+    for channel in Channel::ALL {
+        let c = channel as usize;
+        if !deliveries.ready[c].is_empty() && deliveries.running[c] >= limits[c] {
+            channels.push_str(&format!(
+                "{} {} {} {}\n",
+                channel.name(),
+                deliveries.running[c],
+                limits[c],
+                deliveries.ready[c].len()
+            ));
+        }
+    }
+    channels
+}
+
+/// `info/flight`: `ID PLACE...` per delivery in flight (the recipients' places in the
+/// message header), sorted.
+pub(super) fn flight_view(deliveries: &Deliveries) -> String {
+    let mut flight: Vec<String> = deliveries
+        .in_flight
+        .values()
+        .map(|d| {
+            let places: Vec<String> = d.recipients.iter().map(usize::to_string).collect();
+            format!("{} {}\n", d.id, places.join(" "))
+        })
+        .collect();
+    flight.sort();
+    flight.concat()
+}
 
 impl Sender {
     /// Write the info files this turn made necessary, then fsync `info/` once.
@@ -52,40 +100,17 @@ impl Sender {
     /// is read again at start ([`Sender::restore_destinations`]), and a torn or lost one only
     /// costs a probe.
     pub(super) fn write_views(&mut self, now: u64) {
-        if now <= self.views_written_at {
+        if now <= self.views.written_at {
             return;
         }
-        // Only a full channel with deliveries queued explains anything, so the file exists
-        // only then (a quiet system writes nothing).
-        let mut channels = String::new();
-        for channel in Channel::ALL {
-            let c = channel as usize;
-            if !self.ready[c].is_empty() && self.running[c] >= self.config.concurrency(channel) {
-                channels.push_str(&format!(
-                    "{} {} {} {}\n",
-                    channel.name(),
-                    self.running[c],
-                    self.config.concurrency(channel),
-                    self.ready[c].len()
-                ));
-            }
-        }
-        // The deliveries in flight: `ID INDEX...` (the recipients' places in the header).
-        let mut flight: Vec<String> = self
-            .in_flight
-            .values()
-            .map(|d| {
-                let places: Vec<String> = d.recipients.iter().map(usize::to_string).collect();
-                format!("{} {}\n", d.id, places.join(" "))
-            })
-            .collect();
-        flight.sort();
-        let flight = flight.concat();
+        let limits = [self.config.concurrency(Channel::Local), self.config.concurrency(Channel::Remote)];
+        let channels = channels_view(&self.deliveries, limits);
+        let flight = flight_view(&self.deliveries);
         let destinations_changed = self.destinations.take_changed();
-        if !destinations_changed && channels == self.channels_written && flight == self.flight_written {
+        if !destinations_changed && channels == self.views.channels && flight == self.views.flight {
             return;
         }
-        self.views_written_at = now;
+        self.views.written_at = now;
         let info = self.layout.info();
         let write = |name: &str, text: &str| {
             let tmp = info.join(format!("{name}.new"));
@@ -95,7 +120,7 @@ impl Sender {
             self.write_destination_table();
         }
         for (name, text, written) in
-            [("channels", channels, &mut self.channels_written), ("flight", flight, &mut self.flight_written)]
+            [("channels", channels, &mut self.views.channels), ("flight", flight, &mut self.views.flight)]
         {
             if text == *written {
                 continue;
@@ -111,24 +136,24 @@ impl Sender {
     /// back-off shows at once).
     pub(super) fn write_destination_table(&mut self) {
         let table = self.destinations.report();
-        if table == self.destinations_written {
+        if table == self.views.destinations {
             return;
         }
         let info = self.layout.info();
         let tmp = info.join("destinations.new");
         if std::fs::write(&tmp, &table).and_then(|_| std::fs::rename(&tmp, info.join("destinations"))).is_ok() {
-            self.destinations_written = table;
+            self.views.destinations = table;
         }
     }
 
     /// True when a view waits for [`Sender::write_views`]'s once-a-second limit.
     pub(super) fn views_pending(&self, now: u64) -> bool {
-        now <= self.views_written_at
+        now <= self.views.written_at
             && (self.destinations.is_changed()
-                || !self.channels_written.is_empty()
-                || !self.flight_written.is_empty()
-                || !self.in_flight.is_empty()
-                || self.ready.iter().any(|q| !q.is_empty()))
+                || !self.views.channels.is_empty()
+                || !self.views.flight.is_empty()
+                || !self.deliveries.in_flight.is_empty()
+                || self.deliveries.ready.iter().any(|q| !q.is_empty()))
     }
 
     /// Read back the back-off table a previous run left in `info/destinations`.
