@@ -47,7 +47,7 @@ fn load(layout: &Layout, state: &'static str, id: &str) -> Result<Entry, String>
         .parse::<u64>()
         .ok()
         .and_then(|n| crate::mail::proto::info::read(&layout.info(), n).ok().flatten())
-        .filter(|i| i.matches(header.time, header.pid) && i.entries.len() == header.envelope.recipients.len());
+        .filter(|i| i.belongs_to(&header));
     Ok(Entry {
         id: id.to_string(),
         state,

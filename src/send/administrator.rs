@@ -3,6 +3,7 @@
 //! out once none of the message's recipients is queued or in flight.
 #![forbid(unsafe_code)]
 
+use crate::base::fail::{Enhanced, Status};
 use crate::base::log;
 use crate::mail::proto::clean::Verb;
 use crate::mail::proto::control::{self, Verb as Admin};
@@ -12,6 +13,11 @@ use crate::send::pipes::read_available;
 use crate::send::sendconf::Channel;
 use crate::send::sendloop::Sender;
 use std::fs::File;
+
+/// The status of the recipients a `bounce ID` request fails.
+fn bounced() -> Status {
+    Status::permanent(Enhanced::OTHER, "the administrator bounced this message")
+}
 
 impl Sender {
     /// Lines from the administrator's FIFO (`queue/lock/control`); a line longer than the
@@ -251,12 +257,22 @@ impl Sender {
             AdminAction::Bounce => {
                 for r in m.recipients.iter_mut() {
                     if r.progress == Progress::Waiting {
-                        r.progress = Progress::Failed(b"the administrator bounced this message (#5.0.0)".to_vec());
+                        r.progress = Progress::Failed(bounced().to_string().into_bytes());
                     }
                 }
                 m.dirty = true;
                 self.finish(id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounce_text_as_before() {
+        assert_eq!(bounced().to_string(), "the administrator bounced this message (#5.0.0)");
     }
 }

@@ -169,3 +169,38 @@ impl Sender {
         self.clean.requests.queue(&line);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reply line as quill-clean writes it (without its newline): `+ ID` or `! ID REASON`.
+    fn reply(id: u64, reason: Option<&str>) -> Vec<u8> {
+        match reason {
+            None => format!("+ {id}").into_bytes(),
+            Some(reason) => format!("! {id} {reason}").into_bytes(),
+        }
+    }
+
+    #[test]
+    fn replies_answer_the_requests_in_order() {
+        let mut pending = Pending::default();
+        assert_eq!(pending.ask(Verb::Move, 12), clean::Request::new(Verb::Move, 12).encode());
+        pending.ask(Verb::Remove, 13);
+        let (verb, id, answer) = pending.answer(&reply(12, None)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((verb, id, answer), (Verb::Move, 12, Ok(())));
+        let (verb, id, answer) = pending.answer(&reply(13, Some("no such file"))).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((verb, id), (Verb::Remove, 13));
+        assert!(answer.is_err_and(|reason| reason.contains("no such file")));
+    }
+
+    #[test]
+    fn replies_out_of_step() {
+        let mut pending = Pending::default();
+        let unexpected = pending.answer(&reply(1, None)).map(|_| ()).unwrap_err();
+        assert!(unexpected.message.starts_with("unexpected reply from quill-clean"), "{unexpected}");
+        pending.ask(Verb::Hold, 2);
+        let other = pending.answer(&reply(3, None)).map(|_| ()).unwrap_err();
+        assert!(other.message.starts_with("reply from quill-clean out of step"), "{other}");
+    }
+}

@@ -198,3 +198,45 @@ impl Sender {
         self.apply_when_idle(id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_jobs_by_domain_in_order() {
+        let addresses: Vec<Vec<u8>> = vec![
+            b"a@one.example".to_vec(),
+            b"b@two.example".to_vec(),
+            b"c@ONE.example".to_vec(),
+            b"d@two.example.".to_vec(),
+        ];
+        let picked: Vec<(usize, &[u8])> = addresses.iter().enumerate().map(|(i, a)| (i, &a[..])).collect();
+        let jobs = remote_jobs(7, &picked);
+        let shape: Vec<(&[u8], Vec<usize>)> = jobs.iter().map(|j| (&j.domain[..], j.recipients.clone())).collect();
+        assert_eq!(shape, vec![(&b"one.example"[..], vec![0, 2]), (&b"two.example"[..], vec![1, 3])]);
+        assert!(jobs.iter().all(|j| j.id == 7));
+    }
+
+    #[test]
+    fn remote_jobs_carry_at_most_the_transaction_limit() {
+        let addresses: Vec<Vec<u8>> =
+            (0..MAX_REMOTE_RECIPIENTS * 2 + 1).map(|i| format!("u{i}@big.example").into_bytes()).collect();
+        let picked: Vec<(usize, &[u8])> = addresses.iter().enumerate().map(|(i, a)| (i, &a[..])).collect();
+        let sizes: Vec<usize> = remote_jobs(1, &picked).iter().map(|j| j.recipients.len()).collect();
+        assert_eq!(sizes, vec![MAX_REMOTE_RECIPIENTS, MAX_REMOTE_RECIPIENTS, 1]);
+    }
+
+    #[test]
+    fn slots_and_numbers() {
+        let mut deliveries = Deliveries::default();
+        assert_eq!(deliveries.free_slot(), 1);
+        let delivery =
+            |id| Delivery { id, domain: Vec::new(), channel: Channel::Local, recipients: vec![0], numbers: vec![1] };
+        deliveries.in_flight.insert(1, delivery(10));
+        deliveries.in_flight.insert(2, delivery(11));
+        assert_eq!(deliveries.free_slot(), 3, "a slot in use is skipped");
+        assert_eq!(deliveries.number(), 1);
+        assert_eq!(deliveries.number(), 2);
+    }
+}

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 use crate::mail::proto::info::{Entry, Info, Progress};
+use crate::mail::queuefile::Header;
 use crate::send::sendconf::Channel;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +68,59 @@ pub(super) struct Message {
 }
 
 impl Message {
+    /// A message from its header and its info file (which the caller found to belong to it,
+    /// [`Info::belongs_to`]): with the file, each recipient where the file says and marked as
+    /// possibly tried; without, every recipient waiting, routed by `rewrite`.
+    pub(super) fn new(
+        header: Header,
+        offset: u64,
+        info: Option<Info>,
+        rewrite: impl Fn(&[u8]) -> (Channel, Vec<u8>),
+    ) -> Message {
+        let tried = info.is_some();
+        let (recipients, due) = match info {
+            Some(info) => (
+                info.entries
+                    .into_iter()
+                    .map(|e| Recipient {
+                        channel: e.channel,
+                        address: e.address,
+                        progress: e.progress,
+                        busy: false,
+                        last: e.last,
+                        tried,
+                    })
+                    .collect(),
+                [Some(info.due[0]).filter(|&t| t > 0), Some(info.due[1]).filter(|&t| t > 0), None],
+            ),
+            None => (
+                header
+                    .envelope
+                    .recipients
+                    .iter()
+                    .map(|r| {
+                        let (channel, address) = rewrite(r);
+                        Recipient { channel, address, progress: Progress::Waiting, busy: false, last: None, tried }
+                    })
+                    .collect(),
+                [None; 3],
+            ),
+        };
+        Message {
+            birth: header.time,
+            pid: header.pid,
+            sender: header.envelope.sender,
+            originals: header.envelope.recipients,
+            offset,
+            recipients,
+            due,
+            busy: [0, 0],
+            dirty: false,
+            phase: Phase::Moving,
+            pending: None,
+        }
+    }
+
     pub(super) fn done(&self) -> bool {
         self.recipients.iter().all(|r| r.progress != Progress::Waiting)
     }
@@ -131,4 +185,58 @@ pub(super) fn words(text: &[u8]) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mail::envelope::Envelope;
+
+    fn header() -> Header {
+        Header {
+            uid: 0,
+            pid: 42,
+            time: 1000,
+            nanos: 0,
+            envelope: Envelope {
+                sender: b"s@x".to_vec(),
+                recipients: vec![b"Local@here".to_vec(), b"far@there".to_vec()],
+            },
+        }
+    }
+
+    fn route(address: &[u8]) -> (Channel, Vec<u8>) {
+        let channel = if address.ends_with(b"@here") { Channel::Local } else { Channel::Remote };
+        (channel, address.to_ascii_lowercase())
+    }
+
+    #[test]
+    fn new_message_routes_every_recipient() {
+        let m = Message::new(header(), 99, None, route);
+        let routed: Vec<(Channel, &[u8], bool)> =
+            m.recipients.iter().map(|r| (r.channel, &r.address[..], r.tried)).collect();
+        assert_eq!(
+            routed,
+            vec![(Channel::Local, &b"local@here"[..], false), (Channel::Remote, &b"far@there"[..], false)]
+        );
+        assert_eq!((m.birth, m.pid, m.offset, m.phase, m.due), (1000, 42, 99, Phase::Moving, [None; 3]));
+        assert!(m.waiting(Channel::Local) && m.waiting(Channel::Remote) && !m.done());
+    }
+
+    #[test]
+    fn info_file_restores_progress_and_round_trips() {
+        let mut m = Message::new(header(), 99, None, route);
+        m.recipients[0].progress = Progress::Delivered;
+        m.recipients[0].last = Some((1500, b"stale".to_vec()));
+        m.recipients[1].last = Some((1600, b"busy (#4.2.1)".to_vec()));
+        m.due = [None, Some(2000), None];
+        let info = m.info();
+        assert_eq!(info.entries[0].last, None, "only a waiting recipient keeps its last error");
+        assert!(info.belongs_to(&header()));
+        let again = Message::new(header(), 99, Some(info.clone()), |_| unreachable!("the info file routes"));
+        assert_eq!(again.info(), info);
+        assert!(again.recipients.iter().all(|r| r.tried), "a message with an info file may have been tried");
+        assert_eq!(again.due, [None, Some(2000), None]);
+        assert!(!again.waiting(Channel::Local) && again.waiting(Channel::Remote));
+    }
 }

@@ -4,9 +4,9 @@
 
 use crate::base::log;
 use crate::mail::proto::clean::Verb;
-use crate::mail::proto::info::{self, Info, Progress};
+use crate::mail::proto::info::{self, Info};
 use crate::mail::queuefile::{self, Header};
-use crate::send::message::{Message, Phase, Recipient};
+use crate::send::message::{Message, Phase};
 use crate::send::sendloop::{Sender, MAX_MOVING, PICKUP_BATCH, SCAN_INTERVAL};
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
@@ -163,63 +163,15 @@ impl Sender {
     }
 
     /// Build a message from its header and, if it belongs to it, its info file. A stale info
-    /// file (another message with the same inode, or unreadable) is removed.
-    pub(super) fn build(&mut self, id: u64, header: Header, offset: u64, info: Option<Info>) -> Message {
-        let info = match info {
-            Some(info)
-                if info.matches(header.time, header.pid) && info.entries.len() == header.envelope.recipients.len() =>
-            {
-                Some(info)
-            }
-            Some(_) => {
-                let _ = info::remove(&self.layout.info(), id);
-                log::raw(&format!("removed stale info/{id}"));
-                None
-            }
-            None => None,
-        };
-        let tried = info.is_some();
-        let (recipients, due) = match info {
-            Some(info) => (
-                info.entries
-                    .into_iter()
-                    .map(|e| Recipient {
-                        channel: e.channel,
-                        address: e.address,
-                        progress: e.progress,
-                        busy: false,
-                        last: e.last,
-                        tried,
-                    })
-                    .collect(),
-                [Some(info.due[0]).filter(|&t| t > 0), Some(info.due[1]).filter(|&t| t > 0), None],
-            ),
-            None => (
-                header
-                    .envelope
-                    .recipients
-                    .iter()
-                    .map(|r| {
-                        let (channel, address) = self.config.rewrite(r);
-                        Recipient { channel, address, progress: Progress::Waiting, busy: false, last: None, tried }
-                    })
-                    .collect(),
-                [None; 3],
-            ),
-        };
-        Message {
-            birth: header.time,
-            pid: header.pid,
-            sender: header.envelope.sender,
-            originals: header.envelope.recipients,
-            offset,
-            recipients,
-            due,
-            busy: [0, 0],
-            dirty: false,
-            phase: Phase::Moving,
-            pending: None,
+    /// file (another message with the same inode) is removed.
+    fn build(&mut self, id: u64, header: Header, offset: u64, info: Option<Info>) -> Message {
+        let stale = info.as_ref().is_some_and(|info| !info.belongs_to(&header));
+        if stale {
+            let _ = info::remove(&self.layout.info(), id);
+            log::raw(&format!("removed stale info/{id}"));
         }
+        let config = &self.config;
+        Message::new(header, offset, info.filter(|_| !stale), |r| config.rewrite(r))
     }
 
     pub(super) fn read_message(&mut self, dir: &str, id: u64) -> Option<(Header, u64, u64)> {
@@ -308,5 +260,54 @@ impl Sender {
         self.messages.insert(id, message);
         self.ask_clean(Verb::Move, id);
         self.clean.moving += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picked_up_in_the_order_found_and_once() {
+        let mut pickup = Pickup::default();
+        for id in [5, 3, 5, 9, 3] {
+            pickup.found(id, false);
+        }
+        pickup.withdraw(9);
+        assert_eq!(pickup.next(), Some(5));
+        // Taken from the queue, it may be found again (its move may fail).
+        pickup.found(5, false);
+        assert_eq!(pickup.next(), Some(3));
+        assert_eq!(pickup.next(), Some(5));
+        assert_eq!(pickup.next(), None);
+    }
+
+    #[test]
+    fn unreadable_and_reused_ids() {
+        let mut pickup = Pickup::default();
+        pickup.bad.insert(4);
+        pickup.found(4, false);
+        assert_eq!(pickup.next(), None);
+        // A new message with the id of one still ending waits for that end.
+        pickup.found(7, true);
+        assert_eq!(pickup.next(), None);
+        pickup.ended(7);
+        assert_eq!(pickup.next(), Some(7));
+        pickup.ended(7);
+        assert_eq!(pickup.next(), None);
+    }
+
+    #[test]
+    fn scans_when_asked_or_when_the_interval_passed() {
+        let mut pickup = Pickup::default();
+        assert!(pickup.scan_due(1000), "the first turn scans");
+        assert!(!pickup.scan_due(1001));
+        pickup.scan_wanted = true;
+        pickup.push(1);
+        assert!(!pickup.scan_due(1002), "not while found messages still wait");
+        assert_eq!(pickup.next(), Some(1));
+        assert!(pickup.scan_due(1002));
+        assert!(!pickup.scan_due(1000 + SCAN_INTERVAL - 1));
+        assert!(pickup.scan_due(1000 + SCAN_INTERVAL));
     }
 }

@@ -3,7 +3,7 @@
 //! recipient waits.
 #![forbid(unsafe_code)]
 
-use crate::base::fail::{Error, Outcome, Result};
+use crate::base::fail::{Enhanced, Error, Outcome, Result, Status};
 use crate::base::log;
 use crate::mail::proto::info::Progress;
 use crate::mail::spawnproto::Report;
@@ -12,6 +12,43 @@ use crate::send::pipes::read_available;
 use crate::send::schedule;
 use crate::send::sendconf::Channel;
 use crate::send::sendloop::Sender;
+
+/// What one recipient's result in a report means for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Delivered.
+    Delivered,
+    /// Failed for good, with the text for the bounce.
+    Failed(Vec<u8>),
+    /// Not now: tried again on the retry schedule.
+    Deferred,
+}
+
+/// The status of a result the spawner's report left out.
+fn mangled() -> Status {
+    Status::temporary(Enhanced::MAIL_SYSTEM, "spawner report was mangled; will try again")
+}
+
+/// The status of a message whose temporary failures outlived `queuelifetime`.
+fn expired() -> Status {
+    Status::permanent(Enhanced::EXPIRED, "message has been in the queue too long")
+}
+
+/// One recipient's result: a success is delivered, a permanent failure failed, and a
+/// temporary one deferred, unless the message `expired` (has been queued longer than
+/// `queuelifetime`): then it failed, and the bounce says so before the last error.
+pub(super) fn judge(outcome: Outcome, text: &[u8], expired_now: bool) -> Verdict {
+    match outcome {
+        Outcome::Success => Verdict::Delivered,
+        Outcome::Permanent => Verdict::Failed(text.to_vec()),
+        Outcome::Temporary if expired_now => {
+            let mut bounce_text = format!("{}; last error: ", expired()).into_bytes();
+            bounce_text.extend_from_slice(text);
+            Verdict::Failed(bounce_text)
+        }
+        Outcome::Temporary => Verdict::Deferred,
+    }
+}
 
 /// A spawner that broke the protocol: quill-send saves its state and exits.
 fn broken(text: String) -> Error {
@@ -90,29 +127,25 @@ impl Sender {
             for (k, &i) in delivery.recipients.iter().enumerate() {
                 let (outcome, text) = match report.results.get(k) {
                     Some(r) => (r.outcome, r.text.clone()),
-                    None => (Outcome::Temporary, b"spawner report was mangled; will try again (#4.3.0)".to_vec()),
+                    None => (Outcome::Temporary, mangled().to_string().into_bytes()),
                 };
                 let number = delivery.numbers[k];
                 let r = &mut m.recipients[i];
                 r.busy = false;
                 m.busy[c] = m.busy[c].saturating_sub(1);
-                match outcome {
-                    Outcome::Success => {
+                match judge(outcome, &text, schedule::expired(m.birth, now, lifetime)) {
+                    Verdict::Delivered => {
                         log::raw(&format!("delivery {number}: success: {}", words(&text)));
                         r.progress = Progress::Delivered;
                     }
-                    Outcome::Permanent => {
-                        log::raw(&format!("delivery {number}: failure: {}", words(&text)));
-                        self.last_errors.note(now, id, &r.address, "failure", &words(&text));
-                        r.progress = Progress::Failed(text);
+                    Verdict::Failed(bounce_text) => {
+                        log::raw(&format!("delivery {number}: failure: {}", words(&bounce_text)));
+                        if outcome == Outcome::Permanent {
+                            self.last_errors.note(now, id, &r.address, "failure", &words(&text));
+                        }
+                        r.progress = Progress::Failed(bounce_text);
                     }
-                    Outcome::Temporary if schedule::expired(m.birth, now, lifetime) => {
-                        let mut t = b"message has been in the queue too long (#5.4.7); last error: ".to_vec();
-                        t.extend_from_slice(&text);
-                        log::raw(&format!("delivery {number}: failure: {}", words(&t)));
-                        r.progress = Progress::Failed(t);
-                    }
-                    Outcome::Temporary => {
+                    Verdict::Deferred => {
                         log::raw(&format!("delivery {number}: deferral: {}", words(&text)));
                         self.last_errors.note(now, id, &r.address, "deferral", &words(&text));
                         r.last = Some((now, words(&text).into_bytes()));
@@ -136,5 +169,23 @@ impl Sender {
         }
         self.status();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_judged() {
+        assert_eq!(judge(Outcome::Success, b"did it", true), Verdict::Delivered);
+        assert_eq!(judge(Outcome::Permanent, b"no (#5.1.1)", false), Verdict::Failed(b"no (#5.1.1)".to_vec()));
+        assert_eq!(judge(Outcome::Temporary, b"later (#4.2.2)", false), Verdict::Deferred);
+        // The bytes the bounce and the log carry, exactly as before statuses were values.
+        assert_eq!(
+            judge(Outcome::Temporary, b"later (#4.2.2)", true),
+            Verdict::Failed(b"message has been in the queue too long (#5.4.7); last error: later (#4.2.2)".to_vec())
+        );
+        assert_eq!(mangled().to_string(), "spawner report was mangled; will try again (#4.3.0)");
     }
 }

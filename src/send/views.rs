@@ -167,3 +167,35 @@ impl Sender {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::send::message::{Delivery, Job};
+
+    #[test]
+    fn only_a_full_channel_with_jobs_queued_is_shown() {
+        let mut deliveries = Deliveries::default();
+        assert_eq!(channels_view(&deliveries, [10, 20]), "");
+        deliveries.ready[1].push_back(Job { id: 1, recipients: vec![0], domain: b"x.example".to_vec() });
+        deliveries.running = [10, 19];
+        assert_eq!(channels_view(&deliveries, [10, 20]), "", "the remote channel has a free slot");
+        deliveries.running = [10, 20];
+        assert_eq!(channels_view(&deliveries, [10, 20]), "remote 20 20 1\n");
+    }
+
+    #[test]
+    fn flight_lists_places_sorted() {
+        let mut deliveries = Deliveries::default();
+        let delivery = |id, recipients: Vec<usize>| Delivery {
+            id,
+            domain: Vec::new(),
+            channel: Channel::Remote,
+            numbers: vec![0; recipients.len()],
+            recipients,
+        };
+        deliveries.in_flight.insert(5, delivery(30, vec![2, 0]));
+        deliveries.in_flight.insert(4, delivery(12, vec![1]));
+        assert_eq!(flight_view(&deliveries), "12 1\n30 2 0\n");
+    }
+}

@@ -84,6 +84,13 @@ impl Info {
         self.time == time && self.pid == pid
     }
 
+    /// True when this file belongs to the message with this header: its identity and its
+    /// number of recipients agree (a file left by an earlier message with the same inode
+    /// does not).
+    pub fn belongs_to(&self, header: &crate::mail::queuefile::Header) -> bool {
+        self.matches(header.time, header.pid) && self.entries.len() == header.envelope.recipients.len()
+    }
+
     /// The text0 form.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.entries.iter().map(|e| e.address.len() + 8).sum::<usize>());
