@@ -48,7 +48,7 @@ pub struct Pending {
 }
 
 /// quill-clean's answer to one request: done, or why not.
-pub type Answer = std::result::Result<(), String>;
+type Answer = std::result::Result<(), String>;
 
 impl Pending {
     /// Note a request; its line is what goes to quill-clean.
@@ -59,7 +59,7 @@ impl Pending {
 
     /// Match a reply line to the oldest request. A reply nobody asked for, or for another
     /// message, means the two programs are out of step: an error that ends quill-send.
-    pub(super) fn answer(&mut self, line: &[u8]) -> Result<(Verb, u64, Answer)> {
+    fn answer(&mut self, line: &[u8]) -> Result<(Verb, u64, Answer)> {
         let Some((verb, id)) = self.asked.pop_front() else {
             return Err(Error::temporary(format!("unexpected reply from quill-clean: {}", log::safe(line))));
         };
