@@ -197,10 +197,10 @@ mod tests {
     #[test]
     fn replies_out_of_step() {
         let mut pending = Pending::default();
-        let unexpected = pending.answer(&reply(1, None)).map(|_| ()).unwrap_err();
+        let unexpected = pending.answer(&reply(1, None)).map(|_| ()).expect_err("nothing was asked");
         assert!(unexpected.message.starts_with("unexpected reply from quill-clean"), "{unexpected}");
         pending.ask(Verb::Hold, 2);
-        let other = pending.answer(&reply(3, None)).map(|_| ()).unwrap_err();
+        let other = pending.answer(&reply(3, None)).map(|_| ()).expect_err("asked about another message");
         assert!(other.message.starts_with("reply from quill-clean out of step"), "{other}");
     }
 }
