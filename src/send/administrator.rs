@@ -85,28 +85,7 @@ impl Sender {
                     self.pickup.requeue.insert(id);
                 }
             }
-            (Admin::Hold | Admin::Delete | Admin::Bounce, Some(id)) if known => {
-                let action = match verb {
-                    Admin::Hold => AdminAction::Hold,
-                    Admin::Delete => AdminAction::Delete,
-                    _ => AdminAction::Bounce,
-                };
-                let Some(m) = self.messages.get_mut(&id) else { return };
-                if matches!(m.phase, Phase::Bouncing | Phase::Removing | Phase::Holding) {
-                    log::warning(&format!("{} msg {id}: it is already finishing", verb.word()));
-                    return;
-                }
-                log::raw(&format!("{} msg {id}: requested by the administrator", verb.word()));
-                m.pending = Some(action);
-                // Jobs waiting for a backed-off destination or a busy recipient are taken
-                // back at once.
-                let mut parked = self.destinations.take_if(|job: &Job| job.id == id);
-                parked.extend(self.local_recipients.take_if(|job: &Job| job.id == id));
-                for job in parked {
-                    self.unqueue(job);
-                }
-                self.apply_when_idle(id);
-            }
+            (Admin::Hold | Admin::Delete | Admin::Bounce, Some(id)) if known => self.ask_when_idle(verb, id),
             (Admin::Hold, Some(id)) if self.layout.todo().join(id.to_string()).exists() => {
                 // Not picked up yet: hold it where it is.
                 self.pickup.withdraw(id);
@@ -123,6 +102,30 @@ impl Sender {
             }
             _ => log::warning(&format!("unknown administrator request or message: {}", log::safe(line))),
         }
+    }
+
+    /// `hold`, `delete` or `bounce` of a message being delivered: noted, and carried out once
+    /// none of its recipients is queued or in flight ([`Sender::apply_when_idle`]).
+    fn ask_when_idle(&mut self, verb: Admin, id: u64) {
+        let action = match verb {
+            Admin::Hold => AdminAction::Hold,
+            Admin::Delete => AdminAction::Delete,
+            _ => AdminAction::Bounce,
+        };
+        let Some(m) = self.messages.get_mut(&id) else { return };
+        if matches!(m.phase, Phase::Bouncing | Phase::Removing | Phase::Holding) {
+            log::warning(&format!("{} msg {id}: it is already finishing", verb.word()));
+            return;
+        }
+        log::raw(&format!("{} msg {id}: requested by the administrator", verb.word()));
+        m.pending = Some(action);
+        // Jobs waiting for a backed-off destination or a busy recipient are taken back at once.
+        let mut parked = self.destinations.take_if(|job: &Job| job.id == id);
+        parked.extend(self.local_recipients.take_if(|job: &Job| job.id == id));
+        for job in parked {
+            self.unqueue(job);
+        }
+        self.apply_when_idle(id);
     }
 
     /// `flush ID`: the message's next attempts are due now, and the back-off of the

@@ -85,6 +85,27 @@ impl Sender {
         Ok(())
     }
 
+    /// A delivery to `domain` (a remote domain, or a local recipient) ended: the jobs parked
+    /// for it go to the front of the queue. The destination failed (not the message) when
+    /// every result is temporary and says so: then it is backed off, and its other jobs wait.
+    fn release_destination(&mut self, channel: Channel, domain: &[u8], report: &Report, now: u64) {
+        if channel == Channel::Remote {
+            let unreachable = !report.results.is_empty() && report.results.iter().all(|r| r.unreachable);
+            let text = report.results.first().map(|r| words(&r.text)).unwrap_or_default();
+            let released = self.destinations.finished(domain, unreachable, &text, now);
+            for job in released.into_iter().rev() {
+                self.deliveries.ready[1].push_front(job);
+            }
+            if unreachable {
+                self.write_destination_table();
+            }
+        } else {
+            for job in self.local_recipients.finished(domain, false, "", now).into_iter().rev() {
+                self.deliveries.ready[0].push_front(job);
+            }
+        }
+    }
+
     /// A spawner reported on a delivery.
     pub(super) fn report(&mut self, channel: Channel, report: Report) -> Result<()> {
         let Some(delivery) = self.deliveries.in_flight.remove(&report.slot) else {
@@ -106,23 +127,7 @@ impl Sender {
         let c = channel as usize;
         self.deliveries.running[c] -= 1;
         let id = delivery.id;
-        if channel == Channel::Remote {
-            // The destination failed (not the message) when every result is temporary and
-            // says so: then it is backed off, and its other jobs wait.
-            let unreachable = !report.results.is_empty() && report.results.iter().all(|r| r.unreachable);
-            let text = report.results.first().map(|r| words(&r.text)).unwrap_or_default();
-            let released = self.destinations.finished(&delivery.domain, unreachable, &text, now);
-            for job in released.into_iter().rev() {
-                self.deliveries.ready[1].push_front(job);
-            }
-            if unreachable {
-                self.write_destination_table();
-            }
-        } else {
-            for job in self.local_recipients.finished(&delivery.domain, false, "", now).into_iter().rev() {
-                self.deliveries.ready[0].push_front(job);
-            }
-        }
+        self.release_destination(channel, &delivery.domain, &report, now);
         if let Some(m) = self.messages.get_mut(&id) {
             for (k, &i) in delivery.recipients.iter().enumerate() {
                 let (outcome, text) = match report.results.get(k) {
