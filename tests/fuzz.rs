@@ -528,8 +528,8 @@ fn envelope(input: &[u8]) -> Print {
 
 /// Queue files (the header of mess/ID, info files) and queue ids.
 fn queuefile(input: &[u8]) -> Print {
+    use quill::mail::proto::info::Info;
     use quill::mail::queuefile::{valid_id, Header};
-    use quill::send::sendstate::Info;
     let mut print = Print::new();
     match Header::decode(input) {
         Err(_) => {

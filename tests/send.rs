@@ -319,7 +319,7 @@ fn deliveries_deferral_restart_and_bounce() {
     let info_dir = q.join("info");
     let mut info = None;
     wait_for(LIMIT, || {
-        info = quill::send::sendstate::read(&info_dir, id).ok().flatten();
+        info = quill::mail::proto::info::read(&info_dir, id).ok().flatten();
         info.is_some()
     });
     let info = info.expect("info file after a deferral");
@@ -445,7 +445,7 @@ fn a_bounce_that_cannot_be_queued_keeps_the_message() {
     let mess = h.path().join(format!("queue/mess/{id}"));
     assert!(mess.exists());
     let info = h.path().join("queue/info");
-    assert!(wait_for(LIMIT, || quill::send::sendstate::read(&info, id).ok().flatten().is_some()));
+    assert!(wait_for(LIMIT, || quill::mail::proto::info::read(&info, id).ok().flatten().is_some()));
     assert!(!rig.log().contains(&format!("end msg {id}")));
     std::fs::remove_file(h.path().join("queue-refuses")).expect("remove flag");
     rig.signal(nix::sys::signal::Signal::SIGALRM);
@@ -484,8 +484,8 @@ fn sigterm_waits_for_deliveries_in_flight() {
     rig.local.answer(first[0].slot, &[(Outcome::Success, "did 1+0+0/")]);
     let status = rig.wait_send().expect("quill-send exits after SIGTERM");
     assert!(status.success(), "{status}");
-    let info = quill::send::sendstate::read(&h.path().join("queue/info"), id).expect("read").expect("info saved");
-    let waiting = info.entries.iter().filter(|e| e.progress == quill::send::sendstate::Progress::Waiting).count();
+    let info = quill::mail::proto::info::read(&h.path().join("queue/info"), id).expect("read").expect("info saved");
+    let waiting = info.entries.iter().filter(|e| e.progress == quill::mail::proto::info::Progress::Waiting).count();
     assert_eq!(waiting, 1);
     drop(rig);
     // The next quill-send goes on with the recipient left.
@@ -540,11 +540,11 @@ fn virtualdomains_and_kept_remote_recipients() {
     assert_eq!(got, vec!["bare@test.example".to_string(), "vu-x@virt.example".to_string()]);
     // The remote recipient stays, written down, with a log line; the message is not ended.
     let info_dir = h.path().join("queue/info");
-    assert!(wait_for(LIMIT, || quill::send::sendstate::read(&info_dir, id).ok().flatten().is_some()));
-    let info = quill::send::sendstate::read(&info_dir, id).expect("read").expect("info");
+    assert!(wait_for(LIMIT, || quill::mail::proto::info::read(&info_dir, id).ok().flatten().is_some()));
+    let info = quill::mail::proto::info::read(&info_dir, id).expect("read").expect("info");
     assert_eq!(info.entries[2].address, b"far@not.example");
     assert_eq!(info.entries[2].channel, quill::send::sendconf::Channel::Remote);
-    assert_eq!(info.entries[2].progress, quill::send::sendstate::Progress::Waiting);
+    assert_eq!(info.entries[2].progress, quill::mail::proto::info::Progress::Waiting);
     assert!(rig.log().contains("remote channel is not running"));
     assert!(!rig.log().contains("end msg"));
     assert!(h.path().join(format!("queue/mess/{id}")).exists());
@@ -582,25 +582,25 @@ fn restart_recovers_mess_and_removes_stale_info() {
     let plain = write_message(h.path(), "mess", SENDER, &["p@test.example"], t, "plain");
     // An info file from an earlier message that had the same inode: recognised and ignored.
     let reused = write_message(h.path(), "mess", SENDER, &["r@test.example"], t, "reused");
-    let foreign = quill::send::sendstate::Info {
+    let foreign = quill::mail::proto::info::Info {
         time: t - 1000,
         pid: 1,
         due: [0, 0],
-        entries: vec![quill::send::sendstate::Entry {
+        entries: vec![quill::mail::proto::info::Entry {
             channel: quill::send::sendconf::Channel::Local,
             address: b"r@test.example".to_vec(),
-            progress: quill::send::sendstate::Progress::Delivered,
+            progress: quill::mail::proto::info::Progress::Delivered,
             last: None,
         }],
     };
     let info_dir = h.path().join("queue/info");
-    quill::send::sendstate::write(&info_dir, reused, &foreign).expect("write info");
+    quill::mail::proto::info::write(&info_dir, reused, &foreign).expect("write info");
     // An info file for no message at all, and a torn temporary one.
-    quill::send::sendstate::write(&info_dir, 999_999_999, &foreign).expect("write info");
+    quill::mail::proto::info::write(&info_dir, 999_999_999, &foreign).expect("write info");
     std::fs::write(info_dir.join("5.new"), b"I").expect("write");
     // A held message is left alone, its info file too.
     let held = write_message(h.path(), "hold", SENDER, &["h@test.example"], t, "held");
-    quill::send::sendstate::write(&info_dir, held, &foreign).expect("write info");
+    quill::mail::proto::info::write(&info_dir, held, &foreign).expect("write info");
 
     let mut rig = Rig::start(h.path(), "send", false);
     let mut got: Vec<String> = Vec::new();

@@ -692,8 +692,11 @@ fn quill_queue_hold_release_bounce_delete_flush() {
     // durably in the info file.
     let id: u64 = first.parse().expect("id");
     let info_dir = q.home().join("queue/info");
-    assert!(wait_for(Duration::from_secs(30), || quill::send::sendstate::read(&info_dir, id).ok().flatten().is_some()));
-    let info = quill::send::sendstate::read(&info_dir, id).expect("read info").expect("info");
+    assert!(wait_for(Duration::from_secs(30), || quill::mail::proto::info::read(&info_dir, id)
+        .ok()
+        .flatten()
+        .is_some()));
+    let info = quill::mail::proto::info::read(&info_dir, id).expect("read info").expect("info");
     // (isqrt(age) + 20)² with the age at the attempt: 400 s if it came within a second.
     let wait = info.due[1] - info.time;
     let root = (20..=23).find(|r| r * r == wait);

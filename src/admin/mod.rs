@@ -97,15 +97,7 @@ pub fn shell_quote(text: &str) -> String {
     }
 }
 
-/// Age in a short human form: `42s`, `17m`, `5h`, `3d`.
-pub fn age(seconds: u64) -> String {
-    match seconds {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
-    }
-}
+pub use crate::mail::queuelist::age;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

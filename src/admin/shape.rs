@@ -40,7 +40,7 @@ pub fn shape(entries: &[Entry], now: u64, by_sender: bool) -> String {
                 .info
                 .as_ref()
                 .and_then(|i| i.entries.get(n))
-                .is_none_or(|r| r.progress == crate::send::sendstate::Progress::Waiting);
+                .is_none_or(|r| r.progress == crate::mail::proto::info::Progress::Waiting);
             if !waiting {
                 continue;
             }

@@ -7,7 +7,7 @@
 
 use super::json::Object;
 use super::queue::Entry;
-use crate::send::sendstate::Progress;
+use crate::mail::proto::info::Progress;
 use std::collections::HashMap;
 use std::path::Path;
 

@@ -4,7 +4,8 @@
 //! quill-lspawn (root; its argument is the default delivery), quill-rspawn (quillr; only if
 //! installed), quill-clean (quillq) and quill-send (quills), with the descriptors of
 //! doc/INTERNALS.md "quill-start's pipes". Every stage's stderr goes to quill-start's stdout,
-//! for the supervisor's logger, and so do quill-start's own diagnostics. Run by a supervisor (daemontools, runit, s6, systemd).
+//! for the supervisor's logger, and so do quill-start's own diagnostics. Run by a supervisor (daemontools, runit, s6,
+//! systemd). The engine is `quill::send::start`.
 //! Usage: `quill-start [defaultdelivery]` (default `./Maildir/`).
 //! Runs as: root (a private instance: the current user, and every stage runs as that user).
 //! Signals: TERM or INT stop (quill-send first, so it saves its state); HUP and ALRM are
@@ -14,177 +15,10 @@
 //! Man page: doc/quill-start.8.
 #![forbid(unsafe_code)]
 
-use nix::sys::signal::Signal;
-use quill::base::children;
-use quill::base::fail::Outcome;
 use quill::base::log;
+use quill::send::start;
 use std::ffi::OsString;
-use std::os::fd::{AsFd, OwnedFd};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
-
-/// How long a stopping quill-send may take: above its own wait for deliveries in flight
-/// (`quill::send::sendloop::STOP_WAIT`), so that it can save its state.
-const SEND_STOP_WAIT: Duration = Duration::from_secs(quill::send::sendloop::STOP_WAIT + 10);
-/// How long the other stages get to notice their closed pipes, then to obey SIGTERM.
-const STAGE_STOP_WAIT: Duration = Duration::from_secs(5);
-
-/// uid, gid and supplementary groups.
-type Credentials = (u32, u32, Vec<u32>);
-
-struct Stage {
-    name: &'static str,
-    child: Child,
-}
-
-/// Look up a user by name, with group `quill` as its group.
-fn credentials(user: &str, group: u32) -> Result<Credentials, String> {
-    match nix::unistd::User::from_name(user) {
-        Ok(Some(u)) => Ok((u.uid.as_raw(), group, vec![group])),
-        Ok(None) => Err(format!("unable to find user {user}")),
-        Err(e) => Err(format!("unable to look up user {user}: {e}")),
-    }
-}
-
-/// The credentials of rspawn, clean and send when running as root.
-fn users() -> Result<(Credentials, Credentials, Credentials), String> {
-    let group = match nix::unistd::Group::from_name("quill") {
-        Ok(Some(g)) => g.gid.as_raw(),
-        Ok(None) => return Err("unable to find group quill".to_string()),
-        Err(e) => return Err(format!("unable to look up group quill: {e}")),
-    };
-    Ok((credentials("quillr", group)?, credentials("quillq", group)?, credentials("quills", group)?))
-}
-
-fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("unable to make a pipe: {e}"))
-}
-
-/// Run one stage. The Command (and with it the parent's copies of the descriptors handed to
-/// the child) is dropped on return.
-fn spawn(
-    name: &'static str,
-    args: &[OsString],
-    stdin: Stdio,
-    stdout: Stdio,
-    credentials: Option<&Credentials>,
-    log_fd: &OwnedFd,
-) -> Result<Stage, String> {
-    let path = quill::mail::control::bindir().join(name);
-    let mut command = Command::new(&path);
-    let stderr = log_fd.try_clone().map_err(|e| format!("unable to duplicate stdout: {e}"))?;
-    command.args(args).stdin(stdin).stdout(stdout).stderr(Stdio::from(stderr));
-    if let Some((uid, gid, groups)) = credentials {
-        quill::base::sys::set_credentials(&mut command, *uid, *gid, groups.clone());
-    }
-    // After the credentials: changing them clears the parent-death signal.
-    quill::base::sys::die_with_parent(&mut command);
-    let child = command.spawn().map_err(|e| format!("unable to start {}: {e}", path.display()))?;
-    Ok(Stage { name, child })
-}
-
-/// Stop the set: quill-send first (SIGTERM, so it waits for its deliveries and saves its
-/// state), then the others, which exit when their input pipes close; SIGTERM and at last
-/// SIGKILL for any that do not.
-fn stop(stages: &mut [Stage]) {
-    for stage in stages.iter_mut().filter(|s| s.name == "quill-send") {
-        if children::running(&mut stage.child)
-            && !children::ask_to_stop(&mut stage.child, Instant::now() + SEND_STOP_WAIT)
-        {
-            log::warning("quill-send did not stop in time; killing it");
-            children::kill(&mut stage.child);
-        }
-    }
-    let deadline = Instant::now() + STAGE_STOP_WAIT;
-    for stage in stages.iter_mut() {
-        children::wait_until(&mut stage.child, deadline);
-    }
-    for stage in stages.iter_mut() {
-        if children::running(&mut stage.child) {
-            children::signal(&stage.child, Signal::SIGTERM);
-        }
-    }
-    let deadline = Instant::now() + STAGE_STOP_WAIT;
-    for stage in stages.iter_mut() {
-        if !children::wait_until(&mut stage.child, deadline) {
-            log::warning(&format!("{} did not stop in time; killing it", stage.name));
-            children::kill(&mut stage.child);
-        }
-    }
-}
-
-/// Start the stages. On failure the ones already started are stopped.
-fn start(default_delivery: OsString, root: bool) -> Result<Vec<Stage>, String> {
-    let (rspawn_user, clean_user, send_user) = match root {
-        true => {
-            let (r, c, s) = users()?;
-            (Some(r), Some(c), Some(s))
-        }
-        false => (None, None, None),
-    };
-    let log_fd =
-        std::io::stdout().as_fd().try_clone_to_owned().map_err(|e| format!("unable to duplicate stdout: {e}"))?;
-    let (l_req_r, l_req_w) = pipe()?;
-    let (l_rep_r, l_rep_w) = pipe()?;
-    let (c_req_r, c_req_w) = pipe()?;
-    let (c_rep_r, c_rep_w) = pipe()?;
-    let mut stages = Vec::new();
-    let mut send_fds = vec![l_req_w, l_rep_r];
-    let result = (|| {
-        stages.push(spawn("quill-lspawn", &[default_delivery], l_req_r.into(), l_rep_w.into(), None, &log_fd)?);
-        if quill::mail::control::bindir().join("quill-rspawn").is_file() {
-            let (r_req_r, r_req_w) = pipe()?;
-            let (r_rep_r, r_rep_w) = pipe()?;
-            stages.push(spawn("quill-rspawn", &[], r_req_r.into(), r_rep_w.into(), rspawn_user.as_ref(), &log_fd)?);
-            send_fds.extend([r_req_w, r_rep_r]);
-        } else {
-            log::warning("quill-rspawn is not installed: remote mail stays in the queue");
-        }
-        stages.push(spawn("quill-clean", &[], c_req_r.into(), c_rep_w.into(), clean_user.as_ref(), &log_fd)?);
-        let send_log = log_fd.try_clone().map_err(|e| format!("unable to duplicate stdout: {e}"))?;
-        stages.push(spawn_send(send_fds, c_req_w, c_rep_r, send_user.as_ref(), send_log, &log_fd)?);
-        Ok::<(), String>(())
-    })();
-    match result {
-        Ok(()) => Ok(stages),
-        Err(e) => {
-            stop(&mut stages);
-            Err(e)
-        }
-    }
-}
-
-/// quill-send: fd 0 /dev/null, 1 and 2 the log, 3/4 lspawn, 5/6 rspawn if present, 7/8 clean.
-fn spawn_send(
-    spawners: Vec<OwnedFd>,
-    clean_requests: OwnedFd,
-    clean_replies: OwnedFd,
-    credentials: Option<&Credentials>,
-    stdout: OwnedFd,
-    log_fd: &OwnedFd,
-) -> Result<Stage, String> {
-    let path = quill::mail::control::bindir().join("quill-send");
-    let mut command = Command::new(&path);
-    let stderr = log_fd.try_clone().map_err(|e| format!("unable to duplicate stdout: {e}"))?;
-    command.stdin(Stdio::null()).stdout(Stdio::from(stdout)).stderr(Stdio::from(stderr));
-    let mut high = Vec::new();
-    for fd in spawners.iter().chain([&clean_requests, &clean_replies]) {
-        high.push(
-            quill::base::sys::dup_at_least(fd.as_fd(), 10).map_err(|e| format!("unable to duplicate a pipe: {e}"))?,
-        );
-    }
-    // Sources sit above 9, so no dup2 in the child overwrites one that a later one needs.
-    // Without rspawn, 5 and 6 stay closed: that is how quill-send knows.
-    let targets: &[i32] = if high.len() == 6 { &[3, 4, 5, 6, 7, 8] } else { &[3, 4, 7, 8] };
-    let pairs = high.iter().map(std::os::fd::AsRawFd::as_raw_fd).zip(targets.iter().copied()).collect();
-    quill::base::sys::map_fds(&mut command, pairs);
-    if let Some((uid, gid, groups)) = credentials {
-        quill::base::sys::set_credentials(&mut command, *uid, *gid, groups.clone());
-    }
-    quill::base::sys::die_with_parent(&mut command);
-    let child = command.spawn().map_err(|e| format!("unable to start {}: {e}", path.display()))?;
-    Ok(Stage { name: "quill-send", child })
-}
+use std::process::ExitCode;
 
 fn main() -> ExitCode {
     log::init("quill-start");
@@ -205,36 +39,9 @@ fn main() -> ExitCode {
             Ok(fd) => fd,
             Err(e) => return log::fatal_exit(&format!("unable to catch signals: {e}")),
         };
-    let mut stages = match start(default_delivery, root) {
+    let mut stages = match start::start(default_delivery, root) {
         Ok(s) => s,
-        Err(e) => return log::fatal_exit(&e),
+        Err(e) => return log::fatal_exit(&e.message),
     };
-    supervise(&mut stages, &signals)
-}
-
-/// Wait for a signal or a stage's exit; then stop the set.
-fn supervise(stages: &mut [Stage], signals: &OwnedFd) -> ExitCode {
-    loop {
-        for caught in children::caught(signals, Duration::from_millis(1000)) {
-            if children::is_stop(caught) {
-                stop(stages);
-                return ExitCode::SUCCESS;
-            }
-            let forward = match caught {
-                libc::SIGHUP => Signal::SIGHUP,
-                libc::SIGALRM => Signal::SIGALRM,
-                _ => continue,
-            };
-            for stage in stages.iter().filter(|s| s.name == "quill-send") {
-                children::signal(&stage.child, forward);
-            }
-        }
-        for i in 0..stages.len() {
-            if let Ok(Some(status)) = stages[i].child.try_wait() {
-                log::warning(&format!("{} exited ({status}); stopping the others", stages[i].name));
-                stop(stages);
-                return Outcome::Temporary.exit();
-            }
-        }
-    }
+    start::supervise(&mut stages, &signals)
 }

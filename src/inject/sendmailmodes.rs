@@ -32,7 +32,7 @@ pub fn smtp() -> u8 {
 
 /// `-bp` / `mailq`: one line per queued message, oldest first.
 pub fn list(control: &Control) -> u8 {
-    let (mut entries, problems) = crate::admin::queue::entries(&control.home);
+    let (mut entries, problems) = crate::mail::queuelist::entries(&control.home);
     if entries.is_empty() && !problems.is_empty() {
         for p in &problems {
             crate::base::log::fatal(p);
@@ -46,7 +46,7 @@ pub fn list(control: &Control) -> u8 {
         println!("Mail queue is empty");
     }
     for e in &entries {
-        println!("{}", crate::admin::queue::list_line(e, now));
+        println!("{}", crate::mail::queuelist::list_line(e, now));
     }
     if !entries.is_empty() {
         println!("-- {} message{} in the queue", entries.len(), if entries.len() == 1 { "" } else { "s" });

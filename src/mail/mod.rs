@@ -4,7 +4,8 @@
 //! Values: `address`, `envelope`, `header`. Policy: `rewrite` (locals and virtualdomains, the
 //! recipient rewriting quill-send and quill-smtpd share). Files: `control` (doc/quill-control.5),
 //! `queuefile` (doc/queue-format.5: the queue's layout and a message file's header),
-//! `aliases` (doc/aliases.5), `users` (doc/quill-users.5), `dotqmail` (doc/dot-qmail.5).
+//! `aliases` (doc/aliases.5), `users` (doc/quill-users.5), `dotqmail` (doc/dot-qmail.5),
+//! `queuelist` (the queue listing `mailq` and `quill queue list` print).
 //! Protocols: `smtp` (the SMTP codec), `submit`
 //! (the qmail-queue protocol, the caller's side), and `proto/`: one codec per pipe protocol,
 //! writer and reader together (`clean`: quill-send ↔ quill-clean; `remote_report`:
@@ -20,6 +21,7 @@ pub mod envelope;
 pub mod header;
 pub mod proto;
 pub mod queuefile;
+pub mod queuelist;
 pub mod rewrite;
 pub mod smtp;
 pub mod submit;

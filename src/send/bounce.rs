@@ -8,6 +8,8 @@
 //! a `text/rfc822-headers` part with the original message's header block.
 #![forbid(unsafe_code)]
 
+use crate::base::fail::{parse_enhanced, Enhanced, Status};
+
 /// The most bytes of the original header block a bounce carries.
 pub const MAX_ORIGINAL_HEADERS: usize = 64 * 1024;
 /// The most bytes of one recipient's failure text in a bounce.
@@ -45,8 +47,9 @@ pub struct Bounce<'a> {
     pub original_headers: &'a [u8],
 }
 
-/// The RFC 3463 status of a failure: the first `#5.X.Y` in its text, else `5.0.0`.
-pub fn status_code(text: &[u8]) -> String {
+/// The RFC 3463 status of a failure: the subject and detail of the first `#5.X.Y` in its
+/// text (a spawner's report, rendered by `Status` or by a remote server), else `5.0.0`.
+pub fn status_code(text: &[u8]) -> Enhanced {
     let mut pos = 0;
     while let Some(hash) = memchr::memchr(b'#', &text[pos..]) {
         let start = pos + hash + 1;
@@ -55,11 +58,11 @@ pub fn status_code(text: &[u8]) -> String {
         }
         pos = start;
     }
-    "5.0.0".to_string()
+    Enhanced::OTHER
 }
 
-/// `5.D{1,3}.D{1,3}` at the start of `bytes`.
-fn parse_code(bytes: &[u8]) -> Option<String> {
+/// `5.D{1,3}.D{1,3}` at the start of `bytes`, not followed by another digit.
+fn parse_code(bytes: &[u8]) -> Option<Enhanced> {
     if bytes.first() != Some(&b'5') || bytes.get(1) != Some(&b'.') {
         return None;
     }
@@ -80,7 +83,8 @@ fn parse_code(bytes: &[u8]) -> Option<String> {
     if bytes.get(end).is_some_and(u8::is_ascii_digit) {
         return None;
     }
-    Some(String::from_utf8_lossy(&bytes[..end]).into_owned())
+    let (_, code) = parse_enhanced(std::str::from_utf8(&bytes[..end]).ok()?)?;
+    Some(code)
 }
 
 /// The header block at the start of a message: everything up to (not including) the first
@@ -194,7 +198,7 @@ pub fn compose(b: &Bounce) -> Vec<u8> {
         out.extend_from_slice(b"\nFinal-Recipient: rfc822; ");
         ascii(&f.recipient, &mut out);
         out.extend_from_slice(b"\nAction: failed\n");
-        push(&mut out, &[format!("Status: {}\n", status_code(&f.text)).as_bytes()]);
+        push(&mut out, &[format!("Status: {}\n", Status::permanent(status_code(&f.text), "").code_text()).as_bytes()]);
         push(&mut out, &[b"Diagnostic-Code: x-quill; ", &one_line(&f.text), b"\n"]);
     }
     out.push(b'\n');
@@ -216,12 +220,14 @@ mod tests {
 
     #[test]
     fn status_codes() {
-        assert_eq!(status_code(b"Sorry, no mailbox here by that name. (#5.1.1)"), "5.1.1");
-        assert_eq!(status_code(b"deferred (#4.2.2) then refused (#5.7.1)"), "5.7.1");
-        assert_eq!(status_code(b"no code at all"), "5.0.0");
-        assert_eq!(status_code(b"#5.1 #5.x.1 #5.1234.1 #5.1.1234"), "5.0.0");
-        assert_eq!(status_code(b"#5.10.100"), "5.10.100");
-        assert_eq!(status_code(b"trailing #"), "5.0.0");
+        let code = |text: &[u8]| Status::permanent(status_code(text), "").code_text();
+        assert_eq!(code(b"Sorry, no mailbox here by that name. (#5.1.1)"), "5.1.1");
+        assert_eq!(code(b"deferred (#4.2.2) then refused (#5.7.1)"), "5.7.1");
+        assert_eq!(code(b"no code at all"), "5.0.0");
+        assert_eq!(code(b"#5.1 #5.x.1 #5.1234.1 #5.1.1234"), "5.0.0");
+        assert_eq!(code(b"#5.10.100"), "5.10.100");
+        assert_eq!(code(b"trailing #"), "5.0.0");
+        assert_eq!(status_code(b"over quota (#5.2.2)"), Enhanced::MAILBOX_FULL);
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //! `clean` (quill-send ↔ quill-clean), `remote_report` (quill-remote → quill-rspawn, and the
 //! time limit of a run both sides compute), `spawn` (quill-send ↔ quill-lspawn and
 //! quill-rspawn: requests and reports), `control` (the administrator → quill-send, through the
-//! trigger and control FIFOs).
+//! trigger and control FIFOs), `info` (quill-send's state file `queue/info/ID`, written by
+//! quill-send, read by `quill queue`).
 #![forbid(unsafe_code)]
 
 pub mod clean;
 pub mod control;
+pub mod info;
 pub mod remote_report;
 pub mod spawn;

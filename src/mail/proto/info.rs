@@ -1,4 +1,6 @@
-//! `queue/info/ID`: what quill-send knows about a message that needs another attempt.
+//! `queue/info/ID`: what quill-send knows about a message that needs another attempt. The
+//! codec (writer and reader) and the file operations; quill-send writes these files and
+//! `quill queue` (list, show, why, shape) reads them.
 //!
 //! A message delivered completely on its first attempt never gets this file (one file write,
 //! two fsyncs and a rename saved per message). The file is text0, written whole under a
@@ -26,7 +28,7 @@
 #![forbid(unsafe_code)]
 
 use crate::base::fail::{Error, Result};
-use crate::send::sendconf::Channel;
+use crate::mail::rewrite::Channel;
 use std::io::Write;
 use std::path::Path;
 
@@ -80,6 +82,13 @@ impl Info {
     /// True when this file belongs to the message whose header has these `t` and `p`.
     pub fn matches(&self, time: u64, pid: u32) -> bool {
         self.time == time && self.pid == pid
+    }
+
+    /// True when this file belongs to the message with this header: its identity and its
+    /// number of recipients agree (a file left by an earlier message with the same inode
+    /// does not).
+    pub fn belongs_to(&self, header: &crate::mail::queuefile::Header) -> bool {
+        self.matches(header.time, header.pid) && self.entries.len() == header.envelope.recipients.len()
     }
 
     /// The text0 form.
@@ -287,7 +296,7 @@ mod tests {
 
     #[test]
     fn files() {
-        let dir = std::env::temp_dir().join(format!("quill-sendstate-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("quill-info-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         assert_eq!(read(&dir, 77).unwrap(), None);
         write(&dir, 77, &sample()).unwrap();

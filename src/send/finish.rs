@@ -1,0 +1,100 @@
+//! The end of a message: when every recipient is done, the bounce (if one failed) is queued,
+//! and only then is its removal asked of quill-clean.
+#![forbid(unsafe_code)]
+
+use crate::base::log;
+use crate::mail::envelope::Envelope;
+use crate::mail::proto::clean::Verb;
+use crate::mail::proto::info::Progress;
+use crate::send::bounce::{self, Bounce, Failure};
+use crate::send::message::{Phase, FINISH};
+use crate::send::sendloop::{Sender, DOUBLE_BOUNCE_SENDER, FINISH_RETRY};
+use std::fs::File;
+use std::io::{self, Read};
+
+impl Sender {
+    /// Every recipient is done: queue the bounce if one is needed, then ask for the removal.
+    /// The message is never removed before its bounce is queued.
+    pub(super) fn finish(&mut self, id: u64) {
+        let Some(m) = self.messages.get_mut(&id) else { return };
+        m.phase = Phase::Bouncing;
+        m.due[FINISH] = None;
+        let failures: Vec<Failure> = m
+            .recipients
+            .iter()
+            .zip(&m.originals)
+            .filter_map(|(r, original)| match &r.progress {
+                Progress::Failed(text) => Some(Failure { recipient: original.clone(), text: text.clone() }),
+                _ => None,
+            })
+            .collect();
+        if !failures.is_empty() {
+            if m.sender == DOUBLE_BOUNCE_SENDER {
+                log::raw(&format!("triple bounce: discarding bounce for msg {id}"));
+            } else if let Err(e) = self.queue_bounce(id, &failures) {
+                log::warning(&format!("unable to queue bounce for msg {id}: {e}; will try again"));
+                let at = crate::base::date::now() + FINISH_RETRY;
+                if let Some(m) = self.messages.get_mut(&id) {
+                    m.due[FINISH] = Some(at);
+                    if m.dirty {
+                        self.info_queue.push(id);
+                    }
+                }
+                self.timers.push(at, (id, FINISH));
+                return;
+            }
+        }
+        self.ask_remove(id);
+    }
+
+    pub(super) fn ask_remove(&mut self, id: u64) {
+        if let Some(m) = self.messages.get_mut(&id) {
+            m.phase = Phase::Removing;
+            m.due[FINISH] = None;
+        }
+        self.ask_clean(Verb::Remove, id);
+    }
+
+    pub(super) fn queue_bounce(&mut self, id: u64, failures: &[Failure]) -> crate::base::fail::Result<()> {
+        let Some(m) = self.messages.get(&id) else { return Ok(()) };
+        let double = m.sender.is_empty();
+        let (to, sender) = if double {
+            (self.config.double_bounce_to.clone(), DOUBLE_BOUNCE_SENDER.to_vec())
+        } else {
+            (m.sender.clone(), Vec::new())
+        };
+        let headers = self.original_headers(id, m.offset);
+        let message = bounce::compose(&Bounce {
+            me: &self.config.me,
+            from: &self.config.bounce_from,
+            to: &to,
+            double,
+            id,
+            arrival: m.birth,
+            now: crate::base::date::now(),
+            failures,
+            original_headers: bounce::header_block_within(&headers, self.config.bounce_max_bytes),
+        });
+        let accepted = crate::mail::submit::submit(&message, &Envelope { sender, recipients: vec![to] })?;
+        log::raw(&format!("bounce msg {id} qp {}", accepted.pid));
+        // The bounce is in todo/ now; pick it up without waiting for the next scan.
+        self.pickup.scan_wanted = true;
+        Ok(())
+    }
+
+    /// The first bytes of the message (enough for its header block); empty if unreadable.
+    pub(super) fn original_headers(&self, id: u64, offset: u64) -> Vec<u8> {
+        use std::io::Seek;
+        let mut bytes = Vec::new();
+        let path = self.layout.mess().join(id.to_string());
+        let read = File::open(&path).and_then(|mut f| {
+            f.seek(io::SeekFrom::Start(offset))?;
+            f.take(bounce::MAX_ORIGINAL_HEADERS as u64 + 2).read_to_end(&mut bytes)
+        });
+        if let Err(e) = read {
+            log::warning(&format!("unable to read mess/{id} for its bounce: {e}"));
+            bytes.clear();
+        }
+        bytes
+    }
+}
