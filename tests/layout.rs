@@ -42,13 +42,6 @@ const EXCEPTIONS: &[(&str, &str)] = &[];
 /// The longest a program's main may be, in lines: a short main over the library (issue 9).
 const MAX_PROGRAM_LINES: usize = 150;
 
-/// TEMPORARY (issue 9, step 5): mains being shortened on other branches at the same time,
-/// held only to the old limit until they land; the lead removes this list then.
-const TEMPORARY_LONG_MAINS: &[&str] = &["quill-start", "quill-rspawn", "quill-lspawn", "quill-send"];
-
-/// The old limit (quill-tcpserver.rs's length before it was shortened), for the list above.
-const TEMPORARY_LONG_MAIN_LINES: usize = 504;
-
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
@@ -186,13 +179,8 @@ fn every_program_has_a_man_page_and_a_short_main() {
             problems.push(format!("src/bin/{program}.rs has no man page doc/{program}.[158]"));
         }
         let lines = fs::read_to_string(&path).expect("read program").lines().count();
-        let limit = if TEMPORARY_LONG_MAINS.contains(&program.as_str()) {
-            TEMPORARY_LONG_MAIN_LINES
-        } else {
-            MAX_PROGRAM_LINES
-        };
-        if lines > limit {
-            problems.push(format!("src/bin/{program}.rs has {lines} lines, more than {limit}"));
+        if lines > MAX_PROGRAM_LINES {
+            problems.push(format!("src/bin/{program}.rs has {lines} lines, more than {MAX_PROGRAM_LINES}"));
         }
     }
     assert!(count > 0, "no programs found in src/bin");
