@@ -115,10 +115,11 @@ pub fn show(entry: &Entry, recipients: &[super::why::Recipient], now: u64, body:
 /// at most `PIPE_BUF` bytes that end at a line's end, so that they reach quill-send whole
 /// even when two administrators write at once; a full FIFO is waited for (a minute at most:
 /// quill-send reads it in every turn of its loop).
-pub fn request(home: &Path, action: &str, ids: &[String]) -> Result<(), String> {
+pub fn request(home: &Path, action: &str, ids: &[String]) -> crate::base::fail::Result<()> {
+    use crate::base::fail::Error;
     use crate::mail::proto::control::{self, Verb};
     use std::io::Write;
-    let verb = Verb::from_word(action).ok_or_else(|| format!("unknown request {action:?}"))?;
+    let verb = Verb::from_word(action).ok_or_else(|| Error::permanent(format!("unknown request {action:?}")))?;
     let mut requests = Vec::new();
     if verb == Verb::Requeue {
         requests.push(control::Request { verb: Verb::Reread, id: None });
@@ -128,16 +129,18 @@ pub fn request(home: &Path, action: &str, ids: &[String]) -> Result<(), String> 
     }
     for id in ids {
         let Some(id) = control::parse_id(id) else {
-            return Err(format!("{id:?} is not a queue id (see quill queue list)"));
+            return Err(Error::permanent(format!("{id:?} is not a queue id (see quill queue list)")));
         };
         requests.push(control::Request { verb, id: Some(id) });
     }
     let lines: Vec<String> = requests.iter().map(control::Request::encode).collect();
     let path = crate::mail::queuefile::Layout::new(home).control();
     let mut fifo = crate::mail::queuefile::open_fifo(&path, false).map_err(|e| match e.raw_os_error() {
-        Some(libc::ENXIO) => "unable to reach quill-send: it is not running".to_string(),
-        Some(libc::EACCES) => format!("unable to open {}: permission denied (run as root)", path.display()),
-        _ => format!("unable to open {}: {e}", path.display()),
+        Some(libc::ENXIO) => Error::temporary("unable to reach quill-send: it is not running"),
+        Some(libc::EACCES) => {
+            Error::temporary(format!("unable to open {}: permission denied (run as root)", path.display()))
+        }
+        _ => Error::io(format_args!("open {}", path.display()), &e),
     })?;
     let mut batches: Vec<String> = Vec::new();
     for line in &lines {
@@ -151,11 +154,11 @@ pub fn request(home: &Path, action: &str, ids: &[String]) -> Result<(), String> 
         loop {
             match fifo.write(batch.as_bytes()) {
                 Ok(n) if n == batch.len() => break,
-                Ok(_) => return Err(format!("unable to write to {}: short write", path.display())),
+                Ok(_) => return Err(Error::temporary(format!("unable to write to {}: short write", path.display()))),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
-                Err(e) => return Err(format!("unable to write to {}: {e}", path.display())),
+                Err(e) => return Err(Error::io(format_args!("write to {}", path.display()), &e)),
             }
         }
     }

@@ -95,7 +95,7 @@ pub fn run(args: &[String]) -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
-                Err(e) => log::fatal_exit(&e),
+                Err(e) => log::fatal_exit(&e.message),
             }
         }
         "shape" => {
@@ -127,7 +127,7 @@ pub fn run(args: &[String]) -> ExitCode {
                 for id in &m.free {
                     match admin::queue::find(&home, id) {
                         Ok(e) => found.0.push(e),
-                        Err(e) => found.1.push(e),
+                        Err(e) => found.1.push(e.message),
                     }
                 }
                 found
@@ -183,7 +183,7 @@ pub fn run(args: &[String]) -> ExitCode {
             }
             match admin::queue::request(&home, action, &ids) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => log::fatal_exit(&e),
+                Err(e) => log::fatal_exit(&e.message),
             }
         }
         _ => usage(HELP_QUEUE),

@@ -3,6 +3,7 @@
 //! `mailq` (`sendmail -bp`, inject) and `quill queue list` (admin) both print. Read-only.
 #![forbid(unsafe_code)]
 
+use crate::base::fail::Error;
 use crate::mail::queuefile::{read_header, valid_id, Header, Layout};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -37,11 +38,11 @@ fn state_dir(layout: &Layout, state: &str) -> PathBuf {
     }
 }
 
-fn load(layout: &Layout, state: &'static str, id: &str) -> Result<Entry, String> {
+fn load(layout: &Layout, state: &'static str, id: &str) -> Result<Entry, Error> {
     let path = state_dir(layout, state).join(id);
-    let mut file = File::open(&path).map_err(|e| format!("unable to open {}: {e}", path.display()))?;
-    let (header, offset) =
-        read_header(&mut file).map_err(|e| format!("unable to read {}: {}", path.display(), e.message))?;
+    let mut file = File::open(&path).map_err(|e| Error::io(format_args!("open {}", path.display()), &e))?;
+    let (header, offset) = read_header(&mut file)
+        .map_err(|e| Error { message: format!("unable to read {}: {}", path.display(), e.message), ..e })?;
     let length = file.metadata().map(|m| m.len()).unwrap_or(0);
     let info = id
         .parse::<u64>()
@@ -78,7 +79,7 @@ pub fn entries(home: &Path) -> (Vec<Entry>, Vec<String>) {
                 Ok(entry) => list.push(entry),
                 // A message that left between readdir and open is not an error.
                 Err(_) if !dir.join(&name).exists() => {}
-                Err(e) => errors.push(e),
+                Err(e) => errors.push(e.message),
             }
         }
     }
@@ -118,9 +119,11 @@ pub fn list_line(entry: &Entry, now: u64) -> String {
 pub const LIST_TITLE: &str = "ID         STATE   AGE     SIZE  SENDER -> RECIPIENTS";
 
 /// The message with this id, wherever it is.
-pub fn find(home: &Path, id: &str) -> Result<Entry, String> {
+pub fn find(home: &Path, id: &str) -> Result<Entry, Error> {
     if !valid_id(id.as_bytes()) {
-        return Err(format!("unable to find message {id:?}: a queue id is a number (see quill queue list)"));
+        return Err(Error::permanent(format!(
+            "unable to find message {id:?}: a queue id is a number (see quill queue list)"
+        )));
     }
     let layout = Layout::new(home);
     let mut last_error = None;
@@ -131,10 +134,16 @@ pub fn find(home: &Path, id: &str) -> Result<Entry, String> {
                 Err(e) => last_error = Some(e),
             }
         } else if let Err(e) = std::fs::read_dir(state_dir(&layout, state)) {
-            last_error = Some(format!("unable to read {}: {e}{}", state_dir(&layout, state).display(), hint(&e)));
+            last_error = Some(Error::temporary(format!(
+                "unable to read {}: {e}{}",
+                state_dir(&layout, state).display(),
+                hint(&e)
+            )));
         }
     }
-    Err(last_error.unwrap_or_else(|| format!("unable to find message {id} in the queue: it was delivered or removed")))
+    Err(last_error.unwrap_or_else(|| {
+        Error::permanent(format!("unable to find message {id} in the queue: it was delivered or removed"))
+    }))
 }
 
 /// Age in a short human form: `42s`, `17m`, `5h`, `3d`.

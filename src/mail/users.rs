@@ -431,7 +431,7 @@ pub fn alias_user_with(home: &Path, source: &mut dyn PasswdSource) -> Result<Ass
     let (uid, gid, user) = if crate::base::sys::uids().1 == 0 {
         match source.user(ALIAS_USER)? {
             Some(user) => (user.uid, user.gid, user.name),
-            None => return Err(Error::temporary("the alias user does not exist (#4.3.0)")),
+            None => return Err(Error::temporary("the alias user does not exist")),
         }
     } else {
         // The process's own name does not change while it runs: look it up once.

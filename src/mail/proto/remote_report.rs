@@ -9,7 +9,7 @@
 //! spawn protocol's result, the only thing quill-send looks at.
 #![forbid(unsafe_code)]
 
-use crate::base::fail::Outcome;
+use crate::base::fail::{Enhanced, Outcome, Status};
 use crate::mail::control::Control;
 use crate::mail::proto::spawn::{self as spawnproto, MAX_TEXT};
 use std::time::Duration;
@@ -118,10 +118,10 @@ pub fn fold(output: &[u8], count: usize) -> Vec<spawnproto::Result> {
     let missing = || match &message {
         // qmail-remote's shape: a failure before any RCPT gives only the message report.
         Some((outcome @ (Outcome::Temporary | Outcome::Permanent), text)) => Line::new(*outcome, text.clone()),
-        _ => Line::new(
-            Outcome::Temporary,
-            b"quill-remote gave no result for this recipient (crashed?). (#4.3.0)".to_vec(),
-        ),
+        _ => Line::from(&Status::temporary(
+            Enhanced::MAIL_SYSTEM,
+            "quill-remote gave no result for this recipient (crashed?).",
+        )),
     };
     (0..count)
         .map(|i| match reports.get(i).and_then(|r| Some((*r.first()?, &r[1..]))) {
