@@ -2,6 +2,7 @@
 //! queue holds.
 #![forbid(unsafe_code)]
 
+use crate::mail::proto::views;
 use std::path::{Path, PathBuf};
 
 /// The long-running programs `status` looks for, in the order it shows them.
@@ -170,14 +171,11 @@ pub fn report(home: &Path, filter_home: bool) -> String {
         out.push_str(&format!("  ({error})\n"));
     }
     // Written by quill-send: destinations in back-off and the last deferrals and failures.
-    let backoff = std::fs::read_to_string(layout.info().join("destinations")).unwrap_or_default();
+    let table = destination_table(&layout.info());
     out.push_str("\ndestinations in back-off or at their limit:\n");
-    if backoff.trim().is_empty() {
+    if table.is_empty() {
         out.push_str("  none\n");
     }
-    let mut table: Vec<(String, super::why::Destination)> =
-        super::why::parse_destinations(&backoff).into_iter().collect();
-    table.sort_by(|a, b| a.0.cmp(&b.0));
     for (domain, d) in &table {
         let domain = crate::base::log::safe(domain.as_bytes());
         if d.failures == 0 {
@@ -197,17 +195,23 @@ pub fn report(home: &Path, filter_home: bool) -> String {
             crate::base::log::safe(d.error.as_bytes())
         ));
     }
-    let last = std::fs::read_to_string(layout.info().join("errors")).unwrap_or_default();
+    let last: Vec<views::LastError> = views::read(&layout.info());
     out.push_str("\nlast errors:\n");
-    if last.trim().is_empty() {
+    if last.is_empty() {
         out.push_str("  none\n");
     }
-    for line in last.lines().rev() {
-        let (time, rest) = line.split_once(' ').unwrap_or(("0", line));
-        let ago = now.saturating_sub(time.parse().unwrap_or(now));
-        out.push_str(&format!("  {} ago: {}\n", super::age(ago), crate::base::log::safe(rest.as_bytes())));
+    for e in last.iter().rev() {
+        let ago = now.saturating_sub(e.time);
+        out.push_str(&format!("  {} ago: {}\n", super::age(ago), crate::base::log::safe(e.text.as_bytes())));
     }
     out
+}
+
+/// quill-send's `info/destinations`, by domain (lower case), sorted.
+fn destination_table(info: &Path) -> Vec<(String, views::Destination)> {
+    let mut table: Vec<_> = super::why::destinations_by_domain(views::read(info)).into_iter().collect();
+    table.sort_by(|a, b| a.0.cmp(&b.0));
+    table
 }
 
 /// The status as one JSON object on one line (the fields are listed in quill(8)).
@@ -239,10 +243,7 @@ pub fn report_json(home: &Path, filter_home: bool) -> String {
     let now = crate::base::date::now();
     let (entries, _) = super::queue::entries(home);
     let ages: Vec<u64> = entries.iter().map(|e| now.saturating_sub(e.header.time)).collect();
-    let backoff = std::fs::read_to_string(layout.info().join("destinations")).unwrap_or_default();
-    let mut table: Vec<(String, super::why::Destination)> =
-        super::why::parse_destinations(&backoff).into_iter().collect();
-    table.sort_by(|a, b| a.0.cmp(&b.0));
+    let table = destination_table(&layout.info());
     let destinations = table
         .iter()
         .map(|(domain, d)| {
@@ -255,15 +256,9 @@ pub fn report_json(home: &Path, filter_home: bool) -> String {
                 .string("last_error", d.error.as_bytes())
         })
         .collect();
-    let last = std::fs::read_to_string(layout.info().join("errors")).unwrap_or_default();
-    let errors = last
-        .lines()
-        .rev()
-        .map(|line| {
-            let (time, rest) = line.split_once(' ').unwrap_or(("0", line));
-            Object::new().number("time", time.parse().unwrap_or(0)).string("text", rest.as_bytes())
-        })
-        .collect();
+    let last: Vec<views::LastError> = views::read(&layout.info());
+    let errors =
+        last.iter().rev().map(|e| Object::new().number("time", e.time).string("text", e.text.as_bytes())).collect();
     Object::new()
         .string("home", home.as_os_str().as_encoded_bytes())
         .number("time", now)

@@ -8,34 +8,9 @@
 use super::json::Object;
 use super::queue::Entry;
 use crate::mail::proto::info::Progress;
+use crate::mail::proto::views::{self, ChannelLoad, Destination, InFlight};
 use std::collections::HashMap;
 use std::path::Path;
-
-/// One destination in quill-send's back-off table (`info/destinations`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Destination {
-    /// Failed attempts in a row (0: not backed off, deliveries parked at its concurrency limit).
-    pub failures: u32,
-    /// When the next probe may go.
-    pub until: u64,
-    /// Deliveries parked for it.
-    pub parked: u64,
-    /// Deliveries running to it.
-    pub running: u64,
-    /// The last error that backed it off.
-    pub error: String,
-}
-
-/// One channel in `info/channels`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Channel {
-    /// Deliveries running.
-    pub running: u64,
-    /// `concurrencylocal` or `concurrencyremote`.
-    pub limit: u64,
-    /// Deliveries queued for a free slot.
-    pub queued: u64,
-}
 
 /// What quill-send last wrote about its destinations and channels, and whether it runs.
 #[derive(Clone, Debug, Default)]
@@ -43,63 +18,39 @@ pub struct View {
     /// By domain (lower case).
     pub destinations: HashMap<String, Destination>,
     /// By channel name (`local`, `remote`).
-    pub channels: HashMap<String, Channel>,
+    pub channels: HashMap<String, ChannelLoad>,
     /// Deliveries in flight: message id → the places of its recipients in flight.
     pub flight: HashMap<String, Vec<usize>>,
     /// True when a quill-send runs for this home.
     pub running: bool,
 }
 
-/// Parse `info/destinations`: `DOMAIN FAILURES UNTIL PARKED RUNNING LAST-ERROR` lines.
-pub fn parse_destinations(text: &str) -> HashMap<String, Destination> {
-    let mut map = HashMap::new();
-    for line in text.lines() {
-        let mut f = line.splitn(6, ' ');
-        let domain = f.next().unwrap_or("");
-        let mut number = || f.next().and_then(|n| n.parse::<u64>().ok());
-        let (Some(failures), Some(until), Some(parked), Some(running)) = (number(), number(), number(), number())
-        else {
-            continue;
-        };
-        let error = f.next().unwrap_or("").to_string();
-        let failures = u32::try_from(failures).unwrap_or(u32::MAX);
-        map.insert(domain.to_ascii_lowercase(), Destination { failures, until, parked, running, error });
-    }
-    map
+/// `info/destinations` by domain (lower case).
+pub fn destinations_by_domain(lines: Vec<Destination>) -> HashMap<String, Destination> {
+    lines.into_iter().map(|d| (String::from_utf8_lossy(&d.domain).to_ascii_lowercase(), d)).collect()
 }
 
-fn parse_flight(text: &str) -> HashMap<String, Vec<usize>> {
+/// `info/flight` by message id: the places of its recipients in flight.
+fn flight_by_id(lines: Vec<InFlight>) -> HashMap<String, Vec<usize>> {
     let mut map: HashMap<String, Vec<usize>> = HashMap::new();
-    for line in text.lines() {
-        let mut words = line.split(' ');
-        if let Some(id) = words.next() {
-            map.entry(id.to_string()).or_default().extend(words.filter_map(|w| w.parse::<usize>().ok()));
-        }
+    for line in lines {
+        map.entry(line.id.to_string()).or_default().extend(line.places);
     }
     map
 }
 
-fn parse_channels(text: &str) -> HashMap<String, Channel> {
-    let mut map = HashMap::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        if let Some(name) = f.first() {
-            map.insert(name.to_string(), Channel { running: n(1), limit: n(2), queued: n(3) });
-        }
-    }
-    map
+fn channels_by_name(lines: Vec<ChannelLoad>) -> HashMap<String, ChannelLoad> {
+    lines.into_iter().map(|c| (c.name.clone(), c)).collect()
 }
 
 impl View {
     /// Read the views of the quill-send of `home`.
     pub fn read(home: &Path) -> View {
         let info = crate::mail::queuefile::Layout::new(home).info();
-        let read = |name: &str| std::fs::read_to_string(info.join(name)).unwrap_or_default();
         View {
-            destinations: parse_destinations(&read("destinations")),
-            channels: parse_channels(&read("channels")),
-            flight: parse_flight(&read("flight")),
+            destinations: destinations_by_domain(views::read(&info)),
+            channels: channels_by_name(views::read(&info)),
+            flight: flight_by_id(views::read(&info)),
             running: super::status::processes(Some(home)).iter().any(|p| p.name == "quill-send"),
         }
     }
@@ -402,14 +353,16 @@ mod tests {
 
     #[test]
     fn flight_table() {
-        let map = parse_flight("42 0 2\n43 1\n42 5\n");
+        let map = flight_by_id(views::decode_all("42 0 2\n43 1\n42 5\n"));
         assert_eq!(map["42"], vec![0, 2, 5]);
         assert_eq!(map["43"], vec![1]);
     }
 
     #[test]
     fn destination_table() {
-        let map = parse_destinations("Down.Example 3 1000 4 0 Unreachable: refused\nbusy.example 0 0 2 10 \nbad\n");
+        let map = destinations_by_domain(views::decode_all(
+            "Down.Example 3 1000 4 0 Unreachable: refused\nbusy.example 0 0 2 10 \nbad\n",
+        ));
         assert_eq!(map.len(), 2);
         let d = &map["down.example"];
         assert_eq!((d.failures, d.until, d.parked, d.running), (3, 1000, 4, 0));
@@ -418,7 +371,10 @@ mod tests {
         assert_eq!(waiting_now(&view, "remote", "down.example", 900).0, Wait::Backoff);
         assert_eq!(waiting_now(&view, "remote", "busy.example", 900).0, Wait::Concurrency);
         assert_eq!(waiting_now(&view, "local", "down.example", 900).0, Wait::Delivering);
-        let full = View { channels: parse_channels("local 10 10 3\nremote 0 20 0\n"), ..Default::default() };
+        let full = View {
+            channels: channels_by_name(views::decode_all("local 10 10 3\nremote 0 20 0\n")),
+            ..Default::default()
+        };
         assert_eq!(waiting_now(&full, "local", "x", 0).0, Wait::Concurrency);
         assert_eq!(waiting_now(&full, "remote", "x", 0).0, Wait::Delivering);
     }

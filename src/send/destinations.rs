@@ -9,6 +9,7 @@
 //! destination and writes the table to `queue/info/destinations` for `quill status`.
 #![forbid(unsafe_code)]
 
+use crate::mail::proto::views::{self, Record};
 use std::collections::HashMap;
 
 /// State of one destination.
@@ -148,26 +149,20 @@ impl<J> Destinations<J> {
     /// ([`Destinations::report`]'s lines, read again at start), so that a restart does not
     /// send a burst of probes to destinations known to be down.
     pub fn restore(&mut self, table: &str) {
-        for line in table.lines() {
-            let mut fields = line.splitn(6, ' ');
-            let (Some(domain), Some(failures), Some(until)) = (fields.next(), fields.next(), fields.next()) else {
-                continue;
-            };
-            let (Ok(failures), Ok(until)) = (failures.parse::<u32>(), until.parse::<u64>()) else { continue };
-            if failures == 0 || domain.is_empty() {
+        for line in views::decode_all::<views::Destination>(table) {
+            if line.failures == 0 {
                 continue;
             }
-            let last_error = fields.nth(2).unwrap_or("").to_string();
-            let d = self.map.entry(domain.as_bytes().to_vec()).or_insert_with(|| Destination {
+            let d = self.map.entry(line.domain).or_insert_with(|| Destination {
                 running: 0,
                 failures: 0,
                 until: 0,
                 last_error: String::new(),
                 parked: Vec::new(),
             });
-            d.failures = failures;
-            d.until = until;
-            d.last_error = last_error;
+            d.failures = line.failures;
+            d.until = line.until;
+            d.last_error = line.error;
             self.changed = true;
         }
     }
@@ -204,24 +199,20 @@ impl<J> Destinations<J> {
     /// or has deliveries parked (FAILURES 0: waiting for a free slot at its concurrency
     /// limit): `DOMAIN FAILURES UNTIL PARKED RUNNING LAST-ERROR`.
     pub fn report(&self) -> String {
-        let mut lines: Vec<String> = self
+        let lines: Vec<views::Destination> = self
             .map
             .iter()
             .filter(|(_, d)| d.failures > 0 || !d.parked.is_empty())
-            .map(|(domain, d)| {
-                format!(
-                    "{} {} {} {} {} {}\n",
-                    crate::base::log::safe(domain),
-                    d.failures,
-                    d.until,
-                    d.parked.len(),
-                    d.running,
-                    d.last_error.replace('\n', " ")
-                )
+            .map(|(domain, d)| views::Destination {
+                domain: domain.clone(),
+                failures: d.failures,
+                until: d.until,
+                parked: d.parked.len() as u64,
+                running: d.running as u64,
+                error: d.last_error.clone(),
             })
             .collect();
-        lines.sort();
-        lines.concat()
+        views::encode_sorted(&lines)
     }
 }
 
@@ -229,7 +220,7 @@ impl<J> Destinations<J> {
 /// (a view, not state: not fsynced, rewritten only when it changed).
 #[derive(Debug, Default)]
 pub struct LastErrors {
-    lines: std::collections::VecDeque<String>,
+    lines: std::collections::VecDeque<views::LastError>,
     changed: bool,
 }
 
@@ -242,28 +233,24 @@ impl LastErrors {
         if self.lines.len() == Self::KEEP {
             self.lines.pop_front();
         }
-        self.lines.push_back(format!("{time} msg {id} to {}: {kind}: {text}\n", crate::base::log::safe(recipient)));
+        self.lines.push_back(views::LastError::new(time, id, recipient, kind, text));
         self.changed = true;
     }
 
-    /// Take back what a previous run left in the file (the newest [`Self::KEEP`] lines), so
+    /// Take back what a previous run left in `info` (the newest [`Self::KEEP`] lines), so
     /// that a restart keeps the history `quill status` shows.
-    pub fn load(&mut self, path: &std::path::Path) {
-        let Ok(text) = std::fs::read_to_string(path) else { return };
-        let lines: Vec<&str> = text.lines().collect();
-        for line in &lines[lines.len().saturating_sub(Self::KEEP)..] {
-            self.lines.push_back(format!("{line}\n"));
-        }
+    pub fn load(&mut self, info: &std::path::Path) {
+        let lines: Vec<views::LastError> = views::read(info);
+        self.lines.extend(lines.into_iter().rev().take(Self::KEEP).rev());
     }
 
-    /// Write the file if something changed since the last write.
-    pub fn write(&mut self, path: &std::path::Path) {
+    /// Write the file in `info` if something changed since the last write.
+    pub fn write(&mut self, info: &std::path::Path) {
         if !self.changed {
             return;
         }
-        let tmp = path.with_extension("new");
-        let text: String = self.lines.iter().map(String::as_str).collect();
-        if std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)).is_ok() {
+        let text: String = self.lines.iter().map(Record::encode).collect();
+        if views::write(info, views::LastError::FILE, &text).is_ok() {
             self.changed = false;
         }
     }
@@ -344,20 +331,22 @@ mod tests {
 
     #[test]
     fn last_errors_survive_a_restart() {
-        let path = std::env::temp_dir().join(format!("quill-errors-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("quill-errors-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("errors");
         let mut first = LastErrors::default();
         for n in 0..12 {
             first.note(n, n, b"a@b", "deferral", "x");
         }
-        first.write(&path);
+        first.write(&dir);
         let mut again = LastErrors::default();
-        again.load(&path);
+        again.load(&dir);
         again.note(99, 99, b"c@d", "failure", "y");
-        again.write(&path);
+        again.write(&dir);
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), LastErrors::KEEP);
         assert!(text.starts_with("3 msg 3 to a@b") && text.ends_with("99 msg 99 to c@d: failure: y\n"), "{text}");
-        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

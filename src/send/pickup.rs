@@ -138,7 +138,7 @@ impl Sender {
             }
         }
         self.restore_destinations();
-        self.last_errors.load(&self.layout.info().join("errors"));
+        self.last_errors.load(&self.layout.info());
         let known: HashSet<u64> = mess.iter().chain(&todo).chain(&hold).copied().collect();
         let entries =
             std::fs::read_dir(self.layout.info()).map_err(|e| crate::base::fail::Error::io("read info/", &e))?;
@@ -150,7 +150,8 @@ impl Sender {
             }
             // The back-off table and the last errors outlive a restart; the other views
             // (flight, channels) describe the previous run only.
-            if matches!(name.as_encoded_bytes(), b"destinations" | b"errors") {
+            use crate::mail::proto::views::{Destination, LastError, Record};
+            if [Destination::FILE, LastError::FILE].iter().any(|kept| name.as_encoded_bytes() == kept.as_bytes()) {
                 continue;
             }
             if std::fs::remove_file(entry.path()).is_ok() {

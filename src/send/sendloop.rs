@@ -223,7 +223,7 @@ impl Sender {
             self.dispatch(Channel::Remote);
         }
         self.write_infos();
-        self.last_errors.write(&self.layout.info().join("errors"));
+        self.last_errors.write(&self.layout.info());
         self.write_views(now);
     }
 

@@ -5,6 +5,7 @@
 
 use crate::base::log;
 use crate::mail::proto::info;
+use crate::mail::proto::views::{self, Record};
 use crate::send::dispatch::Deliveries;
 use crate::send::message::Phase;
 use crate::send::sendconf::Channel;
@@ -23,38 +24,34 @@ pub struct Views {
     pub(super) written_at: u64,
 }
 
-/// `info/channels`: `CHANNEL RUNNING LIMIT QUEUED` for each channel that is full with
-/// deliveries queued. Only such a channel explains a wait, so a quiet system writes nothing.
+/// `info/channels`: each channel that is full with deliveries queued. Only such a channel
+/// explains a wait, so a quiet system writes nothing.
 pub(super) fn channels_view(deliveries: &Deliveries, limits: [usize; 2]) -> String {
-    let mut channels = String::new();
-    for channel in Channel::ALL {
-        let c = channel as usize;
-        if !deliveries.ready[c].is_empty() && deliveries.running[c] >= limits[c] {
-            channels.push_str(&format!(
-                "{} {} {} {}\n",
-                channel.name(),
-                deliveries.running[c],
-                limits[c],
-                deliveries.ready[c].len()
-            ));
-        }
-    }
-    channels
+    Channel::ALL
+        .into_iter()
+        .filter(|&channel| {
+            let c = channel as usize;
+            !deliveries.ready[c].is_empty() && deliveries.running[c] >= limits[c]
+        })
+        .map(|channel| {
+            let c = channel as usize;
+            views::ChannelLoad {
+                name: channel.name().to_string(),
+                running: deliveries.running[c] as u64,
+                limit: limits[c] as u64,
+                queued: deliveries.ready[c].len() as u64,
+            }
+            .encode()
+        })
+        .collect()
 }
 
-/// `info/flight`: `ID PLACE...` per delivery in flight (the recipients' places in the
-/// message header), sorted.
+/// `info/flight`: each delivery in flight (the recipients' places in the message header),
+/// sorted.
 pub(super) fn flight_view(deliveries: &Deliveries) -> String {
-    let mut flight: Vec<String> = deliveries
-        .in_flight
-        .values()
-        .map(|d| {
-            let places: Vec<String> = d.recipients.iter().map(usize::to_string).collect();
-            format!("{} {}\n", d.id, places.join(" "))
-        })
-        .collect();
-    flight.sort();
-    flight.concat()
+    let flight: Vec<views::InFlight> =
+        deliveries.in_flight.values().map(|d| views::InFlight { id: d.id, places: d.recipients.clone() }).collect();
+    views::encode_sorted(&flight)
 }
 
 impl Sender {
@@ -92,13 +89,12 @@ impl Sender {
     }
 
     /// Write the views `quill status` and `quill queue why` read when they changed, at most
-    /// once a second: `info/destinations` (the back-off table, and destinations with
-    /// deliveries parked at their concurrency limit) and `info/channels` (`CHANNEL RUNNING
-    /// LIMIT QUEUED` for each channel that is full with deliveries queued; no file when none
-    /// is) and `info/flight` (`ID PLACE...` per delivery in flight, PLACE a recipient's place
-    /// in the message header; no file when none is). Not fsynced: views, not state; the back-off table
-    /// is read again at start ([`Sender::restore_destinations`]), and a torn or lost one only
-    /// costs a probe.
+    /// once a second (their formats: [`crate::mail::proto::views`]): `info/destinations` (the
+    /// back-off table, and destinations with deliveries parked at their concurrency limit),
+    /// `info/channels` (each channel that is full with deliveries queued; no file when none
+    /// is) and `info/flight` (each delivery in flight; no file when none is). Not fsynced:
+    /// views, not state; the back-off table is read again at start
+    /// ([`Sender::restore_destinations`]), and a torn or lost one only costs a probe.
     pub(super) fn write_views(&mut self, now: u64) {
         if now <= self.views.written_at {
             return;
@@ -112,20 +108,21 @@ impl Sender {
         }
         self.views.written_at = now;
         let info = self.layout.info();
-        let write = |name: &str, text: &str| {
-            let tmp = info.join(format!("{name}.new"));
-            std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, info.join(name))).is_ok()
-        };
         if destinations_changed {
             self.write_destination_table();
         }
-        for (name, text, written) in
-            [("channels", channels, &mut self.views.channels), ("flight", flight, &mut self.views.flight)]
-        {
+        for (name, text, written) in [
+            (views::ChannelLoad::FILE, channels, &mut self.views.channels),
+            (views::InFlight::FILE, flight, &mut self.views.flight),
+        ] {
             if text == *written {
                 continue;
             }
-            let done = if text.is_empty() { std::fs::remove_file(info.join(name)).is_ok() } else { write(name, &text) };
+            let done = if text.is_empty() {
+                std::fs::remove_file(info.join(name)).is_ok()
+            } else {
+                views::write(&info, name, &text).is_ok()
+            };
             if done {
                 *written = text;
             }
@@ -139,9 +136,7 @@ impl Sender {
         if table == self.views.destinations {
             return;
         }
-        let info = self.layout.info();
-        let tmp = info.join("destinations.new");
-        if std::fs::write(&tmp, &table).and_then(|_| std::fs::rename(&tmp, info.join("destinations"))).is_ok() {
+        if views::write(&self.layout.info(), views::Destination::FILE, &table).is_ok() {
             self.views.destinations = table;
         }
     }
@@ -158,7 +153,7 @@ impl Sender {
 
     /// Read back the back-off table a previous run left in `info/destinations`.
     pub(super) fn restore_destinations(&mut self) {
-        if let Ok(table) = std::fs::read_to_string(self.layout.info().join("destinations")) {
+        if let Ok(table) = std::fs::read_to_string(self.layout.info().join(views::Destination::FILE)) {
             self.destinations.restore(&table);
             let kept = self.destinations.report();
             if !kept.is_empty() {

@@ -5,7 +5,8 @@
 //! time limit of a run both sides compute), `spawn` (quill-send ↔ quill-lspawn and
 //! quill-rspawn: requests and reports), `control` (the administrator → quill-send, through the
 //! trigger and control FIFOs), `info` (quill-send's state file `queue/info/ID`, written by
-//! quill-send, read by `quill queue`).
+//! quill-send, read by `quill queue`), `views` (quill-send's views `queue/info/destinations`,
+//! `channels`, `flight` and `errors`, read by `quill status` and `quill queue why`/`show`).
 #![forbid(unsafe_code)]
 
 pub mod clean;
@@ -13,3 +14,4 @@ pub mod control;
 pub mod info;
 pub mod remote_report;
 pub mod spawn;
+pub mod views;
