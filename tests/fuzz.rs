@@ -63,6 +63,7 @@ const TARGETS: &[Target] = &[
     Target { name: "spawnproto", dictionary: SPAWN_WORDS, run: spawnproto, replay: 3000 },
     Target { name: "clean", dictionary: CLEAN_WORDS, run: clean, replay: 3000 },
     Target { name: "admin_fifo", dictionary: ADMIN_WORDS, run: admin_fifo, replay: 3000 },
+    Target { name: "views", dictionary: VIEW_WORDS, run: views, replay: 3000 },
     Target { name: "smtpd_session", dictionary: SMTP_WORDS, run: smtpd_session, replay: 300 },
 ];
 
@@ -238,6 +239,8 @@ const ADMIN_WORDS: &[&[u8]] = &[
     b" ",
     b"0",
 ];
+const VIEW_WORDS: &[&[u8]] =
+    &[b" ", b"\n", b"0", b"4294967296", b"18446744073709551616", b"msg ", b" to ", b": deferral: ", b"remote", b"+"];
 
 // ---------------------------------------------------------------------------------------------
 // The targets.
@@ -800,6 +803,36 @@ fn admin_fifo(input: &[u8]) -> Print {
             assert_eq!(Request::decode(&encoded.as_bytes()[..encoded.len() - 1]), Some(request), "request round trip");
         }
     }
+    print.done()
+}
+
+/// quill-send's views in `queue/info/` (mail::proto::views), as `quill status` and `quill
+/// queue why` read them: each line through each file's decoder; what decodes encodes to a line
+/// that decodes to the same record.
+fn views(input: &[u8]) -> Print {
+    use quill::mail::proto::views::{decode_all, ChannelLoad, Destination, InFlight, LastError, Record};
+    fn again<R: Record + PartialEq + std::fmt::Debug>(line: &str, print: &mut Print) {
+        let Some(record) = R::decode(line) else {
+            print.add((R::FILE, false));
+            return;
+        };
+        print.add((R::FILE, true));
+        let encoded = record.encode();
+        let line = encoded.strip_suffix('\n').expect("a line ends in a newline");
+        assert!(!line.contains('\n'), "{} wrote two lines", R::FILE);
+        let decoded = R::decode(line).expect("a written line decodes");
+        // A domain is written through log::safe: the same record once its bytes are printable.
+        assert_eq!(R::decode(&decoded.encode()[..encoded.len() - 1]), Some(decoded), "{} round trip", R::FILE);
+    }
+    let mut print = Print::new();
+    let text = String::from_utf8_lossy(input);
+    for line in text.split('\n').take(64) {
+        again::<Destination>(line, &mut print);
+        again::<ChannelLoad>(line, &mut print);
+        again::<InFlight>(line, &mut print);
+        again::<LastError>(line, &mut print);
+    }
+    print.add(decode_all::<Destination>(&text).len().min(4)).add(decode_all::<InFlight>(&text).len().min(4));
     print.done()
 }
 
