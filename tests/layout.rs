@@ -25,6 +25,7 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("quill-lspawn", "spawn"),
     ("quill-newu", "admin"),
     ("quill-queue", "queue"),
+    ("quill-queued", "queue"),
     ("quill-remote", "remote"),
     ("quill-rspawn", "spawn"),
     ("quill-send", "send"),

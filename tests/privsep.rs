@@ -142,6 +142,7 @@ fn stages_run_under_their_own_uids() {
     let expect = [
         ("quill-send", quills.uid.as_raw()),
         ("quill-clean", quillq.uid.as_raw()),
+        ("quill-queued", quillq.uid.as_raw()),
         ("quill-lspawn", 0),
         ("quill-start", 0),
     ];

@@ -294,17 +294,18 @@ fn check_tree(list: &mut Vec<Problem>, home: &Path, kind: Kind) {
         return;
     }
     use crate::base::tree::Kind::{Directory, Fifo, File};
-    let entries: [(PathBuf, crate::base::tree::Kind, &str, &str, u32); 13] = [
+    let entries: [(PathBuf, crate::base::tree::Kind, &str, &str, u32); 14] = [
         (home.join("control"), Directory, "root", "root", 0o755),
         (home.join("users"), Directory, "root", "root", 0o755),
         (home.join("alias"), Directory, "alias", NOFILES_GROUP, 0o2755),
-        (layout.queue.clone(), Directory, "quillq", QUEUE_GROUP, 0o750),
+        (layout.queue.clone(), Directory, "quillq", QUEUE_GROUP, crate::mail::queuefile::QUEUE_MODE),
         (layout.tmp(), Directory, "quillq", QUEUE_GROUP, super::setup::TMP_MODE),
         (layout.todo(), Directory, "quillq", QUEUE_GROUP, 0o750),
         (layout.mess(), Directory, "quillq", QUEUE_GROUP, 0o750),
         (layout.hold(), Directory, "quillq", QUEUE_GROUP, 0o750),
         (layout.info(), Directory, "quills", QUEUE_GROUP, 0o700),
         (layout.queue.join("lock"), Directory, "quillq", QUEUE_GROUP, 0o750),
+        (layout.queue.join("writer"), Directory, "quillq", QUEUE_GROUP, crate::mail::queuefile::WRITER_MODE),
         (layout.trigger(), Fifo, "quills", QUEUE_GROUP, 0o622),
         (layout.sendmutex(), File, "quills", QUEUE_GROUP, 0o600),
         (layout.control(), Fifo, "quills", QUEUE_GROUP, 0o600),
@@ -329,6 +330,27 @@ fn check_tree(list: &mut Vec<Problem>, home: &Path, kind: Kind) {
                     format!("rm {} && quill setup", shell_quote(&layout.trigger().display().to_string())),
                 );
             }
+        }
+    }
+    check_writer_socket(list, &layout);
+}
+
+/// quill-queued's socket, where it exists, must be a socket owned by the writer: anything else
+/// there keeps quill-queued from listening (it removes only a stale socket), and quill-smtpd
+/// then runs quill-queue for every message.
+fn check_writer_socket(list: &mut Vec<Problem>, layout: &crate::mail::queuefile::Layout) {
+    use std::os::unix::fs::FileTypeExt;
+    let socket = layout.writer_socket();
+    if let Ok(meta) = std::fs::symlink_metadata(&socket) {
+        if !meta.file_type().is_socket() {
+            problem(
+                list,
+                format!("{} is not a socket: quill-queued cannot listen", socket.display()),
+                format!(
+                    "rm {} (quill-queued makes its socket when it starts)",
+                    shell_quote(&socket.display().to_string())
+                ),
+            );
         }
     }
 }

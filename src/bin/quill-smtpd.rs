@@ -2,7 +2,8 @@
 //!
 //! Job: speak SMTP (RFC 5321 with PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, SMTPUTF8,
 //! STARTTLS and AUTH PLAIN/LOGIN) with the client on fd 0/1 and hand every accepted message to
-//! quill-queue (or `QMAILQUEUE`) through `quill::mail::submit`. It never opens the queue itself.
+//! quill-queued over `queue/writer/socket` (quill-queue where it cannot be reached, or
+//! `QMAILQUEUE`) through `quill::mail::submit`. It never opens the queue's files itself.
 //! Runs as: `quilld`, started per connection by quill-tcpserver (or ucspi-tcp's tcpserver),
 //! which sets TCPREMOTEIP and friends.
 //! Usage: `quill-smtpd [-s] [checkpassword-program [args…]]`; `-s` (or SMTPS=1) starts TLS
@@ -40,6 +41,8 @@ fn main() -> ExitCode {
             return code;
         }
     };
+    // Messages go to quill-queued over its socket, or to quill-queue where it cannot be reached.
+    quill::mail::submit::use_queue_writer();
     match Session::new(config) {
         Ok(session) => {
             session.run();

@@ -7,7 +7,8 @@
 //! `aliases` (doc/aliases.5), `users` (doc/quill-users.5), `dotqmail` (doc/dot-qmail.5),
 //! `queuelist` (the queue listing `mailq` and `quill queue list` print).
 //! Protocols: `smtp` (the SMTP codec), `submit`
-//! (the qmail-queue protocol, the caller's side), and `proto/`: one codec per pipe protocol,
+//! (the qmail-queue protocol, the caller's side), `writer_client` (its way to quill-queued,
+//! for quill-smtpd), and `proto/`: one codec per pipe protocol,
 //! writer and reader together (`clean`: quill-send ↔ quill-clean; `remote_report`:
 //! quill-remote → quill-rspawn; `spawn`: quill-send ↔ the spawners; `control`: the
 //! administrator → quill-send).
@@ -26,3 +27,4 @@ pub mod rewrite;
 pub mod smtp;
 pub mod submit;
 pub mod users;
+pub mod writer_client;

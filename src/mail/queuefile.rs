@@ -46,6 +46,10 @@ impl Layout {
     pub fn hold(&self) -> PathBuf {
         self.queue.join("hold")
     }
+    /// The queue writer's socket (doc/quill-queued.8), where quill-smtpd hands it messages.
+    pub fn writer_socket(&self) -> PathBuf {
+        self.queue.join("writer").join("socket")
+    }
     /// The wake-up FIFO quill-queue writes one byte to.
     pub fn trigger(&self) -> PathBuf {
         self.queue.join("lock").join("trigger")
@@ -305,6 +309,12 @@ pub struct Owners {
 /// (quills, group quill) can read it after the rename into todo/.
 pub const TMP_MODE: u32 = 0o2700;
 
+/// The mode of `queue/`: 0751, so that quill-smtpd can pass through it to `writer/socket`.
+pub const QUEUE_MODE: u32 = 0o751;
+
+/// The mode of `queue/writer/`: 0711, for the same reason.
+pub const WRITER_MODE: u32 = 0o711;
+
 /// The queue tree (doc/queue-format.5) and `control/`, parents first: types, modes and, with
 /// `owners` (root installing), owners. Without them everything stays the caller's (quill-up).
 pub fn tree_specs(owners: Option<Owners>) -> Vec<crate::base::tree::Spec> {
@@ -314,13 +324,18 @@ pub fn tree_specs(owners: Option<Owners>) -> Vec<crate::base::tree::Spec> {
     let root = owners.map(|_| (0, 0));
     let entry = |path, kind, mode, owner| Spec { path, kind, mode, owner };
     vec![
-        entry("queue", Kind::Directory, 0o750, q),
+        // Searchable by all (not listable), so that quill-smtpd (quilld, not in group quill)
+        // can reach writer/socket; every directory under it still shuts others out.
+        entry("queue", Kind::Directory, QUEUE_MODE, q),
         entry("queue/tmp", Kind::Directory, TMP_MODE, q),
         entry("queue/todo", Kind::Directory, 0o750, q),
         entry("queue/mess", Kind::Directory, 0o750, q),
         entry("queue/hold", Kind::Directory, 0o750, q),
         entry("queue/info", Kind::Directory, 0o700, s),
         entry("queue/lock", Kind::Directory, 0o750, q),
+        // quill-queued's socket directory: searchable, not listable; the socket itself is
+        // made by quill-queued, which also checks who connects (doc/quill-queued.8).
+        entry("queue/writer", Kind::Directory, WRITER_MODE, q),
         // quill-send cannot create files in lock/ (quillq's), so its mutex is made here.
         entry("queue/lock/sendmutex", Kind::File, 0o600, s),
         entry("queue/lock/control", Kind::Fifo, 0o600, s),

@@ -4,6 +4,11 @@
 //! The queue program is `QMAILQUEUE` from the environment when set (a content filter that ends
 //! by calling quill-queue), except in setuid programs; otherwise `quill-queue` beside the
 //! running program.
+//!
+//! A program that called [`use_queue_writer`] (quill-smtpd) hands its messages to the
+//! long-lived quill-queued over `queue/writer/socket` instead (`writer_client`), when no
+//! `QMAILQUEUE` is set: no exec per message. Where the writer cannot be reached before a
+//! message begins, the message goes to quill-queue as before.
 #![forbid(unsafe_code)]
 
 use crate::base::fail::{qq, qq_outcome, qq_text, Error, Outcome, Result};
@@ -13,9 +18,25 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 
-/// A message being handed to the queue program: write the message, then `finish` with the
-/// envelope.
+/// A message being handed to the queue: write the message, then `finish` with the envelope.
+/// Dropping it unfinished abandons the message: nothing is queued.
 pub struct Submission {
+    way: Way,
+}
+
+enum Way {
+    Program(Program),
+    Writer(super::writer_client::Message),
+}
+
+/// Hand this process's messages to quill-queued rather than quill-queue, where it can be
+/// reached (quill-smtpd calls it once).
+pub fn use_queue_writer() {
+    super::writer_client::enable();
+}
+
+/// The queue program, running: its stdin takes the message.
+struct Program {
     child: Child,
     message: Option<std::io::BufWriter<ChildStdin>>,
     envelope: Option<std::fs::File>,
@@ -44,13 +65,44 @@ fn filter() -> Option<PathBuf> {
 }
 
 impl Submission {
+    /// Begin a message: to quill-queued when [`use_queue_writer`] was called, no `QMAILQUEUE`
+    /// is set and the writer answers; otherwise to the queue program ([`Program::start`]).
+    pub fn start() -> Result<Submission> {
+        if filter().is_none() {
+            if let Some(message) = super::writer_client::begin() {
+                return Ok(Submission { way: Way::Writer(message) });
+            }
+        }
+        Program::start().map(|program| Submission { way: Way::Program(program) })
+    }
+
+    /// Write message bytes. A write error (the queue program or the writer went away) is
+    /// remembered and reported by `finish`.
+    pub fn write(&mut self, bytes: &[u8]) {
+        match &mut self.way {
+            Way::Program(program) => program.write(bytes),
+            Way::Writer(message) => message.write(bytes),
+        }
+    }
+
+    /// Close the message, send the envelope, and map the queue's answer: quill-queue's exit
+    /// code, or the same code as quill-queued's reply.
+    pub fn finish(self, envelope: &Envelope) -> Result<Accepted> {
+        match self.way {
+            Way::Program(program) => program.finish(envelope),
+            Way::Writer(message) => message.finish(envelope),
+        }
+    }
+}
+
+impl Program {
     /// Start the queue program. Its stdin takes the message, its stdout the envelope, and, for
     /// a `QMAILQUEUE` filter, fd 6 an optional custom reply (qmail-queue exit 82).
     ///
     /// quill-queue itself never writes fd 6, so it gets none: without the descriptor to move
     /// into place there is no code to run between fork and exec, and std starts the program
     /// with posix_spawn (vfork-style, no copy of this process's page tables) instead of fork.
-    pub fn start() -> Result<Submission> {
+    fn start() -> Result<Program> {
         let (envelope_read, envelope_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| Error::queue(qq::CANNOT_EXEC, format!("unable to make a pipe: {e}")))?;
         let filter = filter();
@@ -72,7 +124,7 @@ impl Submission {
             std::fs::File::from(read)
         });
         let stdin = child.stdin.take().map(|s| std::io::BufWriter::with_capacity(65536, s));
-        Ok(Submission {
+        Ok(Program {
             child,
             message: stdin,
             envelope: Some(std::fs::File::from(envelope_write)),
@@ -83,7 +135,7 @@ impl Submission {
 
     /// Write message bytes. A write error (the queue program died) is remembered and reported
     /// by `finish` with the program's own exit code.
-    pub fn write(&mut self, bytes: &[u8]) {
+    fn write(&mut self, bytes: &[u8]) {
         if self.write_failed {
             return;
         }
@@ -95,7 +147,7 @@ impl Submission {
     }
 
     /// Close the message, send the envelope, wait for the queue program and map its exit code.
-    pub fn finish(mut self, envelope: &Envelope) -> Result<Accepted> {
+    fn finish(mut self, envelope: &Envelope) -> Result<Accepted> {
         if let Some(mut m) = self.message.take() {
             if m.flush().is_err() {
                 self.write_failed = true;

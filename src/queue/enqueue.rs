@@ -105,7 +105,7 @@ impl Message {
 }
 
 /// A full disk, a quota and any other write failure share code 53; the words tell them apart.
-fn write_error(what: &str, err: &io::Error) -> Error {
+pub fn write_error(what: &str, err: &io::Error) -> Error {
     Error::io_code(qq::WRITE_ERROR, what, err)
 }
 
@@ -205,13 +205,27 @@ fn write_all_vectored(file: &mut File, mut slices: &mut [IoSlice<'_>]) -> io::Re
     Ok(())
 }
 
-/// Make the message durable in the queue whose directory is `layout` (normally "." after
-/// chdir): create `tmp/PID.SECS.NANOS`, write header, Received line and message, fsync,
-/// rename to `todo/ID`, fsync `todo/`, pull the trigger. Returns the queue id. Exactly two
-/// fsyncs; on failure nothing is left in `tmp/` or `todo/`.
-pub fn commit(layout: &Layout, header: &Header, received: &[u8], mut message: Message) -> Result<u64> {
+/// A message file written and fsynced in `tmp/`, not yet visible: the first half of a commit,
+/// shared by quill-queue ([`commit`]) and quill-queued (which syncs `todo/` for a group).
+pub struct Written {
+    tmp: Tmp,
+    /// The queue id: the file's inode number.
+    pub id: u64,
+}
+
+/// The tmp name of a message: `tmp/PID.SECS.NANOS`, and `.N` after it where one process
+/// writes several messages at once (quill-queued's counter), so that no two collide.
+pub fn tmp_name(layout: &Layout, pid: u32, serial: Option<u64>) -> PathBuf {
     let (secs, nanos) = stamp();
-    let name = layout.tmp().join(format!("{}.{secs}.{nanos}", header.pid));
+    match serial {
+        None => layout.tmp().join(format!("{pid}.{secs}.{nanos}")),
+        Some(n) => layout.tmp().join(format!("{pid}.{secs}.{nanos}.{n}")),
+    }
+}
+
+/// Create `name` in `tmp/` exclusively, write header, Received line and message, fsync. On
+/// failure nothing is left.
+pub fn write_file(name: PathBuf, header: &Header, received: &[u8], mut message: Message) -> Result<Written> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -219,7 +233,7 @@ pub fn commit(layout: &Layout, header: &Header, received: &[u8], mut message: Me
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&name)
         .map_err(|e| create_error(qq::TMP_TROUBLE, "create file in queue/tmp", &e))?;
-    let mut tmp = Tmp { name, armed: true };
+    let tmp = Tmp { name, armed: true };
 
     let id = file.metadata().map_err(|e| Error::io_code(qq::TMP_TROUBLE, "stat file in queue/tmp", &e))?.ino();
     let encoded = header.encode();
@@ -239,19 +253,43 @@ pub fn commit(layout: &Layout, header: &Header, received: &[u8], mut message: Me
         }
     }
     file.sync_all().map_err(|e| write_error("fsync queue file", &e))?;
-    drop(file);
+    Ok(Written { tmp, id })
+}
 
-    let todo = layout.todo();
-    let target = todo.join(id.to_string());
-    std::fs::rename(&tmp.name, &target)
+/// Rename the written file to `todo/ID`; returns that path. Visible to quill-send from here
+/// on, but not durable until `todo/` is fsynced ([`sync_todo`]).
+pub fn publish(layout: &Layout, mut written: Written) -> Result<PathBuf> {
+    let target = layout.todo().join(written.id.to_string());
+    std::fs::rename(&written.tmp.name, &target)
         .map_err(|e| create_error(qq::INCOMING_TROUBLE, "move file to queue/todo", &e))?;
-    tmp.armed = false;
-    let synced = File::open(&todo).and_then(|dir| dir.sync_all());
-    if let Err(e) = synced {
-        // Not durable, so not acknowledged: take it back. If quill-send already took it,
-        // the caller's retry may duplicate it; that is the allowed direction of error.
-        let _ = std::fs::remove_file(&target);
-        return Err(write_error("fsync queue/todo", &e));
+    written.tmp.armed = false;
+    Ok(target)
+}
+
+/// fsync `todo/`: every rename into it done before this call is durable when it returns Ok.
+pub fn sync_todo(layout: &Layout) -> io::Result<()> {
+    File::open(layout.todo()).and_then(|dir| dir.sync_all())
+}
+
+/// After a failed [`sync_todo`]: the message is not durable, so not acknowledged; take it back.
+/// If quill-send already took it, the caller's retry may duplicate it; that is the allowed
+/// direction of error. Returns the error to report (53).
+pub fn take_back(target: &Path, err: &io::Error) -> Error {
+    let _ = std::fs::remove_file(target);
+    write_error("fsync queue/todo", err)
+}
+
+/// Make the message durable in the queue whose directory is `layout` (normally "." after
+/// chdir): create `tmp/PID.SECS.NANOS`, write header, Received line and message, fsync,
+/// rename to `todo/ID`, fsync `todo/`, pull the trigger. Returns the queue id. Exactly two
+/// fsyncs; on failure nothing is left in `tmp/` or `todo/`.
+pub fn commit(layout: &Layout, header: &Header, received: &[u8], message: Message) -> Result<u64> {
+    let name = tmp_name(layout, header.pid, None);
+    let written = write_file(name, header, received, message)?;
+    let id = written.id;
+    let target = publish(layout, written)?;
+    if let Err(e) = sync_todo(layout) {
+        return Err(take_back(&target, &e));
     }
     crate::mail::queuefile::pull_trigger(layout);
     Ok(id)
@@ -299,7 +337,7 @@ pub fn read_envelope(input: &mut impl Read) -> Result<Option<Envelope>> {
 /// path in a tree whose owner can swap `tmp/` or `todo/` for a link to a directory of root's.
 /// The owner is that of the working directory, the queue already entered. A setuid
 /// quill-queue is never root, so this never applies to a real install.
-fn become_queue_owner() -> Result<()> {
+pub fn become_queue_owner() -> Result<()> {
     use crate::base::privilege::{drop_to, Credentials};
     if crate::base::sys::uids().1 != 0 {
         return Ok(());

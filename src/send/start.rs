@@ -2,7 +2,9 @@
 //! stages started each under its own uid with the descriptors of doc/INTERNALS.md
 //! "quill-start's pipes", and the supervision of the set: one stage that dies stops them all
 //! (they are one pipeline), and the stop is ordered (quill-send first, so that it saves its
-//! state). The generic parts (the signal tick, waiting, stopping a child) are `base::children`.
+//! state). quill-queued, the queue writer, is not part of that pipeline: when it dies it alone
+//! is started again (at most every [`RESTART_PAUSE`]), and meanwhile quill-smtpd runs
+//! quill-queue as before. The generic parts (the signal tick, waiting, stopping a child) are `base::children`.
 #![forbid(unsafe_code)]
 
 use crate::base::children;
@@ -20,6 +22,10 @@ const SEND_STOP_WAIT: Duration = Duration::from_secs(crate::send::sendloop::STOP
 /// How long the other stages get to notice their closed pipes, then to obey SIGTERM.
 const STAGE_STOP_WAIT: Duration = Duration::from_secs(5);
 
+/// The shortest time between two starts of quill-queued, so that one that cannot start (a
+/// missing `queue/writer/`) costs a log line every few seconds, not a busy loop.
+const RESTART_PAUSE: Duration = Duration::from_secs(5);
+
 /// uid, gid and supplementary groups.
 pub type Credentials = (u32, u32, Vec<u32>);
 
@@ -27,6 +33,17 @@ pub type Credentials = (u32, u32, Vec<u32>);
 pub struct Stage {
     name: &'static str,
     child: Child,
+    /// What it takes to start it again, for a stage that is restarted alone (quill-queued).
+    restart: Option<Restart>,
+}
+
+/// A stage that is restarted alone when it exits.
+struct Restart {
+    credentials: Option<Credentials>,
+    log_fd: OwnedFd,
+    started: Instant,
+    /// Its exit has been logged (it waits for [`RESTART_PAUSE`]).
+    noticed: bool,
 }
 
 /// Look up a user by name, with group `quill` as its group.
@@ -73,7 +90,37 @@ fn spawn(
     // After the credentials: changing them clears the parent-death signal.
     crate::base::sys::die_with_parent(&mut command);
     let child = command.spawn().map_err(|e| Error::temporary(format!("unable to start {}: {e}", path.display())))?;
-    Ok(Stage { name, child })
+    Ok(Stage { name, child, restart: None })
+}
+
+/// quill-queued: stdin /dev/null, as clean's user; restarted alone when it exits.
+fn spawn_writer(credentials: Option<&Credentials>, log_fd: &OwnedFd) -> Result<Stage> {
+    let mut stage = spawn("quill-queued", &[], Stdio::null(), Stdio::null(), credentials, log_fd)?;
+    let log_fd = log_fd.try_clone().map_err(|e| Error::temporary(format!("unable to duplicate stdout: {e}")))?;
+    stage.restart =
+        Some(Restart { credentials: credentials.cloned(), log_fd, started: Instant::now(), noticed: false });
+    Ok(stage)
+}
+
+/// A restartable stage that exited: log it once, and start it again once [`RESTART_PAUSE`]
+/// has passed since its last start. A failed start is tried again after the same pause.
+fn restart(stage: &mut Stage, status: std::process::ExitStatus) {
+    let Some(restart) = stage.restart.as_mut() else { return };
+    if !restart.noticed {
+        log::warning(&format!("{} exited ({status}); starting it again", stage.name));
+        restart.noticed = true;
+    }
+    if restart.started.elapsed() < RESTART_PAUSE {
+        return;
+    }
+    restart.started = Instant::now();
+    match spawn(stage.name, &[], Stdio::null(), Stdio::null(), restart.credentials.as_ref(), &restart.log_fd) {
+        Ok(fresh) => {
+            stage.child = fresh.child;
+            restart.noticed = false;
+        }
+        Err(e) => log::warning(&e.message),
+    }
 }
 
 /// Stop the set: quill-send first (SIGTERM, so it waits for its deliveries and saves its
@@ -86,6 +133,13 @@ fn stop(stages: &mut [Stage]) {
         {
             log::warning("quill-send did not stop in time; killing it");
             children::kill(&mut stage.child);
+        }
+    }
+    // quill-queued has no pipe to notice: it is told at once (it stops taking connections and
+    // finishes the messages it is committing).
+    for stage in stages.iter_mut().filter(|s| s.restart.is_some()) {
+        if children::running(&mut stage.child) {
+            children::signal(&stage.child, Signal::SIGTERM);
         }
     }
     let deadline = Instant::now() + STAGE_STOP_WAIT;
@@ -136,6 +190,11 @@ pub fn start(default_delivery: OsString, root: bool) -> Result<Vec<Stage>> {
             log::warning("quill-rspawn is not installed: remote mail stays in the queue");
         }
         stages.push(spawn("quill-clean", &[], c_req_r.into(), c_rep_w.into(), clean_user.as_ref(), &log_fd)?);
+        if crate::mail::control::bindir().join("quill-queued").is_file() {
+            stages.push(spawn_writer(clean_user.as_ref(), &log_fd)?);
+        } else {
+            log::warning("quill-queued is not installed: quill-smtpd runs quill-queue for every message");
+        }
         let send_log = log_fd.try_clone().map_err(|e| Error::temporary(format!("unable to duplicate stdout: {e}")))?;
         stages.push(spawn_send(send_fds, c_req_w, c_rep_r, send_user.as_ref(), send_log, &log_fd)?);
         Ok::<(), Error>(())
@@ -179,7 +238,7 @@ fn spawn_send(
     }
     crate::base::sys::die_with_parent(&mut command);
     let child = command.spawn().map_err(|e| Error::temporary(format!("unable to start {}: {e}", path.display())))?;
-    Ok(Stage { name: "quill-send", child })
+    Ok(Stage { name: "quill-send", child, restart: None })
 }
 
 /// Wait for a signal or a stage's exit; then stop the set.
@@ -201,6 +260,10 @@ pub fn supervise(stages: &mut [Stage], signals: &OwnedFd) -> ExitCode {
         }
         for i in 0..stages.len() {
             if let Ok(Some(status)) = stages[i].child.try_wait() {
+                if stages[i].restart.is_some() {
+                    restart(&mut stages[i], status);
+                    continue;
+                }
                 log::warning(&format!("{} exited ({status}); stopping the others", stages[i].name));
                 stop(stages);
                 return Outcome::Temporary.exit();

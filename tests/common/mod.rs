@@ -17,6 +17,7 @@ pub fn bin(name: &str) -> PathBuf {
         "quill-lspawn" => env!("CARGO_BIN_EXE_quill-lspawn"),
         "quill-newu" => env!("CARGO_BIN_EXE_quill-newu"),
         "quill-queue" => env!("CARGO_BIN_EXE_quill-queue"),
+        "quill-queued" => env!("CARGO_BIN_EXE_quill-queued"),
         "quill-remote" => env!("CARGO_BIN_EXE_quill-remote"),
         "quill-rspawn" => env!("CARGO_BIN_EXE_quill-rspawn"),
         "quill-send" => env!("CARGO_BIN_EXE_quill-send"),

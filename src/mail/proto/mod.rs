@@ -6,7 +6,8 @@
 //! quill-rspawn: requests and reports), `control` (the administrator → quill-send, through the
 //! trigger and control FIFOs), `info` (quill-send's state file `queue/info/ID`, written by
 //! quill-send, read by `quill queue`), `views` (quill-send's views `queue/info/destinations`,
-//! `channels`, `flight` and `errors`, read by `quill status` and `quill queue why`/`show`).
+//! `channels`, `flight` and `errors`, read by `quill status` and `quill queue why`/`show`),
+//! `writer` (quill-smtpd ↔ quill-queued over `queue/writer/socket`).
 #![forbid(unsafe_code)]
 
 pub mod clean;
@@ -15,3 +16,4 @@ pub mod info;
 pub mod remote_report;
 pub mod spawn;
 pub mod views;
+pub mod writer;

@@ -1,0 +1,519 @@
+//! quill-queued, the long-lived queue writer (doc/quill-queued.8): its socket protocol spoken
+//! directly (concurrent clients, group commit, abandon, refused framing), and quill-smtpd
+//! handing it messages in a private instance (quill-up), falling back to quill-queue where it
+//! cannot be reached, and answering 451 when it dies in the middle of a message.
+
+mod common;
+
+use common::{bin, files, wait_for, TempDir};
+use quill::mail::proto::writer::{frame_head, Reply, Tag, GREETING, MAX_CHUNK};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// quill-queued alone on a fresh home (no quill-send: what it commits stays in todo/).
+struct Writer {
+    home: TempDir,
+    child: Child,
+}
+
+impl Writer {
+    fn start(tag: &str) -> Writer {
+        Writer::start_with(tag, None)
+    }
+
+    /// Under `strace -f -c -o FILE` when `strace` is given.
+    fn start_with(tag: &str, strace: Option<&Path>) -> Writer {
+        let home = common::home(tag, &[("me", "localhost")]);
+        let log = home.path().join("log");
+        let mut command = match strace {
+            Some(out) => {
+                let mut c = Command::new("strace");
+                c.args(["-f", "-c", "-e", "trace=fsync,fdatasync,execve", "-o"]).arg(out).arg(bin("quill-queued"));
+                c
+            }
+            None => Command::new(bin("quill-queued")),
+        };
+        let child = command
+            .env("QUILL_HOME", home.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start quill-queued");
+        let writer = Writer { home, child };
+        let up = wait_for(Duration::from_secs(20), || UnixStream::connect(writer.socket()).is_ok());
+        assert!(up, "quill-queued did not listen; log:\n{}", writer.log());
+        writer
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.home.path().join("queue/writer/socket")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.home.path().join("log")).unwrap_or_default()
+    }
+
+    fn todo(&self) -> Vec<PathBuf> {
+        files(&self.home.path().join("queue/todo"))
+    }
+
+    fn tmp(&self) -> Vec<PathBuf> {
+        files(&self.home.path().join("queue/tmp"))
+    }
+
+    fn connect(&self) -> Session {
+        let mut stream = UnixStream::connect(self.socket()).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let mut greeting = [0u8; 2];
+        stream.read_exact(&mut greeting).expect("greeting");
+        assert_eq!(greeting, GREETING);
+        Session { stream }
+    }
+
+    /// Stop it with SIGTERM (as quill-start does) and wait. Under strace, the signal goes to
+    /// quill-queued itself, so that strace sees it exit and writes its table.
+    fn stop(&mut self) {
+        let id = self.child.id();
+        let children = std::fs::read_to_string(format!("/proc/{id}/task/{id}/children")).unwrap_or_default();
+        let target = children.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(id as i32);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(target), nix::sys::signal::SIGTERM);
+        let _ = wait_for(Duration::from_secs(20), || !matches!(self.child.try_wait(), Ok(None)));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A client speaking the protocol by hand.
+struct Session {
+    stream: UnixStream,
+}
+
+impl Session {
+    fn chunk(&mut self, bytes: &[u8]) {
+        self.stream.write_all(&frame_head(Tag::Message, bytes.len() as u32)).expect("head");
+        self.stream.write_all(bytes).expect("chunk");
+    }
+
+    fn envelope(&mut self, envelope: &[u8]) -> Option<Reply> {
+        self.stream.write_all(&frame_head(Tag::Envelope, envelope.len() as u32)).expect("head");
+        self.stream.write_all(envelope).expect("envelope");
+        self.reply()
+    }
+
+    fn reply(&mut self) -> Option<Reply> {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\n") && line.len() < 64 {
+            match self.stream.read(&mut byte) {
+                Ok(1) => line.push(byte[0]),
+                _ => break,
+            }
+        }
+        Reply::decode(&line)
+    }
+
+    /// One message in chunks of at most MAX_CHUNK; the reply.
+    fn message(&mut self, body: &[u8], envelope: &[u8]) -> Option<Reply> {
+        for piece in body.chunks(MAX_CHUNK) {
+            self.chunk(piece);
+        }
+        self.envelope(envelope)
+    }
+
+    /// True when the writer closed the session.
+    fn closed(&mut self) -> bool {
+        matches!(self.stream.read(&mut [0u8; 1]), Ok(0) | Err(_))
+    }
+}
+
+const ENVELOPE: &[u8] = b"Fa@example.org\0Tb@localhost\0\0";
+
+#[test]
+fn concurrent_clients_each_get_their_own_id_and_share_fsyncs() {
+    let strace = !common::skip_without("strace");
+    let dir = TempDir::new("queued-strace");
+    let trace = dir.path().join("strace.out");
+    let mut writer = Writer::start_with("queued-many", strace.then_some(trace.as_path()));
+    let (clients, each) = (12, 5);
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let mut session = writer.connect();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                for m in 0..each {
+                    let body = format!("Subject: c{c} m{m}\n\nbody {c}.{m}\n");
+                    match session.message(body.as_bytes(), ENVELOPE) {
+                        Some(Reply::Queued { id, .. }) => got.push((id, body)),
+                        other => panic!("client {c} message {m}: {other:?}"),
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in threads {
+        all.extend(t.join().expect("client"));
+    }
+    let mut ids: Vec<u64> = all.iter().map(|(id, _)| *id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), clients * each, "every message has its own id");
+    for (id, body) in &all {
+        let file =
+            std::fs::read(writer.home.path().join("queue/todo").join(id.to_string())).expect("acknowledged file");
+        let text = String::from_utf8_lossy(&file);
+        assert!(text.contains(body.as_str()), "todo/{id} holds its message");
+        assert!(text.contains(&format!("Received: (quill {} invoked", writer.child.id())) || strace);
+    }
+    assert_eq!(writer.todo().len(), clients * each);
+    assert!(writer.tmp().is_empty(), "no debris in tmp/");
+    writer.stop();
+    if !strace {
+        return;
+    }
+    // strace -c's table: "% time  seconds  usecs/call  calls  errors syscall".
+    let table = std::fs::read_to_string(&trace).expect("strace output");
+    let calls = |name: &str| -> usize {
+        table
+            .lines()
+            .filter(|l| l.split_whitespace().last() == Some(name))
+            .filter_map(|l| l.split_whitespace().nth(3).and_then(|n| n.parse::<usize>().ok()))
+            .sum()
+    };
+    let fsyncs = calls("fsync") + calls("fdatasync");
+    let messages = clients * each;
+    eprintln!("queued: {fsyncs} fsyncs for {messages} messages from {clients} concurrent clients");
+    assert!(fsyncs >= messages, "each file is fsynced: {table}");
+    assert!(fsyncs < 2 * messages, "fewer than two fsyncs per message: {fsyncs} for {messages}\n{table}");
+    assert!(calls("execve") <= 1, "quill-queued runs nothing: {table}");
+}
+
+#[test]
+fn an_abandoned_message_leaves_nothing_and_the_session_goes_on() {
+    let writer = Writer::start("queued-abandon");
+    let mut session = writer.connect();
+    session.chunk(b"Subject: abandoned\n\n");
+    session.chunk(&vec![b'x'; MAX_CHUNK]);
+    session.stream.write_all(&frame_head(Tag::Abandon, 0)).expect("abandon");
+    // A large abandoned message (spilled to an unnamed file) leaves nothing either.
+    for _ in 0..20 {
+        session.chunk(&vec![b'y'; MAX_CHUNK]);
+    }
+    session.stream.write_all(&frame_head(Tag::Abandon, 0)).expect("abandon");
+    let reply = session.message(b"Subject: kept\n\nhello\n", ENVELOPE);
+    assert!(matches!(reply, Some(Reply::Queued { .. })), "{reply:?}");
+    let todo = writer.todo();
+    assert_eq!(todo.len(), 1, "only the finished message");
+    assert!(String::from_utf8_lossy(&std::fs::read(&todo[0]).expect("read")).contains("Subject: kept"));
+    // A client that hangs up inside a message abandons it too.
+    let mut session = writer.connect();
+    session.chunk(b"Subject: cut\n\n");
+    drop(session);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(writer.todo().len(), 1);
+    assert!(writer.tmp().is_empty(), "no debris in tmp/");
+}
+
+#[test]
+fn bad_framing_and_envelopes_are_refused_with_quill_queues_codes() {
+    let writer = Writer::start("queued-garbage");
+    let cases: Vec<(&str, Vec<u8>, u8)> = vec![
+        ("unknown tag", b"Z\0\0\0\x01x".to_vec(), 54),
+        ("empty chunk", frame_head(Tag::Message, 0).to_vec(), 54),
+        ("oversized chunk", frame_head(Tag::Message, MAX_CHUNK as u32 + 1).to_vec(), 54),
+        ("huge envelope", frame_head(Tag::Envelope, u32::MAX).to_vec(), 54),
+        ("abandon with bytes", frame_head(Tag::Abandon, 3).to_vec(), 54),
+    ];
+    for (what, wire, code) in cases {
+        let mut session = writer.connect();
+        session.chunk(b"Subject: x\n\n");
+        session.stream.write_all(&wire).expect("write");
+        assert_eq!(session.reply(), Some(Reply::Failed(code)), "{what}");
+        assert!(session.closed(), "{what}: the session is closed");
+    }
+    let long = format!("Fa@b\0T{}@localhost\0\0", "x".repeat(1100));
+    let envelopes: Vec<(&str, Vec<u8>, u8)> = vec![
+        ("no sender", b"Tb@localhost\0\0".to_vec(), 91),
+        ("address too long", long.into_bytes(), 11),
+        ("CR in an address", b"Fa@b\0Tb\r@c\0\0".to_vec(), 91),
+        ("bytes after the end", b"Fa@b\0Tc@d\0\0junk".to_vec(), 91),
+        ("unterminated", b"Fa@b\0Tc@d\0".to_vec(), 54),
+    ];
+    for (what, envelope, code) in envelopes {
+        let mut session = writer.connect();
+        assert_eq!(session.message(b"Subject: x\n\nbody\n", &envelope), Some(Reply::Failed(code)), "{what}");
+        assert!(session.closed(), "{what}: the session is closed");
+    }
+    assert!(writer.todo().is_empty(), "nothing queued");
+    assert!(writer.tmp().is_empty(), "no debris in tmp/");
+    // Still serving.
+    let mut session = writer.connect();
+    assert!(matches!(session.message(b"Subject: ok\n\n", ENVELOPE), Some(Reply::Queued { .. })));
+}
+
+#[test]
+fn a_stale_socket_is_replaced_and_stop_removes_it() {
+    let home = common::home("queued-stale", &[]);
+    let socket = home.path().join("queue/writer/socket");
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale socket"));
+    assert!(socket.exists());
+    let mut child = Command::new(bin("quill-queued"))
+        .env("QUILL_HOME", home.path())
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start");
+    let up = wait_for(Duration::from_secs(20), || UnixStream::connect(&socket).is_ok());
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM);
+    let stopped = wait_for(Duration::from_secs(20), || !matches!(child.try_wait(), Ok(None)));
+    let _ = child.kill();
+    let status = child.wait().expect("wait");
+    assert!(up, "listening on the old socket's name");
+    assert!(stopped && status.success(), "TERM stops it: {status}");
+    assert!(!socket.exists(), "its socket is gone");
+}
+
+#[test]
+fn something_else_at_the_socket_is_kept_and_quill_check_names_it() {
+    let home = common::home("queued-notsocket", &[("me", "localhost")]);
+    let socket = home.path().join("queue/writer/socket");
+    std::fs::write(&socket, "not a socket\n").expect("write");
+    let out = Command::new(bin("quill-queued"))
+        .env("QUILL_HOME", home.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run quill-queued");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(111), "{said}");
+    assert!(said.starts_with("quill-queued: fatal: unable to listen on queue/writer/socket: "), "{said}");
+    assert_eq!(std::fs::read(&socket).expect("kept"), b"not a socket\n", "only a socket is removed");
+    let out = common::run(home.path(), "quill", &["check"], b"");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("queue/writer/socket is not a socket: quill-queued cannot listen"), "{report}");
+}
+
+// ---- through quill-smtpd, in a private instance ----
+
+/// A running quill-up with an SMTP listener, stopped when dropped.
+struct Instance {
+    dir: TempDir,
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Instance {
+    fn start(tag: &str) -> Instance {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let dir = TempDir::new(tag);
+        let home = dir.path().join("q");
+        std::fs::create_dir_all(&home).expect("mkdir");
+        let log = dir.path().join("log");
+        let child = Command::new(bin("quill-up"))
+            .arg("-d")
+            .arg(&home)
+            .arg("-l")
+            .arg(format!("127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::options().create(true).append(true).open(&log).expect("log"))
+            .stderr(std::fs::File::options().append(true).open(&log).expect("log"))
+            .spawn()
+            .expect("start quill-up");
+        let instance = Instance { dir, child: Some(child), port };
+        let up = wait_for(Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok() && instance.pids("quill-queued").len() == 1
+        });
+        assert!(up, "the instance did not come up; log:\n{}", instance.log());
+        instance
+    }
+
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("q")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// Pids of `program` whose QUILL_HOME is this instance's.
+    fn pids(&self, program: &str) -> Vec<i32> {
+        let want = format!("QUILL_HOME={}", self.home().display());
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+            if !cmdline.split(|&b| b == 0).next().unwrap_or(&[]).ends_with(program.as_bytes()) {
+                continue;
+            }
+            let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
+            if environ.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
+                found.push(pid);
+            }
+        }
+        found
+    }
+
+    /// Delivered messages (the instance delivers every local part to maildir/LOCALPART/).
+    fn delivered(&self, user: &str) -> Vec<String> {
+        let mailbox = self.home().join("maildir").join(user);
+        let mut all = files(&mailbox.join("new"));
+        all.extend(files(&mailbox.join("cur")));
+        all.iter().map(|f| String::from_utf8_lossy(&std::fs::read(f).unwrap_or_default()).into_owned()).collect()
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::SIGTERM);
+            let _ = wait_for(Duration::from_secs(30), || !matches!(c.try_wait(), Ok(None)));
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// An SMTP client session on loopback, one command at a time.
+struct Smtp {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Smtp {
+    fn open(port: u16) -> Smtp {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+        let mut smtp = Smtp { reader: BufReader::new(stream.try_clone().expect("clone")), writer: stream };
+        assert!(smtp.reply().starts_with("220"));
+        assert!(smtp.command("HELO test").starts_with("250"));
+        smtp
+    }
+
+    /// The reply's last line.
+    fn reply(&mut self) -> String {
+        for _ in 0..50 {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return String::new();
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return line;
+            }
+        }
+        String::new()
+    }
+
+    fn command(&mut self, line: &str) -> String {
+        let _ = self.writer.write_all(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// Up to DATA's 354.
+    fn begin(&mut self, to: &str) {
+        assert!(self.command("MAIL FROM:<sender@example.org>").starts_with("250"));
+        assert!(self.command(&format!("RCPT TO:<{to}>")).starts_with("250"));
+        assert!(self.command("DATA").starts_with("354"));
+    }
+
+    fn send(&mut self, to: &str, subject: &str) -> String {
+        self.begin(to);
+        self.command(&format!("Subject: {subject}\r\nX-Test-Id: {subject}\r\n\r\nhello\r\n."))
+    }
+}
+
+/// The pid in the Received line quill-queue or quill-queued put at the top of a message.
+fn queue_pid(message: &str) -> Option<i32> {
+    let start = message.find("Received: (quill ")? + "Received: (quill ".len();
+    message[start..].split(' ').next()?.parse().ok()
+}
+
+#[test]
+fn smtp_messages_go_through_the_writer() {
+    let q = Instance::start("queued-smtp");
+    let writer = q.pids("quill-queued")[0];
+    let (sessions, each) = (10, 2);
+    for s in 0..sessions {
+        let mut smtp = Smtp::open(q.port);
+        for m in 0..each {
+            let reply = smtp.send("bob@localhost", &format!("s{s}m{m}"));
+            assert!(reply.starts_with("250"), "session {s} message {m}: {reply}; log:\n{}", q.log());
+            assert!(reply.contains(&format!("qp {writer}")), "qp is the writer's: {reply}");
+        }
+        smtp.command("QUIT");
+    }
+    let all = wait_for(Duration::from_secs(60), || q.delivered("bob").len() == sessions * each);
+    assert!(all, "delivered {} of {}; log:\n{}", q.delivered("bob").len(), sessions * each, q.log());
+    for message in q.delivered("bob") {
+        assert_eq!(queue_pid(&message), Some(writer), "queued by quill-queued, not by a quill-queue run:\n{message}");
+    }
+    assert!(!q.log().contains("unable to reach quill-queued"), "no fallback; log:\n{}", q.log());
+}
+
+#[test]
+fn smtpd_falls_back_to_quill_queue_without_the_writer() {
+    let q = Instance::start("queued-fallback");
+    // A writer that cannot come back: its directory is gone, so every restart fails.
+    std::fs::remove_dir_all(q.home().join("queue/writer")).expect("remove writer/");
+    for pid in q.pids("quill-queued") {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+    }
+    let mut smtp = Smtp::open(q.port);
+    for m in 0..2 {
+        let reply = smtp.send("carol@localhost", &format!("fallback{m}"));
+        assert!(reply.starts_with("250"), "{reply}; log:\n{}", q.log());
+    }
+    smtp.command("QUIT");
+    assert!(wait_for(Duration::from_secs(60), || q.delivered("carol").len() == 2), "log:\n{}", q.log());
+    let log = q.log();
+    assert_eq!(
+        log.matches("quill-smtpd: warning: unable to reach quill-queued").count(),
+        1,
+        "one warning per session:\n{log}"
+    );
+    let pids: Vec<_> = q.delivered("carol").iter().map(|m| queue_pid(m)).collect();
+    assert!(pids[0].is_some() && pids[0] != pids[1], "a quill-queue run for each message: {pids:?}");
+}
+
+#[test]
+fn killing_the_writer_mid_message_queues_nothing_and_it_comes_back() {
+    let q = Instance::start("queued-kill");
+    let mut smtp = Smtp::open(q.port);
+    smtp.begin("dave@localhost");
+    // More than one frame, so that the writer has the message's first bytes when it dies.
+    let half = format!("Subject: killed\r\nX-Test-Id: killed\r\n\r\n{}\r\n", "a".repeat(200_000));
+    smtp.writer.write_all(half.as_bytes()).expect("write");
+    std::thread::sleep(Duration::from_millis(300));
+    for pid in q.pids("quill-queued") {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+    }
+    let reply = smtp.command("the end\r\n.");
+    assert!(reply.starts_with("451"), "a temporary failure: {reply}; log:\n{}", q.log());
+    // The same session goes on: the next message falls back or reaches the new writer.
+    let reply = smtp.send("dave@localhost", "after");
+    assert!(reply.starts_with("250"), "{reply}; log:\n{}", q.log());
+    smtp.command("QUIT");
+    assert!(wait_for(Duration::from_secs(60), || q.delivered("dave").len() == 1), "log:\n{}", q.log());
+    assert!(q.delivered("dave")[0].contains("X-Test-Id: after"), "only the finished message");
+    assert!(files(&q.home().join("queue/tmp")).is_empty(), "nothing half-queued in tmp/");
+    // quill-start starts the writer again, and new sessions use it.
+    assert!(wait_for(Duration::from_secs(30), || q.pids("quill-queued").len() == 1), "log:\n{}", q.log());
+    let writer = q.pids("quill-queued")[0];
+    assert!(wait_for(Duration::from_secs(10), || UnixStream::connect(q.home().join("queue/writer/socket")).is_ok()));
+    let mut smtp = Smtp::open(q.port);
+    assert!(smtp.send("erin@localhost", "again").starts_with("250"));
+    smtp.command("QUIT");
+    assert!(wait_for(Duration::from_secs(60), || q.delivered("erin").len() == 1), "log:\n{}", q.log());
+    assert_eq!(queue_pid(&q.delivered("erin")[0]), Some(writer));
+    assert!(q.log().contains("quill-queued exited"), "quill-start said so");
+}
