@@ -517,3 +517,109 @@ fn killing_the_writer_mid_message_queues_nothing_and_it_comes_back() {
     assert_eq!(queue_pid(&q.delivered("erin")[0]), Some(writer));
     assert!(q.log().contains("quill-queued exited"), "quill-start said so");
 }
+
+// ---- as root: an installation's users ----
+
+fn ensure_group(name: &str) {
+    if nix::unistd::Group::from_name(name).ok().flatten().is_none() {
+        let _ = Command::new("groupadd").args(["-r", name]).status();
+    }
+}
+
+fn ensure_user(name: &str, group: &str) -> nix::unistd::User {
+    if nix::unistd::User::from_name(name).ok().flatten().is_none() {
+        let status = Command::new("useradd")
+            .args(["-r", "-g", group, "-d", "/nonexistent", "-s", "/bin/sh", name])
+            .status()
+            .expect("run useradd");
+        assert!(status.success(), "useradd {name}");
+    }
+    nix::unistd::User::from_name(name).ok().flatten().expect("user")
+}
+
+fn real_uid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("Uid:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The installation's path: quill-smtpd as quilld (not in group quill) reaches the socket
+/// through queue/ (0751) and queue/writer/ (0711); quill-queued runs as quillq and queues the
+/// message as mail "from network", in a file of quillq's.
+#[test]
+fn as_root_quilld_hands_messages_to_the_writer_running_as_quillq() {
+    if !common::is_root() {
+        common::skip("as_root_quilld_hands_messages_to_the_writer_running_as_quillq needs root");
+        return;
+    }
+    if common::skip_without("/usr/sbin/useradd") {
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    ensure_group("quill");
+    ensure_group("nofiles");
+    let quillq = ensure_user("quillq", "quill");
+    let quills = ensure_user("quills", "quill");
+    let quilld = ensure_user("quilld", "nofiles");
+    let group = nix::unistd::Group::from_name("quill").ok().flatten().expect("group quill");
+    let dir = TempDir::new("queued-root");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let home = dir.path().join("quill");
+    std::fs::create_dir_all(&home).expect("mkdir");
+    let owners = quill::mail::queuefile::Owners {
+        quillq: quillq.uid.as_raw(),
+        quills: quills.uid.as_raw(),
+        quill_group: group.gid.as_raw(),
+    };
+    quill::mail::queuefile::create_tree(&home, Some(owners)).expect("queue tree");
+    for (name, value) in [("me", "localhost"), ("rcpthosts", "localhost"), ("locals", "localhost")] {
+        std::fs::write(home.join("control").join(name), format!("{value}\n")).expect("control");
+    }
+    let log = dir.path().join("log");
+    let logfile = || std::fs::File::options().create(true).append(true).open(&log).expect("log");
+    let mut writer = Command::new(bin("quill-queued"))
+        .env("QUILL_HOME", &home)
+        .uid(quillq.uid.as_raw())
+        .gid(group.gid.as_raw())
+        .stdin(Stdio::null())
+        .stderr(logfile())
+        .spawn()
+        .expect("quill-queued");
+    let mut server = Command::new(bin("quill-tcpserver"))
+        .args(["-1", "-u", &quilld.uid.to_string(), "-g", &quilld.gid.to_string(), "127.0.0.1", "0"])
+        .arg(bin("quill-smtpd"))
+        .env("QUILL_HOME", &home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(logfile())
+        .spawn()
+        .expect("quill-tcpserver");
+    let mut port = String::new();
+    let _ = BufReader::new(server.stdout.take().expect("stdout")).read_line(&mut port);
+    let listening = wait_for(Duration::from_secs(20), || home.join("queue/writer/socket").exists());
+    let reply = port.trim().parse::<u16>().ok().filter(|_| listening).map(|port| {
+        let mut smtp = Smtp::open(port);
+        let reply = smtp.send("root@localhost", "installed");
+        smtp.command("QUIT");
+        reply
+    });
+    let writer_uid = real_uid(writer.id());
+    for child in [&mut writer, &mut server] {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM);
+        let _ = wait_for(Duration::from_secs(20), || !matches!(child.try_wait(), Ok(None)));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    let reply = reply.unwrap_or_default();
+    assert!(reply.starts_with("250") && reply.contains(&format!("qp {}", writer.id())), "{reply}; log:\n{log}");
+    assert_eq!(writer_uid, Some(quillq.uid.as_raw()), "quill-queued runs as quillq");
+    assert!(!log.contains("unable to reach quill-queued"), "no fallback; log:\n{log}");
+    let todo = files(&home.join("queue/todo"));
+    assert_eq!(todo.len(), 1, "log:\n{log}");
+    let meta = std::fs::metadata(&todo[0]).expect("stat");
+    assert_eq!((meta.uid(), meta.gid()), (quillq.uid.as_raw(), group.gid.as_raw()), "quillq's file, group quill");
+    let text = String::from_utf8_lossy(&std::fs::read(&todo[0]).expect("read")).into_owned();
+    assert!(text.contains(&format!("u{}\0", quilld.uid.as_raw())), "the header's uid is quilld's");
+    assert!(text.contains(&format!("Received: (quill {} invoked from network)", writer.id())), "{text}");
+}
