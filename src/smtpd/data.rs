@@ -183,7 +183,8 @@ pub struct Incoming {
     databytes: u64,
     /// None once the message is refused: the queue program is fed no more and gets no
     /// envelope. Closing both pipes before the first envelope byte is the qmail-queue way to
-    /// abandon a message, which quill-queue takes quietly (doc/quill-queue.8).
+    /// abandon a message, which quill-queue takes quietly (doc/quill-queue.8); quill-queued is
+    /// sent an abandon frame instead (doc/quill-queued.8).
     submission: Option<Submission>,
 }
 

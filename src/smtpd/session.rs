@@ -770,7 +770,7 @@ impl Session {
                 break;
             }
             // An end of the connection here drops the submission: quill-queue sees no
-            // envelope and queues nothing.
+            // envelope (quill-queued an abandon) and queues nothing.
             self.fill()?;
         }
         self.data_started = None;
