@@ -146,10 +146,14 @@ fn concurrent_clients_each_get_their_own_id_and_share_fsyncs() {
     let trace = dir.path().join("strace.out");
     let mut writer = Writer::start_with("queued-many", strace.then_some(trace.as_path()));
     let (clients, each) = (12, 5);
+    // All clients start together, so that their commits overlap.
+    let start = std::sync::Arc::new(std::sync::Barrier::new(clients));
     let threads: Vec<_> = (0..clients)
         .map(|c| {
             let mut session = writer.connect();
+            let start = std::sync::Arc::clone(&start);
             std::thread::spawn(move || {
+                start.wait();
                 let mut got = Vec::new();
                 for m in 0..each {
                     let body = format!("Subject: c{c} m{m}\n\nbody {c}.{m}\n");
