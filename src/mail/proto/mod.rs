@@ -6,12 +6,15 @@
 //! quill-rspawn: requests and reports), `control` (the administrator → quill-send, through the
 //! trigger and control FIFOs), `info` (quill-send's state file `queue/info/ID`, written by
 //! quill-send, read by `quill queue`), `views` (quill-send's views `queue/info/destinations`,
-//! `channels`, `flight` and `errors`, read by `quill status` and `quill queue why`/`show`).
+//! `channels`, `flight` and `errors`, read by `quill status` and `quill queue why`/`show`),
+//! `local` (quill-lspawn → quill-local: one delivery's arguments, as a command line or as the
+//! value its forked child runs with).
 #![forbid(unsafe_code)]
 
 pub mod clean;
 pub mod control;
 pub mod info;
+pub mod local;
 pub mod remote_report;
 pub mod spawn;
 pub mod views;
