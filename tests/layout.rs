@@ -136,9 +136,9 @@ fn imports_obey_the_tiers() {
             } else if may.contains(&target) {
                 continue;
             } else if top == "bin"
-                && LINKED.iter().any(|(program, stage)| {
-                    file.file_stem().is_some_and(|stem| stem == *program) && *stage == target
-                })
+                && LINKED
+                    .iter()
+                    .any(|(program, stage)| file.file_stem().is_some_and(|stem| stem == *program) && *stage == target)
             {
                 continue;
             } else if EXCEPTIONS.contains(&(name.as_str(), import.as_str())) {

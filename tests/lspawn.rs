@@ -836,6 +836,9 @@ fn linked_deliveries_are_forked_without_exec() {
     let mut lspawn = world.lspawn_linked(None);
     let probed = probe_delivery(&mut lspawn, &id, "joe@example.com", &home);
     check_forked(&probed, &world, &home, "joe@example.com");
+    // What makes its fork sound (src/base/sys.rs): quill-lspawn has one thread.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", lspawn.child.id())).expect("status");
+    assert_eq!(status_values(&status, "Threads:"), vec![1], "{status}");
     assert_eq!(status_values(&probed.status, "Uid:"), vec![uid as u64; 4], "{}", probed.status);
     assert_eq!(status_values(&probed.status, "Gid:"), vec![gid as u64; 4], "{}", probed.status);
     if common::is_root() {

@@ -146,6 +146,7 @@ pub fn signal_pipe(signals: &[i32]) -> io::Result<std::os::fd::OwnedFd> {
                 return Err(io::Error::last_os_error());
             }
         }
+        note_handled(signal);
     }
     Ok(read)
 }
@@ -279,6 +280,7 @@ pub fn exit_after(seconds: u32, code: u8) -> io::Result<()> {
         }
         libc::alarm(seconds);
     }
+    note_handled(libc::SIGALRM);
     Ok(())
 }
 
@@ -402,20 +404,30 @@ fn self_stat_fields(indexes: &[usize]) -> io::Result<Vec<u64>> {
     indexes.iter().map(|&i| fields.get(i).and_then(|f| f.parse().ok()).ok_or_else(bad)).collect()
 }
 
-/// For a forked child: every signal back to its default action, except SIGPIPE, ignored (as
-/// a freshly started Rust program has it), and an empty signal mask, so that nothing the
-/// parent installed (quill-lspawn's SIGCHLD and SIGTERM handlers, which write into its
-/// self-pipe) runs in the child.
+/// The signals this module gave a handler of its own ([`signal_pipe`], [`exit_after`]), one
+/// bit each: what a forked child must put back ([`reset_signals`]).
+static HANDLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn note_handled(signal: i32) {
+    if (1..64).contains(&signal) {
+        HANDLED.fetch_or(1 << signal, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// For a forked child that goes on without exec: what an exec would have reset. Every signal
+/// this process gave a handler (quill-lspawn: SIGCHLD and SIGTERM, whose handler writes into
+/// its self-pipe) back to its default action, and an empty signal mask. Ignored signals stay
+/// ignored, as across an exec (SIGPIPE, ignored by Rust's start-up in every Quill program);
+/// std's own SIGSEGV and SIGBUS handlers (stack overflow reports) stay, as a new Rust program
+/// would install them again. Two or three system calls, where resetting all 64 would be 64.
 pub fn reset_signals() -> io::Result<()> {
-    for signal in 1..=libc::SIGRTMAX() {
-        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
-            continue;
-        }
-        let action = if signal == libc::SIGPIPE { libc::SIG_IGN } else { libc::SIG_DFL };
-        // SAFETY: SIG_DFL and SIG_IGN install no handler; numbers the C library keeps for
-        // itself answer EINVAL, which is fine to ignore (it keeps them as they were).
-        unsafe {
-            libc::signal(signal, action);
+    let handled = HANDLED.load(std::sync::atomic::Ordering::Relaxed);
+    for signal in 1..64 {
+        if handled & (1 << signal) != 0 {
+            // SAFETY: SIG_DFL installs no handler.
+            unsafe {
+                libc::signal(signal, libc::SIG_DFL);
+            }
         }
     }
     // SAFETY: the set is initialised by sigemptyset before sigprocmask reads it.
@@ -559,5 +571,32 @@ fn write_area((start, end): (usize, usize), bytes: &[u8]) {
         let area = start as *mut u8;
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), area, bytes.len());
         std::ptr::write_bytes(area.add(bytes.len()), 0, length - bytes.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fork in a process with another thread is refused, not made: the child could find a
+    /// lock held by a thread that it does not have.
+    #[test]
+    fn fork_is_refused_with_a_second_thread() {
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            let _ = wait.recv_timeout(std::time::Duration::from_secs(30));
+        });
+        let refused = fork_single_threaded();
+        let _ = done.send(());
+        let _ = other.join();
+        let error = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("threads, so it cannot fork safely"), "{error:?}");
+    }
+
+    #[test]
+    fn the_argument_and_environment_areas_are_found() {
+        let title = ProcessTitle::find().expect("bounds in /proc/self/stat");
+        assert!(title.args.0 < title.args.1 && title.env.0 < title.env.1, "{title:?}");
+        assert!(title.args.1 <= title.env.0, "the arguments come before the environment: {title:?}");
     }
 }

@@ -267,10 +267,9 @@ impl Local {
                 drop(output);
                 Ok(Started { pid, job: (), deadline: None })
             }
-            Err(e) => Err(temporary(format!(
-                "unable to fork quill-local as {}: {e}",
-                crate::base::log::safe(&user.user)
-            ))),
+            Err(e) => {
+                Err(temporary(format!("unable to fork quill-local as {}: {e}", crate::base::log::safe(&user.user))))
+            }
         }
     }
 }
@@ -327,7 +326,8 @@ fn become_delivery(plan: &ChildPlan) -> u8 {
         std::env::remove_var(name);
     }
     if let Some(title) = plan.title {
-        let entries: Vec<Vec<u8>> = plan.environment.iter().map(|(name, value)| [&name[..], b"=", value].concat()).collect();
+        let entries: Vec<Vec<u8>> =
+            plan.environment.iter().map(|(name, value)| [&name[..], b"=", value].concat()).collect();
         let entries: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
         title.set(b"quill-local", &entries);
     }
@@ -349,7 +349,10 @@ fn become_delivery(plan: &ChildPlan) -> u8 {
         // The texts quill-lspawn gives when it cannot start the quill-local program there.
         let name = crate::base::log::safe(&plan.args.user);
         let status = if !home.is_dir() {
-            Status::temporary(Enhanced::MAILBOX_DISABLED, format!("home directory {} of {name} is missing", home.display()))
+            Status::temporary(
+                Enhanced::MAILBOX_DISABLED,
+                format!("home directory {} of {name} is missing", home.display()),
+            )
         } else {
             temporary(format!("unable to enter home directory {} as {name}: {e}", home.display()))
         };

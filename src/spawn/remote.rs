@@ -81,7 +81,11 @@ impl Kind for Remote {
             .spawn()
             .map_err(|e| temporary(format!("unable to run quill-remote: {e}")))?;
         // The Child is dropped without waiting: the engine reaps by pid.
-        Ok(Started { pid: child.id() as i32, job: allowed, deadline: Some(started + allowed + remote_report::KILL_MARGIN) })
+        Ok(Started {
+            pid: child.id() as i32,
+            job: allowed,
+            deadline: Some(started + allowed + remote_report::KILL_MARGIN),
+        })
     }
 
     fn overdue(&mut self, slot: u32, allowed: &Duration) {

@@ -178,10 +178,7 @@ mod tests {
             ..Args::default()
         };
         let written = args.words();
-        assert_eq!(
-            written[..9],
-            words(&["-t", "7", "-F", "-A", "-i", "12.1700000000.5.99", "-r", "--", "alias"])[..]
-        );
+        assert_eq!(written[..9], words(&["-t", "7", "-F", "-A", "-i", "12.1700000000.5.99", "-r", "--", "alias"])[..]);
         assert_eq!(Args::parse(written), Some(args.clone()));
         let plain = Args { user: b"joe".to_vec(), dash: b"-".to_vec(), ext: b"x".to_vec(), ..Args::default() };
         assert_eq!(plain.words()[0], b"--".to_vec());
