@@ -87,6 +87,14 @@ fn imports(text: &str, root: &str) -> BTreeSet<String> {
     found
 }
 
+/// Whether `file`, under src/`top`/, is a program that links the stage `target` ([`LINKED`]).
+fn linked(file: &Path, top: &str, target: &str) -> bool {
+    top == "bin"
+        && LINKED
+            .iter()
+            .any(|(program, stage)| file.file_stem().is_some_and(|stem| stem == *program) && *stage == target)
+}
+
 /// The folders a file in `folder` may import.
 fn allowed(folder: &str) -> Option<Vec<&'static str>> {
     if let Some((name, below)) = TIERS.iter().find(|(name, _)| *name == folder) {
@@ -133,13 +141,7 @@ fn imports_obey_the_tiers() {
             let target = import.split("::").next().unwrap_or_default();
             if import == "{" {
                 problems.push(format!("src/{name}: a grouped `{root}::{{…}}` import hides its tiers; name each path"));
-            } else if may.contains(&target) {
-                continue;
-            } else if top == "bin"
-                && LINKED
-                    .iter()
-                    .any(|(program, stage)| file.file_stem().is_some_and(|stem| stem == *program) && *stage == target)
-            {
+            } else if may.contains(&target) || linked(file, &top, target) {
                 continue;
             } else if EXCEPTIONS.contains(&(name.as_str(), import.as_str())) {
                 used.insert((name.clone(), import.clone()));

@@ -246,9 +246,10 @@ impl Local {
             true => Some(Credentials::new(user.uid, user.gid, &self.directory.groups(user)?)),
             false => None,
         };
-        let mut environment = Vec::with_capacity(2);
-        environment.push(("PATH".as_bytes().to_vec(), PATH.as_bytes().to_vec()));
-        environment.push((b"QUILL_HOME".to_vec(), self.config.home.as_os_str().as_bytes().to_vec()));
+        let environment = vec![
+            (b"PATH".to_vec(), PATH.as_bytes().to_vec()),
+            (b"QUILL_HOME".to_vec(), self.config.home.as_os_str().as_bytes().to_vec()),
+        ];
         let plan = ChildPlan {
             deliver,
             args,
@@ -300,10 +301,8 @@ struct ChildPlan {
 /// code, as the user. The setuid also makes the kernel mark the process not dumpable, so
 /// the user cannot read what it keeps of quill-lspawn's memory (ptrace, /proc/PID/mem, core).
 fn child(plan: &ChildPlan) -> ! {
-    let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| become_delivery(plan))) {
-        Ok(code) => code,
-        Err(_) => 101,
-    };
+    // 101: what Rust's runtime exits with after a panic in main.
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| become_delivery(plan))).unwrap_or(101);
     sys::exit_now(code)
 }
 
