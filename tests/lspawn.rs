@@ -830,7 +830,8 @@ fn linked_deliveries_are_forked_without_exec() {
     let world = World::linked("linked");
     let (uid, gid) = runner();
     let home = world.probe_home("joe", Some((uid, gid)));
-    world.assign(&format!("=joe:joe:{uid}:{gid}:{}:::\n.\n", home.display()));
+    let home_shown = home.display();
+    world.assign(&format!("=joe:joe:{uid}:{gid}:{home_shown}:::\n+joe-:joe:{uid}:{gid}:{home_shown}:-::\n.\n"));
     let id = world.message("mess", "x");
     // As root lspawn stays root and becomes the user in the child; else it is the user.
     let mut lspawn = world.lspawn_linked(None);
@@ -850,6 +851,18 @@ fn linked_deliveries_are_forked_without_exec() {
     // Failures still come back as quill-local's words and exit codes, through the same pipe.
     let (letter, text) = lspawn.deliver(&id, "joe-nothing@example.com");
     assert_eq!((letter, text.trim_end()), ('D', "Sorry, no mailbox here by that name. (#5.1.1)"));
+    // The identity (-i) reaches the linked code: the same message again is not a second copy.
+    let (letter, text) = lspawn.deliver(&id, "joe@example.com");
+    assert_eq!(letter, 'K', "{text}");
+    assert_eq!(common::files(&home.join("Maildir/new")).len(), 1, "delivered once");
+    // control/timeoutprogram (-t, read again when it changes) reaches it too: the program is
+    // killed after a second.
+    world.write("control/timeoutprogram", b"1\n");
+    std::fs::write(home.join(".qmail-slow"), "|exec sleep 20\n").expect(".qmail-slow");
+    std::os::unix::fs::chown(home.join(".qmail-slow"), Some(uid), Some(gid)).expect("chown");
+    let (letter, text) = lspawn.deliver(&id, "joe-slow@example.com");
+    assert_eq!(letter, 'Z', "{text}");
+    assert!(text.contains("Program ran longer than 1 seconds"), "{text}");
     let stderr = lspawn.finish();
     assert!(!stderr.contains("fatal"), "{stderr}");
 }
