@@ -184,6 +184,188 @@ impl World {
     fn lspawn_private(&self) -> Lspawn {
         self.lspawn(self.owner)
     }
+
+    /// Start lspawn the way quill-start does, without `-l`: each delivery is a forked child
+    /// running quill-local's linked code. Its environment carries a marker that no delivery
+    /// may see.
+    fn lspawn_linked(&self, user: Option<(u32, u32)>) -> Lspawn {
+        Lspawn::start(self.linked_command(user))
+    }
+
+    fn linked_command(&self, user: Option<(u32, u32)>) -> Command {
+        let mut command = Command::new(common::bin("quill-lspawn"));
+        command.arg("./Maildir/").env("QUILL_HOME", self.path()).env("QUILL_TEST_MARKER", "lspawn-only");
+        if let Some((uid, gid)) = user {
+            command.uid(uid).gid(gid);
+        }
+        command
+    }
+
+    /// A world for linked deliveries: as root, a home of root's (lspawn runs as root and the
+    /// child becomes [`runner`]); otherwise the private one.
+    fn linked(tag: &str) -> World {
+        World::new(tag, None)
+    }
+
+    /// A home for `name` with a Maildir and a `.qmail` that runs [`PROBE`] first, all owned
+    /// by `owner` (or the home's owner).
+    fn probe_home(&self, name: &str, owner: Option<(u32, u32)>) -> PathBuf {
+        let home = self.user_home(name);
+        for sub in ["Maildir", "Maildir/new", "Maildir/cur", "Maildir/tmp"] {
+            std::fs::create_dir_all(home.join(sub)).expect("mkdir");
+        }
+        std::fs::write(home.join("probe"), PROBE).expect("probe");
+        std::fs::write(home.join(".qmail"), "|exec /bin/sh ./probe\n./Maildir/\n").expect(".qmail");
+        if let Some((uid, gid)) = owner.or(self.owner) {
+            for p in ["", "Maildir", "Maildir/new", "Maildir/cur", "Maildir/tmp", "probe", ".qmail"] {
+                std::os::unix::fs::chown(home.join(p), Some(uid), Some(gid)).expect("chown");
+            }
+        }
+        home
+    }
+}
+
+/// A dot-file program that records what it runs as and what it got, then waits (bounded)
+/// for the test to look at its parent, the delivery process, in /proc.
+const PROBE: &str = r#"echo "$PPID" > probe.ppid
+env | sort > probe.env
+grep -E '^(Uid|Gid|Groups|CapEff):' /proc/self/status > probe.status
+if cat /proc/$PPID/environ > /dev/null 2>&1; then echo readable; else echo unreadable; fi > probe.parent
+: > probe.started
+n=0
+while [ ! -e release ] && [ $n -lt 3000 ]; do sleep 0.01; n=$((n+1)); done
+exit 0
+"#;
+
+/// The targets of a process's descriptors (`pipe:[N]`, paths), by number.
+fn fd_targets(pid: i32) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("read fd dir").flatten() {
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if let Ok(target) = std::fs::read_link(entry.path()) {
+            found.push((fd, target.display().to_string()));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// One line of /proc/PID/status, its values only.
+fn status_values(status: &str, name: &str) -> Vec<u64> {
+    status
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no {name} in {status}"))
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| u64::from_str_radix(v, if name == "CapEff:" { 16 } else { 10 }).ok())
+        .collect()
+}
+
+/// What the tests of the forked child see while its program runs.
+struct Probed {
+    report: (char, String),
+    /// The delivery process: /proc/PID/exe, comm, cmdline's argv0, environ entries, status.
+    exe: PathBuf,
+    comm: String,
+    argv0: Vec<u8>,
+    environ: Vec<String>,
+    status: String,
+    /// Its descriptors, and those of quill-lspawn, both read while it ran.
+    child_fds: Vec<(i32, String)>,
+    lspawn_fds: Vec<(i32, String)>,
+    /// What the program wrote: its environment, its status lines, and whether it could read
+    /// its parent's /proc/PID/environ.
+    program_env: String,
+    program_status: String,
+    parent_readable: String,
+}
+
+/// Deliver to `recipient`, whose home runs [`PROBE`], and look at the delivery process while
+/// the program waits.
+fn probe_delivery(lspawn: &mut Lspawn, id: &str, recipient: &str, home: &Path) -> Probed {
+    lspawn.send(7, id, &[recipient.as_bytes()]);
+    let started = common::wait_for(LIMIT, || home.join("probe.started").exists());
+    assert!(started, "the program ran; lspawn said {:?}", lspawn.reports.try_recv());
+    let read = |name: &str| std::fs::read_to_string(home.join(name)).unwrap_or_default();
+    let pid: i32 = read("probe.ppid").trim().parse().expect("ppid");
+    let proc_file = |name: &str| std::fs::read(format!("/proc/{pid}/{name}")).unwrap_or_default();
+    let probed = Probed {
+        report: ('?', String::new()),
+        exe: std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe"),
+        comm: String::from_utf8_lossy(&proc_file("comm")).trim().to_string(),
+        argv0: proc_file("cmdline").split(|&b| b == 0).next().unwrap_or(&[]).to_vec(),
+        environ: proc_file("environ")
+            .split(|&b| b == 0)
+            .filter(|e| !e.is_empty())
+            .map(|e| String::from_utf8_lossy(e).into_owned())
+            .collect(),
+        status: String::from_utf8_lossy(&proc_file("status")).into_owned(),
+        child_fds: fd_targets(pid),
+        lspawn_fds: fd_targets(lspawn.child.id() as i32),
+        program_env: read("probe.env"),
+        program_status: read("probe.status"),
+        parent_readable: read("probe.parent").trim().to_string(),
+    };
+    std::fs::write(home.join("release"), b"").expect("release");
+    let report = lspawn.report();
+    let result = &report.results[0];
+    let report = (result.outcome.letter() as char, String::from_utf8_lossy(&result.text).into_owned());
+    Probed { report, ..probed }
+}
+
+/// Checks that hold for every forked delivery child: no exec (its executable is quill-lspawn's
+/// own), named quill-local, the environment quill-local gets and nothing else, none of
+/// quill-lspawn's descriptors but the report pipe, and a program that gets quill-local's
+/// documented environment.
+fn check_forked(probed: &Probed, world: &World, home: &Path, recipient: &str) {
+    assert_eq!(probed.report.0, 'K', "{:?}", probed.report);
+    assert!(probed.report.1.starts_with("did 1+0+1"), "{:?}", probed.report);
+    let lspawn = std::fs::canonicalize(common::bin("quill-lspawn")).expect("lspawn path");
+    assert_eq!(probed.exe, lspawn, "the delivery process was not exec'd: it runs quill-lspawn's image");
+    assert_eq!(probed.comm, "quill-local");
+    assert_eq!(probed.argv0, b"quill-local".to_vec());
+    let mut environ = probed.environ.clone();
+    environ.sort();
+    let quill_home = format!("QUILL_HOME={}", world.path().display());
+    assert_eq!(environ, vec!["PATH=/usr/local/bin:/usr/bin:/bin".to_string(), quill_home.clone()]);
+    // fd 1 and 2 are the report pipe, whose read end quill-lspawn holds; nothing else of its
+    // (requests, reports, its log, its self-pipe) may be open in the child.
+    let report_pipe = probed.child_fds.iter().find(|(fd, _)| *fd == 1).map(|(_, t)| t.clone()).expect("fd 1");
+    assert_eq!(probed.child_fds.iter().find(|(fd, _)| *fd == 2).map(|(_, t)| t.clone()), Some(report_pipe.clone()));
+    assert!(report_pipe.starts_with("pipe:"), "{report_pipe}");
+    let zero = &probed.child_fds.iter().find(|(fd, _)| *fd == 0).expect("fd 0").1;
+    assert!(zero.contains("/queue/mess/"), "fd 0 is the message: {zero}");
+    for (fd, target) in &probed.child_fds {
+        if *target == report_pipe {
+            continue;
+        }
+        assert!(
+            !probed.lspawn_fds.iter().any(|(_, t)| t == target),
+            "the child's fd {fd} ({target}) is one of quill-lspawn's: {:?} / {:?}",
+            probed.child_fds,
+            probed.lspawn_fds
+        );
+    }
+    let env = &probed.program_env;
+    for want in [
+        format!("RECIPIENT={recipient}"),
+        format!("LOCAL={}", recipient.split('@').next().unwrap_or("")),
+        "HOST=example.com".to_string(),
+        "SENDER=from@example.org".to_string(),
+        format!("HOME={}", home.display()),
+        format!("DTLINE=Delivered-To: {recipient}"),
+        "RPLINE=Return-Path: <from@example.org>".to_string(),
+        "PATH=/usr/local/bin:/usr/bin:/bin".to_string(),
+        quill_home,
+    ] {
+        assert!(env.lines().any(|l| l == want), "the program's environment lacks {want}: {env}");
+    }
+    for name in ["USER=", "NEWSENDER=", "UFLINE=From from@example.org ", "EXT=", "HOST2="] {
+        assert!(env.lines().any(|l| l.starts_with(name)), "the program's environment lacks {name}: {env}");
+    }
+    assert!(!env.contains("QUILL_TEST_MARKER"), "lspawn's environment leaked: {env}");
+    assert_eq!(common::files(&home.join("Maildir/new")).len(), 1, "delivered to the Maildir too");
 }
 
 /// A running quill-lspawn with a thread collecting its reports.
@@ -640,6 +822,82 @@ fn newu_reports_bad_lines_and_keeps_the_old_database() {
     assert_eq!(usage.status.code(), Some(100));
 }
 
+/// The delivery process is forked from quill-lspawn and runs quill-local's code without an
+/// exec, with exactly what the quill-local program got: as root it drops to the user (here
+/// `nobody`), otherwise lspawn's own user.
+#[test]
+fn linked_deliveries_are_forked_without_exec() {
+    let world = World::linked("linked");
+    let (uid, gid) = runner();
+    let home = world.probe_home("joe", Some((uid, gid)));
+    let home_shown = home.display();
+    world.assign(&format!("=joe:joe:{uid}:{gid}:{home_shown}:::\n+joe-:joe:{uid}:{gid}:{home_shown}:-::\n.\n"));
+    let id = world.message("mess", "x");
+    // As root lspawn stays root and becomes the user in the child; else it is the user.
+    let mut lspawn = world.lspawn_linked(None);
+    let probed = probe_delivery(&mut lspawn, &id, "joe@example.com", &home);
+    check_forked(&probed, &world, &home, "joe@example.com");
+    // What makes its fork sound (src/base/sys.rs): quill-lspawn has one thread.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", lspawn.child.id())).expect("status");
+    assert_eq!(status_values(&status, "Threads:"), vec![1], "{status}");
+    assert_eq!(status_values(&probed.status, "Uid:"), vec![uid as u64; 4], "{}", probed.status);
+    assert_eq!(status_values(&probed.status, "Gid:"), vec![gid as u64; 4], "{}", probed.status);
+    if common::is_root() {
+        assert_eq!(status_values(&probed.status, "CapEff:"), vec![0], "{}", probed.status);
+        // The setuid made the child not dumpable: the user cannot read what it holds of
+        // quill-lspawn's memory (here its environ; the same rule guards /proc/PID/mem).
+        assert_eq!(probed.parent_readable, "unreadable");
+    }
+    // Failures still come back as quill-local's words and exit codes, through the same pipe.
+    let (letter, text) = lspawn.deliver(&id, "joe-nothing@example.com");
+    assert_eq!((letter, text.trim_end()), ('D', "Sorry, no mailbox here by that name. (#5.1.1)"));
+    // The identity (-i) reaches the linked code: the same message again is not a second copy.
+    let (letter, text) = lspawn.deliver(&id, "joe@example.com");
+    assert_eq!(letter, 'K', "{text}");
+    assert_eq!(common::files(&home.join("Maildir/new")).len(), 1, "delivered once");
+    // control/timeoutprogram (-t, read again when it changes) reaches it too: the program is
+    // killed after a second.
+    world.write("control/timeoutprogram", b"1\n");
+    std::fs::write(home.join(".qmail-slow"), "|exec sleep 20\n").expect(".qmail-slow");
+    std::os::unix::fs::chown(home.join(".qmail-slow"), Some(uid), Some(gid)).expect("chown");
+    let (letter, text) = lspawn.deliver(&id, "joe-slow@example.com");
+    assert_eq!(letter, 'Z', "{text}");
+    assert!(text.contains("Program ran longer than 1 seconds"), "{text}");
+    let stderr = lspawn.finish();
+    assert!(!stderr.contains("fatal"), "{stderr}");
+}
+
+/// Counted with strace when it is there: a delivery by a forked child makes no execve (the only
+/// one is quill-lspawn's own start), where the exec path makes one per delivery.
+#[test]
+fn linked_deliveries_make_no_execve() {
+    if common::skip_without("strace") {
+        return;
+    }
+    let world = World::linked("noexec");
+    let (uid, gid) = runner();
+    let home = world.probe_home("joe", Some((uid, gid)));
+    std::fs::remove_file(home.join(".qmail")).expect("no program: the default delivery");
+    world.assign(&format!("=joe:joe:{uid}:{gid}:{}:::\n.\n", home.display()));
+    let trace = world.path().join("fake/trace");
+    let linked = world.linked_command(None);
+    let mut command = Command::new("strace");
+    command.arg("-f").arg("-qq").arg("-e").arg("trace=execve").arg("-o").arg(&trace);
+    command.arg(linked.get_program()).args(linked.get_args());
+    command.env("QUILL_HOME", world.path());
+    let mut lspawn = Lspawn::start(command);
+    for n in 0..3 {
+        let id = world.message("mess", &format!("m{n}"));
+        let (letter, text) = lspawn.deliver(&id, "joe@example.com");
+        assert_eq!(letter, 'K', "{text}");
+    }
+    lspawn.finish();
+    let traced = std::fs::read_to_string(&trace).expect("trace");
+    let execs = traced.lines().filter(|l| l.contains("execve(") && !l.contains("resumed")).count();
+    assert_eq!(execs, 1, "only quill-lspawn itself is exec'd:\n{traced}");
+    assert_eq!(common::files(&home.join("Maildir/new")).len(), 3);
+}
+
 /// Scratch users and groups made with useradd, removed when dropped.
 struct Scratch {
     users: Vec<String>,
@@ -753,6 +1011,27 @@ fn as_root_deliveries_run_with_the_users_credentials() {
     assert_eq!(letter, 'K', "{text}");
     assert!(line(&text, "ids:").starts_with(&format!("ids: {alias_uid} {alias_gid} ")), "{text}");
     assert!(argv_of(&text).ends_with(&format!("[{user}]")), "{text}");
+    lspawn.finish();
+
+    // The same user through a forked child (no -l): uid, gid and every group as above, seen
+    // both in the child's own /proc status and by its program.
+    let probe = world.probe_home(&user, Some((uid, gid)));
+    assert_eq!(probe, home);
+    let mut lspawn = world.lspawn_linked(None);
+    let recipient = format!("{user}@example.com");
+    let probed = probe_delivery(&mut lspawn, &id, &recipient, &home);
+    check_forked(&probed, &world, &home, &recipient);
+    for status in [&probed.status, &probed.program_status] {
+        assert_eq!(status_values(status, "Uid:"), vec![uid as u64; 4], "{status}");
+        assert_eq!(status_values(status, "Gid:"), vec![gid as u64; 4], "{status}");
+        let mut groups = status_values(status, "Groups:");
+        groups.sort();
+        let mut expected = vec![gid as u64, extra as u64];
+        expected.sort();
+        assert_eq!(groups, expected, "{status}");
+        assert_eq!(status_values(status, "CapEff:"), vec![0], "{status}");
+    }
+    assert_eq!(probed.parent_readable, "unreadable");
     lspawn.finish();
     drop(scratch);
 }

@@ -5,18 +5,28 @@
 use crate::base::fail::{Error, Outcome};
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
-static PROGRAM: OnceLock<&'static str> = OnceLock::new();
+static PROGRAM: Mutex<Option<&'static str>> = Mutex::new(None);
 
 /// Name the program once, at the top of main.
 pub fn init(program: &'static str) {
-    let _ = PROGRAM.set(program);
+    if let Ok(mut name) = PROGRAM.lock() {
+        name.get_or_insert(program);
+    }
 }
 
-/// The program's name as set by [`init`].
+/// Name the process anew: quill-lspawn's forked delivery child speaks as quill-local, which
+/// is the code it runs (a fork keeps the parent's name, an exec would have set its own).
+pub fn rename(program: &'static str) {
+    if let Ok(mut name) = PROGRAM.lock() {
+        *name = Some(program);
+    }
+}
+
+/// The program's name as set by [`init`] (or [`rename`]).
 pub fn program() -> &'static str {
-    PROGRAM.get().copied().unwrap_or("quill")
+    PROGRAM.lock().ok().and_then(|name| *name).unwrap_or("quill")
 }
 
 /// How a character of a log line is written: line ends as `/` so that one event stays one

@@ -146,6 +146,7 @@ pub fn signal_pipe(signals: &[i32]) -> io::Result<std::os::fd::OwnedFd> {
                 return Err(io::Error::last_os_error());
             }
         }
+        note_handled(signal);
     }
     Ok(read)
 }
@@ -279,6 +280,7 @@ pub fn exit_after(seconds: u32, code: u8) -> io::Result<()> {
         }
         libc::alarm(seconds);
     }
+    note_handled(libc::SIGALRM);
     Ok(())
 }
 
@@ -354,4 +356,247 @@ pub fn open_at(
     }
     // SAFETY: `fd` was just returned by openat and nothing else owns it.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Which side of [`fork_single_threaded`] this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forked {
+    /// The new process.
+    Child,
+    /// The caller, with the child's pid.
+    Parent(i32),
+}
+
+/// fork(2), for a process with one thread only, and refused (an error, nothing forked) in any
+/// other: quill-lspawn, whose delivery child goes on running Rust code instead of exec'ing.
+/// In a one-thread process the child is a whole copy: no lock of std's (stderr, the
+/// environment, the allocator's, which glibc's fork resets anyway) can be held by a thread
+/// that is not there, so the child may allocate, log and spawn like any program.
+pub fn fork_single_threaded() -> io::Result<Forked> {
+    let threads = self_stat_fields(&[17])?[0];
+    if threads != 1 {
+        return Err(io::Error::other(format!("the process has {threads} threads, so it cannot fork safely")));
+    }
+    // SAFETY: the process has exactly one thread (checked just above from /proc/self/stat,
+    // and quill-lspawn never starts a thread: one poll loop, no thread pool, NSS lookups
+    // in-line), so the child is a consistent copy of it and may run any code, allocation
+    // included. glibc's fork runs its own atfork handlers (the malloc locks).
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid)),
+    }
+}
+
+/// Fields of /proc/self/stat by their index after the command name (0 is field 3, `state`,
+/// of proc(5)), read with one open and one read.
+fn self_stat_fields(indexes: &[usize]) -> io::Result<Vec<u64>> {
+    use std::io::Read;
+    let mut buffer = [0u8; 4096];
+    let mut file = std::fs::File::open("/proc/self/stat")?;
+    let n = file.read(&mut buffer)?;
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "unable to parse /proc/self/stat");
+    // The command name is in parentheses and may hold anything: the fields start after the last.
+    let after = memchr::memrchr(b')', &buffer[..n]).ok_or_else(bad)? + 1;
+    let text = std::str::from_utf8(&buffer[after..n]).map_err(|_| bad())?;
+    let fields: Vec<&str> = text.split_ascii_whitespace().collect();
+    indexes.iter().map(|&i| fields.get(i).and_then(|f| f.parse().ok()).ok_or_else(bad)).collect()
+}
+
+/// The signals this module gave a handler of its own ([`signal_pipe`], [`exit_after`]), one
+/// bit each: what a forked child must put back ([`reset_signals`]).
+static HANDLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn note_handled(signal: i32) {
+    if (1..64).contains(&signal) {
+        HANDLED.fetch_or(1 << signal, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// For a forked child that goes on without exec: what an exec would have reset. Every signal
+/// this process gave a handler (quill-lspawn: SIGCHLD and SIGTERM, whose handler writes into
+/// its self-pipe) back to its default action, and an empty signal mask. Ignored signals stay
+/// ignored, as across an exec (SIGPIPE, ignored by Rust's start-up in every Quill program);
+/// std's own SIGSEGV and SIGBUS handlers (stack overflow reports) stay, as a new Rust program
+/// would install them again. Two or three system calls, where resetting all 64 would be 64.
+pub fn reset_signals() -> io::Result<()> {
+    let handled = HANDLED.load(std::sync::atomic::Ordering::Relaxed);
+    for signal in 1..64 {
+        if handled & (1 << signal) != 0 {
+            // SAFETY: SIG_DFL installs no handler.
+            unsafe {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+        }
+    }
+    // SAFETY: the set is initialised by sigemptyset before sigprocmask reads it.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// dup2(from, to), without close-on-exec on `to` (a descriptor moved into place for a child).
+pub fn move_fd(from: i32, to: i32) -> io::Result<()> {
+    // SAFETY: dup2 and fcntl on descriptor numbers touch no memory; the caller owns `from`,
+    // and `to` is being replaced on purpose.
+    unsafe {
+        if from == to {
+            let flags = libc::fcntl(from, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(from, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        } else if libc::dup2(from, to) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Close every descriptor numbered `first` or higher (close_range(2)). For a forked child,
+/// which must not keep its parent's descriptors; no object of the parent's that owns one of
+/// them may be dropped afterwards (the child ends with [`exit_now`]).
+pub fn close_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range only closes descriptors; it touches no memory.
+    let status = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
+    if status == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() != Some(libc::ENOSYS) {
+        return Err(error);
+    }
+    // Kernels before 5.9: the numbers from /proc/self/fd, listed first (its own descriptor is
+    // among them and is closed by the listing's end), then closed.
+    let mut open = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        if let Some(fd) = entry?.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) {
+            open.push(fd);
+        }
+    }
+    for fd in open.into_iter().filter(|&fd| fd >= first) {
+        // SAFETY: as above; a number that is no longer open gives EBADF, which is harmless.
+        unsafe {
+            libc::close(fd as i32);
+        }
+    }
+    Ok(())
+}
+
+/// End the process at once with `code`: _exit(2), no destructor, no atexit handler, no
+/// unwinding. The only way a forked child that runs Rust code may end, so that it never
+/// returns into its parent's frames (and never closes or flushes what they own).
+pub fn exit_now(code: u8) -> ! {
+    // SAFETY: _exit ends the process; it needs no memory and never returns.
+    unsafe { libc::_exit(i32::from(code)) }
+}
+
+/// Where the kernel keeps the process's argument and environment strings, which ps(1) and
+/// /proc/PID/cmdline and /proc/PID/environ show. A forked child that goes on as another
+/// program (quill-lspawn's delivery child, running quill-local's code) writes its own name
+/// and environment there, so that ps, the administrator and the tests see what runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessTitle {
+    args: (usize, usize),
+    env: (usize, usize),
+}
+
+/// The most bytes [`ProcessTitle::set`] writes in either area (a sanity bound).
+const TITLE_MAX: usize = 1 << 20;
+
+impl ProcessTitle {
+    /// Read the two areas' bounds from /proc/self/stat (fields 48 to 51 of proc(5)).
+    pub fn find() -> io::Result<ProcessTitle> {
+        let f = self_stat_fields(&[45, 46, 47, 48])?;
+        let area = |start: u64, end: u64| -> io::Result<(usize, usize)> {
+            let (start, end) = (start as usize, end as usize);
+            if start == 0 || end <= start || end - start > TITLE_MAX {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "unusable bounds in /proc/self/stat"));
+            }
+            Ok((start, end))
+        };
+        Ok(ProcessTitle { args: area(f[0], f[1])?, env: area(f[2], f[3])? })
+    }
+
+    /// Rename the process: `comm` (what ps -e and top show, 15 bytes at most) through
+    /// prctl(PR_SET_NAME), the argument area to `argv0` alone, and the environment area to
+    /// `env` (NAME=value entries, each whole or not at all), the rest of each area zeroed.
+    ///
+    /// Only for a forked child with one thread whose environment was cleared
+    /// (`std::env::remove_var` for every name) before this call: then nothing points at the
+    /// old environment strings, and what still points into the argument area (std's argv,
+    /// glibc's program_invocation_name) reads NUL-terminated bytes within it, as before.
+    pub fn set(&self, argv0: &[u8], env: &[&[u8]]) {
+        let mut comm = [0u8; 16];
+        let short = argv0.len().min(15);
+        comm[..short].copy_from_slice(&argv0[..short]);
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes: `comm`.
+        unsafe {
+            libc::prctl(libc::PR_SET_NAME, comm.as_ptr() as libc::c_ulong, 0, 0, 0);
+        }
+        let mut args = Vec::with_capacity(argv0.len() + 1);
+        args.extend_from_slice(argv0);
+        args.push(0);
+        write_area(self.args, &args);
+        let mut entries = Vec::new();
+        for entry in env {
+            if entries.len() + entry.len() + 1 < self.env.1 - self.env.0 {
+                entries.extend_from_slice(entry);
+                entries.push(0);
+            }
+        }
+        write_area(self.env, &entries);
+    }
+}
+
+/// Write `bytes` at the start of the area and zero the rest; nothing if they do not fit
+/// with a NUL to spare.
+fn write_area((start, end): (usize, usize), bytes: &[u8]) {
+    let length = end - start;
+    if bytes.len() >= length {
+        return;
+    }
+    // SAFETY: [start, end) is the kernel's argument or environment area of this process, read
+    // from /proc/self/stat by ProcessTitle::find in this process or the parent it was forked
+    // from (same addresses): strings on the initial stack, mapped and writable for the life of
+    // the process. No Rust reference to them exists (std keeps raw pointers), and the caller
+    // of ProcessTitle::set promises one thread and no reader of the old environment; the last
+    // byte stays NUL, so any C string read there still ends inside the area.
+    unsafe {
+        let area = start as *mut u8;
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), area, bytes.len());
+        std::ptr::write_bytes(area.add(bytes.len()), 0, length - bytes.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fork in a process with another thread is refused, not made: the child could find a
+    /// lock held by a thread that it does not have.
+    #[test]
+    fn fork_is_refused_with_a_second_thread() {
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            let _ = wait.recv_timeout(std::time::Duration::from_secs(30));
+        });
+        let refused = fork_single_threaded();
+        let _ = done.send(());
+        let _ = other.join();
+        let error = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("threads, so it cannot fork safely"), "{error:?}");
+    }
+
+    #[test]
+    fn the_argument_and_environment_areas_are_found() {
+        let title = ProcessTitle::find().expect("bounds in /proc/self/stat");
+        assert!(title.args.0 < title.args.1 && title.env.0 < title.env.1, "{title:?}");
+        assert!(title.args.1 <= title.env.0, "the arguments come before the environment: {title:?}");
+    }
 }

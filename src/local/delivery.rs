@@ -49,49 +49,7 @@ const REFUSED_SHOWN: usize = 3;
 /// program uses for "bad address, bad data, software error, configuration" and qmail's 112.
 const PERMANENT_EXITS: [i32; 8] = [100, 64, 65, 70, 76, 77, 78, 112];
 
-/// The command line, as quill-lspawn gives it.
-#[derive(Clone, Debug, Default)]
-pub struct Args {
-    /// `-n`: print the instructions, deliver nothing.
-    pub dry_run: bool,
-    /// `-A`: `default_delivery` is an /etc/aliases right-hand side; no dot files.
-    pub aliases: bool,
-    /// `-F`: the aliases file is not root's or ours (quill-lspawn checked): of the right-hand
-    /// side only addresses count, no programs, files or include files' programs.
-    pub forwards_only: bool,
-    /// `-t SECONDS`: the time limit of each program (None: [`PROGRAM_TIME_LIMIT`]).
-    pub program_time_limit: Option<Duration>,
-    /// The account name.
-    pub user: Vec<u8>,
-    /// Its home directory.
-    pub home: Vec<u8>,
-    /// The recipient's local part.
-    pub local: Vec<u8>,
-    /// `-` when the address has an extension part (or is one), else empty.
-    pub dash: Vec<u8>,
-    /// The extension.
-    pub ext: Vec<u8>,
-    /// The recipient's domain.
-    pub domain: Vec<u8>,
-    /// The envelope sender (empty for bounces).
-    pub sender: Vec<u8>,
-    /// Default delivery lines (dot-file syntax), or with `-A` the aliases right-hand side.
-    pub default_delivery: Vec<u8>,
-    /// `-i`: the message's identity; Maildir deliveries then happen exactly once.
-    pub identity: Option<crate::mail::queuefile::Identity>,
-    /// `-r`: an earlier attempt may have delivered; look for its Maildir files in `cur/` too.
-    pub retry: bool,
-}
-
-impl Args {
-    /// `local@domain`.
-    pub fn recipient(&self) -> Vec<u8> {
-        let mut r = self.local.clone();
-        r.push(b'@');
-        r.extend_from_slice(&self.domain);
-        r
-    }
-}
+pub use crate::mail::proto::local::Args;
 
 /// The message on fd 0.
 pub struct Message {

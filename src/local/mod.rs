@@ -11,11 +11,30 @@ pub mod maildir;
 pub mod mbox;
 
 use crate::base::fail::{errno_outcome, is_disk_full, Enhanced, Outcome, Status};
-use std::io;
+use crate::mail::proto::local::Args;
+use std::io::{self, Write};
 use std::path::Path;
 
 /// What a step of a local delivery gives: its value, or the status that ends the delivery.
 pub type Result<T> = std::result::Result<T, Status>;
+
+/// The whole of quill-local once it has its [`Args`]: deliver, then write the report (or the
+/// status that ended the delivery), rendered once, as one line on fd 1, and give the outcome
+/// whose exit code ends the process. Both ways a delivery is made run exactly this: the
+/// quill-local binary, and quill-lspawn's forked child (the function is handed to
+/// `spawn::local` by quill-lspawn's main).
+pub fn deliver_and_report(args: &Args) -> Outcome {
+    // The edge: the report or the status, rendered once, is what quill-lspawn reads.
+    let (text, outcome) = match delivery::run(args) {
+        Ok(report) => (report, Outcome::Success),
+        Err(status) => (status.to_string(), status.outcome),
+    };
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+    outcome
+}
 
 /// A failed file operation on a mailbox (`kind` is "maildir" or "mailbox"). A full disk or
 /// quota is temporary with x.3.0; so is every failure once the file is open (`written`): a

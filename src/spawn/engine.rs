@@ -20,7 +20,6 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// How often the loop wakes with deliveries running, to reap even if a SIGCHLD went astray.
@@ -43,6 +42,8 @@ pub trait Kind {
 
     /// Start the delivery: the message on its fd 0, `output` on its fd 1. A kind that sets a
     /// deadline must start the delivery in a process group of its own: the group is killed.
+    /// The process may be a program run (fork and exec) or a forked child that runs linked
+    /// code (quill-lspawn's); either way it is this process's child, reaped by pid.
     fn start(
         &mut self,
         request: &Request,
@@ -68,7 +69,8 @@ pub struct Message {
 
 /// A delivery just started.
 pub struct Started<J> {
-    pub child: Child,
+    /// Its process: reaped by pid, never waited for one by one.
+    pub pid: i32,
     pub job: J,
     /// When to kill it, with its process group.
     pub deadline: Option<Instant>,
@@ -303,8 +305,8 @@ impl<K: Kind> Engine<K> {
             deadline: started.deadline,
             killed: false,
         };
-        // The Child is dropped without waiting: the loop reaps every child by its pid.
-        self.running.insert(started.child.id() as i32, running);
+        // The loop reaps every child by its pid.
+        self.running.insert(started.pid, running);
         Ok(())
     }
 

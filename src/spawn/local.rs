@@ -1,12 +1,18 @@
 //! What is quill-lspawn's own in the spawner skeleton (spawn::engine, doc/quill-lspawn.8):
 //! one recipient per request, found in the aliases, users/assign.db or the password file, and
-//! delivered by quill-local running as that user.
+//! delivered by quill-local running as that user: quill-local's code linked in, run by a
+//! forked child that becomes the user and never execs ([`Config::linked`]), or a quill-local
+//! program run with fork and exec when quill-lspawn is told to use another one (`-l`).
+//! The user boundary is the child's setuid; doc/SECURITY.md has the argument.
 #![forbid(unsafe_code)]
 
 use crate::base::fail::{Enhanced, Error, Outcome, Result, Status};
+use crate::base::privilege::Credentials;
+use crate::base::sys::{self, Forked, ProcessTitle};
 use crate::mail::address;
 use crate::mail::aliases::{self, Aliases};
 use crate::mail::control::Control;
+use crate::mail::proto::local::Args;
 use crate::mail::proto::spawn::{self as proto, Request};
 use crate::mail::queuefile;
 use crate::mail::users::{self, AssignDb, Assignment, PasswdEntry, PasswdSource, Resolution};
@@ -14,7 +20,7 @@ use crate::spawn::engine::{Ended, Exit, Kind, Message, Started};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -29,8 +35,12 @@ pub const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 pub struct Config {
     /// The Quill home (queue, users/, alias/, control/).
     pub home: PathBuf,
-    /// The quill-local program to run.
+    /// The quill-local program to run (with fork and exec) when [`Config::linked`] is None.
     pub local: PathBuf,
+    /// quill-local's code, linked into quill-lspawn: a forked child runs it as the user, with
+    /// no exec (`local::deliver_and_report`, handed over by quill-lspawn's main, as the spawn
+    /// stage does not import the local stage). None when `-l` names another program.
+    pub linked: Option<fn(&Args) -> Outcome>,
     /// quill-start's argument: what a user without a `.qmail` gets (`./Maildir/`).
     pub default_delivery: Vec<u8>,
 }
@@ -144,6 +154,8 @@ pub struct Local {
     /// control/timeoutprogram: quill-local's limit for each program, when set.
     program_limit: Cached<Option<u64>>,
     directory: Directory,
+    /// Where a forked child writes its name (`quill-local`) for ps; found at start.
+    title: Option<ProcessTitle>,
 }
 
 /// A temporary failure of the mail system (`4.3.0`), the default when unsure.
@@ -158,7 +170,15 @@ impl Local {
         let control = Control::new(&config.home);
         control.line("aliases")?;
         let (_, euid) = crate::base::sys::uids();
+        // Without the bounds a child keeps quill-lspawn's name in ps: worth a warning, no more.
+        let title = match config.linked {
+            Some(_) => ProcessTitle::find()
+                .map_err(|e| crate::base::log::warning(&format!("unable to find the process title: {e}")))
+                .ok(),
+            None => None,
+        };
         Ok(Local {
+            title,
             aliases: Cached::new(aliases::aliases_path(&control)),
             assign: Cached::new(users::assign_db_path(&config.home)),
             program_limit: Cached::new(control.path("timeoutprogram")),
@@ -207,8 +227,139 @@ impl Local {
             }
         })?;
         // Dropping the Command closes our copies of the pipe's write end and of the message.
-        Ok(Started { child, job: (), deadline: None })
+        Ok(Started { pid: child.id() as i32, job: (), deadline: None })
     }
+
+    /// Fork a child that becomes the user and runs quill-local's code (`deliver`) with `args`:
+    /// the same credentials, descriptors, working directory and environment the quill-local
+    /// program gets, without the exec. See [`child`] for what the child does, in order.
+    fn fork(
+        &mut self,
+        deliver: fn(&Args) -> Outcome,
+        args: Args,
+        user: &Assignment,
+        message: std::fs::File,
+        output: OwnedFd,
+    ) -> std::result::Result<Started<()>, Status> {
+        // Everything the child needs is made here, in quill-lspawn, with its caches.
+        let credentials = match self.root {
+            true => Some(Credentials::new(user.uid, user.gid, &self.directory.groups(user)?)),
+            false => None,
+        };
+        let environment = vec![
+            (b"PATH".to_vec(), PATH.as_bytes().to_vec()),
+            (b"QUILL_HOME".to_vec(), self.config.home.as_os_str().as_bytes().to_vec()),
+        ];
+        let plan = ChildPlan {
+            deliver,
+            args,
+            credentials,
+            environment,
+            title: self.title,
+            message: message.as_raw_fd(),
+            output: output.as_raw_fd(),
+        };
+        match sys::fork_single_threaded() {
+            Ok(Forked::Child) => child(&plan),
+            Ok(Forked::Parent(pid)) => {
+                // Our copies of the message and of the pipe's write end go now: the pipe ends
+                // when the child (and whatever it started) is done with it.
+                drop(message);
+                drop(output);
+                Ok(Started { pid, job: (), deadline: None })
+            }
+            Err(e) => {
+                Err(temporary(format!("unable to fork quill-local as {}: {e}", crate::base::log::safe(&user.user))))
+            }
+        }
+    }
+}
+
+/// What a forked delivery child is given.
+struct ChildPlan {
+    deliver: fn(&Args) -> Outcome,
+    args: Args,
+    /// Whom to become (None: quill-lspawn is not root and runs as the user already).
+    credentials: Option<Credentials>,
+    /// The whole environment of the delivery.
+    environment: Vec<(Vec<u8>, Vec<u8>)>,
+    title: Option<ProcessTitle>,
+    /// Descriptors of quill-lspawn's: the message, and the report pipe's write end.
+    message: i32,
+    output: i32,
+}
+
+/// The forked delivery child; it never returns into quill-lspawn's frames, and ends with
+/// `_exit` (a panic too: exit 101, which quill-lspawn reports as temporary, as it would for
+/// the quill-local program). In order: signals back to their defaults and an empty mask
+/// (quill-lspawn's handlers write into its self-pipe); the message on fd 0 and the report
+/// pipe on fd 1 and 2; every other descriptor closed (quill-send's request and report pipes,
+/// the self-pipe, other deliveries' pipes, cached files); the name quill-local (ps, comm,
+/// logs) and the environment emptied and set to PATH and QUILL_HOME only; then, as root,
+/// supplementary groups, gid and uid with the check that root cannot come back (uid 0 is
+/// refused here again); only then the home is entered and the message read, by quill-local's
+/// code, as the user. The setuid also makes the kernel mark the process not dumpable, so
+/// the user cannot read what it keeps of quill-lspawn's memory (ptrace, /proc/PID/mem, core).
+fn child(plan: &ChildPlan) -> ! {
+    // 101: what Rust's runtime exits with after a panic in main.
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| become_delivery(plan))).unwrap_or(101);
+    sys::exit_now(code)
+}
+
+/// The steps of [`child`]; returns the exit code.
+fn become_delivery(plan: &ChildPlan) -> u8 {
+    // Before anything can be reported, a failure can only be an exit code: 111, temporary.
+    let setup = || -> std::io::Result<()> {
+        sys::reset_signals()?;
+        sys::move_fd(plan.message, 0)?;
+        sys::move_fd(plan.output, 1)?;
+        sys::move_fd(plan.output, 2)?;
+        sys::close_from(3)
+    };
+    if setup().is_err() {
+        return Outcome::Temporary.exit_code();
+    }
+    crate::base::log::rename("quill-local");
+    let names: Vec<std::ffi::OsString> = std::env::vars_os().map(|(name, _)| name).collect();
+    for name in names {
+        std::env::remove_var(name);
+    }
+    if let Some(title) = plan.title {
+        let entries: Vec<Vec<u8>> =
+            plan.environment.iter().map(|(name, value)| [&name[..], b"=", value].concat()).collect();
+        let entries: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
+        title.set(b"quill-local", &entries);
+    }
+    for (name, value) in &plan.environment {
+        std::env::set_var(OsStr::from_bytes(name), OsStr::from_bytes(value));
+    }
+    if let Some(who) = &plan.credentials {
+        if who.uid == 0 {
+            crate::base::log::fatal("unable to deliver as root: not allowed");
+            return Outcome::Temporary.exit_code();
+        }
+        if let Err(e) = crate::base::privilege::drop_to(who) {
+            crate::base::log::fatal(&format!("unable to become uid {} gid {}: {e}", who.uid, who.gid));
+            return Outcome::Temporary.exit_code();
+        }
+    }
+    let home = Path::new(OsStr::from_bytes(&plan.args.home));
+    if let Err(e) = std::env::set_current_dir(home) {
+        // The texts quill-lspawn gives when it cannot start the quill-local program there.
+        let name = crate::base::log::safe(&plan.args.user);
+        let status = if !home.is_dir() {
+            Status::temporary(
+                Enhanced::MAILBOX_DISABLED,
+                format!("home directory {} of {name} is missing", home.display()),
+            )
+        } else {
+            temporary(format!("unable to enter home directory {} as {name}: {e}", home.display()))
+        };
+        println!("{status}");
+        return status.outcome.exit_code();
+    }
+    let outcome = (plan.deliver)(&plan.args);
+    outcome.exit_code()
 }
 
 impl Kind for Local {
@@ -277,31 +428,35 @@ impl Kind for Local {
         if !self.root && user.uid != self.my_uid {
             return Err(temporary("quill-lspawn is not running as root"));
         }
+        let (is_alias, dash, ext, default_delivery) = match alias_target {
+            Some(target) => (true, Vec::new(), Vec::new(), target),
+            None => (false, user.dash.clone(), user.ext.clone(), self.config.default_delivery.clone()),
+        };
+        let args = Args {
+            dry_run: false,
+            aliases: is_alias,
+            forwards_only,
+            program_time_limit: program_limit.map(std::time::Duration::from_secs),
+            user: user.user.clone(),
+            home: user.home.as_os_str().as_bytes().to_vec(),
+            local: local.to_vec(),
+            dash,
+            ext,
+            domain: domain.to_vec(),
+            sender: request.sender.clone(),
+            default_delivery,
+            // The message's identity names its Maildir files, so that a retry finds what an
+            // earlier attempt delivered; `retry` says that there may have been one.
+            identity: Some(message.identity),
+            retry: request.retry,
+        };
+        if let Some(deliver) = self.config.linked {
+            return self.fork(deliver, args, &user, message.file, output);
+        }
         let mut command = Command::new(&self.config.local);
         command.arg0("quill-local");
-        if let Some(seconds) = program_limit {
-            command.arg("-t").arg(seconds.to_string());
-        }
-        if forwards_only {
-            command.arg("-F");
-        }
-        let empty: &[u8] = b"";
-        let (dash, ext, last) = match &alias_target {
-            Some(target) => {
-                command.arg("-A");
-                (empty, empty, target.as_slice())
-            }
-            None => (user.dash.as_slice(), user.ext.as_slice(), self.config.default_delivery.as_slice()),
-        };
-        // The message's identity names its Maildir files, so that a retry finds what an
-        // earlier attempt delivered; -r says that there may have been one.
-        command.arg("-i").arg(message.identity.encode());
-        if request.retry {
-            command.arg("-r");
-        }
-        command.arg("--");
-        for arg in [&user.user[..], user.home.as_os_str().as_bytes(), local, dash, ext, domain, &request.sender, last] {
-            command.arg(OsStr::from_bytes(arg));
+        for word in args.words() {
+            command.arg(OsStr::from_bytes(&word));
         }
         self.spawn(command, &user, message.file, output)
     }

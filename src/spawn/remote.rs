@@ -80,7 +80,12 @@ impl Kind for Remote {
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| temporary(format!("unable to run quill-remote: {e}")))?;
-        Ok(Started { child, job: allowed, deadline: Some(started + allowed + remote_report::KILL_MARGIN) })
+        // The Child is dropped without waiting: the engine reaps by pid.
+        Ok(Started {
+            pid: child.id() as i32,
+            job: allowed,
+            deadline: Some(started + allowed + remote_report::KILL_MARGIN),
+        })
     }
 
     fn overdue(&mut self, slot: u32, allowed: &Duration) {

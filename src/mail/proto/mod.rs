@@ -7,12 +7,15 @@
 //! trigger and control FIFOs), `info` (quill-send's state file `queue/info/ID`, written by
 //! quill-send, read by `quill queue`), `views` (quill-send's views `queue/info/destinations`,
 //! `channels`, `flight` and `errors`, read by `quill status` and `quill queue why`/`show`),
-//! `writer` (quill-smtpd ↔ quill-queued over `queue/writer/socket`).
+//! `writer` (quill-smtpd ↔ quill-queued over `queue/writer/socket`),
+//! `local` (quill-lspawn → quill-local: one delivery's arguments, as a command line or as the
+//! value its forked child runs with).
 #![forbid(unsafe_code)]
 
 pub mod clean;
 pub mod control;
 pub mod info;
+pub mod local;
 pub mod remote_report;
 pub mod spawn;
 pub mod views;
