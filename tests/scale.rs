@@ -139,7 +139,8 @@ fn write_backlog(home: &Path, n: usize) {
 fn pickup_time(home: &Path, tag: &str) -> f64 {
     let maildir = home.join("maildir").join(tag).join("new");
     let started = Instant::now();
-    let out = common::run(home, "sendmail", &["-t", "-i"], format!("To: {tag}@localhost\nSubject: {tag}\n\nhi\n").as_bytes());
+    let out =
+        common::run(home, "sendmail", &["-t", "-i"], format!("To: {tag}@localhost\nSubject: {tag}\n\nhi\n").as_bytes());
     assert!(out.status.success(), "sendmail: {}", String::from_utf8_lossy(&out.stderr));
     assert!(wait_for(Duration::from_secs(300), || !files(&maildir).is_empty()), "{tag} was not delivered");
     started.elapsed().as_secs_f64()

@@ -221,7 +221,8 @@ impl Sender {
         }
         let Some(until) = self.destinations.backed_off(&job.domain, now) else { return Some(job) };
         let lifetime = self.config.queue_lifetime;
-        let Some(m) = self.messages.get_mut(&job.id) else { return None };
+        // A job whose message is gone is dropped.
+        let m = self.messages.get_mut(&job.id)?;
         if schedule::expired(m.birth, now, lifetime) {
             return Some(job);
         }

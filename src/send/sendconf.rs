@@ -125,12 +125,15 @@ mod tests {
         assert_eq!(c.rewriting.locals, vec![b"host.example".to_vec()]);
         assert_eq!(c.concurrency_local, 3);
         assert_eq!(c.concurrency_remote, 20);
+        assert_eq!(c.queue_active, 10_000);
         assert_eq!(c.bounce_from, b"bounces@host.example");
         assert_eq!(c.double_bounce_to, b"postmaster@host.example");
         assert_eq!(c.rewriting.virtual_domains.len(), 1);
         // The rewriting is mail::rewrite's (its own tests there); quill-send only delegates.
         assert_eq!(c.rewrite(b"x@virt.org"), (Channel::Local, b"vu-x@virt.org".to_vec()));
         assert_eq!(c.rewrite(b"x"), (Channel::Local, b"x@host.example".to_vec()));
+        std::fs::write(dir.join("control/queueactive"), "1\n").unwrap();
+        assert_eq!(Config::load(&Control::new(&dir)).unwrap().queue_active, MIN_QUEUE_ACTIVE as usize);
         std::fs::write(dir.join("control/queuelifetime"), "soon\n").unwrap();
         assert!(Config::load(&Control::new(&dir)).is_err());
         let _ = std::fs::remove_dir_all(&dir);
