@@ -38,12 +38,16 @@ bench: all
 	tests/bench/run
 
 # The long runs: every #[ignore] test, one at a time (crash tests, load, the fuzz targets for
-# QUILL_FUZZ_SECONDS each, 60 by default). The fuzzer's figures end up in target/tmp/fuzz-soak.txt.
+# QUILL_FUZZ_SECONDS each, 60 by default, and tests/scale.rs: quill-send's memory and pick-up
+# time with N deferred messages, N from QUILL_SCALE_N, 1000,10000,100000,200000 by default).
+# The fuzzer's figures end up in target/tmp/fuzz-soak.txt, the scale table in
+# target/tmp/scale-soak.txt; both are printed at the end.
 soak: all
-	@rm -f target/tmp/fuzz-soak.txt
+	@rm -f target/tmp/fuzz-soak.txt target/tmp/scale-soak.txt
 	@QUILL_SOAK=1 $(CARGO) test --release -- --ignored --test-threads=1; \
 	status=$$?; \
 	cat target/tmp/fuzz-soak.txt 2>/dev/null; \
+	cat target/tmp/scale-soak.txt 2>/dev/null; \
 	exit $$status
 
 check:

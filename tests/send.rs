@@ -870,3 +870,109 @@ fn one_slow_recipient_holds_at_most_concurrencyrecipient_slots() {
     }
     assert!(wait_for(LIMIT, || rig.log().matches("end msg").count() == 9), "{}", rig.log());
 }
+
+/// `n` messages in `mess/` as an earlier quill-send left them: each to one remote recipient
+/// at `domain`, deferred once, with its info file saying the next remote attempt is `due`.
+/// Written without fsync (a test's queue need not survive a crash). Returns their ids.
+fn write_deferred(home: &Path, n: usize, domain: &str, due: u64) -> Vec<u64> {
+    use quill::mail::proto::info::{Entry, Info, Progress};
+    let t = now() - 600;
+    let q = home.join("queue");
+    (0..n)
+        .map(|i| {
+            let rcpt = format!("u{i}@{domain}");
+            let pid = 7_000_000 + i as u32;
+            let header = Header {
+                uid: quill::base::sys::uids().0,
+                pid,
+                time: t,
+                nanos: 0,
+                envelope: Envelope { sender: SENDER.as_bytes().to_vec(), recipients: vec![rcpt.clone().into_bytes()] },
+            };
+            let mut bytes = header.encode();
+            bytes.extend_from_slice(format!("Subject: backlog {i}\n\nbacklog {i}\n").as_bytes());
+            let tmp = q.join(format!("tmp/backlog.{i}"));
+            std::fs::write(&tmp, &bytes).expect("write message");
+            let id = std::fs::metadata(&tmp).expect("stat").ino();
+            std::fs::rename(&tmp, q.join("mess").join(id.to_string())).expect("rename");
+            let info = Info {
+                time: t,
+                pid,
+                due: [0, due],
+                entries: vec![Entry {
+                    channel: quill::send::sendconf::Channel::Remote,
+                    address: rcpt.into_bytes(),
+                    progress: Progress::Waiting,
+                    last: Some((t + 1, b"Unreachable: connection refused (#4.4.1)".to_vec())),
+                }],
+            };
+            std::fs::write(q.join("info").join(id.to_string()), info.encode()).expect("write info");
+            id
+        })
+        .collect()
+}
+
+#[test]
+fn a_deferred_backlog_rests_on_disk_and_new_mail_goes_first() {
+    // 2,000 deferred messages, 40 held in memory at most (queueactive): the rest wait on disk.
+    let limit = 40;
+    let h = basic_home("backlog", &[("queueactive", "40\n"), ("backoffmin", "3600\n")]);
+    let ids = write_deferred(h.path(), 2000, "down.example", now() + 3600);
+    let mut rig = Rig::start(h.path(), "first", true);
+    // New mail goes out while the backlog is read (a batch per turn of the loop).
+    let fresh = inject(h.path(), SENDER, &["new@test.example"], "fresh");
+    let r = rig.local.take(1);
+    assert_eq!(rcpt(&r[0]), "new@test.example");
+    rig.local.answer(r[0].slot, &[(Outcome::Success, "did 1+0+0/")]);
+    assert!(rig.wait_log(&format!("end msg {fresh}\n")), "{}", rig.log());
+    assert!(rig.wait_log("status: queue read: "), "{}", rig.log());
+    let log = rig.log();
+    let held: usize = log
+        .split("status: queue read: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a count of messages held");
+    assert!(held <= limit, "{held} messages held with queueactive {limit}");
+    let remote = rig.remote.as_mut().expect("remote spawner");
+    assert!(remote.next(Duration::from_millis(300)).is_none(), "nothing in the backlog is due yet");
+
+    // A flush makes the whole backlog due: the first jobs find the destination down; the jobs
+    // after them are parked or deferred unattempted, and the rest of the backlog stays on disk.
+    rig.signal(nix::sys::signal::Signal::SIGALRM);
+    let remote = rig.remote.as_mut().expect("remote spawner");
+    let first = remote.next(LIMIT).expect("a first attempt after the flush");
+    remote.answer(first.slot, &[(Outcome::Temporary, "Unreachable: connection refused by every host (#4.4.1)")]);
+    let table = h.path().join("queue/info/destinations");
+    assert!(wait_for(LIMIT, || std::fs::read_to_string(&table).unwrap_or_default().starts_with("down.example 1 ")));
+    // The attempts that were already out (concurrencydestination) end the same way.
+    while let Some(r) = remote.next(Duration::from_millis(500)) {
+        remote.answer(r.slot, &[(Outcome::Temporary, "Unreachable: connection refused by every host (#4.4.1)")]);
+    }
+    let second = inject(h.path(), SENDER, &["again@test.example"], "second");
+    let r = rig.local.take(1);
+    assert_eq!(rcpt(&r[0]), "again@test.example");
+    rig.local.answer(r[0].slot, &[(Outcome::Success, "did 1+0+0/")]);
+    assert!(rig.wait_log(&format!("end msg {second}\n")), "{}", rig.log());
+    let remote = rig.remote.as_mut().expect("remote spawner");
+    assert!(remote.next(Duration::from_millis(500)).is_none(), "the backed-off destination is left alone");
+
+    // A restart: new mail again goes out first, and the backlog is all still there.
+    rig.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(rig.wait_send().and_then(|s| s.code()), Some(0), "{}", rig.log());
+    drop(rig);
+    let rig = Rig::start(h.path(), "second", true);
+    let third = inject(h.path(), SENDER, &["third@test.example"], "third");
+    let mut rig = rig;
+    let r = rig.local.take(1);
+    assert_eq!(rcpt(&r[0]), "third@test.example");
+    rig.local.answer(r[0].slot, &[(Outcome::Success, "did 1+0+0/")]);
+    assert!(rig.wait_log(&format!("end msg {third}\n")), "{}", rig.log());
+    assert!(rig.wait_log("status: queue read: "), "{}", rig.log());
+    let mess = h.path().join("queue/mess");
+    let info = h.path().join("queue/info");
+    for id in &ids {
+        assert!(mess.join(id.to_string()).exists() && info.join(id.to_string()).exists(), "msg {id} lost");
+    }
+    assert_eq!(rig.log().matches("end msg").count(), 1, "no backlog message ended:\n{}", rig.log());
+}

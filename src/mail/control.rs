@@ -76,6 +76,9 @@ pub const DEFAULT_BACKOFFMIN: u64 = 300;
 pub const DEFAULT_BACKOFFMAX: u64 = 3600;
 /// `queuelifetime`, in seconds (one week, as qmail): after it a temporary failure is permanent.
 pub const DEFAULT_QUEUELIFETIME: u64 = 604_800;
+/// `queueactive`: messages quill-send holds in memory at most (Postfix's
+/// qmgr_message_active_limit); the rest wait on disk as an id and a time.
+pub const DEFAULT_QUEUEACTIVE: u64 = 10_000;
 
 /// Reader for `HOME/control/*`.
 #[derive(Clone, Debug)]

@@ -62,6 +62,10 @@ impl Sender {
             log::warning(&format!("unknown administrator request or message: {}", log::safe(line)));
             return;
         };
+        // A message at rest is loaded to be acted on.
+        if let Some(id) = id {
+            self.wake(id);
+        }
         let known = id.is_some_and(|id| self.messages.contains_key(&id));
         let held = id.is_some_and(|id| self.layout.hold().join(id.to_string()).exists());
         match (verb, id) {
@@ -72,6 +76,7 @@ impl Sender {
             (Admin::Flush, Some(id)) if known => self.flush_message(id),
             (Admin::Reread, None) => self.reload(),
             (Admin::Requeue, None) => {
+                self.dormant.requeue_all(crate::base::date::now());
                 let ids: Vec<u64> = self.messages.keys().copied().collect();
                 for id in ids {
                     self.ask_requeue(id);
@@ -155,6 +160,7 @@ impl Sender {
     /// a waiting recipient whose address contains TEXT, without regard to case.
     pub(super) fn flush_matching(&mut self, text: &[u8]) {
         let needle = text.to_ascii_lowercase();
+        self.wake_matching(&needle);
         let ids: Vec<u64> = self
             .messages
             .iter()

@@ -78,6 +78,13 @@ impl<J> Destinations<J> {
         (Admission::Go, Some(job))
     }
 
+    /// When `domain`'s back-off ends, if it is backed off now or its probe is out: a job for
+    /// it would be parked ([`Destinations::admit`]).
+    pub fn backed_off(&self, domain: &[u8], now: u64) -> Option<u64> {
+        let d = self.map.get(domain)?;
+        (d.failures > 0 && (now < d.until || d.running > 0)).then_some(d.until)
+    }
+
     /// A delivery to `domain` ended. `unreachable` says the destination itself failed
     /// (connection refused, timeout, DNS trouble), not the message. Returns the jobs that may
     /// now be retried (the caller queues them again).
@@ -269,12 +276,15 @@ mod tests {
         // Backed off: jobs wait, nothing is due before 160.
         assert_eq!(t.admit(b"a.example", 2, 110).0, Admission::Parked);
         assert_eq!(t.admit(b"a.example", 3, 120).0, Admission::Parked);
+        assert_eq!(t.backed_off(b"a.example", 120), Some(160));
+        assert_eq!(t.backed_off(b"b.example", 120), None);
         assert_eq!(t.next_due(), Some(160));
         assert!(t.due(159).is_empty());
         // One probe at 160; the other job waits for its result.
         let probe = t.due(160);
         assert_eq!(probe, vec![2]);
         assert_eq!(t.admit(b"a.example", 2, 160).0, Admission::Go, "the probe goes out");
+        assert_eq!(t.backed_off(b"a.example", 160), Some(160), "in doubt while the probe is out");
         assert_eq!(t.admit(b"a.example", 4, 160).0, Admission::Parked, "the rest wait for the probe");
         // The probe fails again: the wait doubles.
         let _ = t.finished(b"a.example", true, "Unreachable: timeout", 160);

@@ -122,13 +122,9 @@ impl Sender {
     pub(super) fn dispatch(&mut self, channel: Channel) {
         let c = channel as usize;
         while self.deliveries.running[c] < self.config.concurrency(channel) {
-            let spawner = match channel {
-                Channel::Local => &mut self.lspawn,
-                Channel::Remote => match self.rspawn.as_mut() {
-                    Some(s) => s,
-                    None => return,
-                },
-            };
+            if channel == Channel::Remote && self.rspawn.is_none() {
+                return;
+            }
             let Some(job) = self.deliveries.ready[c].pop_front() else { return };
             match self.messages.get(&job.id).map(|m| m.pending.is_some()) {
                 None => continue,
@@ -138,6 +134,15 @@ impl Sender {
                 }
                 Some(false) => {}
             }
+            let now = crate::base::date::now();
+            let job = if channel == Channel::Remote {
+                match self.defer_unattempted(job, now) {
+                    Some(job) => job,
+                    None => continue,
+                }
+            } else {
+                job
+            };
             // A remote destination that is backed off or busy, or a local recipient at its
             // concurrency limit, keeps the job until it may go; the next job goes instead.
             let table = match channel {
@@ -145,7 +150,7 @@ impl Sender {
                 Channel::Local => &mut self.local_recipients,
             };
             let key = job.domain.clone();
-            let job = match table.admit(&key, job, crate::base::date::now()) {
+            let job = match table.admit(&key, job, now) {
                 (Admission::Go, Some(job)) => job,
                 _ => continue,
             };
@@ -161,6 +166,13 @@ impl Sender {
                 sender: m.sender.clone(),
                 recipients: job.recipients.iter().map(|&i| m.recipients[i].address.clone()).collect(),
                 retry,
+            };
+            let spawner = match channel {
+                Channel::Local => &mut self.lspawn,
+                Channel::Remote => match self.rspawn.as_mut() {
+                    Some(s) => s,
+                    None => return,
+                },
             };
             spawner.requests.queue(&request.encode());
             let mut numbers = Vec::with_capacity(job.recipients.len());

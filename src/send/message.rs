@@ -129,6 +129,20 @@ impl Message {
         self.recipients.iter().any(|r| r.channel == channel && r.progress == Progress::Waiting)
     }
 
+    /// When the message is next due, if it does nothing but wait for that time and its
+    /// state is on disk: it may then rest there ([`crate::send::dormant`]) until the time.
+    pub(super) fn resting_until(&self) -> Option<u64> {
+        let idle = self.phase == Phase::Active
+            && self.pending.is_none()
+            && self.busy == [0, 0]
+            && !self.dirty
+            && self.due[FINISH].is_none();
+        if !idle {
+            return None;
+        }
+        self.due[..FINISH].iter().flatten().copied().min()
+    }
+
     pub(super) fn info(&self) -> Info {
         Info {
             time: self.birth,
@@ -221,6 +235,24 @@ mod tests {
         );
         assert_eq!((m.birth, m.pid, m.offset, m.phase, m.due), (1000, 42, 99, Phase::Moving, [None; 3]));
         assert!(m.waiting(Channel::Local) && m.waiting(Channel::Remote) && !m.done());
+        assert_eq!(m.resting_until(), None, "not active yet");
+    }
+
+    #[test]
+    fn only_a_message_that_just_waits_may_rest() {
+        let mut m = Message::new(header(), 99, None, route);
+        m.phase = Phase::Active;
+        assert_eq!(m.resting_until(), None, "nothing due: it must stay (its remote channel may not run)");
+        m.due = [Some(500), Some(300), None];
+        assert_eq!(m.resting_until(), Some(300));
+        m.busy = [0, 1];
+        assert_eq!(m.resting_until(), None, "a delivery is queued or in flight");
+        m.busy = [0, 0];
+        m.dirty = true;
+        assert_eq!(m.resting_until(), None, "its info file is not written yet");
+        m.dirty = false;
+        m.pending = Some(AdminAction::Hold);
+        assert_eq!(m.resting_until(), None);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! files and the views `quill status` reads). Under them: `message` (a message and its
 //! recipients as held), `pipes` (non-blocking descriptors), `sendconf` (the control files),
 //! `schedule` (retry times and timers), `destinations` (per-destination concurrency and
-//! back-off), `bounce` (bounce messages). The info files' format is `mail::proto::info`.
+//! back-off), `bounce` (bounce messages), `dormant` (the messages
+//! at rest on disk beyond `queueactive`, and their loading and eviction). The info files' format is `mail::proto::info`.
 #![forbid(unsafe_code)]
 
 mod administrator;
@@ -17,6 +18,7 @@ pub mod bounce;
 mod cleaning;
 pub mod destinations;
 mod dispatch;
+pub mod dormant;
 mod finish;
 mod message;
 mod pickup;

@@ -125,27 +125,33 @@ impl Sender {
         };
         let mess = list(self.layout.mess(), "mess")?;
         let todo = list(self.layout.todo(), "todo")?;
-        let hold = list(self.layout.hold(), "hold")?;
+        let hold: HashSet<u64> = list(self.layout.hold(), "hold")?.into_iter().collect();
         if self.rspawn.is_none() {
             log::warning("remote channel is not running; remote recipients are kept in the queue");
         }
-        for &id in &mess {
-            self.load_from_mess(id);
+        // Only the names now: each message in mess/ is read a batch per turn of the loop
+        // (`dormant`), so that new mail is served while a large backlog is read.
+        self.scan_left = mess.len();
+        for id in mess {
+            self.dormant.put(id, 0);
+        }
+        if self.scan_left > 0 {
+            log::raw(&format!("status: reading {} messages in mess/", self.scan_left));
         }
         for &id in &todo {
-            if !self.messages.contains_key(&id) {
+            if !self.dormant.contains(id) {
                 self.pickup.push(id);
             }
         }
+        let todo: HashSet<u64> = todo.into_iter().collect();
         self.restore_destinations();
         self.last_errors.load(&self.layout.info());
-        let known: HashSet<u64> = mess.iter().chain(&todo).chain(&hold).copied().collect();
         let entries =
             std::fs::read_dir(self.layout.info()).map_err(|e| crate::base::fail::Error::io("read info/", &e))?;
         for entry in entries.flatten() {
             let name = entry.file_name();
             let id = std::str::from_utf8(name.as_encoded_bytes()).ok().and_then(|s| s.parse::<u64>().ok());
-            if id.is_some_and(|id| known.contains(&id)) {
+            if id.is_some_and(|id| self.dormant.contains(id) || todo.contains(&id) || hold.contains(&id)) {
                 continue;
             }
             // The back-off table and the last errors outlive a restart; the other views
@@ -223,7 +229,8 @@ impl Sender {
             self.scan_todo();
         }
         let mut picked = 0;
-        while picked < PICKUP_BATCH && self.clean.moving < MAX_MOVING {
+        while picked < PICKUP_BATCH && self.clean.moving < MAX_MOVING && self.messages.len() < self.config.queue_active
+        {
             let Some(id) = self.pickup.next() else { break };
             self.pick_up(id);
             picked += 1;
@@ -234,7 +241,7 @@ impl Sender {
         match numeric_entries(&self.layout.todo()) {
             Ok(ids) => {
                 for id in ids {
-                    let known = self.messages.contains_key(&id);
+                    let known = self.messages.contains_key(&id) || self.dormant.contains(id);
                     self.pickup.found(id, known);
                 }
             }
@@ -245,7 +252,7 @@ impl Sender {
     /// Pick up one message from `todo/`: read it, log it, rewrite its recipients, and ask
     /// quill-clean to move it to `mess/`.
     pub(super) fn pick_up(&mut self, id: u64) {
-        if self.messages.contains_key(&id) {
+        if self.messages.contains_key(&id) || self.dormant.contains(id) {
             return;
         }
         let Some((header, offset, size)) = self.read_message("todo", id) else { return };

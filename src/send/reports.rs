@@ -170,6 +170,7 @@ impl Sender {
                 self.finish(id);
             } else if m.busy[c] == 0 {
                 self.info_queue.push(id);
+                self.idle.push(id);
             }
         }
         self.status();

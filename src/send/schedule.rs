@@ -128,6 +128,11 @@ impl<K: Ord> Timers<K> {
         }
     }
 
+    /// Keep only the entries `keep` says are still current (stale ones dropped at once).
+    pub fn retain(&mut self, mut keep: impl FnMut(&(u64, K)) -> bool) {
+        self.heap.retain(|Reverse(entry)| keep(entry));
+    }
+
     /// How many entries are waiting (stale ones included).
     pub fn len(&self) -> usize {
         self.heap.len()
@@ -236,5 +241,8 @@ mod tests {
         assert_eq!(t.pop_due(25), Some((20, "b")));
         assert_eq!(t.pop_due(25), None);
         assert_eq!(t.len(), 1);
+        t.push(40, "d");
+        t.retain(|&(_, key)| key != "c");
+        assert_eq!((t.len(), t.next_due()), (1, Some(40)));
     }
 }

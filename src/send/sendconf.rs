@@ -5,7 +5,7 @@
 use crate::base::fail::Result;
 use crate::mail::control::{
     Control, DEFAULT_BACKOFFMAX, DEFAULT_BACKOFFMIN, DEFAULT_CONCURRENCYDESTINATION, DEFAULT_CONCURRENCYLOCAL,
-    DEFAULT_CONCURRENCYRECIPIENT, DEFAULT_CONCURRENCYREMOTE, DEFAULT_QUEUELIFETIME,
+    DEFAULT_CONCURRENCYRECIPIENT, DEFAULT_CONCURRENCYREMOTE, DEFAULT_QUEUEACTIVE, DEFAULT_QUEUELIFETIME,
 };
 use crate::mail::rewrite::{join, Rewriting};
 
@@ -13,6 +13,9 @@ pub use crate::mail::rewrite::Channel;
 
 /// The most deliveries quill-send runs at once on one channel, whatever the control files say.
 pub const MAX_CONCURRENCY: u64 = 1000;
+
+/// The smallest `queueactive`: room for a few messages of each kind (waiting, parked, new).
+pub const MIN_QUEUE_ACTIVE: u64 = 8;
 
 /// Everything quill-send takes from `control/`.
 #[derive(Clone, Debug)]
@@ -37,6 +40,9 @@ pub struct Config {
     pub backoff_max: u64,
     /// `queuelifetime`: seconds after which a temporary failure is permanent.
     pub queue_lifetime: u64,
+    /// `queueactive`: messages held in memory at most (at least [`MIN_QUEUE_ACTIVE`]); the
+    /// others wait on disk, known only by id and next time (`send::dormant`).
+    pub queue_active: usize,
     /// `retrylocal`, `retryremote`, `retrymin`, `retrymax`: the retry schedule.
     pub retry: crate::send::schedule::Retry,
     /// `bouncemaxbytes`: the most bytes of the original message's header block a bounce
@@ -64,6 +70,7 @@ impl Config {
             backoff_min: control.number("backoffmin", DEFAULT_BACKOFFMIN)?.max(1),
             backoff_max: control.number("backoffmax", DEFAULT_BACKOFFMAX)?,
             queue_lifetime: control.number("queuelifetime", DEFAULT_QUEUELIFETIME)?,
+            queue_active: control.number("queueactive", DEFAULT_QUEUEACTIVE)?.clamp(MIN_QUEUE_ACTIVE, 1 << 24) as usize,
             retry: crate::send::schedule::Retry {
                 local_step: control.number("retrylocal", crate::send::schedule::LOCAL_STEP)?.max(1),
                 remote_step: control.number("retryremote", crate::send::schedule::REMOTE_STEP)?.max(1),
@@ -118,12 +125,15 @@ mod tests {
         assert_eq!(c.rewriting.locals, vec![b"host.example".to_vec()]);
         assert_eq!(c.concurrency_local, 3);
         assert_eq!(c.concurrency_remote, 20);
+        assert_eq!(c.queue_active, 10_000);
         assert_eq!(c.bounce_from, b"bounces@host.example");
         assert_eq!(c.double_bounce_to, b"postmaster@host.example");
         assert_eq!(c.rewriting.virtual_domains.len(), 1);
         // The rewriting is mail::rewrite's (its own tests there); quill-send only delegates.
         assert_eq!(c.rewrite(b"x@virt.org"), (Channel::Local, b"vu-x@virt.org".to_vec()));
         assert_eq!(c.rewrite(b"x"), (Channel::Local, b"x@host.example".to_vec()));
+        std::fs::write(dir.join("control/queueactive"), "1\n").unwrap();
+        assert_eq!(Config::load(&Control::new(&dir)).unwrap().queue_active, MIN_QUEUE_ACTIVE as usize);
         std::fs::write(dir.join("control/queuelifetime"), "soon\n").unwrap();
         assert!(Config::load(&Control::new(&dir)).is_err());
         let _ = std::fs::remove_dir_all(&dir);

@@ -21,6 +21,7 @@ use crate::mail::queuefile::Layout;
 use crate::send::cleaning::Clean;
 use crate::send::destinations::{Destinations, LastErrors};
 use crate::send::dispatch::Deliveries;
+use crate::send::dormant::Dormant;
 use crate::send::message::{Job, Message};
 use crate::send::pickup::Pickup;
 use crate::send::pipes::{read_available, Pipes, Spawner};
@@ -73,8 +74,15 @@ pub struct Sender {
     pub(super) control: Control,
     pub(super) config: Config,
     pub(super) layout: Layout,
-    /// The messages picked up and not yet ended, by id.
+    /// The messages picked up and not yet ended, held in memory, by id (at most about
+    /// `queueactive`; the others rest in `dormant`).
     pub(super) messages: HashMap<u64, Message>,
+    /// The messages in `mess/` not held: an id and a time each.
+    pub(super) dormant: Dormant,
+    /// Messages that became idle this turn: put to rest at its end if there are too many held.
+    pub(super) idle: Vec<u64>,
+    /// Messages found in `mess/` at start and not read yet.
+    pub(super) scan_left: usize,
     /// The messages waiting in `todo/` to be picked up.
     pub(super) pickup: Pickup,
     /// When each message's channels (and its finish retry) are next due.
@@ -116,6 +124,9 @@ impl Sender {
             control,
             config,
             messages: HashMap::new(),
+            dormant: Dormant::default(),
+            idle: Vec::new(),
+            scan_left: 0,
             pickup: Pickup::default(),
             timers: Timers::default(),
             deliveries: Deliveries::default(),
@@ -215,7 +226,9 @@ impl Sender {
     fn turn(&mut self, now: u64) {
         self.fire_timers(now);
         if self.stop_deadline.is_none() {
+            // New mail first, then the messages at rest whose time has come.
             self.pick_up_batch(now);
+            self.wake_dormant(now);
             for job in self.destinations.due(now) {
                 self.deliveries.ready[1].push_front(job);
             }
@@ -223,17 +236,20 @@ impl Sender {
             self.dispatch(Channel::Remote);
         }
         self.write_infos();
+        self.evict_idle(now);
         self.last_errors.write(&self.layout.info());
         self.write_views(now);
     }
 
-    /// How long the loop may sleep: not at all while messages wait for pick-up, a second
-    /// while stopping or while a view waits, else until the next timer, scan or probe.
+    /// How long the loop may sleep: not at all while messages wait for pick-up or loading
+    /// and there is room, a second while stopping or while a view waits, else until the next
+    /// timer, scan or probe.
     fn timeout_ms(&self, now: u64) -> u64 {
         if self.stop_deadline.is_some() {
             return 1000;
         }
-        if !self.pickup.queue.is_empty() && self.clean.moving < MAX_MOVING {
+        let room = self.messages.len() < self.config.queue_active;
+        if (!self.pickup.queue.is_empty() && self.clean.moving < MAX_MOVING && room) || self.dormant_ready(now) {
             return 0;
         }
         let next = self
@@ -241,7 +257,12 @@ impl Sender {
             .next_due()
             .unwrap_or(u64::MAX)
             .min(self.pickup.next_scan)
-            .min(self.destinations.next_due().unwrap_or(u64::MAX));
+            .min(self.destinations.next_due().unwrap_or(u64::MAX))
+            .min(if self.messages.len() < crate::send::dormant::load_room(self.config.queue_active) {
+                self.dormant.next_due().unwrap_or(u64::MAX)
+            } else {
+                u64::MAX
+            });
         let wait = next.saturating_sub(now).saturating_mul(1000).min(SCAN_INTERVAL * 1000);
         if self.views_pending(now) {
             wait.min(1000)

@@ -31,6 +31,7 @@ impl Sender {
     pub(super) fn all_due_now(&mut self) {
         let now = crate::base::date::now();
         self.destinations.retry_now(now);
+        self.dormant.all_due(now);
         for (&id, m) in self.messages.iter_mut() {
             for kind in 0..3 {
                 if m.due[kind].is_some() {
