@@ -782,6 +782,66 @@ fn implicit_tls() {
     client.command("QUIT", "221");
 }
 
+/// A key file that no TLS library can parse, written over the test server's key.
+#[cfg(feature = "tls")]
+fn break_key(server: &Server) -> Vec<u8> {
+    let key = server.dir().join("control/key.pem");
+    let good = std::fs::read(&key).expect("key");
+    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n").expect("break key");
+    good
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn the_key_is_read_only_when_starttls_comes() {
+    let Some(server) = Server::start(&tls_setup()) else { return };
+    let good = break_key(&server);
+    // A session that never asks for TLS never reads the key: offered (the files are there)
+    // and unparseable, it does not matter.
+    let mut client = server.connect();
+    client.expect("220");
+    let ehlo = client.command("EHLO test", "250");
+    assert!(ehlo.contains("STARTTLS"), "{ehlo}");
+    client.command("MAIL FROM:<a@b.example>", "250");
+    client.command("RCPT TO:<u@example.com>", "250");
+    client.command("DATA", "354");
+    client.send(b"Subject: in the clear\r\n\r\nhello\r\n.\r\n");
+    client.expect("250 2.0.0");
+    client.command("QUIT", "221");
+    assert_eq!(server.queued().len(), 1);
+    assert!(!server.log().contains("warning"), "{}", server.log());
+    // STARTTLS reads it: broken, a 454 and a log line, and the session goes on in the clear.
+    let mut client = server.connect();
+    client.expect("220");
+    client.command("EHLO test", "250");
+    client.command("STARTTLS", "454 4.7.0");
+    client.command("NOOP", "250");
+    // Mended while the session runs: the next STARTTLS reads the new file, no restart needed.
+    std::fs::write(server.dir().join("control/key.pem"), &good).expect("mend key");
+    client.command("STARTTLS", "220 2.0.0");
+    client.start_tls();
+    let ehlo = client.command("EHLO test", "250");
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    client.command("QUIT", "221");
+    let log = server.log();
+    assert!(
+        log.contains("quill-smtpd: warning: unable to ") && log.contains("; STARTTLS refused to 127.0.0.1"),
+        "{log}"
+    );
+    assert!(log.contains("tls=TLSv1."), "{log}");
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn implicit_tls_with_a_broken_key_closes_with_a_log_line() {
+    let Some(server) = Server::start(&tls_setup().env("SMTPS", "1")) else { return };
+    break_key(&server);
+    let mut client = server.connect();
+    assert!(client.closed(), "no greeting, no TLS, only the end of the connection");
+    let log = server.log();
+    assert!(log.contains("quill-smtpd: warning: unable to ") && log.contains("; implicit TLS refused"), "{log}");
+}
+
 #[test]
 fn broken_certificate_means_no_starttls() {
     let server = Server::start(&Setup::new().control("tlscert", "/nonexistent/cert.pem")).expect("server");

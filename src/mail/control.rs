@@ -113,7 +113,22 @@ impl Control {
 
     /// The whole file, or None if it does not exist.
     pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        match std::fs::read(self.path(name)) {
+        // Not fs::read or read_to_end, which ask for the size and position first (statx,
+        // lseek): control files are a line or a few, and quill-smtpd reads several at every
+        // start, one per connection. A file that ends is read to its end.
+        let read = std::fs::File::open(self.path(name)).and_then(|mut file| {
+            let mut bytes = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                match io::Read::read(&mut file, &mut chunk) {
+                    Ok(0) => return Ok(bytes),
+                    Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        });
+        match read {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io_code(qq::CONFIG_ERROR, format!("read control/{name}"), &e)),

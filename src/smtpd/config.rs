@@ -51,8 +51,9 @@ pub struct Config {
     pub remote_ip: String,
     /// TCPREMOTEHOST, or empty.
     pub remote_host: String,
-    /// The certificate for STARTTLS and implicit TLS, when configured and loadable.
-    pub tls: Option<ServerTls>,
+    /// The certificate and key files for STARTTLS and implicit TLS, when configured and
+    /// readable; they are read and parsed only when TLS starts.
+    pub tls: Option<TlsFiles>,
     /// Start TLS before the greeting (port 465).
     pub implicit_tls: bool,
     /// The checkpassword command line for AUTH; empty means no AUTH.
@@ -63,6 +64,39 @@ pub struct Config {
     pub auth_required: bool,
     /// The control files, for the recipient check (loaded at the first RCPT that needs it).
     pub control: Control,
+}
+
+/// The files named by control/tlscert and control/tlskey. A session only checks that they can
+/// be read, to decide whether EHLO offers STARTTLS; they are read and parsed when the client
+/// asks for TLS (most sessions never do), and since each session is a process of its own, a
+/// certificate replaced on disk is used from the next STARTTLS on, without a restart.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The PEM private key (the certificate's file when control/tlskey is missing).
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Whether both files can be read by this process: access(2), no open, no parse.
+    fn readable(&self) -> Result<()> {
+        if !crate::tls::server::AVAILABLE {
+            return Err(Error::temporary("unable to use TLS: quill was built without the tls feature"));
+        }
+        for (what, path) in [("certificate", &self.cert), ("key", &self.key)] {
+            nix::unistd::access(path.as_path(), nix::unistd::AccessFlags::R_OK).map_err(|errno| {
+                let reason = std::io::Error::from(errno);
+                Error::temporary(format!("unable to read {what} {}: {reason}", path.display()))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Read and parse both files now, for a TLS handshake about to start.
+    pub fn load(&self) -> Result<ServerTls> {
+        ServerTls::load(&self.cert, &self.key)
+    }
 }
 
 fn env_bytes(name: &str) -> Option<Vec<u8>> {
@@ -76,8 +110,8 @@ fn env_flag(name: &str) -> bool {
 impl Config {
     /// Read control files and the environment (the UCSPI-TCP variables, RELAYCLIENT,
     /// DATABYTES, AUTH_INSECURE, AUTH_REQUIRED). An unreadable or malformed control file is an
-    /// error (the caller answers 421); a certificate that does not load only means no STARTTLS,
-    /// except in implicit-TLS mode, where it is an error.
+    /// error (the caller answers 421); a certificate or key that cannot be read only means no
+    /// STARTTLS, except in implicit-TLS mode, where it is an error. Neither is opened here.
     pub fn load(control: &Control, checkpassword: Vec<OsString>, implicit_tls: bool) -> Result<Config> {
         let me = control.me()?;
         let greeting = control.line("smtpgreeting")?.unwrap_or_else(|| me.clone());
@@ -105,8 +139,9 @@ impl Config {
                     |name: Vec<u8>| -> PathBuf { control.home.join("control").join(OsString::from_vec(name)) };
                 let cert = resolve(cert);
                 let key = control.line("tlskey")?.map(resolve).unwrap_or_else(|| cert.clone());
-                match ServerTls::load(&cert, &key) {
-                    Ok(tls) => Some(tls),
+                let files = TlsFiles { cert, key };
+                match files.readable() {
+                    Ok(()) => Some(files),
                     Err(e) if implicit_tls => return Err(e),
                     Err(e) => {
                         crate::base::log::warning(&format!("{e}; STARTTLS is not offered"));
@@ -118,6 +153,9 @@ impl Config {
         if implicit_tls && tls.is_none() {
             return Err(Error::temporary("unable to start implicit TLS: control/tlscert is missing"));
         }
+        // Only a session that can offer AUTH needs control/authinsecure.
+        let auth_insecure =
+            !checkpassword.is_empty() && (env_flag("AUTH_INSECURE") || control.read("authinsecure")?.is_some());
         Ok(Config {
             control: control.clone(),
             greeting,
@@ -134,7 +172,7 @@ impl Config {
             tls,
             implicit_tls,
             checkpassword,
-            auth_insecure: env_flag("AUTH_INSECURE") || control.read("authinsecure")?.is_some(),
+            auth_insecure,
             auth_required: env_flag("AUTH_REQUIRED"),
             me,
         })

@@ -24,10 +24,10 @@ use crate::mail::smtp::{
 };
 use crate::mail::submit::Submission;
 use crate::smtpd::auth::{checkpassword, decode_initial, plain_credentials, well_formed};
-use crate::smtpd::config::STRESS_IDLE;
+use crate::smtpd::config::{TlsFiles, STRESS_IDLE};
 use crate::smtpd::data::{queue_reply, Ending, Incoming};
 use crate::smtpd::rcptcheck::{Policy, Rcpt};
-use crate::tls::server::TlsStream;
+use crate::tls::server::{ServerTls, TlsStream};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -329,7 +329,7 @@ impl Session {
         // The deadlines hold from the first byte, the implicit TLS handshake included.
         self.state.deadline.set(Some(self.deadline()));
         if self.config.implicit_tls {
-            if let Err(end) = self.start_tls() {
+            if let Err(end) = self.implicit_tls() {
                 return end;
             }
         }
@@ -838,10 +838,21 @@ impl Session {
         if self.tls_info.is_some() {
             return self.error(503, "5.5.1 TLS already active");
         }
-        if self.config.tls.is_none() {
-            self.reply(454, "4.7.0 TLS not available");
-            return Ok(());
-        }
+        // The certificate is read only now (doc/quill-smtpd.8): one that fails to load, or
+        // changed for the worse since EHLO offered it, refuses TLS for now and the session
+        // goes on in the clear, as the client chooses.
+        let tls = match self.config.tls.as_ref().map(TlsFiles::load) {
+            None => {
+                self.reply(454, "4.7.0 TLS not available");
+                return Ok(());
+            }
+            Some(Err(e)) => {
+                crate::base::log::warning(&format!("{}; STARTTLS refused to {}", e.message, self.config.remote_ip));
+                self.reply(454, "4.7.0 TLS not available due to a temporary reason");
+                return Ok(());
+            }
+            Some(Ok(tls)) => tls,
+        };
         self.reply(220, "2.0.0 ready to start TLS");
         self.flush()?;
         // Whatever the client sent after STARTTLS came in the clear before the handshake, and
@@ -860,15 +871,28 @@ impl Session {
         self.esmtp = false;
         self.transaction = None;
         self.auth_user = None;
-        self.start_tls()
+        self.start_tls(&tls)
     }
 
-    fn start_tls(&mut self) -> std::result::Result<(), End> {
+    /// Implicit TLS (port 465): the certificate is read before the handshake, which comes
+    /// before anything else; one that fails to load ends the session with its log line.
+    fn implicit_tls(&mut self) -> std::result::Result<(), End> {
+        let loaded = match &self.config.tls {
+            Some(files) => files.load().map_err(|e| e.message),
+            None => Err("no certificate".to_string()),
+        };
+        match loaded {
+            Ok(tls) => self.start_tls(&tls),
+            Err(why) => {
+                crate::base::log::warning(&format!("{why}; implicit TLS refused to {}", self.config.remote_ip));
+                Err(End::TlsFailed(why))
+            }
+        }
+    }
+
+    fn start_tls(&mut self, tls: &ServerTls) -> std::result::Result<(), End> {
         let Transport::Plain(wire) = std::mem::replace(&mut self.transport, Transport::Closed) else {
             return Err(End::TlsFailed("not a plain connection".to_string()));
-        };
-        let Some(tls) = &self.config.tls else {
-            return Err(End::TlsFailed("no certificate".to_string()));
         };
         match TlsStream::accept(tls, wire) {
             Ok(stream) => {

@@ -235,8 +235,11 @@ impl Server {
     }
 
     /// Decide about one accepted connection: deny, refuse, or run the program.
-    fn serve(&mut self, stream: TcpStream) {
-        let (Ok(remote), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return };
+    /// `remote` is the peer as accept(2) gave it, and `bound` the listener's own address when
+    /// it names one host address (then every connection's local address is it): no
+    /// getpeername or getsockname per connection.
+    fn serve(&mut self, stream: TcpStream, remote: SocketAddr, bound: Option<SocketAddr>) {
+        let Some(local) = bound.or_else(|| stream.local_addr().ok()) else { return };
         let (remote, local) = (listener::canonical(remote), listener::canonical(local));
         let rule = self.rules.lookup(remote.ip()).cloned();
         if rule.as_ref().is_some_and(|r| r.verdict == Verdict::Deny) {
@@ -393,6 +396,7 @@ fn reload(server: &mut Server) {
 pub fn run(server: &mut Server, listener: TcpListener, signals: OwnedFd) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut pause_until: Option<Instant> = None;
+    let bound = listener.local_addr().ok().filter(|address| !address.ip().is_unspecified());
     loop {
         if pause_until.is_some_and(|t| Instant::now() >= t) {
             pause_until = None;
@@ -435,7 +439,7 @@ pub fn run(server: &mut Server, listener: TcpListener, signals: OwnedFd) {
                 break;
             }
             match listener.accept() {
-                Ok((stream, _)) => server.serve(stream),
+                Ok((stream, remote)) => server.serve(stream, remote, bound),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e)
                     if matches!(e.kind(), std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::Interrupted) => {}

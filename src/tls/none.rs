@@ -81,6 +81,9 @@ pub mod server {
     use std::marker::PhantomData;
     use std::path::Path;
 
+    /// This build does not speak TLS: quill-smtpd never offers STARTTLS.
+    pub const AVAILABLE: bool = false;
+
     /// No certificate can be loaded.
     pub struct ServerTls(Infallible);
 

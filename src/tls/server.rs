@@ -13,6 +13,9 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
+/// This build speaks TLS: a readable certificate is worth offering STARTTLS for.
+pub const AVAILABLE: bool = true;
+
 /// A server's certificate chain and key, ready to accept connections.
 pub struct ServerTls {
     config: Arc<ServerConfig>,
