@@ -3,11 +3,73 @@
 #![forbid(unsafe_code)]
 
 use crate::base::fail::{Error, Outcome};
+use std::cell::RefCell;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Mutex;
 
 static PROGRAM: Mutex<Option<&'static str>> = Mutex::new(None);
+
+/// A held log buffer holds at most this much before it is written anyway.
+const HELD_LIMIT: usize = 16 * 1024;
+
+thread_local! {
+    /// Lines held by a busy event loop ([`hold`]) until it next sleeps ([`flush`]).
+    static HELD: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+/// From now on this thread's log lines are held and written together by [`flush`], in one
+/// write: an event loop (quill-send) logs several lines per message, and each write wakes
+/// the supervisor's logger. The loop must call [`flush`] before it sleeps, so a line waits
+/// only while the loop is busy; a fatal line writes everything held first.
+pub fn hold() {
+    HELD.with(|h| {
+        let mut h = h.borrow_mut();
+        if h.is_none() {
+            *h = Some(Vec::with_capacity(HELD_LIMIT));
+        }
+    });
+}
+
+/// Write the held lines, if any, in one write.
+pub fn flush() {
+    HELD.with(|h| {
+        if let Some(buffer) = h.borrow_mut().as_mut() {
+            if !buffer.is_empty() {
+                let _ = std::io::stderr().lock().write_all(buffer);
+                buffer.clear();
+            }
+        }
+    });
+}
+
+/// Writes the held lines when dropped: a loop that holds its lines keeps one of these so that
+/// every way out of it (a return, a panic unwinding) writes what is held.
+pub struct HeldLines;
+
+impl Drop for HeldLines {
+    fn drop(&mut self) {
+        flush();
+    }
+}
+
+/// Write one finished line: into the held buffer when holding, else straight to stderr.
+fn emit(line: &[u8]) {
+    let held = HELD.with(|h| match h.borrow_mut().as_mut() {
+        Some(buffer) => {
+            buffer.extend_from_slice(line);
+            Some(buffer.len() >= HELD_LIMIT)
+        }
+        None => None,
+    });
+    match held {
+        Some(true) => flush(),
+        Some(false) => {}
+        None => {
+            let _ = std::io::stderr().lock().write_all(line);
+        }
+    }
+}
 
 /// Name the program once, at the top of main.
 pub fn init(program: &'static str) {
@@ -51,7 +113,7 @@ pub fn line(text: &str) {
         out.push(shown(c));
     }
     out.push('\n');
-    let _ = std::io::stderr().lock().write_all(out.as_bytes());
+    emit(out.as_bytes());
 }
 
 /// A line without the program prefix (qmail-send's own formats: "new msg 123", "status: …").
@@ -61,7 +123,7 @@ pub fn raw(text: &str) {
         out.push(shown(c));
     }
     out.push('\n');
-    let _ = std::io::stderr().lock().write_all(out.as_bytes());
+    emit(out.as_bytes());
 }
 
 /// "PROGRAM: warning: TEXT".
@@ -72,6 +134,7 @@ pub fn warning(text: &str) {
 /// "PROGRAM: fatal: TEXT".
 pub fn fatal(text: &str) {
     line(&format!("fatal: {text}"));
+    flush();
 }
 
 /// "PROGRAM: fatal: TEXT", and the temporary exit code (111) for main to return: the one way

@@ -179,6 +179,10 @@ impl Sender {
     /// The loop. `signals` is the read end of the signal pipe (SIGTERM, SIGALRM, SIGHUP);
     /// `trigger` is `lock/trigger`, open for reading and writing and non-blocking.
     pub fn run(&mut self, signals: &File, trigger: &File, admin: Option<&File>) -> Exit {
+        // A turn logs several lines per message: they go out in one write before each sleep
+        // (in `wait`), and whatever is held when the loop ends goes out with the guard.
+        log::hold();
+        let _written = log::HeldLines;
         self.status();
         loop {
             let now = crate::base::date::now();
@@ -292,6 +296,7 @@ impl Sender {
             fds.push(PollFd::new(a.as_fd(), PollFlags::POLLIN));
         }
         let timeout = PollTimeout::try_from(self.timeout_ms(now) as u128).unwrap_or(PollTimeout::MAX);
+        log::flush();
         if let Err(e) = poll(&mut fds, timeout) {
             if e != nix::errno::Errno::EINTR {
                 return Err(Error::temporary(format!("unable to poll: {e}")));
