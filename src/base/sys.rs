@@ -61,20 +61,12 @@ pub fn die_with_parent(command: &mut Command) {
 /// Descriptors 0–2 are set with `Command::stdin` etc.; this is for 3 and above (the pipes of
 /// quill-start, fd 6 of the qmail-queue protocol).
 pub fn map_fds(command: &mut Command, pairs: Vec<(i32, i32)>) {
-    // SAFETY: only dup2 and fcntl, both async-signal-safe, on descriptors the parent owns
-    // and keeps open until the spawn returns. A source equal to its target only needs its
-    // close-on-exec flag cleared.
+    // SAFETY: move_fd is only dup2 and fcntl, both async-signal-safe, on descriptors the
+    // parent owns and keeps open until the spawn returns.
     unsafe {
         command.pre_exec(move || {
             for &(from, to) in &pairs {
-                if from == to {
-                    let flags = libc::fcntl(from, libc::F_GETFD);
-                    if flags < 0 || libc::fcntl(from, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                } else if libc::dup2(from, to) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                move_fd(from, to)?;
             }
             Ok(())
         });
@@ -441,7 +433,8 @@ pub fn reset_signals() -> io::Result<()> {
     Ok(())
 }
 
-/// dup2(from, to), without close-on-exec on `to` (a descriptor moved into place for a child).
+/// dup2(from, to), without close-on-exec on `to` (a descriptor moved into place for a child);
+/// a source equal to its target only needs its close-on-exec flag cleared.
 pub fn move_fd(from: i32, to: i32) -> io::Result<()> {
     // SAFETY: dup2 and fcntl on descriptor numbers touch no memory; the caller owns `from`,
     // and `to` is being replaced on purpose.
