@@ -141,27 +141,38 @@ pub struct HopCounter {
 }
 
 impl HopCounter {
-    /// Look at the next bytes of the message.
-    pub fn feed(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            if self.done {
+    /// Look at the next bytes of the message: a line at a time (memchr), and only the first
+    /// 13 bytes of each line are kept, so the body after the header costs nothing.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !self.done && !bytes.is_empty() {
+            let (part, ends) = match memchr::memchr(b'\n', bytes) {
+                Some(k) => (&bytes[..k], true),
+                None => (bytes, false),
+            };
+            bytes = if ends { &bytes[part.len() + 1..] } else { &[] };
+            if ends && part.is_empty() && !self.in_line {
+                self.done = true;
                 return;
             }
-            if byte == b'\n' {
-                if !self.in_line {
-                    self.done = true;
+            let room = 13usize.saturating_sub(self.prefix.len());
+            if room > 0 && !part.is_empty() {
+                let before = self.prefix.len();
+                self.prefix.extend_from_slice(&part[..part.len().min(room)]);
+                // A name counts once, when the line's prefix first reaches it.
+                for name in [&b"received:"[..], b"delivered-to:"] {
+                    if before < name.len()
+                        && self.prefix.len() >= name.len()
+                        && self.prefix[..name.len()].eq_ignore_ascii_case(name)
+                    {
+                        self.hops += 1;
+                    }
                 }
+            }
+            if ends {
                 self.in_line = false;
                 self.prefix.clear();
-                continue;
-            }
-            self.in_line = true;
-            if self.prefix.len() < 13 {
-                self.prefix.push(byte);
-                if self.prefix.eq_ignore_ascii_case(b"received:") || self.prefix.eq_ignore_ascii_case(b"delivered-to:")
-                {
-                    self.hops += 1;
-                }
+            } else if !part.is_empty() {
+                self.in_line = true;
             }
         }
     }
@@ -343,6 +354,52 @@ mod tests {
         hops.feed(b"recei");
         hops.feed(b"ved: c\n\nReceived: in body\n");
         assert_eq!(hops.hops, 3);
+    }
+
+    /// The byte-at-a-time counter this one replaced: the reference for any split of the input.
+    fn hops_bytewise(input: &[u8]) -> usize {
+        let (mut hops, mut in_line, mut prefix) = (0, false, Vec::new());
+        for &byte in input {
+            if byte == b'\n' {
+                if !in_line {
+                    break;
+                }
+                in_line = false;
+                prefix.clear();
+                continue;
+            }
+            in_line = true;
+            if prefix.len() < 13 {
+                prefix.push(byte);
+                if prefix.eq_ignore_ascii_case(b"received:") || prefix.eq_ignore_ascii_case(b"delivered-to:") {
+                    hops += 1;
+                }
+            }
+        }
+        hops
+    }
+
+    #[test]
+    fn hop_counting_matches_the_bytewise_count_for_every_split() {
+        let inputs: [&[u8]; 5] = [
+            b"Received: a\nDELIVERED-TO: b\nX: y\n Received: folded\nreceived:\n\nReceived: body\n",
+            b"Delivered-To:x\nDelivered-To\nReceived:\r\nreceived :\n\n",
+            b"\nReceived: after an empty first line\n",
+            b"Received: no end",
+            b"X-Very-Long-Header-Name: Received: inside\nDelivered-To: y\n\n",
+        ];
+        for input in inputs {
+            let want = hops_bytewise(input);
+            for a in 0..=input.len() {
+                for b in a..=input.len() {
+                    let mut hops = HopCounter::default();
+                    hops.feed(&input[..a]);
+                    hops.feed(&input[a..b]);
+                    hops.feed(&input[b..]);
+                    assert_eq!(hops.hops, want, "{input:?} split at {a} and {b}");
+                }
+            }
+        }
     }
 
     #[test]
