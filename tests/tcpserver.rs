@@ -559,3 +559,200 @@ fn full_table_ends_the_idlest_session_for_a_newcomer() {
         .count();
     assert_eq!(ended, 1, "{log}");
 }
+
+/// A stand-in for a checkpassword program, run by quill-smtpd at AUTH: it writes down what
+/// quill-smtpd (its parent) was given: its own arguments (quill-smtpd's after the program),
+/// the environment it inherited (all but the client's port, which differs per connection),
+/// quill-smtpd's name, credentials, signal dispositions and open descriptors. Then it refuses.
+const DUMP_SMTPD: &str = r#"#!/bin/sh
+{
+  echo "args: $*"
+  env | grep -v -e '^TCPREMOTEPORT=' -e '^TCPLOCALPORT=' -e '^_=' | sort
+  echo "comm: $(cat /proc/$PPID/comm)"
+  grep -E '^(Uid|Gid|Groups|SigBlk|SigIgn|SigCgt|NoNewPrivs)' /proc/$PPID/status
+} > "$DUMP_DIR/dump.tmp" && mv "$DUMP_DIR/dump.tmp" "$DUMP_DIR/dump"
+exit 1
+"#;
+
+/// A Quill home for quill-smtpd behind quill-tcpserver, readable by anyone (the server may
+/// drop to nobody), with the DUMP_SMTPD checkpassword program in it and a `dump` directory
+/// anyone may write.
+fn smtpd_home(tag: &str) -> common::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let home = common::home(tag, &[("me", "mx.example\n"), ("rcpthosts", "example.com\n")]);
+    let script = home.path().join("checkpw");
+    std::fs::write(&script, DUMP_SMTPD).expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::create_dir(home.path().join("dump")).expect("dump dir");
+    std::fs::set_permissions(home.path().join("dump"), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let mut dir = Some(home.path());
+    while let Some(d) = dir {
+        if d == Path::new("/tmp") || d == Path::new("/") {
+            break;
+        }
+        let mode = std::fs::metadata(d).map(|m| m.permissions().mode()).unwrap_or(0o755);
+        let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode | 0o055));
+        dir = d.parent();
+    }
+    home
+}
+
+/// quill-tcpserver running quill-smtpd (the one beside it) with `options`, `-u`/`-g` nobody
+/// when we are root; under `strace -f -e trace=execve -o TRACE` when `trace` is given.
+fn start_smtpd(home: &Path, options: &[&str], trace: Option<&Path>) -> Server {
+    let checkpw = home.join("checkpw");
+    let smtpd = bin("quill-smtpd");
+    let program: Vec<&std::ffi::OsStr> =
+        vec![smtpd.as_os_str(), "--".as_ref(), checkpw.as_os_str(), "one".as_ref(), "two words".as_ref()];
+    let mut all: Vec<String> = options.iter().map(|o| o.to_string()).collect();
+    if common::is_root() {
+        all.extend(["-u", "65534", "-g", "65534"].map(String::from));
+    }
+    let dir = TempDir::new("tcpserver");
+    let log = dir.path().join("log");
+    let mut command = match trace {
+        Some(trace) => {
+            let mut c = Command::new("strace");
+            c.args(["-f", "-qq", "-e", "trace=execve", "-o"]).arg(trace).arg(bin("quill-tcpserver"));
+            c
+        }
+        None => Command::new(bin("quill-tcpserver")),
+    };
+    command
+        .args(&all)
+        .args(["-1", "127.0.0.1", "0"])
+        .args(&program)
+        .env("QUILL_HOME", home)
+        .env("DUMP_DIR", home.join("dump"))
+        .env("AUTH_INSECURE", "1")
+        .env("PATH", "/usr/bin:/bin")
+        .env_remove("RELAYCLIENT")
+        .env_remove("SMTPS")
+        .env_remove("AUTH_REQUIRED")
+        .env_remove("DATABYTES")
+        .env_remove("QMAILQUEUE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log file"));
+    let mut child = command.spawn().expect("spawn server");
+    let mut first = String::new();
+    let _ = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut first);
+    let Ok(port) = first.trim().parse() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("server did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    };
+    Server { child, port, log, _dir: dir }
+}
+
+/// One SMTP session: the greeting, then (with `auth`) EHLO and an AUTH PLAIN that the
+/// checkpassword stand-in refuses, then QUIT; returns the greeting and the AUTH reply.
+fn smtp_session(server: &Server, auth: bool) -> (String, String) {
+    let stream = connect(server.address("127.0.0.1"), None);
+    let greeting = read_line(&stream);
+    let mut reply = String::new();
+    if auth {
+        (&stream).write_all(b"EHLO client.example\r\n").expect("ehlo");
+        loop {
+            let line = read_line(&stream);
+            if !line.starts_with("250-") {
+                break;
+            }
+        }
+        // "\0user\0password"
+        (&stream).write_all(b"AUTH PLAIN AHVzZXIAcGFzc3dvcmQ=\r\n").expect("auth");
+        reply = read_line(&stream);
+    }
+    (&stream).write_all(b"QUIT\r\n").expect("quit");
+    let rest = read_all(stream);
+    assert!(rest.starts_with("221"), "{rest:?}");
+    (greeting, reply)
+}
+
+/// What quill-smtpd was given, as the checkpassword stand-in wrote it down.
+fn smtpd_dump(home: &Path, server: &Server, options: &[&str]) -> String {
+    let dump = home.join("dump/dump");
+    let _ = std::fs::remove_file(&dump);
+    let (greeting, reply) = smtp_session(server, true);
+    assert!(greeting.starts_with("220 mx.example"), "{greeting:?}; log:\n{}", server.log());
+    assert!(reply.starts_with("535"), "{reply:?}; log:\n{}", server.log());
+    assert!(wait_for(LIMIT, || dump.exists()), "no dump with {options:?}; log:\n{}", server.log());
+    std::fs::read_to_string(&dump).expect("dump")
+}
+
+/// The linked quill-smtpd (forked, no exec) and the exec'd one (`-e`) are given the same:
+/// arguments, environment (with `-h`'s TCPREMOTEHOST), name, credentials, signals and
+/// descriptors; and the linked one is named quill-smtpd for ps.
+#[test]
+fn linked_smtpd_sees_what_an_execd_one_sees() {
+    let home = smtpd_home("linked-same");
+    let mut dumps = Vec::new();
+    for options in [&["-h"][..], &["-h", "-e"], &[], &["-e"]] {
+        let server = start_smtpd(home.path(), options, None);
+        dumps.push(smtpd_dump(home.path(), &server, options));
+        if options.is_empty() {
+            // The linked child while it runs: its name and command line for ps.
+            let stream = connect(server.address("127.0.0.1"), None);
+            assert!(read_line(&stream).starts_with("220 "));
+            let child = std::fs::read_to_string(format!("/proc/{}/task/{}/children", server.pid(), server.pid()))
+                .expect("children");
+            let pid = child.split_whitespace().next().expect("a child").to_string();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+            assert!(cmdline.starts_with(b"quill-smtpd\0"), "{:?}", String::from_utf8_lossy(&cmdline));
+            (&stream).write_all(b"QUIT\r\n").expect("quit");
+            let _ = read_all(stream);
+        }
+        let log = server.log();
+        assert!(!log.contains("fatal") && log.contains("quill-smtpd: session 127.0.0.1"), "{log}");
+    }
+    // With -h the linked child has made a thread (the lookup), so glibc caught its own
+    // signals 32 and 33 (SIGCANCEL, SIGSETXID): the one known difference, left out here.
+    let no_caught = |d: &str| d.lines().filter(|l| !l.starts_with("SigCgt:")).collect::<Vec<_>>().join("\n");
+    let (linked, exec) = (&dumps[0], &dumps[1]);
+    assert_eq!(no_caught(linked), no_caught(exec), "-h: linked (left) and exec'd (right) differ");
+    assert_eq!(dumps[2], dumps[3], "linked (left) and exec'd (right) differ");
+    assert!(linked.contains("args: one two words /bin/true\n"), "{linked}");
+    assert!(linked.contains("comm: quill-smtpd\n"), "{linked}");
+    assert!(linked.contains("TCPREMOTEIP=127.0.0.1\n") && linked.contains("TCPLOCALHOST="), "{linked}");
+    assert!(linked.contains("TCPREMOTEHOST=") && !dumps[2].contains("TCPREMOTEHOST="), "{linked}");
+    if common::is_root() {
+        assert!(linked.contains("Uid:\t65534\t65534\t65534\t65534\n"), "{linked}");
+    }
+}
+
+/// Counted with strace: the linked quill-smtpd makes no execve (the only one is
+/// quill-tcpserver's own start); `-e`, and any program that is not the quill-smtpd beside
+/// quill-tcpserver, is exec'd for every connection.
+#[test]
+fn linked_smtpd_makes_no_execve_and_e_forces_it() {
+    if common::skip_without("strace") {
+        return;
+    }
+    let home = smtpd_home("linked-noexec");
+    for (options, execs) in [(&[][..], 1), (&["-e"][..], 4)] {
+        let trace = home.path().join(format!("trace{}", options.len()));
+        let server = start_smtpd(home.path(), options, Some(&trace));
+        for _ in 0..3 {
+            let (greeting, _) = smtp_session(&server, false);
+            assert!(greeting.starts_with("220 mx.example"), "{greeting:?}; log:\n{}", server.log());
+        }
+        assert!(wait_for(LIMIT, || server.log().matches("quill-smtpd: session").count() == 3), "{}", server.log());
+        let traced = std::fs::read_to_string(&trace).expect("trace");
+        let calls = traced.lines().filter(|l| l.contains("execve(") && !l.contains("resumed")).count();
+        assert_eq!(calls, execs, "{options:?}:\n{traced}");
+        stop_traced(&server);
+    }
+    // Any other program (/bin/sh here) is exec'd as before.
+    let server = Server::start(&[], "127.0.0.1", "echo other; echo $TCPREMOTEIP");
+    assert_eq!(server.output(), "other\n127.0.0.1\n");
+}
+
+/// Stop a quill-tcpserver that runs under strace (our child is strace): SIGTERM to the
+/// server itself, so that strace does not leave it running detached.
+fn stop_traced(server: &Server) {
+    let children =
+        std::fs::read_to_string(format!("/proc/{}/task/{}/children", server.pid(), server.pid())).unwrap_or_default();
+    for pid in children.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
+    }
+}

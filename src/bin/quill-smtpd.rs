@@ -5,49 +5,20 @@
 //! quill-queued over `queue/writer/socket` (quill-queue where it cannot be reached, or
 //! `QMAILQUEUE`) through `quill::mail::submit`. It never opens the queue's files itself.
 //! Runs as: `quilld`, started per connection by quill-tcpserver (or ucspi-tcp's tcpserver),
-//! which sets TCPREMOTEIP and friends.
+//! which sets TCPREMOTEIP and friends. quill-tcpserver normally runs this same code in its
+//! forked connection child without exec (doc/quill-tcpserver.8); this binary is the form any
+//! other tcpserver, `quill-tcpserver -e` and the administrator run.
 //! Usage: `quill-smtpd [-s] [checkpassword-program [args…]]`; `-s` (or SMTPS=1) starts TLS
 //! before the greeting (port 465); the checkpassword program checks AUTH credentials.
 //! Descriptors: 0 from the client, 1 to the client, 2 the log.
 //! Exit codes: 0 after a session (whatever the client did); 111 when the configuration cannot
 //! be read (the client is told `421`).
+//! The program is `quill::smtpd::entry::serve`, shared with quill-tcpserver's linked child.
 //! Manual: doc/quill-smtpd.8.
 
-use quill::mail::control::Control;
-use quill::smtpd::session::{Config, Session};
-use std::ffi::OsString;
-use std::io::Write;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     quill::base::log::init("quill-smtpd");
-    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let mut implicit_tls = std::env::var_os("SMTPS").is_some_and(|v| v == "1");
-    if args.first().is_some_and(|a| a == "-s") {
-        args.remove(0);
-        implicit_tls = true;
-    }
-    if args.first().is_some_and(|a| a == "--") {
-        args.remove(0);
-    }
-    let control = Control::from_env();
-    let config = match Config::load(&control, args, implicit_tls) {
-        Ok(config) => config,
-        Err(e) => {
-            let code = quill::base::log::fatal_exit(&e.message);
-            if !implicit_tls {
-                let _ = std::io::stdout().write_all(b"421 4.3.0 unable to read controls, try again later\r\n");
-            }
-            return code;
-        }
-    };
-    // Messages go to quill-queued over its socket, or to quill-queue where it cannot be reached.
-    quill::mail::submit::use_queue_writer();
-    match Session::new(config) {
-        Ok(session) => {
-            session.run();
-            ExitCode::SUCCESS
-        }
-        Err(e) => quill::base::log::fatal_exit(&format!("unable to set up the connection: {e}")),
-    }
+    ExitCode::from(quill::smtpd::entry::serve(std::env::args_os().skip(1).collect()))
 }

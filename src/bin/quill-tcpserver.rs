@@ -9,10 +9,15 @@
 //! Runs as: root (to bind a port below 1024) and then `-u`/`-g` (quilld), or any user.
 //! Fds: 0 unused, 1 the bound port with `-1`, 2 the log. Children: socket on 0 and 1, log on 2.
 //! Exit: 0 after SIGTERM, 100 on a usage error, 111 when it cannot start (bind, ids, rules).
+//! Linked quill-smtpd: when PROGRAM is the quill-smtpd installed beside this program (and
+//! `-e` is not given), each connection's child is a fork that runs quill-smtpd's code, linked
+//! in here (`quill::smtpd::entry::serve`), without exec (`quill::tcpserver::linked`). Any other
+//! PROGRAM is run with fork and exec, as by any tcpserver.
 //! Man page: doc/quill-tcpserver.8. The options and the loop: `quill::tcpserver::server`.
 
 use quill::base::fail::exit;
 use quill::base::log;
+use quill::tcpserver::linked::{self, Linked};
 use quill::tcpserver::listener;
 use quill::tcpserver::server::{self, Server, LOOKUP, USAGE};
 use std::ffi::OsString;
@@ -25,6 +30,20 @@ fn default_local_name() -> Option<String> {
     std::env::var_os("QUILL_HOME")?;
     let me = quill::mail::control::Control::from_env().line("me").ok()??;
     Some(String::from_utf8_lossy(&me).into_owned())
+}
+
+/// quill-smtpd's code, to run in each connection's forked child, when PROGRAM names the
+/// quill-smtpd beside this program (the same file, so the same code) and `-e` is not given.
+fn linked_smtpd(config: &server::Config) -> Option<Linked> {
+    let beside = quill::mail::control::program("quill-smtpd");
+    if config.always_exec || !linked::names(&config.program[0], &beside) {
+        return None;
+    }
+    // Without the bounds a child keeps quill-tcpserver's name in ps: worth a warning, no more.
+    let title = quill::base::sys::ProcessTitle::find()
+        .map_err(|e| log::warning(&format!("unable to find the process title: {e}")))
+        .ok();
+    Some(Linked { name: "quill-smtpd", program: quill::smtpd::entry::serve, title })
 }
 
 fn main() -> ExitCode {
@@ -80,7 +99,8 @@ fn main() -> ExitCode {
     if config.local_name.is_none() {
         config.local_name = default_local_name();
     }
-    let mut server = Server::new(config, rules, self_exe);
+    let linked = linked_smtpd(&config);
+    let mut server = Server::new(config, rules, self_exe, linked);
     server.status();
     server::run(&mut server, listener, signals);
     ExitCode::SUCCESS

@@ -1,4 +1,5 @@
-//! The smtpd stage, quill-smtpd (doc/quill-smtpd.8): `session` (one SMTP connection from
+//! The smtpd stage, quill-smtpd (doc/quill-smtpd.8): `entry` (the program after its name, one
+//! function for the binary and for quill-tcpserver's linked child), `session` (one SMTP connection from
 //! greeting to QUIT), `config` (its control files and environment), `data` (the message data
 //! after 354: end of data, hop count, the queue's reply), `auth` (the AUTH payloads and
 //! checkpassword) and `rcptcheck` (the RCPT decision: relaying, and whether a local recipient
@@ -8,5 +9,6 @@
 pub mod auth;
 pub mod config;
 pub mod data;
+pub mod entry;
 pub mod rcptcheck;
 pub mod session;

@@ -274,27 +274,41 @@ pub fn raw_status(status: nix::sys::wait::WaitStatus) -> Option<(i32, i32)> {
     }
 }
 
-/// The UCSPI-TCP environment of one connection's program: stale `TCPREMOTEHOST` and
-/// `TCPREMOTEINFO` from our own environment removed (no lookup made them), the connection's
-/// variables set, then the rule's variables on top (a rule may override any of them).
-pub fn set_environment(
-    command: &mut Command,
+/// The UCSPI-TCP environment of one connection's program, as changes to the server's own
+/// environment, applied in order (None removes): stale `TCPREMOTEHOST` and `TCPREMOTEINFO`
+/// removed (no lookup made them), the connection's variables set, then the rule's variables
+/// on top (a rule may override any of them). One list for both ways to run the program: an
+/// exec'd one gets it through `Command::env` ([`apply`]), a linked one from its forked child.
+pub fn environment(
     local: SocketAddr,
     remote: SocketAddr,
     local_name: &str,
     rule: &[(String, Vec<u8>)],
-) {
-    command
-        .env_remove("TCPREMOTEHOST")
-        .env_remove("TCPREMOTEINFO")
-        .env("PROTO", proto(remote.ip()))
-        .env("TCPLOCALIP", local.ip().to_string())
-        .env("TCPLOCALPORT", local.port().to_string())
-        .env("TCPLOCALHOST", local_name)
-        .env("TCPREMOTEIP", remote.ip().to_string())
-        .env("TCPREMOTEPORT", remote.port().to_string());
+) -> Vec<(OsString, Option<OsString>)> {
+    let set = |name: &str, value: String| (OsString::from(name), Some(OsString::from(value)));
+    let mut changes = vec![
+        (OsString::from("TCPREMOTEHOST"), None),
+        (OsString::from("TCPREMOTEINFO"), None),
+        set("PROTO", proto(remote.ip()).to_string()),
+        set("TCPLOCALIP", local.ip().to_string()),
+        set("TCPLOCALPORT", local.port().to_string()),
+        set("TCPLOCALHOST", local_name.to_string()),
+        set("TCPREMOTEIP", remote.ip().to_string()),
+        set("TCPREMOTEPORT", remote.port().to_string()),
+    ];
     for (name, value) in rule {
-        command.env(name, OsString::from_vec(value.clone()));
+        changes.push((OsString::from(name), Some(OsString::from_vec(value.clone()))));
+    }
+    changes
+}
+
+/// Give `command` the environment changes of [`environment`], in order.
+pub fn apply(command: &mut Command, changes: &[(OsString, Option<OsString>)]) {
+    for (name, value) in changes {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
     }
 }
 

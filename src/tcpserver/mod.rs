@@ -4,6 +4,7 @@
 //! code: it knows nothing about mail (its main reads `control/me` for TCPLOCALHOST).
 #![forbid(unsafe_code)]
 
+pub mod linked;
 pub mod listener;
 pub mod server;
 pub mod tcprules;

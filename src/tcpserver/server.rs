@@ -12,6 +12,7 @@
 use crate::base::children;
 use crate::base::fail::{exit, Error};
 use crate::base::log;
+use crate::tcpserver::linked::{self, Linked};
 use crate::tcpserver::listener::{self, ClientKey, Over, Table};
 use crate::tcpserver::tcprules::{Rules, Verdict};
 use std::ffi::OsString;
@@ -33,7 +34,7 @@ pub const LOOKUP: &str = "--quill-tcpserver-lookup";
 /// come within a second or two, not for itself), shorter than an attacker's idle hold.
 const MINIMUM_IDLE: Duration = Duration::from_secs(5);
 
-pub const USAGE: &str = "usage: quill-tcpserver [ -1UXvqQhHrRPoOdDw ] [ -c limit ] [ -C per-client ] \
+pub const USAGE: &str = "usage: quill-tcpserver [ -1UXvqQhHrRPoOdDwe ] [ -c limit ] [ -C per-client ] \
                      [ -x rules ] [ -B banner ] [ -m refusal ] [ -g gid ] [ -u uid ] [ -b backlog ] \
                      [ -l localname ] [ -t timeout ] host port program [ arg ... ]";
 
@@ -85,6 +86,9 @@ pub struct Config {
     pub lookup_timeout: u32,
     /// `-v`, `-q`, `-Q`.
     pub verbosity: Verbosity,
+    /// `-e`: always run PROGRAM with exec, even when it is the quill-smtpd whose code is
+    /// linked in (doc/quill-tcpserver.8, "The linked quill-smtpd").
+    pub always_exec: bool,
 }
 
 fn number<T: std::str::FromStr>(m: &getopts::Matches, name: &str, default: T) -> Result<T, Error> {
@@ -131,7 +135,7 @@ fn last_flag(args: &[String], flags: &str) -> Option<char> {
 pub fn parse_options(args: &[String]) -> Result<Config, Error> {
     let mut opts = getopts::Options::new();
     opts.parsing_style(getopts::ParsingStyle::StopAtFirstFree);
-    for flag in ["1", "U", "X", "v", "q", "Q", "h", "H", "r", "R", "P", "o", "O", "d", "D", "w", "p"] {
+    for flag in ["1", "U", "X", "v", "q", "Q", "h", "H", "r", "R", "P", "o", "O", "d", "D", "w", "p", "e"] {
         opts.optflagmulti(flag, "", "");
     }
     for option in ["c", "C", "x", "B", "m", "g", "u", "b", "l", "t"] {
@@ -192,6 +196,7 @@ pub fn parse_options(args: &[String]) -> Result<Config, Error> {
         nodelay: last_flag(args, "dD") == Some('D'),
         lookup_timeout,
         verbosity,
+        always_exec: m.opt_present("e"),
     })
 }
 
@@ -214,13 +219,18 @@ pub struct Server {
     rules: Rules,
     table: Table,
     self_exe: Option<PathBuf>,
+    /// PROGRAM's code, when it is linked in: each connection's child is then a fork that runs
+    /// it, with no exec ([`linked`]).
+    linked: Option<Linked>,
 }
 
 impl Server {
-    /// A server with an empty table; `self_exe` (this program) runs the `-h` lookups.
-    pub fn new(config: Config, rules: Rules, self_exe: Option<PathBuf>) -> Server {
+    /// A server with an empty table; `self_exe` (this program) runs the `-h` lookups of
+    /// exec'd programs; `linked`, when given, runs PROGRAM's code in a forked child instead of
+    /// exec'ing PROGRAM.
+    pub fn new(config: Config, rules: Rules, self_exe: Option<PathBuf>, linked: Option<Linked>) -> Server {
         let table = Table::new(config.limit, config.per_client);
-        Server { config, rules, table, self_exe }
+        Server { config, rules, table, self_exe, linked }
     }
 
     fn log(&self, level: Verbosity, text: &str) {
@@ -278,22 +288,10 @@ impl Server {
                 return;
             }
         }
-        let mut command = self.command(local, remote, rule.as_ref().map_or(&[][..], |r| &r.env[..]));
+        let changes = self.environment(local, remote, rule.as_ref().map_or(&[][..], |r| &r.env[..]));
         let socket = OwnedFd::from(stream);
-        // Besides the child's fd 0 and fd 1, our own close-on-exec copy of the socket, to see
-        // how long the client has been silent when room must be made (and its FIN waits for
-        // the reap, which follows the child's exit at once).
-        let (input, watch) = match (socket.try_clone(), socket.try_clone()) {
-            (Ok(input), watch) => (input, watch.ok()),
-            (Err(e), _) => {
-                self.log(Verbosity::Normal, &format!("warning: unable to duplicate the socket of {remote}: {e}"));
-                return;
-            }
-        };
-        command.stdin(Stdio::from(input)).stdout(Stdio::from(socket));
-        match command.spawn() {
-            Ok(child) => {
-                let pid = child.id() as i32;
+        match self.start(socket, &changes) {
+            Ok((pid, watch)) => {
                 self.table.add(pid, client, watch);
                 self.log(Verbosity::Verbose, &format!("pid {pid} from {remote}"));
                 self.log(Verbosity::Verbose, &format!("ok {pid} {local} :{remote}"));
@@ -304,6 +302,35 @@ impl Server {
                 &format!("warning: unable to run {}: {e}", self.config.program[0].to_string_lossy()),
             ),
         }
+    }
+
+    /// Run the program for a connection, with the socket on its fd 0 and 1 and the
+    /// environment `changes`: its process id, and our own close-on-exec copy of the socket,
+    /// kept to see how long the client has been silent when room must be made (and its FIN
+    /// waits for the reap, which follows the child's exit at once).
+    fn start(
+        &self,
+        socket: OwnedFd,
+        changes: &[(OsString, Option<OsString>)],
+    ) -> std::io::Result<(i32, Option<OwnedFd>)> {
+        use std::os::fd::AsRawFd;
+        if let Some(linked) = &self.linked {
+            // The forked child takes the socket onto its fd 0 and 1; ours stays the copy.
+            let plan = linked::Plan {
+                args: &self.config.program[1..],
+                socket: socket.as_raw_fd(),
+                changes,
+                lookup: self.config.lookup.then(|| Duration::from_secs(u64::from(self.config.lookup_timeout))),
+            };
+            let pid = linked::start(linked, &plan)?;
+            return Ok((pid, Some(socket)));
+        }
+        let mut command = self.command();
+        listener::apply(&mut command, changes);
+        let (input, watch) = (socket.try_clone()?, socket.try_clone().ok());
+        command.stdin(Stdio::from(input)).stdout(Stdio::from(socket));
+        let child = command.spawn()?;
+        Ok((child.id() as i32, watch))
     }
 
     /// The table is full: end the session whose client has been silent longest (at least
@@ -332,12 +359,11 @@ impl Server {
         );
     }
 
-    /// The command for one connection: PROGRAM (through the lookup helper with `-h`) with the
-    /// UCSPI-TCP variables, stale ones removed, then the rule's variables on top.
-    /// QUILL_STRESS=1 marks a session started above 80 % of the limit (a rule may override it).
-    fn command(&self, local: SocketAddr, remote: SocketAddr, env: &[(String, Vec<u8>)]) -> Command {
+    /// The command that runs PROGRAM with exec: PROGRAM itself, or through the lookup helper
+    /// with `-h`.
+    fn command(&self) -> Command {
         let program = &self.config.program;
-        let mut command = match (&self.self_exe, self.config.lookup) {
+        match (&self.self_exe, self.config.lookup) {
             (Some(exe), true) => {
                 let mut c = Command::new(exe);
                 c.arg(LOOKUP).arg(self.config.lookup_timeout.to_string()).args(program);
@@ -348,15 +374,23 @@ impl Server {
                 c.args(&program[1..]);
                 c
             }
-        };
-        if self.table.stressed() {
-            command.env("QUILL_STRESS", "1");
-        } else {
-            command.env_remove("QUILL_STRESS");
         }
+    }
+
+    /// The changes to our environment for one connection's program, whichever way it runs:
+    /// the UCSPI-TCP variables, stale ones removed, then the rule's variables on top.
+    /// QUILL_STRESS=1 marks a session started above 80 % of the limit (a rule may override it).
+    fn environment(
+        &self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        rule: &[(String, Vec<u8>)],
+    ) -> Vec<(OsString, Option<OsString>)> {
+        let stress = self.table.stressed().then(|| OsString::from("1"));
         let local_name = self.config.local_name.clone().unwrap_or_else(|| local.ip().to_string());
-        listener::set_environment(&mut command, local, remote, &local_name, env);
-        command
+        let mut changes = vec![(OsString::from("QUILL_STRESS"), stress)];
+        changes.extend(listener::environment(local, remote, &local_name, rule));
+        changes
     }
 }
 
@@ -456,8 +490,7 @@ pub fn run(server: &mut Server, listener: TcpListener, signals: OwnedFd) {
 }
 
 /// The `-h` helper: look up TCPREMOTEHOST, for at most the `-t` seconds given first, then
-/// become PROGRAM. The lookup runs in a thread so that a resolver that never answers only
-/// costs the wait (exec ends the thread).
+/// become PROGRAM.
 pub fn lookup_and_exec(args: &[OsString]) -> ExitCode {
     let Some((seconds, program)) = args.split_first() else { return ExitCode::from(exit::USAGE) };
     let seconds: u64 = seconds.to_str().and_then(|s| s.parse().ok()).unwrap_or(26);
@@ -465,22 +498,29 @@ pub fn lookup_and_exec(args: &[OsString]) -> ExitCode {
     let mut command = Command::new(name);
     command.args(&program[1..]).env_remove("TCPREMOTEHOST");
     let remote: Option<std::net::IpAddr> = std::env::var("TCPREMOTEIP").ok().and_then(|ip| ip.parse().ok());
-    let (sender, receiver) = std::sync::mpsc::channel();
-    if let Some(ip) = remote {
-        std::thread::spawn(move || {
-            let _ = sender.send(crate::base::sys::reverse_name(ip));
-        });
-    }
-    if let Ok(Some(host)) = receiver.recv_timeout(Duration::from_secs(seconds)) {
-        // Whoever controls the address's reverse zone chose this name: only a host name's
-        // characters are passed on, to a program that may write it into headers and logs.
-        let plain = host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
-        if plain && !host.is_empty() && host.len() <= 253 {
-            command.env("TCPREMOTEHOST", host.to_ascii_lowercase());
-        }
+    if let Some(host) = remote.and_then(|ip| remote_name(ip, Duration::from_secs(seconds))) {
+        command.env("TCPREMOTEHOST", host);
     }
     let error = command.exec();
     log::fatal_exit(&format!("unable to run {}: {error}", name.to_string_lossy()))
+}
+
+/// The TCPREMOTEHOST for `ip` (`-h`), looked up in the connection's own process (the `-h`
+/// helper, or the linked program's child) so that a slow resolver never stalls the accept
+/// loop. The lookup runs in a thread, so that a resolver that never answers only costs `wait`
+/// (the thread is then left behind, and the name not used); a thread that answers is joined.
+/// Whoever controls the address's reverse zone chose the name: only a host name's characters
+/// are passed on, lowercase, to a program that may write it into headers and logs.
+pub fn remote_name(ip: std::net::IpAddr, wait: Duration) -> Option<String> {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let _ = sender.send(crate::base::sys::reverse_name(ip));
+    });
+    let host = receiver.recv_timeout(wait).ok()?;
+    let _ = thread.join();
+    let host = host?;
+    let plain = host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+    (plain && !host.is_empty() && host.len() <= 253).then(|| host.to_ascii_lowercase())
 }
 
 #[cfg(test)]
