@@ -43,6 +43,9 @@ fn main() -> ExitCode {
     };
     // Messages go to quill-queued over its socket, or to quill-queue where it cannot be reached.
     quill::mail::submit::use_queue_writer();
+    // The one place where the session is confined (doc/quill-smtpd.8, SECURITY): whatever must
+    // run before it (AUTH's checkpassword broker) goes just above.
+    quill::smtpd::config::confine(&config);
     match Session::new(config) {
         Ok(session) => {
             session.run();

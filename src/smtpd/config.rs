@@ -99,6 +99,25 @@ impl TlsFiles {
     }
 }
 
+/// Confine this session for good (issue 11; the policy is `mail::jail::smtpd`): called once
+/// its configuration is read, before the first byte from the client. Not confined, by design:
+/// a session whose `QMAILQUEUE` names a filter (the filter must be able to run the setuid
+/// quill-queue), and one that runs a checkpassword program itself.
+pub fn confine(config: &Config) {
+    if crate::mail::submit::filter().is_some() {
+        return;
+    }
+    // HOOK (AUTH): checkpassword is run with exec, which the policy forbids, and is often
+    // setuid root, which no_new_privs would undo. The checkpassword broker forks before this
+    // call and takes the exec with it; until then a session with AUTH is not confined.
+    if !config.checkpassword.is_empty() {
+        return;
+    }
+    let tls: Vec<PathBuf> = config.tls.iter().flat_map(|t| [t.cert.clone(), t.key.clone()]).collect();
+    let aliases = crate::mail::aliases::aliases_path(&config.control);
+    crate::base::confine::apply(&crate::mail::jail::smtpd(&config.control.home, &aliases, &tls));
+}
+
 fn env_bytes(name: &str) -> Option<Vec<u8>> {
     std::env::var_os(name).map(OsString::into_vec)
 }
