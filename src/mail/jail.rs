@@ -72,12 +72,14 @@ pub fn rspawn(home: &Path, remote_program: &Path) -> Policy {
     // control/tlsca is under control/, the system's roots under /etc/ssl or /etc/pki.
     let mut read = remote_reads(home, &home.join("control"));
     read.push(home.join("queue"));
-    read.extend(paths(SYSTEM_LIBRARIES));
+    // The kernel opens the loader for exec, which takes the execute right.
+    let mut exec = vec![remote_program.to_path_buf()];
+    exec.extend(paths(SYSTEM_LIBRARIES));
     Policy {
         program: "quill-rspawn",
         read,
         write: vec![],
-        exec: vec![remote_program.to_path_buf()],
+        exec,
         network: Network::Outbound,
         syscalls: vec![
             BASE,
