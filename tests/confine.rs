@@ -23,7 +23,11 @@ fn probes(home: &Path, outside: &Path, port: u16, mut status_file: std::fs::File
     say("read-outside", std::fs::read(outside).map(drop));
     say("read-control", std::fs::read(home.join("control/me")).map(drop));
     say("write-control", std::fs::write(home.join("control/planted"), b"x"));
-    say("write-queue", std::fs::write(home.join("queue/tmp/planted"), b"x").and_then(|()| std::fs::remove_file(home.join("queue/tmp/planted"))));
+    say(
+        "write-queue",
+        std::fs::write(home.join("queue/tmp/planted"), b"x")
+            .and_then(|()| std::fs::remove_file(home.join("queue/tmp/planted"))),
+    );
     say("exec-sh", Command::new("/bin/sh").args(["-c", "exit 0"]).status().map(drop));
     say("connect", TcpStream::connect(("127.0.0.1", port)).map(drop));
     say("bind", TcpListener::bind("127.0.0.1:0").map(drop));
@@ -283,10 +287,14 @@ fn every_running_stage_shows_no_new_privs_and_a_filter() {
     let q = Instance::start("confine-stages", &[]);
     for program in ["quill-send", "quill-clean", "quill-rspawn", "quill-queued"] {
         let mut found = Vec::new();
-        assert!(wait_for(Duration::from_secs(10), || {
-            found = pids(&q.home(), program);
-            found.len() == 1
-        }), "{program} is not running: {found:?}; log:\n{}", q.log());
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                found = pids(&q.home(), program);
+                found.len() == 1
+            }),
+            "{program} is not running: {found:?}; log:\n{}",
+            q.log()
+        );
         // A stage confines itself once its setup is done: give it a moment to get there.
         let confined = || status(found[0]) == ("NoNewPrivs:\t1".to_string(), "Seccomp:\t2".to_string());
         assert!(wait_for(Duration::from_secs(10), confined), "{program}: {:?}; log:\n{}", status(found[0]), q.log());
@@ -354,8 +362,9 @@ fn quill_remote_is_confined_while_it_delivers() {
 
 /// What confinement costs quill-smtpd per connection, counted: the CPU time (getrusage of the
 /// children) of N runs of the real quill-smtpd on an empty session (greeting, end of input)
-/// confined against N with QUILL_CONFINE=0, and the filter's length. Printed for
-/// doc/PERFORMANCE.md; timings are never asserted.
+/// confined and N with QUILL_CONFINE=0, one of each in turn (so that the machine's other
+/// load falls on both alike), and the filter's length. Printed for doc/PERFORMANCE.md;
+/// timings are never asserted.
 #[test]
 fn cost_per_connection() {
     if !kernel_can_confine() {
@@ -363,54 +372,53 @@ fn cost_per_connection() {
     }
     const RUNS: u32 = 1000;
     let world = World::new();
-    let run = |confine: bool| -> Duration {
-        let out = Command::new(std::env::current_exe().expect("test binary"))
-            .args(["--exact", "child_runs_smtpd", "--nocapture", "--test-threads=1"])
-            .env("QUILL_TEST_COST", if confine { "1" } else { "0" })
-            .env("QUILL_TEST_HOME", world.home.path())
-            .env("QUILL_TEST_RUNS", RUNS.to_string())
-            .output()
-            .expect("run the child");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let micros = text
-            .split("children-cpu-us ")
+    let out = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "child_runs_smtpd", "--nocapture", "--test-threads=1"])
+        .env("QUILL_TEST_HOME", world.home.path())
+        .env("QUILL_TEST_RUNS", RUNS.to_string())
+        .output()
+        .expect("run the child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let figure = |name: &str| -> f64 {
+        text.split(&format!("{name} "))
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|v| v.parse().ok());
-        Duration::from_micros(micros.unwrap_or_else(|| panic!("no figure: {text}")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no figure {name}: {text}"))
     };
-    let (plain, confined) = (run(false), run(true));
+    let (plain, confined) = (figure("plain-cpu-us"), figure("confined-cpu-us"));
     let policy = quill::mail::jail::smtpd(world.home.path(), Path::new("/etc/aliases"), &[]);
     let filter = quill::base::confine::filter(&policy).expect("filter");
     eprintln!(
-        "confinement cost: {RUNS} quill-smtpd runs: {} us CPU without, {} us with: {:.1} us per connection; filter {} instructions for {} calls",
-        plain.as_micros(),
-        confined.as_micros(),
-        (confined.as_micros() as f64 - plain.as_micros() as f64) / f64::from(RUNS),
+        "confinement cost: {RUNS} quill-smtpd runs each: {plain} us CPU without, {confined} us with: {:.1} us per connection; filter {} instructions for {} calls",
+        (confined - plain) / f64::from(RUNS),
         filter.len(),
         quill::base::confine::names(&policy).len()
     );
 }
 
 /// The measuring side of [`cost_per_connection`], in a process of its own so that its
-/// children's CPU time is theirs alone: runs quill-smtpd N times, one after another.
+/// children's CPU time is theirs alone: runs quill-smtpd 2N times, confined and not in turn.
 #[test]
 fn child_runs_smtpd() {
-    let (Some(cost), Some(home), Some(n)) = (
-        std::env::var("QUILL_TEST_COST").ok(),
+    let (Some(home), Some(n)) = (
         std::env::var_os("QUILL_TEST_HOME"),
         std::env::var("QUILL_TEST_RUNS").ok().and_then(|n| n.parse::<u32>().ok()),
     ) else {
         return;
     };
+    let mut spent = [Duration::ZERO; 2];
     for _ in 0..n {
-        let mut command = Command::new(bin("quill-smtpd"));
-        command.env("QUILL_HOME", &home).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        if cost == "0" {
-            command.env("QUILL_CONFINE", "0");
+        for (confine, total) in spent.iter_mut().enumerate() {
+            let mut command = Command::new(bin("quill-smtpd"));
+            command.env("QUILL_HOME", &home).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            if confine == 0 {
+                command.env("QUILL_CONFINE", "0");
+            }
+            let before = quill::base::sys::cpu_time().expect("getrusage").1;
+            let _ = command.status();
+            *total += quill::base::sys::cpu_time().expect("getrusage").1 - before;
         }
-        let _ = command.status();
     }
-    let (_, children) = quill::base::sys::cpu_time().expect("getrusage");
-    println!("children-cpu-us {}", children.as_micros());
+    println!("plain-cpu-us {} confined-cpu-us {}", spent[0].as_micros(), spent[1].as_micros());
 }

@@ -514,8 +514,11 @@ fn a_confined_smtpd_without_the_writer_answers_451() {
     if log.contains("quill-smtpd: warning: unable to set no_new_privs") {
         return common::skip("no_new_privs is not available");
     }
-    assert!(reply.starts_with("451"), "{reply}; log:
-{log}");
+    assert!(
+        reply.starts_with("451"),
+        "{reply}; log:
+{log}"
+    );
     assert!(
         log.contains("not running quill-queue: this process is confined")
             && log.contains("quill-queue cannot run under confinement"),
@@ -541,9 +544,14 @@ fn killing_the_writer_mid_message_queues_nothing_and_it_comes_back() {
     assert!(reply.starts_with("451"), "a temporary failure: {reply}; log:\n{}", q.log());
     // The same session goes on: the next message reaches the new writer (confined, quill-smtpd
     // does not fall back to quill-queue, so wait for quill-start to bring the writer back).
-    let back = || q.pids("quill-queued").len() == 1 && UnixStream::connect(q.home().join("queue/writer/socket")).is_ok();
-    assert!(wait_for(Duration::from_secs(30), back), "log:
-{}", q.log());
+    let back =
+        || q.pids("quill-queued").len() == 1 && UnixStream::connect(q.home().join("queue/writer/socket")).is_ok();
+    assert!(
+        wait_for(Duration::from_secs(30), back),
+        "log:
+{}",
+        q.log()
+    );
     let reply = smtp.send("dave@localhost", "after");
     assert!(reply.starts_with("250"), "{reply}; log:\n{}", q.log());
     smtp.command("QUIT");

@@ -241,11 +241,12 @@ fn families(network: Network) -> &'static [i32] {
     }
 }
 
-/// The filter for `policy`, as a linear chain: a process of another architecture is killed
-/// (its numbers mean other calls), x32 numbers on x86_64 fail, socket(2) is allowed only for
-/// the policy's families, every listed call is allowed and every other one fails with EPERM.
-/// The groups come most frequent first (read, write, poll, …), so a typical call is found
-/// within a few comparisons.
+/// The filter for `policy`: a process of another architecture is killed (its numbers mean
+/// other calls), x32 numbers on x86_64 fail, socket(2) is allowed only for the policy's
+/// families, every listed call is allowed and every other one fails with EPERM. The list is
+/// a binary search ([`search`]): about ten comparisons for any call, where a linear chain of
+/// a hundred calls cost the kernel a hundred per call number when it installs the filter
+/// (it runs the filter once per number to build its cache of always-allowed calls).
 pub fn filter(policy: &Policy) -> Result<Vec<BpfInstruction>, String> {
     let arch = AUDIT_ARCH.ok_or("no system-call table for this architecture")?;
     let mut allowed: Vec<u32> = Vec::new();
@@ -257,6 +258,7 @@ pub fn filter(policy: &Policy) -> Result<Vec<BpfInstruction>, String> {
             }
         }
     }
+    allowed.sort_unstable();
     let deny = statement(RET_K, RET_ERRNO | libc::EPERM as u32);
     let mut program = vec![
         statement(LD_W_ABS, DATA_ARCH),
@@ -270,28 +272,41 @@ pub fn filter(policy: &Policy) -> Result<Vec<BpfInstruction>, String> {
         program.push(deny);
     }
     let families = families(policy.network);
-    // socket(2): [jeq socket] [load arg0] [jeq family → allow]… [deny], then the chain, whose
-    // end is [deny] [allow]. Every jump is forward and must fit in 8 bits.
-    let chain = allowed.len();
-    let to_allow_from_end = |remaining_after: usize| -> Result<u8, String> {
-        u8::try_from(remaining_after + 1).map_err(|_| "too many system calls for one jump".to_string())
-    };
+    // socket(2): [jeq socket] [load arg0] [jeq family → allow]… [deny] [allow], then the
+    // search. Every jump is forward.
     if !families.is_empty() {
-        let block = 1 + families.len() + 1;
+        let block = 1 + families.len() + 2;
         program.push(jump(JEQ_K, libc::SYS_socket as u32, 0, block as u8));
         program.push(statement(LD_W_ABS, DATA_ARG0));
         for (i, &family) in families.iter().enumerate() {
-            let after = families.len() - 1 - i + 1 + chain;
-            program.push(jump(JEQ_K, family as u32, to_allow_from_end(after)?, 0));
+            program.push(jump(JEQ_K, family as u32, (families.len() - i) as u8, 0));
         }
         program.push(deny);
+        program.push(statement(RET_K, RET_ALLOW));
     }
-    for (i, &nr) in allowed.iter().enumerate() {
-        program.push(jump(JEQ_K, nr, to_allow_from_end(chain - 1 - i)?, 0));
-    }
-    program.push(deny);
-    program.push(statement(RET_K, RET_ALLOW));
+    program.extend(search(&allowed)?);
     Ok(program)
+}
+
+/// A binary search over sorted call numbers, every path ending in its own return: a few
+/// numbers are compared one by one ([jeq]… [deny] [allow]); more are split at the middle by
+/// one `jge` whose true branch skips the lower half's code.
+fn search(sorted: &[u32]) -> Result<Vec<BpfInstruction>, String> {
+    let deny = statement(RET_K, RET_ERRNO | libc::EPERM as u32);
+    if sorted.len() <= 4 {
+        let mut code: Vec<BpfInstruction> =
+            sorted.iter().enumerate().map(|(i, &nr)| jump(JEQ_K, nr, (sorted.len() - i) as u8, 0)).collect();
+        code.push(deny);
+        code.push(statement(RET_K, RET_ALLOW));
+        return Ok(code);
+    }
+    let middle = sorted.len() / 2;
+    let lower = search(&sorted[..middle])?;
+    let skip = u8::try_from(lower.len()).map_err(|_| "too many system calls for one jump".to_string())?;
+    let mut code = vec![jump(JGE_K, sorted[middle], skip, 0)];
+    code.extend(lower);
+    code.extend(search(&sorted[middle..])?);
+    Ok(code)
 }
 
 fn seccomp(policy: &Policy) -> Result<(), String> {
@@ -326,51 +341,148 @@ mod sys_number {
         ($($name:ident = $sys:ident),* $(,)?) => { $(pub const $name: i64 = libc::$sys as i64;)* };
     }
     numbers!(
-        read = SYS_read, write = SYS_write, readv = SYS_readv, writev = SYS_writev,
-        pread64 = SYS_pread64, pwrite64 = SYS_pwrite64, close = SYS_close, lseek = SYS_lseek,
-        fstat = SYS_fstat, newfstatat = SYS_newfstatat, statx = SYS_statx, fcntl = SYS_fcntl,
-        ioctl = SYS_ioctl, dup = SYS_dup, dup3 = SYS_dup3, mmap = SYS_mmap, munmap = SYS_munmap,
-        mremap = SYS_mremap, mprotect = SYS_mprotect, madvise = SYS_madvise, brk = SYS_brk,
-        rt_sigaction = SYS_rt_sigaction, rt_sigprocmask = SYS_rt_sigprocmask,
-        rt_sigreturn = SYS_rt_sigreturn, sigaltstack = SYS_sigaltstack, futex = SYS_futex,
-        exit = SYS_exit, exit_group = SYS_exit_group, clock_gettime = SYS_clock_gettime,
-        clock_getres = SYS_clock_getres, clock_nanosleep = SYS_clock_nanosleep,
-        nanosleep = SYS_nanosleep, gettimeofday = SYS_gettimeofday, getpid = SYS_getpid,
-        getppid = SYS_getppid, gettid = SYS_gettid, getuid = SYS_getuid, geteuid = SYS_geteuid,
-        getgid = SYS_getgid, getegid = SYS_getegid, getresuid = SYS_getresuid,
-        getresgid = SYS_getresgid, getgroups = SYS_getgroups, getrandom = SYS_getrandom,
-        sched_yield = SYS_sched_yield, sched_getaffinity = SYS_sched_getaffinity, rseq = SYS_rseq,
-        set_robust_list = SYS_set_robust_list, prlimit64 = SYS_prlimit64, ppoll = SYS_ppoll,
-        pselect6 = SYS_pselect6, uname = SYS_uname, getcwd = SYS_getcwd,
-        restart_syscall = SYS_restart_syscall, setitimer = SYS_setitimer, getitimer = SYS_getitimer,
-        getrusage = SYS_getrusage, tgkill = SYS_tgkill, pipe2 = SYS_pipe2, sysinfo = SYS_sysinfo,
-        close_range = SYS_close_range, times = SYS_times, rt_sigtimedwait = SYS_rt_sigtimedwait,
-        openat = SYS_openat, getdents64 = SYS_getdents64, readlinkat = SYS_readlinkat,
-        faccessat = SYS_faccessat, faccessat2 = SYS_faccessat2, fadvise64 = SYS_fadvise64,
-        statfs = SYS_statfs, fstatfs = SYS_fstatfs, flock = SYS_flock, fchdir = SYS_fchdir,
-        chdir = SYS_chdir, renameat = SYS_renameat, renameat2 = SYS_renameat2,
-        unlinkat = SYS_unlinkat, mkdirat = SYS_mkdirat, linkat = SYS_linkat, fsync = SYS_fsync,
-        fdatasync = SYS_fdatasync, ftruncate = SYS_ftruncate, fchmod = SYS_fchmod,
-        fchmodat = SYS_fchmodat, utimensat = SYS_utimensat, fallocate = SYS_fallocate,
-        socket = SYS_socket, connect = SYS_connect, bind = SYS_bind,
-        getsockname = SYS_getsockname, getpeername = SYS_getpeername,
-        setsockopt = SYS_setsockopt, getsockopt = SYS_getsockopt, sendto = SYS_sendto,
-        recvfrom = SYS_recvfrom, sendmsg = SYS_sendmsg, recvmsg = SYS_recvmsg,
-        sendmmsg = SYS_sendmmsg, recvmmsg = SYS_recvmmsg, shutdown = SYS_shutdown,
-        accept = SYS_accept, accept4 = SYS_accept4, clone = SYS_clone, clone3 = SYS_clone3,
-        wait4 = SYS_wait4, waitid = SYS_waitid, kill = SYS_kill, setpgid = SYS_setpgid,
-        getpgid = SYS_getpgid, setsid = SYS_setsid, set_tid_address = SYS_set_tid_address,
-        execve = SYS_execve, prctl = SYS_prctl, membarrier = SYS_membarrier,
-        eventfd2 = SYS_eventfd2, epoll_create1 = SYS_epoll_create1, epoll_ctl = SYS_epoll_ctl,
+        read = SYS_read,
+        write = SYS_write,
+        readv = SYS_readv,
+        writev = SYS_writev,
+        pread64 = SYS_pread64,
+        pwrite64 = SYS_pwrite64,
+        close = SYS_close,
+        lseek = SYS_lseek,
+        fstat = SYS_fstat,
+        newfstatat = SYS_newfstatat,
+        statx = SYS_statx,
+        fcntl = SYS_fcntl,
+        ioctl = SYS_ioctl,
+        dup = SYS_dup,
+        dup3 = SYS_dup3,
+        mmap = SYS_mmap,
+        munmap = SYS_munmap,
+        mremap = SYS_mremap,
+        mprotect = SYS_mprotect,
+        madvise = SYS_madvise,
+        brk = SYS_brk,
+        rt_sigaction = SYS_rt_sigaction,
+        rt_sigprocmask = SYS_rt_sigprocmask,
+        rt_sigreturn = SYS_rt_sigreturn,
+        sigaltstack = SYS_sigaltstack,
+        futex = SYS_futex,
+        exit = SYS_exit,
+        exit_group = SYS_exit_group,
+        clock_gettime = SYS_clock_gettime,
+        clock_getres = SYS_clock_getres,
+        clock_nanosleep = SYS_clock_nanosleep,
+        nanosleep = SYS_nanosleep,
+        gettimeofday = SYS_gettimeofday,
+        getpid = SYS_getpid,
+        getppid = SYS_getppid,
+        gettid = SYS_gettid,
+        getuid = SYS_getuid,
+        geteuid = SYS_geteuid,
+        getgid = SYS_getgid,
+        getegid = SYS_getegid,
+        getresuid = SYS_getresuid,
+        getresgid = SYS_getresgid,
+        getgroups = SYS_getgroups,
+        getrandom = SYS_getrandom,
+        sched_yield = SYS_sched_yield,
+        sched_getaffinity = SYS_sched_getaffinity,
+        rseq = SYS_rseq,
+        set_robust_list = SYS_set_robust_list,
+        prlimit64 = SYS_prlimit64,
+        ppoll = SYS_ppoll,
+        pselect6 = SYS_pselect6,
+        uname = SYS_uname,
+        getcwd = SYS_getcwd,
+        restart_syscall = SYS_restart_syscall,
+        setitimer = SYS_setitimer,
+        getitimer = SYS_getitimer,
+        getrusage = SYS_getrusage,
+        tgkill = SYS_tgkill,
+        pipe2 = SYS_pipe2,
+        sysinfo = SYS_sysinfo,
+        close_range = SYS_close_range,
+        times = SYS_times,
+        rt_sigtimedwait = SYS_rt_sigtimedwait,
+        openat = SYS_openat,
+        getdents64 = SYS_getdents64,
+        readlinkat = SYS_readlinkat,
+        faccessat = SYS_faccessat,
+        faccessat2 = SYS_faccessat2,
+        fadvise64 = SYS_fadvise64,
+        statfs = SYS_statfs,
+        fstatfs = SYS_fstatfs,
+        flock = SYS_flock,
+        fchdir = SYS_fchdir,
+        chdir = SYS_chdir,
+        renameat = SYS_renameat,
+        renameat2 = SYS_renameat2,
+        unlinkat = SYS_unlinkat,
+        mkdirat = SYS_mkdirat,
+        linkat = SYS_linkat,
+        fsync = SYS_fsync,
+        fdatasync = SYS_fdatasync,
+        ftruncate = SYS_ftruncate,
+        fchmod = SYS_fchmod,
+        fchmodat = SYS_fchmodat,
+        utimensat = SYS_utimensat,
+        fallocate = SYS_fallocate,
+        socket = SYS_socket,
+        connect = SYS_connect,
+        bind = SYS_bind,
+        getsockname = SYS_getsockname,
+        getpeername = SYS_getpeername,
+        setsockopt = SYS_setsockopt,
+        getsockopt = SYS_getsockopt,
+        sendto = SYS_sendto,
+        recvfrom = SYS_recvfrom,
+        sendmsg = SYS_sendmsg,
+        recvmsg = SYS_recvmsg,
+        sendmmsg = SYS_sendmmsg,
+        recvmmsg = SYS_recvmmsg,
+        shutdown = SYS_shutdown,
+        accept = SYS_accept,
+        accept4 = SYS_accept4,
+        clone = SYS_clone,
+        clone3 = SYS_clone3,
+        wait4 = SYS_wait4,
+        waitid = SYS_waitid,
+        kill = SYS_kill,
+        setpgid = SYS_setpgid,
+        getpgid = SYS_getpgid,
+        setsid = SYS_setsid,
+        set_tid_address = SYS_set_tid_address,
+        execve = SYS_execve,
+        prctl = SYS_prctl,
+        membarrier = SYS_membarrier,
+        eventfd2 = SYS_eventfd2,
+        epoll_create1 = SYS_epoll_create1,
+        epoll_ctl = SYS_epoll_ctl,
         epoll_pwait = SYS_epoll_pwait,
     );
     #[cfg(target_arch = "x86_64")]
     numbers!(
-        poll = SYS_poll, select = SYS_select, dup2 = SYS_dup2, alarm = SYS_alarm, pipe = SYS_pipe,
-        time = SYS_time, open = SYS_open, stat = SYS_stat, lstat = SYS_lstat, access = SYS_access,
-        readlink = SYS_readlink, getdents = SYS_getdents, rename = SYS_rename,
-        unlink = SYS_unlink, rmdir = SYS_rmdir, mkdir = SYS_mkdir, link = SYS_link,
-        fork = SYS_fork, vfork = SYS_vfork, getpgrp = SYS_getpgrp, arch_prctl = SYS_arch_prctl,
+        poll = SYS_poll,
+        select = SYS_select,
+        dup2 = SYS_dup2,
+        alarm = SYS_alarm,
+        pipe = SYS_pipe,
+        time = SYS_time,
+        open = SYS_open,
+        stat = SYS_stat,
+        lstat = SYS_lstat,
+        access = SYS_access,
+        readlink = SYS_readlink,
+        getdents = SYS_getdents,
+        rename = SYS_rename,
+        unlink = SYS_unlink,
+        rmdir = SYS_rmdir,
+        mkdir = SYS_mkdir,
+        link = SYS_link,
+        fork = SYS_fork,
+        vfork = SYS_vfork,
+        getpgrp = SYS_getpgrp,
+        arch_prctl = SYS_arch_prctl,
         epoll_wait = SYS_epoll_wait,
     );
 }
@@ -378,13 +490,70 @@ mod sys_number {
 /// Every Rust program on glibc: memory, signals, time, descriptors it holds, exit. Also what
 /// std's panic and abort paths and glibc's malloc and qsort reach for.
 pub const BASE: &[Syscall] = calls!(
-    read, write, ppoll, pselect6, readv, writev, close, futex, clock_gettime, clock_nanosleep,
-    nanosleep, gettimeofday, pread64, pwrite64, lseek, fstat, newfstatat, statx, fcntl, ioctl, dup,
-    dup3, mmap, munmap, mremap, mprotect, madvise, brk, rt_sigaction, rt_sigprocmask, rt_sigreturn,
-    rt_sigtimedwait, sigaltstack, exit, exit_group, clock_getres, getpid, getppid, gettid, getuid,
-    geteuid, getgid, getegid, getresuid, getresgid, getgroups, getrandom, sched_yield,
-    sched_getaffinity, rseq, set_robust_list, prlimit64, uname, getcwd, restart_syscall, setitimer,
-    getitimer, getrusage, tgkill, pipe2, sysinfo, close_range, times, membarrier,
+    read,
+    write,
+    ppoll,
+    pselect6,
+    readv,
+    writev,
+    close,
+    futex,
+    clock_gettime,
+    clock_nanosleep,
+    nanosleep,
+    gettimeofday,
+    pread64,
+    pwrite64,
+    lseek,
+    fstat,
+    newfstatat,
+    statx,
+    fcntl,
+    ioctl,
+    dup,
+    dup3,
+    mmap,
+    munmap,
+    mremap,
+    mprotect,
+    madvise,
+    brk,
+    rt_sigaction,
+    rt_sigprocmask,
+    rt_sigreturn,
+    rt_sigtimedwait,
+    sigaltstack,
+    exit,
+    exit_group,
+    clock_getres,
+    getpid,
+    getppid,
+    gettid,
+    getuid,
+    geteuid,
+    getgid,
+    getegid,
+    getresuid,
+    getresgid,
+    getgroups,
+    getrandom,
+    sched_yield,
+    sched_getaffinity,
+    rseq,
+    set_robust_list,
+    prlimit64,
+    uname,
+    getcwd,
+    restart_syscall,
+    setitimer,
+    getitimer,
+    getrusage,
+    tgkill,
+    pipe2,
+    sysinfo,
+    close_range,
+    times,
+    membarrier,
 );
 /// The x86_64 names of the same (the older calls glibc and std still make there).
 #[cfg(target_arch = "x86_64")]
@@ -401,8 +570,9 @@ pub const READ_FILES_ARCH: &[Syscall] = calls!(open, stat, lstat, access, readli
 pub const READ_FILES_ARCH: &[Syscall] = &[];
 
 /// Changing directories: create, rename, link, remove, sync (Landlock decides where).
-pub const WRITE_FILES: &[Syscall] =
-    calls!(renameat, renameat2, unlinkat, mkdirat, linkat, fsync, fdatasync, ftruncate, fchmod, fchmodat, utimensat, fallocate);
+pub const WRITE_FILES: &[Syscall] = calls!(
+    renameat, renameat2, unlinkat, mkdirat, linkat, fsync, fdatasync, ftruncate, fchmod, fchmodat, utimensat, fallocate
+);
 #[cfg(target_arch = "x86_64")]
 pub const WRITE_FILES_ARCH: &[Syscall] = calls!(rename, unlink, rmdir, mkdir, link);
 #[cfg(not(target_arch = "x86_64"))]
@@ -410,14 +580,35 @@ pub const WRITE_FILES_ARCH: &[Syscall] = &[];
 
 /// Sockets of its own: the families come from the policy's [`Network`].
 pub const SOCKETS: &[Syscall] = calls!(
-    socket, connect, bind, getsockname, getpeername, setsockopt, getsockopt, sendto, recvfrom,
-    sendmsg, recvmsg, sendmmsg, recvmmsg, shutdown
+    socket,
+    connect,
+    bind,
+    getsockname,
+    getpeername,
+    setsockopt,
+    getsockopt,
+    sendto,
+    recvfrom,
+    sendmsg,
+    recvmsg,
+    sendmmsg,
+    recvmmsg,
+    shutdown
 );
 
 /// Serving a listening socket it was given (quill-queued).
 pub const ACCEPT: &[Syscall] = calls!(
-    accept, accept4, getsockname, getpeername, setsockopt, getsockopt, sendto, recvfrom, sendmsg,
-    recvmsg, shutdown
+    accept,
+    accept4,
+    getsockname,
+    getpeername,
+    setsockopt,
+    getsockopt,
+    sendto,
+    recvfrom,
+    sendmsg,
+    recvmsg,
+    shutdown
 );
 
 /// Threads (std::thread).

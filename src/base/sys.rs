@@ -620,7 +620,8 @@ pub fn landlock_ruleset(abi: u32, fs: u64, net: u64, scoped: u64) -> io::Result<
         _ => std::mem::size_of::<LandlockRulesetAttr>(),
     };
     // SAFETY: `attr` outlives the call and `size` is at most its size; the kernel only reads it.
-    let fd = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, &attr as *const LandlockRulesetAttr, size, 0u32) };
+    let fd =
+        unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, &attr as *const LandlockRulesetAttr, size, 0u32) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }

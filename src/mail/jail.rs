@@ -81,16 +81,7 @@ pub fn rspawn(home: &Path, remote_program: &Path) -> Policy {
         write: vec![],
         exec,
         network: Network::Outbound,
-        syscalls: vec![
-            BASE,
-            BASE_ARCH,
-            READ_FILES,
-            READ_FILES_ARCH,
-            CHILDREN,
-            CHILDREN_ARCH,
-            EXEC_CALLS,
-            SOCKETS,
-        ],
+        syscalls: vec![BASE, BASE_ARCH, READ_FILES, READ_FILES_ARCH, CHILDREN, CHILDREN_ARCH, EXEC_CALLS, SOCKETS],
     }
 }
 

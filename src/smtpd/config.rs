@@ -100,11 +100,18 @@ impl TlsFiles {
 }
 
 /// Confine this session for good (issue 11; the policy is `mail::jail::smtpd`): called once
-/// its configuration is read, before the first byte from the client. Not confined, by design:
-/// a session whose `QMAILQUEUE` names a filter (the filter must be able to run the setuid
-/// quill-queue), and one that runs a checkpassword program itself.
+/// its configuration is read, before the first byte from the client. A confined session
+/// cannot run quill-queue, so only one whose messages go to quill-queued is confined. Not
+/// confined, by design: a session whose `QMAILQUEUE` names a filter (the filter must be able
+/// to run the setuid quill-queue); `sendmail -bs` (`PROTO=PIPE`: a local user's own session,
+/// which quill-queued does not take); a session running as root (quill-queued takes only
+/// quilld and its own uid; root's messages go to quill-queue); and one that runs a
+/// checkpassword program itself.
 pub fn confine(config: &Config) {
-    if crate::mail::submit::filter().is_some() {
+    if crate::mail::submit::filter().is_some()
+        || std::env::var_os("PROTO").is_some_and(|p| p == "PIPE")
+        || crate::base::sys::uids().0 == 0
+    {
         return;
     }
     // HOOK (AUTH): checkpassword is run with exec, which the policy forbids, and is often
