@@ -428,3 +428,25 @@ fn child_runs_smtpd() {
     }
     println!("plain-cpu-us {} confined-cpu-us {}", spent[0].as_micros(), spent[1].as_micros());
 }
+
+/// STARTTLS still works in a confined session: the certificate and key are read when the
+/// client asks, after the confinement, from paths the policy allows.
+#[test]
+fn starttls_works_in_a_confined_session() {
+    if !kernel_can_confine() || common::skip_without_python(&["smtplib", "ssl"]) {
+        return;
+    }
+    let q = Instance::start("confine-tls", &[]);
+    let script = format!(
+        "import smtplib, ssl\nc = ssl.create_default_context()\nc.check_hostname = False\nc.verify_mode = ssl.CERT_NONE\ns = smtplib.SMTP('127.0.0.1', {})\ns.starttls(context=c)\ns.sendmail('a@example.org', ['tls@localhost'], 'Subject: tls\\r\\n\\r\\nhi\\r\\n')\ns.quit()\n",
+        q.port
+    );
+    let out = Command::new("python3").arg("-c").arg(script).output().expect("python3");
+    assert!(out.status.success(), "smtplib: {}; log:\n{}", String::from_utf8_lossy(&out.stderr), q.log());
+    let maildir = q.home().join("maildir/tls");
+    let delivered = wait_for(Duration::from_secs(30), || !common::files(&maildir.join("new")).is_empty());
+    assert!(delivered, "log:\n{}", q.log());
+    let message = std::fs::read_to_string(&common::files(&maildir.join("new"))[0]).expect("read");
+    assert!(message.contains("TLS"), "the Received line names TLS:\n{message}");
+    assert!(!q.log().contains("Operation not permitted") && !q.log().contains("Permission denied"), "{}", q.log());
+}
