@@ -232,9 +232,12 @@ fn landlock(policy: &Policy) -> Result<(std::os::fd::OwnedFd, u32), String> {
 /// One path rule. A path that does not exist is no rule (a library directory this system
 /// lacks); on a file, only the rights that apply to files.
 fn allow_path(ruleset: std::os::fd::BorrowedFd<'_>, path: &std::path::Path, rights: u64) -> Result<(), String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(path) {
-        Ok(file) => file,
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| format!("unable to open {}: a NUL in the name", path.display()))?;
+    // openat itself, not std's open (which adds an fcntl per file): this runs per connection.
+    let file = match sys::open_at(None, &name, libc::O_PATH, 0) {
+        Ok(fd) => std::fs::File::from(fd),
         Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound) => return Ok(()),
         Err(e) => return Err(format!("unable to open {}: {e}", path.display())),
     };
