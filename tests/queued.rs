@@ -319,6 +319,11 @@ struct Instance {
 
 impl Instance {
     fn start(tag: &str) -> Instance {
+        Instance::start_with_env(tag, &[])
+    }
+
+    /// With more environment for quill-up and everything it runs (QUILL_CONFINE=0).
+    fn start_with_env(tag: &str, env: &[(&str, &str)]) -> Instance {
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let dir = TempDir::new(tag);
         let home = dir.path().join("q");
@@ -329,6 +334,7 @@ impl Instance {
             .arg(&home)
             .arg("-l")
             .arg(format!("127.0.0.1:{port}"))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::options().create(true).append(true).open(&log).expect("log"))
             .stderr(std::fs::File::options().append(true).open(&log).expect("log"))
@@ -466,7 +472,8 @@ fn smtp_messages_go_through_the_writer() {
 
 #[test]
 fn smtpd_falls_back_to_quill_queue_without_the_writer() {
-    let q = Instance::start("queued-fallback");
+    // Unconfined (QUILL_CONFINE=0): confined, quill-queue could not gain its setuid (below).
+    let q = Instance::start_with_env("queued-fallback", &[("QUILL_CONFINE", "0")]);
     // A writer that cannot come back: its directory is gone, so every restart fails.
     std::fs::remove_dir_all(q.home().join("queue/writer")).expect("remove writer/");
     for pid in q.pids("quill-queued") {
@@ -489,6 +496,38 @@ fn smtpd_falls_back_to_quill_queue_without_the_writer() {
     assert!(pids[0].is_some() && pids[0] != pids[1], "a quill-queue run for each message: {pids:?}");
 }
 
+/// Confined (no_new_privs), quill-smtpd cannot run the setuid quill-queue: without the writer
+/// it answers 451 and says why, and the message stays with the client.
+#[test]
+fn a_confined_smtpd_without_the_writer_answers_451() {
+    let q = Instance::start("queued-confined");
+    std::fs::remove_dir_all(q.home().join("queue/writer")).expect("remove writer/");
+    for pid in q.pids("quill-queued") {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+    }
+    let mut smtp = Smtp::open(q.port);
+    assert!(smtp.command("MAIL FROM:<sender@example.org>").starts_with("250"));
+    assert!(smtp.command("RCPT TO:<carol@localhost>").starts_with("250"));
+    let reply = smtp.command("DATA");
+    smtp.command("QUIT");
+    let log = q.log();
+    if log.contains("quill-smtpd: warning: unable to set no_new_privs") {
+        return common::skip("no_new_privs is not available");
+    }
+    assert!(
+        reply.starts_with("451"),
+        "{reply}; log:
+{log}"
+    );
+    assert!(
+        log.contains("not running quill-queue: this process is confined")
+            && log.contains("quill-queue cannot run under confinement"),
+        "log:
+{log}"
+    );
+    assert!(files(&q.home().join("queue/todo")).is_empty() && q.delivered("carol").is_empty());
+}
+
 #[test]
 fn killing_the_writer_mid_message_queues_nothing_and_it_comes_back() {
     let q = Instance::start("queued-kill");
@@ -503,7 +542,16 @@ fn killing_the_writer_mid_message_queues_nothing_and_it_comes_back() {
     }
     let reply = smtp.command("the end\r\n.");
     assert!(reply.starts_with("451"), "a temporary failure: {reply}; log:\n{}", q.log());
-    // The same session goes on: the next message falls back or reaches the new writer.
+    // The same session goes on: the next message reaches the new writer (confined, quill-smtpd
+    // does not fall back to quill-queue, so wait for quill-start to bring the writer back).
+    let back =
+        || q.pids("quill-queued").len() == 1 && UnixStream::connect(q.home().join("queue/writer/socket")).is_ok();
+    assert!(
+        wait_for(Duration::from_secs(30), back),
+        "log:
+{}",
+        q.log()
+    );
     let reply = smtp.send("dave@localhost", "after");
     assert!(reply.starts_with("250"), "{reply}; log:\n{}", q.log());
     smtp.command("QUIT");

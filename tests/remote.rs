@@ -1179,7 +1179,7 @@ fn rspawn_runs_deliveries_and_reports_each() {
     }
     let letters = |slot: u32| -> String { reports[&slot].iter().map(|r| r.outcome.letter() as char).collect() };
     assert_eq!(reports.len(), 5, "{reports:?} {err}");
-    assert_eq!(letters(1), "KD");
+    assert_eq!(letters(1), "KD", "{reports:?} {err}");
     assert!(String::from_utf8_lossy(&reports[&1][1].text).contains("550 5.1.1 no such user"));
     assert_eq!(letters(2), "K");
     assert_eq!(letters(3), "K", "todo/ID is a fallback for mess/ID");
@@ -1399,8 +1399,11 @@ fn rspawn_stops_on_sigterm_after_reporting_what_runs() {
     std::fs::set_permissions(bin.path().join("quill-remote"), std::fs::Permissions::from_mode(0o755)).unwrap();
     let home = home("rspawnterm", &[]);
     queue_message(home.path(), 401, "s@quill.test", &["a@term.test"], "mess");
+    // The fake quill-remote is a shell script that writes files: confinement (which lets
+    // quill-rspawn run only the real quill-remote, and write nothing) is off for this test.
     let mut child = Command::new(bin.path().join("quill-rspawn"))
         .env("QUILL_HOME", home.path())
+        .env("QUILL_CONFINE", "0")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -1446,8 +1449,11 @@ fn rspawn_kills_a_delivery_past_its_deadline() {
     let home = home("rspawnkill", &[("timeoutremotetotal", "1")]);
     queue_message(home.path(), 201, "s@quill.test", &["a@slow.test", "b@slow.test"], "mess");
     let input = request(7, 201, "s@quill.test", &["a@slow.test", "b@slow.test"]);
+    // The fake quill-remote is a shell script that writes files: confinement (which lets
+    // quill-rspawn run only the real quill-remote, and write nothing) is off for this test.
     let mut child = Command::new(bin.path().join("quill-rspawn"))
         .env("QUILL_HOME", home.path())
+        .env("QUILL_CONFINE", "0")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

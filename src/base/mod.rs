@@ -1,7 +1,8 @@
 //! The base tier: generic Unix helpers that know nothing about mail, and import nothing of
 //! the rest of Quill.
 //!
-//! `sys` (system calls nix does not wrap: the one module allowed `unsafe_code`), `fail` (the
+//! `sys` (system calls nix does not wrap: the one module allowed `unsafe_code`), `confine`
+//! (no_new_privs, Landlock and seccomp from a policy), `fail` (the
 //! error type, the three outcomes and the exit codes), `log` (diagnostics and `log::safe` for
 //! outside bytes), `privilege` (the one way to give up root), `children` (what a supervisor
 //! does with its children), `date` (RFC 5322 dates), `tree` (walking a tree another user can
@@ -11,6 +12,7 @@
 // other module below says `forbid`.
 
 pub mod children;
+pub mod confine;
 pub mod date;
 pub mod fail;
 pub mod log;

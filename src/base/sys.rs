@@ -567,6 +567,205 @@ fn write_area((start, end): (usize, usize), bytes: &[u8]) {
     }
 }
 
+/// prctl(PR_SET_NO_NEW_PRIVS): from now on no exec of this process or its children gains
+/// privileges (setuid and setgid bits and file capabilities are ignored). Landlock and a
+/// seccomp filter both require it of an unprivileged process. It cannot be undone.
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: this prctl takes integers only and touches no memory.
+    let status = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) };
+    if status != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The Landlock ABI version the kernel offers (1 to 7 as of Linux 6.15), or the error that
+/// says it has none (ENOSYS: not built in; EOPNOTSUPP: built in but not enabled at boot).
+pub fn landlock_abi() -> io::Result<u32> {
+    const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
+    // SAFETY: with the VERSION flag the kernel reads no attribute (NULL, size 0) and returns
+    // a number.
+    let version = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if version < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(version as u32)
+}
+
+/// struct landlock_ruleset_attr of <linux/landlock.h>: what the ruleset handles (denies
+/// unless a rule allows it). Older kernels take a prefix of it (the size says how much).
+#[repr(C)]
+struct LandlockRulesetAttr {
+    handled_access_fs: u64,
+    handled_access_net: u64,
+    scoped: u64,
+}
+
+/// landlock_create_ruleset(2): a ruleset that handles these access rights; `abi` decides how
+/// much of the attribute the kernel is shown (net rights from ABI 4, scopes from ABI 6), and
+/// the caller has already dropped the bits that ABI does not know.
+pub fn landlock_ruleset(abi: u32, fs: u64, net: u64, scoped: u64) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let attr = LandlockRulesetAttr { handled_access_fs: fs, handled_access_net: net, scoped };
+    let size = match abi {
+        0..=3 => 8,
+        4 | 5 => 16,
+        _ => std::mem::size_of::<LandlockRulesetAttr>(),
+    };
+    // SAFETY: `attr` outlives the call and `size` is at most its size; the kernel only reads it.
+    let fd =
+        unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, &attr as *const LandlockRulesetAttr, size, 0u32) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor (close-on-exec) and nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// struct landlock_path_beneath_attr: packed, as the kernel declares it.
+#[repr(C, packed)]
+struct LandlockPathBeneathAttr {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+
+/// struct landlock_net_port_attr.
+#[repr(C)]
+struct LandlockNetPortAttr {
+    allowed_access: u64,
+    port: u64,
+}
+
+/// landlock_add_rule(2), LANDLOCK_RULE_PATH_BENEATH: `access` for the file or directory open
+/// at `beneath` (an O_PATH descriptor will do) and everything under it.
+pub fn landlock_allow_beneath(
+    ruleset: std::os::fd::BorrowedFd<'_>,
+    beneath: std::os::fd::BorrowedFd<'_>,
+    access: u64,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const LANDLOCK_RULE_PATH_BENEATH: u32 = 1;
+    let attr = LandlockPathBeneathAttr { allowed_access: access, parent_fd: beneath.as_raw_fd() };
+    // SAFETY: `attr` outlives the call and the kernel only reads it; both descriptors are
+    // borrowed for the call.
+    let status = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_add_rule,
+            ruleset.as_raw_fd(),
+            LANDLOCK_RULE_PATH_BENEATH,
+            &attr as *const LandlockPathBeneathAttr,
+            0u32,
+        )
+    };
+    if status != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// landlock_add_rule(2), LANDLOCK_RULE_NET_PORT (ABI 4): `access` (bind or connect) for a
+/// TCP port.
+pub fn landlock_allow_port(ruleset: std::os::fd::BorrowedFd<'_>, port: u16, access: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const LANDLOCK_RULE_NET_PORT: u32 = 2;
+    let attr = LandlockNetPortAttr { allowed_access: access, port: u64::from(port) };
+    // SAFETY: `attr` outlives the call and the kernel only reads it.
+    let status = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_add_rule,
+            ruleset.as_raw_fd(),
+            LANDLOCK_RULE_NET_PORT,
+            &attr as *const LandlockNetPortAttr,
+            0u32,
+        )
+    };
+    if status != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// landlock_restrict_self(2): the calling thread (and every process it forks afterwards)
+/// enters the ruleset's domain for good. Threads that already exist are not affected, so it
+/// is called while the process has one thread.
+pub fn landlock_restrict_self(ruleset: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: takes a descriptor and flags only; touches no memory of ours.
+    let status = unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), 0u32) };
+    if status != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// One classic BPF instruction (struct sock_filter of <linux/filter.h>).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BpfInstruction {
+    /// Operation (BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K, …).
+    pub code: u16,
+    /// Instructions to skip when the test is true.
+    pub jt: u8,
+    /// Instructions to skip when it is false.
+    pub jf: u8,
+    /// The operand.
+    pub k: u32,
+}
+
+/// struct sock_fprog.
+#[repr(C)]
+struct BpfProgram {
+    len: u16,
+    filter: *const BpfInstruction,
+}
+
+/// seccomp(SECCOMP_SET_MODE_FILTER): install `program` for the calling thread and every
+/// process it forks (the caller has set no_new_privs). With `log`, the kernel also logs every
+/// action other than allow (SECCOMP_FILTER_FLAG_LOG, Linux 4.14); a kernel that refuses the
+/// flag gets the filter without it. The kernel checks the program (length, jumps, a return
+/// at its end) and refuses a bad one with EINVAL.
+pub fn seccomp_filter(program: &[BpfInstruction], log: bool) -> io::Result<()> {
+    const SECCOMP_SET_MODE_FILTER: u32 = 1;
+    const SECCOMP_FILTER_FLAG_LOG: u32 = 2;
+    let len = u16::try_from(program.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
+    let fprog = BpfProgram { len, filter: program.as_ptr() };
+    let install = |flags: u32| {
+        // SAFETY: `fprog` points at `program`, both outlive the call, and the kernel copies the
+        // instructions before it returns.
+        unsafe { libc::syscall(libc::SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &fprog as *const BpfProgram) }
+    };
+    if log && install(SECCOMP_FILTER_FLAG_LOG) == 0 {
+        return Ok(());
+    }
+    if install(0) != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// CPU time this process has used, user plus system (getrusage(RUSAGE_SELF)), and the same
+/// for its waited-for children (RUSAGE_CHILDREN): for counting what a step costs.
+pub fn cpu_time() -> io::Result<(std::time::Duration, std::time::Duration)> {
+    let read = |who: i32| -> io::Result<std::time::Duration> {
+        // SAFETY: rusage is plain integers; all zeros is a valid value.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage writes only the struct we pass.
+        if unsafe { libc::getrusage(who, &mut usage) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+        Ok(std::time::Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime)))
+    };
+    Ok((read(libc::RUSAGE_SELF)?, read(libc::RUSAGE_CHILDREN)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

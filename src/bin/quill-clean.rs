@@ -21,7 +21,9 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     log::init("quill-clean");
     quill::base::sys::ignore_signal(libc::SIGPIPE);
-    let mut cleaner = Cleaner::new(&quill::mail::control::home());
+    let home = quill::mail::control::home();
+    let mut cleaner = Cleaner::new(&home);
+    quill::base::confine::apply(&quill::mail::jail::clean(&home));
     let stdin = std::io::stdin();
     match clean::serve(&mut cleaner, stdin.as_fd(), &mut std::io::stdout().lock()) {
         Ok(()) => ExitCode::SUCCESS,

@@ -79,6 +79,8 @@ fn run(domain: &[u8], sender: &[u8], recipients: &[Vec<u8>]) -> Report {
         Err(e) => return temporary(e.to_string()),
     };
     settings.deadline = start + remote_report::total_time(settings.total_seconds, message.stored_size);
+    // Set up: the message is open, the controls and the resolver's configuration read.
+    quill::base::confine::apply(&quill::mail::jail::remote(&control.home, &settings.ca_file));
     // Addresses that cannot be written as paths never reach the wire: a bad sender fails
     // the message, a bad recipient fails alone.
     let smtpclient::Paths { sender: sender_path, recipients: paths } =

@@ -28,7 +28,13 @@ fn main() -> ExitCode {
             return quill::base::log::fatal_exit(&format!("unable to use fd 0 and 1: {e}"));
         }
     };
-    match Engine::new(remote, &home).and_then(|mut engine| engine.run(input, output)) {
+    let mut engine = match Engine::new(remote, &home) {
+        Ok(engine) => engine,
+        Err(e) => return quill::base::log::fatal_exit(&e.message),
+    };
+    let program = quill::mail::control::program("quill-remote");
+    quill::base::confine::apply(&quill::mail::jail::rspawn(&home, &program));
+    match engine.run(input, output) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => quill::base::log::fatal_exit(&e.message),
     }

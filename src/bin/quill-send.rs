@@ -94,10 +94,17 @@ fn main() -> ExitCode {
         }
     };
 
+    let home = control.home.clone();
     let mut sender = match Sender::new(control, config, pipes) {
         Ok(s) => s,
         Err(e) => return log::fatal_exit(&format!("unable to set up the pipes: {e}")),
     };
+    // Bounces go to quill-queued: confined, quill-queue's setuid would be lost. A QMAILQUEUE
+    // filter must be able to run the setuid quill-queue, so with one quill-send stays unconfined.
+    quill::mail::submit::use_queue_writer();
+    if quill::mail::submit::filter().is_none() {
+        quill::base::confine::apply(&quill::mail::jail::send(&home));
+    }
     if let Err(e) = sender.recover() {
         return log::fatal_exit(&e.message);
     }

@@ -30,7 +30,7 @@ enum Way {
 }
 
 /// Hand this process's messages to quill-queued rather than quill-queue, where it can be
-/// reached (quill-smtpd calls it once).
+/// reached (quill-smtpd and quill-send call it once).
 pub fn use_queue_writer() {
     super::writer_client::enable();
 }
@@ -57,7 +57,7 @@ pub fn queue_program() -> PathBuf {
 }
 
 /// `QMAILQUEUE`, when it is set, not empty, and this is not a setuid program.
-fn filter() -> Option<PathBuf> {
+pub fn filter() -> Option<PathBuf> {
     if crate::base::sys::is_secure_exec() {
         return None;
     }
@@ -103,6 +103,14 @@ impl Program {
     /// into place there is no code to run between fork and exec, and std starts the program
     /// with posix_spawn (vfork-style, no copy of this process's page tables) instead of fork.
     fn start() -> Result<Program> {
+        // Under no_new_privs the setuid quill-queue would run as the caller, unable to write
+        // the queue: a temporary failure now says more than a permission error later.
+        if crate::base::confine::active() && filter().is_none() {
+            return Err(Error::queue(
+                qq::CANNOT_EXEC,
+                "unable to queue the message: quill-queued is not reachable and quill-queue cannot run under confinement (#4.3.0)",
+            ));
+        }
         let (envelope_read, envelope_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| Error::queue(qq::CANNOT_EXEC, format!("unable to make a pipe: {e}")))?;
         let filter = filter();

@@ -38,7 +38,12 @@ pub fn enable() {
 /// The one warning line of a process that falls back to quill-queue.
 fn warn_once(reason: &str) {
     if !WARNED.swap(true, Ordering::Relaxed) {
-        crate::base::log::warning(&format!("unable to reach quill-queued: {reason}; running quill-queue instead"));
+        let instead = if crate::base::confine::active() {
+            "not running quill-queue: this process is confined (no_new_privs), it would not be quillq"
+        } else {
+            "running quill-queue instead"
+        };
+        crate::base::log::warning(&format!("unable to reach quill-queued: {reason}; {instead}"));
     }
 }
 

@@ -339,12 +339,15 @@ fn serve(shared: &Shared, stream: UnixStream, uid: u32) {
     }
 }
 
-/// The uids that may hand over messages: quilld (quill-smtpd in an installation) and our own
-/// (a private instance, where every stage is the same user).
+/// The uids that may hand over messages: quilld (quill-smtpd in an installation), quills
+/// (quill-send's bounces: confined, it cannot gain quill-queue's setuid) and our own (a
+/// private instance, where every stage is the same user).
 fn allowed_uids() -> Vec<u32> {
     let mut uids = vec![crate::base::sys::uids().1];
-    if let Some(user) = nix::unistd::User::from_name("quilld").ok().flatten() {
-        uids.push(user.uid.as_raw());
+    for name in ["quilld", "quills"] {
+        if let Some(user) = nix::unistd::User::from_name(name).ok().flatten() {
+            uids.push(user.uid.as_raw());
+        }
     }
     uids
 }
@@ -382,7 +385,7 @@ fn accept(shared: &Arc<Shared>, stream: UnixStream, allowed: &[u32]) {
         }
     };
     if !allowed.contains(&uid) {
-        log::warning(&format!("refused a connection from uid {uid}: only quill-smtpd may queue here"));
+        log::warning(&format!("refused a connection from uid {uid}: only quill-smtpd and quill-send may queue here"));
         return;
     }
     if shared.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
@@ -423,6 +426,9 @@ pub fn run() -> Result<()> {
         sync: GroupSync::default(),
         connections: AtomicUsize::new(0),
     });
+    // Set up: the socket listens and no thread runs yet (Landlock binds only the calling
+    // thread and those it starts afterwards).
+    crate::base::confine::apply(&crate::mail::jail::queued(&home));
     log::line(&format!(
         "status: listening on {}",
         crate::mail::queuefile::Layout::new(&home).writer_socket().display()

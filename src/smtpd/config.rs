@@ -99,6 +99,32 @@ impl TlsFiles {
     }
 }
 
+/// Confine this session for good (issue 11; the policy is `mail::jail::smtpd`): called once
+/// its configuration is read, before the first byte from the client. A confined session
+/// cannot run quill-queue, so only one whose messages go to quill-queued is confined. Not
+/// confined, by design: a session whose `QMAILQUEUE` names a filter (the filter must be able
+/// to run the setuid quill-queue); `sendmail -bs` (`PROTO=PIPE`: a local user's own session,
+/// which quill-queued does not take); a session running as root (quill-queued takes only
+/// quilld and its own uid; root's messages go to quill-queue); and one that runs a
+/// checkpassword program itself.
+pub fn confine(config: &Config) {
+    if crate::mail::submit::filter().is_some()
+        || std::env::var_os("PROTO").is_some_and(|p| p == "PIPE")
+        || crate::base::sys::uids().0 == 0
+    {
+        return;
+    }
+    // HOOK (AUTH): checkpassword is run with exec, which the policy forbids, and is often
+    // setuid root, which no_new_privs would undo. The checkpassword broker forks before this
+    // call and takes the exec with it; until then a session with AUTH is not confined.
+    if !config.checkpassword.is_empty() {
+        return;
+    }
+    let tls: Vec<PathBuf> = config.tls.iter().flat_map(|t| [t.cert.clone(), t.key.clone()]).collect();
+    let aliases = crate::mail::aliases::aliases_path(&config.control);
+    crate::base::confine::apply(&crate::mail::jail::smtpd(&config.control.home, &aliases, &tls));
+}
+
 fn env_bytes(name: &str) -> Option<Vec<u8>> {
     std::env::var_os(name).map(OsString::into_vec)
 }

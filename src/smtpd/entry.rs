@@ -46,6 +46,9 @@ pub fn serve(mut args: Vec<OsString>) -> u8 {
     };
     // Messages go to quill-queued over its socket, or to quill-queue where it cannot be reached.
     crate::mail::submit::use_queue_writer();
+    // The one place where the session is confined (doc/quill-smtpd.8, SECURITY): whatever must
+    // run before it (AUTH's checkpassword broker) goes just above.
+    crate::smtpd::config::confine(&config);
     match Session::new(config) {
         Ok(session) => {
             session.run();
