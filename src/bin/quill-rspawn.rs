@@ -20,7 +20,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     quill::base::log::init("quill-rspawn");
     let home = quill::mail::control::home();
-    let remote = Remote::new(quill::mail::control::program("quill-remote"));
+    let remote = Remote::new(quill::mail::control::program("quill-remote"), &quill::mail::control::Control::from_env());
     let duplicate = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map(File::from);
     let (input, output) = match (duplicate(std::io::stdin().as_fd()), duplicate(std::io::stdout().as_fd())) {
         (Ok(input), Ok(output)) => (input, output),
