@@ -5,7 +5,10 @@
 //! doc/INTERNALS.md, src/mail/proto/spawn.rs). fd 1: report frames to quill-send, one per
 //! request, one K/Z/D result per recipient in the request's order. fd 2: the log.
 //! The engine is spawn::engine with spawn::remote: each request gets its own quill-remote, in
-//! a process group of its own, killed with its group 10 s past its deadline.
+//! a process group of its own, killed with its group 10 s past its deadline; or, for a
+//! domain with a backlog (the request's B mark), a kept `quill-remote -k` takes one request
+//! after the other on a socket pair, its connection open between them (timeoutremoteidle,
+//! reuseremote).
 //! Exit: 0 after end of input (or SIGTERM) once every delivery is reported; 111 when it
 //! cannot read requests or write reports.
 //! Man page: doc/quill-rspawn.8.

@@ -2,6 +2,9 @@
 //! request carries every recipient of one message at one domain, quill-remote delivers them
 //! as quillr in a process group of its own, and a run still going past its deadline
 //! (`timeoutremotetotal`, the same deadline quill-remote keeps itself) is killed with its group.
+//! With reuse on, requests for a domain with a backlog go to a kept `quill-remote -k` instead
+//! (the engine's kept processes, keyed by the domain; doc/INTERNALS.md "Kept remote
+//! connections").
 #![forbid(unsafe_code)]
 
 use crate::base::fail::{Enhanced, Status};
