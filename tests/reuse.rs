@@ -356,3 +356,53 @@ fn quill_remote_by_hand_is_unchanged() {
     let counts = sink.counts();
     assert_eq!((counts.connections, counts.quits), (1, 1));
 }
+
+/// The whole pipeline (quill-up: quill-send, quill-rspawn, quill-remote) with a backlog for one
+/// destination: every message arrives once, over fewer connections than messages.
+#[test]
+fn a_queue_backlog_goes_over_fewer_connections() {
+    let sink = Sink::start(false);
+    let dir = common::TempDir::new("reuse-up");
+    let home = dir.path().join("q");
+    std::fs::create_dir_all(home.join("control")).unwrap();
+    let route = format!("sink.test:[127.0.0.1]:{}\n", sink.port);
+    // One delivery at a time to the destination: the rest wait, so there is a backlog.
+    for (name, value) in [("smtproutes", route.as_str()), ("concurrencydestination", "1\n")] {
+        std::fs::write(home.join("control").join(name), value).unwrap();
+    }
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let mut up = Command::new(common::bin("quill-up"))
+        .arg("-d")
+        .arg(&home)
+        .arg("-l")
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    assert!(common::wait_for(LIMIT, || read_log().contains("status: local")), "{}", read_log());
+    const N: usize = 20;
+    for i in 1..=N {
+        let message = format!("Subject: m{i}\n\nbody {i}\n");
+        let out = common::run(&home, "sendmail", &["-i", "-f", "s@quill.test", "a@sink.test"], message.as_bytes());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let all_taken = common::wait_for(Duration::from_secs(60), || sink.counts().taken.len() >= N);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(up.id() as i32), nix::sys::signal::SIGTERM);
+    let _ = common::wait_for(LIMIT, || !matches!(up.try_wait(), Ok(None)));
+    let _ = up.kill();
+    let _ = up.wait();
+    assert!(all_taken, "{:?}\n{}", sink.counts(), read_log());
+    let counts = sink.counts();
+    let mut taken = counts.taken.clone();
+    taken.sort();
+    let mut expected = subjects(N);
+    expected.sort();
+    assert_eq!(taken, expected, "every message exactly once");
+    eprintln!("connections {} rsets {} quits {} for {N} messages", counts.connections, counts.rsets, counts.quits);
+    assert!(counts.connections < N, "fewer connections than messages: {counts:?}");
+    assert!(counts.rsets > 0, "{counts:?}");
+}
