@@ -567,33 +567,6 @@ fn write_area((start, end): (usize, usize), bytes: &[u8]) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A fork in a process with another thread is refused, not made: the child could find a
-    /// lock held by a thread that it does not have.
-    #[test]
-    fn fork_is_refused_with_a_second_thread() {
-        let (done, wait) = std::sync::mpsc::channel::<()>();
-        let other = std::thread::spawn(move || {
-            let _ = wait.recv_timeout(std::time::Duration::from_secs(30));
-        });
-        let refused = fork_single_threaded();
-        let _ = done.send(());
-        let _ = other.join();
-        let error = refused.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(error.contains("threads, so it cannot fork safely"), "{error:?}");
-    }
-
-    #[test]
-    fn the_argument_and_environment_areas_are_found() {
-        let title = ProcessTitle::find().expect("bounds in /proc/self/stat");
-        assert!(title.args.0 < title.args.1 && title.env.0 < title.env.1, "{title:?}");
-        assert!(title.args.1 <= title.env.0, "the arguments come before the environment: {title:?}");
-    }
-}
-
 /// Send `bytes` on a unix stream socket with `fd` attached (SCM_RIGHTS): the receiver gets its
 /// own descriptor of the same open file. Returns how many bytes went; the caller writes the
 /// rest of a longer frame with plain writes (the descriptor travels with the first byte).
@@ -635,4 +608,31 @@ pub fn receive_with_fds(
         }
     }
     Ok((message.bytes, fds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fork in a process with another thread is refused, not made: the child could find a
+    /// lock held by a thread that it does not have.
+    #[test]
+    fn fork_is_refused_with_a_second_thread() {
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            let _ = wait.recv_timeout(std::time::Duration::from_secs(30));
+        });
+        let refused = fork_single_threaded();
+        let _ = done.send(());
+        let _ = other.join();
+        let error = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("threads, so it cannot fork safely"), "{error:?}");
+    }
+
+    #[test]
+    fn the_argument_and_environment_areas_are_found() {
+        let title = ProcessTitle::find().expect("bounds in /proc/self/stat");
+        assert!(title.args.0 < title.args.1 && title.env.0 < title.env.1, "{title:?}");
+        assert!(title.args.1 <= title.env.0, "the arguments come before the environment: {title:?}");
+    }
 }
