@@ -2,7 +2,8 @@
 //! message, step by step), over `connection` (one SMTP connection: stream, replies, EHLO
 //! keywords, QUIT) and `message` (the message's sizes and its DATA encoding); `results` (what
 //! became of each recipient, rendered once into the report); `route` (which hosts to try for
-//! a domain); `dns` (the resolver and its wire format).
+//! a domain); `dns` (the resolver and its wire format); `run` (one message, or the jobs of a
+//! kept connection).
 #![forbid(unsafe_code)]
 
 pub mod connection;
@@ -10,4 +11,5 @@ pub mod dns;
 pub mod message;
 pub mod results;
 pub mod route;
+pub mod run;
 pub mod smtpclient;
