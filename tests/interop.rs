@@ -761,6 +761,48 @@ fn postfix_relays_into_quill() {
     assert!(wait_for(Duration::from_secs(20), || q.queued() == 0));
 }
 
+/// CHUNKING (RFC 3030) with a client written by others: Perl's Net::SMTP (libnet 3.07 and
+/// later) sends a message in BDAT chunks, a line starting with a dot and a CRLF split across
+/// chunks; quill-smtpd queues it once and logs its chunks. Net::SMTP turns BDAT on only
+/// together with BODY=BINARYMIME, which Quill does not offer, so the script sets the flag
+/// `mail` would have set; the BDAT commands are Net::SMTP's own.
+#[test]
+fn perl_net_smtp_sends_with_bdat() {
+    let probe = ["-MNet::SMTP", "-e", "print Net::SMTP->can('bdat') ? 'yes' : 'no'"];
+    if common::skip_unless_can("perl", &probe, "yes", "send with BDAT (Net::SMTP)") {
+        return;
+    }
+    let qport = free_port();
+    let mut q = Quill::new("bdat", Some(qport), &[], &[]);
+    q.start();
+    let script = format!(
+        "use Net::SMTP; my $s = Net::SMTP->new('127.0.0.1', Port => {qport}, Hello => 'perl.test', Timeout => 30) or die 'connect';\n\
+         $s->mail('perl@perl.test') or die 'mail';\n\
+         $s->to('someone@localhost') or die 'rcpt';\n\
+         ${{*$s}}{{'net_smtp_chunking'}} = 1;\n\
+         $s->bdat(\"Subject: chunked\\r\\nX-Test-Id: bdat\\r\\n\\r\\n.dot line\\r\") or die 'bdat 1';\n\
+         $s->bdatlast(\"\\n.\\r\\nlast line\\r\\n\") or die 'bdat last: ' . $s->message;\n\
+         $s->quit;\n"
+    );
+    let out = Command::new("perl").arg("-e").arg(&script).output().expect("run perl");
+    assert!(out.status.success(), "perl: {}\nQuill log:\n{}", String::from_utf8_lossy(&out.stderr), tail(&q.log(), 20));
+    let root = q.maildir();
+    assert!(
+        wait_for(Duration::from_secs(60), || mailbox(&root, "someone").len() == 1),
+        "nothing arrived; Quill log:\n{}",
+        tail(&q.log(), 30)
+    );
+    let text = read(&mailbox(&root, "someone")[0]);
+    assert!(text.contains("X-Test-Id: bdat\n\n.dot line\n.\nlast line\n"), "{text}");
+    let log = q.log();
+    assert!(
+        log.lines().any(|l| l.contains("message 127.0.0.1") && l.contains(" chunks=2 ") && l.contains("result=250")),
+        "the message came in two BDAT chunks:\n{}",
+        tail(&log, 30)
+    );
+    assert!(wait_for(Duration::from_secs(20), || q.queued() == 0));
+}
+
 // ---------------------------------------------------------------------------------------
 // 4. Quill relays into Postfix: by smtproutes, and by MX records from a DNS server.
 

@@ -1,5 +1,6 @@
 //! The message data of one SMTP transaction, after `354`: the end-of-data state machine
-//! (dot-unstuffing, CRLF to LF, bare CR and LF noted: SMTP smuggling), the hop counter (mail
+//! (dot-unstuffing, CRLF to LF, bare CR and LF noted: SMTP smuggling); the chunks of BDAT
+//! (RFC 3030: counted octets, CRLF to LF, the same bare CR and LF rule); the hop counter (mail
 //! loops), [`Incoming`] (one message's data streamed to the queue program, and the verdict at
 //! its end), and the reply for the queue program's verdict.
 #![forbid(unsafe_code)]
@@ -129,6 +130,54 @@ enum Step {
     End,
 }
 
+/// BDAT's chunks (RFC 3030): octets counted by the client, with no dot-stuffing and no end
+/// marker. CRLF becomes LF as the queue stores it, across chunk boundaries too; a CR not
+/// followed by LF, or an LF not after CR, is a bare line end, refused as in DATA.
+#[derive(Default)]
+pub struct ChunkParser {
+    /// The last octet so far was a CR whose LF may start the next chunk.
+    cr: bool,
+    /// A bare CR or bare LF was seen.
+    pub bare_line_end: bool,
+}
+
+impl ChunkParser {
+    /// Consume all of `input`, appending message bytes (LF line ends) to `out`.
+    pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+        while !input.is_empty() {
+            if self.cr {
+                self.cr = false;
+                if input[0] == b'\n' {
+                    out.push(b'\n');
+                    input = &input[1..];
+                    continue;
+                }
+                self.bare_line_end = true;
+            }
+            let Some(k) = memchr::memchr2(b'\r', b'\n', input) else {
+                out.extend_from_slice(input);
+                return;
+            };
+            out.extend_from_slice(&input[..k]);
+            if input[k] == b'\r' {
+                self.cr = true;
+            } else {
+                self.bare_line_end = true;
+                out.push(b'\n');
+            }
+            input = &input[k + 1..];
+        }
+    }
+
+    /// The message ended (BDAT LAST): a CR still waiting for its LF was a bare one.
+    pub fn end(&mut self) {
+        if self.cr {
+            self.cr = false;
+            self.bare_line_end = true;
+        }
+    }
+}
+
 /// Counts `Received:` and `Delivered-To:` lines in the header of a message (LF line ends),
 /// which ends at the first empty line.
 #[derive(Default)]
@@ -182,7 +231,7 @@ impl HopCounter {
 /// program until a limit is passed (databytes, a bare CR or LF, too many hops); the rest is
 /// still read to the end of data, but the message is then refused.
 pub struct Incoming {
-    parser: DataParser,
+    parser: Parser,
     hops: HopCounter,
     /// The message bytes of the last input.
     chunk: Vec<u8>,
@@ -197,6 +246,21 @@ pub struct Incoming {
     /// abandon a message, which quill-queue takes quietly (doc/quill-queue.8); quill-queued is
     /// sent an abandon frame instead (doc/quill-queued.8).
     submission: Option<Submission>,
+}
+
+/// How the client's bytes become message bytes: DATA's end-of-data machine, or BDAT's chunks.
+enum Parser {
+    Data(DataParser),
+    Chunks(ChunkParser),
+}
+
+impl Parser {
+    fn bare_line_end(&self) -> bool {
+        match self {
+            Parser::Data(p) => p.bare_line_end,
+            Parser::Chunks(p) => p.bare_line_end,
+        }
+    }
 }
 
 /// How a message's data ended: the reply, and what the `message` log line says.
@@ -215,10 +279,19 @@ pub struct Ending {
 impl Incoming {
     /// A message for `submission` (a queue program just started), which gets our `received`
     /// line first; `databytes` is the size limit (0 for none).
-    pub fn new(mut submission: Submission, received: &[u8], databytes: u64) -> Incoming {
+    pub fn new(submission: Submission, received: &[u8], databytes: u64) -> Incoming {
+        Incoming::with(Parser::Data(DataParser::default()), submission, received, databytes)
+    }
+
+    /// The same for a message sent in BDAT chunks ([`Incoming::feed_chunk`]).
+    pub fn chunked(submission: Submission, received: &[u8], databytes: u64) -> Incoming {
+        Incoming::with(Parser::Chunks(ChunkParser::default()), submission, received, databytes)
+    }
+
+    fn with(parser: Parser, mut submission: Submission, received: &[u8], databytes: u64) -> Incoming {
         submission.write(received);
         Incoming {
-            parser: DataParser::default(),
+            parser,
             hops: HopCounter::default(),
             chunk: Vec::new(),
             size: 0,
@@ -232,27 +305,54 @@ impl Incoming {
         self.databytes > 0 && self.size > self.databytes
     }
 
+    /// Whether the message is already refused, whatever comes after.
+    pub fn refused(&self) -> bool {
+        self.too_big() || self.parser.bare_line_end() || self.hops.hops >= MAX_HOPS
+    }
+
     /// Take what the client sent; returns how many bytes of `input` were used and whether the
     /// data ended (without the end, all of it is used).
     pub fn feed(&mut self, input: &[u8]) -> (usize, bool) {
         self.chunk.clear();
-        let (used, done) = self.parser.feed(input, &mut self.chunk);
+        let (used, done) = match &mut self.parser {
+            Parser::Data(parser) => parser.feed(input, &mut self.chunk),
+            // A BDAT message never comes here; its bytes go to feed_chunk.
+            Parser::Chunks(_) => (input.len(), false),
+        };
+        self.take_chunk();
+        (used, done)
+    }
+
+    /// Take octets of a BDAT chunk (all of `input`); `last` after the final octet of the
+    /// message (BDAT LAST).
+    pub fn feed_chunk(&mut self, input: &[u8], last: bool) {
+        self.chunk.clear();
+        if let Parser::Chunks(parser) = &mut self.parser {
+            parser.feed(input, &mut self.chunk);
+            if last {
+                parser.end();
+            }
+        }
+        self.take_chunk();
+    }
+
+    /// Count, check and pass on the message bytes in `chunk`.
+    fn take_chunk(&mut self) {
         self.size += self.chunk.len() as u64 + memchr::memchr_iter(b'\n', &self.chunk).count() as u64;
         self.hops.feed(&self.chunk);
-        if self.too_big() || self.parser.bare_line_end || self.hops.hops >= MAX_HOPS {
+        if self.refused() {
             self.submission = None;
         } else if let Some(submission) = self.submission.as_mut() {
             submission.write(&self.chunk);
             self.written += self.chunk.len() as u64;
         }
-        (used, done)
     }
 
     /// The verdict at the end of data: refused here, or the queue program's for `envelope`.
     /// `id` is the one in our Received line.
     pub fn finish(mut self, envelope: &Envelope, id: &str) -> Ending {
         let refused = |code: u16, text: &str, detail: String| (code, text.to_string(), None, detail);
-        let (code, text, queued, detail) = if self.parser.bare_line_end {
+        let (code, text, queued, detail) = if self.parser.bare_line_end() {
             let text = "5.6.0 message refused: bare CR or LF in the data; lines must end with CRLF";
             refused(550, text, " (refused: SMTP smuggling attempt or broken client)".to_string())
         } else if self.too_big() {

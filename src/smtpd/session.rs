@@ -180,6 +180,9 @@ pub enum End {
     TooMuchData,
     /// The TLS handshake failed.
     TlsFailed(String),
+    /// A BDAT command whose chunk size could not be read: the octets that follow cannot be
+    /// told from commands.
+    BadChunk,
 }
 
 impl End {
@@ -198,6 +201,7 @@ impl End {
             End::TooManyCommands => "too many commands".to_string(),
             End::TooMuchData => "too much data".to_string(),
             End::TlsFailed(e) => format!("TLS failed: {e}"),
+            End::BadChunk => "bad BDAT".to_string(),
         }
     }
 }
@@ -212,6 +216,19 @@ struct Transaction {
     sender: Vec<u8>,
     recipients: Vec<Vec<u8>>,
     utf8: bool,
+    /// A message coming in BDAT chunks (RFC 3030), from its first chunk to BDAT LAST: its
+    /// data streamed to the queue so far and the id of its Received line. Dropping the
+    /// transaction (RSET, EHLO, QUIT, an error) abandons it: the queue gets no envelope.
+    chunked: Option<Chunked>,
+}
+
+/// A message coming in BDAT chunks.
+struct Chunked {
+    incoming: Incoming,
+    /// The id in our Received line.
+    id: String,
+    /// Chunks so far, for the log line.
+    chunks: u64,
 }
 
 /// One SMTP session.
@@ -521,6 +538,11 @@ impl Session {
         }
         let (verb, arg) = parse_command(&line);
         self.dispatch(verb, arg)?;
+        // The data deadline runs from a BDAT message's first chunk to its end, however the
+        // transaction ended (BDAT LAST, RSET, EHLO, a refused chunk).
+        if self.transaction.as_ref().is_none_or(|t| t.chunked.is_none()) {
+            self.data_started = None;
+        }
         if self.output.len() > OUTPUT_FLUSH {
             self.flush()?;
         }
@@ -563,12 +585,12 @@ impl Session {
                 Ok(())
             }
             Verb::Help => {
-                self.reply(214, "2.0.0 commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH");
+                self.reply(214, "2.0.0 commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH");
                 Ok(())
             }
             Verb::Starttls => self.starttls(arg),
             Verb::Auth => self.auth(arg),
-            Verb::Bdat => self.error(502, "5.5.1 BDAT is not offered (no CHUNKING)"),
+            Verb::Bdat => self.bdat(arg),
             Verb::Refused => self.error(502, "5.5.1 command not implemented"),
             Verb::Unknown => self.error(500, "5.5.1 command unrecognized"),
         }
@@ -596,7 +618,7 @@ impl Session {
         } else {
             "SIZE".to_string()
         });
-        lines.extend(["8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8"].map(str::to_string));
+        lines.extend(["8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING"].map(str::to_string));
         if self.config.tls.is_some() && self.tls_info.is_none() {
             lines.push("STARTTLS".to_string());
         }
@@ -634,7 +656,7 @@ impl Session {
             self.reply(553, "5.6.7 non-ASCII address needs SMTPUTF8");
             return Ok(());
         }
-        self.transaction = Some(Transaction { sender: mailbox.address(), recipients: Vec::new(), utf8 });
+        self.transaction = Some(Transaction { sender: mailbox.address(), recipients: Vec::new(), utf8, chunked: None });
         self.reply(250, "2.1.0 ok");
         Ok(())
     }
@@ -742,6 +764,7 @@ impl Session {
         match &self.transaction {
             None => return self.error(503, "5.5.1 MAIL first"),
             Some(t) if t.recipients.is_empty() => return self.error(554, "5.5.1 no valid recipients"),
+            Some(t) if t.chunked.is_some() => return self.error(503, "5.5.1 DATA after BDAT; send BDAT LAST or RSET"),
             Some(_) => {}
         }
         reap_children();
@@ -781,21 +804,130 @@ impl Session {
         if ending.queued.is_some() {
             self.messages += 1;
         }
-        self.log_message(&id, &envelope, &ending);
+        self.log_message(&id, &envelope, &ending, None);
         self.reply(ending.code, &ending.text);
         Ok(())
     }
 
+    /// BDAT size [LAST] (RFC 3030): read exactly `size` octets, whatever they hold, then
+    /// answer. The octets are read even when the chunk is refused, so that none of them is
+    /// ever taken for a command; a BDAT line whose size cannot be read ends the session for
+    /// the same reason. A refused chunk ends the transaction: later chunks get 503 until MAIL.
+    fn bdat(&mut self, arg: &[u8]) -> std::result::Result<(), End> {
+        let words: Vec<&[u8]> = arg.split(|&b| b == b' ').filter(|w| !w.is_empty()).collect();
+        let (size, last) = match words.as_slice() {
+            [size] => (size_value(size), false),
+            [size, last] if last.eq_ignore_ascii_case(b"LAST") => (size_value(size), true),
+            _ => (None, false),
+        };
+        let Some(size) = size else {
+            crate::base::log::line(&format!("bad BDAT {} closing: its chunk size is unknown", self.config.remote_ip));
+            self.reply(501, "5.5.4 syntax: BDAT size [LAST]; closing connection");
+            return Err(End::BadChunk);
+        };
+        let refusal = match &self.transaction {
+            None => Some((503, "5.5.1 MAIL first")),
+            Some(t) if t.recipients.is_empty() => Some((554, "5.5.1 no valid recipients")),
+            Some(_) => None,
+        };
+        if let Some((code, text)) = refusal {
+            self.skip_octets(size)?;
+            self.transaction = None;
+            return self.error(code, text);
+        }
+        if self.transaction.as_ref().is_some_and(|t| t.chunked.is_none()) {
+            if let Err((code, text)) = self.begin_chunked() {
+                self.skip_octets(size)?;
+                self.transaction = None;
+                self.reply(code, &text);
+                return Ok(());
+            }
+        }
+        let mut left = size;
+        loop {
+            let take = (self.end - self.start).min(usize::try_from(left).unwrap_or(usize::MAX));
+            if let Some(Chunked { incoming, .. }) = self.transaction.as_mut().and_then(|t| t.chunked.as_mut()) {
+                incoming.feed_chunk(&self.input[self.start..self.start + take], last && take as u64 == left);
+            }
+            self.start += take;
+            left -= take as u64;
+            if left == 0 {
+                break;
+            }
+            // An end of the connection here drops the transaction and so the message.
+            self.fill()?;
+        }
+        let chunked = self.transaction.as_mut().and_then(|t| t.chunked.as_mut());
+        let refused = chunked.is_some_and(|c| {
+            c.chunks += 1;
+            c.incoming.refused()
+        });
+        if !last && !refused {
+            self.reply(250, &format!("2.0.0 {size} octets received"));
+            return Ok(());
+        }
+        // The end, or a chunk that already sank the message (too big, a bare line end, a
+        // loop): the verdict now, so the client stops sending chunks.
+        self.idle_since = Instant::now();
+        let Some(Transaction { sender, recipients, chunked: Some(Chunked { incoming, id, chunks }), .. }) =
+            self.transaction.take()
+        else {
+            return Ok(());
+        };
+        let envelope = Envelope { sender, recipients };
+        let ending = incoming.finish(&envelope, &id);
+        if ending.queued.is_some() {
+            self.messages += 1;
+        }
+        self.log_message(&id, &envelope, &ending, Some(chunks));
+        self.reply(ending.code, &ending.text);
+        Ok(())
+    }
+
+    /// The first chunk of a message: start the queue program and our Received line, as DATA
+    /// does. Err is the reply when the queue cannot take it.
+    fn begin_chunked(&mut self) -> std::result::Result<(), (u16, String)> {
+        reap_children();
+        let submission = Submission::start().map_err(|e| {
+            crate::base::log::warning(&e.message);
+            queue_reply(&e)
+        })?;
+        let (seconds, micros) = crate::base::date::now_micros();
+        let id = format!("{seconds}.{micros:06}.{}", std::process::id());
+        let received = self.received_line(&id, seconds);
+        let incoming = Incoming::chunked(submission, received.as_bytes(), self.config.databytes);
+        if let Some(t) = self.transaction.as_mut() {
+            t.chunked = Some(Chunked { incoming, id, chunks: 0 });
+        }
+        self.data_started = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Read and drop `size` octets of a refused chunk.
+    fn skip_octets(&mut self, size: u64) -> std::result::Result<(), End> {
+        let mut left = size;
+        loop {
+            let take = (self.end - self.start).min(usize::try_from(left).unwrap_or(usize::MAX));
+            self.start += take;
+            left -= take as u64;
+            if left == 0 {
+                return Ok(());
+            }
+            self.fill()?;
+        }
+    }
+
     /// The `message` log line. A refused message gets exactly this one, with the reason in it;
-    /// the queue program it was streamed to says nothing.
-    fn log_message(&self, id: &str, envelope: &Envelope, ending: &Ending) {
+    /// the queue program it was streamed to says nothing. `chunks`: a message sent with BDAT.
+    fn log_message(&self, id: &str, envelope: &Envelope, ending: &Ending, chunks: Option<u64>) {
         crate::base::log::line(&format!(
-            "message {} id={id} from=<{}> rcpts={} bytes={} qp={} result={} {}{}",
+            "message {} id={id} from=<{}> rcpts={} bytes={} qp={}{} result={} {}{}",
             self.config.remote_ip,
             header_safe(&envelope.sender, 200),
             envelope.recipients.len(),
             ending.written,
             ending.queued.unwrap_or(0),
+            chunks.map(|n| format!(" chunks={n}")).unwrap_or_default(),
             ending.code,
             ending.text,
             ending.detail,
