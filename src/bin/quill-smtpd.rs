@@ -31,7 +31,7 @@ fn main() -> ExitCode {
         args.remove(0);
     }
     let control = Control::from_env();
-    let config = match Config::load(&control, args, implicit_tls) {
+    let mut config = match Config::load(&control, args, implicit_tls) {
         Ok(config) => config,
         Err(e) => {
             let code = quill::base::log::fatal_exit(&e.message);
@@ -41,6 +41,13 @@ fn main() -> ExitCode {
             return code;
         }
     };
+    // First the AUTH broker (only with a checkpassword program): it must be forked before the
+    // process gives up the right to gain privileges by exec, so that a setuid checkpassword
+    // still works. Confinement comes right after it, and before the first read from the client.
+    config.auth_broker = quill::smtpd::broker::start_auth_broker(&config.checkpassword);
+    if let Err(e) = quill::base::sys::no_new_privs() {
+        quill::base::log::warning(&format!("unable to set no_new_privs: {e}"));
+    }
     // Messages go to quill-queued over its socket, or to quill-queue where it cannot be reached.
     quill::mail::submit::use_queue_writer();
     match Session::new(config) {

@@ -58,6 +58,9 @@ pub struct Config {
     pub implicit_tls: bool,
     /// The checkpassword command line for AUTH; empty means no AUTH.
     pub checkpassword: Vec<OsString>,
+    /// The AUTH broker that runs checkpassword ([`crate::smtpd::broker`]); quill-smtpd's main
+    /// starts it right after loading the configuration, when `checkpassword` is not empty.
+    pub auth_broker: Option<crate::smtpd::broker::AuthBroker>,
     /// AUTH_INSECURE or control/authinsecure: offer AUTH without TLS.
     pub auth_insecure: bool,
     /// AUTH_REQUIRED: MAIL needs AUTH first (the submission port).
@@ -172,6 +175,7 @@ impl Config {
             tls,
             implicit_tls,
             checkpassword,
+            auth_broker: None,
             auth_insecure,
             auth_required: env_flag("AUTH_REQUIRED"),
             me,
