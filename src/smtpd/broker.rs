@@ -61,8 +61,8 @@ pub fn start_auth_broker(command_line: &[OsString]) -> Option<AuthBroker> {
 
 fn fork_broker(command_line: &[OsString]) -> std::io::Result<AuthBroker> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-    let (ours, theirs) =
-        socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).map_err(std::io::Error::from)?;
+    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+        .map_err(std::io::Error::from)?;
     let parent = nix::unistd::getpid();
     match sys::fork_single_threaded()? {
         Forked::Parent(_) => {
@@ -132,11 +132,8 @@ impl AuthBroker {
         }
         let wait = crate::smtpd::auth::CHECKPASSWORD_TIMEOUT + Duration::from_secs(10);
         let mut answer = [0u8; 1];
-        let result = self
-            .socket
-            .set_read_timeout(Some(wait))
-            .and_then(|()| self.socket.write(request))
-            .and_then(|written| {
+        let result =
+            self.socket.set_read_timeout(Some(wait)).and_then(|()| self.socket.write(request)).and_then(|written| {
                 if written != request.len() {
                     return Err(std::io::Error::other("short write"));
                 }
