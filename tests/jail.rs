@@ -62,7 +62,8 @@ fn the_whole_system_runs_in_a_minimal_root() {
     let root = dir.path().join("root");
     let bindir: PathBuf = common::bin("quill-start").parent().expect("bindir").to_path_buf();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf-examples/jail/make-jail");
-    let made = Command::new("sh").arg(&script).args(["-s", "-b"]).arg(&bindir).arg(&root).output().expect("run make-jail");
+    let made =
+        Command::new("sh").arg(&script).args(["-s", "-b"]).arg(&bindir).arg(&root).output().expect("run make-jail");
     let said = format!("{}{}", String::from_utf8_lossy(&made.stdout), String::from_utf8_lossy(&made.stderr));
     assert!(made.status.success(), "make-jail:\n{said}");
     // Nothing but what Quill needs: no shell, no other program.
