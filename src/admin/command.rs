@@ -216,9 +216,6 @@ fn check(args: &[String]) -> ExitCode {
             home.display()
         );
     }
-    if let Some(note) = admin::check::confinement_note(&home) {
-        println!("{note}");
-    }
     if problems.is_empty() {
         println!("quill check: {} ({}): no problems found", home.display(), kind.describe());
         ExitCode::SUCCESS

@@ -12,9 +12,8 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// How long a checkpassword program may take (the broker kills it then; quill-smtpd waits a
-/// little longer for the broker's answer).
-pub const CHECKPASSWORD_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a checkpassword program may take.
+const CHECKPASSWORD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An initial response given on the AUTH line: base64, or `=` for an empty one (RFC 4954 §4).
 pub fn decode_initial(initial: &[u8]) -> Option<Vec<u8>> {
@@ -43,23 +42,9 @@ pub fn well_formed(user: &[u8], password: &[u8]) -> bool {
     !user.is_empty() && !user.contains(&0) && !password.contains(&0)
 }
 
-/// The bytes checkpassword reads on its fd 3: `user\0password\0timestamp\0`, the timestamp
-/// `<pid.time@me>` naming this process (quill-smtpd's, not the broker's).
-pub fn checkpassword_request(me: &str, user: &[u8], password: &[u8]) -> Vec<u8> {
-    let timestamp = format!("<{}.{}@{}>", std::process::id(), crate::base::date::now(), me);
-    let mut data = Vec::with_capacity(user.len() + password.len() + timestamp.len() + 3);
-    for part in [user, password, timestamp.as_bytes()] {
-        data.extend_from_slice(part);
-        data.push(0);
-    }
-    data
-}
-
-/// Ask the checkpassword program: `request` ([`checkpassword_request`]) on its fd 3,
-/// `/bin/true` appended to its command line. Exit 0 accepted, 1 refused, anything else
-/// temporary; killed after [`CHECKPASSWORD_TIMEOUT`]. Run by the AUTH broker
-/// (`crate::smtpd::broker`), which keeps the right to exec a setuid program.
-pub fn checkpassword(command_line: &[OsString], request: &[u8]) -> Outcome {
+/// Ask the checkpassword program: `user\0password\0timestamp\0` on its fd 3, `/bin/true`
+/// appended to its command line. Exit 0 accepted, 1 refused, anything else temporary.
+pub fn checkpassword(command_line: &[OsString], me: &str, user: &[u8], password: &[u8]) -> Outcome {
     let Some((program, args)) = command_line.split_first() else {
         return Outcome::Temporary;
     };
@@ -70,8 +55,16 @@ pub fn checkpassword(command_line: &[OsString], request: &[u8]) -> Outcome {
             return Outcome::Temporary;
         }
     };
+    let timestamp = format!("<{}.{}@{}>", std::process::id(), crate::base::date::now(), me);
+    let mut data = Vec::with_capacity(user.len() + password.len() + timestamp.len() + 3);
+    for part in [user, password, timestamp.as_bytes()] {
+        data.extend_from_slice(part);
+        data.push(0);
+    }
     // The pipe holds 64 KiB; credentials are capped far below by the AUTH line length.
-    if let Err(e) = File::from(write_end).write_all(request) {
+    let written = File::from(write_end).write_all(&data);
+    data.fill(0);
+    if let Err(e) = written {
         crate::base::log::warning(&format!("unable to write to the checkpassword pipe: {e}"));
         return Outcome::Temporary;
     }
@@ -135,8 +128,6 @@ mod tests {
 
     #[test]
     fn checkpassword_without_a_program_is_temporary() {
-        let request = checkpassword_request("me.example", b"alice", b"secret");
-        assert!(request.starts_with(b"alice\0secret\0<") && request.ends_with(b"@me.example>\0"));
-        assert_eq!(checkpassword(&[], &request), Outcome::Temporary);
+        assert_eq!(checkpassword(&[], "me.example", b"alice", b"secret"), Outcome::Temporary);
     }
 }
