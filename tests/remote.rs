@@ -1149,7 +1149,6 @@ fn request(slot: u32, id: u64, sender: &str, rcpts: &[&str]) -> Vec<u8> {
         sender: sender.as_bytes().to_vec(),
         recipients: rcpts.iter().map(|r| r.as_bytes().to_vec()).collect(),
         retry: false,
-        backlog: false,
     }
     .encode()
 }

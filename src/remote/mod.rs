@@ -2,8 +2,7 @@
 //! message, step by step), over `connection` (one SMTP connection: stream, replies, EHLO
 //! keywords, QUIT) and `message` (the message's sizes and its DATA encoding); `results` (what
 //! became of each recipient, rendered once into the report); `route` (which hosts to try for
-//! a domain); `dns` (the resolver and its wire format); `run` (one message, or the jobs of a
-//! kept connection).
+//! a domain); `dns` (the resolver and its wire format).
 #![forbid(unsafe_code)]
 
 pub mod connection;
@@ -11,5 +10,4 @@ pub mod dns;
 pub mod message;
 pub mod results;
 pub mod route;
-pub mod run;
 pub mod smtpclient;
