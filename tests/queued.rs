@@ -358,20 +358,7 @@ impl Instance {
 
     /// Pids of `program` whose QUILL_HOME is this instance's.
     fn pids(&self, program: &str) -> Vec<i32> {
-        let want = format!("QUILL_HOME={}", self.home().display());
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-            if !cmdline.split(|&b| b == 0).next().unwrap_or(&[]).ends_with(program.as_bytes()) {
-                continue;
-            }
-            let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
-            if environ.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
-                found.push(pid);
-            }
-        }
-        found
+        common::instance_pids(&self.home(), program)
     }
 
     /// Delivered messages (the instance delivers every local part to maildir/LOCALPART/).

@@ -30,24 +30,6 @@ fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
-/// Pids of processes running `program` with this QUILL_HOME.
-fn pids(home: &Path, program: &str) -> Vec<i32> {
-    let want = format!("QUILL_HOME={}", home.display());
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        if !cmdline.split(|&b| b == 0).next().unwrap_or(&[]).ends_with(program.as_bytes()) {
-            continue;
-        }
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
-        if environ.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
 /// A process's peak resident memory, in kB.
 fn peak_kb(pid: i32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -154,7 +136,7 @@ fn one_start(home: &Path, dir: &Path, round: &str) -> (f64, f64, f64, u64) {
     let mut pid = None;
     assert!(
         wait_for(Duration::from_secs(60), || {
-            pid = pids(home, "quill-send").first().copied();
+            pid = common::instance_pids(home, "quill-send").first().copied();
             pid.is_some()
         }),
         "quill-send did not start:\n{}",
@@ -167,7 +149,12 @@ fn one_start(home: &Path, dir: &Path, round: &str) -> (f64, f64, f64, u64) {
     let read_secs = started.elapsed().as_secs_f64();
     let running = pickup_time(home, &format!("running-{round}"));
     let peak = peak_kb(pid).expect("VmHWM of quill-send");
-    assert_eq!(pids(home, "quill-send"), vec![pid], "quill-send restarted during the run:\n{}", up.log());
+    assert_eq!(
+        common::instance_pids(home, "quill-send"),
+        vec![pid],
+        "quill-send restarted during the run:\n{}",
+        up.log()
+    );
     up.stop();
     (first, read_secs, running, peak)
 }
@@ -186,7 +173,11 @@ fn scale_deferred_backlog_memory_and_pickup() {
         std::fs::create_dir_all(&home).expect("mkdir");
         // A first start makes the instance; the backlog is written while it is stopped.
         let up = Up::start(&home, dir.path().join("log-init"));
-        assert!(wait_for(Duration::from_secs(60), || !pids(&home, "quill-send").is_empty()), "{}", up.log());
+        assert!(
+            wait_for(Duration::from_secs(60), || !common::instance_pids(&home, "quill-send").is_empty()),
+            "{}",
+            up.log()
+        );
         up.stop();
         std::fs::write(home.join("control/smtproutes"), format!("down.example:127.0.0.1:{}\n", closed_port()))
             .expect("smtproutes");

@@ -493,10 +493,6 @@ mod sys_number {
         execve = SYS_execve,
         prctl = SYS_prctl,
         membarrier = SYS_membarrier,
-        eventfd2 = SYS_eventfd2,
-        epoll_create1 = SYS_epoll_create1,
-        epoll_ctl = SYS_epoll_ctl,
-        epoll_pwait = SYS_epoll_pwait,
     );
     #[cfg(target_arch = "x86_64")]
     numbers!(
@@ -521,7 +517,6 @@ mod sys_number {
         vfork = SYS_vfork,
         getpgrp = SYS_getpgrp,
         arch_prctl = SYS_arch_prctl,
-        epoll_wait = SYS_epoll_wait,
     );
 }
 
@@ -634,20 +629,8 @@ pub const SOCKETS: &[Syscall] = calls!(
     shutdown
 );
 
-/// Serving a listening socket it was given (quill-queued).
-pub const ACCEPT: &[Syscall] = calls!(
-    accept,
-    accept4,
-    getsockname,
-    getpeername,
-    setsockopt,
-    getsockopt,
-    sendto,
-    recvfrom,
-    sendmsg,
-    recvmsg,
-    shutdown
-);
+/// Serving a listening socket it was given (quill-queued), on top of [`SOCKETS`].
+pub const ACCEPT: &[Syscall] = calls!(accept, accept4);
 
 /// Threads (std::thread).
 pub const THREADS: &[Syscall] = calls!(clone, clone3, set_robust_list, rseq, madvise, mprotect, sched_getaffinity);
@@ -662,13 +645,6 @@ pub const CHILDREN_ARCH: &[Syscall] = &[];
 /// execve, for a policy whose `exec` names programs. The programs run under the same
 /// Landlock domain and filter, so they must need no more than the policy gives.
 pub const EXEC_CALLS: &[Syscall] = calls!(execve, prctl);
-
-/// Epoll and eventfd (nothing of Quill's today; listed for filters that need them).
-pub const EVENTS: &[Syscall] = calls!(eventfd2, epoll_create1, epoll_ctl, epoll_pwait);
-#[cfg(target_arch = "x86_64")]
-pub const EVENTS_ARCH: &[Syscall] = calls!(epoll_wait);
-#[cfg(not(target_arch = "x86_64"))]
-pub const EVENTS_ARCH: &[Syscall] = &[];
 
 /// The system libraries: what the dynamic loader reads (and the kernel opens for exec, the
 /// interpreter) when a confined program executes another, and what NSS loads.

@@ -843,19 +843,16 @@ impl Session {
                 return Ok(());
             }
         }
-        let mut left = size;
-        loop {
-            let take = (self.end - self.start).min(usize::try_from(left).unwrap_or(usize::MAX));
-            if let Some(Chunked { incoming, .. }) = self.transaction.as_mut().and_then(|t| t.chunked.as_mut()) {
-                incoming.feed_chunk(&self.input[self.start..self.start + take], last && take as u64 == left);
+        // Out of the transaction while its octets are read: an end of the connection in
+        // between drops it, and so the message.
+        let mut chunked = self.transaction.as_mut().and_then(|t| t.chunked.take());
+        self.read_octets(size, |octets, end| {
+            if let Some(Chunked { incoming, .. }) = chunked.as_mut() {
+                incoming.feed_chunk(octets, last && end);
             }
-            self.start += take;
-            left -= take as u64;
-            if left == 0 {
-                break;
-            }
-            // An end of the connection here drops the transaction and so the message.
-            self.fill()?;
+        })?;
+        if let Some(t) = self.transaction.as_mut() {
+            t.chunked = chunked;
         }
         let chunked = self.transaction.as_mut().and_then(|t| t.chunked.as_mut());
         let refused = chunked.is_some_and(|c| {
@@ -905,11 +902,18 @@ impl Session {
 
     /// Read and drop `size` octets of a refused chunk.
     fn skip_octets(&mut self, size: u64) -> std::result::Result<(), End> {
+        self.read_octets(size, |_, _| {})
+    }
+
+    /// Read exactly `size` octets, giving them to `take` as they come (with `true` for the
+    /// piece that ends them).
+    fn read_octets(&mut self, size: u64, mut take: impl FnMut(&[u8], bool)) -> std::result::Result<(), End> {
         let mut left = size;
         loop {
-            let take = (self.end - self.start).min(usize::try_from(left).unwrap_or(usize::MAX));
-            self.start += take;
-            left -= take as u64;
+            let n = (self.end - self.start).min(usize::try_from(left).unwrap_or(usize::MAX));
+            left -= n as u64;
+            take(&self.input[self.start..self.start + n], left == 0);
+            self.start += n;
             if left == 0 {
                 return Ok(());
             }

@@ -210,3 +210,22 @@ impl Drop for RestoreQueueProgram {
         }
     }
 }
+
+/// Pids of the processes running `program` (by the end of argv[0]) whose environment has
+/// QUILL_HOME=`home`: the stages of one instance among others on the machine.
+pub fn instance_pids(home: &std::path::Path, program: &str) -> Vec<i32> {
+    let want = format!("QUILL_HOME={}", home.display());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        if !cmdline.split(|&b| b == 0).next().unwrap_or(&[]).ends_with(program.as_bytes()) {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
+        if environ.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
+            found.push(pid);
+        }
+    }
+    found
+}
