@@ -1029,3 +1029,48 @@ fn why_names_the_concurrency_limit() {
     assert!(status.contains("slow.test: at its concurrency limit, 1 running, 1 deliveries waiting"), "{status}");
     drop(server);
 }
+
+/// Issue 11: `quill status` and `quill check` show each running stage's confinement as the
+/// kernel shows it in /proc/PID/status (quill-smtpd sets no_new_privs at its start).
+#[test]
+fn status_and_check_show_each_stage_confinement() {
+    let q = Instance::start("confinement", |_| {});
+    let mut session = std::net::TcpStream::connect(("127.0.0.1", q.port)).expect("connect");
+    session.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut greeting = [0u8; 64];
+    use std::io::Read;
+    assert!(session.read(&mut greeting).is_ok_and(|n| n > 0), "no greeting");
+    let report = text(&q.quill(&["status"]));
+    let nnp = |pid: u32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status.lines().any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1'))
+    };
+    let mut stages = 0;
+    for line in report.lines().filter(|l| l.contains(" pid ") && l.contains("confinement: ")) {
+        let pid: u32 =
+            line.split_whitespace().skip_while(|w| *w != "pid").nth(1).and_then(|p| p.parse().ok()).expect("pid");
+        let shown = line.split("confinement: ").nth(1).unwrap_or_default();
+        assert_eq!(shown.starts_with("no_new_privs"), nnp(pid), "{line}");
+        stages += 1;
+    }
+    assert!(stages >= 5, "{report}");
+    assert!(report.contains("Landlock is not visible there"), "{report}");
+    let smtpd = report.lines().find(|l| l.trim_start().starts_with("quill-smtpd ")).expect("a session");
+    assert!(smtpd.contains("confinement: no_new_privs"), "{report}");
+    let json = String::from_utf8_lossy(&q.quill(&["status", "--json"]).stdout).into_owned();
+    if let Some(parsed) = parse_json_lines(&json) {
+        for field in [
+            "\"no_new_privs\": true",
+            "\"no_new_privs\": ",
+            "\"seccomp\": \"",
+            "\"confined\": ",
+            "\"auth_broker\": false",
+        ] {
+            assert!(parsed[0].contains(field), "missing {field} in {}", parsed[0]);
+        }
+    }
+    let check = text(&q.quill(&["check"]));
+    assert!(check.contains("note: confinement of the running stages: quill-start "), "{check}");
+    assert!(check.contains("quill-smtpd no_new_privs"), "{check}");
+    drop(session);
+}

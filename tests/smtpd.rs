@@ -1192,3 +1192,126 @@ fn extension_of_a_user_with_a_closed_home_is_deferred_not_accepted() {
     client.command(&format!("RCPT TO:<{name}-@example.com>"), "550 5.1.1");
     client.command("QUIT", "221");
 }
+
+/// A checkpassword in C that says yes only when it runs as root: it must read a root-only
+/// password file (`user:password`), as a real one reads /etc/shadow. Installed setuid root.
+const SETUID_CHECKPASSWORD: &str = r#"
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    char request[1024];
+    size_t n = 0;
+    ssize_t r;
+    while (n < sizeof request && (r = read(3, request + n, sizeof request - n)) > 0) n += r;
+    if (n == 0 || request[n - 1] != 0) return 2;
+    const char *user = request;
+    const char *password = user + strlen(user) + 1;
+    FILE *file = fopen(PASSWORDS, "r");
+    if (file == NULL || geteuid() != 0) return 1;
+    char line[512], want[1100];
+    if (fgets(line, sizeof line, file) == NULL) return 111;
+    line[strcspn(line, "\n")] = 0;
+    snprintf(want, sizeof want, "%s:%s", user, password);
+    if (strcmp(line, want) != 0) return 1;
+    if (argc > 1) execv(argv[1], argv + 1);
+    return 111;
+}
+"#;
+
+/// The pids of the children of `pid` (/proc/PID/task/PID/children).
+fn child_pids(pid: u32) -> Vec<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    text.split_whitespace().filter_map(|n| n.parse().ok()).collect()
+}
+
+fn status_line(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// quill-smtpd runs with no_new_privs, so a setuid checkpassword it ran itself would not get
+/// root; the AUTH broker, forked before the flag was set, runs it as root. A good password is
+/// accepted, a wrong one refused, and the broker ends with the session.
+#[test]
+fn auth_with_a_setuid_checkpassword_under_no_new_privs() {
+    if !common::is_root() {
+        common::skip("not root, so no setuid-root checkpassword can be installed");
+        return;
+    }
+    let compiler =
+        ["cc", "gcc"].into_iter().find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()));
+    let Some(compiler) = compiler else {
+        common::skip("no C compiler (cc) to build the setuid checkpassword");
+        return;
+    };
+    let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
+        common::skip("no user nobody to run quill-smtpd as");
+        return;
+    };
+    let mut setup = Setup::new().env("AUTH_INSECURE", "1");
+    setup.user = Some((nobody.uid.as_raw(), nobody.gid.as_raw()));
+    let tools = common::TempDir::new("setuid-checkpw");
+    let passwords = tools.path().join("passwords");
+    std::fs::write(&passwords, "alice:secret\n").expect("passwords");
+    std::fs::set_permissions(&passwords, std::fs::Permissions::from_mode(0o600)).expect("chmod passwords");
+    std::fs::write(tools.path().join("checkpw.c"), SETUID_CHECKPASSWORD).expect("source");
+    let program = tools.path().join("checkpw");
+    let built = Command::new(compiler)
+        .arg(format!("-DPASSWORDS=\"{}\"", passwords.display()))
+        .arg("-o")
+        .arg(&program)
+        .arg(tools.path().join("checkpw.c"))
+        .status()
+        .expect("run cc");
+    assert!(built.success(), "cc failed");
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o4755)).expect("setuid");
+    std::fs::set_permissions(tools.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    // The program is what it should be: under no_new_privs, run as nobody, it refuses.
+    let mut direct = Command::new("setpriv");
+    direct.args(["--no-new-privs", "--reuid", &nobody.uid.to_string(), "--regid", &nobody.gid.to_string()]);
+    direct.args(["--clear-groups", "sh", "-c", "printf 'alice\\0secret\\0<1@x>\\0' | \"$0\" /bin/true 3<&0"]);
+    let direct = direct.arg(&program).status();
+    if let Ok(status) = direct {
+        assert_eq!(status.code(), Some(1), "setuid under no_new_privs gave root");
+    }
+    setup.args = vec![program.to_string_lossy().into_owned()];
+    let server = Server::start(&setup).expect("server");
+    let mut client = server.connect();
+    client.expect("220");
+    client.command("EHLO test", "250");
+    let smtpd = *server.pids().first().expect("a session");
+    assert_eq!(status_line(smtpd, "NoNewPrivs:"), "NoNewPrivs: 1");
+    assert_eq!(status_line(smtpd, "Uid:").split(' ').nth(1), Some(nobody.uid.to_string().as_str()));
+    let broker = child_pids(smtpd);
+    assert_eq!(broker.len(), 1, "one AUTH broker per session: {broker:?}");
+    assert_eq!(status_line(broker[0], "NoNewPrivs:"), "NoNewPrivs: 0");
+    client.command("AUTH PLAIN AGFsaWNlAHdyb25n", "535 5.7.8");
+    client.command("AUTH PLAIN AGFsaWNlAHNlY3JldA==", "235 2.7.0");
+    client.command("QUIT", "221");
+    let log = server.log();
+    assert!(log.contains("auth 127.0.0.1 user=alice failed"), "{log}");
+    assert!(log.contains("auth 127.0.0.1 user=alice ok"), "{log}");
+    assert!(
+        common::wait_for(Duration::from_secs(20), || !Path::new(&format!("/proc/{}", broker[0])).exists()
+            || status_line(broker[0], "State:").contains("zombie")),
+        "the broker outlived its session"
+    );
+}
+
+/// Without a checkpassword program no broker is forked: a session has no child of its own.
+#[test]
+fn no_auth_broker_without_checkpassword() {
+    let server = Server::start(&Setup::new()).expect("server");
+    let mut client = server.connect();
+    client.expect("220");
+    client.command("EHLO test", "250");
+    let smtpd = *server.pids().first().expect("a session");
+    assert_eq!(child_pids(smtpd), Vec::<u32>::new());
+    assert_eq!(status_line(smtpd, "NoNewPrivs:"), "NoNewPrivs: 1");
+    client.command("QUIT", "221");
+}

@@ -647,6 +647,24 @@ fn check_stages(list: &mut Vec<Problem>, home: &Path, kind: Kind) {
     }
 }
 
+/// The kernel confinement of each running stage of this home, for a note: one line, or None
+/// when nothing runs. Not a problem: a kernel without seccomp or Landlock runs Quill as
+/// before, and nothing in the configuration changes it.
+pub fn confinement_note(home: &Path) -> Option<String> {
+    let running = super::status::processes(Some(home));
+    if running.is_empty() {
+        return None;
+    }
+    let stages: Vec<String> = running
+        .iter()
+        .map(|p| {
+            let name = if p.auth_broker { "quill-smtpd's AUTH broker" } else { p.name.as_str() };
+            format!("{name} {}", super::status::describe_confinement(p.confinement.as_ref()))
+        })
+        .collect();
+    Some(format!("note: confinement of the running stages: {} ({})", stages.join("; "), super::status::LANDLOCK_NOTE))
+}
+
 /// True when no quill-start runs for this home (for a note, not a problem).
 pub fn queue_system_stopped(home: &Path) -> bool {
     !super::status::processes(Some(home)).iter().any(|p| p.name == "quill-start")

@@ -216,6 +216,9 @@ fn check(args: &[String]) -> ExitCode {
             home.display()
         );
     }
+    if let Some(note) = admin::check::confinement_note(&home) {
+        println!("{note}");
+    }
     if problems.is_empty() {
         println!("quill check: {} ({}): no problems found", home.display(), kind.describe());
         ExitCode::SUCCESS

@@ -76,6 +76,17 @@ impl Object {
         self
     }
 
+    /// A boolean, or null.
+    pub fn optional_boolean(mut self, key: &str, value: Option<bool>) -> Object {
+        self.key(key);
+        self.text.push_str(match value {
+            Some(true) => "true",
+            Some(false) => "false",
+            None => "null",
+        });
+        self
+    }
+
     /// An array of objects.
     pub fn objects(mut self, key: &str, values: Vec<Object>) -> Object {
         self.key(key);

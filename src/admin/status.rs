@@ -1,13 +1,22 @@
-//! `quill status`: which of Quill's long-running programs are alive (from /proc), and what the
-//! queue holds.
+//! `quill status`: which of Quill's long-running programs are alive (from /proc), whether the
+//! kernel confines each (no_new_privs and seccomp, from /proc/PID/status), and what the queue
+//! holds.
 #![forbid(unsafe_code)]
 
 use crate::mail::proto::views;
 use std::path::{Path, PathBuf};
 
 /// The long-running programs `status` looks for, in the order it shows them.
-pub const STAGES: [&str; 7] =
-    ["quill-start", "quill-send", "quill-lspawn", "quill-rspawn", "quill-clean", "quill-tcpserver", "quill-smtpd"];
+pub const STAGES: [&str; 8] = [
+    "quill-start",
+    "quill-send",
+    "quill-lspawn",
+    "quill-rspawn",
+    "quill-clean",
+    "quill-queued",
+    "quill-tcpserver",
+    "quill-smtpd",
+];
 
 /// One running program.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,7 +34,83 @@ pub struct Process {
     /// Its QUILL_HOME (the compiled-in default when it has none), None when its environment
     /// cannot be read (another user's process, seen by a non-root caller).
     pub home: Option<PathBuf>,
+    /// What /proc/PID/status shows of its confinement; None on a kernel that shows neither
+    /// field.
+    pub confinement: Option<Confinement>,
+    /// A quill-smtpd whose parent is a quill-smtpd: the session's AUTH broker (a fork, so it
+    /// has the same name), unconfined by design (it may run a setuid checkpassword).
+    pub auth_broker: bool,
 }
+
+/// A process's kernel confinement as /proc/PID/status shows it. Landlock is not shown there
+/// (the kernel exposes no per-process Landlock state): each stage logs its own at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Confinement {
+    /// `NoNewPrivs: 1`: no exec can give the process a privilege.
+    pub no_new_privs: bool,
+    /// `Seccomp:`: 0 none, 1 strict, 2 a filter.
+    pub seccomp: u32,
+    /// `Seccomp_filters:` (kernels since 5.9): how many filters are stacked.
+    pub seccomp_filters: Option<u32>,
+}
+
+impl Confinement {
+    /// From the text of /proc/PID/status; None when it has neither field.
+    pub fn from_status(status: &str) -> Option<Confinement> {
+        let no_new_privs = status_field(status, "NoNewPrivs:").first().copied();
+        let seccomp = status_field(status, "Seccomp:").first().copied();
+        if no_new_privs.is_none() && seccomp.is_none() {
+            return None;
+        }
+        Some(Confinement {
+            no_new_privs: no_new_privs == Some(1),
+            seccomp: seccomp.unwrap_or(0),
+            seccomp_filters: status_field(status, "Seccomp_filters:").first().copied(),
+        })
+    }
+
+    /// Both of what the kernel can show: no_new_privs and a seccomp filter.
+    pub fn confined(&self) -> bool {
+        self.no_new_privs && self.seccomp == 2
+    }
+
+    /// The seccomp mode's name, as the JSON shows it.
+    pub fn seccomp_mode(&self) -> &'static str {
+        match self.seccomp {
+            0 => "none",
+            1 => "strict",
+            2 => "filter",
+            _ => "unknown",
+        }
+    }
+
+    /// For the text report: `no_new_privs, seccomp filter (2)`, `no_new_privs only`, `none`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.no_new_privs {
+            parts.push("no_new_privs".to_string());
+        }
+        match (self.seccomp, self.seccomp_filters) {
+            (0, _) => {}
+            (2, Some(n)) => parts.push(format!("seccomp filter ({n})")),
+            _ => parts.push(format!("seccomp {}", self.seccomp_mode())),
+        }
+        match parts.len() {
+            0 => "none".to_string(),
+            1 if self.no_new_privs => "no_new_privs only".to_string(),
+            _ => parts.join(", "),
+        }
+    }
+}
+
+/// How a process's confinement reads in the text reports (`?` when not shown).
+pub fn describe_confinement(confinement: Option<&Confinement>) -> String {
+    confinement.map(Confinement::describe).unwrap_or_else(|| "?".to_string())
+}
+
+/// The note under the stages in `quill status` and `quill check`.
+pub const LANDLOCK_NOTE: &str =
+    "confinement is what /proc/PID/status shows (NoNewPrivs, Seccomp); Landlock is not visible there: see each stage's log";
 
 fn status_field(status: &str, field: &str) -> Vec<u32> {
     status
@@ -66,6 +151,8 @@ pub fn process(proc_dir: &Path, names: &[&str]) -> Option<Process> {
         uid: uids.first().copied().unwrap_or(u32::MAX),
         euid: uids.get(1).copied().unwrap_or(u32::MAX),
         home,
+        confinement: Confinement::from_status(&status),
+        auth_broker: false,
     })
 }
 
@@ -84,6 +171,10 @@ pub fn processes(home: Option<&Path>) -> Vec<Process> {
             (Some(w), Some(h)) => h.canonicalize().unwrap_or_else(|_| h.clone()) == *w,
         })
         .collect();
+    let sessions: Vec<u32> = list.iter().filter(|p| p.name == "quill-smtpd").map(|p| p.pid).collect();
+    for p in list.iter_mut().filter(|p| p.name == "quill-smtpd") {
+        p.auth_broker = sessions.contains(&p.ppid);
+    }
     list.sort_by_key(|p| (STAGES.iter().position(|s| *s == p.name).unwrap_or(STAGES.len()), p.pid));
     list
 }
@@ -104,7 +195,7 @@ pub fn report(home: &Path, filter_home: bool) -> String {
     let running = processes(if filter_home { Some(home) } else { None });
     out.push_str(&format!("home: {}\n\nstages:\n", home.display()));
     for stage in STAGES {
-        let mine: Vec<&Process> = running.iter().filter(|p| p.name == stage).collect();
+        let mine: Vec<&Process> = running.iter().filter(|p| p.name == stage && !p.auth_broker).collect();
         if mine.is_empty() {
             let note = match stage {
                 "quill-smtpd" => "  (started per connection)",
@@ -116,7 +207,11 @@ pub fn report(home: &Path, filter_home: bool) -> String {
         }
         // quill-smtpd runs once per connection: show a count rather than every process.
         if stage == "quill-smtpd" && mine.len() > 3 {
-            out.push_str(&format!("  {stage:<16} {} connections\n", mine.len()));
+            let confined = mine.iter().filter(|p| p.confinement.is_some_and(|c| c.confined())).count();
+            out.push_str(&format!(
+                "  {stage:<16} {} connections, {confined} confined (no_new_privs and seccomp)\n",
+                mine.len()
+            ));
             continue;
         }
         for p in mine {
@@ -129,8 +224,20 @@ pub fn report(home: &Path, filter_home: bool) -> String {
                 Some(h) if !filter_home => format!("  home {}", h.display()),
                 _ => String::new(),
             };
-            out.push_str(&format!("  {stage:<16} pid {:<7} user {uid}{home}\n", p.pid));
+            let confinement = describe_confinement(p.confinement.as_ref());
+            out.push_str(&format!("  {stage:<16} pid {:<7} user {uid}  confinement: {confinement}{home}\n", p.pid));
+            for broker in running.iter().filter(|b| b.auth_broker && b.ppid == p.pid) {
+                out.push_str(&format!(
+                    "  {:<16} pid {:<7} its AUTH broker  confinement: {} (by design: it runs checkpassword)\n",
+                    "",
+                    broker.pid,
+                    describe_confinement(broker.confinement.as_ref())
+                ));
+            }
         }
+    }
+    if !running.is_empty() {
+        out.push_str(&format!("  ({LANDLOCK_NOTE})\n"));
     }
     let layout = crate::mail::queuefile::Layout::new(home);
     out.push_str("\nqueue:\n");
@@ -227,6 +334,11 @@ pub fn report_json(home: &Path, filter_home: bool) -> String {
                 .number("uid", u64::from(p.uid))
                 .string("user", super::user_name(p.uid).as_bytes())
                 .optional_string("home", p.home.as_ref().map(|h| h.as_os_str().as_encoded_bytes()))
+                .boolean("auth_broker", p.auth_broker)
+                .boolean("confined", p.confinement.is_some_and(|c| c.confined()))
+                .optional_boolean("no_new_privs", p.confinement.map(|c| c.no_new_privs))
+                .optional_string("seccomp", p.confinement.map(|c| c.seccomp_mode().as_bytes()))
+                .optional("seccomp_filters", p.confinement.and_then(|c| c.seccomp_filters).map(u64::from))
         })
         .collect();
     let layout = crate::mail::queuefile::Layout::new(home);
@@ -283,6 +395,23 @@ mod tests {
         assert_eq!(status_field(status, "PPid:"), vec![12]);
         assert_eq!(environ_home(b"PATH=/bin\0QUILL_HOME=/tmp/q\0"), PathBuf::from("/tmp/q"));
         assert_eq!(environ_home(b"PATH=/bin\0"), PathBuf::from(crate::mail::control::DEFAULT_HOME));
+    }
+
+    #[test]
+    fn confinement_from_status() {
+        let none = "Name:\tquill-send\nNoNewPrivs:\t0\nSeccomp:\t0\nSeccomp_filters:\t0\n";
+        let c = Confinement::from_status(none).unwrap();
+        assert!(!c.confined());
+        assert_eq!(c.describe(), "none");
+        let nnp = "NoNewPrivs:\t1\nSeccomp:\t0\n";
+        assert_eq!(Confinement::from_status(nnp).unwrap().describe(), "no_new_privs only");
+        let full = "NoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t1\n";
+        let c = Confinement::from_status(full).unwrap();
+        assert!(c.confined());
+        assert_eq!(c.describe(), "no_new_privs, seccomp filter (1)");
+        assert_eq!(c.seccomp_mode(), "filter");
+        assert_eq!(Confinement::from_status("Name:\tx\n"), None);
+        assert_eq!(describe_confinement(None), "?");
     }
 
     #[test]

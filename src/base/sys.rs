@@ -57,6 +57,18 @@ pub fn die_with_parent(command: &mut Command) {
     }
 }
 
+/// Have the kernel send `signal` to this process when its parent dies (prctl
+/// PR_SET_PDEATHSIG); for a forked helper that must not outlive the process it serves. The
+/// caller checks afterwards that its parent is still the one it was forked from.
+pub fn die_with_parent_now(signal: i32) -> io::Result<()> {
+    // SAFETY: PR_SET_PDEATHSIG only sets a field of the calling process; touches no memory.
+    let status = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) };
+    if status != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Move descriptors into place in the child: for each pair (from, to), dup2(from, to).
 /// Descriptors 0–2 are set with `Command::stdin` etc.; this is for 3 and above (the pipes of
 /// quill-start, fd 6 of the qmail-queue protocol).

@@ -12,8 +12,9 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// How long a checkpassword program may take.
-const CHECKPASSWORD_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a checkpassword program may take (the broker kills it then; quill-smtpd waits a
+/// little longer for the broker's answer).
+pub const CHECKPASSWORD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An initial response given on the AUTH line: base64, or `=` for an empty one (RFC 4954 §4).
 pub fn decode_initial(initial: &[u8]) -> Option<Vec<u8>> {
@@ -42,9 +43,23 @@ pub fn well_formed(user: &[u8], password: &[u8]) -> bool {
     !user.is_empty() && !user.contains(&0) && !password.contains(&0)
 }
 
-/// Ask the checkpassword program: `user\0password\0timestamp\0` on its fd 3, `/bin/true`
-/// appended to its command line. Exit 0 accepted, 1 refused, anything else temporary.
-pub fn checkpassword(command_line: &[OsString], me: &str, user: &[u8], password: &[u8]) -> Outcome {
+/// The bytes checkpassword reads on its fd 3: `user\0password\0timestamp\0`, the timestamp
+/// `<pid.time@me>` naming this process (quill-smtpd's, not the broker's).
+pub fn checkpassword_request(me: &str, user: &[u8], password: &[u8]) -> Vec<u8> {
+    let timestamp = format!("<{}.{}@{}>", std::process::id(), crate::base::date::now(), me);
+    let mut data = Vec::with_capacity(user.len() + password.len() + timestamp.len() + 3);
+    for part in [user, password, timestamp.as_bytes()] {
+        data.extend_from_slice(part);
+        data.push(0);
+    }
+    data
+}
+
+/// Ask the checkpassword program: `request` ([`checkpassword_request`]) on its fd 3,
+/// `/bin/true` appended to its command line. Exit 0 accepted, 1 refused, anything else
+/// temporary; killed after [`CHECKPASSWORD_TIMEOUT`]. Run by the AUTH broker
+/// (`crate::smtpd::broker`), which keeps the right to exec a setuid program.
+pub fn checkpassword(command_line: &[OsString], request: &[u8]) -> Outcome {
     let Some((program, args)) = command_line.split_first() else {
         return Outcome::Temporary;
     };
@@ -55,16 +70,8 @@ pub fn checkpassword(command_line: &[OsString], me: &str, user: &[u8], password:
             return Outcome::Temporary;
         }
     };
-    let timestamp = format!("<{}.{}@{}>", std::process::id(), crate::base::date::now(), me);
-    let mut data = Vec::with_capacity(user.len() + password.len() + timestamp.len() + 3);
-    for part in [user, password, timestamp.as_bytes()] {
-        data.extend_from_slice(part);
-        data.push(0);
-    }
     // The pipe holds 64 KiB; credentials are capped far below by the AUTH line length.
-    let written = File::from(write_end).write_all(&data);
-    data.fill(0);
-    if let Err(e) = written {
+    if let Err(e) = File::from(write_end).write_all(request) {
         crate::base::log::warning(&format!("unable to write to the checkpassword pipe: {e}"));
         return Outcome::Temporary;
     }
@@ -128,6 +135,8 @@ mod tests {
 
     #[test]
     fn checkpassword_without_a_program_is_temporary() {
-        assert_eq!(checkpassword(&[], "me.example", b"alice", b"secret"), Outcome::Temporary);
+        let request = checkpassword_request("me.example", b"alice", b"secret");
+        assert!(request.starts_with(b"alice\0secret\0<") && request.ends_with(b"@me.example>\0"));
+        assert_eq!(checkpassword(&[], &request), Outcome::Temporary);
     }
 }

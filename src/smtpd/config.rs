@@ -58,6 +58,9 @@ pub struct Config {
     pub implicit_tls: bool,
     /// The checkpassword command line for AUTH; empty means no AUTH.
     pub checkpassword: Vec<OsString>,
+    /// The AUTH broker that runs checkpassword ([`crate::smtpd::broker`]); quill-smtpd's main
+    /// starts it right after loading the configuration, when `checkpassword` is not empty.
+    pub auth_broker: Option<crate::smtpd::broker::AuthBroker>,
     /// AUTH_INSECURE or control/authinsecure: offer AUTH without TLS.
     pub auth_insecure: bool,
     /// AUTH_REQUIRED: MAIL needs AUTH first (the submission port).
@@ -105,19 +108,13 @@ impl TlsFiles {
 /// confined, by design: a session whose `QMAILQUEUE` names a filter (the filter must be able
 /// to run the setuid quill-queue); `sendmail -bs` (`PROTO=PIPE`: a local user's own session,
 /// which quill-queued does not take); a session running as root (quill-queued takes only
-/// quilld and its own uid; root's messages go to quill-queue); and one that runs a
-/// checkpassword program itself.
+/// quilld and its own uid; root's messages go to quill-queue). AUTH's checkpassword runs in
+/// the broker forked before this call ([`crate::smtpd::broker`]), outside the confinement.
 pub fn confine(config: &Config) {
     if crate::mail::submit::filter().is_some()
         || std::env::var_os("PROTO").is_some_and(|p| p == "PIPE")
         || crate::base::sys::uids().0 == 0
     {
-        return;
-    }
-    // HOOK (AUTH): checkpassword is run with exec, which the policy forbids, and is often
-    // setuid root, which no_new_privs would undo. The checkpassword broker forks before this
-    // call and takes the exec with it; until then a session with AUTH is not confined.
-    if !config.checkpassword.is_empty() {
         return;
     }
     let tls: Vec<PathBuf> = config.tls.iter().flat_map(|t| [t.cert.clone(), t.key.clone()]).collect();
@@ -198,6 +195,7 @@ impl Config {
             tls,
             implicit_tls,
             checkpassword,
+            auth_broker: None,
             auth_insecure,
             auth_required: env_flag("AUTH_REQUIRED"),
             me,

@@ -32,7 +32,7 @@ pub fn serve(mut args: Vec<OsString>) -> u8 {
         args.remove(0);
     }
     let control = Control::from_env();
-    let config = match Config::load(&control, args, implicit_tls) {
+    let mut config = match Config::load(&control, args, implicit_tls) {
         Ok(config) => config,
         Err(e) => {
             log::fatal(&e.message);
@@ -46,8 +46,11 @@ pub fn serve(mut args: Vec<OsString>) -> u8 {
     };
     // Messages go to quill-queued over its socket, or to quill-queue where it cannot be reached.
     crate::mail::submit::use_queue_writer();
-    // The one place where the session is confined (doc/quill-smtpd.8, SECURITY): whatever must
-    // run before it (AUTH's checkpassword broker) goes just above.
+    // First the AUTH broker (only with a checkpassword program): it must be forked before the
+    // process gives up the right to gain privileges by exec, so that a setuid checkpassword
+    // still works. Then the one place where the session is confined (doc/quill-smtpd.8,
+    // SECURITY), before the first read from the client.
+    config.auth_broker = crate::smtpd::broker::start_auth_broker(&config.checkpassword);
     crate::smtpd::config::confine(&config);
     match Session::new(config) {
         Ok(session) => {

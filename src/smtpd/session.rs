@@ -23,7 +23,7 @@ use crate::mail::smtp::{
     PathKind, Verb, MAX_AUTH_LINE, MAX_COMMAND_LINE,
 };
 use crate::mail::submit::Submission;
-use crate::smtpd::auth::{checkpassword, decode_initial, plain_credentials, well_formed};
+use crate::smtpd::auth::{checkpassword_request, decode_initial, plain_credentials, well_formed};
 use crate::smtpd::config::{TlsFiles, STRESS_IDLE};
 use crate::smtpd::data::{queue_reply, Ending, Incoming};
 use crate::smtpd::rcptcheck::{Policy, Rcpt};
@@ -1132,8 +1132,15 @@ impl Session {
         let Some((user, mut password)) = self.credentials(mechanism, initial)? else {
             return Ok(());
         };
-        let outcome = checkpassword(&self.config.checkpassword, &self.me(), &user, &password);
+        let mut request = checkpassword_request(&self.me(), &user, &password);
         password.fill(0);
+        // The broker forked at start runs checkpassword (it may be setuid; this process may no
+        // longer gain privileges by exec). Without one (it could not start) AUTH fails for now.
+        let outcome = match &mut self.config.auth_broker {
+            Some(broker) => broker.check(&request),
+            None => Outcome::Temporary,
+        };
+        request.fill(0);
         match outcome {
             Outcome::Success => {
                 crate::base::log::line(&format!("auth {} user={} ok", self.config.remote_ip, header_safe(&user, 100)));
