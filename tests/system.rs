@@ -188,6 +188,32 @@ fn dot_files_mbox_program_forward_alias() {
     assert!(!prog.contains("Tprog@localhost"), "the queue's envelope never reaches a program");
 }
 
+/// control/recipientdelimiter `+` (Postfix's recipient_delimiter): `team+weekly` is the alias
+/// `team` with an extension; `-` is then an ordinary character, so `team-weekly` is not.
+#[test]
+fn recipient_delimiter_plus_reaches_the_alias() {
+    let q = Instance::start("delimiter", |home| {
+        std::fs::create_dir_all(home.join("alias")).expect("mkdir");
+        std::fs::create_dir_all(home.join("control")).expect("mkdir");
+        std::fs::write(home.join("alias/aliases"), "team: alice, dave\n").expect("write");
+        std::fs::write(home.join("control/recipientdelimiter"), "+\n").expect("write");
+    });
+    for to in ["team+weekly", "team-weekly"] {
+        let out = q.sendmail(&["-i", &format!("{to}@localhost")], &format!("Subject: to {to}\n\nhello\n"));
+        assert!(out.status.success(), "sendmail: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let root = q.home().join("maildir");
+    let ok = wait_for(Duration::from_secs(60), || {
+        let m = maildir_files(&root);
+        let n = |u: &str| m.get(u).map(Vec::len).unwrap_or(0);
+        n("alice") >= 1 && n("dave") >= 1 && n("team-weekly") >= 1 && q.queued() == 0
+    });
+    assert!(ok, "not all delivered: {:?}; log:\n{}", maildir_files(&root), q.log());
+    let m = maildir_files(&root);
+    assert_eq!((m["alice"].len(), m["dave"].len()), (1, 1), "only team+weekly reaches the alias: {m:?}");
+    assert!(!m.contains_key("team+weekly"), "{m:?}");
+}
+
 #[test]
 fn unknown_extension_bounces_to_sender() {
     // The instance's .qmail-default takes every address, so the failure comes from a

@@ -454,6 +454,9 @@ fn check_controls(list: &mut Vec<Problem>, home: &Path) {
             }
         }
     }
+    if let Err(e) = crate::mail::users::Delimiters::load(home) {
+        problem(list, e.message, edit(crate::mail::users::DELIMITER_FILE));
+    }
     for line in control.lines("smtproutes").unwrap_or_default() {
         if let Err(why) = smtproute_line(&line) {
             problem(

@@ -52,6 +52,63 @@ pub fn assign_path(home: &Path) -> PathBuf {
     home.join("users").join("assign")
 }
 
+/// The recipient delimiters (`control/recipientdelimiter`, Postfix's `recipient_delimiter`):
+/// the characters that may end the user part of a local part, so that `joe+list` is joe's
+/// address with the extension `list` (dot file `~joe/.qmail-list`). Without the file (or with
+/// an empty one) qmail's rule holds: `-` alone, and aliases match whole local parts only. With
+/// it, a local part that no aliases entry names is looked up again up to its first delimiter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delimiters {
+    chars: Vec<u8>,
+    configured: bool,
+}
+
+impl Default for Delimiters {
+    fn default() -> Delimiters {
+        Delimiters { chars: b"-".to_vec(), configured: false }
+    }
+}
+
+/// The control file's name.
+pub const DELIMITER_FILE: &str = "recipientdelimiter";
+
+impl Delimiters {
+    /// From the first line of `control/recipientdelimiter` (None: absent or empty). Each byte
+    /// is a delimiter; one that could not be part of a local part (`@`, space, quotes,
+    /// backslash, control and non-ASCII bytes) is an error naming the file.
+    pub fn parse(line: Option<&[u8]>) -> Result<Delimiters> {
+        let Some(line) = line else { return Ok(Delimiters::default()) };
+        if let Some(&bad) = line.iter().find(|&&b| !b.is_ascii_graphic() || b"@\\\"<>()[],;:".contains(&b)) {
+            return Err(Error::permanent(format!(
+                "control/{DELIMITER_FILE}: {:?} cannot be a recipient delimiter: give characters such as + or -",
+                char::from(bad)
+            )));
+        }
+        let mut chars = line.to_vec();
+        chars.sort_unstable();
+        chars.dedup();
+        Ok(Delimiters { chars, configured: true })
+    }
+
+    /// Read `control/recipientdelimiter` of `home`.
+    pub fn load(home: &Path) -> Result<Delimiters> {
+        Delimiters::parse(crate::mail::control::Control::new(home).line(DELIMITER_FILE)?.as_deref())
+    }
+
+    fn is_delimiter(&self, b: u8) -> bool {
+        self.chars.contains(&b)
+    }
+
+    /// The local part without its extension, for the second aliases lookup: None without the
+    /// control file or without a delimiter in `local`.
+    fn base<'a>(&self, local: &'a [u8]) -> Option<&'a [u8]> {
+        if !self.configured {
+            return None;
+        }
+        local.iter().position(|&b| self.is_delimiter(b)).map(|cut| &local[..cut]).filter(|b| !b.is_empty())
+    }
+}
+
 /// The name quill looks up for mail nobody else claims.
 pub const ALIAS_USER: &str = "alias";
 /// The longest user name the password rule tries (qmail-getpw's limit).
@@ -377,20 +434,24 @@ impl PasswdSource for System {
 }
 
 /// The password rule (qmail-getpw's): the local part in lower case; the longest prefix that
-/// ends at the end or just before a `-` and names a password-file user with a uid other than
-/// 0 whose home directory exists and belongs to that uid. What follows the `-` is the
+/// ends at the end or just before a delimiter (`-` unless [`Delimiters`] say otherwise) and names a password-file user with a uid other than
+/// 0 whose home directory exists and belongs to that uid. What follows the delimiter is the
 /// extension. None if no user fits or the password database failed.
-pub fn lookup_passwd(local: &[u8]) -> Option<Assignment> {
-    lookup_passwd_with(local, &mut System).ok().flatten()
+pub fn lookup_passwd(local: &[u8], delimiters: &Delimiters) -> Option<Assignment> {
+    lookup_passwd_with(local, delimiters, &mut System).ok().flatten()
 }
 
 /// [`lookup_passwd`] through a [`PasswdSource`], telling a failure of the password database
 /// or of a home directory's stat (temporary: a retry may find the user) apart from "no such
 /// user".
-pub fn lookup_passwd_with(local: &[u8], source: &mut dyn PasswdSource) -> Result<Option<Assignment>> {
+pub fn lookup_passwd_with(
+    local: &[u8],
+    delimiters: &Delimiters,
+    source: &mut dyn PasswdSource,
+) -> Result<Option<Assignment>> {
     use std::os::unix::fs::MetadataExt;
     let lower = local.to_ascii_lowercase();
-    let dashes = lower.iter().enumerate().rev().filter(|(_, &b)| b == b'-').map(|(i, _)| i);
+    let dashes = lower.iter().enumerate().rev().filter(|(_, &b)| delimiters.is_delimiter(b)).map(|(i, _)| i);
     for end in std::iter::once(lower.len()).chain(dashes) {
         let name = &lower[..end];
         if name.is_empty() || name.len() > MAX_PASSWD_NAME || name.contains(&0) {
@@ -449,15 +510,21 @@ pub fn alias_user_with(home: &Path, source: &mut dyn PasswdSource) -> Result<Ass
 }
 
 /// Who controls `local` (the part before the last `@`, for any local domain), in this order:
-/// 1. the aliases file;
+/// 1. the aliases file (with a configured [`Delimiters`], then again without the extension);
 /// 2. users/assign.db (exact entries, then the longest wildcard prefix);
 /// 3. the password rule ([`lookup_passwd`]);
 /// 4. the alias user, with the local part in lower case as extension.
 ///
 /// A uid of 0 from the password file never counts, so `root` without an alias goes to the
 /// alias user; the caller refuses uid 0 from assign.db.
-pub fn resolve(home: &Path, local: &[u8], aliases: &Aliases, assign: Option<&AssignDb>) -> Resolution {
-    resolve_with(home, local, aliases, assign, &mut System)
+pub fn resolve(
+    home: &Path,
+    local: &[u8],
+    aliases: &Aliases,
+    assign: Option<&AssignDb>,
+    delimiters: &Delimiters,
+) -> Resolution {
+    resolve_with(home, local, aliases, assign, delimiters, &mut System)
 }
 
 /// [`resolve`] through a [`PasswdSource`].
@@ -466,15 +533,16 @@ pub fn resolve_with(
     local: &[u8],
     aliases: &Aliases,
     assign: Option<&AssignDb>,
+    delimiters: &Delimiters,
     source: &mut dyn PasswdSource,
 ) -> Resolution {
-    if let Some(target) = aliases.get(local) {
+    if let Some(target) = aliases.get(local).or_else(|| delimiters.base(local).and_then(|b| aliases.get(b))) {
         return Resolution::Alias { target: target.to_vec() };
     }
     if let Some(assignment) = assign.and_then(|db| db.lookup(local)) {
         return Resolution::User(assignment);
     }
-    match lookup_passwd_with(local, source) {
+    match lookup_passwd_with(local, delimiters, source) {
         Ok(Some(assignment)) => return Resolution::User(assignment),
         Ok(None) => {}
         Err(e) => return Resolution::Temporary(e.message),
@@ -571,12 +639,14 @@ mod tests {
         let aliases = Aliases::parse(b"postmaster: someone\n").unwrap();
         let db = db(b"=postmaster:pm:1234:1234:/pm:::\n=assigned:a:1234:1234:/a:::\n.\n");
         assert_eq!(
-            resolve(home, b"PostMaster", &aliases, Some(&db)),
+            resolve(home, b"PostMaster", &aliases, Some(&db), &Delimiters::default()),
             Resolution::Alias { target: b"someone".to_vec() }
         );
-        assert!(matches!(resolve(home, b"assigned", &aliases, Some(&db)), Resolution::User(a) if a.user == b"a"));
+        assert!(
+            matches!(resolve(home, b"assigned", &aliases, Some(&db), &Delimiters::default()), Resolution::User(a) if a.user == b"a")
+        );
         // An unknown name goes to the alias user (or, as root without an alias user, defers).
-        match resolve(home, b"No-Such-User-Here", &aliases, Some(&db)) {
+        match resolve(home, b"No-Such-User-Here", &aliases, Some(&db), &Delimiters::default()) {
             Resolution::AliasUser(a) => {
                 assert_eq!(a.ext, b"no-such-user-here".to_vec());
                 assert_eq!(a.home, home.join("alias"));
@@ -585,6 +655,67 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // root is uid 0 in the password file: never a User.
-        assert!(!matches!(resolve(home, b"root", &Aliases::default(), None), Resolution::User(_)));
+        assert!(!matches!(
+            resolve(home, b"root", &Aliases::default(), None, &Delimiters::default()),
+            Resolution::User(_)
+        ));
+    }
+
+    /// A password source with one user, joe, whose home is `home`.
+    struct Joe {
+        home: PathBuf,
+        uid: u32,
+    }
+
+    impl PasswdSource for Joe {
+        fn user(&mut self, name: &str) -> Result<Option<PasswdEntry>> {
+            Ok((name == "joe").then(|| PasswdEntry {
+                name: b"joe".to_vec(),
+                uid: self.uid,
+                gid: 1,
+                home: self.home.clone(),
+            }))
+        }
+    }
+
+    #[test]
+    fn recipient_delimiters() {
+        use std::os::unix::fs::MetadataExt;
+        let home = std::env::temp_dir().join(format!("quill-delimiters-{}", std::process::id()));
+        std::fs::create_dir_all(&home).unwrap();
+        if crate::base::sys::uids().0 == 0 {
+            std::os::unix::fs::chown(&home, Some(4321), None).unwrap();
+        }
+        let mut joe = Joe { uid: std::fs::metadata(&home).unwrap().uid(), home: home.clone() };
+        let quill = Path::new("/nonexistent-quill-home");
+        let aliases = Aliases::parse(b"postmaster: someone\n").unwrap();
+        let plus = Delimiters::parse(Some(b"+")).unwrap();
+        let both = Delimiters::parse(Some(b"-+")).unwrap();
+        let qmail = Delimiters::default();
+        let user = |r: Resolution| match r {
+            Resolution::User(a) => Some((a.user, a.dash, a.ext)),
+            _ => None,
+        };
+        let ext = |e: &[u8]| Some((b"joe".to_vec(), b"-".to_vec(), e.to_vec()));
+        assert_eq!(user(resolve_with(quill, b"Joe+List", &aliases, None, &plus, &mut joe)), ext(b"list"));
+        assert_eq!(user(resolve_with(quill, b"joe-list", &aliases, None, &plus, &mut joe)), None);
+        assert_eq!(user(resolve_with(quill, b"joe-list", &aliases, None, &qmail, &mut joe)), ext(b"list"));
+        assert_eq!(user(resolve_with(quill, b"joe+list", &aliases, None, &qmail, &mut joe)), None);
+        assert_eq!(user(resolve_with(quill, b"joe+a-b", &aliases, None, &both, &mut joe)), ext(b"a-b"));
+        assert_eq!(
+            user(resolve_with(quill, b"joe", &aliases, None, &plus, &mut joe)),
+            Some((b"joe".to_vec(), vec![], vec![]))
+        );
+        // Aliases: the whole local part, then (only with the control file) up to the first delimiter.
+        let alias = Resolution::Alias { target: b"someone".to_vec() };
+        assert_eq!(resolve_with(quill, b"postmaster+x", &aliases, None, &plus, &mut joe), alias);
+        assert_ne!(resolve_with(quill, b"postmaster+x", &aliases, None, &qmail, &mut joe), alias);
+        assert_ne!(resolve_with(quill, b"postmaster-x", &aliases, None, &plus, &mut joe), alias);
+        assert_ne!(resolve_with(quill, b"+postmaster", &aliases, None, &plus, &mut joe), alias);
+        for bad in [&b"@"[..], b"+ ", b"\\", b"\xc3\xa9"] {
+            assert!(Delimiters::parse(Some(bad)).unwrap_err().message.contains("recipientdelimiter"));
+        }
+        assert_eq!(Delimiters::parse(None).unwrap(), qmail);
+        let _ = std::fs::remove_dir(&home);
     }
 }

@@ -16,7 +16,7 @@ use crate::mail::control::Control;
 use crate::mail::dotqmail::{candidates, safe_ext};
 use crate::mail::rewrite::{Channel, Rewriting};
 use crate::mail::smtp::Mailbox;
-use crate::mail::users::{resolve, AssignDb, Assignment, Resolution};
+use crate::mail::users::{resolve, AssignDb, Assignment, Delimiters, Resolution};
 use crate::smtpd::config::Config;
 use std::cell::OnceCell;
 
@@ -64,6 +64,7 @@ pub struct Checker {
     home: std::path::PathBuf,
     aliases: Aliases,
     assign: Option<AssignDb>,
+    delimiters: Delimiters,
 }
 
 impl Checker {
@@ -73,7 +74,8 @@ impl Checker {
             Ok(_) => Aliases::load(&aliases_path(control))?,
             Err(_) => Aliases::parse(b"")?,
         };
-        Ok(Checker { home: control.home.clone(), aliases, assign: AssignDb::open(&control.home)? })
+        let delimiters = Delimiters::load(&control.home)?;
+        Ok(Checker { home: control.home.clone(), aliases, assign: AssignDb::open(&control.home)?, delimiters })
     }
 
     /// Judge a local part that quill-send would deliver locally (after virtualdomains
@@ -83,7 +85,7 @@ impl Checker {
         if local.is_empty() {
             return Verdict::Unknown;
         }
-        match resolve(&self.home, local, &self.aliases, self.assign.as_ref()) {
+        match resolve(&self.home, local, &self.aliases, self.assign.as_ref(), &self.delimiters) {
             Resolution::Alias { .. } => Verdict::Known,
             Resolution::Temporary(why) => Verdict::Unsure(why),
             // Without a dash quill-local always has a delivery (the dot file, .forward or the

@@ -153,6 +153,8 @@ pub struct Local {
     assign: Cached<Option<AssignDb>>,
     /// control/timeoutprogram: quill-local's limit for each program, when set.
     program_limit: Cached<Option<u64>>,
+    /// control/recipientdelimiter: which characters end the user part of a local part.
+    delimiters: Cached<users::Delimiters>,
     directory: Directory,
     /// Where a forked child writes its name (`quill-local`) for ps; found at start.
     title: Option<ProcessTitle>,
@@ -182,6 +184,7 @@ impl Local {
             aliases: Cached::new(aliases::aliases_path(&control)),
             assign: Cached::new(users::assign_db_path(&config.home)),
             program_limit: Cached::new(control.path("timeoutprogram")),
+            delimiters: Cached::new(control.path(users::DELIMITER_FILE)),
             directory: Directory::new(),
             root: euid == 0,
             my_uid: euid,
@@ -404,13 +407,14 @@ impl Kind for Local {
         let (local, domain) = address::split(recipient);
         let home = self.config.home.clone();
         let program_limit = *self.program_limit.refresh(|_| load_program_limit(&home)).map_err(temporary)?;
+        let delimiters = self.delimiters.refresh(|_| users::Delimiters::load(&home)).map_err(temporary)?.clone();
         let aliases = self.aliases.refresh(load_aliases).map_err(temporary)?;
         let my_uid = self.my_uid;
         let assign = self.assign.refresh(|path| load_assign(path, my_uid)).map_err(temporary)?;
         self.directory.check();
         let mut forwards_only = false;
         let (user, alias_target) =
-            match users::resolve_with(&home, local, aliases, assign.as_ref(), &mut self.directory) {
+            match users::resolve_with(&home, local, aliases, assign.as_ref(), &delimiters, &mut self.directory) {
                 Resolution::Alias { target } => {
                     let user = users::alias_user_with(&home, &mut self.directory)
                         .map_err(|e| Status::parse(Outcome::Temporary, &e.message))?;
