@@ -214,6 +214,35 @@ fn recipient_delimiter_plus_reaches_the_alias() {
     assert!(!m.contains_key("team+weekly"), "{m:?}");
 }
 
+/// `sendmail -bv`: one line per address saying how it would be delivered, nothing queued;
+/// exit 67 (EX_NOUSER) when an address has nobody, 0 when all are deliverable.
+#[test]
+fn sendmail_bv_verifies_without_sending() {
+    let q = Instance::start("verify", |home| {
+        std::fs::create_dir_all(home.join("alias")).expect("mkdir");
+        std::fs::create_dir_all(home.join("control")).expect("mkdir");
+        std::fs::write(home.join("alias/aliases"), "team: alice, dave\n").expect("write");
+        std::fs::write(home.join("control/recipientdelimiter"), "+\n").expect("write");
+        std::fs::write(home.join(".qmail-box"), "./mbox\n").expect("write");
+    });
+    // Without the catch-all dot file, an extension nobody has is undeliverable.
+    std::fs::remove_file(q.home().join(".qmail-default")).expect("rm .qmail-default");
+    let out = q.sendmail(&["-bv", "team+weekly@localhost", "box", "nosuch@localhost", "someone@elsewhere.example"], "");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(67), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert_eq!(lines[0], "team+weekly@localhost... deliverable: local, alias to alice, dave");
+    assert!(lines[1].starts_with("box@") && lines[1].contains("... deliverable: local, user "), "{stdout}");
+    assert!(lines[1].ends_with(", extension box"), "{stdout}");
+    assert_eq!(lines[2], "nosuch@localhost... undeliverable: 5.1.1 no such user here");
+    assert_eq!(lines[3], "someone@elsewhere.example... deliverable: remote, to elsewhere.example");
+    let out = q.sendmail(&["-bv", "box@localhost"], "");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(q.queued(), 0, "-bv queued nothing");
+    assert!(!q.home().join("mbox").exists(), "-bv delivered nothing");
+}
+
 #[test]
 fn unknown_extension_bounces_to_sender() {
     // The instance's .qmail-default takes every address, so the failure comes from a

@@ -5,7 +5,7 @@
 //! -om -v -N… -B… -bm`). Submits in-process (src/inject/message.rs) and starts one process per
 //! message: quill-queue (or `QMAILQUEUE`). The other modes are in src/inject/sendmailmodes.rs:
 //! `-bs` (becomes quill-smtpd), `-bp` and the name `mailq`, `-bi` and the name `newaliases`,
-//! `-q` (flush).
+//! `-bv` (verify addresses), `-q` (flush).
 //! Exit codes (sysexits.h): 0 queued, 64 usage, 65 bad message or address, 69 refused for
 //! good, 75 temporary failure; the other modes as doc/sendmail.8 says.
 //! Contract: doc/sendmail.8.
@@ -36,6 +36,7 @@ fn main() -> ExitCode {
         Ok((_, Mode::Smtp)) => return ExitCode::from(sendmailmodes::smtp()),
         Ok((_, Mode::List)) => return ExitCode::from(sendmailmodes::list(&Control::from_env())),
         Ok((_, Mode::Aliases)) => return ExitCode::from(sendmailmodes::aliases(&Control::from_env())),
+        Ok((options, Mode::Verify)) => return ExitCode::from(verify(&options)),
         Ok((_, Mode::Flush)) => return ExitCode::from(sendmailmodes::flush(&Control::from_env(), None)),
         Ok((_, Mode::FlushMatching(text))) => {
             return ExitCode::from(sendmailmodes::flush(&Control::from_env(), Some(&text)))
@@ -51,6 +52,17 @@ fn main() -> ExitCode {
         Err(failure) => {
             quill::base::log::fatal(&failure.error.message);
             ExitCode::from(failure.sendmail_exit())
+        }
+    }
+}
+
+/// `-bv`: addresses without `@` are qualified as a submission would qualify them.
+fn verify(options: &quill::inject::message::Options) -> u8 {
+    match quill::inject::message::Settings::load(options) {
+        Ok(settings) => sendmailmodes::verify(&Control::from_env(), |a| settings.qualify(a), &options.recipients),
+        Err(failure) => {
+            quill::base::log::fatal(&failure.error.message);
+            failure.sendmail_exit()
         }
     }
 }

@@ -102,6 +102,8 @@ pub enum Mode {
     List,
     /// `-bi`, or the name `newaliases`: check the aliases file.
     Aliases,
+    /// `-bv`: say how each recipient would be delivered; send nothing.
+    Verify,
     /// `-q` (with or without an interval): try every queued message now.
     Flush,
     /// `-qR TEXT` (or `-qRTEXT`): try now every queued message with a recipient whose address
@@ -163,6 +165,7 @@ pub fn parse_args(syntax: Syntax, args: &[Vec<u8>]) -> Result<(Options, Mode), F
                     b"s" => mode = Mode::Smtp,
                     b"p" => mode = Mode::List,
                     b"i" => mode = Mode::Aliases,
+                    b"v" => mode = Mode::Verify,
                     v => return Err(Failure::usage(format!("unknown option -b{}", crate::base::log::safe(v)))),
                 },
                 (Syntax::Sendmail, b'q') => {
@@ -651,6 +654,8 @@ mod tests {
         assert_eq!(parse_args(Syntax::Sendmail, &args(&["-bs"])).unwrap().1, Mode::Smtp);
         assert_eq!(parse_args(Syntax::Sendmail, &args(&["-bp"])).unwrap().1, Mode::List);
         assert_eq!(parse_args(Syntax::Sendmail, &args(&["-bi"])).unwrap().1, Mode::Aliases);
+        let (options, mode) = parse_args(Syntax::Sendmail, &args(&["-bv", "joe", "x@y"])).unwrap();
+        assert_eq!((mode, options.recipients.len()), (Mode::Verify, 2));
         assert_eq!(parse_args(Syntax::Sendmail, &args(&["-q30m"])).unwrap().1, Mode::Flush);
         let by_domain = Mode::FlushMatching(b"example.com".to_vec());
         assert_eq!(parse_args(Syntax::Sendmail, &args(&["-qRexample.com"])).unwrap().1, by_domain);

@@ -1,13 +1,18 @@
 //! The sendmail modes that are not submission: `-bs` (SMTP on stdin/stdout), `-bp`/`mailq`
-//! (list the queue), `-bi`/`newaliases` (check the aliases file), `-q` (flush the queue).
+//! (list the queue), `-bi`/`newaliases` (check the aliases file), `-bv` (verify addresses),
+//! `-q` (flush the queue).
 #![forbid(unsafe_code)]
 
 use crate::mail::aliases::{aliases_path, Aliases};
 use crate::mail::control::Control;
 use crate::mail::queuefile::Layout;
+use crate::mail::recipient::{Checker, Verdict, MAX_LOCAL_PART};
+use crate::mail::rewrite::{Channel, Rewriting};
+use crate::mail::users::Resolution;
 
-/// sysexits: EX_OK, EX_SOFTWARE, EX_OSERR, EX_NOPERM, EX_CONFIG, EX_TEMPFAIL.
+/// sysexits: EX_OK, EX_NOUSER, EX_SOFTWARE, EX_OSERR, EX_NOPERM, EX_CONFIG, EX_TEMPFAIL.
 const EX_USAGE: u8 = 64;
+const EX_NOUSER: u8 = 67;
 const EX_SOFTWARE: u8 = 70;
 const EX_OSERR: u8 = 71;
 const EX_NOPERM: u8 = 77;
@@ -115,4 +120,76 @@ pub fn flush(control: &Control, matching: Option<&[u8]>) -> u8 {
             EX_SOFTWARE
         }
     }
+}
+
+/// `-bv`: for each address (qualified with `defaulthost` as a submission would be), one line
+/// saying how it would be delivered, as quill-send and quill-lspawn would decide, and whether
+/// somebody receives it (quill-smtpd's RCPT check). Nothing is queued or sent. Exit 0 when
+/// every address is deliverable, 67 (EX_NOUSER) when one is not, 75 when one cannot be told
+/// now (a lookup failed, or a home this user may not look into decides).
+pub fn verify(control: &Control, qualify: impl Fn(&[u8]) -> Vec<u8>, recipients: &[Vec<u8>]) -> u8 {
+    use crate::base::log::safe;
+    if recipients.is_empty() {
+        crate::base::log::fatal("-bv needs an address to verify");
+        return EX_USAGE;
+    }
+    let tables = Rewriting::load(control).and_then(|r| Ok((r, Checker::load(control)?)));
+    let (rewriting, checker) = match tables {
+        Ok(pair) => pair,
+        Err(e) => {
+            crate::base::log::fatal(&format!("unable to verify addresses: {e}"));
+            return if e.outcome == crate::base::fail::Outcome::Permanent { EX_CONFIG } else { EX_TEMPFAIL };
+        }
+    };
+    let mut exit = 0;
+    for given in recipients {
+        let address = qualify(given);
+        let (verdict, how) = judge(&rewriting, &checker, &address);
+        let line = match verdict.reply() {
+            None => format!("deliverable: {how}"),
+            Some((code, text)) if code >= 500 => {
+                exit = EX_NOUSER;
+                format!("undeliverable: {text}")
+            }
+            Some((_, _)) => {
+                if exit == 0 {
+                    exit = EX_TEMPFAIL;
+                }
+                match &verdict {
+                    Verdict::Unsure(why) | Verdict::Unseen(why) => format!("cannot tell now: {why}"),
+                    _ => "cannot tell now".to_string(),
+                }
+            }
+        };
+        println!("{}... {line}", safe(&address));
+    }
+    exit
+}
+
+/// The verdict for one qualified address, and how it would be delivered.
+fn judge(rewriting: &Rewriting, checker: &Checker, address: &[u8]) -> (Verdict, String) {
+    use crate::base::log::safe;
+    if !crate::mail::address::is_clean(address) || address.len() > crate::mail::address::MAX_ADDRESS {
+        return (Verdict::Unknown, String::new());
+    }
+    let (channel, rewritten) = rewriting.rewrite(address);
+    let (local, domain) = crate::mail::address::split(&rewritten);
+    if channel == Channel::Remote {
+        return (Verdict::Known, format!("remote, to {}", safe(domain)));
+    }
+    if local.len() > MAX_LOCAL_PART {
+        return (Verdict::TooLong, String::new());
+    }
+    let via =
+        if rewritten.eq_ignore_ascii_case(address) { String::new() } else { format!(" (as {})", safe(&rewritten)) };
+    let who = match checker.resolution(local) {
+        Resolution::Alias { target } => format!("alias to {}", safe(&target)),
+        Resolution::User(a) if a.dash.is_empty() => format!("user {}", safe(&a.user)),
+        Resolution::User(a) => format!("user {}, extension {}", safe(&a.user), safe(&a.ext)),
+        Resolution::AliasUser(a) => {
+            format!("alias user {}, {}/.qmail-{}", safe(&a.user), a.home.display(), safe(&a.ext))
+        }
+        Resolution::Temporary(_) => String::new(),
+    };
+    (checker.check(local), format!("local{via}, {who}"))
 }

@@ -5,7 +5,8 @@
 //! recipient rewriting quill-send and quill-smtpd share). Files: `control` (doc/quill-control.5),
 //! `queuefile` (doc/queue-format.5: the queue's layout and a message file's header),
 //! `aliases` (doc/aliases.5), `users` (doc/quill-users.5), `dotqmail` (doc/dot-qmail.5),
-//! `queuelist` (the queue listing `mailq` and `quill queue list` print). Confinement: `jail`
+//! `queuelist` (the queue listing `mailq` and `quill queue list` print), `recipient` (whether
+//! a local address is deliverable: quill-smtpd's RCPT check, `sendmail -bv`). Confinement: `jail`
 //! (what each program may do once confined, over `base::confine`).
 //! Protocols: `smtp` (the SMTP codec), `submit`
 //! (the qmail-queue protocol, the caller's side), `writer_client` (its way to quill-queued,
@@ -25,6 +26,7 @@ pub mod jail;
 pub mod proto;
 pub mod queuefile;
 pub mod queuelist;
+pub mod recipient;
 pub mod rewrite;
 pub mod smtp;
 pub mod submit;
