@@ -945,8 +945,8 @@ fn systemd_units_verify() {
             assert!(text.contains("KillMode=mixed"), "only quill-start is told to stop");
             continue;
         }
-        let port = run.split(" 0.0.0.0 ").nth(1).and_then(|r| r.split(' ').next()).expect("port in run");
-        assert!(text.contains(&format!(" 0.0.0.0 {port} /usr/local/bin/quill-smtpd")), "{unit}: port {port}");
+        let port = run.split(" any ").nth(1).and_then(|r| r.split(' ').next()).expect("port in run");
+        assert!(text.contains(&format!(" any {port} /usr/local/bin/quill-smtpd")), "{unit}: port {port}");
         assert!(text.contains("-u \"$$(id -u quilld)\" -g \"$$(id -g quilld)\""), "{unit}: quilld, as {service}");
         assert_eq!(text.contains("quill-smtpd -s "), run.contains("quill-smtpd -s "), "{unit}: implicit TLS");
         assert_eq!(text.contains("AUTH_REQUIRED=1"), run.contains("AUTH_REQUIRED=1"), "{unit}");

@@ -353,7 +353,7 @@ fn prepare(kind: Kind) -> Option<World> {
         copy_tree(&examples.join("quill-smtpd"), &scan.path().join("quill-smtpd"));
         rewrite(
             &scan.path().join("quill-smtpd/run"),
-            &[(path_from, &path_to), ("/var/quill", &home_text), ("0.0.0.0 25 ", &format!("127.0.0.1 {port} "))],
+            &[(path_from, &path_to), ("/var/quill", &home_text), ("any 25 ", &format!("127.0.0.1 {port} "))],
         );
         Some(port)
     } else {
@@ -374,7 +374,7 @@ fn prepare(kind: Kind) -> Option<World> {
         std::fs::set_permissions(&checker, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
         let (submission, smtps) = (free_port(), free_port());
         for (service, port, listen) in
-            [("quill-submission", submission, "0.0.0.0 587 "), ("quill-smtps", smtps, "0.0.0.0 465 ")]
+            [("quill-submission", submission, "any 587 "), ("quill-smtps", smtps, "any 465 ")]
         {
             copy_tree(&examples.join(service), &scan.path().join(service));
             rewrite(

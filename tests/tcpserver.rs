@@ -235,6 +235,33 @@ fn ipv6_environment_and_rules() {
     assert_eq!(value(&out, "RELAYCLIENT"), "");
 }
 
+/// Host `any`: one socket for IPv4 and IPv6. An IPv4 client is reported as plain IPv4 (not
+/// `::ffff:127.0.0.1`), so rules written for IPv4 still apply; an IPv6 client as IPv6. Only
+/// loopback clients are allowed in: the socket listens on every address while the test runs.
+#[test]
+fn any_serves_both_families() {
+    let dir = TempDir::new("tcpserver-any");
+    let rules = write_rules(dir.path(), "127.0.0.1:allow,WHO=\"four\"\n::1:allow,WHO=\"six\"\n:deny\n");
+    let rules = rules.to_str().expect("path");
+    let server =
+        match Server::try_start(bin("quill-tcpserver").as_os_str(), &["-x", rules], ("any", "0"), SHOW_ENV, |_| {}) {
+            Ok(server) => server,
+            Err(log) => panic!("quill-tcpserver any did not start: {log}"),
+        };
+    let out = server.output();
+    assert_eq!(value(&out, "PROTO"), "TCP", "{out}");
+    assert_eq!((value(&out, "TCPREMOTEIP"), value(&out, "TCPLOCALIP")), ("127.0.0.1", "127.0.0.1"));
+    assert_eq!(value(&out, "WHO"), "four");
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        common::skip("no IPv6 loopback (::1) here: only the IPv4 half of `any` was checked");
+        return;
+    }
+    let out = read_all(connect(server.address("::1"), None));
+    assert_eq!(value(&out, "PROTO"), "TCP6", "{out}");
+    assert_eq!((value(&out, "TCPREMOTEIP"), value(&out, "TCPLOCALIP")), ("::1", "::1"));
+    assert_eq!(value(&out, "WHO"), "six");
+}
+
 #[test]
 fn rules_exact_prefix_cidr_most_specific_wins() {
     let dir = TempDir::new("tcpserver-rules");

@@ -63,7 +63,7 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
-    let listener = match listener::bind(config.address, config.backlog) {
+    let listener = match listener::bind(config.address, config.backlog, config.any) {
         Ok(listener) => listener,
         Err(e) => return log::fatal_exit(&format!("unable to bind {}: {e}", config.address)),
     };

@@ -14,11 +14,18 @@ use std::os::unix::ffi::OsStringExt;
 use std::process::Command;
 use std::time::Duration;
 
-/// The listen address from the command line: an IPv4 or IPv6 address (brackets allowed), or
-/// tcpserver's `0` for every IPv4 address. Host names are refused: there is no DNS to ask.
+/// The host that means every address of both families.
+pub const ANY: &str = "any";
+
+/// The listen address from the command line: an IPv4 or IPv6 address (brackets allowed),
+/// tcpserver's `0` for every IPv4 address, or [`ANY`] for every address of both families
+/// (`::`, made dual-stack by [`bind`]). Host names are refused: there is no DNS to ask.
 pub fn parse_host(text: &str) -> Result<IpAddr, Error> {
     if text == "0" {
         return Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    }
+    if text == ANY {
+        return Ok(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
     }
     let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
     bare.parse()
@@ -54,13 +61,27 @@ pub fn service_port(services: &str, name: &str) -> Option<u16> {
 /// A listening socket with SO_REUSEADDR, IPV6_V6ONLY for IPv6 (an IPv4 listener on the same
 /// port is then a separate program), non-blocking for the poll loop. The backlog is where
 /// clients wait while every slot is busy (and with `-w`), so it should be large.
-pub fn bind(address: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+///
+/// With `any` (host [`ANY`]) the socket is `[::]` without IPV6_V6ONLY: IPv4 clients arrive as
+/// IPv4-mapped addresses, which [`canonical`] turns back into IPv4. A kernel without IPv6
+/// (EAFNOSUPPORT, or `::` not assignable) gets `0.0.0.0` instead, with a warning.
+pub fn bind(address: SocketAddr, backlog: i32, any: bool) -> io::Result<TcpListener> {
+    match bind_family(address, backlog, any) {
+        Err(e) if any && matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)) => {
+            crate::base::log::warning(&format!("no IPv6 here ({e}): listening on IPv4 only"));
+            bind_family(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), address.port()), backlog, false)
+        }
+        other => other,
+    }
+}
+
+fn bind_family(address: SocketAddr, backlog: i32, any: bool) -> io::Result<TcpListener> {
     use nix::sys::socket::{setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage};
     let family = if address.is_ipv6() { AddressFamily::Inet6 } else { AddressFamily::Inet };
     let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     if address.is_ipv6() {
-        setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+        setsockopt(&fd, sockopt::Ipv6V6Only, &!any)?;
     }
     nix::sys::socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(address))?;
     nix::sys::socket::listen(&fd, Backlog::new(backlog).unwrap_or(Backlog::MAXCONN))?;

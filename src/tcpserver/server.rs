@@ -52,6 +52,9 @@ pub enum Verbosity {
 pub struct Config {
     /// HOST and PORT.
     pub address: SocketAddr,
+    /// HOST was `any`: one socket for both families (`[::]` without IPV6_V6ONLY), or IPv4
+    /// alone on a kernel without IPv6 ([`listener::bind`]).
+    pub any: bool,
     /// PROGRAM and its arguments.
     pub program: Vec<OsString>,
     /// `-c`: connections at once.
@@ -175,6 +178,7 @@ pub fn parse_options(args: &[String]) -> Result<Config, Error> {
     let lookup_timeout: u32 = number(&m, "t", 26)?;
     Ok(Config {
         address: SocketAddr::new(host, port),
+        any: m.free[0] == listener::ANY,
         program: m.free[2..].iter().map(OsString::from).collect(),
         limit,
         per_client,
