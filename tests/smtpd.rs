@@ -1332,3 +1332,29 @@ fn no_auth_broker_without_checkpassword() {
     assert_eq!(status_line(smtpd, "NoNewPrivs:"), "NoNewPrivs: 1");
     client.command("QUIT", "221");
 }
+
+/// control/greetdelay (here GREETDELAY, as tcprules would set it): a client that talks before
+/// the greeting gets 554 and the session ends, logged with what it sent; one that waits gets
+/// the 220 after the delay; a RELAYCLIENT client is not delayed at all.
+#[test]
+fn pregreet_talkers_are_refused() {
+    let server = Server::start(&Setup::new().env("GREETDELAY", "1")).expect("server");
+    let mut early = server.connect();
+    early.send(b"EHLO spam.example\r\n");
+    early.expect("554 5.5.1");
+    assert_eq!(early.line(), None, "the session ends after the 554");
+    let mut patient = server.connect();
+    patient.expect("220 ");
+    patient.command("QUIT", "221");
+    let log = server.log();
+    assert!(log.contains("pregreet 127.0.0.1 talked before the greeting: EHLO spam.example"), "{log}");
+    assert!(log.contains("pregreet: talked before the greeting"), "{log}");
+
+    let server = Server::start(&Setup::new().env("GREETDELAY", "30").env("RELAYCLIENT", "")).expect("server");
+    let mut trusted = server.connect();
+    trusted.send(b"EHLO friend.example\r\n");
+    trusted.expect("220 ");
+    trusted.expect("250");
+    trusted.command("QUIT", "221");
+    assert!(!server.log().contains("pregreet"));
+}

@@ -44,6 +44,7 @@ pub const NUMBER_FILES: &[&str] = &[
     "queuelifetime",
     "queueactive",
     "timeoutsmtpd",
+    "greetdelay",
     "timeoutsmtpdsession",
     "timeoutsmtpddata",
     "timeoutremote",

@@ -47,6 +47,10 @@ pub struct Config {
     pub stress: bool,
     /// RELAYCLIENT: present means the client may relay; its value is appended to recipients.
     pub relayclient: Option<Vec<u8>>,
+    /// GREETDELAY or control/greetdelay (seconds, default 0): how long quill-smtpd listens
+    /// before its greeting; a client that talks in that time is refused (postscreen's
+    /// pregreet test). Not for RELAYCLIENT clients, implicit TLS or `sendmail -bs`.
+    pub greet_delay: Duration,
     /// TCPREMOTEIP.
     pub remote_ip: String,
     /// TCPREMOTEHOST, or empty.
@@ -176,6 +180,20 @@ impl Config {
         if implicit_tls && tls.is_none() {
             return Err(Error::temporary("unable to start implicit TLS: control/tlscert is missing"));
         }
+        let relayclient = env_bytes("RELAYCLIENT");
+        let greet_delay =
+            if relayclient.is_some() || implicit_tls || std::env::var_os("PROTO").is_some_and(|p| p == "PIPE") {
+                Duration::ZERO
+            } else {
+                match env_bytes("GREETDELAY") {
+                    Some(v) => Duration::from_secs(
+                        std::str::from_utf8(&v).ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
+                            Error::queue(qq::CONFIG_ERROR, "unable to parse GREETDELAY: not a number")
+                        })?,
+                    ),
+                    None => Duration::from_secs(control.number("greetdelay", 0)?),
+                }
+            };
         // Only a session that can offer AUTH needs control/authinsecure.
         let auth_insecure =
             !checkpassword.is_empty() && (env_flag("AUTH_INSECURE") || control.read("authinsecure")?.is_some());
@@ -189,7 +207,8 @@ impl Config {
             session_time,
             data_time,
             stress,
-            relayclient: env_bytes("RELAYCLIENT"),
+            relayclient,
+            greet_delay,
             remote_ip: std::env::var("TCPREMOTEIP").unwrap_or_else(|_| "unknown".to_string()),
             remote_host: std::env::var("TCPREMOTEHOST").unwrap_or_default(),
             tls,

@@ -120,6 +120,16 @@ impl Wire {
         Ok(Wire { input, output, timeout, signals, state })
     }
 
+    /// Whether the client sends anything (or closes) within `delay`: the pregreet test.
+    fn talks_within(&self, delay: Duration) -> io::Result<bool> {
+        let signals = self.signals.as_ref().filter(|_| !self.state.terminated.get()).map(|s| s.as_fd());
+        match wait_ready(self.input.as_fd(), nix::poll::PollFlags::POLLIN, delay, signals, &self.state) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The per-call timeout, cut short by the overall deadline.
     fn wait(&self, fd: BorrowedFd<'_>, events: nix::poll::PollFlags) -> io::Result<()> {
         let mut timeout = self.timeout;
@@ -183,6 +193,8 @@ pub enum End {
     /// A BDAT command whose chunk size could not be read: the octets that follow cannot be
     /// told from commands.
     BadChunk,
+    /// The client talked before the greeting (control/greetdelay).
+    Pregreet,
 }
 
 impl End {
@@ -202,6 +214,7 @@ impl End {
             End::TooMuchData => "too much data".to_string(),
             End::TlsFailed(e) => format!("TLS failed: {e}"),
             End::BadChunk => "bad BDAT".to_string(),
+            End::Pregreet => "pregreet: talked before the greeting".to_string(),
         }
     }
 }
@@ -350,12 +363,44 @@ impl Session {
                 return end;
             }
         }
+        if !self.config.greet_delay.is_zero() {
+            if let Err(end) = self.pregreet() {
+                return end;
+            }
+        }
         let greeting = format!("{} ESMTP", String::from_utf8_lossy(&self.config.greeting));
         self.reply(220, &greeting);
         loop {
             if let Err(end) = self.command() {
                 return end;
             }
+        }
+    }
+
+    /// postscreen's pregreet test: listen for control/greetdelay before the greeting. A real
+    /// client waits for the 220 (RFC 5321 §3.1); a spam engine that talks first is refused
+    /// with 554 and logged with the first bytes it sent. One that hangs up is just gone.
+    fn pregreet(&mut self) -> std::result::Result<(), End> {
+        let Transport::Plain(wire) = &mut self.transport else { return Ok(()) };
+        match wire.talks_within(self.config.greet_delay) {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                let mut early = [0u8; 64];
+                // Readable now (or at its end): this read does not wait.
+                let n = wire.input.read(&mut early).unwrap_or(0);
+                if n == 0 {
+                    return Err(End::Eof);
+                }
+                crate::base::log::line(&format!(
+                    "pregreet {} talked before the greeting: {}",
+                    self.config.remote_ip,
+                    crate::base::log::safe(&early[..n])
+                ));
+                self.reply(554, "5.5.1 protocol error: talking before the greeting");
+                Err(End::Pregreet)
+            }
+            Err(_) if self.state.terminated.get() => Err(End::Terminated),
+            Err(e) => Err(End::ReadError(e.to_string())),
         }
     }
 
