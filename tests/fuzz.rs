@@ -460,7 +460,7 @@ fn header(input: &[u8]) -> Print {
 /// DNS answers as quill-remote's resolver decodes them; a decoded message must encode and
 /// decode to itself.
 fn dns(input: &[u8]) -> Print {
-    use quill::remote::dns;
+    use quill::mail::dns;
     match dns::decode(input) {
         Err(e) => Print::new().add(format!("{e:?}")).done(),
         Ok(message) => {
@@ -641,7 +641,7 @@ fn tcprules(input: &[u8]) -> Print {
     }
 }
 
-/// Control files: the loaders of quill-smtpd and quill-send, smtproutes, dnsservers, and
+/// Control files: the loaders of quill-smtpd and quill-send, smtproutes, dnsservers, dnsbl, and
 /// users/assign compiled and read back as quill-lspawn reads it.
 fn control(input: &[u8]) -> Print {
     thread_local! {
@@ -661,6 +661,9 @@ fn control(input: &[u8]) -> Print {
         "bouncefrom",
         "smtproutes",
         "dnsservers",
+        "dnsbl",
+        "recipientdelimiter",
+        "greetdelay",
     ];
     let mut print = Print::new();
     let (name, text) = match input.split_first() {
@@ -679,7 +682,8 @@ fn control(input: &[u8]) -> Print {
             quill::smtpd::session::Config::load(&control, Vec::new(), false).map(|c| c.rcpthosts.len().min(4)).is_ok(),
         );
         print.add(quill::send::sendconf::Config::load(&control).map(|c| c.rewriting.locals.len().min(4)).is_ok());
-        print.add(quill::remote::dns::Resolver::from_control(&control).map(|r| r.servers.len()).ok());
+        print.add(quill::mail::dns::Resolver::from_control(&control).map(|r| r.servers.len()).ok());
+        print.add(quill::mail::users::Delimiters::load(home.path()).is_ok());
         for line in control.lines("smtproutes").unwrap_or_default().iter().take(32) {
             print.add(quill::remote::route::parse_route(line).is_some());
             print.add(quill::admin::check::smtproute_line(line).is_ok());
@@ -688,7 +692,8 @@ fn control(input: &[u8]) -> Print {
             print.add(quill::admin::check::virtualdomain_line(line).is_ok());
         }
     });
-    print.add(quill::remote::dns::Resolver::parse(input).servers.len());
+    print.add(quill::mail::dns::Resolver::parse(input).servers.len());
+    print.add(quill::mail::dnsbl::parse(input).map(|z| z.len().min(8)).map_err(|e| e.message.len().min(64)));
     match quill::mail::users::compile_assign(input) {
         Err(_) => {
             print.add("bad assign");

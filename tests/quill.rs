@@ -219,6 +219,7 @@ fn check_names_each_problem_and_its_fix() {
             ("smtproutes", "example.com:relay.example.net:25\nbroken line\n"),
             ("virtualdomains", "virtual.example:joe\n"),
             ("recipientdelimiter", "+@\n"),
+            ("dnsbl", "zen.example.org 554\nbl.example.net 550\n"),
         ],
     );
     std::fs::create_dir_all(home.path().join("users")).expect("users/");
@@ -232,6 +233,7 @@ fn check_names_each_problem_and_its_fix() {
         "control/helohost: \"not a host\" is not a domain name".to_string(),
         "control/smtproutes: \"broken line\": no colon".to_string(),
         "control/recipientdelimiter: '@' cannot be a recipient delimiter".to_string(),
+        "control/dnsbl line 2: the action must be 451, 554 or allow".to_string(),
         format!("localhost is delivered here but is not in control/rcpthosts, so SMTP clients cannot send to it; fix: echo localhost >> {}", control.join("rcpthosts").display()),
         "virtual.example is delivered here but is not in control/rcpthosts".to_string(),
         "users/assign has changed since it was compiled".to_string(),

@@ -1546,7 +1546,7 @@ struct HostileDns {
 }
 
 impl HostileDns {
-    fn start(answer: fn(&quill::remote::dns::Message) -> Vec<u8>) -> HostileDns {
+    fn start(answer: fn(&quill::mail::dns::Message) -> Vec<u8>) -> HostileDns {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         socket.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
         let port = socket.local_addr().expect("addr").port();
@@ -1558,7 +1558,7 @@ impl HostileDns {
             let mut buffer = [0u8; 2048];
             while !stop2.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(60) {
                 let Ok((n, from)) = socket.recv_from(&mut buffer) else { continue };
-                let Ok(query) = quill::remote::dns::decode(&buffer[..n]) else { continue };
+                let Ok(query) = quill::mail::dns::decode(&buffer[..n]) else { continue };
                 queries2.fetch_add(1, Ordering::SeqCst);
                 let _ = socket.send_to(&answer(&query), from);
             }
@@ -1581,18 +1581,18 @@ impl Drop for HostileDns {
 }
 
 /// An answer to `query` with one CNAME record from the question name to `target`.
-fn cname_answer(query: &quill::remote::dns::Message, target: &[u8]) -> Vec<u8> {
-    use quill::remote::dns::{Data, Record, CLASS_IN, TYPE_CNAME};
+fn cname_answer(query: &quill::mail::dns::Message, target: &[u8]) -> Vec<u8> {
+    use quill::mail::dns::{Data, Record, CLASS_IN, TYPE_CNAME};
     let name = query.questions.first().map(|q| q.0.clone()).unwrap_or_default();
     let record = Record { name, rtype: TYPE_CNAME, class: CLASS_IN, ttl: 60, data: Data::Cname(target.to_vec()) };
-    let message = quill::remote::dns::Message {
+    let message = quill::mail::dns::Message {
         id: query.id,
         flags: 0x8180,
         questions: query.questions.clone(),
         answers: vec![record],
         ..Default::default()
     };
-    quill::remote::dns::encode_message(&message).expect("encode")
+    quill::mail::dns::encode_message(&message).expect("encode")
 }
 
 #[test]
@@ -1625,5 +1625,5 @@ fn hostile_cname_answers_end_in_a_bounded_deferral() {
     assert!(r[1].1.contains("#4.4.3") && r[1].1.contains("CNAME chain too long"), "{r:?}");
     let count = deeper.count();
     eprintln!("queries for the endless chain: {count}");
-    assert!((1..=quill::remote::dns::MAX_QUERIES).contains(&count), "{count} queries");
+    assert!((1..=quill::mail::dns::MAX_QUERIES).contains(&count), "{count} queries");
 }

@@ -1358,3 +1358,57 @@ fn pregreet_talkers_are_refused() {
     trusted.command("QUIT", "221");
     assert!(!server.log().contains("pregreet"));
 }
+
+/// control/dnsbl against dnsmasq on loopback: a client a blocklist names is greeted, then its
+/// MAIL gets the zone's code and the list's TXT words; an allowlist, AUTH and RELAYCLIENT
+/// exempt it; an error answer (127.255.255.254) and an unlisted client pass.
+#[test]
+fn dnsbl_zones_refuse_listed_clients_at_mail() {
+    let records = [
+        "--host-record=2.0.0.127.bl.test,127.0.0.2",
+        "--txt-record=2.0.0.127.bl.test,Listed for spam: see http://bl.test/127.0.0.2",
+        "--host-record=3.0.0.127.soft.test,127.0.0.3",
+        "--host-record=4.0.0.127.bl.test,127.0.0.4",
+        "--host-record=4.0.0.127.wl.test,127.0.0.2",
+        "--host-record=5.0.0.127.bl.test,127.255.255.254",
+    ]
+    .map(String::from);
+    let Some(dns) = common::dnsmasq::Dnsmasq::start(&records) else { return };
+    let setup = Setup::new()
+        .control("dnsservers", &dns.servers())
+        .control("dnsbl", "# test lists\nwl.test allow\nbl.test 554\nsoft.test 451\n");
+    let session = |ip: &str, extra: &[(&str, &str)]| {
+        let mut setup = setup.clone().env("TCPREMOTEIP", ip).env("AUTH_INSECURE", "1").auth();
+        for (name, value) in extra {
+            setup = setup.env(name, value);
+        }
+        Server::start(&setup).expect("server")
+    };
+    let mail = |server: &Server, auth: bool| {
+        let mut client = server.connect();
+        client.expect("220");
+        client.command("EHLO test", "250");
+        if auth {
+            client.command("AUTH PLAIN AGFsaWNlAHNlY3JldA==", "235");
+        }
+        let reply = client.command("MAIL FROM:<a@example.com>", "");
+        client.command("QUIT", "221");
+        reply
+    };
+    let listed = session("127.0.0.2", &[]);
+    let reply = mail(&listed, false);
+    assert!(reply.starts_with("554 5.7.1 Listed for spam: see http://bl.test/127.0.0.2"), "{reply}\n{}", listed.log());
+    assert!(mail(&listed, true).starts_with("250"), "AUTH exempts");
+    let log = listed.log();
+    assert!(log.contains("dnsbl 127.0.0.2 listed by bl.test: Listed for spam"), "{log}");
+    assert!(log.contains("dnsbl 127.0.0.2 refused MAIL: listed by bl.test"), "{log}");
+    let soft = session("127.0.0.3", &[]);
+    assert!(mail(&soft, false).starts_with("451 4.7.1 127.0.0.3 is listed by soft.test"));
+    for (ip, why) in [("127.0.0.4", "allowlisted"), ("127.0.0.5", "an error answer"), ("127.0.0.6", "unlisted")] {
+        let server = session(ip, &[]);
+        let reply = mail(&server, false);
+        assert!(reply.starts_with("250"), "{ip} ({why}): {reply}");
+    }
+    let relay = session("127.0.0.2", &[("RELAYCLIENT", "")]);
+    assert!(mail(&relay, false).starts_with("250"), "RELAYCLIENT exempts");
+}

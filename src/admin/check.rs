@@ -455,6 +455,11 @@ fn check_controls(list: &mut Vec<Problem>, home: &Path) {
             }
         }
     }
+    if let Err(e) =
+        control.read(crate::mail::dnsbl::FILE).and_then(|t| crate::mail::dnsbl::parse(&t.unwrap_or_default()))
+    {
+        problem(list, e.message, edit(crate::mail::dnsbl::FILE));
+    }
     if let Err(e) = crate::mail::users::Delimiters::load(home) {
         problem(list, e.message, edit(crate::mail::users::DELIMITER_FILE));
     }

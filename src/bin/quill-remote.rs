@@ -15,8 +15,8 @@
 
 use quill::base::fail::{Enhanced, Status};
 use quill::mail::control::Control;
+use quill::mail::dns::Resolver;
 use quill::mail::proto::remote_report::{self, Report};
-use quill::remote::dns::Resolver;
 use quill::remote::message::Message;
 use quill::remote::results::Results;
 use quill::remote::route::{self, Ours};

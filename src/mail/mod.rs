@@ -5,6 +5,8 @@
 //! recipient rewriting quill-send and quill-smtpd share). Files: `control` (doc/quill-control.5),
 //! `queuefile` (doc/queue-format.5: the queue's layout and a message file's header),
 //! `aliases` (doc/aliases.5), `users` (doc/quill-users.5), `dotqmail` (doc/dot-qmail.5),
+//! `dns` (the stub resolver: quill-remote's MX lookups, quill-smtpd's blocklists), `dnsbl`
+//! (control/dnsbl and the lookups of a client in its zones),
 //! `queuelist` (the queue listing `mailq` and `quill queue list` print), `recipient` (whether
 //! a local address is deliverable: quill-smtpd's RCPT check, `sendmail -bv`). Confinement: `jail`
 //! (what each program may do once confined, over `base::confine`).
@@ -19,6 +21,8 @@
 pub mod address;
 pub mod aliases;
 pub mod control;
+pub mod dns;
+pub mod dnsbl;
 pub mod dotqmail;
 pub mod envelope;
 pub mod header;

@@ -10,7 +10,7 @@
 #![forbid(unsafe_code)]
 
 use crate::base::fail::{Enhanced, Outcome, Status};
-use crate::remote::dns::{DnsError, Resolver};
+use crate::mail::dns::{DnsError, Resolver};
 use crate::remote::results::Text;
 use std::net::IpAddr;
 
@@ -128,7 +128,7 @@ pub fn find_route<'a>(routes: &'a [Route], domain: &[u8]) -> Option<&'a Route> {
 
 /// What we are willing to look up or connect to (defined with the DNS decoder, which makes
 /// every other name fail it).
-pub use crate::remote::dns::is_host_name;
+pub use crate::mail::dns::is_host_name;
 
 /// The addresses that are this machine: `control/ipme` plus every local interface. Loopback
 /// addresses from the interfaces count unless the route came from smtproutes (where a relay
@@ -286,7 +286,7 @@ fn mail_exchangers(
     let implicit = mx.is_empty();
     let mx = if implicit { vec![(0, domain.to_vec())] } else { mx };
     let mut ordered =
-        order_mx(mx.into_iter().filter(|(_, h)| !h.is_empty()).collect(), &mut crate::remote::dns::random_u16);
+        order_mx(mx.into_iter().filter(|(_, h)| !h.is_empty()).collect(), &mut crate::mail::dns::random_u16);
     ordered.truncate(MAX_HOSTS);
     for (preference, name) in ordered {
         if !is_host_name(&name) {
@@ -541,7 +541,7 @@ mod tests {
     /// note must not make the failure temporary (the old check read the notes' words).
     #[test]
     fn an_mx_name_cannot_pass_for_a_status() {
-        use crate::remote::dns::{decode, encode_message, Data, Message, Record, CLASS_IN, TYPE_MX};
+        use crate::mail::dns::{decode, encode_message, Data, Message, Record, CLASS_IN, TYPE_MX};
         use std::time::{Duration, Instant};
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -65,7 +65,7 @@ impl Settings {
         let tlsca = control.path("tlsca");
         let helo = control.line_or_me("helohost")?;
         // The name goes into a command line: a host name or an address literal, nothing else.
-        if !crate::remote::dns::is_host_name(&helo) && route::parse_literal(&helo).is_none() {
+        if !crate::mail::dns::is_host_name(&helo) && route::parse_literal(&helo).is_none() {
             return Err(crate::base::fail::Error::temporary(format!(
                 "unable to use control/helohost (or control/me): {} is not a host name or address literal",
                 crate::base::log::safe(&helo)

@@ -51,6 +51,9 @@ pub struct Config {
     /// before its greeting; a client that talks in that time is refused (postscreen's
     /// pregreet test). Not for RELAYCLIENT clients, implicit TLS or `sendmail -bs`.
     pub greet_delay: Duration,
+    /// What the DNS lists of control/dnsbl say about the client ([`crate::mail::dnsbl`]),
+    /// filled in by quill-smtpd's main before the confinement.
+    pub dnsbl: crate::mail::dnsbl::Verdict,
     /// TCPREMOTEIP.
     pub remote_ip: String,
     /// TCPREMOTEHOST, or empty.
@@ -209,6 +212,7 @@ impl Config {
             stress,
             relayclient,
             greet_delay,
+            dnsbl: crate::mail::dnsbl::Verdict::default(),
             remote_ip: std::env::var("TCPREMOTEIP").unwrap_or_else(|_| "unknown".to_string()),
             remote_host: std::env::var("TCPREMOTEHOST").unwrap_or_default(),
             tls,

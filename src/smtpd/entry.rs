@@ -32,7 +32,18 @@ pub fn serve(mut args: Vec<OsString>) -> u8 {
         args.remove(0);
     }
     let control = Control::from_env();
-    let mut config = match Config::load(&control, args, implicit_tls) {
+    let started = std::time::Instant::now();
+    let loaded = Config::load(&control, args, implicit_tls).and_then(|mut config| {
+        // The blocklists need a socket, so they are asked before the confinement; their time
+        // counts as part of the greeting delay.
+        config.dnsbl = crate::mail::dnsbl::lookup(&control, &config.remote_ip, config.relayclient.is_some())?;
+        config.greet_delay = match config.dnsbl.allowed {
+            true => std::time::Duration::ZERO,
+            false => config.greet_delay.saturating_sub(started.elapsed()),
+        };
+        Ok(config)
+    });
+    let mut config = match loaded {
         Ok(config) => config,
         Err(e) => {
             log::fatal(&e.message);

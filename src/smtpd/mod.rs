@@ -3,7 +3,8 @@
 //! greeting to QUIT), `config` (its control files and environment), `data` (the message data
 //! after 354: end of data, hop count, the queue's reply), `auth` (the AUTH payloads and
 //! checkpassword), `broker` (the process that runs checkpassword for a confined smtpd) and
-//! `rcptcheck` (the RCPT decision: relaying, and whether a local recipient exists).
+//! `rcptcheck` (the RCPT decision: relaying, and whether a local recipient exists). The DNS
+//! block- and allowlists asked at connect are `mail::dnsbl`.
 #![forbid(unsafe_code)]
 
 pub mod auth;

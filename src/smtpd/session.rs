@@ -686,6 +686,15 @@ impl Session {
             self.reply(530, "5.7.0 authentication required");
             return Ok(());
         }
+        if let (Some(listing), None) = (&self.config.dnsbl.listed, &self.auth_user) {
+            let (code, text) = listing.reply();
+            crate::base::log::line(&format!(
+                "dnsbl {} refused MAIL: listed by {}",
+                self.config.remote_ip, listing.zone
+            ));
+            self.reply(code, &text);
+            return Ok(());
+        }
         let Some(path) = strip_keyword(arg, b"FROM:") else {
             return self.error(501, "5.5.4 syntax: MAIL FROM:<address>");
         };

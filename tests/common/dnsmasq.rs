@@ -42,7 +42,7 @@ impl Dnsmasq {
             }
             quill::base::sys::die_with_parent(&mut command);
             let mut dns = Dnsmasq { process: command.spawn().expect("start dnsmasq"), port };
-            let resolver = quill::remote::dns::Resolver {
+            let resolver = quill::mail::dns::Resolver {
                 servers: vec![SocketAddr::from(([127, 0, 0, 1], port))],
                 timeout: Duration::from_millis(200),
                 attempts: 1,
@@ -54,8 +54,8 @@ impl Dnsmasq {
                     return true;
                 }
                 matches!(
-                    resolver.query(b"ready.test", quill::remote::dns::TYPE_A),
-                    Ok(_) | Err(quill::remote::dns::DnsError::NxDomain(_))
+                    resolver.query(b"ready.test", quill::mail::dns::TYPE_A),
+                    Ok(_) | Err(quill::mail::dns::DnsError::NxDomain(_))
                 )
             });
             said = std::fs::read_to_string(log.path().join(format!("stderr.{attempt}"))).unwrap_or_default();

@@ -451,8 +451,8 @@ fn bind_random(server: SocketAddr) -> std::io::Result<UdpSocket> {
 #[allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 mod tests {
     use super::*;
-    use crate::remote::dns::wire::tests::rr;
-    use crate::remote::dns::wire::{decode, encode_message, Record, TYPE_OPT};
+    use crate::mail::dns::wire::tests::rr;
+    use crate::mail::dns::wire::{decode, encode_message, Record, TYPE_OPT};
 
     #[test]
     fn configuration() {

@@ -15,6 +15,7 @@ pub const TYPE_A: u16 = 1;
 pub const TYPE_CNAME: u16 = 5;
 pub const TYPE_SOA: u16 = 6;
 pub const TYPE_MX: u16 = 15;
+pub const TYPE_TXT: u16 = 16;
 pub const TYPE_AAAA: u16 = 28;
 pub const TYPE_OPT: u16 = 41;
 /// Class IN.
@@ -64,6 +65,8 @@ pub enum Data {
     Mx(u16, Vec<u8>),
     /// Start of authority: primary server and the negative-caching TTL.
     Soa(Vec<u8>, u32),
+    /// Text: its character-strings, each at most 255 bytes (RFC 1035 §3.3.14).
+    Txt(Vec<Vec<u8>>),
     /// Anything else (kept as its type only).
     Other,
 }
@@ -231,6 +234,13 @@ pub fn encode_message(message: &Message) -> Result<Vec<u8>, WireError> {
                     data.extend_from_slice(&value.to_be_bytes());
                 }
             }
+            Data::Txt(strings) => {
+                for string in strings {
+                    let string = &string[..string.len().min(255)];
+                    data.push(string.len() as u8);
+                    data.extend_from_slice(string);
+                }
+            }
             Data::Other => {}
         }
         out.extend_from_slice(&(data.len() as u16).to_be_bytes());
@@ -389,9 +399,22 @@ fn record(c: &mut Cursor) -> Result<Record, WireError> {
             inner.bytes(16)?;
             Data::Soa(mname, inner.u32()?)
         }
+        TYPE_TXT => {
+            let mut strings = Vec::new();
+            let mut rest = rdata;
+            while let Some((&length, tail)) = rest.split_first() {
+                let length = length as usize;
+                if length > tail.len() {
+                    return Err(WireError::BadRecord);
+                }
+                strings.push(tail[..length].to_vec());
+                rest = &tail[length..];
+            }
+            Data::Txt(strings)
+        }
         _ => Data::Other,
     };
-    if !matches!(data, Data::Other | Data::A(_) | Data::Aaaa(_)) && inner.pos != end {
+    if !matches!(data, Data::Other | Data::A(_) | Data::Aaaa(_) | Data::Txt(_)) && inner.pos != end {
         return Err(WireError::BadRecord);
     }
     Ok(Record { name, rtype, class, ttl, data })
@@ -430,7 +453,7 @@ pub(super) mod tests {
     }
 
     /// One record of class IN (the resolver's tests build their answers with it too).
-    pub(in crate::remote::dns) fn rr(name: &[u8], rtype: u16, data: Data) -> Record {
+    pub(in crate::mail::dns) fn rr(name: &[u8], rtype: u16, data: Data) -> Record {
         Record { name: name.to_vec(), rtype, class: CLASS_IN, ttl: 60, data }
     }
 
@@ -454,6 +477,7 @@ pub(super) mod tests {
             rr(b"mx.example.com", TYPE_A, Data::A(Ipv4Addr::new(192, 0, 2, 1))),
             rr(b"mx.example.com", TYPE_AAAA, Data::Aaaa(Ipv6Addr::LOCALHOST)),
             rr(b"www.example.com", TYPE_CNAME, Data::Cname(b"example.com".to_vec())),
+            rr(b"2.0.0.127.bl.example", TYPE_TXT, Data::Txt(vec![b"listed: see".to_vec(), vec![], b"x".to_vec()])),
         ];
         let packet = answer(7, b"example.com", TYPE_MX, records.clone());
         let m = decode(&packet).unwrap();
@@ -469,6 +493,17 @@ pub(super) mod tests {
         let m = decode(&encode_message(&soa).unwrap()).unwrap();
         assert_eq!(m.rcode(), RCODE_NXDOMAIN);
         assert_eq!(m.authority, soa.authority);
+    }
+
+    #[test]
+    fn txt_strings_must_fit_their_record() {
+        let good = answer(3, b"t.example", TYPE_TXT, vec![rr(b"t.example", TYPE_TXT, Data::Txt(vec![b"ab".to_vec()]))]);
+        assert!(decode(&good).is_ok());
+        // The string claims 3 bytes where the record holds 2.
+        let mut bad = good.clone();
+        let at = bad.len() - 3;
+        bad[at] = 3;
+        assert_eq!(decode(&bad), Err(WireError::BadRecord));
     }
 
     #[test]
