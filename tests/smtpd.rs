@@ -1412,3 +1412,77 @@ fn dnsbl_zones_refuse_listed_clients_at_mail() {
     let relay = session("127.0.0.2", &[("RELAYCLIENT", "")]);
     assert!(mail(&relay, false).starts_with("250"), "RELAYCLIENT exempts");
 }
+
+/// control/senderlogins: an authenticated user may use only the senders an entry gives them
+/// (the address's own entry first, then its domain's); the null sender is anyone's; a client
+/// that did not authenticate is not checked.
+#[test]
+fn authenticated_senders_only_as_their_addresses() {
+    let setup = Setup::new()
+        .auth()
+        .env("AUTH_INSECURE", "1")
+        .control("senderlogins", "alice@example.com: alice\n@example.org: alice, bob\nboss@example.org: boss\n");
+    let server = Server::start(&setup).expect("server");
+    let mut client = server.connect();
+    client.expect("220");
+    client.command("EHLO test", "250");
+    client.command("MAIL FROM:<anyone@example.net>", "250");
+    client.command("RSET", "250");
+    client.command("AUTH PLAIN AGFsaWNlAHNlY3JldA==", "235");
+    for (sender, want) in [
+        ("alice@example.com", "250"),
+        ("Alice@EXAMPLE.com", "250"),
+        ("sales@example.org", "250"),
+        ("", "250"),
+        ("bob@example.com", "553 5.7.1 <bob@example.com>: sender address not owned by user alice"),
+        ("boss@example.org", "553 5.7.1"),
+    ] {
+        client.command(&format!("MAIL FROM:<{sender}>"), want);
+        client.command("RSET", "250");
+    }
+    client.command("QUIT", "221");
+    let log = server.log();
+    assert!(log.contains("sender 127.0.0.1 user=alice may not send as <bob@example.com>"), "{log}");
+}
+
+/// A message from an authenticated sender without Date and Message-ID gets them at the end
+/// of its header (over DATA and BDAT, and a message that is all header); one that has them
+/// keeps its own; a stranger's message is left as it came.
+#[test]
+fn authenticated_messages_get_date_and_message_id() {
+    let server = Server::start(&Setup::new().auth().env("AUTH_INSECURE", "1")).expect("server");
+    let send = |auth: bool, message: &str, bdat: bool| {
+        let mut client = server.connect();
+        client.expect("220");
+        client.command("EHLO test", "250");
+        if auth {
+            client.command("AUTH PLAIN AGFsaWNlAHNlY3JldA==", "235");
+        }
+        client.command("MAIL FROM:<alice@example.com>", "250");
+        client.command("RCPT TO:<bob@example.com>", "250");
+        if bdat {
+            client.send(format!("BDAT {} LAST\r\n", message.len()).as_bytes());
+            client.send(message.as_bytes());
+            client.expect("250");
+        } else {
+            client.command("DATA", "354");
+            client.command(&format!("{message}."), "250");
+        }
+        client.command("QUIT", "221");
+    };
+    send(true, "Subject: bare\r\nTo: bob@example.com\r\n\r\nbody line\r\n", false);
+    send(true, "Subject: dated\r\nDate: Thu, 1 Jan 2026 00:00:00 +0000\r\n\r\nbody\r\n", true);
+    send(true, "Subject: all header\r\n", false);
+    send(false, "Subject: stranger\r\n\r\nbody\r\n", false);
+    let queued = server.queued();
+    assert_eq!(queued.len(), 4);
+    let text: Vec<String> = queued.iter().map(|(m, _)| String::from_utf8_lossy(m).into_owned()).collect();
+    let (header, body) = text[0].split_once("\n\n").expect("header and body");
+    assert!(header.contains("\nSubject: bare\nTo: bob@example.com\nDate: "), "{header}");
+    assert!(header.contains("\nMessage-ID: <") && header.ends_with("@mx.example.com>"), "{header}");
+    assert_eq!(body, "body line\n");
+    assert_eq!(text[1].matches("Date: ").count(), 1, "{}", text[1]);
+    assert!(text[1].contains("Date: Thu, 1 Jan 2026") && text[1].contains("Message-ID: <"), "{}", text[1]);
+    assert!(text[2].contains("Subject: all header\nDate: ") && text[2].contains("\nMessage-ID: <"), "{}", text[2]);
+    assert!(!text[3].contains("Date: ") && !text[3].contains("Message-ID:"), "{}", text[3]);
+}

@@ -460,6 +460,9 @@ fn check_controls(list: &mut Vec<Problem>, home: &Path) {
     {
         problem(list, e.message, edit(crate::mail::dnsbl::FILE));
     }
+    if let Err(e) = crate::mail::senderlogins::SenderLogins::load(&control) {
+        problem(list, e.message, edit(crate::mail::senderlogins::FILE));
+    }
     if let Err(e) = crate::mail::users::Delimiters::load(home) {
         problem(list, e.message, edit(crate::mail::users::DELIMITER_FILE));
     }

@@ -8,7 +8,8 @@
 //! `dns` (the stub resolver: quill-remote's MX lookups, quill-smtpd's blocklists), `dnsbl`
 //! (control/dnsbl and the lookups of a client in its zones),
 //! `queuelist` (the queue listing `mailq` and `quill queue list` print), `recipient` (whether
-//! a local address is deliverable: quill-smtpd's RCPT check, `sendmail -bv`). Confinement: `jail`
+//! a local address is deliverable: quill-smtpd's RCPT check, `sendmail -bv`), `senderlogins`
+//! (which senders an authenticated user may use). Confinement: `jail`
 //! (what each program may do once confined, over `base::confine`).
 //! Protocols: `smtp` (the SMTP codec), `submit`
 //! (the qmail-queue protocol, the caller's side), `writer_client` (its way to quill-queued,
@@ -32,6 +33,7 @@ pub mod queuefile;
 pub mod queuelist;
 pub mod recipient;
 pub mod rewrite;
+pub mod senderlogins;
 pub mod smtp;
 pub mod submit;
 pub mod users;

@@ -47,6 +47,8 @@ pub struct Config {
     pub stress: bool,
     /// RELAYCLIENT: present means the client may relay; its value is appended to recipients.
     pub relayclient: Option<Vec<u8>>,
+    /// PROTO=PIPE: `sendmail -bs`, a local user's own session.
+    pub local: bool,
     /// GREETDELAY or control/greetdelay (seconds, default 0): how long quill-smtpd listens
     /// before its greeting; a client that talks in that time is refused (postscreen's
     /// pregreet test). Not for RELAYCLIENT clients, implicit TLS or `sendmail -bs`.
@@ -211,6 +213,7 @@ impl Config {
             data_time,
             stress,
             relayclient,
+            local: std::env::var_os("PROTO").is_some_and(|p| p == "PIPE"),
             greet_delay,
             dnsbl: crate::mail::dnsbl::Verdict::default(),
             remote_ip: std::env::var("TCPREMOTEIP").unwrap_or_else(|_| "unknown".to_string()),

@@ -179,7 +179,7 @@ impl ChunkParser {
 }
 
 /// Counts `Received:` and `Delivered-To:` lines in the header of a message (LF line ends),
-/// which ends at the first empty line.
+/// which ends at the first empty line, and notes whether it has `Date:` and `Message-ID:`.
 #[derive(Default)]
 pub struct HopCounter {
     done: bool,
@@ -187,35 +187,46 @@ pub struct HopCounter {
     prefix: Vec<u8>,
     /// The count so far.
     pub hops: usize,
+    /// A `Date:` field was seen.
+    pub date: bool,
+    /// A `Message-ID:` field was seen.
+    pub message_id: bool,
 }
 
 impl HopCounter {
     /// Look at the next bytes of the message: a line at a time (memchr), and only the first
-    /// 13 bytes of each line are kept, so the body after the header costs nothing.
-    pub fn feed(&mut self, mut bytes: &[u8]) {
-        while !self.done && !bytes.is_empty() {
-            let (part, ends) = match memchr::memchr(b'\n', bytes) {
-                Some(k) => (&bytes[..k], true),
-                None => (bytes, false),
+    /// 13 bytes of each line are kept, so the body after the header costs nothing. Returns
+    /// where in `bytes` the empty line that ends the header starts, when it is in them.
+    pub fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
+        let mut rest = bytes;
+        while !self.done && !rest.is_empty() {
+            let offset = bytes.len() - rest.len();
+            let (part, ends) = match memchr::memchr(b'\n', rest) {
+                Some(k) => (&rest[..k], true),
+                None => (rest, false),
             };
-            bytes = if ends { &bytes[part.len() + 1..] } else { &[] };
+            rest = if ends { &rest[part.len() + 1..] } else { &[] };
             if ends && part.is_empty() && !self.in_line {
                 self.done = true;
-                return;
+                return Some(offset);
             }
             let room = 13usize.saturating_sub(self.prefix.len());
             if room > 0 && !part.is_empty() {
                 let before = self.prefix.len();
                 self.prefix.extend_from_slice(&part[..part.len().min(room)]);
                 // A name counts once, when the line's prefix first reaches it.
-                for name in [&b"received:"[..], b"delivered-to:"] {
-                    if before < name.len()
+                let reached = |name: &[u8]| {
+                    before < name.len()
                         && self.prefix.len() >= name.len()
                         && self.prefix[..name.len()].eq_ignore_ascii_case(name)
-                    {
+                };
+                for name in [&b"received:"[..], b"delivered-to:"] {
+                    if reached(name) {
                         self.hops += 1;
                     }
                 }
+                self.date |= reached(b"date:");
+                self.message_id |= reached(b"message-id:");
             }
             if ends {
                 self.in_line = false;
@@ -224,6 +235,7 @@ impl HopCounter {
                 self.in_line = true;
             }
         }
+        None
     }
 }
 
@@ -246,6 +258,11 @@ pub struct Incoming {
     /// abandon a message, which quill-queue takes quietly (doc/quill-queue.8); quill-queued is
     /// sent an abandon frame instead (doc/quill-queued.8).
     submission: Option<Submission>,
+    /// For a local or authenticated sender: the `Date:` and `Message-ID:` lines to add at the
+    /// end of the header when it has none ([`Incoming::complete_header`]).
+    complete: Option<(Vec<u8>, Vec<u8>)>,
+    /// The last byte given to the queue program.
+    last: u8,
 }
 
 /// How the client's bytes become message bytes: DATA's end-of-data machine, or BDAT's chunks.
@@ -298,7 +315,29 @@ impl Incoming {
             written: received.len() as u64,
             databytes,
             submission: Some(submission),
+            complete: None,
+            last: b'\n',
         }
+    }
+
+    /// Add `date` and `message_id` (whole lines) at the end of the header when it lacks them,
+    /// as sendmail does for a local user's message (issue 12: mail from local or authenticated
+    /// senders gets them; mail relayed in from strangers is left as it came).
+    pub fn complete_header(&mut self, date: Vec<u8>, message_id: Vec<u8>) {
+        self.complete = Some((date, message_id));
+    }
+
+    /// The lines of [`Incoming::complete_header`] the header lacks.
+    fn missing(&mut self) -> Vec<u8> {
+        let Some((date, message_id)) = self.complete.take() else { return Vec::new() };
+        let mut lines = Vec::new();
+        if !self.hops.date {
+            lines.extend_from_slice(&date);
+        }
+        if !self.hops.message_id {
+            lines.extend_from_slice(&message_id);
+        }
+        lines
     }
 
     fn too_big(&self) -> bool {
@@ -339,12 +378,16 @@ impl Incoming {
     /// Count, check and pass on the message bytes in `chunk`.
     fn take_chunk(&mut self) {
         self.size += self.chunk.len() as u64 + memchr::memchr_iter(b'\n', &self.chunk).count() as u64;
-        self.hops.feed(&self.chunk);
+        if let Some(end) = self.hops.feed(&self.chunk) {
+            let missing = self.missing();
+            self.chunk.splice(end..end, missing);
+        }
         if self.refused() {
             self.submission = None;
         } else if let Some(submission) = self.submission.as_mut() {
             submission.write(&self.chunk);
             self.written += self.chunk.len() as u64;
+            self.last = self.chunk.last().copied().unwrap_or(self.last);
         }
     }
 
@@ -362,6 +405,15 @@ impl Incoming {
             let detail = format!(" (refused: {} hops)", self.hops.hops);
             refused(554, "5.4.6 too many hops, this message is looping", detail)
         } else {
+            // A message that is all header (no empty line) gets the lines at its end.
+            let mut missing = self.missing();
+            if let Some(submission) = self.submission.as_mut().filter(|_| !missing.is_empty()) {
+                if self.last != b'\n' {
+                    missing.insert(0, b'\n');
+                }
+                submission.write(&missing);
+                self.written += missing.len() as u64;
+            }
             match self.submission.take().map(|s| s.finish(envelope)) {
                 Some(Ok(accepted)) => {
                     (250, format!("2.0.0 ok {id} qp {}", accepted.pid), Some(accepted.pid), String::new())

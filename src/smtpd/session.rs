@@ -18,6 +18,7 @@
 
 use crate::base::fail::Outcome;
 use crate::mail::envelope::Envelope;
+use crate::mail::senderlogins::SenderLogins;
 use crate::mail::smtp::{
     base64_decode, header_safe, parse_command, parse_params, parse_path, strip_keyword, write_reply, PathError,
     PathKind, Verb, MAX_AUTH_LINE, MAX_COMMAND_LINE,
@@ -272,6 +273,8 @@ pub struct Session {
     idle_since: Instant,
     /// The RCPT decisions, with their tables loaded at the first local RCPT.
     policy: Policy,
+    /// control/senderlogins, read at the first authenticated MAIL (None inside: no file).
+    sender_logins: std::cell::OnceCell<std::result::Result<Option<SenderLogins>, String>>,
 }
 
 /// A user name and a password, as an AUTH exchange gives them.
@@ -326,6 +329,7 @@ impl Session {
             data_started: None,
             idle_since: Instant::now(),
             policy: Policy::default(),
+            sender_logins: std::cell::OnceCell::new(),
         })
     }
 
@@ -710,9 +714,36 @@ impl Session {
             self.reply(553, "5.6.7 non-ASCII address needs SMTPUTF8");
             return Ok(());
         }
+        if let Some((code, text)) = self.sender_refusal(&mailbox.address()) {
+            self.reply(code, &text);
+            return Ok(());
+        }
         self.transaction = Some(Transaction { sender: mailbox.address(), recipients: Vec::new(), utf8, chunked: None });
         self.reply(250, "2.1.0 ok");
         Ok(())
+    }
+
+    /// An authenticated user may send only as the addresses control/senderlogins gives them
+    /// (issue 12; Postfix's reject_sender_login_mismatch). None: go ahead.
+    fn sender_refusal(&self, sender: &[u8]) -> Option<(u16, String)> {
+        let login = self.auth_user.as_ref()?;
+        let loaded = self.sender_logins.get_or_init(|| SenderLogins::load(&self.config.control).map_err(|e| e.message));
+        match loaded {
+            Ok(None) => None,
+            Ok(Some(map)) if map.owns(login, sender) => None,
+            Ok(Some(_)) => {
+                let (login, sender) = (crate::base::log::safe(login), crate::base::log::safe(sender));
+                crate::base::log::line(&format!(
+                    "sender {} user={login} may not send as <{sender}> (control/senderlogins)",
+                    self.config.remote_ip
+                ));
+                Some((553, format!("5.7.1 <{sender}>: sender address not owned by user {login}")))
+            }
+            Err(why) => {
+                crate::base::log::warning(&format!("unable to check the sender: {why}"));
+                Some((451, "4.3.0 unable to check the sender now, try again later".to_string()))
+            }
+        }
     }
 
     /// MAIL's parameters: SIZE (RFC 1870), BODY (RFC 6152), SMTPUTF8 (RFC 6531) and AUTH
@@ -838,6 +869,7 @@ impl Session {
         let id = format!("{seconds}.{micros:06}.{}", std::process::id());
         let received = self.received_line(&id, seconds);
         let mut incoming = Incoming::new(submission, received.as_bytes(), self.config.databytes);
+        self.complete_header(&mut incoming, &id, seconds);
         self.reply(354, "go ahead, end with <CRLF>.<CRLF>");
         self.data_started = Some(Instant::now());
         loop {
@@ -946,7 +978,8 @@ impl Session {
         let (seconds, micros) = crate::base::date::now_micros();
         let id = format!("{seconds}.{micros:06}.{}", std::process::id());
         let received = self.received_line(&id, seconds);
-        let incoming = Incoming::chunked(submission, received.as_bytes(), self.config.databytes);
+        let mut incoming = Incoming::chunked(submission, received.as_bytes(), self.config.databytes);
+        self.complete_header(&mut incoming, &id, seconds);
         if let Some(t) = self.transaction.as_mut() {
             t.chunked = Some(Chunked { incoming, id, chunks: 0 });
         }
@@ -993,6 +1026,17 @@ impl Session {
     }
 
     /// Our trace header (RFC 5321 §4.4), with LF line ends as the queue stores them.
+    /// A local (`sendmail -bs`) or authenticated sender's message gets a `Date:` and a
+    /// `Message-ID:` when its header has none, as sendmail's own submissions do.
+    fn complete_header(&self, incoming: &mut Incoming, id: &str, now: u64) {
+        if self.auth_user.is_none() && !self.config.local {
+            return;
+        }
+        let date = format!("Date: {}\n", crate::base::date::rfc5322(now)).into_bytes();
+        let message_id = format!("Message-ID: <{id}@{}>\n", self.me()).into_bytes();
+        incoming.complete_header(date, message_id);
+    }
+
     fn received_line(&self, id: &str, now: u64) -> String {
         let helo = header_safe(self.helo.as_deref().unwrap_or(b"unknown"), 255);
         let host = header_safe(self.config.remote_host.as_bytes(), 255);
