@@ -664,6 +664,7 @@ fn control(input: &[u8]) -> Print {
         "dnsbl",
         "recipientdelimiter",
         "greetdelay",
+        "senderlogins",
     ];
     let mut print = Print::new();
     let (name, text) = match input.split_first() {
@@ -684,6 +685,7 @@ fn control(input: &[u8]) -> Print {
         print.add(quill::send::sendconf::Config::load(&control).map(|c| c.rewriting.locals.len().min(4)).is_ok());
         print.add(quill::mail::dns::Resolver::from_control(&control).map(|r| r.servers.len()).ok());
         print.add(quill::mail::users::Delimiters::load(home.path()).is_ok());
+        print.add(quill::mail::senderlogins::SenderLogins::load(&control).map(|m| m.is_some()).ok());
         for line in control.lines("smtproutes").unwrap_or_default().iter().take(32) {
             print.add(quill::remote::route::parse_route(line).is_some());
             print.add(quill::admin::check::smtproute_line(line).is_ok());
