@@ -1031,6 +1031,33 @@ fn mx_preference_order_and_fallback_to_the_next_mx() {
     assert_eq!(second.seen().data.len(), 1);
 }
 
+/// An international domain (issue 13): its MX is asked for as the A-label, and the RCPT
+/// carries the A-label, so a server without SMTPUTF8 takes the message; a name UTS #46
+/// refuses fails for good.
+#[test]
+fn international_domains_go_out_as_a_labels() {
+    let Some(dns) = Dns::start(&records(&[
+        "--mx-host=xn--bcher-kva.test,mx.xn--bcher-kva.test,5",
+        "--host-record=mx.xn--bcher-kva.test,127.0.0.2",
+    ])) else {
+        return;
+    };
+    let servers = dns.servers();
+    let server = Server::start_on("127.0.0.2", 0, Script::default());
+    let routes = format!("xn--bcher-kva.test::{}\n", server.port());
+    let home = home("idna", &[("dnsservers", servers.as_str()), ("smtproutes", routes.as_str())]);
+    let r = remote(home.path(), "bücher.test", "a@quill.test", &["joe@bücher.test"], MESSAGE);
+    assert_eq!(folded(&r), vec!['K'], "{r:?}");
+    assert!(r[1].1.contains("mx.xn--bcher-kva.test[127.0.0.2]"), "{r:?}");
+    let seen = server.seen();
+    assert!(seen.commands.iter().any(|c| c == "RCPT TO:<joe@xn--bcher-kva.test>"), "{:?}", seen.commands);
+    let mail = seen.commands.iter().find(|c| c.starts_with("MAIL FROM:<a@quill.test>")).expect("MAIL");
+    assert!(!mail.contains("SMTPUTF8"), "{mail}");
+    let r = remote(home.path(), "a\u{202e}b.test", "a@quill.test", &["joe@a\u{202e}b.test"], MESSAGE);
+    assert_eq!(folded(&r), vec!['D'], "{r:?}");
+    assert!(r[1].1.contains("not a valid international domain name"), "{r:?}");
+}
+
 #[test]
 fn a_and_aaaa_fallback_and_cname() {
     let Some(dns) = Dns::start(&records(&[

@@ -1486,3 +1486,31 @@ fn authenticated_messages_get_date_and_message_id() {
     assert!(text[2].contains("Subject: all header\nDate: ") && text[2].contains("\nMessage-ID: <"), "{}", text[2]);
     assert!(!text[3].contains("Date: ") && !text[3].contains("Message-ID:"), "{}", text[3]);
 }
+
+/// International addresses (issue 13): a UTF-8 domain, sent with SMTPUTF8, is queued as its
+/// A-label (and matches rcpthosts written either way); the UTF-8 local part is kept, and shown
+/// as it is in the log; a domain UTS #46 refuses gets 553 5.1.2.
+#[test]
+fn international_domains_are_queued_as_a_labels() {
+    let setup = Setup::new().control("rcpthosts", "bücher.example\nxn--r8jz45g.example\n");
+    let server = Server::start(&setup).expect("server");
+    let mut client = server.connect();
+    client.expect("220");
+    client.command("EHLO test", "250");
+    client.command("MAIL FROM:<änna@straße.example> SMTPUTF8", "250");
+    client.command("RCPT TO:<jörg@BÜCHER.example>", "250");
+    client.command("RCPT TO:<x@例え.example>", "250");
+    client.command("RCPT TO:<x@a\u{202e}b.example>", "553 5.1.2");
+    client.command("DATA", "354");
+    client.command("Subject: grüße\r\n\r\nhallo\r\n.", "250");
+    client.command("MAIL FROM:<a@example.net>", "250");
+    client.command("RCPT TO:<x@bücher.example>", "553 5.6.7");
+    client.command("QUIT", "221");
+    let queued = server.queued();
+    let envelope = String::from_utf8_lossy(&queued[0].1).into_owned();
+    assert!(envelope.contains("Fänna@xn--strae-oqa.example\0"), "{envelope:?}");
+    assert!(envelope.contains("Tjörg@xn--bcher-kva.example\0"), "{envelope:?}");
+    assert!(envelope.contains("Tx@xn--r8jz45g.example\0"), "{envelope:?}");
+    let log = server.log();
+    assert!(log.contains("from=<änna@xn--strae-oqa.example>"), "{log}");
+}

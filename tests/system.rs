@@ -243,6 +243,26 @@ fn sendmail_bv_verifies_without_sending() {
     assert!(!q.home().join("mbox").exists(), "-bv delivered nothing");
 }
 
+/// A UTF-8 local part is delivered to its Maildir as it is (issue 13); a UTF-8 domain among
+/// the local ones is its A-label, written either way in control/locals.
+#[test]
+fn utf8_local_parts_reach_their_maildir() {
+    let q = Instance::start_with("utf8", &["-D", "bücher.example"], |_| {});
+    for to in ["jörg@localhost", "zoë@bücher.example"] {
+        let out = q.sendmail(&["-i", to], &format!("Subject: für {to}\n\nhallo\n"));
+        assert!(out.status.success(), "sendmail: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let root = q.home().join("maildir");
+    let ok = wait_for(Duration::from_secs(60), || {
+        let m = maildir_files(&root);
+        m.get("jörg").is_some_and(|f| f.len() == 1) && m.get("zoë").is_some_and(|f| f.len() == 1) && q.queued() == 0
+    });
+    assert!(ok, "not delivered: {:?}; log:\n{}", maildir_files(&root), q.log());
+    let text = std::fs::read_to_string(&maildir_files(&root)["zoë"][0]).expect("read");
+    assert!(text.contains("Delivered-To: zoë@xn--bcher-kva.example"), "{text}");
+    assert!(q.log().contains("jörg@localhost"), "{}", q.log());
+}
+
 #[test]
 fn unknown_extension_bounces_to_sender() {
     // The instance's .qmail-default takes every address, so the failure comes from a

@@ -157,9 +157,23 @@ pub fn fatal_error(error: &Error) -> ExitCode {
     ExitCode::from(error)
 }
 
-/// Render bytes from the outside world for a log line: printable ASCII kept, the rest as `?`.
+/// Render bytes from the outside world for a log line: printable ASCII and printable UTF-8
+/// characters kept (an international address stays readable); controls, white space other
+/// than the space, bidi overrides and bytes that are not UTF-8 become `?`, so a line stays one
+/// line of fields.
 pub fn safe(bytes: &[u8]) -> String {
-    bytes.iter().map(|&b| if (0x20..0x7f).contains(&b) { b as char } else { '?' }).collect()
+    if bytes.iter().all(|b| (0x20..0x7f).contains(b)) {
+        return bytes.iter().map(|&b| b as char).collect();
+    }
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            let keep = c == ' ' || (!is_dangerous(c) && !c.is_whitespace());
+            out.push(if keep { c } else { '?' });
+        }
+        out.extend(chunk.invalid().iter().map(|_| '?'));
+    }
+    out
 }
 
 /// Whether a character must not reach a terminal as it is: C0 and C1 controls, DEL, and the

@@ -33,8 +33,10 @@ fn main() -> ExitCode {
     if args.len() < 3 {
         return quill::base::log::fatal_permanent("usage: quill-remote DOMAIN SENDER RCPT...");
     }
-    let (domain, sender, recipients) = (&args[0], &args[1], &args[2..]);
-    let report = run(domain, sender, recipients);
+    let report = match ascii_envelope(&args[0], &args[1], &args[2..]) {
+        Ok((domain, sender, recipients)) => run(&domain, &sender, &recipients),
+        Err(status) => Results::all(args.len() - 2, status.into()).report(),
+    };
     let mut out = std::io::stdout().lock();
     if out.write_all(&report.encode()).and_then(|()| out.flush()).is_err() {
         return quill::base::log::fatal_exit("unable to write the report: output closed");
@@ -105,4 +107,26 @@ fn run(domain: &[u8], sender: &[u8], recipients: &[Vec<u8>]) -> Report {
         },
     };
     Report::merge(sent.report(), refused.into_iter().map(|(i, status)| (i, status.to_string())).collect())
+}
+
+/// The domain, the sender and the recipients of one run.
+type Envelope = (Vec<u8>, Vec<u8>, Vec<Vec<u8>>);
+
+/// Domains as A-labels for DNS and the wire (`mail::idna`): a message queued before quill-smtpd
+/// converted them, or injected with a UTF-8 domain, still goes out. A domain that is not a
+/// valid international name fails the message for good.
+fn ascii_envelope(
+    domain: &[u8],
+    sender: &[u8],
+    recipients: &[Vec<u8>],
+) -> Result<Envelope, Status> {
+    use quill::mail::idna::{address_to_ascii, domain_to_ascii};
+    let invalid = |what: &[u8]| {
+        let words = format!("Sorry, {} is not a valid international domain name.", quill::base::log::safe(what));
+        Status::permanent(Enhanced::BAD_SYSTEM, words)
+    };
+    let ascii_domain = domain_to_ascii(domain).ok_or_else(|| invalid(domain))?;
+    let sender = address_to_ascii(sender).unwrap_or_else(|| sender.to_vec());
+    let recipients = recipients.iter().map(|r| address_to_ascii(r).unwrap_or_else(|| r.clone())).collect();
+    Ok((ascii_domain, sender, recipients))
 }

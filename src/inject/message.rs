@@ -373,14 +373,15 @@ impl Settings {
         })
     }
 
-    /// `address`, with `@defaulthost` added when it has no `@`.
+    /// `address`, with `@defaulthost` added when it has no `@`, and a UTF-8 domain as its
+    /// A-label (`mail::idna`; one that is not valid stays as it is and bounces).
     pub fn qualify(&self, address: &[u8]) -> Vec<u8> {
         let mut out = address.to_vec();
         if !address.contains(&b'@') {
             out.push(b'@');
             out.extend_from_slice(&self.defaulthost);
         }
-        out
+        crate::mail::idna::address_to_ascii(&out).unwrap_or(out)
     }
 
     /// The envelope sender: `-f` (empty or `<>` for the null sender, angle brackets removed,

@@ -14,7 +14,14 @@ pub fn split(address: &[u8]) -> (&[u8], &[u8]) {
 
 /// The domain in lower case with any trailing dot removed (domains compare case-insensitively).
 pub fn normal_domain(domain: &[u8]) -> Vec<u8> {
-    let mut d = domain.to_ascii_lowercase();
+    // A UTF-8 name in a control file means its A-label, the form addresses have inside Quill.
+    // A leading dot ("every subdomain", in rcpthosts) is kept outside the conversion.
+    let (dot, name) = match domain.strip_prefix(b".") {
+        Some(rest) => (&b"."[..], rest),
+        None => (&b""[..], domain),
+    };
+    let ascii = crate::mail::idna::domain_to_ascii(name).map(|a| [dot, a.as_slice()].concat());
+    let mut d = ascii.as_deref().unwrap_or(domain).to_ascii_lowercase();
     while d.last() == Some(&b'.') {
         d.pop();
     }

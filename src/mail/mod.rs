@@ -27,6 +27,7 @@ pub mod dnsbl;
 pub mod dotqmail;
 pub mod envelope;
 pub mod header;
+pub mod idna;
 pub mod jail;
 pub mod proto;
 pub mod queuefile;

@@ -20,8 +20,8 @@ use crate::base::fail::Outcome;
 use crate::mail::envelope::Envelope;
 use crate::mail::senderlogins::SenderLogins;
 use crate::mail::smtp::{
-    base64_decode, header_safe, parse_command, parse_params, parse_path, strip_keyword, write_reply, PathError,
-    PathKind, Verb, MAX_AUTH_LINE, MAX_COMMAND_LINE,
+    base64_decode, header_safe, parse_command, parse_params, parse_path, strip_keyword, write_reply, Mailbox,
+    PathError, PathKind, Verb, MAX_AUTH_LINE, MAX_COMMAND_LINE,
 };
 use crate::mail::submit::Submission;
 use crate::smtpd::auth::{checkpassword_request, decode_initial, plain_credentials, well_formed};
@@ -714,6 +714,10 @@ impl Session {
             self.reply(553, "5.6.7 non-ASCII address needs SMTPUTF8");
             return Ok(());
         }
+        let Some(mailbox) = ascii_domain(mailbox) else {
+            self.reply(553, "5.1.7 the sender's domain is not a valid international domain name");
+            return Ok(());
+        };
         if let Some((code, text)) = self.sender_refusal(&mailbox.address()) {
             self.reply(code, &text);
             return Ok(());
@@ -812,6 +816,10 @@ impl Session {
             self.reply(553, "5.6.7 non-ASCII address needs SMTPUTF8");
             return Ok(());
         }
+        let Some(mailbox) = ascii_domain(mailbox) else {
+            self.reply(553, "5.1.2 the domain is not a valid international domain name");
+            return Ok(());
+        };
         if count >= self.config.maxrcpt {
             crate::base::log::line(&format!(
                 "limit {} too many recipients ({})",
@@ -1014,7 +1022,9 @@ impl Session {
         crate::base::log::line(&format!(
             "message {} id={id} from=<{}> rcpts={} bytes={} qp={}{} result={} {}{}",
             self.config.remote_ip,
-            header_safe(&envelope.sender, 200),
+            // UTF-8 stays readable; what header_safe hides in ASCII is hidden here too.
+            crate::base::log::safe(&envelope.sender[..envelope.sender.len().min(200)])
+                .replace([' ', '(', ')', '\\'], "?"),
             envelope.recipients.len(),
             ending.written,
             ending.queued.unwrap_or(0),
@@ -1260,4 +1270,13 @@ impl Session {
             }
         }
     }
+}
+/// The mailbox with its domain as an A-label (`mail::idna`): a UTF-8 domain a client sent with
+/// SMTPUTF8 is queued, routed and delivered in the form DNS and every server understand.
+/// None when it is not a valid international domain name.
+fn ascii_domain(mut mailbox: Mailbox) -> Option<Mailbox> {
+    if !mailbox.domain.is_ascii() {
+        mailbox.domain = crate::mail::idna::domain_to_ascii(&mailbox.domain)?;
+    }
+    Some(mailbox)
 }
