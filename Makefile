@@ -24,12 +24,16 @@ run: all
 # fuzz targets' corpus replay (tests/fuzz.rs). Tests that cannot run here print a SKIP line
 # through tests/common (cargo hides the output of passing tests, so they also go to
 # target/test-skips.log); tests/summary lists them and ends with the one line
-# `tests: N passed, N failed, N skipped`.
+# `tests: N passed, N failed, N skipped`. The log is a file followed until cargo exits, not a
+# pipe: a daemon a failed test left behind cannot keep `make test` waiting for its end.
 test: all
 	@mkdir -p target
 	@rm -f target/test-skips.log
-	@set -o pipefail; QUILL_SKIP_LOG=$(CURDIR)/target/test-skips.log \
-		$(CARGO) test --release --no-fail-fast -- --test-threads=2 2>&1 | tee target/test.log; \
+	@QUILL_SKIP_LOG=$(CURDIR)/target/test-skips.log \
+		$(CARGO) test --release --no-fail-fast -- --test-threads=2 >target/test.log 2>&1 & \
+	cargo=$$!; \
+	tail -n +1 --pid=$$cargo -f target/test.log; \
+	wait $$cargo; \
 	status=$$?; \
 	tests/summary target/test.log target/test-skips.log; \
 	exit $$status

@@ -418,9 +418,14 @@ impl Smtp {
 
     /// Up to DATA's 354.
     fn begin(&mut self, to: &str) {
-        assert!(self.command("MAIL FROM:<sender@example.org>").starts_with("250"));
-        assert!(self.command(&format!("RCPT TO:<{to}>")).starts_with("250"));
-        assert!(self.command("DATA").starts_with("354"));
+        for (line, code) in [
+            ("MAIL FROM:<sender@example.org>".to_string(), "250"),
+            (format!("RCPT TO:<{to}>"), "250"),
+            ("DATA".to_string(), "354"),
+        ] {
+            let reply = self.command(&line);
+            assert!(reply.starts_with(code), "{line}: {reply}");
+        }
     }
 
     fn send(&mut self, to: &str, subject: &str) -> String {
@@ -616,25 +621,30 @@ fn as_root_quilld_hands_messages_to_the_writer_running_as_quillq() {
     }
     let log = dir.path().join("log");
     let logfile = || std::fs::File::options().create(true).append(true).open(&log).expect("log");
-    let mut writer = Command::new(bin("quill-queued"))
-        .env("QUILL_HOME", &home)
-        .uid(quillq.uid.as_raw())
-        .gid(group.gid.as_raw())
-        .stdin(Stdio::null())
-        .stderr(logfile())
-        .spawn()
-        .expect("quill-queued");
-    let mut server = Command::new(bin("quill-tcpserver"))
-        .args(["-1", "-u", &quilld.uid.to_string(), "-g", &quilld.gid.to_string(), "127.0.0.1", "0"])
-        .arg(bin("quill-smtpd"))
-        .env("QUILL_HOME", &home)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(logfile())
-        .spawn()
-        .expect("quill-tcpserver");
+    let mut writer = common::Daemon(
+        Command::new(bin("quill-queued"))
+            .env("QUILL_HOME", &home)
+            .uid(quillq.uid.as_raw())
+            .gid(group.gid.as_raw())
+            .stdin(Stdio::null())
+            .stdout(logfile())
+            .stderr(logfile())
+            .spawn()
+            .expect("quill-queued"),
+    );
+    let mut server = common::Daemon(
+        Command::new(bin("quill-tcpserver"))
+            .args(["-1", "-u", &quilld.uid.to_string(), "-g", &quilld.gid.to_string(), "127.0.0.1", "0"])
+            .arg(bin("quill-smtpd"))
+            .env("QUILL_HOME", &home)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(logfile())
+            .spawn()
+            .expect("quill-tcpserver"),
+    );
     let mut port = String::new();
-    let _ = BufReader::new(server.stdout.take().expect("stdout")).read_line(&mut port);
+    let _ = BufReader::new(server.0.stdout.take().expect("stdout")).read_line(&mut port);
     let listening = wait_for(Duration::from_secs(20), || home.join("queue/writer/socket").exists());
     let reply = port.trim().parse::<u16>().ok().filter(|_| listening).map(|port| {
         let mut smtp = Smtp::open(port);
@@ -643,12 +653,8 @@ fn as_root_quilld_hands_messages_to_the_writer_running_as_quillq() {
         reply
     });
     let writer_uid = real_uid(writer.id());
-    for child in [&mut writer, &mut server] {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM);
-        let _ = wait_for(Duration::from_secs(20), || !matches!(child.try_wait(), Ok(None)));
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    writer.stop();
+    server.stop();
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     let reply = reply.unwrap_or_default();
     assert!(reply.starts_with("250") && reply.contains(&format!("qp {}", writer.id())), "{reply}; log:\n{log}");

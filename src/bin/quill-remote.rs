@@ -115,11 +115,7 @@ type Envelope = (Vec<u8>, Vec<u8>, Vec<Vec<u8>>);
 /// Domains as A-labels for DNS and the wire (`mail::idna`): a message queued before quill-smtpd
 /// converted them, or injected with a UTF-8 domain, still goes out. A domain that is not a
 /// valid international name fails the message for good.
-fn ascii_envelope(
-    domain: &[u8],
-    sender: &[u8],
-    recipients: &[Vec<u8>],
-) -> Result<Envelope, Status> {
+fn ascii_envelope(domain: &[u8], sender: &[u8], recipients: &[Vec<u8>]) -> Result<Envelope, Status> {
     use quill::mail::idna::{address_to_ascii, domain_to_ascii};
     let invalid = |what: &[u8]| {
         let words = format!("Sorry, {} is not a valid international domain name.", quill::base::log::safe(what));

@@ -229,3 +229,31 @@ pub fn instance_pids(home: &std::path::Path, program: &str) -> Vec<i32> {
     }
     found
 }
+
+/// A spawned daemon that is stopped when the test ends, even by a panic: SIGTERM, up to 10 s
+/// to go, then SIGKILL. Without it a failed assertion leaves the daemon running, holding the
+/// test's stdout, and `make test`'s `tee` waits for it forever.
+pub struct Daemon(pub std::process::Child);
+
+impl Daemon {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Stops it now (what Drop does) and says how it ended.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
+        let _ = wait_for(Duration::from_secs(10), || !matches!(self.0.try_wait(), Ok(None)));
+        let _ = self.0.kill();
+        self.0.wait().ok()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            self.stop();
+        }
+    }
+}
