@@ -60,4 +60,3 @@ fn kept(args: &[Vec<u8>]) -> ExitCode {
         Err(e) => quill::base::log::fatal_error(&e),
     }
 }
-

@@ -6,9 +6,9 @@
 
 use crate::base::fail::{Enhanced, Error, Result, Status};
 use crate::mail::control::Control;
+use crate::mail::dns::Resolver;
 use crate::mail::proto::remote_report::{self, KeptJob, Report};
 use crate::mail::proto::spawn::Reader;
-use crate::mail::dns::Resolver;
 use crate::remote::message::Message;
 use crate::remote::results::Results;
 use crate::remote::route::{self, Ours, Route};
