@@ -28,7 +28,8 @@ struct Counts {
 }
 
 /// An SMTP sink on 127.0.0.1: a thread per connection, PIPELINING offered. A message with
-/// `X-Reply: CODE TEXT` gets that answer at its end of data; after a 421 the sink hangs up.
+/// `X-Reply: CODE TEXT` gets that answer at its end of data; after a 421 the sink hangs up;
+/// `X-Reply: drop` makes it hang up at the end of data without an answer.
 /// With `close_after_message`, it hangs up (without a word) after every message.
 struct Sink {
     port: u16,
@@ -114,6 +115,11 @@ fn serve(stream: TcpStream, counts: &Mutex<Counts>, close_after_message: bool) {
                     if let Some(r) = text.strip_prefix("X-Reply: ") {
                         reply = r.to_string();
                     }
+                }
+                // `X-Reply: drop`: the connection goes down with the message in flight, its
+                // end of data never answered (whether the server kept it is unknown).
+                if reply == "drop" {
+                    return;
                 }
                 if reply.starts_with('2') {
                     counts.lock().unwrap().taken.push(subject);
@@ -341,6 +347,34 @@ fn a_kept_connection_the_server_dropped_costs_no_deferral() {
     let counts = sink.counts();
     assert_eq!(counts.taken, subjects(4));
     assert_eq!(counts.connections, 4, "{counts:?}");
+}
+
+#[test]
+fn a_connection_dropped_mid_batch_defers_only_the_message_in_flight() {
+    // Two messages taken on the kept connection, the third's end of data unanswered (the
+    // server drops the connection): only the third is deferred; the fourth and fifth go out on
+    // a new connection, and the third on its retry, each once.
+    let sink = Sink::start(false);
+    let h = home("reuse-midbatch", sink.port, &[]);
+    let mut rspawn = Rspawn::start(h.path());
+    let replies = [None, None, Some("drop"), None, None];
+    let mut letters = String::new();
+    for (i, reply) in replies.iter().enumerate() {
+        let id = i as u64 + 1;
+        queue_message(h.path(), id, &format!("m{id}"), *reply);
+        letters.push(rspawn.deliver(id as u32, id, true));
+    }
+    assert_eq!(letters, "KKZKK");
+    // The retry of message 3, as quill-send would make it later (the sink now takes it).
+    queue_message(h.path(), 3, "m3", None);
+    assert_eq!(rspawn.deliver(6, 3, false), 'K');
+    rspawn.finish();
+    let counts = sink.counts();
+    let mut taken = counts.taken.clone();
+    taken.sort();
+    assert_eq!(taken, subjects(5), "nothing lost, nothing twice: {counts:?}");
+    assert_eq!(counts.taken[..2], ["m1".to_string(), "m2".to_string()], "{counts:?}");
+    assert_eq!(counts.connections, 2, "one new connection after the drop: {counts:?}");
 }
 
 #[test]
