@@ -476,6 +476,7 @@ mod sys_number {
         recvfrom = SYS_recvfrom,
         sendmsg = SYS_sendmsg,
         recvmsg = SYS_recvmsg,
+        socketpair = SYS_socketpair,
         sendmmsg = SYS_sendmmsg,
         recvmmsg = SYS_recvmmsg,
         shutdown = SYS_shutdown,
@@ -628,6 +629,11 @@ pub const SOCKETS: &[Syscall] = calls!(
     recvmmsg,
     shutdown
 );
+
+/// A connected pair of unix sockets made after confinement (quill-rspawn's channel to each kept
+/// quill-remote, which carries the message's descriptor with each job): socketpair(2) makes
+/// no socket that reaches outside the process, so [`Network`] does not decide it.
+pub const SOCKET_PAIRS: &[Syscall] = calls!(socketpair);
 
 /// Serving a listening socket it was given (quill-queued), on top of [`SOCKETS`].
 pub const ACCEPT: &[Syscall] = calls!(accept, accept4);

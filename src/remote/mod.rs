@@ -2,11 +2,13 @@
 //! message, step by step), over `connection` (one SMTP connection: stream, replies, EHLO
 //! keywords, QUIT) and `message` (the message's sizes and its DATA encoding); `results` (what
 //! became of each recipient, rendered once into the report); `route` (which hosts to try for
-//! a domain); the resolver is `mail::dns`.
+//! a domain); `run` (one message, or the jobs of a kept connection); the resolver is
+//! `mail::dns`.
 #![forbid(unsafe_code)]
 
 pub mod connection;
 pub mod message;
 pub mod results;
 pub mod route;
+pub mod run;
 pub mod smtpclient;
