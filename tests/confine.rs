@@ -492,11 +492,13 @@ fn a_kept_quill_remote_is_confined_between_jobs() {
     let mut bytes = header.encode();
     bytes.extend_from_slice(b"Subject: kept\n\nbody\n");
     std::fs::write(home.path().join("queue/mess/1"), bytes).expect("queue a message");
+    let log = home.path().join("rspawn.log");
     let mut rspawn = common::Daemon(
         Command::new(bin("quill-rspawn"))
             .env("QUILL_HOME", home.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
             .expect("run quill-rspawn"),
     );
@@ -532,6 +534,12 @@ fn a_kept_quill_remote_is_confined_between_jobs() {
         let text = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         assert!(text.contains("-k"), "a kept quill-remote: {text:?}");
         assert_eq!(status(pid), ("NoNewPrivs:\t1".to_string(), "Seccomp:\t2".to_string()), "kept quill-remote {pid}");
+        // Its own filter on top of quill-rspawn's: quill-remote narrowed itself further.
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        assert!(text.lines().any(|l| l == "Seccomp_filters:\t2"), "two filters in quill-remote {pid}:\n{text}");
     }
     drop(input);
+    rspawn.stop();
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!log.contains("confined only in part"), "quill-remote confines itself under quill-rspawn:\n{log}");
 }
