@@ -158,6 +158,8 @@ pub struct Local {
     directory: Directory,
     /// Where a forked child writes its name (`quill-local`) for ps; found at start.
     title: Option<ProcessTitle>,
+    /// /proc/self/stat, kept open for the thread check before each fork (None: `-l`, no fork).
+    self_stat: Option<sys::SelfStat>,
 }
 
 /// A temporary failure of the mail system (`4.3.0`), the default when unsure.
@@ -179,8 +181,16 @@ impl Local {
                 .ok(),
             None => None,
         };
+        let self_stat = match config.linked {
+            Some(_) => Some(
+                sys::SelfStat::open()
+                    .map_err(|e| Error::io("open /proc/self/stat", &e))?,
+            ),
+            None => None,
+        };
         Ok(Local {
             title,
+            self_stat,
             aliases: Cached::new(aliases::aliases_path(&control)),
             assign: Cached::new(users::assign_db_path(&config.home)),
             program_limit: Cached::new(control.path("timeoutprogram")),
@@ -262,7 +272,11 @@ impl Local {
             message: message.as_raw_fd(),
             output: output.as_raw_fd(),
         };
-        match sys::fork_single_threaded() {
+        let forked = match &self.self_stat {
+            Some(stat) => stat.fork_single_threaded(),
+            None => sys::fork_single_threaded(),
+        };
+        match forked {
             Ok(Forked::Child) => child(&plan),
             Ok(Forked::Parent(pid)) => {
                 // Our copies of the message and of the pipe's write end go now: the pipe ends
