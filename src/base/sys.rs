@@ -831,7 +831,7 @@ mod tests {
     /// opened is seen, and the fork refused.
     #[test]
     fn kept_self_stat_sees_a_later_thread() {
-        let stat = SelfStat::open().unwrap();
+        let Ok(stat) = SelfStat::open() else { panic!("unable to open /proc/self/stat") };
         let (done, wait) = std::sync::mpsc::channel::<()>();
         let other = std::thread::spawn(move || {
             let _ = wait.recv_timeout(std::time::Duration::from_secs(30));

@@ -182,10 +182,7 @@ impl Local {
             None => None,
         };
         let self_stat = match config.linked {
-            Some(_) => Some(
-                sys::SelfStat::open()
-                    .map_err(|e| Error::io("open /proc/self/stat", &e))?,
-            ),
+            Some(_) => Some(sys::SelfStat::open().map_err(|e| Error::io("open /proc/self/stat", &e))?),
             None => None,
         };
         Ok(Local {
