@@ -92,15 +92,33 @@ struct Directory {
     groups: HashMap<(Vec<u8>, u32), Vec<u32>>,
     stamps: Option<(Stamp, Stamp)>,
     born: std::time::Instant,
+    /// Checked for this request already: the databases are stat'ed at a request's first
+    /// look-up, and not at all for a recipient that users/assign or the aliases answer.
+    checked: bool,
 }
 
 impl Directory {
     fn new() -> Directory {
-        Directory { users: HashMap::new(), groups: HashMap::new(), stamps: None, born: std::time::Instant::now() }
+        Directory {
+            users: HashMap::new(),
+            groups: HashMap::new(),
+            stamps: None,
+            born: std::time::Instant::now(),
+            checked: false,
+        }
+    }
+
+    /// A new request: the next look-up checks the databases again.
+    fn new_request(&mut self) {
+        self.checked = false;
     }
 
     /// Forget everything if the databases changed or the cache is old or big.
     fn check(&mut self) {
+        if self.checked {
+            return;
+        }
+        self.checked = true;
         let stamps = Some((stamp("/etc/passwd"), stamp("/etc/group")));
         if stamps != self.stamps
             || self.born.elapsed() > DIRECTORY_LIFE
@@ -115,6 +133,7 @@ impl Directory {
 
     /// The user's supplementary groups: every group that lists the user name, plus its gid.
     fn groups(&mut self, user: &Assignment) -> std::result::Result<Vec<u32>, Status> {
+        self.check();
         let key = (user.user.clone(), user.gid);
         if let Some(list) = self.groups.get(&key) {
             return Ok(list.clone());
@@ -134,6 +153,7 @@ impl Directory {
 
 impl PasswdSource for Directory {
     fn user(&mut self, name: &str) -> Result<Option<PasswdEntry>> {
+        self.check();
         if let Some(entry) = self.users.get(name) {
             return Ok(entry.clone());
         }
@@ -422,7 +442,7 @@ impl Kind for Local {
         let aliases = self.aliases.refresh(load_aliases).map_err(temporary)?;
         let my_uid = self.my_uid;
         let assign = self.assign.refresh(|path| load_assign(path, my_uid)).map_err(temporary)?;
-        self.directory.check();
+        self.directory.new_request();
         let mut forwards_only = false;
         let (user, alias_target) =
             match users::resolve_with(&home, local, aliases, assign.as_ref(), &delimiters, &mut self.directory) {
