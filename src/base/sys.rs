@@ -377,7 +377,32 @@ pub enum Forked {
 /// environment, the allocator's, which glibc's fork resets anyway) can be held by a thread
 /// that is not there, so the child may allocate, log and spawn like any program.
 pub fn fork_single_threaded() -> io::Result<Forked> {
-    let threads = self_stat_fields(&[17])?[0];
+    fork_checked(self_stat_fields(&[17])?[0])
+}
+
+/// /proc/self/stat kept open by a process that forks often (quill-lspawn, once per delivery),
+/// so that the thread count before each fork costs one pread instead of open, read and close.
+/// A forked child must close it (quill-lspawn's children close every descriptor from 3 on):
+/// in the child it still describes the parent.
+pub struct SelfStat(std::fs::File);
+
+impl SelfStat {
+    /// Open /proc/self/stat (close-on-exec).
+    pub fn open() -> io::Result<SelfStat> {
+        std::fs::File::open("/proc/self/stat").map(SelfStat)
+    }
+
+    /// [`fork_single_threaded`], reading the thread count through the open file.
+    pub fn fork_single_threaded(&self) -> io::Result<Forked> {
+        use std::os::unix::fs::FileExt;
+        let mut buffer = [0u8; 4096];
+        let n = self.0.read_at(&mut buffer, 0)?;
+        fork_checked(stat_fields(&buffer[..n], &[17])?[0])
+    }
+}
+
+/// fork(2) when `threads`, the thread count just read, is one.
+fn fork_checked(threads: u64) -> io::Result<Forked> {
     if threads != 1 {
         return Err(io::Error::other(format!("the process has {threads} threads, so it cannot fork safely")));
     }
@@ -400,10 +425,15 @@ fn self_stat_fields(indexes: &[usize]) -> io::Result<Vec<u64>> {
     let mut buffer = [0u8; 4096];
     let mut file = std::fs::File::open("/proc/self/stat")?;
     let n = file.read(&mut buffer)?;
+    stat_fields(&buffer[..n], indexes)
+}
+
+/// [`self_stat_fields`] of the text of a /proc/PID/stat.
+fn stat_fields(buffer: &[u8], indexes: &[usize]) -> io::Result<Vec<u64>> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "unable to parse /proc/self/stat");
     // The command name is in parentheses and may hold anything: the fields start after the last.
-    let after = memchr::memrchr(b')', &buffer[..n]).ok_or_else(bad)? + 1;
-    let text = std::str::from_utf8(&buffer[after..n]).map_err(|_| bad())?;
+    let after = memchr::memrchr(b')', buffer).ok_or_else(bad)? + 1;
+    let text = std::str::from_utf8(&buffer[after..]).map_err(|_| bad())?;
     let fields: Vec<&str> = text.split_ascii_whitespace().collect();
     indexes.iter().map(|&i| fields.get(i).and_then(|f| f.parse().ok()).ok_or_else(bad)).collect()
 }
@@ -834,6 +864,22 @@ mod tests {
             let _ = wait.recv_timeout(std::time::Duration::from_secs(30));
         });
         let refused = fork_single_threaded();
+        let _ = done.send(());
+        let _ = other.join();
+        let error = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("threads, so it cannot fork safely"), "{error:?}");
+    }
+
+    /// The kept /proc/self/stat is read afresh at each fork: a thread started after it was
+    /// opened is seen, and the fork refused.
+    #[test]
+    fn kept_self_stat_sees_a_later_thread() {
+        let Ok(stat) = SelfStat::open() else { panic!("unable to open /proc/self/stat") };
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            let _ = wait.recv_timeout(std::time::Duration::from_secs(30));
+        });
+        let refused = stat.fork_single_threaded();
         let _ = done.send(());
         let _ = other.join();
         let error = refused.err().map(|e| e.to_string()).unwrap_or_default();

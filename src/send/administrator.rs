@@ -249,6 +249,7 @@ impl Sender {
         match action {
             AdminAction::Hold => {
                 // Its progress goes with it: written now, read again after the release.
+                m.info_on_disk = true;
                 if let Err(e) = info::write(&self.layout.info(), id, &m.info()) {
                     log::warning(&format!("unable to hold msg {id}: {e}"));
                     return;

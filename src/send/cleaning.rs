@@ -115,8 +115,11 @@ impl Sender {
             }
             Verb::Remove => {
                 if ok {
-                    if let Err(e) = info::remove(&self.layout.info(), expected) {
-                        log::warning(&format!("unable to remove info/{expected}: {e}"));
+                    let info_on_disk = self.messages.get(&expected).is_none_or(|m| m.info_on_disk);
+                    if info_on_disk {
+                        if let Err(e) = info::remove(&self.layout.info(), expected) {
+                            log::warning(&format!("unable to remove info/{expected}: {e}"));
+                        }
                     }
                     log::raw(&format!("end msg {expected}"));
                     self.messages.remove(&expected);

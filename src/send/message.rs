@@ -62,6 +62,10 @@ pub(super) struct Message {
     pub(super) busy: [usize; 2],
     /// Changed since its info file was last written.
     pub(super) dirty: bool,
+    /// Its info file may exist: it was read at pickup, or this quill-send wrote (or began
+    /// to write) it. A message delivered at its first attempt never has one, and its end
+    /// then costs no unlink of a missing file.
+    pub(super) info_on_disk: bool,
     pub(super) phase: Phase,
     /// The administrator's request waiting for the message's deliveries to end.
     pub(super) pending: Option<AdminAction>,
@@ -116,6 +120,7 @@ impl Message {
             due,
             busy: [0, 0],
             dirty: false,
+            info_on_disk: tried,
             phase: Phase::Moving,
             pending: None,
         }

@@ -67,6 +67,7 @@ impl Sender {
             if !m.dirty || !matches!(m.phase, Phase::Active | Phase::Bouncing) {
                 continue;
             }
+            m.info_on_disk = true;
             match info::write(&info_dir, id, &m.info()) {
                 Ok(()) => {
                     m.dirty = false;

@@ -261,7 +261,7 @@ impl<K: Kind> Engine<K> {
         let mut input_open = true;
         let mut buffer = vec![0u8; 65536];
         while input_open || !self.running.is_empty() {
-            let (signal_ready, input_ready, ready_pids) = {
+            let (signal_ready, input_ready, ready_pids, timed_out) = {
                 let mut fds = Vec::with_capacity(self.running.len() + 2);
                 fds.push(PollFd::new(signals.as_fd(), PollFlags::POLLIN));
                 // A closed input is left out: its hang-up would wake poll at once, forever.
@@ -276,15 +276,15 @@ impl<K: Kind> Engine<K> {
                         pids.push(pid);
                     }
                 }
-                match poll(&mut fds, self.timeout()) {
-                    Ok(_) => {}
+                let timed_out = match poll(&mut fds, self.timeout()) {
+                    Ok(ready) => ready == 0,
                     Err(nix::errno::Errno::EINTR) => continue,
                     Err(e) => return Err(Error::temporary(format!("unable to poll: {e}"))),
-                }
+                };
                 let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
                 let ready_pids: Vec<i32> =
                     pids.iter().zip(&fds[first_pipe..]).filter(|(_, fd)| ready(fd)).map(|(&pid, _)| pid).collect();
-                (ready(&fds[0]), input_open && ready(&fds[1]), ready_pids)
+                (ready(&fds[0]), input_open && ready(&fds[1]), ready_pids, timed_out)
             };
             for pid in ready_pids {
                 if let Some(delivery) = self.running.get_mut(&pid) {
@@ -302,7 +302,12 @@ impl<K: Kind> Engine<K> {
             }
             self.retire_idle(input_open);
             self.kill_overdue();
-            self.reap();
+            // A child that ended has sent its SIGCHLD through the self-pipe: a wake for a
+            // request or for a delivery's output reaps nothing, and costs no wait4. The tick
+            // (a timeout) reaps too, in case a signal went astray.
+            if signal_ready || timed_out {
+                self.reap();
+            }
             if input_open && input_ready {
                 match input.read(&mut buffer) {
                     Ok(0) => input_open = false,

@@ -92,15 +92,33 @@ struct Directory {
     groups: HashMap<(Vec<u8>, u32), Vec<u32>>,
     stamps: Option<(Stamp, Stamp)>,
     born: std::time::Instant,
+    /// Checked for this request already: the databases are stat'ed at a request's first
+    /// look-up, and not at all for a recipient that users/assign or the aliases answer.
+    checked: bool,
 }
 
 impl Directory {
     fn new() -> Directory {
-        Directory { users: HashMap::new(), groups: HashMap::new(), stamps: None, born: std::time::Instant::now() }
+        Directory {
+            users: HashMap::new(),
+            groups: HashMap::new(),
+            stamps: None,
+            born: std::time::Instant::now(),
+            checked: false,
+        }
+    }
+
+    /// A new request: the next look-up checks the databases again.
+    fn new_request(&mut self) {
+        self.checked = false;
     }
 
     /// Forget everything if the databases changed or the cache is old or big.
     fn check(&mut self) {
+        if self.checked {
+            return;
+        }
+        self.checked = true;
         let stamps = Some((stamp("/etc/passwd"), stamp("/etc/group")));
         if stamps != self.stamps
             || self.born.elapsed() > DIRECTORY_LIFE
@@ -115,6 +133,7 @@ impl Directory {
 
     /// The user's supplementary groups: every group that lists the user name, plus its gid.
     fn groups(&mut self, user: &Assignment) -> std::result::Result<Vec<u32>, Status> {
+        self.check();
         let key = (user.user.clone(), user.gid);
         if let Some(list) = self.groups.get(&key) {
             return Ok(list.clone());
@@ -134,6 +153,7 @@ impl Directory {
 
 impl PasswdSource for Directory {
     fn user(&mut self, name: &str) -> Result<Option<PasswdEntry>> {
+        self.check();
         if let Some(entry) = self.users.get(name) {
             return Ok(entry.clone());
         }
@@ -158,6 +178,8 @@ pub struct Local {
     directory: Directory,
     /// Where a forked child writes its name (`quill-local`) for ps; found at start.
     title: Option<ProcessTitle>,
+    /// /proc/self/stat, kept open for the thread check before each fork (None: `-l`, no fork).
+    self_stat: Option<sys::SelfStat>,
 }
 
 /// A temporary failure of the mail system (`4.3.0`), the default when unsure.
@@ -179,8 +201,13 @@ impl Local {
                 .ok(),
             None => None,
         };
+        let self_stat = match config.linked {
+            Some(_) => Some(sys::SelfStat::open().map_err(|e| Error::io("open /proc/self/stat", &e))?),
+            None => None,
+        };
         Ok(Local {
             title,
+            self_stat,
             aliases: Cached::new(aliases::aliases_path(&control)),
             assign: Cached::new(users::assign_db_path(&config.home)),
             program_limit: Cached::new(control.path("timeoutprogram")),
@@ -262,7 +289,11 @@ impl Local {
             message: message.as_raw_fd(),
             output: output.as_raw_fd(),
         };
-        match sys::fork_single_threaded() {
+        let forked = match &self.self_stat {
+            Some(stat) => stat.fork_single_threaded(),
+            None => sys::fork_single_threaded(),
+        };
+        match forked {
             Ok(Forked::Child) => child(&plan),
             Ok(Forked::Parent(pid)) => {
                 // Our copies of the message and of the pipe's write end go now: the pipe ends
@@ -411,7 +442,7 @@ impl Kind for Local {
         let aliases = self.aliases.refresh(load_aliases).map_err(temporary)?;
         let my_uid = self.my_uid;
         let assign = self.assign.refresh(|path| load_assign(path, my_uid)).map_err(temporary)?;
-        self.directory.check();
+        self.directory.new_request();
         let mut forwards_only = false;
         let (user, alias_target) =
             match users::resolve_with(&home, local, aliases, assign.as_ref(), &delimiters, &mut self.directory) {
