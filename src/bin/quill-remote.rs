@@ -64,24 +64,17 @@ fn run(domain: &[u8], sender: &[u8], recipients: &[Vec<u8>]) -> Report {
         let settings = Settings::from_control(&control, domain)?;
         let resolver = Resolver::from_control(&control)?;
         let ours = Ours::discover(&control.lines("ipme")?);
-        let mut routes = Vec::new();
-        for line in control.lines("smtproutes")? {
-            match route::parse_route(&line) {
-                Some(r) => routes.push(r),
-                None => quill::base::log::warning(&format!(
-                    "unable to parse control/smtproutes line: {}",
-                    quill::base::log::safe(&line)
-                )),
-            }
-        }
-        Ok((settings, resolver, ours, routes))
+        let routes = route::read_routes(&control, "smtproutes", route::parse_route)?;
+        let sender_routes = route::read_routes(&control, "senderroutes", route::parse_sender_route)?;
+        Ok((settings, resolver, ours, routes, sender_routes))
     })();
-    let (mut settings, resolver, ours, routes) = match configured {
+    let (mut settings, resolver, ours, routes, sender_routes) = match configured {
         Ok(all) => all,
         Err(e) => return temporary(e.to_string()),
     };
     settings.deadline = start + remote_report::total_time(settings.total_seconds, message.stored_size);
-    // Set up: the message is open, the controls and the resolver's configuration read.
+    // Set up: the message is open, the controls (control/smtpauth and its token files too) and
+    // the resolver's configuration read.
     quill::base::confine::apply(&quill::mail::jail::remote(&control.home, &settings.ca_file));
     // Addresses that cannot be written as paths never reach the wire: a bad sender fails
     // the message, a bad recipient fails alone.
@@ -101,7 +94,13 @@ fn run(domain: &[u8], sender: &[u8], recipients: &[Vec<u8>]) -> Report {
     let sent = match (sendable.is_empty(), refused.first()) {
         // No recipient can be written: the first one's failure is the message's.
         (true, Some((_, first))) => Results { recipients: Vec::new(), message: first.clone().into() },
-        _ => match route::plan(domain, &routes, &resolver, &ours, settings.deadline) {
+        _ => match route::plan(
+            domain,
+            route::choose_route(&routes, &sender_routes, domain, sender),
+            &resolver,
+            &ours,
+            settings.deadline,
+        ) {
             Ok(plan) => smtpclient::deliver(&plan, &sender_path, &sendable, &mut message, &settings),
             Err(failure) => Results::all(sendable.len(), failure),
         },
