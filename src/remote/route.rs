@@ -662,9 +662,9 @@ mod tests {
             timeout: std::time::Duration::from_millis(100),
             attempts: 1,
         };
-        let routes = vec![parse_route(b"example.com:192.0.2.1:26").unwrap()];
+        let route = parse_route(b"example.com:192.0.2.1:26").unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let plan = plan(b"example.com", routes.first(), &resolver, &Ours::default(), deadline).unwrap();
+        let plan = plan(b"example.com", Some(&route), &resolver, &Ours::default(), deadline).unwrap();
         assert_eq!(plan.hosts[0].addresses, vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))]);
         assert_eq!((plan.port, plan.named_relay), (26, true));
     }
