@@ -434,3 +434,112 @@ fn starttls_works_in_a_confined_session() {
     assert!(message.contains("TLS"), "the Received line names TLS:\n{message}");
     assert!(!q.log().contains("Operation not permitted") && !q.log().contains("Permission denied"), "{}", q.log());
 }
+
+/// Issue 10: a kept quill-remote (quill-rspawn's `-k` child, waiting on its socket for the
+/// next job of a backlogged destination) is confined exactly like a single-shot run: the
+/// request comes from this test as quill-send would send it, the sink greets, takes the
+/// message, and the kept process then idles with its connection open.
+#[test]
+fn a_kept_quill_remote_is_confined_between_jobs() {
+    if !kernel_can_confine() {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        let Ok((stream, _)) = listener.accept() else { return };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+        let mut writer = stream.try_clone().expect("clone");
+        let mut reader = BufReader::new(stream);
+        let _ = writer.write_all(b"220 sink.test ESMTP\r\n");
+        let mut line = String::new();
+        // Bounded: one session of a few commands, then the sink lets the connection idle.
+        for _ in 0..64 {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let reply: &[u8] = match line.get(..4).unwrap_or("").to_ascii_uppercase().as_str() {
+                "EHLO" => b"250-sink.test\r\n250 PIPELINING\r\n",
+                "DATA" => b"354 go\r\n",
+                "QUIT" => b"221 bye\r\n",
+                _ if line == ".\r\n" => b"250 2.0.0 taken\r\n",
+                _ if line.starts_with("MAIL") || line.starts_with("RCPT") || line.starts_with("RSET") => b"250 ok\r\n",
+                _ => continue,
+            };
+            let _ = writer.write_all(reply);
+        }
+    });
+    let home = common::home(
+        "confine-kept",
+        &[
+            ("me", "quill.test"),
+            ("smtproutes", &format!("sink.test:[127.0.0.1]:{port}\n")),
+            ("dnsservers", "127.0.0.1:9\n"),
+            ("timeoutremoteidle", "30"),
+        ],
+    );
+    let header = quill::mail::queuefile::Header {
+        uid: 0,
+        pid: 1,
+        time: 1_800_000_000,
+        nanos: 0,
+        envelope: quill::mail::envelope::Envelope {
+            sender: b"s@quill.test".to_vec(),
+            recipients: vec![b"a@sink.test".to_vec()],
+        },
+    };
+    let mut bytes = header.encode();
+    bytes.extend_from_slice(b"Subject: kept\n\nbody\n");
+    std::fs::write(home.path().join("queue/mess/1"), bytes).expect("queue a message");
+    let log = home.path().join("rspawn.log");
+    let mut rspawn = common::Daemon(
+        Command::new(bin("quill-rspawn"))
+            .env("QUILL_HOME", home.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("run quill-rspawn"),
+    );
+    let request = quill::mail::proto::spawn::Request {
+        slot: 1,
+        id: b"1".to_vec(),
+        sender: b"s@quill.test".to_vec(),
+        recipients: vec![b"a@sink.test".to_vec()],
+        retry: false,
+        backlog: true,
+    };
+    let mut input = rspawn.0.stdin.take().expect("stdin");
+    input.write_all(&request.encode()).expect("write the request");
+    let mut output = rspawn.0.stdout.take().expect("stdout");
+    let mut reader = quill::mail::proto::spawn::Reader::default();
+    let mut buffer = [0u8; 4096];
+    let report = loop {
+        if let Some(fields) = reader.next_frame() {
+            break quill::mail::proto::spawn::Report::decode(&fields).expect("a report");
+        }
+        let n = output.read(&mut buffer).expect("read the report");
+        assert!(n > 0, "quill-rspawn ended without a report");
+        reader.push(&buffer[..n]);
+    };
+    assert_eq!(report.results[0].outcome.letter(), b'K', "{report:?}");
+    // The kept process stays for the idle time: it is quill-rspawn's only quill-remote.
+    let mut kept = Vec::new();
+    assert!(wait_for(Duration::from_secs(10), || {
+        kept = common::instance_pids(home.path(), "quill-remote");
+        !kept.is_empty()
+    }));
+    for pid in kept {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(text.contains("-k"), "a kept quill-remote: {text:?}");
+        assert_eq!(status(pid), ("NoNewPrivs:\t1".to_string(), "Seccomp:\t2".to_string()), "kept quill-remote {pid}");
+        // Its own filter on top of quill-rspawn's: quill-remote narrowed itself further.
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        assert!(text.lines().any(|l| l == "Seccomp_filters:\t2"), "two filters in quill-remote {pid}:\n{text}");
+    }
+    drop(input);
+    rspawn.stop();
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!log.contains("confined only in part"), "quill-remote confines itself under quill-rspawn:\n{log}");
+}

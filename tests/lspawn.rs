@@ -416,6 +416,7 @@ impl Lspawn {
             sender: b"from@example.org".to_vec(),
             recipients: recipients.iter().map(|r| r.to_vec()).collect(),
             retry: false,
+            backlog: false,
         };
         self.stdin.as_mut().expect("stdin open").write_all(&request.encode()).expect("write request");
     }
@@ -556,6 +557,7 @@ fn argv_for_each_kind_of_recipient() {
         sender: vec![],
         recipients: vec![b"joe@example.com".to_vec()],
         retry: true,
+        backlog: false,
     };
     lspawn.stdin.as_mut().expect("stdin").write_all(&bounce.encode()).expect("write");
     let report = lspawn.report();

@@ -616,7 +616,15 @@ fn as_root_quilld_hands_messages_to_the_writer_running_as_quillq() {
         quill_group: group.gid.as_raw(),
     };
     quill::mail::queuefile::create_tree(&home, Some(owners)).expect("queue tree");
-    for (name, value) in [("me", "localhost"), ("rcpthosts", "localhost"), ("locals", "localhost")] {
+    // root@localhost must be deliverable whatever the machine's /etc/aliases says (a fresh
+    // one has no `root:` line, and quill-smtpd refuses an address nobody receives).
+    for (name, value) in [
+        ("me", "localhost"),
+        ("rcpthosts", "localhost"),
+        ("locals", "localhost"),
+        ("aliases", "control/aliases.test"),
+        ("aliases.test", "root: postmaster"),
+    ] {
         std::fs::write(home.join("control").join(name), format!("{value}\n")).expect("control");
     }
     let log = dir.path().join("log");

@@ -1176,6 +1176,7 @@ fn request(slot: u32, id: u64, sender: &str, rcpts: &[&str]) -> Vec<u8> {
         sender: sender.as_bytes().to_vec(),
         recipients: rcpts.iter().map(|r| r.as_bytes().to_vec()).collect(),
         retry: false,
+        backlog: false,
     }
     .encode()
 }

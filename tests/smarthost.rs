@@ -419,3 +419,125 @@ fn a_relay_without_auth_after_tls_defers() {
     assert!(reports[1].1.contains("the relay [127.0.0.1] offers no AUTH after TLS"), "{reports:?}");
     assert!(server.queued().is_empty());
 }
+
+/// Message `id` in queue/mess/ of `home`, from `sender` to bob@elsewhere.example.
+fn queue_message(home: &Path, id: u64, sender: &str) {
+    let header = quill::mail::queuefile::Header {
+        uid: 0,
+        pid: 1,
+        time: 1_800_000_000,
+        nanos: 0,
+        envelope: quill::mail::envelope::Envelope {
+            sender: sender.as_bytes().to_vec(),
+            recipients: vec![b"bob@elsewhere.example".to_vec()],
+        },
+    };
+    let mut bytes = header.encode();
+    bytes.extend_from_slice(format!("Subject: m{id}\n\nbody\n").as_bytes());
+    std::fs::write(home.join("queue/mess").join(id.to_string()), bytes).expect("queue a message");
+}
+
+/// quill-rspawn driven as quill-send drives it: message i+1 from `senders[i]`, each with the
+/// backlog mark but the last, so one kept quill-remote takes them in turn. Each message's
+/// result (letter, text), in order.
+fn kept_run(home: &Path, senders: &[&str]) -> Vec<(char, String)> {
+    use quill::mail::proto::spawn::{Reader, Report, Request};
+    let mut child = Command::new(common::bin("quill-rspawn"))
+        .env("QUILL_HOME", home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run quill-rspawn");
+    let mut input = child.stdin.take().expect("stdin");
+    let mut output = child.stdout.take().expect("stdout");
+    let (send, reports) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = Reader::default();
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = output.read(&mut buffer) {
+            if n == 0 {
+                return;
+            }
+            reader.push(&buffer[..n]);
+            while let Some(fields) = reader.next_frame() {
+                let _ = send.send(Report::decode(&fields));
+            }
+        }
+    });
+    let mut results = Vec::new();
+    for (i, sender) in senders.iter().enumerate() {
+        let id = i as u64 + 1;
+        queue_message(home, id, sender);
+        let request = Request {
+            slot: id as u32,
+            id: id.to_string().into_bytes(),
+            sender: sender.as_bytes().to_vec(),
+            recipients: vec![b"bob@elsewhere.example".to_vec()],
+            retry: false,
+            backlog: i + 1 < senders.len(),
+        };
+        input.write_all(&request.encode()).expect("write a request");
+        let report = reports.recv_timeout(Duration::from_secs(60)).expect("a report in time").expect("a report");
+        assert_eq!(report.slot, id as u32);
+        let result = &report.results[0];
+        results.push((result.outcome.letter() as char, String::from_utf8_lossy(&result.text).into_owned()));
+    }
+    drop(input);
+    let start = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("quill-rspawn did not end");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("results: {results:?}");
+    results
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn a_backlog_rides_one_kept_connection_authenticated_once() {
+    let Some(server) = Server::start(Relay::Submission) else { return };
+    let routes = format!(":[127.0.0.1]:{}:starttls\n", server.port);
+    let auth = smtpauth("[127.0.0.1]", PASSWORD);
+    let controls = [("smtproutes", routes.as_str()), ("timeoutremoteidle", "1")];
+    let home = home(&server.dir().join("control/cert.pem"), &controls, Some((&auth, 0o600)));
+    let results = kept_run(home.path(), &["joe@quill.test"; 4]);
+    for (letter, text) in &results {
+        assert_eq!(*letter, 'K', "{results:?}");
+        assert!(text.contains("over TLS") && text.contains("after AUTH PLAIN as alice"), "{text}");
+    }
+    assert_eq!(server.queued().len(), 4);
+    assert_eq!(server.connections(), 1, "one kept connection for the backlog");
+    let log = server.log();
+    assert_eq!(server.checked(), 1, "AUTH once per connection: {log}");
+    assert_secret_kept(&[&log]);
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn a_kept_connection_carries_only_messages_of_its_route() {
+    let Some(server) = Server::start(Relay::Submission) else { return };
+    let closed = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let senders = format!("@corp.example:127.0.0.1:{}\n", server.port);
+    let routes = format!(":127.0.0.1:{closed}\n");
+    let auth = smtpauth("127.0.0.1", PASSWORD);
+    let controls = [("smtproutes", routes.as_str()), ("senderroutes", senders.as_str()), ("timeoutremoteidle", "1")];
+    let home = home(&server.dir().join("control/cert.pem"), &controls, Some((&auth, 0o600)));
+    let results = kept_run(home.path(), &["a@corp.example", "b@corp.example", "c@other.example", "d@corp.example"]);
+    let letters: String = results.iter().map(|(letter, _)| *letter).collect();
+    // The other sender's message takes the default route (nothing listens there), never the
+    // connection kept to the corp relay.
+    assert_eq!(letters, "KKZK", "{results:?}");
+    assert!(results[2].1.contains(&format!("port {closed}")), "{results:?}");
+    for i in [0, 1, 3] {
+        assert!(results[i].1.contains("after AUTH PLAIN as alice"), "{results:?}");
+    }
+    let queued = server.queued();
+    assert_eq!(queued.len(), 3, "{queued:?}");
+    assert!(queued.iter().all(|q| !q.contains("Fc@other.example")), "{queued:?}");
+    // The first connection carried a and b, then was closed for c's route; d took a new one.
+    assert_eq!(server.connections(), 2);
+    assert_eq!(server.checked(), 2);
+}

@@ -476,6 +476,7 @@ mod sys_number {
         recvfrom = SYS_recvfrom,
         sendmsg = SYS_sendmsg,
         recvmsg = SYS_recvmsg,
+        socketpair = SYS_socketpair,
         sendmmsg = SYS_sendmmsg,
         recvmmsg = SYS_recvmmsg,
         shutdown = SYS_shutdown,
@@ -492,6 +493,10 @@ mod sys_number {
         set_tid_address = SYS_set_tid_address,
         execve = SYS_execve,
         prctl = SYS_prctl,
+        landlock_create_ruleset = SYS_landlock_create_ruleset,
+        landlock_add_rule = SYS_landlock_add_rule,
+        landlock_restrict_self = SYS_landlock_restrict_self,
+        seccomp = SYS_seccomp,
         membarrier = SYS_membarrier,
     );
     #[cfg(target_arch = "x86_64")]
@@ -629,6 +634,11 @@ pub const SOCKETS: &[Syscall] = calls!(
     shutdown
 );
 
+/// A connected pair of unix sockets made after confinement (quill-rspawn's channel to each kept
+/// quill-remote, which carries the message's descriptor with each job): socketpair(2) makes
+/// no socket that reaches outside the process, so [`Network`] does not decide it.
+pub const SOCKET_PAIRS: &[Syscall] = calls!(socketpair);
+
 /// Serving a listening socket it was given (quill-queued), on top of [`SOCKETS`].
 pub const ACCEPT: &[Syscall] = calls!(accept, accept4);
 
@@ -643,8 +653,11 @@ pub const CHILDREN_ARCH: &[Syscall] = calls!(fork, vfork, getpgrp);
 pub const CHILDREN_ARCH: &[Syscall] = &[];
 
 /// execve, for a policy whose `exec` names programs. The programs run under the same
-/// Landlock domain and filter, so they must need no more than the policy gives.
-pub const EXEC_CALLS: &[Syscall] = calls!(execve, prctl);
+/// Landlock domain and filter, so they must need no more than the policy gives; with the
+/// calls that let each confine itself further (quill-remote under quill-rspawn): a Landlock
+/// ruleset and a seccomp filter can only take rights away, never add any.
+pub const EXEC_CALLS: &[Syscall] =
+    calls!(execve, prctl, landlock_create_ruleset, landlock_add_rule, landlock_restrict_self, seccomp);
 
 /// The system libraries: what the dynamic loader reads (and the kernel opens for exec, the
 /// interpreter) when a confined program executes another, and what NSS loads.

@@ -778,6 +778,49 @@ pub fn cpu_time() -> io::Result<(std::time::Duration, std::time::Duration)> {
     Ok((read(libc::RUSAGE_SELF)?, read(libc::RUSAGE_CHILDREN)?))
 }
 
+/// Send `bytes` on a unix stream socket with `fd` attached (SCM_RIGHTS): the receiver gets its
+/// own descriptor of the same open file. Returns how many bytes went; the caller writes the
+/// rest of a longer frame with plain writes (the descriptor travels with the first byte).
+pub fn send_with_fd(
+    socket: std::os::fd::BorrowedFd<'_>,
+    bytes: &[u8],
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> io::Result<usize> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let fds = [fd.as_raw_fd()];
+    let iov = [io::IoSlice::new(bytes)];
+    let control = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(socket.as_raw_fd(), &iov, &control, MsgFlags::MSG_NOSIGNAL, None).map_err(io::Error::from)
+}
+
+/// Receive bytes from a unix stream socket with any descriptors sent along (SCM_RIGHTS), each
+/// close-on-exec and owned by the caller. At most 4 descriptors per read are taken; a peer
+/// that sends more loses them (they are closed by the kernel when the message is truncated).
+pub fn receive_with_fds(
+    socket: std::os::fd::BorrowedFd<'_>,
+    buffer: &mut [u8],
+) -> io::Result<(usize, Vec<std::os::fd::OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let mut iov = [io::IoSliceMut::new(buffer)];
+    let message = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(io::Error::from)?;
+    let mut fds = Vec::new();
+    for control in message.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(raw) = control {
+            for fd in raw {
+                // SAFETY: the kernel just installed this descriptor in our table for this
+                // message (SCM_RIGHTS); nothing else in the process knows its number, so it
+                // gets exactly one owner here.
+                fds.push(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    Ok((message.bytes, fds))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,10 @@
 //! doc/INTERNALS.md, src/mail/proto/spawn.rs). fd 1: report frames to quill-send, one per
 //! request, one K/Z/D result per recipient in the request's order. fd 2: the log.
 //! The engine is spawn::engine with spawn::remote: each request gets its own quill-remote, in
-//! a process group of its own, killed with its group 10 s past its deadline.
+//! a process group of its own, killed with its group 10 s past its deadline; or, for a
+//! domain with a backlog (the request's B mark), a kept `quill-remote -k` takes one request
+//! after the other on a socket pair, its connection open between them (timeoutremoteidle,
+//! reuseremote).
 //! Exit: 0 after end of input (or SIGTERM) once every delivery is reported; 111 when it
 //! cannot read requests or write reports.
 //! Man page: doc/quill-rspawn.8.
@@ -20,7 +23,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     quill::base::log::init("quill-rspawn");
     let home = quill::mail::control::home();
-    let remote = Remote::new(quill::mail::control::program("quill-remote"));
+    let remote = Remote::new(quill::mail::control::program("quill-remote"), &quill::mail::control::Control::from_env());
     let duplicate = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map(File::from);
     let (input, output) = match (duplicate(std::io::stdin().as_fd()), duplicate(std::io::stdout().as_fd())) {
         (Ok(input), Ok(output)) => (input, output),

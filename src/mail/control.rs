@@ -69,6 +69,13 @@ pub const DEFAULT_CONCURRENCYDESTINATION: u64 = 10;
 /// `concurrencyrecipient`: local deliveries at once to one recipient address (Postfix's
 /// local_destination_concurrency_limit).
 pub const DEFAULT_CONCURRENCYRECIPIENT: u64 = 2;
+/// `timeoutremoteidle`, in seconds: how long quill-rspawn keeps an idle SMTP connection open
+/// for the next message to a destination with a backlog (Postfix's
+/// smtp_connection_cache_time_limit); 0 keeps none.
+pub const DEFAULT_TIMEOUTREMOTEIDLE: u64 = 2;
+/// `reuseremote`: the most messages one kept connection (one kept quill-remote) carries
+/// (Postfix's smtp_connection_reuse_count_limit); 1 or 0 keeps none.
+pub const DEFAULT_REUSEREMOTE: u64 = 100;
 /// `backoffmin`, in seconds: how long an unreachable destination is left alone after its first
 /// failure.
 pub const DEFAULT_BACKOFFMIN: u64 = 300;

@@ -16,7 +16,7 @@
 
 use crate::base::confine::{
     Network, Policy, ACCEPT, BASE, BASE_ARCH, CHILDREN, CHILDREN_ARCH, EXEC_CALLS, NAME_SERVICE, READ_FILES,
-    READ_FILES_ARCH, SOCKETS, SYSTEM_LIBRARIES, THREADS, WRITE_FILES, WRITE_FILES_ARCH,
+    READ_FILES_ARCH, SOCKETS, SOCKET_PAIRS, SYSTEM_LIBRARIES, THREADS, WRITE_FILES, WRITE_FILES_ARCH,
 };
 use std::path::{Path, PathBuf};
 
@@ -81,7 +81,17 @@ pub fn rspawn(home: &Path, remote_program: &Path) -> Policy {
         write: vec![],
         exec,
         network: Network::Outbound,
-        syscalls: vec![BASE, BASE_ARCH, READ_FILES, READ_FILES_ARCH, CHILDREN, CHILDREN_ARCH, EXEC_CALLS, SOCKETS],
+        syscalls: vec![
+            BASE,
+            BASE_ARCH,
+            READ_FILES,
+            READ_FILES_ARCH,
+            CHILDREN,
+            CHILDREN_ARCH,
+            EXEC_CALLS,
+            SOCKETS,
+            SOCKET_PAIRS,
+        ],
     }
 }
 

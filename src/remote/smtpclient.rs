@@ -151,6 +151,56 @@ struct Job<'a> {
     sender: &'a [u8],
     recipients: &'a [Vec<u8>],
     settings: &'a Settings,
+    /// Keep the connection after a transaction the server accepted (quill-remote `-k`).
+    keep: bool,
+    /// Where a kept connection is left for the next message.
+    kept: std::cell::RefCell<Option<Kept>>,
+    /// This transaction runs on a connection kept from an earlier one.
+    reused: bool,
+    /// The kept connection failed before MAIL was answered (or MAIL got 421): nothing of this
+    /// message reached the server, and it goes out on a fresh connection instead.
+    lost: std::cell::Cell<bool>,
+}
+
+impl<'a> Job<'a> {
+    fn new(plan: &'a Plan, sender: &'a [u8], recipients: &'a [Vec<u8>], settings: &'a Settings) -> Job<'a> {
+        Job {
+            plan,
+            sender,
+            recipients,
+            settings,
+            keep: false,
+            kept: std::cell::RefCell::new(None),
+            reused: false,
+            lost: std::cell::Cell::new(false),
+        }
+    }
+
+    /// On a reused connection, a failure before MAIL's answer (or a 421 to it) means the
+    /// connection is gone, not that the message failed: mark it so.
+    fn lost_before_mail(&self, mail: Option<&Reply>) -> bool {
+        let lost = self.reused && mail.is_none_or(|reply| reply.code == 421);
+        if lost {
+            self.lost.set(true);
+        }
+        lost
+    }
+}
+
+/// An open SMTP session kept after a transaction the server accepted (2xx at the end of
+/// data, no 421 seen), for the next message to the same destination in the same process.
+/// Nothing is kept after a broken connection, a timeout, a refusal or a 421.
+pub struct Kept {
+    connection: Connection,
+    ext: Extensions,
+    tls_note: String,
+}
+
+impl Kept {
+    /// End the session politely (QUIT, bounded by the QUIT timeout).
+    pub fn close(mut self) {
+        self.connection.quit();
+    }
 }
 
 /// What one attempt at one address came to.
@@ -174,7 +224,77 @@ pub fn deliver(
     message: &mut Message,
     settings: &Settings,
 ) -> Results {
-    let job = Job { plan, sender, recipients, settings };
+    deliver_with(&Job::new(plan, sender, recipients, settings), message)
+}
+
+/// [`deliver`], first on a kept connection if there is one, and keeping the connection
+/// afterwards when `keep` is set and the transaction went well. `plan` is asked for only when
+/// a new connection is needed (a kept one needs no DNS). A kept connection that fails at
+/// RSET or before MAIL is answered is dropped and the message goes out on a new one: the
+/// reuse itself never defers a message.
+pub fn deliver_keeping(
+    plan: impl FnOnce() -> Result<Plan, Text>,
+    sender: &[u8],
+    recipients: &[Vec<u8>],
+    message: &mut Message,
+    settings: &Settings,
+    kept: Option<Kept>,
+    keep: bool,
+) -> (Results, Option<Kept>) {
+    if let Some(kept) = kept {
+        // The kept session is already set up (TLS, AUTH): the transaction needs no plan.
+        let none = Plan {
+            hosts: Vec::new(),
+            port: 0,
+            from_routes: false,
+            named_relay: false,
+            tls: RouteTls::default(),
+            notes: Vec::new(),
+        };
+        let mut job = Job::new(&none, sender, recipients, settings);
+        job.keep = keep;
+        job.reused = true;
+        if let Some(results) = reuse(&job, kept, message) {
+            return (results, job.kept.into_inner());
+        }
+    }
+    let plan = match plan() {
+        Ok(plan) => plan,
+        Err(failure) => return (Results::all(recipients.len(), failure), None),
+    };
+    let mut job = Job::new(&plan, sender, recipients, settings);
+    job.keep = keep;
+    let results = deliver_with(&job, message);
+    (results, job.kept.into_inner())
+}
+
+/// RSET on the kept connection, then the transaction; None when the connection turned out to
+/// be gone (RSET not answered with 2xx, MAIL not answered or answered 421).
+fn reuse(job: &Job, kept: Kept, message: &mut Message) -> Option<Results> {
+    let Kept { mut connection, ext, tls_note } = kept;
+    connection.timeout = job.settings.timeout;
+    connection.deadline = job.settings.deadline;
+    connection.out_of_time = job.settings.out_of_time();
+    match connection.command(b"RSET") {
+        Ok(reply) if reply.outcome() == Outcome::Success => {}
+        Ok(reply) => {
+            if reply.code != 421 {
+                connection.quit();
+            }
+            return None;
+        }
+        Err(_) => return None,
+    }
+    let results = transaction(connection, job, message, &ext, &tls_note);
+    if job.lost.get() {
+        return None;
+    }
+    Some(results)
+}
+
+/// Deliver along the job's plan.
+fn deliver_with(job: &Job, message: &mut Message) -> Results {
+    let (plan, recipients, settings) = (job.plan, job.recipients, job.settings);
     // What each host that failed said, rendered for the summary of them all.
     let mut notes: Vec<String> = plan.notes.iter().map(Text::to_string).collect();
     let mut all_permanent = true;
@@ -187,10 +307,10 @@ pub fn deliver(
                 break 'hosts;
             }
             tried += 1;
-            let mut attempt = try_address(&job, host, ip, message, true);
+            let mut attempt = try_address(job, host, ip, message, true);
             if let Attempt::TlsFailed(why) = attempt {
                 notes.push(format!("TLS with {} failed, retried without TLS: {why}", peer_name(host, ip)));
-                attempt = try_address(&job, host, ip, message, false);
+                attempt = try_address(job, host, ip, message, false);
             }
             match attempt {
                 Attempt::Done(results) => return results,
@@ -561,10 +681,10 @@ fn transaction(
     let sent = if ext.pipelining {
         pipelined(&mut connection, job, &commands)
     } else {
-        one_by_one(&mut connection, job.recipients.len(), &commands)
+        one_by_one(&mut connection, job, &commands)
     };
     match sent {
-        Ok(answers) => after_envelope(connection, job, message, answers, tls_note),
+        Ok(answers) => after_envelope(connection, job, message, answers, ext, tls_note),
         Err(results) => results,
     }
 }
@@ -635,12 +755,19 @@ fn pipelined(connection: &mut Connection, job: &Job, commands: &Commands) -> Res
     }
     batch.extend_from_slice(b"DATA\r\n");
     if let Err(Broken(why)) = connection.send(&batch) {
+        job.lost_before_mail(None);
         return Err(recipients.died(&peer, why, "while sending MAIL, RCPT and DATA"));
     }
     let mail = match connection.reply() {
         Ok(reply) => reply,
-        Err(Broken(why)) => return Err(recipients.died(&peer, why, "after MAIL")),
+        Err(Broken(why)) => {
+            job.lost_before_mail(None);
+            return Err(recipients.died(&peer, why, "after MAIL"));
+        }
     };
+    if job.lost_before_mail(Some(&mail)) {
+        return Err(recipients.died(&peer, mail.text, "after MAIL"));
+    }
     for i in 0..commands.rcpts.len() {
         match connection.reply() {
             Ok(reply) => recipients.record(i, &peer, &reply),
@@ -665,13 +792,19 @@ fn refused_or_died(job: &Job, peer: &str, mail: &Reply, recipients: Recipients, 
 
 /// MAIL, then each RCPT if MAIL was accepted, then DATA if a recipient was, each waiting for
 /// its reply.
-fn one_by_one(connection: &mut Connection, count: usize, commands: &Commands) -> Result<Answers, Results> {
+fn one_by_one(connection: &mut Connection, job: &Job, commands: &Commands) -> Result<Answers, Results> {
     let peer = connection.peer.clone();
-    let mut recipients = Recipients::new(count);
+    let mut recipients = Recipients::new(job.recipients.len());
     let mail = match connection.command(&commands.mail) {
         Ok(reply) => reply,
-        Err(Broken(why)) => return Err(recipients.died(&peer, why, "after MAIL")),
+        Err(Broken(why)) => {
+            job.lost_before_mail(None);
+            return Err(recipients.died(&peer, why, "after MAIL"));
+        }
     };
+    if job.lost_before_mail(Some(&mail)) {
+        return Err(recipients.died(&peer, mail.text, "after MAIL"));
+    }
     if mail.outcome() == Outcome::Success {
         for (i, rcpt) in commands.rcpts.iter().enumerate() {
             match connection.command(rcpt) {
@@ -704,6 +837,7 @@ fn after_envelope(
     job: &Job,
     message: &mut Message,
     answers: Answers,
+    ext: &Extensions,
     tls_note: &str,
 ) -> Results {
     let Answers { mail, recipients, data } = answers;
@@ -732,11 +866,18 @@ fn after_envelope(
         let words = format!("{peer} failed on DATA command. Remote host said: {}", data.text);
         return recipients.finish(Text::Verbatim(outcome, words));
     }
-    send_message(connection, message, recipients, tls_note)
+    send_message(connection, job, message, recipients, ext, tls_note)
 }
 
-/// The message, the final dot, the server's answer to it, QUIT.
-fn send_message(mut connection: Connection, message: &mut Message, recipients: Recipients, tls_note: &str) -> Results {
+/// The message, the final dot, the server's answer to it, QUIT (or the connection kept).
+fn send_message(
+    mut connection: Connection,
+    job: &Job,
+    message: &mut Message,
+    recipients: Recipients,
+    ext: &Extensions,
+    tls_note: &str,
+) -> Results {
     let peer = connection.peer.clone();
     let sent = match message.reader() {
         Ok(mut reader) => write_data(&mut reader, &mut connection),
@@ -757,7 +898,12 @@ fn send_message(mut connection: Connection, message: &mut Message, recipients: R
             return recipients.died(&peer, format!("{why} after the end of the message"), "while sending the message")
         }
     };
-    connection.quit();
+    if job.keep && end.outcome() == Outcome::Success && !recipients.closing {
+        let kept = Kept { connection, ext: ext.clone(), tls_note: tls_note.to_string() };
+        *job.kept.borrow_mut() = Some(kept);
+    } else {
+        connection.quit();
+    }
     let text = match end.outcome() {
         Outcome::Success => {
             Status::success(format!("{peer} accepted message{tls_note}. Remote host said: {}", end.text)).into()
@@ -775,15 +921,18 @@ struct Recipients {
     results: Vec<Option<Text>>,
     /// How many were accepted.
     accepted: usize,
+    /// A reply said 421: the server is closing the connection, which is not kept.
+    closing: bool,
 }
 
 impl Recipients {
     fn new(count: usize) -> Recipients {
-        Recipients { results: vec![None; count], accepted: 0 }
+        Recipients { results: vec![None; count], accepted: 0, closing: false }
     }
 
     /// The reply to the RCPT of recipient `i`: accepted (the message decides), or refused.
     fn record(&mut self, i: usize, peer: &str, reply: &Reply) {
+        self.closing |= reply.code == 421;
         let text = match reply.outcome() {
             Outcome::Success => {
                 self.accepted += 1;

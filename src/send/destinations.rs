@@ -78,6 +78,11 @@ impl<J> Destinations<J> {
         (Admission::Go, Some(job))
     }
 
+    /// How many jobs for `domain` wait here (at its concurrency limit, or backed off).
+    pub fn parked(&self, domain: &[u8]) -> usize {
+        self.map.get(domain).map_or(0, |d| d.parked.len())
+    }
+
     /// When `domain`'s back-off ends, if it is backed off now or its probe is out: a job for
     /// it would be parked ([`Destinations::admit`]).
     pub fn backed_off(&self, domain: &[u8], now: u64) -> Option<u64> {

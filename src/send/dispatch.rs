@@ -12,6 +12,9 @@ use crate::send::sendconf::Channel;
 use crate::send::sendloop::{Sender, MAX_REMOTE_RECIPIENTS};
 use std::collections::{HashMap, VecDeque};
 
+/// How many ready remote jobs [`Sender::backlog`] looks at.
+const BACKLOG_LOOKAHEAD: usize = 32;
+
 /// The jobs waiting for a free slot and the deliveries in flight, per channel.
 pub struct Deliveries {
     /// Jobs ready to go, per channel (index: `Channel as usize`).
@@ -159,6 +162,8 @@ impl Sender {
             for &i in &job.recipients {
                 m.recipients[i].tried = true;
             }
+            let backlog = channel == Channel::Remote && self.backlog(&job.domain);
+            let Some(m) = self.messages.get(&job.id) else { continue };
             let slot = self.deliveries.free_slot();
             let request = Request {
                 slot,
@@ -166,6 +171,7 @@ impl Sender {
                 sender: m.sender.clone(),
                 recipients: job.recipients.iter().map(|&i| m.recipients[i].address.clone()).collect(),
                 retry,
+                backlog,
             };
             let spawner = match channel {
                 Channel::Local => &mut self.lspawn,
@@ -193,6 +199,15 @@ impl Sender {
             self.deliveries.running[c] += 1;
             self.status();
         }
+    }
+
+    /// More mail for `domain` waits behind this job: parked at the destination's limit, or
+    /// among the next jobs ready to go. Only the first [`BACKLOG_LOOKAHEAD`] ready jobs are
+    /// looked at, so that a long ready queue costs nothing per dispatch; a backlog further back
+    /// only means its connection is not kept (a new one is made, as without reuse).
+    fn backlog(&self, domain: &[u8]) -> bool {
+        self.destinations.parked(domain) > 0
+            || self.deliveries.ready[1].iter().take(BACKLOG_LOOKAHEAD).any(|j| j.domain == domain)
     }
 
     /// A job that will not be delivered after all: its recipients are free again.

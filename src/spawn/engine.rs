@@ -19,6 +19,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -56,7 +57,56 @@ pub trait Kind {
 
     /// The results of an ended delivery, one per recipient.
     fn finish(&mut self, ended: Ended<Self::Job>) -> Vec<proto::Result>;
+
+    /// Kept processes (quill-rspawn's kept connections): the key of the kept process that may
+    /// take this request; None runs it on its own (the default). A request goes to an idle
+    /// kept process with its key, else to a new kept process if it has the backlog mark, else
+    /// to a process of its own.
+    fn kept_key(&mut self, _request: &Request) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// How long a kept process may wait idle, how many jobs it takes at most, and how many
+    /// processes may live at once before an idle one is asked to end.
+    fn kept_limits(&self) -> KeptLimits {
+        KeptLimits { idle: Duration::ZERO, jobs: 1, processes: usize::MAX }
+    }
+
+    /// Start a kept process for `key`, without a job: its pid and the socket to it (its
+    /// reports come back on the same socket).
+    fn start_kept(&mut self, _key: &[u8]) -> std::result::Result<(i32, UnixStream), Status> {
+        Err(Status::temporary(Enhanced::MAIL_SYSTEM, "no kept processes here"))
+    }
+
+    /// Hand a job to a kept process over its socket (blocking, bounded by the socket's write
+    /// timeout). The `pid` of what is returned is unused.
+    fn hand(
+        &mut self,
+        _socket: &UnixStream,
+        _request: &Request,
+        _message: &Message,
+    ) -> std::result::Result<Started<Self::Job>, Status> {
+        Err(Status::temporary(Enhanced::MAIL_SYSTEM, "no kept processes here"))
+    }
+
+    /// The length of the first whole report in a kept process's output, with its end mark;
+    /// the report without the mark goes to [`Kind::finish`].
+    fn kept_report_end(_output: &[u8]) -> Option<usize> {
+        None
+    }
 }
+
+/// The bounds of kept processes ([`Kind::kept_limits`]).
+#[derive(Clone, Copy, Debug)]
+pub struct KeptLimits {
+    pub idle: Duration,
+    pub jobs: usize,
+    pub processes: usize,
+}
+
+/// How long a kept process that was asked to end (its socket shut) may take to say QUIT and
+/// exit before it is killed.
+const RETIRE_WAIT: Duration = Duration::from_secs(15);
 
 /// A message file opened for one delivery, positioned at the message's first byte.
 pub struct Message {
@@ -105,15 +155,36 @@ pub struct Ended<J> {
     pub killed: bool,
 }
 
-/// A running delivery.
-struct Running<J> {
+/// The job a process runs now.
+struct Current<J> {
     slot: u32,
     count: usize,
     job: J,
+}
+
+/// What a kept process (one that takes job after job) has beyond a [`Running`].
+struct Kept {
+    key: Vec<u8>,
+    /// The socket jobs go out on (the same as the running's pipe, which reads the reports).
+    socket: UnixStream,
+    /// Jobs handed to it so far.
+    served: usize,
+    /// Since when it waits for a job (None while it runs one).
+    idle_since: Option<Instant>,
+    /// Its current job's request said more mail waits for the destination.
+    backlog: bool,
+    /// Asked to end (its socket shut for writing): it takes no more jobs.
+    retiring: bool,
+}
+
+/// A running process: a delivery, or a kept process with or without a job.
+struct Running<J> {
+    current: Option<Current<J>>,
     pipe: Option<File>,
     output: Vec<u8>,
     deadline: Option<Instant>,
     killed: bool,
+    kept: Option<Kept>,
 }
 
 impl<J> Running<J> {
@@ -219,6 +290,7 @@ impl<K: Kind> Engine<K> {
                 if let Some(delivery) = self.running.get_mut(&pid) {
                     delivery.read_some(K::MAX_OUTPUT);
                 }
+                self.kept_reports(pid, input_open);
             }
             if signal_ready {
                 let mut caught = [0u8; 64];
@@ -228,6 +300,7 @@ impl<K: Kind> Engine<K> {
                     input_open = false;
                 }
             }
+            self.retire_idle(input_open);
             self.kill_overdue();
             self.reap();
             if input_open && input_ready {
@@ -261,8 +334,16 @@ impl<K: Kind> Engine<K> {
             return PollTimeout::NONE;
         }
         let now = Instant::now();
-        let next_kill =
-            self.running.values().filter(|d| !d.killed).filter_map(|d| d.deadline).map(|at| at - now.min(at)).min();
+        let idle = self.kind.kept_limits().idle;
+        let idle_ends = self.running.values().filter_map(|d| d.kept.as_ref()?.idle_since).map(|since| since + idle);
+        let next_kill = self
+            .running
+            .values()
+            .filter(|d| !d.killed)
+            .filter_map(|d| d.deadline)
+            .chain(idle_ends)
+            .map(|at| at - now.min(at))
+            .min();
         // Rounded up to a whole millisecond, so that a wake-up never comes just too early.
         let wait = next_kill.map_or(TICK, |wait| (wait + Duration::from_millis(1)).min(TICK));
         PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX)
@@ -290,6 +371,12 @@ impl<K: Kind> Engine<K> {
     fn start(&mut self, request: &Request) -> std::result::Result<(), Status> {
         self.kind.check(request)?;
         let message = self.open_message(&request.id)?;
+        if let Some(key) = self.kind.kept_key(request) {
+            if request.backlog || self.idle_kept(&key).is_some() {
+                return self.start_kept(key, request, &message);
+            }
+        }
+        self.make_room();
         let temporary = |words: String| Status::temporary(Enhanced::MAIL_SYSTEM, words);
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| temporary(format!("unable to make a pipe: {e}")))?;
@@ -297,17 +384,174 @@ impl<K: Kind> Engine<K> {
         let pipe = File::from(read);
         let _ = nix::fcntl::fcntl(pipe.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
         let running = Running {
-            slot: request.slot,
-            count: request.recipients.len(),
-            job: started.job,
+            current: Some(Current { slot: request.slot, count: request.recipients.len(), job: started.job }),
             pipe: Some(pipe),
             output: Vec::new(),
             deadline: started.deadline,
             killed: false,
+            kept: None,
         };
         // The loop reaps every child by its pid.
         self.running.insert(started.pid, running);
         Ok(())
+    }
+
+    /// A kept process with this key waiting for a job.
+    fn idle_kept(&self, key: &[u8]) -> Option<i32> {
+        self.running
+            .iter()
+            .filter(|(_, d)| d.current.is_none() && !d.killed)
+            .filter(|(_, d)| d.kept.as_ref().is_some_and(|k| !k.retiring && k.idle_since.is_some() && k.key == key))
+            .map(|(&pid, _)| pid)
+            .next()
+    }
+
+    /// A request for a kept process: to an idle one with its key, else to a new one. An idle
+    /// one whose socket fails takes nothing (it is asked to end) and a new one is started.
+    fn start_kept(&mut self, key: Vec<u8>, request: &Request, message: &Message) -> std::result::Result<(), Status> {
+        if let Some(pid) = self.idle_kept(&key) {
+            match self.hand_to(pid, request, message) {
+                Ok(()) => return Ok(()),
+                Err(status) => {
+                    log::warning(&format!("unable to hand a job to a kept quill-remote: {status}; starting another"));
+                    self.retire(pid);
+                }
+            }
+        }
+        self.make_room();
+        let (pid, socket) = self.kind.start_kept(&key)?;
+        let _ = socket.set_nonblocking(true);
+        let reader = socket
+            .try_clone()
+            .map_err(|e| Status::temporary(Enhanced::MAIL_SYSTEM, format!("unable to duplicate a socket: {e}")));
+        let kept = Kept { key, socket, served: 0, idle_since: None, backlog: false, retiring: false };
+        let pipe = reader.ok().map(|r| File::from(OwnedFd::from(r)));
+        let running =
+            Running { current: None, pipe, output: Vec::new(), deadline: None, killed: false, kept: Some(kept) };
+        self.running.insert(pid, running);
+        if let Err(status) = self.hand_to(pid, request, message) {
+            self.retire(pid);
+            return Err(status);
+        }
+        Ok(())
+    }
+
+    /// Give a job to the kept process `pid`.
+    fn hand_to(&mut self, pid: i32, request: &Request, message: &Message) -> std::result::Result<(), Status> {
+        let Some(delivery) = self.running.get_mut(&pid) else {
+            return Err(Status::temporary(Enhanced::MAIL_SYSTEM, "kept process gone"));
+        };
+        let Some(kept) = delivery.kept.as_mut() else {
+            return Err(Status::temporary(Enhanced::MAIL_SYSTEM, "not a kept process"));
+        };
+        if delivery.pipe.is_none() {
+            return Err(Status::temporary(Enhanced::MAIL_SYSTEM, "kept process closed its socket"));
+        }
+        // The read side is non-blocking, and shares the socket's open file: block for the
+        // write only (bounded by the socket's write timeout), then back.
+        let _ = kept.socket.set_nonblocking(false);
+        let handed = self.kind.hand(&kept.socket, request, message);
+        let _ = kept.socket.set_nonblocking(true);
+        let started = handed?;
+        kept.served += 1;
+        kept.idle_since = None;
+        kept.backlog = request.backlog;
+        delivery.current = Some(Current { slot: request.slot, count: request.recipients.len(), job: started.job });
+        delivery.deadline = started.deadline;
+        delivery.output.clear();
+        Ok(())
+    }
+
+    /// Ask a kept process to end: shut its socket for writing (it reads the end, says QUIT
+    /// and exits), and kill it if it is still there after [`RETIRE_WAIT`].
+    fn retire(&mut self, pid: i32) {
+        let Some(delivery) = self.running.get_mut(&pid) else { return };
+        let Some(kept) = delivery.kept.as_mut() else { return };
+        if kept.retiring {
+            return;
+        }
+        kept.retiring = true;
+        kept.idle_since = None;
+        let _ = kept.socket.shutdown(std::net::Shutdown::Write);
+        if delivery.current.is_none() {
+            delivery.deadline = Some(Instant::now() + RETIRE_WAIT);
+        }
+    }
+
+    /// Before a new process starts: if as many run as may, ask the kept process idle the
+    /// longest to end, so that idle connections do not add to the processes allowed.
+    fn make_room(&mut self) {
+        if self.running.len() < self.kind.kept_limits().processes {
+            return;
+        }
+        let oldest = self
+            .running
+            .iter()
+            .filter_map(|(&pid, d)| Some((pid, d.kept.as_ref().filter(|k| !k.retiring)?.idle_since?)))
+            .min_by_key(|&(_, since)| since)
+            .map(|(pid, _)| pid);
+        if let Some(pid) = oldest {
+            self.retire(pid);
+        }
+    }
+
+    /// Kept processes idle past the idle time, or all idle ones once no request can come,
+    /// are asked to end.
+    fn retire_idle(&mut self, input_open: bool) {
+        let now = Instant::now();
+        let idle = self.kind.kept_limits().idle;
+        let done: Vec<i32> = self
+            .running
+            .iter()
+            .filter(|(_, d)| {
+                d.kept
+                    .as_ref()
+                    .and_then(|k| k.idle_since.filter(|_| !k.retiring))
+                    .is_some_and(|since| !input_open || now >= since + idle)
+            })
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in done {
+            self.retire(pid);
+        }
+    }
+
+    /// Take every whole report a kept process has written: each ends its job, and the process
+    /// waits for the next one if its job had a backlog and it may take more, else it is asked
+    /// to end.
+    fn kept_reports(&mut self, pid: i32, input_open: bool) {
+        let limits = self.kind.kept_limits();
+        let mut finished = false;
+        {
+            let Some(delivery) = self.running.get_mut(&pid) else { return };
+            if delivery.kept.is_none() {
+                return;
+            }
+            let Some(end) = K::kept_report_end(&delivery.output) else { return };
+            let frame: Vec<u8> = delivery.output.drain(..end).collect();
+            if let Some(current) = delivery.current.take() {
+                let ended = Ended {
+                    slot: current.slot,
+                    count: current.count,
+                    job: current.job,
+                    exit: Exit::Code(0),
+                    output: frame[..end - 1].to_vec(),
+                    killed: false,
+                };
+                let results = self.kind.finish(ended);
+                self.reports.extend_from_slice(&Report { slot: current.slot, results }.encode());
+                finished = true;
+            }
+            // Anything after a report, with no job asked for, is not a report.
+            delivery.output.clear();
+            delivery.deadline = None;
+        }
+        let Some(kept) = self.running.get_mut(&pid).and_then(|d| d.kept.as_mut()) else { return };
+        if finished && kept.backlog && kept.served < limits.jobs && input_open && !kept.retiring {
+            kept.idle_since = Some(Instant::now());
+        } else {
+            self.retire(pid);
+        }
     }
 
     /// Open `queue/mess/ID` (or `queue/todo/ID`) without following a link, check that it is
@@ -362,7 +606,10 @@ impl<K: Kind> Engine<K> {
                 continue;
             }
             delivery.killed = true;
-            self.kind.overdue(delivery.slot, &delivery.job);
+            match &delivery.current {
+                Some(current) => self.kind.overdue(current.slot, &current.job),
+                None => log::warning("unable to wait longer for a kept quill-remote to end: killed"),
+            }
             let pid = nix::unistd::Pid::from_raw(pid);
             if nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL).is_err() {
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
@@ -385,9 +632,23 @@ impl<K: Kind> Engine<K> {
             };
             // The child is gone, so all it wrote is in the pipe already.
             delivery.read_some(K::MAX_OUTPUT);
-            let (slot, count) = (delivery.slot, delivery.count);
-            let ended =
-                Ended { slot, count, job: delivery.job, exit, output: delivery.output, killed: delivery.killed };
+            let killed = delivery.killed;
+            if delivery.kept.is_some() {
+                // A report written before it ended still counts.
+                let pid = pid.as_raw();
+                self.running.insert(pid, delivery);
+                self.kept_reports(pid, false);
+                let Some(rest) = self.running.remove(&pid) else { continue };
+                delivery = rest;
+            }
+            let Some(current) = delivery.current else {
+                if exit != Exit::Code(0) && !killed {
+                    log::warning(&format!("a kept quill-remote ended badly: it {exit}"));
+                }
+                continue;
+            };
+            let (slot, count) = (current.slot, current.count);
+            let ended = Ended { slot, count, job: current.job, exit, output: delivery.output, killed };
             let results = self.kind.finish(ended);
             self.reports.extend_from_slice(&Report { slot, results }.encode());
         }

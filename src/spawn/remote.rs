@@ -2,30 +2,63 @@
 //! request carries every recipient of one message at one domain, quill-remote delivers them
 //! as quillr in a process group of its own, and a run still going past its deadline
 //! (`timeoutremotetotal`, the same deadline quill-remote keeps itself) is killed with its group.
+//! With reuse on, requests for a domain with a backlog go to a kept `quill-remote -k` instead
+//! (the engine's kept processes, keyed by the domain; doc/INTERNALS.md "Kept remote
+//! connections").
 #![forbid(unsafe_code)]
 
 use crate::base::fail::{Enhanced, Status};
 use crate::mail::address;
-use crate::mail::proto::remote_report;
+use crate::mail::control::{self, Control};
+use crate::mail::proto::remote_report::{self, KeptJob};
 use crate::mail::proto::spawn::{self as proto, Request};
 use crate::mail::queuefile;
-use crate::spawn::engine::{Ended, Exit, Kind, Message, Started};
+use crate::spawn::engine::{Ended, Exit, KeptLimits, Kind, Message, Started};
 use std::ffi::OsStr;
-use std::os::fd::OwnedFd;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// quill-rspawn's part: the quill-remote it runs.
+/// How long handing a job to a kept quill-remote may block (it is waiting for one, so the
+/// write normally finds room at once).
+const HAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// quill-rspawn's part: the quill-remote it runs, and the bounds of kept connections.
 pub struct Remote {
     program: PathBuf,
+    limits: KeptLimits,
 }
 
 impl Remote {
-    pub fn new(program: PathBuf) -> Remote {
-        Remote { program }
+    /// `control` gives the kept connections' bounds: `timeoutremoteidle`, `reuseremote`, and
+    /// `concurrencyremote` for the processes at once (idle ones included).
+    pub fn new(program: PathBuf, control: &Control) -> Remote {
+        let number = |name: &str, default: u64| {
+            control.number(name, default).unwrap_or_else(|e| {
+                crate::base::log::warning(&format!("{e}; using {default}"));
+                default
+            })
+        };
+        let limits = KeptLimits {
+            idle: Duration::from_secs(number("timeoutremoteidle", control::DEFAULT_TIMEOUTREMOTEIDLE)),
+            jobs: usize::try_from(number("reuseremote", control::DEFAULT_REUSEREMOTE)).unwrap_or(usize::MAX),
+            processes: usize::try_from(number("concurrencyremote", control::DEFAULT_CONCURRENCYREMOTE))
+                .unwrap_or(usize::MAX)
+                .max(1),
+        };
+        Remote { program, limits }
+    }
+
+    /// The time one message may take, from the same control file and stored size that
+    /// quill-remote uses.
+    fn allowed(size: u64) -> Duration {
+        let total = remote_report::total_seconds(&Control::from_env()).unwrap_or(remote_report::DEFAULT_TOTAL_SECONDS);
+        remote_report::total_time(total, size)
     }
 }
 
@@ -64,9 +97,7 @@ impl Kind for Remote {
     fn start(&mut self, request: &Request, message: Message, output: OwnedFd) -> Result<Started<Duration>, Status> {
         // The same deadline quill-remote computes for itself (from the same control file and
         // the same stored size), then the margin.
-        let total = remote_report::total_seconds(&crate::mail::control::Control::from_env())
-            .unwrap_or(remote_report::DEFAULT_TOTAL_SECONDS);
-        let allowed = remote_report::total_time(total, message.size);
+        let allowed = Remote::allowed(message.size);
         let started = Instant::now();
         let mut command = Command::new(&self.program);
         command.arg(OsStr::from_bytes(&domain(&request.recipients[0]))).arg(OsStr::from_bytes(&request.sender));
@@ -113,5 +144,56 @@ impl Kind for Remote {
             crate::base::log::warning(&format!("quill-remote for slot {} ended badly: it {}", ended.slot, ended.exit));
         }
         remote_report::fold(&ended.output, ended.count)
+    }
+
+    /// With reuse on, a request may go to a kept connection (the engine starts one only for
+    /// a request with the backlog mark: more mail waits for its destination). The key is the recipients' domain: every route
+    /// (smtproutes, MX, TLS policy) is chosen by the domain alone, so one domain's messages
+    /// share a route, and no connection is ever used for another domain.
+    fn kept_key(&mut self, request: &Request) -> Option<Vec<u8>> {
+        if self.limits.idle.is_zero() || self.limits.jobs <= 1 {
+            return None;
+        }
+        Some(domain(&request.recipients[0]))
+    }
+
+    fn kept_limits(&self) -> KeptLimits {
+        self.limits
+    }
+
+    /// `quill-remote -k SECONDS DOMAIN` with one end of a socket pair on its fd 0 and 1, in
+    /// a process group of its own (killed with its group).
+    fn start_kept(&mut self, key: &[u8]) -> Result<(i32, UnixStream), Status> {
+        let (ours, theirs) = UnixStream::pair().map_err(|e| temporary(format!("unable to make a socket pair: {e}")))?;
+        let theirs = OwnedFd::from(theirs);
+        let output = theirs.try_clone().map_err(|e| temporary(format!("unable to duplicate a socket: {e}")))?;
+        ours.set_write_timeout(Some(HAND_TIMEOUT))
+            .map_err(|e| temporary(format!("unable to set a socket's timeout: {e}")))?;
+        let child = Command::new(&self.program)
+            .arg("-k")
+            .arg(self.limits.idle.as_secs().to_string())
+            .arg(OsStr::from_bytes(key))
+            .process_group(0)
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::from(output))
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| temporary(format!("unable to run quill-remote: {e}")))?;
+        Ok((child.id() as i32, ours))
+    }
+
+    /// The job's envelope as a frame, the message's descriptor passed with its first byte.
+    fn hand(&mut self, socket: &UnixStream, request: &Request, message: &Message) -> Result<Started<Duration>, Status> {
+        let allowed = Remote::allowed(message.size);
+        let started = Instant::now();
+        let frame = KeptJob { sender: request.sender.clone(), recipients: request.recipients.clone() }.encode();
+        let failed = |e: std::io::Error| temporary(format!("unable to hand the message to quill-remote: {e}"));
+        let sent = crate::base::sys::send_with_fd(socket.as_fd(), &frame, message.file.as_fd()).map_err(failed)?;
+        (&*socket).write_all(&frame[sent..]).map_err(failed)?;
+        Ok(Started { pid: 0, job: allowed, deadline: Some(started + allowed + remote_report::KILL_MARGIN) })
+    }
+
+    fn kept_report_end(output: &[u8]) -> Option<usize> {
+        remote_report::kept_report_end(output)
     }
 }

@@ -102,6 +102,49 @@ impl Report {
     }
 }
 
+/// quill-remote `-k` (a kept connection, doc/quill-remote.8 "Kept connections"): the jobs
+/// quill-rspawn hands it on the unix socket that is its fd 0 and fd 1, each a text0 frame
+/// `Fsender\0 Trcpt\0 … \0` with the message's descriptor attached (SCM_RIGHTS), and the
+/// report of each, which is [`Report::encode`] followed by one NUL (an empty text, which no
+/// report text is: each starts with its letter).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeptJob {
+    pub sender: Vec<u8>,
+    pub recipients: Vec<Vec<u8>>,
+}
+
+impl KeptJob {
+    /// The frame, in the spawn protocol's text0 encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let sender = [b"F".as_slice(), &self.sender].concat();
+        let recipients: Vec<Vec<u8>> = self.recipients.iter().map(|r| [b"T".as_slice(), r].concat()).collect();
+        let mut fields: Vec<&[u8]> = vec![&sender];
+        fields.extend(recipients.iter().map(Vec::as_slice));
+        spawnproto::encode(&fields)
+    }
+
+    /// A frame's fields (from `spawn::Reader`); None if malformed (no recipient, a field
+    /// without its tag).
+    pub fn decode(fields: &[Vec<u8>]) -> Option<KeptJob> {
+        let (sender, recipients) = fields.split_first()?;
+        if recipients.is_empty() {
+            return None;
+        }
+        let sender = sender.strip_prefix(b"F")?.to_vec();
+        let recipients =
+            recipients.iter().map(|r| r.strip_prefix(b"T").map(<[u8]>::to_vec)).collect::<Option<Vec<_>>>()?;
+        Some(KeptJob { sender, recipients })
+    }
+}
+
+/// The end of the first whole report in what a kept quill-remote wrote: the length of the
+/// report with its closing NUL, or None while it is incomplete. [`fold`] takes the report
+/// without that NUL.
+pub fn kept_report_end(output: &[u8]) -> Option<usize> {
+    // Every text starts with its letter, so two NULs in a row only end a report.
+    output.windows(2).position(|w| w == b"\0\0").map(|at| at + 2)
+}
+
 /// Fold quill-remote's output into one result per recipient, as quill-rspawn reports them:
 /// `h` → D, `s` → Z, `r` → the message's letter with the message's text. Whatever is missing
 /// (a crash, a cut-off output) is temporary: a retry never loses mail. A temporary text that
@@ -137,6 +180,7 @@ pub fn fold(output: &[u8], count: usize) -> Vec<spawnproto::Result> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 mod tests {
     use super::*;
 
@@ -173,6 +217,25 @@ mod tests {
         // qmail-remote's shape: only a message report.
         let results = fold(b"Zconnection refused\0", 1);
         assert_eq!(results[0].outcome, Outcome::Temporary);
+    }
+
+    #[test]
+    fn kept_jobs_and_reports_round_trip() {
+        let job = KeptJob { sender: Vec::new(), recipients: vec![b"a@b.example".to_vec(), b"c@b.example".to_vec()] };
+        let mut reader = spawnproto::Reader::default();
+        reader.push(&job.encode());
+        assert_eq!(KeptJob::decode(&reader.next_frame().unwrap()), Some(job));
+        assert_eq!(KeptJob::decode(&[b"F".to_vec()]), None, "a job without a recipient");
+        let report = Report::all(2, Outcome::Success, "ok".to_string());
+        let mut bytes = report.encode();
+        assert_eq!(kept_report_end(&bytes), None);
+        bytes.push(0);
+        let end = bytes.len();
+        bytes.extend_from_slice(b"rnext");
+        assert_eq!(kept_report_end(&bytes), Some(end));
+        // Without its closing NUL, the report folds as a single run's output does.
+        let folded = fold(&bytes[..end - 1], 2);
+        assert!(folded.iter().all(|r| r.outcome == Outcome::Success), "{folded:?}");
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub struct Request {
     /// recorded (it was tried before, or quill-send restarted with the message in `mess/`):
     /// quill-local then looks for its own earlier Maildir file in `cur/` too.
     pub retry: bool,
+    /// More mail for this destination is waiting at quill-send (remote requests only): the
+    /// spawner may keep the connection open for it (quill-rspawn's connection reuse).
+    pub backlog: bool,
 }
 
 impl Request {
@@ -60,6 +63,9 @@ impl Request {
         let mut fields: Vec<&[u8]> = vec![slot.as_bytes(), &self.id, &sender];
         if self.retry {
             fields.push(b"R");
+        }
+        if self.backlog {
+            fields.push(b"B");
         }
         let rcpts: Vec<Vec<u8>> = self.recipients.iter().map(|r| [b"T".as_slice(), r].concat()).collect();
         fields.extend(rcpts.iter().map(Vec::as_slice));
@@ -74,13 +80,17 @@ impl Request {
         let slot = std::str::from_utf8(&fields[0]).ok()?.parse().ok()?;
         let sender = fields[2].strip_prefix(b"F")?.to_vec();
         let retry = fields[3] == b"R";
-        let first = if retry { 4 } else { 3 };
+        let mut first = if retry { 4 } else { 3 };
+        let backlog = fields.get(first).is_some_and(|f| f == b"B");
+        if backlog {
+            first += 1;
+        }
         if fields.len() <= first {
             return None;
         }
         let recipients =
             fields[first..].iter().map(|r| r.strip_prefix(b"T").map(<[u8]>::to_vec)).collect::<Option<Vec<_>>>()?;
-        Some(Request { slot, id: fields[1].clone(), sender, recipients, retry })
+        Some(Request { slot, id: fields[1].clone(), sender, recipients, retry, backlog })
     }
 }
 
@@ -212,8 +222,14 @@ mod tests {
 
     #[test]
     fn request_round_trip() {
-        let r =
-            Request { slot: 7, id: b"123".to_vec(), sender: vec![], recipients: vec![b"a@b".to_vec()], retry: false };
+        let r = Request {
+            slot: 7,
+            id: b"123".to_vec(),
+            sender: vec![],
+            recipients: vec![b"a@b".to_vec()],
+            retry: false,
+            backlog: false,
+        };
         let mut reader = Reader::default();
         let bytes = r.encode();
         reader.push(&bytes[..3]);
@@ -225,6 +241,10 @@ mod tests {
         assert_eq!(again.encode(), b"7\x00123\x00F\x00R\x00Ta@b\x00\x00");
         reader.push(&again.encode());
         assert_eq!(Request::decode(&reader.next_frame().unwrap()).unwrap(), again);
+        let busy = Request { backlog: true, ..again.clone() };
+        assert_eq!(busy.encode(), b"7\x00123\x00F\x00R\x00B\x00Ta@b\x00\x00");
+        reader.push(&busy.encode());
+        assert_eq!(Request::decode(&reader.next_frame().unwrap()).unwrap(), busy);
         // A retry mark without a recipient is malformed.
         assert_eq!(Request::decode(&[b"7".to_vec(), b"1".to_vec(), b"F".to_vec(), b"R".to_vec()]), None);
     }
