@@ -95,14 +95,37 @@ fn looks_like_list_entry(entry: &[u8]) -> bool {
     looks_like_domain(entry.strip_prefix(b".").unwrap_or(entry))
 }
 
-/// Check one `smtproutes` line: `domain:relay[:port]`, where domain may be empty (every
-/// domain) or `.suffix`, relay may be empty (use MX), a host name or `[address]`.
+/// Check one `smtproutes` line: `domain:relay[:port[:marker]]`, where domain may be empty
+/// (every domain) or `.suffix`, relay may be empty (use MX), a host name or `[address]`, and
+/// the marker `tls`, `smtps` or `starttls`.
 pub fn smtproute_line(line: &[u8]) -> Result<(), &'static str> {
     let text = std::str::from_utf8(line).map_err(|_| "not UTF-8")?;
     let (domain, rest) = text.split_once(':').ok_or("no colon: expected domain:relay[:port]")?;
     if !domain.is_empty() && !looks_like_list_entry(domain.as_bytes()) {
         return Err("the domain is not a domain");
     }
+    route_rest(rest)
+}
+
+/// Check one `senderroutes` line: `user@domain:relay[:port[:marker]]` or `@domain:…`.
+pub fn senderroute_line(line: &[u8]) -> Result<(), &'static str> {
+    let text = std::str::from_utf8(line).map_err(|_| "not UTF-8")?;
+    let (address, rest) = match text.find('@') {
+        Some(at) => {
+            let colon = text[at..].find(':').ok_or("no colon: expected @domain:relay[:port]")? + at;
+            (&text[..colon], &text[colon + 1..])
+        }
+        None => return Err("no @: expected user@domain:relay or @domain:relay"),
+    };
+    let (_, domain) = address.rsplit_once('@').unwrap_or_default();
+    if !looks_like_domain(domain.as_bytes()) {
+        return Err("the sender's domain is not a domain");
+    }
+    route_rest(rest)
+}
+
+/// What follows the pattern in a route line: `relay[:port[:marker]]`.
+fn route_rest(rest: &str) -> Result<(), &'static str> {
     let (relay, port) = if let Some(inner) = rest.strip_prefix('[') {
         let close = inner.find(']').ok_or("unclosed [ in the relay")?;
         let after = &inner[close + 1..];
@@ -117,9 +140,14 @@ pub fn smtproute_line(line: &[u8]) -> Result<(), &'static str> {
         return Err("the relay is not a host name or [address]");
     }
     if let Some(port) = port {
+        let (port, marker) = port.split_once(':').unwrap_or((port, ""));
         match port.parse::<u32>() {
             Ok(p) if (1..=65535).contains(&p) => {}
+            _ if port.is_empty() && marker.is_empty() => {}
             _ => return Err("the port is not a number from 1 to 65535"),
+        }
+        if !["", "tls", "smtps", "starttls"].contains(&marker.to_ascii_lowercase().as_str()) {
+            return Err("the marker after the port is not tls, smtps or starttls");
         }
     }
     Ok(())
@@ -475,6 +503,23 @@ fn check_controls(list: &mut Vec<Problem>, home: &Path) {
             );
         }
     }
+    for line in control.lines("senderroutes").unwrap_or_default() {
+        if let Err(why) = senderroute_line(&line) {
+            let shown = format!("control/senderroutes: {:?}: {why}", crate::base::log::safe(&line));
+            problem(list, shown, edit("senderroutes"));
+        }
+    }
+    if let Ok(meta) = std::fs::metadata(control.path("smtpauth")) {
+        use std::os::unix::fs::MetadataExt;
+        if meta.mode() & 0o077 != 0 {
+            let shown = format!(
+                "control/smtpauth holds passwords but its mode {:o} lets others read it: quill-remote refuses it",
+                meta.mode() & 0o7777
+            );
+            let path = control.path("smtpauth");
+            problem(list, shown, format!("chown quillr {0} && chmod 600 {0}", path.display()));
+        }
+    }
     let mut virtual_domains = Vec::new();
     for line in control.lines("virtualdomains").unwrap_or_default() {
         match virtualdomain_line(&line) {
@@ -729,6 +774,13 @@ mod tests {
         assert!(smtproute_line(b"example.com:relay:port").is_err());
         assert!(smtproute_line(b"example.com:relay:70000").is_err());
         assert!(smtproute_line(b"bad domain:relay").is_err());
+        assert!(smtproute_line(b":smtp.provider.example:465").is_ok());
+        assert!(smtproute_line(b":[192.0.2.1]:2465:tls").is_ok());
+        assert!(smtproute_line(b":relay.example:587:STARTTLS").is_ok());
+        assert!(smtproute_line(b":relay.example:587:maybe").is_err());
+        assert!(senderroute_line(b"@corp.example:relay.example:587").is_ok());
+        assert!(senderroute_line(b"boss@corp.example:[192.0.2.7]:465").is_ok());
+        assert!(senderroute_line(b"corp.example:relay.example").is_err());
     }
 
     #[test]

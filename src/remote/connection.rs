@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 const MAX_REPLY_LINE: usize = 4096;
 /// The most lines in one reply (an EHLO reply lists the extensions, one a line).
 const MAX_REPLY_LINES: usize = 100;
+/// The most SASL mechanisms kept from an EHLO reply.
+const MAX_MECHANISMS: usize = 32;
 /// How long to wait for the answer to QUIT: the outcome is known by then.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -50,6 +52,8 @@ pub struct Extensions {
     /// SIZE's limit; 0 when unlimited or not announced.
     pub size: u64,
     pub has_size: bool,
+    /// The SASL mechanisms of `AUTH` (or the old `AUTH=`), upper case.
+    pub auth: Vec<Vec<u8>>,
 }
 
 impl Extensions {
@@ -59,7 +63,16 @@ impl Extensions {
         for line in lines.iter().skip(1) {
             let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
             let keyword = words.next().unwrap_or(&[]).to_ascii_uppercase();
+            if let Some(first) = keyword.strip_prefix(b"AUTH=") {
+                ext.auth.extend(std::iter::once(first).chain(words).map(|w| w.to_ascii_uppercase()));
+                ext.auth.truncate(MAX_MECHANISMS);
+                continue;
+            }
             match keyword.as_slice() {
+                b"AUTH" => {
+                    ext.auth.extend(words.map(|w| w.to_ascii_uppercase()));
+                    ext.auth.truncate(MAX_MECHANISMS);
+                }
                 b"PIPELINING" => ext.pipelining = true,
                 b"8BITMIME" => ext.eight_bit_mime = true,
                 b"SMTPUTF8" => ext.smtputf8 = true,
@@ -279,13 +292,15 @@ mod tests {
         assert_eq!(smtp::parse_reply_line(b"25O ok"), None);
         assert_eq!(smtp::parse_reply_line(b"250x"), None);
         let lines: Vec<Vec<u8>> =
-            [&b"mx hello"[..], b"pipelining", b"SIZE 1000", b"8BITMIME", b"SMTPUTF8", b"STARTTLS"]
+            [&b"mx hello"[..], b"pipelining", b"SIZE 1000", b"8BITMIME", b"SMTPUTF8", b"STARTTLS", b"AUTH login PLAIN"]
                 .iter()
                 .map(|l| l.to_vec())
                 .collect();
         let e = Extensions::parse(&lines);
         assert!(e.pipelining && e.eight_bit_mime && e.smtputf8 && e.starttls && e.has_size);
         assert_eq!(e.size, 1000);
+        assert_eq!(e.auth, vec![b"LOGIN".to_vec(), b"PLAIN".to_vec()]);
+        assert_eq!(Extensions::parse(&[b"x".to_vec(), b"AUTH=LOGIN".to_vec()]).auth, vec![b"LOGIN".to_vec()]);
     }
 
     #[test]

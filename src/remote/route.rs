@@ -7,6 +7,18 @@
 //! host or address (`[192.0.2.1]`, `[IPv6:2001:db8::1]`, `[::1]`, `[mx.example]`), looked up
 //! for its addresses only (never MX). An empty relay (`example.com:` or `example.com::2525`)
 //! means "use MX as usual", with the port if one is given.
+//!
+//! After the port, an optional marker says how TLS is used with that relay (qmail reads the
+//! port with scan_ulong and ignores the rest, so such a line still means the same relay
+//! there): `:tls` (or `:smtps`) implicit TLS from the first byte, as on port 465; `:starttls`
+//! STARTTLS required. Port 465 without a marker is implicit TLS. A relay with credentials in
+//! `control/smtpauth` (`crate::remote::auth`) always requires TLS.
+//!
+//! `control/senderroutes` (Postfix's sender_dependent_relayhost_maps) routes by the sender:
+//! `user@domain:relay[:port[:marker]]` or `@domain:relay[:port[:marker]]`, the whole address
+//! first. Precedence, as Postfix's: a recipient route for the domain or one of its parents
+//! (transport_maps) wins; then the sender route; then the default route `:relay` (relayhost);
+//! then MX.
 #![forbid(unsafe_code)]
 
 use crate::base::fail::{Enhanced, Outcome, Status};
@@ -45,15 +57,33 @@ pub enum Relay {
     Address(IpAddr),
 }
 
-/// One smtproutes entry.
+/// The submission port with implicit TLS (RFC 8314).
+pub const SMTPS_PORT: u16 = 465;
+
+/// How a route uses TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RouteTls {
+    /// STARTTLS when offered (required with credentials or `tlsdestinations`).
+    #[default]
+    Opportunistic,
+    /// `:starttls`: STARTTLS required and the certificate verified.
+    Starttls,
+    /// `:tls`, `:smtps` or port 465: TLS from the first byte, the certificate verified.
+    Implicit,
+}
+
+/// One smtproutes (or senderroutes) entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
-    /// `example.com`, `.example.com` or empty for the default route (lower case).
+    /// `example.com`, `.example.com` or empty for the default route (lower case); in
+    /// senderroutes `user@domain` or `@domain`.
     pub pattern: Vec<u8>,
     /// Where to go.
     pub relay: Relay,
     /// The port (25 unless given).
     pub port: u16,
+    /// How TLS is used with this relay.
+    pub tls: RouteTls,
 }
 
 /// Parse an address literal: `[1.2.3.4]`, `[IPv6:…]`, `[::1]`. None if it is not one.
@@ -101,11 +131,81 @@ pub fn parse_route(line: &[u8]) -> Option<Route> {
         };
         (relay, port)
     };
-    let port = match port {
-        None | Some(b"") => SMTP_PORT,
-        Some(p) => std::str::from_utf8(p).ok()?.parse::<u16>().ok().filter(|&p| p != 0)?,
+    let (port, marker) = match port.map(|p| p.splitn(2, |&b| b == b':').collect::<Vec<_>>()) {
+        Some(parts) => (parts.first().copied().unwrap_or_default(), parts.get(1).copied()),
+        None => (&b""[..], None),
     };
-    Some(Route { pattern, relay, port })
+    let port = match port {
+        b"" => SMTP_PORT,
+        p => std::str::from_utf8(p).ok()?.parse::<u16>().ok().filter(|&p| p != 0)?,
+    };
+    let tls = match marker.map(|m| m.trim_ascii().to_ascii_lowercase()).as_deref() {
+        None | Some(b"") if port == SMTPS_PORT => RouteTls::Implicit,
+        None | Some(b"") => RouteTls::Opportunistic,
+        Some(b"tls" | b"smtps") => RouteTls::Implicit,
+        Some(b"starttls") => RouteTls::Starttls,
+        Some(_) => return None,
+    };
+    Some(Route { pattern, relay, port, tls })
+}
+
+/// Parse one senderroutes line: `user@domain:…` or `@domain:…`, then as smtproutes. None if
+/// malformed.
+pub fn parse_sender_route(line: &[u8]) -> Option<Route> {
+    let at = memchr::memchr(b'@', line)?;
+    let colon = at + memchr::memchr(b':', &line[at..])?;
+    let local = &line[..at];
+    let domain = crate::mail::address::normal_domain(&line[at + 1..colon]);
+    if domain.is_empty() || local.iter().any(|&b| b == b':' || b <= b' ') {
+        return None;
+    }
+    let mut route = parse_route(&[b"x", &line[colon..]].concat())?;
+    route.pattern = [local, b"@", &domain].concat();
+    Some(route)
+}
+
+/// The sender route for `sender`: its whole address first, then `@domain`.
+pub fn find_sender_route<'a>(routes: &'a [Route], sender: &[u8]) -> Option<&'a Route> {
+    let at = memchr::memrchr(b'@', sender)?;
+    let domain = crate::mail::address::normal_domain(&sender[at + 1..]);
+    let whole = [&sender[..at], b"@", &domain].concat();
+    let bare = [b"@", domain.as_slice()].concat();
+    routes.iter().find(|r| r.pattern == whole).or_else(|| routes.iter().find(|r| r.pattern == bare))
+}
+
+/// Which route a message takes: a recipient route for the domain or a parent wins, then the
+/// sender's, then the default route (Postfix: transport_maps, sender_dependent_relayhost_maps,
+/// relayhost).
+pub fn choose_route<'a>(
+    routes: &'a [Route],
+    sender_routes: &'a [Route],
+    domain: &[u8],
+    sender: &[u8],
+) -> Option<&'a Route> {
+    match find_route(routes, domain) {
+        Some(r) if !r.pattern.is_empty() => Some(r),
+        default => find_sender_route(sender_routes, sender).or(default),
+    }
+}
+
+/// Read a routes file (`smtproutes` with [`parse_route`], `senderroutes` with
+/// [`parse_sender_route`]); a line that does not parse is skipped with a warning.
+pub fn read_routes(
+    control: &crate::mail::control::Control,
+    name: &str,
+    parse: fn(&[u8]) -> Option<Route>,
+) -> crate::base::fail::Result<Vec<Route>> {
+    let mut routes = Vec::new();
+    for line in control.lines(name)? {
+        match parse(&line) {
+            Some(r) => routes.push(r),
+            None => crate::base::log::warning(&format!(
+                "unable to parse control/{name} line: {}",
+                crate::base::log::safe(&line)
+            )),
+        }
+    }
+    Ok(routes)
 }
 
 /// The most specific route for a domain: exact, then `.suffix` entries from the longest,
@@ -206,6 +306,8 @@ pub struct Plan {
     /// administrator chose them, so their names may stand for the destination in a
     /// certificate check (remotetls).
     pub named_relay: bool,
+    /// How the route uses TLS (opportunistic without a route).
+    pub tls: RouteTls,
     /// Hosts that were skipped and why (temporary DNS failures of one MX, …), for the text
     /// of a failure if no host works. Only a DNS failure is ever temporary.
     pub notes: Vec<Text>,
@@ -219,21 +321,22 @@ pub fn order_mx(mut mx: Vec<(u16, Vec<u8>)>, random: &mut dyn FnMut() -> u16) ->
     keyed.into_iter().map(|(p, _, h)| (p, h)).collect()
 }
 
-/// Work out where mail for `domain` goes; every DNS lookup ends by `deadline`.
+/// Work out where mail for `domain` goes along `route` (from [`choose_route`]); every DNS
+/// lookup ends by `deadline`.
 pub fn plan(
     domain: &[u8],
-    routes: &[Route],
+    route: Option<&Route>,
     resolver: &Resolver,
     ours: &Ours,
     deadline: std::time::Instant,
 ) -> Result<Plan, Text> {
     let domain = crate::mail::address::normal_domain(domain);
     let shown = crate::base::log::safe(&domain);
-    let route = find_route(routes, &domain);
     let from_routes = route.is_some();
     let port = route.map(|r| r.port).unwrap_or(SMTP_PORT);
     let named_relay = matches!(route.map(|r| &r.relay), Some(Relay::Address(_) | Relay::Host(_)));
-    let mut plan = Plan { hosts: Vec::new(), port, from_routes, named_relay, notes: Vec::new() };
+    let tls = route.map(|r| r.tls).unwrap_or_default();
+    let mut plan = Plan { hosts: Vec::new(), port, from_routes, named_relay, tls, notes: Vec::new() };
     match route.map(|r| &r.relay) {
         // A relay named by the administrator is used as given: no MX, no loop check (it may
         // be a filter on this very machine).
@@ -462,6 +565,7 @@ mod tests {
             port: 25,
             from_routes: false,
             named_relay: false,
+            tls: RouteTls::Opportunistic,
             notes: vec![],
         };
         drop_ourselves(&mut plan, b"example.com", &ours).unwrap();
@@ -471,6 +575,7 @@ mod tests {
             port: 25,
             from_routes: false,
             named_relay: false,
+            tls: RouteTls::Opportunistic,
             notes: vec![],
         };
         let failure = drop_ourselves(&mut plan, b"example.com", &ours).unwrap_err();
@@ -481,6 +586,7 @@ mod tests {
             port: 2525,
             from_routes: true,
             named_relay: false,
+            tls: RouteTls::Opportunistic,
             notes: vec![],
         };
         drop_ourselves(&mut plan, b"example.com", &ours).unwrap();
@@ -489,9 +595,35 @@ mod tests {
             port: 25,
             from_routes: true,
             named_relay: false,
+            tls: RouteTls::Opportunistic,
             notes: vec![],
         };
         assert!(drop_ourselves(&mut plan, b"example.com", &ours).is_err());
+    }
+
+    #[test]
+    fn tls_markers_and_sender_routes() {
+        let r = parse_route(b":smtp.provider.example:587").unwrap();
+        assert_eq!((r.port, r.tls), (587, RouteTls::Opportunistic));
+        assert_eq!(parse_route(b":smtp.provider.example:465").unwrap().tls, RouteTls::Implicit);
+        assert_eq!(parse_route(b":[192.0.2.1]:2465:tls").unwrap().tls, RouteTls::Implicit);
+        assert_eq!(parse_route(b":192.0.2.1:587:STARTTLS").unwrap().tls, RouteTls::Starttls);
+        assert_eq!(parse_route(b"x.example:relay.example:587:bogus"), None);
+        let senders = vec![
+            parse_sender_route(b"@Corp.Example:relay.corp.example:587").unwrap(),
+            parse_sender_route(b"boss@corp.example:[192.0.2.7]:465").unwrap(),
+        ];
+        assert_eq!(senders[0].pattern, b"@corp.example");
+        assert_eq!(parse_sender_route(b"corp.example:relay"), None);
+        assert_eq!(find_sender_route(&senders, b"joe@CORP.example").unwrap().port, 587);
+        assert_eq!(find_sender_route(&senders, b"boss@corp.example").unwrap().tls, RouteTls::Implicit);
+        assert_eq!(find_sender_route(&senders, b"joe@other.example"), None);
+        let routes = vec![parse_route(b"special.example:[192.0.2.9]").unwrap(), parse_route(b":[192.0.2.8]").unwrap()];
+        let pick = |domain: &[u8], sender: &[u8]| choose_route(&routes, &senders, domain, sender).unwrap().port;
+        // A recipient route wins, then the sender's, then the default.
+        assert_eq!(pick(b"special.example", b"joe@corp.example"), 25);
+        assert_eq!(pick(b"elsewhere.example", b"joe@corp.example"), 587);
+        assert_eq!(choose_route(&routes, &senders, b"elsewhere.example", b"joe@x.example").unwrap().pattern, b"");
     }
 
     #[test]
@@ -530,9 +662,9 @@ mod tests {
             timeout: std::time::Duration::from_millis(100),
             attempts: 1,
         };
-        let routes = vec![parse_route(b"example.com:192.0.2.1:26").unwrap()];
+        let route = parse_route(b"example.com:192.0.2.1:26").unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let plan = plan(b"example.com", &routes, &resolver, &Ours::default(), deadline).unwrap();
+        let plan = plan(b"example.com", Some(&route), &resolver, &Ours::default(), deadline).unwrap();
         assert_eq!(plan.hosts[0].addresses, vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))]);
         assert_eq!((plan.port, plan.named_relay), (26, true));
     }
@@ -569,7 +701,7 @@ mod tests {
         });
         let resolver = Resolver { servers: vec![server], timeout: Duration::from_secs(2), attempts: 1 };
         let deadline = Instant::now() + Duration::from_secs(10);
-        let failure = plan(b"victim.test", &[], &resolver, &Ours::default(), deadline).unwrap_err();
+        let failure = plan(b"victim.test", None, &resolver, &Ours::default(), deadline).unwrap_err();
         assert_eq!(failure.outcome(), Outcome::Permanent, "{failure}");
         assert_eq!(
             failure.to_string(),

@@ -31,25 +31,29 @@ pub struct Setup {
     resolver: Resolver,
     ours: Ours,
     routes: Vec<Route>,
+    sender_routes: Vec<Route>,
+}
+
+/// A kept SMTP connection and the route it was opened along (None: MX, no route). Routing
+/// may depend on the sender (control/senderroutes), so one destination's messages can go to
+/// different relays, with different TLS and credentials: a connection is reused only for a
+/// message whose route is the same one, and AUTH, done once when it was opened, holds for
+/// every message on it.
+pub struct Open {
+    route: Option<Route>,
+    kept: Kept,
 }
 
 impl Setup {
-    /// Read the control files for mail to `domain`.
+    /// Read the control files for mail to `domain` (control/smtpauth and its token files
+    /// too, with the settings): all before confinement.
     pub fn read(control: &Control, domain: &[u8]) -> Result<Setup> {
         let settings = Settings::from_control(control, domain)?;
         let resolver = Resolver::from_control(control)?;
         let ours = Ours::discover(&control.lines("ipme")?);
-        let mut routes = Vec::new();
-        for line in control.lines("smtproutes")? {
-            match route::parse_route(&line) {
-                Some(r) => routes.push(r),
-                None => crate::base::log::warning(&format!(
-                    "unable to parse control/smtproutes line: {}",
-                    crate::base::log::safe(&line)
-                )),
-            }
-        }
-        Ok(Setup { settings, resolver, ours, routes })
+        let routes = route::read_routes(control, "smtproutes", route::parse_route)?;
+        let sender_routes = route::read_routes(control, "senderroutes", route::parse_sender_route)?;
+        Ok(Setup { settings, resolver, ours, routes, sender_routes })
     }
 }
 
@@ -59,21 +63,32 @@ fn temporary(count: usize, words: String) -> Report {
 }
 
 /// One message: `input` positioned at its start. Returns the report and the connection
-/// kept for the next message (only when `keep`).
+/// kept for the next message (only when `keep`). A kept connection opened along another
+/// route than this message's (see [`Open`]) is closed, and the message takes a new one.
 fn job(
     setup: &Setup,
     domain: &[u8],
     sender: &[u8],
     recipients: &[Vec<u8>],
     input: File,
-    kept: Option<Kept>,
+    open: Option<Open>,
     keep: bool,
-) -> (Report, Option<Kept>) {
+) -> (Report, Option<Open>) {
+    let chosen = route::choose_route(&setup.routes, &setup.sender_routes, domain, sender);
+    let kept = match open {
+        Some(open) if open.route.as_ref() == chosen => Some(open.kept),
+        Some(open) => {
+            open.kept.close();
+            None
+        }
+        None => None,
+    };
+    let keep_along = |kept: Option<Kept>| kept.map(|kept| Open { route: chosen.cloned(), kept });
     let start = Instant::now();
     let count = recipients.len();
     let mut message = match Message::new(input) {
         Ok(message) => message,
-        Err(e) => return (temporary(count, format!("unable to read the message: {e}")), kept),
+        Err(e) => return (temporary(count, format!("unable to read the message: {e}")), keep_along(kept)),
     };
     let mut settings = setup.settings.clone();
     settings.deadline = start + remote_report::total_time(settings.total_seconds, message.stored_size);
@@ -82,7 +97,7 @@ fn job(
     let smtpclient::Paths { sender: sender_path, recipients: paths } =
         match smtpclient::envelope_paths(sender, recipients) {
             Ok(paths) => paths,
-            Err(status) => return (Results::all(count, status.into()).report(), kept),
+            Err(status) => return (Results::all(count, status.into()).report(), keep_along(kept)),
         };
     let mut sendable = Vec::new();
     let mut refused = Vec::new();
@@ -96,12 +111,12 @@ fn job(
         // No recipient can be written: the first one's failure is the message's.
         (true, Some((_, first))) => (Results { recipients: Vec::new(), message: first.clone().into() }, kept),
         _ => {
-            let plan = || route::plan(domain, &setup.routes, &setup.resolver, &setup.ours, settings.deadline);
+            let plan = || route::plan(domain, chosen, &setup.resolver, &setup.ours, settings.deadline);
             smtpclient::deliver_keeping(plan, &sender_path, &sendable, &mut message, &settings, kept, keep)
         }
     };
     let report = Report::merge(sent.report(), refused.into_iter().map(|(i, status)| (i, status.to_string())).collect());
-    (report, kept)
+    (report, keep_along(kept))
 }
 
 /// Set up (the message or the socket open, the controls and the resolver's configuration
@@ -139,11 +154,11 @@ pub fn kept(domain: &[u8], socket: UnixStream, idle: Duration) -> Result<()> {
     }
     let mut reader = Reader::default();
     let mut descriptors: VecDeque<OwnedFd> = VecDeque::new();
-    let mut connection: Option<Kept> = None;
+    let mut connection: Option<Open> = None;
     let mut buffer = vec![0u8; 65536];
-    let close = |connection: Option<Kept>| {
-        if let Some(kept) = connection {
-            kept.close();
+    let close = |connection: Option<Open>| {
+        if let Some(open) = connection {
+            open.kept.close();
         }
     };
     loop {

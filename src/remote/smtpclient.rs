@@ -21,10 +21,11 @@ use crate::base::fail::{Enhanced, Outcome, Status};
 use crate::mail::control::Control;
 use crate::mail::proto::remote_report::{total_seconds, total_time};
 use crate::mail::smtp::{self, PathKind};
+use crate::remote::auth;
 use crate::remote::connection::{peer_name, Broken, Connection, Reply, Stream};
 use crate::remote::message::{write_data, Message};
 use crate::remote::results::{Results, Text};
-use crate::remote::route::{self, Host, Plan};
+use crate::remote::route::{self, Host, Plan, RouteTls};
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -55,6 +56,8 @@ pub struct Settings {
     pub tls_names: Vec<Vec<u8>>,
     /// The roots for verified TLS: `control/tlsca` if it exists, else the system's.
     pub ca_file: std::path::PathBuf,
+    /// The credentials for relays that want AUTH (`control/smtpauth`).
+    pub credentials: Vec<crate::remote::auth::Credentials>,
 }
 
 impl Settings {
@@ -83,6 +86,7 @@ impl Settings {
             tls_required: policy.is_some(),
             tls_names: policy.unwrap_or_default(),
             ca_file: if tlsca.exists() { tlsca } else { std::path::PathBuf::from(SYSTEM_ROOTS) },
+            credentials: crate::remote::auth::read(control)?,
         })
     }
 
@@ -238,7 +242,15 @@ pub fn deliver_keeping(
     keep: bool,
 ) -> (Results, Option<Kept>) {
     if let Some(kept) = kept {
-        let none = Plan { hosts: Vec::new(), port: 0, from_routes: false, named_relay: false, notes: Vec::new() };
+        // The kept session is already set up (TLS, AUTH): the transaction needs no plan.
+        let none = Plan {
+            hosts: Vec::new(),
+            port: 0,
+            from_routes: false,
+            named_relay: false,
+            tls: RouteTls::default(),
+            notes: Vec::new(),
+        };
         let mut job = Job::new(&none, sender, recipients, settings);
         job.keep = keep;
         job.reused = true;
@@ -328,14 +340,26 @@ fn try_address(job: &Job, host: &Host, ip: &IpAddr, message: &mut Message, use_t
 }
 
 /// The steps of a session in order; each ends it early with an [`Attempt`] of its own.
+///
+/// TLS is required, and the certificate verified, for `tlsdestinations`, for a route marked
+/// `:starttls` or `:tls` (implicit TLS from the first byte), and for a relay with
+/// credentials in control/smtpauth: AUTH goes over TLS or not at all.
 fn session(job: &Job, host: &Host, ip: &IpAddr, message: &mut Message, use_tls: bool) -> Result<Attempt, Attempt> {
+    let credentials = if job.plan.named_relay { auth::find(&job.settings.credentials, &host.name) } else { None };
+    let implicit = job.plan.tls == RouteTls::Implicit;
+    let required = job.settings.tls_required || job.plan.tls != RouteTls::Opportunistic || credentials.is_some();
     let mut connection = connect(job, host, ip)?;
+    let mut tls_note = String::new();
+    if implicit {
+        let (secured, description) = implicit_tls(connection, job, host, ip)?;
+        connection = secured;
+        tls_note = format!(" over {description}");
+    }
     greeting(&mut connection)?;
     let mut ext = hello(&mut connection, &job.settings.helo)?;
-    let mut tls_note = String::new();
     let offered = use_tls && ext.starttls && crate::tls::client::AVAILABLE;
-    if job.settings.tls_required || offered {
-        match starttls(connection, job, host, ip, &ext)? {
+    if !implicit && (required || offered) {
+        match starttls(connection, job, host, ip, &ext, required)? {
             Secured::Tls(upgraded, description) => {
                 connection = upgraded;
                 tls_note = format!(" over {description}");
@@ -344,7 +368,97 @@ fn session(job: &Job, host: &Host, ip: &IpAddr, message: &mut Message, use_tls: 
             Secured::Plain(plain) => connection = plain,
         }
     }
+    if let Some(credentials) = credentials {
+        let mechanism = authenticate(&mut connection, &ext, credentials, job.recipients.len())?;
+        tls_note.push_str(&format!(" after AUTH {} as {}", mechanism.name(), credentials.user_shown()));
+    }
     Ok(Attempt::Done(transaction(connection, job, message, &ext, &tls_note)))
+}
+
+/// Implicit TLS (port 465, or a route marked `:tls`): the handshake before the greeting,
+/// with a verified certificate.
+fn implicit_tls(
+    mut connection: Connection,
+    job: &Job,
+    host: &Host,
+    ip: &IpAddr,
+) -> Result<(Connection, String), Attempt> {
+    let peer = connection.peer.clone();
+    let refuse = |connection: &mut Connection, words: String| {
+        connection.quit();
+        host_failed(Status::temporary(Enhanced::CRYPTO, words))
+    };
+    if !crate::tls::client::AVAILABLE {
+        let words = format!("TLS is required for mail to {peer} but this quill-remote was built without TLS");
+        return Err(refuse(&mut connection, words));
+    }
+    let settings = job.settings;
+    let config = crate::tls::client::verified(&settings.ca_file, accepted_names(job.plan, host, ip, settings))
+        .map_err(|why| refuse(&mut connection, format!("unable to set up TLS for {peer}: {why}")))?;
+    match handshake(connection, config, host, ip, true)? {
+        Secured::Tls(connection, description) => Ok((connection, description)),
+        Secured::Plain(mut connection) => Err(refuse(&mut connection, format!("no TLS with {peer}"))),
+    }
+}
+
+/// AUTH with the relay's credentials, over TLS only. Whatever goes wrong defers the message
+/// (never a bounce: a wrong password in control/smtpauth must not return a queue of mail);
+/// the words name the relay and the user, never the secret.
+fn authenticate(
+    connection: &mut Connection,
+    ext: &Extensions,
+    credentials: &auth::Credentials,
+    count: usize,
+) -> Result<auth::Mechanism, Attempt> {
+    let peer = connection.peer.clone();
+    let user = credentials.user_shown();
+    let defer = |connection: &mut Connection, status: Status| {
+        connection.quit();
+        Attempt::Done(Results::all(count, status.into()))
+    };
+    if !matches!(connection.stream, Stream::Tls(_)) {
+        let words = format!("refusing to send AUTH as {user} to the relay {peer} in clear text: there is no TLS");
+        return Err(defer(connection, Status::temporary(Enhanced::SECURITY, words)));
+    }
+    let Some(mechanism) = auth::choose(&credentials.secret, &ext.auth) else {
+        let words = if ext.auth.is_empty() {
+            format!("the relay {peer} offers no AUTH after TLS, but control/smtpauth has credentials for it ({user})")
+        } else {
+            let offered: Vec<String> = ext.auth.iter().map(|m| crate::base::log::safe(m)).collect();
+            format!(
+                "the relay {peer} offers AUTH {} but none that Quill speaks with these credentials ({user}): \
+                 PLAIN or LOGIN with a password, XOAUTH2 with a token",
+                offered.join(" ")
+            )
+        };
+        return Err(defer(connection, Status::temporary(Enhanced::new(7, 8), words)));
+    };
+    let died = |Broken(why)| {
+        host_failed(Status::temporary(
+            Enhanced::BAD_CONNECTION,
+            format!("connection to {peer} died during AUTH: {why}"),
+        ))
+    };
+    let (initial, answers) = auth::responses(mechanism, credentials);
+    let mut command = format!("AUTH {}", mechanism.name()).into_bytes();
+    if !initial.is_empty() {
+        command.push(b' ');
+        command.extend_from_slice(&initial);
+    }
+    let mut reply = connection.command(&command).map_err(died)?;
+    let mut answers = answers.into_iter();
+    // Each challenge gets the next answer; one more than we have gets "*" (cancel, RFC 4954).
+    for _ in 0..4 {
+        if reply.code != 334 {
+            break;
+        }
+        let answer = answers.next().unwrap_or_else(|| b"*".to_vec());
+        reply = connection.command(&answer).map_err(died)?;
+    }
+    if reply.code == 235 {
+        return Ok(mechanism);
+    }
+    Err(defer(connection, auth::refused(&peer, credentials, mechanism, &reply.text)))
 }
 
 /// A host failed with Quill's own status.
@@ -457,17 +571,17 @@ fn accepted_names(plan: &Plan, host: &Host, ip: &IpAddr, settings: &Settings) ->
 }
 
 /// STARTTLS and the handshake: opportunistic (any certificate; a failed handshake is tried
-/// again without TLS) or, for `tlsdestinations`, required and verified.
+/// again without TLS) or, when `required` (see [`session`]), required and verified.
 fn starttls(
     mut connection: Connection,
     job: &Job,
     host: &Host,
     ip: &IpAddr,
     ext: &Extensions,
+    required: bool,
 ) -> Result<Secured, Attempt> {
     let settings = job.settings;
     let peer = connection.peer.clone();
-    let required = settings.tls_required;
     let refuse = |connection: &mut Connection, words: String| {
         connection.quit();
         host_failed(Status::temporary(Enhanced::CRYPTO, words))
@@ -477,7 +591,10 @@ fn starttls(
         return Err(refuse(&mut connection, words));
     }
     if !ext.starttls {
-        let words = format!("TLS is required for this destination but {peer} does not offer STARTTLS");
+        let words = format!(
+            "TLS is required for this destination but {peer} does not offer STARTTLS{}",
+            required_why(job, host)
+        );
         return Err(refuse(&mut connection, words));
     }
     let reply = connection.command(b"STARTTLS").map_err(|Broken(why)| {
@@ -501,6 +618,15 @@ fn starttls(
     };
     let config = config.map_err(|why| refuse(&mut connection, format!("unable to set up TLS for {peer}: {why}")))?;
     handshake(connection, config, host, ip, required)
+}
+
+/// Why TLS is required, when it is for credentials: so the deferral says AUTH was not sent.
+fn required_why(job: &Job, host: &Host) -> &'static str {
+    if job.plan.named_relay && auth::find(&job.settings.credentials, &host.name).is_some() {
+        " (it has credentials in control/smtpauth: no AUTH is ever sent in clear text)"
+    } else {
+        ""
+    }
 }
 
 /// The TLS handshake on the plain connection, after the server's 220 to STARTTLS.
