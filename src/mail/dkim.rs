@@ -353,11 +353,8 @@ pub fn from_domain(message: &[u8]) -> Option<String> {
         _ => value.split(|&b| b == b',').next().unwrap_or(value),
     };
     let at = memchr::memrchr(b'@', address)?;
-    let domain: Vec<u8> = address[at + 1..]
-        .iter()
-        .take_while(|b| !b" \t\r\n>(,;".contains(b))
-        .map(u8::to_ascii_lowercase)
-        .collect();
+    let domain: Vec<u8> =
+        address[at + 1..].iter().take_while(|b| !b" \t\r\n>(,;".contains(b)).map(u8::to_ascii_lowercase).collect();
     let domain = String::from_utf8(domain).ok()?;
     let valid = !domain.is_empty()
         && domain.len() <= 253
@@ -564,12 +561,11 @@ pub fn unbase64(text: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn pem_to_der(pem: &[u8]) -> Result<Vec<u8>, KeyError> {
+/// The DER inside a PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
+pub fn pem_to_der(pem: &[u8]) -> Result<Vec<u8>, KeyError> {
     let text = std::str::from_utf8(pem).map_err(|_| KeyError::Format("PEM is not text".to_string()))?;
     let begin = "-----BEGIN PRIVATE KEY-----";
-    let start = text
-        .find(begin)
-        .ok_or_else(|| KeyError::Format("PEM is not a PKCS#8 \"PRIVATE KEY\"".to_string()))?
+    let start = text.find(begin).ok_or_else(|| KeyError::Format("PEM is not a PKCS#8 \"PRIVATE KEY\"".to_string()))?
         + begin.len();
     let end = text[start..].find("-----END").ok_or_else(|| KeyError::Format("PEM has no END line".to_string()))?;
     unbase64(text[start..start + end].as_bytes()).ok_or_else(|| KeyError::Format("PEM is not base64".to_string()))
