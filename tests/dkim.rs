@@ -172,3 +172,32 @@ fn keygen_refuses_to_overwrite() {
     let out = common::run(home.path(), "quill", &["dkim", "keygen", "example.com", "s1", "ed25519"], b"");
     assert!(!out.status.success());
 }
+
+/// The signing cost per message of each algorithm, printed for doc/PERFORMANCE.md (measured,
+/// never asserted): a 2 kB message, the default settings, keys from keygen.
+#[test]
+fn signing_cost_per_message() {
+    use quill::mail::dkim::{Canon, Key, DEFAULT_HEADERS};
+    let home = home("dkim-cost", &[]);
+    let mut kinds = vec!["ed25519"];
+    if !common::skip_without("openssl") {
+        kinds.push("rsa");
+    }
+    let mut message = MESSAGE.to_vec();
+    message
+        .extend(std::iter::repeat_n(b"The quick brown fox jumps over the lazy dog again.\n".as_slice(), 40).flatten());
+    for kind in kinds {
+        let selector = format!("cost{kind}");
+        keygen(home.path(), "example.com", &selector, kind);
+        let bytes =
+            std::fs::read(home.path().join("control/dkim").join(format!("example.com.{selector}"))).expect("key");
+        let key = Key::from_bytes("example.com", &selector, &bytes).expect("key");
+        let rounds = 300;
+        let start = std::time::Instant::now();
+        for _ in 0..rounds {
+            key.sign(&message, (Canon::Relaxed, Canon::Relaxed), DEFAULT_HEADERS, 0).expect("signed");
+        }
+        let each = start.elapsed().as_secs_f64() * 1000.0 / f64::from(rounds);
+        eprintln!("dkim {kind}: {each:.3} ms per message ({} bytes)", message.len());
+    }
+}
