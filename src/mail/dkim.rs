@@ -568,7 +568,7 @@ pub fn pem_to_der(pem: &[u8]) -> Result<Vec<u8>, KeyError> {
     let start = text.find(begin).ok_or_else(|| KeyError::Format("PEM is not a PKCS#8 \"PRIVATE KEY\"".to_string()))?
         + begin.len();
     let end = text[start..].find("-----END").ok_or_else(|| KeyError::Format("PEM has no END line".to_string()))?;
-    unbase64(text[start..start + end].as_bytes()).ok_or_else(|| KeyError::Format("PEM is not base64".to_string()))
+    unbase64(&text.as_bytes()[start..start + end]).ok_or_else(|| KeyError::Format("PEM is not base64".to_string()))
 }
 
 #[cfg(test)]
