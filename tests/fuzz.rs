@@ -481,7 +481,8 @@ fn dkim(input: &[u8]) -> Print {
         assert!(relaxed.is_empty() || relaxed.ends_with(b"\r\n"));
         assert!(canon_body(Canon::Simple, body).ends_with(b"\r\n"));
         if !body.contains(&b'\r') {
-            let crlf: Vec<u8> = body.iter().flat_map(|&b| if b == b'\n' { vec![b'\r', b'\n'] } else { vec![b] }).collect();
+            let crlf: Vec<u8> =
+                body.iter().flat_map(|&b| if b == b'\n' { vec![b'\r', b'\n'] } else { vec![b] }).collect();
             assert_eq!(canon_body(Canon::Relaxed, &crlf), relaxed, "CRLF and LF bodies differ");
         }
         print.len(relaxed.len());
