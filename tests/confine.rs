@@ -162,7 +162,13 @@ fn clean_and_queued_write_the_queue_only() {
     for program in ["quill-clean", "quill-queued"] {
         let Some(p) = confined(&world, program) else { return };
         p.allowed("write-queue");
-        for name in ["read-outside", "read-control", "write-control", "exec-sh", "connect", "bind", "udp"] {
+        // quill-queued reads control/ for the DKIM keys it signs with (control/dkim).
+        if program == "quill-queued" {
+            p.allowed("read-control");
+        } else {
+            p.denied("read-control");
+        }
+        for name in ["read-outside", "write-control", "exec-sh", "connect", "bind", "udp"] {
             p.denied(name);
         }
     }

@@ -52,6 +52,7 @@ const TARGETS: &[Target] = &[
     Target { name: "smtp_data", dictionary: DATA_WORDS, run: smtp_data, replay: 3000 },
     Target { name: "address", dictionary: ADDRESS_WORDS, run: address, replay: 3000 },
     Target { name: "header", dictionary: HEADER_WORDS, run: header, replay: 3000 },
+    Target { name: "dkim", dictionary: HEADER_WORDS, run: dkim, replay: 3000 },
     Target { name: "dns", dictionary: DNS_WORDS, run: dns, replay: 3000 },
     Target { name: "smtp_reply", dictionary: REPLY_WORDS, run: smtp_reply, replay: 3000 },
     Target { name: "envelope", dictionary: QUEUE_WORDS, run: envelope, replay: 3000 },
@@ -454,6 +455,38 @@ fn header(input: &[u8]) -> Print {
     }
     print.add(header::find(&fields, "received").is_some());
     print.len(header::addresses(input).len());
+    print.done()
+}
+
+/// The DKIM signer's header parser and canonicalizations (mail::dkim): whatever the bytes, no
+/// panic; every field parsed lies inside the input and has a name; relaxed canonical forms
+/// hold no tab, no CR or LF but the final CRLF, and no space before it; LF and CRLF line ends
+/// canonicalize alike.
+fn dkim(input: &[u8]) -> Print {
+    use quill::mail::dkim::{canon_body, canon_header, from_domain, parse, Canon};
+    let mut print = Print::new();
+    let parsed = parse(input);
+    print.add(parsed.is_some()).add(from_domain(input).is_some());
+    if let Some((fields, body)) = parsed {
+        print.len(fields.len());
+        for field in fields.iter().take(32) {
+            assert!(!field.name.is_empty() && field.raw.len() <= input.len());
+            let relaxed = canon_header(Canon::Relaxed, field);
+            let line = &relaxed[..relaxed.len() - 2];
+            assert!(!line.contains(&b'\t') && !line.contains(&b'\n') && !line.contains(&b'\r'), "{relaxed:?}");
+            assert!(!line.ends_with(b" "), "{relaxed:?}");
+            print.len(canon_header(Canon::Simple, field).len());
+        }
+        let relaxed = canon_body(Canon::Relaxed, body);
+        assert!(relaxed.is_empty() || relaxed.ends_with(b"\r\n"));
+        assert!(canon_body(Canon::Simple, body).ends_with(b"\r\n"));
+        if !body.contains(&b'\r') {
+            let crlf: Vec<u8> =
+                body.iter().flat_map(|&b| if b == b'\n' { vec![b'\r', b'\n'] } else { vec![b] }).collect();
+            assert_eq!(canon_body(Canon::Relaxed, &crlf), relaxed, "CRLF and LF bodies differ");
+        }
+        print.len(relaxed.len());
+    }
     print.done()
 }
 

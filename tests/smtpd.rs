@@ -21,6 +21,7 @@ d="$QQ_DIR/$(date +%s%N).$$"
 mkdir -p "$d"
 cat > "$d/message"
 cat <&1 > "$d/envelope"
+echo "${QUILL_DKIMSIGN:-}" > "$d/sign"
 code=0
 [ -f "$QQ_DIR/../exitcode" ] && code=$(cat "$QQ_DIR/../exitcode")
 [ "$code" = 82 ] && cat "$QQ_DIR/../reply" >&6
@@ -1513,4 +1514,28 @@ fn international_domains_are_queued_as_a_labels() {
     assert!(envelope.contains("Tx@xn--r8jz45g.example\0"), "{envelope:?}");
     let log = server.log();
     assert!(log.contains("from=<änna@xn--strae-oqa.example>"), "{log}");
+}
+
+/// A DKIM signature is asked for (QUILL_DKIMSIGN=1 to the queue program) for a RELAYCLIENT
+/// client's message, never for a stranger's (issue 12; the signing itself: tests/dkim.rs).
+#[test]
+fn dkim_signature_asked_for_local_senders_only() {
+    for (relay, expect) in [(false, ""), (true, "1")] {
+        let setup = if relay { Setup::new().env("RELAYCLIENT", "") } else { Setup::new() };
+        let server = Server::start(&setup).expect("server");
+        let mut client = server.connect();
+        client.expect("220");
+        client.command("EHLO test", "250");
+        client.command("MAIL FROM:<a@example.com>", "250");
+        client.command("RCPT TO:<u@example.com>", "250");
+        client.command("DATA", "354");
+        client.send(b"From: a@example.com\r\nSubject: s\r\n\r\nbody\r\n.\r\n");
+        client.expect("250 2.0.0");
+        client.command("QUIT", "221");
+        let asked: Vec<String> = common::files(&server.dir().join("qq"))
+            .iter()
+            .map(|d| std::fs::read_to_string(d.join("sign")).unwrap_or_default().trim().to_string())
+            .collect();
+        assert_eq!(asked, vec![expect.to_string()], "relay {relay}");
+    }
 }

@@ -20,9 +20,12 @@ pub fn run(args: &[String]) -> ExitCode {
         "status" => status(rest),
         "stats" => stats(rest),
         "queue" => admin::queue_command::run(rest),
+        "dkim" => dkim(rest),
         "--help" | "-h" | "help" => help(USAGE),
         other => {
-            log::fatal(&format!("unknown command {other:?}; the commands are setup, check, status, stats, queue"));
+            log::fatal(&format!(
+                "unknown command {other:?}; the commands are setup, check, status, stats, queue, dkim"
+            ));
             usage(USAGE)
         }
     }
@@ -38,6 +41,7 @@ commands:
   stats   [LOGFILE...]             deliveries per hour, top domains and failures from the logs
   queue   list|show|why ...        the messages in the queue, and why each one waits
   queue   flush|hold|release|...   act on messages (requests to quill-send)
+  dkim    keygen DOMAIN SELECTOR [rsa|ed25519]   make a DKIM key, print its DNS record
 
 'quill COMMAND --help' describes one command.";
 
@@ -231,6 +235,36 @@ fn check(args: &[String]) -> ExitCode {
             if problems.len() == 1 { "" } else { "s" }
         );
         ExitCode::from(exit::PROBLEMS)
+    }
+}
+
+const HELP_DKIM: &str = "\
+usage: quill dkim keygen [--home DIR] DOMAIN SELECTOR [rsa|ed25519]
+
+Make a DKIM signing key in HOME/control/dkim/DOMAIN.SELECTOR (PKCS#8 DER, mode 0400, owned by
+quillq when run as root) and print the TXT record to publish at SELECTOR._domainkey.DOMAIN.
+rsa (the default, 2048 bits) runs openssl genpkey; ed25519 needs nothing else. An existing
+key is never overwritten.";
+
+fn dkim(args: &[String]) -> ExitCode {
+    let m = match parse(args, &home_options(), HELP_DKIM) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    let (domain, selector, kind) = match m.free.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["keygen", domain, selector] => (domain, selector, "rsa"),
+        ["keygen", domain, selector, kind] => (domain, selector, kind),
+        _ => return usage(HELP_DKIM),
+    };
+    match admin::dkim::keygen(&home_of(&m), domain, selector, kind) {
+        Ok((name, record)) => {
+            // A zone file's strings hold at most 255 bytes each; the record is their concatenation.
+            let strings: Vec<String> =
+                record.as_bytes().chunks(250).map(|c| format!("\"{}\"", String::from_utf8_lossy(c))).collect();
+            println!("{name}. IN TXT {}", strings.join(" "));
+            ExitCode::SUCCESS
+        }
+        Err(e) => log::fatal_exit(&format!("unable to make the key: {e}")),
     }
 }
 

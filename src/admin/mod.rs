@@ -10,6 +10,7 @@
 
 pub mod check;
 pub mod command;
+pub mod dkim;
 pub mod json;
 pub mod queue;
 pub mod queue_command;

@@ -570,7 +570,8 @@ pub fn inject_with(options: &Options, settings: &Settings, input: &mut impl Read
     let envelope = Envelope { sender: settings.sender(options.sender.as_deref()), recipients };
     check_envelope(&envelope)?;
 
-    let mut submission = Submission::start().map_err(Failure::other)?;
+    // A local user's message: the queue DKIM-signs it where its From: domain has a key.
+    let mut submission = Submission::start_signed().map_err(Failure::other)?;
     submission.write(&composed.header);
     submission.write(&text[split.body_start..]);
     let mut out = Vec::with_capacity(CHUNK + 2);

@@ -108,10 +108,12 @@ pub fn clean(home: &Path) -> Policy {
 }
 
 /// quill-queued, listening: writes the queue; reads the name service's files (who a peer's uid
-/// is); unix sockets only (NSS daemons); threads.
+/// is) and control/ (the DKIM keys and control/dkimsign); unix sockets only (NSS daemons);
+/// threads.
 pub fn queued(home: &Path) -> Policy {
     let mut read = paths(NAME_SERVICE);
     read.extend(paths(SYSTEM_LIBRARIES));
+    read.push(home.join("control"));
     Policy {
         program: "quill-queued",
         read,

@@ -22,6 +22,7 @@
 pub mod address;
 pub mod aliases;
 pub mod control;
+pub mod dkim;
 pub mod dns;
 pub mod dnsbl;
 pub mod dotqmail;

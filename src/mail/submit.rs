@@ -68,12 +68,23 @@ impl Submission {
     /// Begin a message: to quill-queued when [`use_queue_writer`] was called, no `QMAILQUEUE`
     /// is set and the writer answers; otherwise to the queue program ([`Program::start`]).
     pub fn start() -> Result<Submission> {
+        Submission::begin(false)
+    }
+
+    /// Begin a message from a local or authenticated sender, to be DKIM-signed by the queue
+    /// with the key of its From: domain where there is one (src/mail/dkim.rs).
+    pub fn start_signed() -> Result<Submission> {
+        Submission::begin(true)
+    }
+
+    fn begin(sign: bool) -> Result<Submission> {
         if filter().is_none() {
-            if let Some(message) = super::writer_client::begin() {
+            if let Some(mut message) = super::writer_client::begin() {
+                message.sign = sign;
                 return Ok(Submission { way: Way::Writer(message) });
             }
         }
-        Program::start().map(|program| Submission { way: Way::Program(program) })
+        Program::start(sign).map(|program| Submission { way: Way::Program(program) })
     }
 
     /// Write message bytes. A write error (the queue program or the writer went away) is
@@ -102,7 +113,7 @@ impl Program {
     /// quill-queue itself never writes fd 6, so it gets none: without the descriptor to move
     /// into place there is no code to run between fork and exec, and std starts the program
     /// with posix_spawn (vfork-style, no copy of this process's page tables) instead of fork.
-    fn start() -> Result<Program> {
+    fn start(sign: bool) -> Result<Program> {
         // Under no_new_privs the setuid quill-queue would run as the caller, unable to write
         // the queue: a temporary failure now says more than a permission error later.
         if crate::base::confine::active() && filter().is_none() {
@@ -117,6 +128,12 @@ impl Program {
         let program = filter.clone().unwrap_or_else(|| crate::mail::control::program("quill-queue"));
         let mut command = Command::new(&program);
         command.stdin(Stdio::piped()).stdout(Stdio::from(envelope_read));
+        // Set or removed, never inherited: forwarding a stranger's message must not sign it.
+        if sign {
+            command.env(super::dkim::SIGN_VARIABLE, "1");
+        } else {
+            command.env_remove(super::dkim::SIGN_VARIABLE);
+        }
         let mut reply = None;
         if filter.is_some() {
             let (reply_read, reply_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)

@@ -87,7 +87,7 @@ pub fn begin() -> Option<Message> {
     };
     let mut buffer = Vec::with_capacity(5 + MAX_CHUNK);
     buffer.extend_from_slice(&[0u8; 5]);
-    Some(Message { stream: Some(stream), buffer, broken: false })
+    Some(Message { stream: Some(stream), buffer, broken: false, sign: false })
 }
 
 /// A message on its way to the writer: bytes are gathered into `M` frames of up to
@@ -97,6 +97,8 @@ pub struct Message {
     /// A frame being filled: five bytes for its head, then the payload.
     buffer: Vec<u8>,
     broken: bool,
+    /// Ask quill-queued for a DKIM signature (an `S` frame for the envelope instead of `E`).
+    pub sign: bool,
 }
 
 impl Message {
@@ -141,7 +143,8 @@ impl Message {
             return Err(lost());
         }
         let encoded = envelope.encode();
-        let mut frame = frame_head(Tag::Envelope, encoded.len() as u32).to_vec();
+        let tag = if self.sign { Tag::SignedEnvelope } else { Tag::Envelope };
+        let mut frame = frame_head(tag, encoded.len() as u32).to_vec();
         frame.extend_from_slice(&encoded);
         if stream.write_all(&frame).is_err() {
             return Err(lost());

@@ -98,6 +98,11 @@ pub struct Message {
 }
 
 impl Message {
+    /// The whole message when it is in memory (None when it spilled).
+    pub fn in_memory(&self) -> Option<&[u8]> {
+        self.spill.is_none().then(|| &self.memory[..self.filled])
+    }
+
     /// True when the message outgrew memory and went to a spill file.
     pub fn spilled(&self) -> bool {
         self.spill.is_some()
@@ -295,6 +300,28 @@ pub fn commit(layout: &Layout, header: &Header, received: &[u8], message: Messag
     Ok(id)
 }
 
+/// True when the caller asked for a DKIM signature.
+pub fn sign_requested() -> bool {
+    std::env::var_os(crate::mail::dkim::SIGN_VARIABLE).is_some_and(|v| v == "1")
+}
+
+/// The `DKIM-Signature:` field for `message` with the key of its From: domain from `control`
+/// (empty when there is none; logged, except where `control/dkim` does not exist). A message
+/// that spilled past [`MEMORY_LIMIT`] is not signed.
+pub fn dkim_field(control: &Path, message: &Message, time: u64) -> Vec<u8> {
+    use crate::mail::dkim;
+    let signed = match message.in_memory() {
+        Some(bytes) => dkim::sign_message(control, bytes, time),
+        None if control.join("dkim").is_dir() => dkim::Signed::Trouble("larger than 1 MB".to_string()),
+        None => dkim::Signed::Off,
+    };
+    let (field, line) = dkim::outcome(signed);
+    if let Some(line) = line {
+        crate::base::log::line(&line);
+    }
+    field
+}
+
 /// How a run of quill-queue ended without an error.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Done {
@@ -378,6 +405,10 @@ pub fn run() -> Result<Done> {
         return Ok(Done::Abandoned);
     };
     crate::base::sys::cancel_alarm();
+    let mut received = received;
+    if sign_requested() {
+        received.extend(dkim_field(Path::new("../control"), &message, secs));
+    }
     let header = Header { uid: real_uid, pid, time: secs, nanos, envelope };
     commit(&layout, &header, &received, message).map(Done::Queued)
 }

@@ -47,6 +47,8 @@ const STOP_SECONDS: u64 = 10;
 /// What the connection threads share.
 struct Shared {
     layout: Layout,
+    /// `control/`, where the DKIM keys are.
+    control: PathBuf,
     pid: u32,
     /// Makes each tmp name unique among this process's threads.
     serial: AtomicU64,
@@ -122,8 +124,8 @@ impl GroupSync {
 /// How a message's frames ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum End {
-    /// An `E` frame with the envelope's length.
-    Envelope(usize),
+    /// An `E` frame with the envelope's length (or an `S` frame: true, sign the message).
+    Envelope(usize, bool),
     /// An `A` frame.
     Abandon,
     /// The client closed before the message's first frame: the session is over.
@@ -213,7 +215,8 @@ impl<R: Read> Read for Frames<'_, R> {
             self.seen = true;
             match decode_head(head) {
                 Ok((Tag::Message, length)) => self.left = length,
-                Ok((Tag::Envelope, length)) => self.end = Some(End::Envelope(length)),
+                Ok((Tag::Envelope, length)) => self.end = Some(End::Envelope(length, false)),
+                Ok((Tag::SignedEnvelope, length)) => self.end = Some(End::Envelope(length, true)),
                 Ok((Tag::Abandon, _)) => self.end = Some(End::Abandon),
                 Err(e) => {
                     self.bad = Some(e.to_string());
@@ -263,8 +266,8 @@ fn message<R: Read>(shared: &Shared, reader: &mut R, stream: &UnixStream, uid: u
         Err(e) if e.code == qq::READ_ERROR => return frames.failure(),
         Err(e) => return Step::Refuse(e),
     };
-    let length = match frames.end {
-        Some(End::Envelope(length)) => length,
+    let (length, sign) = match frames.end {
+        Some(End::Envelope(length, sign)) => (length, sign),
         Some(End::Abandon) => return Step::Next,
         _ => return Step::Over,
     };
@@ -281,6 +284,10 @@ fn message<R: Read>(shared: &Shared, reader: &mut R, stream: &UnixStream, uid: u
         Ok(_) => return Step::Refuse(Error::queue(qq::ENVELOPE_FORMAT, "envelope format error: bytes after the end")),
         Err(e) => return Step::Refuse(e),
     };
+    let mut received = received;
+    if sign {
+        received.extend(enqueue::dkim_field(&shared.control, &body, secs));
+    }
     let header = Header { uid, pid: shared.pid, time: secs, nanos, envelope };
     match commit(shared, &header, &received, body) {
         Ok(id) => match write_reply(stream, Reply::Queued { id, pid: shared.pid }) {
@@ -421,6 +428,7 @@ pub fn run() -> Result<()> {
     let allowed = allowed_uids();
     let shared = Arc::new(Shared {
         layout,
+        control: home.join("control"),
         pid: std::process::id(),
         serial: AtomicU64::new(0),
         sync: GroupSync::default(),
@@ -529,7 +537,7 @@ mod tests {
         let mut out = Vec::new();
         frames.read_to_end(&mut out).unwrap();
         assert_eq!(out, b"abcde");
-        assert_eq!(frames.end, Some(End::Envelope(4)));
+        assert_eq!(frames.end, Some(End::Envelope(4, false)));
 
         let mut input = &b"Z\0\0\0\x01x"[..];
         let mut frames = Frames::new(&mut input);

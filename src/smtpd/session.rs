@@ -850,6 +850,16 @@ impl Session {
         Ok(())
     }
 
+    /// Begin handing a message to the queue. A RELAYCLIENT or authenticated client's message
+    /// is a local sender's: the queue DKIM-signs it; a stranger's never (issue 12).
+    fn start_submission(&self) -> crate::base::fail::Result<Submission> {
+        if self.config.relayclient.is_some() || self.auth_user.is_some() {
+            Submission::start_signed()
+        } else {
+            Submission::start()
+        }
+    }
+
     fn data(&mut self, arg: &[u8]) -> std::result::Result<(), End> {
         if !arg.is_empty() {
             return self.error(501, "5.5.4 syntax: DATA");
@@ -861,7 +871,7 @@ impl Session {
             Some(_) => {}
         }
         reap_children();
-        let submission = match Submission::start() {
+        let submission = match self.start_submission() {
             Ok(s) => s,
             Err(e) => {
                 crate::base::log::warning(&e.message);
@@ -979,7 +989,7 @@ impl Session {
     /// does. Err is the reply when the queue cannot take it.
     fn begin_chunked(&mut self) -> std::result::Result<(), (u16, String)> {
         reap_children();
-        let submission = Submission::start().map_err(|e| {
+        let submission = self.start_submission().map_err(|e| {
             crate::base::log::warning(&e.message);
             queue_reply(&e)
         })?;

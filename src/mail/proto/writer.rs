@@ -42,6 +42,9 @@ pub enum Tag {
     Envelope,
     /// The message is abandoned.
     Abandon,
+    /// The envelope, and the message is from a local or authenticated sender: sign it with
+    /// DKIM where its From: domain has a key (src/mail/dkim.rs).
+    SignedEnvelope,
 }
 
 impl Tag {
@@ -51,6 +54,7 @@ impl Tag {
             Tag::Message => b'M',
             Tag::Envelope => b'E',
             Tag::Abandon => b'A',
+            Tag::SignedEnvelope => b'S',
         }
     }
 
@@ -60,6 +64,7 @@ impl Tag {
             b'M' => Some(Tag::Message),
             b'E' => Some(Tag::Envelope),
             b'A' => Some(Tag::Abandon),
+            b'S' => Some(Tag::SignedEnvelope),
             _ => None,
         }
     }
@@ -98,7 +103,7 @@ pub fn decode_head(head: [u8; 5]) -> Result<(Tag, usize), FrameError> {
     let length = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
     let fits = match tag {
         Tag::Message => (1..=MAX_CHUNK as u64).contains(&u64::from(length)),
-        Tag::Envelope => u64::from(length) <= MAX_ENVELOPE as u64,
+        Tag::Envelope | Tag::SignedEnvelope => u64::from(length) <= MAX_ENVELOPE as u64,
         Tag::Abandon => length == 0,
     };
     if !fits {
