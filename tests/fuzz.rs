@@ -890,9 +890,7 @@ fn smtpd_session(input: &[u8]) -> Print {
             );
             // A stand-in for quill-queue that reads the message (fd 0) and the envelope (fd 1).
             let queue = home.path().join("fakeqq");
-            std::fs::write(&queue, "#!/bin/sh\ncat >/dev/null\ncat <&1 >/dev/null\nexit 0\n").expect("write fakeqq");
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&queue, std::fs::Permissions::from_mode(0o755)).expect("chmod fakeqq");
+            common::write_script(&queue, "#!/bin/sh\ncat >/dev/null\ncat <&1 >/dev/null\nexit 0\n");
             home
         };
     }

@@ -289,8 +289,7 @@ fn big_message_streams_through() {
 /// are not setuid).
 fn fake_queue(dir: &TempDir, code: u8) -> PathBuf {
     let path = dir.path().join(format!("qq-{code}"));
-    std::fs::write(&path, format!("#!/bin/sh\nexec >/dev/null\nexit {code}\n")).expect("write script");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    common::write_script(&path, format!("#!/bin/sh\nexec >/dev/null\nexit {code}\n"));
     path
 }
 
@@ -404,8 +403,7 @@ fn a_filter_gets_fd_6_for_its_own_reply() {
     }
     let scripts = TempDir::new("inject-qq82");
     let path = scripts.path().join("qq-82");
-    std::fs::write(&path, "#!/bin/sh\nexec >/dev/null\nprintf 'Dnot from you' >&6\nexit 82\n").expect("write script");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    common::write_script(&path, "#!/bin/sh\nexec >/dev/null\nprintf 'Dnot from you' >&6\nexit 82\n");
     let queue = path.to_str().expect("utf-8 path");
     let home = common::home("inject-qq82", CONTROLS);
     let out = submit(home.path(), "quill-inject", &["r@x.example"], &[("QMAILQUEUE", queue)], b"Subject: s\n\nbody\n");

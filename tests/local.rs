@@ -158,8 +158,7 @@ impl World {
         let text = format!(
             "#!/bin/sh\ncat > {d}/qq-message\ncat <&1 > {d}/qq-envelope\necho run >> {d}/qq-runs\nexit {code}\n"
         );
-        fs::write(&script, text).expect("write script");
-        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod script");
+        common::write_script(&script, text);
         script.to_str().expect("utf-8").to_string()
     }
 }

@@ -71,8 +71,7 @@ impl World {
             std::fs::create_dir_all(world.path().join(dir)).expect("mkdir");
         }
         let fake = FAKE.replace("@DIR@", &world.path().join("fake").display().to_string());
-        world.write("fake/quill-local", fake.as_bytes());
-        std::fs::set_permissions(world.fake(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        common::write_script(&world.fake(), fake.as_bytes());
         let aliases = world.path().join("aliases");
         world.write("control/aliases", format!("{}\n", aliases.display()).as_bytes());
         world.chown_all();

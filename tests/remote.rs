@@ -1422,9 +1422,7 @@ fn rspawn_stops_on_sigterm_after_reporting_what_runs() {
     let started = bin.path().join("started");
     // A quill-remote that takes a moment, then delivers every recipient.
     let script = format!("#!/bin/sh\ntouch {}\nsleep 1\nprintf 'rok\\0Kdone\\0'\n", started.display());
-    std::fs::write(bin.path().join("quill-remote"), script).expect("write fake quill-remote");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(bin.path().join("quill-remote"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    common::write_script(&bin.path().join("quill-remote"), script);
     let home = home("rspawnterm", &[]);
     queue_message(home.path(), 401, "s@quill.test", &["a@term.test"], "mess");
     // The fake quill-remote is a shell script that writes files: confinement (which lets
@@ -1471,9 +1469,7 @@ fn rspawn_kills_a_delivery_past_its_deadline() {
     std::fs::copy(common::bin("quill-rspawn"), bin.path().join("quill-rspawn")).expect("copy quill-rspawn");
     let pidfile = bin.path().join("child.pid");
     let script = format!("#!/bin/sh\nsleep 300 &\necho $! $$ > {}\nwait\n", pidfile.display());
-    std::fs::write(bin.path().join("quill-remote"), script).expect("write fake quill-remote");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(bin.path().join("quill-remote"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    common::write_script(&bin.path().join("quill-remote"), script);
     let home = home("rspawnkill", &[("timeoutremotetotal", "1")]);
     queue_message(home.path(), 201, "s@quill.test", &["a@slow.test", "b@slow.test"], "mess");
     let input = request(7, 201, "s@quill.test", &["a@slow.test", "b@slow.test"]);

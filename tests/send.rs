@@ -116,9 +116,7 @@ exit 0
     let text = format!(
         "#!/bin/sh\n# Message on fd 0, envelope on fd 1.\n[ -e \"$QUILL_HOME/queue-refuses\" ] && exit 53\n{work}"
     );
-    std::fs::write(&script, text).expect("write fake queue");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    common::write_script(&script, text);
     script
 }
 
@@ -708,12 +706,10 @@ fn private_bin(home: &Path, owner: Option<u32>) -> PathBuf {
     for program in ["quill-start", "quill-send", "quill-clean"] {
         std::fs::copy(bin(program), dir.join(program)).expect("copy program");
     }
-    std::fs::write(
-        dir.join("quill-lspawn"),
+    common::write_script(
+        &dir.join("quill-lspawn"),
         "#!/bin/sh\n# Keeps its report pipe (stdout) open while it swallows requests.\ncat > /dev/null\n",
-    )
-    .expect("write lspawn");
-    std::fs::set_permissions(dir.join("quill-lspawn"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    );
     if let Some(uid) = owner {
         let status = Command::new("chown").arg("-R").arg(format!("{uid}:{uid}")).arg(home).status().expect("chown");
         assert!(status.success());

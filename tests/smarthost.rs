@@ -82,8 +82,7 @@ impl Server {
         let dir = home.path().to_path_buf();
         std::fs::create_dir_all(dir.join("qq")).expect("qq dir");
         for (name, text) in [("fakeqq", FAKE_QUEUE), ("checkpw", CHECKPASSWORD)] {
-            std::fs::write(dir.join(name), text).expect("write script");
-            std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            common::write_script(&dir.join(name), text);
         }
         if kind != Relay::ClearText {
             make_certificate(&dir.join("control"))?;

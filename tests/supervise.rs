@@ -364,14 +364,12 @@ fn prepare(kind: Kind) -> Option<World> {
     // tester/secret and runs the rest of its command line, as the interface says.
     let auth_ports = if smtp_port.is_some() && !common::skip_without_python(&["smtplib", "ssl"]) {
         let checker = scan.path().join("checkpassword");
-        std::fs::write(
+        common::write_script(
             &checker,
             "#!/bin/sh\n# checkpassword interface: user NUL password NUL timestamp NUL on fd 3\n\
              creds=$(tr '\\000' '\\n' <&3 | head -2 | tr '\\n' ' ')\n\
              [ \"$creds\" = \"tester secret \" ] || exit 1\nexec \"$@\"\n",
-        )
-        .expect("write checkpassword");
-        std::fs::set_permissions(&checker, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        );
         let (submission, smtps) = (free_port(), free_port());
         for (service, port, listen) in
             [("quill-submission", submission, "any 587 "), ("quill-smtps", smtps, "any 465 ")]

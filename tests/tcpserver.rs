@@ -608,8 +608,7 @@ fn smtpd_home(tag: &str) -> common::TempDir {
     use std::os::unix::fs::PermissionsExt;
     let home = common::home(tag, &[("me", "mx.example\n"), ("rcpthosts", "example.com\n")]);
     let script = home.path().join("checkpw");
-    std::fs::write(&script, DUMP_SMTPD).expect("script");
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    common::write_script(&script, DUMP_SMTPD);
     std::fs::create_dir(home.path().join("dump")).expect("dump dir");
     std::fs::set_permissions(home.path().join("dump"), std::fs::Permissions::from_mode(0o777)).expect("chmod");
     let mut dir = Some(home.path());

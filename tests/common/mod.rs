@@ -257,3 +257,17 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// Write an executable script (mode 0755). Another process (install(1)) writes the file
+/// itself: a descriptor this test process held open for writing would be inherited by any
+/// child another test thread forks meanwhile, and until that child execs, running the script
+/// fails with ETXTBSY ("Text file busy").
+pub fn write_script(path: &Path, text: impl AsRef<[u8]>) {
+    let mut source = path.as_os_str().to_owned();
+    source.push(".source");
+    let source = PathBuf::from(source);
+    std::fs::write(&source, text).expect("write script source");
+    let status = Command::new("install").arg("-m").arg("0755").arg(&source).arg(path).status().expect("run install");
+    assert!(status.success(), "install {}", path.display());
+    let _ = std::fs::remove_file(&source);
+}
