@@ -201,3 +201,133 @@ fn signing_cost_per_message() {
         eprintln!("dkim {kind}: {each:.3} ms per message ({} bytes)", message.len());
     }
 }
+
+/// A running quill-up listening for SMTP on 127.0.0.1, relaying for clients from 127.0.0.2,
+/// with a DKIM key for example.com made by `quill dkim keygen` before it starts; stopped
+/// (SIGTERM, then waited for) when dropped.
+struct Instance {
+    dir: common::TempDir,
+    child: Option<std::process::Child>,
+    port: u16,
+}
+
+impl Instance {
+    /// The instance and the TXT record keygen printed.
+    fn start(tag: &str, kind: &str) -> (Instance, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let dir = common::TempDir::new(tag);
+        let home = dir.path().join("q");
+        std::fs::create_dir_all(&home).expect("mkdir");
+        let record = keygen(&home, "example.com", "s1", kind);
+        let log = dir.path().join("log");
+        let child = Command::new(common::bin("quill-up"))
+            .arg("-d")
+            .arg(&home)
+            .args(["-l", &format!("127.0.0.1:{port}"), "-r", "127.0.0.2"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).expect("log"))
+            .stderr(std::fs::File::options().append(true).open(&log).expect("log"))
+            .spawn()
+            .expect("start quill-up");
+        let instance = Instance { dir, child: Some(child), port };
+        let up = common::wait_for(std::time::Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && common::instance_pids(&instance.home(), "quill-queued").len() == 1
+        });
+        assert!(up, "the instance did not come up; log:\n{}", instance.log());
+        (instance, record)
+    }
+
+    fn home(&self) -> std::path::PathBuf {
+        self.dir.path().join("q")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// Send `message` (LF line ends) over SMTP from the client address `from` to `to`.
+    fn send(&self, from: std::net::Ipv4Addr, to: &str, message: &[u8]) {
+        use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+        use std::io::{BufRead, BufReader};
+        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).expect("socket");
+        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(std::net::SocketAddrV4::new(from, 0)))
+            .expect("bind the client address");
+        let server = SockaddrIn::from(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, self.port));
+        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &server).expect("connect");
+        let stream = std::net::TcpStream::from(fd);
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(60))).expect("timeout");
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut writer = stream;
+        let mut reply = || {
+            for _ in 0..50 {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.as_bytes().get(3) != Some(&b'-') {
+                    return line;
+                }
+            }
+            String::new()
+        };
+        assert!(reply().starts_with("220"));
+        let mut data = Vec::new();
+        for line in message.split_inclusive(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\n").unwrap_or(line);
+            if line.starts_with(b".") {
+                data.push(b'.');
+            }
+            data.extend_from_slice(line);
+            data.extend_from_slice(b"\r\n");
+        }
+        data.extend_from_slice(b".\r\n");
+        for (command, code) in [
+            (b"EHLO client.example.com\r\n".to_vec(), "250"),
+            (b"MAIL FROM:<alice@example.com>\r\n".to_vec(), "250"),
+            (format!("RCPT TO:<{to}>\r\n").into_bytes(), "250"),
+            (b"DATA\r\n".to_vec(), "354"),
+            (data, "250"),
+            (b"QUIT\r\n".to_vec(), "221"),
+        ] {
+            writer.write_all(&command).expect("write");
+            let said = reply();
+            assert!(said.starts_with(code), "{}: {said}", String::from_utf8_lossy(&command[..command.len().min(40)]));
+        }
+    }
+
+    /// The one message delivered to `user`'s Maildir, waited for.
+    fn delivered(&self, user: &str) -> Vec<u8> {
+        let new = self.home().join("maildir").join(user).join("new");
+        let arrived = common::wait_for(std::time::Duration::from_secs(30), || files(&new).len() == 1);
+        assert!(arrived, "nothing delivered to {user}; log:\n{}", self.log());
+        std::fs::read(&files(&new)[0]).expect("read the message")
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::SIGTERM);
+            let _ = common::wait_for(std::time::Duration::from_secs(30), || !matches!(c.try_wait(), Ok(None)));
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// End to end: a relay client's message is signed by quill-queued and the signature still
+/// verifies in the Maildir (after the Received and Delivered-To lines added on the way); the
+/// same message from a stranger to the same local user arrives unsigned.
+#[test]
+fn relay_clients_mail_arrives_signed_and_strangers_unsigned() {
+    if skip_without_dkimpy() {
+        return;
+    }
+    let (instance, record) = Instance::start("dkim-e2e", "ed25519");
+    instance.send(std::net::Ipv4Addr::new(127, 0, 0, 2), "relayed@localhost", MESSAGE);
+    let signed = instance.delivered("relayed");
+    let text = String::from_utf8_lossy(&signed);
+    assert!(text.contains("DKIM-Signature:") && text.contains("d=example.com"), "{text}");
+    assert!(verify(&signed, &record), "not verified:\n{text}");
+    instance.send(std::net::Ipv4Addr::LOCALHOST, "stranger@localhost", MESSAGE);
+    let unsigned = instance.delivered("stranger");
+    assert!(!String::from_utf8_lossy(&unsigned).contains("DKIM-Signature"), "{}", String::from_utf8_lossy(&unsigned));
+}
