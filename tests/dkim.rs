@@ -1,6 +1,6 @@
 //! DKIM signing, checked by a real verifier: keys made by `quill dkim keygen`, messages signed
 //! by the real quill-queue, signatures verified by python3-dkim (`dkim.verify` with the TXT
-//! record keygen printed as its DNS answer).
+//! record keygen printed as its DNS answer) and by opendkim-testmsg (the record served by dnsmasq).
 
 mod common;
 
@@ -330,4 +330,88 @@ fn relay_clients_mail_arrives_signed_and_strangers_unsigned() {
     instance.send(std::net::Ipv4Addr::LOCALHOST, "stranger@localhost", MESSAGE);
     let unsigned = instance.delivered("stranger");
     assert!(!String::from_utf8_lossy(&unsigned).contains("DKIM-Signature"), "{}", String::from_utf8_lossy(&unsigned));
+}
+
+/// Run in new user, network and mount namespaces (`unshare -r -n -m`), so that nothing of the
+/// machine is touched: loopback up, a private resolv.conf bind-mounted over /etc/resolv.conf
+/// naming 127.0.0.1, dnsmasq on port 53 there serving the TXT record, then opendkim-testmsg
+/// verifying stdin (it has no resolver option: libopendkim asks the system resolver, and
+/// resolv.conf cannot name a port). Arguments: dnsmasq, its --txt-record option, the
+/// resolv.conf to mount. dnsmasq logs its queries on stderr for the failure message. Exit 97 when the namespace cannot be set up (a SKIP).
+const OPENDKIM_SCRIPT: &str = r#"
+ip link set lo up || exit 97
+mount --bind "$3" /etc/resolv.conf || exit 97
+"$1" --no-daemon --conf-file=/dev/null --pid-file= --listen-address=127.0.0.1 --bind-interfaces \
+    --no-resolv --no-hosts --user=root --port=53 --log-queries "$2" &
+dns=$!
+i=0
+while [ $i -lt 100 ] && ! grep -q ':0035 ' /proc/net/udp; do sleep 0.1; i=$((i + 1)); done
+/usr/sbin/opendkim-testmsg
+rc=$?
+kill $dns
+exit $rc
+"#;
+
+/// opendkim-testmsg's verdict on `message`, with `record` served by dnsmasq as the TXT record
+/// of s1._domainkey.example.com; None (after a SKIP line) when that cannot be arranged.
+fn opendkim_verify(message: &[u8], record: &str) -> Option<(bool, String)> {
+    let dnsmasq = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"].into_iter().find(|p| Path::new(p).exists());
+    let Some(dnsmasq) = dnsmasq else {
+        common::skip("dnsmasq is not installed");
+        return None;
+    };
+    let dir = common::TempDir::new("opendkim");
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 127.0.0.1\noptions timeout:2 attempts:2\n").expect("resolv.conf");
+    // A TXT string holds at most 255 bytes: an RSA record is given to dnsmasq in pieces, each
+    // taken literally (quotes would become part of the record).
+    let pieces: Vec<String> = record.as_bytes().chunks(250).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+    let txt = format!("--txt-record=s1._domainkey.example.com,{}", pieces.join(","));
+    let mut child = Command::new("unshare")
+        .args(["-r", "-n", "-m", "sh", "-c", OPENDKIM_SCRIPT, "opendkim", dnsmasq, &txt])
+        .arg(&resolv)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare");
+    // CRLF line ends, as on the wire (as for python3-dkim in verify()).
+    let wire: Vec<u8> = message.iter().flat_map(|&b| if b == b'\n' { vec![b'\r', b'\n'] } else { vec![b] }).collect();
+    child.stdin.take().expect("stdin").write_all(&wire).expect("write");
+    let out = child.wait_with_output().expect("wait");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.code() == Some(97) {
+        common::skip(&format!("no private network and mount namespace for opendkim-testmsg: {said}"));
+        return None;
+    }
+    Some((out.status.success(), said))
+}
+
+/// A second, independent verifier: OpenDKIM's library, asking real DNS (dnsmasq on loopback in
+/// a private network namespace) for the key.
+fn opendkim_verifies(kind: &str) {
+    if common::skip_without("/usr/sbin/opendkim-testmsg") || common::skip_without("unshare") {
+        return;
+    }
+    if kind == "rsa" && common::skip_without("openssl") {
+        return;
+    }
+    let home = home("dkim-opendkim", &[]);
+    let record = keygen(home.path(), "example.com", "s1", kind);
+    let (queued, stderr) = queue(home.path(), MESSAGE, true);
+    assert!(stderr.contains("dkim: signed d=example.com s=s1"), "{stderr}");
+    let Some((good, said)) = opendkim_verify(&queued, &record) else { return };
+    assert!(good, "opendkim-testmsg refused {kind}: {said}\n{}", String::from_utf8_lossy(&queued));
+    let Some((good, said)) = opendkim_verify(&replace(&queued, b"Hello", b"Jello"), &record) else { return };
+    assert!(!good, "opendkim-testmsg accepted a tampered body: {said}");
+}
+
+#[test]
+fn opendkim_verifies_rsa() {
+    opendkim_verifies("rsa");
+}
+
+#[test]
+fn opendkim_verifies_ed25519() {
+    opendkim_verifies("ed25519");
 }
