@@ -415,3 +415,32 @@ fn opendkim_verifies_rsa() {
 fn opendkim_verifies_ed25519() {
     opendkim_verifies("ed25519");
 }
+
+/// `quill check` names a DKIM key that group or others can read, or that belongs to someone
+/// other than the signer (quillq in a system install), each with its fix; keygen's keys pass.
+#[test]
+fn check_names_a_key_others_can_read_or_that_the_signer_does_not_own() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = home("dkim-check", &[]);
+    keygen(home.path(), "example.com", "good", "ed25519");
+    keygen(home.path(), "example.com", "open", "ed25519");
+    let dir = home.path().join("control/dkim");
+    std::fs::set_permissions(dir.join("example.com.open"), std::fs::Permissions::from_mode(0o440)).expect("chmod");
+    if common::is_root() {
+        keygen(home.path(), "example.com", "stolen", "ed25519");
+        nix::unistd::chown(&dir.join("example.com.stolen"), Some(nix::unistd::Uid::from_raw(0)), None).expect("chown");
+    }
+    let out = common::run(home.path(), "quill", &["check", "--home", home.path().to_str().expect("path")], b"");
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let open = dir.join("example.com.open").display().to_string();
+    assert!(report.contains(&format!("the DKIM key {open} has mode 440: group or others can read it")), "{report}");
+    assert!(report.contains(&format!("chmod 400 {open}")), "{report}");
+    if common::is_root() {
+        let stolen = dir.join("example.com.stolen").display().to_string();
+        assert!(
+            report.contains(&format!("the DKIM key {stolen} belongs to root, not quillq; fix: chown quillq {stolen}")),
+            "{report}"
+        );
+    }
+    assert!(!report.contains("example.com.good"), "keygen's key is fine:\n{report}");
+}
