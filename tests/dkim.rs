@@ -330,6 +330,11 @@ fn relay_clients_mail_arrives_signed_and_strangers_unsigned() {
     instance.send(std::net::Ipv4Addr::LOCALHOST, "stranger@localhost", MESSAGE);
     let unsigned = instance.delivered("stranger");
     assert!(!String::from_utf8_lossy(&unsigned).contains("DKIM-Signature"), "{}", String::from_utf8_lossy(&unsigned));
+    // quill-up gave the key to the instance's user, who signs: quill check agrees.
+    let home = instance.home();
+    let out = common::run(&home, "quill", &["check", "--home", home.to_str().expect("path")], b"");
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!report.contains("DKIM key"), "{report}");
 }
 
 /// Run in new user, network and mount namespaces (`unshare -r -n -m`), so that nothing of the
