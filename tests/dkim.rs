@@ -395,7 +395,14 @@ fn opendkim_verify(message: &[u8], record: &str) -> Option<(bool, String)> {
 /// A second, independent verifier: OpenDKIM's library, asking real DNS (dnsmasq on loopback in
 /// a private network namespace) for the key.
 fn opendkim_verifies(kind: &str) {
-    if common::skip_without("/usr/sbin/opendkim-testmsg") || common::skip_without("unshare") {
+    if common::skip_without("/usr/sbin/opendkim-testmsg")
+        || common::skip_unless_can(
+            "unshare",
+            &["-r", "-n", "-m", "echo", "namespaces"],
+            "namespaces",
+            "make user, network and mount namespaces",
+        )
+    {
         return;
     }
     if kind == "rsa" && common::skip_without("openssl") {
