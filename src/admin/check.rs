@@ -621,6 +621,55 @@ fn check_tls(list: &mut Vec<Problem>, home: &Path, kind: Kind) {
     }
 }
 
+/// DKIM keys (control/dkim/DOMAIN.SELECTOR): regular files that only the signer can read —
+/// quillq in a system install (quill-queue and quill-queued sign as quillq), the instance's
+/// user in a private one. A key others can read lets them sign mail as the domain.
+fn check_dkim(list: &mut Vec<Problem>, home: &Path, kind: Kind) {
+    let dir = home.join("control").join("dkim");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return not_as_this_user(list),
+        Err(_) => return,
+    };
+    let (signer, name) = match kind {
+        Kind::System => match user_ids("quillq") {
+            Some((uid, _)) => (uid, "quillq".to_string()),
+            None => return,
+        },
+        Kind::Private { uid } => (uid, user_name(uid)),
+    };
+    let mut paths: Vec<PathBuf> = entries.flatten().map(|entry| entry.path()).collect();
+    paths.sort();
+    for path in paths {
+        let shown = shell_quote(&path.display().to_string());
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        if !meta.file_type().is_file() {
+            problem(
+                list,
+                format!("the DKIM key {} is not a regular file", path.display()),
+                format!("look at it, then: mv {shown} {shown}.suspect"),
+            );
+            continue;
+        }
+        use std::os::unix::fs::MetadataExt;
+        let fix = format!("chown {name} {shown} && chmod 400 {shown}");
+        if meta.uid() != signer {
+            let owner = user_name(meta.uid());
+            problem(list, format!("the DKIM key {} belongs to {owner}, not {name}", path.display()), fix);
+        } else if meta.mode() & 0o077 != 0 {
+            problem(
+                list,
+                format!(
+                    "the DKIM key {} has mode {:o}: group or others can read it and sign as its domain",
+                    path.display(),
+                    meta.mode() & 0o7777
+                ),
+                fix,
+            );
+        }
+    }
+}
+
 fn check_users(list: &mut Vec<Problem>, home: &Path) {
     let (assign, db) = (crate::mail::users::assign_path(home), crate::mail::users::assign_db_path(home));
     let Ok(source) = std::fs::metadata(&assign).and_then(|m| m.modified()) else {
@@ -738,6 +787,7 @@ pub fn check(home: &Path, bindir: &Path, kind: Kind) -> Vec<Problem> {
     check_queue_program(&mut list, bindir, kind);
     check_controls(&mut list, home);
     check_tls(&mut list, home, kind);
+    check_dkim(&mut list, home, kind);
     check_users(&mut list, home);
     check_aliases(&mut list, home, kind);
     check_stages(&mut list, home, kind);
