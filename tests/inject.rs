@@ -6,7 +6,6 @@ mod common;
 
 use common::{files, TempDir};
 use std::fs::File;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 

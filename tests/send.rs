@@ -700,7 +700,6 @@ fn clean_refuses_bad_ids_and_removes_debris() {
 /// quill-lspawn that swallows requests (quill-start finds its stages beside itself), owned by
 /// `owner` if given. Returns the directory.
 fn private_bin(home: &Path, owner: Option<u32>) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
     let dir = home.join("bin");
     std::fs::create_dir_all(&dir).expect("mkdir bin");
     for program in ["quill-start", "quill-send", "quill-clean"] {
