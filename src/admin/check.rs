@@ -503,6 +503,16 @@ fn check_controls(list: &mut Vec<Problem>, home: &Path) {
             );
         }
     }
+    for line in control.lines("lmtproutes").unwrap_or_default() {
+        if crate::remote::route::parse_lmtp_route(&line).is_none() {
+            let shown = format!(
+                "control/lmtproutes: {:?}: not `domain:/socket/path` (absolute, at most 107 bytes) or \
+                 `domain:relay[:port]` (no TLS marker)",
+                crate::base::log::safe(&line)
+            );
+            problem(list, shown, edit("lmtproutes"));
+        }
+    }
     for line in control.lines("senderroutes").unwrap_or_default() {
         if let Err(why) = senderroute_line(&line) {
             let shown = format!("control/senderroutes: {:?}: {why}", crate::base::log::safe(&line));
