@@ -560,6 +560,34 @@ fn check_controls(list: &mut Vec<Problem>, home: &Path) {
             );
         }
     }
+    // An LMTP route is for mail quill-send sends out: a domain it delivers itself never gets
+    // there, and one missing from rcpthosts never comes in by SMTP.
+    let lmtp_routes = control.lines("lmtproutes").unwrap_or_default();
+    for route in lmtp_routes.iter().filter_map(|line| crate::remote::route::parse_lmtp_route(line)) {
+        let domain = route.pattern;
+        if domain.is_empty() || domain.starts_with(b".") {
+            continue;
+        }
+        let name = String::from_utf8_lossy(&domain).into_owned();
+        let (local, file) = if locals.contains(&domain) {
+            (true, "locals")
+        } else {
+            (virtual_domains.contains(&domain), "virtualdomains")
+        };
+        if local {
+            problem(
+                list,
+                format!("{name} is in control/{file}, so Quill delivers it itself and its control/lmtproutes line is never used"),
+                format!("remove {name} from {}", control.path(file).display()),
+            );
+        } else if !crate::mail::address::domain_listed(&domain, &rcpthosts) && !rcpthosts.contains(&domain) {
+            problem(
+                list,
+                format!("{name} goes to an LMTP server (control/lmtproutes) but is not in control/rcpthosts, so SMTP clients cannot send to it"),
+                format!("echo {} >> {}", shell_quote(&name), control.path("rcpthosts").display()),
+            );
+        }
+    }
 }
 
 /// The public key of a certificate or private key, as openssl prints it; None if openssl
