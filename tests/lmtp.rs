@@ -230,7 +230,7 @@ fn delivers_to_dovecot_over_a_unix_socket_and_over_tcp() {
 
     quill.sendmail(
         &["-i", "-f", "bob@localhost", "alice@sock.test", "nobody@sock.test"],
-        "From: bob@localhost\nSubject: over the socket\n\nhello alice\n",
+        "From: bob@localhost\nSubject: over the socket, grüße\n\nhello alice\n",
     );
     let done = wait_for(LIMIT, || {
         let log = quill.log();
@@ -247,6 +247,8 @@ fn delivers_to_dovecot_over_a_unix_socket_and_over_tcp() {
     assert_eq!(mail.len(), 1, "{mail:?}");
     assert!(mail[0].contains("Subject: over the socket") && mail[0].contains("hello alice"), "{}", mail[0]);
     assert!(mail[0].contains("Delivered-To: alice@sock.test"), "{}", mail[0]);
+    // A UTF-8 header needs no SMTPUTF8 for LMTP, which Dovecot does not announce.
+    assert!(mail[0].contains("grüße"), "{}", mail[0]);
     let fetched = dovecot.fetch();
     assert!(fetched.contains("Subject: over the socket"), "doveadm fetch:\n{fetched}");
     // The unknown recipient is bounced to the sender, with Dovecot's answer.

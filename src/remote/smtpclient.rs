@@ -781,7 +781,13 @@ fn needs_smtputf8(sender: &[u8], recipients: &[Vec<u8>], message: &Message) -> b
 fn check_message(connection: &mut Connection, job: &Job, message: &Message, ext: &Extensions) -> Result<bool, Results> {
     let peer = connection.peer.clone();
     let count = job.recipients.len();
-    let utf8 = needs_smtputf8(job.sender, job.recipients, message);
+    let mut utf8 = needs_smtputf8(job.sender, job.recipients, message);
+    // LMTP is the last hop, into a mailbox that keeps a UTF-8 header as the bytes it is, and
+    // Dovecot (2.3) does not announce SMTPUTF8: there only an address needs it.
+    let ascii_envelope = job.sender.is_ascii() && job.recipients.iter().all(|r| r.is_ascii());
+    if utf8 && job.plan.lmtp && !ext.smtputf8 && ascii_envelope {
+        utf8 = false;
+    }
     if utf8 && !ext.smtputf8 {
         connection.quit();
         let words = format!(
