@@ -69,9 +69,18 @@ impl Dovecot {
         let internal = if common::is_root() {
             String::new()
         } else {
-            let name = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.name)?;
-            let group = nix::unistd::Group::from_gid(nix::unistd::getgid()).ok().flatten().map(|g| g.name)?;
-            format!("default_internal_user = {name}\ndefault_login_user = {name}\ndefault_internal_group = {group}\n")
+            // Dovecot's internal processes run as this user too, and anvil without its chroot
+            // (only root may chroot).
+            let name = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.name);
+            let group = nix::unistd::Group::from_gid(nix::unistd::getgid()).ok().flatten().map(|g| g.name);
+            let (Some(name), Some(group)) = (name, group) else {
+                common::skip("Dovecot needs a user and group name for this uid and gid");
+                return None;
+            };
+            format!(
+                "default_internal_user = {name}\ndefault_login_user = {name}\ndefault_internal_group = {group}\n\
+                 service anvil {{\n  chroot =\n}}\n"
+            )
         };
         let d = dir.display();
         let config = format!(
