@@ -310,9 +310,53 @@ fn dovecot_down_defers_and_the_mail_waits() {
     assert!(wait_for(LIMIT, || quill.queued() == 0), "the queue is not empty; log:\n{}", quill.log());
 }
 
-/// A scripted LMTP server on loopback: answers RCPT with 250 for each recipient, then after
-/// the final dot gives `after_dot` (one line per recipient, in order; fewer lines and then a
-/// hang-up is a connection lost midway). Returns the port and what the client sent.
+/// A scripted LMTP session on one connection: answers RCPT with 250 for each recipient, then
+/// after the final dot gives `after_dot` (one line per recipient, in order; fewer lines and
+/// then a hang-up is a connection lost midway). Returns the commands the client sent.
+fn converse(mut reader: impl BufRead, mut writer: impl Write, after_dot: &[&str]) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut say = |text: &str| {
+        let _ = writer.write_all(format!("{text}\r\n").as_bytes());
+    };
+    say("220 lmtp.test LMTP ready");
+    let mut line = String::new();
+    for _ in 0..100 {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        let command = line.trim_end().to_string();
+        seen.push(command.clone());
+        let verb = command.split([' ', ':']).next().unwrap_or("").to_ascii_uppercase();
+        match verb.as_str() {
+            "LHLO" => say("250-lmtp.test\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES"),
+            "MAIL" | "RCPT" => say("250 2.1.0 ok"),
+            "DATA" => {
+                say("354 go ahead");
+                for _ in 0..10_000 {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim_end() == "." {
+                        break;
+                    }
+                }
+                for answer in after_dot {
+                    say(answer);
+                }
+                if after_dot.len() < 3 {
+                    break;
+                }
+            }
+            "QUIT" => {
+                say("221 2.0.0 bye");
+                break;
+            }
+            _ => say("500 5.5.1 what"),
+        }
+    }
+    seen
+}
+
+/// [`converse`] on the first connection to a port on loopback: the port, and what was sent.
 fn scripted(after_dot: &'static [&'static str]) -> (u16, std::sync::mpsc::Receiver<Vec<String>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -320,65 +364,53 @@ fn scripted(after_dot: &'static [&'static str]) -> (u16, std::sync::mpsc::Receiv
     std::thread::spawn(move || {
         let Ok((stream, _)) = listener.accept() else { return };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-        let mut writer = stream.try_clone().unwrap();
-        let mut reader = BufReader::new(stream);
-        let mut seen = Vec::new();
-        let mut say = |text: &str| {
-            let _ = writer.write_all(format!("{text}\r\n").as_bytes());
-        };
-        say("220 lmtp.test LMTP ready");
-        let mut line = String::new();
-        for _ in 0..100 {
-            line.clear();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                break;
-            }
-            let command = line.trim_end().to_string();
-            seen.push(command.clone());
-            let verb = command.split([' ', ':']).next().unwrap_or("").to_ascii_uppercase();
-            match verb.as_str() {
-                "LHLO" => say("250-lmtp.test\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES"),
-                "MAIL" | "RCPT" => say("250 2.1.0 ok"),
-                "DATA" => {
-                    say("354 go ahead");
-                    for _ in 0..10_000 {
-                        line.clear();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim_end() == "." {
-                            break;
-                        }
-                    }
-                    for answer in after_dot {
-                        say(answer);
-                    }
-                    if after_dot.len() < 3 {
-                        break;
-                    }
-                }
-                "QUIT" => {
-                    say("221 2.0.0 bye");
-                    break;
-                }
-                _ => say("500 5.5.1 what"),
-            }
-        }
-        let _ = tell.send(seen);
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        let _ = tell.send(converse(reader, stream, after_dot));
     });
     (port, told)
 }
 
-/// quill-remote's report for a message to a, b and c at lmtp.test through the server on `port`.
-fn report(port: u16) -> Vec<String> {
-    let home = common::home(
-        "lmtp-remote",
-        &[("me", "quill.test\n"), ("lmtproutes", &format!("lmtp.test:[127.0.0.1]:{port}\n"))],
-    );
+/// quill-remote's report for a message to a, b and c at lmtp.test along the lmtproutes
+/// `route`, and its standard error.
+fn remote(route: &str) -> (Vec<String>, String) {
+    let home = common::home("lmtp-remote", &[("me", "quill.test\n"), ("lmtproutes", &format!("lmtp.test:{route}\n"))]);
     let out = common::run(
         home.path(),
         "quill-remote",
         &["lmtp.test", "sender@quill.test", "a@lmtp.test", "b@lmtp.test", "c@lmtp.test"],
         b"Subject: three\n\nbody\n",
     );
-    String::from_utf8_lossy(&out.stdout).split('\0').filter(|t| !t.is_empty()).map(str::to_string).collect()
+    let report =
+        String::from_utf8_lossy(&out.stdout).split('\0').filter(|t| !t.is_empty()).map(str::to_string).collect();
+    (report, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn report(port: u16) -> Vec<String> {
+    remote(&format!("[127.0.0.1]:{port}")).0
+}
+
+/// A confined quill-remote (Landlock and seccomp, doc/SECURITY.md) reaches an LMTP server's
+/// unix socket: no right was added for it.
+#[test]
+fn a_confined_quill_remote_reaches_a_unix_socket() {
+    let dir = TempDir::new("lmtp-unix");
+    let path = dir.path().join("lmtp");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().ok()?;
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+        let reader = BufReader::new(stream.try_clone().ok()?);
+        Some(converse(reader, stream, &["250 2.0.0 a saved", "250 2.0.0 b saved", "250 2.0.0 c saved"]))
+    });
+    let (report, err) = remote(&path.display().to_string());
+    assert_eq!(report.len(), 4, "{report:?} {err}");
+    assert!(report[..3].iter().all(|r| r.starts_with('r')), "{report:?}");
+    assert!(report[3].starts_with('K') && report[3].contains("to 3 of 3 recipients"), "{report:?}");
+    let seen = server.join().unwrap().unwrap();
+    assert!(seen[0].starts_with("LHLO quill.test"), "{seen:?}");
+    if err.contains("confined only in part") || err.contains("not confined") {
+        common::skip(&format!("quill-remote was not wholly confined here: {}", err.trim()));
+    }
 }
 
 /// One answer per recipient after the final dot, each that recipient's result.
