@@ -436,13 +436,13 @@ fn socket_session(job: &Job, path: &std::path::Path, message: &mut Message) -> R
 /// (a blocking connect(2) on a unix socket waits for room as long as the send timeout says).
 fn connect_unix(path: &std::path::Path, timeout: Duration) -> io::Result<std::os::unix::net::UnixStream> {
     use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, UnixAddr};
+    use nix::sys::time::{TimeVal, TimeValLike};
     use std::os::fd::AsRawFd;
+    /// A zero send timeout would mean none at all; a day is more than any control file means.
+    const RANGE: (u128, u128) = (1_000, 86_400_000_000);
     let fd = socket::socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    let wait = nix::sys::time::TimeVal::new(
-        i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
-        i64::from(timeout.subsec_micros()),
-    );
-    socket::setsockopt(&fd, sockopt::SendTimeout, &wait)?;
+    let micros = i64::try_from(timeout.as_micros().clamp(RANGE.0, RANGE.1)).unwrap_or(i64::MAX);
+    socket::setsockopt(&fd, sockopt::SendTimeout, &TimeVal::microseconds(micros))?;
     socket::connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
     Ok(std::os::unix::net::UnixStream::from(fd))
 }
