@@ -23,6 +23,7 @@ pub mod address;
 pub mod aliases;
 pub mod control;
 pub mod dkim;
+pub mod dkimverify;
 pub mod dns;
 pub mod dnsbl;
 pub mod dotqmail;
