@@ -24,6 +24,7 @@ pub mod aliases;
 pub mod control;
 pub mod dkim;
 pub mod dkimverify;
+pub mod dmarc;
 pub mod dns;
 pub mod dnsbl;
 pub mod dotqmail;
