@@ -722,11 +722,16 @@ pub struct Verifier {
 
 impl Verifier {
     /// Start on a message whose header block (up to and, optionally, including the empty
-    /// line; bytes after the empty line are taken as the body's start) is `header`; `now` is
+    /// line; bytes after the empty line, or from the first line that is no header field, are
+    /// taken as the body's start) is `header`; `now` is
     /// the time in seconds since the epoch, for `x=`.
     pub fn new(header: &[u8], now: u64) -> Verifier {
         let mut verifier = Verifier { slots: Vec::new(), now };
-        let Some((fields, rest)) = dkim::parse(header) else {
+        // The header ends where quill-smtpd's scanner ends it: at the empty line, or at the
+        // first line that is no field (which then starts the body), so that a message is
+        // judged alike whether it comes whole or as header block and body.
+        let split = crate::mail::header::split(header);
+        let Some((fields, _)) = dkim::parse(&header[..split.header_end]) else {
             // Fields that cannot be told apart cannot be checked; say so only if signed.
             if memchr::memmem::find(&header.to_ascii_lowercase(), b"dkim-signature").is_some() {
                 verifier.slots.push(Slot::Done(Verdict::new(Outcome::PermError, "the header cannot be parsed")));
@@ -736,7 +741,7 @@ impl Verifier {
         for field in fields.iter().filter(|f| f.name.eq_ignore_ascii_case(b"dkim-signature")).take(MAX_SIGNATURES) {
             verifier.slots.push(start(&fields, field));
         }
-        verifier.feed(rest);
+        verifier.feed(&header[split.body_start..]);
         verifier
     }
 
