@@ -133,6 +133,21 @@ fn rsa_simple() {
     signed_and_verified("rsa", "simple/simple");
 }
 
+/// Regression: relaxed canonicalization dropped the space after a colon inside a value, so
+/// that a signature over "Subject: Re: hello" failed at every other verifier.
+#[test]
+fn colon_in_a_signed_value_relaxed() {
+    if skip_without_dkimpy() {
+        return;
+    }
+    let home = home("dkim-colon", &[]);
+    let record = keygen(home.path(), "example.com", "s1", "ed25519");
+    let message = replace(MESSAGE, b"Subject: a  test", b"Subject: Re: a  test : x");
+    let (queued, stderr) = queue(home.path(), &message, true);
+    assert!(stderr.contains("dkim: signed d=example.com s=s1"), "{stderr}");
+    assert!(verify(&queued, &record), "not verified:\n{}", String::from_utf8_lossy(&queued));
+}
+
 #[test]
 fn subdomain_uses_the_parent_key() {
     if skip_without_dkimpy() {

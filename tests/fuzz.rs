@@ -53,6 +53,9 @@ const TARGETS: &[Target] = &[
     Target { name: "address", dictionary: ADDRESS_WORDS, run: address, replay: 3000 },
     Target { name: "header", dictionary: HEADER_WORDS, run: header, replay: 3000 },
     Target { name: "dkim", dictionary: HEADER_WORDS, run: dkim, replay: 3000 },
+    Target { name: "dkim_signature", dictionary: DKIM_WORDS, run: dkim_signature, replay: 3000 },
+    Target { name: "dkim_key", dictionary: DKIM_WORDS, run: dkim_key, replay: 3000 },
+    Target { name: "dmarc", dictionary: DMARC_WORDS, run: dmarc, replay: 3000 },
     Target { name: "dns", dictionary: DNS_WORDS, run: dns, replay: 3000 },
     Target { name: "smtp_reply", dictionary: REPLY_WORDS, run: smtp_reply, replay: 3000 },
     Target { name: "envelope", dictionary: QUEUE_WORDS, run: envelope, replay: 3000 },
@@ -126,6 +129,55 @@ const HEADER_WORDS: &[&[u8]] = &[
     b":",
     b"@",
     b"group:",
+];
+const DKIM_WORDS: &[&[u8]] = &[
+    b";",
+    b"=",
+    b":",
+    b" ",
+    b"\r\n\t",
+    b"v=1",
+    b"a=rsa-sha256",
+    b"a=ed25519-sha256",
+    b"c=relaxed/simple",
+    b"d=example.com",
+    b"s=s1",
+    b"h=from:to",
+    b"i=@",
+    b"l=",
+    b"t=",
+    b"x=",
+    b"bh=",
+    b"b=",
+    b"v=DKIM1",
+    b"k=ed25519",
+    b"t=y:s",
+    b"p=",
+    b"MIIBIjAN",
+    b"\x30\x82",
+    b"\x02\x01",
+    b"\x03\x82",
+    b"99999999999999999999",
+];
+const DMARC_WORDS: &[&[u8]] = &[
+    b";",
+    b"=",
+    b" ",
+    b"v=DMARC1",
+    b"p=reject",
+    b"p=quarantine",
+    b"sp=none",
+    b"adkim=s",
+    b"aspf=r",
+    b"pct=",
+    b"rua=mailto:",
+    b"From: ",
+    b"<",
+    b">",
+    b"@",
+    b",",
+    b"\n",
+    b".co.uk",
 ];
 const DNS_WORDS: &[&[u8]] = &[
     b"\xc0\x0c",
@@ -486,6 +538,107 @@ fn dkim(input: &[u8]) -> Print {
             assert_eq!(canon_body(Canon::Relaxed, &crlf), relaxed, "CRLF and LF bodies differ");
         }
         print.len(relaxed.len());
+    }
+    print.done()
+}
+
+/// DKIM-Signature tag lists (mail::dkimverify): the input as a DKIM-Signature over a small
+/// message. Whatever the bytes, no panic; a signature that parses has a domain and signs
+/// From; at most MAX_SIGNATURES verdicts; the verdicts are the same whether the body comes
+/// whole or in pieces; an Authentication-Results text is one line of printable ASCII.
+fn dkim_signature(input: &[u8]) -> Print {
+    use quill::mail::dkimverify::{self, parse_signature, parse_tags, TxtTable, Verifier};
+    let mut print = Print::new();
+    print.kind(parse_tags(input).map(|t| t.len()).map_err(|_| ()));
+    match parse_signature(input) {
+        Ok(signature) => {
+            assert!(!signature.domain.is_empty() && signature.headers.iter().any(|h| h == "from"));
+            assert!(signature.b_prefix.len() <= 8);
+            print.add("ok").kind(signature.algorithm).kind(signature.canon).len(signature.headers.len());
+        }
+        Err(refused) => {
+            print.kind(refused.0).add(reason_kind(&refused.1));
+        }
+    }
+    let message = [b"DKIM-Signature:".as_slice(), input, b"\r\nFrom: a@example.com\r\n\r\nbody \r\n\r\n"].concat();
+    let split = quill::mail::header::split(&message);
+    let table = || TxtTable(vec![("s1._domainkey.example.com".to_string(), b"v=DKIM1; k=ed25519; p=".to_vec())]);
+    let whole = dkimverify::verify_message(&message, 0, &mut table());
+    let mut verifier = Verifier::new(&message[..split.body_start], 0);
+    let body = &message[split.body_start..];
+    let mut from = 0;
+    for cut in cuts(body) {
+        verifier.feed(&body[from..cut]);
+        from = cut;
+    }
+    assert_eq!(verifier.finish(&mut table()), whole, "pieces and whole differ");
+    assert!(whole.len() <= dkimverify::MAX_SIGNATURES);
+    for verdict in &whole {
+        let text = verdict.authres();
+        assert!(text.bytes().all(|b| (b' '..=b'~').contains(&b)), "{text:?}");
+        print.kind(verdict.outcome).add(reason_kind(&verdict.reason));
+    }
+    print.done()
+}
+
+/// The kind of a reason, without the input bytes some reasons quote (so that each quoted
+/// name is not a new feature).
+fn reason_kind(reason: &str) -> &str {
+    &reason[..reason.char_indices().nth(12).map_or(reason.len(), |(i, _)| i)]
+}
+
+/// DKIM key records (mail::dkimverify::parse_key) and the DER reader under RSA keys: no panic;
+/// an RSA key's modulus is no longer than the bytes it came in.
+fn dkim_key(input: &[u8]) -> Print {
+    use quill::mail::dkimverify::{parse_key, rsa_public_key};
+    let mut print = Print::new();
+    match parse_key(input) {
+        Ok(key) => {
+            print.add("ok").kind(key.key_type).add(key.testing).add(key.strict).len(key.public.len());
+            if let Some((pkcs1, bits)) = rsa_public_key(&key.public) {
+                assert!(bits <= key.public.len() * 8 && pkcs1.len() <= key.public.len());
+                print.len(bits);
+            }
+        }
+        Err(why) => {
+            print.add(reason_kind(&why));
+        }
+    }
+    if let Some((pkcs1, bits)) = rsa_public_key(input) {
+        assert!(bits <= input.len() * 8 && pkcs1.len() <= input.len());
+        print.add("der").len(bits);
+    }
+    print.done()
+}
+
+/// DMARC (mail::dmarc): the input as a policy record, as a header block for the From
+/// domain, and as a domain name. No panic; a record's pct is at most 100; the organizational
+/// domain ends the domain; an Authentication-Results text is one line of printable ASCII.
+fn dmarc(input: &[u8]) -> Print {
+    use quill::mail::dkimverify::TxtTable;
+    use quill::mail::dmarc::{evaluate_with_roll, from_domain, organizational_domain, parse_record};
+    let mut print = Print::new();
+    match parse_record(input) {
+        Ok(record) => {
+            assert!(record.pct <= 100);
+            print.add("ok").kind(record.policy).kind(record.subdomain_policy).kind(record.adkim).add(record.pct);
+        }
+        Err(why) => {
+            print.add(why.as_deref().map(reason_kind));
+        }
+    }
+    print.kind(from_domain(input).map(|_| ()));
+    let domain = String::from_utf8_lossy(&input[..input.len().min(300)]).to_ascii_lowercase();
+    let domain = domain.trim_end_matches('.');
+    let organization = organizational_domain(domain, &[]);
+    assert!(domain.ends_with(&organization), "{domain:?} {organization:?}");
+    let mut table = TxtTable(vec![("_dmarc.example.com".to_string(), input.to_vec())]);
+    for from in ["example.com", "sub.example.com"] {
+        let verdict =
+            evaluate_with_roll(from, Some(("pass", "example.org")), &["mail.example.com"], &mut table, &[], 50);
+        let text = verdict.authres();
+        assert!(text.bytes().all(|b| (b' '..=b'~').contains(&b)), "{text:?}");
+        print.kind(verdict.outcome).kind(verdict.disposition);
     }
     print.done()
 }

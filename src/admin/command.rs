@@ -42,6 +42,7 @@ commands:
   queue   list|show|why ...        the messages in the queue, and why each one waits
   queue   flush|hold|release|...   act on messages (requests to quill-send)
   dkim    keygen DOMAIN SELECTOR [rsa|ed25519]   make a DKIM key, print its DNS record
+  dkim    verify [FILE]            check a message's DKIM signatures and DMARC policy
 
 'quill COMMAND --help' describes one command.";
 
@@ -240,11 +241,19 @@ fn check(args: &[String]) -> ExitCode {
 
 const HELP_DKIM: &str = "\
 usage: quill dkim keygen [--home DIR] DOMAIN SELECTOR [rsa|ed25519]
+       quill dkim verify [--home DIR] [FILE]
 
 Make a DKIM signing key in HOME/control/dkim/DOMAIN.SELECTOR (PKCS#8 DER, mode 0400, owned by
 quillq when run as root) and print the TXT record to publish at SELECTOR._domainkey.DOMAIN.
 rsa (the default, 2048 bits) runs openssl genpkey; ed25519 needs nothing else. An existing
-key is never overwritten.";
+key is never overwritten.
+
+verify checks the DKIM signatures of the message in FILE (standard input without one) and its
+DMARC policy (without SPF), asking the DNS servers of control/dnsservers (else
+/etc/resolv.conf), and prints one Authentication-Results result per line:
+  dkim=pass header.d=example.com header.s=s1 header.i=@example.com header.b=\"AbCd1234\"
+  dmarc=pass (p=reject dis=none) header.from=example.com
+Exit 0 when a signature passed, 1 when none did (or there was none), 111 on trouble.";
 
 fn dkim(args: &[String]) -> ExitCode {
     let m = match parse(args, &home_options(), HELP_DKIM) {
@@ -254,6 +263,8 @@ fn dkim(args: &[String]) -> ExitCode {
     let (domain, selector, kind) = match m.free.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["keygen", domain, selector] => (domain, selector, "rsa"),
         ["keygen", domain, selector, kind] => (domain, selector, kind),
+        ["verify"] => return dkim_verify(&home_of(&m), None),
+        ["verify", file] => return dkim_verify(&home_of(&m), Some(file)),
         _ => return usage(HELP_DKIM),
     };
     match admin::dkim::keygen(&home_of(&m), domain, selector, kind) {
@@ -265,6 +276,32 @@ fn dkim(args: &[String]) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => log::fatal_exit(&format!("unable to make the key: {e}")),
+    }
+}
+
+fn dkim_verify(home: &std::path::Path, file: Option<&str>) -> ExitCode {
+    use std::io::Read;
+    let mut message = Vec::new();
+    let read = match file {
+        Some(name) => std::fs::File::open(name).and_then(|mut f| f.read_to_end(&mut message)),
+        None => std::io::stdin().lock().read_to_end(&mut message),
+    };
+    if let Err(e) = read {
+        log::fatal(&format!("unable to read {}: {e}", file.unwrap_or("standard input")));
+        return ExitCode::from(exit::TEMPORARY);
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    match admin::dkim::verify(home, &message, now) {
+        Ok((lines, passed)) => {
+            for line in lines {
+                println!("{line}");
+            }
+            ExitCode::from(if passed { exit::SUCCESS } else { exit::PROBLEMS })
+        }
+        Err(e) => {
+            log::fatal(&e);
+            ExitCode::from(exit::TEMPORARY)
+        }
     }
 }
 

@@ -2,11 +2,16 @@
 //! `control/dkim/DOMAIN.SELECTOR` (PKCS#8 DER, mode 0400, owned by `quillq` when run as root:
 //! quill-queue and quill-queued sign as that uid) and print the TXT record to publish.
 //!
+//! `quill dkim verify [FILE]`: check a message's DKIM signatures and its DMARC policy with
+//! the installation's resolver, printing the Authentication-Results method results.
+//!
 //! Ed25519 keys come from ring; ring cannot generate RSA keys, so RSA 2048 keys come from
 //! `openssl genpkey`.
 #![forbid(unsafe_code)]
 
 use crate::mail::dkim::Key;
+use crate::mail::dkimverify::{self, ResolverLookup, Verifier};
+use crate::mail::{dmarc, dns::Resolver};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -70,4 +75,24 @@ fn openssl_rsa() -> Result<Vec<u8>, String> {
     }
     // PEM: openssl writes PKCS#8 there ("PRIVATE KEY"), while its DER may be PKCS#1.
     crate::mail::dkim::pem_to_der(&output.stdout).map_err(|e| format!("openssl's key: {e}"))
+}
+
+/// Verify `message` as quill-smtpd would, with the resolver of `home` (`control/dnsservers`,
+/// else /etc/resolv.conf): the header block first, then the body in pieces. Returns the
+/// Authentication-Results method results (one `dkim=` per signature, or `dkim=none`, then
+/// `dmarc=` with no SPF result) and whether a signature passed.
+pub fn verify(home: &Path, message: &[u8], now: u64) -> Result<(Vec<String>, bool), String> {
+    let control = crate::mail::control::Control::new(home);
+    let resolver = Resolver::from_control(&control).map_err(|e| format!("unable to set up DNS: {e}"))?;
+    let split = crate::mail::header::split(message);
+    let mut verifier = Verifier::new(&message[..split.body_start], now);
+    for chunk in message[split.body_start..].chunks(4096) {
+        verifier.feed(chunk);
+    }
+    let mut dns = ResolverLookup::new(&resolver);
+    let verdicts = verifier.finish(&mut dns);
+    let mut lines = dkimverify::authres_all(&verdicts);
+    let passed: Vec<&str> = verdicts.iter().filter_map(dkimverify::Verdict::dmarc_domain).collect();
+    lines.push(dmarc::evaluate_header(&message[..split.header_end], None, &passed, &mut dns, &[]).authres());
+    Ok((lines, verdicts.iter().any(|v| v.outcome == dkimverify::Outcome::Pass)))
 }

@@ -153,7 +153,10 @@ pub fn canon_header(canon: Canon, field: &Field<'_>) -> Vec<u8> {
             out.extend(field.name.iter().map(u8::to_ascii_lowercase));
             out.push(b':');
             let colon = memchr::memchr(b':', field.raw).unwrap_or(field.raw.len().saturating_sub(1));
+            // Whitespace is dropped after the separating colon only: a colon inside the value
+            // ("Subject: Re: x") keeps the space after it.
             let mut space = false;
+            let mut started = false;
             for &b in &field.raw[colon + 1..] {
                 if b == b'\r' || b == b'\n' {
                     continue;
@@ -161,10 +164,11 @@ pub fn canon_header(canon: Canon, field: &Field<'_>) -> Vec<u8> {
                 if is_wsp(b) {
                     space = true;
                 } else {
-                    if space && out.last() != Some(&b':') {
+                    if space && started {
                         out.push(b' ');
                     }
                     space = false;
+                    started = true;
                     out.push(b);
                 }
             }
@@ -587,6 +591,10 @@ mod tests {
     #[test]
     fn rfc6376_relaxed() {
         assert_eq!(headers(Canon::Relaxed), b"a:X\r\nb:Y Z\r\n");
+        // Regression: the space after a colon inside the value stays (it was dropped, and
+        // relaxed signatures over "Subject: Re: x" or dkimpy's "h=from : to" failed).
+        let (fields, _) = parse(b"Subject:  Re:  x : y\r\n\r\n").unwrap();
+        assert_eq!(canon_header(Canon::Relaxed, &fields[0]), b"subject:Re: x : y\r\n");
         let (_, body) = parse(EXAMPLE).unwrap();
         assert_eq!(canon_body(Canon::Relaxed, body), b" C\r\nD E\r\n");
     }

@@ -6,7 +6,8 @@
 //! `queuefile` (doc/queue-format.5: the queue's layout and a message file's header),
 //! `aliases` (doc/aliases.5), `users` (doc/quill-users.5), `dotqmail` (doc/dot-qmail.5),
 //! `dns` (the stub resolver: quill-remote's MX lookups, quill-smtpd's blocklists), `dnsbl`
-//! (control/dnsbl and the lookups of a client in its zones),
+//! (control/dnsbl and the lookups of a client in its zones), `dkim` (signing), `dkimverify`
+//! (streaming DKIM verification) and `dmarc` (RFC 7489 policy and alignment),
 //! `queuelist` (the queue listing `mailq` and `quill queue list` print), `recipient` (whether
 //! a local address is deliverable: quill-smtpd's RCPT check, `sendmail -bv`), `senderlogins`
 //! (which senders an authenticated user may use). Confinement: `jail`
@@ -23,6 +24,8 @@ pub mod address;
 pub mod aliases;
 pub mod control;
 pub mod dkim;
+pub mod dkimverify;
+pub mod dmarc;
 pub mod dns;
 pub mod dnsbl;
 pub mod dotqmail;
