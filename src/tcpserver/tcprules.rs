@@ -108,6 +108,12 @@ impl Rules {
         self.len() == 0
     }
 
+    /// Whether any rule sets the variable `name`.
+    pub fn sets(&self, name: &str) -> bool {
+        let rules = self.default.iter().chain(self.tables.iter().flat_map(|t| t.2.values()));
+        rules.into_iter().any(|rule| rule.env.iter().any(|(n, _)| n == name))
+    }
+
     /// The rule for a client: the most specific one containing its address, else the default
     /// rule, else None (which means allow, as with tcpserver). IPv4-mapped IPv6 addresses are
     /// looked up as IPv4.
