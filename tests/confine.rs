@@ -375,6 +375,89 @@ fn quill_remote_is_confined_while_it_delivers() {
     assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// quill-tcpserver on `home` running the linked quill-smtpd with `args` after its name, `-v`,
+/// its log in `log`: the server, its port, and a session that has greeted (the stream, the
+/// session's pid).
+fn linked_session(home: &Path, args: &[&str], log: &Path) -> (common::Daemon, TcpStream, i32) {
+    let mut command = Command::new(bin("quill-tcpserver"));
+    if common::is_root() {
+        command.args(["-u", "65534", "-g", "65534"]);
+    }
+    let mut server = common::Daemon(
+        command
+            .args(["-v", "-1", "127.0.0.1", "0"])
+            .arg(bin("quill-smtpd"))
+            .args(args)
+            .env("QUILL_HOME", home)
+            .env_remove("QUILL_CONFINE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).expect("log"))
+            .spawn()
+            .expect("run quill-tcpserver"),
+    );
+    let mut port = String::new();
+    BufReader::new(server.0.stdout.take().expect("stdout")).read_line(&mut port).expect("the port");
+    let mut stream = TcpStream::connect(("127.0.0.1", port.trim().parse::<u16>().expect("a port"))).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut greeting = String::new();
+    BufReader::new(stream.try_clone().expect("clone")).read_line(&mut greeting).expect("greeting");
+    assert!(greeting.starts_with("220"), "{greeting}");
+    let pid = server.id();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let child = children.split_whitespace().next().and_then(|c| c.parse().ok()).expect("a session");
+    (server, stream, child)
+}
+
+/// The `Seccomp_filters` line of a process: how many filters it runs under.
+fn filters(pid: i32) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines().find(|l| l.starts_with("Seccomp_filters:")).unwrap_or("").to_string()
+}
+
+/// quill-tcpserver with the linked quill-smtpd confines itself, once: the server shows
+/// `NoNewPrivs: 1` and `Seccomp: 2`, and a session runs under that one filter (it installed
+/// none of its own) and is confined all the same.
+#[test]
+fn a_linked_session_inherits_the_servers_one_filter() {
+    if !kernel_can_confine() {
+        return;
+    }
+    let world = World::new();
+    let log = world.outside.path().join("log");
+    let (mut server, mut stream, session) = linked_session(world.home.path(), &[], &log);
+    let confined = ("NoNewPrivs:\t1".to_string(), "Seccomp:\t2".to_string());
+    assert_eq!(status(server.id() as i32), confined, "quill-tcpserver");
+    assert_eq!(status(session), confined, "quill-smtpd");
+    assert_eq!(filters(session), "Seccomp_filters:\t1", "the server's filter only");
+    let _ = stream.write_all(b"QUIT\r\n");
+    let _ = stream.read(&mut [0u8; 64]);
+    server.stop();
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!log.contains("confine") && !log.contains("not permitted"), "{log}");
+}
+
+/// With AUTH (a checkpassword program after quill-smtpd's name) the server stays unconfined,
+/// so that the session's broker, forked before the session confines itself, can still run a
+/// setuid checkpassword; the session confines itself with its own filter.
+#[test]
+fn with_auth_each_session_confines_itself() {
+    if !kernel_can_confine() {
+        return;
+    }
+    let world = World::new();
+    let log = world.outside.path().join("log");
+    let (mut server, mut stream, session) = linked_session(world.home.path(), &["/bin/true"], &log);
+    assert_eq!(status(server.id() as i32).0, "NoNewPrivs:\t0", "quill-tcpserver");
+    let confined = ("NoNewPrivs:\t1".to_string(), "Seccomp:\t2".to_string());
+    assert!(wait_for(Duration::from_secs(10), || status(session) == confined), "quill-smtpd: {:?}", status(session));
+    let _ = stream.write_all(b"QUIT\r\n");
+    let _ = stream.read(&mut [0u8; 64]);
+    server.stop();
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(log.contains("each session confines itself: AUTH runs a checkpassword program"), "{log}");
+}
+
 /// What confinement costs a connection, counted: quill-tcpserver running the linked
 /// quill-smtpd, a run of it serving CONNECTIONS sessions (greeting, QUIT) one after the other
 /// then stopped; the CPU time of the server and its reaped children (getrusage of our
