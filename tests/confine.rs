@@ -494,7 +494,7 @@ fn cost_per_connection() {
 #[test]
 fn child_runs_tcpserver() {
     const ROUNDS: usize = 15;
-    const CONNECTIONS: u32 = 100;
+    const CONNECTIONS: u32 = 300;
     let Some(home) = std::env::var_os("QUILL_TEST_HOME") else { return };
     let modes: [(&str, &[(&str, &str)]); 3] = [
         ("unconfined", &[("QUILL_CONFINE", "0")]),
