@@ -8,10 +8,13 @@
 //!   and forwards through the setuid quill-queue; no_new_privs would take that setuid from
 //!   every forward and from any `sendmail` a user's program runs, and a Landlock domain would
 //!   be inherited by the user's programs. Their boundary is the recipient's uid.
-//! - quill-queue, sendmail, quill-inject: setuid or run by users; quill-start and
-//!   quill-tcpserver: root until they start their children.
+//! - quill-queue, sendmail, quill-inject: setuid or run by users; quill-start: root until it
+//!   starts its children; quill-tcpserver when it execs its program (a filter or a domain set
+//!   before the exec would bind that program too). With the linked quill-smtpd it confines
+//!   itself ([`tcpserver_linked`]), except where the sessions must run a program.
 //! - quill-smtpd while `QMAILQUEUE` names a filter (the filter must be able to run the setuid
-//!   quill-queue) or while AUTH runs a checkpassword program itself (see [`smtpd`]).
+//!   quill-queue); AUTH's checkpassword runs in a broker forked before the session confines
+//!   itself (see [`smtpd`]).
 #![forbid(unsafe_code)]
 
 use crate::base::confine::{
