@@ -398,7 +398,7 @@ fn linked_session(home: &Path, args: &[&str], log: &Path) -> (common::Daemon, Tc
     );
     let mut port = String::new();
     BufReader::new(server.0.stdout.take().expect("stdout")).read_line(&mut port).expect("the port");
-    let mut stream = TcpStream::connect(("127.0.0.1", port.trim().parse::<u16>().expect("a port"))).expect("connect");
+    let stream = TcpStream::connect(("127.0.0.1", port.trim().parse::<u16>().expect("a port"))).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
     let mut greeting = String::new();
     BufReader::new(stream.try_clone().expect("clone")).read_line(&mut greeting).expect("greeting");
