@@ -399,6 +399,15 @@ mod tests {
         r.lookup(ip.parse().expect("ip")).map(|rule| (rule.verdict, rule.line))
     }
 
+    #[test]
+    fn sets_names_a_variable_of_any_rule() {
+        let r =
+            rules("127.0.0.1:allow,RELAYCLIENT=\"\"\n10.:allow,QMAILQUEUE=\"/bin/filter\"\n:allow,DATABYTES=\"5\"\n");
+        assert!(r.sets("QMAILQUEUE") && r.sets("RELAYCLIENT") && r.sets("DATABYTES"));
+        assert!(!r.sets("QUILL_HOME"));
+        assert!(!Rules::empty().sets("QMAILQUEUE"));
+    }
+
     fn error(text: &str) -> ParseError {
         Rules::parse(text.as_bytes()).expect_err("should not parse")
     }
