@@ -17,6 +17,7 @@ use crate::base::sys::{self, BpfInstruction};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 /// The network a program may use. Landlock (ABI 4) covers TCP bind and connect; seccomp
 /// covers which socket families `socket(2)` may create (UDP for DNS is AF_INET/AF_INET6).
@@ -31,7 +32,7 @@ pub enum Network {
 }
 
 /// What one program may do once confined.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     /// The program's name, for log lines.
     pub program: &'static str,
@@ -81,7 +82,88 @@ pub fn switched_off() -> bool {
 /// in one warning line and the program runs without it. A policy that the kernel refuses
 /// (a bug) is also a warning, never a program that stops working.
 pub fn apply(policy: &Policy) -> Confinement {
-    prepare(policy).enter()
+    let served = SERVED.lock().ok().and_then(|mut served| served.take());
+    match served {
+        // The server's filter covers this policy's calls (and every child inherited it): only
+        // the Landlock ruleset the server built is left to enter.
+        Some(served) if served.policy == *policy => enter_served(&served),
+        // Another policy (a rule of the server changed QUILL_HOME, say): built and entered
+        // here, its filter on top of the server's.
+        _ => prepare(policy).enter(),
+    }
+}
+
+/// What a server confined with [`serve`] keeps for the children it forks: the Landlock
+/// ruleset of the children's policy, built once. Its filter the children inherit.
+struct Served {
+    /// The children's policy.
+    policy: Policy,
+    /// Its ruleset and the ABI, or why there is none.
+    landlock: Result<(std::os::fd::OwnedFd, u32), String>,
+}
+
+/// Set in a server by [`serve`] (before it forks), taken by each child's [`apply`].
+static SERVED: Mutex<Option<Served>> = Mutex::new(None);
+
+/// Confine a server whose forked children run another program's code and then [`apply`] that
+/// program's policy, `child` (quill-tcpserver running the linked quill-smtpd): the server
+/// sets no_new_privs and installs the filter of `server` on itself now, once; every child
+/// inherits both, at no cost; and `child`'s Landlock ruleset is built now too, so that a
+/// child's [`apply`] of `child` costs one landlock_restrict_self and no filter. `server`'s
+/// calls must include `child`'s and landlock_restrict_self (`mail::jail::tcpserver_linked`);
+/// the server enters no Landlock domain of its own (it reads its rules file again on SIGHUP),
+/// each child enters its own. Never fails, like [`apply`]: what the kernel cannot do is one
+/// warning line.
+pub fn serve(server: &Policy, child: &Policy) -> Confinement {
+    let mut done = Confinement { no_new_privs: false, landlock: None, seccomp: false };
+    if switched_off() {
+        crate::base::log::warning("not confined: QUILL_CONFINE=0; running without confinement");
+        return done;
+    }
+    let landlock = landlock(child);
+    if let Err(e) = sys::set_no_new_privs() {
+        crate::base::log::warning(&format!("unable to set no_new_privs: {e}; running without confinement"));
+        return done;
+    }
+    done.no_new_privs = true;
+    CONFINED.store(true, Ordering::Relaxed);
+    match filter(server).and_then(|program| {
+        sys::seccomp_filter(&program, true).map_err(|e| format!("unable to install the filter: {e}"))
+    }) {
+        Ok(()) => done.seccomp = true,
+        // Each child then builds and installs its own, as without a server.
+        Err(e) => {
+            crate::base::log::warning(&format!("confined only in part: seccomp: {e}"));
+            return done;
+        }
+    }
+    if let Ok(mut served) = SERVED.lock() {
+        *served = Some(Served { policy: child.clone(), landlock });
+    }
+    done
+}
+
+/// The descriptor of the ruleset a server keeps for its children ([`serve`]): a child that
+/// closes the server's descriptors must keep this one open until it calls [`apply`].
+pub fn served_descriptor() -> Option<std::os::fd::RawFd> {
+    use std::os::fd::AsRawFd;
+    let served = SERVED.lock().ok()?;
+    served.as_ref()?.landlock.as_ref().ok().map(|(fd, _)| fd.as_raw_fd())
+}
+
+/// [`apply`] in a child of a server confined by [`serve`]: no_new_privs and the filter are
+/// inherited; the ruleset is entered, and closed.
+fn enter_served(served: &Served) -> Confinement {
+    let mut done = Confinement { no_new_privs: true, landlock: None, seccomp: true };
+    let entered = served.landlock.as_ref().map_err(String::clone).and_then(|(ruleset, abi)| {
+        sys::landlock_restrict_self(ruleset.as_fd()).map_err(|e| format!("unable to enter the ruleset: {e}"))?;
+        Ok(*abi)
+    });
+    match entered {
+        Ok(abi) => done.landlock = Some(abi),
+        Err(e) => crate::base::log::warning(&format!("confined only in part: Landlock: {e}")),
+    }
+    done
 }
 
 /// A policy made ready and not yet entered: the Landlock ruleset built (its rules added) and
@@ -653,11 +735,15 @@ pub const CHILDREN_ARCH: &[Syscall] = calls!(fork, vfork, getpgrp);
 pub const CHILDREN_ARCH: &[Syscall] = &[];
 
 /// execve, for a policy whose `exec` names programs. The programs run under the same
-/// Landlock domain and filter, so they must need no more than the policy gives; with the
-/// calls that let each confine itself further (quill-remote under quill-rspawn): a Landlock
-/// ruleset and a seccomp filter can only take rights away, never add any.
-pub const EXEC_CALLS: &[Syscall] =
-    calls!(execve, prctl, landlock_create_ruleset, landlock_add_rule, landlock_restrict_self, seccomp);
+/// Landlock domain and filter, so they must need no more than the policy gives; with
+/// [`CONFINE_CALLS`] each can confine itself further (quill-remote under quill-rspawn).
+pub const EXEC_CALLS: &[Syscall] = calls!(execve);
+
+/// The calls that confine a process further (Landlock and seccomp can only take rights away,
+/// never add any): for a program that executes others which confine themselves, and for a
+/// server whose forked children do ([`serve`]). prctl also names a process (PR_SET_NAME).
+pub const CONFINE_CALLS: &[Syscall] =
+    calls!(prctl, landlock_create_ruleset, landlock_add_rule, landlock_restrict_self, seccomp);
 
 /// The system libraries: what the dynamic loader reads (and the kernel opens for exec, the
 /// interpreter) when a confined program executes another, and what NSS loads.

@@ -497,8 +497,16 @@ pub fn move_fd(from: i32, to: i32) -> io::Result<()> {
 /// which must not keep its parent's descriptors; no object of the parent's that owns one of
 /// them may be dropped afterwards (the child ends with [`exit_now`]).
 pub fn close_from(first: u32) -> io::Result<()> {
+    close_between(first, u32::MAX)
+}
+
+/// Close every descriptor from `first` to `last`, both included; see [`close_from`].
+pub fn close_between(first: u32, last: u32) -> io::Result<()> {
+    if first > last {
+        return Ok(());
+    }
     // SAFETY: close_range only closes descriptors; it touches no memory.
-    let status = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
+    let status = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
     if status == 0 {
         return Ok(());
     }
@@ -514,7 +522,7 @@ pub fn close_from(first: u32) -> io::Result<()> {
             open.push(fd);
         }
     }
-    for fd in open.into_iter().filter(|&fd| fd >= first) {
+    for fd in open.into_iter().filter(|&fd| fd >= first && fd <= last) {
         // SAFETY: as above; a number that is no longer open gives EBADF, which is harmless.
         unsafe {
             libc::close(fd as i32);

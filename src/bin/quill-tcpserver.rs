@@ -46,6 +46,33 @@ fn linked_smtpd(config: &server::Config) -> Option<Linked> {
     Some(Linked { name: "quill-smtpd", program: quill::smtpd::entry::serve, title })
 }
 
+/// Confine this server once for all its linked quill-smtpd sessions (doc/quill-tcpserver.8,
+/// SECURITY): its own filter, which every session inherits, and each session's Landlock
+/// ruleset, built once. Where the sessions must be able to run a program (AUTH's
+/// checkpassword, a QMAILQUEUE filter, also when a rule sets it), each session confines
+/// itself, as an exec'd quill-smtpd does. Whether it is confined so.
+fn confine_for_linked(config: &server::Config, rules: &quill::tcpserver::tcprules::Rules) -> bool {
+    use quill::base::confine;
+    if confine::switched_off() {
+        // Each session says so in its log.
+        return false;
+    }
+    let why = match quill::smtpd::config::linked_policy(&config.program[1..]) {
+        // The shape before this one, kept for comparison (doc/PERFORMANCE.md) and debugging.
+        _ if std::env::var_os("QUILL_CONFINE").is_some_and(|v| v == "session") => "QUILL_CONFINE=session".to_string(),
+        Ok(_) if rules.sets("QMAILQUEUE") => "a rule sets QMAILQUEUE".to_string(),
+        Ok((smtpd, dnsbl)) => {
+            let server = quill::mail::jail::tcpserver_linked(&smtpd, dnsbl || config.lookup);
+            return confine::serve(&server, &smtpd).seccomp;
+        }
+        Err(why) => why,
+    };
+    if config.verbosity >= server::Verbosity::Verbose {
+        log::line(&format!("each session confines itself: {why}"));
+    }
+    false
+}
+
 fn main() -> ExitCode {
     log::init("quill-tcpserver");
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
@@ -100,7 +127,10 @@ fn main() -> ExitCode {
         config.local_name = default_local_name();
     }
     let linked = linked_smtpd(&config);
+    // Last, once nothing is left to set up: a confined server cannot exec.
+    let confined = linked.is_some() && confine_for_linked(&config, &rules);
     let mut server = Server::new(config, rules, self_exe, linked);
+    server.confined = confined;
     server.status();
     server::run(&mut server, listener, signals);
     ExitCode::SUCCESS

@@ -8,15 +8,18 @@
 //!   and forwards through the setuid quill-queue; no_new_privs would take that setuid from
 //!   every forward and from any `sendmail` a user's program runs, and a Landlock domain would
 //!   be inherited by the user's programs. Their boundary is the recipient's uid.
-//! - quill-queue, sendmail, quill-inject: setuid or run by users; quill-start and
-//!   quill-tcpserver: root until they start their children.
+//! - quill-queue, sendmail, quill-inject: setuid or run by users; quill-start: root until it
+//!   starts its children; quill-tcpserver when it execs its program (a filter or a domain set
+//!   before the exec would bind that program too). With the linked quill-smtpd it confines
+//!   itself ([`tcpserver_linked`]), except where the sessions must run a program.
 //! - quill-smtpd while `QMAILQUEUE` names a filter (the filter must be able to run the setuid
-//!   quill-queue) or while AUTH runs a checkpassword program itself (see [`smtpd`]).
+//!   quill-queue); AUTH's checkpassword runs in a broker forked before the session confines
+//!   itself (see [`smtpd`]).
 #![forbid(unsafe_code)]
 
 use crate::base::confine::{
-    Network, Policy, ACCEPT, BASE, BASE_ARCH, CHILDREN, CHILDREN_ARCH, EXEC_CALLS, NAME_SERVICE, READ_FILES,
-    READ_FILES_ARCH, SOCKETS, SOCKET_PAIRS, SYSTEM_LIBRARIES, THREADS, WRITE_FILES, WRITE_FILES_ARCH,
+    Network, Policy, ACCEPT, BASE, BASE_ARCH, CHILDREN, CHILDREN_ARCH, CONFINE_CALLS, EXEC_CALLS, NAME_SERVICE,
+    READ_FILES, READ_FILES_ARCH, SOCKETS, SOCKET_PAIRS, SYSTEM_LIBRARIES, THREADS, WRITE_FILES, WRITE_FILES_ARCH,
 };
 use std::path::{Path, PathBuf};
 
@@ -92,9 +95,36 @@ pub fn rspawn(home: &Path, remote_program: &Path) -> Policy {
             CHILDREN,
             CHILDREN_ARCH,
             EXEC_CALLS,
+            CONFINE_CALLS,
             SOCKETS,
             SOCKET_PAIRS,
         ],
+    }
+}
+
+/// quill-tcpserver running the linked quill-smtpd (`base::confine::serve`): one filter, on
+/// the server, for the server and every connection's child, which inherits it, so that no
+/// child pays for a filter of its own. It is the child's (`smtpd`'s calls) joined with what the
+/// server's loop needs: accept, fork, wait, kill; and with what the child does before it
+/// enters its Landlock domain: name itself (prctl), enter the domain. No execve: a server
+/// whose sessions must run a program (a checkpassword for AUTH, a QMAILQUEUE filter) is not
+/// confined so (its children confine themselves, each with its own filter). With `dns` (the
+/// `-h` name lookup, control/dnsbl: both run in the child before its domain) UDP and TCP
+/// sockets may be made, and the lookup's thread started; the child's domain still refuses
+/// every TCP connect. The server enters no Landlock domain: each child enters smtpd's.
+pub fn tcpserver_linked(smtpd: &Policy, dns: bool) -> Policy {
+    let mut syscalls = smtpd.syscalls.clone();
+    syscalls.extend([ACCEPT, SOCKETS, CHILDREN, CHILDREN_ARCH, CONFINE_CALLS]);
+    if dns {
+        syscalls.push(THREADS);
+    }
+    Policy {
+        program: "quill-tcpserver",
+        read: vec![],
+        write: vec![],
+        exec: vec![],
+        network: if dns { Network::Outbound } else { smtpd.network },
+        syscalls,
     }
 }
 

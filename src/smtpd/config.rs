@@ -3,6 +3,7 @@
 //! RELAYCLIENT, DATABYTES, AUTH_INSECURE, AUTH_REQUIRED, QUILL_STRESS).
 #![forbid(unsafe_code)]
 
+use crate::base::confine::Policy;
 use crate::base::fail::{qq, Error, Result};
 use crate::mail::address::normal_domain;
 use crate::mail::control::{
@@ -105,6 +106,15 @@ impl TlsFiles {
         Ok(())
     }
 
+    /// The files control/tlscert and control/tlskey name (relative to control/), if any.
+    fn named(control: &Control) -> Result<Option<TlsFiles>> {
+        let Some(cert) = control.line("tlscert")? else { return Ok(None) };
+        let resolve = |name: Vec<u8>| -> PathBuf { control.home.join("control").join(OsString::from_vec(name)) };
+        let cert = resolve(cert);
+        let key = control.line("tlskey")?.map(resolve).unwrap_or_else(|| cert.clone());
+        Ok(Some(TlsFiles { cert, key }))
+    }
+
     /// Read and parse both files now, for a TLS handshake about to start.
     pub fn load(&self) -> Result<ServerTls> {
         ServerTls::load(&self.cert, &self.key)
@@ -129,6 +139,39 @@ pub fn confine(config: &Config) {
     let tls: Vec<PathBuf> = config.tls.iter().flat_map(|t| [t.cert.clone(), t.key.clone()]).collect();
     let aliases = crate::mail::aliases::aliases_path(&config.control);
     crate::base::confine::apply(&crate::mail::jail::smtpd(&config.control.home, &aliases, &tls));
+}
+
+/// For quill-tcpserver running the linked quill-smtpd with `args` (the arguments after its
+/// name), before it accepts anything (`base::confine::serve`): the policy each session's
+/// [`confine`] will apply, built from the server's environment and control files exactly as a
+/// session builds it (a session whose rules change them builds its own), and whether a
+/// session looks up names before it is confined (control/dnsbl). An error says why the
+/// sessions must confine themselves one by one instead: they must be able to run a program
+/// (AUTH's checkpassword, often setuid; a QMAILQUEUE filter) or they run as root, unconfined.
+pub fn linked_policy(args: &[OsString]) -> std::result::Result<(Policy, bool), String> {
+    let mut args = args;
+    if args.first().is_some_and(|a| a == "-s") {
+        args = &args[1..];
+    }
+    if args.first().is_some_and(|a| a == "--") {
+        args = &args[1..];
+    }
+    if !args.is_empty() {
+        return Err("AUTH runs a checkpassword program".to_string());
+    }
+    if crate::mail::submit::filter().is_some() {
+        return Err("QMAILQUEUE names a filter".to_string());
+    }
+    if crate::base::sys::uids().0 == 0 {
+        return Err("the sessions run as root".to_string());
+    }
+    let control = Control::from_env();
+    let unreadable = |e: Error| format!("unable to read the control files: {}", e.message);
+    let tls = TlsFiles::named(&control).map_err(unreadable)?.filter(|files| files.readable().is_ok());
+    let tls: Vec<PathBuf> = tls.iter().flat_map(|t| [t.cert.clone(), t.key.clone()]).collect();
+    let dnsbl = control.read(crate::mail::dnsbl::FILE).map_err(unreadable)?.is_some();
+    let aliases = crate::mail::aliases::aliases_path(&control);
+    Ok((crate::mail::jail::smtpd(&control.home, &aliases, &tls), dnsbl))
 }
 
 fn env_bytes(name: &str) -> Option<Vec<u8>> {
@@ -164,23 +207,16 @@ impl Config {
         let session_time =
             Duration::from_secs(control.number("timeoutsmtpdsession", DEFAULT_TIMEOUTSMTPDSESSION)?.max(1));
         let data_time = Duration::from_secs(control.number("timeoutsmtpddata", DEFAULT_TIMEOUTSMTPDDATA)?.max(1));
-        let tls = match control.line("tlscert")? {
+        let tls = match TlsFiles::named(control)? {
             None => None,
-            Some(cert) => {
-                let resolve =
-                    |name: Vec<u8>| -> PathBuf { control.home.join("control").join(OsString::from_vec(name)) };
-                let cert = resolve(cert);
-                let key = control.line("tlskey")?.map(resolve).unwrap_or_else(|| cert.clone());
-                let files = TlsFiles { cert, key };
-                match files.readable() {
-                    Ok(()) => Some(files),
-                    Err(e) if implicit_tls => return Err(e),
-                    Err(e) => {
-                        crate::base::log::warning(&format!("{e}; STARTTLS is not offered"));
-                        None
-                    }
+            Some(files) => match files.readable() {
+                Ok(()) => Some(files),
+                Err(e) if implicit_tls => return Err(e),
+                Err(e) => {
+                    crate::base::log::warning(&format!("{e}; STARTTLS is not offered"));
+                    None
                 }
-            }
+            },
         };
         if implicit_tls && tls.is_none() {
             return Err(Error::temporary("unable to start implicit TLS: control/tlscert is missing"));

@@ -70,12 +70,19 @@ fn become_program(linked: &Linked, plan: &Plan<'_>) -> u8 {
     // The server's handlers (SIGCHLD, SIGHUP, SIGTERM into its self-pipe) go first, so that no
     // signal to the child reaches the server's loop; then the descriptors: the socket on 0 and
     // 1, fd 2 (the log) as it is, and nothing else (the listener, the self-pipe, the other
-    // connections' sockets the server keeps).
+    // connections' sockets the server keeps), except the Landlock ruleset a confined server
+    // keeps for its children (`confine::serve`), closed once the program has entered it.
     let setup = || -> std::io::Result<()> {
         sys::reset_signals()?;
         sys::move_fd(plan.socket, 0)?;
         sys::move_fd(plan.socket, 1)?;
-        sys::close_from(3)
+        match crate::base::confine::served_descriptor().and_then(|fd| u32::try_from(fd).ok()).filter(|&fd| fd >= 3) {
+            Some(ruleset) => {
+                sys::close_between(3, ruleset - 1)?;
+                sys::close_from(ruleset + 1)
+            }
+            None => sys::close_from(3),
+        }
     };
     if let Err(e) = setup() {
         crate::base::log::fatal(&format!("unable to set up the connection for {}: {e}", linked.name));

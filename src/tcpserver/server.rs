@@ -226,6 +226,9 @@ pub struct Server {
     /// PROGRAM's code, when it is linked in: each connection's child is then a fork that runs
     /// it, with no exec ([`linked`]).
     linked: Option<Linked>,
+    /// This server is confined for its linked sessions (`confine::serve`): its filter has no
+    /// exec, so rules that set QMAILQUEUE cannot work until it is restarted.
+    pub confined: bool,
 }
 
 impl Server {
@@ -234,7 +237,7 @@ impl Server {
     /// exec'ing PROGRAM.
     pub fn new(config: Config, rules: Rules, self_exe: Option<PathBuf>, linked: Option<Linked>) -> Server {
         let table = Table::new(config.limit, config.per_client);
-        Server { config, rules, table, self_exe, linked }
+        Server { config, rules, table, self_exe, linked, confined: false }
     }
 
     fn log(&self, level: Verbosity, text: &str) {
@@ -422,6 +425,12 @@ fn reload(server: &mut Server) {
     match load_rules(&server.config) {
         Ok(rules) => {
             server.log(Verbosity::Verbose, &format!("rules: {} rules from {}", rules.len(), path.display()));
+            if server.confined && rules.sets("QMAILQUEUE") {
+                server.log(
+                    Verbosity::Quiet,
+                    "warning: the rules set QMAILQUEUE, which the sessions of this confined server cannot run; restart quill-tcpserver",
+                );
+            }
             server.rules = rules;
         }
         Err(e) => server.log(Verbosity::Quiet, &format!("warning: {}; keeping the old rules", e.message)),

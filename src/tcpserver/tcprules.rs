@@ -108,6 +108,12 @@ impl Rules {
         self.len() == 0
     }
 
+    /// Whether any rule sets the variable `name`.
+    pub fn sets(&self, name: &str) -> bool {
+        let rules = self.default.iter().chain(self.tables.iter().flat_map(|t| t.2.values()));
+        rules.into_iter().any(|rule| rule.env.iter().any(|(n, _)| n == name))
+    }
+
     /// The rule for a client: the most specific one containing its address, else the default
     /// rule, else None (which means allow, as with tcpserver). IPv4-mapped IPv6 addresses are
     /// looked up as IPv4.
@@ -391,6 +397,15 @@ mod tests {
 
     fn verdict(r: &Rules, ip: &str) -> Option<(Verdict, usize)> {
         r.lookup(ip.parse().expect("ip")).map(|rule| (rule.verdict, rule.line))
+    }
+
+    #[test]
+    fn sets_names_a_variable_of_any_rule() {
+        let r =
+            rules("127.0.0.1:allow,RELAYCLIENT=\"\"\n10.:allow,QMAILQUEUE=\"/bin/filter\"\n:allow,DATABYTES=\"5\"\n");
+        assert!(r.sets("QMAILQUEUE") && r.sets("RELAYCLIENT") && r.sets("DATABYTES"));
+        assert!(!r.sets("QUILL_HOME"));
+        assert!(!Rules::empty().sets("QMAILQUEUE"));
     }
 
     fn error(text: &str) -> ParseError {
