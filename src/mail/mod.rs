@@ -37,6 +37,7 @@ pub mod recipient;
 pub mod rewrite;
 pub mod senderlogins;
 pub mod smtp;
+pub mod spf;
 pub mod submit;
 pub mod users;
 pub mod writer_client;
