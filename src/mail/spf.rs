@@ -185,7 +185,8 @@ fn trim_dot(name: &[u8]) -> &[u8] {
 }
 
 /// §4.3: a name SPF may look up: labels of 1 to 63 bytes, at least two of them, at most 253
-/// bytes, no byte that cannot be in a DNS query name.
+/// bytes, no control byte and no backslash (the resolver reads it as an escape). Spaces and
+/// percent signs may come from macros (%_, %-) and DNS carries them.
 fn valid_domain(name: &[u8]) -> bool {
     let name = trim_dot(name);
     if name.is_empty() || name.len() > 253 {
@@ -193,7 +194,7 @@ fn valid_domain(name: &[u8]) -> bool {
     }
     let mut labels = 0;
     for label in name.split(|&b| b == b'.') {
-        if label.is_empty() || label.len() > 63 || label.iter().any(|&b| b <= b' ' || b >= 0x7f) {
+        if label.is_empty() || label.len() > 63 || label.iter().any(|&b| b < b' ' || b >= 0x7f || b == b'\\') {
             return false;
         }
         labels += 1;
@@ -372,7 +373,7 @@ fn mechanism(text: &[u8]) -> Result<Mechanism, String> {
             let text = argument.ok_or("an address is needed")?;
             Ok(Mechanism::Ip4(parse_ip4(text).ok_or("bad IPv4 address")?, four.unwrap_or(32)))
         }
-        b"ip6" if four.is_none() => {
+        b"ip6" if four.is_none() && six_text.is_none() => {
             let text = argument.ok_or("an address is needed")?;
             let ip = std::str::from_utf8(text).ok().and_then(|t| t.parse::<Ipv6Addr>().ok());
             Ok(Mechanism::Ip6(ip.ok_or("bad IPv6 address")?, six.unwrap_or(128)))
@@ -493,7 +494,8 @@ fn domain_spec(text: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// An address as %{i} writes it: dotted decimal, or 32 dotted hex nibbles (§7.3).
+/// An address as %{i} writes it: dotted decimal, or 32 dotted hex nibbles (§7.3), upper case
+/// as in §7.4's example (DNS does not mind; an explanation shows it).
 fn dotted_ip(ip: IpAddr) -> Vec<u8> {
     match ip {
         IpAddr::V4(four) => four.to_string().into_bytes(),
@@ -504,7 +506,7 @@ fn dotted_ip(ip: IpAddr) -> Vec<u8> {
                     if !out.is_empty() {
                         out.push(b'.');
                     }
-                    out.push(b"0123456789abcdef"[usize::from(nibble)]);
+                    out.push(b"0123456789ABCDEF"[usize::from(nibble)]);
                 }
             }
             out
@@ -1079,7 +1081,7 @@ mod tests {
         let got = check.expand(&pieces, b"email.example.com").ok().unwrap();
         assert_eq!(
             String::from_utf8_lossy(&got),
-            "1.0.b.c.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6._spf.example.com"
+            "1.0.B.C.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.B.D.0.1.0.0.2.ip6._spf.example.com"
         );
         let pieces = macro_string(b"%{L}%%%_%-", false).unwrap();
         assert_eq!(check.expand(&pieces, b"x").ok().unwrap(), b"strong-bad% %20");
