@@ -21,6 +21,7 @@
 
 pub mod address;
 pub mod aliases;
+pub mod authres;
 pub mod control;
 pub mod dkim;
 pub mod dns;
