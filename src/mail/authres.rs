@@ -149,6 +149,11 @@ impl ForgeryFilter {
         }
     }
 
+    /// True once the header has ended: everything passes as it is.
+    pub fn passing(&self) -> bool {
+        self.done
+    }
+
     /// Pass the next bytes of the message through, appending what stays to `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
         for (i, &byte) in input.iter().enumerate() {

@@ -194,7 +194,7 @@ fn valid_domain(name: &[u8]) -> bool {
     }
     let mut labels = 0;
     for label in name.split(|&b| b == b'.') {
-        if label.is_empty() || label.len() > 63 || label.iter().any(|&b| b < b' ' || b >= 0x7f || b == b'\\') {
+        if label.is_empty() || label.len() > 63 || label.iter().any(|&b| !(b' '..0x7f).contains(&b) || b == b'\\') {
             return false;
         }
         labels += 1;
@@ -958,7 +958,7 @@ mod tests {
     }
 
     fn check(table: &mut Table, ip: &str, sender: &str) -> SpfResult {
-        check_mail(table, ip.parse().unwrap(), sender.as_bytes(), b"helo.example.org", b"mx.test").outcome.result
+        check_mail(table, ip.parse().expect("IP"), sender.as_bytes(), b"helo.example.org", b"mx.test").outcome.result
     }
 
     #[test]
@@ -1012,11 +1012,11 @@ mod tests {
             ("e.example", "v=spf1 exists:%{ir}.%{l1r+-}._spf.%{d} -all"),
         ]);
         t.mx.insert(b"example.com".to_vec(), vec![b"mail.example.com".to_vec()]);
-        t.addresses.insert(b"mail.example.com".to_vec(), vec!["192.0.2.10".parse().unwrap()]);
-        t.addresses.insert(b"host.example.com".to_vec(), vec!["198.51.100.7".parse().unwrap()]);
-        t.addresses.insert(b"mx.p.example".to_vec(), vec!["203.0.113.5".parse().unwrap()]);
-        t.addresses.insert(b"1.2.0.192.foo._spf.e.example".to_vec(), vec!["127.0.0.2".parse().unwrap()]);
-        t.ptr.insert("203.0.113.5".parse().unwrap(), vec![b"mx.p.example".to_vec()]);
+        t.addresses.insert(b"mail.example.com".to_vec(), vec!["192.0.2.10".parse().expect("IP")]);
+        t.addresses.insert(b"host.example.com".to_vec(), vec!["198.51.100.7".parse().expect("IP")]);
+        t.addresses.insert(b"mx.p.example".to_vec(), vec!["203.0.113.5".parse().expect("IP")]);
+        t.addresses.insert(b"1.2.0.192.foo._spf.e.example".to_vec(), vec!["127.0.0.2".parse().expect("IP")]);
+        t.ptr.insert("203.0.113.5".parse().expect("IP"), vec![b"mx.p.example".to_vec()]);
         assert_eq!(check(&mut t, "192.0.2.99", "a@example.com"), SpfResult::Pass);
         assert_eq!(check(&mut t, "192.0.3.1", "a@example.com"), SpfResult::Fail);
         assert_eq!(check(&mut t, "198.51.100.7", "a@a.example"), SpfResult::Pass);
@@ -1037,11 +1037,11 @@ mod tests {
         ]);
         t.temporary.push(b"down.example".to_vec());
         assert_eq!(check(&mut t, "192.0.2.1", "a@down.example"), SpfResult::TempError);
-        let checked = check_mail(&mut t, "192.0.2.1".parse().unwrap(), b"", b"helo.example.org", b"mx.test");
+        let checked = check_mail(&mut t, "192.0.2.1".parse().expect("IP"), b"", b"helo.example.org", b"mx.test");
         assert!(checked.helo);
         assert_eq!(checked.outcome.result, SpfResult::Pass);
         let outcome =
-            check_host(&mut t, "192.0.2.1".parse().unwrap(), b"example.com", b"a@example.com", b"h", b"mx.test");
+            check_host(&mut t, "192.0.2.1".parse().expect("IP"), b"example.com", b"a@example.com", b"h", b"mx.test");
         assert_eq!(outcome.result, SpfResult::Fail);
         assert_eq!(outcome.explanation.as_deref(), Some("192.0.2.1 is not one of example.com's hosts, says mx.test"));
     }
@@ -1052,7 +1052,7 @@ mod tests {
         let mut t = Table::default();
         let mut check = Check {
             dns: &mut t,
-            ip: "192.0.2.3".parse().unwrap(),
+            ip: "192.0.2.3".parse().expect("IP"),
             local: b"strong-bad".to_vec(),
             sender_domain: b"email.example.com".to_vec(),
             helo: b"h".to_vec(),
@@ -1072,18 +1072,18 @@ mod tests {
             ("%{ir}.%{v}._spf.%{d2}", "3.2.0.192.in-addr._spf.example.com"),
         ];
         for (spec, want) in cases {
-            let pieces = macro_string(spec.as_bytes(), false).unwrap();
-            let got = check.expand(&pieces, b"email.example.com").ok().unwrap();
+            let pieces = macro_string(spec.as_bytes(), false).expect("macro");
+            let got = check.expand(&pieces, b"email.example.com").ok().expect("test value");
             assert_eq!(String::from_utf8_lossy(&got), want, "{spec}");
         }
-        check.ip = "2001:db8::cb01".parse().unwrap();
-        let pieces = macro_string(b"%{ir}.%{v}._spf.%{d2}", false).unwrap();
-        let got = check.expand(&pieces, b"email.example.com").ok().unwrap();
+        check.ip = "2001:db8::cb01".parse().expect("IP");
+        let pieces = macro_string(b"%{ir}.%{v}._spf.%{d2}", false).expect("test value");
+        let got = check.expand(&pieces, b"email.example.com").ok().expect("test value");
         assert_eq!(
             String::from_utf8_lossy(&got),
             "1.0.B.C.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.B.D.0.1.0.0.2.ip6._spf.example.com"
         );
-        let pieces = macro_string(b"%{L}%%%_%-", false).unwrap();
-        assert_eq!(check.expand(&pieces, b"x").ok().unwrap(), b"strong-bad% %20");
+        let pieces = macro_string(b"%{L}%%%_%-", false).expect("test value");
+        assert_eq!(check.expand(&pieces, b"x").ok().expect("test value"), b"strong-bad% %20");
     }
 }

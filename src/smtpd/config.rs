@@ -56,6 +56,11 @@ pub struct Config {
     /// What the DNS lists of control/dnsbl say about the client ([`crate::mail::dnsbl`]),
     /// filled in by quill-smtpd's main before the confinement.
     pub dnsbl: crate::mail::dnsbl::Verdict,
+    /// control/spfpolicy: whether SPF is checked at MAIL and what a fail means.
+    pub spf: SpfPolicy,
+    /// The resolver SPF asks (control/dnsservers or /etc/resolv.conf, read before the
+    /// confinement); None when SPF is off.
+    pub resolver: Option<crate::mail::dns::Resolver>,
     /// TCPREMOTEIP.
     pub remote_ip: String,
     /// TCPREMOTEHOST, or empty.
@@ -131,6 +136,37 @@ pub fn confine(config: &Config) {
     crate::base::confine::apply(&crate::mail::jail::smtpd(&config.control.home, &aliases, &tls));
 }
 
+/// control/spfpolicy (doc/quill-control.5): what quill-smtpd does with SPF (RFC 7208) for a
+/// client that is neither RELAYCLIENT nor authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpfPolicy {
+    /// `off`: no check, no Authentication-Results header.
+    Off,
+    /// `record` (the default): check, and say the result in the Authentication-Results header.
+    Record,
+    /// `reject`: as record, and refuse MAIL when the result is fail (550 5.7.23, RFC 7372) or
+    /// temperror (451 4.7.24).
+    Reject,
+}
+
+impl SpfPolicy {
+    /// The file's word; an unknown one is an error (the caller answers 421).
+    pub fn load(control: &Control) -> Result<SpfPolicy> {
+        match control.line("spfpolicy")?.as_deref() {
+            None | Some(b"record") => Ok(SpfPolicy::Record),
+            Some(b"off") => Ok(SpfPolicy::Off),
+            Some(b"reject") => Ok(SpfPolicy::Reject),
+            Some(other) => Err(Error::queue(
+                qq::CONFIG_ERROR,
+                format!(
+                    "unable to parse control/spfpolicy: {} is not off, record or reject",
+                    crate::base::log::safe(other)
+                ),
+            )),
+        }
+    }
+}
+
 fn env_bytes(name: &str) -> Option<Vec<u8>> {
     std::env::var_os(name).map(OsString::into_vec)
 }
@@ -202,8 +238,15 @@ impl Config {
         // Only a session that can offer AUTH needs control/authinsecure.
         let auth_insecure =
             !checkpassword.is_empty() && (env_flag("AUTH_INSECURE") || control.read("authinsecure")?.is_some());
+        let spf = SpfPolicy::load(control)?;
+        let resolver = match spf {
+            SpfPolicy::Off => None,
+            _ => Some(crate::mail::dns::Resolver::from_control(control)?),
+        };
         Ok(Config {
             control: control.clone(),
+            spf,
+            resolver,
             greeting,
             rcpthosts,
             databytes,
