@@ -116,6 +116,8 @@ struct Check<'d, D: SpfDns> {
     receiver: Vec<u8>,
     terms: usize,
     voids: usize,
+    /// The client's validated PTR names, looked up once per evaluation (ptr and %{p}).
+    validated: Option<Vec<Vec<u8>>>,
 }
 
 /// Why an evaluation stopped early.
@@ -156,6 +158,7 @@ pub fn check_host<D: SpfDns>(
         receiver: if receiver.is_empty() { b"unknown".to_vec() } else { receiver.to_vec() },
         terms: 0,
         voids: 0,
+        validated: None,
     };
     match check.evaluate(&trim_dot(domain).to_ascii_lowercase()) {
         Ok((result, explanation)) => Outcome { result, explanation, problem: None },
@@ -687,8 +690,12 @@ impl<D: SpfDns> Check<'_, D> {
     }
 
     /// The client's PTR names that point back at it (§5.5), lower case, at most [`MAX_PTR`]
-    /// looked at. A DNS failure on the way gives fewer names, never an error.
+    /// looked at, once per evaluation (a record full of %{p} costs no more than one). A DNS
+    /// failure on the way gives fewer names, never an error.
     fn validated_names(&mut self) -> Result<Vec<Vec<u8>>, Stop> {
+        if let Some(names) = &self.validated {
+            return Ok(names.clone());
+        }
         let names = self.dns.ptr(self.ip).unwrap_or_default();
         let mut validated = Vec::new();
         for name in names.into_iter().take(MAX_PTR) {
@@ -702,6 +709,7 @@ impl<D: SpfDns> Check<'_, D> {
                 }
             }
         }
+        self.validated = Some(validated.clone());
         Ok(validated)
     }
 
@@ -1059,6 +1067,7 @@ mod tests {
             receiver: b"r".to_vec(),
             terms: 0,
             voids: 0,
+            validated: None,
         };
         let cases: [(&str, &str); 9] = [
             ("%{s}", "strong-bad@email.example.com"),
