@@ -185,3 +185,129 @@ fn rfc7208_test_suite() {
     let known: Vec<&str> = KNOWN_FAILURES.iter().map(|(id, _)| *id).collect();
     assert_eq!(failed_ids, known, "the failures differ from the known ones");
 }
+
+/// pyspf (python3-spf, on Debian's python3 with dnspython) asks the dnsmasq of the test.
+const PYSPF: &str = r#"
+import sys
+import dns.resolver
+import spf
+resolver = dns.resolver.Resolver(configure=False)
+resolver.nameservers = ["127.0.0.1"]
+resolver.port = int(sys.argv[1])
+dns.resolver.default_resolver = resolver
+for line in sys.stdin.read().splitlines():
+    ip, sender, helo = line.split("\t")
+    result, code, text = spf.query(i=ip, s=sender, h=helo, receiver="receiver.test").check()
+    print(result)
+"#;
+
+/// The same questions to Quill's library (on Quill's resolver) and to pyspf, both asking
+/// dnsmasq on loopback for the same records: every answer must agree.
+#[test]
+fn same_results_as_pyspf_on_dnsmasq() {
+    if common::skip_unless_can(
+        "/usr/bin/python3",
+        &["-c", "import spf, dns.resolver; print('pyspf ok')"],
+        "pyspf ok",
+        "import spf and dns.resolver (python3-spf, python3-dnspython)",
+    ) {
+        return;
+    }
+    let records = [
+        "--local=/in-addr.arpa/",
+        "--local=/ip6.arpa/",
+        "--txt-record=p.test,v=spf1 ip4:192.0.2.0/24 -all",
+        "--txt-record=a.test,v=spf1 a -all",
+        "--host-record=a.test,192.0.2.10",
+        "--txt-record=mx.test,v=spf1 mx/24 ~all",
+        "--mx-host=mx.test,mail.mx.test,10",
+        "--host-record=mail.mx.test,198.51.100.20",
+        "--txt-record=inc.test,v=spf1 include:p.test ?all",
+        "--txt-record=red.test,v=spf1 redirect=a.test",
+        "--txt-record=ex.test,v=spf1 exists:%{ir}.%{l1r-}.x.test -all",
+        "--host-record=10.2.0.192.ok.x.test,127.0.0.2",
+        "--txt-record=ptr.test,v=spf1 ptr -all",
+        "--ptr-record=10.2.0.192.in-addr.arpa,host.ptr.test",
+        "--host-record=host.ptr.test,192.0.2.10",
+        "--txt-record=perm.test,v=spf1 ip4:192.0.2.300 -all",
+        "--txt-record=two.test,v=spf1 -all",
+        "--txt-record=two.test,v=spf1 +all",
+        "--txt-record=void.test,v=spf1 a:n1.test a:n2.test a:n3.test +all",
+        "--txt-record=loop.test,v=spf1 include:loop.test",
+        "--txt-record=helo.test,v=spf1 a:a.test -all",
+        "--txt-record=soft.test,v=spf1 ~all",
+        "--txt-record=neutral.test,v=spf1",
+        "--txt-record=other.test,not an spf record",
+        "--txt-record=v6.test,v=spf1 ip6:2001:db8::/32 -all",
+        "--txt-record=exp.test,v=spf1 -all exp=why.exp.test",
+        "--txt-record=why.exp.test,%{i} may not send for %{d}",
+        "--txt-record=big.test,v=spf1 ip4:203.0.113.1 ip4:203.0.113.2 include:p.test mx:mx.test a:a.test -all",
+    ]
+    .map(String::from);
+    let Some(dnsmasq) = common::dnsmasq::Dnsmasq::start(&records) else { return };
+    let senders = [
+        "u@p.test",
+        "u@a.test",
+        "u@mx.test",
+        "u@inc.test",
+        "u@red.test",
+        "ok-foo@ex.test",
+        "no-foo@ex.test",
+        "u@ptr.test",
+        "u@perm.test",
+        "u@two.test",
+        "u@void.test",
+        "u@loop.test",
+        "",
+        "u@soft.test",
+        "u@neutral.test",
+        "u@other.test",
+        "u@none.test",
+        "u@v6.test",
+        "u@exp.test",
+        "u@big.test",
+    ];
+    let mut cases = Vec::new();
+    for ip in ["192.0.2.10", "198.51.100.20", "203.0.113.9", "2001:db8::1"] {
+        for sender in senders {
+            cases.push((ip, sender, "helo.test"));
+        }
+    }
+    let input: String = cases.iter().map(|(ip, sender, helo)| format!("{ip}\t{sender}\t{helo}\n")).collect();
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", PYSPF, &dnsmasq.port.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    use std::io::Write;
+    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write");
+    let out = child.wait_with_output().expect("pyspf");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let theirs: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+    assert_eq!(theirs.len(), cases.len(), "{}", String::from_utf8_lossy(&out.stderr));
+    let resolver = quill::mail::dns::Resolver {
+        servers: vec![std::net::SocketAddr::from(([127, 0, 0, 1], dnsmasq.port))],
+        timeout: std::time::Duration::from_secs(2),
+        attempts: 2,
+    };
+    let mut differ = Vec::new();
+    let mut tally: HashMap<String, usize> = HashMap::new();
+    for ((ip, sender, helo), theirs) in cases.iter().zip(&theirs) {
+        let mut dns = spf::ResolverDns::new(&resolver);
+        let ours =
+            spf::check_mail(&mut dns, ip.parse().expect("IP"), sender.as_bytes(), helo.as_bytes(), b"receiver.test");
+        let ours = ours.outcome.result.name();
+        *tally.entry(ours.to_string()).or_default() += 1;
+        if ours != theirs {
+            differ.push(format!("{ip} <{sender}> helo {helo}: Quill {ours}, pyspf {theirs}"));
+        }
+    }
+    eprintln!("{} cases against pyspf, {} differ; Quill's results: {tally:?}", cases.len(), differ.len());
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+    // Every result but temperror (dnsmasq does not fail on demand) came up.
+    for result in ["pass", "fail", "softfail", "neutral", "none", "permerror"] {
+        assert!(tally.contains_key(result), "no {result} among {tally:?}");
+    }
+}
