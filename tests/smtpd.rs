@@ -1623,4 +1623,34 @@ fn spf_results_in_authentication_results_and_reject_policy() {
     let off = Server::start(&setup.clone().control("spfpolicy", "off\n")).expect("server");
     assert!(send(&off, "client.test", "b@fail.test", "").starts_with("250"));
     assert!(!String::from_utf8_lossy(&off.queued()[0].0).contains("Authentication-Results"));
+
+    // No answer from the resolver: temperror, 451 4.7.24 under reject.
+    let dead = setup
+        .clone()
+        .control("spfpolicy", "reject\n")
+        .control("dnsservers", "127.0.0.1:9\noptions timeout:1 attempts:1\n");
+    let dead = Server::start(&dead).expect("server");
+    let reply = send(&dead, "client.test", "a@pass.test", "");
+    assert!(reply.starts_with("451 4.7.24 "), "{reply}\n{}", dead.log());
+
+    // A confined session (no QMAILQUEUE filter; as nobody when the tests run as root, whose
+    // sessions are not confined) still asks DNS: UDP is in its policy.
+    let mut confined = setup.clone().control("spfpolicy", "reject\n");
+    confined.no_filter = true;
+    if common::is_root() {
+        let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
+            common::skip("no user nobody to run quill-smtpd as");
+            return;
+        };
+        confined.user = Some((nobody.uid.as_raw(), nobody.gid.as_raw()));
+    }
+    let confined = Server::start(&confined).expect("server");
+    let mut client = confined.connect();
+    client.expect("220");
+    client.command("EHLO client.test", "250");
+    client.command("MAIL FROM:<b@fail.test>", "550 5.7.23 ");
+    client.command("MAIL FROM:<a@pass.test>", "250");
+    client.command("QUIT", "221");
+    let log = confined.log();
+    assert!(log.contains("spf 192.0.2.7 result=pass mailfrom=<a@pass.test>"), "{log}");
 }

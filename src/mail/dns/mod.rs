@@ -1,4 +1,4 @@
-//! DNS for quill-remote and quill-smtpd (DNS blocklists), a small synchronous stub resolver: `wire` (the message format, encoder
+//! DNS for quill-remote and quill-smtpd (DNS blocklists, SPF), a small synchronous stub resolver: `wire` (the message format, encoder
 //! and decoder side by side) and `resolver` (servers, timeouts, queries, CNAMEs, the lookup
 //! budget). What the rest of Quill uses is named here.
 #![forbid(unsafe_code)]
