@@ -10,6 +10,8 @@
 //! side.
 #![forbid(unsafe_code)]
 
+use crate::base::fail::{qq, Error};
+use crate::mail::control::Control;
 use crate::mail::dns::{Data, DnsError, Resolver, TYPE_A, TYPE_AAAA, TYPE_MX, TYPE_PTR, TYPE_TXT};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,6 +30,41 @@ pub const MAX_RECORD: usize = 4096;
 const MAX_EXPLANATION: usize = 512;
 /// The whole evaluation's time, at least the 20 seconds §4.6.4 asks for.
 pub const CHECK_TIME: Duration = Duration::from_secs(20);
+
+/// The control file of [`Policy`].
+pub const FILE: &str = "spfpolicy";
+
+/// control/spfpolicy (doc/quill-control.5, [`FILE`]): what quill-smtpd does with SPF for a
+/// client that is neither RELAYCLIENT, authenticated, local nor on the loopback. `quill check`
+/// reads it too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// `off`: no check, no Authentication-Results header.
+    Off,
+    /// `record` (the default): check, and say the result in the Authentication-Results header.
+    Record,
+    /// `reject`: as record, and refuse MAIL when the result is fail (550 5.7.23, RFC 7372) or
+    /// temperror (451 4.7.24).
+    Reject,
+}
+
+impl Policy {
+    /// The file's word; an unknown one is an error (the caller answers 421).
+    pub fn load(control: &Control) -> Result<Policy, Error> {
+        match control.line(FILE)?.as_deref() {
+            None | Some(b"record") => Ok(Policy::Record),
+            Some(b"off") => Ok(Policy::Off),
+            Some(b"reject") => Ok(Policy::Reject),
+            Some(other) => Err(Error::queue(
+                qq::CONFIG_ERROR,
+                format!(
+                    "unable to parse control/spfpolicy: {} is not off, record or reject",
+                    crate::base::log::safe(other)
+                ),
+            )),
+        }
+    }
+}
 
 /// The results of §2.6.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

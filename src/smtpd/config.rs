@@ -136,36 +136,7 @@ pub fn confine(config: &Config) {
     crate::base::confine::apply(&crate::mail::jail::smtpd(&config.control.home, &aliases, &tls));
 }
 
-/// control/spfpolicy (doc/quill-control.5): what quill-smtpd does with SPF (RFC 7208) for a
-/// client that is neither RELAYCLIENT nor authenticated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SpfPolicy {
-    /// `off`: no check, no Authentication-Results header.
-    Off,
-    /// `record` (the default): check, and say the result in the Authentication-Results header.
-    Record,
-    /// `reject`: as record, and refuse MAIL when the result is fail (550 5.7.23, RFC 7372) or
-    /// temperror (451 4.7.24).
-    Reject,
-}
-
-impl SpfPolicy {
-    /// The file's word; an unknown one is an error (the caller answers 421).
-    pub fn load(control: &Control) -> Result<SpfPolicy> {
-        match control.line("spfpolicy")?.as_deref() {
-            None | Some(b"record") => Ok(SpfPolicy::Record),
-            Some(b"off") => Ok(SpfPolicy::Off),
-            Some(b"reject") => Ok(SpfPolicy::Reject),
-            Some(other) => Err(Error::queue(
-                qq::CONFIG_ERROR,
-                format!(
-                    "unable to parse control/spfpolicy: {} is not off, record or reject",
-                    crate::base::log::safe(other)
-                ),
-            )),
-        }
-    }
-}
+pub use crate::mail::spf::Policy as SpfPolicy;
 
 fn env_bytes(name: &str) -> Option<Vec<u8>> {
     std::env::var_os(name).map(OsString::into_vec)
