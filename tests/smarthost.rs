@@ -1,8 +1,8 @@
 //! Relaying through a provider (issue 13): quill-remote with SMTP AUTH against a real
 //! submission server on loopback, Quill's own quill-smtpd with AUTH through a checkpassword
 //! script, STARTTLS or implicit TLS, and a certificate made by openssl for each run that
-//! control/tlsca trusts. Every wait is bounded; only loopback is used.
-
+//! control/tlsca trusts; and against a private Postfix with Dovecot SASL (AUTH PLAIN and
+//! LOGIN, right and wrong credentials). Every wait is bounded; only loopback is used.
 mod common;
 
 use std::io::{Read, Write};
@@ -539,4 +539,231 @@ fn a_kept_connection_carries_only_messages_of_its_route() {
     // The first connection carried a and b, then was closed for c's route; d took a new one.
     assert_eq!(server.connections(), 2);
     assert_eq!(server.checked(), 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Postfix as the provider's submission server, with Dovecot SASL (issue 13, item 1): a
+// private Dovecot that only authenticates (a passwd-file with alice and PASSWORD) on a unix
+// socket in the test's directory, and a private Postfix whose smtpd on a loopback port offers
+// STARTTLS with a certificate made for the run, AUTH only after it
+// (`smtpd_tls_auth_only`), through that socket (`smtpd_sasl_type = dovecot`), and takes mail
+// only from authenticated clients. What it takes it delivers into its own Maildir.
+
+#[cfg(feature = "tls")]
+/// uid and gid of a system user (Postfix's own), from /etc/passwd.
+fn owner_of(user: &str) -> Option<(u32, u32)> {
+    std::fs::read_to_string("/etc/passwd").unwrap_or_default().lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 3 && f[0] == user).then(|| (f[2].parse().ok(), f[3].parse().ok())).and_then(|(u, g)| Some((u?, g?)))
+    })
+}
+
+#[cfg(feature = "tls")]
+fn read_text(path: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+}
+
+#[cfg(feature = "tls")]
+/// The private Dovecot (SASL only) and Postfix, stopped when dropped (`common::Daemon`).
+struct PostfixRelay {
+    dir: common::TempDir,
+    port: u16,
+    _dovecot: common::Daemon,
+    _master: common::Daemon,
+}
+
+#[cfg(feature = "tls")]
+impl PostfixRelay {
+    /// `mechanisms`: what Dovecot offers (`plain login`, or `login` alone to see LOGIN used).
+    /// None after a SKIP line without Postfix, Dovecot, openssl or root.
+    fn start(mechanisms: &str) -> Option<PostfixRelay> {
+        if common::skip_without("/usr/sbin/postfix")
+            || common::skip_without("/usr/sbin/postconf")
+            || common::skip_without("/usr/sbin/dovecot")
+        {
+            return None;
+        }
+        if !common::is_root() {
+            common::skip("a private Postfix needs root");
+            return None;
+        }
+        let Some((postfix_uid, postfix_gid)) = owner_of("postfix") else {
+            common::skip("Postfix is installed but there is no postfix user");
+            return None;
+        };
+        let dir = common::TempDir::new("postfix-sasl");
+        let base = dir.path().to_path_buf();
+        for sub in ["conf", "queue", "data", "mail", "dovecot/run", "dovecot/state", "tls"] {
+            std::fs::create_dir_all(base.join(sub)).expect("mkdir");
+        }
+        make_certificate(&base.join("tls"))?;
+        // Dovecot: authentication only, its client socket open to Postfix's smtpd.
+        let d = base.join("dovecot");
+        std::fs::write(d.join("users"), format!("alice:{{PLAIN}}{PASSWORD}\n")).expect("users");
+        let conf = format!(
+            "base_dir = {dd}/run\nstate_dir = {dd}/state\nlog_path = {dd}/dovecot.log\nprotocols = none\nssl = no\n\
+             disable_plaintext_auth = no\nauth_mechanisms = {mechanisms}\n\
+             passdb {{\n  driver = passwd-file\n  args = {dd}/users\n}}\n\
+             userdb {{\n  driver = static\n  args = uid=65534 gid=65534 home=/nonexistent\n}}\n\
+             service auth {{\n  unix_listener {dd}/auth {{\n    mode = 0666\n  }}\n}}\n",
+            dd = d.display()
+        );
+        std::fs::write(d.join("dovecot.conf"), conf).expect("dovecot.conf");
+        let out = std::fs::File::create(d.join("out.log")).expect("out.log");
+        let dovecot = Command::new("/usr/sbin/dovecot")
+            .arg("-F")
+            .arg("-c")
+            .arg(d.join("dovecot.conf"))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("out"))
+            .stderr(out)
+            .spawn()
+            .expect("start dovecot");
+        let dovecot = common::Daemon(dovecot);
+        let up = common::wait_for(Duration::from_secs(20), || {
+            std::os::unix::net::UnixStream::connect(d.join("auth")).is_ok()
+        });
+        assert!(up, "Dovecot's auth socket did not come up: {}", read_text(&d.join("out.log")));
+        // Postfix: the submission service on a loopback port, mail for relayed.test kept.
+        let _ = nix::unistd::chown(&base.join("data"), Some(postfix_uid.into()), Some(postfix_gid.into()));
+        let _ = nix::unistd::chown(&base.join("mail"), Some(65534.into()), Some(65534.into()));
+        let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let b = base.display();
+        let main = format!(
+            "compatibility_level = 3.6\nqueue_directory = {b}/queue\ndata_directory = {b}/data\n\
+             maillog_file = {b}/maillog\nmaillog_file_prefixes = {b}\nmyhostname = relay.test\n\
+             mydomain = relay.test\nmyorigin = relay.test\nmydestination =\ninet_interfaces = loopback-only\n\
+             inet_protocols = ipv4\nmynetworks =\nsmtp_dns_support_level = disabled\n\
+             smtpd_peername_lookup = no\nalias_maps =\nalias_database =\nlocal_recipient_maps =\nbiff = no\n\
+             virtual_mailbox_base = {b}/mail\nvirtual_mailbox_maps = static:box/\n\
+             virtual_uid_maps = static:65534\nvirtual_gid_maps = static:65534\n\
+             virtual_mailbox_domains = relayed.test\n\
+             smtpd_tls_cert_file = {b}/tls/cert.pem\nsmtpd_tls_key_file = {b}/tls/key.pem\n\
+             smtpd_tls_security_level = encrypt\nsmtpd_tls_auth_only = yes\n\
+             smtpd_sasl_auth_enable = yes\nsmtpd_sasl_type = dovecot\nsmtpd_sasl_path = {b}/dovecot/auth\n\
+             smtpd_client_restrictions = permit_sasl_authenticated, reject\n\
+             smtpd_relay_restrictions = permit_sasl_authenticated, reject\n"
+        );
+        std::fs::write(base.join("conf/main.cf"), main).expect("main.cf");
+        let mut master = format!("127.0.0.1:{port} inet n - n - - smtpd\n");
+        for line in [
+            "pickup unix n - n 60 1 pickup",
+            "cleanup unix n - n - 0 cleanup",
+            "qmgr unix n - n 300 1 qmgr",
+            "rewrite unix - - n - - trivial-rewrite",
+            "bounce unix - - n - 0 bounce",
+            "defer unix - - n - 0 bounce",
+            "trace unix - - n - 0 bounce",
+            "verify unix - - n - 1 verify",
+            "flush unix n - n 1000? 0 flush",
+            "proxymap unix - - n - - proxymap",
+            "smtp unix - - n - - smtp",
+            "relay unix - - n - - smtp",
+            "showq unix n - n - - showq",
+            "error unix - - n - - error",
+            "retry unix - - n - - error",
+            "discard unix - - n - - discard",
+            "local unix - n n - - local",
+            "virtual unix - n n - - virtual",
+            "anvil unix - - n - 1 anvil",
+            "scache unix - - n - 1 scache",
+            "tlsmgr unix - - n 1000? 1 tlsmgr",
+            "postlog unix-dgram n - n - 1 postlogd",
+        ] {
+            master.push_str(line);
+            master.push('\n');
+        }
+        std::fs::write(base.join("conf/master.cf"), master).expect("master.cf");
+        let conf = base.join("conf");
+        let out = Command::new("/usr/sbin/postfix").arg("-c").arg(&conf).arg("check").output().expect("postfix check");
+        assert!(
+            out.status.success(),
+            "postfix check: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            read_text(&base.join("maillog"))
+        );
+        let daemons = Command::new("/usr/sbin/postconf")
+            .arg("-c")
+            .arg(&conf)
+            .args(["-h", "daemon_directory"])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| "/usr/lib/postfix/sbin".to_string());
+        let out = std::fs::File::create(base.join("master.out")).expect("master.out");
+        let mut command = Command::new(Path::new(&daemons).join("master"));
+        command.arg("-c").arg(&conf).arg("-d").stdin(Stdio::null()).stdout(out.try_clone().expect("out")).stderr(out);
+        quill::base::sys::die_with_parent(&mut command);
+        let master = common::Daemon(command.spawn().expect("start Postfix master"));
+        let relay = PostfixRelay { dir, port, _dovecot: dovecot, _master: master };
+        let up = common::wait_for(Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).is_ok());
+        assert!(up, "Postfix did not start: {}\n{}", relay.maillog(), read_text(&base.join("master.out")));
+        Some(relay)
+    }
+
+    fn maillog(&self) -> String {
+        read_text(&self.dir.path().join("maillog"))
+    }
+
+    fn dovecot_log(&self) -> String {
+        read_text(&self.dir.path().join("dovecot/dovecot.log"))
+    }
+
+    fn delivered(&self) -> Vec<String> {
+        common::files(&self.dir.path().join("mail/box/new")).iter().map(|f| read_text(f)).collect()
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.dir.path().join("tls/cert.pem")
+    }
+}
+
+/// Right credentials deliver through Postfix with Dovecot SASL, over STARTTLS with the
+/// certificate verified; wrong ones defer with a text that names the relay, and nothing is
+/// delivered. `mechanisms` is what Dovecot offers, `expected` what quill-remote must use.
+#[cfg(feature = "tls")]
+fn through_postfix_with_dovecot_sasl(mechanisms: &str, expected: &str) {
+    let Some(relay) = PostfixRelay::start(mechanisms) else { return };
+    let routes = format!(":127.0.0.1:{}\n", relay.port);
+    let auth = smtpauth("127.0.0.1", PASSWORD);
+    let right = home(&relay.cert(), &[("smtproutes", &routes)], Some((&auth, 0o600)));
+    let (reports, err) = remote(right.path(), "relayed.test", "joe@quill.test", &["bob@relayed.test"]);
+    assert_eq!(message_letter(&reports), 'K', "{reports:?}\n{}", relay.maillog());
+    let text = &reports[1].1;
+    assert!(text.contains("over TLS") && text.contains(&format!("after AUTH {expected} as alice")), "{text}");
+    let delivered = common::wait_for(Duration::from_secs(30), || relay.delivered().len() == 1);
+    assert!(delivered, "Postfix did not deliver: {}", relay.maillog());
+    assert!(relay.delivered()[0].contains("Subject: through the provider"));
+    let log = relay.maillog();
+    assert!(log.contains(&format!("sasl_method={expected}, sasl_username=alice")), "{log}");
+
+    let bad_auth = smtpauth("127.0.0.1", "not-the-password");
+    let wrong = home(&relay.cert(), &[("smtproutes", &routes)], Some((&bad_auth, 0o600)));
+    let (reports, wrong_err) =
+        remote(wrong.path(), "relayed.test", "joe@quill.test", &["bob@relayed.test", "eve@relayed.test"]);
+    assert_eq!(message_letter(&reports), 'Z', "{reports:?}");
+    for (letter, text) in &reports[..2] {
+        assert_eq!(*letter, 's', "deferred, never bounced: {reports:?}");
+        assert!(
+            text.contains(&format!("the relay [127.0.0.1] refused AUTH {expected} as alice"))
+                && text.contains("control/smtpauth")
+                && text.contains("535"),
+            "{text}"
+        );
+    }
+    assert_eq!(relay.delivered().len(), 1, "nothing more delivered");
+    assert_secret_kept(&[text, &err, &wrong_err, &reports[0].1, &relay.maillog(), &relay.dovecot_log()]);
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn postfix_with_dovecot_sasl_plain() {
+    through_postfix_with_dovecot_sasl("plain login", "PLAIN");
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn postfix_with_dovecot_sasl_login() {
+    through_postfix_with_dovecot_sasl("login", "LOGIN");
 }

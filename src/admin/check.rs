@@ -506,6 +506,16 @@ fn check_controls(list: &mut Vec<Problem>, home: &Path) {
             );
         }
     }
+    for line in control.lines("lmtproutes").unwrap_or_default() {
+        if crate::remote::route::parse_lmtp_route(&line).is_none() {
+            let shown = format!(
+                "control/lmtproutes: {:?}: not `domain:/socket/path` (absolute, at most 107 bytes) or \
+                 `domain:relay[:port]` (no TLS marker)",
+                crate::base::log::safe(&line)
+            );
+            problem(list, shown, edit("lmtproutes"));
+        }
+    }
     for line in control.lines("senderroutes").unwrap_or_default() {
         if let Err(why) = senderroute_line(&line) {
             let shown = format!("control/senderroutes: {:?}: {why}", crate::base::log::safe(&line));
@@ -549,6 +559,34 @@ fn check_controls(list: &mut Vec<Problem>, home: &Path) {
             problem(
                 list,
                 format!("{name} is delivered here but is not in control/rcpthosts, so SMTP clients cannot send to it"),
+                format!("echo {} >> {}", shell_quote(&name), control.path("rcpthosts").display()),
+            );
+        }
+    }
+    // An LMTP route is for mail quill-send sends out: a domain it delivers itself never gets
+    // there, and one missing from rcpthosts never comes in by SMTP.
+    let lmtp_routes = control.lines("lmtproutes").unwrap_or_default();
+    for route in lmtp_routes.iter().filter_map(|line| crate::remote::route::parse_lmtp_route(line)) {
+        let domain = route.pattern;
+        if domain.is_empty() || domain.starts_with(b".") {
+            continue;
+        }
+        let name = String::from_utf8_lossy(&domain).into_owned();
+        let (local, file) = if locals.contains(&domain) {
+            (true, "locals")
+        } else {
+            (virtual_domains.contains(&domain), "virtualdomains")
+        };
+        if local {
+            problem(
+                list,
+                format!("{name} is in control/{file}, so Quill delivers it itself and its control/lmtproutes line is never used"),
+                format!("remove {name} from {}", control.path(file).display()),
+            );
+        } else if !crate::mail::address::domain_listed(&domain, &rcpthosts) && !rcpthosts.contains(&domain) {
+            problem(
+                list,
+                format!("{name} goes to an LMTP server (control/lmtproutes) but is not in control/rcpthosts, so SMTP clients cannot send to it"),
                 format!("echo {} >> {}", shell_quote(&name), control.path("rcpthosts").display()),
             );
         }

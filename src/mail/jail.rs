@@ -54,7 +54,10 @@ fn remote_reads(home: &Path, ca_file: &Path) -> Vec<PathBuf> {
 
 /// quill-remote, once its control files and the resolver's configuration are read: reads
 /// them and the trusted roots; writes nothing; executes nothing; connects out over TCP (any
-/// port: smtproutes may name one) and UDP (DNS); binds no TCP port.
+/// port: smtproutes may name one) and UDP (DNS); binds no TCP port. It may also connect to
+/// the unix socket of an LMTP server (control/lmtproutes): AF_UNIX is one of `Outbound`'s
+/// families, and connect(2) to a named socket is no file access Landlock controls (the
+/// socket file's owner and mode decide, doc/SECURITY.md).
 pub fn remote(home: &Path, ca_file: &Path) -> Policy {
     Policy {
         program: "quill-remote",

@@ -8,6 +8,7 @@ use crate::mail::smtp;
 use crate::remote::route::Host;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 /// The longest reply line we read (RFC 5321 allows 512; servers send longer texts).
@@ -95,6 +96,8 @@ impl Extensions {
 /// What a connection speaks over.
 pub enum Stream {
     Plain(TcpStream),
+    /// An LMTP server's unix socket (control/lmtproutes).
+    Unix(UnixStream),
     Tls(Box<crate::tls::client::Stream>),
     Closed,
 }
@@ -103,6 +106,7 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
             Stream::Tls(s) => s.read(buf),
             Stream::Closed => Ok(0),
         }
@@ -113,6 +117,7 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
             Stream::Tls(s) => s.write(buf),
             Stream::Closed => Err(io::Error::from(io::ErrorKind::BrokenPipe)),
         }
@@ -120,6 +125,7 @@ impl Write for Stream {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Stream::Plain(s) => s.flush(),
+            Stream::Unix(s) => s.flush(),
             Stream::Tls(s) => s.flush(),
             Stream::Closed => Ok(()),
         }
@@ -157,6 +163,10 @@ impl Connection {
         let socket = match &self.stream {
             Stream::Plain(s) => Some(s),
             Stream::Tls(s) => Some(s.socket()),
+            Stream::Unix(s) => {
+                s.set_read_timeout(Some(wait))?;
+                return s.set_write_timeout(Some(wait));
+            }
             Stream::Closed => None,
         };
         if let Some(s) = socket {

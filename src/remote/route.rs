@@ -19,12 +19,20 @@
 //! first. Precedence, as Postfix's: a recipient route for the domain or one of its parents
 //! (transport_maps) wins; then the sender route; then the default route `:relay` (relayhost);
 //! then MX.
+//!
+//! `control/lmtproutes` names destinations that speak LMTP (RFC 2033), such as Dovecot's
+//! `dovecot-lmtpd`: `domain:/path/to/socket` (a unix socket, the path absolute) or
+//! `domain:relay[:port]` (TCP, port 24 unless given; no TLS marker: LMTP goes to a server on
+//! this machine or a trusted network, in plain text). Its lines are recipient routes as
+//! smtproutes' are, looked at first: for the same pattern lmtproutes wins, and a more
+//! specific line in either file wins over a less specific one in the other.
 #![forbid(unsafe_code)]
 
 use crate::base::fail::{Enhanced, Outcome, Status};
 use crate::mail::dns::{DnsError, Resolver};
 use crate::remote::results::Text;
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 /// The SMTP port.
 pub const SMTP_PORT: u16 = 25;
@@ -55,7 +63,14 @@ pub enum Relay {
     Host(Vec<u8>),
     /// An address literal.
     Address(IpAddr),
+    /// A unix socket (lmtproutes only).
+    Socket(PathBuf),
 }
+
+/// The LMTP port (RFC 2033 §5: "not 25"; 24 is the one assigned).
+pub const LMTP_PORT: u16 = 24;
+/// The longest path a unix socket address holds (`sun_path`, with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
 /// The submission port with implicit TLS (RFC 8314).
 pub const SMTPS_PORT: u16 = 465;
@@ -84,6 +99,8 @@ pub struct Route {
     pub port: u16,
     /// How TLS is used with this relay.
     pub tls: RouteTls,
+    /// Speak LMTP, not SMTP (a line of control/lmtproutes).
+    pub lmtp: bool,
 }
 
 /// Parse an address literal: `[1.2.3.4]`, `[IPv6:…]`, `[::1]`. None if it is not one.
@@ -96,6 +113,32 @@ pub fn parse_literal(text: &[u8]) -> Option<IpAddr> {
 
 /// Parse one smtproutes line; None if malformed (the caller warns and skips it).
 pub fn parse_route(line: &[u8]) -> Option<Route> {
+    parse_route_with(line, SMTP_PORT)
+}
+
+/// Parse one lmtproutes line: `pattern:/socket/path`, or `pattern:relay[:port]` as smtproutes
+/// with port 24 by default, a relay required and no TLS marker. None if malformed.
+pub fn parse_lmtp_route(line: &[u8]) -> Option<Route> {
+    use std::os::unix::ffi::OsStrExt;
+    let colon = memchr::memchr(b':', line)?;
+    let rest = line[colon + 1..].trim_ascii_end();
+    if rest.first() == Some(&b'/') {
+        if rest.len() > MAX_SOCKET_PATH || rest.iter().any(|&b| b < b' ' || b == 0x7f) {
+            return None;
+        }
+        let relay = Relay::Socket(PathBuf::from(std::ffi::OsStr::from_bytes(rest)));
+        let pattern = crate::mail::address::normal_domain(&line[..colon]);
+        return Some(Route { pattern, relay, port: 0, tls: RouteTls::Opportunistic, lmtp: true });
+    }
+    let route = parse_route_with(line, LMTP_PORT)?;
+    if route.relay == Relay::Mx || route.tls != RouteTls::Opportunistic {
+        return None;
+    }
+    Some(Route { lmtp: true, ..route })
+}
+
+/// A routes line with `default_port` where it gives none.
+fn parse_route_with(line: &[u8], default_port: u16) -> Option<Route> {
     let colon = memchr::memchr(b':', line)?;
     let pattern = crate::mail::address::normal_domain(&line[..colon]);
     let rest = &line[colon + 1..];
@@ -136,7 +179,7 @@ pub fn parse_route(line: &[u8]) -> Option<Route> {
         None => (&b""[..], None),
     };
     let port = match port {
-        b"" => SMTP_PORT,
+        b"" => default_port,
         p => std::str::from_utf8(p).ok()?.parse::<u16>().ok().filter(|&p| p != 0)?,
     };
     let tls = match marker.map(|m| m.trim_ascii().to_ascii_lowercase()).as_deref() {
@@ -146,7 +189,7 @@ pub fn parse_route(line: &[u8]) -> Option<Route> {
         Some(b"starttls") => RouteTls::Starttls,
         Some(_) => return None,
     };
-    Some(Route { pattern, relay, port, tls })
+    Some(Route { pattern, relay, port, tls, lmtp: false })
 }
 
 /// Parse one senderroutes line: `user@domain:…` or `@domain:…`, then as smtproutes. None if
@@ -311,6 +354,11 @@ pub struct Plan {
     /// Hosts that were skipped and why (temporary DNS failures of one MX, …), for the text
     /// of a failure if no host works. Only a DNS failure is ever temporary.
     pub notes: Vec<Text>,
+    /// Speak LMTP (control/lmtproutes): LHLO, no TLS, no AUTH, a reply per recipient after
+    /// the message.
+    pub lmtp: bool,
+    /// The unix socket of an LMTP route, tried instead of any host.
+    pub socket: Option<PathBuf>,
 }
 
 /// Order mail exchangers by preference, shuffling equal preferences with `random`.
@@ -334,10 +382,17 @@ pub fn plan(
     let shown = crate::base::log::safe(&domain);
     let from_routes = route.is_some();
     let port = route.map(|r| r.port).unwrap_or(SMTP_PORT);
-    let named_relay = matches!(route.map(|r| &r.relay), Some(Relay::Address(_) | Relay::Host(_)));
+    let named_relay = matches!(route.map(|r| &r.relay), Some(Relay::Address(_) | Relay::Host(_) | Relay::Socket(_)));
     let tls = route.map(|r| r.tls).unwrap_or_default();
-    let mut plan = Plan { hosts: Vec::new(), port, from_routes, named_relay, tls, notes: Vec::new() };
+    let lmtp = route.is_some_and(|r| r.lmtp);
+    let mut plan =
+        Plan { hosts: Vec::new(), port, from_routes, named_relay, tls, notes: Vec::new(), lmtp, socket: None };
     match route.map(|r| &r.relay) {
+        // An LMTP server on a unix socket: no DNS, no host.
+        Some(Relay::Socket(path)) => {
+            plan.socket = Some(path.clone());
+            return Ok(plan);
+        }
         // A relay named by the administrator is used as given: no MX, no loop check (it may
         // be a filter on this very machine).
         Some(Relay::Address(ip)) => {
@@ -567,6 +622,8 @@ mod tests {
             named_relay: false,
             tls: RouteTls::Opportunistic,
             notes: vec![],
+            lmtp: false,
+            socket: None,
         };
         drop_ourselves(&mut plan, b"example.com", &ours).unwrap();
         assert_eq!(plan.hosts, vec![host(5, "198.51.100.1")]);
@@ -577,6 +634,8 @@ mod tests {
             named_relay: false,
             tls: RouteTls::Opportunistic,
             notes: vec![],
+            lmtp: false,
+            socket: None,
         };
         let failure = drop_ourselves(&mut plan, b"example.com", &ours).unwrap_err();
         assert_eq!(failure.outcome(), Outcome::Permanent);
@@ -588,6 +647,8 @@ mod tests {
             named_relay: false,
             tls: RouteTls::Opportunistic,
             notes: vec![],
+            lmtp: false,
+            socket: None,
         };
         drop_ourselves(&mut plan, b"example.com", &ours).unwrap();
         let mut plan = Plan {
@@ -597,6 +658,8 @@ mod tests {
             named_relay: false,
             tls: RouteTls::Opportunistic,
             notes: vec![],
+            lmtp: false,
+            socket: None,
         };
         assert!(drop_ourselves(&mut plan, b"example.com", &ours).is_err());
     }
@@ -643,6 +706,45 @@ mod tests {
             Some(vec![b"mx.provider.example".to_vec(), b".provider.net".to_vec()])
         );
         assert_eq!(tls_policy(b"listed.example", &lines), Some(vec![b"mx.other.example".to_vec()]));
+    }
+
+    #[test]
+    fn lmtp_routes() {
+        let r = parse_lmtp_route(b"mail.example:/run/dovecot/lmtp").unwrap();
+        assert_eq!(r.relay, Relay::Socket(PathBuf::from("/run/dovecot/lmtp")));
+        assert!(r.lmtp);
+        let r = parse_lmtp_route(b".example:[127.0.0.1]").unwrap();
+        assert_eq!((r.relay, r.port, r.lmtp), (Relay::Address(Ipv4Addr::LOCALHOST.into()), LMTP_PORT, true));
+        let r = parse_lmtp_route(b"example:lmtp.internal:2424").unwrap();
+        assert_eq!((r.relay, r.port), (Relay::Host(b"lmtp.internal".to_vec()), 2424));
+        // No MX for LMTP, no TLS marker, no relative path, nothing too long for sun_path.
+        for bad in [&b"example:"[..], b"example::24", b"example:[::1]:24:starttls", b"example:run/lmtp"] {
+            assert_eq!(parse_lmtp_route(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(parse_lmtp_route(format!("x:/{}", "a".repeat(120)).as_bytes()), None);
+        // smtproutes lines stay SMTP, with port 25 by default.
+        assert!(!parse_route(b"example:[127.0.0.1]").unwrap().lmtp);
+        // For one pattern the LMTP line (read first) wins; a more specific line wins in
+        // either direction.
+        let routes = vec![
+            parse_lmtp_route(b"example:/run/lmtp").unwrap(),
+            parse_route(b"example:[192.0.2.1]").unwrap(),
+            parse_route(b"sub.example:[192.0.2.2]").unwrap(),
+            parse_lmtp_route(b".example:/run/other").unwrap(),
+        ];
+        assert!(find_route(&routes, b"example").unwrap().lmtp);
+        assert!(!find_route(&routes, b"sub.example").unwrap().lmtp);
+        assert_eq!(find_route(&routes, b"x.example").unwrap().relay, Relay::Socket(PathBuf::from("/run/other")));
+        // A socket route plans no host and needs no DNS.
+        let resolver = Resolver {
+            servers: vec!["127.0.0.1:9".parse().unwrap()],
+            timeout: std::time::Duration::from_millis(100),
+            attempts: 1,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let plan = plan(b"example", Some(&routes[0]), &resolver, &Ours::default(), deadline).unwrap();
+        assert!(plan.lmtp && plan.hosts.is_empty());
+        assert_eq!(plan.socket, Some(PathBuf::from("/run/lmtp")));
     }
 
     #[test]

@@ -51,7 +51,9 @@ impl Setup {
         let settings = Settings::from_control(control, domain)?;
         let resolver = Resolver::from_control(control)?;
         let ours = Ours::discover(&control.lines("ipme")?);
-        let routes = route::read_routes(control, "smtproutes", route::parse_route)?;
+        // LMTP routes first: for the same pattern, lmtproutes wins (`route` module).
+        let mut routes = route::read_routes(control, "lmtproutes", route::parse_lmtp_route)?;
+        routes.extend(route::read_routes(control, "smtproutes", route::parse_route)?);
         let sender_routes = route::read_routes(control, "senderroutes", route::parse_sender_route)?;
         Ok(Setup { settings, resolver, ours, routes, sender_routes })
     }

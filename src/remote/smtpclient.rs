@@ -250,6 +250,8 @@ pub fn deliver_keeping(
             named_relay: false,
             tls: RouteTls::default(),
             notes: Vec::new(),
+            lmtp: false,
+            socket: None,
         };
         let mut job = Job::new(&none, sender, recipients, settings);
         job.keep = keep;
@@ -299,6 +301,16 @@ fn deliver_with(job: &Job, message: &mut Message) -> Results {
     let mut notes: Vec<String> = plan.notes.iter().map(Text::to_string).collect();
     let mut all_permanent = true;
     let mut tried = 0;
+    if let Some(path) = &plan.socket {
+        tried += 1;
+        match socket_session(job, path, message) {
+            Ok(results) => return results,
+            Err(text) => {
+                all_permanent &= text.outcome() == Outcome::Permanent;
+                notes.push(text.to_string());
+            }
+        }
+    }
     'hosts: for host in &plan.hosts {
         for ip in &host.addresses {
             if Instant::now() >= settings.deadline {
@@ -345,6 +357,10 @@ fn try_address(job: &Job, host: &Host, ip: &IpAddr, message: &mut Message, use_t
 /// `:starttls` or `:tls` (implicit TLS from the first byte), and for a relay with
 /// credentials in control/smtpauth: AUTH goes over TLS or not at all.
 fn session(job: &Job, host: &Host, ip: &IpAddr, message: &mut Message, use_tls: bool) -> Result<Attempt, Attempt> {
+    if job.plan.lmtp {
+        let connection = connect(job, host, ip)?;
+        return lmtp_session(job, connection, message);
+    }
     let credentials = if job.plan.named_relay { auth::find(&job.settings.credentials, &host.name) } else { None };
     let implicit = job.plan.tls == RouteTls::Implicit;
     let required = job.settings.tls_required || job.plan.tls != RouteTls::Opportunistic || credentials.is_some();
@@ -356,14 +372,14 @@ fn session(job: &Job, host: &Host, ip: &IpAddr, message: &mut Message, use_tls: 
         tls_note = format!(" over {description}");
     }
     greeting(&mut connection)?;
-    let mut ext = hello(&mut connection, &job.settings.helo)?;
+    let mut ext = hello(&mut connection, &job.settings.helo, false)?;
     let offered = use_tls && ext.starttls && crate::tls::client::AVAILABLE;
     if !implicit && (required || offered) {
         match starttls(connection, job, host, ip, &ext, required)? {
             Secured::Tls(upgraded, description) => {
                 connection = upgraded;
                 tls_note = format!(" over {description}");
-                ext = hello(&mut connection, &job.settings.helo)?;
+                ext = hello(&mut connection, &job.settings.helo, false)?;
             }
             Secured::Plain(plain) => connection = plain,
         }
@@ -373,6 +389,62 @@ fn session(job: &Job, host: &Host, ip: &IpAddr, message: &mut Message, use_tls: 
         tls_note.push_str(&format!(" after AUTH {} as {}", mechanism.name(), credentials.user_shown()));
     }
     Ok(Attempt::Done(transaction(connection, job, message, &ext, &tls_note)))
+}
+
+/// An LMTP session (control/lmtproutes), over TCP or a unix socket: the greeting, LHLO, the
+/// transaction. No STARTTLS and no AUTH: an LMTP server is on this machine or a network the
+/// administrator trusts (Dovecot's own advice), and a route to it says which.
+fn lmtp_session(job: &Job, mut connection: Connection, message: &mut Message) -> Result<Attempt, Attempt> {
+    greeting(&mut connection)?;
+    let ext = hello(&mut connection, &job.settings.helo, true)?;
+    Ok(Attempt::Done(transaction(connection, job, message, &ext, "")))
+}
+
+/// The LMTP server on a unix socket: connect (within `timeoutconnect`), then as
+/// [`lmtp_session`]. Err is why the server could not be used (temporary when it is down).
+fn socket_session(job: &Job, path: &std::path::Path, message: &mut Message) -> Result<Results, Text> {
+    let settings = job.settings;
+    let peer = format!("lmtp:{}", crate::base::log::safe(path.as_os_str().as_encoded_bytes()));
+    let left = settings.deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(Text::Verbatim(
+            Outcome::Temporary,
+            format!("{} before connecting to {peer}", settings.out_of_time()),
+        ));
+    }
+    let unix = connect_unix(path, settings.connect_timeout.min(left)).map_err(|e| {
+        Text::Status(Status::temporary(Enhanced::NO_ANSWER, format!("unable to connect to {peer}: {e}")))
+    })?;
+    let connection = Connection {
+        stream: Stream::Unix(unix),
+        input: Vec::new(),
+        peer,
+        timeout: settings.timeout,
+        deadline: settings.deadline,
+        out_of_time: settings.out_of_time(),
+    };
+    match lmtp_session(job, connection, message) {
+        Ok(Attempt::Done(results)) | Err(Attempt::Done(results)) => Ok(results),
+        Ok(Attempt::HostFailed(text)) | Err(Attempt::HostFailed(text)) => Err(text),
+        Ok(Attempt::TlsFailed(words)) | Err(Attempt::TlsFailed(words)) => {
+            Err(Text::Verbatim(Outcome::Temporary, words))
+        }
+    }
+}
+
+/// Connect to a unix socket, waiting at most `timeout` when its listener's backlog is full
+/// (a blocking connect(2) on a unix socket waits for room as long as the send timeout says).
+fn connect_unix(path: &std::path::Path, timeout: Duration) -> io::Result<std::os::unix::net::UnixStream> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, UnixAddr};
+    use nix::sys::time::{TimeVal, TimeValLike};
+    use std::os::fd::AsRawFd;
+    /// A zero send timeout would mean none at all; a day is more than any control file means.
+    const RANGE: (u128, u128) = (1_000, 86_400_000_000);
+    let fd = socket::socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    let micros = i64::try_from(timeout.as_micros().clamp(RANGE.0, RANGE.1)).unwrap_or(i64::MAX);
+    socket::setsockopt(&fd, sockopt::SendTimeout, &TimeVal::microseconds(micros))?;
+    socket::connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    Ok(std::os::unix::net::UnixStream::from(fd))
 }
 
 /// Implicit TLS (port 465, or a route marked `:tls`): the handshake before the greeting,
@@ -515,12 +587,22 @@ fn greeting(connection: &mut Connection) -> Result<(), Attempt> {
     Ok(())
 }
 
-/// EHLO, or HELO when EHLO is refused. A failure is a failure of this host.
-fn hello(connection: &mut Connection, helo: &[u8]) -> Result<Extensions, Attempt> {
+/// EHLO, or HELO when EHLO is refused; LHLO for LMTP (which has no fallback). A failure is
+/// a failure of this host.
+fn hello(connection: &mut Connection, helo: &[u8], lmtp: bool) -> Result<Extensions, Attempt> {
     let peer = connection.peer.clone();
     let died = |Broken(why)| {
         host_failed(Status::temporary(Enhanced::BAD_CONNECTION, format!("connection to {peer} died: {why}")))
     };
+    if lmtp {
+        let lhlo = connection.command(&[b"LHLO ".as_slice(), helo].concat()).map_err(died)?;
+        if lhlo.outcome() == Outcome::Success {
+            return Ok(Extensions::parse(&lhlo.lines));
+        }
+        connection.quit();
+        let words = format!("{peer} refused LHLO. Remote host said: {}", lhlo.text);
+        return Err(Attempt::HostFailed(Text::Verbatim(lhlo.outcome(), words)));
+    }
     let ehlo = connection.command(&[b"EHLO ".as_slice(), helo].concat()).map_err(died)?;
     if ehlo.outcome() == Outcome::Success {
         return Ok(Extensions::parse(&ehlo.lines));
@@ -699,7 +781,13 @@ fn needs_smtputf8(sender: &[u8], recipients: &[Vec<u8>], message: &Message) -> b
 fn check_message(connection: &mut Connection, job: &Job, message: &Message, ext: &Extensions) -> Result<bool, Results> {
     let peer = connection.peer.clone();
     let count = job.recipients.len();
-    let utf8 = needs_smtputf8(job.sender, job.recipients, message);
+    let mut utf8 = needs_smtputf8(job.sender, job.recipients, message);
+    // LMTP is the last hop, into a mailbox that keeps a UTF-8 header as the bytes it is, and
+    // Dovecot (2.3) does not announce SMTPUTF8: there only an address needs it.
+    let ascii_envelope = job.sender.is_ascii() && job.recipients.iter().all(|r| r.is_ascii());
+    if utf8 && job.plan.lmtp && !ext.smtputf8 && ascii_envelope {
+        utf8 = false;
+    }
     if utf8 && !ext.smtputf8 {
         connection.quit();
         let words = format!(
@@ -892,6 +980,11 @@ fn send_message(
         let Broken(why) = connection.broken("sending the message", &e);
         return recipients.died(&peer, why, "while sending the message");
     }
+    if job.plan.lmtp {
+        let results = recipients.lmtp_replies(&mut connection, &peer);
+        connection.quit();
+        return results;
+    }
     let end = match connection.reply() {
         Ok(reply) => reply,
         Err(Broken(why)) => {
@@ -945,6 +1038,56 @@ impl Recipients {
         if let Some(slot) = self.results.get_mut(i) {
             *slot = Some(text);
         }
+    }
+
+    /// LMTP (RFC 2033 §4.2): after the end of data, one reply per recipient accepted at RCPT,
+    /// in their order; each is that recipient's result, so some may be delivered and others
+    /// deferred or bounced by one transaction. A recipient left without its reply (the
+    /// connection broke) is temporary: delivered or not is unknown, and a duplicate is
+    /// better than a loss. The message is delivered when any recipient is, and every other
+    /// recipient carries its own failure.
+    fn lmtp_replies(self, connection: &mut Connection, peer: &str) -> Results {
+        let mut recipients = Vec::with_capacity(self.results.len());
+        let mut broken: Option<String> = None;
+        let mut delivered = 0;
+        for result in self.results {
+            let text = match result {
+                Some(accepted) if accepted.outcome() == Outcome::Success => match &broken {
+                    Some(why) => Text::Verbatim(Outcome::Temporary, why.clone()),
+                    None => match connection.reply() {
+                        Ok(reply) if reply.outcome() == Outcome::Success => {
+                            delivered += 1;
+                            Status::success(format!("{peer} delivered the message. Remote host said: {}", reply.text))
+                                .into()
+                        }
+                        Ok(reply) => Text::Verbatim(
+                            reply.outcome(),
+                            format!("{peer} failed to deliver the message. Remote host said: {}", reply.text),
+                        ),
+                        Err(Broken(why)) => {
+                            let words = format!("Connection to {peer} died after the end of the message: {why}.");
+                            broken = Some(words.clone());
+                            Text::Verbatim(Outcome::Temporary, words)
+                        }
+                    },
+                },
+                Some(refused) => refused,
+                None => Text::Verbatim(Outcome::Temporary, format!("{peer} gave no answer for this recipient.")),
+            };
+            recipients.push(text);
+        }
+        let message = if delivered > 0 {
+            Status::success(format!("{peer} delivered the message to {delivered} of {} recipients.", recipients.len()))
+                .into()
+        } else {
+            let outcome = if recipients.iter().all(|r| r.outcome() == Outcome::Permanent) {
+                Outcome::Permanent
+            } else {
+                Outcome::Temporary
+            };
+            Text::Verbatim(outcome, format!("{peer} delivered the message to none of the recipients."))
+        };
+        Results { recipients, message }
     }
 
     /// Every recipient was refused for good.
