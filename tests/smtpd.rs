@@ -1538,3 +1538,119 @@ fn dkim_signature_asked_for_local_senders_only() {
         assert_eq!(asked, vec![expect.to_string()], "relay {relay}");
     }
 }
+
+/// SPF at MAIL (mail::spf) with dnsmasq serving the records: the result in the
+/// Authentication-Results field at the top of the message, for MAIL FROM's domain and, for
+/// the null sender, the HELO name; forged fields claiming our authserv-id (control/me) are
+/// removed with their continuation lines, others kept; control/spfpolicy `reject` refuses
+/// fail with 550 5.7.23; RELAYCLIENT is not checked.
+#[test]
+fn spf_results_in_authentication_results_and_reject_policy() {
+    let records = [
+        "--txt-record=pass.test,v=spf1 ip4:192.0.2.0/24 -all",
+        "--txt-record=fail.test,v=spf1 ip4:198.51.100.1 -all",
+        "--txt-record=soft.test,v=spf1 mx ~all",
+        "--txt-record=helo.test,v=spf1 a -all",
+        "--host-record=helo.test,192.0.2.7",
+    ]
+    .map(String::from);
+    let Some(dns) = common::dnsmasq::Dnsmasq::start(&records) else { return };
+    let setup = Setup::new().control("dnsservers", &dns.servers()).env("TCPREMOTEIP", "192.0.2.7");
+    let send = |server: &Server, helo: &str, sender: &str, header: &str| -> String {
+        let mut client = server.connect();
+        client.expect("220");
+        client.command(&format!("EHLO {helo}"), "250");
+        let reply = client.command(&format!("MAIL FROM:<{sender}>"), "");
+        if reply.starts_with("250") {
+            client.command("RCPT TO:<user@example.com>", "250");
+            client.command("DATA", "354");
+            client.send(format!("{header}Subject: spf\r\n\r\nbody\r\n.\r\n").as_bytes());
+            client.expect("250");
+        }
+        client.command("QUIT", "221");
+        reply
+    };
+    let server = Server::start(&setup).expect("server");
+    let forged = "Authentication-Results: mx.example.com; spf=pass\r\n\tsmtp.mailfrom=forged@pass.test\r\n\
+                  Authentication-Results: other.example; spf=pass smtp.mailfrom=kept@pass.test\r\n\
+                  authentication-results: (c) MX.EXAMPLE.COM.; dkim=pass\r\n";
+    for (helo, sender, header) in [
+        ("client.test", "a@pass.test", forged),
+        ("client.test", "b@fail.test", ""),
+        ("client.test", "c@soft.test", ""),
+        ("client.test", "d@none.test", ""),
+        ("helo.test", "", ""),
+    ] {
+        assert!(send(&server, helo, sender, header).starts_with("250"), "{sender}");
+    }
+    let messages: Vec<String> = server.queued().iter().map(|(m, _)| String::from_utf8_lossy(m).into_owned()).collect();
+    assert_eq!(messages.len(), 5, "{}", server.log());
+    let want = [
+        "spf=pass (192.0.2.7 is the client) smtp.mailfrom=a@pass.test",
+        "spf=fail (192.0.2.7 is the client) smtp.mailfrom=b@fail.test",
+        "spf=softfail (192.0.2.7 is the client) smtp.mailfrom=c@soft.test",
+        "spf=none (192.0.2.7 is the client) smtp.mailfrom=d@none.test",
+        "spf=pass (192.0.2.7 is the client) smtp.helo=helo.test",
+    ];
+    for want in want {
+        let field = format!("Authentication-Results: mx.example.com;\n\t{want}\n");
+        let message = messages.iter().find(|m| m.contains(&field));
+        let message = message.unwrap_or_else(|| panic!("no {field:?} in {messages:#?}"));
+        // At the top, right after our Received line.
+        let received_end = message.find("\n\tid ").and_then(|i| message[i + 1..].find('\n').map(|j| i + j + 2));
+        assert_eq!(message.find(&field), received_end, "{message}");
+    }
+    let first = messages.iter().find(|m| m.contains("a@pass.test")).expect("the first message");
+    assert!(!first.contains("forged@pass.test") && !first.contains("dkim=pass"), "{first}");
+    assert!(
+        first.contains("Authentication-Results: other.example; spf=pass smtp.mailfrom=kept@pass.test\n"),
+        "{first}"
+    );
+    assert_eq!(first.matches("Authentication-Results: mx.example.com").count(), 1, "{first}");
+    let log = server.log();
+    assert!(log.contains("spf 192.0.2.7 result=fail mailfrom=<b@fail.test>"), "{log}");
+    assert!(log.contains(" spf=pass forged-auth-results=2 result=250"), "{log}");
+
+    let reject = Server::start(&setup.clone().control("spfpolicy", "reject\n")).expect("server");
+    let reply = send(&reject, "client.test", "b@fail.test", "");
+    assert!(reply.starts_with("550 5.7.23 "), "{reply}");
+    assert!(send(&reject, "client.test", "a@pass.test", "").starts_with("250"));
+    assert!(send(&reject, "client.test", "c@soft.test", "").starts_with("250"), "softfail is only recorded");
+    let relay = Server::start(&setup.clone().control("spfpolicy", "reject\n").env("RELAYCLIENT", "")).expect("server");
+    assert!(send(&relay, "client.test", "b@fail.test", "").starts_with("250"), "RELAYCLIENT is not checked");
+    let relayed = relay.queued();
+    assert!(!String::from_utf8_lossy(&relayed[0].0).contains("Authentication-Results"), "no check, no field");
+    let off = Server::start(&setup.clone().control("spfpolicy", "off\n")).expect("server");
+    assert!(send(&off, "client.test", "b@fail.test", "").starts_with("250"));
+    assert!(!String::from_utf8_lossy(&off.queued()[0].0).contains("Authentication-Results"));
+
+    // No answer from the resolver: temperror, 451 4.7.24 under reject.
+    let dead = setup
+        .clone()
+        .control("spfpolicy", "reject\n")
+        .control("dnsservers", "127.0.0.1:9\noptions timeout:1 attempts:1\n");
+    let dead = Server::start(&dead).expect("server");
+    let reply = send(&dead, "client.test", "a@pass.test", "");
+    assert!(reply.starts_with("451 4.7.24 "), "{reply}\n{}", dead.log());
+
+    // A confined session (no QMAILQUEUE filter; as nobody when the tests run as root, whose
+    // sessions are not confined) still asks DNS: UDP is in its policy.
+    let mut confined = setup.clone().control("spfpolicy", "reject\n");
+    confined.no_filter = true;
+    if common::is_root() {
+        let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
+            common::skip("no user nobody to run quill-smtpd as");
+            return;
+        };
+        confined.user = Some((nobody.uid.as_raw(), nobody.gid.as_raw()));
+    }
+    let confined = Server::start(&confined).expect("server");
+    let mut client = confined.connect();
+    client.expect("220");
+    client.command("EHLO client.test", "250");
+    client.command("MAIL FROM:<b@fail.test>", "550 5.7.23 ");
+    client.command("MAIL FROM:<a@pass.test>", "250");
+    client.command("QUIT", "221");
+    let log = confined.log();
+    assert!(log.contains("spf 192.0.2.7 result=pass mailfrom=<a@pass.test>"), "{log}");
+}

@@ -488,6 +488,9 @@ fn check_controls(list: &mut Vec<Problem>, home: &Path) {
     {
         problem(list, e.message, edit(crate::mail::dnsbl::FILE));
     }
+    if let Err(e) = crate::mail::spf::Policy::load(&control) {
+        problem(list, e.message, edit(crate::mail::spf::FILE));
+    }
     if let Err(e) = crate::mail::senderlogins::SenderLogins::load(&control) {
         problem(list, e.message, edit(crate::mail::senderlogins::FILE));
     }

@@ -29,6 +29,10 @@ pub enum Network {
     Local,
     /// Outbound TCP to any port and UDP (DNS); no TCP bind to a port of its own.
     Outbound,
+    /// Unix-domain sockets and UDP for DNS (quill-smtpd's SPF lookups): socket(2) may make
+    /// IPv4 and IPv6 sockets, and where Landlock rules the network (ABI 4 and later) every
+    /// TCP connect and bind is still refused.
+    Dns,
 }
 
 /// What one program may do once confined.
@@ -362,7 +366,7 @@ fn families(network: Network) -> &'static [i32] {
     match network {
         Network::None => &[],
         Network::Local => &[libc::AF_UNIX],
-        Network::Outbound => &[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6],
+        Network::Outbound | Network::Dns => &[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6],
     }
 }
 

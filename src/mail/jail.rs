@@ -30,7 +30,8 @@ fn paths(list: &[&str]) -> Vec<PathBuf> {
 /// quill-smtpd, per connection, after its control files are read: reads its control files,
 /// users/ and the aliases file (the RCPT check, loaded at the first local RCPT), the
 /// certificate and key (read at STARTTLS) and the name service's files (getpwnam for the RCPT
-/// check); writes nothing; executes nothing; opens only unix sockets (queue/writer/socket).
+/// check); writes nothing; executes nothing; opens unix sockets (queue/writer/socket) and UDP
+/// sockets to ask DNS about SPF (the resolver's configuration is read before); no TCP.
 pub fn smtpd(home: &Path, aliases: &Path, tls: &[PathBuf]) -> Policy {
     let mut read = vec![home.join("control"), home.join("users"), aliases.to_path_buf()];
     read.extend(tls.iter().cloned());
@@ -41,7 +42,7 @@ pub fn smtpd(home: &Path, aliases: &Path, tls: &[PathBuf]) -> Policy {
         read,
         write: vec![],
         exec: vec![],
-        network: Network::Local,
+        network: Network::Dns,
         syscalls: vec![BASE, BASE_ARCH, READ_FILES, READ_FILES_ARCH, SOCKETS],
     }
 }

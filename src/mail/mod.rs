@@ -5,9 +5,11 @@
 //! recipient rewriting quill-send and quill-smtpd share). Files: `control` (doc/quill-control.5),
 //! `queuefile` (doc/queue-format.5: the queue's layout and a message file's header),
 //! `aliases` (doc/aliases.5), `users` (doc/quill-users.5), `dotqmail` (doc/dot-qmail.5),
-//! `dns` (the stub resolver: quill-remote's MX lookups, quill-smtpd's blocklists), `dnsbl`
-//! (control/dnsbl and the lookups of a client in its zones), `dkim` (signing), `dkimverify`
-//! (streaming DKIM verification) and `dmarc` (RFC 7489 policy and alignment),
+//! `dns` (the stub resolver: quill-remote's MX lookups, quill-smtpd's blocklists and SPF),
+//! `dnsbl` (control/dnsbl and the lookups of a client in its zones), `spf` (RFC 7208's
+//! check_host() over a DNS trait), `authres` (the Authentication-Results header and the
+//! removal of forged ones), `dkim` (signing), `dkimverify` (streaming DKIM verification) and
+//! `dmarc` (RFC 7489 policy and alignment),
 //! `queuelist` (the queue listing `mailq` and `quill queue list` print), `recipient` (whether
 //! a local address is deliverable: quill-smtpd's RCPT check, `sendmail -bv`), `senderlogins`
 //! (which senders an authenticated user may use). Confinement: `jail`
@@ -22,6 +24,7 @@
 
 pub mod address;
 pub mod aliases;
+pub mod authres;
 pub mod control;
 pub mod dkim;
 pub mod dkimverify;
@@ -40,6 +43,7 @@ pub mod recipient;
 pub mod rewrite;
 pub mod senderlogins;
 pub mod smtp;
+pub mod spf;
 pub mod submit;
 pub mod users;
 pub mod writer_client;

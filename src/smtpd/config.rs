@@ -57,6 +57,11 @@ pub struct Config {
     /// What the DNS lists of control/dnsbl say about the client ([`crate::mail::dnsbl`]),
     /// filled in by quill-smtpd's main before the confinement.
     pub dnsbl: crate::mail::dnsbl::Verdict,
+    /// control/spfpolicy: whether SPF is checked at MAIL and what a fail means.
+    pub spf: SpfPolicy,
+    /// The resolver SPF asks (control/dnsservers or /etc/resolv.conf, read before the
+    /// confinement); None when SPF is off.
+    pub resolver: Option<crate::mail::dns::Resolver>,
     /// TCPREMOTEIP.
     pub remote_ip: String,
     /// TCPREMOTEHOST, or empty.
@@ -174,6 +179,8 @@ pub fn linked_policy(args: &[OsString]) -> std::result::Result<(Policy, bool), S
     Ok((crate::mail::jail::smtpd(&control.home, &aliases, &tls), dnsbl))
 }
 
+pub use crate::mail::spf::Policy as SpfPolicy;
+
 fn env_bytes(name: &str) -> Option<Vec<u8>> {
     std::env::var_os(name).map(OsString::into_vec)
 }
@@ -238,8 +245,15 @@ impl Config {
         // Only a session that can offer AUTH needs control/authinsecure.
         let auth_insecure =
             !checkpassword.is_empty() && (env_flag("AUTH_INSECURE") || control.read("authinsecure")?.is_some());
+        let spf = SpfPolicy::load(control)?;
+        let resolver = match spf {
+            SpfPolicy::Off => None,
+            _ => Some(crate::mail::dns::Resolver::from_control(control)?),
+        };
         Ok(Config {
             control: control.clone(),
+            spf,
+            resolver,
             greeting,
             rcpthosts,
             databytes,

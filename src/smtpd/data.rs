@@ -263,6 +263,8 @@ pub struct Incoming {
     complete: Option<(Vec<u8>, Vec<u8>)>,
     /// The last byte given to the queue program.
     last: u8,
+    /// Removes `Authentication-Results:` fields that claim our authserv-id (RFC 8601 §5).
+    forgeries: Option<crate::mail::authres::ForgeryFilter>,
 }
 
 /// How the client's bytes become message bytes: DATA's end-of-data machine, or BDAT's chunks.
@@ -317,6 +319,7 @@ impl Incoming {
             submission: Some(submission),
             complete: None,
             last: b'\n',
+            forgeries: None,
         }
     }
 
@@ -325,6 +328,17 @@ impl Incoming {
     /// senders gets them; mail relayed in from strangers is left as it came).
     pub fn complete_header(&mut self, date: Vec<u8>, message_id: Vec<u8>) {
         self.complete = Some((date, message_id));
+    }
+
+    /// Remove from the header the `Authentication-Results:` fields that claim `authserv_id`
+    /// (ours: only this server's own header may).
+    pub fn remove_forged_results(&mut self, authserv_id: &[u8]) {
+        self.forgeries = Some(crate::mail::authres::ForgeryFilter::new(authserv_id));
+    }
+
+    /// How many forged `Authentication-Results:` fields were removed.
+    pub fn forged_results(&self) -> usize {
+        self.forgeries.as_ref().map_or(0, |f| f.removed)
     }
 
     /// The lines of [`Incoming::complete_header`] the header lacks.
@@ -378,6 +392,11 @@ impl Incoming {
     /// Count, check and pass on the message bytes in `chunk`.
     fn take_chunk(&mut self) {
         self.size += self.chunk.len() as u64 + memchr::memchr_iter(b'\n', &self.chunk).count() as u64;
+        if let Some(filter) = self.forgeries.as_mut().filter(|f| !f.passing()) {
+            let mut kept = Vec::with_capacity(self.chunk.len());
+            filter.feed(&self.chunk, &mut kept);
+            self.chunk = kept;
+        }
         if let Some(end) = self.hops.feed(&self.chunk) {
             let missing = self.missing();
             self.chunk.splice(end..end, missing);
@@ -405,7 +424,17 @@ impl Incoming {
             let detail = format!(" (refused: {} hops)", self.hops.hops);
             refused(554, "5.4.6 too many hops, this message is looping", detail)
         } else {
-            // A message that is all header (no empty line) gets the lines at its end.
+            // A message that is all header (no empty line): a field the forgery filter still
+            // holds is decided, and the missing lines come at its end.
+            let mut held = Vec::new();
+            if let Some(filter) = self.forgeries.as_mut() {
+                filter.finish(&mut held);
+            }
+            if let Some(submission) = self.submission.as_mut().filter(|_| !held.is_empty()) {
+                submission.write(&held);
+                self.written += held.len() as u64;
+                self.last = held.last().copied().unwrap_or(self.last);
+            }
             let mut missing = self.missing();
             if let Some(submission) = self.submission.as_mut().filter(|_| !missing.is_empty()) {
                 if self.last != b'\n' {

@@ -17,15 +17,17 @@
 #![forbid(unsafe_code)]
 
 use crate::base::fail::Outcome;
+use crate::mail::authres::AuthResults;
 use crate::mail::envelope::Envelope;
 use crate::mail::senderlogins::SenderLogins;
 use crate::mail::smtp::{
     base64_decode, header_safe, parse_command, parse_params, parse_path, strip_keyword, write_reply, Mailbox,
     PathError, PathKind, Verb, MAX_AUTH_LINE, MAX_COMMAND_LINE,
 };
+use crate::mail::spf::{Checked, SpfResult};
 use crate::mail::submit::Submission;
 use crate::smtpd::auth::{checkpassword_request, decode_initial, plain_credentials, well_formed};
-use crate::smtpd::config::{TlsFiles, STRESS_IDLE};
+use crate::smtpd::config::{SpfPolicy, TlsFiles, STRESS_IDLE};
 use crate::smtpd::data::{queue_reply, Ending, Incoming};
 use crate::smtpd::rcptcheck::{Policy, Rcpt};
 use crate::tls::server::{ServerTls, TlsStream};
@@ -230,6 +232,8 @@ struct Transaction {
     sender: Vec<u8>,
     recipients: Vec<Vec<u8>>,
     utf8: bool,
+    /// What SPF said about the client and the sender at MAIL (None: not checked).
+    spf: Option<Checked>,
     /// A message coming in BDAT chunks (RFC 3030), from its first chunk to BDAT LAST: its
     /// data streamed to the queue so far and the id of its Received line. Dropping the
     /// transaction (RSET, EHLO, QUIT, an error) abandons it: the queue gets no envelope.
@@ -722,9 +726,68 @@ impl Session {
             self.reply(code, &text);
             return Ok(());
         }
-        self.transaction = Some(Transaction { sender: mailbox.address(), recipients: Vec::new(), utf8, chunked: None });
+        let spf = self.check_spf(&mailbox.address());
+        if let Some((code, text)) = spf.as_ref().and_then(|checked| self.spf_refusal(checked)) {
+            self.reply(code, &text);
+            return Ok(());
+        }
+        self.transaction =
+            Some(Transaction { sender: mailbox.address(), recipients: Vec::new(), utf8, spf, chunked: None });
         self.reply(250, "2.1.0 ok");
         Ok(())
+    }
+
+    /// SPF (RFC 7208, [`crate::mail::spf`]) for the client's address and MAIL FROM's domain,
+    /// or the HELO name for the null sender; with its log line. None when it is not asked:
+    /// control/spfpolicy says off, or the client is RELAYCLIENT, authenticated, local
+    /// (`sendmail -bs`) or on the loopback.
+    fn check_spf(&self, sender: &[u8]) -> Option<Checked> {
+        if self.config.spf == SpfPolicy::Off
+            || self.config.relayclient.is_some()
+            || self.auth_user.is_some()
+            || self.config.local
+        {
+            return None;
+        }
+        let resolver = self.config.resolver.as_ref()?;
+        let ip: std::net::IpAddr = self.config.remote_ip.parse().ok()?;
+        // A client on this host's own loopback is local: no domain's SPF record speaks of it.
+        if ip.is_loopback() {
+            return None;
+        }
+        let helo = self.helo.as_deref().unwrap_or_default();
+        let mut dns = crate::mail::spf::ResolverDns::new(resolver);
+        let checked = crate::mail::spf::check_mail(&mut dns, ip, sender, helo, &self.config.me);
+        let outcome = &checked.outcome;
+        crate::base::log::line(&format!(
+            "spf {} result={} {}=<{}>{}",
+            self.config.remote_ip,
+            outcome.result.name(),
+            if checked.helo { "helo" } else { "mailfrom" },
+            header_safe(&checked.identity, 200),
+            outcome.problem.as_deref().map(|p| format!(" ({})", header_safe(p.as_bytes(), 200))).unwrap_or_default()
+        ));
+        Some(checked)
+    }
+
+    /// The refusal control/spfpolicy `reject` asks for: fail is 550 5.7.23 (RFC 7372 §3.2),
+    /// with the domain's explanation when it gave one; temperror is 451 4.7.24.
+    fn spf_refusal(&self, checked: &Checked) -> Option<(u16, String)> {
+        if self.config.spf != SpfPolicy::Reject {
+            return None;
+        }
+        let identity = header_safe(&checked.identity, 200);
+        match checked.outcome.result {
+            SpfResult::Fail => {
+                let why = match &checked.outcome.explanation {
+                    Some(text) => header_safe(text.as_bytes(), 200),
+                    None => format!("SPF does not allow {} to send for {identity}", self.config.remote_ip),
+                };
+                Some((550, format!("5.7.23 {why}")))
+            }
+            SpfResult::TempError => Some((451, format!("4.7.24 SPF lookup for {identity} failed, try again later"))),
+            _ => None,
+        }
     }
 
     /// An authenticated user may send only as the addresses control/senderlogins gives them
@@ -885,9 +948,12 @@ impl Session {
         };
         let (seconds, micros) = crate::base::date::now_micros();
         let id = format!("{seconds}.{micros:06}.{}", std::process::id());
-        let received = self.received_line(&id, seconds);
-        let mut incoming = Incoming::new(submission, received.as_bytes(), self.config.databytes);
+        let trace = self.trace_lines(&id, seconds, transaction.spf.as_ref());
+        let mut incoming = Incoming::new(submission, &trace, self.config.databytes);
         self.complete_header(&mut incoming, &id, seconds);
+        if !self.config.local {
+            incoming.remove_forged_results(&self.config.me);
+        }
         self.reply(354, "go ahead, end with <CRLF>.<CRLF>");
         self.data_started = Some(Instant::now());
         loop {
@@ -902,13 +968,14 @@ impl Session {
         }
         self.data_started = None;
         self.idle_since = Instant::now();
-        let Transaction { sender, recipients, .. } = transaction;
+        let Transaction { sender, recipients, spf, .. } = transaction;
         let envelope = Envelope { sender, recipients };
+        let forged = incoming.forged_results();
         let ending = incoming.finish(&envelope, &id);
         if ending.queued.is_some() {
             self.messages += 1;
         }
-        self.log_message(&id, &envelope, &ending, None);
+        self.log_message(&id, &envelope, &ending, None, (spf.as_ref(), forged));
         self.reply(ending.code, &ending.text);
         Ok(())
     }
@@ -970,17 +1037,18 @@ impl Session {
         // The end, or a chunk that already sank the message (too big, a bare line end, a
         // loop): the verdict now, so the client stops sending chunks.
         self.idle_since = Instant::now();
-        let Some(Transaction { sender, recipients, chunked: Some(Chunked { incoming, id, chunks }), .. }) =
+        let Some(Transaction { sender, recipients, spf, chunked: Some(Chunked { incoming, id, chunks }), .. }) =
             self.transaction.take()
         else {
             return Ok(());
         };
         let envelope = Envelope { sender, recipients };
+        let forged = incoming.forged_results();
         let ending = incoming.finish(&envelope, &id);
         if ending.queued.is_some() {
             self.messages += 1;
         }
-        self.log_message(&id, &envelope, &ending, Some(chunks));
+        self.log_message(&id, &envelope, &ending, Some(chunks), (spf.as_ref(), forged));
         self.reply(ending.code, &ending.text);
         Ok(())
     }
@@ -995,9 +1063,13 @@ impl Session {
         })?;
         let (seconds, micros) = crate::base::date::now_micros();
         let id = format!("{seconds}.{micros:06}.{}", std::process::id());
-        let received = self.received_line(&id, seconds);
-        let mut incoming = Incoming::chunked(submission, received.as_bytes(), self.config.databytes);
+        let spf = self.transaction.as_ref().and_then(|t| t.spf.clone());
+        let trace = self.trace_lines(&id, seconds, spf.as_ref());
+        let mut incoming = Incoming::chunked(submission, &trace, self.config.databytes);
         self.complete_header(&mut incoming, &id, seconds);
+        if !self.config.local {
+            incoming.remove_forged_results(&self.config.me);
+        }
         if let Some(t) = self.transaction.as_mut() {
             t.chunked = Some(Chunked { incoming, id, chunks: 0 });
         }
@@ -1027,10 +1099,21 @@ impl Session {
     }
 
     /// The `message` log line. A refused message gets exactly this one, with the reason in it;
-    /// the queue program it was streamed to says nothing. `chunks`: a message sent with BDAT.
-    fn log_message(&self, id: &str, envelope: &Envelope, ending: &Ending, chunks: Option<u64>) {
+    /// the queue program it was streamed to says nothing. `chunks`: a message sent with BDAT;
+    /// `checks`: the SPF result and how many forged Authentication-Results fields were removed.
+    fn log_message(
+        &self,
+        id: &str,
+        envelope: &Envelope,
+        ending: &Ending,
+        chunks: Option<u64>,
+        checks: (Option<&Checked>, usize),
+    ) {
+        let (spf, forged) = checks;
+        let spf = spf.map(|c| format!(" spf={}", c.outcome.result.name())).unwrap_or_default();
+        let forged = if forged > 0 { format!(" forged-auth-results={forged}") } else { String::new() };
         crate::base::log::line(&format!(
-            "message {} id={id} from=<{}> rcpts={} bytes={} qp={}{} result={} {}{}",
+            "message {} id={id} from=<{}> rcpts={} bytes={} qp={}{}{spf}{forged} result={} {}{}",
             self.config.remote_ip,
             // UTF-8 stays readable; what header_safe hides in ASCII is hidden here too.
             crate::base::log::safe(&envelope.sender[..envelope.sender.len().min(200)])
@@ -1055,6 +1138,22 @@ impl Session {
         let date = format!("Date: {}\n", crate::base::date::rfc5322(now)).into_bytes();
         let message_id = format!("Message-ID: <{id}@{}>\n", self.me()).into_bytes();
         incoming.complete_header(date, message_id);
+    }
+
+    /// What goes before the client's header: our Received line and, when SPF was checked,
+    /// our Authentication-Results field (RFC 8601 §5: at the top, beside the trace fields).
+    /// Incoming fields that claim our authserv-id are removed from any session but a local
+    /// one (`sendmail -bs`).
+    fn trace_lines(&self, id: &str, now: u64, spf: Option<&Checked>) -> Vec<u8> {
+        let mut trace = self.received_line(id, now).into_bytes();
+        if let Some(checked) = spf {
+            let results = AuthResults {
+                authserv_id: header_safe(&self.config.me, 255),
+                results: vec![crate::mail::authres::spf_result(checked, &self.config.remote_ip)],
+            };
+            trace.extend_from_slice(&results.header());
+        }
+        trace
     }
 
     fn received_line(&self, id: &str, now: u64) -> String {

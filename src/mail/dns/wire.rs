@@ -14,6 +14,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 pub const TYPE_A: u16 = 1;
 pub const TYPE_CNAME: u16 = 5;
 pub const TYPE_SOA: u16 = 6;
+pub const TYPE_PTR: u16 = 12;
 pub const TYPE_MX: u16 = 15;
 pub const TYPE_TXT: u16 = 16;
 pub const TYPE_AAAA: u16 = 28;
@@ -63,6 +64,8 @@ pub enum Data {
     Cname(Vec<u8>),
     /// A mail exchanger: preference and host.
     Mx(u16, Vec<u8>),
+    /// A pointer: the name an address maps back to (SPF's ptr mechanism and %{p} macro).
+    Ptr(Vec<u8>),
     /// Start of authority: primary server and the negative-caching TTL.
     Soa(Vec<u8>, u32),
     /// Text: its character-strings, each at most 255 bytes (RFC 1035 §3.3.14).
@@ -222,7 +225,7 @@ pub fn encode_message(message: &Message) -> Result<Vec<u8>, WireError> {
         match &record.data {
             Data::A(ip) => data.extend_from_slice(&ip.octets()),
             Data::Aaaa(ip) => data.extend_from_slice(&ip.octets()),
-            Data::Cname(name) => encode_name(name, &mut data)?,
+            Data::Cname(name) | Data::Ptr(name) => encode_name(name, &mut data)?,
             Data::Mx(preference, name) => {
                 data.extend_from_slice(&preference.to_be_bytes());
                 encode_name(name, &mut data)?;
@@ -389,6 +392,7 @@ fn record(c: &mut Cursor) -> Result<Record, WireError> {
         TYPE_A => Data::A(Ipv4Addr::from(<[u8; 4]>::try_from(rdata).map_err(|_| WireError::BadRecord)?)),
         TYPE_AAAA => Data::Aaaa(Ipv6Addr::from(<[u8; 16]>::try_from(rdata).map_err(|_| WireError::BadRecord)?)),
         TYPE_CNAME => Data::Cname(inner.name()?),
+        TYPE_PTR => Data::Ptr(inner.name()?),
         TYPE_MX => {
             let preference = inner.u16()?;
             Data::Mx(preference, inner.name()?)
