@@ -6,7 +6,8 @@
 //! `queuefile` (doc/queue-format.5: the queue's layout and a message file's header),
 //! `aliases` (doc/aliases.5), `users` (doc/quill-users.5), `dotqmail` (doc/dot-qmail.5),
 //! `dns` (the stub resolver: quill-remote's MX lookups, quill-smtpd's blocklists), `dnsbl`
-//! (control/dnsbl and the lookups of a client in its zones),
+//! (control/dnsbl and the lookups of a client in its zones), `dsn` (RFC 3461 parameters
+//! and their queue record),
 //! `queuelist` (the queue listing `mailq` and `quill queue list` print), `recipient` (whether
 //! a local address is deliverable: quill-smtpd's RCPT check, `sendmail -bv`), `senderlogins`
 //! (which senders an authenticated user may use). Confinement: `jail`
@@ -26,6 +27,7 @@ pub mod dkim;
 pub mod dns;
 pub mod dnsbl;
 pub mod dotqmail;
+pub mod dsn;
 pub mod envelope;
 pub mod header;
 pub mod idna;
