@@ -221,6 +221,7 @@ mod tests {
                 sender: b"s@x".to_vec(),
                 recipients: vec![b"Local@here".to_vec(), b"far@there".to_vec()],
             },
+            dsn: Default::default(),
         }
     }
 

@@ -950,9 +950,9 @@ impl Session {
         }
         self.data_started = None;
         self.idle_since = Instant::now();
-        let Transaction { sender, recipients, .. } = transaction;
+        let Transaction { sender, recipients, dsn, .. } = transaction;
         let envelope = Envelope { sender, recipients };
-        let ending = incoming.finish(&envelope, &id);
+        let ending = incoming.finish(&envelope, &dsn, &id);
         if ending.queued.is_some() {
             self.messages += 1;
         }
@@ -1018,13 +1018,13 @@ impl Session {
         // The end, or a chunk that already sank the message (too big, a bare line end, a
         // loop): the verdict now, so the client stops sending chunks.
         self.idle_since = Instant::now();
-        let Some(Transaction { sender, recipients, chunked: Some(Chunked { incoming, id, chunks }), .. }) =
+        let Some(Transaction { sender, recipients, dsn, chunked: Some(Chunked { incoming, id, chunks }), .. }) =
             self.transaction.take()
         else {
             return Ok(());
         };
         let envelope = Envelope { sender, recipients };
-        let ending = incoming.finish(&envelope, &id);
+        let ending = incoming.finish(&envelope, &dsn, &id);
         if ending.queued.is_some() {
             self.messages += 1;
         }
