@@ -202,3 +202,25 @@ fn ret_full_returns_the_message_and_never_sends_nothing() {
     assert_eq!(q.delivered("owner").len(), 1, "no second report; log:\n{}", q.log());
     assert_eq!(q.log().matches("bounce msg").count(), 1, "log:\n{}", q.log());
 }
+
+#[test]
+fn notify_success_gives_a_delivery_notice_for_a_local_delivery() {
+    let q = Instance::start("dsn-success");
+    q.send(
+        "<owner@localhost> ENVID=env2",
+        &["<bob@localhost> NOTIFY=SUCCESS ORCPT=rfc822;bob@localhost", "<ann@localhost>"],
+        "Subject: dsn four\n\nhello\n",
+    );
+    assert!(wait_for(Duration::from_secs(60), || q.delivered("owner").len() == 1), "no notice; log:\n{}", q.log());
+    assert_eq!(q.delivered("bob").len(), 1);
+    assert_eq!(q.delivered("ann").len(), 1);
+    let notice = &q.delivered("owner")[0];
+    assert!(notice.contains("Subject: delivery notice\n"), "{notice}");
+    assert!(notice.contains("Final-Recipient: rfc822; bob@localhost\nAction: delivered\nStatus: 2.0.0\n"), "{notice}");
+    assert!(!notice.contains("ann@localhost"), "no NOTIFY: no success notice:\n{notice}");
+    if let Some(structure) = python_structure(notice) {
+        assert!(structure.starts_with("type multipart/report delivery-status\n"), "{structure}");
+        assert!(structure.contains("Original-Envelope-Id: env2\n"), "{structure}");
+        assert!(structure.contains("Action: delivered\n"), "{structure}");
+    }
+}

@@ -19,7 +19,29 @@ pub const MAX_ORIGINAL_HEADERS: usize = 64 * 1024;
 /// The most bytes of one recipient's failure text in a bounce.
 pub const MAX_TEXT: usize = 2000;
 
-/// One recipient that failed for good.
+/// What happened to a recipient in a report (RFC 3464 §2.3.3's Action).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Failed for good.
+    Failed,
+    /// Delivered here, to a mailbox or program (a success notice, NOTIFY=SUCCESS).
+    Delivered,
+    /// Handed to another server that will send no notice of its own (NOTIFY=SUCCESS).
+    Relayed,
+}
+
+impl Action {
+    fn word(self) -> &'static str {
+        match self {
+            Action::Failed => "failed",
+            Action::Delivered => "delivered",
+            Action::Relayed => "relayed",
+        }
+    }
+}
+
+/// One recipient in a report: one that failed for good, or one whose delivery the sender
+/// asked to hear of (NOTIFY=SUCCESS).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
     /// The recipient as the sender gave it.
@@ -28,6 +50,8 @@ pub struct Failure {
     pub text: Vec<u8>,
     /// Its ORCPT (RFC 3461), in wire form, when the client gave one: the Original-Recipient.
     pub orcpt: Option<Vec<u8>>,
+    /// What happened.
+    pub action: Action,
 }
 
 /// What goes into one bounce.
@@ -173,8 +197,14 @@ pub fn compose(b: &Bounce) -> Vec<u8> {
     push(&mut out, &[b"From: ", b.from, b"\n"]);
     // The bounce goes to the envelope sender, which the original client chose.
     push(&mut out, &[b"To: ", &crate::mail::header::field_safe(b.to), b"\n"]);
-    let subject: &[u8] =
-        if b.double { b"Subject: failure notice (undeliverable bounce)\n" } else { b"Subject: failure notice\n" };
+    let failed = b.failures.iter().any(|f| f.action == Action::Failed);
+    let subject: &[u8] = if b.double {
+        b"Subject: failure notice (undeliverable bounce)\n"
+    } else if failed {
+        b"Subject: failure notice\n"
+    } else {
+        b"Subject: delivery notice\n"
+    };
     push(&mut out, &[subject]);
     push(&mut out, &[b"Date: ", crate::base::date::rfc5322(b.now).as_bytes(), b"\n"]);
     push(&mut out, &[format!("Message-ID: <{}.{}.bounce@{}>\n", b.now, b.id, me).as_bytes()]);
@@ -189,16 +219,29 @@ pub fn compose(b: &Bounce) -> Vec<u8> {
     if b.double {
         push(&mut out, &[b"A bounce message could not be delivered to the sender it was meant for.\n"]);
         push(&mut out, &[b"The recipients of that bounce and the reasons follow; its headers are attached.\n\n"]);
-    } else {
+    } else if failed {
         push(&mut out, &[b"Your message could not be delivered to the addresses below, and no further\n"]);
         push(&mut out, &[b"attempts will be made. Its headers are attached for reference.\n\n"]);
     }
-    for f in b.failures {
+    for f in b.failures.iter().filter(|f| f.action == Action::Failed) {
         out.push(b'<');
         ascii(&f.recipient, &mut out);
         out.extend_from_slice(b">:\n");
         text_lines(&f.text, &mut out);
         out.push(b'\n');
+    }
+
+    let mut told = false;
+    for f in b.failures.iter().filter(|f| f.action != Action::Failed) {
+        if !told {
+            push(&mut out, &[b"You asked to be told when your message was delivered to the addresses below.\n"]);
+            push(&mut out, &[b"Delivered means it reached the mailbox; relayed means it went on to a server\n"]);
+            push(&mut out, &[b"that will not report its delivery.\n\n"]);
+            told = true;
+        }
+        out.push(b'<');
+        ascii(&f.recipient, &mut out);
+        push(&mut out, &[b">: ", f.action.word().as_bytes(), b"\n\n"]);
     }
 
     // The machine-readable part.
@@ -217,9 +260,18 @@ pub fn compose(b: &Bounce) -> Vec<u8> {
         }
         out.extend_from_slice(b"Final-Recipient: rfc822; ");
         ascii(&f.recipient, &mut out);
-        out.extend_from_slice(b"\nAction: failed\n");
-        push(&mut out, &[format!("Status: {}\n", Status::permanent(status_code(&f.text), "").code_text()).as_bytes()]);
-        push(&mut out, &[b"Diagnostic-Code: x-quill; ", &one_line(&f.text), b"\n"]);
+        push(&mut out, &[b"\nAction: ", f.action.word().as_bytes(), b"\n"]);
+        if f.action == Action::Failed {
+            push(
+                &mut out,
+                &[format!("Status: {}\n", Status::permanent(status_code(&f.text), "").code_text()).as_bytes()],
+            );
+        } else {
+            out.extend_from_slice(b"Status: 2.0.0\n");
+        }
+        if !f.text.is_empty() {
+            push(&mut out, &[b"Diagnostic-Code: x-quill; ", &one_line(&f.text), b"\n"]);
+        }
     }
     out.push(b'\n');
 
@@ -272,8 +324,14 @@ mod tests {
                 recipient: b"joe@example.org".to_vec(),
                 text: b"Sorry, no mailbox here by that name. (#5.1.1)\n".to_vec(),
                 orcpt: None,
+                action: Action::Failed,
             },
-            Failure { recipient: b"ann@example.org".to_vec(), text: b"line one\nline two\n".to_vec(), orcpt: None },
+            Failure {
+                recipient: b"ann@example.org".to_vec(),
+                text: b"line one\nline two\n".to_vec(),
+                orcpt: None,
+                action: Action::Failed,
+            },
         ];
         let b = Bounce {
             me: b"mx.example.net",
@@ -314,6 +372,7 @@ mod tests {
             recipient: "jö@x".as_bytes().to_vec(),
             text: "bad \u{e9}\0".as_bytes().to_vec(),
             orcpt: None,
+            action: Action::Failed,
         }];
         let b = Bounce {
             me: b"m",

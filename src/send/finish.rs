@@ -6,7 +6,8 @@ use crate::base::log;
 use crate::mail::envelope::Envelope;
 use crate::mail::proto::clean::Verb;
 use crate::mail::proto::info::Progress;
-use crate::send::bounce::{self, Bounce, Failure};
+use crate::mail::rewrite::Channel;
+use crate::send::bounce::{self, Action, Bounce, Failure};
 use crate::send::message::{Phase, FINISH};
 use crate::send::sendloop::{Sender, DOUBLE_BOUNCE_SENDER, FINISH_RETRY};
 use std::fs::File;
@@ -19,6 +20,8 @@ impl Sender {
         let Some(m) = self.messages.get_mut(&id) else { return };
         m.phase = Phase::Bouncing;
         m.due[FINISH] = None;
+        // A notice of delivery never goes to a bounce's empty sender, nor to the postmaster.
+        let notices = !m.sender.is_empty() && m.sender != DOUBLE_BOUNCE_SENDER;
         let failures: Vec<Failure> = m
             .recipients
             .iter()
@@ -30,6 +33,15 @@ impl Sender {
                     recipient: original.clone(),
                     text: text.clone(),
                     orcpt: m.dsn.recipient(index).orcpt,
+                    action: Action::Failed,
+                }),
+                // NOTIFY=SUCCESS: delivered here, or relayed to a server that is not asked
+                // for a notice of its own (quill-remote passes no DSN parameters on).
+                Progress::Delivered if notices && m.dsn.recipient(index).wants_success() => Some(Failure {
+                    recipient: original.clone(),
+                    text: Vec::new(),
+                    orcpt: m.dsn.recipient(index).orcpt,
+                    action: if r.channel == Channel::Local { Action::Delivered } else { Action::Relayed },
                 }),
                 _ => None,
             })
