@@ -640,6 +640,7 @@ fn a_kept_quill_remote_is_confined_between_jobs() {
             sender: b"s@quill.test".to_vec(),
             recipients: vec![b"a@sink.test".to_vec()],
         },
+        dsn: Default::default(),
     };
     let mut bytes = header.encode();
     bytes.extend_from_slice(b"Subject: kept\n\nbody\n");

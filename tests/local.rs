@@ -75,6 +75,7 @@ impl World {
                 sender: sender.as_bytes().to_vec(),
                 recipients: vec![b"joe@example.com".to_vec(), OTHER.as_bytes().to_vec()],
             },
+            dsn: Default::default(),
         };
         let path = self.path("queue-file");
         let mut bytes = header.encode();

@@ -150,6 +150,7 @@ impl World {
                 sender: b"from@example.org".to_vec(),
                 recipients: vec![b"x@example.com".to_vec()],
             },
+            dsn: Default::default(),
         };
         let mut bytes = header.encode();
         bytes.extend_from_slice(format!("Subject: {subject}\nFrom: from@example.org\n\nbody\n").as_bytes());

@@ -116,6 +116,7 @@ fn queue_message(home: &Path, state: &str, sender: &[u8], rcpts: &[&[u8]], time:
             sender: sender.to_vec(),
             recipients: rcpts.iter().map(|r| r.to_vec()).collect(),
         },
+        dsn: Default::default(),
     };
     let tmp = home.join("queue/tmp/new");
     let mut bytes = header.encode();

@@ -1162,6 +1162,7 @@ fn queue_message(home: &Path, id: u64, sender: &str, rcpts: &[&str], dir: &str) 
             sender: sender.as_bytes().to_vec(),
             recipients: rcpts.iter().map(|r| r.as_bytes().to_vec()).collect(),
         },
+        dsn: Default::default(),
     };
     let mut bytes = header.encode();
     bytes.extend_from_slice(b"Received: (quill 1 invoked by uid 0); 1 Jan 2027 00:00:00 -0000\n");

@@ -164,6 +164,7 @@ fn queue_message(home: &Path, id: u64, subject: &str, reply: Option<&str>) {
             sender: b"s@quill.test".to_vec(),
             recipients: vec![b"a@sink.test".to_vec()],
         },
+        dsn: Default::default(),
     };
     let mut bytes = header.encode();
     bytes.extend_from_slice(format!("Subject: {subject}\n").as_bytes());

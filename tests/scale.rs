@@ -94,6 +94,7 @@ fn write_backlog(home: &Path, n: usize) {
             time: birth,
             nanos: 0,
             envelope: Envelope { sender: b"sender@localhost".to_vec(), recipients: vec![rcpt.clone()] },
+            dsn: Default::default(),
         };
         let mut bytes = header.encode();
         bytes.extend_from_slice(format!("Subject: backlog {i}\n\nbacklog message {i}\n").as_bytes());

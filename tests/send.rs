@@ -224,6 +224,7 @@ fn write_message(home: &Path, dir: &str, sender: &str, rcpts: &[&str], time: u64
             sender: sender.as_bytes().to_vec(),
             recipients: rcpts.iter().map(|r| r.as_bytes().to_vec()).collect(),
         },
+        dsn: Default::default(),
     };
     let mut bytes = header.encode();
     bytes.extend_from_slice(format!("Received: (quill-queue test)\nSubject: {body}\n\n{body}\n").as_bytes());
@@ -883,6 +884,7 @@ fn write_deferred(home: &Path, n: usize, domain: &str, due: u64) -> Vec<u64> {
                 time: t,
                 nanos: 0,
                 envelope: Envelope { sender: SENDER.as_bytes().to_vec(), recipients: vec![rcpt.clone().into_bytes()] },
+                dsn: Default::default(),
             };
             let mut bytes = header.encode();
             bytes.extend_from_slice(format!("Subject: backlog {i}\n\nbacklog {i}\n").as_bytes());

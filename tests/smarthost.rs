@@ -430,6 +430,7 @@ fn queue_message(home: &Path, id: u64, sender: &str) {
             sender: sender.as_bytes().to_vec(),
             recipients: vec![b"bob@elsewhere.example".to_vec()],
         },
+        dsn: Default::default(),
     };
     let mut bytes = header.encode();
     bytes.extend_from_slice(format!("Subject: m{id}\n\nbody\n").as_bytes());

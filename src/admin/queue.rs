@@ -189,6 +189,7 @@ mod tests {
                 time,
                 nanos: 0,
                 envelope: Envelope { sender: sender.to_vec(), recipients: rcpts.iter().map(|r| r.to_vec()).collect() },
+                dsn: Default::default(),
             },
             size: 10,
             retrying: false,

@@ -8,8 +8,9 @@
 //! `dns` (the stub resolver: quill-remote's MX lookups, quill-smtpd's blocklists and SPF),
 //! `dnsbl` (control/dnsbl and the lookups of a client in its zones), `spf` (RFC 7208's
 //! check_host() over a DNS trait), `authres` (the Authentication-Results header and the
-//! removal of forged ones), `dkim` (signing), `dkimverify` (streaming DKIM verification) and
-//! `dmarc` (RFC 7489 policy and alignment),
+//! removal of forged ones), `dkim` (signing), `dkimverify` (streaming DKIM verification),
+//! `dmarc` (RFC 7489 policy and alignment), `dsn` (RFC 3461 parameters and their queue
+//! record),
 //! `queuelist` (the queue listing `mailq` and `quill queue list` print), `recipient` (whether
 //! a local address is deliverable: quill-smtpd's RCPT check, `sendmail -bv`), `senderlogins`
 //! (which senders an authenticated user may use). Confinement: `jail`
@@ -32,6 +33,7 @@ pub mod dmarc;
 pub mod dns;
 pub mod dnsbl;
 pub mod dotqmail;
+pub mod dsn;
 pub mod envelope;
 pub mod header;
 pub mod idna;

@@ -85,6 +85,8 @@ pub struct Header {
     pub nanos: u32,
     /// Sender and recipients.
     pub envelope: Envelope,
+    /// The DSN parameters (RFC 3461; record `d`, absent when none were given).
+    pub dsn: crate::mail::dsn::Params,
 }
 
 /// What names one message for ever, not only while its file exists: the queue id (an inode
@@ -133,13 +135,19 @@ impl Identity {
 }
 
 /// The largest header quill-send will read (the envelope's own cap plus a little).
-pub const MAX_HEADER: usize =
-    (crate::mail::address::MAX_ADDRESS + 2) * (crate::mail::envelope::MAX_RECIPIENTS + 1) + 128;
+pub const MAX_HEADER: usize = (crate::mail::address::MAX_ADDRESS + 2) * (crate::mail::envelope::MAX_RECIPIENTS + 1)
+    + 128
+    + crate::mail::proto::writer::MAX_DSN;
 
 impl Header {
-    /// `u<uid>\0p<pid>\0t<time>\0n<nanos>\0F<sender>\0T<rcpt>\0…\0`.
+    /// `u<uid>\0p<pid>\0t<time>\0n<nanos>\0[d<dsn>\0]F<sender>\0T<rcpt>\0…\0`.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = format!("u{}\0p{}\0t{}\0n{}\0", self.uid, self.pid, self.time, self.nanos).into_bytes();
+        if !self.dsn.is_empty() {
+            out.push(b'd');
+            out.extend(self.dsn.encode());
+            out.push(0);
+        }
         out.extend_from_slice(&self.envelope.encode());
         out
     }
@@ -175,6 +183,12 @@ impl Header {
                 return Err(bad());
             }
             header.nanos = nanos;
+            pos += end + 1;
+        }
+        // Optional too: only a message given DSN parameters has it.
+        if bytes.get(pos) == Some(&b'd') {
+            let end = memchr::memchr(0, &bytes[pos..]).ok_or_else(bad)?;
+            header.dsn = crate::mail::dsn::Params::decode(&bytes[pos + 1..pos + end]).ok_or_else(bad)?;
             pos += end + 1;
         }
         let envelope = Envelope::decode(&bytes[pos..]).map_err(|_| bad())?;
@@ -251,10 +265,26 @@ mod tests {
             time: 1_795_615_141,
             nanos: 123_456_789,
             envelope: Envelope { sender: b"a@b".to_vec(), recipients: vec![b"c@d".to_vec()] },
+            dsn: crate::mail::dsn::Params::default(),
         };
         let mut bytes = h.encode();
         let len = bytes.len();
         assert!(bytes.starts_with(b"u1000\0p42\0t1795615141\0n123456789\0Fa@b\0"));
+        bytes.extend_from_slice(b"Subject: x\n\nbody\n");
+        assert_eq!(Header::decode(&bytes).unwrap(), (h.clone(), len));
+    }
+
+    #[test]
+    fn header_with_dsn_round_trip() {
+        let mut h = Header {
+            envelope: Envelope { sender: b"a@b".to_vec(), recipients: vec![b"c@d".to_vec()] },
+            ..Header::default()
+        };
+        h.dsn.ret = Some(crate::mail::dsn::Ret::Headers);
+        h.dsn.recipients.push(crate::mail::dsn::RcptParams { notify: None, orcpt: Some(b"rfc822;c@d".to_vec()) });
+        let mut bytes = h.encode();
+        let len = bytes.len();
+        assert!(bytes.starts_with(b"u0\0p0\0t0\0n0\0dHDRS -\n- rfc822;c@d\0Fa@b\0"));
         bytes.extend_from_slice(b"Subject: x\n\nbody\n");
         assert_eq!(Header::decode(&bytes).unwrap(), (h.clone(), len));
     }

@@ -99,9 +99,16 @@ impl Submission {
     /// Close the message, send the envelope, and map the queue's answer: quill-queue's exit
     /// code, or the same code as quill-queued's reply.
     pub fn finish(self, envelope: &Envelope) -> Result<Accepted> {
+        self.finish_with_dsn(envelope, &crate::mail::dsn::Params::default())
+    }
+
+    /// [`Submission::finish`] with the message's DSN parameters (RFC 3461). Only quill-queued
+    /// stores them: the qmail-queue protocol (quill-queue, a `QMAILQUEUE` filter) has no room
+    /// for them, and a message that goes that way loses them (doc/INTERNALS.md).
+    pub fn finish_with_dsn(self, envelope: &Envelope, dsn: &crate::mail::dsn::Params) -> Result<Accepted> {
         match self.way {
             Way::Program(program) => program.finish(envelope),
-            Way::Writer(message) => message.finish(envelope),
+            Way::Writer(message) => message.finish(envelope, dsn),
         }
     }
 }

@@ -131,7 +131,7 @@ impl Message {
     }
 
     /// Send the rest and the envelope, and read the writer's answer.
-    pub fn finish(mut self, envelope: &Envelope) -> Result<Accepted> {
+    pub fn finish(mut self, envelope: &Envelope, dsn: &crate::mail::dsn::Params) -> Result<Accepted> {
         self.send_frame();
         let lost = || Error {
             outcome: Outcome::Temporary,
@@ -142,7 +142,12 @@ impl Message {
         if self.broken {
             return Err(lost());
         }
-        let encoded = envelope.encode();
+        let mut encoded = envelope.encode();
+        if !dsn.is_empty() {
+            encoded.push(b'd');
+            encoded.extend(dsn.encode());
+            encoded.push(0);
+        }
         let tag = if self.sign { Tag::SignedEnvelope } else { Tag::Envelope };
         let mut frame = frame_head(tag, encoded.len() as u32).to_vec();
         frame.extend_from_slice(&encoded);

@@ -409,7 +409,7 @@ pub fn run() -> Result<Done> {
     if sign_requested() {
         received.extend(dkim_field(Path::new("../control"), &message, secs));
     }
-    let header = Header { uid: real_uid, pid, time: secs, nanos, envelope };
+    let header = Header { uid: real_uid, pid, time: secs, nanos, envelope, dsn: Default::default() };
     commit(&layout, &header, &received, message).map(Done::Queued)
 }
 

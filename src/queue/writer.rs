@@ -14,6 +14,7 @@
 use super::enqueue::{self, Invoker};
 use crate::base::fail::{qq, Error, Result};
 use crate::base::log;
+use crate::mail::dsn::Params;
 use crate::mail::envelope::Envelope;
 use crate::mail::proto::writer::{decode_head, Reply, Tag, BUSY, GREETING};
 use crate::mail::queuefile::{Header, Layout};
@@ -279,16 +280,24 @@ fn message<R: Read>(shared: &Shared, reader: &mut R, stream: &UnixStream, uid: u
         };
     }
     let envelope = match Envelope::decode(&bytes) {
-        // Exactly one envelope: bytes after its final NUL would be a framing error.
-        Ok(envelope) if envelope.encode().len() == bytes.len() => envelope,
-        Ok(_) => return Step::Refuse(Error::queue(qq::ENVELOPE_FORMAT, "envelope format error: bytes after the end")),
+        Ok(envelope) => envelope,
         Err(e) => return Step::Refuse(e),
+    };
+    // Exactly one envelope and at most one DSN record: other bytes would be a framing error.
+    let rest = &bytes[envelope.encode().len()..];
+    let dsn = match rest {
+        [] => Params::default(),
+        [b'd', text @ .., 0] => match Params::decode(text) {
+            Some(dsn) if dsn.recipients.len() <= envelope.recipients.len() => dsn,
+            _ => return Step::Refuse(Error::queue(qq::ENVELOPE_FORMAT, "envelope format error: bad DSN record")),
+        },
+        _ => return Step::Refuse(Error::queue(qq::ENVELOPE_FORMAT, "envelope format error: bytes after the end")),
     };
     let mut received = received;
     if sign {
         received.extend(enqueue::dkim_field(&shared.control, &body, secs));
     }
-    let header = Header { uid, pid: shared.pid, time: secs, nanos, envelope };
+    let header = Header { uid, pid: shared.pid, time: secs, nanos, envelope, dsn };
     match commit(shared, &header, &received, body) {
         Ok(id) => match write_reply(stream, Reply::Queued { id, pid: shared.pid }) {
             Ok(()) => Step::Next,

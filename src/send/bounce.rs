@@ -5,7 +5,11 @@
 //! `text/plain` part (it opens with "Hi. This is the quill-send program at HOST." so that
 //! programs that parse qmail's QSBMF bounces still find the failed addresses), a
 //! `message/delivery-status` part (one per-message block, one block per failed recipient), and
-//! a `text/rfc822-headers` part with the original message's header block.
+//! a `text/rfc822-headers` part with the original message's header block — or, when the
+//! sender asked for it with RET=FULL (RFC 3461) and it is small enough, a `message/rfc822`
+//! part with the whole message. Recipients that asked for no failure notice (NOTIFY without
+//! FAILURE) are left out; their ORCPT becomes an Original-Recipient field, the ENVID an
+//! Original-Envelope-Id.
 #![forbid(unsafe_code)]
 
 use crate::base::fail::{parse_enhanced, Enhanced, Status};
@@ -15,13 +19,39 @@ pub const MAX_ORIGINAL_HEADERS: usize = 64 * 1024;
 /// The most bytes of one recipient's failure text in a bounce.
 pub const MAX_TEXT: usize = 2000;
 
-/// One recipient that failed for good.
+/// What happened to a recipient in a report (RFC 3464 §2.3.3's Action).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Failed for good.
+    Failed,
+    /// Delivered here, to a mailbox or program (a success notice, NOTIFY=SUCCESS).
+    Delivered,
+    /// Handed to another server that will send no notice of its own (NOTIFY=SUCCESS).
+    Relayed,
+}
+
+impl Action {
+    fn word(self) -> &'static str {
+        match self {
+            Action::Failed => "failed",
+            Action::Delivered => "delivered",
+            Action::Relayed => "relayed",
+        }
+    }
+}
+
+/// One recipient in a report: one that failed for good, or one whose delivery the sender
+/// asked to hear of (NOTIFY=SUCCESS).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
     /// The recipient as the sender gave it.
     pub recipient: Vec<u8>,
     /// What the delivery said.
     pub text: Vec<u8>,
+    /// Its ORCPT (RFC 3461), in wire form, when the client gave one: the Original-Recipient.
+    pub orcpt: Option<Vec<u8>>,
+    /// What happened.
+    pub action: Action,
 }
 
 /// What goes into one bounce.
@@ -45,6 +75,11 @@ pub struct Bounce<'a> {
     pub failures: &'a [Failure],
     /// The header block of the failed message.
     pub original_headers: &'a [u8],
+    /// The whole failed message, returned instead of its header block (RET=FULL, when it is
+    /// no larger than `bouncemaxbytes`).
+    pub original_message: Option<&'a [u8]>,
+    /// The ENVID the client gave (RFC 3461), in xtext: the Original-Envelope-Id.
+    pub envid: Option<&'a [u8]>,
 }
 
 /// The RFC 3463 status of a failure: the subject and detail of the first `#5.X.Y` in its
@@ -162,8 +197,14 @@ pub fn compose(b: &Bounce) -> Vec<u8> {
     push(&mut out, &[b"From: ", b.from, b"\n"]);
     // The bounce goes to the envelope sender, which the original client chose.
     push(&mut out, &[b"To: ", &crate::mail::header::field_safe(b.to), b"\n"]);
-    let subject: &[u8] =
-        if b.double { b"Subject: failure notice (undeliverable bounce)\n" } else { b"Subject: failure notice\n" };
+    let failed = b.failures.iter().any(|f| f.action == Action::Failed);
+    let subject: &[u8] = if b.double {
+        b"Subject: failure notice (undeliverable bounce)\n"
+    } else if failed {
+        b"Subject: failure notice\n"
+    } else {
+        b"Subject: delivery notice\n"
+    };
     push(&mut out, &[subject]);
     push(&mut out, &[b"Date: ", crate::base::date::rfc5322(b.now).as_bytes(), b"\n"]);
     push(&mut out, &[format!("Message-ID: <{}.{}.bounce@{}>\n", b.now, b.id, me).as_bytes()]);
@@ -178,11 +219,11 @@ pub fn compose(b: &Bounce) -> Vec<u8> {
     if b.double {
         push(&mut out, &[b"A bounce message could not be delivered to the sender it was meant for.\n"]);
         push(&mut out, &[b"The recipients of that bounce and the reasons follow; its headers are attached.\n\n"]);
-    } else {
+    } else if failed {
         push(&mut out, &[b"Your message could not be delivered to the addresses below, and no further\n"]);
         push(&mut out, &[b"attempts will be made. Its headers are attached for reference.\n\n"]);
     }
-    for f in b.failures {
+    for f in b.failures.iter().filter(|f| f.action == Action::Failed) {
         out.push(b'<');
         ascii(&f.recipient, &mut out);
         out.extend_from_slice(b">:\n");
@@ -190,23 +231,58 @@ pub fn compose(b: &Bounce) -> Vec<u8> {
         out.push(b'\n');
     }
 
+    let mut told = false;
+    for f in b.failures.iter().filter(|f| f.action != Action::Failed) {
+        if !told {
+            push(&mut out, &[b"You asked to be told when your message was delivered to the addresses below.\n"]);
+            push(&mut out, &[b"Delivered means it reached the mailbox; relayed means it went on to a server\n"]);
+            push(&mut out, &[b"that will not report its delivery.\n\n"]);
+            told = true;
+        }
+        out.push(b'<');
+        ascii(&f.recipient, &mut out);
+        push(&mut out, &[b">: ", f.action.word().as_bytes(), b"\n\n"]);
+    }
+
     // The machine-readable part.
     push(&mut out, &[format!("--{boundary}\nContent-Type: message/delivery-status\n\n").as_bytes()]);
+    if let Some(envid) = b.envid {
+        // Checked at MAIL: its decoded form is printable ASCII.
+        let decoded = crate::mail::dsn::xtext_decode(envid).unwrap_or_default();
+        push(&mut out, &[b"Original-Envelope-Id: ", &one_line(&decoded), b"\n"]);
+    }
     push(&mut out, &[format!("Reporting-MTA: dns; {me}\n").as_bytes()]);
     push(&mut out, &[format!("Arrival-Date: {}\n", crate::base::date::rfc5322(b.arrival)).as_bytes()]);
     for f in b.failures {
-        out.extend_from_slice(b"\nFinal-Recipient: rfc822; ");
+        out.push(b'\n');
+        if let Some(orcpt) = &f.orcpt {
+            push(&mut out, &[b"Original-Recipient: ", &one_line(&crate::mail::dsn::orcpt_display(orcpt)), b"\n"]);
+        }
+        out.extend_from_slice(b"Final-Recipient: rfc822; ");
         ascii(&f.recipient, &mut out);
-        out.extend_from_slice(b"\nAction: failed\n");
-        push(&mut out, &[format!("Status: {}\n", Status::permanent(status_code(&f.text), "").code_text()).as_bytes()]);
-        push(&mut out, &[b"Diagnostic-Code: x-quill; ", &one_line(&f.text), b"\n"]);
+        push(&mut out, &[b"\nAction: ", f.action.word().as_bytes(), b"\n"]);
+        if f.action == Action::Failed {
+            push(
+                &mut out,
+                &[format!("Status: {}\n", Status::permanent(status_code(&f.text), "").code_text()).as_bytes()],
+            );
+        } else {
+            out.extend_from_slice(b"Status: 2.0.0\n");
+        }
+        if !f.text.is_empty() {
+            push(&mut out, &[b"Diagnostic-Code: x-quill; ", &one_line(&f.text), b"\n"]);
+        }
     }
     out.push(b'\n');
 
-    // The original headers.
-    push(&mut out, &[format!("--{boundary}\nContent-Type: text/rfc822-headers\n\n").as_bytes()]);
-    out.extend_from_slice(b.original_headers);
-    if !b.original_headers.is_empty() && !b.original_headers.ends_with(b"\n") {
+    // The original message, or its headers.
+    let (kind, original) = match b.original_message {
+        Some(message) => ("message/rfc822", message),
+        None => ("text/rfc822-headers", b.original_headers),
+    };
+    push(&mut out, &[format!("--{boundary}\nContent-Type: {kind}\n\n").as_bytes()]);
+    out.extend_from_slice(original);
+    if !original.is_empty() && !original.ends_with(b"\n") {
         out.push(b'\n');
     }
     push(&mut out, &[format!("\n--{boundary}--\n").as_bytes()]);
@@ -247,8 +323,15 @@ mod tests {
             Failure {
                 recipient: b"joe@example.org".to_vec(),
                 text: b"Sorry, no mailbox here by that name. (#5.1.1)\n".to_vec(),
+                orcpt: None,
+                action: Action::Failed,
             },
-            Failure { recipient: b"ann@example.org".to_vec(), text: b"line one\nline two\n".to_vec() },
+            Failure {
+                recipient: b"ann@example.org".to_vec(),
+                text: b"line one\nline two\n".to_vec(),
+                orcpt: None,
+                action: Action::Failed,
+            },
         ];
         let b = Bounce {
             me: b"mx.example.net",
@@ -260,6 +343,8 @@ mod tests {
             now: 1_795_615_141,
             failures: &failures,
             original_headers: b"Subject: hello\nFrom: sender@example.com\n",
+            original_message: None,
+            envid: None,
         };
         let text = String::from_utf8(compose(&b)).unwrap();
         assert!(text.starts_with("From: MAILER-DAEMON@mx.example.net\nTo: sender@example.com\n"));
@@ -283,8 +368,12 @@ mod tests {
 
     #[test]
     fn eight_bit_text_is_made_ascii() {
-        let failures =
-            vec![Failure { recipient: "jö@x".as_bytes().to_vec(), text: "bad \u{e9}\0".as_bytes().to_vec() }];
+        let failures = vec![Failure {
+            recipient: "jö@x".as_bytes().to_vec(),
+            text: "bad \u{e9}\0".as_bytes().to_vec(),
+            orcpt: None,
+            action: Action::Failed,
+        }];
         let b = Bounce {
             me: b"m",
             from: b"f@m",
@@ -295,6 +384,8 @@ mod tests {
             now: 0,
             failures: &failures,
             original_headers: b"",
+            original_message: None,
+            envid: None,
         };
         let bytes = compose(&b);
         let marker = b"text/rfc822-headers\n\n";

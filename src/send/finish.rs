@@ -6,7 +6,8 @@ use crate::base::log;
 use crate::mail::envelope::Envelope;
 use crate::mail::proto::clean::Verb;
 use crate::mail::proto::info::Progress;
-use crate::send::bounce::{self, Bounce, Failure};
+use crate::mail::rewrite::Channel;
+use crate::send::bounce::{self, Action, Bounce, Failure};
 use crate::send::message::{Phase, FINISH};
 use crate::send::sendloop::{Sender, DOUBLE_BOUNCE_SENDER, FINISH_RETRY};
 use std::fs::File;
@@ -19,12 +20,29 @@ impl Sender {
         let Some(m) = self.messages.get_mut(&id) else { return };
         m.phase = Phase::Bouncing;
         m.due[FINISH] = None;
+        // A notice of delivery never goes to a bounce's empty sender, nor to the postmaster.
+        let notices = !m.sender.is_empty() && m.sender != DOUBLE_BOUNCE_SENDER;
         let failures: Vec<Failure> = m
             .recipients
             .iter()
             .zip(&m.originals)
-            .filter_map(|(r, original)| match &r.progress {
-                Progress::Failed(text) => Some(Failure { recipient: original.clone(), text: text.clone() }),
+            .enumerate()
+            .filter_map(|(index, (r, original))| match &r.progress {
+                // NOTIFY without FAILURE (RFC 3461 §4.1): no bounce for this one.
+                Progress::Failed(text) if m.dsn.recipient(index).wants_failure() => Some(Failure {
+                    recipient: original.clone(),
+                    text: text.clone(),
+                    orcpt: m.dsn.recipient(index).orcpt,
+                    action: Action::Failed,
+                }),
+                // NOTIFY=SUCCESS: delivered here, or relayed to a server that is not asked
+                // for a notice of its own (quill-remote passes no DSN parameters on).
+                Progress::Delivered if notices && m.dsn.recipient(index).wants_success() => Some(Failure {
+                    recipient: original.clone(),
+                    text: Vec::new(),
+                    orcpt: m.dsn.recipient(index).orcpt,
+                    action: if r.channel == Channel::Local { Action::Delivered } else { Action::Relayed },
+                }),
                 _ => None,
             })
             .collect();
@@ -63,6 +81,11 @@ impl Sender {
         } else {
             (m.sender.clone(), Vec::new())
         };
+        let full = if m.dsn.ret == Some(crate::mail::dsn::Ret::Full) {
+            self.original_message(id, m.offset, self.config.bounce_max_bytes)
+        } else {
+            None
+        };
         let headers = self.original_headers(id, m.offset);
         let message = bounce::compose(&Bounce {
             me: &self.config.me,
@@ -74,12 +97,26 @@ impl Sender {
             now: crate::base::date::now(),
             failures,
             original_headers: bounce::header_block_within(&headers, self.config.bounce_max_bytes),
+            original_message: full.as_deref(),
+            envid: m.dsn.envid.as_deref(),
         });
         let accepted = crate::mail::submit::submit(&message, &Envelope { sender, recipients: vec![to] })?;
         log::raw(&format!("bounce msg {id} qp {}", accepted.pid));
         // The bounce is in todo/ now; pick it up without waiting for the next scan.
         self.pickup.scan_wanted = true;
         Ok(())
+    }
+
+    /// The whole message when it is at most `limit` bytes; None when larger or unreadable (the
+    /// bounce then carries the header block only, as Postfix does past bounce_size_limit).
+    fn original_message(&self, id: u64, offset: u64, limit: usize) -> Option<Vec<u8>> {
+        use std::io::Seek;
+        let mut bytes = Vec::new();
+        let path = self.layout.mess().join(id.to_string());
+        let mut file = File::open(path).ok()?;
+        file.seek(io::SeekFrom::Start(offset)).ok()?;
+        file.take(limit as u64 + 1).read_to_end(&mut bytes).ok()?;
+        (bytes.len() <= limit).then_some(bytes)
     }
 
     /// The first bytes of the message (enough for its header block); empty if unreadable.

@@ -53,6 +53,8 @@ pub(super) struct Message {
     pub(super) pid: u32,
     pub(super) sender: Vec<u8>,
     pub(super) originals: Vec<Vec<u8>>,
+    /// The DSN parameters (RFC 3461) the message was queued with.
+    pub(super) dsn: crate::mail::dsn::Params,
     /// Where the message starts in its file (the header's length).
     pub(super) offset: u64,
     pub(super) recipients: Vec<Recipient>,
@@ -115,6 +117,7 @@ impl Message {
             pid: header.pid,
             sender: header.envelope.sender,
             originals: header.envelope.recipients,
+            dsn: header.dsn,
             offset,
             recipients,
             due,
@@ -221,6 +224,7 @@ mod tests {
                 sender: b"s@x".to_vec(),
                 recipients: vec![b"Local@here".to_vec(), b"far@there".to_vec()],
             },
+            dsn: Default::default(),
         }
     }
 

@@ -411,8 +411,8 @@ impl Incoming {
     }
 
     /// The verdict at the end of data: refused here, or the queue program's for `envelope`.
-    /// `id` is the one in our Received line.
-    pub fn finish(mut self, envelope: &Envelope, id: &str) -> Ending {
+    /// `id` is the one in our Received line; `dsn` goes to the queue with the envelope.
+    pub fn finish(mut self, envelope: &Envelope, dsn: &crate::mail::dsn::Params, id: &str) -> Ending {
         let refused = |code: u16, text: &str, detail: String| (code, text.to_string(), None, detail);
         let (code, text, queued, detail) = if self.parser.bare_line_end() {
             let text = "5.6.0 message refused: bare CR or LF in the data; lines must end with CRLF";
@@ -443,7 +443,7 @@ impl Incoming {
                 submission.write(&missing);
                 self.written += missing.len() as u64;
             }
-            match self.submission.take().map(|s| s.finish(envelope)) {
+            match self.submission.take().map(|s| s.finish_with_dsn(envelope, dsn)) {
                 Some(Ok(accepted)) => {
                     (250, format!("2.0.0 ok {id} qp {}", accepted.pid), Some(accepted.pid), String::new())
                 }

@@ -18,6 +18,7 @@
 
 use crate::base::fail::Outcome;
 use crate::mail::authres::AuthResults;
+use crate::mail::dsn;
 use crate::mail::envelope::Envelope;
 use crate::mail::senderlogins::SenderLogins;
 use crate::mail::smtp::{
@@ -234,6 +235,8 @@ struct Transaction {
     utf8: bool,
     /// What SPF said about the client and the sender at MAIL (None: not checked).
     spf: Option<Checked>,
+    /// The DSN parameters of MAIL and of each accepted RCPT (RFC 3461).
+    dsn: crate::mail::dsn::Params,
     /// A message coming in BDAT chunks (RFC 3030), from its first chunk to BDAT LAST: its
     /// data streamed to the queue so far and the id of its Received line. Dropping the
     /// transaction (RSET, EHLO, QUIT, an error) abandons it: the queue gets no envelope.
@@ -671,7 +674,7 @@ impl Session {
         } else {
             "SIZE".to_string()
         });
-        lines.extend(["8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING"].map(str::to_string));
+        lines.extend(["8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING", "DSN"].map(str::to_string));
         if self.config.tls.is_some() && self.tls_info.is_none() {
             lines.push("STARTTLS".to_string());
         }
@@ -711,7 +714,7 @@ impl Session {
             Err(PathError::TooLong) => return self.error(501, "5.1.7 sender address too long"),
             Err(_) => return self.error(501, "5.1.7 bad sender address syntax"),
         };
-        let Some(utf8) = self.mail_parameters(rest)? else {
+        let Some((utf8, dsn)) = self.mail_parameters(rest)? else {
             return Ok(());
         };
         if !mailbox.is_ascii() && !utf8 {
@@ -732,7 +735,7 @@ impl Session {
             return Ok(());
         }
         self.transaction =
-            Some(Transaction { sender: mailbox.address(), recipients: Vec::new(), utf8, spf, chunked: None });
+            Some(Transaction { sender: mailbox.address(), recipients: Vec::new(), utf8, spf, dsn, chunked: None });
         self.reply(250, "2.1.0 ok");
         Ok(())
     }
@@ -813,14 +816,15 @@ impl Session {
         }
     }
 
-    /// MAIL's parameters: SIZE (RFC 1870), BODY (RFC 6152), SMTPUTF8 (RFC 6531) and AUTH
-    /// (RFC 4954). Whether SMTPUTF8 was given, or None when they are refused (the reply is
-    /// written).
-    fn mail_parameters(&mut self, rest: &[u8]) -> std::result::Result<Option<bool>, End> {
+    /// MAIL's parameters: SIZE (RFC 1870), BODY (RFC 6152), SMTPUTF8 (RFC 6531), AUTH
+    /// (RFC 4954), RET and ENVID (RFC 3461). Whether SMTPUTF8 was given and the DSN
+    /// parameters, or None when they are refused (the reply is written).
+    fn mail_parameters(&mut self, rest: &[u8]) -> std::result::Result<Option<(bool, dsn::Params)>, End> {
         let Ok(params) = parse_params(rest) else {
             return self.error(501, "5.5.4 bad parameter syntax").map(|()| None);
         };
         let mut utf8 = false;
+        let mut dsn = dsn::Params::default();
         let mut seen: Vec<&[u8]> = Vec::new();
         for (key, value) in &params {
             if seen.contains(&key.as_slice()) {
@@ -845,13 +849,60 @@ impl Session {
                 (b"SMTPUTF8", None) => utf8 = true,
                 // RFC 4954 §5: accepted and, since we do not trust the client's word, ignored.
                 (b"AUTH", Some(_)) if self.auth_offered() => {}
+                (b"RET", Some(v)) => {
+                    let Some(ret) = dsn::Ret::parse(v) else {
+                        return self.error(501, "5.5.4 bad RET value").map(|()| None);
+                    };
+                    dsn.ret = Some(ret);
+                }
+                (b"ENVID", Some(v)) => {
+                    let Some(envid) = dsn::parse_envid(v) else {
+                        return self.error(501, "5.5.4 bad ENVID value").map(|()| None);
+                    };
+                    dsn.envid = Some(envid);
+                }
                 _ => {
                     let text = format!("5.5.4 unsupported parameter {}", header_safe(key, 40));
                     return self.error(555, &text).map(|()| None);
                 }
             }
         }
-        Ok(Some(utf8))
+        Ok(Some((utf8, dsn)))
+    }
+
+    /// RCPT's parameters: NOTIFY and ORCPT (RFC 3461). None when they are refused (the reply
+    /// is written).
+    fn rcpt_parameters(&mut self, rest: &[u8]) -> std::result::Result<Option<dsn::RcptParams>, End> {
+        let Ok(params) = parse_params(rest) else {
+            return self.error(501, "5.5.4 bad parameter syntax").map(|()| None);
+        };
+        let mut dsn = dsn::RcptParams::default();
+        let mut seen: Vec<&[u8]> = Vec::new();
+        for (key, value) in &params {
+            if seen.contains(&key.as_slice()) {
+                return self.error(501, "5.5.4 parameter given twice").map(|()| None);
+            }
+            seen.push(key);
+            match (key.as_slice(), value.as_deref()) {
+                (b"NOTIFY", Some(v)) => {
+                    let Some(notify) = dsn::Notify::parse(v) else {
+                        return self.error(501, "5.5.4 bad NOTIFY value").map(|()| None);
+                    };
+                    dsn.notify = Some(notify);
+                }
+                (b"ORCPT", Some(v)) => {
+                    let Some(orcpt) = dsn::parse_orcpt(v) else {
+                        return self.error(501, "5.5.4 bad ORCPT value").map(|()| None);
+                    };
+                    dsn.orcpt = Some(orcpt);
+                }
+                _ => {
+                    let text = format!("5.5.4 unsupported parameter {}", header_safe(key, 40));
+                    return self.error(555, &text).map(|()| None);
+                }
+            }
+        }
+        Ok(Some(dsn))
     }
 
     fn rcpt(&mut self, arg: &[u8]) -> std::result::Result<(), End> {
@@ -867,14 +918,9 @@ impl Session {
             Err(PathError::TooLong) => return self.error(501, "5.1.3 recipient address too long"),
             Err(_) => return self.error(501, "5.1.3 bad recipient address syntax"),
         };
-        match parse_params(rest) {
-            Ok(params) if params.is_empty() => {}
-            Ok(params) => {
-                let text = format!("5.5.4 unsupported parameter {}", header_safe(&params[0].0, 40));
-                return self.error(555, &text);
-            }
-            Err(_) => return self.error(501, "5.5.4 bad parameter syntax"),
-        }
+        let Some(rcpt_dsn) = self.rcpt_parameters(rest)? else {
+            return Ok(());
+        };
         if !mailbox.is_ascii() && !utf8 {
             self.reply(553, "5.6.7 non-ASCII address needs SMTPUTF8");
             return Ok(());
@@ -896,6 +942,7 @@ impl Session {
             Rcpt::Accept(address) => {
                 if let Some(transaction) = self.transaction.as_mut() {
                     transaction.recipients.push(address);
+                    transaction.dsn.recipients.push(rcpt_dsn);
                 }
                 self.reply(250, "2.1.5 ok");
             }
@@ -968,10 +1015,10 @@ impl Session {
         }
         self.data_started = None;
         self.idle_since = Instant::now();
-        let Transaction { sender, recipients, spf, .. } = transaction;
+        let Transaction { sender, recipients, spf, dsn, .. } = transaction;
         let envelope = Envelope { sender, recipients };
         let forged = incoming.forged_results();
-        let ending = incoming.finish(&envelope, &id);
+        let ending = incoming.finish(&envelope, &dsn, &id);
         if ending.queued.is_some() {
             self.messages += 1;
         }
@@ -1037,14 +1084,14 @@ impl Session {
         // The end, or a chunk that already sank the message (too big, a bare line end, a
         // loop): the verdict now, so the client stops sending chunks.
         self.idle_since = Instant::now();
-        let Some(Transaction { sender, recipients, spf, chunked: Some(Chunked { incoming, id, chunks }), .. }) =
+        let Some(Transaction { sender, recipients, spf, dsn, chunked: Some(Chunked { incoming, id, chunks }), .. }) =
             self.transaction.take()
         else {
             return Ok(());
         };
         let envelope = Envelope { sender, recipients };
         let forged = incoming.forged_results();
-        let ending = incoming.finish(&envelope, &id);
+        let ending = incoming.finish(&envelope, &dsn, &id);
         if ending.queued.is_some() {
             self.messages += 1;
         }

@@ -9,7 +9,8 @@
 //! - `M` message bytes, 1 to [`MAX_CHUNK`] of them, as many frames as the message needs (so
 //!   the client streams what it receives and never needs the size up front);
 //! - then `E` and the envelope in qmail-queue's encoding (`F` sender NUL, `T` recipient NUL …,
-//!   NUL), at most [`MAX_ENVELOPE`] bytes: the message is complete, the writer commits it and
+//!   NUL), optionally followed by the message's DSN parameters (RFC 3461) as `d`, the text of
+//!   [`crate::mail::dsn::Params::encode`], NUL; at most [`MAX_ENVELOPE`] bytes: the message is complete, the writer commits it and
 //!   answers one line, `K ID PID\n` (queued as ID by the writer with process id PID) or
 //!   `Q CODE\n` (not queued; CODE is the qmail-queue exit code quill-queue would have given);
 //! - or `A` with length 0: the client abandons the message; nothing is queued, nothing is
@@ -27,9 +28,11 @@ pub const BUSY: &[u8] = b"-\n";
 /// The largest `M` frame's payload.
 pub const MAX_CHUNK: usize = 64 * 1024;
 /// The largest envelope: quill-queue's own bound on what it reads (1003-byte addresses, 10000
-/// recipients).
+/// recipients), and room for the DSN record.
 pub const MAX_ENVELOPE: usize =
-    (crate::mail::address::MAX_ADDRESS + 2) * (crate::mail::envelope::MAX_RECIPIENTS + 1) + 1;
+    (crate::mail::address::MAX_ADDRESS + 2) * (crate::mail::envelope::MAX_RECIPIENTS + 1) + 1 + MAX_DSN;
+/// The largest DSN record: RET and ENVID, then NOTIFY and ORCPT per recipient.
+pub const MAX_DSN: usize = (crate::mail::dsn::MAX_ORCPT + 32) * (crate::mail::envelope::MAX_RECIPIENTS + 1);
 /// The longest reply line, newline included.
 pub const MAX_REPLY: usize = 64;
 
