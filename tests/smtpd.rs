@@ -1609,7 +1609,7 @@ fn spf_results_in_authentication_results_and_reject_policy() {
     assert_eq!(first.matches("Authentication-Results: mx.example.com").count(), 1, "{first}");
     let log = server.log();
     assert!(log.contains("spf 192.0.2.7 result=fail mailfrom=<b@fail.test>"), "{log}");
-    assert!(log.contains(" spf=pass forged-auth-results=2 result=250"), "{log}");
+    assert!(log.contains(" spf=pass dkim=none dmarc=none forged-auth-results=2 result=250"), "{log}");
 
     let reject = Server::start(&setup.clone().control("spfpolicy", "reject\n")).expect("server");
     let reply = send(&reject, "client.test", "b@fail.test", "");
