@@ -1762,3 +1762,73 @@ fn dkim_and_dmarc_results_and_reject_policy() {
     assert!(send(&off, &tampered).starts_with("250"));
     assert!(!off.log().contains("dmarc="), "{}", off.log());
 }
+
+/// The same through quill-queued: one Authentication-Results field with spf, dkim and dmarc,
+/// sent in the H frame and put at the top of the message; a DMARC reject is abandoned.
+#[test]
+fn dkim_and_dmarc_in_one_field_through_quill_queued() {
+    if skip_without_dkimpy() {
+        return;
+    }
+    let keys = common::home("smtpd-dkimkeys-w", &[]);
+    let (record, seed) = dkim_key(keys.path(), "s1");
+    let records = [
+        format!("--txt-record=s1._domainkey.example.test,{record}"),
+        "--txt-record=_dmarc.example.test,v=DMARC1; p=reject".to_string(),
+    ];
+    let Some(dns) = common::dnsmasq::Dnsmasq::start(&records) else { return };
+    let mut setup = Setup::new()
+        .control("dnsservers", &dns.servers())
+        .control("dmarcpolicy", "reject\n")
+        .env("TCPREMOTEIP", "192.0.2.7");
+    setup.no_filter = true;
+    let server = Server::start(&setup).expect("server");
+    let queued_log = std::fs::File::create(server.dir().join("queued.log")).expect("log");
+    let _queued = common::Daemon(
+        Command::new(common::bin("quill-queued"))
+            .env("QUILL_HOME", server.dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(queued_log))
+            .spawn()
+            .expect("start quill-queued"),
+    );
+    let socket = server.dir().join("queue/writer/socket");
+    assert!(common::wait_for(Duration::from_secs(20), || socket.exists()), "quill-queued did not listen");
+    let message = b"From: Alice <alice@example.test>\r\nTo: user@example.com\r\nSubject: signed\r\n\r\nHello there\r\n";
+    let forged = b"Authentication-Results: mx.example.com; dkim=pass header.d=forged.test\r\n";
+    let signed = [&forged[..], &dkimpy_sign(message, "s1", &seed)].concat();
+    let tampered = String::from_utf8_lossy(&signed).replace("Hello there", "Hello thief").into_bytes();
+    let send = |message: &[u8]| -> String {
+        let mut client = server.connect();
+        client.expect("220");
+        client.command("EHLO client.test", "250");
+        client.command("MAIL FROM:<alice@example.test>", "250");
+        client.command("RCPT TO:<user@example.com>", "250");
+        client.command("DATA", "354");
+        client.send(&[message, b".\r\n"].concat());
+        let reply = String::from_utf8_lossy(&client.line().unwrap_or_default()).into_owned();
+        client.command("QUIT", "221");
+        reply
+    };
+    let reply = send(&tampered);
+    assert!(reply.starts_with("550 5.7.1 "), "{reply}\n{}", server.log());
+    let reply = send(&signed);
+    assert!(reply.starts_with("250"), "{reply}\n{}", server.log());
+    let todo = common::files(&server.dir().join("queue/todo"));
+    assert_eq!(todo.len(), 1, "only the signed message is queued\n{}", server.log());
+    let mut file = std::fs::File::open(&todo[0]).expect("open");
+    let (_, offset) = quill::mail::queuefile::read_header(&mut file).expect("header");
+    let bytes = std::fs::read(&todo[0]).expect("read");
+    let text = String::from_utf8_lossy(&bytes[offset as usize..]).into_owned();
+    assert_eq!(text.matches("Authentication-Results:").count(), 1, "{text}");
+    let start = text.find("Authentication-Results: mx.example.com;\n\tspf=none").expect("our field");
+    let field = &text[start..start + text[start..].find("\nReceived:").expect("a Received line after it")];
+    assert!(field.contains(";\n\tdkim=pass header.d=example.test header.s=s1"), "{text}");
+    assert!(field.contains(";\n\tdmarc=pass (p=reject dis=none) header.from=example.test"), "{text}");
+    assert!(!text.contains("forged.test"), "{text}");
+    // Above our Received line (RFC 8601 §5), under quill-queued's.
+    assert!(start < text.find("Received: from client.test").expect("our Received"), "{text}");
+    let log = server.log();
+    assert!(log.contains(" dkim=pass dmarc=pass forged-auth-results=1 result=250"), "{log}");
+}
