@@ -1761,6 +1761,11 @@ fn dkim_and_dmarc_results_and_reject_policy() {
     let off = Server::start(&setup.clone().control("dmarcpolicy", "off\n")).expect("server");
     assert!(send(&off, &tampered).starts_with("250"));
     assert!(!off.log().contains("dmarc="), "{}", off.log());
+    let bad = Server::start(&setup.clone().control("dmarcpolicy", "sometimes\n")).expect("server");
+    bad.connect().expect("421 4.3.0");
+    let said = common::run(bad.dir(), "quill", &["check"], b"");
+    let said = String::from_utf8_lossy(&said.stdout).into_owned() + &String::from_utf8_lossy(&said.stderr);
+    assert!(said.contains("control/dmarcpolicy: sometimes is not off, record or reject"), "{said}");
 }
 
 /// The same through quill-queued: one Authentication-Results field with spf, dkim and dmarc,
