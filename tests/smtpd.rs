@@ -1836,4 +1836,31 @@ fn dkim_and_dmarc_in_one_field_through_quill_queued() {
     assert!(start < text.find("Received: from client.test").expect("our Received"), "{text}");
     let log = server.log();
     assert!(log.contains(" dkim=pass dmarc=pass forged-auth-results=1 result=250"), "{log}");
+
+    // The same with BDAT: the tampered message refused at BDAT LAST, the signed one queued
+    // with its field.
+    let bdat = |message: &[u8]| -> String {
+        let mut client = server.connect();
+        client.expect("220");
+        client.command("EHLO client.test", "250");
+        client.command("MAIL FROM:<alice@example.test>", "250");
+        client.command("RCPT TO:<user@example.com>", "250");
+        client.send(&[format!("BDAT {} LAST\r\n", message.len()).as_bytes(), message].concat());
+        let reply = String::from_utf8_lossy(&client.line().unwrap_or_default()).into_owned();
+        client.command("QUIT", "221");
+        reply
+    };
+    let reply = bdat(&tampered);
+    assert!(reply.starts_with("550 5.7.1 "), "{reply}\n{}", server.log());
+    let reply = bdat(&signed);
+    assert!(reply.starts_with("250"), "{reply}\n{}", server.log());
+    let todo = common::files(&server.dir().join("queue/todo"));
+    assert_eq!(todo.len(), 2, "{}", server.log());
+    for path in todo {
+        let bytes = std::fs::read(&path).expect("read");
+        let text = String::from_utf8_lossy(&bytes);
+        assert_eq!(text.matches("Authentication-Results:").count(), 1, "{text}");
+        assert!(text.contains(";\n\tdkim=pass header.d=example.test header.s=s1"), "{text}");
+    }
+    assert!(server.log().contains(" chunks=1 spf=none dkim=fail dmarc=fail forged-auth-results=1 result=550 5.7.1"));
 }
