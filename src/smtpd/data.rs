@@ -667,6 +667,26 @@ mod tests {
     }
 
     #[test]
+    fn dkim_input_finds_the_header_block_however_split() {
+        for message in [&b"From: a@b.example\nSubject: x\n\nbody\n\nmore\n"[..], b"\nbody\n", b"From: a@b.example\n"] {
+            let whole = {
+                let mut input = DkimInput { header: Vec::new(), verifier: None, now: 0 };
+                input.feed(message);
+                input.finish().0
+            };
+            let end = memchr::memmem::find(message, b"\n\n")
+                .map_or(if message[0] == b'\n' { 1 } else { message.len() }, |i| i + 2);
+            assert_eq!(whole, &message[..end]);
+            for split in 0..message.len() {
+                let mut input = DkimInput { header: Vec::new(), verifier: None, now: 0 };
+                input.feed(&message[..split]);
+                input.feed(&message[split..]);
+                assert_eq!(input.finish().0, whole, "split at {split}");
+            }
+        }
+    }
+
+    #[test]
     fn queue_replies() {
         let full = Error::queue(qq::WRITE_ERROR, crate::base::fail::qq_text(qq::WRITE_ERROR));
         assert_eq!(queue_reply(&full), (452, "4.3.1 qq write error or disk full".to_string()));
