@@ -157,7 +157,7 @@ fn a_linked_smtpd_session_under_its_servers_filter_is_denied_the_same() {
         p.output
     );
     p.allowed("read-control");
-    // UDP for SPF's DNS lookups, as a session confined on its own.
+    // UDP for the DNS lookups of SPF, DKIM and DMARC, as a session confined on its own.
     p.allowed("udp");
     for name in ["read-outside", "write-control", "write-queue", "exec-sh", "connect", "bind"] {
         p.denied(name);

@@ -1609,7 +1609,7 @@ fn spf_results_in_authentication_results_and_reject_policy() {
     assert_eq!(first.matches("Authentication-Results: mx.example.com").count(), 1, "{first}");
     let log = server.log();
     assert!(log.contains("spf 192.0.2.7 result=fail mailfrom=<b@fail.test>"), "{log}");
-    assert!(log.contains(" spf=pass forged-auth-results=2 result=250"), "{log}");
+    assert!(log.contains(" spf=pass dkim=none dmarc=none forged-auth-results=2 result=250"), "{log}");
 
     let reject = Server::start(&setup.clone().control("spfpolicy", "reject\n")).expect("server");
     let reply = send(&reject, "client.test", "b@fail.test", "");
@@ -1653,4 +1653,214 @@ fn spf_results_in_authentication_results_and_reject_policy() {
     client.command("QUIT", "221");
     let log = confined.log();
     assert!(log.contains("spf 192.0.2.7 result=pass mailfrom=<a@pass.test>"), "{log}");
+}
+
+/// python3 with dkimpy (python3-dkim), or a skip.
+fn skip_without_dkimpy() -> bool {
+    common::skip_unless_can(
+        "/usr/bin/python3",
+        &["-c", "import dkim\nprint('dkim ok')"],
+        "dkim ok",
+        "import dkim (python3-dkim)",
+    )
+}
+
+/// An Ed25519 key for example.test from `quill dkim keygen` in `home`: the TXT record and the
+/// base64 seed dkimpy signs with.
+fn dkim_key(home: &Path, selector: &str) -> (String, String) {
+    let out = common::run(home, "quill", &["dkim", "keygen", "example.test", selector, "ed25519"], b"");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "keygen: {text}");
+    let record = text.trim().split_once(" IN TXT ").map(|(_, r)| r).unwrap_or("").replace("\" \"", "");
+    let der = std::fs::read(home.join("control/dkim").join(format!("example.test.{selector}"))).expect("key");
+    // ring's PKCS#8 v2 for Ed25519: the seed is the OCTET STRING at bytes 16..48.
+    (record.trim_matches('"').to_string(), quill::mail::dkim::base64(&der[16..48]))
+}
+
+/// `message` (CRLF) signed by dkimpy with `seed`, relaxed/relaxed.
+fn dkimpy_sign(message: &[u8], selector: &str, seed: &str) -> Vec<u8> {
+    let script = format!(
+        "import sys, dkim\nmsg = sys.stdin.buffer.read()\nsig = dkim.sign(msg, b'{selector}', b'example.test', {seed:?}.encode(), canonicalize=(b'relaxed', b'relaxed'), signature_algorithm=b'ed25519-sha256', include_headers=[b'from', b'to', b'subject'])\nsys.stdout.buffer.write(sig + msg)\n"
+    );
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().expect("stdin").write_all(message).expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "dkim.sign: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// Issue 12 item 2: DKIM and DMARC at the end of the data. Through a QMAILQUEUE filter (the
+/// qmail-queue protocol has no way to add a field at the end) the Authentication-Results field
+/// carries SPF only and DKIM and DMARC are logged; control/dmarcpolicy reject refuses a DMARC
+/// fail with p=reject; RELAYCLIENT clients are not checked.
+#[test]
+fn dkim_and_dmarc_results_and_reject_policy() {
+    if skip_without_dkimpy() {
+        return;
+    }
+    let keys = common::home("smtpd-dkimkeys", &[]);
+    let (record, seed) = dkim_key(keys.path(), "s1");
+    let records = [
+        format!("--txt-record=s1._domainkey.example.test,{record}"),
+        "--txt-record=_dmarc.example.test,v=DMARC1; p=reject".to_string(),
+        "--txt-record=example.test,v=spf1 -all".to_string(),
+    ];
+    let Some(dns) = common::dnsmasq::Dnsmasq::start(&records) else { return };
+    let setup = Setup::new().control("dnsservers", &dns.servers()).env("TCPREMOTEIP", "192.0.2.7");
+    let message = b"From: Alice <alice@example.test>\r\nTo: user@example.com\r\nSubject: signed\r\n\r\nHello there\r\n";
+    let signed = dkimpy_sign(message, "s1", &seed);
+    let forged = b"Authentication-Results: mx.example.com; dkim=pass header.d=example.test\r\n";
+    let signed = [&forged[..], &signed].concat();
+    let tampered = String::from_utf8_lossy(&signed).replace("Hello there", "Hello thief").into_bytes();
+    let send = |server: &Server, message: &[u8]| -> String {
+        let mut client = server.connect();
+        client.expect("220");
+        client.command("EHLO client.test", "250");
+        client.command("MAIL FROM:<bounces@other.test>", "250");
+        client.command("RCPT TO:<user@example.com>", "250");
+        client.command("DATA", "354");
+        client.send(&[message, b".\r\n"].concat());
+        let reply = String::from_utf8_lossy(&client.line().unwrap_or_default()).into_owned();
+        client.command("QUIT", "221");
+        reply
+    };
+    let server = Server::start(&setup).expect("server");
+    assert!(send(&server, &signed).starts_with("250"));
+    assert!(send(&server, &tampered).starts_with("250"), "record: only recorded");
+    let queued = server.queued();
+    assert_eq!(queued.len(), 2);
+    for (message, _) in &queued {
+        let text = String::from_utf8_lossy(message);
+        // Only SPF's field, right after our Received line; the forged one is gone.
+        assert_eq!(text.matches("Authentication-Results:").count(), 1, "{text}");
+        assert!(text.contains("Authentication-Results: mx.example.com;\n\tspf=none"), "{text}");
+        assert!(!text.contains("dkim=pass header.d=example.test\n"), "{text}");
+    }
+    let log = server.log();
+    assert!(log.contains(" spf=none dkim=pass dmarc=pass forged-auth-results=1 result=250"), "{log}");
+    assert!(log.contains(" spf=none dkim=fail dmarc=fail forged-auth-results=1 result=250"), "{log}");
+
+    let reject = Server::start(&setup.clone().control("dmarcpolicy", "reject\n")).expect("server");
+    let reply = send(&reject, &tampered);
+    assert!(reply.starts_with("550 5.7.1 ") && reply.contains("example.test"), "{reply}");
+    assert!(send(&reject, &signed).starts_with("250"));
+    assert_eq!(reject.queued().len(), 1, "the refused message is not queued");
+    let log = reject.log();
+    assert!(log.contains("dkim=fail dmarc=fail forged-auth-results=1 result=550 5.7.1"), "{log}");
+
+    let relay =
+        Server::start(&setup.clone().control("dmarcpolicy", "reject\n").env("RELAYCLIENT", "")).expect("server");
+    assert!(send(&relay, &tampered).starts_with("250"), "RELAYCLIENT is not checked");
+    assert!(!relay.log().contains("dmarc="), "{}", relay.log());
+    let off = Server::start(&setup.clone().control("dmarcpolicy", "off\n")).expect("server");
+    assert!(send(&off, &tampered).starts_with("250"));
+    assert!(!off.log().contains("dmarc="), "{}", off.log());
+    let bad = Server::start(&setup.clone().control("dmarcpolicy", "sometimes\n")).expect("server");
+    bad.connect().expect("421 4.3.0");
+    let said = common::run(bad.dir(), "quill", &["check"], b"");
+    let said = String::from_utf8_lossy(&said.stdout).into_owned() + &String::from_utf8_lossy(&said.stderr);
+    assert!(said.contains("control/dmarcpolicy: sometimes is not off, record or reject"), "{said}");
+}
+
+/// The same through quill-queued: one Authentication-Results field with spf, dkim and dmarc,
+/// sent in the H frame and put at the top of the message; a DMARC reject is abandoned.
+#[test]
+fn dkim_and_dmarc_in_one_field_through_quill_queued() {
+    if skip_without_dkimpy() {
+        return;
+    }
+    let keys = common::home("smtpd-dkimkeys-w", &[]);
+    let (record, seed) = dkim_key(keys.path(), "s1");
+    let records = [
+        format!("--txt-record=s1._domainkey.example.test,{record}"),
+        "--txt-record=_dmarc.example.test,v=DMARC1; p=reject".to_string(),
+    ];
+    let Some(dns) = common::dnsmasq::Dnsmasq::start(&records) else { return };
+    let mut setup = Setup::new()
+        .control("dnsservers", &dns.servers())
+        .control("dmarcpolicy", "reject\n")
+        .env("TCPREMOTEIP", "192.0.2.7");
+    setup.no_filter = true;
+    let server = Server::start(&setup).expect("server");
+    let queued_log = std::fs::File::create(server.dir().join("queued.log")).expect("log");
+    let _queued = common::Daemon(
+        Command::new(common::bin("quill-queued"))
+            .env("QUILL_HOME", server.dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(queued_log))
+            .spawn()
+            .expect("start quill-queued"),
+    );
+    let socket = server.dir().join("queue/writer/socket");
+    assert!(common::wait_for(Duration::from_secs(20), || socket.exists()), "quill-queued did not listen");
+    let message = b"From: Alice <alice@example.test>\r\nTo: user@example.com\r\nSubject: signed\r\n\r\nHello there\r\n";
+    let forged = b"Authentication-Results: mx.example.com; dkim=pass header.d=forged.test\r\n";
+    let signed = [&forged[..], &dkimpy_sign(message, "s1", &seed)].concat();
+    let tampered = String::from_utf8_lossy(&signed).replace("Hello there", "Hello thief").into_bytes();
+    let send = |message: &[u8]| -> String {
+        let mut client = server.connect();
+        client.expect("220");
+        client.command("EHLO client.test", "250");
+        client.command("MAIL FROM:<alice@example.test>", "250");
+        client.command("RCPT TO:<user@example.com>", "250");
+        client.command("DATA", "354");
+        client.send(&[message, b".\r\n"].concat());
+        let reply = String::from_utf8_lossy(&client.line().unwrap_or_default()).into_owned();
+        client.command("QUIT", "221");
+        reply
+    };
+    let reply = send(&tampered);
+    assert!(reply.starts_with("550 5.7.1 "), "{reply}\n{}", server.log());
+    let reply = send(&signed);
+    assert!(reply.starts_with("250"), "{reply}\n{}", server.log());
+    let todo = common::files(&server.dir().join("queue/todo"));
+    assert_eq!(todo.len(), 1, "only the signed message is queued\n{}", server.log());
+    let mut file = std::fs::File::open(&todo[0]).expect("open");
+    let (_, offset) = quill::mail::queuefile::read_header(&mut file).expect("header");
+    let bytes = std::fs::read(&todo[0]).expect("read");
+    let text = String::from_utf8_lossy(&bytes[offset as usize..]).into_owned();
+    assert_eq!(text.matches("Authentication-Results:").count(), 1, "{text}");
+    let start = text.find("Authentication-Results: mx.example.com;\n\tspf=none").expect("our field");
+    let field = &text[start..start + text[start..].find("\nReceived:").expect("a Received line after it")];
+    assert!(field.contains(";\n\tdkim=pass header.d=example.test header.s=s1"), "{text}");
+    assert!(field.contains(";\n\tdmarc=pass (p=reject dis=none) header.from=example.test"), "{text}");
+    assert!(!text.contains("forged.test"), "{text}");
+    // Above our Received line (RFC 8601 §5), under quill-queued's.
+    assert!(start < text.find("Received: from client.test").expect("our Received"), "{text}");
+    let log = server.log();
+    assert!(log.contains(" dkim=pass dmarc=pass forged-auth-results=1 result=250"), "{log}");
+
+    // The same with BDAT: the tampered message refused at BDAT LAST, the signed one queued
+    // with its field.
+    let bdat = |message: &[u8]| -> String {
+        let mut client = server.connect();
+        client.expect("220");
+        client.command("EHLO client.test", "250");
+        client.command("MAIL FROM:<alice@example.test>", "250");
+        client.command("RCPT TO:<user@example.com>", "250");
+        client.send(&[format!("BDAT {} LAST\r\n", message.len()).as_bytes(), message].concat());
+        let reply = String::from_utf8_lossy(&client.line().unwrap_or_default()).into_owned();
+        client.command("QUIT", "221");
+        reply
+    };
+    let reply = bdat(&tampered);
+    assert!(reply.starts_with("550 5.7.1 "), "{reply}\n{}", server.log());
+    let reply = bdat(&signed);
+    assert!(reply.starts_with("250"), "{reply}\n{}", server.log());
+    let todo = common::files(&server.dir().join("queue/todo"));
+    assert_eq!(todo.len(), 2, "{}", server.log());
+    for path in todo {
+        let bytes = std::fs::read(&path).expect("read");
+        let text = String::from_utf8_lossy(&bytes);
+        assert_eq!(text.matches("Authentication-Results:").count(), 1, "{text}");
+        assert!(text.contains(";\n\tdkim=pass header.d=example.test header.s=s1"), "{text}");
+    }
+    assert!(server.log().contains(" chunks=1 spf=none dkim=fail dmarc=fail forged-auth-results=1 result=550 5.7.1"));
 }

@@ -491,6 +491,9 @@ fn check_controls(list: &mut Vec<Problem>, home: &Path) {
     if let Err(e) = crate::mail::spf::Policy::load(&control) {
         problem(list, e.message, edit(crate::mail::spf::FILE));
     }
+    if let Err(e) = crate::mail::dmarc::Checking::load(&control) {
+        problem(list, e.message, edit(crate::mail::dmarc::FILE));
+    }
     if let Err(e) = crate::mail::senderlogins::SenderLogins::load(&control) {
         problem(list, e.message, edit(crate::mail::senderlogins::FILE));
     }

@@ -21,6 +21,41 @@
 
 use crate::mail::dkimverify::{parse_tags, TxtError, TxtLookup};
 
+/// The control file that says what quill-smtpd does with DKIM and DMARC.
+pub const FILE: &str = "dmarcpolicy";
+
+/// control/dmarcpolicy (doc/quill-control.5): what quill-smtpd does with DKIM and DMARC at the
+/// end of the data, for a client that is neither RELAYCLIENT, authenticated, local nor on the
+/// loopback (the clients SPF skips).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checking {
+    /// `off`: no DKIM or DMARC check.
+    Off,
+    /// `record` (the default): check, and say the results in the Authentication-Results field.
+    Record,
+    /// `reject`: as record, and refuse a message that fails DMARC with disposition reject
+    /// (550 5.7.1). Quarantine is only recorded.
+    Reject,
+}
+
+impl Checking {
+    /// The file's word; an unknown one is an error (the caller answers 421).
+    pub fn load(control: &crate::mail::control::Control) -> Result<Checking, crate::base::fail::Error> {
+        match control.line(FILE)?.as_deref() {
+            None | Some(b"record") => Ok(Checking::Record),
+            Some(b"off") => Ok(Checking::Off),
+            Some(b"reject") => Ok(Checking::Reject),
+            Some(other) => Err(crate::base::fail::Error::queue(
+                crate::base::fail::qq::CONFIG_ERROR,
+                format!(
+                    "unable to parse control/dmarcpolicy: {} is not off, record or reject",
+                    crate::base::log::safe(other)
+                ),
+            )),
+        }
+    }
+}
+
 /// Two-label public suffixes known without the Public Suffix List: the common second-level
 /// registries of country-code domains.
 pub const PUBLIC_SUFFIXES: &[&str] = &[

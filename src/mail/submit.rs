@@ -96,6 +96,28 @@ impl Submission {
         }
     }
 
+    /// Whether header fields can still be put at the top of the message at its end
+    /// ([`Submission::add_top_fields`]): only quill-queued takes them (an `H` frame); the
+    /// qmail-queue protocol of quill-queue and of filters has no way to.
+    pub fn takes_top_fields(&self) -> bool {
+        matches!(self.way, Way::Writer(_))
+    }
+
+    /// Header fields (whole, LF-ended, well formed, at most `proto::writer::MAX_FIELDS` bytes
+    /// in all) for quill-queued to put at the top of the message; false, and nothing done,
+    /// when it cannot be (quill-queue, a filter, too long, not fields).
+    pub fn add_top_fields(&mut self, fields: &[u8]) -> bool {
+        let Way::Writer(message) = &mut self.way else { return false };
+        let total = message.fields.len() + fields.len();
+        let mut all = message.fields.clone();
+        all.extend_from_slice(fields);
+        if total > super::proto::writer::MAX_FIELDS || !super::proto::writer::fields_well_formed(&all) {
+            return false;
+        }
+        message.fields = all;
+        true
+    }
+
     /// Close the message, send the envelope, and map the queue's answer: quill-queue's exit
     /// code, or the same code as quill-queued's reply.
     pub fn finish(self, envelope: &Envelope) -> Result<Accepted> {

@@ -87,7 +87,7 @@ pub fn begin() -> Option<Message> {
     };
     let mut buffer = Vec::with_capacity(5 + MAX_CHUNK);
     buffer.extend_from_slice(&[0u8; 5]);
-    Some(Message { stream: Some(stream), buffer, broken: false, sign: false })
+    Some(Message { stream: Some(stream), buffer, broken: false, sign: false, fields: Vec::new() })
 }
 
 /// A message on its way to the writer: bytes are gathered into `M` frames of up to
@@ -99,6 +99,9 @@ pub struct Message {
     broken: bool,
     /// Ask quill-queued for a DKIM signature (an `S` frame for the envelope instead of `E`).
     pub sign: bool,
+    /// Header fields for quill-queued to put at the top of the message (an `H` frame before
+    /// the envelope): quill-smtpd's Authentication-Results.
+    pub fields: Vec<u8>,
 }
 
 impl Message {
@@ -141,6 +144,13 @@ impl Message {
         let Some(mut stream) = self.stream.take() else { return Err(lost()) };
         if self.broken {
             return Err(lost());
+        }
+        if !self.fields.is_empty() {
+            let mut frame = frame_head(Tag::Fields, self.fields.len() as u32).to_vec();
+            frame.extend_from_slice(&self.fields);
+            if stream.write_all(&frame).is_err() {
+                return Err(lost());
+            }
         }
         let mut encoded = envelope.encode();
         if !dsn.is_empty() {

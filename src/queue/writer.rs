@@ -16,7 +16,7 @@ use crate::base::fail::{qq, Error, Result};
 use crate::base::log;
 use crate::mail::dsn::Params;
 use crate::mail::envelope::Envelope;
-use crate::mail::proto::writer::{decode_head, Reply, Tag, BUSY, GREETING};
+use crate::mail::proto::writer::{decode_head, fields_well_formed, Reply, Tag, BUSY, GREETING};
 use crate::mail::queuefile::{Header, Layout};
 use std::io::{self, BufReader, Read, Write};
 use std::os::fd::AsFd;
@@ -143,11 +143,13 @@ struct Frames<'a, R> {
     bad: Option<String>,
     /// A read timed out (the client went quiet).
     timed_out: bool,
+    /// The payload of the message's `H` frame: fields for the top of the message.
+    fields: Option<Vec<u8>>,
 }
 
 impl<R: Read> Frames<'_, R> {
     fn new(inner: &mut R) -> Frames<'_, R> {
-        Frames { inner, left: 0, end: None, seen: false, bad: None, timed_out: false }
+        Frames { inner, left: 0, end: None, seen: false, bad: None, timed_out: false, fields: None }
     }
 
     fn inner_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -219,6 +221,22 @@ impl<R: Read> Read for Frames<'_, R> {
                 Ok((Tag::Envelope, length)) => self.end = Some(End::Envelope(length, false)),
                 Ok((Tag::SignedEnvelope, length)) => self.end = Some(End::Envelope(length, true)),
                 Ok((Tag::Abandon, _)) => self.end = Some(End::Abandon),
+                Ok((Tag::Fields, length)) => {
+                    let mut fields = vec![0u8; length];
+                    read_fully(self, &mut fields)?;
+                    let fault = if self.fields.is_some() {
+                        Some("a second H frame")
+                    } else if !fields_well_formed(&fields) {
+                        Some("an H frame that is not whole header fields")
+                    } else {
+                        None
+                    };
+                    if let Some(fault) = fault {
+                        self.bad = Some(fault.to_string());
+                        return Err(io::Error::from(io::ErrorKind::InvalidData));
+                    }
+                    self.fields = Some(fields);
+                }
                 Err(e) => {
                     self.bad = Some(e.to_string());
                     return Err(io::Error::from(io::ErrorKind::InvalidData));
@@ -226,6 +244,20 @@ impl<R: Read> Read for Frames<'_, R> {
             }
         }
     }
+}
+
+/// Read an `H` payload (at most `MAX_FIELDS` bytes) from the frames' input.
+fn read_fully<R: Read>(frames: &mut Frames<'_, R>, buf: &mut [u8]) -> io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        match frames.inner_read(&mut buf[got..]) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A read failure's code: 52 for a client that went quiet, 54 otherwise.
@@ -294,6 +326,8 @@ fn message<R: Read>(shared: &Shared, reader: &mut R, stream: &UnixStream, uid: u
         _ => return Step::Refuse(Error::queue(qq::ENVELOPE_FORMAT, "envelope format error: bytes after the end")),
     };
     let mut received = received;
+    // quill-smtpd's Authentication-Results (doc/quill-queued.8): under our Received line.
+    received.extend(frames.fields.take().unwrap_or_default());
     if sign {
         received.extend(enqueue::dkim_field(&shared.control, &body, secs));
     }
@@ -540,6 +574,8 @@ mod tests {
         wire.extend_from_slice(b"abc");
         wire.extend_from_slice(&frame_head(Tag::Message, 2));
         wire.extend_from_slice(b"de");
+        wire.extend_from_slice(&frame_head(Tag::Fields, 5));
+        wire.extend_from_slice(b"X: 1\n");
         wire.extend_from_slice(&frame_head(Tag::Envelope, 4));
         let mut input = &wire[..];
         let mut frames = Frames::new(&mut input);
@@ -547,6 +583,15 @@ mod tests {
         frames.read_to_end(&mut out).unwrap();
         assert_eq!(out, b"abcde");
         assert_eq!(frames.end, Some(End::Envelope(4, false)));
+        assert_eq!(frames.fields.as_deref(), Some(&b"X: 1\n"[..]));
+
+        // A second H frame, or one that is no header field, is a framing error.
+        for bad in [&b"H\0\0\0\x05X: 1\nH\0\0\0\x05X: 1\n"[..], b"H\0\0\0\x03X1\n"] {
+            let mut input = bad;
+            let mut frames = Frames::new(&mut input);
+            assert!(frames.read_to_end(&mut Vec::new()).is_err());
+            assert!(frames.bad.is_some());
+        }
 
         let mut input = &b"Z\0\0\0\x01x"[..];
         let mut frames = Frames::new(&mut input);

@@ -59,8 +59,11 @@ pub struct Config {
     pub dnsbl: crate::mail::dnsbl::Verdict,
     /// control/spfpolicy: whether SPF is checked at MAIL and what a fail means.
     pub spf: SpfPolicy,
-    /// The resolver SPF asks (control/dnsservers or /etc/resolv.conf, read before the
-    /// confinement); None when SPF is off.
+    /// control/dmarcpolicy: whether DKIM and DMARC are checked at the end of the data, and
+    /// whether a DMARC reject is refused.
+    pub dmarc: crate::mail::dmarc::Checking,
+    /// The resolver SPF, DKIM and DMARC ask (control/dnsservers or /etc/resolv.conf, read
+    /// before the confinement); None when control/spfpolicy and control/dmarcpolicy are off.
     pub resolver: Option<crate::mail::dns::Resolver>,
     /// TCPREMOTEIP.
     pub remote_ip: String,
@@ -246,13 +249,15 @@ impl Config {
         let auth_insecure =
             !checkpassword.is_empty() && (env_flag("AUTH_INSECURE") || control.read("authinsecure")?.is_some());
         let spf = SpfPolicy::load(control)?;
-        let resolver = match spf {
-            SpfPolicy::Off => None,
+        let dmarc = crate::mail::dmarc::Checking::load(control)?;
+        let resolver = match (spf, dmarc) {
+            (SpfPolicy::Off, crate::mail::dmarc::Checking::Off) => None,
             _ => Some(crate::mail::dns::Resolver::from_control(control)?),
         };
         Ok(Config {
             control: control.clone(),
             spf,
+            dmarc,
             resolver,
             greeting,
             rcpthosts,

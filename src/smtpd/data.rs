@@ -265,6 +265,51 @@ pub struct Incoming {
     last: u8,
     /// Removes `Authentication-Results:` fields that claim our authserv-id (RFC 8601 §5).
     forgeries: Option<crate::mail::authres::ForgeryFilter>,
+    /// The message as the client sent it, for DKIM and DMARC ([`Incoming::check_dkim`]).
+    dkim: Option<DkimInput>,
+    /// A refusal decided at the end of the data ([`Incoming::refuse`]): code, text, detail.
+    refusal: Option<(u16, String, String)>,
+}
+
+/// What DKIM verification and DMARC need of a message as it streams by: its header block
+/// (bounded by `dkim::MAX_HEADER`, plus one chunk), then its body, hashed and not kept.
+struct DkimInput {
+    header: Vec<u8>,
+    verifier: Option<crate::mail::dkimverify::Verifier>,
+    now: u64,
+}
+
+impl DkimInput {
+    fn feed(&mut self, chunk: &[u8]) {
+        if let Some(verifier) = self.verifier.as_mut() {
+            verifier.feed(chunk);
+            return;
+        }
+        let from = self.header.len().saturating_sub(1);
+        self.header.extend_from_slice(chunk);
+        let end = if self.header.first() == Some(&b'\n') {
+            Some(1)
+        } else {
+            memchr::memmem::find(&self.header[from..], b"\n\n").map(|i| from + i + 2)
+        };
+        if let Some(end) = end {
+            // Bytes after the empty line are the body's start; the verifier takes them.
+            self.verifier = Some(crate::mail::dkimverify::Verifier::new(&self.header, self.now));
+            self.header.truncate(end);
+        } else if self.header.len() > crate::mail::dkim::MAX_HEADER {
+            // Too big to parse: a signed message's result is permerror.
+            self.verifier = Some(crate::mail::dkimverify::Verifier::new(&self.header, self.now));
+        }
+    }
+
+    /// The header block and the verifier, fed all of the message.
+    fn finish(self) -> (Vec<u8>, crate::mail::dkimverify::Verifier) {
+        let verifier = match self.verifier {
+            Some(verifier) => verifier,
+            None => crate::mail::dkimverify::Verifier::new(&self.header, self.now),
+        };
+        (self.header, verifier)
+    }
 }
 
 /// How the client's bytes become message bytes: DATA's end-of-data machine, or BDAT's chunks.
@@ -320,6 +365,8 @@ impl Incoming {
             complete: None,
             last: b'\n',
             forgeries: None,
+            dkim: None,
+            refusal: None,
         }
     }
 
@@ -334,6 +381,36 @@ impl Incoming {
     /// (ours: only this server's own header may).
     pub fn remove_forged_results(&mut self, authserv_id: &[u8]) {
         self.forgeries = Some(crate::mail::authres::ForgeryFilter::new(authserv_id));
+    }
+
+    /// Gather the message as the client sent it (forged Authentication-Results fields still
+    /// in, before our own lines) for DKIM verification and DMARC; `now` for `x=`.
+    pub fn check_dkim(&mut self, now: u64) {
+        self.dkim = Some(DkimInput { header: Vec::new(), verifier: None, now });
+    }
+
+    /// At the end of the data, for a message not refused: its header block and the DKIM
+    /// verifier fed all of it (None when not asked).
+    pub fn take_dkim(&mut self) -> Option<(Vec<u8>, crate::mail::dkimverify::Verifier)> {
+        self.dkim.take().map(DkimInput::finish)
+    }
+
+    /// Whether fields can still go at the top of the message ([`Submission::takes_top_fields`]).
+    pub fn takes_top_fields(&self) -> bool {
+        self.submission.as_ref().is_some_and(Submission::takes_top_fields)
+    }
+
+    /// Fields for the top of the message, known at the end of the data; false when they
+    /// cannot go there ([`Submission::add_top_fields`]).
+    pub fn add_top_fields(&mut self, fields: &[u8]) -> bool {
+        self.submission.as_mut().is_some_and(|s| s.add_top_fields(fields))
+    }
+
+    /// Refuse the message at the end of the data: nothing is queued, the reply is `code`
+    /// `text`, the log line ends in `detail`.
+    pub fn refuse(&mut self, code: u16, text: &str, detail: String) {
+        self.submission = None;
+        self.refusal = Some((code, text.to_string(), detail));
     }
 
     /// How many forged `Authentication-Results:` fields were removed.
@@ -392,6 +469,10 @@ impl Incoming {
     /// Count, check and pass on the message bytes in `chunk`.
     fn take_chunk(&mut self) {
         self.size += self.chunk.len() as u64 + memchr::memchr_iter(b'\n', &self.chunk).count() as u64;
+        let too_big = self.too_big();
+        if let Some(dkim) = self.dkim.as_mut().filter(|_| !too_big) {
+            dkim.feed(&self.chunk);
+        }
         if let Some(filter) = self.forgeries.as_mut().filter(|f| !f.passing()) {
             let mut kept = Vec::with_capacity(self.chunk.len());
             filter.feed(&self.chunk, &mut kept);
@@ -414,7 +495,9 @@ impl Incoming {
     /// `id` is the one in our Received line; `dsn` goes to the queue with the envelope.
     pub fn finish(mut self, envelope: &Envelope, dsn: &crate::mail::dsn::Params, id: &str) -> Ending {
         let refused = |code: u16, text: &str, detail: String| (code, text.to_string(), None, detail);
-        let (code, text, queued, detail) = if self.parser.bare_line_end() {
+        let (code, text, queued, detail) = if let Some((code, text, detail)) = self.refusal.take() {
+            (code, text, None, detail)
+        } else if self.parser.bare_line_end() {
             let text = "5.6.0 message refused: bare CR or LF in the data; lines must end with CRLF";
             refused(550, text, " (refused: SMTP smuggling attempt or broken client)".to_string())
         } else if self.too_big() {
@@ -579,6 +662,26 @@ mod tests {
                     hops.feed(&input[b..]);
                     assert_eq!(hops.hops, want, "{input:?} split at {a} and {b}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn dkim_input_finds_the_header_block_however_split() {
+        for message in [&b"From: a@b.example\nSubject: x\n\nbody\n\nmore\n"[..], b"\nbody\n", b"From: a@b.example\n"] {
+            let whole = {
+                let mut input = DkimInput { header: Vec::new(), verifier: None, now: 0 };
+                input.feed(message);
+                input.finish().0
+            };
+            let end = memchr::memmem::find(message, b"\n\n")
+                .map_or(if message[0] == b'\n' { 1 } else { message.len() }, |i| i + 2);
+            assert_eq!(whole, &message[..end]);
+            for split in 0..message.len() {
+                let mut input = DkimInput { header: Vec::new(), verifier: None, now: 0 };
+                input.feed(&message[..split]);
+                input.feed(&message[split..]);
+                assert_eq!(input.finish().0, whole, "split at {split}");
             }
         }
     }

@@ -19,6 +19,8 @@
 use crate::base::fail::Outcome;
 use crate::mail::authres::AuthResults;
 use crate::mail::dsn;
+use crate::mail::dkimverify;
+use crate::mail::dmarc::{self, Checking as DmarcChecking};
 use crate::mail::envelope::Envelope;
 use crate::mail::senderlogins::SenderLogins;
 use crate::mail::smtp::{
@@ -250,6 +252,8 @@ struct Chunked {
     id: String,
     /// Chunks so far, for the log line.
     chunks: u64,
+    /// The Authentication-Results field waits for the end of the data ([`Session::end_checks`]).
+    late: bool,
 }
 
 /// One SMTP session.
@@ -745,19 +749,11 @@ impl Session {
     /// control/spfpolicy says off, or the client is RELAYCLIENT, authenticated, local
     /// (`sendmail -bs`) or on the loopback.
     fn check_spf(&self, sender: &[u8]) -> Option<Checked> {
-        if self.config.spf == SpfPolicy::Off
-            || self.config.relayclient.is_some()
-            || self.auth_user.is_some()
-            || self.config.local
-        {
+        if self.config.spf == SpfPolicy::Off {
             return None;
         }
+        let ip = self.checked_client()?;
         let resolver = self.config.resolver.as_ref()?;
-        let ip: std::net::IpAddr = self.config.remote_ip.parse().ok()?;
-        // A client on this host's own loopback is local: no domain's SPF record speaks of it.
-        if ip.is_loopback() {
-            return None;
-        }
         let helo = self.helo.as_deref().unwrap_or_default();
         let mut dns = crate::mail::spf::ResolverDns::new(resolver);
         let checked = crate::mail::spf::check_mail(&mut dns, ip, sender, helo, &self.config.me);
@@ -771,6 +767,84 @@ impl Session {
             outcome.problem.as_deref().map(|p| format!(" ({})", header_safe(p.as_bytes(), 200))).unwrap_or_default()
         ));
         Some(checked)
+    }
+
+    /// The client's address when its mail is checked (SPF, DKIM, DMARC): None for a
+    /// RELAYCLIENT, authenticated, local (`sendmail -bs`) or loopback client.
+    fn checked_client(&self) -> Option<std::net::IpAddr> {
+        if self.config.relayclient.is_some() || self.auth_user.is_some() || self.config.local {
+            return None;
+        }
+        let ip: std::net::IpAddr = self.config.remote_ip.parse().ok()?;
+        // A client on this host's own loopback is local: no domain's record speaks of it.
+        (!ip.is_loopback()).then_some(ip)
+    }
+
+    /// Whether DKIM and DMARC are checked at the end of this message's data
+    /// (control/dmarcpolicy, and the clients [`Session::checked_client`] skips).
+    fn dmarc_checked(&self) -> bool {
+        self.config.dmarc != DmarcChecking::Off && self.config.resolver.is_some() && self.checked_client().is_some()
+    }
+
+    /// DKIM (RFC 6376) and DMARC (RFC 7489) at the end of the data of a message not already
+    /// refused: the results go into the one Authentication-Results field, SPF's included,
+    /// which quill-queued puts at the top of the message when `late` (quill-queue and
+    /// filters cannot take it: their message carries SPF's field only, written first). Under
+    /// control/dmarcpolicy `reject`, a DMARC fail whose disposition is reject is refused with
+    /// 550 5.7.1. Returns the words for the log line.
+    fn end_checks(&self, incoming: &mut Incoming, spf: Option<&Checked>, late: bool) -> String {
+        if incoming.refused() {
+            return String::new();
+        }
+        let (Some((header, verifier)), Some(resolver)) = (incoming.take_dkim(), self.config.resolver.as_ref()) else {
+            return String::new();
+        };
+        // One lookup budget for the message's keys and its DMARC record.
+        let mut dns = dkimverify::ResolverLookup::new(resolver);
+        let verdicts = verifier.finish(&mut dns);
+        let passed: Vec<&str> = verdicts.iter().filter_map(dkimverify::Verdict::dmarc_domain).collect();
+        let spf_domain = spf.map(|checked| {
+            let identity = String::from_utf8_lossy(&checked.identity).into_owned();
+            match identity.rfind('@') {
+                Some(at) if !checked.helo => identity[at + 1..].to_string(),
+                _ => identity,
+            }
+        });
+        let spf_result =
+            spf.zip(spf_domain.as_deref()).map(|(checked, domain)| (checked.outcome.result.name(), domain));
+        let dmarc = dmarc::evaluate_header(&header, spf_result, &passed, &mut dns, &[]);
+        if late {
+            let spf_results: Vec<String> = spf
+                .map(|checked| crate::mail::authres::spf_result(checked, &self.config.remote_ip))
+                .into_iter()
+                .collect();
+            let mut results = spf_results.clone();
+            results.extend(dkimverify::authres_all(&verdicts));
+            results.push(dmarc.authres());
+            let authserv_id = header_safe(&self.config.me, 255);
+            let field = AuthResults { authserv_id: authserv_id.clone(), results }.header();
+            if !incoming.add_top_fields(&field) && !spf_results.is_empty() {
+                // Too long for the frame (it cannot be, with five signatures at most): SPF's.
+                incoming.add_top_fields(&AuthResults { authserv_id, results: spf_results }.header());
+            }
+        }
+        let dkim = if verdicts.is_empty() {
+            "none".to_string()
+        } else {
+            verdicts.iter().map(|v| v.outcome.name()).collect::<Vec<_>>().join(",")
+        };
+        if self.config.dmarc == DmarcChecking::Reject
+            && dmarc.outcome == dmarc::Outcome::Fail
+            && dmarc.disposition == dmarc::Policy::Reject
+        {
+            let domain = header_safe(dmarc.from_domain.as_bytes(), 255);
+            incoming.refuse(
+                550,
+                &format!("5.7.1 message refused: it fails DMARC and {domain} asks to reject it"),
+                format!(" (refused: DMARC policy reject of {domain})"),
+            );
+        }
+        format!(" dkim={dkim} dmarc={}", dmarc.outcome.name())
     }
 
     /// The refusal control/spfpolicy `reject` asks for: fail is 550 5.7.23 (RFC 7372 §3.2),
@@ -995,8 +1069,13 @@ impl Session {
         };
         let (seconds, micros) = crate::base::date::now_micros();
         let id = format!("{seconds}.{micros:06}.{}", std::process::id());
-        let trace = self.trace_lines(&id, seconds, transaction.spf.as_ref());
+        let checked = self.dmarc_checked();
+        let late = checked && submission.takes_top_fields();
+        let trace = self.trace_lines(&id, seconds, transaction.spf.as_ref().filter(|_| !late));
         let mut incoming = Incoming::new(submission, &trace, self.config.databytes);
+        if checked {
+            incoming.check_dkim(seconds);
+        }
         self.complete_header(&mut incoming, &id, seconds);
         if !self.config.local {
             incoming.remove_forged_results(&self.config.me);
@@ -1018,11 +1097,12 @@ impl Session {
         let Transaction { sender, recipients, spf, dsn, .. } = transaction;
         let envelope = Envelope { sender, recipients };
         let forged = incoming.forged_results();
+        let results = self.end_checks(&mut incoming, spf.as_ref(), late);
         let ending = incoming.finish(&envelope, &dsn, &id);
         if ending.queued.is_some() {
             self.messages += 1;
         }
-        self.log_message(&id, &envelope, &ending, None, (spf.as_ref(), forged));
+        self.log_message(&id, &envelope, &ending, None, (spf.as_ref(), forged, &results));
         self.reply(ending.code, &ending.text);
         Ok(())
     }
@@ -1084,18 +1164,25 @@ impl Session {
         // The end, or a chunk that already sank the message (too big, a bare line end, a
         // loop): the verdict now, so the client stops sending chunks.
         self.idle_since = Instant::now();
-        let Some(Transaction { sender, recipients, spf, dsn, chunked: Some(Chunked { incoming, id, chunks }), .. }) =
-            self.transaction.take()
+        let Some(Transaction {
+            sender,
+            recipients,
+            spf,
+            dsn,
+            chunked: Some(Chunked { mut incoming, id, chunks, late }),
+            ..
+        }) = self.transaction.take()
         else {
             return Ok(());
         };
         let envelope = Envelope { sender, recipients };
         let forged = incoming.forged_results();
+        let results = self.end_checks(&mut incoming, spf.as_ref(), late);
         let ending = incoming.finish(&envelope, &dsn, &id);
         if ending.queued.is_some() {
             self.messages += 1;
         }
-        self.log_message(&id, &envelope, &ending, Some(chunks), (spf.as_ref(), forged));
+        self.log_message(&id, &envelope, &ending, Some(chunks), (spf.as_ref(), forged, &results));
         self.reply(ending.code, &ending.text);
         Ok(())
     }
@@ -1111,14 +1198,19 @@ impl Session {
         let (seconds, micros) = crate::base::date::now_micros();
         let id = format!("{seconds}.{micros:06}.{}", std::process::id());
         let spf = self.transaction.as_ref().and_then(|t| t.spf.clone());
-        let trace = self.trace_lines(&id, seconds, spf.as_ref());
+        let checked = self.dmarc_checked();
+        let late = checked && submission.takes_top_fields();
+        let trace = self.trace_lines(&id, seconds, spf.as_ref().filter(|_| !late));
         let mut incoming = Incoming::chunked(submission, &trace, self.config.databytes);
+        if checked {
+            incoming.check_dkim(seconds);
+        }
         self.complete_header(&mut incoming, &id, seconds);
         if !self.config.local {
             incoming.remove_forged_results(&self.config.me);
         }
         if let Some(t) = self.transaction.as_mut() {
-            t.chunked = Some(Chunked { incoming, id, chunks: 0 });
+            t.chunked = Some(Chunked { incoming, id, chunks: 0, late });
         }
         self.data_started = Some(Instant::now());
         Ok(())
@@ -1147,20 +1239,21 @@ impl Session {
 
     /// The `message` log line. A refused message gets exactly this one, with the reason in it;
     /// the queue program it was streamed to says nothing. `chunks`: a message sent with BDAT;
-    /// `checks`: the SPF result and how many forged Authentication-Results fields were removed.
+    /// `checks`: the SPF result, how many forged Authentication-Results fields were removed,
+    /// and the DKIM and DMARC words ([`Session::end_checks`]).
     fn log_message(
         &self,
         id: &str,
         envelope: &Envelope,
         ending: &Ending,
         chunks: Option<u64>,
-        checks: (Option<&Checked>, usize),
+        checks: (Option<&Checked>, usize, &str),
     ) {
-        let (spf, forged) = checks;
+        let (spf, forged, results) = checks;
         let spf = spf.map(|c| format!(" spf={}", c.outcome.result.name())).unwrap_or_default();
         let forged = if forged > 0 { format!(" forged-auth-results={forged}") } else { String::new() };
         crate::base::log::line(&format!(
-            "message {} id={id} from=<{}> rcpts={} bytes={} qp={}{}{spf}{forged} result={} {}{}",
+            "message {} id={id} from=<{}> rcpts={} bytes={} qp={}{}{spf}{results}{forged} result={} {}{}",
             self.config.remote_ip,
             // UTF-8 stays readable; what header_safe hides in ASCII is hidden here too.
             crate::base::log::safe(&envelope.sender[..envelope.sender.len().min(200)])

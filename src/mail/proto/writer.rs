@@ -8,6 +8,10 @@
 //! byte and a 4-byte big-endian length, then that many bytes:
 //! - `M` message bytes, 1 to [`MAX_CHUNK`] of them, as many frames as the message needs (so
 //!   the client streams what it receives and never needs the size up front);
+//! - optionally `H` and header fields, 1 to [`MAX_FIELDS`] bytes of whole LF-ended fields,
+//!   at most one per message, after the last `M`: quill-queued puts them at the top of the
+//!   message, under its own Received line (quill-smtpd's Authentication-Results field, whose
+//!   DKIM and DMARC results are known only at the end of the data);
 //! - then `E` and the envelope in qmail-queue's encoding (`F` sender NUL, `T` recipient NUL …,
 //!   NUL), optionally followed by the message's DSN parameters (RFC 3461) as `d`, the text of
 //!   [`crate::mail::dsn::Params::encode`], NUL; at most [`MAX_ENVELOPE`] bytes: the message is complete, the writer commits it and
@@ -33,6 +37,8 @@ pub const MAX_ENVELOPE: usize =
     (crate::mail::address::MAX_ADDRESS + 2) * (crate::mail::envelope::MAX_RECIPIENTS + 1) + 1 + MAX_DSN;
 /// The largest DSN record: RET and ENVID, then NOTIFY and ORCPT per recipient.
 pub const MAX_DSN: usize = (crate::mail::dsn::MAX_ORCPT + 32) * (crate::mail::envelope::MAX_RECIPIENTS + 1);
+/// The largest `H` frame's payload.
+pub const MAX_FIELDS: usize = 16 * 1024;
 /// The longest reply line, newline included.
 pub const MAX_REPLY: usize = 64;
 
@@ -48,6 +54,8 @@ pub enum Tag {
     /// The envelope, and the message is from a local or authenticated sender: sign it with
     /// DKIM where its From: domain has a key (src/mail/dkim.rs).
     SignedEnvelope,
+    /// Header fields to put at the top of the message.
+    Fields,
 }
 
 impl Tag {
@@ -58,6 +66,7 @@ impl Tag {
             Tag::Envelope => b'E',
             Tag::Abandon => b'A',
             Tag::SignedEnvelope => b'S',
+            Tag::Fields => b'H',
         }
     }
 
@@ -68,6 +77,7 @@ impl Tag {
             b'E' => Some(Tag::Envelope),
             b'A' => Some(Tag::Abandon),
             b'S' => Some(Tag::SignedEnvelope),
+            b'H' => Some(Tag::Fields),
             _ => None,
         }
     }
@@ -76,9 +86,9 @@ impl Tag {
 /// Why a frame head is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameError {
-    /// A tag byte that is none of `M`, `E`, `A`.
+    /// A tag byte that is none of `M`, `H`, `E`, `S`, `A`.
     UnknownTag(u8),
-    /// A length beyond the tag's bound (an empty `M` included, and an `A` with any payload).
+    /// A length beyond the tag's bound (an empty `M` or `H` included, and an `A` with any payload).
     BadLength(Tag, u32),
 }
 
@@ -108,11 +118,30 @@ pub fn decode_head(head: [u8; 5]) -> Result<(Tag, usize), FrameError> {
         Tag::Message => (1..=MAX_CHUNK as u64).contains(&u64::from(length)),
         Tag::Envelope | Tag::SignedEnvelope => u64::from(length) <= MAX_ENVELOPE as u64,
         Tag::Abandon => length == 0,
+        Tag::Fields => (1..=MAX_FIELDS as u64).contains(&u64::from(length)),
     };
     if !fits {
         return Err(FrameError::BadLength(tag, length));
     }
     Ok((tag, length as usize))
+}
+
+/// Whether an `H` payload is whole header fields (RFC 5322 §2.2) with LF line ends: each line
+/// a `name:` (printable ASCII, no space) or a continuation starting with a space or a tab, no
+/// empty line, no NUL or CR, the last line ended.
+pub fn fields_well_formed(fields: &[u8]) -> bool {
+    if !fields.ends_with(b"\n") || fields.iter().any(|&b| b == 0 || b == b'\r') {
+        return false;
+    }
+    fields[..fields.len() - 1].split(|&b| b == b'\n').enumerate().all(|(i, line)| {
+        if line.first().is_some_and(|&b| b == b' ' || b == b'\t') {
+            return i > 0 && line.iter().any(|b| !b.is_ascii_whitespace());
+        }
+        match memchr::memchr(b':', line) {
+            Some(colon) => colon > 0 && line[..colon].iter().all(|&b| (33..=126).contains(&b)),
+            None => false,
+        }
+    })
 }
 
 /// The writer's answer to a complete message.
@@ -165,6 +194,18 @@ impl Reply {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_frames() {
+        assert_eq!(decode_head(frame_head(Tag::Fields, MAX_FIELDS as u32)).unwrap(), (Tag::Fields, MAX_FIELDS));
+        assert!(decode_head(frame_head(Tag::Fields, 0)).is_err());
+        assert!(decode_head(frame_head(Tag::Fields, MAX_FIELDS as u32 + 1)).is_err());
+        assert!(fields_well_formed(b"Authentication-Results: mx; spf=pass\n\tdkim=pass\n"));
+        assert!(fields_well_formed(b"A: 1\nB: 2\n"));
+        for bad in [&b"A: 1"[..], b"A: 1\n\n", b" A: 1\n", b"A 1\n", b": 1\n", b"A: 1\r\n", b"A: 1\n \n", b"\n"] {
+            assert!(!fields_well_formed(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn frame_heads_round_trip_and_bounds() {
