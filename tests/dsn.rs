@@ -13,8 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// A running quill-up with an SMTP listener, stopped when dropped. Local parts `fail` and
-/// `fail2` fail for good (their dot files exit 100); every other one is delivered to
-/// maildir/LOCALPART/.
+/// `fail2` fail for good (their dot files exit 100), `later` and `later2` fail for now (exit
+/// 111); every other one is delivered to maildir/LOCALPART/.
 struct Instance {
     dir: TempDir,
     child: Option<Child>,
@@ -23,32 +23,66 @@ struct Instance {
 
 impl Instance {
     fn start(tag: &str) -> Instance {
+        Instance::start_with(tag, &[])
+    }
+
+    /// An instance with these control files written before its first start.
+    fn start_with(tag: &str, controls: &[(&str, &str)]) -> Instance {
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let dir = TempDir::new(tag);
         let home = dir.path().join("q");
-        std::fs::create_dir_all(&home).expect("mkdir");
+        std::fs::create_dir_all(home.join("control")).expect("mkdir");
+        for (name, value) in controls {
+            std::fs::write(home.join("control").join(name), value).expect("control file");
+        }
         for name in ["fail", "fail2"] {
             std::fs::write(home.join(format!(".qmail-{name}")), "|echo no such mailbox here; exit 100\n")
                 .expect("dot file");
         }
-        let log = dir.path().join("log");
+        for name in ["later", "later2"] {
+            std::fs::write(home.join(format!(".qmail-{name}")), "|echo mailbox busy, try later; exit 111\n")
+                .expect("dot file");
+        }
+        let mut instance = Instance { dir, child: None, port };
+        instance.up();
+        instance
+    }
+
+    /// Start quill-up (again) and wait for it to listen.
+    fn up(&mut self) {
+        let log = self.dir.path().join("log");
         let child = Command::new(bin("quill-up"))
             .arg("-d")
-            .arg(&home)
+            .arg(self.home())
             .arg("-l")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(format!("127.0.0.1:{}", self.port))
             .stdin(Stdio::null())
             .stdout(std::fs::File::options().create(true).append(true).open(&log).expect("log"))
             .stderr(std::fs::File::options().append(true).open(&log).expect("log"))
             .spawn()
             .expect("start quill-up");
-        let instance = Instance { dir, child: Some(child), port };
+        self.child = Some(child);
         let up = wait_for(Duration::from_secs(20), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-                && common::instance_pids(&instance.home(), "quill-queued").len() == 1
+            TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && common::instance_pids(&self.home(), "quill-queued").len() == 1
         });
-        assert!(up, "the instance did not come up; log:\n{}", instance.log());
-        instance
+        assert!(up, "the instance did not come up; log:\n{}", self.log());
+    }
+
+    /// Stop quill-up and everything under it.
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::SIGTERM);
+            let _ = wait_for(Duration::from_secs(30), || !matches!(c.try_wait(), Ok(None)));
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Ask for a retry of every waiting message (`quill queue flush`).
+    fn flush(&self) {
+        let out = common::run(&self.home(), "quill", &["queue", "flush"], b"");
+        assert!(out.status.success(), "quill queue flush: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     fn home(&self) -> PathBuf {
@@ -109,12 +143,7 @@ impl Instance {
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::SIGTERM);
-            let _ = wait_for(Duration::from_secs(30), || !matches!(c.try_wait(), Ok(None)));
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.down();
     }
 }
 
@@ -223,4 +252,60 @@ fn notify_success_gives_a_delivery_notice_for_a_local_delivery() {
         assert!(structure.contains("Original-Envelope-Id: env2\n"), "{structure}");
         assert!(structure.contains("Action: delivered\n"), "{structure}");
     }
+}
+
+#[test]
+fn one_delay_warning_per_message_for_the_recipients_that_want_it() {
+    let mut q = Instance::start_with("dsn-delay", &[("delaywarningtime", "1\n")]);
+    // Message one: `later` has no NOTIFY (the server decides: warned), `later2` asked for
+    // failures only. Message two: its one recipient asked for failures only: no warning.
+    q.send(
+        "<owner@localhost> ENVID=slow1",
+        &["<later@localhost>", "<later2@localhost> NOTIFY=FAILURE"],
+        "Subject: dsn five\n\nthe body\n",
+    );
+    q.send("<owner@localhost>", &["<later@localhost> NOTIFY=FAILURE"], "Subject: dsn six\n\nx\n");
+    // Retried until the warning comes (a deferral after the message is a second old).
+    let mut warned = false;
+    for _ in 0..30 {
+        if wait_for(Duration::from_secs(2), || !q.delivered("owner").is_empty()) {
+            warned = true;
+            break;
+        }
+        q.flush();
+    }
+    assert!(warned, "no delay warning; log:\n{}", q.log());
+    let warning = q.delivered("owner")[0].clone();
+    assert!(warning.contains("Subject: delay warning"), "{warning}");
+    assert!(warning.contains("no action needed"), "{warning}");
+    assert!(warning.contains("Subject: dsn five"), "{warning}");
+    assert!(!warning.contains("the body"), "a warning carries the headers only:\n{warning}");
+    assert!(warning.contains("Final-Recipient: rfc822; later@localhost\nAction: delayed\nStatus: 4."), "{warning}");
+    assert!(warning.contains("Diagnostic-Code: x-quill; mailbox busy, try later"), "{warning}");
+    assert!(!warning.contains("later2@localhost"), "NOTIFY=FAILURE is left out:\n{warning}");
+    if let Some(structure) = python_structure(&warning) {
+        assert!(structure.starts_with("type multipart/report delivery-status\n"), "{structure}");
+        assert!(structure.contains("part text/rfc822-headers\n"), "{structure}");
+        assert!(structure.contains("Original-Envelope-Id: slow1\n"), "{structure}");
+        assert!(structure.contains("Action: delayed\n"), "{structure}");
+        assert_eq!(structure.matches("Final-Recipient:").count(), 1, "{structure}");
+    }
+
+    // More retries, and a restart of the whole instance: still one warning.
+    let deferrals = |q: &Instance| q.log().matches("deferral").count();
+    for round in 0..2 {
+        let before = deferrals(&q);
+        q.flush();
+        assert!(
+            wait_for(Duration::from_secs(30), || deferrals(&q) >= before + 3),
+            "round {round}: no retry; log:\n{}",
+            q.log()
+        );
+        if round == 0 {
+            q.down();
+            q.up();
+        }
+    }
+    assert_eq!(q.delivered("owner").len(), 1, "one warning only; log:\n{}", q.log());
+    assert_eq!(q.log().matches("delay warning msg").count(), 1, "log:\n{}", q.log());
 }

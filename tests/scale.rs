@@ -107,6 +107,7 @@ fn write_backlog(home: &Path, n: usize) {
             time: birth,
             pid,
             due: [0, due],
+            warned: 0,
             entries: vec![Entry {
                 channel: quill::send::sendconf::Channel::Remote,
                 address: rcpt,

@@ -585,6 +585,7 @@ fn restart_recovers_mess_and_removes_stale_info() {
         time: t - 1000,
         pid: 1,
         due: [0, 0],
+        warned: 0,
         entries: vec![quill::mail::proto::info::Entry {
             channel: quill::send::sendconf::Channel::Local,
             address: b"r@test.example".to_vec(),
@@ -896,6 +897,7 @@ fn write_deferred(home: &Path, n: usize, domain: &str, due: u64) -> Vec<u64> {
                 time: t,
                 pid,
                 due: [0, due],
+                warned: 0,
                 entries: vec![Entry {
                     channel: quill::send::sendconf::Channel::Remote,
                     address: rcpt.into_bytes(),

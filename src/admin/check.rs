@@ -42,6 +42,7 @@ pub const NUMBER_FILES: &[&str] = &[
     "concurrencyremote",
     "concurrencyincoming",
     "queuelifetime",
+    "delaywarningtime",
     "queueactive",
     "timeoutsmtpd",
     "greetdelay",

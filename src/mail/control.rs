@@ -83,6 +83,10 @@ pub const DEFAULT_BACKOFFMIN: u64 = 300;
 pub const DEFAULT_BACKOFFMAX: u64 = 3600;
 /// `queuelifetime`, in seconds (one week, as qmail): after it a temporary failure is permanent.
 pub const DEFAULT_QUEUELIFETIME: u64 = 604_800;
+/// `delaywarningtime`, in seconds: after it a message with recipients still deferred earns its
+/// sender one delay warning (Postfix's delay_warning_time); 0, the default as in Postfix, sends
+/// none.
+pub const DEFAULT_DELAYWARNINGTIME: u64 = 0;
 /// `queueactive`: messages quill-send holds in memory at most (Postfix's
 /// qmgr_message_active_limit); the rest wait on disk as an id and a time.
 pub const DEFAULT_QUEUEACTIVE: u64 = 10_000;

@@ -28,6 +28,8 @@ pub enum Action {
     Delivered,
     /// Handed to another server that will send no notice of its own (NOTIFY=SUCCESS).
     Relayed,
+    /// Still deferred after `delaywarningtime`, and still being tried (a delay warning).
+    Delayed,
 }
 
 impl Action {
@@ -36,6 +38,7 @@ impl Action {
             Action::Failed => "failed",
             Action::Delivered => "delivered",
             Action::Relayed => "relayed",
+            Action::Delayed => "delayed",
         }
     }
 }
@@ -85,10 +88,20 @@ pub struct Bounce<'a> {
 /// The RFC 3463 status of a failure: the subject and detail of the first `#5.X.Y` in its
 /// text (a spawner's report, rendered by `Status` or by a remote server), else `5.0.0`.
 pub fn status_code(text: &[u8]) -> Enhanced {
+    code_of_class(text, b'5')
+}
+
+/// The RFC 3463 status of a deferral: the subject and detail of the first `#4.X.Y` in its
+/// text, else `4.0.0`'s.
+pub fn temporary_code(text: &[u8]) -> Enhanced {
+    code_of_class(text, b'4')
+}
+
+fn code_of_class(text: &[u8], class: u8) -> Enhanced {
     let mut pos = 0;
     while let Some(hash) = memchr::memchr(b'#', &text[pos..]) {
         let start = pos + hash + 1;
-        if let Some(code) = parse_code(&text[start..]) {
+        if let Some(code) = parse_code(&text[start..], class) {
             return code;
         }
         pos = start;
@@ -96,9 +109,10 @@ pub fn status_code(text: &[u8]) -> Enhanced {
     Enhanced::OTHER
 }
 
-/// `5.D{1,3}.D{1,3}` at the start of `bytes`, not followed by another digit.
-fn parse_code(bytes: &[u8]) -> Option<Enhanced> {
-    if bytes.first() != Some(&b'5') || bytes.get(1) != Some(&b'.') {
+/// `C.D{1,3}.D{1,3}` (C the class, 5 or 4) at the start of `bytes`, not followed by another
+/// digit.
+fn parse_code(bytes: &[u8], class: u8) -> Option<Enhanced> {
+    if bytes.first() != Some(&class) || bytes.get(1) != Some(&b'.') {
         return None;
     }
     let mut end = 2;
@@ -198,10 +212,13 @@ pub fn compose(b: &Bounce) -> Vec<u8> {
     // The bounce goes to the envelope sender, which the original client chose.
     push(&mut out, &[b"To: ", &crate::mail::header::field_safe(b.to), b"\n"]);
     let failed = b.failures.iter().any(|f| f.action == Action::Failed);
+    let delayed = b.failures.iter().any(|f| f.action == Action::Delayed);
     let subject: &[u8] = if b.double {
         b"Subject: failure notice (undeliverable bounce)\n"
     } else if failed {
         b"Subject: failure notice\n"
+    } else if delayed {
+        b"Subject: delay warning: not delivered yet, still trying (no action needed)\n"
     } else {
         b"Subject: delivery notice\n"
     };
@@ -231,8 +248,24 @@ pub fn compose(b: &Bounce) -> Vec<u8> {
         out.push(b'\n');
     }
 
+    let mut warned = false;
+    for f in b.failures.iter().filter(|f| f.action == Action::Delayed) {
+        if !warned {
+            push(&mut out, &[b"This is only a warning: your message has not been delivered yet to the\n"]);
+            push(&mut out, &[b"addresses below, and delivery is still being tried. You need do nothing.\n"]);
+            push(&mut out, &[b"You will hear again only if the message fails for good.\n"]);
+            push(&mut out, &[b"Its headers are attached for reference.\n\n"]);
+            warned = true;
+        }
+        out.push(b'<');
+        ascii(&f.recipient, &mut out);
+        out.extend_from_slice(b">:\n");
+        text_lines(&f.text, &mut out);
+        out.push(b'\n');
+    }
+
     let mut told = false;
-    for f in b.failures.iter().filter(|f| f.action != Action::Failed) {
+    for f in b.failures.iter().filter(|f| matches!(f.action, Action::Delivered | Action::Relayed)) {
         if !told {
             push(&mut out, &[b"You asked to be told when your message was delivered to the addresses below.\n"]);
             push(&mut out, &[b"Delivered means it reached the mailbox; relayed means it went on to a server\n"]);
@@ -265,6 +298,11 @@ pub fn compose(b: &Bounce) -> Vec<u8> {
             push(
                 &mut out,
                 &[format!("Status: {}\n", Status::permanent(status_code(&f.text), "").code_text()).as_bytes()],
+            );
+        } else if f.action == Action::Delayed {
+            push(
+                &mut out,
+                &[format!("Status: {}\n", Status::temporary(temporary_code(&f.text), "").code_text()).as_bytes()],
             );
         } else {
             out.extend_from_slice(b"Status: 2.0.0\n");
@@ -364,6 +402,39 @@ mod tests {
         // Headers end at the first empty line, and no header line has 8-bit bytes.
         let (head, _) = text.split_once("\n\n").unwrap();
         assert!(head.contains("MIME-Version: 1.0"));
+    }
+
+    #[test]
+    fn delay_warning_shape() {
+        let failures = vec![Failure {
+            recipient: b"slow@example.org".to_vec(),
+            text: b"Connection refused (#4.4.1)".to_vec(),
+            orcpt: None,
+            action: Action::Delayed,
+        }];
+        let b = Bounce {
+            me: b"mx.example.net",
+            from: b"MAILER-DAEMON@mx.example.net",
+            to: b"sender@example.com",
+            double: false,
+            id: 7,
+            arrival: 0,
+            now: 1_795_615_141,
+            failures: &failures,
+            original_headers: b"Subject: hello\n",
+            original_message: None,
+            envid: None,
+        };
+        let text = String::from_utf8(compose(&b)).unwrap();
+        assert!(text.contains("Subject: delay warning: not delivered yet, still trying (no action needed)\n"));
+        assert!(text.contains("This is only a warning"), "{text}");
+        assert!(!text.contains("no further"), "{text}");
+        assert!(text.contains(
+            "Final-Recipient: rfc822; slow@example.org\nAction: delayed\nStatus: 4.4.1\n\
+             Diagnostic-Code: x-quill; Connection refused (#4.4.1)\n"
+        ));
+        assert_eq!(temporary_code(b"no code"), Enhanced::OTHER);
+        assert_eq!(temporary_code(b"full (#5.2.2) then (#4.2.2)"), Enhanced::MAILBOX_FULL);
     }
 
     #[test]

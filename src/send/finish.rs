@@ -13,6 +13,15 @@ use crate::send::sendloop::{Sender, DOUBLE_BOUNCE_SENDER, FINISH_RETRY};
 use std::fs::File;
 use std::io::{self, Read};
 
+/// Which report [`Sender::queue_report`] queues.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Report {
+    /// The bounce or success notice at the end of a message.
+    Bounce,
+    /// The delay warning (`delaywarningtime`).
+    Warning,
+}
+
 impl Sender {
     /// Every recipient is done: queue the bounce if one is needed, then ask for the removal.
     /// The message is never removed before its bounce is queued.
@@ -65,6 +74,54 @@ impl Sender {
         self.ask_remove(id);
     }
 
+    /// A message still waiting after `delaywarningtime` (and not warned of before): the sender
+    /// is sent one delay warning naming each deferred recipient that did not refuse it (NOTIFY
+    /// with DELAY, or no NOTIFY: RFC 3461 §4.1 leaves that to the server). Never to a bounce's
+    /// empty sender nor to the postmaster. The mark is saved in the info file, so a restarted
+    /// quill-send does not warn again; a warning that cannot be queued is tried at the next
+    /// deferral.
+    pub(super) fn warn_if_delayed(&mut self, id: u64, now: u64) {
+        let after = self.config.delay_warning;
+        let Some(m) = self.messages.get(&id) else { return };
+        if after == 0
+            || m.warned != 0
+            || m.phase != Phase::Active
+            || m.pending.is_some()
+            || now < m.birth.saturating_add(after)
+            || m.sender.is_empty()
+            || m.sender == DOUBLE_BOUNCE_SENDER
+        {
+            return;
+        }
+        let delayed: Vec<Failure> = m
+            .recipients
+            .iter()
+            .zip(&m.originals)
+            .enumerate()
+            .filter_map(|(index, (r, original))| match (&r.progress, &r.last) {
+                (Progress::Waiting, Some((_, text))) if m.dsn.recipient(index).wants_delay() => Some(Failure {
+                    recipient: original.clone(),
+                    text: text.clone(),
+                    orcpt: m.dsn.recipient(index).orcpt,
+                    action: Action::Delayed,
+                }),
+                _ => None,
+            })
+            .collect();
+        if delayed.is_empty() {
+            return;
+        }
+        if let Err(e) = self.queue_report(id, &delayed, Report::Warning) {
+            log::warning(&format!("unable to queue delay warning for msg {id}: {e}; will try again"));
+            return;
+        }
+        if let Some(m) = self.messages.get_mut(&id) {
+            m.warned = now;
+            m.dirty = true;
+            self.info_queue.push(id);
+        }
+    }
+
     pub(super) fn ask_remove(&mut self, id: u64) {
         if let Some(m) = self.messages.get_mut(&id) {
             m.phase = Phase::Removing;
@@ -74,6 +131,10 @@ impl Sender {
     }
 
     pub(super) fn queue_bounce(&mut self, id: u64, failures: &[Failure]) -> crate::base::fail::Result<()> {
+        self.queue_report(id, failures, Report::Bounce)
+    }
+
+    fn queue_report(&mut self, id: u64, failures: &[Failure], kind: Report) -> crate::base::fail::Result<()> {
         let Some(m) = self.messages.get(&id) else { return Ok(()) };
         let double = m.sender.is_empty();
         let (to, sender) = if double {
@@ -81,7 +142,8 @@ impl Sender {
         } else {
             (m.sender.clone(), Vec::new())
         };
-        let full = if m.dsn.ret == Some(crate::mail::dsn::Ret::Full) {
+        // A delay warning carries the header block only (the message is still on its way).
+        let full = if kind == Report::Bounce && m.dsn.ret == Some(crate::mail::dsn::Ret::Full) {
             self.original_message(id, m.offset, self.config.bounce_max_bytes)
         } else {
             None
@@ -101,7 +163,8 @@ impl Sender {
             envid: m.dsn.envid.as_deref(),
         });
         let accepted = crate::mail::submit::submit(&message, &Envelope { sender, recipients: vec![to] })?;
-        log::raw(&format!("bounce msg {id} qp {}", accepted.pid));
+        let what = if kind == Report::Bounce { "bounce" } else { "delay warning" };
+        log::raw(&format!("{what} msg {id} qp {}", accepted.pid));
         // The bounce is in todo/ now; pick it up without waiting for the next scan.
         self.pickup.scan_wanted = true;
         Ok(())

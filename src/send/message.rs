@@ -60,6 +60,9 @@ pub(super) struct Message {
     pub(super) recipients: Vec<Recipient>,
     /// When each channel (and the finish retry) is next due; the timers hold the same times.
     pub(super) due: [Option<u64>; 3],
+    /// When its sender was sent the delay warning (`delaywarningtime`), 0 for not yet: kept in
+    /// the info file, so that a restarted quill-send does not warn again.
+    pub(super) warned: u64,
     /// Recipients queued or in flight per channel.
     pub(super) busy: [usize; 2],
     /// Changed since its info file was last written.
@@ -84,6 +87,7 @@ impl Message {
         rewrite: impl Fn(&[u8]) -> (Channel, Vec<u8>),
     ) -> Message {
         let tried = info.is_some();
+        let warned = info.as_ref().map_or(0, |i| i.warned);
         let (recipients, due) = match info {
             Some(info) => (
                 info.entries
@@ -121,6 +125,7 @@ impl Message {
             offset,
             recipients,
             due,
+            warned,
             busy: [0, 0],
             dirty: false,
             info_on_disk: tried,
@@ -156,6 +161,7 @@ impl Message {
             time: self.birth,
             pid: self.pid,
             due: [self.due[0].unwrap_or(0), self.due[1].unwrap_or(0)],
+            warned: self.warned,
             entries: self
                 .recipients
                 .iter()
@@ -271,13 +277,14 @@ mod tests {
         m.recipients[0].last = Some((1500, b"stale".to_vec()));
         m.recipients[1].last = Some((1600, b"busy (#4.2.1)".to_vec()));
         m.due = [None, Some(2000), None];
+        m.warned = 1700;
         let info = m.info();
         assert_eq!(info.entries[0].last, None, "only a waiting recipient keeps its last error");
         assert!(info.belongs_to(&header()));
         let again = Message::new(header(), 99, Some(info.clone()), |_| unreachable!("the info file routes"));
         assert_eq!(again.info(), info);
         assert!(again.recipients.iter().all(|r| r.tried), "a message with an info file may have been tried");
-        assert_eq!(again.due, [None, Some(2000), None]);
+        assert_eq!((again.due, again.warned), ([None, Some(2000), None], 1700));
         assert!(!again.waiting(Channel::Local) && again.waiting(Channel::Remote));
     }
 }

@@ -173,6 +173,7 @@ impl Sender {
                 self.idle.push(id);
             }
         }
+        self.warn_if_delayed(id, now);
         self.status();
         Ok(())
     }

@@ -5,7 +5,8 @@
 use crate::base::fail::Result;
 use crate::mail::control::{
     Control, DEFAULT_BACKOFFMAX, DEFAULT_BACKOFFMIN, DEFAULT_CONCURRENCYDESTINATION, DEFAULT_CONCURRENCYLOCAL,
-    DEFAULT_CONCURRENCYRECIPIENT, DEFAULT_CONCURRENCYREMOTE, DEFAULT_QUEUEACTIVE, DEFAULT_QUEUELIFETIME,
+    DEFAULT_CONCURRENCYRECIPIENT, DEFAULT_CONCURRENCYREMOTE, DEFAULT_DELAYWARNINGTIME, DEFAULT_QUEUEACTIVE,
+    DEFAULT_QUEUELIFETIME,
 };
 use crate::mail::rewrite::{join, Rewriting};
 
@@ -40,6 +41,9 @@ pub struct Config {
     pub backoff_max: u64,
     /// `queuelifetime`: seconds after which a temporary failure is permanent.
     pub queue_lifetime: u64,
+    /// `delaywarningtime`: seconds in the queue after which a message with recipients still
+    /// deferred earns its sender one delay warning; 0 sends none.
+    pub delay_warning: u64,
     /// `queueactive`: messages held in memory at most (at least [`MIN_QUEUE_ACTIVE`]); the
     /// others wait on disk, known only by id and next time (`send::dormant`).
     pub queue_active: usize,
@@ -70,6 +74,7 @@ impl Config {
             backoff_min: control.number("backoffmin", DEFAULT_BACKOFFMIN)?.max(1),
             backoff_max: control.number("backoffmax", DEFAULT_BACKOFFMAX)?,
             queue_lifetime: control.number("queuelifetime", DEFAULT_QUEUELIFETIME)?,
+            delay_warning: control.number("delaywarningtime", DEFAULT_DELAYWARNINGTIME)?,
             queue_active: control.number("queueactive", DEFAULT_QUEUEACTIVE)?.clamp(MIN_QUEUE_ACTIVE, 1 << 24) as usize,
             retry: crate::send::schedule::Retry {
                 local_step: control.number("retrylocal", crate::send::schedule::LOCAL_STEP)?.max(1),

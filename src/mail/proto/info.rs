@@ -11,6 +11,7 @@
 //! I<time>.<pid>\0     identity: the message header's t and p records
 //! l<unixtime>\0       next attempt on the local channel (0: none planned)
 //! r<unixtime>\0       next attempt on the remote channel (0: none planned)
+//! w<unixtime>\0       optional: when the delay warning was queued (at most one is sent)
 //! then one record per recipient, in the header's order, with the rewritten address:
 //! L<address>\0        local, not yet delivered
 //! R<address>\0        remote, not yet delivered
@@ -65,6 +66,8 @@ pub struct Info {
     pub pid: u32,
     /// Next attempt per channel (index: `Channel as usize`), 0 for none.
     pub due: [u64; 2],
+    /// When the sender was sent its delay warning (`delaywarningtime`), 0 for not yet.
+    pub warned: u64,
     /// One entry per recipient of the header, in order.
     pub entries: Vec<Entry>,
 }
@@ -97,6 +100,9 @@ impl Info {
         record(&mut out, b'I', format!("{}.{}", self.time, self.pid).as_bytes());
         record(&mut out, b'l', self.due[0].to_string().as_bytes());
         record(&mut out, b'r', self.due[1].to_string().as_bytes());
+        if self.warned != 0 {
+            record(&mut out, b'w', self.warned.to_string().as_bytes());
+        }
         for e in &self.entries {
             match &e.progress {
                 Progress::Waiting => {
@@ -145,8 +151,14 @@ impl Info {
         let time = std::str::from_utf8(&identity[..dot]).ok()?.parse().ok()?;
         let pid = std::str::from_utf8(&identity[dot + 1..]).ok()?.parse().ok()?;
         let due = [number(records[1], b'l')?, number(records[2], b'r')?];
+        let mut warned = 0;
+        let mut first = 3;
+        if records.get(3).is_some_and(|r| r.first() == Some(&b'w')) {
+            warned = number(records[3], b'w')?;
+            first = 4;
+        }
         let mut entries = Vec::new();
-        let mut rest = records[3..].iter();
+        let mut rest = records[first..].iter();
         while let Some(r) = rest.next() {
             let (tag, address) = (r[0], r[1..].to_vec());
             let entry = match tag {
@@ -171,7 +183,7 @@ impl Info {
             };
             entries.push(entry);
         }
-        Some(Info { time, pid, due, entries })
+        Some(Info { time, pid, due, warned, entries })
     }
 }
 
@@ -231,6 +243,7 @@ mod tests {
             time: 1_795_615_141,
             pid: 4242,
             due: [1_795_615_241, 0],
+            warned: 0,
             entries: vec![
                 Entry { channel: Channel::Local, address: b"a@here".to_vec(), progress: Progress::Waiting, last: None },
                 Entry {
@@ -272,6 +285,11 @@ mod tests {
         assert_eq!(Info::decode(&bytes), Some(info.clone()));
         assert!(info.matches(1_795_615_141, 4242));
         assert!(!info.matches(1_795_615_141, 4243));
+        let warned = Info { warned: 1_795_615_300, ..info };
+        let bytes = warned.encode();
+        assert!(bytes.starts_with(b"I1795615141.4242\0l1795615241\0r0\0w1795615300\0La@here\0"));
+        assert_eq!(Info::decode(&bytes), Some(warned));
+        assert_eq!(Info::decode(b"I1.2\0l0\0r0\0wx\0\0"), None);
     }
 
     #[test]
