@@ -511,7 +511,7 @@ fn check_controls(list: &mut Vec<Problem>, home: &Path) {
         }
     }
     for line in control.lines("lmtproutes").unwrap_or_default() {
-        if crate::remote::route::parse_lmtp_route(&line).is_none() {
+        if crate::mail::routes::parse_lmtp_route(&line).is_none() {
             let shown = format!(
                 "control/lmtproutes: {:?}: not `domain:/socket/path` (absolute, at most 107 bytes) or \
                  `domain:relay[:port]` (no TLS marker)",
@@ -570,7 +570,7 @@ fn check_controls(list: &mut Vec<Problem>, home: &Path) {
     // An LMTP route is for mail quill-send sends out: a domain it delivers itself never gets
     // there, and one missing from rcpthosts never comes in by SMTP.
     let lmtp_routes = control.lines("lmtproutes").unwrap_or_default();
-    for route in lmtp_routes.iter().filter_map(|line| crate::remote::route::parse_lmtp_route(line)) {
+    for route in lmtp_routes.iter().filter_map(|line| crate::mail::routes::parse_lmtp_route(line)) {
         let domain = route.pattern;
         if domain.is_empty() || domain.starts_with(b".") {
             continue;

@@ -13,7 +13,8 @@
 //! record),
 //! `queuelist` (the queue listing `mailq` and `quill queue list` print), `recipient` (whether
 //! a local address is deliverable: quill-smtpd's RCPT check, `sendmail -bv`), `senderlogins`
-//! (which senders an authenticated user may use). Confinement: `jail`
+//! (which senders an authenticated user may use), `routes` (the lines of smtproutes,
+//! senderroutes and lmtproutes). Confinement: `jail`
 //! (what each program may do once confined, over `base::confine`).
 //! Protocols: `smtp` (the SMTP codec), `submit`
 //! (the qmail-queue protocol, the caller's side), `writer_client` (its way to quill-queued,
@@ -43,6 +44,7 @@ pub mod queuefile;
 pub mod queuelist;
 pub mod recipient;
 pub mod rewrite;
+pub mod routes;
 pub mod senderlogins;
 pub mod smtp;
 pub mod spf;

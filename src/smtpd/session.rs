@@ -18,9 +18,9 @@
 
 use crate::base::fail::Outcome;
 use crate::mail::authres::AuthResults;
-use crate::mail::dsn;
 use crate::mail::dkimverify;
 use crate::mail::dmarc::{self, Checking as DmarcChecking};
+use crate::mail::dsn;
 use crate::mail::envelope::Envelope;
 use crate::mail::senderlogins::SenderLogins;
 use crate::mail::smtp::{
