@@ -24,7 +24,7 @@ use crate::mail::dsn;
 use crate::mail::envelope::Envelope;
 use crate::mail::senderlogins::SenderLogins;
 use crate::mail::smtp::{
-    base64_decode, header_safe, parse_command, parse_params, parse_path, strip_keyword, write_reply, Mailbox,
+    base64_decode, header_safe, parse_command, parse_params, parse_path, strip_keyword, write_reply, Mailbox, Param,
     PathError, PathKind, Verb, MAX_AUTH_LINE, MAX_COMMAND_LINE,
 };
 use crate::mail::spf::{Checked, SpfResult};
@@ -894,17 +894,12 @@ impl Session {
     /// (RFC 4954), RET and ENVID (RFC 3461). Whether SMTPUTF8 was given and the DSN
     /// parameters, or None when they are refused (the reply is written).
     fn mail_parameters(&mut self, rest: &[u8]) -> std::result::Result<Option<(bool, dsn::Params)>, End> {
-        let Ok(params) = parse_params(rest) else {
-            return self.error(501, "5.5.4 bad parameter syntax").map(|()| None);
+        let Some(params) = self.parameters(rest)? else {
+            return Ok(None);
         };
         let mut utf8 = false;
         let mut dsn = dsn::Params::default();
-        let mut seen: Vec<&[u8]> = Vec::new();
         for (key, value) in &params {
-            if seen.contains(&key.as_slice()) {
-                return self.error(501, "5.5.4 parameter given twice").map(|()| None);
-            }
-            seen.push(key);
             match (key.as_slice(), value.as_deref()) {
                 (b"SIZE", Some(v)) => {
                     let Some(size) = size_value(v) else {
@@ -935,28 +930,38 @@ impl Session {
                     };
                     dsn.envid = Some(envid);
                 }
-                _ => {
-                    let text = format!("5.5.4 unsupported parameter {}", header_safe(key, 40));
-                    return self.error(555, &text).map(|()| None);
-                }
+                _ => return self.unsupported(key),
             }
         }
         Ok(Some((utf8, dsn)))
     }
 
-    /// RCPT's parameters: NOTIFY and ORCPT (RFC 3461). None when they are refused (the reply
-    /// is written).
-    fn rcpt_parameters(&mut self, rest: &[u8]) -> std::result::Result<Option<dsn::RcptParams>, End> {
+    /// A command's ESMTP parameters, each keyword at most once; None when they are refused
+    /// (the reply is written).
+    fn parameters(&mut self, rest: &[u8]) -> std::result::Result<Option<Vec<Param>>, End> {
         let Ok(params) = parse_params(rest) else {
             return self.error(501, "5.5.4 bad parameter syntax").map(|()| None);
         };
+        if params.iter().enumerate().any(|(i, (key, _))| params[..i].iter().any(|(k, _)| k == key)) {
+            return self.error(501, "5.5.4 parameter given twice").map(|()| None);
+        }
+        Ok(Some(params))
+    }
+
+    /// 555 for a parameter the command does not take (the reply is written).
+    fn unsupported<T>(&mut self, key: &[u8]) -> std::result::Result<Option<T>, End> {
+        let text = format!("5.5.4 unsupported parameter {}", header_safe(key, 40));
+        self.error(555, &text).map(|()| None)
+    }
+
+    /// RCPT's parameters: NOTIFY and ORCPT (RFC 3461). None when they are refused (the reply
+    /// is written).
+    fn rcpt_parameters(&mut self, rest: &[u8]) -> std::result::Result<Option<dsn::RcptParams>, End> {
+        let Some(params) = self.parameters(rest)? else {
+            return Ok(None);
+        };
         let mut dsn = dsn::RcptParams::default();
-        let mut seen: Vec<&[u8]> = Vec::new();
         for (key, value) in &params {
-            if seen.contains(&key.as_slice()) {
-                return self.error(501, "5.5.4 parameter given twice").map(|()| None);
-            }
-            seen.push(key);
             match (key.as_slice(), value.as_deref()) {
                 (b"NOTIFY", Some(v)) => {
                     let Some(notify) = dsn::Notify::parse(v) else {
@@ -970,10 +975,7 @@ impl Session {
                     };
                     dsn.orcpt = Some(orcpt);
                 }
-                _ => {
-                    let text = format!("5.5.4 unsupported parameter {}", header_safe(key, 40));
-                    return self.error(555, &text).map(|()| None);
-                }
+                _ => return self.unsupported(key),
             }
         }
         Ok(Some(dsn))
@@ -1067,19 +1069,7 @@ impl Session {
         let Some(transaction) = self.transaction.take() else {
             return Ok(());
         };
-        let (seconds, micros) = crate::base::date::now_micros();
-        let id = format!("{seconds}.{micros:06}.{}", std::process::id());
-        let checked = self.dmarc_checked();
-        let late = checked && submission.takes_top_fields();
-        let trace = self.trace_lines(&id, seconds, transaction.spf.as_ref().filter(|_| !late));
-        let mut incoming = Incoming::new(submission, &trace, self.config.databytes);
-        if checked {
-            incoming.check_dkim(seconds);
-        }
-        self.complete_header(&mut incoming, &id, seconds);
-        if !self.config.local {
-            incoming.remove_forged_results(&self.config.me);
-        }
+        let (mut incoming, id, late) = self.open_message(submission, transaction.spf.as_ref(), Incoming::new);
         self.reply(354, "go ahead, end with <CRLF>.<CRLF>");
         self.data_started = Some(Instant::now());
         loop {
@@ -1094,17 +1084,57 @@ impl Session {
         }
         self.data_started = None;
         self.idle_since = Instant::now();
+        self.close_message(transaction, incoming, &id, late, None);
+        Ok(())
+    }
+
+    /// A message's start, for DATA and the first BDAT chunk: its id, our Received line (and,
+    /// when the results need not wait for the end of the data, SPF's Authentication-Results),
+    /// the DKIM verifier when strangers' mail is checked, the header completion and the
+    /// forgery filter. `open` is `Incoming::new` or `Incoming::chunked`. Also whether the
+    /// Authentication-Results field waits for the end ([`Session::end_checks`]).
+    fn open_message(
+        &self,
+        submission: Submission,
+        spf: Option<&Checked>,
+        open: fn(Submission, &[u8], u64) -> Incoming,
+    ) -> (Incoming, String, bool) {
+        let (seconds, micros) = crate::base::date::now_micros();
+        let id = format!("{seconds}.{micros:06}.{}", std::process::id());
+        let checked = self.dmarc_checked();
+        let late = checked && submission.takes_top_fields();
+        let trace = self.trace_lines(&id, seconds, spf.filter(|_| !late));
+        let mut incoming = open(submission, &trace, self.config.databytes);
+        if checked {
+            incoming.check_dkim(seconds);
+        }
+        self.complete_header(&mut incoming, &id, seconds);
+        if !self.config.local {
+            incoming.remove_forged_results(&self.config.me);
+        }
+        (incoming, id, late)
+    }
+
+    /// A message's end, for DATA and BDAT LAST: the checks that wait for the end, the
+    /// envelope to the queue, the log line and the reply. `chunks`: a message sent with BDAT.
+    fn close_message(
+        &mut self,
+        transaction: Transaction,
+        mut incoming: Incoming,
+        id: &str,
+        late: bool,
+        chunks: Option<u64>,
+    ) {
         let Transaction { sender, recipients, spf, dsn, .. } = transaction;
         let envelope = Envelope { sender, recipients };
         let forged = incoming.forged_results();
         let results = self.end_checks(&mut incoming, spf.as_ref(), late);
-        let ending = incoming.finish(&envelope, &dsn, &id);
+        let ending = incoming.finish(&envelope, &dsn, id);
         if ending.queued.is_some() {
             self.messages += 1;
         }
-        self.log_message(&id, &envelope, &ending, None, (spf.as_ref(), forged, &results));
+        self.log_message(id, &envelope, &ending, chunks, (spf.as_ref(), forged, &results));
         self.reply(ending.code, &ending.text);
-        Ok(())
     }
 
     /// BDAT size [LAST] (RFC 3030): read exactly `size` octets, whatever they hold, then
@@ -1164,26 +1194,13 @@ impl Session {
         // The end, or a chunk that already sank the message (too big, a bare line end, a
         // loop): the verdict now, so the client stops sending chunks.
         self.idle_since = Instant::now();
-        let Some(Transaction {
-            sender,
-            recipients,
-            spf,
-            dsn,
-            chunked: Some(Chunked { mut incoming, id, chunks, late }),
-            ..
-        }) = self.transaction.take()
-        else {
+        let Some(mut transaction) = self.transaction.take() else {
             return Ok(());
         };
-        let envelope = Envelope { sender, recipients };
-        let forged = incoming.forged_results();
-        let results = self.end_checks(&mut incoming, spf.as_ref(), late);
-        let ending = incoming.finish(&envelope, &dsn, &id);
-        if ending.queued.is_some() {
-            self.messages += 1;
-        }
-        self.log_message(&id, &envelope, &ending, Some(chunks), (spf.as_ref(), forged, &results));
-        self.reply(ending.code, &ending.text);
+        let Some(Chunked { incoming, id, chunks, late }) = transaction.chunked.take() else {
+            return Ok(());
+        };
+        self.close_message(transaction, incoming, &id, late, Some(chunks));
         Ok(())
     }
 
@@ -1195,20 +1212,8 @@ impl Session {
             crate::base::log::warning(&e.message);
             queue_reply(&e)
         })?;
-        let (seconds, micros) = crate::base::date::now_micros();
-        let id = format!("{seconds}.{micros:06}.{}", std::process::id());
         let spf = self.transaction.as_ref().and_then(|t| t.spf.clone());
-        let checked = self.dmarc_checked();
-        let late = checked && submission.takes_top_fields();
-        let trace = self.trace_lines(&id, seconds, spf.as_ref().filter(|_| !late));
-        let mut incoming = Incoming::chunked(submission, &trace, self.config.databytes);
-        if checked {
-            incoming.check_dkim(seconds);
-        }
-        self.complete_header(&mut incoming, &id, seconds);
-        if !self.config.local {
-            incoming.remove_forged_results(&self.config.me);
-        }
+        let (incoming, id, late) = self.open_message(submission, spf.as_ref(), Incoming::chunked);
         if let Some(t) = self.transaction.as_mut() {
             t.chunked = Some(Chunked { incoming, id, chunks: 0, late });
         }
